@@ -1,0 +1,118 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// DefaultURL is the server a client uses when neither --server nor $NATS_URL says.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// ServerURL resolves the server URL the way the nats CLI does: flag, then $NATS_URL, then
+// DefaultURL.
+func ServerURL(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("NATS_URL"); env != "" {
+		return env
+	}
+	return DefaultURL
+}
+
+// ErrUnavailable is wrapped by connection failures (exit code 3 in the CLIs).
+var ErrUnavailable = errors.New("NATS unavailable")
+
+// ConnConfig says how to reach NATS.
+type ConnConfig struct {
+	URL  string
+	Name string
+	// InProcess connects to an embedded server without a socket; URL is then ignored.
+	InProcess *server.Server
+	// Persistent connections (Ghost, Mirage) retry forever; client commands fail fast.
+	Persistent bool
+	// Extra options (credentials, TLS).
+	Options []nats.Option
+	Logger  *slog.Logger
+}
+
+// Connect opens a NATS connection. A client connection that cannot reach the server
+// returns an error wrapping ErrUnavailable.
+func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := []nats.Option{nats.Name(cfg.Name), nats.Timeout(5 * time.Second)}
+	if cfg.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(cfg.InProcess))
+	}
+	if cfg.Persistent {
+		opts = append(opts,
+			nats.MaxReconnects(-1),
+			nats.ReconnectWait(250*time.Millisecond),
+			nats.ReconnectJitter(250*time.Millisecond, time.Second),
+			nats.RetryOnFailedConnect(true),
+			nats.ReconnectBufSize(64<<20),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil {
+					log.Warn("disconnected from NATS", "component", "bus", "err", err)
+				}
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) {
+				log.Info("reconnected to NATS", "component", "bus", "peer", nc.ConnectedUrlRedacted())
+			}),
+		)
+	} else {
+		opts = append(opts, nats.MaxReconnects(2), nats.ReconnectWait(200*time.Millisecond))
+	}
+	opts = append(opts, cfg.Options...)
+	url := cfg.URL
+	if cfg.InProcess != nil {
+		url = ""
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connect to %s: %v", ErrUnavailable, redact(url), err)
+	}
+	if cfg.Persistent && !nc.IsConnected() {
+		// RetryOnFailedConnect returns at once; wait a little so start-up logs say the truth.
+		deadline := time.Now().Add(5 * time.Second)
+		for !nc.IsConnected() && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !nc.IsConnected() {
+			log.Warn("NATS not reachable yet; retrying in the background", "component", "bus", "peer", redact(url))
+		}
+	}
+	return nc, nil
+}
+
+// redact hides credentials embedded in a URL.
+func redact(url string) string {
+	if url == "" {
+		return "in-process server"
+	}
+	for i := 0; i+3 <= len(url); i++ {
+		if url[i:i+3] == "://" {
+			rest := url[i+3:]
+			for j := 0; j < len(rest); j++ {
+				if rest[j] == '@' {
+					return url[:i+3] + "***@" + rest[j+1:]
+				}
+				if rest[j] == '/' {
+					break
+				}
+			}
+			break
+		}
+	}
+	return url
+}

@@ -1,0 +1,8 @@
+// Package bus owns what travels on NATS and how it is carried: the canonical envelopes
+// (issue, command, seed.execute, seed.result, event, event.ack, report, register,
+// register.ack, heartbeat), their JSON codec and validation, the error taxonomy, the NATS
+// connection options, the embedded nats-server, and the provisioning of the JetStream
+// streams and KV buckets.
+//
+// bus does not decide anything about intents or executions: Mirage and Ghost do.
+package bus

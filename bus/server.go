@@ -1,0 +1,125 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Sync settings of the embedded server's JetStream store.
+const (
+	// SyncAlways fsyncs every write before it is acknowledged (the default: an
+	// acknowledged command or event survives a power loss).
+	SyncAlways = "always"
+	// SyncInterval fsyncs on a timer (SyncEvery); faster, but an OS crash can lose the
+	// writes of the last interval.
+	SyncInterval = "interval"
+)
+
+// DefaultListen is where the embedded server listens unless told otherwise.
+const DefaultListen = "127.0.0.1:4222"
+
+// ServerConfig configures the embedded nats-server.
+type ServerConfig struct {
+	// Listen is HOST:PORT; port 0 or -1 picks a free port. Empty means DefaultListen.
+	Listen string
+	// DontListen serves in-process connections only (tests, benchmarks).
+	DontListen bool
+	// StoreDir holds the JetStream store.
+	StoreDir string
+	// Sync is SyncAlways (default) or SyncInterval.
+	Sync string
+	// SyncEvery is the fsync interval with SyncInterval (default 2 minutes, the server's).
+	SyncEvery time.Duration
+	// ServerName names the server (clusters need distinct names).
+	ServerName string
+	// Logger receives the server's log lines; nil discards them.
+	Logger *slog.Logger
+	// Customize, when set, may adjust the options before the server starts (auth, TLS, cluster).
+	Customize func(*server.Options) error
+}
+
+// StartServer starts an embedded nats-server with JetStream and waits until it accepts
+// connections.
+func StartServer(cfg ServerConfig) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: cfg.ServerName,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		NoSigs:     true,
+		MaxPayload: MaxEnvelope + 64<<10, // headers ride on top of the largest envelope
+	}
+	if cfg.StoreDir == "" {
+		return nil, errors.New("embedded server: a store directory is required")
+	}
+	opts.StoreDir = filepath.Clean(cfg.StoreDir)
+	switch cfg.Sync {
+	case "", SyncAlways:
+		opts.SyncAlways = true
+	case SyncInterval:
+		opts.SyncInterval = cfg.SyncEvery
+	default:
+		return nil, fmt.Errorf("embedded server: sync %q is not %q or %q", cfg.Sync, SyncAlways, SyncInterval)
+	}
+	if cfg.DontListen {
+		opts.DontListen = true
+	} else {
+		listen := cfg.Listen
+		if listen == "" {
+			listen = DefaultListen
+		}
+		host, portStr, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded server: listen address %q: %w", listen, err)
+		}
+		port, err := strconv.Atoi(portStr)
+		if err != nil {
+			return nil, fmt.Errorf("embedded server: listen port %q is not a number", portStr)
+		}
+		if port == 0 {
+			port = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, port
+	}
+	if cfg.Customize != nil {
+		if err := cfg.Customize(opts); err != nil {
+			return nil, err
+		}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded server: %w", err)
+	}
+	if cfg.Logger != nil {
+		ns.SetLoggerV2(serverLog{cfg.Logger.With("component", "nats-server")}, false, false, false)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded server did not become ready in 30s (is %s already in use?)", listenOf(opts))
+	}
+	return ns, nil
+}
+
+func listenOf(o *server.Options) string {
+	if o.DontListen {
+		return "in-process"
+	}
+	return net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+}
+
+// serverLog adapts nats-server's logger to slog.
+type serverLog struct{ l *slog.Logger }
+
+func (s serverLog) Noticef(format string, v ...any) { s.l.Info(fmt.Sprintf(format, v...)) }
+func (s serverLog) Warnf(format string, v ...any)   { s.l.Warn(fmt.Sprintf(format, v...)) }
+func (s serverLog) Fatalf(format string, v ...any)  { s.l.Error(fmt.Sprintf(format, v...)) }
+func (s serverLog) Errorf(format string, v ...any)  { s.l.Error(fmt.Sprintf(format, v...)) }
+func (s serverLog) Debugf(format string, v ...any)  { s.l.Debug(fmt.Sprintf(format, v...)) }
+func (s serverLog) Tracef(format string, v ...any)  { s.l.Debug(fmt.Sprintf(format, v...)) }

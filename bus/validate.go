@@ -1,0 +1,358 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Envelope is implemented by every envelope: it has a header and validates itself.
+type Envelope interface {
+	Head() *Header
+	Validate() error
+}
+
+// MaxTimeout bounds timeout_ms of issues and commands (24 h).
+const MaxTimeout = int64(24 * 60 * 60 * 1000)
+
+// validateHeader checks the common fields against the expected type.
+func validateHeader(h *Header, want string) error {
+	if h.Type != want {
+		if h.Type == "" {
+			return FieldError(CodeFraming, "type", "missing; expected %q", want)
+		}
+		return FieldError(CodeFraming, "type", "is %q, expected %q", h.Type, want)
+	}
+	if h.V != Version {
+		return FieldError(CodeSemantic, "v", "is %d, this version speaks %d", h.V, Version)
+	}
+	if err := token("message_id", h.MessageID); err != nil {
+		return err
+	}
+	if err := subjects.ValidateTraceID(h.TraceID); err != nil {
+		return FieldError(CodeSemantic, "trace_id", "%s", idReason(err))
+	}
+	if h.TimestampMS <= 0 {
+		return FieldError(CodeSemantic, "timestamp_ms", "missing or not positive")
+	}
+	return nil
+}
+
+func token(field, v string) error {
+	if v == "" {
+		return FieldError(CodeSemantic, field, "missing")
+	}
+	if err := subjects.ValidateToken(field, v); err != nil {
+		return FieldError(CodeSemantic, field, "%s", idReason(err))
+	}
+	return nil
+}
+
+func ghostID(field, v string) error {
+	if v == "" {
+		return FieldError(CodeSemantic, field, "missing")
+	}
+	if err := subjects.ValidateGhostID(v); err != nil {
+		return FieldError(CodeSemantic, field, "%s", idReason(err))
+	}
+	return nil
+}
+
+func seedID(field, v string) error {
+	if v == "" {
+		return FieldError(CodeSemantic, field, "missing")
+	}
+	if err := subjects.ValidateSeedID(v); err != nil {
+		return FieldError(CodeSemantic, field, "%s", idReason(err))
+	}
+	return nil
+}
+
+func operation(field, v string) error {
+	if v == "" {
+		return FieldError(CodeSemantic, field, "missing")
+	}
+	if err := subjects.ValidateOperation(v); err != nil {
+		return FieldError(CodeSemantic, field, "%s", idReason(err))
+	}
+	return nil
+}
+
+func required(field, v string) error {
+	if v == "" {
+		return FieldError(CodeSemantic, field, "missing")
+	}
+	return nil
+}
+
+func positive(field string, v int64) error {
+	if v <= 0 {
+		return FieldError(CodeSemantic, field, "missing or not positive")
+	}
+	return nil
+}
+
+func timeout(field string, v int64) error {
+	if err := positive(field, v); err != nil {
+		return err
+	}
+	if v > MaxTimeout {
+		return FieldError(CodeSemantic, field, "%d ms is more than the maximum of %d ms (24h)", v, MaxTimeout)
+	}
+	return nil
+}
+
+var argName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+
+func args(field string, m map[string]string) error {
+	for k := range m {
+		if !argName.MatchString(k) {
+			return FieldError(CodeSemantic, field, "argument name %q is invalid; names are lowercase a-z 0-9 _, starting with a letter", k)
+		}
+	}
+	return nil
+}
+
+// idReason strips the sentinel prefix so the message reads naturally after a field name.
+func idReason(err error) string {
+	msg := err.Error()
+	prefix := subjects.ErrInvalidID.Error() + ": "
+	if errors.Is(err, subjects.ErrInvalidID) && len(msg) > len(prefix) {
+		return msg[len(prefix):]
+	}
+	return msg
+}
+
+func first(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// Validate checks an issue. intent_id may be empty: Mirage assigns one.
+func (m *Issue) Validate() error {
+	if err := validateHeader(&m.Header, TypeIssue); err != nil {
+		return err
+	}
+	var intent error
+	if m.IntentID != "" {
+		intent = token("intent_id", m.IntentID)
+	}
+	return first(intent,
+		required("actor", m.Actor),
+		required("target_scope", m.TargetScope),
+		seedID("objective.seed_selector", m.Objective.SeedSelector),
+		operation("objective.operation", m.Objective.Operation),
+		args("objective.args", m.Objective.Args),
+		timeout("timeout_ms", m.TimeoutMS),
+	)
+}
+
+// Validate checks an issue reply.
+func (m *IssueReply) Validate() error {
+	if err := validateHeader(&m.Header, TypeIssueReply); err != nil {
+		return err
+	}
+	switch m.Status {
+	case "accepted":
+		return token("intent_id", m.IntentID)
+	case "rejected":
+		if m.Error == nil {
+			return FieldError(CodeSemantic, "error", "missing on a rejected issue")
+		}
+		return nil
+	default:
+		return FieldError(CodeSemantic, "status", "is %q, expected accepted or rejected", m.Status)
+	}
+}
+
+// Validate checks a command.
+func (m *Command) Validate() error {
+	if err := validateHeader(&m.Header, TypeCommand); err != nil {
+		return err
+	}
+	return first(
+		token("command_id", m.CommandID),
+		token("intent_id", m.IntentID),
+		ghostID("ghost_id", m.GhostID),
+		seedID("seed_selector", m.SeedSelector),
+		operation("operation", m.Operation),
+		args("args", m.Args),
+		positive("deliver_by_ms", m.DeliverByMS),
+		timeout("timeout_ms", m.TimeoutMS),
+	)
+}
+
+// Validate checks a seed.execute.
+func (m *SeedExecute) Validate() error {
+	if err := validateHeader(&m.Header, TypeSeedExecute); err != nil {
+		return err
+	}
+	return first(
+		token("execution_id", m.ExecutionID),
+		token("command_id", m.CommandID),
+		seedID("seed_id", m.SeedID),
+		operation("operation", m.Operation),
+		args("args", m.Args),
+		timeout("timeout_ms", m.TimeoutMS),
+	)
+}
+
+// Validate checks a seed.result.
+func (m *SeedResult) Validate() error {
+	if err := validateHeader(&m.Header, TypeSeedResult); err != nil {
+		return err
+	}
+	return first(token("execution_id", m.ExecutionID), required("status", m.Status), m.Result.validate("result."))
+}
+
+func (r *Result) validate(prefix string) error {
+	if len(r.Stdout) > MaxOutput {
+		return FieldError(CodeSemantic, prefix+"stdout", "is %d bytes, more than the %d carried inline", len(r.Stdout), MaxOutput)
+	}
+	if len(r.Stderr) > MaxOutput {
+		return FieldError(CodeSemantic, prefix+"stderr", "is %d bytes, more than the %d carried inline", len(r.Stderr), MaxOutput)
+	}
+	return nil
+}
+
+// Validate checks an event. seed_id and operation may be empty on an error event for a
+// command too malformed to name them.
+func (m *Event) Validate() error {
+	if err := validateHeader(&m.Header, TypeEvent); err != nil {
+		return err
+	}
+	if err := first(
+		token("event_id", m.EventID),
+		token("command_id", m.CommandID),
+		token("execution_id", m.ExecutionID),
+		ghostID("ghost_id", m.GhostID),
+		positive("started_ms", m.StartedMS),
+		positive("finished_ms", m.FinishedMS),
+		m.Result.validate("result."),
+	); err != nil {
+		return err
+	}
+	if m.IntentID != "" {
+		if err := token("intent_id", m.IntentID); err != nil {
+			return err
+		}
+	}
+	switch m.Outcome {
+	case OutcomeSuccess:
+		if m.Error != nil {
+			return FieldError(CodeSemantic, "error", "present on a success event")
+		}
+		return first(token("intent_id", m.IntentID), seedID("seed_id", m.SeedID), operation("operation", m.Operation))
+	case OutcomeError:
+		if m.Error == nil {
+			return FieldError(CodeSemantic, "error", "missing on an error event")
+		}
+		if m.Error.Code == 0 || m.Error.Class == "" {
+			return FieldError(CodeSemantic, "error", "needs code and class")
+		}
+		return nil
+	case "":
+		return FieldError(CodeSemantic, "outcome", "missing")
+	default:
+		return FieldError(CodeSemantic, "outcome", "is %q, expected success or error", m.Outcome)
+	}
+}
+
+// Validate checks an event.ack.
+func (m *EventAck) Validate() error {
+	if err := validateHeader(&m.Header, TypeEventAck); err != nil {
+		return err
+	}
+	if err := first(token("event_id", m.EventID), token("command_id", m.CommandID), ghostID("ghost_id", m.GhostID)); err != nil {
+		return err
+	}
+	if m.AckStatus != AckAccepted && m.AckStatus != AckRejected {
+		return FieldError(CodeSemantic, "ack_status", "is %q, expected accepted or rejected", m.AckStatus)
+	}
+	return nil
+}
+
+// Validate checks a register.
+func (m *Register) Validate() error {
+	if err := validateHeader(&m.Header, TypeRegister); err != nil {
+		return err
+	}
+	if err := first(ghostID("ghost_id", m.GhostID), required("version", m.Version)); err != nil {
+		return err
+	}
+	if m.Labels == nil {
+		return FieldError(CodeSemantic, "labels", "missing (send {} for none)")
+	}
+	if m.Seeds == nil {
+		return FieldError(CodeSemantic, "seeds", "missing (send [] for none)")
+	}
+	for i, s := range m.Seeds {
+		p := fmt.Sprintf("seeds[%d].", i)
+		if err := seedID(p+"id", s.ID); err != nil {
+			return err
+		}
+		for j, op := range s.Operations {
+			if err := operation(fmt.Sprintf("%soperations[%d].name", p, j), op.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Validate checks a register.ack.
+func (m *RegisterAck) Validate() error {
+	if err := validateHeader(&m.Header, TypeRegisterAck); err != nil {
+		return err
+	}
+	if err := ghostID("ghost_id", m.GhostID); err != nil {
+		return err
+	}
+	if m.Status != RegisterAccepted && m.Status != RegisterRejected {
+		return FieldError(CodeSemantic, "status", "is %q, expected accepted or rejected", m.Status)
+	}
+	return nil
+}
+
+// Validate checks a heartbeat.
+func (m *Heartbeat) Validate() error {
+	if err := validateHeader(&m.Header, TypeHeartbeat); err != nil {
+		return err
+	}
+	return ghostID("ghost_id", m.GhostID)
+}
+
+// Validate checks an announce.
+func (m *Announce) Validate() error {
+	if err := validateHeader(&m.Header, TypeAnnounce); err != nil {
+		return err
+	}
+	return required("mirage_id", m.MirageID)
+}
+
+// Validate checks a report.
+func (m *Report) Validate() error {
+	if err := validateHeader(&m.Header, TypeReport); err != nil {
+		return err
+	}
+	if err := first(token("intent_id", m.IntentID), required("completion_state", m.CompletionState), required("summary", m.Summary)); err != nil {
+		return err
+	}
+	switch m.Phase {
+	case PhasePending, PhaseInProgress, PhaseSatisfied, PhaseFailed:
+	case "":
+		return FieldError(CodeSemantic, "phase", "missing")
+	default:
+		return FieldError(CodeSemantic, "phase", "is %q, expected pending, in_progress, satisfied or failed", m.Phase)
+	}
+	if m.Results == nil {
+		return FieldError(CodeSemantic, "results", "missing (send [] for none)")
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package subjects
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Fixed subjects.
+const (
+	// Issue is where users send an issue to Mirage (core request/reply).
+	Issue = "mirage.issue"
+	// Announce is where Mirage tells Ghosts it is up, so that they register again.
+	Announce = "mirage.announce"
+	// Attach is where an operator asks Mirage to bring a headless Ghost into the registry.
+	Attach = "mirage.attach"
+)
+
+// Subject prefixes, one token each.
+const (
+	prefixCommand   = "cmd"
+	prefixEvent     = "evt"
+	prefixAck       = "ack"
+	prefixRegister  = "reg"
+	prefixHeartbeat = "hb"
+	prefixReport    = "report"
+	prefixGhostCtl  = "ghost"
+)
+
+// Wildcards that streams and Mirage subscriptions use.
+var (
+	AllCommands   = prefixCommand + ".*"
+	AllEvents     = prefixEvent + ".*"
+	AllRegisters  = prefixRegister + ".*"
+	AllHeartbeats = prefixHeartbeat + ".*"
+	AllReports    = prefixReport + ".*"
+)
+
+// Command is the subject a Ghost receives its commands on.
+func Command(ghostID string) string { return prefixCommand + "." + ghostID }
+
+// Event is the subject a Ghost publishes its events on.
+func Event(ghostID string) string { return prefixEvent + "." + ghostID }
+
+// Ack is the subject Mirage answers event.ack on.
+func Ack(ghostID string) string { return prefixAck + "." + ghostID }
+
+// Register is the subject a Ghost sends register on (request/reply).
+func Register(ghostID string) string { return prefixRegister + "." + ghostID }
+
+// Heartbeat is the subject a Ghost sends heartbeats on.
+func Heartbeat(ghostID string) string { return prefixHeartbeat + "." + ghostID }
+
+// Report is the subject Mirage publishes the reports of one intent on.
+func Report(intentID string) string { return prefixReport + "." + intentID }
+
+// GhostControl is where a Ghost answers direct control requests (attach).
+func GhostControl(ghostID string) string { return prefixGhostCtl + "." + ghostID + ".control" }
+
+// GhostFrom returns the ghost_id carried by a per-Ghost subject such as evt.<id>.
+func GhostFrom(subject string) (string, error) {
+	head, id, ok := strings.Cut(subject, ".")
+	if !ok {
+		return "", fmt.Errorf("subject %q has no ghost id token", subject)
+	}
+	switch head {
+	case prefixCommand, prefixEvent, prefixAck, prefixRegister, prefixHeartbeat:
+	default:
+		return "", fmt.Errorf("subject %q is not a per-ghost subject", subject)
+	}
+	if err := ValidateGhostID(id); err != nil {
+		return "", fmt.Errorf("subject %q: %w", subject, err)
+	}
+	return id, nil
+}
