@@ -68,7 +68,9 @@ type Probe struct {
 // if it is a string of a valid form, so nothing unchecked travels further.
 func ProbeCommand(data []byte) Probe {
 	var raw map[string]json.RawMessage
-	if len(data) > MaxEnvelope || json.Unmarshal(data, &raw) != nil {
+	// An oversize envelope is still probed (up to what a server would carry), so that its
+	// refusal (1101) reaches the command's sender.
+	if len(data) > 4*MaxEnvelope || json.Unmarshal(data, &raw) != nil {
 		return Probe{}
 	}
 	str := func(k string) string {

@@ -117,7 +117,9 @@ func listenOf(o *server.Options) string {
 // serverLog adapts nats-server's logger to slog.
 type serverLog struct{ l *slog.Logger }
 
-func (s serverLog) Noticef(format string, v ...any) { s.l.Info(fmt.Sprintf(format, v...)) }
+// Notices (banner, settings) are debug detail for edgectl's operators; warnings and
+// errors are kept.
+func (s serverLog) Noticef(format string, v ...any) { s.l.Debug(fmt.Sprintf(format, v...)) }
 func (s serverLog) Warnf(format string, v ...any)   { s.l.Warn(fmt.Sprintf(format, v...)) }
 func (s serverLog) Fatalf(format string, v ...any)  { s.l.Error(fmt.Sprintf(format, v...)) }
 func (s serverLog) Errorf(format string, v ...any)  { s.l.Error(fmt.Sprintf(format, v...)) }

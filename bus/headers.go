@@ -1,0 +1,44 @@
+package bus
+
+import (
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Header names carried on stored envelopes.
+const (
+	HeaderMsgID       = jetstream.MsgIDHeader // "Nats-Msg-Id": de-duplication key
+	HeaderTraceparent = "traceparent"         // W3C trace context
+)
+
+// Traceparent returns a W3C traceparent value for traceID with a fresh span id.
+func Traceparent(traceID string) string {
+	return "00-" + traceID + "-" + subjects.NewSpanID() + "-01"
+}
+
+// TraceIDFrom returns the trace-id of a traceparent header value, or "".
+func TraceIDFrom(h nats.Header) string {
+	parts := strings.Split(h.Get(HeaderTraceparent), "-")
+	if len(parts) != 4 || subjects.ValidateTraceID(parts[1]) != nil {
+		return ""
+	}
+	return parts[1]
+}
+
+// NewMsg returns a message for subject carrying data with the de-duplication id and the
+// trace context headers set.
+func NewMsg(subject string, data []byte, msgID, traceID string) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Data = data
+	if msgID != "" {
+		m.Header.Set(HeaderMsgID, msgID)
+	}
+	if traceID != "" {
+		m.Header.Set(HeaderTraceparent, Traceparent(traceID))
+	}
+	return m
+}

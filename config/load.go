@@ -1,0 +1,104 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/toml/v2"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/providers/posflag"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix prefixes the environment variables that override file keys: EDGE_STATE_DIR
+// sets state_dir, EDGE_LABELS__ROLE sets labels.role.
+const EnvPrefix = "EDGE_"
+
+// Error is a configuration error: where it is, which key, and what is wrong.
+type Error struct {
+	Source string // file path, "environment" or "flags"
+	Key    string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("config %s: %s", e.Source, e.Reason)
+	}
+	return fmt.Sprintf("config %s: key %q: %s", e.Source, e.Key, e.Reason)
+}
+
+// Load fills out from path (optional when required is false), the environment, and the
+// flags that were set on the command line (flagKeys maps flag name → config key).
+func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]string, out any) error {
+	k := koanf.New(".")
+	source := path
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			if required || !errors.Is(err, fs.ErrNotExist) {
+				return &Error{Source: path, Reason: "cannot read: " + err.Error()}
+			}
+		} else if err := k.Load(file.Provider(path), toml.Parser()); err != nil {
+			return &Error{Source: path, Reason: "not valid TOML: " + err.Error()}
+		}
+	}
+	known := knownKeys(out)
+	for _, key := range k.Keys() {
+		if !known[key] && !known[strings.SplitN(key, ".", 2)[0]+".*"] {
+			return &Error{Source: orDefault(source, "file"), Key: key, Reason: "unknown key (known: " + keyList(known) + ")"}
+		}
+	}
+	if err := k.Load(env.Provider(".", env.Opt{
+		Prefix: EnvPrefix,
+		TransformFunc: func(key, value string) (string, any) {
+			key = strings.ToLower(strings.TrimPrefix(key, EnvPrefix))
+			key = strings.ReplaceAll(key, "__", ".")
+			if !known[key] && !known[strings.SplitN(key, ".", 2)[0]+".*"] {
+				return "", nil // not ours: EDGE_ variables of other tools are ignored
+			}
+			return key, value
+		},
+	}), nil); err != nil {
+		return &Error{Source: "environment", Reason: err.Error()}
+	}
+	if flags != nil {
+		if err := k.Load(posflag.ProviderWithFlag(flags, ".", k, func(f *pflag.Flag) (string, any) {
+			key, ok := flagKeys[f.Name]
+			if !ok || !f.Changed {
+				return "", nil
+			}
+			return key, posflag.FlagVal(flags, f)
+		}), nil); err != nil {
+			return &Error{Source: "flags", Reason: err.Error()}
+		}
+	}
+	err := k.UnmarshalWithConf("", out, koanf.UnmarshalConf{
+		Tag: "koanf",
+		DecoderConfig: &mapstructure.DecoderConfig{
+			DecodeHook: mapstructure.ComposeDecodeHookFunc(
+				mapstructure.StringToTimeDurationHookFunc(),
+				mapstructure.StringToSliceHookFunc(","),
+			),
+			Result:           out,
+			WeaklyTypedInput: true,
+			ErrorUnused:      false,
+		},
+	})
+	if err != nil {
+		return &Error{Source: orDefault(source, "settings"), Reason: err.Error()}
+	}
+	return nil
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}

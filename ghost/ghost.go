@@ -1,0 +1,348 @@
+package ghost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Mirage policies: how a Ghost relates to Mirage.
+const (
+	// PolicyHeadless serves commands without registering; attach brings it in later.
+	PolicyHeadless = "headless"
+	// PolicyAuto registers whenever a Mirage is present, and again when one announces.
+	PolicyAuto = "auto"
+	// PolicyRequired refuses to start unless a Mirage acknowledges registration.
+	PolicyRequired = "required"
+)
+
+// Config is a Ghost's runtime configuration, validated by the caller.
+type Config struct {
+	ID      string
+	Version string
+	Labels  map[string]string
+	Policy  string
+	// HeartbeatInterval between heartbeats (default 5 s).
+	HeartbeatInterval time.Duration
+	// RegisterTimeout bounds the wait for register.ack (default 2 s per attempt; with
+	// PolicyRequired the Ghost retries for 5 times that).
+	RegisterTimeout time.Duration
+	// MaxConcurrent bounds executions running at once (default 64).
+	MaxConcurrent int
+	// ShutdownGrace is how long Close lets running executions finish (default 10 s).
+	ShutdownGrace time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.RegisterTimeout <= 0 {
+		c.RegisterTimeout = 2 * time.Second
+	}
+	if c.MaxConcurrent <= 0 {
+		c.MaxConcurrent = 64
+	}
+	if c.ShutdownGrace <= 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Policy == "" {
+		c.Policy = PolicyAuto
+	}
+	if c.Labels == nil {
+		c.Labels = map[string]string{}
+	}
+	if c.Version == "" {
+		c.Version = "dev"
+	}
+}
+
+// Ghost is the runtime of one Ghost: it serves cmd.<id> until Close.
+type Ghost struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	registry *Registry
+	store    ExecutionStore
+	pipeline *Pipeline
+	log      *slog.Logger
+
+	// run is cancelled by Close after the grace period; every goroutine below watches it.
+	run    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	slots  chan struct{}
+	// stopping is closed when Close begins: background loops end, executions go on.
+	stopping chan struct{}
+
+	mu         sync.Mutex
+	subs       []*nats.Subscription
+	registered bool
+	closed     bool
+}
+
+// New builds a Ghost on an open connection. The Ghost owns neither nc nor store: the
+// caller closes them after Close.
+func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, log *slog.Logger) (*Ghost, error) {
+	if err := subjects.ValidateGhostID(cfg.ID); err != nil {
+		return nil, err
+	}
+	switch cfg.Policy {
+	case "", PolicyHeadless, PolicyAuto, PolicyRequired:
+	default:
+		return nil, fmt.Errorf("ghost policy %q is not headless, auto or required", cfg.Policy)
+	}
+	cfg.defaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "ghost", "ghost_id", cfg.ID)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	g := &Ghost{
+		cfg: cfg, nc: nc, js: js, registry: registry, store: store, log: log,
+		pipeline: NewPipeline(cfg.ID, registry, store, cfg.Now, log),
+		slots:    make(chan struct{}, cfg.MaxConcurrent),
+		stopping: make(chan struct{}),
+	}
+	g.run, g.cancel = context.WithCancel(context.Background())
+	return g, nil
+}
+
+// ID returns the Ghost's id.
+func (g *Ghost) ID() string { return g.cfg.ID }
+
+// Store returns the execution store, for queries (GetExecution, GetByCommandID).
+func (g *Ghost) Store() ExecutionStore { return g.store }
+
+// Registry returns the seeds the Ghost hosts.
+func (g *Ghost) Registry() *Registry { return g.registry }
+
+// Start subscribes to the Ghost's subjects and, per its policy, registers with Mirage.
+// With PolicyRequired it returns an error when no Mirage acknowledges in time.
+func (g *Ghost) Start(ctx context.Context) error {
+	cmdSub, err := g.nc.Subscribe(subjects.Command(g.cfg.ID), g.onCommand)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subjects.Command(g.cfg.ID), err)
+	}
+	// Commands queue here while every execution slot is busy; never drop them.
+	_ = cmdSub.SetPendingLimits(-1, -1)
+	ackSub, err := g.nc.Subscribe(subjects.Ack(g.cfg.ID), g.onAck)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subjects.Ack(g.cfg.ID), err)
+	}
+	annSub, err := g.nc.Subscribe(subjects.Announce, g.onAnnounce)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subjects.Announce, err)
+	}
+	g.mu.Lock()
+	g.subs = append(g.subs, cmdSub, ackSub, annSub)
+	g.mu.Unlock()
+	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		g.log.Warn("flush after subscribing failed; continuing", "err", err)
+	}
+	g.resendUnacked(ctx)
+
+	switch g.cfg.Policy {
+	case PolicyRequired:
+		if err := g.registerRequired(ctx); err != nil {
+			return err
+		}
+	case PolicyAuto:
+		if err := g.register(ctx); err != nil {
+			g.log.Info("no Mirage acknowledged registration; serving, and registering when one announces", "err", err)
+		}
+	case PolicyHeadless:
+		g.log.Info("headless: serving commands without registering")
+	}
+	if g.track() {
+		go g.heartbeats()
+	}
+	g.log.Info("ghost serving", "subject", subjects.Command(g.cfg.ID), "policy", g.cfg.Policy, "seeds", len(g.registry.Infos()))
+	return nil
+}
+
+// Close stops intake, lets running executions finish for the grace period, flushes their
+// events, and stops every goroutine it started. It does not close the connection.
+func (g *Ghost) Close() error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	subs := g.subs
+	close(g.stopping)
+	g.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Unsubscribe()
+	}
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(g.cfg.ShutdownGrace):
+		g.log.Warn("executions still running after the shutdown grace; interrupting them")
+	}
+	g.cancel()
+	<-done
+	return nil
+}
+
+// track registers a goroutine with Close; it refuses once Close has begun.
+func (g *Ghost) track() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *Ghost) onCommand(msg *nats.Msg) {
+	if g.run.Err() != nil {
+		return
+	}
+	select {
+	case g.slots <- struct{}{}:
+	case <-g.run.Done():
+		return
+	}
+	if !g.track() {
+		<-g.slots
+		return
+	}
+	go func() {
+		defer g.wg.Done()
+		defer func() { <-g.slots }()
+		g.handle(msg.Data, msg.Header)
+	}()
+}
+
+// handle is the command intake: decode → validate → pipeline → emit.
+func (g *Ghost) handle(data []byte, hdr nats.Header) {
+	var cmd bus.Command
+	var out Outcome
+	if err := bus.Decode(data, &cmd); err != nil {
+		perr := bus.AsError(err)
+		probe := bus.ProbeCommand(data)
+		if probe.TraceID == "" {
+			probe.TraceID = bus.TraceIDFrom(hdr)
+		}
+		if probe.CommandID == "" {
+			g.log.Warn("refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
+			return
+		}
+		g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
+		out = g.pipeline.Refuse(g.run, probe, perr)
+	} else {
+		out = g.pipeline.Run(g.run, &cmd)
+	}
+	if out.Event == nil {
+		return
+	}
+	if out.Duplicate {
+		g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
+	}
+	g.emit(out.Event)
+}
+
+// emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
+// (250 ms, ×2, 5 s max, jitter) until it is stored or the Ghost stops.
+func (g *Ghost) emit(ev *bus.Event) {
+	data, err := bus.Encode(ev)
+	if err != nil {
+		g.log.Error("cannot encode event", "event_id", ev.EventID, "err", err)
+		return
+	}
+	msg := bus.NewMsg(subjects.Event(g.cfg.ID), data, ev.EventID, ev.TraceID)
+	backoff := newBackoff()
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(g.run, 5*time.Second)
+		_, err := g.js.PublishMsg(ctx, msg)
+		cancel()
+		if err == nil {
+			g.log.Debug("event stored", "direction", "out", "message_type", bus.TypeEvent, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
+			return
+		}
+		wait := backoff.next()
+		g.log.Warn("event not stored yet; retrying", "event_id", ev.EventID, "attempt", attempt, "retry_in", wait, "err", err)
+		select {
+		case <-time.After(wait):
+		case <-g.run.Done():
+			g.log.Warn("ghost stopping with an event not stored; it is re-sent at next start", "event_id", ev.EventID)
+			return
+		}
+	}
+}
+
+// resendUnacked re-publishes events Mirage has not acknowledged (after a restart).
+func (g *Ghost) resendUnacked(ctx context.Context) {
+	execs, err := g.store.Unacked(ctx)
+	if err != nil {
+		g.log.Error("execution store: listing unacknowledged events failed", "err", err)
+		return
+	}
+	for _, e := range execs {
+		if e.Event == nil {
+			continue
+		}
+		ev := e.Event
+		if !g.track() {
+			return
+		}
+		go func() { defer g.wg.Done(); g.emit(ev) }()
+	}
+}
+
+func (g *Ghost) onAck(msg *nats.Msg) {
+	var ack bus.EventAck
+	if err := bus.Decode(msg.Data, &ack); err != nil {
+		g.log.Warn("refused a malformed event.ack", "direction", "in", "message_type", bus.TypeEventAck, "err", err)
+		return
+	}
+	if ack.GhostID != g.cfg.ID {
+		g.log.Warn("event.ack for another ghost ignored", "message_type", bus.TypeEventAck, "ghost", ack.GhostID)
+		return
+	}
+	if err := g.store.MarkAcked(g.run, ack.CommandID); err != nil && !errors.Is(err, ErrNotFound) {
+		g.log.Error("execution store: marking an event acknowledged failed", "command_id", ack.CommandID, "err", err)
+	}
+	g.log.Debug("event acknowledged", "direction", "in", "message_type", bus.TypeEventAck, "event_id", ack.EventID, "command_id", ack.CommandID, "ack_status", ack.AckStatus, "ack_code", ack.AckCode)
+}
+
+// backoff is the seed's reliability contract: 250 ms initial, ×2, 5 s max, with jitter.
+type backoff struct{ cur time.Duration }
+
+func newBackoff() *backoff { return &backoff{cur: 250 * time.Millisecond} }
+
+func (b *backoff) next() time.Duration {
+	d := b.cur
+	b.cur *= 2
+	if b.cur > 5*time.Second {
+		b.cur = 5 * time.Second
+	}
+	// Jitter: up to ±20%, so a fleet that lost its server does not come back in lockstep.
+	j := time.Duration(time.Now().UnixNano() % int64(d/5+1))
+	if time.Now().UnixNano()%2 == 0 {
+		return d + j
+	}
+	return d - j
+}

@@ -1,0 +1,240 @@
+package ghost
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Pipeline turns one decoded command into exactly one terminal event:
+// guards → execution store claim → seed.execute → seed.result → event. It is deterministic
+// for a given command and store: a command_id seen before yields the event recorded then.
+type Pipeline struct {
+	ghostID  string
+	registry *Registry
+	store    ExecutionStore
+	now      func() time.Time
+	log      *slog.Logger
+}
+
+// NewPipeline returns the pipeline of the Ghost ghostID.
+func NewPipeline(ghostID string, registry *Registry, store ExecutionStore, now func() time.Time, log *slog.Logger) *Pipeline {
+	if now == nil {
+		now = time.Now
+	}
+	return &Pipeline{ghostID: ghostID, registry: registry, store: store, now: now, log: log}
+}
+
+// Outcome of Pipeline.Run.
+type Outcome struct {
+	// Event is the terminal event to emit; nil when another delivery of the same command is
+	// still executing (that one will emit).
+	Event *bus.Event
+	// Duplicate is true when the command_id had been seen: Event is the recorded one.
+	Duplicate bool
+	// Executed is true when a seed ran for this delivery.
+	Executed bool
+}
+
+// Run decides and, when allowed, executes cmd. ctx bounds the execution (the Ghost's
+// lifetime); the command's own timeout_ms is applied inside.
+func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
+	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
+		return Outcome{Event: prior.Event, Duplicate: true}
+	} else if !errors.Is(err, ErrNotFound) {
+		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
+	}
+	now := p.now()
+	if cmd.GhostID != p.ghostID {
+		return p.refuse(ctx, cmd, bus.FieldError(bus.CodeSemantic, "ghost_id", "command is for ghost %q, this is ghost %q", cmd.GhostID, p.ghostID))
+	}
+	if now.UnixMilli() > cmd.DeliverByMS {
+		late := now.Sub(time.UnixMilli(cmd.DeliverByMS)).Round(time.Millisecond)
+		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExpired, "command reached the ghost %s after its deliver_by_ms; not executed", late))
+	}
+	seed, op, err := p.registry.Resolve(cmd.SeedSelector, cmd.Operation, cmd.Args)
+	if err != nil {
+		return p.refuse(ctx, cmd, bus.AsError(err))
+	}
+
+	exec := p.newExecution(cmd, now)
+	exec.Idempotent = op.Idempotent
+	claimed, fresh, err := p.store.Begin(ctx, exec)
+	if err != nil {
+		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
+	}
+	if !fresh {
+		return Outcome{Event: claimed.Event, Duplicate: true}
+	}
+	ev := p.execute(ctx, seed, cmd, claimed)
+	if err := p.store.Finish(ctx, claimed.ExecutionID, ev); err != nil {
+		p.log.Error("execution store: recording the terminal event failed", "component", "ghost", "command_id", cmd.CommandID, "execution_id", claimed.ExecutionID, "err", err)
+	}
+	return Outcome{Event: ev, Executed: true}
+}
+
+// Refuse records and returns an error event for a command that will not execute. It is
+// also how a malformed command whose command_id could be read gets its one event.
+func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error) Outcome {
+	now := p.now()
+	exec := p.newExecution(cmd, now)
+	claimed, fresh, err := p.store.Begin(ctx, exec)
+	if err == nil && !fresh {
+		return Outcome{Event: claimed.Event, Duplicate: true}
+	}
+	ev := p.event(cmd, exec.ExecutionID, now, now, bus.Result{Status: "refused", ExitCode: -1}, perr)
+	if err == nil {
+		if ferr := p.store.Finish(ctx, exec.ExecutionID, ev); ferr != nil {
+			p.log.Error("execution store: recording a refusal failed", "component", "ghost", "command_id", cmd.CommandID, "err", ferr)
+		}
+	}
+	return Outcome{Event: ev}
+}
+
+// Refuse is the entry for commands that failed decoding: only what ProbeCommand read is
+// known of them.
+func (p *Pipeline) Refuse(ctx context.Context, probe bus.Probe, perr *bus.Error) Outcome {
+	cmd := &bus.Command{
+		Header:       bus.Header{TraceID: probe.TraceID},
+		CommandID:    probe.CommandID,
+		IntentID:     probe.IntentID,
+		GhostID:      p.ghostID,
+		SeedSelector: probe.SeedID,
+		Operation:    probe.Operation,
+	}
+	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
+		return Outcome{Event: prior.Event, Duplicate: true}
+	}
+	return p.refuse(ctx, cmd, perr)
+}
+
+func (p *Pipeline) newExecution(cmd *bus.Command, now time.Time) Execution {
+	return Execution{
+		ExecutionID: subjects.NewID(subjects.PrefixExecution),
+		CommandID:   cmd.CommandID,
+		MessageID:   cmd.MessageID,
+		IntentID:    cmd.IntentID,
+		TraceID:     cmd.TraceID,
+		SeedID:      cmd.SeedSelector,
+		Operation:   cmd.Operation,
+		Args:        cmd.Args,
+		StartedMS:   now.UnixMilli(),
+	}
+}
+
+// execute runs the seed under the command's timeout and normalizes its seed.result.
+func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution) *bus.Event {
+	started := time.UnixMilli(exec.StartedMS)
+	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
+	req := &bus.SeedExecute{
+		Header:      bus.NewHeader(bus.TypeSeedExecute, cmd.TraceID, started),
+		ExecutionID: exec.ExecutionID,
+		CommandID:   cmd.CommandID,
+		SeedID:      cmd.SeedSelector,
+		Operation:   cmd.Operation,
+		Args:        cmd.Args,
+		TimeoutMS:   cmd.TimeoutMS,
+	}
+	res, err := callSeed(ctx, seed, req, timeout)
+	res = bus.NormalizeResult(res)
+	finished := p.now()
+	var perr *bus.Error
+	switch {
+	case err == nil:
+		if res.Status == "" {
+			res.Status = "ok"
+		}
+	case errors.Is(err, errExecTimeout):
+		perr = bus.Errorf(bus.CodeExecTimeout, "execution exceeded its timeout of %s", timeout)
+		res.Status = "timed_out"
+	case ctx.Err() != nil:
+		perr = bus.Errorf(bus.CodeInterrupted, "the ghost stopped during the execution; its outcome is unknown")
+		res.Status = "interrupted"
+	default:
+		perr = bus.AsError(err)
+		if perr.Code == bus.CodeInternal {
+			perr = bus.Errorf(bus.CodeRuntime, "%s %s failed: %v", cmd.SeedSelector, cmd.Operation, err)
+		}
+		if res.Status == "" || res.Status == "ok" {
+			res.Status = "failed"
+		}
+		if res.ExitCode == 0 {
+			res.ExitCode = 1
+		}
+	}
+	return p.event(cmd, exec.ExecutionID, started, finished, res, perr)
+}
+
+var errExecTimeout = errors.New("execution timeout")
+
+// callSeed runs seed.Execute bounded by timeout. A seed that ignores its context is not
+// waited for past the deadline: its late answer is dropped.
+func callSeed(ctx context.Context, seed Seed, req *bus.SeedExecute, timeout time.Duration) (res bus.Result, err error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, timeout, errExecTimeout)
+	defer cancel()
+	type answer struct {
+		res bus.Result
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- answer{bus.Result{Status: "failed", ExitCode: 1}, fmt.Errorf("seed panicked: %v", r)}
+			}
+		}()
+		r, e := seed.Execute(ctx, req)
+		done <- answer{r, e}
+	}()
+	select {
+	case a := <-done:
+		if a.err != nil && errors.Is(context.Cause(ctx), errExecTimeout) {
+			return a.res, errExecTimeout
+		}
+		return a.res, a.err
+	case <-ctx.Done():
+		if errors.Is(context.Cause(ctx), errExecTimeout) {
+			return bus.Result{}, errExecTimeout
+		}
+		return bus.Result{}, ctx.Err()
+	}
+}
+
+func (p *Pipeline) event(cmd *bus.Command, executionID string, started, finished time.Time, res bus.Result, perr *bus.Error) *bus.Event {
+	ev := &bus.Event{
+		Header:      bus.NewHeader(bus.TypeEvent, cmd.TraceID, finished),
+		EventID:     EventID(p.ghostID, cmd.CommandID),
+		CommandID:   cmd.CommandID,
+		IntentID:    cmd.IntentID,
+		ExecutionID: executionID,
+		GhostID:     p.ghostID,
+		SeedID:      cmd.SeedSelector,
+		Operation:   cmd.Operation,
+		Outcome:     bus.OutcomeSuccess,
+		Result:      res,
+		StartedMS:   started.UnixMilli(),
+		FinishedMS:  finished.UnixMilli(),
+	}
+	if perr != nil {
+		ev.Outcome = bus.OutcomeError
+		ev.Error = perr
+	}
+	return ev
+}
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// EventID is the stable event_id of the one terminal event of commandID on ghostID: the
+// same command always yields the same event_id, even across a lost store, so a re-sent
+// event is the same event for JetStream de-duplication and for Mirage.
+func EventID(ghostID, commandID string) string {
+	sum := sha256.Sum256([]byte(ghostID + "\x00" + commandID))
+	return subjects.PrefixEvent + "_" + idEncoding.EncodeToString(sum[:16])
+}

@@ -1,0 +1,130 @@
+package ghost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// ErrNoMirage is returned when no Mirage acknowledged registration.
+var ErrNoMirage = errors.New("no Mirage acknowledged registration")
+
+// register sends register on reg.<id> and waits for register.ack.
+func (g *Ghost) register(ctx context.Context) error {
+	reg := bus.Register{
+		Header:  bus.NewHeader(bus.TypeRegister, "", g.cfg.Now()),
+		GhostID: g.cfg.ID,
+		Version: g.cfg.Version,
+		Labels:  g.cfg.Labels,
+		Seeds:   g.registry.Infos(),
+	}
+	data, err := bus.Encode(&reg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.RegisterTimeout)
+	defer cancel()
+	reply, err := g.nc.RequestMsgWithContext(ctx, bus.NewMsg(subjects.Register(g.cfg.ID), data, "", reg.TraceID))
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			return fmt.Errorf("%w: %v", ErrNoMirage, err)
+		}
+		return err
+	}
+	var ack bus.RegisterAck
+	if err := bus.Decode(reply.Data, &ack); err != nil {
+		return fmt.Errorf("malformed register.ack: %w", err)
+	}
+	if ack.Status != bus.RegisterAccepted {
+		return fmt.Errorf("registration rejected by Mirage: %s", ack.Reason)
+	}
+	g.mu.Lock()
+	g.registered = true
+	g.mu.Unlock()
+	g.log.Info("registered with Mirage", "direction", "out", "message_type", bus.TypeRegister, "seeds", len(reg.Seeds))
+	return nil
+}
+
+// registerRequired retries registration for five register timeouts, then gives up.
+func (g *Ghost) registerRequired(ctx context.Context) error {
+	deadline := time.Now().Add(5 * g.cfg.RegisterTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if last = g.register(ctx); last == nil {
+			return nil
+		}
+		if !errors.Is(last, ErrNoMirage) {
+			return last
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("policy is required and %w within %s: is Mirage running and reachable? (%v)", ErrNoMirage, 5*g.cfg.RegisterTimeout, last)
+}
+
+// Registered reports whether a Mirage acknowledged this Ghost's registration.
+func (g *Ghost) Registered() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.registered
+}
+
+// Reregister sends register again now (after the seed list changed, or on attach).
+func (g *Ghost) Reregister(ctx context.Context) error { return g.register(ctx) }
+
+// onAnnounce registers again when a Mirage comes up, unless the Ghost is headless.
+func (g *Ghost) onAnnounce(msg *nats.Msg) {
+	var ann bus.Announce
+	if err := bus.Decode(msg.Data, &ann); err != nil {
+		g.log.Warn("refused a malformed announce", "direction", "in", "message_type", bus.TypeAnnounce, "err", err)
+		return
+	}
+	if g.cfg.Policy == PolicyHeadless && !g.Registered() {
+		return
+	}
+	if !g.track() {
+		return
+	}
+	go func() {
+		defer g.wg.Done()
+		if err := g.register(g.run); err != nil {
+			g.log.Warn("registration after a Mirage announce failed", "err", err)
+		}
+	}()
+}
+
+// heartbeats publishes hb.<id> every HeartbeatInterval while registered.
+func (g *Ghost) heartbeats() {
+	defer g.wg.Done()
+	t := time.NewTicker(g.cfg.HeartbeatInterval)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-g.stopping:
+			return
+		case <-t.C:
+		}
+		if !g.Registered() || !g.nc.IsConnected() {
+			continue
+		}
+		seq++
+		hb := bus.Heartbeat{Header: bus.NewHeader(bus.TypeHeartbeat, "", g.cfg.Now()), GhostID: g.cfg.ID, Seq: seq}
+		data, err := bus.Encode(&hb)
+		if err != nil {
+			continue
+		}
+		if err := g.nc.Publish(subjects.Heartbeat(g.cfg.ID), data); err != nil {
+			g.log.Debug("heartbeat not sent", "err", err)
+		}
+	}
+}

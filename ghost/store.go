@@ -1,0 +1,164 @@
+package ghost
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// ErrNotFound is returned by store queries for an unknown id.
+var ErrNotFound = errors.New("execution not found")
+
+// Execution states.
+const (
+	StateStarted  = "started"
+	StateFinished = "finished"
+)
+
+// Execution is what the Ghost knows of one command's execution.
+type Execution struct {
+	ExecutionID string            `json:"execution_id"`
+	CommandID   string            `json:"command_id"`
+	MessageID   string            `json:"message_id"`
+	IntentID    string            `json:"intent_id"`
+	TraceID     string            `json:"trace_id"`
+	SeedID      string            `json:"seed_id"`
+	Operation   string            `json:"operation"`
+	Args        map[string]string `json:"args,omitempty"`
+	Idempotent  bool              `json:"idempotent"`
+	State       string            `json:"state"`
+	StartedMS   int64             `json:"started_ms"`
+	FinishedMS  int64             `json:"finished_ms,omitempty"`
+	// Event is the terminal event once the execution finished: re-sent as is on duplicates.
+	Event *bus.Event `json:"event,omitempty"`
+	// Acked is set when Mirage answered event.ack for the event.
+	Acked bool `json:"acked,omitempty"`
+}
+
+// ExecutionStore records executions so that a command_id runs at most once. Begin is the
+// only way in: it claims a command_id atomically.
+type ExecutionStore interface {
+	// Begin records e as started unless an execution exists for e.CommandID; it then
+	// returns that execution and false.
+	Begin(ctx context.Context, e Execution) (Execution, bool, error)
+	// Finish records the terminal event of a started execution.
+	Finish(ctx context.Context, executionID string, ev *bus.Event) error
+	// MarkAcked records that Mirage acknowledged the event of an execution.
+	MarkAcked(ctx context.Context, commandID string) error
+	// GetExecution returns an execution by execution_id, or ErrNotFound.
+	GetExecution(ctx context.Context, executionID string) (Execution, error)
+	// GetByCommandID returns an execution by command_id, or ErrNotFound.
+	GetByCommandID(ctx context.Context, commandID string) (Execution, error)
+	// GetByMessageID returns an execution by the message_id of its command, or ErrNotFound.
+	GetByMessageID(ctx context.Context, messageID string) (Execution, error)
+	// Unfinished returns executions that started and did not finish (after a crash).
+	Unfinished(ctx context.Context) ([]Execution, error)
+	// Unacked returns finished executions whose event Mirage has not acknowledged.
+	Unacked(ctx context.Context) ([]Execution, error)
+	Close() error
+}
+
+// MemoryStore is an ExecutionStore in process memory: fast, and forgotten on restart.
+type MemoryStore struct {
+	mu        sync.Mutex
+	byExec    map[string]*Execution
+	byCommand map[string]string
+	byMessage map[string]string
+}
+
+// NewMemoryStore returns an empty in-memory store.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{byExec: map[string]*Execution{}, byCommand: map[string]string{}, byMessage: map[string]string{}}
+}
+
+func (s *MemoryStore) Begin(_ context.Context, e Execution) (Execution, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := s.byCommand[e.CommandID]; ok {
+		return *s.byExec[id], false, nil
+	}
+	e.State = StateStarted
+	c := e
+	s.byExec[e.ExecutionID] = &c
+	s.byCommand[e.CommandID] = e.ExecutionID
+	if e.MessageID != "" {
+		s.byMessage[e.MessageID] = e.ExecutionID
+	}
+	return c, true, nil
+}
+
+func (s *MemoryStore) Finish(_ context.Context, executionID string, ev *bus.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.byExec[executionID]
+	if !ok {
+		return ErrNotFound
+	}
+	e.State = StateFinished
+	e.FinishedMS = ev.FinishedMS
+	e.Event = ev
+	return nil
+}
+
+func (s *MemoryStore) MarkAcked(_ context.Context, commandID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.byCommand[commandID]
+	if !ok {
+		return ErrNotFound
+	}
+	s.byExec[id].Acked = true
+	return nil
+}
+
+func (s *MemoryStore) get(id string, ok bool) (Execution, error) {
+	if !ok {
+		return Execution{}, ErrNotFound
+	}
+	return *s.byExec[id], nil
+}
+
+func (s *MemoryStore) GetExecution(_ context.Context, executionID string) (Execution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.byExec[executionID]
+	return s.get(executionID, ok)
+}
+
+func (s *MemoryStore) GetByCommandID(_ context.Context, commandID string) (Execution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.byCommand[commandID]
+	return s.get(id, ok)
+}
+
+func (s *MemoryStore) GetByMessageID(_ context.Context, messageID string) (Execution, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.byMessage[messageID]
+	return s.get(id, ok)
+}
+
+func (s *MemoryStore) Unfinished(_ context.Context) ([]Execution, error) {
+	return s.filter(func(e *Execution) bool { return e.State == StateStarted }), nil
+}
+
+func (s *MemoryStore) Unacked(_ context.Context) ([]Execution, error) {
+	return s.filter(func(e *Execution) bool { return e.State == StateFinished && !e.Acked }), nil
+}
+
+func (s *MemoryStore) filter(keep func(*Execution) bool) []Execution {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Execution
+	for _, e := range s.byExec {
+		if keep(e) {
+			out = append(out, *e)
+		}
+	}
+	return out
+}
+
+func (s *MemoryStore) Close() error { return nil }
