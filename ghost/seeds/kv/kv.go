@@ -1,0 +1,253 @@
+package kv
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// ID is the seed id of the kv seed.
+const ID = "seed.kv"
+
+// MaxValueSize is the largest value stored, in bytes. It is checked in code: a Go regexp
+// cannot repeat more than 1000 times, so the value pattern cannot say it.
+const MaxValueSize = 64 << 10
+
+// Result statuses.
+const (
+	StatusOK       = "ok"
+	StatusFailed   = "failed"
+	StatusNotFound = "not_found"
+)
+
+// ErrKeyNotFound is returned (wrapped) by get for a key that is not stored.
+var ErrKeyNotFound = errors.New("key not found")
+
+// ErrNotInteger is returned (wrapped) by incr when the stored value is not a decimal integer.
+var ErrNotInteger = errors.New("value is not an integer")
+
+const (
+	keyPattern    = `[A-Za-z0-9._/-]{1,256}`
+	prefixPattern = `[A-Za-z0-9._/-]{0,256}`
+	valuePattern  = `(?s).*`
+)
+
+// Seed is seed.kv. It is safe for concurrent use.
+type Seed struct {
+	mu   sync.Mutex
+	data map[string]string
+}
+
+// New returns an empty kv seed.
+func New() *Seed { return &Seed{data: map[string]string{}} }
+
+// Value returns the value stored under key, for tests that inspect the store.
+func (s *Seed) Value(key string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.data[key]
+	return v, ok
+}
+
+// Info declares the seed and its operations.
+func (s *Seed) Info() bus.SeedInfo {
+	key := bus.ParamInfo{Name: "key", Required: true, Pattern: keyPattern, Description: "1-256 characters of A-Z a-z 0-9 . _ / -"}
+	return bus.SeedInfo{
+		ID:          ID,
+		Name:        "KV",
+		Description: "An in-memory key/value store, lost when the Ghost stops.",
+		Operations: []bus.OperationInfo{
+			{
+				Name:        "put",
+				Description: `Store value under key, replacing any value. Stdout is JSON {"key":...,"bytes":<value length>}.`,
+				Idempotent:  true,
+				Params: []bus.ParamInfo{
+					key,
+					{Name: "value", Required: true, Pattern: valuePattern, Description: "any text of at most 65536 bytes"},
+				},
+			},
+			{
+				Name:        "get",
+				Description: `Return the value stored under key, as is, on stdout. A missing key fails with status "not_found".`,
+				Idempotent:  true,
+				Params:      []bus.ParamInfo{key},
+			},
+			{
+				Name:        "delete",
+				Description: `Remove key; removing a missing key succeeds. Stdout is JSON {"key":...,"deleted":<whether it was there>}.`,
+				Idempotent:  true,
+				Params:      []bus.ParamInfo{key},
+			},
+			{
+				Name:        "list",
+				Description: "List the stored keys that start with prefix (all keys without one). Stdout is a JSON array of keys, sorted.",
+				Idempotent:  true,
+				Params: []bus.ParamInfo{
+					{Name: "prefix", Pattern: prefixPattern, Description: "keep only keys starting with this"},
+				},
+			},
+			{
+				Name:        "incr",
+				Description: "Add 1 to the decimal integer stored under key (a missing key counts as 0), store it and return the new value on stdout. Not idempotent.",
+				Idempotent:  false,
+				Params:      []bus.ParamInfo{key},
+			},
+		},
+	}
+}
+
+// Execute runs one operation.
+func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
+	if req == nil {
+		return failed(StatusFailed, bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
+	}
+	if err := ctx.Err(); err != nil {
+		return failed(StatusFailed, err)
+	}
+	switch req.Operation {
+	case "list":
+		return s.list(req.Args["prefix"])
+	case "put", "get", "delete", "incr":
+	default:
+		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
+	}
+	key := req.Args["key"]
+	if key == "" {
+		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.key", "required by %s %s but missing", ID, req.Operation))
+	}
+	switch req.Operation {
+	case "put":
+		return s.put(key, req.Args)
+	case "get":
+		return s.get(key)
+	case "delete":
+		return s.delete(key)
+	default: // incr
+		return s.incr(key)
+	}
+}
+
+func (s *Seed) put(key string, args map[string]string) (bus.Result, error) {
+	value, present := args["value"]
+	if !present {
+		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "required by %s put but missing", ID))
+	}
+	if len(value) > MaxValueSize {
+		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "is %d bytes, at most %d are allowed", len(value), MaxValueSize))
+	}
+	s.mu.Lock()
+	s.data[key] = value
+	s.mu.Unlock()
+	return okJSON(struct {
+		Key   string `json:"key"`
+		Bytes int    `json:"bytes"`
+	}{key, len(value)})
+}
+
+func (s *Seed) get(key string) (bus.Result, error) {
+	v, found := s.Value(key)
+	if !found {
+		return failed(StatusNotFound, fmt.Errorf("%w: %q", ErrKeyNotFound, key))
+	}
+	return ok(v), nil
+}
+
+func (s *Seed) delete(key string) (bus.Result, error) {
+	s.mu.Lock()
+	_, found := s.data[key]
+	delete(s.data, key)
+	s.mu.Unlock()
+	return okJSON(struct {
+		Key     string `json:"key"`
+		Deleted bool   `json:"deleted"`
+	}{key, found})
+}
+
+func (s *Seed) list(prefix string) (bus.Result, error) {
+	s.mu.Lock()
+	keys := make([]string, 0, len(s.data))
+	for k := range s.data {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	s.mu.Unlock()
+	sort.Strings(keys)
+	out, cut, err := jsonArray(keys, bus.MaxOutput)
+	if err != nil {
+		return failed(StatusFailed, err)
+	}
+	return bus.Result{Status: StatusOK, Stdout: out, Truncated: cut}, nil
+}
+
+func (s *Seed) incr(key string) (bus.Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	if v, found := s.data[key]; found {
+		var err error
+		if n, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return failed(StatusFailed, fmt.Errorf("incr %q: %w: %.64q", key, ErrNotInteger, v))
+		}
+	}
+	if n == math.MaxInt64 {
+		return failed(StatusFailed, fmt.Errorf("incr %q: %d is the largest value incr can hold", key, n))
+	}
+	n++
+	s.data[key] = strconv.FormatInt(n, 10)
+	return ok(s.data[key]), nil
+}
+
+// jsonArray encodes items as a compact JSON array of at most max bytes. Items that do not
+// fit are left out, so the output stays valid JSON, and it reports that something was.
+func jsonArray(items []string, max int) (string, bool, error) {
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, it := range items {
+		enc, err := json.Marshal(it)
+		if err != nil {
+			return "", false, err
+		}
+		if b.Len()+len(enc)+2 > max { // a comma and the closing bracket
+			b.WriteByte(']')
+			return b.String(), true, nil
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(enc)
+	}
+	b.WriteByte(']')
+	return b.String(), false, nil
+}
+
+func ok(stdout string) bus.Result {
+	return bus.Result{Status: StatusOK, ExitCode: 0, Stdout: stdout}
+}
+
+func okJSON(v any) (bus.Result, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return failed(StatusFailed, err)
+	}
+	return ok(string(data)), nil
+}
+
+// failed returns the result and error of a failed execution, err unchanged so that callers
+// can match it.
+func failed(status string, err error) (bus.Result, error) {
+	msg := err.Error()
+	var pe *bus.Error
+	if errors.As(err, &pe) {
+		msg = pe.Message
+	}
+	return bus.Result{Status: status, ExitCode: 1, Stderr: msg}, err
+}
