@@ -1,0 +1,177 @@
+package mirage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// ErrNoMirage is returned when no Mirage answered on mirage.issue in time.
+var ErrNoMirage = errors.New("no Mirage answered")
+
+// ErrRejected wraps the error of an issue Mirage refused.
+var ErrRejected = errors.New("issue rejected")
+
+// Client is what the CLI and scripts use to talk to Mirage and read its state.
+type Client struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+// NewClient returns a client on an open connection.
+func NewClient(nc *nats.Conn) (*Client, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{nc: nc, js: js}, nil
+}
+
+// IssueTimeout bounds the wait for Mirage to accept or reject an issue.
+const IssueTimeout = 5 * time.Second
+
+// Issue sends an issue and returns Mirage's acceptance. A rejection is an error wrapping
+// ErrRejected whose *bus.Error is reachable with errors.As; no answer is ErrNoMirage.
+func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, error) {
+	data, err := bus.Encode(is)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, IssueTimeout)
+	defer cancel()
+	msg, err := c.nc.RequestMsgWithContext(ctx, bus.NewMsg(subjects.Issue, data, "", is.TraceID))
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("%w on %s within %s", ErrNoMirage, subjects.Issue, IssueTimeout)
+		}
+		return nil, fmt.Errorf("%w: %v", bus.ErrUnavailable, err)
+	}
+	var reply bus.IssueReply
+	if err := bus.Decode(msg.Data, &reply); err != nil {
+		return nil, fmt.Errorf("malformed reply from Mirage: %w", err)
+	}
+	if reply.Status != "accepted" {
+		return &reply, fmt.Errorf("%w: %w", ErrRejected, reply.Error)
+	}
+	return &reply, nil
+}
+
+// LatestReport returns the newest report of an intent, or ErrIntentNotFound.
+func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report, error) {
+	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
+		return nil, err
+	}
+	stream, err := c.js.Stream(ctx, bus.StreamReports)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
+		}
+		return nil, err
+	}
+	var r bus.Report
+	if err := bus.Decode(raw.Data, &r); err != nil {
+		return nil, fmt.Errorf("malformed report: %w", err)
+	}
+	return &r, nil
+}
+
+// WatchReports calls fn with each report of an intent, the stored ones first, until fn
+// returns false or ctx ends.
+func (c *Client) WatchReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
+	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.Report(intentID)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		var r bus.Report
+		if bus.Decode(msg.Data(), &r) != nil {
+			continue
+		}
+		if !fn(&r) {
+			return nil
+		}
+	}
+}
+
+// WaitTerminal returns the terminal report of an intent, waiting for it.
+func (c *Client) WaitTerminal(ctx context.Context, intentID string) (*bus.Report, error) {
+	var final *bus.Report
+	err := c.WatchReports(ctx, intentID, func(r *bus.Report) bool {
+		if bus.Terminal(r.Phase) {
+			final = r
+			return false
+		}
+		return true
+	})
+	if final != nil {
+		return final, nil
+	}
+	return nil, err
+}
+
+// GhostStatus is one line of the fleet listing.
+type GhostStatus struct {
+	GhostID    string            `json:"ghost_id"`
+	Status     string            `json:"status"`
+	Version    string            `json:"version"`
+	Labels     map[string]string `json:"labels"`
+	Seeds      []string          `json:"seeds"`
+	LastSeenMS int64             `json:"last_seen_ms"`
+}
+
+// Ghosts lists the registered Ghosts with their presence status, from KV edge_ghosts.
+func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
+	kv, err := c.js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return []GhostStatus{}, nil
+		}
+		return nil, err
+	}
+	recs, err := ReadFleet(ctx, kv)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	out := make([]GhostStatus, 0, len(recs))
+	for _, r := range recs {
+		seeds := make([]string, 0, len(r.Seeds))
+		for _, s := range r.Seeds {
+			seeds = append(seeds, s.ID)
+		}
+		labels := r.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		out = append(out, GhostStatus{GhostID: r.GhostID, Status: r.Status(now), Version: r.Version, Labels: labels, Seeds: seeds, LastSeenMS: r.LastSeenMS})
+	}
+	return out, nil
+}

@@ -1,0 +1,223 @@
+package mirage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// onEvent is event ingest: decode → check identity → count once by event_id → ack the
+// stream message → answer event.ack. A malformed event is terminated, never redelivered.
+func (m *Mirage) onEvent(msg jetstream.Msg) {
+	var ev bus.Event
+	subjectGhost, serr := subjects.GhostFrom(msg.Subject())
+	if err := bus.Decode(msg.Data(), &ev); err != nil {
+		perr := bus.AsError(err)
+		m.log.Warn("refused a malformed event", "direction", "in", "message_type", bus.TypeEvent, "subject", msg.Subject(), "code", perr.Code, "err", perr.Message)
+		_ = msg.Term()
+		return
+	}
+	if serr != nil || subjectGhost != ev.GhostID {
+		m.log.Warn("refused an event whose ghost_id is not its subject's", "direction", "in", "message_type", bus.TypeEvent, "subject", msg.Subject(), "ghost", ev.GhostID, "event_id", ev.EventID)
+		_ = msg.Term()
+		if serr == nil {
+			m.sendAck(subjectGhost, &ev, bus.AckRejected, bus.CodeSecurity)
+		}
+		return
+	}
+	v, code, reason, done := m.ingest(&ev)
+	if err := msg.Ack(); err != nil {
+		m.log.Debug("stream ack failed; the event will be redelivered and counted once", "event_id", ev.EventID, "err", err)
+	}
+	switch v {
+	case verdictRejected:
+		m.log.Warn("event rejected", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "command_id", ev.CommandID, "intent_id", ev.IntentID, "reason", reason)
+		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
+	default:
+		m.log.Debug("event ingested", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "trace_id", ev.TraceID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "outcome", ev.Outcome, "duplicate", v == verdictDuplicate)
+		m.sendAck(ev.GhostID, &ev, bus.AckAccepted, 0)
+	}
+	if done {
+		m.finish(ev.IntentID)
+	}
+}
+
+// ingest applies an event to its live intent. It returns the verdict, the ack code and
+// reason of a rejection, and whether the intent is now complete.
+func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
+	m.mu.Lock()
+	li, ok := m.live[ev.IntentID]
+	if ok {
+		v, reason := li.apply(ev)
+		done := v == verdictCounted && li.done()
+		m.mu.Unlock()
+		return v, bus.CodeSemantic, reason, done
+	}
+	m.mu.Unlock()
+	if ev.IntentID == "" {
+		return verdictRejected, bus.CodeSemantic, "event names no intent", false
+	}
+	rec, err := m.Intent(context.Background(), ev.IntentID)
+	switch {
+	case err == nil && bus.Terminal(rec.Phase):
+		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + rec.Phase, false
+	case errors.Is(err, ErrIntentNotFound):
+		return verdictRejected, bus.CodeSemantic, "unknown intent " + ev.IntentID, false
+	default:
+		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+	}
+}
+
+func (m *Mirage) sendAck(ghostID string, ev *bus.Event, status string, code bus.Code) {
+	ack := bus.EventAck{
+		Header:    bus.NewHeader(bus.TypeEventAck, ev.TraceID, m.cfg.Now()),
+		EventID:   ev.EventID,
+		CommandID: ev.CommandID,
+		GhostID:   ghostID,
+		AckStatus: status,
+		AckCode:   code,
+	}
+	if subjects.ValidateTraceID(ack.TraceID) != nil {
+		ack.TraceID = subjects.NewTraceID()
+	}
+	if data, err := bus.Encode(&ack); err == nil {
+		_ = m.nc.Publish(subjects.Ack(ghostID), data)
+	}
+}
+
+// Intent reads an intent's record from KV edge_intents.
+func (m *Mirage) Intent(ctx context.Context, intentID string) (*IntentRecord, error) {
+	return ReadIntent(ctx, m.intents, intentID)
+}
+
+// ReadIntent reads an intent's record from KV edge_intents.
+func ReadIntent(ctx context.Context, kv jetstream.KeyValue, intentID string) (*IntentRecord, error) {
+	e, err := kv.Get(ctx, intentID)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, ErrIntentNotFound
+		}
+		return nil, err
+	}
+	var rec IntentRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
+
+// recover follows again the intents that were open when Mirage stopped: it rebuilds their
+// observed state by replaying EDGE_EVT from the oldest one's creation, re-dispatches the
+// commands of targets still pending (same command_ids: JetStream and the Ghosts'
+// execution stores make that safe), and re-arms their deadlines.
+func (m *Mirage) recover(ctx context.Context) error {
+	lister, err := m.intents.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	var oldest int64
+	for key := range lister.Keys() {
+		rec, err := m.Intent(ctx, key)
+		if err != nil || bus.Terminal(rec.Phase) {
+			continue
+		}
+		li := newLiveIntent(*rec)
+		m.mu.Lock()
+		m.live[rec.IntentID] = li
+		m.mu.Unlock()
+		if oldest == 0 || rec.CreatedMS < oldest {
+			oldest = rec.CreatedMS
+		}
+	}
+	if oldest == 0 {
+		return nil
+	}
+	if err := m.replay(ctx, time.UnixMilli(oldest).Add(-time.Minute)); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	var complete []string
+	type pending struct {
+		rec  IntentRecord
+		only []int
+	}
+	var redo []pending
+	for id, li := range m.live {
+		li.dirty = true
+		if li.done() {
+			complete = append(complete, id)
+			continue
+		}
+		var only []int
+		for i, r := range li.results {
+			if r.Outcome == bus.OutcomePending {
+				only = append(only, i)
+			}
+		}
+		redo = append(redo, pending{li.rec, only})
+		m.arm(li)
+	}
+	m.mu.Unlock()
+	for _, id := range complete {
+		m.finish(id)
+	}
+	for _, p := range redo {
+		if err := m.dispatch(ctx, &p.rec, p.only); err != nil {
+			m.log.Error("re-dispatch after restart incomplete", "intent_id", p.rec.IntentID, "err", err)
+		}
+	}
+	m.log.Info("recovered open intents", "count", len(redo)+len(complete))
+	return nil
+}
+
+// replay applies every event stored since start to the live intents.
+func (m *Mirage) replay(ctx context.Context, start time.Time) error {
+	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
+		OptStartTime:  &start,
+	})
+	if err != nil {
+		return err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	remaining := info.NumPending
+	for remaining > 0 {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return err
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			var ev bus.Event
+			if bus.Decode(msg.Data(), &ev) == nil {
+				m.mu.Lock()
+				if li, ok := m.live[ev.IntentID]; ok {
+					if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {
+						li.apply(&ev)
+					}
+				}
+				m.mu.Unlock()
+			}
+			if md, err := msg.Metadata(); err == nil {
+				remaining = md.NumPending
+			}
+		}
+		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
+			return batch.Error()
+		}
+		if got == 0 {
+			break
+		}
+	}
+	return nil
+}

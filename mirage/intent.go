@@ -1,0 +1,233 @@
+package mirage
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// IntentRecord is an intent's desired state, stored in KV edge_intents (key = intent_id)
+// when it is accepted and again when it ends. Observed state (events) lives in EDGE_EVT,
+// so the record is small and written twice, whatever the fleet size.
+type IntentRecord struct {
+	IntentID    string     `json:"intent_id"`
+	Issue       bus.Issue  `json:"issue"`
+	Targets     []string   `json:"targets"`
+	CreatedMS   int64      `json:"created_ms"`
+	DeadlineMS  int64      `json:"deadline_ms"`
+	DeliverByMS int64      `json:"deliver_by_ms"`
+	Phase       string     `json:"phase"`
+	Counts      bus.Counts `json:"counts"`
+	Summary     string     `json:"summary,omitempty"`
+	FinishedMS  int64      `json:"finished_ms,omitempty"`
+}
+
+// CommandID is the command_id of the i-th target of an intent: derived, so that a
+// re-dispatch after a restart sends the very same command_id.
+func CommandID(intentID string, i int) string {
+	return "cmd_" + strings.TrimPrefix(intentID, "int_") + "_" + strconv.Itoa(i)
+}
+
+// resultGrace is how long past its timeout Mirage waits for a Ghost's own timeout event
+// before it reports the target as timeout (no response).
+const resultGrace = 500 * time.Millisecond
+
+// liveIntent is an intent Mirage is following: its record and observed results.
+type liveIntent struct {
+	rec      IntentRecord
+	results  []bus.TargetResult
+	index    map[string]int // command_id → target index
+	terminal int            // targets with a terminal outcome
+	dirty    bool           // results changed since the last report
+	timer    *time.Timer
+}
+
+func newLiveIntent(rec IntentRecord) *liveIntent {
+	li := &liveIntent{rec: rec, results: make([]bus.TargetResult, len(rec.Targets)), index: make(map[string]int, len(rec.Targets))}
+	for i, g := range rec.Targets {
+		id := CommandID(rec.IntentID, i)
+		li.index[id] = i
+		li.results[i] = bus.TargetResult{GhostID: g, CommandID: id, Outcome: bus.OutcomePending, ExitCode: -1}
+	}
+	return li
+}
+
+// Verdicts of applying an event.
+type verdict int
+
+const (
+	verdictCounted   verdict = iota // a new terminal result
+	verdictDuplicate                // the same event again: acknowledged, not counted
+	verdictRejected                 // not an event this intent expects
+)
+
+// apply records ev as its target's terminal result.
+func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
+	i, ok := li.index[ev.CommandID]
+	if !ok {
+		return verdictRejected, "command_id is not part of intent " + li.rec.IntentID
+	}
+	r := &li.results[i]
+	if r.GhostID != ev.GhostID {
+		return verdictRejected, fmt.Sprintf("command %s was sent to %s, not to %s", ev.CommandID, r.GhostID, ev.GhostID)
+	}
+	if r.Outcome != bus.OutcomePending {
+		if r.EventID == ev.EventID {
+			return verdictDuplicate, ""
+		}
+		return verdictRejected, "target already has a terminal outcome"
+	}
+	r.ExecutionID = ev.ExecutionID
+	r.EventID = ev.EventID
+	r.ExitCode = ev.Result.ExitCode
+	r.Stdout = ev.Result.Stdout
+	r.Stderr = ev.Result.Stderr
+	r.Truncated = ev.Result.Truncated
+	r.Error = ev.Error
+	switch {
+	case ev.Outcome == bus.OutcomeSuccess:
+		r.Outcome = bus.OutcomeSuccess
+	case ev.Error != nil && ev.Error.Code == bus.CodeExpired:
+		r.Outcome = bus.OutcomeExpired
+	default:
+		r.Outcome = bus.OutcomeError
+	}
+	li.terminal++
+	li.dirty = true
+	return verdictCounted, ""
+}
+
+// expire marks every pending target as timeout (no terminal event before the deadline).
+func (li *liveIntent) expire() {
+	for i := range li.results {
+		r := &li.results[i]
+		if r.Outcome != bus.OutcomePending {
+			continue
+		}
+		r.Outcome = bus.OutcomeTimeout
+		r.Error = bus.Errorf(bus.CodeNoResponse, "no terminal event from %s within the intent's timeout of %s", r.GhostID, time.Duration(li.rec.Issue.TimeoutMS)*time.Millisecond)
+		li.terminal++
+	}
+	li.dirty = true
+}
+
+func (li *liveIntent) done() bool { return li.terminal == len(li.results) }
+
+func (li *liveIntent) counts() bus.Counts {
+	c := bus.Counts{Targets: len(li.results)}
+	for _, r := range li.results {
+		switch r.Outcome {
+		case bus.OutcomeSuccess:
+			c.Success++
+		case bus.OutcomeError:
+			c.Error++
+		case bus.OutcomeTimeout:
+			c.Timeout++
+		case bus.OutcomeExpired:
+			c.Expired++
+		case bus.OutcomeSkipped:
+			c.Skipped++
+		default:
+			c.Pending++
+		}
+	}
+	return c
+}
+
+// phase is the intent's phase from its results.
+func (li *liveIntent) phase() string {
+	c := li.counts()
+	switch {
+	case li.done() && c.Success == c.Targets:
+		return bus.PhaseSatisfied
+	case li.done():
+		return bus.PhaseFailed
+	case c.Pending == c.Targets:
+		return bus.PhasePending
+	default:
+		return bus.PhaseInProgress
+	}
+}
+
+// Summary renders counts as one human line.
+func Summary(phase string, c bus.Counts) string {
+	parts := []string{fmt.Sprintf("%d/%d succeeded", c.Success, c.Targets)}
+	add := func(n int, what string) {
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, what))
+		}
+	}
+	add(c.Error, "error")
+	add(c.Timeout, "timeout")
+	add(c.Expired, "expired")
+	add(c.Skipped, "skipped")
+	add(c.Pending, "pending")
+	return phase + ": " + strings.Join(parts, ", ")
+}
+
+// report builds the intent's report, kept under bus.MaxEnvelope.
+func (li *liveIntent) report(now time.Time) *bus.Report {
+	phase := li.phase()
+	c := li.counts()
+	state := "open"
+	if li.done() {
+		state = "complete"
+	}
+	r := &bus.Report{
+		Header:          bus.NewHeader(bus.TypeReport, li.rec.Issue.TraceID, now),
+		IntentID:        li.rec.IntentID,
+		Phase:           phase,
+		CompletionState: state,
+		Summary:         Summary(phase, c),
+		Counts:          c,
+		Results:         append([]bus.TargetResult(nil), li.results...),
+	}
+	fitReport(r)
+	return r
+}
+
+// fitReport shrinks a report's results until it fits in an envelope: first it caps each
+// output, then it leaves out successful results, then any; counts stay exact.
+func fitReport(r *bus.Report) {
+	const budget = bus.MaxEnvelope - 16<<10
+	size := func() int { d, _ := bus.Encode(r); return len(d) }
+	if d, err := bus.Encode(r); err == nil && len(d) <= budget {
+		return
+	}
+	for _, limit := range []int{4 << 10, 512, 64, 0} {
+		for i := range r.Results {
+			var c1, c2 bool
+			r.Results[i].Stdout, c1 = bus.Cut(r.Results[i].Stdout, limit)
+			r.Results[i].Stderr, c2 = bus.Cut(r.Results[i].Stderr, limit)
+			r.Results[i].Truncated = r.Results[i].Truncated || c1 || c2
+		}
+		if size() <= budget {
+			return
+		}
+	}
+	// Keep the non-success results first: they are what an operator looks for.
+	kept := make([]bus.TargetResult, 0, len(r.Results))
+	for _, x := range r.Results {
+		if x.Outcome != bus.OutcomeSuccess {
+			kept = append(kept, x)
+		}
+	}
+	for _, x := range r.Results {
+		if x.Outcome == bus.OutcomeSuccess {
+			kept = append(kept, x)
+		}
+	}
+	n := len(kept)
+	for n > 0 {
+		r.Results = kept[:n]
+		if size() <= budget {
+			break
+		}
+		n = n * 3 / 4
+	}
+	r.Results = kept[:n]
+	r.ResultsOmitted = len(kept) - n
+}

@@ -1,0 +1,300 @@
+package mirage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Config is Mirage's runtime configuration.
+type Config struct {
+	// ID names this Mirage in announces and logs (default "mirage").
+	ID string
+	// Replicas of streams and KV buckets (1 embedded, 3 on a cluster).
+	Replicas int
+	// ReportInterval coalesces in_progress reports (default 250 ms).
+	ReportInterval time.Duration
+	// PresenceFlush is how often heartbeat times are written to KV (default 5 s).
+	PresenceFlush time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.ID == "" {
+		c.ID = "mirage"
+	}
+	if c.ReportInterval <= 0 {
+		c.ReportInterval = 250 * time.Millisecond
+	}
+	if c.PresenceFlush <= 0 {
+		c.PresenceFlush = 5 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// EventsConsumer is the durable consumer through which Mirage reads EDGE_EVT.
+const EventsConsumer = "mirage"
+
+// Mirage is the orchestration runtime.
+type Mirage struct {
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	intents jetstream.KeyValue
+	fleet   *Fleet
+	log     *slog.Logger
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	subs []*nats.Subscription
+	cc   jetstream.ConsumeContext
+
+	mu   sync.Mutex
+	live map[string]*liveIntent
+}
+
+// New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
+// Mirage does not own nc: the caller closes it after Close.
+func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mirage, error) {
+	cfg.defaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "mirage")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: cfg.Replicas}); err != nil {
+		return nil, err
+	}
+	intents, err := js.KeyValue(ctx, bus.BucketIntents)
+	if err != nil {
+		return nil, err
+	}
+	ghosts, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mirage{
+		cfg: cfg, nc: nc, js: js, intents: intents, log: log,
+		fleet: newFleet(ghosts, cfg.Now, log),
+		stop:  make(chan struct{}),
+		live:  map[string]*liveIntent{},
+	}
+	return m, nil
+}
+
+// Fleet returns the registry of Ghosts.
+func (m *Mirage) Fleet() *Fleet { return m.fleet }
+
+// Start loads the fleet and the open intents, subscribes, starts reading events, and
+// announces itself so that Ghosts register.
+func (m *Mirage) Start(ctx context.Context) error {
+	if err := m.fleet.load(ctx); err != nil {
+		return fmt.Errorf("load fleet registry: %w", err)
+	}
+	if err := m.recover(ctx); err != nil {
+		return fmt.Errorf("recover open intents: %w", err)
+	}
+	for _, s := range []struct {
+		subject string
+		queue   string
+		fn      nats.MsgHandler
+	}{
+		{subjects.Issue, "mirage", m.onIssue},
+		{subjects.AllRegisters, "mirage", m.fleet.onRegister},
+		{subjects.AllHeartbeats, "mirage", m.fleet.onHeartbeat},
+	} {
+		sub, err := m.nc.QueueSubscribe(s.subject, s.queue, s.fn)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", s.subject, err)
+		}
+		_ = sub.SetPendingLimits(-1, -1)
+		m.subs = append(m.subs, sub)
+	}
+	cons, err := m.js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
+		Durable:       EventsConsumer,
+		Description:   "Mirage reads every event once, acking each after it is counted",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 20000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("events consumer: %w", err)
+	}
+	m.cc, err = cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000))
+	if err != nil {
+		return fmt.Errorf("consume events: %w", err)
+	}
+	m.wg.Add(1)
+	go m.loop()
+	m.announce()
+	m.log.Info("mirage serving", "subject", subjects.Issue, "ghosts", len(m.fleet.All()))
+	return nil
+}
+
+// Close stops intake and background loops, writes pending presence, and publishes the
+// reports that changed. It does not close the connection.
+func (m *Mirage) Close() error {
+	select {
+	case <-m.stop:
+		return nil
+	default:
+	}
+	for _, s := range m.subs {
+		_ = s.Drain()
+	}
+	if m.cc != nil {
+		// Stop, not Drain: un-acked events are redelivered to the next Mirage and counted
+		// once, and Drain would wait for the pull request to expire.
+		m.cc.Stop()
+		<-m.cc.Closed()
+	}
+	close(m.stop)
+	m.wg.Wait()
+	m.mu.Lock()
+	for _, li := range m.live {
+		if li.timer != nil {
+			li.timer.Stop()
+		}
+	}
+	m.mu.Unlock()
+	m.fleet.flush()
+	m.publishDirty()
+	return nil
+}
+
+func (m *Mirage) announce() {
+	ann := bus.Announce{Header: bus.NewHeader(bus.TypeAnnounce, "", m.cfg.Now()), MirageID: m.cfg.ID}
+	if data, err := bus.Encode(&ann); err == nil {
+		_ = m.nc.Publish(subjects.Announce, data)
+	}
+}
+
+// loop publishes coalesced in_progress reports and flushes presence.
+func (m *Mirage) loop() {
+	defer m.wg.Done()
+	reports := time.NewTicker(m.cfg.ReportInterval)
+	defer reports.Stop()
+	presence := time.NewTicker(m.cfg.PresenceFlush)
+	defer presence.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-reports.C:
+			m.publishDirty()
+		case <-presence.C:
+			m.fleet.flush()
+		}
+	}
+}
+
+func (m *Mirage) publishDirty() {
+	now := m.cfg.Now()
+	var out []*bus.Report
+	m.mu.Lock()
+	for _, li := range m.live {
+		if li.dirty {
+			li.dirty = false
+			out = append(out, li.report(now))
+		}
+	}
+	m.mu.Unlock()
+	for _, r := range out {
+		m.publishReport(r)
+	}
+}
+
+// publishReport stores a report in EDGE_REPORT, retrying a few times.
+func (m *Mirage) publishReport(r *bus.Report) {
+	data, err := bus.Encode(r)
+	if err != nil {
+		m.log.Error("cannot encode report", "intent_id", r.IntentID, "err", err)
+		return
+	}
+	msg := bus.NewMsg(subjects.Report(r.IntentID), data, r.MessageID, r.TraceID)
+	b := 250 * time.Millisecond
+	for attempt := 1; attempt <= 8; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = m.js.PublishMsg(ctx, msg)
+		cancel()
+		if err == nil {
+			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
+			return
+		}
+		time.Sleep(b)
+		b = min(b*2, 5*time.Second)
+	}
+	m.log.Error("report not stored", "intent_id", r.IntentID, "phase", r.Phase, "err", err)
+}
+
+// finish ends an intent: its record is stored terminal and its terminal report published.
+// Called without m.mu held.
+func (m *Mirage) finish(intentID string) {
+	m.mu.Lock()
+	li, ok := m.live[intentID]
+	if !ok || !li.done() {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.live, intentID)
+	if li.timer != nil {
+		li.timer.Stop()
+	}
+	now := m.cfg.Now()
+	rep := li.report(now)
+	rec := li.rec
+	rec.Phase, rec.Counts, rec.Summary, rec.FinishedMS = rep.Phase, rep.Counts, rep.Summary, now.UnixMilli()
+	m.mu.Unlock()
+	if err := m.putIntent(&rec); err != nil {
+		m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
+	}
+	m.publishReport(rep)
+	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
+}
+
+func (m *Mirage) putIntent(rec *IntentRecord) error {
+	data, err := jsonMarshal(rec)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = m.intents.Put(ctx, rec.IntentID, data)
+	return err
+}
+
+// arm sets the deadline timer of a live intent. Called with m.mu held.
+func (m *Mirage) arm(li *liveIntent) {
+	wait := time.UnixMilli(li.rec.DeadlineMS).Add(resultGrace).Sub(m.cfg.Now())
+	id := li.rec.IntentID
+	li.timer = time.AfterFunc(max(wait, 0), func() {
+		m.mu.Lock()
+		cur, ok := m.live[id]
+		if ok {
+			cur.expire()
+		}
+		m.mu.Unlock()
+		if ok {
+			m.finish(id)
+		}
+	})
+}
+
+// ErrIntentNotFound is returned for an unknown intent_id.
+var ErrIntentNotFound = errors.New("intent not found")
