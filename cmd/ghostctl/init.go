@@ -1,0 +1,117 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/cobra"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+func newInit() *cobra.Command {
+	var (
+		id, server, out, policy, seedList string
+		labels                            []string
+		force                             bool
+	)
+	c := &cobra.Command{
+		Use:   "init --id ID [--server URL] [--out DIR] [--label KEY=VALUE ...] [--policy headless|auto|required] [--seeds ID,ID|none]",
+		Short: "Write a Ghost's config.toml (and its state directory)",
+		Long: `init writes DIR/config.toml for a new Ghost and creates its state directory DIR/state.
+Run the Ghost with 'ghostctl run --config DIR/config.toml'.
+
+Policies: headless serves commands without registering with a Mirage; auto registers
+whenever a Mirage is present; required refuses to start without one.
+Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), all (default), or none.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := subjects.ValidateGhostID(id); err != nil {
+				return cli.Invalid("--id: %s", strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+			}
+			switch policy {
+			case ghost.PolicyHeadless, ghost.PolicyAuto, ghost.PolicyRequired:
+			default:
+				return cli.Invalid("--policy %q: use headless, auto or required", policy)
+			}
+			ids, err := seeds.Parse(seedList)
+			if err != nil {
+				return cli.Invalid("--seeds: %v", err)
+			}
+			lbl, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			if out == "" {
+				out = id
+			}
+			dir, err := filepath.Abs(out)
+			if err != nil {
+				return cli.Invalid("--out: %v", err)
+			}
+			path := filepath.Join(dir, "config.toml")
+			if _, err := os.Stat(path); err == nil && !force {
+				return cli.Invalid("%s exists; use --force to overwrite it", path)
+			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			state := filepath.Join(dir, "state")
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				return fmt.Errorf("create state directory: %w", err)
+			}
+			doc := map[string]any{
+				"id":        id,
+				"server":    bus.ServerURL(server),
+				"state_dir": state,
+				"policy":    policy,
+				"seeds":     ids,
+				"labels":    lbl,
+			}
+			var buf bytes.Buffer
+			buf.WriteString("# edgectl Ghost configuration, written by 'ghostctl init'.\n")
+			buf.WriteString("# Environment variables EDGE_<KEY> override these keys (EDGE_LABELS__ROLE for labels.role);\n")
+			buf.WriteString("# flags of 'ghostctl run' override both.\n")
+			if err := toml.NewEncoder(&buf).Encode(doc); err != nil {
+				return err
+			}
+			if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+				return fmt.Errorf("write config: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", path)
+			fmt.Fprintf(cmd.OutOrStdout(), "run it with: ghostctl run --config %s\n", path)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&id, "id", "", "the Ghost's id: 1-64 of A-Z a-z 0-9 - _ (required)")
+	f.StringVar(&server, "server", "", "NATS server URL (default $NATS_URL, else "+bus.DefaultURL+")")
+	f.StringVar(&out, "out", "", "directory to write config.toml into (default ./ID)")
+	f.StringArrayVar(&labels, "label", nil, "a label KEY=VALUE; repeat for more")
+	f.StringVar(&policy, "policy", ghost.PolicyAuto, "Mirage policy: headless, auto or required")
+	f.StringVar(&seedList, "seeds", "all", "built-in seeds to host: a comma list, all, or none")
+	f.BoolVar(&force, "force", false, "overwrite an existing config.toml")
+	_ = c.MarkFlagRequired("id")
+	return c
+}
+
+func parseLabels(kvs []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.Contains(v, "=") || strings.Contains(k, ",") || strings.Contains(v, ",") {
+			return nil, cli.Invalid("--label %q: expected KEY=VALUE without , or a second =", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds"
+)
+
+func newRun() *cobra.Command {
+	var cfgPath string
+	c := &cobra.Command{
+		Use:   "run [--config FILE]",
+		Short: "Run the Ghost: serve cmd.<id> until SIGINT or SIGTERM",
+		Long: `run connects to NATS and serves the Ghost described by its config file: commands
+arrive on cmd.<id>, events leave on evt.<id>. With policy auto or required it registers
+with Mirage and sends a heartbeat every 5 s. SIGINT or SIGTERM stops intake, lets running
+executions finish (10 s grace), flushes their events, and exits 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cfgPath, cmd.Flags())
+			if err != nil {
+				return err
+			}
+			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+				return fmt.Errorf("state directory: %w", err)
+			}
+			reg, err := seeds.Registry(cfg.Seeds, cfg.StateDir)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			nc, err := bus.Connect(ctx, bus.ConnConfig{URL: cfg.Server, Name: "ghost " + cfg.ID, Persistent: true, Logger: log})
+			if err != nil {
+				return cli.Exit(cli.ExitUnavailable, err)
+			}
+			defer nc.Close()
+			store := ghost.NewMemoryStore()
+			defer store.Close()
+			g, err := ghost.New(nc, ghost.Config{
+				ID: cfg.ID, Version: version, Labels: cfg.Labels, Policy: cfg.Policy,
+				HeartbeatInterval: cfg.HeartbeatInterval, MaxConcurrent: cfg.MaxConcurrent,
+			}, reg, store, log)
+			if err != nil {
+				return err
+			}
+			if err := g.Start(ctx); err != nil {
+				_ = g.Close()
+				return cli.Exit(cli.ExitUnavailable, err)
+			}
+			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted())
+			<-ctx.Done()
+			log.Info("stopping: draining executions and flushing events", "component", "ghostctl")
+			if err := g.Close(); err != nil {
+				return err
+			}
+			if err := nc.Drain(); err != nil {
+				log.Debug("drain", "err", err)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&cfgPath, "config", "config.toml", "the Ghost's config file (written by ghostctl init)")
+	c.Flags().String("server", "", "NATS server URL; overrides the config's server")
+	c.Flags().String("log-format", "text", "log format: text or json")
+	c.Flags().String("log-level", "info", "log level: debug, info, warn or error")
+	return c
+}

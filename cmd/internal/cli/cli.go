@@ -1,0 +1,127 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/term"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/config"
+)
+
+// Exit codes (CONTRACT.md).
+const (
+	ExitOK           = 0 // success; for issue: phase satisfied
+	ExitNotSatisfied = 1 // finished but not satisfied
+	ExitInvalid      = 2 // invalid input, or the issue refused by Mirage
+	ExitUnavailable  = 3 // NATS unreachable, or no Mirage answered
+)
+
+// ExitError carries the exit code an error ends the program with.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Exit wraps err with an exit code.
+func Exit(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ExitError{Code: code, Err: err}
+}
+
+// Invalid is a usage or input error (exit 2).
+func Invalid(format string, args ...any) error {
+	return &ExitError{Code: ExitInvalid, Err: fmt.Errorf(format, args...)}
+}
+
+// ExitCode decides, once, the exit code of an error.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		return ExitInvalid
+	}
+	if errors.Is(err, bus.ErrUnavailable) || errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrConnectionClosed) {
+		return ExitUnavailable
+	}
+	return ExitNotSatisfied
+}
+
+// Main runs a program's root command and exits with the decided code, printing an error
+// as one line on stderr.
+func Main(run func(ctx context.Context) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		var ee *ExitError
+		if !errors.As(err, &ee) || ee.Err != errSilent {
+			fmt.Fprintln(os.Stderr, "error: "+oneLine(err.Error()))
+		}
+	}
+	os.Exit(ExitCode(err))
+}
+
+// errSilent marks an exit whose reason was already printed.
+var errSilent = errors.New("silent")
+
+// Silent exits with code and prints nothing more.
+func Silent(code int) error { return &ExitError{Code: code, Err: errSilent} }
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// Logger returns a slog logger on w: text, or JSON with format "json".
+func Logger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(orDefault(level, "info"))); err != nil {
+		return nil, Invalid("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, Invalid("--log-format %q: use text or json", format)
+	}
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// IsTerminal reports whether f is a terminal (for progress output).
+func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// Connect opens a client connection that fails fast (exit 3 when unreachable).
+func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bus.ServerURL(server), Name: name, Options: opts})
+	if err != nil {
+		return nil, Exit(ExitUnavailable, err)
+	}
+	return nc, nil
+}

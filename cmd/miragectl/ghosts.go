@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/mirage"
+)
+
+func newGhosts() *cobra.Command {
+	var (
+		cf     clientFlags
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "ghosts [--json]",
+		Short: "List the registered Ghosts with their presence (online, stale, offline)",
+		Long: `ghosts lists the Ghosts registered with Mirage (KV edge_ghosts) and their presence:
+online (a heartbeat within 15 s), stale (none for 15 s), offline (none for 60 s).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			nc, err := cli.Connect(ctx, cf.server, "miragectl ghosts")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			client, err := mirage.NewClient(nc)
+			if err != nil {
+				return cli.Exit(cli.ExitUnavailable, err)
+			}
+			list, err := client.Ghosts(ctx)
+			if err != nil {
+				return cli.Exit(cli.ExitUnavailable, err)
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return printJSON(out, list)
+			}
+			if len(list) == 0 {
+				fmt.Fprintln(out, "no ghosts registered")
+				return nil
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "GHOST\tSTATUS\tVERSION\tLAST SEEN\tLABELS\tSEEDS")
+			now := time.Now()
+			for _, g := range list {
+				var labels []string
+				for k, v := range g.Labels {
+					labels = append(labels, k+"="+v)
+				}
+				sort.Strings(labels)
+				ago := now.Sub(time.UnixMilli(g.LastSeenMS)).Round(time.Second)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\n", g.GhostID, g.Status, g.Version, ago, strings.Join(labels, ","), strings.Join(g.Seeds, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	cf.register(c)
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of {ghost_id, status, version, labels, seeds, last_seen_ms}")
+	return c
+}

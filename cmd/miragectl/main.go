@@ -1,0 +1,51 @@
+// Command miragectl runs and drives Mirage, the edgectl control plane: it turns an intent
+// ("run operation X of seed S on these machines") into one command per target Ghost,
+// follows the events that come back, and reports progress and the outcome.
+package main
+
+import (
+	"context"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	cli.Main(func(ctx context.Context) error { return newRoot().ExecuteContext(ctx) })
+}
+
+// clientFlags are the flags every client command takes.
+type clientFlags struct {
+	server string
+}
+
+func (f *clientFlags) register(c *cobra.Command) {
+	c.Flags().StringVar(&f.server, "server", "", "NATS server URL (default $NATS_URL, else "+bus.DefaultURL+")")
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "miragectl",
+		Short: "Run edgectl's control plane and run operations across a fleet of Ghosts",
+		Long: `miragectl runs Mirage, edgectl's control plane, and talks to it.
+
+  miragectl up                                   embedded NATS + Mirage + a local Ghost
+  miragectl issue --target local seed.flow status run an operation and wait for its report
+  miragectl report INTENT_ID                     the latest report of an intent
+  miragectl ghosts                               the registered Ghosts and their presence
+
+Exit codes: 0 success (issue: satisfied), 1 finished but not satisfied, 2 invalid input or
+refused by Mirage, 3 NATS unreachable or no Mirage answered.`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Invalid("%v", err) })
+	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts())
+	return root
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/spf13/cobra"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/config"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds"
+	"github.com/edgectl/edgectl/mirage"
+)
+
+// upConfig is the configuration of 'miragectl up' (TOML file, EDGE_ env, flags).
+type upConfig struct {
+	NATSListen   string        `koanf:"nats_listen"`
+	DataDir      string        `koanf:"data_dir"`
+	NoLocalGhost bool          `koanf:"no_local_ghost"`
+	Sync         string        `koanf:"sync"`
+	SyncInterval time.Duration `koanf:"sync_interval"`
+	Replicas     int           `koanf:"replicas"`
+	LogFormat    string        `koanf:"log_format"`
+	LogLevel     string        `koanf:"log_level"`
+}
+
+var upFlagKeys = map[string]string{
+	"nats-listen":    "nats_listen",
+	"data-dir":       "data_dir",
+	"no-local-ghost": "no_local_ghost",
+	"sync":           "sync",
+	"sync-interval":  "sync_interval",
+	"log-format":     "log_format",
+	"log-level":      "log_level",
+}
+
+// LocalGhostID is the id of the Ghost that 'up' runs beside Mirage.
+const LocalGhostID = "local"
+
+func newUp() *cobra.Command {
+	var cfgPath string
+	c := &cobra.Command{
+		Use:   "up [--config FILE] [--nats-listen HOST:PORT] [--data-dir DIR] [--no-local-ghost]",
+		Short: "Run an embedded NATS server with JetStream, Mirage, and a local Ghost",
+		Long: `up runs everything edgectl needs on one machine: an embedded nats-server with JetStream
+(listening on 127.0.0.1:4222, data under ./.edgectl/), Mirage, and a co-located Ghost
+"local" hosting every built-in seed. It logs the client URL it serves; point the other
+commands (and the nats CLI) at it. SIGINT or SIGTERM drains, flushes and exits 0.
+
+The JetStream store fsyncs every write by default (--sync always): an acknowledged command
+or event survives a power loss. --sync interval fsyncs every --sync-interval instead:
+faster, but an OS crash can lose the last interval's writes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := upConfig{NATSListen: bus.DefaultListen, DataDir: ".edgectl", Sync: bus.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1}
+			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
+				return err
+			}
+			if err := checkListen(cfg.NATSListen); err != nil {
+				return err
+			}
+			if cfg.Sync != bus.SyncAlways && cfg.Sync != bus.SyncInterval {
+				return cli.Invalid("--sync %q: use always or interval", cfg.Sync)
+			}
+			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
+			if err != nil {
+				return err
+			}
+			return up(cmd, cfg, log)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, data_dir, no_local_ghost, sync, sync_interval, log_format, log_level)")
+	f.String("nats-listen", bus.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
+	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
+	f.Bool("no-local-ghost", false, "do not run the co-located Ghost \"local\"")
+	f.String("sync", bus.SyncAlways, "JetStream fsync: always (every write) or interval")
+	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
+	f.String("log-format", "text", "log format: text or json")
+	f.String("log-level", "info", "log level: debug, info, warn or error")
+	return c
+}
+
+// checkListen refuses a non-loopback listen address: without authentication anyone who
+// reaches the port could command the fleet.
+func checkListen(listen string) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return cli.Invalid("--nats-listen %q: expected HOST:PORT", listen)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return cli.Invalid("--nats-listen %q is not a loopback address; serving other hosts requires authentication, which this build does not enable yet", listen)
+	}
+	return nil
+}
+
+func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
+	ctx := cmd.Context()
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return cli.Invalid("--data-dir: %v", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	ns, err := bus.StartServer(bus.ServerConfig{
+		Listen: cfg.NATSListen, StoreDir: dataDir,
+		Sync: cfg.Sync, SyncEvery: cfg.SyncInterval, ServerName: "edgectl", Logger: log,
+	})
+	if err != nil {
+		return cli.Exit(cli.ExitUnavailable, err)
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	mnc, err := bus.Connect(ctx, bus.ConnConfig{InProcess: ns, Name: "mirage", Persistent: true, Logger: log})
+	if err != nil {
+		return cli.Exit(cli.ExitUnavailable, err)
+	}
+	defer mnc.Close()
+	m, err := mirage.New(ctx, mnc, mirage.Config{Replicas: cfg.Replicas}, log)
+	if err != nil {
+		return cli.Exit(cli.ExitUnavailable, err)
+	}
+	if err := m.Start(ctx); err != nil {
+		_ = m.Close()
+		return cli.Exit(cli.ExitUnavailable, err)
+	}
+
+	var stopGhost func() error
+	if !cfg.NoLocalGhost {
+		stopGhost, err = startLocalGhost(ctx, ns, dataDir, log)
+		if err != nil {
+			_ = m.Close()
+			return err
+		}
+	}
+	log.Info("edgectl up", "component", "miragectl", "url", ns.ClientURL(), "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost)
+	fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", ns.ClientURL(), LocalGhostID)
+	<-ctx.Done()
+	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
+	var errs []error
+	if stopGhost != nil {
+		errs = append(errs, stopGhost())
+	}
+	errs = append(errs, m.Close())
+	_ = mnc.Drain()
+	return errors.Join(errs...)
+}
+
+// startLocalGhost runs the co-located Ghost "local" with every built-in seed, on an
+// in-process connection. Its stop function closes the Ghost and its connection.
+func startLocalGhost(ctx context.Context, ns *server.Server, dataDir string, log *slog.Logger) (func() error, error) {
+	state := filepath.Join(dataDir, "ghosts", LocalGhostID)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return nil, fmt.Errorf("local ghost state: %w", err)
+	}
+	reg, err := seeds.Registry(seeds.All, state)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := bus.Connect(ctx, bus.ConnConfig{InProcess: ns, Name: "ghost " + LocalGhostID, Persistent: true, Logger: log})
+	if err != nil {
+		return nil, cli.Exit(cli.ExitUnavailable, err)
+	}
+	store := ghost.NewMemoryStore()
+	g, err := ghost.New(nc, ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto}, reg, store, log)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := g.Start(ctx); err != nil {
+		_ = g.Close()
+		nc.Close()
+		return nil, err
+	}
+	return func() error {
+		err := g.Close()
+		_ = nc.Drain()
+		_ = store.Close()
+		return err
+	}, nil
+}
