@@ -1,0 +1,146 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// One intent to two Ghosts: the report is satisfied, the events are in EDGE_EVT, and
+// intent_id → command_id → execution_id → event_id line up in the report, the stored
+// events and the Ghosts' execution stores.
+func TestIntentEndToEnd(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	ghosts := map[string]*ghost.Ghost{"edge-a": env.StartGhost("edge-a"), "edge-b": env.StartGhost("edge-b")}
+	client := env.Client()
+
+	is := testenv.NewIssue("edge-a,edge-b", "seed.kv", "put", map[string]string{"key": "k1", "value": "v1"}, 10*time.Second)
+	rep := env.Run(client, is)
+
+	if rep.Phase != bus.PhaseSatisfied || rep.CompletionState != "complete" {
+		t.Fatalf("phase %s / %s, want satisfied / complete: %s", rep.Phase, rep.CompletionState, rep.Summary)
+	}
+	if rep.Counts != (bus.Counts{Targets: 2, Success: 2}) {
+		t.Fatalf("counts %+v", rep.Counts)
+	}
+	if rep.IntentID != is.IntentID || rep.TraceID != is.TraceID {
+		t.Fatalf("report intent %s trace %s, issued %s %s", rep.IntentID, rep.TraceID, is.IntentID, is.TraceID)
+	}
+	events := env.Events(env.JetStream())
+	if len(events) != 2 {
+		t.Fatalf("EDGE_EVT holds %d events, want 2", len(events))
+	}
+	byEvent := map[string]bus.Event{}
+	for _, ev := range events {
+		byEvent[ev.EventID] = ev
+	}
+	ctx := context.Background()
+	for i, res := range rep.Results {
+		if want := mirage.CommandID(is.IntentID, i); res.CommandID != want {
+			t.Errorf("result %d command_id %s, want %s", i, res.CommandID, want)
+		}
+		ev, ok := byEvent[res.EventID]
+		if !ok {
+			t.Fatalf("result %s names event %s, not in EDGE_EVT", res.GhostID, res.EventID)
+		}
+		if ev.IntentID != is.IntentID || ev.CommandID != res.CommandID || ev.ExecutionID != res.ExecutionID || ev.GhostID != res.GhostID || ev.TraceID != is.TraceID {
+			t.Errorf("event %+v does not line up with result %+v", ev, res)
+		}
+		g := ghosts[res.GhostID]
+		exec, err := g.Store().GetExecution(ctx, res.ExecutionID)
+		if err != nil {
+			t.Fatalf("%s: GetExecution(%s): %v", res.GhostID, res.ExecutionID, err)
+		}
+		byCmd, err := g.Store().GetByCommandID(ctx, res.CommandID)
+		if err != nil || byCmd.ExecutionID != exec.ExecutionID {
+			t.Fatalf("%s: GetByCommandID(%s) = %+v, %v", res.GhostID, res.CommandID, byCmd, err)
+		}
+		if exec.IntentID != is.IntentID || exec.State != ghost.StateFinished || exec.Event == nil || exec.Event.EventID != res.EventID {
+			t.Errorf("%s: execution %+v does not line up", res.GhostID, exec)
+		}
+		if res.Outcome != bus.OutcomeSuccess || res.ExitCode != 0 {
+			t.Errorf("%s: outcome %s exit %d", res.GhostID, res.Outcome, res.ExitCode)
+		}
+	}
+	// The write really happened on each Ghost: a get through the whole loop returns it.
+	get := env.Run(client, testenv.NewIssue("edge-a,edge-b", "seed.kv", "get", map[string]string{"key": "k1"}, 10*time.Second))
+	for _, res := range get.Results {
+		if res.Stdout == "" || !contains(res.Stdout, "v1") {
+			t.Errorf("%s: get returned %q", res.GhostID, res.Stdout)
+		}
+	}
+}
+
+func contains(s, sub string) bool {
+	return len(sub) == 0 || (len(s) >= len(sub) && indexOf(s, sub) >= 0)
+}
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// A registered target that does not host the seed is refused at issue time, with a
+// reason that names it.
+func TestIssueRefusesUnknownSeed(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("local")
+	client := env.Client()
+	for _, tc := range []struct{ seed, op, want string }{
+		{"seed.nope", "x", "does not host seed seed.nope"},
+		{"seed.flow", "nope", "has no operation nope"},
+	} {
+		_, err := client.Issue(context.Background(), testenv.NewIssue("local", tc.seed, tc.op, nil, 5*time.Second))
+		var perr *bus.Error
+		if !errors.Is(err, mirage.ErrRejected) || !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !contains(perr.Message, tc.want) {
+			t.Errorf("%s %s: err %v, want a 1300 rejection mentioning %q", tc.seed, tc.op, err, tc.want)
+		}
+	}
+}
+
+// A target with no Ghost behind it ends as timeout within the intent's timeout plus 1 s.
+func TestSilentTargetTimesOut(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("alive")
+	client := env.Client()
+	start := time.Now()
+	rep := env.Run(client, testenv.NewIssue("alive,ghost-nobody", "seed.flow", "status", nil, 1500*time.Millisecond))
+	took := time.Since(start)
+	if rep.Phase != bus.PhaseFailed || rep.Counts.Success != 1 || rep.Counts.Timeout != 1 {
+		t.Fatalf("report %s %+v", rep.Summary, rep.Counts)
+	}
+	if took > 2500*time.Millisecond {
+		t.Errorf("timeout reported after %s, want within timeout+1s", took)
+	}
+	for _, r := range rep.Results {
+		if r.GhostID == "ghost-nobody" && (r.Outcome != bus.OutcomeTimeout || r.Error == nil || r.Error.Code != bus.CodeNoResponse) {
+			t.Errorf("silent target result %+v", r)
+		}
+	}
+}
+
+// An execution that runs past the command's timeout ends as a runtime error (1401) from
+// the Ghost, not as a silent target.
+func TestExecutionTimeoutEnforced(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("slow")
+	rep := env.Run(env.Client(), testenv.NewIssue("slow", "seed.flow", "sleep", map[string]string{"ms": "5000"}, 700*time.Millisecond))
+	r := rep.Results[0]
+	if rep.Phase != bus.PhaseFailed || r.Outcome != bus.OutcomeError || r.Error == nil || r.Error.Code != bus.CodeExecTimeout {
+		t.Fatalf("report %s, result %+v", rep.Summary, r)
+	}
+}
