@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/edgectl/edgectl/subjects"
@@ -12,10 +14,15 @@ import (
 
 // Encode marshals an envelope. It refuses an envelope over MaxEnvelope (1101).
 func Encode(m any) ([]byte, error) {
-	data, err := json.Marshal(m)
-	if err != nil {
+	// No HTML escaping: <, > and & stay one byte, so re-encoding an envelope that was just
+	// under the limit keeps it under the limit.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m); err != nil {
 		return nil, Errorf(CodeInternal, "encode: %v", err)
 	}
+	data := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if len(data) > MaxEnvelope {
 		return nil, Errorf(CodeTooLarge, "envelope is %d bytes, the limit is %d", len(data), MaxEnvelope)
 	}
@@ -36,10 +43,13 @@ func Decode(data []byte, m Envelope) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Errorf(CodeFraming, "envelope is not a JSON object")
 	}
+	if err := checkKeyCase(trimmed, reflect.TypeOf(m)); err != nil {
+		return err
+	}
 	if err := json.Unmarshal(trimmed, m); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			field := te.Field
+			field := jsonPath(te.Field)
 			if field == "" {
 				field = "(root)"
 			}
@@ -51,6 +61,70 @@ func Decode(data []byte, m Envelope) error {
 		return err
 	}
 	return nil
+}
+
+// jsonPath drops the Go names of embedded structs (Header, Result) from a decode error's
+// field path: JSON names are snake_case, Go names start with a capital.
+func jsonPath(field string) string {
+	var keep []string
+	for _, p := range strings.Split(field, ".") {
+		if p != "" && !unicode.IsUpper(rune(p[0])) {
+			keep = append(keep, p)
+		}
+	}
+	return strings.Join(keep, ".")
+}
+
+// checkKeyCase refuses a key that is not one of the envelope's field names but matches one
+// when case is ignored ("GHOST_ID"): encoding/json would take it for the field, so a
+// signature or a probe reading exact keys could be told one thing and execution another.
+func checkKeyCase(data []byte, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(data, &raw) != nil {
+		return nil // not an object: Unmarshal reports it
+	}
+	fields := jsonFields(t)
+	for k, v := range raw {
+		if ft, exact := fields[k]; exact {
+			if err := checkKeyCase(v, ft); err != nil {
+				return err
+			}
+			continue
+		}
+		for name := range fields {
+			if strings.EqualFold(k, name) {
+				return FieldError(CodeFraming, name, "key %q differs from the field name only in case; keys are snake_case", k)
+			}
+		}
+	}
+	return nil
+}
+
+// jsonFields maps the JSON names of a struct's fields (embedded structs flattened) to
+// their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name := strings.Split(f.Tag.Get("json"), ",")[0]
+		if f.Anonymous && name == "" {
+			for k, v := range jsonFields(f.Type) {
+				out[k] = v
+			}
+			continue
+		}
+		if name == "" || name == "-" || !f.IsExported() {
+			continue
+		}
+		out[name] = f.Type
+	}
+	return out
 }
 
 // Probe is what can be read from an envelope that may not decode: enough to address an
@@ -104,11 +178,10 @@ func Cut(s string, max int) (string, bool) {
 	if len(s) <= max {
 		return s, false
 	}
-	s = s[:max]
-	for len(s) > 0 && !utf8.ValidString(s) {
-		s = s[:len(s)-1]
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
 	}
-	return s, true
+	return s[:max], true
 }
 
 // NormalizeResult caps stdout and stderr at MaxOutput each and sets Truncated.

@@ -175,11 +175,11 @@ func TestEncode(t *testing.T) {
 		if data != nil {
 			t.Errorf("Encode returned %d bytes with its error", len(data))
 		}
-		expectError(t, err, bus.CodeTooLarge, "", "")
+		expectError(t, err, bus.CodeTooLarge, "")
 	})
 	t.Run("not encodable", func(t *testing.T) {
 		_, err := bus.Encode(map[string]any{"f": func() {}})
-		expectError(t, err, bus.CodeInternal, "", "")
+		expectError(t, err, bus.CodeInternal, "")
 	})
 }
 

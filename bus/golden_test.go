@@ -177,14 +177,10 @@ func errorProblem(err error, code bus.Code, field string) string {
 	return ""
 }
 
-// expectError fails unless err is a *bus.Error of code naming field. A case with a gap is a
-// known difference from CONTRACT.md that has been reported: it is skipped while it lasts.
-func expectError(t *testing.T, err error, code bus.Code, field, gap string) *bus.Error {
+// expectError fails unless err is a *bus.Error of code naming field.
+func expectError(t *testing.T, err error, code bus.Code, field string) *bus.Error {
 	t.Helper()
 	if p := errorProblem(err, code, field); p != "" {
-		if gap != "" {
-			t.Skipf("known gap (%s): %s", gap, p)
-		}
 		t.Fatal(p)
 	}
 	var pe *bus.Error

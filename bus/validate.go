@@ -107,6 +107,9 @@ func timeout(field string, v int64) error {
 var argName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 
 func args(field string, m map[string]string) error {
+	if m == nil {
+		return FieldError(CodeSemantic, field, "missing (send {} for none)")
+	}
 	for k := range m {
 		if !argName.MatchString(k) {
 			return FieldError(CodeSemantic, field, "argument name %q is invalid; names are lowercase a-z 0-9 _, starting with a letter", k)
@@ -208,10 +211,13 @@ func (m *SeedResult) Validate() error {
 	if err := validateHeader(&m.Header, TypeSeedResult); err != nil {
 		return err
 	}
-	return first(token("execution_id", m.ExecutionID), required("status", m.Status), m.Result.validate("result."))
+	return first(token("execution_id", m.ExecutionID), m.Result.validate(""))
 }
 
 func (r *Result) validate(prefix string) error {
+	if r.Status == "" {
+		return FieldError(CodeSemantic, prefix+"status", "missing")
+	}
 	if len(r.Stdout) > MaxOutput {
 		return FieldError(CodeSemantic, prefix+"stdout", "is %d bytes, more than the %d carried inline", len(r.Stdout), MaxOutput)
 	}
@@ -253,10 +259,10 @@ func (m *Event) Validate() error {
 		if m.Error == nil {
 			return FieldError(CodeSemantic, "error", "missing on an error event")
 		}
-		if m.Error.Code == 0 || m.Error.Class == "" {
-			return FieldError(CodeSemantic, "error", "needs code and class")
+		if m.Error.Code == 0 {
+			return FieldError(CodeSemantic, "error.code", "missing")
 		}
-		return nil
+		return first(required("error.class", m.Error.Class), required("error.message", m.Error.Message))
 	case "":
 		return FieldError(CodeSemantic, "outcome", "missing")
 	default:

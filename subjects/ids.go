@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nats-io/nuid"
 )
@@ -33,7 +34,7 @@ func ValidateGhostID(id string) error {
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !isAlnum(c) && c != '-' && c != '_' {
-			return fmt.Errorf("%w: ghost id %q contains %q; allowed are A-Z a-z 0-9 - _", ErrInvalidID, id, c)
+			return fmt.Errorf("%w: ghost id %q contains %q; allowed are A-Z a-z 0-9 - _", ErrInvalidID, id, runeAt(id, i))
 		}
 	}
 	return nil
@@ -55,7 +56,7 @@ func validateLower(what, s string) error {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
-			return fmt.Errorf("%w: %s %q contains %q; allowed are lowercase a-z 0-9 . _ -", ErrInvalidID, what, s, c)
+			return fmt.Errorf("%w: %s %q contains %q; allowed are lowercase a-z 0-9 . _ -", ErrInvalidID, what, s, runeAt(s, i))
 		}
 	}
 	return nil
@@ -73,7 +74,7 @@ func ValidateToken(what, s string) error {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !isAlnum(c) && c != '-' && c != '_' {
-			return fmt.Errorf("%w: %s %q contains %q; allowed are A-Z a-z 0-9 - _", ErrInvalidID, what, s, c)
+			return fmt.Errorf("%w: %s %q contains %q; allowed are A-Z a-z 0-9 - _", ErrInvalidID, what, s, runeAt(s, i))
 		}
 	}
 	return nil
@@ -88,7 +89,7 @@ func ValidateTraceID(s string) error {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%w: trace_id must be lowercase hex, found %q", ErrInvalidID, c)
+			return fmt.Errorf("%w: trace_id must be lowercase hex, found %q", ErrInvalidID, runeAt(s, i))
 		}
 		if c != '0' {
 			zero = false
@@ -98,6 +99,13 @@ func ValidateTraceID(s string) error {
 		return fmt.Errorf("%w: trace_id must not be all zeros", ErrInvalidID)
 	}
 	return nil
+}
+
+// runeAt returns the character that starts at byte i (or the byte's replacement), so an
+// error names the character the user typed, not one byte of it.
+func runeAt(s string, i int) rune {
+	r, _ := utf8.DecodeRuneInString(s[i:])
+	return r
 }
 
 func isAlnum(c byte) bool {
