@@ -40,6 +40,9 @@ type Config struct {
 	MaxConcurrent int
 	// ShutdownGrace is how long Close lets running executions finish (default 10 s).
 	ShutdownGrace time.Duration
+	// CatchUpInterval is how often the Ghost checks EDGE_CMD for commands it missed,
+	// besides at start, on reconnect and on a Mirage announce (default 60 s).
+	CatchUpInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -59,6 +62,9 @@ func (c *Config) defaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.CatchUpInterval <= 0 {
+		c.CatchUpInterval = time.Minute
 	}
 	if c.Policy == "" {
 		c.Policy = PolicyAuto
@@ -88,6 +94,11 @@ type Ghost struct {
 	slots  chan struct{}
 	// stopping is closed when Close begins: background loops end, executions go on.
 	stopping chan struct{}
+
+	// catchMu makes catch-ups run one at a time.
+	catchMu sync.Mutex
+	// kick asks the delivery loop for a catch-up (reconnect, announce).
+	kick chan struct{}
 
 	mu         sync.Mutex
 	subs       []*nats.Subscription
@@ -120,6 +131,7 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 		pipeline: NewPipeline(cfg.ID, registry, store, cfg.Now, log),
 		slots:    make(chan struct{}, cfg.MaxConcurrent),
 		stopping: make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 	}
 	g.run, g.cancel = context.WithCancel(context.Background())
 	return g, nil
@@ -157,7 +169,12 @@ func (g *Ghost) Start(ctx context.Context) error {
 	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		g.log.Warn("flush after subscribing failed; continuing", "err", err)
 	}
+	g.resumeUnfinished(ctx)
 	g.resendUnacked(ctx)
+	g.requestCatchUp()
+	if g.track() {
+		go g.deliveryLoop()
+	}
 
 	switch g.cfg.Policy {
 	case PolicyRequired:
@@ -217,27 +234,13 @@ func (g *Ghost) track() bool {
 }
 
 func (g *Ghost) onCommand(msg *nats.Msg) {
-	if g.run.Err() != nil {
-		return
-	}
-	select {
-	case g.slots <- struct{}{}:
-	case <-g.run.Done():
-		return
-	}
-	if !g.track() {
-		<-g.slots
-		return
-	}
-	go func() {
-		defer g.wg.Done()
-		defer func() { <-g.slots }()
-		g.handle(msg.Data, msg.Header)
-	}()
+	g.dispatch(msg.Data, msg.Header, false, nil)
 }
 
-// handle is the command intake: decode → validate → pipeline → emit.
-func (g *Ghost) handle(data []byte, hdr nats.Header) {
+// handle is the command intake: decode → validate → pipeline → emit. replayed is true for
+// commands read back from EDGE_CMD: their duplicates are re-sent only when Mirage has not
+// acknowledged the event yet.
+func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 	var cmd bus.Command
 	var out Outcome
 	if err := bus.Decode(data, &cmd); err != nil {
@@ -256,6 +259,9 @@ func (g *Ghost) handle(data []byte, hdr nats.Header) {
 		out = g.pipeline.Run(g.run, &cmd)
 	}
 	if out.Event == nil {
+		return
+	}
+	if out.Duplicate && replayed && out.Acked {
 		return
 	}
 	if out.Duplicate {

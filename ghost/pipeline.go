@@ -41,13 +41,15 @@ type Outcome struct {
 	Duplicate bool
 	// Executed is true when a seed ran for this delivery.
 	Executed bool
+	// Acked is true, on a duplicate, when Mirage already acknowledged the event.
+	Acked bool
 }
 
 // Run decides and, when allowed, executes cmd. ctx bounds the execution (the Ghost's
 // lifetime); the command's own timeout_ms is applied inside.
 func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
-		return Outcome{Event: prior.Event, Duplicate: true}
+		return Outcome{Event: prior.Event, Duplicate: true, Acked: prior.Acked}
 	} else if !errors.Is(err, ErrNotFound) {
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
 	}
@@ -74,9 +76,7 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
 	ev := p.execute(ctx, seed, cmd, claimed)
-	if err := p.store.Finish(ctx, claimed.ExecutionID, ev); err != nil {
-		p.log.Error("execution store: recording the terminal event failed", "component", "ghost", "command_id", cmd.CommandID, "execution_id", claimed.ExecutionID, "err", err)
-	}
+	p.finish(ctx, claimed.ExecutionID, ev)
 	return Outcome{Event: ev, Executed: true}
 }
 
@@ -91,9 +91,7 @@ func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error
 	}
 	ev := p.event(cmd, exec.ExecutionID, now, now, bus.Result{Status: "refused", ExitCode: -1}, perr)
 	if err == nil {
-		if ferr := p.store.Finish(ctx, exec.ExecutionID, ev); ferr != nil {
-			p.log.Error("execution store: recording a refusal failed", "component", "ghost", "command_id", cmd.CommandID, "err", ferr)
-		}
+		p.finish(ctx, exec.ExecutionID, ev)
 	}
 	return Outcome{Event: ev}
 }
@@ -126,6 +124,41 @@ func (p *Pipeline) newExecution(cmd *bus.Command, now time.Time) Execution {
 		Operation:   cmd.Operation,
 		Args:        cmd.Args,
 		StartedMS:   now.UnixMilli(),
+		Command:     cmd,
+	}
+}
+
+// Resume ends an execution found started, not finished, after a restart: the Ghost
+// stopped between recording "started" and recording the event. An operation declared
+// idempotent runs again; any other is not re-run and ends as interrupted (1700), so the
+// operator sees an unknown outcome instead of a silent duplicate.
+func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
+	cmd := exec.Command
+	if cmd == nil {
+		cmd = &bus.Command{Header: bus.Header{TraceID: exec.TraceID}, CommandID: exec.CommandID, IntentID: exec.IntentID, SeedSelector: exec.SeedID, Operation: exec.Operation}
+	}
+	if exec.Idempotent && exec.Command != nil {
+		if seed, _, err := p.registry.Resolve(cmd.SeedSelector, cmd.Operation, cmd.Args); err == nil {
+			p.log.Info("resuming an interrupted idempotent execution", "command_id", cmd.CommandID, "execution_id", exec.ExecutionID, "seed", cmd.SeedSelector, "operation", cmd.Operation)
+			ev := p.execute(ctx, seed, cmd, exec)
+			p.finish(ctx, exec.ExecutionID, ev)
+			return Outcome{Event: ev, Executed: true}
+		}
+	}
+	now := p.now()
+	perr := bus.Errorf(bus.CodeInterrupted, "the ghost stopped during %s %s, which is not idempotent, so it was not run again: its outcome is unknown", cmd.SeedSelector, cmd.Operation)
+	if exec.Idempotent {
+		perr = bus.Errorf(bus.CodeInterrupted, "the ghost stopped during %s %s and can no longer run it: its outcome is unknown", cmd.SeedSelector, cmd.Operation)
+	}
+	p.log.Warn("interrupted execution ends with an unknown outcome", "command_id", cmd.CommandID, "execution_id", exec.ExecutionID)
+	ev := p.event(cmd, exec.ExecutionID, time.UnixMilli(exec.StartedMS), now, bus.Result{Status: "interrupted", ExitCode: -1}, perr)
+	p.finish(ctx, exec.ExecutionID, ev)
+	return Outcome{Event: ev}
+}
+
+func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event) {
+	if err := p.store.Finish(ctx, executionID, ev); err != nil {
+		p.log.Error("execution store: recording the terminal event failed", "component", "ghost", "command_id", ev.CommandID, "execution_id", executionID, "err", err)
 	}
 }
 

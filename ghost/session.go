@@ -88,6 +88,7 @@ func (g *Ghost) onAnnounce(msg *nats.Msg) {
 		g.log.Warn("refused a malformed announce", "direction", "in", "message_type", bus.TypeAnnounce, "err", err)
 		return
 	}
+	g.requestCatchUp() // a Mirage that comes up may have re-dispatched commands
 	if g.cfg.Policy == PolicyHeadless && !g.Registered() {
 		return
 	}

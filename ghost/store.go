@@ -35,6 +35,9 @@ type Execution struct {
 	Event *bus.Event `json:"event,omitempty"`
 	// Acked is set when Mirage answered event.ack for the event.
 	Acked bool `json:"acked,omitempty"`
+	// Command is the command as received, kept until the execution finishes so that a
+	// restart can resume it.
+	Command *bus.Command `json:"command,omitempty"`
 }
 
 // ExecutionStore records executions so that a command_id runs at most once. Begin is the
@@ -57,6 +60,10 @@ type ExecutionStore interface {
 	Unfinished(ctx context.Context) ([]Execution, error)
 	// Unacked returns finished executions whose event Mirage has not acknowledged.
 	Unacked(ctx context.Context) ([]Execution, error)
+	// LastSeq returns the EDGE_CMD stream sequence up to which commands were replayed.
+	LastSeq(ctx context.Context) (uint64, error)
+	// SetLastSeq advances LastSeq (never moves it back).
+	SetLastSeq(ctx context.Context, seq uint64) error
 	Close() error
 }
 
@@ -66,6 +73,7 @@ type MemoryStore struct {
 	byExec    map[string]*Execution
 	byCommand map[string]string
 	byMessage map[string]string
+	lastSeq   uint64
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -159,6 +167,19 @@ func (s *MemoryStore) filter(keep func(*Execution) bool) []Execution {
 		}
 	}
 	return out
+}
+
+func (s *MemoryStore) LastSeq(_ context.Context) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastSeq, nil
+}
+
+func (s *MemoryStore) SetLastSeq(_ context.Context, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastSeq = max(s.lastSeq, seq)
+	return nil
 }
 
 func (s *MemoryStore) Close() error { return nil }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -44,7 +45,10 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
 			defer nc.Close()
-			store := ghost.NewMemoryStore()
+			store, err := ghost.OpenBoltStore(filepath.Join(cfg.StateDir, "executions.db"), ghost.BoltOptions{})
+			if err != nil {
+				return err
+			}
 			defer store.Close()
 			g, err := ghost.New(nc, ghost.Config{
 				ID: cfg.ID, Version: version, Labels: cfg.Labels, Policy: cfg.Policy,

@@ -175,15 +175,21 @@ func startLocalGhost(ctx context.Context, ns *server.Server, dataDir string, log
 	if err != nil {
 		return nil, cli.Exit(cli.ExitUnavailable, err)
 	}
-	store := ghost.NewMemoryStore()
+	store, err := ghost.OpenBoltStore(filepath.Join(state, "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
 	g, err := ghost.New(nc, ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto}, reg, store, log)
 	if err != nil {
 		nc.Close()
+		_ = store.Close()
 		return nil, err
 	}
 	if err := g.Start(ctx); err != nil {
 		_ = g.Close()
 		nc.Close()
+		_ = store.Close()
 		return nil, err
 	}
 	return func() error {

@@ -5,7 +5,9 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -28,8 +30,9 @@ type Env struct {
 	Server *server.Server
 	Dir    string
 	Log    *slog.Logger
-	// Listen, when set before New returns, is the server's client URL on loopback.
-	URL string
+	// URL is the server's client URL on loopback, with the Listen option.
+	URL  string
+	opts options
 }
 
 // Option adjusts an Env.
@@ -39,6 +42,7 @@ type options struct {
 	listen bool
 	sync   string
 	dir    string
+	port   int
 }
 
 // Listen makes the server listen on a random loopback port (for real processes).
@@ -57,25 +61,55 @@ func New(t testing.TB, opts ...Option) *Env {
 	for _, f := range opts {
 		f(&o)
 	}
-	dir := o.dir
-	if dir == "" {
-		dir = t.TempDir()
+	if o.dir == "" {
+		o.dir = t.TempDir()
 	}
-	log := Logger(t)
-	cfg := bus.ServerConfig{StoreDir: filepath.Join(dir, "js"), Sync: o.sync, Logger: log, DontListen: !o.listen}
+	e := &Env{T: t, Dir: o.dir, Log: Logger(t), opts: o}
+	e.start()
+	t.Cleanup(e.StopServer)
+	return e
+}
+
+func (e *Env) start() {
+	e.T.Helper()
+	o := e.opts
+	cfg := bus.ServerConfig{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen}
 	if o.listen {
-		cfg.Listen = "127.0.0.1:0"
+		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", o.port)
 	}
 	ns, err := bus.StartServer(cfg)
 	if err != nil {
-		t.Fatalf("start server: %v", err)
+		e.T.Fatalf("start server: %v", err)
 	}
-	e := &Env{T: t, Server: ns, Dir: dir, Log: log}
+	e.Server = ns
 	if o.listen {
 		e.URL = ns.ClientURL()
+		e.opts.port = ns.Addr().(*net.TCPAddr).Port
 	}
-	t.Cleanup(e.StopServer)
-	return e
+}
+
+// RestartServer stops the server and starts it again on the same port and store, as an
+// operator restarting nats-server would. Socket clients reconnect; in-process ones cannot.
+func (e *Env) RestartServer(down time.Duration) {
+	e.T.Helper()
+	e.StopServer()
+	time.Sleep(down)
+	e.start()
+}
+
+// URLConn opens a socket connection (to the server or through url) that reconnects like a
+// daemon's; it survives RestartServer.
+func (e *Env) URLConn(name, url string) *nats.Conn {
+	e.T.Helper()
+	if url == "" {
+		url = e.URL
+	}
+	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: url, Name: name, Persistent: true, Logger: e.Log})
+	if err != nil {
+		e.T.Fatalf("connect: %v", err)
+	}
+	e.T.Cleanup(nc.Close)
+	return nc
 }
 
 // StopServer shuts the server down and waits (idempotent).
@@ -123,9 +157,15 @@ func (e *Env) JetStream() jetstream.JetStream {
 // StartMirage starts a Mirage on its own connection.
 func (e *Env) StartMirage(cfg mirage.Config) *mirage.Mirage {
 	e.T.Helper()
+	return e.StartMirageOn(e.Conn("mirage"), cfg)
+}
+
+// StartMirageOn starts a Mirage on the given connection.
+func (e *Env) StartMirageOn(nc *nats.Conn, cfg mirage.Config) *mirage.Mirage {
+	e.T.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := mirage.New(ctx, e.Conn("mirage"), cfg, e.Log)
+	m, err := mirage.New(ctx, nc, cfg, e.Log)
 	if err != nil {
 		e.T.Fatalf("mirage: %v", err)
 	}
@@ -140,6 +180,7 @@ func (e *Env) StartMirage(cfg mirage.Config) *mirage.Mirage {
 type GhostOption func(*ghostSpec)
 
 type ghostSpec struct {
+	nc    *nats.Conn
 	cfg   ghost.Config
 	seeds []string
 	store ghost.ExecutionStore
@@ -160,6 +201,9 @@ func Store(st ghost.ExecutionStore) GhostOption { return func(s *ghostSpec) { s.
 
 // WithRegistry sets a Ghost's seed registry (instead of built-in seeds).
 func WithRegistry(r *ghost.Registry) GhostOption { return func(s *ghostSpec) { s.reg = r } }
+
+// Via runs the Ghost on the given connection (a socket one, through a proxy say).
+func Via(nc *nats.Conn) GhostOption { return func(s *ghostSpec) { s.nc = nc } }
 
 // Tune adjusts the Ghost's config.
 func Tune(f func(*ghost.Config)) GhostOption { return func(s *ghostSpec) { f(&s.cfg) } }
@@ -183,7 +227,11 @@ func (e *Env) StartGhost(id string, opts ...GhostOption) *ghost.Ghost {
 	if store == nil {
 		store = ghost.NewMemoryStore()
 	}
-	g, err := ghost.New(e.Conn("ghost "+id), spec.cfg, reg, store, e.Log)
+	nc := spec.nc
+	if nc == nil {
+		nc = e.Conn("ghost " + id)
+	}
+	g, err := ghost.New(nc, spec.cfg, reg, store, e.Log)
 	if err != nil {
 		e.T.Fatalf("ghost %s: %v", id, err)
 	}

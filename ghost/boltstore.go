@@ -1,0 +1,321 @@
+package ghost
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// Retention of the durable store. Records are kept at least MinRetention (the seed's
+// duplicate window) and, by default, as long as EDGE_CMD keeps commands, so that any
+// command a replay can bring back is recognised.
+const (
+	MinRetention     = 15 * time.Minute
+	DefaultRetention = bus.CommandRetention
+	DefaultMaxRecord = 200_000
+)
+
+var (
+	bucketExec    = []byte("executions")
+	bucketCommand = []byte("by_command")
+	bucketMessage = []byte("by_message")
+	bucketMeta    = []byte("meta")
+	keyLastSeq    = []byte("last_seq")
+)
+
+// BoltStore is the durable ExecutionStore (go.etcd.io/bbolt): a command_id recorded here
+// is never executed again, across restarts and crashes, for the retention period.
+// Writes go through bbolt's batch, so concurrent executions share fsyncs.
+type BoltStore struct {
+	db        *bolt.DB
+	retention time.Duration
+	maxRecs   int
+	now       func() time.Time
+
+	pruneMu sync.Mutex
+}
+
+// BoltOptions tune a BoltStore.
+type BoltOptions struct {
+	// Retention is how long finished records are kept (at least MinRetention).
+	Retention time.Duration
+	// MaxRecords bounds the store; beyond it the oldest acknowledged records go first.
+	MaxRecords int
+	Now        func() time.Time
+}
+
+// OpenBoltStore opens (creating if needed) the store at path.
+func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("execution store %s is locked: is another ghostctl running with this state directory?", path)
+		}
+		return nil, fmt.Errorf("execution store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketExec, bucketCommand, bucketMessage, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	if o.Retention < MinRetention {
+		if o.Retention == 0 {
+			o.Retention = DefaultRetention
+		} else {
+			o.Retention = MinRetention
+		}
+	}
+	if o.MaxRecords <= 0 {
+		o.MaxRecords = DefaultMaxRecord
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now}, nil
+}
+
+func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, error) {
+	var existing Execution
+	fresh := false
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		fresh = false
+		if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
+			return getExec(tx, id, &existing)
+		}
+		e.State = StateStarted
+		data, err := json.Marshal(&e)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), data); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketCommand).Put([]byte(e.CommandID), []byte(e.ExecutionID)); err != nil {
+			return err
+		}
+		if e.MessageID != "" {
+			if err := tx.Bucket(bucketMessage).Put([]byte(e.MessageID), []byte(e.ExecutionID)); err != nil {
+				return err
+			}
+		}
+		fresh = true
+		existing = e
+		return nil
+	})
+	return existing, fresh, err
+}
+
+func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event) error {
+	return s.update(executionID, func(e *Execution) {
+		e.State = StateFinished
+		e.FinishedMS = ev.FinishedMS
+		e.Event = ev
+	})
+}
+
+func (s *BoltStore) MarkAcked(_ context.Context, commandID string) error {
+	var execID []byte
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if id := tx.Bucket(bucketCommand).Get([]byte(commandID)); id != nil {
+			execID = append([]byte(nil), id...)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if execID == nil {
+		return ErrNotFound
+	}
+	return s.update(string(execID), func(e *Execution) { e.Acked = true })
+}
+
+func (s *BoltStore) update(executionID string, f func(*Execution)) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		var e Execution
+		if err := getExec(tx, []byte(executionID), &e); err != nil {
+			return err
+		}
+		f(&e)
+		data, err := json.Marshal(&e)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketExec).Put([]byte(executionID), data)
+	})
+}
+
+func getExec(tx *bolt.Tx, id []byte, e *Execution) error {
+	data := tx.Bucket(bucketExec).Get(id)
+	if data == nil {
+		return ErrNotFound
+	}
+	return json.Unmarshal(data, e)
+}
+
+func (s *BoltStore) lookup(index []byte, key string) (Execution, error) {
+	var e Execution
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := []byte(key)
+		if index != nil {
+			id = tx.Bucket(index).Get([]byte(key))
+			if id == nil {
+				return ErrNotFound
+			}
+		}
+		return getExec(tx, id, &e)
+	})
+	return e, err
+}
+
+func (s *BoltStore) GetExecution(_ context.Context, executionID string) (Execution, error) {
+	return s.lookup(nil, executionID)
+}
+
+func (s *BoltStore) GetByCommandID(_ context.Context, commandID string) (Execution, error) {
+	return s.lookup(bucketCommand, commandID)
+}
+
+func (s *BoltStore) GetByMessageID(_ context.Context, messageID string) (Execution, error) {
+	return s.lookup(bucketMessage, messageID)
+}
+
+func (s *BoltStore) scan(keep func(*Execution) bool) ([]Execution, error) {
+	var out []Execution
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketExec).ForEach(func(_, v []byte) error {
+			var e Execution
+			if json.Unmarshal(v, &e) == nil && keep(&e) {
+				out = append(out, e)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (s *BoltStore) Unfinished(_ context.Context) ([]Execution, error) {
+	return s.scan(func(e *Execution) bool { return e.State == StateStarted })
+}
+
+func (s *BoltStore) Unacked(_ context.Context) ([]Execution, error) {
+	return s.scan(func(e *Execution) bool { return e.State == StateFinished && !e.Acked })
+}
+
+func (s *BoltStore) LastSeq(_ context.Context) (uint64, error) {
+	var seq uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyLastSeq); len(v) == 8 {
+			seq = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return seq, err
+}
+
+func (s *BoltStore) SetLastSeq(_ context.Context, seq uint64) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if v := b.Get(keyLastSeq); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
+			return nil
+		}
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], seq)
+		return b.Put(keyLastSeq, buf[:])
+	})
+}
+
+// Prune removes finished records older than the retention and, when the store holds more
+// than MaxRecords, the oldest finished ones beyond it (acknowledged first). Started
+// records are never pruned. It returns how many records it removed.
+func (s *BoltStore) Prune(_ context.Context) (int, error) {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	cutoff := s.now().Add(-s.retention).UnixMilli()
+	type rec struct {
+		id, cmd, msg string
+		finished     int64
+		acked        bool
+	}
+	var all []rec
+	total := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketExec).ForEach(func(k, v []byte) error {
+			total++
+			var e Execution
+			if json.Unmarshal(v, &e) != nil || e.State != StateFinished {
+				return nil
+			}
+			all = append(all, rec{string(k), e.CommandID, e.MessageID, e.FinishedMS, e.Acked})
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, err
+	}
+	var drop []rec
+	var keep []rec
+	for _, r := range all {
+		if r.finished < cutoff {
+			drop = append(drop, r)
+		} else {
+			keep = append(keep, r)
+		}
+	}
+	if excess := total - len(drop) - s.maxRecs; excess > 0 {
+		// Oldest first, acknowledged before unacknowledged.
+		sortRecs := func(i, j int) bool {
+			if keep[i].acked != keep[j].acked {
+				return keep[i].acked
+			}
+			return keep[i].finished < keep[j].finished
+		}
+		sort.Slice(keep, sortRecs)
+		if excess > len(keep) {
+			excess = len(keep)
+		}
+		drop = append(drop, keep[:excess]...)
+	}
+	if len(drop) == 0 {
+		return 0, nil
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		for _, r := range drop {
+			if err := tx.Bucket(bucketExec).Delete([]byte(r.id)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketCommand).Delete([]byte(r.cmd)); err != nil {
+				return err
+			}
+			if r.msg != "" {
+				if err := tx.Bucket(bucketMessage).Delete([]byte(r.msg)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return len(drop), err
+}
+
+func (s *BoltStore) Close() error { return s.db.Close() }
