@@ -35,8 +35,12 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		m.log.Debug("stream ack failed; the event will be redelivered and counted once", "event_id", ev.EventID, "err", err)
 	}
-	switch v {
-	case verdictRejected:
+	switch {
+	case v == verdictRejected && code == bus.CodeNoResponse:
+		// A late or re-sent event of an intent that already ended: expected after restarts.
+		m.log.Info("event for an ended intent", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "intent_id", ev.IntentID, "reason", reason)
+		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
+	case v == verdictRejected:
 		m.log.Warn("event rejected", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "command_id", ev.CommandID, "intent_id", ev.IntentID, "reason", reason)
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
 	default:
@@ -191,7 +195,7 @@ func (m *Mirage) replay(ctx context.Context, start time.Time) error {
 	}
 	remaining := info.NumPending
 	for remaining > 0 {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return err
 		}

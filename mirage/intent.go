@@ -1,7 +1,9 @@
 package mirage
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -189,21 +191,42 @@ func (li *liveIntent) report(now time.Time) *bus.Report {
 	return r
 }
 
+// capOutputs cuts every result's stdout and stderr to limit bytes.
+func capOutputs(r *bus.Report, limit int) {
+	for i := range r.Results {
+		var c1, c2 bool
+		r.Results[i].Stdout, c1 = bus.Cut(r.Results[i].Stdout, limit)
+		r.Results[i].Stderr, c2 = bus.Cut(r.Results[i].Stderr, limit)
+		r.Results[i].Truncated = r.Results[i].Truncated || c1 || c2
+	}
+}
+
 // fitReport shrinks a report's results until it fits in an envelope: first it caps each
 // output, then it leaves out successful results, then any; counts stay exact.
 func fitReport(r *bus.Report) {
 	const budget = bus.MaxEnvelope - 16<<10
-	size := func() int { d, _ := bus.Encode(r); return len(d) }
-	if d, err := bus.Encode(r); err == nil && len(d) <= budget {
+	size := func() int {
+		d, err := json.Marshal(r)
+		if err != nil {
+			return math.MaxInt
+		}
+		return len(d)
+	}
+	// Cheap first pass: when the outputs alone exceed the budget, give every result an
+	// equal share of it, so that large fan-outs cost one or two encodings, not dozens.
+	outputs := 0
+	for _, x := range r.Results {
+		outputs += len(x.Stdout) + len(x.Stderr)
+	}
+	if outputs > budget/2 && len(r.Results) > 0 {
+		share := max(budget/2/len(r.Results)/2, 0)
+		capOutputs(r, share)
+	}
+	if size() <= budget {
 		return
 	}
 	for _, limit := range []int{4 << 10, 512, 64, 0} {
-		for i := range r.Results {
-			var c1, c2 bool
-			r.Results[i].Stdout, c1 = bus.Cut(r.Results[i].Stdout, limit)
-			r.Results[i].Stderr, c2 = bus.Cut(r.Results[i].Stderr, limit)
-			r.Results[i].Truncated = r.Results[i].Truncated || c1 || c2
-		}
+		capOutputs(r, limit)
 		if size() <= budget {
 			return
 		}

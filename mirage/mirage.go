@@ -156,7 +156,7 @@ func (m *Mirage) Close() error {
 	default:
 	}
 	for _, s := range m.subs {
-		_ = s.Drain()
+		_ = s.Unsubscribe()
 	}
 	if m.cc != nil {
 		// Stop, not Drain: un-acked events are redelivered to the next Mirage and counted

@@ -24,6 +24,7 @@ import (
 // upConfig is the configuration of 'miragectl up' (TOML file, EDGE_ env, flags).
 type upConfig struct {
 	NATSListen   string        `koanf:"nats_listen"`
+	Server       string        `koanf:"server"`
 	DataDir      string        `koanf:"data_dir"`
 	NoLocalGhost bool          `koanf:"no_local_ghost"`
 	Sync         string        `koanf:"sync"`
@@ -35,6 +36,7 @@ type upConfig struct {
 
 var upFlagKeys = map[string]string{
 	"nats-listen":    "nats_listen",
+	"server":         "server",
 	"data-dir":       "data_dir",
 	"no-local-ghost": "no_local_ghost",
 	"sync":           "sync",
@@ -65,8 +67,10 @@ faster, but an OS crash can lose the last interval's writes.`,
 			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
 				return err
 			}
-			if err := checkListen(cfg.NATSListen); err != nil {
-				return err
+			if cfg.Server == "" {
+				if err := checkListen(cfg.NATSListen); err != nil {
+					return err
+				}
 			}
 			if cfg.Sync != bus.SyncAlways && cfg.Sync != bus.SyncInterval {
 				return cli.Invalid("--sync %q: use always or interval", cfg.Sync)
@@ -79,7 +83,8 @@ faster, but an OS crash can lose the last interval's writes.`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, data_dir, no_local_ghost, sync, sync_interval, log_format, log_level)")
+	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, sync, sync_interval, log_format, log_level)")
+	f.String("server", "", "run against this NATS server (or cluster) instead of an embedded one")
 	f.String("nats-listen", bus.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
 	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
 	f.Bool("no-local-ghost", false, "do not run the co-located Ghost \"local\"")
@@ -116,16 +121,22 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	ns, err := bus.StartServer(bus.ServerConfig{
-		Listen: cfg.NATSListen, StoreDir: dataDir,
-		Sync: cfg.Sync, SyncEvery: cfg.SyncInterval, ServerName: "edgectl", Logger: log,
-	})
-	if err != nil {
-		return cli.Exit(cli.ExitUnavailable, err)
+	var ns *server.Server
+	conn := bus.ConnConfig{Name: "mirage", Persistent: true, Logger: log}
+	if cfg.Server != "" {
+		conn.URL = cfg.Server
+	} else {
+		ns, err = bus.StartServer(bus.ServerConfig{
+			Listen: cfg.NATSListen, StoreDir: dataDir,
+			Sync: cfg.Sync, SyncEvery: cfg.SyncInterval, ServerName: "edgectl", Logger: log,
+		})
+		if err != nil {
+			return cli.Exit(cli.ExitUnavailable, err)
+		}
+		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+		conn.InProcess = ns
 	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-
-	mnc, err := bus.Connect(ctx, bus.ConnConfig{InProcess: ns, Name: "mirage", Persistent: true, Logger: log})
+	mnc, err := bus.Connect(ctx, conn)
 	if err != nil {
 		return cli.Exit(cli.ExitUnavailable, err)
 	}
@@ -141,14 +152,20 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 
 	var stopGhost func() error
 	if !cfg.NoLocalGhost {
-		stopGhost, err = startLocalGhost(ctx, ns, dataDir, log)
+		gconn := conn
+		gconn.Name = "ghost " + LocalGhostID
+		stopGhost, err = startLocalGhost(ctx, gconn, dataDir, log)
 		if err != nil {
 			_ = m.Close()
 			return err
 		}
 	}
-	log.Info("edgectl up", "component", "miragectl", "url", ns.ClientURL(), "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost)
-	fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", ns.ClientURL(), LocalGhostID)
+	url := cfg.Server
+	if ns != nil {
+		url = ns.ClientURL()
+	}
+	log.Info("edgectl up", "component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost)
+	fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", url, LocalGhostID)
 	<-ctx.Done()
 	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
 	var errs []error
@@ -162,7 +179,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 
 // startLocalGhost runs the co-located Ghost "local" with every built-in seed, on an
 // in-process connection. Its stop function closes the Ghost and its connection.
-func startLocalGhost(ctx context.Context, ns *server.Server, dataDir string, log *slog.Logger) (func() error, error) {
+func startLocalGhost(ctx context.Context, conn bus.ConnConfig, dataDir string, log *slog.Logger) (func() error, error) {
 	state := filepath.Join(dataDir, "ghosts", LocalGhostID)
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("local ghost state: %w", err)
@@ -171,7 +188,7 @@ func startLocalGhost(ctx context.Context, ns *server.Server, dataDir string, log
 	if err != nil {
 		return nil, err
 	}
-	nc, err := bus.Connect(ctx, bus.ConnConfig{InProcess: ns, Name: "ghost " + LocalGhostID, Persistent: true, Logger: log})
+	nc, err := bus.Connect(ctx, conn)
 	if err != nil {
 		return nil, cli.Exit(cli.ExitUnavailable, err)
 	}
