@@ -96,13 +96,18 @@ func (m *Mirage) accept(is *bus.Issue, targets []string) (*IntentRecord, error) 
 	m.mu.Lock()
 	m.live[rec.IntentID] = li
 	m.arm(li)
-	li.dirty = true
+	pending := li.report(m.cfg.Now())
 	m.mu.Unlock()
+	// The first report is stored before the issue is answered, so that 'report ID' finds
+	// the intent as soon as its id is known.
+	m.publishReport(pending)
 	m.log.Info("intent accepted", "direction", "in", "message_type", bus.TypeIssue, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(targets), "seed", is.Objective.SeedSelector, "operation", is.Objective.Operation)
 	if err := m.dispatch(ctx, rec, nil); err != nil {
-		// The intent is recorded: Mirage re-dispatches on its next start, and the
-		// deadline ends it if nothing answers.
-		m.log.Error("dispatch incomplete", "intent_id", rec.IntentID, "err", err)
+		// The intent is recorded: dispatch is retried with the same command_ids until it
+		// succeeds or the intent ends (and again at Mirage's next start).
+		m.log.Warn("dispatch incomplete; retrying", "intent_id", rec.IntentID, "err", err)
+		m.wg.Add(1)
+		go m.redispatch(rec)
 	}
 	return rec, nil
 }
@@ -157,4 +162,41 @@ func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, only []int) er
 	}
 	m.log.Debug("commands stored", "direction", "out", "message_type", bus.TypeCommand, "intent_id", rec.IntentID, "count", len(futures))
 	return nil
+}
+
+// redispatch re-sends the commands of targets still pending, with backoff, until they are
+// stored, the intent ends, or Mirage stops. The same command_ids make it duplicate-safe.
+func (m *Mirage) redispatch(rec *IntentRecord) {
+	defer m.wg.Done()
+	wait := 250 * time.Millisecond
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-time.After(wait):
+		}
+		m.mu.Lock()
+		li, ok := m.live[rec.IntentID]
+		var only []int
+		if ok {
+			for i, r := range li.results {
+				if r.Outcome == bus.OutcomePending {
+					only = append(only, i)
+				}
+			}
+		}
+		m.mu.Unlock()
+		if !ok || len(only) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := m.dispatch(ctx, rec, only)
+		cancel()
+		if err == nil {
+			m.log.Info("dispatch completed on retry", "intent_id", rec.IntentID, "commands", len(only))
+			return
+		}
+		m.log.Warn("dispatch retry failed", "intent_id", rec.IntentID, "err", err)
+		wait = min(wait*2, 5*time.Second)
+	}
 }
