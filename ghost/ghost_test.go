@@ -1,0 +1,148 @@
+package ghost_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// With policy required and no Mirage, Start fails soon with an error that says so.
+func TestRequiredPolicyWithoutMirageFailsStart(t *testing.T) {
+	env := testenv.New(t)
+	const registerTimeout = 100 * time.Millisecond
+	g, err := ghost.New(env.Conn("needy"), ghost.Config{ID: "needy", Policy: ghost.PolicyRequired, RegisterTimeout: registerTimeout},
+		ghost.NewRegistry(), ghost.NewMemoryStore(), env.Log)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = g.Start(ctx)
+	elapsed := time.Since(start)
+	if err == nil {
+		t.Fatal("Start succeeded with policy required and no Mirage")
+	}
+	if !errors.Is(err, ghost.ErrNoMirage) || !strings.Contains(err.Error(), "Mirage") {
+		t.Fatalf("Start error %q, want ErrNoMirage naming Mirage", err)
+	}
+	// Five register timeouts, plus a retry pause and slack for the race detector.
+	if limit := 5*registerTimeout + 2*time.Second; elapsed > limit {
+		t.Fatalf("Start took %s to give up, want under %s", elapsed, limit)
+	}
+	if g.Registered() {
+		t.Fatal("Registered() after a failed Start")
+	}
+}
+
+// A headless Ghost serves a command published by hand, and never joins the fleet even
+// when a Mirage comes up and announces itself.
+func TestHeadlessGhostServesWithoutRegistering(t *testing.T) {
+	env := testenv.New(t)
+	const id = "loner"
+	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
+	m := env.StartMirage(mirage.Config{}) // after the Ghost: its announce must be ignored
+
+	now := time.Now()
+	cmd := bus.Command{
+		Header:       bus.NewHeader(bus.TypeCommand, "", now),
+		CommandID:    subjects.NewID(subjects.PrefixCommand),
+		IntentID:     subjects.NewID(subjects.PrefixIntent),
+		GhostID:      id,
+		SeedSelector: "seed.flow",
+		Operation:    "echo",
+		Args:         map[string]string{"message": "served headless"},
+		DeliverByMS:  now.Add(time.Minute).UnixMilli(),
+		TimeoutMS:    5000,
+	}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := env.Conn("operator")
+	if err := nc.Publish(subjects.Command(id), data); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	js := env.JetStream()
+	want := ghost.EventID(id, cmd.CommandID)
+	var got *bus.Event
+	testenv.Eventually(t, 10*time.Second, "the headless Ghost's event in EDGE_EVT", func() bool {
+		for _, ev := range env.Events(js) {
+			if ev.EventID == want {
+				got = &ev
+				return true
+			}
+		}
+		return false
+	})
+	if got.Outcome != bus.OutcomeSuccess || got.Result.Stdout != "served headless" || got.CommandID != cmd.CommandID || got.TraceID != cmd.TraceID {
+		t.Fatalf("event %+v, want a success echoing the message for the command", got)
+	}
+	if exec, err := g.Store().GetByCommandID(context.Background(), cmd.CommandID); err != nil || exec.State != ghost.StateFinished {
+		t.Fatalf("execution %+v %v, want finished", exec, err)
+	}
+
+	if g.Registered() {
+		t.Fatal("a headless Ghost registered")
+	}
+	if _, ok := m.Fleet().Get(id); ok {
+		t.Fatal("a headless Ghost is in Mirage's fleet")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, id); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("KV %s has key %s (err %v), want none", bus.BucketGhosts, id, err)
+	}
+}
+
+// An auto Ghost started before any Mirage serves, then registers when Mirage announces.
+// The default RegisterTimeout is kept: with policy auto an attempt that times out is not
+// retried, so a short timeout would make this test depend on the machine's load.
+func TestAutoGhostRegistersWhenMirageAnnounces(t *testing.T) {
+	env := testenv.New(t)
+	const id = "early"
+	start := time.Now()
+	g := env.StartGhost(id, testenv.Seeds("seed.flow", "seed.kv"), testenv.Labels(map[string]string{"role": "edge"}))
+	// No Mirage: no responders, so Start does not wait out a register timeout.
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Fatalf("Start with policy auto and no Mirage took %s", elapsed)
+	}
+	if g.Registered() {
+		t.Fatal("registered with no Mirage running")
+	}
+	m := env.StartMirage(mirage.Config{})
+	testenv.Eventually(t, 10*time.Second, "the Ghost in Mirage's fleet", func() bool {
+		_, ok := m.Fleet().Get(id)
+		return ok
+	})
+	rec, _ := m.Fleet().Get(id)
+	if rec.GhostID != id || rec.Labels["role"] != "edge" || len(rec.Seeds) != 2 {
+		t.Fatalf("fleet record %+v, want ghost %s with its labels and 2 seeds", rec, id)
+	}
+	if _, ok := rec.Seed("seed.kv"); !ok {
+		t.Fatalf("fleet record does not list seed.kv: %+v", rec.Seeds)
+	}
+	if st := rec.Status(time.Now()); st != mirage.StatusOnline {
+		t.Fatalf("status %s right after registering, want online", st)
+	}
+	testenv.Eventually(t, 10*time.Second, "Registered() to report the register.ack", g.Registered)
+}

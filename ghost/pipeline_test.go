@@ -1,0 +1,381 @@
+package ghost
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+const testGhost = "ghost-under-test"
+
+// fixture is a pipeline with a MemoryStore and one test seed per behaviour.
+type fixture struct {
+	p     *Pipeline
+	store *MemoryStore
+	seeds map[string]*testSeed
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	release := make(chan struct{})
+	big := strings.Repeat("x", 100<<10)
+	bigUTF8 := strings.Repeat("€", (100<<10)/3) // 3-byte runes: the cap falls inside one
+	seeds := []*testSeed{
+		{id: "t.ok"},
+		{id: "t.fail", run: func(context.Context, *bus.SeedExecute) (bus.Result, error) {
+			return bus.Result{Stderr: "disk on fire"}, errors.New("boom")
+		}},
+		{id: "t.exit", run: func(context.Context, *bus.SeedExecute) (bus.Result, error) {
+			return bus.Result{ExitCode: 3, Stderr: "exit three"}, errors.New("exited 3")
+		}},
+		{id: "t.refuse", run: func(context.Context, *bus.SeedExecute) (bus.Result, error) {
+			return bus.Result{}, bus.FieldError(bus.CodeSemantic, "args.key", "no such key")
+		}},
+		// Ignores ctx: only the test's cleanup (or a long sleep) ends it.
+		{id: "t.stubborn", run: func(context.Context, *bus.SeedExecute) (bus.Result, error) {
+			select {
+			case <-release:
+			case <-time.After(30 * time.Second):
+			}
+			return bus.Result{Stdout: "finally"}, nil
+		}},
+		// Honours ctx, slowly.
+		{id: "t.slow", run: func(ctx context.Context, _ *bus.SeedExecute) (bus.Result, error) {
+			select {
+			case <-time.After(100 * time.Millisecond):
+				return bus.Result{Stdout: "slow done"}, nil
+			case <-ctx.Done():
+				return bus.Result{}, ctx.Err()
+			}
+		}},
+		{id: "t.panic", run: func(context.Context, *bus.SeedExecute) (bus.Result, error) {
+			panic("seed bug")
+		}},
+		{id: "t.loud", run: func(context.Context, *bus.SeedExecute) (bus.Result, error) {
+			return bus.Result{Stdout: big, Stderr: bigUTF8}, nil
+		}},
+	}
+	f := &fixture{store: NewMemoryStore(), seeds: map[string]*testSeed{}}
+	reg := NewRegistry()
+	for _, s := range seeds {
+		s.ops = []bus.OperationInfo{op("run", param("msg", false, `[a-z ]*`))}
+		if err := reg.Add(s); err != nil {
+			t.Fatalf("Add %s: %v", s.id, err)
+		}
+		f.seeds[s.id] = s
+	}
+	t.Cleanup(func() {
+		close(release)
+		deadline := time.Now().Add(5 * time.Second)
+		for _, s := range seeds {
+			for s.running.Load() > 0 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	})
+	f.p = NewPipeline(testGhost, reg, f.store, nil, nil)
+	return f
+}
+
+// command returns a valid command for the test Ghost.
+func command(t *testing.T, seed, operation string) *bus.Command {
+	t.Helper()
+	now := time.Now()
+	cmd := &bus.Command{
+		Header:       bus.NewHeader(bus.TypeCommand, "", now),
+		CommandID:    subjects.NewID(subjects.PrefixCommand),
+		IntentID:     subjects.NewID(subjects.PrefixIntent),
+		GhostID:      testGhost,
+		SeedSelector: seed,
+		Operation:    operation,
+		Args:         map[string]string{},
+		DeliverByMS:  now.Add(time.Minute).UnixMilli(),
+		TimeoutMS:    5000,
+	}
+	if err := cmd.Validate(); err != nil {
+		t.Fatalf("test command is invalid: %v", err)
+	}
+	return cmd
+}
+
+// checkEvent holds for every terminal event: valid, correlated, and its id derived.
+func checkEvent(t *testing.T, cmd *bus.Command, ev *bus.Event) {
+	t.Helper()
+	if ev == nil {
+		t.Fatal("no event")
+	}
+	if err := ev.Validate(); err != nil {
+		t.Fatalf("event does not validate: %v\n%+v", err, ev)
+	}
+	if ev.CommandID != cmd.CommandID || ev.IntentID != cmd.IntentID || ev.TraceID != cmd.TraceID {
+		t.Fatalf("event correlation command_id=%s intent_id=%s trace_id=%s, want %s %s %s",
+			ev.CommandID, ev.IntentID, ev.TraceID, cmd.CommandID, cmd.IntentID, cmd.TraceID)
+	}
+	if want := EventID(testGhost, cmd.CommandID); ev.EventID != want {
+		t.Fatalf("event_id %s, want EventID(ghost, command_id) = %s", ev.EventID, want)
+	}
+	if ev.GhostID != testGhost {
+		t.Fatalf("event ghost_id %s, want %s", ev.GhostID, testGhost)
+	}
+	if ev.FinishedMS < ev.StartedMS {
+		t.Fatalf("finished_ms %d before started_ms %d", ev.FinishedMS, ev.StartedMS)
+	}
+}
+
+// checkRecorded asserts the three store queries return the same finished execution.
+func checkRecorded(t *testing.T, store *MemoryStore, cmd *bus.Command, ev *bus.Event) {
+	t.Helper()
+	ctx := context.Background()
+	byExec, err := store.GetExecution(ctx, ev.ExecutionID)
+	if err != nil {
+		t.Fatalf("GetExecution(%s): %v", ev.ExecutionID, err)
+	}
+	byCmd, err := store.GetByCommandID(ctx, cmd.CommandID)
+	if err != nil {
+		t.Fatalf("GetByCommandID(%s): %v", cmd.CommandID, err)
+	}
+	byMsg, err := store.GetByMessageID(ctx, cmd.MessageID)
+	if err != nil {
+		t.Fatalf("GetByMessageID(%s): %v", cmd.MessageID, err)
+	}
+	if !reflect.DeepEqual(byExec, byCmd) || !reflect.DeepEqual(byExec, byMsg) {
+		t.Fatalf("store queries disagree:\nby execution %+v\nby command   %+v\nby message   %+v", byExec, byCmd, byMsg)
+	}
+	if byExec.State != StateFinished || byExec.Event == nil || !reflect.DeepEqual(*byExec.Event, *ev) {
+		t.Fatalf("recorded execution state %s event %+v, want finished with %+v", byExec.State, byExec.Event, ev)
+	}
+	if byExec.ExecutionID != ev.ExecutionID || byExec.CommandID != cmd.CommandID || byExec.TraceID != cmd.TraceID || byExec.IntentID != cmd.IntentID {
+		t.Fatalf("recorded execution correlation %+v", byExec)
+	}
+}
+
+func TestPipelineCommands(t *testing.T) {
+	tests := []struct {
+		name     string
+		seed     string
+		op       string
+		mutate   func(*bus.Command)
+		code     bus.Code // 0: success
+		field    string
+		calls    int64 // executions of the seed
+		executed bool
+		check    func(t *testing.T, ev *bus.Event)
+	}{
+		{name: "success", seed: "t.ok", op: "run", calls: 1, executed: true, check: func(t *testing.T, ev *bus.Event) {
+			if ev.Result.Status != "ok" || ev.Result.ExitCode != 0 || ev.Result.Stdout != "run done" || ev.Result.Truncated {
+				t.Errorf("result %+v", ev.Result)
+			}
+		}},
+		{name: "success with args", seed: "t.ok", op: "run", mutate: func(c *bus.Command) { c.Args = map[string]string{"msg": "hi there"} }, calls: 1, executed: true},
+		{name: "unknown seed", seed: "t.nope", op: "run", code: bus.CodeSemantic, field: "seed_selector"},
+		{name: "unknown operation", seed: "t.ok", op: "jump", code: bus.CodeSemantic, field: "operation"},
+		{name: "args refused", seed: "t.ok", op: "run", mutate: func(c *bus.Command) { c.Args = map[string]string{"msg": "rm -rf /"} }, code: bus.CodeSemantic, field: "args.msg"},
+		{name: "seed error", seed: "t.fail", op: "run", code: bus.CodeRuntime, calls: 1, executed: true, check: func(t *testing.T, ev *bus.Event) {
+			if ev.Result.ExitCode == 0 || ev.Result.Stderr != "disk on fire" || ev.Result.Status != "failed" {
+				t.Errorf("result %+v, want failed, non-zero exit code, stderr kept", ev.Result)
+			}
+			if !strings.Contains(ev.Error.Message, "boom") {
+				t.Errorf("error message %q does not carry the seed's error", ev.Error.Message)
+			}
+		}},
+		{name: "seed error keeps exit code", seed: "t.exit", op: "run", code: bus.CodeRuntime, calls: 1, executed: true, check: func(t *testing.T, ev *bus.Event) {
+			if ev.Result.ExitCode != 3 || ev.Result.Stderr != "exit three" {
+				t.Errorf("result %+v, want exit code 3 and stderr kept", ev.Result)
+			}
+		}},
+		{name: "seed refusal keeps its code", seed: "t.refuse", op: "run", code: bus.CodeSemantic, field: "args.key", calls: 1, executed: true},
+		{name: "panic", seed: "t.panic", op: "run", code: bus.CodeRuntime, calls: 1, executed: true, check: func(t *testing.T, ev *bus.Event) {
+			if !strings.Contains(ev.Error.Message, "panic") || ev.Result.ExitCode == 0 {
+				t.Errorf("error %+v result %+v, want a runtime error naming the panic", ev.Error, ev.Result)
+			}
+		}},
+		{name: "output capped", seed: "t.loud", op: "run", calls: 1, executed: true, check: func(t *testing.T, ev *bus.Event) {
+			if len(ev.Result.Stdout) != bus.MaxOutput || !ev.Result.Truncated {
+				t.Errorf("stdout %d bytes truncated=%v, want %d and true", len(ev.Result.Stdout), ev.Result.Truncated, bus.MaxOutput)
+			}
+			if n := len(ev.Result.Stderr); n > bus.MaxOutput || n < bus.MaxOutput-3 || !utf8.ValidString(ev.Result.Stderr) {
+				t.Errorf("stderr %d bytes (valid UTF-8: %v), want at most %d, cut on a rune boundary", n, utf8.ValidString(ev.Result.Stderr), bus.MaxOutput)
+			}
+		}},
+		{name: "expired", seed: "t.ok", op: "run", mutate: func(c *bus.Command) { c.DeliverByMS = time.Now().Add(-time.Second).UnixMilli() }, code: bus.CodeExpired, check: func(t *testing.T, ev *bus.Event) {
+			if ev.Error.Class != bus.ClassExpired {
+				t.Errorf("class %s, want expired", ev.Error.Class)
+			}
+		}},
+		{name: "wrong ghost_id", seed: "t.ok", op: "run", mutate: func(c *bus.Command) { c.GhostID = "someone-else" }, code: bus.CodeSemantic, field: "ghost_id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			cmd := command(t, tc.seed, tc.op)
+			if tc.mutate != nil {
+				tc.mutate(cmd)
+			}
+			out := f.p.Run(context.Background(), cmd)
+			ev := out.Event
+			checkEvent(t, cmd, ev)
+			if out.Duplicate || out.Executed != tc.executed {
+				t.Fatalf("outcome duplicate=%v executed=%v, want false %v", out.Duplicate, out.Executed, tc.executed)
+			}
+			if tc.code == 0 {
+				if ev.Outcome != bus.OutcomeSuccess || ev.Error != nil {
+					t.Fatalf("outcome %s error %+v, want success", ev.Outcome, ev.Error)
+				}
+			} else {
+				if ev.Outcome != bus.OutcomeError || ev.Error == nil || ev.Error.Code != tc.code || ev.Error.Class != bus.ClassOf(tc.code) {
+					t.Fatalf("outcome %s error %+v, want error %d %s", ev.Outcome, ev.Error, tc.code, bus.ClassOf(tc.code))
+				}
+				if ev.Error.Field != tc.field {
+					t.Fatalf("error field %q, want %q (%s)", ev.Error.Field, tc.field, ev.Error.Message)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, ev)
+			}
+			if s, ok := f.seeds[tc.seed]; ok && s.calls.Load() != tc.calls {
+				t.Fatalf("seed %s executed %d times, want %d", tc.seed, s.calls.Load(), tc.calls)
+			}
+			checkRecorded(t, f.store, cmd, ev)
+
+			// The same command again, as JetStream redelivers it: a new message_id.
+			again := *cmd
+			again.Header = bus.NewHeader(bus.TypeCommand, cmd.TraceID, time.Now())
+			dup := f.p.Run(context.Background(), &again)
+			if !dup.Duplicate || dup.Executed || dup.Event == nil || !reflect.DeepEqual(*dup.Event, *ev) {
+				t.Fatalf("second run: duplicate=%v executed=%v event %+v, want the identical recorded event", dup.Duplicate, dup.Executed, dup.Event)
+			}
+			if s, ok := f.seeds[tc.seed]; ok && s.calls.Load() != tc.calls {
+				t.Fatalf("seed %s executed %d times after a duplicate, want %d", tc.seed, s.calls.Load(), tc.calls)
+			}
+		})
+	}
+}
+
+// A seed that ignores its context is not waited for past the command's timeout.
+func TestPipelineTimeoutWithSeedIgnoringContext(t *testing.T) {
+	f := newFixture(t)
+	cmd := command(t, "t.stubborn", "run")
+	cmd.TimeoutMS = 200
+	start := time.Now()
+	out := f.p.Run(context.Background(), cmd)
+	elapsed := time.Since(start)
+	if limit := 200*time.Millisecond + time.Second; elapsed > limit {
+		t.Fatalf("Run returned after %s, want within %s", elapsed, limit)
+	}
+	if elapsed < 150*time.Millisecond {
+		t.Fatalf("Run returned after %s, before the 200ms timeout", elapsed)
+	}
+	checkEvent(t, cmd, out.Event)
+	ev := out.Event
+	if ev.Outcome != bus.OutcomeError || ev.Error.Code != bus.CodeExecTimeout || ev.Error.Class != bus.ClassRuntime {
+		t.Fatalf("outcome %s error %+v, want 1401 runtime", ev.Outcome, ev.Error)
+	}
+	if ev.Result.Status != "timed_out" {
+		t.Fatalf("result status %q, want timed_out", ev.Result.Status)
+	}
+	checkRecorded(t, f.store, cmd, ev)
+}
+
+// A Ghost stopping during an execution yields an interrupted event, not a success or a hang.
+func TestPipelineInterruptedByGhostStop(t *testing.T) {
+	f := newFixture(t)
+	cmd := command(t, "t.slow", "run")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	ev := f.p.Run(ctx, cmd).Event
+	checkEvent(t, cmd, ev)
+	if ev.Outcome != bus.OutcomeError || ev.Error.Code != bus.CodeInterrupted {
+		t.Fatalf("outcome %s error %+v, want 1700 interrupted", ev.Outcome, ev.Error)
+	}
+}
+
+// Twenty deliveries of one command at once: one execution, one event_id.
+func TestPipelineConcurrentSameCommand(t *testing.T) {
+	f := newFixture(t)
+	cmd := command(t, "t.slow", "run")
+	const n = 20
+	outs := make([]Outcome, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := *cmd
+			c.Header = bus.NewHeader(bus.TypeCommand, cmd.TraceID, time.Now())
+			<-start
+			outs[i] = f.p.Run(context.Background(), &c)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if calls := f.seeds["t.slow"].calls.Load(); calls != 1 {
+		t.Fatalf("seed executed %d times, want 1", calls)
+	}
+	want := EventID(testGhost, cmd.CommandID)
+	executed, withoutEvent := 0, 0
+	for i, out := range outs {
+		if out.Event == nil {
+			withoutEvent++
+		}
+		if out.Executed {
+			executed++
+			checkEvent(t, cmd, out.Event)
+		}
+		switch {
+		case out.Event != nil && out.Event.EventID != want:
+			t.Errorf("delivery %d: event_id %s, want %s", i, out.Event.EventID, want)
+		case out.Event == nil && !out.Duplicate:
+			// Only a delivery that found the execution still running may come back
+			// without an event: the running one emits it.
+			t.Errorf("delivery %d: no event and not a duplicate", i)
+		}
+	}
+	if executed != 1 {
+		t.Fatalf("%d deliveries executed, want 1", executed)
+	}
+	t.Logf("%d of %d deliveries found the execution running and came back without an event", withoutEvent, n)
+	rec, err := f.store.GetByCommandID(context.Background(), cmd.CommandID)
+	if err != nil || rec.Event == nil || rec.Event.EventID != want {
+		t.Fatalf("recorded execution %+v %v", rec, err)
+	}
+}
+
+func TestPipelineRefuseProbe(t *testing.T) {
+	f := newFixture(t)
+	probe := bus.Probe{
+		Type:      bus.TypeCommand,
+		CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID:  subjects.NewID(subjects.PrefixIntent),
+		TraceID:   subjects.NewTraceID(),
+		SeedID:    "t.ok",
+		Operation: "run",
+	}
+	perr := bus.FieldError(bus.CodeDecode, "timeout_ms", "expected int64, got JSON string")
+	out := f.p.Refuse(context.Background(), probe, perr)
+	ev := out.Event
+	cmd := &bus.Command{Header: bus.Header{TraceID: probe.TraceID}, CommandID: probe.CommandID, IntentID: probe.IntentID}
+	checkEvent(t, cmd, ev)
+	if ev.Outcome != bus.OutcomeError || ev.Error.Code != bus.CodeDecode || ev.Error.Field != "timeout_ms" {
+		t.Fatalf("outcome %s error %+v, want the given 1200 error", ev.Outcome, ev.Error)
+	}
+	rec, err := f.store.GetByCommandID(context.Background(), probe.CommandID)
+	if err != nil || rec.State != StateFinished || rec.Event == nil || !reflect.DeepEqual(*rec.Event, *ev) {
+		t.Fatalf("refusal not recorded: %+v %v", rec, err)
+	}
+	// A well-formed delivery of the same command_id later gets the refusal, not an execution.
+	valid := command(t, "t.ok", "run")
+	valid.CommandID, valid.IntentID, valid.TraceID = probe.CommandID, probe.IntentID, probe.TraceID
+	again := f.p.Run(context.Background(), valid)
+	if !again.Duplicate || again.Event == nil || again.Event.EventID != ev.EventID || f.seeds["t.ok"].calls.Load() != 0 {
+		t.Fatalf("run after refusal: %+v, seed calls %d", again, f.seeds["t.ok"].calls.Load())
+	}
+}
