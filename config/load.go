@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"reflect"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/knadh/koanf/parsers/toml/v2"
@@ -82,6 +84,7 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 		Tag: "koanf",
 		DecoderConfig: &mapstructure.DecoderConfig{
 			DecodeHook: mapstructure.ComposeDecodeHookFunc(
+				durationsAreStrings,
 				mapstructure.StringToTimeDurationHookFunc(),
 				mapstructure.StringToSliceHookFunc(","),
 			),
@@ -91,9 +94,18 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 		},
 	})
 	if err != nil {
-		return &Error{Source: orDefault(source, "settings"), Reason: err.Error()}
+		return &Error{Source: orDefault(source, "settings"), Reason: strings.Join(strings.Fields(err.Error()), " ")}
 	}
 	return nil
+}
+
+// durationsAreStrings refuses a bare number for a duration: TOML 5 would otherwise be
+// 5 nanoseconds.
+func durationsAreStrings(from, to reflect.Type, data any) (any, error) {
+	if to == reflect.TypeOf(time.Duration(0)) && from.Kind() != reflect.String {
+		return nil, fmt.Errorf("duration %v must be a string with a unit, such as \"5s\" or \"2m\"", data)
+	}
+	return data, nil
 }
 
 func orDefault(s, d string) string {

@@ -186,10 +186,10 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 		}
 	case errors.Is(err, errExecTimeout):
 		perr = bus.Errorf(bus.CodeExecTimeout, "execution exceeded its timeout of %s", timeout)
-		res.Status = "timed_out"
+		res.Status, res.ExitCode = "timed_out", -1
 	case ctx.Err() != nil:
 		perr = bus.Errorf(bus.CodeInterrupted, "the ghost stopped during the execution; its outcome is unknown")
-		res.Status = "interrupted"
+		res.Status, res.ExitCode = "interrupted", -1
 	default:
 		perr = bus.AsError(err)
 		if perr.Code == bus.CodeInternal {
@@ -259,6 +259,28 @@ func (p *Pipeline) event(cmd *bus.Command, executionID string, started, finished
 		ev.Outcome = bus.OutcomeError
 		ev.Error = perr
 	}
+	return ev
+}
+
+// Reject builds the error event of a command refused for security (1800): unsigned,
+// untrusted, altered or stale. Nothing is recorded, so a forgery cannot claim the
+// command_id of a genuine command, and its event_id is derived from the bytes received,
+// so it cannot shadow the genuine command's event either.
+func (p *Pipeline) Reject(probe bus.Probe, data []byte, perr *bus.Error) *bus.Event {
+	cmd := &bus.Command{
+		Header:       bus.Header{TraceID: probe.TraceID},
+		CommandID:    probe.CommandID,
+		IntentID:     probe.IntentID,
+		SeedSelector: probe.SeedID,
+		Operation:    probe.Operation,
+	}
+	if cmd.TraceID == "" {
+		cmd.TraceID = subjects.NewTraceID()
+	}
+	now := p.now()
+	ev := p.event(cmd, subjects.NewID(subjects.PrefixExecution), now, now, bus.Result{Status: "refused", ExitCode: -1}, perr)
+	sum := sha256.Sum256(append([]byte(p.ghostID+"\x00"+probe.CommandID+"\x00"), data...))
+	ev.EventID = subjects.PrefixEvent + "_s" + idEncoding.EncodeToString(sum[:16])
 	return ev
 }
 

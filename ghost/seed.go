@@ -61,7 +61,7 @@ func (r *Registry) Add(s Seed) error {
 		for _, p := range op.Params {
 			pat := p.Pattern
 			if pat == "" {
-				pat = ".*"
+				pat = "(?s).*"
 			}
 			re, err := regexp.Compile("^(?:" + pat + ")$")
 			if err != nil {

@@ -115,7 +115,16 @@ func (g *Ghost) heartbeats() {
 			return
 		case <-t.C:
 		}
-		if !g.Registered() || !g.nc.IsConnected() {
+		if !g.nc.IsConnected() {
+			continue
+		}
+		if !g.Registered() {
+			// auto keeps trying until a Mirage acknowledges; headless waits for attach.
+			if g.cfg.Policy == PolicyAuto {
+				if err := g.register(g.run); err != nil {
+					g.log.Debug("registration retry failed", "err", err)
+				}
+			}
 			continue
 		}
 		seq++

@@ -30,7 +30,7 @@ type IntentRecord struct {
 // CommandID is the command_id of the i-th target of an intent: derived, so that a
 // re-dispatch after a restart sends the very same command_id.
 func CommandID(intentID string, i int) string {
-	return "cmd_" + strings.TrimPrefix(intentID, "int_") + "_" + strconv.Itoa(i)
+	return "cmd_" + intentID + "_" + strconv.Itoa(i)
 }
 
 // resultGrace is how long past its timeout Mirage waits for a Ghost's own timeout event

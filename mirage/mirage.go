@@ -237,7 +237,11 @@ func (m *Mirage) publishReport(r *bus.Report) {
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
 			return
 		}
-		time.Sleep(b)
+		select {
+		case <-m.stop:
+			attempt = 8 // stopping: one try only, the next Mirage publishes it
+		case <-time.After(b):
+		}
 		b = min(b*2, 5*time.Second)
 	}
 	m.log.Error("report not stored", "intent_id", r.IntentID, "phase", r.Phase, "err", err)
@@ -284,6 +288,11 @@ func (m *Mirage) arm(li *liveIntent) {
 	wait := time.UnixMilli(li.rec.DeadlineMS).Add(resultGrace).Sub(m.cfg.Now())
 	id := li.rec.IntentID
 	li.timer = time.AfterFunc(max(wait, 0), func() {
+		select {
+		case <-m.stop:
+			return // the next Mirage re-arms it from the intent record
+		default:
+		}
 		m.mu.Lock()
 		cur, ok := m.live[id]
 		if ok {
