@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -35,7 +34,7 @@ type ConnConfig struct {
 	URL  string
 	Name string
 	// InProcess connects to an embedded server without a socket; URL is then ignored.
-	InProcess *server.Server
+	InProcess nats.InProcessConnProvider
 	// Persistent connections (Ghost, Mirage) retry forever; client commands fail fast.
 	Persistent bool
 	// Extra options (credentials, TLS).

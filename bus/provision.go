@@ -17,6 +17,7 @@ const (
 	StreamReports  = "EDGE_REPORT"
 	BucketGhosts   = "edge_ghosts"
 	BucketIntents  = "edge_intents"
+	BucketFleet    = "edge_fleet"
 )
 
 // Retention of the assets. Commands live as long as the longest intent may, so that a
@@ -63,6 +64,7 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 	buckets := []jetstream.KeyValueConfig{
 		{Bucket: BucketGhosts, Description: "edgectl fleet registry and presence, key = ghost_id", History: 1},
 		{Bucket: BucketIntents, Description: "edgectl intent state, key = intent_id", History: 1, TTL: EventRetention},
+		{Bucket: BucketFleet, Description: "edgectl enrolled Ghost identities, key = ghost_id, value = public nkey", History: 5},
 	}
 	for _, kc := range buckets {
 		kc.Storage = jetstream.FileStorage

@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -41,13 +42,44 @@ type ServerConfig struct {
 	ServerName string
 	// Logger receives the server's log lines; nil discards them.
 	Logger *slog.Logger
-	// Customize, when set, may adjust the options before the server starts (auth, TLS, cluster).
+	// Users, when not nil, turns on nkey authentication: only these users connect, each
+	// with its permissions. SetUsers changes them while the server runs.
+	Users []*server.NkeyUser
+	// Customize, when set, may adjust the options before the server starts (TLS, cluster).
 	Customize func(*server.Options) error
+}
+
+// Server is a running embedded nats-server.
+type Server struct {
+	*server.Server
+	mu   sync.Mutex
+	opts *server.Options
+}
+
+// SetUsers replaces the authorized nkey users without a restart: a user no longer listed
+// is disconnected and refused from then on.
+func (s *Server) SetUsers(users []*server.NkeyUser) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := s.opts.Clone()
+	next.Nkeys = users
+	if err := s.ReloadOptions(next); err != nil {
+		return fmt.Errorf("reload authorization: %w", err)
+	}
+	s.opts = next
+	return nil
+}
+
+// AuthRequired reports whether clients must authenticate.
+func (s *Server) AuthRequired() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.Nkeys != nil
 }
 
 // StartServer starts an embedded nats-server with JetStream and waits until it accepts
 // connections.
-func StartServer(cfg ServerConfig) (*server.Server, error) {
+func StartServer(cfg ServerConfig) (*Server, error) {
 	opts := &server.Options{
 		ServerName: cfg.ServerName,
 		JetStream:  true,
@@ -87,12 +119,18 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 		}
 		opts.Host, opts.Port = host, port
 	}
+	if cfg.Users != nil {
+		opts.Nkeys = cfg.Users
+	}
 	if cfg.Customize != nil {
 		if err := cfg.Customize(opts); err != nil {
 			return nil, err
 		}
 	}
-	ns, err := server.NewServer(opts)
+	if !opts.DontListen && opts.Nkeys == nil && opts.Users == nil && !isLoopback(opts.Host) {
+		return nil, fmt.Errorf("embedded server: listening on %s without authentication would let anyone who reaches it command the fleet; listen on loopback or enable auth", opts.Host)
+	}
+	ns, err := server.NewServer(opts.Clone())
 	if err != nil {
 		return nil, fmt.Errorf("embedded server: %w", err)
 	}
@@ -104,7 +142,15 @@ func StartServer(cfg ServerConfig) (*server.Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded server did not become ready in 30s (is %s already in use?)", listenOf(opts))
 	}
-	return ns, nil
+	return &Server{Server: ns, opts: opts}, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func listenOf(o *server.Options) string {

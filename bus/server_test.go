@@ -19,7 +19,7 @@ import (
 
 // startServer starts an embedded server on a fresh store and shuts it down, waiting, when the
 // test ends.
-func startServer(t *testing.T, cfg bus.ServerConfig) *server.Server {
+func startServer(t *testing.T, cfg bus.ServerConfig) *bus.Server {
 	t.Helper()
 	if cfg.StoreDir == "" {
 		cfg.StoreDir = t.TempDir()

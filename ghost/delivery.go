@@ -3,6 +3,8 @@ package ghost
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -12,11 +14,13 @@ import (
 	"github.com/edgectl/edgectl/subjects"
 )
 
-// Delivery: live commands arrive on a core subscription to cmd.<id>; whatever the Ghost
-// missed while it was stopped or disconnected is read back from EDGE_CMD by direct gets
-// ("next message on cmd.<id> after sequence N"), from the last sequence it replayed, kept
-// in its execution store. No JetStream consumer exists per Ghost, so a server carries
-// tens of thousands of Ghosts; the execution store makes every replay duplicate-safe.
+// Delivery: live commands arrive on a core subscription to cmd.<id>. Whatever the Ghost
+// missed while it was stopped or disconnected stays in EDGE_CMD: the Ghost compares the
+// last sequence stored on cmd.<id> (one direct get) with the position it replayed up to
+// (kept in its execution store) and, when behind, reads the gap through a consumer of its
+// own that lives only for that replay. No standing consumer exists per Ghost, so one
+// server carries tens of thousands; the execution store makes every replay
+// duplicate-safe.
 
 // requestCatchUp asks the delivery loop for a catch-up without blocking.
 func (g *Ghost) requestCatchUp() {
@@ -41,12 +45,13 @@ func (g *Ghost) deliveryLoop() {
 			return
 		case <-connected:
 			g.log.Info("reconnected: re-sending unacknowledged events and catching up on missed commands")
+			g.needFull.Store(true)
 			g.resendUnacked(g.run)
-			g.catchUp(g.run)
+			g.catchUp(g.run, true)
 		case <-g.kick:
-			g.catchUp(g.run)
+			g.catchUp(g.run, true)
 		case <-tick.C:
-			g.catchUp(g.run)
+			g.catchUp(g.run, false)
 		case <-prune.C:
 			if p, ok := g.store.(interface {
 				Prune(context.Context) (int, error)
@@ -61,21 +66,47 @@ func (g *Ghost) deliveryLoop() {
 	}
 }
 
-// catchUp handles every command stored on cmd.<id> after the last replayed sequence, then
-// advances that sequence once each of them has been handled.
-func (g *Ghost) catchUp(ctx context.Context) {
+// lastCommand returns the stream sequence and bytes of the last command stored on
+// cmd.<id>, by a direct get whose subject names the Ghost's own subject (so permissions
+// can confine a Ghost to it). It returns 0 when there is none or no command stream yet.
+func (g *Ghost) lastCommand(ctx context.Context) (uint64, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	subject := "$JS.API.DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(g.cfg.ID)
+	msg, err := g.nc.RequestWithContext(ctx, subject, nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	if status := msg.Header.Get("Status"); status != "" {
+		if status == "404" {
+			return 0, nil, nil
+		}
+		return 0, nil, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+	}
+	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return 0, nil, fmt.Errorf("direct get: no sequence header")
+	}
+	return seq, msg.Data, nil
+}
+
+// catchUp handles every command stored on cmd.<id> after the replay position, then moves
+// the position once each has been handled. Without full, and when the Ghost stayed
+// connected since the last full catch-up, a last command it already knows means it missed
+// nothing: the position moves without a replay.
+func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	g.catchMu.Lock()
 	defer g.catchMu.Unlock()
 	if !g.nc.IsConnected() {
 		return
 	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	stream, err := g.js.Stream(sctx, bus.StreamCommands)
-	cancel()
+	last, data, err := g.lastCommand(ctx)
 	if err != nil {
-		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			g.log.Warn("catch-up: command stream unavailable", "err", err)
-		}
+		g.log.Warn("catch-up: command stream unavailable", "err", err)
+		g.needFull.Store(true)
 		return
 	}
 	seq, err := g.store.LastSeq(ctx)
@@ -83,40 +114,101 @@ func (g *Ghost) catchUp(ctx context.Context) {
 		g.log.Error("execution store: reading the replay position failed", "err", err)
 		return
 	}
-	subject := subjects.Command(g.cfg.ID)
-	var handled []chan struct{}
-	last := seq
-	for ctx.Err() == nil {
-		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		raw, err := stream.GetMsg(gctx, last+1, jetstream.WithGetMsgSubject(subject))
+	if last <= seq {
+		g.needFull.Store(false)
+		return
+	}
+	if !full && !g.needFull.Load() {
+		if id := bus.ProbeCommand(data).CommandID; id != "" {
+			if _, err := g.store.GetByCommandID(ctx, id); err == nil {
+				if err := g.store.SetLastSeq(ctx, last); err != nil {
+					g.log.Error("execution store: saving the replay position failed", "err", err)
+				}
+				return
+			}
+		}
+	}
+	n, reached, err := g.replay(ctx, seq, last)
+	if reached > seq {
+		if err := g.store.SetLastSeq(ctx, reached); err != nil {
+			g.log.Error("execution store: saving the replay position failed", "err", err)
+		}
+	}
+	if err != nil {
+		g.needFull.Store(true)
+		g.log.Warn("catch-up interrupted; it resumes later", "after_seq", reached, "err", err)
+		return
+	}
+	g.needFull.Store(false)
+	g.log.Info("caught up on commands from EDGE_CMD", "commands", n, "last_seq", reached)
+}
+
+// replay reads cmd.<id> from after seq up to last through the Ghost's own short-lived
+// consumer, handles each command, and returns how many it read and the sequence up to
+// which every command has been handled.
+func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, error) {
+	name := bus.GhostReplayConsumer(g.cfg.ID)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = g.js.DeleteConsumer(cctx, bus.StreamCommands, name) // a leftover from a crash
+	cons, err := g.js.CreateConsumer(cctx, bus.StreamCommands, jetstream.ConsumerConfig{
+		Name:              name,
+		FilterSubject:     subjects.Command(g.cfg.ID),
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       seq + 1,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: time.Minute,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
+	cancel()
+	if err != nil {
+		return 0, seq, err
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, name)
 		cancel()
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
+	}()
+	var handled []chan struct{}
+	reached := seq
+	read := 0
+	pending := cons.CachedInfo().NumPending // commands on cmd.<id> after seq, known at creation
+	for pending > 0 && reached < last && ctx.Err() == nil {
+		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			g.log.Warn("catch-up interrupted; it resumes later", "after_seq", last, "err", err)
-			break
+			return read, seq, err
 		}
-		last = raw.Sequence
-		done := make(chan struct{})
-		handled = append(handled, done)
-		if !g.dispatch(raw.Data, raw.Header, true, done) {
-			return
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			md, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			done := make(chan struct{})
+			handled = append(handled, done)
+			if !g.dispatch(msg.Data(), msg.Headers(), true, done) {
+				return read, seq, errors.New("ghost stopping")
+			}
+			read++
+			pending--
+			reached = md.Sequence.Stream
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return read, seq, err
+		}
+		if got == 0 {
+			break
 		}
 	}
 	for _, d := range handled {
 		select {
 		case <-d:
 		case <-g.stopping:
-			return // not all handled: the position stays, the next start replays them
+			return read, seq, errors.New("ghost stopping") // the position stays: a restart replays them
 		}
 	}
-	if last > seq {
-		if err := g.store.SetLastSeq(ctx, last); err != nil {
-			g.log.Error("execution store: saving the replay position failed", "err", err)
-		}
-		g.log.Info("caught up on commands from EDGE_CMD", "commands", len(handled), "last_seq", last)
-	}
+	return read, reached, nil
 }
 
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns

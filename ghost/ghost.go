@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,6 +41,16 @@ type Config struct {
 	MaxConcurrent int
 	// ShutdownGrace is how long Close lets running executions finish (default 10 s).
 	ShutdownGrace time.Duration
+	// Identity is the Ghost's nkey: it signs events. Nil sends them unsigned.
+	Identity *bus.Identity
+	// TrustedMirageKeys are the public nkeys whose signatures the Ghost accepts on commands.
+	// When set (auth mode), unsigned, untrusted, altered or stale commands are refused
+	// with a security error (1800) and nothing runs.
+	TrustedMirageKeys []string
+	// CommandMaxAge is the freshness window of signed commands (default 25 h, the life of
+	// EDGE_CMD): older ones are refused as stale. A replayed command within it is caught
+	// by the execution store.
+	CommandMaxAge time.Duration
 	// CatchUpInterval is how often the Ghost checks EDGE_CMD for commands it missed,
 	// besides at start, on reconnect and on a Mirage announce (default 60 s).
 	CatchUpInterval time.Duration
@@ -62,6 +73,9 @@ func (c *Config) defaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.CommandMaxAge <= 0 {
+		c.CommandMaxAge = bus.CommandRetention
 	}
 	if c.CatchUpInterval <= 0 {
 		c.CatchUpInterval = time.Minute
@@ -99,6 +113,8 @@ type Ghost struct {
 	catchMu sync.Mutex
 	// kick asks the delivery loop for a catch-up (reconnect, announce).
 	kick chan struct{}
+	// needFull is set when commands may have been missed (a disconnect, a failed catch-up).
+	needFull atomic.Bool
 
 	mu         sync.Mutex
 	subs       []*nats.Subscription
@@ -243,6 +259,10 @@ func (g *Ghost) onCommand(msg *nats.Msg) {
 func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 	var cmd bus.Command
 	var out Outcome
+	if perr := g.checkSignature(data, hdr); perr != nil {
+		g.reject(data, hdr, perr)
+		return
+	}
 	if err := bus.Decode(data, &cmd); err != nil {
 		perr := bus.AsError(err)
 		probe := bus.ProbeCommand(data)
@@ -255,6 +275,9 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 		}
 		g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
 		out = g.pipeline.Refuse(g.run, probe, perr)
+	} else if perr := g.checkFreshness(&cmd); perr != nil {
+		g.reject(data, hdr, perr)
+		return
 	} else {
 		out = g.pipeline.Run(g.run, &cmd)
 	}
@@ -279,6 +302,12 @@ func (g *Ghost) emit(ev *bus.Event) {
 		return
 	}
 	msg := bus.NewMsg(subjects.Event(g.cfg.ID), data, ev.EventID, ev.TraceID)
+	if g.cfg.Identity != nil {
+		if err := bus.SignMsg(msg, g.cfg.Identity); err != nil {
+			g.log.Error("cannot sign event", "event_id", ev.EventID, "err", err)
+			return
+		}
+	}
 	backoff := newBackoff()
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(g.run, 5*time.Second)

@@ -13,6 +13,12 @@ const (
 	Announce = "mirage.announce"
 	// Attach is where an operator asks Mirage to bring a headless Ghost into the registry.
 	Attach = "mirage.attach"
+	// Fleet prefixes the enrollment requests (mirage.fleet.add, mirage.fleet.rm).
+	Fleet = "mirage.fleet"
+	// FleetAdd enrolls a Ghost's public key; FleetRemove revokes it.
+	FleetAdd    = Fleet + ".add"
+	FleetRemove = Fleet + ".rm"
+	FleetList   = Fleet + ".list"
 )
 
 // Subject prefixes, one token each.
