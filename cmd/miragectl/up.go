@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bus"
@@ -121,7 +120,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	var ns *server.Server
+	var ns *bus.Server
 	conn := bus.ConnConfig{Name: "mirage", Persistent: true, Logger: log}
 	if cfg.Server != "" {
 		conn.URL = cfg.Server

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -27,7 +26,7 @@ import (
 // Env is a running embedded server and what tests started on it.
 type Env struct {
 	T      testing.TB
-	Server *server.Server
+	Server *bus.Server
 	Dir    string
 	Log    *slog.Logger
 	// URL is the server's client URL on loopback, with the Listen option.
