@@ -63,6 +63,10 @@ func MiragePermissions() *server.Permissions {
 			"$KV." + BucketIntents + ".>",
 			"$KV." + BucketFleet + ".>",
 			"$JS.ACK." + StreamEvents + ".>",
+			// Replies to operators' and Ghosts' requests; allow_responses alone does not
+			// survive an authorization reload between request and reply.
+			"_INBOX.>",
+			ghostInbox + ".>",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Issue,

@@ -17,6 +17,9 @@ var ErrNoMirage = errors.New("no Mirage acknowledged registration")
 
 // register sends register on reg.<id> and waits for register.ack.
 func (g *Ghost) register(ctx context.Context) error {
+	if !g.nc.IsConnected() {
+		return fmt.Errorf("%w: not connected to NATS (%s)", ErrNoMirage, g.nc.Status())
+	}
 	reg := bus.Register{
 		Header:  bus.NewHeader(bus.TypeRegister, "", g.cfg.Now()),
 		GhostID: g.cfg.ID,

@@ -227,3 +227,14 @@ func (f *Fleet) flush() {
 		}
 	}
 }
+
+// forget removes a Ghost from the registry (on revocation).
+func (f *Fleet) forget(ctx context.Context, id string) {
+	f.mu.Lock()
+	delete(f.ghosts, id)
+	delete(f.seen, id)
+	f.mu.Unlock()
+	if err := f.kv.Delete(ctx, id); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		f.log.Warn("registry entry not removed", "peer", id, "err", err)
+	}
+}

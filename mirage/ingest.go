@@ -31,6 +31,12 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		}
 		return
 	}
+	if err := m.verifyEvent(&ev, msg.Data(), msg.Headers()); err != nil {
+		m.log.Warn("refused an event for security", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "err", err)
+		_ = msg.Term()
+		m.sendAck(ev.GhostID, &ev, bus.AckRejected, bus.CodeSecurity)
+		return
+	}
 	v, code, reason, done := m.ingest(&ev)
 	if err := msg.Ack(); err != nil {
 		m.log.Debug("stream ack failed; the event will be redelivered and counted once", "event_id", ev.EventID, "err", err)

@@ -145,7 +145,13 @@ func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, only []int) er
 		if err != nil {
 			return err
 		}
-		f, err := m.js.PublishMsgAsync(bus.NewMsg(subjects.Command(g), data, cmd.CommandID, cmd.TraceID))
+		msg := bus.NewMsg(subjects.Command(g), data, cmd.CommandID, cmd.TraceID)
+		if m.cfg.Identity != nil {
+			if err := bus.SignMsg(msg, m.cfg.Identity); err != nil {
+				return fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
+			}
+		}
+		f, err := m.js.PublishMsgAsync(msg)
 		if err != nil {
 			return fmt.Errorf("publish command %s: %w", cmd.CommandID, err)
 		}

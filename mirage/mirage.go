@@ -27,6 +27,13 @@ type Config struct {
 	PresenceFlush time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Identity is Mirage's nkey: it signs every command. Nil sends them unsigned.
+	Identity *bus.Identity
+	// RequireSignedEvents refuses events not signed by the key enrolled for their ghost_id.
+	RequireSignedEvents bool
+	// OnFleetChange is called with the enrolled Ghosts (id → public key) after every
+	// enrollment change, to apply them to the server Mirage embeds.
+	OnFleetChange func(enrolled map[string]string) error
 }
 
 func (c *Config) defaults() {
@@ -49,12 +56,13 @@ const EventsConsumer = "mirage"
 
 // Mirage is the orchestration runtime.
 type Mirage struct {
-	cfg     Config
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	intents jetstream.KeyValue
-	fleet   *Fleet
-	log     *slog.Logger
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	intents  jetstream.KeyValue
+	fleet    *Fleet
+	enrolled *enrollments
+	log      *slog.Logger
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -88,11 +96,16 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err != nil {
 		return nil, err
 	}
+	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
+	if err != nil {
+		return nil, err
+	}
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, intents: intents, log: log,
-		fleet: newFleet(ghosts, cfg.Now, log),
-		stop:  make(chan struct{}),
-		live:  map[string]*liveIntent{},
+		fleet:    newFleet(ghosts, cfg.Now, log),
+		enrolled: newEnrollments(fleetKV),
+		stop:     make(chan struct{}),
+		live:     map[string]*liveIntent{},
 	}
 	return m, nil
 }
@@ -106,6 +119,17 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err := m.fleet.load(ctx); err != nil {
 		return fmt.Errorf("load fleet registry: %w", err)
 	}
+	if err := m.enrolled.load(ctx); err != nil {
+		return fmt.Errorf("load enrollments: %w", err)
+	}
+	if m.cfg.Identity != nil {
+		if err := m.enrolled.put(ctx, FleetKeyMirage, Enrollment{GhostID: FleetKeyMirage, PublicKey: m.cfg.Identity.PublicKey(), EnrolledMS: m.cfg.Now().UnixMilli()}); err != nil {
+			return fmt.Errorf("record Mirage's key: %w", err)
+		}
+	}
+	if err := m.fleetChanged(); err != nil {
+		return err
+	}
 	if err := m.recover(ctx); err != nil {
 		return fmt.Errorf("recover open intents: %w", err)
 	}
@@ -117,6 +141,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 		{subjects.Issue, "mirage", m.onIssue},
 		{subjects.AllRegisters, "mirage", m.fleet.onRegister},
 		{subjects.AllHeartbeats, "mirage", m.fleet.onHeartbeat},
+		{subjects.Fleet + ".*", "mirage", m.onFleet},
 	} {
 		sub, err := m.nc.QueueSubscribe(s.subject, s.queue, s.fn)
 		if err != nil {

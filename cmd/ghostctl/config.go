@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/config"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
@@ -24,6 +25,9 @@ type fileConfig struct {
 	Labels            map[string]string `koanf:"labels"`
 	HeartbeatInterval time.Duration     `koanf:"heartbeat_interval"`
 	MaxConcurrent     int               `koanf:"max_concurrent"`
+	NKeyFile          string            `koanf:"nkey_file"`
+	TrustedMirageKeys []string          `koanf:"trusted_mirage_keys"`
+	CommandMaxAge     time.Duration     `koanf:"command_max_age"`
 	LogFormat         string            `koanf:"log_format"`
 	LogLevel          string            `koanf:"log_level"`
 }
@@ -62,6 +66,15 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 	if !filepath.IsAbs(cfg.StateDir) {
 		cfg.StateDir = filepath.Join(filepath.Dir(path), cfg.StateDir)
 	}
+	if cfg.NKeyFile != "" && !filepath.IsAbs(cfg.NKeyFile) {
+		cfg.NKeyFile = filepath.Join(filepath.Dir(path), cfg.NKeyFile)
+	}
+	for i, k := range cfg.TrustedMirageKeys {
+		if err := bus.ValidatePublicKey(k); err != nil {
+			return nil, bad(fmt.Sprintf("trusted_mirage_keys[%d]", i), "%v", err)
+		}
+	}
+	cfg.Server = bus.ServerURL(cfg.Server)
 	ids, err := seeds.Parse(strings.Join(cfg.Seeds, ","))
 	if len(cfg.Seeds) == 0 {
 		ids, err = []string{}, nil

@@ -22,13 +22,15 @@ import (
 func newInit() *cobra.Command {
 	var (
 		id, server, out, policy, seedList string
-		labels                            []string
+		labels, trust                     []string
 		force                             bool
 	)
 	c := &cobra.Command{
 		Use:   "init --id ID [--server URL] [--out DIR] [--label KEY=VALUE ...] [--policy headless|auto|required] [--seeds ID,ID|none]",
-		Short: "Write a Ghost's config.toml (and its state directory)",
+		Short: "Write a Ghost's config.toml, its nkey and its state directory; print its public key",
 		Long: `init writes DIR/config.toml for a new Ghost and creates its state directory DIR/state.
+It also writes the Ghost's identity, an nkey seed in DIR/ghost.nk (mode 0600), and prints
+its public key (U...) as the last line of stdout, for 'miragectl fleet add'.
 Run the Ghost with 'ghostctl run --config DIR/config.toml'.
 
 Policies: headless serves commands without registering with a Mirage; auto registers
@@ -65,17 +67,32 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
+			for _, k := range trust {
+				if err := bus.ValidatePublicKey(k); err != nil {
+					return cli.Invalid("--trust: %v", err)
+				}
+			}
 			state := filepath.Join(dir, "state")
 			if err := os.MkdirAll(state, 0o700); err != nil {
 				return fmt.Errorf("create state directory: %w", err)
 			}
+			keyPath := filepath.Join(dir, "ghost.nk")
+			if force {
+				_ = os.Remove(keyPath)
+			}
+			identity, err := bus.LoadOrCreateIdentity(keyPath)
+			if err != nil {
+				return err
+			}
 			doc := map[string]any{
-				"id":        id,
-				"server":    bus.ServerURL(server),
-				"state_dir": state,
-				"policy":    policy,
-				"seeds":     ids,
-				"labels":    lbl,
+				"id":                  id,
+				"server":              bus.ServerURL(server),
+				"state_dir":           state,
+				"policy":              policy,
+				"seeds":               ids,
+				"labels":              lbl,
+				"nkey_file":           keyPath,
+				"trusted_mirage_keys": append([]string{}, trust...),
 			}
 			var buf bytes.Buffer
 			buf.WriteString("# edgectl Ghost configuration, written by 'ghostctl init'.\n")
@@ -87,8 +104,11 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 				return fmt.Errorf("write config: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", path)
-			fmt.Fprintf(cmd.OutOrStdout(), "run it with: ghostctl run --config %s\n", path)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "wrote %s and the Ghost's key %s (mode 0600)\n", path, keyPath)
+			fmt.Fprintf(out, "run it with: ghostctl run --config %s\n", path)
+			fmt.Fprintf(out, "enroll it (with 'miragectl up --auth'): miragectl fleet add %s %s\n", id, identity.PublicKey())
+			fmt.Fprintln(out, identity.PublicKey())
 			return nil
 		},
 	}
@@ -99,7 +119,8 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 	f.StringArrayVar(&labels, "label", nil, "a label KEY=VALUE; repeat for more")
 	f.StringVar(&policy, "policy", ghost.PolicyAuto, "Mirage policy: headless, auto or required")
 	f.StringVar(&seedList, "seeds", "all", "built-in seeds to host: a comma list, all, or none")
-	f.BoolVar(&force, "force", false, "overwrite an existing config.toml")
+	f.BoolVar(&force, "force", false, "overwrite an existing config.toml (and make a new key)")
+	f.StringArrayVar(&trust, "trust", nil, "a Mirage public nkey whose signed commands this Ghost accepts; with any, unsigned commands are refused (repeat for more)")
 	_ = c.MarkFlagRequired("id")
 	return c
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bus"
@@ -40,7 +41,15 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				return err
 			}
 			ctx := cmd.Context()
-			nc, err := bus.Connect(ctx, bus.ConnConfig{URL: cfg.Server, Name: "ghost " + cfg.ID, Persistent: true, Logger: log})
+			conn := bus.ConnConfig{URL: cfg.Server, Name: "ghost " + cfg.ID, Persistent: true, Logger: log}
+			var identity *bus.Identity
+			if cfg.NKeyFile != "" {
+				if identity, err = bus.LoadIdentity(cfg.NKeyFile); err != nil {
+					return cli.Invalid("%v", err)
+				}
+				conn.Options = []nats.Option{identity.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(cfg.ID))}
+			}
+			nc, err := bus.Connect(ctx, conn)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
@@ -53,6 +62,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			g, err := ghost.New(nc, ghost.Config{
 				ID: cfg.ID, Version: version, Labels: cfg.Labels, Policy: cfg.Policy,
 				HeartbeatInterval: cfg.HeartbeatInterval, MaxConcurrent: cfg.MaxConcurrent,
+				Identity: identity, TrustedMirageKeys: cfg.TrustedMirageKeys, CommandMaxAge: cfg.CommandMaxAge,
 			}, reg, store, log)
 			if err != nil {
 				return err

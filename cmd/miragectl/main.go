@@ -5,6 +5,9 @@ package main
 
 import (
 	"context"
+	"os"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/spf13/cobra"
 
@@ -22,10 +25,29 @@ func main() {
 // clientFlags are the flags every client command takes.
 type clientFlags struct {
 	server string
+	nkey   string
 }
 
 func (f *clientFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.server, "server", "", "NATS server URL (default $NATS_URL, else "+bus.DefaultURL+")")
+	c.Flags().StringVar(&f.nkey, "nkey", "", "nkey seed file to authenticate with (default $EDGE_NKEY; with 'up --auth', DATA_DIR/operator.nk)")
+}
+
+// connect opens the client connection, authenticated with --nkey when given.
+func (f *clientFlags) connect(ctx context.Context, name string) (*nats.Conn, error) {
+	path := f.nkey
+	if path == "" {
+		path = os.Getenv("EDGE_NKEY")
+	}
+	var opts []nats.Option
+	if path != "" {
+		id, err := bus.LoadIdentity(path)
+		if err != nil {
+			return nil, cli.Invalid("--nkey: %v", err)
+		}
+		opts = append(opts, id.NATSOption())
+	}
+	return cli.Connect(ctx, f.server, name, opts...)
 }
 
 func newRoot() *cobra.Command {
@@ -46,6 +68,6 @@ refused by Mirage, 3 NATS unreachable or no Mirage answered.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Invalid("%v", err) })
-	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts())
+	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts(), newIntents(), newFleet())
 	return root
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bus"
@@ -26,6 +27,7 @@ type upConfig struct {
 	Server       string        `koanf:"server"`
 	DataDir      string        `koanf:"data_dir"`
 	NoLocalGhost bool          `koanf:"no_local_ghost"`
+	Auth         bool          `koanf:"auth"`
 	Sync         string        `koanf:"sync"`
 	SyncInterval time.Duration `koanf:"sync_interval"`
 	Replicas     int           `koanf:"replicas"`
@@ -38,6 +40,7 @@ var upFlagKeys = map[string]string{
 	"server":         "server",
 	"data-dir":       "data_dir",
 	"no-local-ghost": "no_local_ghost",
+	"auth":           "auth",
 	"sync":           "sync",
 	"sync-interval":  "sync_interval",
 	"log-format":     "log_format",
@@ -50,7 +53,7 @@ const LocalGhostID = "local"
 func newUp() *cobra.Command {
 	var cfgPath string
 	c := &cobra.Command{
-		Use:   "up [--config FILE] [--nats-listen HOST:PORT] [--data-dir DIR] [--no-local-ghost]",
+		Use:   "up [--config FILE] [--nats-listen HOST:PORT] [--data-dir DIR] [--no-local-ghost] [--auth] [--server URL]",
 		Short: "Run an embedded NATS server with JetStream, Mirage, and a local Ghost",
 		Long: `up runs everything edgectl needs on one machine: an embedded nats-server with JetStream
 (listening on 127.0.0.1:4222, data under ./.edgectl/), Mirage, and a co-located Ghost
@@ -66,7 +69,7 @@ faster, but an OS crash can lose the last interval's writes.`,
 			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
 				return err
 			}
-			if cfg.Server == "" {
+			if cfg.Server == "" && !cfg.Auth {
 				if err := checkListen(cfg.NATSListen); err != nil {
 					return err
 				}
@@ -87,6 +90,7 @@ faster, but an OS crash can lose the last interval's writes.`,
 	f.String("nats-listen", bus.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
 	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
 	f.Bool("no-local-ghost", false, "do not run the co-located Ghost \"local\"")
+	f.Bool("auth", false, "nkey authentication only: Ghosts must be enrolled (miragectl fleet add), commands and events are signed; keys under DATA_DIR/keys")
 	f.String("sync", bus.SyncAlways, "JetStream fsync: always (every write) or interval")
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.String("log-format", "text", "log format: text or json")
@@ -106,7 +110,7 @@ func checkListen(listen string) error {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return cli.Invalid("--nats-listen %q is not a loopback address; serving other hosts requires authentication, which this build does not enable yet", listen)
+		return cli.Invalid("--nats-listen %q is not a loopback address; serving other hosts requires authentication, so it needs --auth", listen)
 	}
 	return nil
 }
@@ -120,27 +124,49 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	var auth *upAuth
+	if cfg.Auth {
+		if auth, err = loadUpAuth(dataDir); err != nil {
+			return err
+		}
+	}
 	var ns *bus.Server
 	conn := bus.ConnConfig{Name: "mirage", Persistent: true, Logger: log}
 	if cfg.Server != "" {
 		conn.URL = cfg.Server
 	} else {
-		ns, err = bus.StartServer(bus.ServerConfig{
+		scfg := bus.ServerConfig{
 			Listen: cfg.NATSListen, StoreDir: dataDir,
 			Sync: cfg.Sync, SyncEvery: cfg.SyncInterval, ServerName: "edgectl", Logger: log,
-		})
+		}
+		if auth != nil {
+			scfg.Users = auth.users(nil, !cfg.NoLocalGhost)
+		}
+		ns, err = bus.StartServer(scfg)
 		if err != nil {
 			return cli.Exit(cli.ExitUnavailable, err)
 		}
 		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 		conn.InProcess = ns
 	}
-	mnc, err := bus.Connect(ctx, conn)
+	mconn := conn
+	mcfg := mirage.Config{Replicas: cfg.Replicas}
+	if auth != nil {
+		mconn.Options = []nats.Option{auth.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())}
+		mcfg.Identity = auth.mirage
+		mcfg.RequireSignedEvents = true
+		if ns != nil {
+			mcfg.OnFleetChange = func(enrolled map[string]string) error {
+				return ns.SetUsers(auth.users(enrolled, !cfg.NoLocalGhost))
+			}
+		}
+	}
+	mnc, err := bus.Connect(ctx, mconn)
 	if err != nil {
 		return cli.Exit(cli.ExitUnavailable, err)
 	}
 	defer mnc.Close()
-	m, err := mirage.New(ctx, mnc, mirage.Config{Replicas: cfg.Replicas}, log)
+	m, err := mirage.New(ctx, mnc, mcfg, log)
 	if err != nil {
 		return cli.Exit(cli.ExitUnavailable, err)
 	}
@@ -148,12 +174,24 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		_ = m.Close()
 		return cli.Exit(cli.ExitUnavailable, err)
 	}
+	if auth != nil {
+		if err := auth.record(ctx, m, !cfg.NoLocalGhost); err != nil {
+			_ = m.Close()
+			return err
+		}
+	}
 
 	var stopGhost func() error
 	if !cfg.NoLocalGhost {
 		gconn := conn
 		gconn.Name = "ghost " + LocalGhostID
-		stopGhost, err = startLocalGhost(ctx, gconn, dataDir, log)
+		gcfg := ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto}
+		if auth != nil {
+			gconn.Options = []nats.Option{auth.local.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(LocalGhostID))}
+			gcfg.Identity = auth.local
+			gcfg.TrustedMirageKeys = []string{auth.mirage.PublicKey()}
+		}
+		stopGhost, err = startLocalGhost(ctx, gconn, gcfg, dataDir, log)
 		if err != nil {
 			_ = m.Close()
 			return err
@@ -165,6 +203,9 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	log.Info("edgectl up", "component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost)
 	fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", url, LocalGhostID)
+	if auth != nil {
+		auth.explain(os.Stderr, url)
+	}
 	<-ctx.Done()
 	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
 	var errs []error
@@ -178,7 +219,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 
 // startLocalGhost runs the co-located Ghost "local" with every built-in seed, on an
 // in-process connection. Its stop function closes the Ghost and its connection.
-func startLocalGhost(ctx context.Context, conn bus.ConnConfig, dataDir string, log *slog.Logger) (func() error, error) {
+func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config, dataDir string, log *slog.Logger) (func() error, error) {
 	state := filepath.Join(dataDir, "ghosts", LocalGhostID)
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("local ghost state: %w", err)
@@ -196,7 +237,7 @@ func startLocalGhost(ctx context.Context, conn bus.ConnConfig, dataDir string, l
 		nc.Close()
 		return nil, err
 	}
-	g, err := ghost.New(nc, ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto}, reg, store, log)
+	g, err := ghost.New(nc, gcfg, reg, store, log)
 	if err != nil {
 		nc.Close()
 		_ = store.Close()

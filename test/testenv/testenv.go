@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -42,7 +43,11 @@ type options struct {
 	sync   string
 	dir    string
 	port   int
+	users  []*server.NkeyUser
 }
+
+// Users turns on nkey authentication with these users.
+func Users(u []*server.NkeyUser) Option { return func(o *options) { o.users = u } }
 
 // Listen makes the server listen on a random loopback port (for real processes).
 func Listen() Option { return func(o *options) { o.listen = true } }
@@ -72,7 +77,7 @@ func New(t testing.TB, opts ...Option) *Env {
 func (e *Env) start() {
 	e.T.Helper()
 	o := e.opts
-	cfg := bus.ServerConfig{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen}
+	cfg := bus.ServerConfig{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen, Users: o.users}
 	if o.listen {
 		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", o.port)
 	}
@@ -96,14 +101,26 @@ func (e *Env) RestartServer(down time.Duration) {
 	e.start()
 }
 
+// ConnWith opens an in-process connection with extra options (an identity, an inbox
+// prefix); it fails the test when the server refuses it.
+func (e *Env) ConnWith(name string, opts ...nats.Option) *nats.Conn {
+	e.T.Helper()
+	nc, err := bus.Connect(context.Background(), bus.ConnConfig{InProcess: e.Server, Name: name, Persistent: true, Logger: e.Log, Options: opts})
+	if err != nil {
+		e.T.Fatalf("connect %s: %v", name, err)
+	}
+	e.T.Cleanup(nc.Close)
+	return nc
+}
+
 // URLConn opens a socket connection (to the server or through url) that reconnects like a
 // daemon's; it survives RestartServer.
-func (e *Env) URLConn(name, url string) *nats.Conn {
+func (e *Env) URLConn(name, url string, opts ...nats.Option) *nats.Conn {
 	e.T.Helper()
 	if url == "" {
 		url = e.URL
 	}
-	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: url, Name: name, Persistent: true, Logger: e.Log})
+	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: url, Name: name, Persistent: true, Logger: e.Log, Options: opts})
 	if err != nil {
 		e.T.Fatalf("connect: %v", err)
 	}

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+func newFleet() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "fleet add GHOST_ID PUBLIC_NKEY | rm GHOST_ID | ls | auth-config",
+		Short: "Enroll and revoke Ghost identities (nkeys)",
+		Long: `fleet manages which Ghost identities may connect. 'fleet add' binds a ghost id to the
+public nkey that 'ghostctl init' printed; 'fleet rm' revokes it. With 'miragectl up --auth'
+both take effect at once: a revoked Ghost is disconnected and refused. For an external
+server or cluster, 'fleet auth-config' prints the authorization block to install there.
+These requests need the operator key (--nkey DATA_DIR/operator.nk).`,
+	}
+	c.AddCommand(newFleetAdd(), newFleetRm(), newFleetLs(), newFleetAuthConfig())
+	return c
+}
+
+// fleetRequest sends one request to Mirage's fleet service.
+func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirage.FleetRequest) (*mirage.FleetReply, error) {
+	ctx := cmd.Context()
+	nc, err := cf.connect(ctx, "miragectl fleet")
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	data, _ := json.Marshal(req)
+	msg, err := nc.Request(subject, data, 10*time.Second)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) {
+			return nil, cli.Exit(cli.ExitUnavailable, fmt.Errorf("no Mirage answered on %s: is 'miragectl up' running?", subject))
+		}
+		if errors.Is(err, nats.ErrPermissionViolation) || isPermission(err) {
+			return nil, cli.Invalid("permission denied on %s: fleet requests need the operator key (--nkey)", subject)
+		}
+		return nil, cli.Exit(cli.ExitUnavailable, err)
+	}
+	var reply mirage.FleetReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return nil, fmt.Errorf("malformed fleet reply: %w", err)
+	}
+	if reply.Status != "accepted" {
+		return &reply, cli.Invalid("Mirage refused: %s", reply.Error.Message)
+	}
+	return &reply, nil
+}
+
+func isPermission(err error) bool {
+	return err != nil && (errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "permissions violation"))
+}
+
+func newFleetAdd() *cobra.Command {
+	var cf clientFlags
+	c := &cobra.Command{
+		Use:   "add GHOST_ID PUBLIC_NKEY",
+		Short: "Enroll a Ghost: bind its id to the public nkey 'ghostctl init' printed",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := subjects.ValidateGhostID(args[0]); err != nil {
+				return cli.Invalid("%v", err)
+			}
+			if err := bus.ValidatePublicKey(args[1]); err != nil {
+				return cli.Invalid("%v", err)
+			}
+			if _, err := fleetRequest(cmd, &cf, subjects.FleetAdd, mirage.FleetRequest{GhostID: args[0], PublicKey: args[1]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "enrolled %s (%s)\n", args[0], args[1])
+			return nil
+		},
+	}
+	cf.register(c)
+	return c
+}
+
+func newFleetRm() *cobra.Command {
+	var cf clientFlags
+	c := &cobra.Command{
+		Use:   "rm GHOST_ID",
+		Short: "Revoke a Ghost: it is disconnected and refused from now on",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := fleetRequest(cmd, &cf, subjects.FleetRemove, mirage.FleetRequest{GhostID: args[0]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
+			return nil
+		},
+	}
+	cf.register(c)
+	return c
+}
+
+func newFleetLs() *cobra.Command {
+	var (
+		cf     clientFlags
+		asJSON bool
+	)
+	c := &cobra.Command{
+		Use:   "ls [--json]",
+		Short: "List enrolled Ghost identities",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reply, err := fleetRequest(cmd, &cf, subjects.FleetList, mirage.FleetRequest{})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), reply.Fleet)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "GHOST\tPUBLIC NKEY\tENROLLED")
+			for _, e := range reply.Fleet {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", e.GhostID, e.PublicKey, time.UnixMilli(e.EnrolledMS).UTC().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+	cf.register(c)
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	return c
+}
+
+func newFleetAuthConfig() *cobra.Command {
+	var cf clientFlags
+	c := &cobra.Command{
+		Use:   "auth-config",
+		Short: "Print the nats-server authorization block for the enrolled fleet",
+		Long: `auth-config prints the authorization block that gives the operator, Mirage and every
+enrolled Ghost exactly their permissions, for an external nats-server or cluster. It reads
+the enrollments from KV edge_fleet.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			nc, err := cf.connect(ctx, "miragectl fleet auth-config")
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			js, err := jetstream.New(nc)
+			if err != nil {
+				return cli.Exit(cli.ExitUnavailable, err)
+			}
+			kv, err := js.KeyValue(ctx, bus.BucketFleet)
+			if err != nil {
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("KV %s: %w (has Mirage run against this server?)", bus.BucketFleet, err))
+			}
+			list, roles, err := mirage.ReadEnrollments(ctx, kv)
+			if err != nil {
+				return cli.Exit(cli.ExitUnavailable, err)
+			}
+			ghosts := map[string]string{}
+			for _, e := range list {
+				ghosts[e.GhostID] = e.PublicKey
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), bus.AuthConfig(roles[mirage.FleetKeyOperator], roles[mirage.FleetKeyMirage], ghosts))
+			return err
+		},
+	}
+	cf.register(c)
+	return c
+}

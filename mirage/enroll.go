@@ -1,0 +1,265 @@
+package mirage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Reserved keys of KV edge_fleet (ghost ids cannot start with "_").
+const (
+	FleetKeyMirage   = "_mirage"
+	FleetKeyOperator = "_operator"
+)
+
+// Enrollment binds a ghost id to its public nkey, in KV edge_fleet.
+type Enrollment struct {
+	GhostID    string `json:"ghost_id"`
+	PublicKey  string `json:"public_key"`
+	EnrolledMS int64  `json:"enrolled_ms"`
+}
+
+// FleetRequest is an operator's request on mirage.fleet.add / mirage.fleet.rm.
+type FleetRequest struct {
+	GhostID   string `json:"ghost_id"`
+	PublicKey string `json:"public_key,omitempty"`
+}
+
+// FleetReply answers a fleet request.
+type FleetReply struct {
+	Status string       `json:"status"` // accepted | rejected
+	Error  *bus.Error   `json:"error,omitempty"`
+	Fleet  []Enrollment `json:"fleet,omitempty"`
+}
+
+// enrollments caches KV edge_fleet: which public key each ghost id is bound to.
+type enrollments struct {
+	kv jetstream.KeyValue
+
+	mu    sync.RWMutex
+	byID  map[string]Enrollment
+	roles map[string]string // reserved keys → public key
+}
+
+func newEnrollments(kv jetstream.KeyValue) *enrollments {
+	return &enrollments{kv: kv, byID: map[string]Enrollment{}, roles: map[string]string{}}
+}
+
+// ReadEnrollments returns every enrollment of KV edge_fleet and the reserved role keys.
+func ReadEnrollments(ctx context.Context, kv jetstream.KeyValue) ([]Enrollment, map[string]string, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []Enrollment
+	roles := map[string]string{}
+	for key := range lister.Keys() {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				continue
+			}
+			return nil, nil, err
+		}
+		var en Enrollment
+		if json.Unmarshal(e.Value(), &en) != nil {
+			continue
+		}
+		if strings.HasPrefix(key, "_") {
+			roles[key] = en.PublicKey
+			continue
+		}
+		out = append(out, en)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GhostID < out[j].GhostID })
+	return out, roles, nil
+}
+
+func (e *enrollments) load(ctx context.Context) error {
+	list, roles, err := ReadEnrollments(ctx, e.kv)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, en := range list {
+		e.byID[en.GhostID] = en
+	}
+	e.roles = roles
+	return nil
+}
+
+// key returns the public key enrolled for a ghost id.
+func (e *enrollments) key(ghostID string) (string, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	en, ok := e.byID[ghostID]
+	return en.PublicKey, ok
+}
+
+// all returns ghost id → public key.
+func (e *enrollments) all() map[string]string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	out := make(map[string]string, len(e.byID))
+	for id, en := range e.byID {
+		out[id] = en.PublicKey
+	}
+	return out
+}
+
+func (e *enrollments) list() []Enrollment {
+	e.mu.RLock()
+	out := make([]Enrollment, 0, len(e.byID))
+	for _, en := range e.byID {
+		out = append(out, en)
+	}
+	e.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].GhostID < out[j].GhostID })
+	return out
+}
+
+func (e *enrollments) put(ctx context.Context, key string, en Enrollment) error {
+	data, err := json.Marshal(en)
+	if err != nil {
+		return err
+	}
+	if _, err := e.kv.Put(ctx, key, data); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	if strings.HasPrefix(key, "_") {
+		e.roles[key] = en.PublicKey
+	} else {
+		e.byID[key] = en
+	}
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *enrollments) remove(ctx context.Context, ghostID string) (bool, error) {
+	e.mu.RLock()
+	_, ok := e.byID[ghostID]
+	e.mu.RUnlock()
+	if !ok {
+		return false, nil
+	}
+	if err := e.kv.Delete(ctx, ghostID); err != nil {
+		return false, err
+	}
+	e.mu.Lock()
+	delete(e.byID, ghostID)
+	e.mu.Unlock()
+	return true, nil
+}
+
+// Enroll binds ghostID to publicKey (as 'fleet add' does).
+func (m *Mirage) Enroll(ctx context.Context, ghostID, publicKey string) error {
+	if err := subjects.ValidateGhostID(ghostID); err != nil {
+		return bus.FieldError(bus.CodeSemantic, "ghost_id", "%s", idReason(err))
+	}
+	if err := bus.ValidatePublicKey(publicKey); err != nil {
+		return bus.FieldError(bus.CodeSemantic, "public_key", "%v", err)
+	}
+	for id, pub := range m.enrolled.all() {
+		if pub == publicKey && id != ghostID {
+			return bus.FieldError(bus.CodeSemantic, "public_key", "already enrolled as ghost %s; one key, one ghost", id)
+		}
+	}
+	if err := m.enrolled.put(ctx, ghostID, Enrollment{GhostID: ghostID, PublicKey: publicKey, EnrolledMS: m.cfg.Now().UnixMilli()}); err != nil {
+		return bus.Errorf(bus.CodeInternal, "store enrollment: %v", err)
+	}
+	m.log.Info("ghost enrolled", "peer", ghostID)
+	return m.fleetChanged()
+}
+
+// RecordOperatorKey stores the operator's public key in KV edge_fleet, so that
+// 'fleet auth-config' can grant it.
+func (m *Mirage) RecordOperatorKey(ctx context.Context, publicKey string) error {
+	if err := bus.ValidatePublicKey(publicKey); err != nil {
+		return err
+	}
+	return m.enrolled.put(ctx, FleetKeyOperator, Enrollment{GhostID: FleetKeyOperator, PublicKey: publicKey, EnrolledMS: m.cfg.Now().UnixMilli()})
+}
+
+// Revoke removes a Ghost's enrollment (as 'fleet rm' does) and its registry entry.
+func (m *Mirage) Revoke(ctx context.Context, ghostID string) error {
+	ok, err := m.enrolled.remove(ctx, ghostID)
+	if err != nil {
+		return bus.Errorf(bus.CodeInternal, "remove enrollment: %v", err)
+	}
+	if !ok {
+		return bus.FieldError(bus.CodeSemantic, "ghost_id", "ghost %s is not enrolled", ghostID)
+	}
+	m.fleet.forget(ctx, ghostID)
+	m.log.Info("ghost revoked", "peer", ghostID)
+	return m.fleetChanged()
+}
+
+// fleetChanged tells the server that serves this fleet (when Mirage embeds it).
+func (m *Mirage) fleetChanged() error {
+	if m.cfg.OnFleetChange == nil {
+		return nil
+	}
+	if err := m.cfg.OnFleetChange(m.enrolled.all()); err != nil {
+		return bus.Errorf(bus.CodeInternal, "apply the fleet to the server: %v", err)
+	}
+	return nil
+}
+
+// onFleet serves mirage.fleet.add, .rm and .list.
+func (m *Mirage) onFleet(msg *nats.Msg) {
+	reply := FleetReply{Status: "accepted"}
+	var req FleetRequest
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var err error
+	switch msg.Subject {
+	case subjects.FleetList:
+	case subjects.FleetAdd, subjects.FleetRemove:
+		if jerr := json.Unmarshal(msg.Data, &req); jerr != nil {
+			err = bus.Errorf(bus.CodeFraming, "fleet request is not JSON: %v", jerr)
+		} else if msg.Subject == subjects.FleetAdd {
+			err = m.Enroll(ctx, req.GhostID, req.PublicKey)
+		} else {
+			err = m.Revoke(ctx, req.GhostID)
+		}
+	default:
+		err = bus.Errorf(bus.CodeSemantic, "unknown fleet request %s", msg.Subject)
+	}
+	if err != nil {
+		reply.Status, reply.Error = "rejected", bus.AsError(err)
+	}
+	reply.Fleet = m.enrolled.list()
+	if data, jerr := json.Marshal(reply); jerr == nil && msg.Reply != "" {
+		_ = msg.Respond(data)
+	}
+}
+
+// verifyEvent checks, when events must be signed, that the event was signed by the key
+// enrolled for its ghost_id.
+func (m *Mirage) verifyEvent(ev *bus.Event, data []byte, h nats.Header) error {
+	if !m.cfg.RequireSignedEvents {
+		return nil
+	}
+	want, ok := m.enrolled.key(ev.GhostID)
+	if !ok {
+		return bus.Errorf(bus.CodeSecurity, "ghost %s is not enrolled", ev.GhostID)
+	}
+	_, err := bus.VerifySignature(data, h, func(signer string) bool { return signer == want })
+	if err != nil {
+		return fmt.Errorf("event from %s: %w", ev.GhostID, err)
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds/kv"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// authFleet is an embedded server with nkey auth only, a signing Mirage, and enrolled
+// Ghosts a and b whose commands must be signed.
+type authFleet struct {
+	env              *testenv.Env
+	operator, mirage *bus.Identity
+	m                *mirage.Mirage
+	keys             map[string]*bus.Identity
+	kv               map[string]*kv.Seed
+	op               *nats.Conn
+	client           *mirage.Client
+}
+
+func newIdentity(t *testing.T) *bus.Identity {
+	t.Helper()
+	id, err := bus.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func newAuthFleet(t *testing.T, ghosts ...string) *authFleet {
+	t.Helper()
+	f := &authFleet{operator: newIdentity(t), mirage: newIdentity(t), keys: map[string]*bus.Identity{}, kv: map[string]*kv.Seed{}}
+	f.env = testenv.New(t, testenv.Listen(), testenv.Users(bus.Users(f.operator.PublicKey(), f.mirage.PublicKey(), nil)))
+	mnc := f.env.ConnWith("mirage", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
+	f.m = f.env.StartMirageOn(mnc, mirage.Config{
+		Identity: f.mirage, RequireSignedEvents: true,
+		OnFleetChange: func(enrolled map[string]string) error {
+			return f.env.Server.SetUsers(bus.Users(f.operator.PublicKey(), f.mirage.PublicKey(), enrolled))
+		},
+	})
+	f.op = f.env.ConnWith("operator", f.operator.NATSOption())
+	var err error
+	if f.client, err = mirage.NewClient(f.op); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ghosts {
+		f.keys[id] = newIdentity(t)
+		if err := f.m.Enroll(context.Background(), id, f.keys[id].PublicKey()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+// startGhost runs enrolled Ghost id with its key, trusting only the Mirage key. It
+// connects over a socket, as a real Ghost does (a refused in-process pipe stalls the
+// server's writes to it for the write deadline).
+func (f *authFleet) startGhost(id string) *nats.Conn {
+	f.env.T.Helper()
+	key := f.keys[id]
+	nc := f.env.URLConn("ghost "+id, "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)))
+	f.kv[id] = kv.New()
+	reg := ghost.NewRegistry()
+	if err := reg.Add(f.kv[id]); err != nil {
+		f.env.T.Fatal(err)
+	}
+	f.env.StartGhost(id, testenv.Via(nc), testenv.WithRegistry(reg), testenv.Tune(func(c *ghost.Config) {
+		c.Identity = key
+		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
+	}))
+	return nc
+}
+
+// violations collects the permission errors a connection is told about.
+type violations struct {
+	mu   sync.Mutex
+	errs []string
+}
+
+func (v *violations) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
+	v.mu.Lock()
+	v.errs = append(v.errs, err.Error())
+	v.mu.Unlock()
+}
+
+func (v *violations) saw(sub string) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range v.errs {
+		if strings.Contains(strings.ToLower(e), "permissions violation") && strings.Contains(e, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestAuthUnknownKeyIsRefused(t *testing.T) {
+	f := newAuthFleet(t)
+	stranger := newIdentity(t)
+	_, err := nats.Connect(f.env.URL, stranger.NATSOption(), nats.MaxReconnects(0))
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("an unknown nkey connected: %v", err)
+	}
+	if _, err := nats.Connect(f.env.URL, nats.MaxReconnects(0)); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Fatalf("a connection without credentials was accepted: %v", err)
+	}
+}
+
+// Ghost a, with its own key, cannot subscribe to cmd.b, publish evt.b, or read b's
+// commands through the JetStream API.
+func TestAuthGhostIsConfinedToItsSubjects(t *testing.T) {
+	f := newAuthFleet(t, "ghost-a", "ghost-b")
+	var v violations
+	nc := f.env.ConnWith("ghost-a rogue", f.keys["ghost-a"].NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-a")), nats.ErrorHandler(v.handler))
+	if _, err := nc.SubscribeSync(subjects.Command("ghost-b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(subjects.Event("ghost-b"), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	testenv.Eventually(t, 5*time.Second, "permission violations for cmd.ghost-b and evt.ghost-b", func() bool {
+		return v.saw(`"cmd.ghost-b"`) && v.saw(`"evt.ghost-b"`)
+	})
+	// B's commands through the JetStream API: direct get, a consumer on cmd.ghost-b,
+	// stream info: all refused.
+	if _, err := nc.Request("$JS.API.DIRECT.GET."+bus.StreamCommands+"."+subjects.Command("ghost-b"), nil, time.Second); err == nil {
+		t.Error("ghost-a read ghost-b's last command by direct get")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := js.CreateConsumer(ctx, bus.StreamCommands, jetstream.ConsumerConfig{Name: bus.GhostReplayConsumer("ghost-b"), FilterSubject: subjects.Command("ghost-b")}); err == nil {
+		t.Error("ghost-a created a consumer on ghost-b's commands")
+	}
+	if _, err := js.CreateConsumer(ctx, bus.StreamCommands, jetstream.ConsumerConfig{Name: bus.GhostReplayConsumer("ghost-a"), FilterSubject: subjects.Command("ghost-b")}); err == nil {
+		t.Error("ghost-a created its own consumer filtered on ghost-b's commands")
+	}
+	if _, err := js.Stream(ctx, bus.StreamCommands); err == nil {
+		t.Error("ghost-a read EDGE_CMD's stream info")
+	}
+	// Its own subjects work: an intent to a succeeds.
+	f.startGhost("ghost-a")
+	r := f.env.Run(f.client, testenv.NewIssue("ghost-a", "seed.kv", "put", map[string]string{"key": "k", "value": "v"}, 10*time.Second))
+	if r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("signed intent to an enrolled ghost: %s %+v", r.Summary, r.Results)
+	}
+}
+
+// A revoked Ghost is disconnected and refused from then on.
+func TestAuthRevokedGhostIsCutOff(t *testing.T) {
+	f := newAuthFleet(t, "ghost-r")
+	nc := f.startGhost("ghost-r")
+	testenv.Eventually(t, 5*time.Second, "ghost-r to register", func() bool { _, ok := f.m.Fleet().Get("ghost-r"); return ok })
+	if err := f.m.Revoke(context.Background(), "ghost-r"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "ghost-r to be disconnected", func() bool { return !nc.IsConnected() })
+	time.Sleep(time.Second) // reconnect attempts keep failing
+	if nc.IsConnected() {
+		t.Fatal("a revoked ghost reconnected")
+	}
+	if _, ok := f.m.Fleet().Get("ghost-r"); ok {
+		t.Fatal("a revoked ghost is still in the registry")
+	}
+	_, err := f.client.Issue(context.Background(), testenv.NewIssue("ghost-r", "seed.kv", "get", map[string]string{"key": "x"}, time.Second))
+	if err != nil {
+		t.Logf("issue to a revoked ghost: %v", err)
+	}
+}
+
+// Commands published by hand onto cmd.<id> with the operator key but without a valid
+// signature are refused with the security code, and nothing runs; a signed intent works.
+func TestAuthUnsignedForgedTamperedStaleCommandsAreRefused(t *testing.T) {
+	f := newAuthFleet(t, "ghost-s")
+	f.startGhost("ghost-s")
+	forger := newIdentity(t)
+	build := func(id string, age time.Duration) *bus.Command {
+		c := &bus.Command{
+			Header:    bus.NewHeader(bus.TypeCommand, "", time.Now().Add(-age)),
+			CommandID: id, IntentID: "int_forged", GhostID: "ghost-s", SeedSelector: "seed.kv", Operation: "incr",
+			Args: map[string]string{"key": "evil"}, DeliverByMS: time.Now().Add(time.Hour).UnixMilli(), TimeoutMS: 5000,
+		}
+		return c
+	}
+	publish := func(c *bus.Command, signer *bus.Identity, tamper bool) {
+		data, err := bus.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := bus.NewMsg(subjects.Command("ghost-s"), data, c.CommandID, c.TraceID)
+		if signer != nil {
+			if err := bus.SignMsg(msg, signer); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if tamper {
+			msg.Data = []byte(strings.Replace(string(msg.Data), `"evil"`, `"EVIL"`, 1))
+		}
+		if err := f.op.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := map[string]string{}
+	publish(build("cmd_unsigned", 0), nil, false)
+	cases["cmd_unsigned"] = "unsigned"
+	publish(build("cmd_forged", 0), forger, false)
+	cases["cmd_forged"] = "not trusted"
+	publish(build("cmd_tampered", 0), f.mirage, true)
+	cases["cmd_tampered"] = "does not match"
+	publish(build("cmd_stale", 48*time.Hour), f.mirage, false)
+	cases["cmd_stale"] = "stale"
+	_ = f.op.Flush()
+
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []bus.Event
+	testenv.Eventually(t, 10*time.Second, "a security event per refused command", func() bool {
+		events = f.env.Events(js)
+		return len(events) >= len(cases)
+	})
+	for _, ev := range events {
+		want, ok := cases[ev.CommandID]
+		if !ok {
+			t.Errorf("unexpected event %+v", ev)
+			continue
+		}
+		if ev.Outcome != bus.OutcomeError || ev.Error == nil || ev.Error.Code != bus.CodeSecurity || ev.Error.Class != bus.ClassSecurity || !strings.Contains(ev.Error.Message, want) {
+			t.Errorf("%s: event error %+v, want 1800 security mentioning %q", ev.CommandID, ev.Error, want)
+		}
+		delete(cases, ev.CommandID)
+	}
+	if len(cases) > 0 {
+		t.Errorf("no security event for %v", cases)
+	}
+	if v, ok := f.kv["ghost-s"].Value("evil"); ok {
+		t.Fatalf("a refused command ran: evil = %q", v)
+	}
+	// The same command properly signed by Mirage, through an intent, runs.
+	r := f.env.Run(f.client, testenv.NewIssue("ghost-s", "seed.kv", "incr", map[string]string{"key": "evil"}, 10*time.Second))
+	if r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("signed intent: %s %+v", r.Summary, r.Results)
+	}
+	if v, _ := f.kv["ghost-s"].Value("evil"); v != "1" {
+		t.Fatalf("counter %q after one signed incr, want 1", v)
+	}
+}
+
+// Mirage refuses an event whose signer is not the key enrolled for its ghost_id: a forged
+// success for a silent target does not count, the target times out.
+func TestAuthForgedEventIsNotCounted(t *testing.T) {
+	f := newAuthFleet(t, "ghost-x")
+	is := testenv.NewIssue("ghost-x", "seed.kv", "incr", map[string]string{"key": "k"}, 2*time.Second)
+	if _, err := f.client.Issue(context.Background(), is); err != nil {
+		t.Fatal(err)
+	}
+	forger := newIdentity(t)
+	ev := &bus.Event{
+		Header:  bus.NewHeader(bus.TypeEvent, is.TraceID, time.Now()),
+		EventID: ghost.EventID("ghost-x", mirage.CommandID(is.IntentID, 0)), CommandID: mirage.CommandID(is.IntentID, 0),
+		IntentID: is.IntentID, ExecutionID: "exe_forged", GhostID: "ghost-x", SeedID: "seed.kv", Operation: "incr",
+		Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok", Stdout: "1"}, StartedMS: time.Now().UnixMilli(), FinishedMS: time.Now().UnixMilli(),
+	}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, signer := range []*bus.Identity{nil, forger} {
+		msg := bus.NewMsg(subjects.Event("ghost-x"), data, subjects.NewID("msg"), ev.TraceID)
+		if signer != nil {
+			if err := bus.SignMsg(msg, signer); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := waitReport(t, f.client, is.IntentID, 10*time.Second)
+	if r.Counts.Success != 0 || r.Counts.Timeout != 1 {
+		t.Fatalf("a forged event was counted: %s %+v", r.Summary, r.Counts)
+	}
+}
