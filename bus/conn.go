@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,13 +38,16 @@ type ConnConfig struct {
 	InProcess nats.InProcessConnProvider
 	// Persistent connections (Ghost, Mirage) retry forever; client commands fail fast.
 	Persistent bool
-	// Extra options (credentials, TLS).
+	// TLS, when set, are the CA that verifies the server and the client certificate. An
+	// in-process connection is not a socket and ignores them.
+	TLS TLSFiles
+	// Extra options (credentials).
 	Options []nats.Option
 	Logger  *slog.Logger
 }
 
 // Connect opens a NATS connection. A client connection that cannot reach the server
-// returns an error wrapping ErrUnavailable.
+// returns an error wrapping ErrUnavailable; invalid TLS files return a *TLSFileError.
 func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	log := cfg.Logger
 	if log == nil {
@@ -53,8 +57,15 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	if cfg.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(cfg.InProcess))
 	}
+	var lastErr atomic.Value // why the latest connect attempt failed (refused, TLS, authorization)
 	if cfg.Persistent {
 		opts = append(opts,
+			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil {
+					lastErr.Store(err.Error())
+					log.Debug("connect attempt failed", "component", "bus", "err", err)
+				}
+			}),
 			nats.MaxReconnects(-1),
 			nats.ReconnectWait(250*time.Millisecond),
 			nats.ReconnectJitter(250*time.Millisecond, time.Second),
@@ -72,6 +83,13 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	} else {
 		opts = append(opts, nats.MaxReconnects(2), nats.ReconnectWait(200*time.Millisecond))
 	}
+	if cfg.TLS.Enabled() && cfg.InProcess == nil {
+		tlsOpts, err := cfg.TLS.ClientOptions()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, tlsOpts...)
+	}
 	opts = append(opts, cfg.Options...)
 	url := cfg.URL
 	if cfg.InProcess != nil {
@@ -88,7 +106,8 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		if !nc.IsConnected() {
-			log.Warn("NATS not reachable yet; retrying in the background", "component", "bus", "peer", redact(url))
+			why, _ := lastErr.Load().(string)
+			log.Warn("NATS not reachable yet; retrying in the background", "component", "bus", "peer", redact(url), "err", why)
 		}
 	}
 	return nc, nil

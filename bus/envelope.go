@@ -71,6 +71,27 @@ type Issue struct {
 	// DeliverByMS is the delivery deadline given to every command (absolute, unix ms);
 	// zero means the intent's deadline.
 	DeliverByMS int64 `json:"deliver_by_ms,omitempty"`
+	// MaxConcurrency bounds how many targets run at once: "N" or "N%" of the targets
+	// (empty: all at once).
+	MaxConcurrency string `json:"max_concurrency,omitempty"`
+	// MaxErrors stops a rollout: once more targets than this failed ("N" or "N%"), targets
+	// not yet started are skipped (empty: no limit).
+	MaxErrors string `json:"max_errors,omitempty"`
+	// Plan, when set, replaces the objective with ordered steps: a step starts when the
+	// previous one is satisfied; a failure stops the plan.
+	Plan []PlanStep `json:"plan,omitempty"`
+}
+
+// PlanStep is one step of a command plan.
+type PlanStep struct {
+	Name         string            `json:"name,omitempty"`
+	SeedSelector string            `json:"seed_selector"`
+	Operation    string            `json:"operation"`
+	Args         map[string]string `json:"args"`
+	// TargetScope overrides the issue's scope for this step.
+	TargetScope string `json:"target_scope,omitempty"`
+	// Blocking holds a lock on ghost_id::seed_selector for each target while the step runs.
+	Blocking bool `json:"blocking,omitempty"`
 }
 
 // IssueReply is Mirage's answer on mirage.issue: accepted with the intent_id, or rejected
@@ -266,6 +287,8 @@ type Counts struct {
 
 // TargetResult is one target's line in a report.
 type TargetResult struct {
+	// Step is the plan step the result belongs to (plans only).
+	Step        int    `json:"step,omitempty"`
 	GhostID     string `json:"ghost_id"`
 	CommandID   string `json:"command_id"`
 	ExecutionID string `json:"execution_id"`

@@ -43,6 +43,7 @@ func GhostPermissions(id string) *server.Permissions {
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Command(id),
 			subjects.Ack(id),
+			subjects.AttachGhost(id),
 			subjects.Announce,
 			GhostInbox(id) + ".>",
 		}},
@@ -58,6 +59,7 @@ func MiragePermissions() *server.Permissions {
 			"ack.*",
 			subjects.AllReports,
 			subjects.Announce,
+			subjects.AttachGhost("*"),
 			"$JS.API.>",
 			"$KV." + BucketGhosts + ".>",
 			"$KV." + BucketIntents + ".>",
@@ -70,6 +72,7 @@ func MiragePermissions() *server.Permissions {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Issue,
+			subjects.Attach,
 			subjects.Fleet + ".>",
 			subjects.AllRegisters,
 			subjects.AllHeartbeats,

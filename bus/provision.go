@@ -18,6 +18,9 @@ const (
 	BucketGhosts   = "edge_ghosts"
 	BucketIntents  = "edge_intents"
 	BucketFleet    = "edge_fleet"
+	// BucketSeeds is the object store of pushed declarative seeds: specs and their files,
+	// each object with its SHA-256 digest (ghost/seeds/declarative names the objects).
+	BucketSeeds = "edge_seeds"
 )
 
 // Retention of the assets. Commands live as long as the longest intent may, so that a
@@ -37,7 +40,7 @@ type AssetConfig struct {
 	Replicas int
 }
 
-// EnsureAssets creates or updates the streams and KV buckets edgectl uses. It is
+// EnsureAssets creates or updates the streams, KV buckets and object store edgectl uses. It is
 // idempotent: running it against provisioned assets changes nothing.
 func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) error {
 	r := cfg.Replicas
@@ -73,6 +76,11 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
 			return fmt.Errorf("provision KV bucket %s (replicas %d): %w", kc.Bucket, r, err)
 		}
+	}
+	oc := jetstream.ObjectStoreConfig{Bucket: BucketSeeds, Description: "edgectl declarative seeds: specs and files, key = <seed id>/<version>/...",
+		Storage: jetstream.FileStorage, Replicas: r}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, oc); err != nil {
+		return fmt.Errorf("provision object store %s (replicas %d): %w", oc.Bucket, r, err)
 	}
 	return nil
 }

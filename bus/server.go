@@ -45,6 +45,12 @@ type ServerConfig struct {
 	// Users, when not nil, turns on nkey authentication: only these users connect, each
 	// with its permissions. SetUsers changes them while the server runs.
 	Users []*server.NkeyUser
+	// TLS, when not nil, requires TLS of every socket client (in-process connections need
+	// none); with TLS.VerifyClients, a client certificate signed by TLS.CA too.
+	TLS *TLSFiles
+	// CertUsers are the users a verified client certificate maps to (CertUsers); they need
+	// TLS.VerifyClients. SetAuth changes them while the server runs.
+	CertUsers []*server.User
 	// Customize, when set, may adjust the options before the server starts (TLS, cluster).
 	Customize func(*server.Options) error
 }
@@ -61,8 +67,26 @@ type Server struct {
 func (s *Server) SetUsers(users []*server.NkeyUser) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.setAuth(users, s.opts.Users)
+}
+
+// SetAuth replaces both the nkey users and the certificate-mapped users (see CertUsers)
+// without a restart; a user no longer listed is disconnected and refused from then on.
+func (s *Server) SetAuth(nkeys []*server.NkeyUser, certUsers []*server.User) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(certUsers) > 0 && !s.opts.TLSMap {
+		return errCertUsersNeedMap
+	}
+	return s.setAuth(nkeys, certUsers)
+}
+
+var errCertUsersNeedMap = errors.New("certificate-mapped users need TLS with client verification")
+
+func (s *Server) setAuth(nkeys []*server.NkeyUser, certUsers []*server.User) error {
 	next := s.opts.Clone()
-	next.Nkeys = users
+	next.Nkeys = nkeys
+	next.Users = certUsers
 	if err := s.ReloadOptions(next); err != nil {
 		return fmt.Errorf("reload authorization: %w", err)
 	}
@@ -74,7 +98,14 @@ func (s *Server) SetUsers(users []*server.NkeyUser) error {
 func (s *Server) AuthRequired() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.opts.Nkeys != nil
+	return s.opts.Nkeys != nil || s.opts.Users != nil
+}
+
+// TLSRequired reports whether socket clients must use TLS.
+func (s *Server) TLSRequired() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.TLSConfig != nil
 }
 
 // StartServer starts an embedded nats-server with JetStream and waits until it accepts
@@ -121,6 +152,17 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.Users != nil {
 		opts.Nkeys = cfg.Users
+	}
+	if cfg.TLS != nil {
+		if err := cfg.TLS.ApplyServer(opts); err != nil {
+			return nil, fmt.Errorf("embedded server: %w", err)
+		}
+	}
+	if cfg.CertUsers != nil {
+		if !opts.TLSMap {
+			return nil, fmt.Errorf("embedded server: %w", errCertUsersNeedMap)
+		}
+		opts.Users = cfg.CertUsers
 	}
 	if cfg.Customize != nil {
 		if err := cfg.Customize(opts); err != nil {

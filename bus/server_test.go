@@ -91,8 +91,8 @@ func TestEnsureAssets(t *testing.T) {
 			t.Errorf("stream %s changed on the second EnsureAssets", tt.stream)
 		}
 	}
-	if len(after) != 3 {
-		t.Errorf("streams = %v, want exactly the three EDGE_ streams and the KV buckets' own", after)
+	if _, ok := after["OBJ_"+bus.BucketSeeds]; !ok || len(after) != 4 {
+		t.Errorf("streams = %v, want exactly the three EDGE_ streams and the object store %s", after, bus.BucketSeeds)
 	}
 
 	for _, bucket := range []string{bus.BucketGhosts, bus.BucketIntents} {

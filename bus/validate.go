@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 
 	"github.com/edgectl/edgectl/subjects"
 )
@@ -146,14 +148,59 @@ func (m *Issue) Validate() error {
 	if m.IntentID != "" {
 		intent = token("intent_id", m.IntentID)
 	}
-	return first(intent,
+	if err := first(intent,
 		required("actor", m.Actor),
 		required("target_scope", m.TargetScope),
-		seedID("objective.seed_selector", m.Objective.SeedSelector),
-		operation("objective.operation", m.Objective.Operation),
-		args("objective.args", m.Objective.Args),
 		timeout("timeout_ms", m.TimeoutMS),
-	)
+		rolloutLimit("max_concurrency", m.MaxConcurrency),
+		rolloutLimit("max_errors", m.MaxErrors),
+	); err != nil {
+		return err
+	}
+	if len(m.Plan) == 0 {
+		return first(
+			seedID("objective.seed_selector", m.Objective.SeedSelector),
+			operation("objective.operation", m.Objective.Operation),
+			args("objective.args", m.Objective.Args),
+		)
+	}
+	if len(m.Plan) > MaxPlanSteps {
+		return FieldError(CodeSemantic, "plan", "has %d steps, at most %d are allowed", len(m.Plan), MaxPlanSteps)
+	}
+	for i, st := range m.Plan {
+		p := fmt.Sprintf("plan[%d].", i)
+		if err := first(seedID(p+"seed_selector", st.SeedSelector), operation(p+"operation", st.Operation), args(p+"args", st.Args)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MaxPlanSteps bounds a command plan.
+const MaxPlanSteps = 64
+
+// ParseLimit reads a rollout limit, "N" or "N%", against a number of targets. Empty gives
+// def. A percentage rounds up, so "10%" of 5 targets is 1.
+func ParseLimit(s string, targets, def int) (int, error) {
+	if s == "" {
+		return def, nil
+	}
+	pct := strings.HasSuffix(s, "%")
+	n, err := strconv.Atoi(strings.TrimSuffix(s, "%"))
+	if err != nil || n < 0 || (pct && n > 100) {
+		return 0, fmt.Errorf("%q is not N or N%% (0-100%%)", s)
+	}
+	if pct {
+		return (n*targets + 99) / 100, nil
+	}
+	return n, nil
+}
+
+func rolloutLimit(field, v string) error {
+	if _, err := ParseLimit(v, 100, 0); err != nil {
+		return FieldError(CodeSemantic, field, "%v", err)
+	}
+	return nil
 }
 
 // Validate checks an issue reply.

@@ -179,8 +179,12 @@ func (g *Ghost) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", subjects.Announce, err)
 	}
+	attSub, err := g.nc.Subscribe(subjects.AttachGhost(g.cfg.ID), g.onAttach)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subjects.AttachGhost(g.cfg.ID), err)
+	}
 	g.mu.Lock()
-	g.subs = append(g.subs, cmdSub, ackSub, annSub)
+	g.subs = append(g.subs, cmdSub, ackSub, annSub, attSub)
 	g.mu.Unlock()
 	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		g.log.Warn("flush after subscribing failed; continuing", "err", err)

@@ -2,6 +2,7 @@ package ghost
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -140,4 +141,32 @@ func (g *Ghost) heartbeats() {
 			g.log.Debug("heartbeat not sent", "err", err)
 		}
 	}
+}
+
+// AttachReply answers an attach request.
+type AttachReply struct {
+	GhostID string `json:"ghost_id"`
+	Status  string `json:"status"` // accepted | rejected
+	Reason  string `json:"reason,omitempty"`
+}
+
+// onAttach registers the Ghost now, whatever its policy: an operator brings a headless
+// Ghost into the registry ('miragectl attach'). From then on it heartbeats and registers
+// again when a Mirage announces, as an auto Ghost does.
+func (g *Ghost) onAttach(msg *nats.Msg) {
+	if !g.track() {
+		return
+	}
+	go func() {
+		defer g.wg.Done()
+		reply := AttachReply{GhostID: g.cfg.ID, Status: "accepted"}
+		if err := g.register(g.run); err != nil {
+			reply.Status, reply.Reason = "rejected", err.Error()
+		} else {
+			g.log.Info("attached to Mirage on request")
+		}
+		if data, err := json.Marshal(reply); err == nil && msg.Reply != "" {
+			_ = msg.Respond(data)
+		}
+	}()
 }

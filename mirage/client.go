@@ -2,8 +2,10 @@ package mirage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,6 +25,8 @@ var ErrRejected = errors.New("issue rejected")
 type Client struct {
 	nc *nats.Conn
 	js jetstream.JetStream
+	// Presence sets the thresholds Ghosts() reports presence with (defaults: 15 s, 60 s).
+	Presence Presence
 }
 
 // NewClient returns a client on an open connection.
@@ -89,9 +93,16 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 // WatchReports calls fn with each report of an intent, the stored ones first, until fn
 // returns false or ctx ends.
 func (c *Client) WatchReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
+	return c.watchReports(ctx, intentID, jetstream.DeliverAllPolicy, fn)
+}
+
+func (c *Client) watchReports(ctx context.Context, intentID string, from jetstream.DeliverPolicy, fn func(*bus.Report) bool) error {
+	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
+		return err
+	}
 	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subjects.Report(intentID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		DeliverPolicy:  from,
 	})
 	if err != nil {
 		return err
@@ -119,6 +130,13 @@ func (c *Client) WatchReports(ctx context.Context, intentID string, fn func(*bus
 			return nil
 		}
 	}
+}
+
+// FollowReports calls fn with the newest stored report of an intent, then with each new
+// one as Mirage publishes it, until fn returns false or ctx ends. Unlike WatchReports it
+// does not replay the older ones.
+func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
+	return c.watchReports(ctx, intentID, jetstream.DeliverLastPerSubjectPolicy, fn)
 }
 
 // WaitTerminal returns the terminal report of an intent, waiting for it.
@@ -171,7 +189,55 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 		if labels == nil {
 			labels = map[string]string{}
 		}
-		out = append(out, GhostStatus{GhostID: r.GhostID, Status: r.Status(now), Version: r.Version, Labels: labels, Seeds: seeds, LastSeenMS: r.LastSeenMS})
+		out = append(out, GhostStatus{GhostID: r.GhostID, Status: r.StatusWith(now, c.Presence), Version: r.Version, Labels: labels, Seeds: seeds, LastSeenMS: r.LastSeenMS})
 	}
 	return out, nil
+}
+
+// Intents returns the newest limit intent records of KV edge_intents (every one when limit
+// is 0 or less), newest first. The record of an open intent has its phase at acceptance
+// and empty counts: its latest report (LatestReport) tells how far it is.
+func (c *Client) Intents(ctx context.Context, limit int) ([]IntentRecord, error) {
+	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return []IntentRecord{}, nil
+		}
+		return nil, err
+	}
+	// One watcher streams every current value, rather than one get per key.
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	out := []IntentRecord{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("reading %s: the watcher stopped", bus.BucketIntents)
+			}
+			if e != nil {
+				var rec IntentRecord
+				if json.Unmarshal(e.Value(), &rec) == nil && rec.IntentID != "" {
+					out = append(out, rec)
+				}
+				continue
+			}
+			// nil marks the end of the current values.
+			sort.Slice(out, func(i, j int) bool {
+				if out[i].CreatedMS != out[j].CreatedMS {
+					return out[i].CreatedMS > out[j].CreatedMS
+				}
+				return out[i].IntentID > out[j].IntentID
+			})
+			if limit > 0 && len(out) > limit {
+				out = out[:limit]
+			}
+			return out, nil
+		}
+	}
 }

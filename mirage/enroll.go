@@ -263,3 +263,40 @@ func (m *Mirage) verifyEvent(ev *bus.Event, data []byte, h nats.Header) error {
 	}
 	return nil
 }
+
+// AttachRequest asks Mirage to bring a headless Ghost into the registry.
+type AttachRequest struct {
+	GhostID string `json:"ghost_id"`
+}
+
+// onAttach serves mirage.attach: it asks the Ghost, on attach.<id>, to register now, and
+// answers with the Ghost's reply.
+func (m *Mirage) onAttach(msg *nats.Msg) {
+	respond := func(status, reason string) {
+		data, _ := json.Marshal(map[string]string{"status": status, "reason": reason})
+		if msg.Reply != "" {
+			_ = msg.Respond(data)
+		}
+	}
+	var req AttachRequest
+	if err := json.Unmarshal(msg.Data, &req); err != nil {
+		respond("rejected", "attach request is not JSON: "+err.Error())
+		return
+	}
+	if err := subjects.ValidateGhostID(req.GhostID); err != nil {
+		respond("rejected", idReason(err))
+		return
+	}
+	reply, err := m.nc.Request(subjects.AttachGhost(req.GhostID), nil, 5*time.Second)
+	if err != nil {
+		respond("unreachable", fmt.Sprintf("ghost %s did not answer on %s: %v", req.GhostID, subjects.AttachGhost(req.GhostID), err))
+		return
+	}
+	var ans struct{ Status, Reason string }
+	if err := json.Unmarshal(reply.Data, &ans); err != nil {
+		respond("rejected", "malformed answer from the ghost")
+		return
+	}
+	m.log.Info("attach", "peer", req.GhostID, "status", ans.Status)
+	respond(ans.Status, ans.Reason)
+}

@@ -40,13 +40,29 @@ type GhostRecord struct {
 	LastSeenMS   int64             `json:"last_seen_ms"`
 }
 
-// Status returns the presence status of the record at now.
+// Status returns the presence status of the record at now, with the default thresholds.
 func (r GhostRecord) Status(now time.Time) string {
+	return r.StatusWith(now, Presence{})
+}
+
+// Presence sets the thresholds of presence statuses; zero values mean the defaults.
+type Presence struct {
+	StaleAfter, OfflineAfter time.Duration
+}
+
+// StatusWith returns the presence status of the record at now with thresholds p.
+func (r GhostRecord) StatusWith(now time.Time, p Presence) string {
+	if p.StaleAfter <= 0 {
+		p.StaleAfter = StaleAfter
+	}
+	if p.OfflineAfter <= 0 {
+		p.OfflineAfter = OfflineAfter
+	}
 	age := now.Sub(time.UnixMilli(r.LastSeenMS))
 	switch {
-	case age < StaleAfter:
+	case age < p.StaleAfter:
 		return StatusOnline
-	case age < OfflineAfter:
+	case age < p.OfflineAfter:
 		return StatusStale
 	default:
 		return StatusOffline

@@ -54,20 +54,19 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		m.sendAck(ev.GhostID, &ev, bus.AckAccepted, 0)
 	}
 	if done {
-		m.finish(ev.IntentID)
+		m.progress(ev.IntentID)
 	}
 }
 
 // ingest applies an event to its live intent. It returns the verdict, the ack code and
-// reason of a rejection, and whether the intent is now complete.
+// reason of a rejection, and whether a result was counted (the rollout may move).
 func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
 	m.mu.Lock()
 	li, ok := m.live[ev.IntentID]
 	if ok {
 		v, reason := li.apply(ev)
-		done := v == verdictCounted && li.done()
 		m.mu.Unlock()
-		return v, bus.CodeSemantic, reason, done
+		return v, bus.CodeSemantic, reason, v == verdictCounted
 	}
 	m.mu.Unlock()
 	if ev.IntentID == "" {
@@ -152,37 +151,31 @@ func (m *Mirage) recover(ctx context.Context) error {
 		return err
 	}
 	m.mu.Lock()
-	var complete []string
-	type pending struct {
-		rec  IntentRecord
-		only []int
-	}
-	var redo []pending
+	var ids []string
 	for id, li := range m.live {
 		li.dirty = true
-		if li.done() {
-			complete = append(complete, id)
-			continue
-		}
-		var only []int
-		for i, r := range li.results {
-			if r.Outcome == bus.OutcomePending {
-				only = append(only, i)
-			}
-		}
-		redo = append(redo, pending{li.rec, only})
+		li.resume()
+		ids = append(ids, id)
 		m.arm(li)
 	}
+	// Units that were in flight are dispatched again with the same command ids: the Ghosts'
+	// stores turn a repeat into a re-sent event.
+	type redo struct {
+		rec   IntentRecord
+		units []int
+	}
+	var work []redo
+	for _, id := range ids {
+		li := m.live[id]
+		units, _ := m.advance(li)
+		work = append(work, redo{li.rec, units})
+	}
 	m.mu.Unlock()
-	for _, id := range complete {
-		m.finish(id)
+	for _, w := range work {
+		m.send(&w.rec, w.units)
+		m.progress(w.rec.IntentID)
 	}
-	for _, p := range redo {
-		if err := m.dispatch(ctx, &p.rec, p.only); err != nil {
-			m.log.Error("re-dispatch after restart incomplete", "intent_id", p.rec.IntentID, "err", err)
-		}
-	}
-	m.log.Info("recovered open intents", "count", len(redo)+len(complete))
+	m.log.Info("recovered open intents", "count", len(work))
 	return nil
 }
 

@@ -49,12 +49,12 @@ func (m *Mirage) onIssue(msg *nats.Msg) {
 		reject(bus.FieldError(bus.CodeSemantic, "intent_id", "is %d characters, at most %d are allowed", len(is.IntentID), maxIntentID))
 		return
 	}
-	targets, err := m.resolve(is.TargetScope, is.Objective)
+	steps, err := m.plan(&is)
 	if err != nil {
 		reject(err)
 		return
 	}
-	rec, err := m.accept(&is, targets)
+	rec, err := m.accept(&is, steps)
 	if err != nil {
 		reject(err)
 		return
@@ -62,16 +62,66 @@ func (m *Mirage) onIssue(msg *nats.Msg) {
 	reply(&bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: rec.IntentID, Status: "accepted", Targets: rec.Targets})
 }
 
-// accept records the intent, starts following it, and dispatches its commands.
-func (m *Mirage) accept(is *bus.Issue, targets []string) (*IntentRecord, error) {
+// maxUnits bounds the commands one intent may carry (steps × targets).
+const maxUnits = 100_000
+
+// plan resolves the steps of an issue: its objective on its scope, or each step of its
+// plan on the step's own scope (default: the issue's).
+func (m *Mirage) plan(is *bus.Issue) ([]StepRecord, error) {
+	if len(is.Plan) == 0 {
+		targets, err := m.resolve(is.TargetScope, is.Objective)
+		if err != nil {
+			return nil, err
+		}
+		return []StepRecord{{Objective: is.Objective, Targets: targets}}, nil
+	}
+	steps := make([]StepRecord, 0, len(is.Plan))
+	first := 0
+	for i, ps := range is.Plan {
+		scope := ps.TargetScope
+		if scope == "" {
+			scope = is.TargetScope
+		}
+		obj := bus.Objective{SeedSelector: ps.SeedSelector, Operation: ps.Operation, Args: ps.Args}
+		targets, err := m.resolve(scope, obj)
+		if err != nil {
+			perr := bus.AsError(err)
+			return nil, bus.FieldError(perr.Code, fmt.Sprintf("plan[%d]", i), "step %d%s: %s", i+1, stepName(StepRecord{Name: ps.Name}), perr.Message)
+		}
+		steps = append(steps, StepRecord{Name: ps.Name, Objective: obj, Targets: targets, Blocking: ps.Blocking, First: first})
+		first += len(targets)
+	}
+	return steps, nil
+}
+
+// accept records the intent, starts following it, and dispatches what its rollout allows.
+func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error) {
 	now := m.cfg.Now()
 	rec := &IntentRecord{
 		IntentID:   is.IntentID,
 		Issue:      *is,
-		Targets:    targets,
+		Steps:      steps,
 		CreatedMS:  now.UnixMilli(),
 		DeadlineMS: now.Add(time.Duration(is.TimeoutMS) * time.Millisecond).UnixMilli(),
 		Phase:      bus.PhasePending,
+	}
+	widest := 0
+	for _, st := range steps {
+		rec.Targets = append(rec.Targets, st.Targets...)
+		widest = max(widest, len(st.Targets))
+	}
+	if len(rec.Targets) > maxUnits {
+		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
+	}
+	var err error
+	if rec.MaxConcurrency, err = bus.ParseLimit(is.MaxConcurrency, widest, 0); err != nil {
+		return nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
+	}
+	if is.MaxConcurrency != "" && rec.MaxConcurrency == 0 {
+		rec.MaxConcurrency = 1 // "0%" of a small fleet still lets the rollout move
+	}
+	if rec.MaxErrors, err = bus.ParseLimit(is.MaxErrors, widest, -1); err != nil {
+		return nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
@@ -82,7 +132,7 @@ func (m *Mirage) accept(is *bus.Issue, targets []string) (*IntentRecord, error) 
 		return nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
 	}
 	if len(data) > bus.MaxEnvelope {
-		return nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(targets))
+		return nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -97,44 +147,57 @@ func (m *Mirage) accept(is *bus.Issue, targets []string) (*IntentRecord, error) 
 	m.live[rec.IntentID] = li
 	m.arm(li)
 	pending := li.report(m.cfg.Now())
+	units, _ := m.advance(li)
 	m.mu.Unlock()
 	// The first report is stored before the issue is answered, so that 'report ID' finds
 	// the intent as soon as its id is known.
 	m.publishReport(pending)
-	m.log.Info("intent accepted", "direction", "in", "message_type", bus.TypeIssue, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(targets), "seed", is.Objective.SeedSelector, "operation", is.Objective.Operation)
-	if err := m.dispatch(ctx, rec, nil); err != nil {
-		// The intent is recorded: dispatch is retried with the same command_ids until it
-		// succeeds or the intent ends (and again at Mirage's next start).
+	m.log.Info("intent accepted", "direction", "in", "message_type", bus.TypeIssue, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(rec.Targets), "steps", len(steps), "seed", steps[0].Objective.SeedSelector, "operation", steps[0].Objective.Operation)
+	m.send(rec, units)
+	return rec, nil
+}
+
+// send dispatches units; on failure it keeps retrying in the background with the same
+// command_ids until they are stored or the intent ends (and again at Mirage's next start).
+func (m *Mirage) send(rec *IntentRecord, units []int) {
+	if len(units) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.dispatch(ctx, rec, units); err != nil {
 		m.log.Warn("dispatch incomplete; retrying", "intent_id", rec.IntentID, "err", err)
 		m.wg.Add(1)
 		go m.redispatch(rec)
 	}
-	return rec, nil
 }
 
-// dispatch publishes one command per target into EDGE_CMD (Nats-Msg-Id = command_id), all
-// in flight at once, and waits for every publish ack. only, when not nil, limits dispatch
-// to those target indexes.
-func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, only []int) error {
-	idx := only
-	if idx == nil {
-		idx = make([]int, len(rec.Targets))
-		for i := range idx {
-			idx[i] = i
+// step returns the step unit u belongs to.
+func (rec *IntentRecord) step(u int) StepRecord {
+	for i := len(rec.Steps) - 1; i >= 0; i-- {
+		if u >= rec.Steps[i].First {
+			return rec.Steps[i]
 		}
 	}
-	futures := make([]jetstream.PubAckFuture, 0, len(idx))
+	return rec.Steps[0]
+}
+
+// dispatch publishes the commands of the given units into EDGE_CMD (Nats-Msg-Id =
+// command_id), all in flight at once, and waits for every publish ack.
+func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(units))
 	now := m.cfg.Now()
-	for _, i := range idx {
+	for _, i := range units {
 		g := rec.Targets[i]
+		obj := rec.step(i).Objective
 		cmd := bus.Command{
 			Header:       bus.NewHeader(bus.TypeCommand, rec.Issue.TraceID, now),
 			CommandID:    CommandID(rec.IntentID, i),
 			IntentID:     rec.IntentID,
 			GhostID:      g,
-			SeedSelector: rec.Issue.Objective.SeedSelector,
-			Operation:    rec.Issue.Objective.Operation,
-			Args:         rec.Issue.Objective.Args,
+			SeedSelector: obj.SeedSelector,
+			Operation:    obj.Operation,
+			Args:         obj.Args,
 			DeliverByMS:  rec.DeliverByMS,
 			TimeoutMS:    rec.Issue.TimeoutMS,
 		}
@@ -185,8 +248,8 @@ func (m *Mirage) redispatch(rec *IntentRecord) {
 		li, ok := m.live[rec.IntentID]
 		var only []int
 		if ok {
-			for i, r := range li.results {
-				if r.Outcome == bus.OutcomePending {
+			for i := 0; i < li.next; i++ {
+				if li.results[i].Outcome == bus.OutcomePending {
 					only = append(only, i)
 				}
 			}

@@ -15,20 +15,38 @@ import (
 // when it is accepted and again when it ends. Observed state (events) lives in EDGE_EVT,
 // so the record is small and written twice, whatever the fleet size.
 type IntentRecord struct {
-	IntentID    string     `json:"intent_id"`
-	Issue       bus.Issue  `json:"issue"`
-	Targets     []string   `json:"targets"`
-	CreatedMS   int64      `json:"created_ms"`
-	DeadlineMS  int64      `json:"deadline_ms"`
-	DeliverByMS int64      `json:"deliver_by_ms"`
-	Phase       string     `json:"phase"`
-	Counts      bus.Counts `json:"counts"`
-	Summary     string     `json:"summary,omitempty"`
-	FinishedMS  int64      `json:"finished_ms,omitempty"`
+	IntentID string    `json:"intent_id"`
+	Issue    bus.Issue `json:"issue"`
+	// Targets lists the ghost id of every unit (step × target), in unit order: unit i's
+	// command is CommandID(intent_id, i).
+	Targets []string     `json:"targets"`
+	Steps   []StepRecord `json:"steps"`
+	// MaxConcurrency bounds the units running at once (0: no bound); MaxErrors stops the
+	// rollout once more units than it failed (-1: no limit).
+	MaxConcurrency int        `json:"max_concurrency,omitempty"`
+	MaxErrors      int        `json:"max_errors"`
+	CreatedMS      int64      `json:"created_ms"`
+	DeadlineMS     int64      `json:"deadline_ms"`
+	DeliverByMS    int64      `json:"deliver_by_ms"`
+	Phase          string     `json:"phase"`
+	Counts         bus.Counts `json:"counts"`
+	Summary        string     `json:"summary,omitempty"`
+	FinishedMS     int64      `json:"finished_ms,omitempty"`
 }
 
-// CommandID is the command_id of the i-th target of an intent: derived, so that a
-// re-dispatch after a restart sends the very same command_id.
+// StepRecord is one step of an intent: an objective on resolved targets. A plain intent
+// has one step.
+type StepRecord struct {
+	Name      string        `json:"name,omitempty"`
+	Objective bus.Objective `json:"objective"`
+	Targets   []string      `json:"targets"`
+	Blocking  bool          `json:"blocking,omitempty"`
+	// First is the unit index of the step's first target.
+	First int `json:"first"`
+}
+
+// CommandID is the command_id of unit i of an intent: derived, so that a re-dispatch
+// after a restart sends the very same command_id.
 func CommandID(intentID string, i int) string {
 	return "cmd_" + intentID + "_" + strconv.Itoa(i)
 }
@@ -37,22 +55,44 @@ func CommandID(intentID string, i int) string {
 // before it reports the target as timeout (no response).
 const resultGrace = 500 * time.Millisecond
 
-// liveIntent is an intent Mirage is following: its record and observed results.
+// liveIntent is an intent Mirage is following: its record, observed results, and where
+// its rollout stands.
 type liveIntent struct {
 	rec      IntentRecord
 	results  []bus.TargetResult
-	index    map[string]int // command_id → target index
-	terminal int            // targets with a terminal outcome
+	index    map[string]int // command_id → unit
+	stepOf   []int          // unit → step
+	terminal int            // units with a terminal outcome
 	dirty    bool           // results changed since the last report
 	timer    *time.Timer
+
+	// Rollout: units below next have been dispatched (or skipped); inflight of them are
+	// pending; errs counts failed dispatched units.
+	cur, started   int // the current step, and the last step started (-1: none)
+	next, inflight int
+	errs           int
+	stepTerminal   []int
+	stepSuccess    []int
+	waiting        string   // why the current step cannot start (a lock), for reports
+	locks          []string // locks held for the current step
 }
 
 func newLiveIntent(rec IntentRecord) *liveIntent {
-	li := &liveIntent{rec: rec, results: make([]bus.TargetResult, len(rec.Targets)), index: make(map[string]int, len(rec.Targets))}
+	if len(rec.Steps) == 0 { // a record written before intents had steps
+		rec.Steps = []StepRecord{{Objective: rec.Issue.Objective, Targets: rec.Targets}}
+	}
+	n := len(rec.Targets)
+	li := &liveIntent{rec: rec, results: make([]bus.TargetResult, n), index: make(map[string]int, n), stepOf: make([]int, n),
+		started: -1, stepTerminal: make([]int, len(rec.Steps)), stepSuccess: make([]int, len(rec.Steps))}
+	for s, st := range rec.Steps {
+		for j := range st.Targets {
+			li.stepOf[st.First+j] = s
+		}
+	}
 	for i, g := range rec.Targets {
 		id := CommandID(rec.IntentID, i)
 		li.index[id] = i
-		li.results[i] = bus.TargetResult{GhostID: g, CommandID: id, Outcome: bus.OutcomePending, ExitCode: -1}
+		li.results[i] = bus.TargetResult{Step: li.stepOf[i], GhostID: g, CommandID: id, Outcome: bus.OutcomePending, ExitCode: -1}
 	}
 	return li
 }
@@ -97,21 +137,55 @@ func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 	default:
 		r.Outcome = bus.OutcomeError
 	}
-	li.terminal++
-	li.dirty = true
+	li.settle(i)
 	return verdictCounted, ""
 }
 
-// expire marks every pending target as timeout (no terminal event before the deadline).
+// settle accounts for unit i reaching its terminal outcome.
+func (li *liveIntent) settle(i int) {
+	r := &li.results[i]
+	s := li.stepOf[i]
+	li.terminal++
+	li.stepTerminal[s]++
+	if r.Outcome == bus.OutcomeSuccess {
+		li.stepSuccess[s]++
+	}
+	if i < li.next && r.Outcome != bus.OutcomeSkipped {
+		li.inflight--
+		if r.Outcome != bus.OutcomeSuccess {
+			li.errs++
+		}
+	}
+	li.dirty = true
+}
+
+// skip ends unit i without running it.
+func (li *liveIntent) skip(i int, reason string) {
+	r := &li.results[i]
+	if r.Outcome != bus.OutcomePending {
+		return
+	}
+	r.Outcome = bus.OutcomeSkipped
+	r.Error = bus.Errorf(bus.CodeSkipped, "%s", reason)
+	li.settle(i)
+}
+
+// expire ends every pending unit at the deadline: a dispatched one is timeout (no terminal
+// event), one never started is skipped.
 func (li *liveIntent) expire() {
+	limit := time.Duration(li.rec.Issue.TimeoutMS) * time.Millisecond
 	for i := range li.results {
 		r := &li.results[i]
 		if r.Outcome != bus.OutcomePending {
 			continue
 		}
+		if i >= li.next {
+			li.skip(i, fmt.Sprintf("not started: the intent's timeout of %s passed first", limit))
+			continue
+		}
 		r.Outcome = bus.OutcomeTimeout
-		r.Error = bus.Errorf(bus.CodeNoResponse, "no terminal event from %s within the intent's timeout of %s", r.GhostID, time.Duration(li.rec.Issue.TimeoutMS)*time.Millisecond)
-		li.terminal++
+		r.Error = bus.Errorf(bus.CodeNoResponse, "no terminal event from %s within the intent's timeout of %s", r.GhostID, limit)
+		li.settle(i)
 	}
 	li.dirty = true
 }
@@ -147,11 +221,20 @@ func (li *liveIntent) phase() string {
 		return bus.PhaseSatisfied
 	case li.done():
 		return bus.PhaseFailed
-	case c.Pending == c.Targets:
+	case c.Pending == c.Targets && li.waiting == "":
 		return bus.PhasePending
 	default:
 		return bus.PhaseInProgress
 	}
+}
+
+// summary is the report's line: the counts, and why the intent waits when it does.
+func (li *liveIntent) summary(phase string, c bus.Counts) string {
+	line := Summary(phase, c)
+	if li.waiting != "" && !li.done() {
+		line += "; " + li.waiting
+	}
+	return line
 }
 
 // Summary renders counts as one human line.
@@ -183,7 +266,7 @@ func (li *liveIntent) report(now time.Time) *bus.Report {
 		IntentID:        li.rec.IntentID,
 		Phase:           phase,
 		CompletionState: state,
-		Summary:         Summary(phase, c),
+		Summary:         li.summary(phase, c),
 		Counts:          c,
 		Results:         append([]bus.TargetResult(nil), li.results...),
 	}

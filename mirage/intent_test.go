@@ -14,7 +14,11 @@ import (
 func newTestIntent(targets ...string) *liveIntent {
 	is := bus.Issue{Header: bus.NewHeader(bus.TypeIssue, "", time.Now()), IntentID: "int_test", Actor: "test", TargetScope: strings.Join(targets, ","),
 		Objective: bus.Objective{SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{}}, TimeoutMS: 5000}
-	return newLiveIntent(IntentRecord{IntentID: is.IntentID, Issue: is, Targets: targets, Phase: bus.PhasePending})
+	li := newLiveIntent(IntentRecord{IntentID: is.IntentID, Issue: is, Targets: targets, Phase: bus.PhasePending,
+		Steps: []StepRecord{{Objective: is.Objective, Targets: targets}}, MaxErrors: -1})
+	// Every target dispatched, as Mirage does at accept without rollout limits.
+	li.started, li.next, li.inflight = 0, len(targets), len(targets)
+	return li
 }
 
 // event returns a terminal event of target i of li, from ghost, with a per-(ghost, command)

@@ -69,8 +69,9 @@ type Mirage struct {
 	subs []*nats.Subscription
 	cc   jetstream.ConsumeContext
 
-	mu   sync.Mutex
-	live map[string]*liveIntent
+	mu    sync.Mutex
+	live  map[string]*liveIntent
+	locks locks
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -106,6 +107,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		enrolled: newEnrollments(fleetKV),
 		stop:     make(chan struct{}),
 		live:     map[string]*liveIntent{},
+		locks:    locks{},
 	}
 	return m, nil
 }
@@ -142,6 +144,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 		{subjects.AllRegisters, "mirage", m.fleet.onRegister},
 		{subjects.AllHeartbeats, "mirage", m.fleet.onHeartbeat},
 		{subjects.Fleet + ".*", "mirage", m.onFleet},
+		{subjects.Attach, "mirage", m.onAttach},
 	} {
 		sub, err := m.nc.QueueSubscribe(s.subject, s.queue, s.fn)
 		if err != nil {
@@ -285,6 +288,7 @@ func (m *Mirage) finish(intentID string) {
 	if li.timer != nil {
 		li.timer.Stop()
 	}
+	released := m.locks.release(li)
 	now := m.cfg.Now()
 	rep := li.report(now)
 	rec := li.rec
@@ -295,6 +299,46 @@ func (m *Mirage) finish(intentID string) {
 	}
 	m.publishReport(rep)
 	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
+	if released {
+		m.wakeWaiters()
+	}
+}
+
+// progress moves an intent's rollout after its results changed: it dispatches what may
+// start, finishes the intent when it is complete, and lets waiting intents go on when
+// locks were released. Called without m.mu held.
+func (m *Mirage) progress(intentID string) {
+	m.mu.Lock()
+	li, ok := m.live[intentID]
+	if !ok {
+		m.mu.Unlock()
+		return
+	}
+	units, released := m.advance(li)
+	rec, done := li.rec, li.done()
+	m.mu.Unlock()
+	m.send(&rec, units)
+	if done {
+		m.finish(intentID)
+	}
+	if released {
+		m.wakeWaiters()
+	}
+}
+
+// wakeWaiters retries the intents waiting for a lock.
+func (m *Mirage) wakeWaiters() {
+	m.mu.Lock()
+	var waiting []string
+	for id, li := range m.live {
+		if li.waiting != "" {
+			waiting = append(waiting, id)
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range waiting {
+		m.progress(id)
+	}
 }
 
 func (m *Mirage) putIntent(rec *IntentRecord) error {
@@ -325,7 +369,7 @@ func (m *Mirage) arm(li *liveIntent) {
 		}
 		m.mu.Unlock()
 		if ok {
-			m.finish(id)
+			m.progress(id)
 		}
 	})
 }

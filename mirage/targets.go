@@ -1,40 +1,170 @@
 package mirage
 
 import (
+	"fmt"
+	"path"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
 )
 
-// resolve turns a target scope into ghost ids and checks that each registered target hosts
-// the requested seed and operation. An unregistered ghost id is kept: it may be a headless
-// Ghost, whose own refusal is then reported.
-//
-// Scope forms: a ghost id, or a comma-separated list of ghost ids.
+// ScopeAll is the target scope naming every registered Ghost that is not offline.
+const ScopeAll = "all"
+
+// maxListed caps the ghost ids, labels and problems named in one error message.
+const maxListed = 10
+
+// resolve turns an issue's target scope into ghost ids, against the fleet registry as it
+// is now (see resolveTargets for the grammar).
 func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
-	var ids []string
-	seen := map[string]bool{}
+	return resolveTargets(scope, obj, m.fleet.All(), m.cfg.Now())
+}
+
+// resolveTargets resolves a target scope against the given fleet records and checks that
+// every registered target hosts the requested seed and operation. The result is sorted and
+// has no duplicates. Errors are semantic (1300), on field target_scope for the scope and on
+// field objective for a target that does not host the operation.
+//
+// The scope grammar, decided on the whole (trimmed) scope:
+//
+//   - "all": every registered Ghost whose presence is not offline at now.
+//   - contains '=': a label selector "key=value[,key=value...]"; a registered Ghost matches
+//     when it carries every pair. Every comma part must be key=value: a selector cannot be
+//     mixed with ids or globs.
+//   - otherwise a comma list whose parts are ghost ids or globs. A part containing one of
+//   - ? [ is a glob with path.Match semantics over the ids of registered Ghosts (edge-*,
+//     edge-?1, edge-[ab]*); any other part is a ghost id.
+//
+// Ghost ids cannot contain '=', '*', '?', '[' or ',', so the forms never overlap; a Ghost
+// whose id is literally "all" is reached with the list "all,". A glob, a selector or "all"
+// that matches no registered Ghost is an error naming what is registered: an empty target
+// list is a mistake, not a no-op. An explicit id need not be registered: it may be a
+// headless Ghost, whose own refusal is then reported. Globs and selectors match registered
+// Ghosts whatever their presence (a stale or offline one shows up as a timeout, which an
+// operator wants to see); "all" leaves offline ones out, as the fleet's long-gone members.
+func resolveTargets(scope string, obj bus.Objective, fleet []GhostRecord, now time.Time) ([]string, error) {
+	ids, err := matchScope(scope, fleet, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHosts(ids, obj, fleet); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
+
+// matchScope resolves the scope's grammar (see resolveTargets) to sorted, distinct ids.
+func matchScope(scope string, fleet []GhostRecord, now time.Time) ([]string, error) {
+	scope = strings.TrimSpace(scope)
+	switch {
+	case scope == "":
+		return nil, scopeError("names no ghost")
+	case scope == ScopeAll:
+		var ids []string
+		for _, r := range fleet {
+			if r.Status(now) != StatusOffline {
+				ids = append(ids, r.GhostID)
+			}
+		}
+		if len(ids) == 0 {
+			return nil, scopeError("%s: no registered ghost is online or stale%s", ScopeAll, registered(fleet, now, true))
+		}
+		return distinctSorted(ids), nil
+	case strings.Contains(scope, "="):
+		return matchLabels(scope, fleet, now)
+	default:
+		return matchList(scope, fleet, now)
+	}
+}
+
+// matchLabels resolves a label selector key=value[,key=value...].
+func matchLabels(scope string, fleet []GhostRecord, now time.Time) ([]string, error) {
+	want := map[string]string{}
 	for _, part := range strings.Split(scope, ",") {
-		id := strings.TrimSpace(part)
-		if id == "" {
+		part = strings.TrimSpace(part)
+		k, v, ok := strings.Cut(part, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case part == "":
 			continue
+		case !ok:
+			return nil, scopeError("label selector %q: %q is not key=value (a selector cannot be mixed with ghost ids or globs)", scope, part)
+		case k == "":
+			return nil, scopeError("label selector %q: %q has no key", scope, part)
 		}
-		if err := subjects.ValidateGhostID(id); err != nil {
-			return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%s", idReason(err))
+		if prev, dup := want[k]; dup && prev != v {
+			return nil, scopeError("label selector %q: label %s is given twice with different values", scope, k)
 		}
-		if !seen[id] {
-			seen[id] = true
-			ids = append(ids, id)
+		want[k] = v
+	}
+	var ids []string
+	for _, r := range fleet {
+		if hasLabels(r.Labels, want) {
+			ids = append(ids, r.GhostID)
 		}
 	}
 	if len(ids) == 0 {
-		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "names no ghost")
+		return nil, scopeError("no registered ghost matches %s%s%s", scope, registered(fleet, now, false), labelsInUse(fleet))
+	}
+	return distinctSorted(ids), nil
+}
+
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := have[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// matchList resolves a comma list of ghost ids and globs.
+func matchList(scope string, fleet []GhostRecord, now time.Time) ([]string, error) {
+	var ids []string
+	for _, part := range strings.Split(scope, ",") {
+		part = strings.TrimSpace(part)
+		switch {
+		case part == "":
+			continue
+		case strings.ContainsAny(part, "*?["):
+			if _, err := path.Match(part, ""); err != nil {
+				return nil, scopeError("glob %q is malformed: %v", part, err)
+			}
+			n := len(ids)
+			for _, r := range fleet {
+				if ok, _ := path.Match(part, r.GhostID); ok {
+					ids = append(ids, r.GhostID)
+				}
+			}
+			if len(ids) == n {
+				return nil, scopeError("no registered ghost matches %s%s", part, registered(fleet, now, false))
+			}
+		default:
+			if err := subjects.ValidateGhostID(part); err != nil {
+				return nil, scopeError("%s", idReason(err))
+			}
+			ids = append(ids, part)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, scopeError("names no ghost")
+	}
+	return distinctSorted(ids), nil
+}
+
+// checkHosts refuses the targets that are registered but do not host the seed and
+// operation. An unregistered target is left to refuse the command itself.
+func checkHosts(ids []string, obj bus.Objective, fleet []GhostRecord) error {
+	byID := make(map[string]*GhostRecord, len(fleet))
+	for i := range fleet {
+		byID[fleet[i].GhostID] = &fleet[i]
 	}
 	var problems []string
 	for _, id := range ids {
-		rec, ok := m.fleet.Get(id)
+		rec, ok := byID[id]
 		if !ok {
 			continue
 		}
@@ -47,11 +177,71 @@ func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
 			problems = append(problems, id+": seed "+obj.SeedSelector+" has no operation "+obj.Operation)
 		}
 	}
-	if len(problems) > 0 {
-		sort.Strings(problems)
-		return nil, bus.FieldError(bus.CodeSemantic, "objective", "%s", strings.Join(problems, "; "))
+	if len(problems) == 0 {
+		return nil
 	}
-	return ids, nil
+	sort.Strings(problems)
+	return bus.FieldError(bus.CodeSemantic, "objective", "%s", capList(problems, "; "))
+}
+
+func scopeError(format string, args ...any) error {
+	return bus.FieldError(bus.CodeSemantic, "target_scope", format, args...)
+}
+
+// registered names the registered Ghosts for an error message, capped; with status, each
+// id carries its presence.
+func registered(fleet []GhostRecord, now time.Time, status bool) string {
+	if len(fleet) == 0 {
+		return "; no ghost is registered"
+	}
+	ids := make([]string, 0, len(fleet))
+	for _, r := range fleet {
+		if status {
+			ids = append(ids, r.GhostID+" ("+r.Status(now)+")")
+		} else {
+			ids = append(ids, r.GhostID)
+		}
+	}
+	sort.Strings(ids)
+	return "; registered: " + capList(ids, ", ")
+}
+
+// labelsInUse names the distinct key=value labels of the fleet, capped.
+func labelsInUse(fleet []GhostRecord) string {
+	seen := map[string]bool{}
+	var pairs []string
+	for _, r := range fleet {
+		for k, v := range r.Labels {
+			if p := k + "=" + v; !seen[p] {
+				seen[p] = true
+				pairs = append(pairs, p)
+			}
+		}
+	}
+	if len(pairs) == 0 {
+		return "; no registered ghost has labels"
+	}
+	sort.Strings(pairs)
+	return "; labels in use: " + capList(pairs, ", ")
+}
+
+// capList joins at most maxListed items and says how many more there are.
+func capList(items []string, sep string) string {
+	if len(items) <= maxListed {
+		return strings.Join(items, sep)
+	}
+	return strings.Join(items[:maxListed], sep) + fmt.Sprintf(" (+%d more)", len(items)-maxListed)
+}
+
+func distinctSorted(ids []string) []string {
+	sort.Strings(ids)
+	out := ids[:0]
+	for i, id := range ids {
+		if i == 0 || id != ids[i-1] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func idReason(err error) string {

@@ -30,6 +30,7 @@ const (
 	prefixHeartbeat = "hb"
 	prefixReport    = "report"
 	prefixGhostCtl  = "ghost"
+	prefixAttach    = "attach"
 )
 
 // Wildcards that streams and Mirage subscriptions use.
@@ -58,6 +59,9 @@ func Heartbeat(ghostID string) string { return prefixHeartbeat + "." + ghostID }
 
 // Report is the subject Mirage publishes the reports of one intent on.
 func Report(intentID string) string { return prefixReport + "." + intentID }
+
+// AttachGhost is where Mirage asks a headless Ghost to register (request/reply).
+func AttachGhost(ghostID string) string { return prefixAttach + "." + ghostID }
 
 // GhostControl is where a Ghost answers direct control requests (attach).
 func GhostControl(ghostID string) string { return prefixGhostCtl + "." + ghostID + ".control" }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/edgectl/edgectl/config"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
+	"github.com/edgectl/edgectl/ghost/seeds/control"
 	"github.com/edgectl/edgectl/subjects"
 )
 
@@ -22,12 +24,19 @@ type fileConfig struct {
 	StateDir          string            `koanf:"state_dir"`
 	Policy            string            `koanf:"policy"`
 	Seeds             []string          `koanf:"seeds"`
+	SeedAllowlist     []string          `koanf:"seed_allowlist"`
+	BootSeeds         []string          `koanf:"boot_seeds"`
 	Labels            map[string]string `koanf:"labels"`
 	HeartbeatInterval time.Duration     `koanf:"heartbeat_interval"`
 	MaxConcurrent     int               `koanf:"max_concurrent"`
 	NKeyFile          string            `koanf:"nkey_file"`
+	Auth              bool              `koanf:"auth"`
 	TrustedMirageKeys []string          `koanf:"trusted_mirage_keys"`
 	CommandMaxAge     time.Duration     `koanf:"command_max_age"`
+	Production        bool              `koanf:"production"`
+	TLSCA             string            `koanf:"tls_ca"`
+	TLSCert           string            `koanf:"tls_cert"`
+	TLSKey            string            `koanf:"tls_key"`
 	LogFormat         string            `koanf:"log_format"`
 	LogLevel          string            `koanf:"log_level"`
 }
@@ -66,8 +75,10 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 	if !filepath.IsAbs(cfg.StateDir) {
 		cfg.StateDir = filepath.Join(filepath.Dir(path), cfg.StateDir)
 	}
-	if cfg.NKeyFile != "" && !filepath.IsAbs(cfg.NKeyFile) {
-		cfg.NKeyFile = filepath.Join(filepath.Dir(path), cfg.NKeyFile)
+	for _, p := range []*string{&cfg.NKeyFile, &cfg.TLSCA, &cfg.TLSCert, &cfg.TLSKey} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
+		}
 	}
 	for i, k := range cfg.TrustedMirageKeys {
 		if err := bus.ValidatePublicKey(k); err != nil {
@@ -75,6 +86,12 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 		}
 	}
 	cfg.Server = bus.ServerURL(cfg.Server)
+	if cfg.Auth && cfg.NKeyFile == "" {
+		return nil, bad("nkey_file", "missing: auth = true needs the Ghost's key")
+	}
+	if err := checkTLS(cfg, bad); err != nil {
+		return nil, err
+	}
 	ids, err := seeds.Parse(strings.Join(cfg.Seeds, ","))
 	if len(cfg.Seeds) == 0 {
 		ids, err = []string{}, nil
@@ -83,6 +100,16 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 		return nil, bad("seeds", "%v", err)
 	}
 	cfg.Seeds = ids
+	for i, a := range cfg.SeedAllowlist {
+		if err := control.ValidateAllow([]string{a}); err != nil {
+			return nil, bad(fmt.Sprintf("seed_allowlist[%d]", i), "%q is not a seed id or glob (e.g. \"node.system\", \"node.*\", \"*\")", a)
+		}
+	}
+	for i, ref := range cfg.BootSeeds {
+		if _, _, err := control.ParseRef(ref); err != nil {
+			return nil, bad(fmt.Sprintf("boot_seeds[%d]", i), "%q: %s (use ID or ID@VERSION)", ref, strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+		}
+	}
 	for k, v := range cfg.Labels {
 		if k == "" || strings.ContainsAny(k, "=,") || strings.ContainsAny(v, "=,") {
 			return nil, bad("labels."+k, "label keys and values may not contain = or ,")
@@ -92,4 +119,28 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 		return nil, bad("max_concurrent", "must not be negative")
 	}
 	return cfg, nil
+}
+
+// checkTLS validates the TLS keys. In production mode every server URL must be tls:// and
+// tls_ca must say which CA signs the server's certificate. With tls_cert the certificate
+// is the Ghost's connection identity, so its subject must name this Ghost.
+func checkTLS(cfg *fileConfig, bad func(key, format string, args ...any) error) error {
+	if cfg.Production {
+		if plain := bus.PlaintextURLs(cfg.Server); len(plain) > 0 {
+			return bad("server", "production mode refuses plaintext %s: use tls://HOST:PORT", strings.Join(plain, ", "))
+		}
+		if cfg.TLSCA == "" {
+			return bad("tls_ca", "missing: production mode needs the CA file that signs the server's certificate")
+		}
+	}
+	files := bus.TLSFiles{CA: cfg.TLSCA, Cert: cfg.TLSCert, Key: cfg.TLSKey}
+	err := files.CheckClient()
+	if err == nil && cfg.TLSCert != "" {
+		err = bus.CheckGhostCert(cfg.TLSCert, cfg.ID)
+	}
+	var fe *bus.TLSFileError
+	if errors.As(err, &fe) {
+		return bad("tls_"+fe.Field, "%v", err)
+	}
+	return err
 }

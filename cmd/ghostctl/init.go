@@ -93,6 +93,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 				"labels":              lbl,
 				"nkey_file":           keyPath,
 				"trusted_mirage_keys": append([]string{}, trust...),
+				"auth":                len(trust) > 0,
 			}
 			var buf bytes.Buffer
 			buf.WriteString("# edgectl Ghost configuration, written by 'ghostctl init'.\n")
@@ -120,7 +121,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 	f.StringVar(&policy, "policy", ghost.PolicyAuto, "Mirage policy: headless, auto or required")
 	f.StringVar(&seedList, "seeds", "all", "built-in seeds to host: a comma list, all, or none")
 	f.BoolVar(&force, "force", false, "overwrite an existing config.toml (and make a new key)")
-	f.StringArrayVar(&trust, "trust", nil, "a Mirage public nkey whose signed commands this Ghost accepts; with any, unsigned commands are refused (repeat for more)")
+	f.StringArrayVar(&trust, "trust", nil, "a Mirage public nkey whose signed commands this Ghost accepts; with any, unsigned commands are refused and the Ghost authenticates to NATS with its key (auth = true) (repeat for more)")
 	_ = c.MarkFlagRequired("id")
 	return c
 }

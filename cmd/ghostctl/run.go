@@ -12,6 +12,7 @@ import (
 	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
+	"github.com/edgectl/edgectl/ghost/seeds/control"
 )
 
 func newRun() *cobra.Command {
@@ -20,7 +21,9 @@ func newRun() *cobra.Command {
 		Use:   "run [--config FILE]",
 		Short: "Run the Ghost: serve cmd.<id> until SIGINT or SIGTERM",
 		Long: `run connects to NATS and serves the Ghost described by its config file: commands
-arrive on cmd.<id>, events leave on evt.<id>. With policy auto or required it registers
+arrive on cmd.<id>, events leave on evt.<id>. Besides the seeds of its config it hosts
+the control seed "ghost" and the seeds installed with 'miragectl seed push' (kept under
+STATE/seeds), and installs the config's boot_seeds first. With policy auto or required it registers
 with Mirage and sends a heartbeat every 5 s. SIGINT or SIGTERM stops intake, lets running
 executions finish (10 s grace), flushes their events, and exits 0.`,
 		Args: cobra.NoArgs,
@@ -41,14 +44,15 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				return err
 			}
 			ctx := cmd.Context()
-			conn := bus.ConnConfig{URL: cfg.Server, Name: "ghost " + cfg.ID, Persistent: true, Logger: log}
+			conn := bus.ConnConfig{URL: cfg.Server, Name: "ghost " + cfg.ID, Persistent: true, Logger: log,
+				TLS: bus.TLSFiles{CA: cfg.TLSCA, Cert: cfg.TLSCert, Key: cfg.TLSKey}}
 			var identity *bus.Identity
 			if cfg.NKeyFile != "" {
 				if identity, err = bus.LoadIdentity(cfg.NKeyFile); err != nil {
 					return cli.Invalid("%v", err)
 				}
-				conn.Options = []nats.Option{identity.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(cfg.ID))}
 			}
+			conn.Options = connAuth(cfg, identity)
 			nc, err := bus.Connect(ctx, conn)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)
@@ -67,11 +71,20 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			if err != nil {
 				return err
 			}
+			// The control seed "ghost" is always hosted; it loads the seeds installed
+			// before, then installs the boot seeds, so the first registration lists them.
+			ctl, err := control.New(g, control.Config{Conn: nc, StateDir: cfg.StateDir, Allow: cfg.SeedAllowlist, Version: version, Log: log})
+			if err != nil {
+				return err
+			}
+			if err := ctl.Boot(ctx, cfg.BootSeeds); err != nil {
+				log.Error("boot seeds not installed; serving without them", "component", "ghostctl", "err", err)
+			}
 			if err := g.Start(ctx); err != nil {
 				_ = g.Close()
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
-			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted())
+			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted(), "production", cfg.Production, "tls", conn.TLS.Enabled(), "cert_identity", cfg.TLSCert != "")
 			<-ctx.Done()
 			log.Info("stopping: draining executions and flushing events", "component", "ghostctl")
 			if err := g.Close(); err != nil {
@@ -88,4 +101,21 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 	c.Flags().String("log-format", "text", "log format: text or json")
 	c.Flags().String("log-level", "info", "log level: debug, info, warn or error")
 	return c
+}
+
+// connAuth is how the Ghost authenticates its connection. With a client certificate
+// (tls_cert) the certificate is its identity (mTLS, CN=<id>,OU=ghost,O=edgectl) and the
+// nkey only signs events; otherwise the nkey authenticates it. Either way its replies
+// arrive on its own inbox prefix, the one its permissions allow.
+func connAuth(cfg *fileConfig, identity *bus.Identity) []nats.Option {
+	// Without auth = true the server has no authentication (a nats-server without auth
+	// refuses nkey logins), so the key only signs events.
+	if !cfg.Auth && cfg.TLSCert == "" {
+		return nil
+	}
+	opts := []nats.Option{nats.CustomInboxPrefix(bus.GhostInbox(cfg.ID))}
+	if identity != nil && cfg.Auth && cfg.TLSCert == "" {
+		opts = append(opts, identity.NATSOption())
+	}
+	return opts
 }

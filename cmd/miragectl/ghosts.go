@@ -22,11 +22,12 @@ func newGhosts() *cobra.Command {
 		Use:   "ghosts [--json]",
 		Short: "List the registered Ghosts with their presence (online, stale, offline)",
 		Long: `ghosts lists the Ghosts registered with Mirage (KV edge_ghosts) and their presence:
-online (a heartbeat within 15 s), stale (none for 15 s), offline (none for 60 s).`,
+online (a heartbeat within 15 s), stale (none for 15 s), offline (none for 60 s), sorted by
+ghost id, with how long ago each was last seen.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			nc, err := cli.Connect(ctx, cf.server, "miragectl ghosts")
+			nc, err := cf.connect(ctx, "miragectl ghosts")
 			if err != nil {
 				return err
 			}
@@ -39,6 +40,7 @@ online (a heartbeat within 15 s), stale (none for 15 s), offline (none for 60 s)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
+			sort.Slice(list, func(i, j int) bool { return list[i].GhostID < list[j].GhostID })
 			out := cmd.OutOrStdout()
 			if asJSON {
 				return printJSON(out, list)
@@ -56,8 +58,8 @@ online (a heartbeat within 15 s), stale (none for 15 s), offline (none for 60 s)
 					labels = append(labels, k+"="+v)
 				}
 				sort.Strings(labels)
-				ago := now.Sub(time.UnixMilli(g.LastSeenMS)).Round(time.Second)
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\n", g.GhostID, g.Status, g.Version, ago, strings.Join(labels, ","), strings.Join(g.Seeds, ","))
+				seen := ago(now, time.UnixMilli(g.LastSeenMS))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.GhostID, g.Status, g.Version, seen, strings.Join(labels, ","), strings.Join(g.Seeds, ","))
 			}
 			return tw.Flush()
 		},

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"strings"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bus"
@@ -23,27 +25,84 @@ func newIssue() *cobra.Command {
 		target  string
 		timeout time.Duration
 		asJSON  bool
-		noWait  bool
+
+		maxConcurrency, maxErrors, planPath string
+		deliverWithin                       time.Duration
+		asJSONL                             bool
+		noWait                              bool
 	)
 	c := &cobra.Command{
-		Use:   "issue --target SCOPE SEED OPERATION [KEY=VALUE ...] [--timeout DURATION] [--json] [--no-wait]",
+		Use:   "issue --target SCOPE SEED OPERATION [KEY=VALUE ...] [--timeout DURATION] [--json|--jsonl] [--no-wait] [--max-concurrency N|N%] [--max-errors N|N%] [--plan FILE]",
 		Short: "Run an operation of a seed on target Ghosts and report the outcome",
 		Long: `issue sends an intent to Mirage: run OPERATION of SEED with the given arguments on every
 Ghost in SCOPE. Mirage sends one command per target; issue waits for the terminal report
 and prints one line per target (ghost, outcome, exit code, first line of output or error)
-and a summary line.
+and a summary line; on a terminal, a fan-out shows a progress bar on stderr meanwhile.
+--json prints the terminal report as one JSON object; --jsonl prints one JSON object per
+target result as it arrives ({"intent_id", "ghost_id", "outcome", "exit_code", ...}).
 
-SCOPE is a ghost id or a comma list of ghost ids (local,edge-1).
+SCOPE is one of:
+  all                     every registered Ghost that is not offline
+  KEY=VALUE[,KEY=VALUE]   registered Ghosts carrying every one of these labels (role=db,site=lab)
+  a comma list of ghost ids and globs (local,edge-1 or edge-* or edge-?1,db-[ab]):
+                          a glob matches the ids of registered Ghosts; an id need not be
+                          registered (a headless Ghost)
+A glob, label selector or all that matches no registered Ghost is refused (exit 2), as is
+a registered target that does not host SEED and OPERATION.
 A target that gives no terminal event within --timeout is reported as timeout.
+
+Rollout: --max-concurrency N|N% runs at most that many targets at once; --max-errors N|N%
+stops the rollout once more targets than that failed: targets not yet started are skipped.
+
+Plans: --plan FILE runs ordered steps as one intent; a step starts when the previous one
+is satisfied, and a failure stops the plan (later steps are skipped). A step marked
+blocking holds a lock on ghost_id::seed for each of its targets; another intent that needs
+one waits, and its reports say which lock. The file:
+  target = "edge-*"                 # default scope of the steps (or --target)
+  [[step]]
+  name = "plan"
+  seed = "seed.flow"
+  operation = "step"
+  args = { name = "plan" }
+  blocking = true
+  target = "edge-1"                 # optional: this step's own scope
 
 Exit codes: 0 satisfied (every target succeeded); 1 finished but not satisfied; 2 invalid
 input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage answered.`,
 		Example: `  miragectl issue --target local seed.flow status
   miragectl issue --target local,edge-1 seed.kv put key=a value=b --json
-  miragectl issue --target edge-1 seed.flow sleep ms=5000 --no-wait`,
+  miragectl issue --target 'edge-*' seed.system uptime
+  miragectl issue --target role=db,site=lab seed.flow status --jsonl
+  miragectl issue --target edge-1 seed.flow sleep ms=5000 --no-wait
+  miragectl issue --target role=db --max-concurrency 2 --max-errors 1 seed.flow sleep ms=200
+  miragectl issue --plan deploy/plans/example.toml`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var steps []bus.PlanStep
+			if planPath != "" {
+				if len(args) > 0 {
+					return cli.Invalid("--plan takes its steps from the file: no SEED OPERATION arguments")
+				}
+				planTarget, ps, err := readPlan(planPath)
+				if err != nil {
+					return err
+				}
+				steps = ps
+				if target == "" {
+					target = planTarget
+				}
+				if target == "" {
+					target = firstStepTarget(ps)
+				}
+				args = []string{ps[0].SeedSelector, ps[0].Operation}
+			}
 			if target == "" {
-				return cli.Invalid("--target is required: a ghost id or a comma list of ghost ids")
+				return cli.Invalid("--target is required: a ghost id, a comma list of ids and globs, a label selector KEY=VALUE, or all")
+			}
+			if asJSON && asJSONL {
+				return cli.Invalid("--json and --jsonl exclude each other")
+			}
+			if asJSONL && noWait {
+				return cli.Invalid("--jsonl streams results as they arrive: it cannot be used with --no-wait")
 			}
 			if len(args) < 2 {
 				return cli.Invalid("expected SEED OPERATION [KEY=VALUE ...], got %d argument(s); see miragectl issue --help", len(args))
@@ -55,6 +114,9 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			if err != nil {
 				return err
 			}
+			if deliverWithin < 0 || deliverWithin > timeout {
+				return cli.Invalid("--deliver-within %s: must be between 0 and --timeout (%s)", deliverWithin, timeout)
+			}
 			now := time.Now()
 			is := &bus.Issue{
 				Header:      bus.NewHeader(bus.TypeIssue, "", now),
@@ -63,12 +125,22 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				TargetScope: target,
 				Objective:   bus.Objective{SeedSelector: args[0], Operation: args[1], Args: kv},
 				TimeoutMS:   timeout.Milliseconds(),
+				Plan:        steps,
+
+				MaxConcurrency: maxConcurrency,
+				MaxErrors:      maxErrors,
+			}
+			if len(steps) > 0 {
+				is.Objective = bus.Objective{}
+			}
+			if deliverWithin > 0 {
+				is.DeliverByMS = now.Add(deliverWithin).UnixMilli()
 			}
 			if err := is.Validate(); err != nil {
 				return cli.Invalid("%s", bus.AsError(err).Message)
 			}
 			ctx := cmd.Context()
-			nc, err := cli.Connect(ctx, cf.server, "miragectl issue")
+			nc, err := cf.connect(ctx, "miragectl issue")
 			if err != nil {
 				return err
 			}
@@ -96,29 +168,50 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			}
 			wctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
 			defer cancel()
-			rep, err := client.WaitTerminal(wctx, reply.IntentID)
+			f := &follower{intentID: reply.IntentID}
+			if asJSONL {
+				f.jsonl = out
+			}
+			if !asJSON && !asJSONL && len(reply.Targets) > 1 && cli.IsTerminal(os.Stderr) {
+				f.what = is.Objective.SeedSelector + " " + is.Objective.Operation
+				f.bar = newProgress(cmd.ErrOrStderr(), len(reply.Targets), f.what)
+			}
+			rep, err := f.follow(wctx, client)
 			if err != nil {
+				var ee *cli.ExitError
+				if errors.As(err, &ee) {
+					return err
+				}
 				if ctx.Err() != nil {
 					return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("interrupted; the intent goes on: miragectl report %s --wait", reply.IntentID))
 				}
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no terminal report for %s: %v (is Mirage running?)", reply.IntentID, err))
 			}
-			if asJSON {
+			switch {
+			case asJSONL:
+			case asJSON:
 				if err := printJSON(out, rep); err != nil {
 					return err
 				}
-			} else if err := printReport(out, rep); err != nil {
-				return err
+			default:
+				if err := printReport(out, rep); err != nil {
+					return err
+				}
 			}
 			return reportExit(rep)
 		},
 	}
 	cf.register(c)
 	f := c.Flags()
-	f.StringVar(&target, "target", "", "the Ghosts to run on: a ghost id or a comma list (required)")
+	f.StringVar(&target, "target", "", "the Ghosts to run on: ids and globs (a,b,edge-*), a label selector (role=db,site=lab) or all (required)")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long the intent may take; targets without a terminal event by then are timeout")
 	f.BoolVar(&asJSON, "json", false, "print the terminal report envelope as one JSON object")
+	f.BoolVar(&asJSONL, "jsonl", false, "print one JSON object per target result as it arrives, and nothing else")
 	f.BoolVar(&noWait, "no-wait", false, "print the intent id and return without waiting")
+	f.StringVar(&maxConcurrency, "max-concurrency", "", "run at most N targets (or N% of them) at once; the rest start as others finish")
+	f.StringVar(&maxErrors, "max-errors", "", "once more than N targets (or N%) failed, skip the targets not yet started")
+	f.StringVar(&planPath, "plan", "", "run the ordered steps of a TOML plan file as one intent (see 'miragectl issue --help')")
+	f.DurationVar(&deliverWithin, "deliver-within", 0, "commands not delivered within this are not run (expired); default: the whole --timeout")
 	return c
 }
 
@@ -148,4 +241,98 @@ func actor() string {
 		name += "@" + h
 	}
 	return name
+}
+
+// follower follows an intent's reports to the terminal one, streaming each target's
+// result once as JSON lines (jsonl) and driving a progress bar (bar), when set.
+type follower struct {
+	intentID string
+	jsonl    io.Writer
+	bar      *progressbar.ProgressBar
+	what     string          // the operation, named beside the bar
+	printed  map[string]bool // command_ids whose result was streamed
+	writeErr error
+}
+
+func (f *follower) follow(ctx context.Context, client *mirage.Client) (*bus.Report, error) {
+	f.printed = map[string]bool{}
+	var final *bus.Report
+	err := client.WatchReports(ctx, f.intentID, func(r *bus.Report) bool {
+		if f.jsonl != nil && !f.stream(r) {
+			return false
+		}
+		if f.bar != nil {
+			showProgress(f.bar, f.what, r.Counts)
+		}
+		if bus.Terminal(r.Phase) {
+			final = r
+			return false
+		}
+		return true
+	})
+	if f.bar != nil && !f.bar.IsFinished() {
+		_ = f.bar.Exit()
+	}
+	if f.writeErr != nil {
+		return nil, f.writeErr
+	}
+	if final != nil {
+		return final, nil
+	}
+	if err == nil {
+		err = errors.New("the report stream ended")
+	}
+	return nil, err
+}
+
+// stream writes the results that left pending since the last report; false when stdout
+// is gone.
+func (f *follower) stream(r *bus.Report) bool {
+	for _, res := range r.Results {
+		if res.Outcome == bus.OutcomePending || f.printed[res.CommandID] {
+			continue
+		}
+		f.printed[res.CommandID] = true
+		if err := printJSON(f.jsonl, resultLine{IntentID: r.IntentID, TargetResult: res}); err != nil {
+			f.writeErr = cli.Exit(cli.ExitUnavailable, fmt.Errorf("writing results: %w", err))
+			return false
+		}
+	}
+	return true
+}
+
+// newProgress returns a progress bar of done/total targets on w.
+func newProgress(w io.Writer, total int, what string) *progressbar.ProgressBar {
+	return progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionShowDescriptionAtLineEnd(),
+		progressbar.OptionSetRenderBlankState(true),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+	)
+}
+
+// showProgress sets the bar to the targets done, naming the errors so far (error, timeout
+// and expired outcomes).
+func showProgress(bar *progressbar.ProgressBar, what string, c bus.Counts) {
+	bad := c.Error + c.Timeout + c.Expired
+	desc := fmt.Sprintf("%s, errors: %d", what, bad)
+	if c.Skipped > 0 {
+		desc += fmt.Sprintf(", %d skipped", c.Skipped)
+	}
+	bar.Describe(desc)
+	_ = bar.Set(c.Targets - c.Pending)
+}
+
+// firstStepTarget is the scope of a plan whose steps all name their own.
+func firstStepTarget(steps []bus.PlanStep) string {
+	for _, s := range steps {
+		if s.TargetScope == "" {
+			return ""
+		}
+	}
+	return steps[0].TargetScope
 }

@@ -68,6 +68,6 @@ refused by Mirage, 3 NATS unreachable or no Mirage answered.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Invalid("%v", err) })
-	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts(), newIntents(), newFleet())
+	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts(), newIntents(), newFleet(), newSeed(), newAttach())
 	return root
 }

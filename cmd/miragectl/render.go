@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
@@ -35,8 +37,61 @@ func printReport(w io.Writer, r *bus.Report) error {
 	if r.ResultsOmitted > 0 {
 		fmt.Fprintf(w, "(%d results not shown: the report holds what fits in one envelope; counts are exact)\n", r.ResultsOmitted)
 	}
+	if line := noResponse(r); line != "" {
+		fmt.Fprintln(w, line)
+	}
 	_, err := fmt.Fprintf(w, "%s  (intent %s)\n", r.Summary, r.IntentID)
 	return err
+}
+
+// maxNoResponse caps the ghost ids named on the "no response from" line.
+const maxNoResponse = 10
+
+// noResponse names the targets whose outcome is timeout (no terminal event in time),
+// capped: "no response from: a, b, c (+N more)". It is empty when every target answered.
+func noResponse(r *bus.Report) string {
+	var ids []string
+	for _, res := range r.Results {
+		if res.Outcome == bus.OutcomeTimeout {
+			ids = append(ids, res.GhostID)
+		}
+	}
+	// Counts are exact even when the report left results out.
+	total := max(r.Counts.Timeout, len(ids))
+	switch {
+	case total == 0:
+		return ""
+	case len(ids) == 0:
+		return fmt.Sprintf("no response from %d targets (not listed: the report holds what fits in one envelope)", total)
+	}
+	sort.Strings(ids)
+	shown := ids[:min(len(ids), maxNoResponse)]
+	line := "no response from: " + strings.Join(shown, ", ")
+	if more := total - len(shown); more > 0 {
+		line += fmt.Sprintf(" (+%d more)", more)
+	}
+	return line
+}
+
+// resultLine is one line of issue --jsonl: a target's result and its intent.
+type resultLine struct {
+	IntentID string `json:"intent_id"`
+	bus.TargetResult
+}
+
+// ago renders how long ago t was, coarsely: "3s ago", "4m ago", "2h ago", "5d ago".
+func ago(now, t time.Time) string {
+	d := max(now.Sub(t), 0)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%dd ago", int(d/(24*time.Hour)))
+	}
 }
 
 func firstLine(res bus.TargetResult) string {

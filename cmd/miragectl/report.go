@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,15 +20,22 @@ func newReport() *cobra.Command {
 		cf     clientFlags
 		asJSON bool
 		wait   bool
+		watch  bool
 	)
 	c := &cobra.Command{
-		Use:   "report INTENT_ID [--json] [--wait]",
-		Short: "Print the latest report of an intent",
+		Use:   "report INTENT_ID [--json] [--wait | --watch]",
+		Short: "Print the latest report of an intent, or follow it",
 		Long: `report prints the latest report Mirage published for an intent (from the EDGE_REPORT
 stream, so it works after the fact). With --wait it blocks until the report is terminal.
+With --watch it prints the latest report and then each new one as Mirage publishes it,
+until the terminal one: a line with the phase and counts each time, then the per-target
+lines of the terminal report; with --json, one report envelope per line.
 
 Exit codes: 0 printed (and, when terminal, satisfied); 1 the intent failed; 2 no such
 intent; 3 NATS unreachable.`,
+		Example: `  miragectl report int_RQCvydW4imscmOSQZcYhDi
+  miragectl report int_RQCvydW4imscmOSQZcYhDi --watch
+  miragectl report int_RQCvydW4imscmOSQZcYhDi --wait --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
@@ -33,7 +43,7 @@ intent; 3 NATS unreachable.`,
 				return cli.Invalid("%v", err)
 			}
 			ctx := cmd.Context()
-			nc, err := cli.Connect(ctx, cf.server, "miragectl report")
+			nc, err := cf.connect(ctx, "miragectl report")
 			if err != nil {
 				return err
 			}
@@ -42,11 +52,16 @@ intent; 3 NATS unreachable.`,
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
-			var rep *bus.Report
-			if wait {
-				rep, err = client.WaitTerminal(ctx, id)
-			} else {
-				rep, err = client.LatestReport(ctx, id)
+			// The latest report first, so that an unknown intent fails now instead of
+			// being waited for forever.
+			rep, err := client.LatestReport(ctx, id)
+			if err == nil && !bus.Terminal(rep.Phase) {
+				switch {
+				case watch:
+					rep, err = watchReport(ctx, client, cmd.OutOrStdout(), id, asJSON)
+				case wait:
+					rep, err = client.WaitTerminal(ctx, id)
+				}
 			}
 			switch {
 			case errors.Is(err, mirage.ErrIntentNotFound):
@@ -69,7 +84,36 @@ intent; 3 NATS unreachable.`,
 		},
 	}
 	cf.register(c)
-	c.Flags().BoolVar(&asJSON, "json", false, "print the report envelope as one JSON object")
+	c.Flags().BoolVar(&asJSON, "json", false, "print the report envelope as one JSON object (with --watch: one per line)")
 	c.Flags().BoolVar(&wait, "wait", false, "wait until the report is terminal")
+	c.Flags().BoolVar(&watch, "watch", false, "print each new report as it arrives, until the terminal one")
 	return c
+}
+
+// watchReport prints each report of an open intent but the terminal one, which it returns
+// for the caller to print: with asJSON one envelope per line, else "time  summary".
+func watchReport(ctx context.Context, client *mirage.Client, w io.Writer, id string, asJSON bool) (*bus.Report, error) {
+	var final *bus.Report
+	var werr error
+	err := client.FollowReports(ctx, id, func(r *bus.Report) bool {
+		if bus.Terminal(r.Phase) {
+			final = r
+			return false
+		}
+		if asJSON {
+			werr = printJSON(w, r)
+		} else {
+			_, werr = fmt.Fprintf(w, "%s  %s\n", time.UnixMilli(r.TimestampMS).Format(time.TimeOnly), r.Summary)
+		}
+		return werr == nil
+	})
+	switch {
+	case werr != nil:
+		return nil, werr
+	case final != nil:
+		return final, nil
+	case err == nil:
+		return nil, errors.New("the report stream ended")
+	}
+	return nil, err
 }

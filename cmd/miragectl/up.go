@@ -18,6 +18,7 @@ import (
 	"github.com/edgectl/edgectl/config"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
+	"github.com/edgectl/edgectl/ghost/seeds/control"
 	"github.com/edgectl/edgectl/mirage"
 )
 
@@ -33,18 +34,30 @@ type upConfig struct {
 	Replicas     int           `koanf:"replicas"`
 	LogFormat    string        `koanf:"log_format"`
 	LogLevel     string        `koanf:"log_level"`
+	// TLS and production mode (uptls.go). The keys are nats_tls_*, not tls_*, so that the
+	// client variables $EDGE_TLS_CA/CERT/KEY of the same shell never replace the server's.
+	Production       bool   `koanf:"production"`
+	TLSCert          string `koanf:"nats_tls_cert"`
+	TLSKey           string `koanf:"nats_tls_key"`
+	TLSCA            string `koanf:"nats_tls_ca"`
+	TLSVerifyClients bool   `koanf:"nats_tls_verify_clients"`
 }
 
 var upFlagKeys = map[string]string{
-	"nats-listen":    "nats_listen",
-	"server":         "server",
-	"data-dir":       "data_dir",
-	"no-local-ghost": "no_local_ghost",
-	"auth":           "auth",
-	"sync":           "sync",
-	"sync-interval":  "sync_interval",
-	"log-format":     "log_format",
-	"log-level":      "log_level",
+	"nats-listen":        "nats_listen",
+	"server":             "server",
+	"data-dir":           "data_dir",
+	"no-local-ghost":     "no_local_ghost",
+	"auth":               "auth",
+	"sync":               "sync",
+	"sync-interval":      "sync_interval",
+	"log-format":         "log_format",
+	"log-level":          "log_level",
+	"production":         "production",
+	"tls-cert":           "nats_tls_cert",
+	"tls-key":            "nats_tls_key",
+	"tls-ca":             "nats_tls_ca",
+	"tls-verify-clients": "nats_tls_verify_clients",
 }
 
 // LocalGhostID is the id of the Ghost that 'up' runs beside Mirage.
@@ -53,7 +66,7 @@ const LocalGhostID = "local"
 func newUp() *cobra.Command {
 	var cfgPath string
 	c := &cobra.Command{
-		Use:   "up [--config FILE] [--nats-listen HOST:PORT] [--data-dir DIR] [--no-local-ghost] [--auth] [--server URL]",
+		Use:   "up [--config FILE] [--nats-listen HOST:PORT] [--data-dir DIR] [--no-local-ghost] [--auth] [--server URL] [--production] [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--tls-verify-clients]]",
 		Short: "Run an embedded NATS server with JetStream, Mirage, and a local Ghost",
 		Long: `up runs everything edgectl needs on one machine: an embedded nats-server with JetStream
 (listening on 127.0.0.1:4222, data under ./.edgectl/), Mirage, and a co-located Ghost
@@ -62,7 +75,8 @@ commands (and the nats CLI) at it. SIGINT or SIGTERM drains, flushes and exits 0
 
 The JetStream store fsyncs every write by default (--sync always): an acknowledged command
 or event survives a power loss. --sync interval fsyncs every --sync-interval instead:
-faster, but an OS crash can lose the last interval's writes.`,
+faster, but an OS crash can lose the last interval's writes.
+` + upTLSHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := upConfig{NATSListen: bus.DefaultListen, DataDir: ".edgectl", Sync: bus.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1}
@@ -73,6 +87,9 @@ faster, but an OS crash can lose the last interval's writes.`,
 				if err := checkListen(cfg.NATSListen); err != nil {
 					return err
 				}
+			}
+			if err := checkUpTLS(cfg); err != nil {
+				return err
 			}
 			if cfg.Sync != bus.SyncAlways && cfg.Sync != bus.SyncInterval {
 				return cli.Invalid("--sync %q: use always or interval", cfg.Sync)
@@ -85,7 +102,7 @@ faster, but an OS crash can lose the last interval's writes.`,
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, sync, sync_interval, log_format, log_level)")
+	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, auth, sync, sync_interval, log_format, log_level, production, nats_tls_cert, nats_tls_key, nats_tls_ca, nats_tls_verify_clients)")
 	f.String("server", "", "run against this NATS server (or cluster) instead of an embedded one")
 	f.String("nats-listen", bus.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
 	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
@@ -95,6 +112,7 @@ faster, but an OS crash can lose the last interval's writes.`,
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
+	registerUpTLSFlags(f)
 	return c
 }
 
@@ -134,6 +152,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	conn := bus.ConnConfig{Name: "mirage", Persistent: true, Logger: log}
 	if cfg.Server != "" {
 		conn.URL = cfg.Server
+		conn.TLS = cfg.tlsFiles()
 	} else {
 		scfg := bus.ServerConfig{
 			Listen: cfg.NATSListen, StoreDir: dataDir,
@@ -141,6 +160,9 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		}
 		if auth != nil {
 			scfg.Users = auth.users(nil, !cfg.NoLocalGhost)
+		}
+		if files := cfg.tlsFiles(); files.Enabled() {
+			scfg.TLS = &files
 		}
 		ns, err = bus.StartServer(scfg)
 		if err != nil {
@@ -156,9 +178,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		mcfg.Identity = auth.mirage
 		mcfg.RequireSignedEvents = true
 		if ns != nil {
-			mcfg.OnFleetChange = func(enrolled map[string]string) error {
-				return ns.SetUsers(auth.users(enrolled, !cfg.NoLocalGhost))
-			}
+			mcfg.OnFleetChange = fleetChange(ns, auth, cfg)
 		}
 	}
 	mnc, err := bus.Connect(ctx, mconn)
@@ -201,11 +221,12 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if ns != nil {
 		url = ns.ClientURL()
 	}
-	log.Info("edgectl up", "component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost)
+	log.Info("edgectl up", "component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost, "production", cfg.Production, "tls", cfg.tlsFiles().Enabled(), "mtls", cfg.TLSVerifyClients)
 	fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", url, LocalGhostID)
 	if auth != nil {
 		auth.explain(os.Stderr, url)
 	}
+	explainTLS(os.Stderr, cfg)
 	<-ctx.Done()
 	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
 	var errs []error
@@ -238,6 +259,9 @@ func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config
 		return nil, err
 	}
 	g, err := ghost.New(nc, gcfg, reg, store, log)
+	if err == nil { // the control seed "ghost": seed push may install to "local" too
+		_, err = control.New(g, control.Config{Conn: nc, StateDir: state, Allow: []string{"*"}, Version: gcfg.Version, Log: log})
+	}
 	if err != nil {
 		nc.Close()
 		_ = store.Close()

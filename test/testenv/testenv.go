@@ -44,6 +44,8 @@ type options struct {
 	dir    string
 	port   int
 	users  []*server.NkeyUser
+	tls    *bus.TLSFiles  // tls.go
+	certs  []*server.User // tls.go
 }
 
 // Users turns on nkey authentication with these users.
@@ -77,7 +79,7 @@ func New(t testing.TB, opts ...Option) *Env {
 func (e *Env) start() {
 	e.T.Helper()
 	o := e.opts
-	cfg := bus.ServerConfig{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen, Users: o.users}
+	cfg := bus.ServerConfig{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen, Users: o.users, TLS: o.tls, CertUsers: o.certs}
 	if o.listen {
 		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", o.port)
 	}

@@ -117,11 +117,39 @@ func orDefault(s, d string) string {
 // IsTerminal reports whether f is a terminal (for progress output).
 func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
-// Connect opens a client connection that fails fast (exit 3 when unreachable).
+// Connect opens a client connection that fails fast (exit 3 when unreachable). It uses
+// TLS as $EDGE_TLS_CA, $EDGE_TLS_CERT and $EDGE_TLS_KEY say (see TLSFromEnv).
 func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*nats.Conn, error) {
-	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bus.ServerURL(server), Name: name, Options: opts})
+	files, err := TLSFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bus.ServerURL(server), Name: name, TLS: files, Options: opts})
 	if err != nil {
 		return nil, Exit(ExitUnavailable, err)
 	}
 	return nc, nil
+}
+
+// Environment variables of a client command's TLS: the CA that verifies the server, and
+// the client certificate and key for a server that verifies clients (mTLS).
+const (
+	EnvTLSCA   = "EDGE_TLS_CA"
+	EnvTLSCert = "EDGE_TLS_CERT"
+	EnvTLSKey  = "EDGE_TLS_KEY"
+)
+
+// TLSFromEnv returns the client TLS files the environment names, checked; an unreadable
+// or invalid file is an invalid-input error (exit 2) naming the variable and the file.
+func TLSFromEnv() (bus.TLSFiles, error) {
+	files := bus.TLSFiles{CA: os.Getenv(EnvTLSCA), Cert: os.Getenv(EnvTLSCert), Key: os.Getenv(EnvTLSKey)}
+	if err := files.CheckClient(); err != nil {
+		var fe *bus.TLSFileError
+		if errors.As(err, &fe) {
+			env := map[string]string{bus.TLSFieldCA: EnvTLSCA, bus.TLSFieldCert: EnvTLSCert, bus.TLSFieldKey: EnvTLSKey}[fe.Field]
+			return files, Invalid("$%s: %v", env, err)
+		}
+		return files, Invalid("%v", err)
+	}
+	return files, nil
 }

@@ -1,0 +1,296 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost/seeds/declarative"
+)
+
+// On disk, under STATE/seeds:
+//
+//	<id>/current.json                the record of the active version (the commit point)
+//	<id>/<version>/spec.toml         the spec
+//	<id>/<version>/files/<name>      its files
+//	.staging-*                       an install being written (removed at start)
+//
+// An install is written to a staging directory, renamed to <id>/<version>, then committed
+// by replacing current.json atomically; only then is it hosted and the old version
+// deleted. A crash at any point leaves either the old version or the new one active.
+
+// record is current.json: what is installed and its digests.
+type record struct {
+	ID          string            `json:"id"`
+	Version     string            `json:"version"`
+	SpecSHA256  string            `json:"spec_sha256"`
+	Files       map[string]string `json:"files"` // name → sha256
+	InstalledMS int64             `json:"installed_ms"`
+}
+
+func (r record) same(m declarative.Manifest) bool {
+	if r.Version != m.Version || r.SpecSHA256 != m.Spec.SHA256 || len(r.Files) != len(m.Files) {
+		return false
+	}
+	for _, f := range m.Files {
+		if r.Files[f.Name] != f.SHA256 {
+			return false
+		}
+	}
+	return true
+}
+
+const fetchTimeout = time.Minute
+
+// Install fetches, verifies and activates the seed m describes. It does not check the
+// allowlist (seed.install does) and does not re-register (the caller does).
+func (s *Seed) Install(ctx context.Context, m declarative.Manifest) (Change, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, had := s.installed[m.ID]
+	if had && cur.Version == m.Version {
+		if cur.same(m) {
+			return Change{Action: "unchanged", ID: m.ID, Version: m.Version, SHA256: m.Spec.SHA256,
+				Message: fmt.Sprintf("%s %s is already installed with the same digests: nothing to do", m.ID, m.Version)}, nil
+		}
+		return Change{}, bus.Errorf(bus.CodeSemantic, "%s %s is already installed with different content (spec sha256 %s); versions are immutable: push a new version", m.ID, m.Version, cur.SpecSHA256)
+	}
+	if !had && s.hosts(m.ID) {
+		return Change{}, bus.Errorf(bus.CodeSemantic, "seed %s is built into this Ghost and cannot be installed over", m.ID)
+	}
+	spec, specData, files, err := s.fetch(ctx, m)
+	if err != nil {
+		return Change{}, err
+	}
+	dir, err := s.activate(spec, specData, files, m)
+	if err != nil {
+		return Change{}, bus.Errorf(bus.CodeInternal, "installing %s %s: %v", m.ID, m.Version, err)
+	}
+	c := Change{Action: "installed", ID: m.ID, Version: m.Version, SHA256: m.Spec.SHA256,
+		Message: fmt.Sprintf("installed %s %s in %s", m.ID, m.Version, dir)}
+	if had {
+		c.Action, c.Previous = "replaced", cur.Version
+		c.Message = fmt.Sprintf("replaced %s %s with %s in %s", m.ID, cur.Version, m.Version, dir)
+	}
+	s.log.Info("seed installed", "installed_seed", m.ID, "version", m.Version, "previous", c.Previous, "sha256", m.Spec.SHA256)
+	return c, nil
+}
+
+// fetch reads the spec and files from edge_seeds, verifying every digest, and checks the
+// spec: nothing is written before all of it is verified.
+func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.Spec, []byte, map[string][]byte, error) {
+	obs, err := s.store(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	fctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	specData, err := declarative.Fetch(fctx, obs, m.Spec.Object, m.Spec.SHA256, declarative.MaxSpecSize)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	spec, err := declarative.Parse(specData)
+	if err != nil {
+		return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "spec %s: %v; nothing installed", m.Spec.Object, err)
+	}
+	if spec.ID != m.ID || spec.Version != m.Version {
+		return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "spec %s declares %s %s, the install names %s %s; nothing installed", m.Spec.Object, spec.ID, spec.Version, m.ID, m.Version)
+	}
+	given := map[string]bool{}
+	for _, f := range m.Files {
+		if _, ok := spec.File(f.Name); !ok {
+			return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "file %s is not declared by the spec; nothing installed", f.Name)
+		}
+		given[f.Name] = true
+	}
+	for _, f := range spec.Files {
+		if !given[f.Name] {
+			return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "the spec declares file %s but the install names no digest for it; nothing installed", f.Name)
+		}
+	}
+	files := map[string][]byte{}
+	for _, f := range m.Files {
+		data, err := declarative.Fetch(fctx, obs, f.Object, f.SHA256, declarative.MaxFileSize)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		files[f.Name] = data
+	}
+	return spec, specData, files, nil
+}
+
+func (s *Seed) store(ctx context.Context) (jetstream.ObjectStore, error) {
+	if s.js == nil {
+		return nil, bus.Errorf(bus.CodeRuntime, "this Ghost has no connection to read %s", bus.BucketSeeds)
+	}
+	sctx, cancel := context.WithTimeout(ctx, declarative.InfoTimeout)
+	defer cancel()
+	obs, err := s.js.ObjectStore(sctx, bus.BucketSeeds)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, bus.Errorf(bus.CodeRuntime, "object store %s not found: has a Mirage provisioned this server?", bus.BucketSeeds)
+	}
+	if err != nil {
+		return nil, declarative.StoreError("object store "+bus.BucketSeeds, err)
+	}
+	return obs, nil
+}
+
+// activate writes the verified seed to disk, commits it and hosts it; s.mu is held.
+func (s *Seed) activate(spec *declarative.Spec, specData []byte, files map[string][]byte, m declarative.Manifest) (string, error) {
+	if err := os.MkdirAll(filepath.Join(s.root, m.ID), 0o700); err != nil {
+		return "", err
+	}
+	stage, err := os.MkdirTemp(s.root, ".staging-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(stage) // a no-op once renamed
+	if err := writeFile(filepath.Join(stage, "spec.toml"), specData, 0o600); err != nil {
+		return "", err
+	}
+	filesDir := filepath.Join(stage, "files")
+	if err := os.Mkdir(filesDir, 0o700); err != nil {
+		return "", err
+	}
+	rec := record{ID: m.ID, Version: m.Version, SpecSHA256: m.Spec.SHA256, Files: map[string]string{}, InstalledMS: s.cfg.Now().UnixMilli()}
+	for _, f := range spec.Files {
+		p, err := inside(filesDir, f.Name)
+		if err != nil {
+			return "", err
+		}
+		mode := os.FileMode(0o600)
+		if f.Executable {
+			mode = 0o700
+		}
+		if err := writeFile(p, files[f.Name], mode); err != nil {
+			return "", err
+		}
+		rec.Files[f.Name] = declarative.Digest(files[f.Name])
+	}
+	final := filepath.Join(s.root, m.ID, m.Version)
+	if err := os.RemoveAll(final); err != nil { // a leftover that never became current
+		return "", err
+	}
+	if err := os.Rename(stage, final); err != nil {
+		return "", err
+	}
+	data, _ := json.Marshal(rec)
+	if err := writeFileAtomic(filepath.Join(s.root, m.ID, "current.json"), data); err != nil {
+		_ = os.RemoveAll(final)
+		return "", err
+	}
+	if err := s.reg.Add(declarative.New(spec, final)); err != nil {
+		return "", err
+	}
+	s.installed[m.ID] = rec
+	s.prune(m.ID, m.Version)
+	return final, nil
+}
+
+// Remove stops hosting an installed seed and deletes it. A seed that is not installed is
+// no error (action "absent"); a built-in one cannot be removed.
+func (s *Seed) Remove(id string) (Change, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dir := filepath.Join(s.root, id)
+	rec, ok := s.installed[id]
+	if !ok {
+		if s.hosts(id) {
+			return Change{}, bus.Errorf(bus.CodeSemantic, "seed %s is built into this Ghost and cannot be removed", id)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			if err := os.RemoveAll(dir); err != nil {
+				return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", dir, err)
+			}
+		}
+		return Change{Action: "absent", ID: id, Message: fmt.Sprintf("seed %s is not installed: nothing to remove", id)}, nil
+	}
+	s.reg.Remove(id)
+	delete(s.installed, id)
+	// current.json first: a crash after it leaves files that start-up deletes.
+	if err := os.Remove(filepath.Join(dir, "current.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", id, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", dir, err)
+	}
+	s.log.Info("seed removed", "removed_seed", id, "version", rec.Version)
+	return Change{Action: "removed", ID: id, Previous: rec.Version, Message: fmt.Sprintf("removed %s %s", id, rec.Version)}, nil
+}
+
+// hosts reports whether the registry hosts id.
+func (s *Seed) hosts(id string) bool {
+	for _, in := range s.reg.Infos() {
+		if in.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// prune deletes the version directories of id other than keep.
+func (s *Seed) prune(id, keep string) {
+	entries, err := os.ReadDir(filepath.Join(s.root, id))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() && e.Name() != keep {
+			if err := os.RemoveAll(filepath.Join(s.root, id, e.Name())); err != nil {
+				s.log.Warn("removing an old seed version failed", "installed_seed", id, "version", e.Name(), "err", err)
+			}
+		}
+	}
+}
+
+// inside joins a validated file name to dir and checks the result stays in dir.
+func inside(dir, name string) (string, error) {
+	if err := declarative.ValidateFileName(name); err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, name)
+	if filepath.Dir(p) != filepath.Clean(dir) {
+		return "", fmt.Errorf("file %q would leave %s", name, dir)
+	}
+	return p, nil
+}
+
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// writeFileAtomic replaces path with data: a reader sees the old file or the new one.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	if err := writeFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}

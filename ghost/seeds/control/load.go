@@ -1,0 +1,188 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/edgectl/edgectl/ghost/seeds/declarative"
+)
+
+// load hosts the seeds installed before, checking each file against the digests recorded
+// at install. A seed that fails is logged and left out: one broken install does not keep
+// the Ghost from starting.
+func (s *Seed) load() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := os.MkdirAll(s.root, 0o700); err != nil {
+		return fmt.Errorf("seeds directory: %w", err)
+	}
+	entries, err := os.ReadDir(s.root)
+	if err != nil {
+		return fmt.Errorf("seeds directory: %w", err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(s.root, e.Name())
+		if strings.HasPrefix(e.Name(), ".") { // an install interrupted before its rename
+			_ = os.RemoveAll(p)
+			continue
+		}
+		if !e.IsDir() {
+			continue
+		}
+		if err := s.loadOne(e.Name()); err != nil {
+			s.log.Error("an installed seed was not loaded; push it again or remove it (ghost seed.remove)", "installed_seed", e.Name(), "err", err)
+			continue
+		}
+		s.log.Info("installed seed loaded", "installed_seed", e.Name(), "version", s.installed[e.Name()].Version)
+	}
+	return nil
+}
+
+func (s *Seed) loadOne(id string) error {
+	if err := declarative.ValidateSeedID(id); err != nil {
+		return err
+	}
+	data, err := os.ReadFile(filepath.Join(s.root, id, "current.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		// Never committed, or removed half-way: nothing of it was active.
+		return os.RemoveAll(filepath.Join(s.root, id))
+	}
+	if err != nil {
+		return err
+	}
+	var rec record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return fmt.Errorf("current.json: %w", err)
+	}
+	if rec.ID != id {
+		return fmt.Errorf("current.json names seed %q", rec.ID)
+	}
+	if err := declarative.ValidateVersion(rec.Version); err != nil {
+		return fmt.Errorf("current.json: %w", err)
+	}
+	dir := filepath.Join(s.root, id, rec.Version)
+	specData, err := readLimited(filepath.Join(dir, "spec.toml"), declarative.MaxSpecSize)
+	if err != nil {
+		return err
+	}
+	if declarative.Digest(specData) != rec.SpecSHA256 {
+		return fmt.Errorf("spec.toml changed on disk since it was installed (sha256 differs)")
+	}
+	spec, err := declarative.Parse(specData)
+	if err != nil {
+		return err
+	}
+	if spec.ID != id || spec.Version != rec.Version || len(spec.Files) != len(rec.Files) {
+		return fmt.Errorf("spec.toml does not match current.json")
+	}
+	for _, f := range spec.Files {
+		p, err := inside(filepath.Join(dir, "files"), f.Name)
+		if err != nil {
+			return err
+		}
+		data, err := readLimited(p, declarative.MaxFileSize)
+		if err != nil {
+			return err
+		}
+		if declarative.Digest(data) != rec.Files[f.Name] {
+			return fmt.Errorf("file %s changed on disk since it was installed (sha256 differs)", f.Name)
+		}
+	}
+	if err := s.reg.Add(declarative.New(spec, dir)); err != nil {
+		return err
+	}
+	s.installed[id] = rec
+	s.prune(id, rec.Version)
+	return nil
+}
+
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is over %d bytes", path, max)
+	}
+	return data, nil
+}
+
+// ParseRef reads a boot seed reference: ID (the version pushed last) or ID@VERSION.
+func ParseRef(ref string) (id, version string, err error) {
+	id, version, hasVersion := strings.Cut(ref, "@")
+	if err := declarative.ValidateSeedID(id); err != nil {
+		return "", "", err
+	}
+	if hasVersion {
+		if err := declarative.ValidateVersion(version); err != nil {
+			return "", "", err
+		}
+	}
+	return id, version, nil
+}
+
+// Boot installs the seeds refs name (ID or ID@VERSION) from edge_seeds, with the same
+// verification as seed.install but from the digests of the version's manifest, and
+// without the allowlist: the Ghost's own config names them. A seed already installed at
+// the named version is left alone without reading the store; for a bare ID, the version
+// pushed last is installed when it differs, and the installed one is kept when the store
+// cannot be read. It returns the failures joined; the Ghost serves regardless.
+func (s *Seed) Boot(ctx context.Context, refs []string) error {
+	var errs []error
+	changed := false
+	for _, ref := range refs {
+		id, version, err := ParseRef(ref)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("boot seed %q: %w", ref, err))
+			continue
+		}
+		s.mu.Lock()
+		cur, had := s.installed[id]
+		s.mu.Unlock()
+		if had && version != "" && cur.Version == version {
+			continue
+		}
+		c, err := s.bootOne(ctx, id, version)
+		if err != nil {
+			if had {
+				s.log.Warn("boot seed: keeping the installed version", "installed_seed", id, "version", cur.Version, "err", err)
+				continue
+			}
+			errs = append(errs, fmt.Errorf("boot seed %s: %w", ref, err))
+			continue
+		}
+		changed = changed || c.Action != "unchanged"
+		s.log.Info("boot seed", "installed_seed", id, "action", c.Action, "version", c.Version)
+	}
+	if changed && s.host.Registered() {
+		if err := s.host.Reregister(ctx); err != nil {
+			s.log.Warn("re-registering after boot installs failed", "err", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Seed) bootOne(ctx context.Context, id, version string) (Change, error) {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	obs, err := s.store(ctx)
+	if err != nil {
+		return Change{}, err
+	}
+	m, err := declarative.FetchManifest(ctx, obs, id, version)
+	if err != nil {
+		return Change{}, err
+	}
+	return s.Install(ctx, m)
+}

@@ -1,0 +1,20 @@
+//go:build unix
+
+package declarative
+
+import (
+	"os/exec"
+	"syscall"
+)
+
+// killGroup runs the program in its own process group and, when the context ends, kills
+// the whole group: a script's children do not outlive its timeout.
+func killGroup(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		if cmd.Process == nil {
+			return nil
+		}
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+}

@@ -1,0 +1,202 @@
+package declarative
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// An argv element is literal text and placeholders: {{param}} or {{file:NAME}}. A
+// rendered element is always exactly one argument: a value is inserted as plain bytes,
+// never split on spaces, never read by a shell. There is no escape for a literal "{{".
+
+type segment struct {
+	text  string // literal text, when param and file are empty
+	param string
+	file  string
+}
+
+type element []segment
+
+// parseElement splits one argv element into literal text and placeholders.
+func parseElement(s string) (element, error) {
+	var el element
+	for {
+		i := strings.Index(s, "{{")
+		if i < 0 {
+			if s != "" {
+				el = append(el, segment{text: s})
+			}
+			return el, nil
+		}
+		if i > 0 {
+			el = append(el, segment{text: s[:i]})
+		}
+		j := strings.Index(s[i+2:], "}}")
+		if j < 0 {
+			return nil, fmt.Errorf("%q opens {{ without closing }}", s)
+		}
+		name := strings.TrimSpace(s[i+2 : i+2+j])
+		if f, ok := strings.CutPrefix(name, "file:"); ok {
+			el = append(el, segment{file: strings.TrimSpace(f)})
+		} else if paramRe.MatchString(name) {
+			el = append(el, segment{param: name})
+		} else {
+			return nil, fmt.Errorf("placeholder {{%s}} is neither a param name nor file:NAME", name)
+		}
+		s = s[i+2+j+2:]
+	}
+}
+
+// compile parses the argv template and checks it against the spec: argv[0] is a literal
+// program (absolute, or a bare name looked up in the Ghost's fixed PATH) or exactly one
+// shipped file; every placeholder names a declared param or file; every param is used.
+func (op *Operation) compile(s *Spec, key string) error {
+	if len(op.Argv) == 0 {
+		return bad(key+".argv", "missing: give the program and its arguments as a list of strings, e.g. [\"uname\", \"-a\"]")
+	}
+	if len(op.Argv) > MaxArgv {
+		return bad(key+".argv", "%d elements, at most %d are allowed", len(op.Argv), MaxArgv)
+	}
+	used := map[string]bool{}
+	for i, a := range op.Argv {
+		k := fmt.Sprintf("%s.argv[%d]", key, i)
+		if strings.IndexByte(a, 0) >= 0 {
+			return bad(k, "contains a NUL byte")
+		}
+		el, err := parseElement(a)
+		if err != nil {
+			return bad(k, "%v", err)
+		}
+		for _, seg := range el {
+			switch {
+			case seg.file != "":
+				if _, ok := s.File(seg.file); !ok {
+					return bad(k, "{{file:%s}} names no file declared in [[files]]", seg.file)
+				}
+			case seg.param != "":
+				if _, ok := op.Param(seg.param); !ok {
+					return bad(k, "{{%s}} names no param declared in [%s.params]", seg.param, key)
+				}
+				used[seg.param] = true
+			}
+		}
+		if i == 0 {
+			if err := checkProgram(s, el, a); err != nil {
+				return bad(k, "%v", err)
+			}
+		}
+		op.tmpl = append(op.tmpl, el)
+	}
+	for _, p := range op.Params {
+		if !used[p.Name] {
+			return bad(key+".params."+p.Name, "declared but no argv element uses {{%s}}", p.Name)
+		}
+	}
+	return nil
+}
+
+func checkProgram(s *Spec, el element, raw string) error {
+	if len(el) == 1 && el[0].file != "" {
+		if f, _ := s.File(el[0].file); !f.Executable {
+			return fmt.Errorf("runs file %s, which is not declared executable = true (or run it with an interpreter: [\"/bin/sh\", \"{{file:%s}}\"])", f.Name, f.Name)
+		}
+		return nil
+	}
+	for _, seg := range el {
+		if seg.param != "" || seg.file != "" {
+			return fmt.Errorf("the program must be a literal name or exactly {{file:NAME}}; a param cannot choose the program")
+		}
+	}
+	if raw == "" {
+		return fmt.Errorf("the program is empty")
+	}
+	if !filepath.IsAbs(raw) && strings.ContainsRune(raw, '/') {
+		return fmt.Errorf("program %q is a relative path; give an absolute path or a bare name found in PATH", raw)
+	}
+	return nil
+}
+
+// check validates a value of the param against its pattern (re) and type bounds.
+func (p Param) check(re *regexp.Regexp, v string) error {
+	if strings.IndexByte(v, 0) >= 0 {
+		return fmt.Errorf("value contains a NUL byte")
+	}
+	if !re.MatchString(v) {
+		return fmt.Errorf("value does not match the pattern %q", p.Pattern)
+	}
+	if p.Type == TypeInt {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("value %q is not an integer", v)
+		}
+		if p.Min != nil && n < *p.Min {
+			return fmt.Errorf("value %d is below the minimum %d", n, *p.Min)
+		}
+		if p.Max != nil && n > *p.Max {
+			return fmt.Errorf("value %d is above the maximum %d", n, *p.Max)
+		}
+	}
+	return nil
+}
+
+// ArgError is an argument a render refused: the param and why.
+type ArgError struct {
+	Param  string
+	Reason string
+}
+
+func (e *ArgError) Error() string { return fmt.Sprintf("args.%s: %s", e.Param, e.Reason) }
+
+// Render builds the argv of one execution from args. filesDir is the absolute directory of
+// the seed's installed files. An element that uses an optional param given no value and
+// without a default is left out whole; every other element is exactly one argument.
+func (op *Operation) Render(args map[string]string, filesDir string) ([]string, error) {
+	for k := range args {
+		if _, ok := op.Param(k); !ok {
+			return nil, &ArgError{Param: k, Reason: fmt.Sprintf("%s declares no such param", op.Name)}
+		}
+	}
+	for _, p := range op.Params {
+		v, ok := args[p.Name]
+		if !ok {
+			if p.Required {
+				return nil, &ArgError{Param: p.Name, Reason: "required but missing"}
+			}
+			continue
+		}
+		if err := p.check(op.patterns[p.Name], v); err != nil {
+			return nil, &ArgError{Param: p.Name, Reason: err.Error()}
+		}
+	}
+	out := make([]string, 0, len(op.tmpl))
+	for _, el := range op.tmpl {
+		var b strings.Builder
+		keep := true
+		for _, seg := range el {
+			switch {
+			case seg.file != "":
+				b.WriteString(filepath.Join(filesDir, seg.file))
+			case seg.param != "":
+				v, ok := args[seg.param]
+				if !ok {
+					p, _ := op.Param(seg.param)
+					if p.Default == nil {
+						keep = false
+						break
+					}
+					v = *p.Default
+				}
+				b.WriteString(v)
+			default:
+				b.WriteString(seg.text)
+			}
+		}
+		if keep {
+			out = append(out, b.String())
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,192 @@
+package declarative
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// Path is the only PATH a declarative seed's program sees, and where a bare program name
+// is looked up: never the Ghost's own PATH.
+const Path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Result statuses.
+const (
+	StatusOK       = "ok"
+	StatusFailed   = "failed"
+	StatusTimedOut = "timed_out"
+)
+
+// waitDelay is how long a killed program's output pipes may stay open (held by a
+// grandchild) before the Ghost stops waiting for them.
+const waitDelay = 2 * time.Second
+
+// Seed runs the operations of one spec. Its files are under Dir()/files.
+type Seed struct {
+	spec   *Spec
+	dir    string
+	getenv func(string) (string, bool)
+}
+
+// New returns the seed of spec, installed in dir (an absolute directory holding files/).
+func New(spec *Spec, dir string) *Seed {
+	return &Seed{spec: spec, dir: dir, getenv: os.LookupEnv}
+}
+
+// Spec returns the seed's spec.
+func (s *Seed) Spec() *Spec { return s.spec }
+
+// Dir returns the directory the seed is installed in; programs run there.
+func (s *Seed) Dir() string { return s.dir }
+
+// FilesDir returns the directory of the seed's shipped files.
+func (s *Seed) FilesDir() string { return filepath.Join(s.dir, "files") }
+
+// Info declares the seed and its operations.
+func (s *Seed) Info() bus.SeedInfo {
+	info := bus.SeedInfo{ID: s.spec.ID, Name: s.spec.Name, Description: s.spec.Description, Version: s.spec.Version}
+	for _, op := range s.spec.Operations {
+		oi := bus.OperationInfo{Name: op.Name, Description: op.Description, Idempotent: op.Idempotent, Params: []bus.ParamInfo{}}
+		for _, p := range op.Params {
+			desc := p.Description
+			if p.Type != TypeString {
+				desc = strings.TrimSpace(p.Type + ". " + desc)
+			}
+			if p.Default != nil {
+				desc = strings.TrimSpace(fmt.Sprintf("%s (default %q)", desc, *p.Default))
+			}
+			oi.Params = append(oi.Params, bus.ParamInfo{Name: p.Name, Required: p.Required, Pattern: p.Pattern, Description: desc})
+		}
+		info.Operations = append(info.Operations, oi)
+	}
+	return info
+}
+
+var errOpTimeout = errors.New("operation timeout")
+
+// Execute renders the operation's argv and runs it, without a shell, in the seed's
+// directory, with only the allowed environment and the fixed PATH. Stdout and stderr are
+// captured; a non-zero exit is a runtime error (1400) that keeps the exit code.
+func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
+	if req == nil {
+		return bus.Result{Status: StatusFailed, ExitCode: 1}, bus.Errorf(bus.CodeSemantic, "no seed.execute given")
+	}
+	op, ok := s.spec.Operation(req.Operation)
+	if !ok {
+		return refused(bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", s.spec.ID, req.Operation))
+	}
+	argv, err := op.Render(req.Args, s.FilesDir())
+	if err != nil {
+		var ae *ArgError
+		if errors.As(err, &ae) {
+			return refused(bus.FieldError(bus.CodeSemantic, "args."+ae.Param, "%s", ae.Reason))
+		}
+		return refused(bus.Errorf(bus.CodeSemantic, "%v", err))
+	}
+	prog, err := lookProgram(argv[0])
+	if err != nil {
+		return bus.Result{Status: StatusFailed, ExitCode: 127, Stderr: err.Error()}, bus.Errorf(bus.CodeRuntime, "%v", err)
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, op.Timeout, errOpTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, prog, argv[1:]...)
+	cmd.Args[0] = argv[0]
+	cmd.Dir = s.dir
+	cmd.Env = s.env(op)
+	stdout, stderr := &capped{max: bus.MaxOutput}, &capped{max: bus.MaxOutput}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.WaitDelay = waitDelay
+	killGroup(cmd)
+	runErr := cmd.Run()
+	res := bus.Result{Status: StatusOK, Stdout: stdout.String(), Stderr: stderr.String(), Truncated: stdout.cut || stderr.cut}
+	if runErr == nil {
+		return res, nil
+	}
+	res.Status, res.ExitCode = StatusFailed, -1
+	if errors.Is(context.Cause(ctx), errOpTimeout) {
+		res.Status = StatusTimedOut
+		return res, bus.Errorf(bus.CodeExecTimeout, "%s %s ran past the operation's timeout of %s and was killed", s.spec.ID, op.Name, op.Timeout)
+	}
+	if ctx.Err() != nil {
+		return res, ctx.Err() // the command's own timeout or the Ghost stopping: the pipeline decides
+	}
+	var ee *exec.ExitError
+	if errors.As(runErr, &ee) {
+		res.ExitCode = ee.ExitCode()
+		if res.ExitCode < 0 {
+			return res, bus.Errorf(bus.CodeRuntime, "%s was killed: %s", argv[0], ee.ProcessState)
+		}
+		return res, bus.Errorf(bus.CodeRuntime, "%s exited with status %d", argv[0], res.ExitCode)
+	}
+	return res, bus.Errorf(bus.CodeRuntime, "running %s: %v", argv[0], runErr)
+}
+
+func refused(perr *bus.Error) (bus.Result, error) {
+	return bus.Result{Status: "refused", ExitCode: -1, Stderr: perr.Message}, perr
+}
+
+// env is the fixed PATH plus the allowed variables the Ghost has.
+func (s *Seed) env(op *Operation) []string {
+	out := []string{"PATH=" + Path}
+	for _, name := range op.Env {
+		if v, ok := s.getenv(name); ok {
+			out = append(out, name+"="+v)
+		}
+	}
+	return out
+}
+
+// lookProgram resolves argv[0]: an absolute path as is, a bare name in Path only.
+func lookProgram(name string) (string, error) {
+	if filepath.IsAbs(name) {
+		if err := executable(name); err != nil {
+			return "", fmt.Errorf("program %s: %w", name, err)
+		}
+		return name, nil
+	}
+	for _, dir := range filepath.SplitList(Path) {
+		p := filepath.Join(dir, name)
+		if executable(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("program %q not found in %s", name, Path)
+}
+
+func executable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("not an executable file")
+	}
+	return nil
+}
+
+// capped keeps the first max bytes written to it and notes whether more came.
+type capped struct {
+	b   []byte
+	max int
+	cut bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	room := c.max - len(c.b)
+	if len(p) > room {
+		c.b = append(c.b, p[:max(room, 0)]...)
+		c.cut = true
+	} else {
+		c.b = append(c.b, p...)
+	}
+	return len(p), nil
+}
+
+func (c *capped) String() string { return string(c.b) }

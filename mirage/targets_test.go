@@ -1,0 +1,138 @@
+package mirage
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+var testNow = time.UnixMilli(1_800_000_000_000)
+
+// testFleet is a registry of records: edge-01..edge-06 (role db for odd, web for even; site
+// lab for 01-03, prod for 04-06) hosting seed.flow; "kvonly" hosting seed.kv only; "gone"
+// (offline, role=db, site=lab) and "quiet" (stale, role=cache).
+func testFleet() []GhostRecord {
+	flow := bus.SeedInfo{ID: "seed.flow", Operations: []bus.OperationInfo{{Name: "status"}, {Name: "echo"}}}
+	kv := bus.SeedInfo{ID: "seed.kv", Operations: []bus.OperationInfo{{Name: "get"}}}
+	seen := testNow.UnixMilli()
+	var out []GhostRecord
+	for i := 1; i <= 6; i++ {
+		role, site := "db", "lab"
+		if i%2 == 0 {
+			role = "web"
+		}
+		if i > 3 {
+			site = "prod"
+		}
+		out = append(out, GhostRecord{GhostID: fmt.Sprintf("edge-%02d", i), Labels: map[string]string{"role": role, "site": site}, Seeds: []bus.SeedInfo{flow}, LastSeenMS: seen})
+	}
+	return append(out,
+		GhostRecord{GhostID: "kvonly", Labels: map[string]string{"role": "kv"}, Seeds: []bus.SeedInfo{kv}, LastSeenMS: seen},
+		GhostRecord{GhostID: "gone", Labels: map[string]string{"role": "db", "site": "lab"}, Seeds: []bus.SeedInfo{flow}, LastSeenMS: seen - OfflineAfter.Milliseconds() - 1},
+		GhostRecord{GhostID: "quiet", Labels: map[string]string{"role": "cache"}, Seeds: []bus.SeedInfo{flow, kv}, LastSeenMS: seen - StaleAfter.Milliseconds() - 1},
+	)
+}
+
+func TestResolveTargets(t *testing.T) {
+	status := bus.Objective{SeedSelector: "seed.flow", Operation: "status"}
+	tests := []struct {
+		name  string
+		scope string
+		obj   bus.Objective
+		fleet []GhostRecord // nil: testFleet()
+		want  []string
+		field string   // on error: the error's field
+		msg   []string // on error: parts of the message
+	}{
+		{name: "one id", scope: "edge-03", want: []string{"edge-03"}},
+		{name: "unregistered id is kept (headless)", scope: "headless-1", want: []string{"headless-1"}},
+		{name: "list is sorted and distinct", scope: " edge-05, edge-01 ,edge-05,,headless-1", want: []string{"edge-01", "edge-05", "headless-1"}},
+		{name: "glob star", scope: "edge-*", want: []string{"edge-01", "edge-02", "edge-03", "edge-04", "edge-05", "edge-06"}},
+		{name: "glob question mark", scope: "edge-?1", want: []string{"edge-01"}},
+		{name: "glob class", scope: "edge-0[12]", want: []string{"edge-01", "edge-02"}},
+		{name: "glob includes offline ghosts", scope: "g*", want: []string{"gone"}},
+		{name: "globs and ids mixed", scope: "edge-0[56],edge-01,headless-1", want: []string{"edge-01", "edge-05", "edge-06", "headless-1"}},
+		{name: "one label", scope: "role=db", want: []string{"edge-01", "edge-03", "edge-05", "gone"}},
+		{name: "labels all must match", scope: "role=db, site=lab", want: []string{"edge-01", "edge-03", "gone"}},
+		{name: "labels repeated equal", scope: "role=web,role=web,site=prod", want: []string{"edge-04", "edge-06"}},
+		{name: "all leaves offline out", scope: "all", want: []string{"edge-01", "edge-02", "edge-03", "edge-04", "edge-05", "edge-06", "quiet"},
+			fleet: slices.DeleteFunc(testFleet(), func(r GhostRecord) bool { return r.GhostID == "kvonly" })},
+		{name: "a ghost named all is a list", scope: "all,", want: []string{"all"}},
+
+		{name: "empty", scope: "  ", field: "target_scope", msg: []string{"names no ghost"}},
+		{name: "only commas", scope: ",,", field: "target_scope", msg: []string{"names no ghost"}},
+		{name: "invalid id", scope: "edge.1", field: "target_scope", msg: []string{"dot"}},
+		{name: "glob no match", scope: "db-*", field: "target_scope", msg: []string{"no registered ghost matches db-*", "registered: edge-01, edge-02"}},
+		{name: "one glob of a list no match", scope: "edge-01,db-*", field: "target_scope", msg: []string{"no registered ghost matches db-*"}},
+		{name: "malformed glob", scope: "edge-[", field: "target_scope", msg: []string{"malformed"}},
+		{name: "label no match", scope: "role=nosuch", field: "target_scope", msg: []string{"no registered ghost matches role=nosuch", "labels in use: role=cache, role=db"}},
+		{name: "labels no joint match", scope: "role=web,site=nowhere", field: "target_scope", msg: []string{"matches role=web,site=nowhere"}},
+		{name: "label selector mixed with id", scope: "role=db,edge-01", field: "target_scope", msg: []string{`"edge-01" is not key=value`}},
+		{name: "label without key", scope: "=db", field: "target_scope", msg: []string{"has no key"}},
+		{name: "label twice differently", scope: "role=db,role=web", field: "target_scope", msg: []string{"given twice"}},
+		{name: "all with nothing alive", scope: "all", fleet: testFleet()[7:8], field: "target_scope", msg: []string{"no registered ghost is online", "gone (offline)"}},
+		{name: "glob on an empty fleet", scope: "*", fleet: []GhostRecord{}, field: "target_scope", msg: []string{"no ghost is registered"}},
+		{name: "label on an empty fleet", scope: "a=b", fleet: []GhostRecord{}, field: "target_scope", msg: []string{"no ghost is registered"}},
+
+		{name: "registered target without the seed", scope: "edge-01,kvonly", field: "objective", msg: []string{"kvonly does not host seed seed.flow"}},
+		{name: "registered target without the operation", scope: "role=kv", obj: bus.Objective{SeedSelector: "seed.kv", Operation: "put"}, field: "objective", msg: []string{"kvonly: seed seed.kv has no operation put"}},
+		{name: "unregistered target is not checked", scope: "kvonly,headless-1", obj: bus.Objective{SeedSelector: "seed.kv", Operation: "get"}, want: []string{"headless-1", "kvonly"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fleet := tt.fleet
+			if fleet == nil {
+				fleet = testFleet()
+			}
+			obj := tt.obj
+			if obj.SeedSelector == "" {
+				obj = status
+			}
+			got, err := resolveTargets(tt.scope, obj, fleet, testNow)
+			if tt.field == "" {
+				if err != nil {
+					t.Fatalf("resolveTargets(%q) = %v", tt.scope, err)
+				}
+				if !slices.Equal(got, tt.want) {
+					t.Fatalf("resolveTargets(%q) = %v, want %v", tt.scope, got, tt.want)
+				}
+				return
+			}
+			var perr *bus.Error
+			if !errors.As(err, &perr) {
+				t.Fatalf("resolveTargets(%q) = %v, %v; want a protocol error", tt.scope, got, err)
+			}
+			if perr.Code != bus.CodeSemantic || perr.Field != tt.field {
+				t.Fatalf("error %d on field %q, want %d on %q: %s", perr.Code, perr.Field, bus.CodeSemantic, tt.field, perr.Message)
+			}
+			for _, part := range tt.msg {
+				if !strings.Contains(perr.Message, part) {
+					t.Errorf("message %q does not contain %q", perr.Message, part)
+				}
+			}
+		})
+	}
+}
+
+// Error messages stay short whatever the fleet size: at most maxListed names.
+func TestResolveTargetsCapsMessages(t *testing.T) {
+	var fleet []GhostRecord
+	for i := range 250 {
+		fleet = append(fleet, GhostRecord{GhostID: fmt.Sprintf("n-%03d", i), Labels: map[string]string{"slot": fmt.Sprint(i)}, LastSeenMS: testNow.UnixMilli()})
+	}
+	for _, scope := range []string{"x-*", "slot=none", "n-*"} {
+		_, err := resolveTargets(scope, bus.Objective{SeedSelector: "seed.flow", Operation: "status"}, fleet, testNow)
+		perr := bus.AsError(err)
+		if err == nil || perr.Code != bus.CodeSemantic {
+			t.Fatalf("%s: err %v, want a semantic error", scope, err)
+		}
+		if !strings.Contains(perr.Message, "(+240 more)") || len(perr.Message) > 600 {
+			t.Errorf("%s: message is not capped (%d bytes): %s", scope, len(perr.Message), perr.Message)
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+func statusOf(t *testing.T, c *mirage.Client, id string) string {
+	t.Helper()
+	list, err := c.Ghosts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range list {
+		if g.GhostID == id {
+			return g.Status
+		}
+	}
+	return "absent"
+}
+
+// Presence follows heartbeats: a stopped Ghost turns stale then offline, and online again
+// when it comes back; a restarted Mirage forgets nothing.
+func TestPresenceFollowsHeartbeats(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond})
+	fast := testenv.Tune(func(c *ghost.Config) { c.HeartbeatInterval = 50 * time.Millisecond })
+	g := env.StartGhost("edge-p", fast)
+	client := env.Client()
+	client.Presence = mirage.Presence{StaleAfter: 400 * time.Millisecond, OfflineAfter: 1200 * time.Millisecond}
+	testenv.Eventually(t, 3*time.Second, "online", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
+	_ = g.Close()
+	testenv.Eventually(t, 3*time.Second, "stale", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusStale })
+	testenv.Eventually(t, 3*time.Second, "offline", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOffline })
+	env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond}) // a second Mirage shares the work; the registry is in KV
+	env.StartGhost("edge-p", fast)
+	testenv.Eventually(t, 3*time.Second, "online again", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
+}
+
+// A headless Ghost serves without registering; 'attach' brings it into the registry.
+func TestHeadlessGhostAttachedLater(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-h", testenv.Policy(ghost.PolicyHeadless))
+	client := env.Client()
+	time.Sleep(200 * time.Millisecond)
+	if _, ok := m.Fleet().Get("edge-h"); ok {
+		t.Fatal("a headless ghost registered by itself")
+	}
+	// It serves anyway: an intent to an unregistered id reaches it.
+	if r := env.Run(client, testenv.NewIssue("edge-h", "seed.flow", "status", nil, 5*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("headless ghost: %s", r.Summary)
+	}
+	nc := env.Conn("operator")
+	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "edge-h"})
+	msg, err := nc.Request(subjects.Attach, data, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct{ Status, Reason string }
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+		t.Fatalf("attach: %s %v", msg.Data, err)
+	}
+	testenv.Eventually(t, 3*time.Second, "edge-h in the registry", func() bool { _, ok := m.Fleet().Get("edge-h"); return ok })
+	// Attaching a Ghost that is not running says so.
+	data, _ = json.Marshal(mirage.AttachRequest{GhostID: "edge-nobody"})
+	msg, err = nc.Request(subjects.Attach, data, 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "unreachable" {
+		t.Fatalf("attach of an absent ghost: %s", msg.Data)
+	}
+}

@@ -1,0 +1,222 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds/flow"
+	"github.com/edgectl/edgectl/ghost/seeds/kv"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// gate is a test seed shared by a fleet of in-process Ghosts: it observes how many of its
+// executions run at once, and fails on the Ghosts told to.
+type gate struct {
+	running, peak atomic.Int32
+	failOn        map[string]bool
+}
+
+func (g *gate) Info() bus.SeedInfo {
+	return bus.SeedInfo{ID: "test.gate", Name: "Gate", Operations: []bus.OperationInfo{{
+		Name: "hold", Idempotent: true, Params: []bus.ParamInfo{{Name: "ms", Required: true, Pattern: "[0-9]{1,4}"}},
+	}}}
+}
+
+func (g *gate) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
+	g.observe(g.running.Add(1))
+	defer g.running.Add(-1)
+	var ms int
+	fmt.Sscan(req.Args["ms"], &ms)
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+	case <-ctx.Done():
+		return bus.Result{}, ctx.Err()
+	}
+	return bus.Result{Status: "ok", Stdout: "held " + req.Args["ms"] + "ms"}, nil
+}
+
+// perGhost binds the shared counters to one Ghost's id.
+type perGhost struct {
+	*gate
+	id string
+}
+
+func (p perGhost) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
+	if p.failOn[p.id] {
+		p.observe(p.running.Add(1))
+		time.Sleep(20 * time.Millisecond)
+		p.running.Add(-1)
+		return bus.Result{Status: "failed", ExitCode: 3, Stderr: "told to fail"}, errors.New("told to fail")
+	}
+	return p.gate.Execute(ctx, req)
+}
+
+func (g *gate) observe(n int32) {
+	for {
+		p := g.peak.Load()
+		if n <= p || g.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
+}
+
+// gateFleet starts n Ghosts db-00.. with role=db hosting the shared gate seed.
+func gateFleet(t *testing.T, env *testenv.Env, n int, failOn map[string]bool) *gate {
+	g := &gate{failOn: failOn}
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("db-%02d", i)
+		reg := ghost.NewRegistry()
+		if err := reg.Add(perGhost{g, id}); err != nil {
+			t.Fatal(err)
+		}
+		env.StartGhost(id, testenv.WithRegistry(reg), testenv.Labels(map[string]string{"role": "db"}))
+	}
+	return g
+}
+
+// Max-concurrency is never exceeded, as observed by the executions themselves, and the
+// rollout still reaches every target.
+func TestMaxConcurrencyIsNeverExceeded(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	g := gateFleet(t, env, 10, nil)
+	testenv.Eventually(t, 5*time.Second, "10 registrations", func() bool { return len(m.Fleet().All()) == 10 })
+	is := testenv.NewIssue("role=db", "test.gate", "hold", map[string]string{"ms": "150"}, 30*time.Second)
+	is.MaxConcurrency = "2"
+	r := env.Run(env.Client(), is)
+	if r.Phase != bus.PhaseSatisfied || r.Counts.Success != 10 {
+		t.Fatalf("%s %+v", r.Summary, r.Counts)
+	}
+	if peak := g.peak.Load(); peak != 2 {
+		t.Fatalf("observed %d executions at once, want exactly 2 (the limit, reached)", peak)
+	}
+}
+
+// Once errors exceed max-errors, targets not yet started are skipped.
+func TestMaxErrorsStopsTheRollout(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	gateFleet(t, env, 10, map[string]bool{"db-00": true, "db-01": true, "db-02": true})
+	testenv.Eventually(t, 5*time.Second, "10 registrations", func() bool { return len(m.Fleet().All()) == 10 })
+	is := testenv.NewIssue("role=db", "test.gate", "hold", map[string]string{"ms": "10"}, 30*time.Second)
+	is.MaxConcurrency, is.MaxErrors = "1", "1"
+	r := env.Run(env.Client(), is)
+	// db-00 and db-01 fail (2 > 1): the 8 others are never started.
+	if r.Phase != bus.PhaseFailed || r.Counts.Error != 2 || r.Counts.Skipped != 8 || r.Counts.Success != 0 {
+		t.Fatalf("%s %+v", r.Summary, r.Counts)
+	}
+	for _, res := range r.Results {
+		if res.Outcome == bus.OutcomeSkipped && (res.Error == nil || res.Error.Code != bus.CodeSkipped || !strings.Contains(res.Error.Message, "max-errors")) {
+			t.Errorf("skipped result %+v", res)
+		}
+	}
+}
+
+func planGhost(t *testing.T, env *testenv.Env, id string) *kv.Seed {
+	store := kv.New()
+	reg := ghost.NewRegistry()
+	for _, s := range []ghost.Seed{store, flow.New()} {
+		if err := reg.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env.StartGhost(id, testenv.WithRegistry(reg))
+	return store
+}
+
+// A plan runs its steps in order; a step that fails stops it and the rest are skipped.
+func TestPlanRunsInOrderAndStopsOnFailure(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	store := planGhost(t, env, "plan-a")
+	client := env.Client()
+	ok := testenv.NewIssue("plan-a", "", "", nil, 20*time.Second)
+	ok.Plan = []bus.PlanStep{
+		{Name: "write", SeedSelector: "seed.kv", Operation: "put", Args: map[string]string{"key": "x", "value": "1"}},
+		{Name: "bump", SeedSelector: "seed.kv", Operation: "incr", Args: map[string]string{"key": "x"}},
+		{Name: "read", SeedSelector: "seed.kv", Operation: "get", Args: map[string]string{"key": "x"}},
+	}
+	r := env.Run(client, ok)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 3 || r.Results[2].Stdout != "2" {
+		t.Fatalf("plan in order: %s %+v", r.Summary, r.Results)
+	}
+	for i, res := range r.Results {
+		if res.Step != i {
+			t.Errorf("result %d is of step %d", i, res.Step)
+		}
+	}
+	bad := testenv.NewIssue("plan-a", "", "", nil, 20*time.Second)
+	bad.Plan = []bus.PlanStep{
+		{Name: "ok", SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{}},
+		{Name: "fails", SeedSelector: "seed.kv", Operation: "get", Args: map[string]string{"key": "missing"}},
+		{Name: "never", SeedSelector: "seed.kv", Operation: "put", Args: map[string]string{"key": "never", "value": "1"}},
+	}
+	r = env.Run(client, bad)
+	got := []string{r.Results[0].Outcome, r.Results[1].Outcome, r.Results[2].Outcome}
+	if r.Phase != bus.PhaseFailed || strings.Join(got, ",") != "success,error,skipped" {
+		t.Fatalf("plan whose second step fails: %s %v", r.Summary, got)
+	}
+	if _, ran := store.Value("never"); ran {
+		t.Fatal("the step after the failed one ran")
+	}
+}
+
+// Two intents contend for a lock: the second waits, says why, and runs after the first.
+func TestBlockingStepsContendForALock(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	planGhost(t, env, "lock-g")
+	client := env.Client()
+	first := testenv.NewIssue("lock-g", "", "", nil, 20*time.Second)
+	first.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "sleep", Args: map[string]string{"ms": "800"}, Blocking: true}}
+	second := testenv.NewIssue("lock-g", "", "", nil, 20*time.Second)
+	second.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "step", Args: map[string]string{"name": "apply"}, Blocking: true}}
+	issueNoWait(t, client, first)
+	time.Sleep(100 * time.Millisecond)
+	issueNoWait(t, client, second)
+
+	var waited bool
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var final *bus.Report
+	err := client.WatchReports(ctx, second.IntentID, func(r *bus.Report) bool {
+		if r.Phase == bus.PhaseInProgress && strings.Contains(r.Summary, "waiting for lock lock-g::seed.flow held by intent "+first.IntentID) {
+			waited = true
+		}
+		if bus.Terminal(r.Phase) {
+			final = r
+			return false
+		}
+		return true
+	})
+	if err != nil || final == nil {
+		t.Fatalf("second intent: %v", err)
+	}
+	if !waited {
+		t.Fatal("the second intent never reported that it waits for the lock")
+	}
+	a := waitReport(t, client, first.IntentID, 10*time.Second)
+	if a.Phase != bus.PhaseSatisfied || final.Phase != bus.PhaseSatisfied {
+		t.Fatalf("first %s, second %s", a.Summary, final.Summary)
+	}
+	var firstDone, secondStart int64
+	for _, ev := range env.Events(env.JetStream()) {
+		switch ev.IntentID {
+		case first.IntentID:
+			firstDone = ev.FinishedMS
+		case second.IntentID:
+			secondStart = ev.StartedMS
+		}
+	}
+	if secondStart < firstDone {
+		t.Fatalf("the second intent started at %d, before the first finished at %d", secondStart, firstDone)
+	}
+}
