@@ -2,8 +2,11 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -218,5 +221,89 @@ func TestBlockingStepsContendForALock(t *testing.T) {
 	}
 	if secondStart < firstDone {
 		t.Fatalf("the second intent started at %d, before the first finished at %d", secondStart, firstDone)
+	}
+}
+
+// The issue's Done-when: twenty in-process Ghosts with two label sets; the real miragectl
+// with --target role=db --max-concurrency 2 --jsonl streams one line per db Ghost, and the
+// executions, as the Ghosts recorded them in their events, never overlap more than two at
+// once. Then a plan file runs in order through the CLI.
+func TestRolloutFromTheCLI(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	m := env.StartMirage(mirage.Config{})
+	for i := 0; i < 20; i++ {
+		role := "db"
+		if i%2 == 1 {
+			role = "web"
+		}
+		env.StartGhost(fmt.Sprintf("node-%02d", i), testenv.Labels(map[string]string{"role": role, "site": []string{"lab", "prod"}[i/10]}), testenv.Seeds("seed.flow"))
+	}
+	testenv.Eventually(t, 10*time.Second, "twenty registrations", func() bool { return len(m.Fleet().All()) == 20 })
+	r := miragectl(t, env.URL, "issue", "--target", "role=db", "--max-concurrency", "2", "seed.flow", "sleep", "ms=200", "--jsonl")
+	if r.code != 0 {
+		t.Fatalf("exit %d", r.code)
+	}
+	type line struct {
+		IntentID string `json:"intent_id"`
+		bus.TargetResult
+	}
+	lines := jsonLines[line](t, r.stdout)
+	if len(lines) != 10 {
+		t.Fatalf("%d JSONL lines, want one per db Ghost (10)", len(lines))
+	}
+	intent := ""
+	seen := map[string]bool{}
+	for _, l := range lines {
+		if l.Outcome != bus.OutcomeSuccess || seen[l.GhostID] {
+			t.Fatalf("line %+v", l)
+		}
+		seen[l.GhostID] = true
+		intent = l.IntentID
+	}
+	type span struct{ start, end int64 }
+	var spans []span
+	for _, ev := range env.Events(env.JetStream()) {
+		if ev.IntentID == intent {
+			spans = append(spans, span{ev.StartedMS, ev.FinishedMS})
+		}
+	}
+	if len(spans) != 10 {
+		t.Fatalf("%d events for %s, want 10", len(spans), intent)
+	}
+	peak := 0
+	for _, a := range spans {
+		at := 0
+		for _, b := range spans {
+			if b.start <= a.start && a.start < b.end {
+				at++
+			}
+		}
+		peak = max(peak, at)
+	}
+	if peak > 2 {
+		t.Fatalf("%d executions overlapped, more than --max-concurrency 2", peak)
+	}
+	// A plan file, in order, through the CLI.
+	plan := filepath.Join(t.TempDir(), "plan.toml")
+	if err := os.WriteFile(plan, []byte(`target = "node-00"
+[[step]]
+seed = "seed.flow"
+operation = "step"
+args = { name = "init" }
+[[step]]
+seed = "seed.flow"
+operation = "step"
+args = { name = "apply" }
+blocking = true
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = miragectl(t, env.URL, "issue", "--plan", plan, "--json")
+	var rep bus.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 {
+		t.Fatalf("plan: exit %d, %v", r.code, err)
+	}
+	if len(rep.Results) != 2 || !strings.HasPrefix(rep.Results[0].Stdout, "init") || !strings.HasPrefix(rep.Results[1].Stdout, "apply") || rep.Results[1].Step != 1 {
+		t.Fatalf("plan results %+v", rep.Results)
 	}
 }
