@@ -51,6 +51,8 @@ type Config struct {
 	// EDGE_CMD): older ones are refused as stale. A replayed command within it is caught
 	// by the execution store.
 	CommandMaxAge time.Duration
+	// Metrics, when set, records Prometheus metrics.
+	Metrics *Metrics
 	// CatchUpInterval is how often the Ghost checks EDGE_CMD for commands it missed,
 	// besides at start, on reconnect and on a Mirage announce (default 60 s).
 	CatchUpInterval time.Duration
@@ -285,9 +287,13 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 	} else {
 		out = g.pipeline.Run(g.run, &cmd)
 	}
+	if replayed {
+		g.cfg.Metrics.replay()
+	}
 	if out.Event == nil {
 		return
 	}
+	g.cfg.Metrics.outcome(out)
 	if out.Duplicate && replayed && out.Acked {
 		return
 	}
@@ -318,10 +324,12 @@ func (g *Ghost) emit(ev *bus.Event) {
 		_, err := g.js.PublishMsg(ctx, msg)
 		cancel()
 		if err == nil {
+			g.cfg.Metrics.publishedEvent()
 			g.log.Debug("event stored", "direction", "out", "message_type", bus.TypeEvent, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
 			return
 		}
 		wait := backoff.next()
+		g.cfg.Metrics.retry()
 		g.log.Warn("event not stored yet; retrying", "event_id", ev.EventID, "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):

@@ -38,6 +38,11 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		return
 	}
 	v, code, reason, done := m.ingest(&ev)
+	redelivered := false
+	if md, err := msg.Metadata(); err == nil {
+		redelivered = md.NumDelivered > 1
+	}
+	m.cfg.Metrics.event(v, redelivered)
 	if err := msg.Ack(); err != nil {
 		m.log.Debug("stream ack failed; the event will be redelivered and counted once", "event_id", ev.EventID, "err", err)
 	}

@@ -229,6 +229,7 @@ func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) e
 			return ctx.Err()
 		}
 	}
+	m.cfg.Metrics.dispatch(len(futures))
 	m.log.Debug("commands stored", "direction", "out", "message_type", bus.TypeCommand, "intent_id", rec.IntentID, "count", len(futures))
 	return nil
 }

@@ -31,6 +31,8 @@ type Config struct {
 	Identity *bus.Identity
 	// RequireSignedEvents refuses events not signed by the key enrolled for their ghost_id.
 	RequireSignedEvents bool
+	// Metrics, when set, records Prometheus metrics.
+	Metrics *Metrics
 	// OnFleetChange is called with the enrolled Ghosts (id → public key) after every
 	// enrollment change, to apply them to the server Mirage embeds.
 	OnFleetChange func(enrolled map[string]string) error
@@ -291,6 +293,10 @@ func (m *Mirage) finish(intentID string) {
 	released := m.locks.release(li)
 	now := m.cfg.Now()
 	rep := li.report(now)
+	outcomes := make([]string, len(li.results))
+	for i, r := range li.results {
+		outcomes[i] = r.Outcome
+	}
 	rec := li.rec
 	rec.Phase, rec.Counts, rec.Summary, rec.FinishedMS = rep.Phase, rep.Counts, rep.Summary, now.UnixMilli()
 	m.mu.Unlock()
@@ -298,6 +304,7 @@ func (m *Mirage) finish(intentID string) {
 		m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
 	}
 	m.publishReport(rep)
+	m.cfg.Metrics.intentFinished(rep.Phase, outcomes)
 	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
 	if released {
 		m.wakeWaiters()

@@ -37,15 +37,17 @@ type fileConfig struct {
 	TLSCA             string            `koanf:"tls_ca"`
 	TLSCert           string            `koanf:"tls_cert"`
 	TLSKey            string            `koanf:"tls_key"`
+	MetricsListen     string            `koanf:"metrics_listen"`
 	LogFormat         string            `koanf:"log_format"`
 	LogLevel          string            `koanf:"log_level"`
 }
 
 // flagKeys maps ghostctl run flags to config keys.
 var flagKeys = map[string]string{
-	"server":     "server",
-	"log-format": "log_format",
-	"log-level":  "log_level",
+	"server":         "server",
+	"log-format":     "log_format",
+	"log-level":      "log_level",
+	"metrics-listen": "metrics_listen",
 }
 
 // loadConfig reads and validates a Ghost config; relative paths are taken from the file's

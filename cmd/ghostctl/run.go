@@ -63,11 +63,21 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				return err
 			}
 			defer store.Close()
-			g, err := ghost.New(nc, ghost.Config{
+			gcfg := ghost.Config{
 				ID: cfg.ID, Version: version, Labels: cfg.Labels, Policy: cfg.Policy,
 				HeartbeatInterval: cfg.HeartbeatInterval, MaxConcurrent: cfg.MaxConcurrent,
 				Identity: identity, TrustedMirageKeys: cfg.TrustedMirageKeys, CommandMaxAge: cfg.CommandMaxAge,
-			}, reg, store, log)
+			}
+			if cfg.MetricsListen != "" {
+				metrics := cli.MetricsRegistry()
+				gcfg.Metrics = ghost.NewMetrics(metrics)
+				stop, err := cli.ServeMetrics(cfg.MetricsListen, metrics, log)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			g, err := ghost.New(nc, gcfg, reg, store, log)
 			if err != nil {
 				return err
 			}
@@ -100,6 +110,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 	c.Flags().String("server", "", "NATS server URL; overrides the config's server")
 	c.Flags().String("log-format", "text", "log format: text or json")
 	c.Flags().String("log-level", "info", "log level: debug, info, warn or error")
+	c.Flags().String("metrics-listen", "", "serve Prometheus metrics on HOST:PORT/metrics (off by default)")
 	return c
 }
 

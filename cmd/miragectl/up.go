@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bus"
@@ -24,16 +25,17 @@ import (
 
 // upConfig is the configuration of 'miragectl up' (TOML file, EDGE_ env, flags).
 type upConfig struct {
-	NATSListen   string        `koanf:"nats_listen"`
-	Server       string        `koanf:"server"`
-	DataDir      string        `koanf:"data_dir"`
-	NoLocalGhost bool          `koanf:"no_local_ghost"`
-	Auth         bool          `koanf:"auth"`
-	Sync         string        `koanf:"sync"`
-	SyncInterval time.Duration `koanf:"sync_interval"`
-	Replicas     int           `koanf:"replicas"`
-	LogFormat    string        `koanf:"log_format"`
-	LogLevel     string        `koanf:"log_level"`
+	NATSListen    string        `koanf:"nats_listen"`
+	Server        string        `koanf:"server"`
+	DataDir       string        `koanf:"data_dir"`
+	NoLocalGhost  bool          `koanf:"no_local_ghost"`
+	Auth          bool          `koanf:"auth"`
+	Sync          string        `koanf:"sync"`
+	SyncInterval  time.Duration `koanf:"sync_interval"`
+	Replicas      int           `koanf:"replicas"`
+	MetricsListen string        `koanf:"metrics_listen"`
+	LogFormat     string        `koanf:"log_format"`
+	LogLevel      string        `koanf:"log_level"`
 	// TLS and production mode (uptls.go). The keys are nats_tls_*, not tls_*, so that the
 	// client variables $EDGE_TLS_CA/CERT/KEY of the same shell never replace the server's.
 	Production       bool   `koanf:"production"`
@@ -112,6 +114,7 @@ faster, but an OS crash can lose the last interval's writes.
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
+	f.String("metrics-listen", "", "serve Prometheus metrics of Mirage and the local Ghost on HOST:PORT/metrics (off by default)")
 	registerUpTLSFlags(f)
 	return c
 }
@@ -173,6 +176,11 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	mconn := conn
 	mcfg := mirage.Config{Replicas: cfg.Replicas}
+	var metrics *prometheus.Registry
+	if cfg.MetricsListen != "" {
+		metrics = cli.MetricsRegistry()
+		mcfg.Metrics = mirage.NewMetrics(metrics)
+	}
 	if auth != nil {
 		mconn.Options = []nats.Option{auth.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())}
 		mcfg.Identity = auth.mirage
@@ -194,6 +202,15 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		_ = m.Close()
 		return cli.Exit(cli.ExitUnavailable, err)
 	}
+	if metrics != nil {
+		m.Observe(metrics)
+		stopMetrics, err := cli.ServeMetrics(cfg.MetricsListen, metrics, log)
+		if err != nil {
+			_ = m.Close()
+			return err
+		}
+		defer stopMetrics()
+	}
 	if auth != nil {
 		if err := auth.record(ctx, m, !cfg.NoLocalGhost); err != nil {
 			_ = m.Close()
@@ -206,6 +223,9 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		gconn := conn
 		gconn.Name = "ghost " + LocalGhostID
 		gcfg := ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto}
+		if metrics != nil {
+			gcfg.Metrics = ghost.NewMetrics(metrics)
+		}
 		if auth != nil {
 			gconn.Options = []nats.Option{auth.local.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(LocalGhostID))}
 			gcfg.Identity = auth.local
