@@ -285,6 +285,7 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 		g.reject(data, hdr, perr)
 		return
 	} else {
+		g.log.Debug("command received", "direction", "in", "peer", "mirage", "message_type", bus.TypeCommand, "message_id", cmd.MessageID, "trace_id", cmd.TraceID, "intent_id", cmd.IntentID, "command_id", cmd.CommandID, "seed", cmd.SeedSelector, "operation", cmd.Operation, "replayed", replayed)
 		out = g.pipeline.Run(g.run, &cmd)
 	}
 	if replayed {
@@ -325,7 +326,7 @@ func (g *Ghost) emit(ev *bus.Event) {
 		cancel()
 		if err == nil {
 			g.cfg.Metrics.publishedEvent()
-			g.log.Debug("event stored", "direction", "out", "message_type", bus.TypeEvent, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
+			g.log.Debug("event stored", "direction", "out", "peer", "mirage", "message_type", bus.TypeEvent, "message_id", ev.MessageID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
 			return
 		}
 		wait := backoff.next()

@@ -3,7 +3,10 @@ package test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,10 +15,13 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/test/testenv"
 )
 
 // seedReadPermissions is what a Ghost needs, beyond bus.GhostPermissions, to read the
-// object store edge_seeds (and nothing else of it: no writes, no deletes).
+// object store edge_seeds: metadata by direct get, chunks through an ordered consumer
+// with flow control. No writes, no object deletes.
 var seedReadPermissions = []string{
 	"$JS.API.STREAM.INFO.OBJ_" + bus.BucketSeeds,
 	"$JS.API.DIRECT.GET.OBJ_" + bus.BucketSeeds + ".$O." + bus.BucketSeeds + ".M.*",
@@ -68,5 +74,63 @@ func TestSeedPushUnderAuth(t *testing.T) {
 	defer cancel()
 	if _, err := seedStore(t, gjs).PutBytes(ctx, "service.example/9/spec.toml", []byte("x")); err == nil {
 		t.Fatal("a Ghost wrote to edge_seeds")
+	}
+}
+
+// The issue's Done-when with the real programs: 'ghostctl run' with a config listing no
+// seeds, 'miragectl seed push', 'miragectl issue' of the new seed, 'miragectl ghosts'. A
+// spec with an error is refused (exit 2) with the key named, before anything is stored.
+func TestSeedPushCLI(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	m := env.StartMirage(mirage.Config{})
+	g := newGhostProc(t, env, "edge-1")
+	cfg, err := os.ReadFile(g.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.Replace(cfg, []byte("seeds = ['seed.flow', 'seed.kv']"), []byte("seeds = []\nseed_allowlist = ['node.*']"), 1)
+	if !bytes.Contains(cfg, []byte("seed_allowlist")) {
+		t.Fatalf("unexpected config from init:\n%s", cfg)
+	}
+	if err := os.WriteFile(g.config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.start(m)
+	miragectl, _ := testenv.Binaries(t)
+	run := func(args ...string) (int, string) {
+		p := testenv.Start(t, miragectl, append(args, "--server", env.URL)...)
+		return p.Wait(60 * time.Second), p.Output()
+	}
+	spec := filepath.Join("..", "deploy", "seeds", "node.system.toml")
+
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, bytes.Replace(example(t, "node.system.toml"), []byte(`argv = ["uptime"]`), []byte(`argv = ["./uptime"]`), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := run("seed", "push", "--target", "edge-1", bad); code != 2 || !strings.Contains(out, "operations.uptime.argv[0]") {
+		t.Fatalf("a bad spec: exit %d: %s", code, out)
+	}
+	if code, out := run("seed", "push", "--target", "edge-1", filepath.Join("..", "deploy", "seeds", "service.example.toml")); code != 2 || !strings.Contains(out, "--file") {
+		t.Fatalf("a missing --file: exit %d: %s", code, out)
+	}
+	if code, out := run("seed", "push", "--target", "edge-1", spec); code != 0 || !strings.Contains(out, "edge-1  success") || !strings.Contains(out, "satisfied") {
+		t.Fatalf("seed push: exit %d: %s", code, out)
+	}
+	if code, out := run("issue", "--target", "edge-1", "node.system", "uname"); code != 0 || !strings.Contains(out, "satisfied") {
+		t.Fatalf("issue node.system uname: exit %d: %s", code, out)
+	}
+	code, out := run("ghosts", "--json")
+	var ghosts []mirage.GhostStatus
+	if err := json.Unmarshal([]byte(out), &ghosts); code != 0 || err != nil || len(ghosts) != 1 || strings.Join(ghosts[0].Seeds, ",") != "ghost,node.system" {
+		t.Fatalf("ghosts --json: exit %d: %s", code, out)
+	}
+	// The same push again: stored already, installed already, still exit 0.
+	if code, out := run("seed", "push", "--target", "edge-1", spec, "--json"); code != 0 || !strings.Contains(out, "already stored") || !strings.Contains(out, `\"action\":\"unchanged\"`) {
+		t.Fatalf("re-push: exit %d: %s", code, out)
+	}
+	// Off the allowlist: refused by the Ghost, exit 1.
+	if code, out := run("seed", "push", "--target", "edge-1", filepath.Join("..", "deploy", "seeds", "service.example.toml"),
+		"--file", filepath.Join("..", "deploy", "seeds", "service.example.sh")); code != 1 || !strings.Contains(out, "seed_allowlist") {
+		t.Fatalf("push off the allowlist: exit %d: %s", code, out)
 	}
 }
