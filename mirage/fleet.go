@@ -82,17 +82,20 @@ func (r GhostRecord) Seed(id string) (bus.SeedInfo, bool) {
 // Fleet is Mirage's registry of Ghosts: a cache of KV edge_ghosts, written through on
 // register and flushed periodically with heartbeat times.
 type Fleet struct {
-	kv  jetstream.KeyValue
-	log *slog.Logger
-	now func() time.Time
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	stop    chan struct{}
+	pending chan registration
+	log     *slog.Logger
+	now     func() time.Time
 
 	mu     sync.RWMutex
 	ghosts map[string]*GhostRecord
 	seen   map[string]bool // ghost ids with a heartbeat not yet flushed
 }
 
-func newFleet(kv jetstream.KeyValue, now func() time.Time, log *slog.Logger) *Fleet {
-	return &Fleet{kv: kv, log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[string]bool{}}
+func newFleet(js jetstream.JetStream, kv jetstream.KeyValue, stop chan struct{}, now func() time.Time, log *slog.Logger) *Fleet {
+	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan registration, 4096), log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[string]bool{}}
 }
 
 // load reads every record from KV: a Mirage restart forgets nothing.
@@ -158,7 +161,8 @@ func (f *Fleet) All() []GhostRecord {
 	return out
 }
 
-// onRegister records a registration and answers register.ack.
+// onRegister checks a registration and queues it for the registrar, which stores it and
+// answers register.ack.
 func (f *Fleet) onRegister(msg *nats.Msg) {
 	var reg bus.Register
 	ack := bus.RegisterAck{Header: bus.NewHeader(bus.TypeRegisterAck, "", f.now()), Status: bus.RegisterAccepted}
@@ -176,16 +180,23 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		ack.GhostID = reg.GhostID
 		now := f.now().UnixMilli()
 		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now}
-		if perr := f.put(rec); perr != nil {
-			ack.Status, ack.Reason = bus.RegisterRejected, "registry store failed: "+perr.Error()
-		} else {
-			f.mu.Lock()
-			f.ghosts[rec.GhostID] = rec
-			delete(f.seen, rec.GhostID)
-			f.mu.Unlock()
-			f.log.Info("ghost registered", "direction", "in", "message_type", bus.TypeRegister, "peer", reg.GhostID, "trace_id", reg.TraceID, "seeds", len(reg.Seeds))
+		select {
+		case f.pending <- registration{rec: rec, msg: msg, ack: ack}:
+			return
+		case <-f.stop:
+			return // Mirage stops: the Ghost registers again with the next one
 		}
 	}
+	f.answer(msg, ack)
+}
+
+type registration struct {
+	rec *GhostRecord
+	msg *nats.Msg
+	ack bus.RegisterAck
+}
+
+func (f *Fleet) answer(msg *nats.Msg, ack bus.RegisterAck) {
 	if ack.GhostID == "" || subjects.ValidateGhostID(ack.GhostID) != nil {
 		ack.GhostID = "unknown"
 	}
@@ -197,15 +208,79 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 	}
 }
 
-func (f *Fleet) put(rec *GhostRecord) error {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return err
+// registrar stores queued registrations in batches: every record of a batch is in flight
+// to KV edge_ghosts at once, and each Ghost is answered when its record is stored. A
+// fleet of thousands registers in a few round trips, not one fsync after another.
+func (f *Fleet) registrar() {
+	const batchMax = 1024
+	for {
+		var batch []registration
+		select {
+		case r := <-f.pending:
+			batch = append(batch, r)
+		case <-f.stop:
+			return
+		}
+	fill:
+		for len(batch) < batchMax {
+			select {
+			case r := <-f.pending:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		recs := make([]*GhostRecord, len(batch))
+		for i, r := range batch {
+			recs[i] = r.rec
+		}
+		errs := f.putAll(recs)
+		for i, r := range batch {
+			if errs[i] != nil {
+				r.ack.Status, r.ack.Reason = bus.RegisterRejected, "registry store failed: "+errs[i].Error()
+			} else {
+				f.mu.Lock()
+				f.ghosts[r.rec.GhostID] = r.rec
+				delete(f.seen, r.rec.GhostID)
+				f.mu.Unlock()
+				f.log.Info("ghost registered", "direction", "in", "message_type", bus.TypeRegister, "peer", r.rec.GhostID, "trace_id", r.ack.TraceID, "seeds", len(r.rec.Seeds))
+			}
+			f.answer(r.msg, r.ack)
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, err = f.kv.Put(ctx, rec.GhostID, data)
-	return err
+}
+
+// putAll writes records to KV edge_ghosts, all in flight at once; it returns one error
+// (or nil) per record.
+func (f *Fleet) putAll(recs []*GhostRecord) []error {
+	errs := make([]error, len(recs))
+	futures := make([]jetstream.PubAckFuture, len(recs))
+	for i, rec := range recs {
+		data, err := json.Marshal(rec)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		futures[i], errs[i] = f.js.PublishAsync("$KV."+bus.BucketGhosts+"."+rec.GhostID, data)
+	}
+	timeout := time.After(10 * time.Second)
+	for i, fut := range futures {
+		if fut == nil {
+			continue
+		}
+		select {
+		case <-fut.Ok():
+		case err := <-fut.Err():
+			errs[i] = err
+		case <-timeout:
+			errs[i] = errors.New("no acknowledgement from JetStream within 10s")
+		}
+	}
+	return errs
+}
+
+func (f *Fleet) put(rec *GhostRecord) error {
+	return f.putAll([]*GhostRecord{rec})[0]
 }
 
 // onHeartbeat notes a Ghost's presence; flush writes it to KV.
@@ -237,8 +312,12 @@ func (f *Fleet) flush() {
 	}
 	f.seen = map[string]bool{}
 	f.mu.Unlock()
+	ptrs := make([]*GhostRecord, len(recs))
 	for i := range recs {
-		if err := f.put(&recs[i]); err != nil {
+		ptrs[i] = &recs[i]
+	}
+	for i, err := range f.putAll(ptrs) {
+		if err != nil {
 			f.log.Warn("presence not stored", "peer", recs[i].GhostID, "err", err)
 		}
 	}

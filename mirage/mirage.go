@@ -103,11 +103,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err != nil {
 		return nil, err
 	}
+	stop := make(chan struct{})
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, intents: intents, log: log,
-		fleet:    newFleet(ghosts, cfg.Now, log),
+		fleet:    newFleet(js, ghosts, stop, cfg.Now, log),
 		enrolled: newEnrollments(fleetKV),
-		stop:     make(chan struct{}),
+		stop:     stop,
 		live:     map[string]*liveIntent{},
 		locks:    locks{},
 	}
@@ -170,8 +171,9 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
 	}
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.loop()
+	go func() { defer m.wg.Done(); m.fleet.registrar() }()
 	m.announce()
 	m.log.Info("mirage serving", "subject", subjects.Issue, "ghosts", len(m.fleet.All()))
 	return nil
