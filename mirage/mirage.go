@@ -84,7 +84,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "mirage")
-	js, err := jetstream.New(nc)
+	// A fan-out to thousands of Ghosts keeps that many command publishes in flight.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1<<16))
 	if err != nil {
 		return nil, err
 	}

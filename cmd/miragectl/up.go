@@ -53,6 +53,7 @@ var upFlagKeys = map[string]string{
 	"auth":               "auth",
 	"sync":               "sync",
 	"sync-interval":      "sync_interval",
+	"replicas":           "replicas",
 	"log-format":         "log_format",
 	"log-level":          "log_level",
 	"production":         "production",
@@ -112,6 +113,7 @@ faster, but an OS crash can lose the last interval's writes.
 	f.Bool("auth", false, "nkey authentication only: Ghosts must be enrolled (miragectl fleet add), commands and events are signed; keys under DATA_DIR/keys")
 	f.String("sync", bus.SyncAlways, "JetStream fsync: always (every write) or interval")
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
+	f.Int("replicas", 1, "copies of each stream, KV bucket and object store: 1 on the embedded server, 3 on a 3-node cluster")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.String("metrics-listen", "", "serve Prometheus metrics of Mirage and the local Ghost on HOST:PORT/metrics (off by default)")

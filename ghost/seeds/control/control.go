@@ -193,8 +193,8 @@ type Change struct {
 	ID       string `json:"id"`
 	Version  string `json:"version,omitempty"`
 	Previous string `json:"previous,omitempty"` // the version replaced or removed
-	SHA256   string `json:"sha256,omitempty"`
 	Message  string `json:"message"`
+	SHA256   string `json:"sha256,omitempty"` // of the spec
 }
 
 // changed re-registers after a change of the seed list, so Mirage targets the new seeds.

@@ -53,22 +53,23 @@ const fetchTimeout = time.Minute
 // allowlist (seed.install does) and does not re-register (the caller does).
 func (s *Seed) Install(ctx context.Context, m declarative.Manifest) (Change, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, had := s.installed[m.ID]
-	if had && cur.Version == m.Version {
-		if cur.same(m) {
-			return Change{Action: "unchanged", ID: m.ID, Version: m.Version, SHA256: m.Spec.SHA256,
-				Message: fmt.Sprintf("%s %s is already installed with the same digests: nothing to do", m.ID, m.Version)}, nil
-		}
-		return Change{}, bus.Errorf(bus.CodeSemantic, "%s %s is already installed with different content (spec sha256 %s); versions are immutable: push a new version", m.ID, m.Version, cur.SpecSHA256)
+	_, done, err := s.check(m)
+	s.mu.Unlock()
+	if done != nil || err != nil {
+		return derefChange(done), err
 	}
-	if !had && s.hosts(m.ID) {
-		return Change{}, bus.Errorf(bus.CodeSemantic, "seed %s is built into this Ghost and cannot be installed over", m.ID)
-	}
+	// Fetch without the lock (seed.list and info answer meanwhile), then check again.
 	spec, specData, files, err := s.fetch(ctx, m)
 	if err != nil {
 		return Change{}, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, done, err := s.check(m)
+	if done != nil || err != nil {
+		return derefChange(done), err
+	}
+	had := cur != nil
 	dir, err := s.activate(spec, specData, files, m)
 	if err != nil {
 		return Change{}, bus.Errorf(bus.CodeInternal, "installing %s %s: %v", m.ID, m.Version, err)
@@ -81,6 +82,34 @@ func (s *Seed) Install(ctx context.Context, m declarative.Manifest) (Change, err
 	}
 	s.log.Info("seed installed", "installed_seed", m.ID, "version", m.Version, "previous", c.Previous, "sha256", m.Spec.SHA256)
 	return c, nil
+}
+
+// check decides an install against what is installed; s.mu is held. It returns the
+// installed record of the id (nil when none), or the change when there is nothing to do,
+// or the refusal.
+func (s *Seed) check(m declarative.Manifest) (*record, *Change, error) {
+	cur, had := s.installed[m.ID]
+	if had && cur.Version == m.Version {
+		if cur.same(m) {
+			return &cur, &Change{Action: "unchanged", ID: m.ID, Version: m.Version, SHA256: m.Spec.SHA256,
+				Message: fmt.Sprintf("%s %s is already installed with the same digests: nothing to do", m.ID, m.Version)}, nil
+		}
+		return nil, nil, bus.Errorf(bus.CodeSemantic, "%s %s is already installed with different content (spec sha256 %s); versions are immutable: push a new version", m.ID, m.Version, cur.SpecSHA256)
+	}
+	if !had && s.hosts(m.ID) {
+		return nil, nil, bus.Errorf(bus.CodeSemantic, "seed %s is built into this Ghost and cannot be installed over", m.ID)
+	}
+	if !had {
+		return nil, nil, nil
+	}
+	return &cur, nil, nil
+}
+
+func derefChange(c *Change) Change {
+	if c == nil {
+		return Change{}
+	}
+	return *c
 }
 
 // fetch reads the spec and files from edge_seeds, verifying every digest, and checks the
