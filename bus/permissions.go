@@ -39,6 +39,12 @@ func GhostPermissions(id string) *server.Permissions {
 			api + "CONSUMER.CREATE." + StreamCommands + "." + consumer + "." + subjects.Command(id),
 			api + "CONSUMER.MSG.NEXT." + StreamCommands + "." + consumer,
 			api + "CONSUMER.DELETE." + StreamCommands + "." + consumer,
+			// Reading pushed seeds from the object store (read only: no publish to $O.).
+			api + "STREAM.INFO.OBJ_" + BucketSeeds,
+			api + "DIRECT.GET.OBJ_" + BucketSeeds + ".$O." + BucketSeeds + ".M.*",
+			api + "CONSUMER.CREATE.OBJ_" + BucketSeeds + ".*.$O." + BucketSeeds + ".C.*",
+			api + "CONSUMER.DELETE.OBJ_" + BucketSeeds + ".*",
+			"$JS.FC.OBJ_" + BucketSeeds + ".>",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Command(id),

@@ -79,7 +79,7 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
+			return c.pendingReport(ctx, intentID)
 		}
 		return nil, err
 	}
@@ -88,6 +88,24 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 		return nil, fmt.Errorf("malformed report: %w", err)
 	}
 	return &r, nil
+}
+
+// pendingReport describes an accepted intent that has no report yet: Mirage publishes the
+// first one when a result arrives, so until then the intent record is the truth.
+func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Report, error) {
+	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
+	if err != nil {
+		return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
+	}
+	rec, err := ReadIntent(ctx, kv, intentID)
+	if err != nil {
+		if errors.Is(err, ErrIntentNotFound) {
+			return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
+		}
+		return nil, err
+	}
+	li := newLiveIntent(*rec)
+	return li.report(time.Now()), nil
 }
 
 // WatchReports calls fn with each report of an intent, the stored ones first, until fn
@@ -136,6 +154,14 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from jetstre
 // one as Mirage publishes it, until fn returns false or ctx ends. Unlike WatchReports it
 // does not replay the older ones.
 func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
+	// Before its first result an intent has no stored report: start from its record.
+	if stream, err := c.js.Stream(ctx, bus.StreamReports); err == nil {
+		if _, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID)); errors.Is(err, jetstream.ErrMsgNotFound) {
+			if r, err := c.pendingReport(ctx, intentID); err == nil && !fn(r) {
+				return nil
+			}
+		}
+	}
 	return c.watchReports(ctx, intentID, jetstream.DeliverLastPerSubjectPolicy, fn)
 }
 

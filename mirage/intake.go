@@ -146,12 +146,9 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error
 	m.mu.Lock()
 	m.live[rec.IntentID] = li
 	m.arm(li)
-	pending := li.report(m.cfg.Now())
 	units, _ := m.advance(li)
+	li.dirty = li.waiting != "" // the first report comes with results, or says why it waits
 	m.mu.Unlock()
-	// The first report is stored before the issue is answered, so that 'report ID' finds
-	// the intent as soon as its id is known.
-	m.publishReport(pending)
 	m.log.Info("intent accepted", "direction", "in", "peer", is.Actor, "message_type", bus.TypeIssue, "message_id", is.MessageID, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(rec.Targets), "steps", len(steps), "seed", steps[0].Objective.SeedSelector, "operation", steps[0].Objective.Operation)
 	m.send(rec, units)
 	return rec, nil

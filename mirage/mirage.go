@@ -351,14 +351,15 @@ func (m *Mirage) wakeWaiters() {
 	}
 }
 
+// putIntent stores the terminal record without waiting for it: the terminal report,
+// published next, is what users wait on, and a Mirage that restarts before the record is
+// stored finds the intent complete again from EDGE_EVT.
 func (m *Mirage) putIntent(rec *IntentRecord) error {
 	data, err := jsonMarshal(rec)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err = m.intents.Put(ctx, rec.IntentID, data)
+	_, err = m.js.PublishAsync("$KV."+bus.BucketIntents+"."+rec.IntentID, data)
 	return err
 }
 

@@ -1,0 +1,154 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds/declarative"
+)
+
+// host stands in for the Ghost: a registry, never registered. Installs from the object
+// store are tested end to end in test/seedpush_test.go; these tests cover the disk.
+type host struct{ reg *ghost.Registry }
+
+func (h host) ID() string                       { return "edge-t" }
+func (h host) Registry() *ghost.Registry        { return h.reg }
+func (h host) Registered() bool                 { return false }
+func (h host) Reregister(context.Context) error { return nil }
+
+const spec = `id = "disk.test"
+name = "Disk"
+version = "%s"
+[[files]]
+name = "a.sh"
+[operations.run]
+description = "run a.sh"
+argv = ["/bin/sh", "{{file:a.sh}}"]
+idempotent = true
+`
+
+func newControl(t *testing.T, state string) (*Seed, *ghost.Registry) {
+	t.Helper()
+	reg := ghost.NewRegistry()
+	s, err := New(host{reg}, Config{StateDir: state, Allow: []string{"disk.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, reg
+}
+
+// installDisk installs a version of disk.test the way seed.install does once verified.
+func installDisk(t *testing.T, s *Seed, version string) {
+	t.Helper()
+	data := []byte(sprintf(spec, version))
+	sp, err := declarative.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"a.sh": []byte("echo " + version + "\n")}
+	b := &declarative.Bundle{Spec: sp, SpecData: data, Files: files}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.activate(sp, data, files, b.Manifest()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sprintf(format, v string) string { return fmt.Sprintf(format, v) }
+
+func hosted(reg *ghost.Registry, id string) (bus.SeedInfo, bool) {
+	for _, in := range reg.Infos() {
+		if in.ID == id {
+			return in, true
+		}
+	}
+	return bus.SeedInfo{}, false
+}
+
+func TestInstalledSeedsReload(t *testing.T) {
+	state := t.TempDir()
+	s, reg := newControl(t, state)
+	if _, ok := hosted(reg, ID); !ok {
+		t.Fatal("the control seed is not hosted")
+	}
+	installDisk(t, s, "1")
+	installDisk(t, s, "2")
+	if dirs, _ := filepath.Glob(filepath.Join(state, "seeds", "disk.test", "*", "spec.toml")); len(dirs) != 1 {
+		t.Fatalf("version directories after a replace: %v", dirs)
+	}
+	// Leftovers of interrupted installs are cleaned at start.
+	root := filepath.Join(state, "seeds")
+	must(t, os.MkdirAll(filepath.Join(root, ".staging-123", "files"), 0o700))
+	must(t, os.MkdirAll(filepath.Join(root, "half.done", "1"), 0o700))
+	must(t, os.MkdirAll(filepath.Join(root, "disk.test", "3"), 0o700))
+
+	_, reg = newControl(t, state)
+	if in, ok := hosted(reg, "disk.test"); !ok || in.Version != "2" {
+		t.Fatalf("after reload: %+v %v", in, ok)
+	}
+	for _, p := range []string{".staging-123", "half.done", "disk.test/3"} {
+		if _, err := os.Stat(filepath.Join(root, p)); !os.IsNotExist(err) {
+			t.Errorf("%s survived the start", p)
+		}
+	}
+
+	// A file changed on disk after the install: the seed is not hosted.
+	must(t, os.WriteFile(filepath.Join(root, "disk.test", "2", "files", "a.sh"), []byte("rm -rf /\n"), 0o600))
+	if _, reg = newControl(t, state); len(reg.Infos()) != 1 {
+		t.Fatalf("a seed with a changed file was loaded: %+v", reg.Infos())
+	}
+}
+
+func TestRemove(t *testing.T) {
+	state := t.TempDir()
+	s, reg := newControl(t, state)
+	installDisk(t, s, "1")
+	c, err := s.Remove("disk.test")
+	if err != nil || c.Action != "removed" || c.Previous != "1" {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if _, ok := hosted(reg, "disk.test"); ok {
+		t.Fatal("still hosted")
+	}
+	if _, err := os.Stat(filepath.Join(state, "seeds", "disk.test")); !os.IsNotExist(err) {
+		t.Fatal("files left")
+	}
+	if c, err := s.Remove("disk.test"); err != nil || c.Action != "absent" {
+		t.Fatalf("second remove: %+v %v", c, err)
+	}
+	if _, err := s.Remove(ID); err == nil {
+		t.Fatal("the control seed was removed")
+	}
+}
+
+func TestAllowAndRefs(t *testing.T) {
+	s := &Seed{cfg: Config{Allow: []string{"node.*", "svc.one"}}}
+	for id, want := range map[string]bool{"node.system": true, "svc.one": true, "svc.two": false, "nodes": false} {
+		if s.allowed(id) != want {
+			t.Errorf("allowed(%s) = %v", id, !want)
+		}
+	}
+	if (&Seed{}).allowed("x") {
+		t.Error("an empty allowlist allowed an install")
+	}
+	if ValidateAllow([]string{"[x"}) == nil || ValidateAllow([]string{""}) == nil {
+		t.Error("a bad glob was accepted")
+	}
+	for ref, ok := range map[string]bool{"node.system": true, "node.system@1.0.0": true, "node.system@": false, "seed.kv": false, "../x": false, "a@../1": false} {
+		if _, _, err := ParseRef(ref); (err == nil) != ok {
+			t.Errorf("ParseRef(%q): %v", ref, err)
+		}
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
