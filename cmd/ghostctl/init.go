@@ -16,13 +16,14 @@ import (
 	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
+	"github.com/edgectl/edgectl/ghost/seeds/control"
 	"github.com/edgectl/edgectl/subjects"
 )
 
 func newInit() *cobra.Command {
 	var (
 		id, server, out, policy, seedList string
-		labels, trust                     []string
+		labels, trust, allowSeeds         []string
 		force                             bool
 	)
 	c := &cobra.Command{
@@ -67,6 +68,9 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
+			if err := control.ValidateAllow(allowSeeds); err != nil {
+				return cli.Invalid("--allow-seeds: %v", err)
+			}
 			for _, k := range trust {
 				if err := bus.ValidatePublicKey(k); err != nil {
 					return cli.Invalid("--trust: %v", err)
@@ -94,6 +98,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 				"nkey_file":           keyPath,
 				"trusted_mirage_keys": append([]string{}, trust...),
 				"auth":                len(trust) > 0,
+				"seed_allowlist":      append([]string{}, allowSeeds...),
 			}
 			var buf bytes.Buffer
 			buf.WriteString("# edgectl Ghost configuration, written by 'ghostctl init'.\n")
@@ -121,6 +126,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 	f.StringVar(&policy, "policy", ghost.PolicyAuto, "Mirage policy: headless, auto or required")
 	f.StringVar(&seedList, "seeds", "all", "built-in seeds to host: a comma list, all, or none")
 	f.BoolVar(&force, "force", false, "overwrite an existing config.toml (and make a new key)")
+	f.StringSliceVar(&allowSeeds, "allow-seeds", nil, "declarative seeds Mirage may install here ('miragectl seed push'): ids or globs, comma separated (default: none)")
 	f.StringArrayVar(&trust, "trust", nil, "a Mirage public nkey whose signed commands this Ghost accepts; with any, unsigned commands are refused and the Ghost authenticates to NATS with its key (auth = true) (repeat for more)")
 	_ = c.MarkFlagRequired("id")
 	return c
