@@ -302,6 +302,7 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 		g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
 	}
 	g.emit(out.Event)
+	out.Wait()
 }
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff

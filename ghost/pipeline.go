@@ -43,6 +43,16 @@ type Outcome struct {
 	Executed bool
 	// Acked is true, on a duplicate, when Mirage already acknowledged the event.
 	Acked bool
+	// Stored, when set, is closed once the terminal event is recorded in the store.
+	Stored <-chan struct{}
+}
+
+// Wait blocks until the outcome's event is recorded (a no-op for outcomes recorded before
+// they were returned).
+func (o Outcome) Wait() {
+	if o.Stored != nil {
+		<-o.Stored
+	}
 }
 
 // Run decides and, when allowed, executes cmd. ctx bounds the execution (the Ghost's
@@ -76,8 +86,15 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
 	ev := p.execute(ctx, seed, cmd, claimed)
-	p.finish(ctx, claimed.ExecutionID, ev)
-	return Outcome{Event: ev, Executed: true}
+	// The event may be sent while its record is written: if the Ghost dies in between,
+	// the restart ends the execution again under the same stable event_id, which JetStream
+	// and Mirage count once.
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		p.finish(context.WithoutCancel(ctx), claimed.ExecutionID, ev)
+	}()
+	return Outcome{Event: ev, Executed: true, Stored: stored}
 }
 
 // Refuse records and returns an error event for a command that will not execute. It is

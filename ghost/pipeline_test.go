@@ -220,6 +220,8 @@ func TestPipelineCommands(t *testing.T) {
 				tc.mutate(cmd)
 			}
 			out := f.p.Run(context.Background(), cmd)
+	out.Wait()
+			out.Wait()
 			ev := out.Event
 			checkEvent(t, cmd, ev)
 			if out.Duplicate || out.Executed != tc.executed {
@@ -266,6 +268,7 @@ func TestPipelineTimeoutWithSeedIgnoringContext(t *testing.T) {
 	cmd.TimeoutMS = 200
 	start := time.Now()
 	out := f.p.Run(context.Background(), cmd)
+	out.Wait()
 	elapsed := time.Since(start)
 	if limit := 200*time.Millisecond + time.Second; elapsed > limit {
 		t.Fatalf("Run returned after %s, want within %s", elapsed, limit)
@@ -290,7 +293,9 @@ func TestPipelineInterruptedByGhostStop(t *testing.T) {
 	cmd := command(t, "t.slow", "run")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	ev := f.p.Run(ctx, cmd).Event
+	first := f.p.Run(ctx, cmd)
+	first.Wait()
+	ev := first.Event
 	checkEvent(t, cmd, ev)
 	if ev.Outcome != bus.OutcomeError || ev.Error.Code != bus.CodeInterrupted {
 		t.Fatalf("outcome %s error %+v, want 1700 interrupted", ev.Outcome, ev.Error)
@@ -313,6 +318,7 @@ func TestPipelineConcurrentSameCommand(t *testing.T) {
 			c.Header = bus.NewHeader(bus.TypeCommand, cmd.TraceID, time.Now())
 			<-start
 			outs[i] = f.p.Run(context.Background(), &c)
+			outs[i].Wait()
 		}()
 	}
 	close(start)

@@ -12,7 +12,7 @@ import (
 func TestStoreUnknownIDs(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	f.p.Run(ctx, command(t, "t.ok", "run"))
+	f.p.Run(ctx, command(t, "t.ok", "run")).Wait()
 	if _, err := f.store.GetExecution(ctx, "exe_unknown"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetExecution(unknown) error %v, want ErrNotFound", err)
 	}

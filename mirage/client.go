@@ -165,6 +165,42 @@ func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bu
 	return c.watchReports(ctx, intentID, jetstream.DeliverLastPerSubjectPolicy, fn)
 }
 
+// IssueAndWait issues an intent and waits for its terminal report. The report watch is
+// set up before the issue is sent, so no round trip is spent on it after acceptance.
+func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueReply, *bus.Report, error) {
+	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.Report(is.IntentID)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	reply, err := c.Issue(ctx, is)
+	if err != nil {
+		return reply, nil, err
+	}
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return reply, nil, ctx.Err()
+			}
+			return reply, nil, err
+		}
+		var r bus.Report
+		if bus.Decode(msg.Data(), &r) == nil && bus.Terminal(r.Phase) {
+			return reply, &r, nil
+		}
+	}
+}
+
 // WaitTerminal returns the terminal report of an intent, waiting for it.
 func (c *Client) WaitTerminal(ctx context.Context, intentID string) (*bus.Report, error) {
 	var final *bus.Report

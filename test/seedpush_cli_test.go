@@ -88,8 +88,9 @@ func TestSeedPushCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg = bytes.Replace(cfg, []byte("seeds = ['seed.flow', 'seed.kv']"), []byte("seeds = []\nseed_allowlist = ['node.*']"), 1)
-	if !bytes.Contains(cfg, []byte("seed_allowlist")) {
+	cfg = bytes.Replace(cfg, []byte("seeds = ['seed.flow', 'seed.kv']"), []byte("seeds = []"), 1)
+	cfg = bytes.Replace(cfg, []byte("seed_allowlist = []"), []byte("seed_allowlist = ['node.*']"), 1)
+	if !bytes.Contains(cfg, []byte("seed_allowlist = ['node.*']")) || !bytes.Contains(cfg, []byte("seeds = []")) {
 		t.Fatalf("unexpected config from init:\n%s", cfg)
 	}
 	if err := os.WriteFile(g.config, cfg, 0o600); err != nil {
