@@ -306,8 +306,8 @@ func (m *Mirage) finish(intentID string) {
 	if err := m.putIntent(&rec); err != nil {
 		m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
 	}
-	m.publishReport(rep)
 	m.cfg.Metrics.intentFinished(rep.Phase, outcomes)
+	m.publishReport(rep)
 	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
 	if released {
 		m.wakeWaiters()

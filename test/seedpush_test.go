@@ -30,6 +30,24 @@ type bare struct {
 	tune  func(*ghost.Config)
 }
 
+// stores holds the execution store of each state directory: a Ghost restarted on the same
+// directory reopens it, as ghostctl does, so that it does not replay what it already ran.
+var stores = map[string]*ghost.BoltStore{}
+
+func durableStore(t *testing.T, state string) *ghost.BoltStore {
+	t.Helper()
+	if old, ok := stores[state]; ok {
+		_ = old.Close() // the Ghost that used it was closed before the restart
+	}
+	st, err := ghost.OpenBoltStore(filepath.Join(state, "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stores[state] = st
+	t.Cleanup(func() { _ = st.Close(); delete(stores, state) })
+	return st
+}
+
 func startBareGhost(t *testing.T, env *testenv.Env, id, state string, b bare) (*ghost.Ghost, *control.Seed) {
 	t.Helper()
 	if b.nc == nil {
@@ -39,7 +57,7 @@ func startBareGhost(t *testing.T, env *testenv.Env, id, state string, b bare) (*
 	if b.tune != nil {
 		b.tune(&cfg)
 	}
-	g, err := ghost.New(b.nc, cfg, ghost.NewRegistry(), ghost.NewMemoryStore(), env.Log)
+	g, err := ghost.New(b.nc, cfg, ghost.NewRegistry(), durableStore(t, state), env.Log)
 	if err != nil {
 		t.Fatal(err)
 	}
