@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -34,7 +33,7 @@ func validateHeader(h *Header, want string) error {
 		return err
 	}
 	if err := subjects.ValidateTraceID(h.TraceID); err != nil {
-		return FieldError(CodeSemantic, "trace_id", "%s", idReason(err))
+		return FieldError(CodeSemantic, "trace_id", "%s", subjects.Reason(err))
 	}
 	if h.TimestampMS <= 0 {
 		return FieldError(CodeSemantic, "timestamp_ms", "missing or not positive")
@@ -47,7 +46,7 @@ func token(field, v string) error {
 		return FieldError(CodeSemantic, field, "missing")
 	}
 	if err := subjects.ValidateToken(field, v); err != nil {
-		return FieldError(CodeSemantic, field, "%s", idReason(err))
+		return FieldError(CodeSemantic, field, "%s", subjects.Reason(err))
 	}
 	return nil
 }
@@ -57,7 +56,7 @@ func ghostID(field, v string) error {
 		return FieldError(CodeSemantic, field, "missing")
 	}
 	if err := subjects.ValidateGhostID(v); err != nil {
-		return FieldError(CodeSemantic, field, "%s", idReason(err))
+		return FieldError(CodeSemantic, field, "%s", subjects.Reason(err))
 	}
 	return nil
 }
@@ -67,7 +66,7 @@ func seedID(field, v string) error {
 		return FieldError(CodeSemantic, field, "missing")
 	}
 	if err := subjects.ValidateSeedID(v); err != nil {
-		return FieldError(CodeSemantic, field, "%s", idReason(err))
+		return FieldError(CodeSemantic, field, "%s", subjects.Reason(err))
 	}
 	return nil
 }
@@ -77,7 +76,7 @@ func operation(field, v string) error {
 		return FieldError(CodeSemantic, field, "missing")
 	}
 	if err := subjects.ValidateOperation(v); err != nil {
-		return FieldError(CodeSemantic, field, "%s", idReason(err))
+		return FieldError(CodeSemantic, field, "%s", subjects.Reason(err))
 	}
 	return nil
 }
@@ -118,16 +117,6 @@ func args(field string, m map[string]string) error {
 		}
 	}
 	return nil
-}
-
-// idReason strips the sentinel prefix so the message reads naturally after a field name.
-func idReason(err error) string {
-	msg := err.Error()
-	prefix := subjects.ErrInvalidID.Error() + ": "
-	if errors.Is(err, subjects.ErrInvalidID) && len(msg) > len(prefix) {
-		return msg[len(prefix):]
-	}
-	return msg
 }
 
 func first(errs ...error) error {

@@ -167,7 +167,7 @@ func (e *enrollments) remove(ctx context.Context, ghostID string) (bool, error) 
 // Enroll binds ghostID to publicKey (as 'fleet add' does).
 func (m *Mirage) Enroll(ctx context.Context, ghostID, publicKey string) error {
 	if err := subjects.ValidateGhostID(ghostID); err != nil {
-		return bus.FieldError(bus.CodeSemantic, "ghost_id", "%s", idReason(err))
+		return bus.FieldError(bus.CodeSemantic, "ghost_id", "%s", subjects.Reason(err))
 	}
 	if err := bus.ValidatePublicKey(publicKey); err != nil {
 		return bus.FieldError(bus.CodeSemantic, "public_key", "%v", err)
@@ -284,7 +284,7 @@ func (m *Mirage) onAttach(msg *nats.Msg) {
 		return
 	}
 	if err := subjects.ValidateGhostID(req.GhostID); err != nil {
-		respond("rejected", idReason(err))
+		respond("rejected", subjects.Reason(err))
 		return
 	}
 	reply, err := m.nc.Request(subjects.AttachGhost(req.GhostID), nil, 5*time.Second)

@@ -14,8 +14,6 @@ import (
 	"github.com/edgectl/edgectl/subjects"
 )
 
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
-
 // maxIntentID leaves room for the derived command ids.
 const maxIntentID = 96
 
@@ -127,7 +125,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
 		rec.DeliverByMS = is.DeliverByMS
 	}
-	data, err := jsonMarshal(rec)
+	data, err := json.Marshal(rec)
 	if err != nil {
 		return nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
 	}

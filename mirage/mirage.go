@@ -2,6 +2,7 @@ package mirage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -355,7 +356,7 @@ func (m *Mirage) wakeWaiters() {
 // published next, is what users wait on, and a Mirage that restarts before the record is
 // stored finds the intent complete again from EDGE_EVT.
 func (m *Mirage) putIntent(rec *IntentRecord) error {
-	data, err := jsonMarshal(rec)
+	data, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}

@@ -144,7 +144,7 @@ func matchList(scope string, fleet []GhostRecord, now time.Time) ([]string, erro
 			}
 		default:
 			if err := subjects.ValidateGhostID(part); err != nil {
-				return nil, scopeError("%s", idReason(err))
+				return nil, scopeError("%s", subjects.Reason(err))
 			}
 			ids = append(ids, part)
 		}
@@ -242,10 +242,4 @@ func distinctSorted(ids []string) []string {
 		}
 	}
 	return out
-}
-
-func idReason(err error) string {
-	msg := err.Error()
-	prefix := subjects.ErrInvalidID.Error() + ": "
-	return strings.TrimPrefix(msg, prefix)
 }

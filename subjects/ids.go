@@ -14,6 +14,12 @@ import (
 // ErrInvalidID is wrapped by every identifier validation error.
 var ErrInvalidID = errors.New("invalid identifier")
 
+// Reason returns a validation error's message without the ErrInvalidID prefix, to follow
+// a field or flag name.
+func Reason(err error) string {
+	return strings.TrimPrefix(err.Error(), ErrInvalidID.Error()+": ")
+}
+
 const maxIDLen = 64
 
 // ValidateGhostID checks a ghost_id: 1-64 characters of A-Z a-z 0-9 - _, starting with a

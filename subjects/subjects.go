@@ -29,7 +29,6 @@ const (
 	prefixRegister  = "reg"
 	prefixHeartbeat = "hb"
 	prefixReport    = "report"
-	prefixGhostCtl  = "ghost"
 	prefixAttach    = "attach"
 )
 
@@ -62,9 +61,6 @@ func Report(intentID string) string { return prefixReport + "." + intentID }
 
 // AttachGhost is where Mirage asks a headless Ghost to register (request/reply).
 func AttachGhost(ghostID string) string { return prefixAttach + "." + ghostID }
-
-// GhostControl is where a Ghost answers direct control requests (attach).
-func GhostControl(ghostID string) string { return prefixGhostCtl + "." + ghostID + ".control" }
 
 // GhostFrom returns the ghost_id carried by a per-Ghost subject such as evt.<id>.
 func GhostFrom(subject string) (string, error) {

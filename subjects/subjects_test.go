@@ -218,7 +218,7 @@ func TestBuilders(t *testing.T) {
 		{Register("edge-1"), "reg.edge-1"},
 		{Heartbeat("edge-1"), "hb.edge-1"},
 		{Report("int_abc"), "report.int_abc"},
-		{GhostControl("edge-1"), "ghost.edge-1.control"},
+		{AttachGhost("edge-1"), "attach.edge-1"},
 		{AllCommands, "cmd.*"},
 		{AllEvents, "evt.*"},
 		{AllRegisters, "reg.*"},

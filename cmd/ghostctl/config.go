@@ -64,7 +64,7 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 		return nil, bad("id", "missing: every Ghost needs an id")
 	}
 	if err := subjects.ValidateGhostID(cfg.ID); err != nil {
-		return nil, bad("id", "%s", strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+		return nil, bad("id", "%s", subjects.Reason(err))
 	}
 	switch cfg.Policy {
 	case ghost.PolicyHeadless, ghost.PolicyAuto, ghost.PolicyRequired:
@@ -109,7 +109,7 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 	}
 	for i, ref := range cfg.BootSeeds {
 		if _, _, err := control.ParseRef(ref); err != nil {
-			return nil, bad(fmt.Sprintf("boot_seeds[%d]", i), "%q: %s (use ID or ID@VERSION)", ref, strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+			return nil, bad(fmt.Sprintf("boot_seeds[%d]", i), "%q: %s (use ID or ID@VERSION)", ref, subjects.Reason(err))
 		}
 	}
 	for k, v := range cfg.Labels {

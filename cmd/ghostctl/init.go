@@ -40,7 +40,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := subjects.ValidateGhostID(id); err != nil {
-				return cli.Invalid("--id: %s", strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+				return cli.Invalid("--id: %s", subjects.Reason(err))
 			}
 			switch policy {
 			case ghost.PolicyHeadless, ghost.PolicyAuto, ghost.PolicyRequired:

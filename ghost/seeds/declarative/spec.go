@@ -232,7 +232,7 @@ func Parse(data []byte) (*Spec, error) {
 		return nil, bad("id", "missing: every seed needs an id (lowercase a-z 0-9 . _ -)")
 	}
 	if err := ValidateSeedID(s.ID); err != nil {
-		return nil, bad("id", "%s", strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+		return nil, bad("id", "%s", subjects.Reason(err))
 	}
 	if strings.TrimSpace(s.Name) == "" || len(s.Name) > 128 || strings.ContainsAny(s.Name, "\r\n") {
 		return nil, bad("name", "must be one line of 1-128 characters")
@@ -305,7 +305,7 @@ var goTypes = map[string]string{"string": "a string", "bool": "true or false", "
 func (s *Spec) operation(name string, ro rawOperation) (*Operation, error) {
 	key := "operations." + name
 	if err := subjects.ValidateOperation(name); err != nil {
-		return nil, bad(key, "%s", strings.TrimPrefix(err.Error(), subjects.ErrInvalidID.Error()+": "))
+		return nil, bad(key, "%s", subjects.Reason(err))
 	}
 	op := &Operation{Name: name, Description: ro.Description, Argv: ro.Argv, Env: ro.Env, Timeout: DefaultTimeout, patterns: map[string]*regexp.Regexp{}}
 	if strings.TrimSpace(op.Description) == "" {
