@@ -53,6 +53,8 @@ func GhostPermissions(id string) *server.Permissions {
 			subjects.Announce,
 			GhostInbox(id) + ".>",
 		}},
+		// Replies to the requests a Ghost serves (attach).
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }
 

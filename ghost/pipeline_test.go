@@ -220,7 +220,7 @@ func TestPipelineCommands(t *testing.T) {
 				tc.mutate(cmd)
 			}
 			out := f.p.Run(context.Background(), cmd)
-	out.Wait()
+			out.Wait()
 			out.Wait()
 			ev := out.Event
 			checkEvent(t, cmd, ev)

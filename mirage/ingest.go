@@ -207,7 +207,7 @@ func (m *Mirage) replay(ctx context.Context, start time.Time) error {
 		for msg := range batch.Messages() {
 			got++
 			var ev bus.Event
-			if bus.Decode(msg.Data(), &ev) == nil {
+			if bus.Decode(msg.Data(), &ev) == nil && m.verifyEvent(&ev, msg.Data(), msg.Headers()) == nil {
 				m.mu.Lock()
 				if li, ok := m.live[ev.IntentID]; ok {
 					if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {

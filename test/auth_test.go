@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"testing"
@@ -301,4 +302,26 @@ func TestAuthForgedEventIsNotCounted(t *testing.T) {
 	if r.Counts.Success != 0 || r.Counts.Timeout != 1 {
 		t.Fatalf("a forged event was counted: %s %+v", r.Summary, r.Counts)
 	}
+}
+
+// attach works under auth: the headless Ghost answers Mirage's request on its own
+// attach subject, which its permissions allow it to reply to.
+func TestAuthAttachHeadlessGhost(t *testing.T) {
+	f := newAuthFleet(t, "ghost-h")
+	key := f.keys["ghost-h"]
+	nc := f.env.URLConn("ghost ghost-h", "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-h")))
+	f.env.StartGhost("ghost-h", testenv.Via(nc), testenv.Policy(ghost.PolicyHeadless), testenv.Tune(func(c *ghost.Config) {
+		c.Identity = key
+		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
+	}))
+	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "ghost-h"})
+	msg, err := f.op.Request(subjects.Attach, data, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct{ Status, Reason string }
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+		t.Fatalf("attach under auth: %s", msg.Data)
+	}
+	testenv.Eventually(t, 3*time.Second, "ghost-h registered", func() bool { _, ok := f.m.Fleet().Get("ghost-h"); return ok })
 }

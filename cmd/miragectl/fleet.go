@@ -26,7 +26,7 @@ func newFleet() *cobra.Command {
 public nkey that 'ghostctl init' printed; 'fleet rm' revokes it. With 'miragectl up --auth'
 both take effect at once: a revoked Ghost is disconnected and refused. For an external
 server or cluster, 'fleet auth-config' prints the authorization block to install there.
-These requests need the operator key (--nkey DATA_DIR/operator.nk).`,
+These requests need the operator key (--nkey DATA_DIR/keys/operator.nk).`,
 	}
 	c.AddCommand(newFleetAdd(), newFleetRm(), newFleetLs(), newFleetAuthConfig())
 	return c

@@ -30,7 +30,7 @@ type clientFlags struct {
 
 func (f *clientFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.server, "server", "", "NATS server URL (default $NATS_URL, else "+bus.DefaultURL+")")
-	c.Flags().StringVar(&f.nkey, "nkey", "", "nkey seed file to authenticate with (default $EDGE_NKEY; with 'up --auth', DATA_DIR/operator.nk)")
+	c.Flags().StringVar(&f.nkey, "nkey", "", "nkey seed file to authenticate with (default $EDGE_NKEY; 'up --auth' writes the operator's as DATA_DIR/keys/operator.nk)")
 }
 
 // connect opens the client connection, authenticated with --nkey when given.
@@ -68,6 +68,6 @@ refused by Mirage, 3 NATS unreachable or no Mirage answered.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Invalid("%v", err) })
-	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts(), newIntents(), newFleet(), newSeed(), newAttach())
+	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts(), newIntents(), newFleet(), newSeed(), newAttach(), newBench())
 	return root
 }

@@ -55,6 +55,7 @@ var upFlagKeys = map[string]string{
 	"sync-interval":      "sync_interval",
 	"replicas":           "replicas",
 	"log-format":         "log_format",
+	"metrics-listen":     "metrics_listen",
 	"log-level":          "log_level",
 	"production":         "production",
 	"tls-cert":           "nats_tls_cert",
@@ -105,7 +106,7 @@ faster, but an OS crash can lose the last interval's writes.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, auth, sync, sync_interval, log_format, log_level, production, nats_tls_cert, nats_tls_key, nats_tls_ca, nats_tls_verify_clients)")
+	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, auth, sync, sync_interval, replicas, metrics_listen, log_format, log_level, production, nats_tls_cert, nats_tls_key, nats_tls_ca, nats_tls_verify_clients)")
 	f.String("server", "", "run against this NATS server (or cluster) instead of an embedded one")
 	f.String("nats-listen", bus.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
 	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
