@@ -30,7 +30,8 @@ var AllPhases = []string{PhaseRaw, PhaseE2E, PhaseFanout, PhaseRSS}
 type Config struct {
 	// Sync is bus.SyncAlways or bus.SyncInterval (the server's default interval).
 	Sync string
-	// Intents is how many intents (and raw double hops) the throughput runs send.
+	// Intents is how many intents the e2e throughput run sends; the raw one sends five
+	// times as many double hops, so that it lasts long enough to be steady.
 	Intents int
 	// Sequential is how many are sent one at a time for the latency percentiles.
 	Sequential int

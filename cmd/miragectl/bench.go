@@ -112,7 +112,7 @@ docs/performance.md explains each figure and the targets.`,
 		},
 	}
 	c.Flags().StringVar(&syncMode, "sync", bus.SyncAlways, "JetStream sync: always (fsync every write) or interval (the server's default interval)")
-	c.Flags().IntVar(&intents, "intents", bench.Full.Intents, "intents (and raw double hops) of the throughput runs; a quarter of them run one at a time for latency")
+	c.Flags().IntVar(&intents, "intents", bench.Full.Intents, "intents of the e2e throughput run (the raw run sends 5× as many double hops); a quarter as many run one at a time for latency")
 	c.Flags().IntSliceVar(&ghosts, "ghosts", bench.Full.Ghosts, "fleet sizes of the fan-out runs (with --quick: 100,500)")
 	c.Flags().StringSliceVar(&phases, "phases", []string{"all"}, "phases to run: raw, e2e, fanout, rss (the figures of the others stay 0)")
 	c.Flags().BoolVar(&quick, "quick", false, "small counts: a few seconds, for CI")
