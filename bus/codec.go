@@ -6,6 +6,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -106,15 +107,27 @@ func checkKeyCase(data []byte, t reflect.Type) error {
 	return nil
 }
 
+// fieldCache holds jsonFields per type: envelopes are decoded on every hop.
+var fieldCache sync.Map // reflect.Type → map[string]reflect.Type
+
 // jsonFields maps the JSON names of a struct's fields (embedded structs flattened) to
 // their types.
 func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if m, ok := fieldCache.Load(t); ok {
+		return m.(map[string]reflect.Type)
+	}
+	m := buildFields(t)
+	fieldCache.Store(t, m)
+	return m
+}
+
+func buildFields(t reflect.Type) map[string]reflect.Type {
 	out := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name := strings.Split(f.Tag.Get("json"), ",")[0]
 		if f.Anonymous && name == "" {
-			for k, v := range jsonFields(f.Type) {
+			for k, v := range buildFields(f.Type) {
 				out[k] = v
 			}
 			continue

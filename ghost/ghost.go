@@ -34,8 +34,9 @@ type Config struct {
 	Policy  string
 	// HeartbeatInterval between heartbeats (default 5 s).
 	HeartbeatInterval time.Duration
-	// RegisterTimeout bounds the wait for register.ack (default 2 s per attempt; with
-	// PolicyRequired the Ghost retries for 5 times that).
+	// RegisterTimeout bounds the wait for register.ack (default 10 s: a Mirage taking in a
+	// whole fleet at once answers in batches); with PolicyRequired it is also how long
+	// the Ghost tries before it gives up.
 	RegisterTimeout time.Duration
 	// MaxConcurrent bounds executions running at once (default 64).
 	MaxConcurrent int
@@ -65,7 +66,7 @@ func (c *Config) defaults() {
 		c.HeartbeatInterval = 5 * time.Second
 	}
 	if c.RegisterTimeout <= 0 {
-		c.RegisterTimeout = 2 * time.Second
+		c.RegisterTimeout = 10 * time.Second
 	}
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 64

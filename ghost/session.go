@@ -55,9 +55,9 @@ func (g *Ghost) register(ctx context.Context) error {
 	return nil
 }
 
-// registerRequired retries registration for five register timeouts, then gives up.
+// registerRequired retries registration until the register timeout, then gives up.
 func (g *Ghost) registerRequired(ctx context.Context) error {
-	deadline := time.Now().Add(5 * g.cfg.RegisterTimeout)
+	deadline := time.Now().Add(g.cfg.RegisterTimeout)
 	var last error
 	for time.Now().Before(deadline) {
 		if last = g.register(ctx); last == nil {
@@ -72,7 +72,7 @@ func (g *Ghost) registerRequired(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("policy is required and %w within %s: is Mirage running and reachable? (%v)", ErrNoMirage, 5*g.cfg.RegisterTimeout, last)
+	return fmt.Errorf("policy is required and %w within %s: is Mirage running and reachable? (%v)", ErrNoMirage, g.cfg.RegisterTimeout, last)
 }
 
 // Registered reports whether a Mirage acknowledged this Ghost's registration.
