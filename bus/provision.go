@@ -2,9 +2,11 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/subjects"
@@ -36,16 +38,28 @@ const (
 
 // AssetConfig says how the assets are provisioned.
 type AssetConfig struct {
-	// Replicas is 1 on an embedded server, 3 on a cluster.
+	// Replicas is 1 on an embedded server, 3 on a cluster (at most MaxReplicas).
 	Replicas int
 }
 
+// MaxReplicas is the most copies JetStream keeps of an asset.
+const MaxReplicas = 5
+
+// ErrReplicas is wrapped by EnsureAssets when the server or cluster cannot keep the asked
+// number of copies; the message names the number asked and what the server offers.
+var ErrReplicas = errors.New("replicas")
+
 // EnsureAssets creates or updates the streams, KV buckets and object store edgectl uses. It is
-// idempotent: running it against provisioned assets changes nothing.
+// idempotent: running it against provisioned assets changes nothing, and a changed replica
+// count scales the existing assets. A count the server cannot place fails with ErrReplicas
+// before anything else is changed (EDGE_CMD is provisioned first).
 func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) error {
 	r := cfg.Replicas
 	if r <= 0 {
 		r = 1
+	}
+	if r > MaxReplicas {
+		return fmt.Errorf("%w: %d asked, but JetStream keeps at most %d copies of a stream", ErrReplicas, r, MaxReplicas)
 	}
 	streams := []jetstream.StreamConfig{
 		{Name: StreamCommands, Subjects: []string{subjects.AllCommands}, Description: "edgectl commands, Mirage to Ghost",
@@ -60,8 +74,11 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		sc.Replicas = r
 		sc.Retention = jetstream.LimitsPolicy
 		sc.Discard = jetstream.DiscardOld
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("provision stream %s (replicas %d): %w", sc.Name, r, err)
+		if err := provision(ctx, js, "stream "+sc.Name, sc.Name, r, func() error {
+			_, err := js.CreateOrUpdateStream(ctx, sc)
+			return err
+		}); err != nil {
+			return err
 		}
 	}
 	buckets := []jetstream.KeyValueConfig{
@@ -73,14 +90,109 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		kc.Storage = jetstream.FileStorage
 		kc.Replicas = r
 		kc.MaxValueSize = MaxEnvelope
-		if _, err := js.CreateOrUpdateKeyValue(ctx, kc); err != nil {
-			return fmt.Errorf("provision KV bucket %s (replicas %d): %w", kc.Bucket, r, err)
+		if err := provision(ctx, js, "KV bucket "+kc.Bucket, "KV_"+kc.Bucket, r, func() error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, kc)
+			return err
+		}); err != nil {
+			return err
 		}
 	}
 	oc := jetstream.ObjectStoreConfig{Bucket: BucketSeeds, Description: "edgectl declarative seeds: specs and files, key = <seed id>/<version>/...",
 		Storage: jetstream.FileStorage, Replicas: r}
-	if _, err := js.CreateOrUpdateObjectStore(ctx, oc); err != nil {
-		return fmt.Errorf("provision object store %s (replicas %d): %w", oc.Bucket, r, err)
+	return provision(ctx, js, "object store "+oc.Bucket, "OBJ_"+oc.Bucket, r, func() error {
+		_, err := js.CreateOrUpdateObjectStore(ctx, oc)
+		return err
+	})
+}
+
+// provisionPatience is how long provisioning waits for a JetStream cluster that has no
+// meta leader yet (its servers were started together with Mirage).
+const provisionPatience = 30 * time.Second
+
+// Server error codes that provisioning translates (nats-server's jetstream_errors.json).
+const (
+	errCodeNoPeers            jetstream.ErrorCode = 10005 // no suitable peers for placement
+	errCodeClusterUnavailable jetstream.ErrorCode = 10008 // JetStream system temporarily unavailable
+	errCodeInsufficient       jetstream.ErrorCode = 10023 // insufficient resources
+	errCodeReplicasStandalone jetstream.ErrorCode = 10074 // replicas > 1 not supported in non-clustered mode
+)
+
+// provision runs one create-or-update, retrying while a cluster forms or elects its meta
+// leader (for at most provisionPatience), and turns the server's placement errors into one
+// line that says what to change. With replicas it then waits for the copies (waitPlaced).
+func provision(ctx context.Context, js jetstream.JetStream, what, stream string, replicas int, create func() error) error {
+	deadline := time.Now().Add(provisionPatience)
+	for {
+		err := create()
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil && replicas > 1:
+			return waitPlaced(ctx, js, what, stream, replicas, deadline)
+		case err == nil:
+			return nil
+		case errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeReplicasStandalone:
+			return fmt.Errorf("%w: %d asked for %s, but the NATS server is not clustered and keeps 1 copy: set replicas to 1, or run against a JetStream cluster of at least %d servers", ErrReplicas, replicas, what, replicas)
+		case errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeNoPeers || apiErr.ErrorCode == errCodeInsufficient) && replicas > 1:
+			return fmt.Errorf("%w: %d asked for %s, but %s cannot place %d copies (%s): it has fewer than %d JetStream servers online with room; start the missing servers, or set replicas to at most the number of servers that are up", ErrReplicas, replicas, what, clusterName(js), replicas, apiErr.Description, replicas)
+		case retryable(err) && time.Now().Before(deadline) && ctx.Err() == nil:
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
+		return fmt.Errorf("provision %s (replicas %d): %w", what, replicas, err)
 	}
-	return nil
+}
+
+// waitPlaced waits until stream has its leader, all its peers placed, and a majority of
+// them current: a stream just scaled up refuses new consumers until then. It does not wait
+// for every peer, so that Mirage starts while one server of the cluster is down.
+func waitPlaced(ctx context.Context, js jetstream.JetStream, what, stream string, replicas int, deadline time.Time) error {
+	var seen string
+	for {
+		s, err := js.Stream(ctx, stream)
+		if err == nil {
+			var info *jetstream.StreamInfo
+			if info, err = s.Info(ctx); err == nil && info.Cluster != nil {
+				current := 1 // the leader
+				for _, p := range info.Cluster.Replicas {
+					if p.Current && !p.Offline {
+						current++
+					}
+				}
+				peers := 1 + len(info.Cluster.Replicas)
+				if info.Cluster.Leader != "" && peers >= replicas && current > replicas/2 {
+					return nil
+				}
+				seen = fmt.Sprintf("leader %q, %d of %d peers placed, %d current", info.Cluster.Leader, peers, replicas, current)
+			}
+		}
+		if err != nil {
+			seen = err.Error()
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%w: %s was not placed on %d servers within %s (%s)", ErrReplicas, what, replicas, provisionPatience, seen)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// retryable errors are those of a cluster that is still forming or electing a leader.
+func retryable(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode == errCodeClusterUnavailable
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders)
+}
+
+func clusterName(js jetstream.JetStream) string {
+	if name := js.Conn().ConnectedClusterName(); name != "" {
+		return fmt.Sprintf("the JetStream cluster %q", name)
+	}
+	return "the JetStream cluster"
 }

@@ -1,0 +1,190 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// Cluster is an in-process JetStream cluster: embedded nats-servers routed to each other
+// on loopback, each with its own name, ports and store. A node can be stopped and started
+// again on the same ports and store, as an operator would restart a server.
+type Cluster struct {
+	T     testing.TB
+	Name  string
+	Dir   string
+	Log   *slog.Logger
+	nodes []*clusterNode
+}
+
+type clusterNode struct {
+	name       string
+	clientPort int
+	routePort  int
+	store      string
+	srv        *bus.Server
+}
+
+// NewCluster starts n routed servers and waits until JetStream has a meta leader and
+// every server is current. Everything is stopped at cleanup.
+func NewCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{T: t, Name: "edge", Dir: t.TempDir(), Log: Logger(t)}
+	for i := range n {
+		c.nodes = append(c.nodes, &clusterNode{
+			name:       fmt.Sprintf("n%d", i+1),
+			clientPort: FreePort(t),
+			routePort:  FreePort(t),
+			store:      filepath.Join(c.Dir, fmt.Sprintf("n%d", i+1)),
+		})
+	}
+	for i := range c.nodes {
+		c.Start(i)
+	}
+	t.Cleanup(func() {
+		for i := range c.nodes {
+			c.Stop(i)
+		}
+	})
+	c.WaitReady(60 * time.Second)
+	return c
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start starts node i (again), on its ports and store.
+func (c *Cluster) Start(i int) {
+	c.T.Helper()
+	n := c.nodes[i]
+	var routes []string
+	for _, o := range c.nodes {
+		if o != n {
+			routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.routePort))
+		}
+	}
+	srv, err := bus.StartServer(bus.ServerConfig{
+		Listen:     fmt.Sprintf("127.0.0.1:%d", n.clientPort),
+		StoreDir:   n.store,
+		ServerName: n.name,
+		Logger:     c.Log.With("server", n.name),
+		Customize: func(o *server.Options) error {
+			o.Cluster = server.ClusterOpts{Name: c.Name, Host: "127.0.0.1", Port: n.routePort}
+			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+			return nil
+		},
+	})
+	if err != nil {
+		c.T.Fatalf("start cluster node %s: %v", n.name, err)
+	}
+	n.srv = srv
+}
+
+// Stop shuts node i down and waits (idempotent): to the others it is a server that died.
+func (c *Cluster) Stop(i int) {
+	if s := c.nodes[i].srv; s != nil {
+		s.Shutdown()
+		s.WaitForShutdown()
+	}
+}
+
+// Server returns node i's running server (nil before it first started).
+func (c *Cluster) Server(i int) *bus.Server { return c.nodes[i].srv }
+
+// NodeName is the server_name of node i.
+func (c *Cluster) NodeName(i int) string { return c.nodes[i].name }
+
+// Index returns the node whose server_name is name, or -1.
+func (c *Cluster) Index(name string) int {
+	for i, n := range c.nodes {
+		if n.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// URLs lists every node's client URL, node first first, comma-separated: a connection
+// given all of them fails over to the next when its server goes away.
+func (c *Cluster) URLs(first int) string {
+	urls := make([]string, 0, len(c.nodes))
+	for k := range c.nodes {
+		n := c.nodes[(first+k)%len(c.nodes)]
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", n.clientPort))
+	}
+	return strings.Join(urls, ",")
+}
+
+// Conn opens a daemon-like socket connection that prefers node first (the URLs are tried
+// in order) and knows every node.
+func (c *Cluster) Conn(name string, first int) *nats.Conn {
+	c.T.Helper()
+	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: c.URLs(first), Name: name, Persistent: true, Logger: c.Log,
+		Options: []nats.Option{nats.DontRandomize()}})
+	if err != nil {
+		c.T.Fatalf("connect %s: %v", name, err)
+	}
+	c.T.Cleanup(nc.Close)
+	return nc
+}
+
+// Env returns an Env for the helpers that take a connection (StartMirageOn, StartGhost
+// with Via, Events). Its own in-process connections would go to node 0 only, so tests on
+// a cluster pass Cluster.Conn connections instead.
+func (c *Cluster) Env() *Env {
+	return &Env{T: c.T, Server: c.nodes[0].srv, Dir: c.Dir, Log: c.Log}
+}
+
+// WaitReady waits until every running node reports JetStream healthy (meta leader known,
+// node current) and one of them is the meta leader.
+func (c *Cluster) WaitReady(timeout time.Duration) {
+	c.T.Helper()
+	Eventually(c.T, timeout, "the JetStream cluster to be ready", func() bool {
+		leader := false
+		for _, n := range c.nodes {
+			if n.srv == nil || !n.srv.Running() {
+				continue
+			}
+			if h := n.srv.Healthz(nil); h.Status != "ok" {
+				return false
+			}
+			leader = leader || n.srv.JetStreamIsLeader()
+		}
+		return leader
+	})
+}
+
+// StreamLeader returns the index of the node leading stream name.
+func (c *Cluster) StreamLeader(js jetstream.JetStream, name string) int {
+	c.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		c.T.Fatalf("stream %s: %v", name, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		c.T.Fatalf("stream %s info: %v (cluster %+v)", name, err, info)
+	}
+	return c.Index(info.Cluster.Leader)
+}
