@@ -52,12 +52,24 @@ func (m *Mirage) onIssue(msg *nats.Msg) {
 		reject(err)
 		return
 	}
-	rec, err := m.accept(&is, steps)
+	rec, units, err := m.accept(&is, steps)
 	if err != nil {
 		reject(err)
 		return
 	}
+	// The intent is recorded: answer now, then dispatch. A slow store (a stream leader
+	// failing over) delays the commands, not the answer; a crash before they are stored
+	// is repaired by the next Mirage's recovery.
 	reply(&bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: rec.IntentID, Status: "accepted", Targets: rec.Targets})
+	m.send(rec, units)
+}
+
+// sameIssue reports whether two issues ask for the same thing (a client re-sending an
+// issue whose answer it did not get).
+func sameIssue(a, b *bus.Issue) bool {
+	x, _ := json.Marshal([]any{a.Actor, a.TargetScope, a.Objective, a.Plan, a.MaxConcurrency, a.MaxErrors, a.TimeoutMS})
+	y, _ := json.Marshal([]any{b.Actor, b.TargetScope, b.Objective, b.Plan, b.MaxConcurrency, b.MaxErrors, b.TimeoutMS})
+	return string(x) == string(y)
 }
 
 // maxUnits bounds the commands one intent may carry (steps × targets).
@@ -92,8 +104,9 @@ func (m *Mirage) plan(is *bus.Issue) ([]StepRecord, error) {
 	return steps, nil
 }
 
-// accept records the intent, starts following it, and dispatches what its rollout allows.
-func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error) {
+// accept records the intent and starts following it; it returns the units its rollout
+// allows to start now.
+func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, []int, error) {
 	now := m.cfg.Now()
 	rec := &IntentRecord{
 		IntentID:   is.IntentID,
@@ -109,17 +122,17 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error
 		widest = max(widest, len(st.Targets))
 	}
 	if len(rec.Targets) > maxUnits {
-		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
+		return nil, nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
 	}
 	var err error
 	if rec.MaxConcurrency, err = bus.ParseLimit(is.MaxConcurrency, widest, 0); err != nil {
-		return nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
+		return nil, nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
 	}
 	if is.MaxConcurrency != "" && rec.MaxConcurrency == 0 {
 		rec.MaxConcurrency = 1 // "0%" of a small fleet still lets the rollout move
 	}
 	if rec.MaxErrors, err = bus.ParseLimit(is.MaxErrors, widest, -1); err != nil {
-		return nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
+		return nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
@@ -127,18 +140,22 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
-		return nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
+		return nil, nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
 	}
 	if len(data) > bus.MaxEnvelope {
-		return nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
+		return nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
+			if prior, perr := m.Intent(ctx, rec.IntentID); perr == nil && sameIssue(&prior.Issue, is) {
+				m.log.Info("issue re-sent for a recorded intent: accepted again", "intent_id", rec.IntentID)
+				return prior, nil, nil
+			}
+			return nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
 		}
-		return nil, bus.Errorf(bus.CodeInternal, "record intent: %v", err)
+		return nil, nil, bus.Errorf(bus.CodeInternal, "record intent: %v", err)
 	}
 	li := newLiveIntent(*rec)
 	m.mu.Lock()
@@ -148,8 +165,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, error
 	li.dirty = li.waiting != "" // the first report comes with results, or says why it waits
 	m.mu.Unlock()
 	m.log.Info("intent accepted", "direction", "in", "peer", is.Actor, "message_type", bus.TypeIssue, "message_id", is.MessageID, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(rec.Targets), "steps", len(steps), "seed", steps[0].Objective.SeedSelector, "operation", steps[0].Objective.Operation)
-	m.send(rec, units)
-	return rec, nil
+	return rec, units, nil
 }
 
 // send dispatches units; on failure it keeps retrying in the background with the same
@@ -158,7 +174,9 @@ func (m *Mirage) send(rec *IntentRecord, units []int) {
 	if len(units) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Bounded, so a stream without a leader does not hold intake: what is not stored by
+	// then is re-sent in the background under the same command ids.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+time.Duration(len(units))*time.Millisecond)
 	defer cancel()
 	if err := m.dispatch(ctx, rec, units); err != nil {
 		m.log.Warn("dispatch incomplete; retrying", "intent_id", rec.IntentID, "err", err)

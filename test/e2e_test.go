@@ -144,3 +144,30 @@ func TestExecutionTimeoutEnforced(t *testing.T) {
 		t.Fatalf("report %s, result %+v", rep.Summary, r)
 	}
 }
+
+// A client that re-sends an issue whose answer it lost gets the same intent accepted
+// again, not a second intent and not a refusal; a different issue under that id is refused.
+func TestReSentIssueIsAcceptedOnce(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-r")
+	client := env.Client()
+	is := testenv.NewIssue("edge-r", "seed.kv", "incr", map[string]string{"key": "once"}, 10*time.Second)
+	first, err := client.Issue(context.Background(), is)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := client.Issue(context.Background(), is)
+	if err != nil || again.IntentID != first.IntentID {
+		t.Fatalf("re-sent issue: %+v %v", again, err)
+	}
+	r := waitReport(t, client, is.IntentID, 15*time.Second)
+	if r.Phase != bus.PhaseSatisfied || r.Results[0].Stdout != "1" {
+		t.Fatalf("%s %+v", r.Summary, r.Results)
+	}
+	other := *is
+	other.Objective.Args = map[string]string{"key": "other"}
+	if _, err := client.Issue(context.Background(), &other); !errors.Is(err, mirage.ErrRejected) {
+		t.Fatalf("a different issue under an existing id: %v", err)
+	}
+}

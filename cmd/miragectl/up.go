@@ -245,7 +245,11 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		url = ns.ClientURL()
 	}
 	log.Info("edgectl up", "component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost, "production", cfg.Production, "tls", cfg.tlsFiles().Enabled(), "mtls", cfg.TLSVerifyClients)
-	fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", url, LocalGhostID)
+	if cfg.NoLocalGhost {
+		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; Ghosts that register appear in: miragectl ghosts\n", url)
+	} else {
+		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", url, LocalGhostID)
+	}
 	if auth != nil {
 		auth.explain(os.Stderr, url)
 	}

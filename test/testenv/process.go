@@ -67,6 +67,8 @@ func Start(t testing.TB, bin string, args ...string) *Process {
 	p.cmd.Stdout = lockedWriter{p}
 	p.cmd.Stderr = lockedWriter{p}
 	p.cmd.Env = append(os.Environ(), "NATS_URL=")
+	// If the test binary dies, its processes die with it instead of outliving CI.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
