@@ -3,6 +3,8 @@ package test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -238,7 +240,7 @@ func TestSingleNodeWithRealBinaries(t *testing.T) {
 	url := d.url(4222)
 
 	up := testenv.Start(t, d.miragectl, "up", "--config", testenv.RepoPath("deploy/config/mirage.toml"),
-		"--server", url, "--replicas", "1", "--data-dir", d.dataDir, "--log-format", "text")
+		"--server", url, "--replicas", "1", "--data-dir", d.dataDir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0")
 	waitUp(t, up)
 	ghostConf := d.enroll("edge-1", url)
 	d.authConfig(url)
@@ -279,7 +281,7 @@ func TestClusterRunbookWithRealBinaries(t *testing.T) {
 	urls := strings.Join([]string{d.url(4222), d.url(4223), d.url(4224)}, ",")
 
 	up := testenv.Start(t, d.miragectl, "up", "--config", testenv.RepoPath("deploy/config/mirage.toml"),
-		"--server", urls, "--data-dir", d.dataDir, "--log-format", "text")
+		"--server", urls, "--data-dir", d.dataDir, "--log-format", "text", "--metrics-listen", "127.0.0.1:0")
 	waitUp(t, up)
 	cfgs := []string{d.enroll("edge-1", urls), d.enroll("edge-2", urls)}
 	d.authConfig(urls)
@@ -311,6 +313,20 @@ func TestClusterRunbookWithRealBinaries(t *testing.T) {
 	satisfied("with one server stopped")
 	servers[1] = testenv.StartNATSServer(t, d.bin, confs[1], d.ports[8223])
 	satisfied("after it came back")
+	// The runbook's metrics check: the counters moved with the intents.
+	m := regexp.MustCompile(`url=(http://127\.0\.0\.1:[0-9]+/metrics)`).FindStringSubmatch(up.Output())
+	if m == nil {
+		t.Fatalf("miragectl up did not log its metrics address:\n%s", up.Output())
+	}
+	resp, err := http.Get(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`(?m)^edgectl_mirage_intents_finished_total\{phase="satisfied"\} [1-9]`).Match(body) {
+		t.Fatalf("metrics do not show satisfied intents:\n%s", body)
+	}
 	if code := up.Stop(30 * time.Second); code != 0 {
 		t.Errorf("miragectl up exited %d after SIGTERM", code)
 	}
