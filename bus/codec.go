@@ -44,8 +44,10 @@ func Decode(data []byte, m Envelope) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Errorf(CodeFraming, "envelope is not a JSON object")
 	}
-	if err := checkKeyCase(trimmed, reflect.TypeOf(m)); err != nil {
-		return err
+	if hasUpperKey(trimmed) {
+		if err := checkKeyCase(trimmed, reflect.TypeOf(m)); err != nil {
+			return err
+		}
 	}
 	if err := json.Unmarshal(trimmed, m); err != nil {
 		var te *json.UnmarshalTypeError
@@ -74,6 +76,31 @@ func jsonPath(field string) string {
 		}
 	}
 	return strings.Join(keep, ".")
+}
+
+// hasUpperKey reports whether any object key in data may contain an upper-case letter: a
+// quoted token followed by a colon. It may say yes for a string value that looks like a
+// key (the full check then decides), never no for a real key; envelopes, whose keys are
+// snake_case, pass in one scan without decoding.
+func hasUpperKey(data []byte) bool {
+	for i := 0; i < len(data); i++ {
+		if data[i] != ':' {
+			continue
+		}
+		j := i - 1
+		for j >= 0 && (data[j] == ' ' || data[j] == '\t' || data[j] == '\n' || data[j] == '\r') {
+			j--
+		}
+		if j < 0 || data[j] != '"' {
+			continue
+		}
+		for k := j - 1; k >= 0 && data[k] != '"'; k-- {
+			if (data[k] >= 'A' && data[k] <= 'Z') || data[k] == '\\' || data[k] >= 0x80 {
+				return true // upper case, or an escape or non-ASCII that may decode to it
+			}
+		}
+	}
+	return false
 }
 
 // checkKeyCase refuses a key that is not one of the envelope's field names but matches one

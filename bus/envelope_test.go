@@ -342,3 +342,9 @@ func TestDecodeVersion(t *testing.T) {
 		}
 	}
 }
+
+// A case-variant key hidden behind \u escapes is refused too.
+func TestDecodeRefusesEscapedCaseVariantKeys(t *testing.T) {
+	data := []byte(strings.Replace(string(readGolden(t, "command.json")), `"ghost_id"`, `"\u0047HOST_ID"`, 1))
+	expectError(t, bus.Decode(data, new(bus.Command)), bus.CodeFraming, "ghost_id")
+}

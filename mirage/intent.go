@@ -268,11 +268,31 @@ func (li *liveIntent) report(now time.Time) *bus.Report {
 		CompletionState: state,
 		Summary:         li.summary(phase, c),
 		Counts:          c,
-		Results:         append([]bus.TargetResult(nil), li.results...),
 	}
+	if li.done() || len(li.results) <= bigIntent {
+		r.Results = append([]bus.TargetResult(nil), li.results...)
+		fitReport(r)
+		return r
+	}
+	// A large intent in progress: its reports carry exact counts and the results that are
+	// not successes (what an operator acts on); the terminal report carries all that fit.
+	r.Results = []bus.TargetResult{}
+	for _, x := range li.results {
+		if x.Outcome != bus.OutcomeSuccess && x.Outcome != bus.OutcomePending {
+			r.Results = append(r.Results, x)
+		}
+	}
+	r.ResultsOmitted = len(li.results) - len(r.Results)
+	omitted := r.ResultsOmitted
+	r.ResultsOmitted = 0
 	fitReport(r)
+	r.ResultsOmitted += omitted
 	return r
 }
+
+// bigIntent is the number of targets above which in_progress reports list only the
+// results that are not successes.
+const bigIntent = 1000
 
 // capOutputs cuts every result's stdout and stderr to limit bytes.
 func capOutputs(r *bus.Report, limit int) {
