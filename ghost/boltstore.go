@@ -44,6 +44,14 @@ type BoltStore struct {
 	now       func() time.Time
 
 	pruneMu sync.Mutex
+
+	// Started executions of idempotent operations are kept in memory only: if the Ghost
+	// dies before they finish, the command is replayed and runs again, which such an
+	// operation allows. It saves one fsync per execution. Keyed by command_id and by
+	// execution_id.
+	mu         sync.Mutex
+	volatile   map[string]*Execution
+	volatileEx map[string]*Execution
 }
 
 // BoltOptions tune a BoltStore.
@@ -95,10 +103,33 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now}, nil
+	return &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
+		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{}}, nil
 }
 
 func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, error) {
+	if e.Idempotent {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if v, ok := s.volatile[e.CommandID]; ok {
+			return *v, false, nil
+		}
+		if prior, err := s.lookup(bucketCommand, e.CommandID); err == nil {
+			return prior, false, nil
+		} else if !errors.Is(err, ErrNotFound) {
+			return Execution{}, false, err
+		}
+		e.State = StateStarted
+		c := e
+		s.volatile[e.CommandID], s.volatileEx[e.ExecutionID] = &c, &c
+		return c, true, nil
+	}
+	return s.beginDurable(e)
+}
+
+// beginDurable records a started execution before it runs (non-idempotent operations and
+// refusals).
+func (s *BoltStore) beginDurable(e Execution) (Execution, bool, error) {
 	var existing Execution
 	fresh := false
 	err := s.db.Batch(func(tx *bolt.Tx) error {
@@ -106,7 +137,9 @@ func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, erro
 		if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
 			return getExec(tx, id, &existing)
 		}
-		e.State = StateStarted
+		if e.State == "" {
+			e.State = StateStarted
+		}
 		data, err := json.Marshal(&e)
 		if err != nil {
 			return err
@@ -130,6 +163,19 @@ func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, erro
 }
 
 func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event) error {
+	s.mu.Lock()
+	v, ok := s.volatileEx[executionID]
+	s.mu.Unlock()
+	if ok {
+		e := *v
+		e.State, e.FinishedMS, e.Event = StateFinished, ev.FinishedMS, ev
+		_, _, err := s.beginDurable(e)
+		s.mu.Lock()
+		delete(s.volatile, v.CommandID)
+		delete(s.volatileEx, executionID)
+		s.mu.Unlock()
+		return err
+	}
 	return s.update(executionID, func(e *Execution) {
 		e.State = StateFinished
 		e.FinishedMS = ev.FinishedMS
@@ -192,10 +238,22 @@ func (s *BoltStore) lookup(index []byte, key string) (Execution, error) {
 }
 
 func (s *BoltStore) GetExecution(_ context.Context, executionID string) (Execution, error) {
+	s.mu.Lock()
+	v, ok := s.volatileEx[executionID]
+	s.mu.Unlock()
+	if ok {
+		return *v, nil
+	}
 	return s.lookup(nil, executionID)
 }
 
 func (s *BoltStore) GetByCommandID(_ context.Context, commandID string) (Execution, error) {
+	s.mu.Lock()
+	v, ok := s.volatile[commandID]
+	s.mu.Unlock()
+	if ok {
+		return *v, nil
+	}
 	return s.lookup(bucketCommand, commandID)
 }
 

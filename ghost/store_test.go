@@ -6,7 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
+	"path/filepath"
 )
 
 func TestStoreUnknownIDs(t *testing.T) {
@@ -36,5 +38,63 @@ func TestEventIDStableAndDistinct(t *testing.T) {
 	}
 	if err := subjects.ValidateToken("event_id", a); err != nil || !strings.HasPrefix(a, subjects.PrefixEvent+"_") {
 		t.Fatalf("EventID %q is not a prefixed token: %v", a, err)
+	}
+}
+
+// The durable store writes "started" before a non-idempotent execution runs, so a crash
+// leaves it Unfinished; an idempotent one is only written when it finishes (a crash lets
+// it run again), and duplicates are caught before and after that.
+func TestBoltStoreStartedRecords(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "executions.db")
+	st, err := OpenBoltStore(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idem := Execution{ExecutionID: "exe_1", CommandID: "cmd_1", Idempotent: true, StartedMS: 1}
+	risky := Execution{ExecutionID: "exe_2", CommandID: "cmd_2", Idempotent: false, StartedMS: 1}
+	for _, e := range []Execution{idem, risky} {
+		if _, fresh, err := st.Begin(ctx, e); err != nil || !fresh {
+			t.Fatalf("begin %s: fresh %v err %v", e.CommandID, fresh, err)
+		}
+		if again, fresh, err := st.Begin(ctx, e); err != nil || fresh || again.ExecutionID != e.ExecutionID {
+			t.Fatalf("second begin of %s: %+v fresh %v err %v", e.CommandID, again, fresh, err)
+		}
+		if got, err := st.GetByCommandID(ctx, e.CommandID); err != nil || got.State != StateStarted {
+			t.Fatalf("started %s: %+v %v", e.CommandID, got, err)
+		}
+	}
+	// A crash: reopen without finishing.
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = OpenBoltStore(path, BoltOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.GetByCommandID(ctx, "cmd_1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an idempotent execution survived a crash unfinished: %v", err)
+	}
+	unfinished, err := st.Unfinished(ctx)
+	if err != nil || len(unfinished) != 1 || unfinished[0].CommandID != "cmd_2" {
+		t.Fatalf("unfinished after a crash: %+v %v", unfinished, err)
+	}
+	// An idempotent execution that finishes is durable and a duplicate afterwards.
+	if _, fresh, _ := st.Begin(ctx, idem); !fresh {
+		t.Fatal("re-run after the crash was refused")
+	}
+	ev := &bus.Event{EventID: "evt_1", FinishedMS: 2}
+	if err := st.Finish(ctx, "exe_1", ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = OpenBoltStore(path, BoltOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, fresh, err := st.Begin(ctx, idem)
+	if err != nil || fresh || got.State != StateFinished || got.Event == nil || got.Event.EventID != "evt_1" || !got.Idempotent {
+		t.Fatalf("finished idempotent execution after restart: %+v fresh %v err %v", got, fresh, err)
 	}
 }
