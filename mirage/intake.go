@@ -17,9 +17,25 @@ import (
 // maxIntentID leaves room for the derived command ids.
 const maxIntentID = 96
 
-// onIssue is issue intake: decode → validate → resolve targets → record → dispatch → reply.
-// A bad issue gets an immediate rejection naming the reason.
+// onIssue takes issues in up to cap(m.issues) at once: each waits on the store, and one
+// slow intent must not hold the others.
 func (m *Mirage) onIssue(msg *nats.Msg) {
+	select {
+	case m.issues <- struct{}{}:
+	case <-m.stop:
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer func() { <-m.issues }()
+		m.handleIssue(msg)
+	}()
+}
+
+// handleIssue is issue intake: decode → validate → resolve targets → record → reply →
+// dispatch. A bad issue gets an immediate rejection naming the reason.
+func (m *Mirage) handleIssue(msg *nats.Msg) {
 	var is bus.Issue
 	reply := func(r *bus.IssueReply) {
 		if data, err := bus.Encode(r); err == nil && msg.Reply != "" {

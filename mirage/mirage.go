@@ -72,9 +72,11 @@ type Mirage struct {
 	subs []*nats.Subscription
 	cc   jetstream.ConsumeContext
 
-	mu    sync.Mutex
-	live  map[string]*liveIntent
-	locks locks
+	mu      sync.Mutex
+	live    map[string]*liveIntent
+	locks   locks
+	reports chan *bus.Report
+	issues  chan struct{} // slots of issues handled at once
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -113,6 +115,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		stop:     stop,
 		live:     map[string]*liveIntent{},
 		locks:    locks{},
+		reports:  make(chan *bus.Report, 4096),
+		issues:   make(chan struct{}, 64),
 	}
 	return m, nil
 }
@@ -137,6 +141,8 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err := m.fleetChanged(); err != nil {
 		return err
 	}
+	m.wg.Add(1)
+	go m.publisher() // recovery may finish intents: their reports need it
 	if err := m.recover(ctx); err != nil {
 		return fmt.Errorf("recover open intents: %w", err)
 	}
@@ -240,18 +246,70 @@ func (m *Mirage) loop() {
 
 func (m *Mirage) publishDirty() {
 	now := m.cfg.Now()
-	var out []*bus.Report
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	for _, li := range m.live {
 		if li.dirty {
 			li.dirty = false
-			out = append(out, li.report(now))
+			m.enqueueReport(li.report(now))
 		}
 	}
-	m.mu.Unlock()
-	for _, r := range out {
-		m.publishReport(r)
+}
+
+// enqueueReport hands a report to the publisher. Called with m.mu held, so that the
+// reports of one intent are queued, and stored, in the order they were made.
+func (m *Mirage) enqueueReport(r *bus.Report) {
+	select {
+	case m.reports <- r:
+	case <-m.stop:
+		m.publishReport(r) // stopping: store it now
 	}
+}
+
+// publisher stores queued reports in order, each in flight without waiting for the one
+// before (a failed one is retried on its own). When Mirage stops it stores what is left.
+func (m *Mirage) publisher() {
+	defer m.wg.Done()
+	for {
+		select {
+		case r := <-m.reports:
+			m.publishAsync(r)
+		case <-m.stop:
+			for {
+				select {
+				case r := <-m.reports:
+					m.publishReport(r)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (m *Mirage) publishAsync(r *bus.Report) {
+	data, err := bus.Encode(r)
+	if err != nil {
+		m.log.Error("cannot encode report", "intent_id", r.IntentID, "err", err)
+		return
+	}
+	f, err := m.js.PublishMsgAsync(bus.NewMsg(subjects.Report(r.IntentID), data, r.MessageID, r.TraceID))
+	if err != nil {
+		m.publishReport(r)
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		select {
+		case <-f.Ok():
+			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
+		case <-f.Err():
+			m.publishReport(r) // same message id: stored once whatever happened
+		case <-time.After(10 * time.Second):
+			m.publishReport(r)
+		}
+	}()
 }
 
 // publishReport stores a report in EDGE_REPORT, retrying a few times.
@@ -303,12 +361,12 @@ func (m *Mirage) finish(intentID string) {
 	}
 	rec := li.rec
 	rec.Phase, rec.Counts, rec.Summary, rec.FinishedMS = rep.Phase, rep.Counts, rep.Summary, now.UnixMilli()
+	m.enqueueReport(rep)
 	m.mu.Unlock()
 	if err := m.putIntent(&rec); err != nil {
 		m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
 	}
 	m.cfg.Metrics.intentFinished(rep.Phase, outcomes)
-	m.publishReport(rep)
 	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
 	if released {
 		m.wakeWaiters()
