@@ -3,9 +3,9 @@ package fs
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/result"
 	"io"
 	iofs "io/fs"
 	"os"
@@ -117,32 +117,32 @@ func (s *Seed) Info() bus.SeedInfo {
 // Execute runs one operation.
 func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
 	if req == nil {
-		return failed(StatusFailed, bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
+		return result.Failed(StatusFailed, bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
 	}
 	if err := ctx.Err(); err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	switch req.Operation {
 	case "list":
 		prefix := req.Args["prefix"]
 		if len(prefix) > MaxPathLen {
-			return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.prefix", "is %d bytes, at most %d are allowed", len(prefix), MaxPathLen))
+			return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.prefix", "is %d bytes, at most %d are allowed", len(prefix), MaxPathLen))
 		}
 		return s.list(ctx, prefix)
 	case "write", "read", "delete":
 	default:
-		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
+		return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
 	}
 	rel := req.Args["path"]
 	if err := checkPath(rel); err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	if err := s.confine(rel); err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	root, err := os.OpenRoot(s.root)
 	if err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	defer root.Close()
 	name := filepath.FromSlash(rel)
@@ -150,10 +150,10 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 	case "write":
 		content, present := req.Args["content"]
 		if !present {
-			return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.content", "required by %s write but missing", ID))
+			return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.content", "required by %s write but missing", ID))
 		}
 		if len(content) > MaxContentSize {
-			return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.content", "is %d bytes, at most %d are allowed", len(content), MaxContentSize))
+			return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.content", "is %d bytes, at most %d are allowed", len(content), MaxContentSize))
 		}
 		return write(root, rel, name, content)
 	case "read":
@@ -168,12 +168,12 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 func write(root *os.Root, rel, name, content string) (bus.Result, error) {
 	dir := filepath.Dir(name)
 	if err := root.MkdirAll(dir, 0o700); err != nil {
-		return failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
 	}
 	tmp := filepath.Join(dir, tmpMark+rand.Text())
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
 	}
 	_, err = f.WriteString(content)
 	if err == nil {
@@ -187,7 +187,7 @@ func write(root *os.Root, rel, name, content string) (bus.Result, error) {
 	}
 	if err != nil {
 		_ = root.Remove(tmp)
-		return failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
 	}
 	// Make the rename durable; a failure here leaves the new content in place, so it is
 	// not reported.
@@ -195,7 +195,7 @@ func write(root *os.Root, rel, name, content string) (bus.Result, error) {
 		_ = d.Sync()
 		_ = d.Close()
 	}
-	return okJSON(struct {
+	return result.JSON(struct {
 		Path  string `json:"path"`
 		Bytes int    `json:"bytes"`
 	}{rel, len(content)})
@@ -205,22 +205,22 @@ func read(root *os.Root, rel, name string) (bus.Result, error) {
 	// Stat first: opening a FIFO or a device could block or have side effects.
 	fi, err := root.Stat(name)
 	if errors.Is(err, iofs.ErrNotExist) {
-		return failed(StatusNotFound, fmt.Errorf("read %s: %w", rel, ErrFileNotFound))
+		return result.Failed(StatusNotFound, fmt.Errorf("read %s: %w", rel, ErrFileNotFound))
 	}
 	if err != nil {
-		return failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
 	}
 	if !fi.Mode().IsRegular() {
-		return failed(StatusFailed, fmt.Errorf("read %s: not a regular file (%s)", rel, fi.Mode().Type()))
+		return result.Failed(StatusFailed, fmt.Errorf("read %s: not a regular file (%s)", rel, fi.Mode().Type()))
 	}
 	f, err := root.Open(name)
 	if err != nil {
-		return failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, bus.MaxOutput+1))
 	if err != nil {
-		return failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
 	}
 	out, cut := bus.Cut(string(data), bus.MaxOutput)
 	return bus.Result{Status: StatusOK, Stdout: out, Truncated: cut}, nil
@@ -232,12 +232,12 @@ func remove(root *os.Root, rel, name string) (bus.Result, error) {
 	switch {
 	case errors.Is(err, iofs.ErrNotExist):
 	case err != nil:
-		return failed(StatusFailed, fmt.Errorf("delete %s: %w", rel, err))
+		return result.Failed(StatusFailed, fmt.Errorf("delete %s: %w", rel, err))
 	case fi.IsDir():
-		return failed(StatusFailed, fmt.Errorf("delete %s: is a directory; delete removes files", rel))
+		return result.Failed(StatusFailed, fmt.Errorf("delete %s: is a directory; delete removes files", rel))
 	default:
 		if err := root.Remove(name); err != nil && !errors.Is(err, iofs.ErrNotExist) {
-			return failed(StatusFailed, fmt.Errorf("delete %s: %w", rel, err))
+			return result.Failed(StatusFailed, fmt.Errorf("delete %s: %w", rel, err))
 		}
 		// Remove the parents left empty, so that a later write of a parent's path as a file
 		// is not blocked by a directory nobody can see in list. Remove fails on the first
@@ -248,7 +248,7 @@ func remove(root *os.Root, rel, name string) (bus.Result, error) {
 			}
 		}
 	}
-	return okJSON(struct {
+	return result.JSON(struct {
 		Path    string `json:"path"`
 		Deleted bool   `json:"deleted"`
 	}{rel, found})
@@ -257,7 +257,7 @@ func remove(root *os.Root, rel, name string) (bus.Result, error) {
 func (s *Seed) list(ctx context.Context, prefix string) (bus.Result, error) {
 	root, err := os.OpenRoot(s.root)
 	if err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	defer root.Close()
 	var paths []string
@@ -282,56 +282,14 @@ func (s *Seed) list(ctx context.Context, prefix string) (bus.Result, error) {
 		return nil
 	})
 	if err != nil {
-		return failed(StatusFailed, fmt.Errorf("list: %w", err))
+		return result.Failed(StatusFailed, fmt.Errorf("list: %w", err))
 	}
 	// WalkDir visits in lexical order of each directory, which is not the order of full
 	// paths ("a.txt" < "a/b" fails as a string comparison), so sort.
 	slices.Sort(paths)
-	out, cut, err := jsonArray(paths, bus.MaxOutput)
+	out, cut, err := result.Array(paths, bus.MaxOutput)
 	if err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	return bus.Result{Status: StatusOK, Stdout: out, Truncated: cut}, nil
-}
-
-// jsonArray encodes items as a compact JSON array of at most max bytes. Items that do not
-// fit are left out, so the output stays valid JSON, and it reports that something was.
-func jsonArray(items []string, max int) (string, bool, error) {
-	var b strings.Builder
-	b.WriteByte('[')
-	for i, it := range items {
-		enc, err := json.Marshal(it)
-		if err != nil {
-			return "", false, err
-		}
-		if b.Len()+len(enc)+2 > max { // a comma and the closing bracket
-			b.WriteByte(']')
-			return b.String(), true, nil
-		}
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.Write(enc)
-	}
-	b.WriteByte(']')
-	return b.String(), false, nil
-}
-
-func okJSON(v any) (bus.Result, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return failed(StatusFailed, err)
-	}
-	return bus.Result{Status: StatusOK, ExitCode: 0, Stdout: string(data)}, nil
-}
-
-// failed returns the result and error of a failed execution, err unchanged so that callers
-// can match it.
-func failed(status string, err error) (bus.Result, error) {
-	msg := err.Error()
-	var pe *bus.Error
-	if errors.As(err, &pe) {
-		msg = pe.Message
-	}
-	return bus.Result{Status: status, ExitCode: 1, Stderr: msg}, err
 }

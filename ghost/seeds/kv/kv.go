@@ -2,9 +2,9 @@ package kv
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/result"
 	"math"
 	"sort"
 	"strconv"
@@ -107,21 +107,21 @@ func (s *Seed) Info() bus.SeedInfo {
 // Execute runs one operation.
 func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
 	if req == nil {
-		return failed(StatusFailed, bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
+		return result.Failed(StatusFailed, bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
 	}
 	if err := ctx.Err(); err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	switch req.Operation {
 	case "list":
 		return s.list(req.Args["prefix"])
 	case "put", "get", "delete", "incr":
 	default:
-		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
+		return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
 	}
 	key := req.Args["key"]
 	if key == "" {
-		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.key", "required by %s %s but missing", ID, req.Operation))
+		return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.key", "required by %s %s but missing", ID, req.Operation))
 	}
 	switch req.Operation {
 	case "put":
@@ -138,15 +138,15 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 func (s *Seed) put(key string, args map[string]string) (bus.Result, error) {
 	value, present := args["value"]
 	if !present {
-		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "required by %s put but missing", ID))
+		return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "required by %s put but missing", ID))
 	}
 	if len(value) > MaxValueSize {
-		return failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "is %d bytes, at most %d are allowed", len(value), MaxValueSize))
+		return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "is %d bytes, at most %d are allowed", len(value), MaxValueSize))
 	}
 	s.mu.Lock()
 	s.data[key] = value
 	s.mu.Unlock()
-	return okJSON(struct {
+	return result.JSON(struct {
 		Key   string `json:"key"`
 		Bytes int    `json:"bytes"`
 	}{key, len(value)})
@@ -155,9 +155,9 @@ func (s *Seed) put(key string, args map[string]string) (bus.Result, error) {
 func (s *Seed) get(key string) (bus.Result, error) {
 	v, found := s.Value(key)
 	if !found {
-		return failed(StatusNotFound, fmt.Errorf("%w: %q", ErrKeyNotFound, key))
+		return result.Failed(StatusNotFound, fmt.Errorf("%w: %q", ErrKeyNotFound, key))
 	}
-	return ok(v), nil
+	return result.OK(v), nil
 }
 
 func (s *Seed) delete(key string) (bus.Result, error) {
@@ -165,7 +165,7 @@ func (s *Seed) delete(key string) (bus.Result, error) {
 	_, found := s.data[key]
 	delete(s.data, key)
 	s.mu.Unlock()
-	return okJSON(struct {
+	return result.JSON(struct {
 		Key     string `json:"key"`
 		Deleted bool   `json:"deleted"`
 	}{key, found})
@@ -181,9 +181,9 @@ func (s *Seed) list(prefix string) (bus.Result, error) {
 	}
 	s.mu.Unlock()
 	sort.Strings(keys)
-	out, cut, err := jsonArray(keys, bus.MaxOutput)
+	out, cut, err := result.Array(keys, bus.MaxOutput)
 	if err != nil {
-		return failed(StatusFailed, err)
+		return result.Failed(StatusFailed, err)
 	}
 	return bus.Result{Status: StatusOK, Stdout: out, Truncated: cut}, nil
 }
@@ -195,59 +195,13 @@ func (s *Seed) incr(key string) (bus.Result, error) {
 	if v, found := s.data[key]; found {
 		var err error
 		if n, err = strconv.ParseInt(v, 10, 64); err != nil {
-			return failed(StatusFailed, fmt.Errorf("incr %q: %w: %.64q", key, ErrNotInteger, v))
+			return result.Failed(StatusFailed, fmt.Errorf("incr %q: %w: %.64q", key, ErrNotInteger, v))
 		}
 	}
 	if n == math.MaxInt64 {
-		return failed(StatusFailed, fmt.Errorf("incr %q: %d is the largest value incr can hold", key, n))
+		return result.Failed(StatusFailed, fmt.Errorf("incr %q: %d is the largest value incr can hold", key, n))
 	}
 	n++
 	s.data[key] = strconv.FormatInt(n, 10)
-	return ok(s.data[key]), nil
-}
-
-// jsonArray encodes items as a compact JSON array of at most max bytes. Items that do not
-// fit are left out, so the output stays valid JSON, and it reports that something was.
-func jsonArray(items []string, max int) (string, bool, error) {
-	var b strings.Builder
-	b.WriteByte('[')
-	for i, it := range items {
-		enc, err := json.Marshal(it)
-		if err != nil {
-			return "", false, err
-		}
-		if b.Len()+len(enc)+2 > max { // a comma and the closing bracket
-			b.WriteByte(']')
-			return b.String(), true, nil
-		}
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.Write(enc)
-	}
-	b.WriteByte(']')
-	return b.String(), false, nil
-}
-
-func ok(stdout string) bus.Result {
-	return bus.Result{Status: StatusOK, ExitCode: 0, Stdout: stdout}
-}
-
-func okJSON(v any) (bus.Result, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return failed(StatusFailed, err)
-	}
-	return ok(string(data)), nil
-}
-
-// failed returns the result and error of a failed execution, err unchanged so that callers
-// can match it.
-func failed(status string, err error) (bus.Result, error) {
-	msg := err.Error()
-	var pe *bus.Error
-	if errors.As(err, &pe) {
-		msg = pe.Message
-	}
-	return bus.Result{Status: status, ExitCode: 1, Stderr: msg}, err
+	return result.OK(s.data[key]), nil
 }

@@ -4,8 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/result"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,17 +25,17 @@ type Uptime struct {
 func (s *Seed) uptime() (bus.Result, error) {
 	data, err := os.ReadFile(filepath.Join(s.proc, "uptime"))
 	if err != nil {
-		return failed(fmt.Errorf("uptime: %w", err))
+		return result.Failed(result.StatusFailed, fmt.Errorf("uptime: %w", err))
 	}
 	fields := strings.Fields(string(data))
 	if len(fields) == 0 {
-		return failed(fmt.Errorf("uptime: %s/uptime is empty", s.proc))
+		return result.Failed(result.StatusFailed, fmt.Errorf("uptime: %s/uptime is empty", s.proc))
 	}
 	secs, err := strconv.ParseFloat(fields[0], 64)
 	if err != nil || secs < 0 {
-		return failed(fmt.Errorf("uptime: %s/uptime: %q is not a number of seconds", s.proc, fields[0]))
+		return result.Failed(result.StatusFailed, fmt.Errorf("uptime: %s/uptime: %q is not a number of seconds", s.proc, fields[0]))
 	}
-	return okJSON(Uptime{Seconds: secs, Human: human(time.Duration(secs) * time.Second)})
+	return result.JSON(Uptime{Seconds: secs, Human: human(time.Duration(secs) * time.Second)})
 }
 
 // human writes a duration as days, hours, minutes and seconds, leaving out leading zeros:
@@ -66,7 +66,7 @@ type MemoryUsage struct {
 func (s *Seed) memoryUsage() (bus.Result, error) {
 	data, err := os.ReadFile(filepath.Join(s.proc, "meminfo"))
 	if err != nil {
-		return failed(fmt.Errorf("memory_usage: %w", err))
+		return result.Failed(result.StatusFailed, fmt.Errorf("memory_usage: %w", err))
 	}
 	kb := map[string]uint64{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -86,7 +86,7 @@ func (s *Seed) memoryUsage() (bus.Result, error) {
 	}
 	total, found := kb["MemTotal"]
 	if !found || total == 0 {
-		return failed(fmt.Errorf("memory_usage: no MemTotal in %s/meminfo", s.proc))
+		return result.Failed(result.StatusFailed, fmt.Errorf("memory_usage: no MemTotal in %s/meminfo", s.proc))
 	}
 	avail, found := kb["MemAvailable"]
 	if !found {
@@ -94,7 +94,7 @@ func (s *Seed) memoryUsage() (bus.Result, error) {
 		avail = kb["MemFree"] + kb["Buffers"] + kb["Cached"]
 	}
 	avail = min(avail, total)
-	return okJSON(MemoryUsage{TotalBytes: total * 1024, AvailableBytes: avail * 1024, UsedBytes: (total - avail) * 1024})
+	return result.JSON(MemoryUsage{TotalBytes: total * 1024, AvailableBytes: avail * 1024, UsedBytes: (total - avail) * 1024})
 }
 
 // Process is one entry of process_list.
@@ -106,7 +106,7 @@ type Process struct {
 func (s *Seed) processList(ctx context.Context) (bus.Result, error) {
 	entries, err := os.ReadDir(s.proc)
 	if err != nil {
-		return failed(fmt.Errorf("process_list: %w", err))
+		return result.Failed(result.StatusFailed, fmt.Errorf("process_list: %w", err))
 	}
 	var pids []int
 	for _, e := range entries {
@@ -119,7 +119,7 @@ func (s *Seed) processList(ctx context.Context) (bus.Result, error) {
 	truncated := false
 	for _, pid := range pids {
 		if err := ctx.Err(); err != nil {
-			return failed(err)
+			return result.Failed(result.StatusFailed, err)
 		}
 		if len(procs) == s.maxProcs {
 			truncated = true
@@ -131,32 +131,9 @@ func (s *Seed) processList(ctx context.Context) (bus.Result, error) {
 		}
 		procs = append(procs, Process{PID: pid, Name: strings.TrimSuffix(string(comm), "\n")})
 	}
-	out, cut, err := jsonArray(procs, bus.MaxOutput)
+	out, cut, err := result.Array(procs, bus.MaxOutput)
 	if err != nil {
-		return failed(err)
+		return result.Failed(result.StatusFailed, err)
 	}
 	return bus.Result{Status: StatusOK, Stdout: out, Truncated: truncated || cut}, nil
-}
-
-// jsonArray encodes items as a compact JSON array of at most max bytes. Items that do not
-// fit are left out, so the output stays valid JSON, and it reports that something was.
-func jsonArray[T any](items []T, max int) (string, bool, error) {
-	var b strings.Builder
-	b.WriteByte('[')
-	for i, it := range items {
-		enc, err := json.Marshal(it)
-		if err != nil {
-			return "", false, err
-		}
-		if b.Len()+len(enc)+2 > max { // a comma and the closing bracket
-			b.WriteByte(']')
-			return b.String(), true, nil
-		}
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.Write(enc)
-	}
-	b.WriteByte(']')
-	return b.String(), false, nil
 }

@@ -2,9 +2,8 @@ package system
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/result"
 	"maps"
 	"math"
 	"os"
@@ -58,22 +57,22 @@ func (s *Seed) Info() bus.SeedInfo {
 // Execute runs one operation.
 func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
 	if req == nil {
-		return failed(bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
+		return result.Failed(result.StatusFailed, bus.Errorf(bus.CodeSemantic, "no seed.execute given"))
 	}
 	if err := ctx.Err(); err != nil {
-		return failed(err)
+		return result.Failed(result.StatusFailed, err)
 	}
 	if len(req.Args) > 0 {
 		keys := slices.Sorted(maps.Keys(req.Args))
-		return failed(bus.FieldError(bus.CodeSemantic, "args."+keys[0], "%s %s takes no params", ID, req.Operation))
+		return result.Failed(result.StatusFailed, bus.FieldError(bus.CodeSemantic, "args."+keys[0], "%s %s takes no params", ID, req.Operation))
 	}
 	switch req.Operation {
 	case "hostname":
 		h, err := os.Hostname()
 		if err != nil {
-			return failed(fmt.Errorf("hostname: %w", err))
+			return result.Failed(result.StatusFailed, fmt.Errorf("hostname: %w", err))
 		}
-		return ok(h), nil
+		return result.OK(h), nil
 	case "uptime":
 		return s.uptime()
 	case "disk_usage":
@@ -83,7 +82,7 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 	case "process_list":
 		return s.processList(ctx)
 	default:
-		return failed(bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
+		return result.Failed(result.StatusFailed, bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", ID, req.Operation))
 	}
 }
 
@@ -99,7 +98,7 @@ type DiskUsage struct {
 func (s *Seed) diskUsage() (bus.Result, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(s.dir, &st); err != nil {
-		return failed(fmt.Errorf("disk_usage: statfs %s: %w", s.dir, err))
+		return result.Failed(result.StatusFailed, fmt.Errorf("disk_usage: statfs %s: %w", s.dir, err))
 	}
 	bs := uint64(st.Bsize)
 	u := DiskUsage{
@@ -109,7 +108,7 @@ func (s *Seed) diskUsage() (bus.Result, error) {
 		UsedBytes:  (uint64(st.Blocks) - uint64(st.Bfree)) * bs,
 	}
 	u.UsedPercent = percent(u.UsedBytes, u.UsedBytes+u.FreeBytes)
-	return okJSON(u)
+	return result.JSON(u)
 }
 
 // percent returns part/whole in percent, rounded to one decimal; 0 for an empty whole.
@@ -118,27 +117,4 @@ func percent(part, whole uint64) float64 {
 		return 0
 	}
 	return math.Round(float64(part)/float64(whole)*1000) / 10
-}
-
-func ok(stdout string) bus.Result {
-	return bus.Result{Status: StatusOK, ExitCode: 0, Stdout: stdout}
-}
-
-func okJSON(v any) (bus.Result, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return failed(err)
-	}
-	return ok(string(data)), nil
-}
-
-// failed returns the result and error of a failed execution, err unchanged so that callers
-// can match it.
-func failed(err error) (bus.Result, error) {
-	msg := err.Error()
-	var pe *bus.Error
-	if errors.As(err, &pe) {
-		msg = pe.Message
-	}
-	return bus.Result{Status: StatusFailed, ExitCode: 1, Stderr: msg}, err
 }
