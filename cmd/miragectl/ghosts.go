@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/cmd/internal/cli"
-	"github.com/edgectl/edgectl/mirage"
 )
 
 func newGhosts() *cobra.Command {
@@ -27,15 +26,11 @@ ghost id, with how long ago each was last seen.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			nc, err := cf.connect(ctx, "miragectl ghosts")
+			client, done, err := cf.client(ctx, "miragectl ghosts")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			client, err := mirage.NewClient(nc)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, err)
-			}
+			defer done()
 			list, err := client.Ghosts(ctx)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)

@@ -49,15 +49,11 @@ target_scope, seed, operation, summary}; finished_ms is 0 while the intent is op
 				return cli.Invalid("--limit %d: must be 0 (every intent) or more", limit)
 			}
 			ctx := cmd.Context()
-			nc, err := cf.connect(ctx, "miragectl intents")
+			client, done, err := cf.client(ctx, "miragectl intents")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			client, err := mirage.NewClient(nc)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, err)
-			}
+			defer done()
 			recs, err := client.Intents(ctx, limit)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)

@@ -140,15 +140,11 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				return cli.Invalid("%s", bus.AsError(err).Message)
 			}
 			ctx := cmd.Context()
-			nc, err := cf.connect(ctx, "miragectl issue")
+			client, done, err := cf.client(ctx, "miragectl issue")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			client, err := mirage.NewClient(nc)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, err)
-			}
+			defer done()
 			reply, err := client.Issue(ctx, is)
 			switch {
 			case errors.Is(err, mirage.ErrRejected):

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/mirage"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -31,6 +32,20 @@ type clientFlags struct {
 func (f *clientFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.server, "server", "", "NATS server URL (default $NATS_URL, else "+bus.DefaultURL+")")
 	c.Flags().StringVar(&f.nkey, "nkey", "", "nkey seed file to authenticate with (default $EDGE_NKEY; 'up --auth' writes the operator's as DATA_DIR/keys/operator.nk)")
+}
+
+// client opens the connection and a Mirage client on it; close ends both.
+func (f *clientFlags) client(ctx context.Context, name string) (client *mirage.Client, close func(), err error) {
+	nc, err := f.connect(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err = mirage.NewClient(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, cli.Exit(cli.ExitUnavailable, err)
+	}
+	return client, nc.Close, nil
 }
 
 // connect opens the client connection, authenticated with --nkey when given.

@@ -43,15 +43,11 @@ intent; 3 NATS unreachable.`,
 				return cli.Invalid("%v", err)
 			}
 			ctx := cmd.Context()
-			nc, err := cf.connect(ctx, "miragectl report")
+			client, done, err := cf.client(ctx, "miragectl report")
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
-			client, err := mirage.NewClient(nc)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, err)
-			}
+			defer done()
 			// The latest report first, so that an unknown intent fails now instead of
 			// being waited for forever.
 			rep, err := client.LatestReport(ctx, id)
