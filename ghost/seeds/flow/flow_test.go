@@ -3,6 +3,7 @@ package flow_test
 import (
 	"context"
 	"errors"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/seedtest"
 	"regexp"
 	"strings"
 	"testing"
@@ -116,36 +117,7 @@ func TestSleepHonoursContext(t *testing.T) {
 }
 
 func TestDeclaration(t *testing.T) {
-	opName := regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
-	info := flow.New().Info()
-	if info.ID != flow.ID || info.Name == "" || info.Description == "" {
-		t.Fatalf("info = %+v, want id, name and description", info)
-	}
-	want := map[string]bool{"status": true, "echo": true, "step": true, "sleep": true}
-	for _, op := range info.Operations {
-		if !opName.MatchString(op.Name) {
-			t.Errorf("operation name %q is not a valid operation name", op.Name)
-		}
-		if !want[op.Name] {
-			t.Errorf("unexpected operation %q", op.Name)
-		}
-		delete(want, op.Name)
-		if op.Description == "" {
-			t.Errorf("operation %s has no description", op.Name)
-		}
-		if !op.Idempotent {
-			t.Errorf("operation %s is not idempotent; every flow operation is", op.Name)
-		}
-		for _, p := range op.Params {
-			if p.Name == "" || p.Pattern == "" {
-				t.Errorf("operation %s: param %+v needs a name and a pattern", op.Name, p)
-			}
-			regexp.MustCompile("^(?:" + p.Pattern + ")$")
-		}
-	}
-	for name := range want {
-		t.Errorf("operation %q is not declared", name)
-	}
+	seedtest.CheckDeclaration(t, flow.New().Info(), flow.ID, map[string]bool{"status": true, "echo": true, "step": true, "sleep": true})
 }
 
 func TestPatterns(t *testing.T) {

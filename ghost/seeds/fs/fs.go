@@ -25,8 +25,8 @@ const MaxContentSize = 64 << 10
 
 // Result statuses.
 const (
-	StatusOK       = "ok"
-	StatusFailed   = "failed"
+	StatusOK       = result.StatusOK
+	StatusFailed   = result.StatusFailed
 	StatusNotFound = "not_found"
 )
 

@@ -23,8 +23,8 @@ const MaxValueSize = 64 << 10
 
 // Result statuses.
 const (
-	StatusOK       = "ok"
-	StatusFailed   = "failed"
+	StatusOK       = result.StatusOK
+	StatusFailed   = result.StatusFailed
 	StatusNotFound = "not_found"
 )
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/seedtest"
 	"regexp"
 	"slices"
 	"strings"
@@ -83,32 +84,7 @@ func TestExecute(t *testing.T) {
 	for i, st := range steps {
 		t.Run(fmt.Sprintf("%02d_%s", i, st.op), func(t *testing.T) {
 			res, err := exec(s, st.op, st.args)
-			if res.Status != st.status {
-				t.Fatalf("status = %q (err %v), want %q", res.Status, err, st.status)
-			}
-			if st.status == kv.StatusOK {
-				if err != nil || res.ExitCode != 0 || res.Stdout != st.stdout {
-					t.Fatalf("result = %+v, err = %v; want stdout %q", res, err, st.stdout)
-				}
-				return
-			}
-			if err == nil || res.ExitCode != 1 || res.Stderr == "" {
-				t.Fatalf("result = %+v, err = %v; want an error, exit 1 and a stderr", res, err)
-			}
-			var pe *bus.Error
-			isProtocol := errors.As(err, &pe)
-			if st.field != "" {
-				if !isProtocol || pe.Code != bus.CodeSemantic || pe.Field != st.field {
-					t.Fatalf("err = %v, want a semantic error on %s", err, st.field)
-				}
-				return
-			}
-			if isProtocol {
-				t.Fatalf("err = %v, want a plain error (a runtime failure)", err)
-			}
-			if st.errIs != nil && !errors.Is(err, st.errIs) {
-				t.Fatalf("err = %v, want %v", err, st.errIs)
-			}
+			seedtest.CheckResult(t, res, err, seedtest.Want{Status: st.status, Stdout: st.stdout, Field: st.field, ErrIs: st.errIs})
 		})
 	}
 	if v, ok := s.Value("counter"); !ok || v != "3" {
@@ -199,37 +175,7 @@ func TestCancelledContext(t *testing.T) {
 }
 
 func TestDeclaration(t *testing.T) {
-	opName := regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
-	info := kv.New().Info()
-	if info.ID != kv.ID || info.Name == "" || info.Description == "" {
-		t.Fatalf("info = %+v, want id, name and description", info)
-	}
-	want := map[string]bool{"put": true, "get": true, "delete": true, "list": true, "incr": false}
-	for _, op := range info.Operations {
-		if !opName.MatchString(op.Name) {
-			t.Errorf("operation name %q is not a valid operation name", op.Name)
-		}
-		idem, known := want[op.Name]
-		if !known {
-			t.Errorf("unexpected operation %q", op.Name)
-		}
-		delete(want, op.Name)
-		if op.Idempotent != idem {
-			t.Errorf("operation %s: idempotent = %v, want %v", op.Name, op.Idempotent, idem)
-		}
-		if op.Description == "" {
-			t.Errorf("operation %s has no description", op.Name)
-		}
-		for _, p := range op.Params {
-			if p.Name == "" || p.Pattern == "" {
-				t.Errorf("operation %s: param %+v needs a name and a pattern", op.Name, p)
-			}
-			regexp.MustCompile("^(?:" + p.Pattern + ")$")
-		}
-	}
-	for name := range want {
-		t.Errorf("operation %q is not declared", name)
-	}
+	seedtest.CheckDeclaration(t, kv.New().Info(), kv.ID, map[string]bool{"put": true, "get": true, "delete": true, "list": true, "incr": false})
 }
 
 func TestPatterns(t *testing.T) {

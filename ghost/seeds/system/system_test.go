@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/seedtest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"testing"
@@ -284,34 +284,11 @@ func TestHuman(t *testing.T) {
 }
 
 func TestDeclaration(t *testing.T) {
-	opName := regexp.MustCompile(`^[a-z0-9_.-]{1,64}$`)
 	info := New("/").Info()
-	if info.ID != ID || info.Name == "" || info.Description == "" {
-		t.Fatalf("info = %+v, want id, name and description", info)
-	}
-	want := map[string]bool{"hostname": true, "uptime": true, "disk_usage": true, "memory_usage": true, "process_list": true}
-	for _, op := range info.Operations {
-		if !opName.MatchString(op.Name) {
-			t.Errorf("operation name %q is not a valid operation name", op.Name)
-		}
-		if !want[op.Name] {
-			t.Errorf("unexpected operation %q", op.Name)
-		}
-		delete(want, op.Name)
-		if !op.Idempotent {
-			t.Errorf("operation %s is not idempotent; seed.system is read-only", op.Name)
-		}
-		if op.Description == "" {
-			t.Errorf("operation %s has no description", op.Name)
-		}
+	seedtest.CheckDeclaration(t, info, ID, map[string]bool{"hostname": true, "uptime": true, "disk_usage": true, "memory_usage": true, "process_list": true})
+	for _, op := range info.Operations { // seed.system is read-only and takes no params
 		if op.Params == nil || len(op.Params) != 0 {
 			t.Errorf("operation %s: params = %#v, want an empty list", op.Name, op.Params)
 		}
-		for _, p := range op.Params {
-			regexp.MustCompile("^(?:" + p.Pattern + ")$")
-		}
-	}
-	for name := range want {
-		t.Errorf("operation %q is not declared", name)
 	}
 }
