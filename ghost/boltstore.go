@@ -52,6 +52,16 @@ type BoltStore struct {
 	mu         sync.Mutex
 	volatile   map[string]*Execution
 	volatileEx map[string]*Execution
+
+	// Acknowledgements waiting to be written, by command_id. One writer stores them in
+	// batches: an ack lost in a crash only makes the restart re-send an event Mirage
+	// counts once, so none is worth an fsync of its own.
+	ackMu   sync.Mutex
+	acks    map[string]struct{}
+	ackKick chan struct{}
+	closing chan struct{}
+	flushed chan struct{}
+	closed  sync.Once
 }
 
 // BoltOptions tune a BoltStore.
@@ -103,8 +113,12 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
-		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{}}, nil
+	s := &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
+		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{},
+		acks: map[string]struct{}{}, ackKick: make(chan struct{}, 1),
+		closing: make(chan struct{}), flushed: make(chan struct{})}
+	go s.ackWriter()
+	return s, nil
 }
 
 func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, error) {
@@ -165,15 +179,22 @@ func (s *BoltStore) beginDurable(e Execution) (Execution, bool, error) {
 func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event) error {
 	s.mu.Lock()
 	v, ok := s.volatileEx[executionID]
+	var e Execution
+	if ok {
+		e = *v
+	}
 	s.mu.Unlock()
 	if ok {
-		e := *v
 		e.State, e.FinishedMS, e.Event = StateFinished, ev.FinishedMS, ev
 		_, _, err := s.beginDurable(e)
 		s.mu.Lock()
+		ackedMeanwhile := v.Acked && !e.Acked
 		delete(s.volatile, v.CommandID)
 		delete(s.volatileEx, executionID)
 		s.mu.Unlock()
+		if ackedMeanwhile {
+			s.queueAck(e.CommandID)
+		}
 		return err
 	}
 	return s.update(executionID, func(e *Execution) {
@@ -183,20 +204,84 @@ func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event)
 	})
 }
 
+// MarkAcked notes that Mirage acknowledged the event of commandID. It does not wait for
+// the disk: an execution still being recorded is recorded acknowledged, any other is
+// marked by the next batch of the ack writer.
 func (s *BoltStore) MarkAcked(_ context.Context, commandID string) error {
-	var execID []byte
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		if id := tx.Bucket(bucketCommand).Get([]byte(commandID)); id != nil {
-			execID = append([]byte(nil), id...)
+	s.mu.Lock()
+	if v, ok := s.volatile[commandID]; ok {
+		v.Acked = true
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	s.queueAck(commandID)
+	return nil
+}
+
+func (s *BoltStore) queueAck(commandID string) {
+	s.ackMu.Lock()
+	s.acks[commandID] = struct{}{}
+	s.ackMu.Unlock()
+	select {
+	case s.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *BoltStore) ackPending(commandID string) bool {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	_, ok := s.acks[commandID]
+	return ok
+}
+
+// ackWriter stores queued acknowledgements, all that are waiting in one transaction,
+// until Close; it writes what is left before it returns.
+func (s *BoltStore) ackWriter() {
+	defer close(s.flushed)
+	for {
+		select {
+		case <-s.ackKick:
+			s.writeAcks()
+		case <-s.closing:
+			s.writeAcks()
+			return
+		}
+	}
+}
+
+func (s *BoltStore) writeAcks() {
+	s.ackMu.Lock()
+	ids := s.acks
+	s.acks = map[string]struct{}{}
+	s.ackMu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	// A failed batch is dropped: the events are re-sent at the next start and Mirage
+	// counts them once.
+	_ = s.db.Update(func(tx *bolt.Tx) error {
+		for id := range ids {
+			execID := tx.Bucket(bucketCommand).Get([]byte(id))
+			if execID == nil {
+				continue
+			}
+			var e Execution
+			if err := getExec(tx, execID, &e); err != nil || e.Acked {
+				continue
+			}
+			e.Acked = true
+			data, err := json.Marshal(&e)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketExec).Put(execID, data); err != nil {
+				return err
+			}
 		}
 		return nil
-	}); err != nil {
-		return err
-	}
-	if execID == nil {
-		return ErrNotFound
-	}
-	return s.update(string(execID), func(e *Execution) { e.Acked = true })
+	})
 }
 
 func (s *BoltStore) update(executionID string, f func(*Execution)) error {
@@ -239,22 +324,28 @@ func (s *BoltStore) lookup(index []byte, key string) (Execution, error) {
 
 func (s *BoltStore) GetExecution(_ context.Context, executionID string) (Execution, error) {
 	s.mu.Lock()
-	v, ok := s.volatileEx[executionID]
-	s.mu.Unlock()
-	if ok {
-		return *v, nil
+	if v, ok := s.volatileEx[executionID]; ok {
+		e := *v
+		s.mu.Unlock()
+		return e, nil
 	}
+	s.mu.Unlock()
 	return s.lookup(nil, executionID)
 }
 
 func (s *BoltStore) GetByCommandID(_ context.Context, commandID string) (Execution, error) {
 	s.mu.Lock()
-	v, ok := s.volatile[commandID]
-	s.mu.Unlock()
-	if ok {
-		return *v, nil
+	if v, ok := s.volatile[commandID]; ok {
+		e := *v
+		s.mu.Unlock()
+		return e, nil
 	}
-	return s.lookup(bucketCommand, commandID)
+	s.mu.Unlock()
+	e, err := s.lookup(bucketCommand, commandID)
+	if err == nil && !e.Acked {
+		e.Acked = s.ackPending(commandID)
+	}
+	return e, err
 }
 
 func (s *BoltStore) GetByMessageID(_ context.Context, messageID string) (Execution, error) {
@@ -280,7 +371,7 @@ func (s *BoltStore) Unfinished(_ context.Context) ([]Execution, error) {
 }
 
 func (s *BoltStore) Unacked(_ context.Context) ([]Execution, error) {
-	return s.scan(func(e *Execution) bool { return e.State == StateFinished && !e.Acked })
+	return s.scan(func(e *Execution) bool { return e.State == StateFinished && !e.Acked && !s.ackPending(e.CommandID) })
 }
 
 func (s *BoltStore) LastSeq(_ context.Context) (uint64, error) {
@@ -379,4 +470,9 @@ func (s *BoltStore) Prune(_ context.Context) (int, error) {
 	return len(drop), err
 }
 
-func (s *BoltStore) Close() error { return s.db.Close() }
+// Close writes the acknowledgements still queued and closes the database.
+func (s *BoltStore) Close() error {
+	s.closed.Do(func() { close(s.closing) })
+	<-s.flushed
+	return s.db.Close()
+}

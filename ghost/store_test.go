@@ -3,6 +3,7 @@ package ghost
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -71,7 +72,7 @@ func TestBoltStoreStartedRecords(t *testing.T) {
 	if st, err = OpenBoltStore(path, BoltOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	if _, err := st.GetByCommandID(ctx, "cmd_1"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("an idempotent execution survived a crash unfinished: %v", err)
 	}
@@ -96,5 +97,53 @@ func TestBoltStoreStartedRecords(t *testing.T) {
 	got, fresh, err := st.Begin(ctx, idem)
 	if err != nil || fresh || got.State != StateFinished || got.Event == nil || got.Event.EventID != "evt_1" || !got.Idempotent {
 		t.Fatalf("finished idempotent execution after restart: %+v fresh %v err %v", got, fresh, err)
+	}
+}
+
+// Acknowledgements are written in batches without holding the caller; Close stores the
+// ones still queued, so a clean restart re-sends nothing Mirage acknowledged.
+func TestBoltStoreAcksSurviveClose(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "executions.db")
+	st, err := OpenBoltStore(path, BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		e := Execution{ExecutionID: fmt.Sprintf("exe_%d", i), CommandID: fmt.Sprintf("cmd_%d", i), Idempotent: i%2 == 0, StartedMS: 1}
+		if _, fresh, err := st.Begin(ctx, e); err != nil || !fresh {
+			t.Fatalf("begin %s: fresh %v err %v", e.CommandID, fresh, err)
+		}
+		if err := st.Finish(ctx, e.ExecutionID, &bus.Event{EventID: fmt.Sprintf("evt_%d", i), FinishedMS: 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 40 {
+		if err := st.MarkAcked(ctx, fmt.Sprintf("cmd_%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := st.GetByCommandID(ctx, "cmd_3"); err != nil || !got.Acked {
+		t.Fatalf("an acknowledged execution reads unacknowledged: %+v %v", got, err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = OpenBoltStore(path, BoltOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = st.Close() }()
+	unacked, err := st.Unacked(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(unacked) != 10 {
+		t.Fatalf("%d unacknowledged after restart, want the 10 never acknowledged", len(unacked))
+	}
+	for _, e := range unacked {
+		var n int
+		if _, err := fmt.Sscanf(e.CommandID, "cmd_%d", &n); err != nil || n < 40 {
+			t.Fatalf("unacknowledged after restart: %s", e.CommandID)
+		}
 	}
 }
