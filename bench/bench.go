@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // Phases of a run, as --phases names them.
@@ -28,7 +28,7 @@ var AllPhases = []string{PhaseRaw, PhaseE2E, PhaseFanout, PhaseRSS}
 
 // Config says what a run measures.
 type Config struct {
-	// Sync is bus.SyncAlways or bus.SyncInterval (the server's default interval).
+	// Sync is natsd.SyncAlways or natsd.SyncInterval (the server's default interval).
 	Sync string
 	// Intents is how many intents the e2e throughput run sends; the raw one sends five
 	// times as many double hops, so that it lasts long enough to be steady.
@@ -98,10 +98,10 @@ var ErrConfig = errors.New("invalid bench configuration")
 func (c *Config) defaults() error {
 	switch c.Sync {
 	case "":
-		c.Sync = bus.SyncAlways
-	case bus.SyncAlways, bus.SyncInterval:
+		c.Sync = natsd.SyncAlways
+	case natsd.SyncAlways, natsd.SyncInterval:
 	default:
-		return fmt.Errorf("%w: sync %q: use %s or %s", ErrConfig, c.Sync, bus.SyncAlways, bus.SyncInterval)
+		return fmt.Errorf("%w: sync %q: use %s or %s", ErrConfig, c.Sync, natsd.SyncAlways, natsd.SyncInterval)
 	}
 	if c.Intents <= 0 {
 		c.Intents = Full.Intents
@@ -247,14 +247,14 @@ func (e *runEnv) note(s string) {
 
 // startServer starts an embedded server (in-process only, or on a loopback port) with a
 // fresh store under the run's directory and the run's sync setting.
-func (e *runEnv) startServer(listen bool) (*bus.Server, func(), error) {
+func (e *runEnv) startServer(listen bool) (*natsd.Server, func(), error) {
 	e.n++
 	store := filepath.Join(e.dir, fmt.Sprintf("server-%d", e.n))
-	cfg := bus.ServerConfig{StoreDir: store, Sync: e.cfg.Sync, DontListen: !listen}
+	cfg := natsd.Config{StoreDir: store, Sync: e.cfg.Sync, DontListen: !listen}
 	if listen {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	srv, err := bus.StartServer(cfg)
+	srv, err := natsd.Start(cfg)
 	if err != nil {
 		return nil, nil, err
 	}

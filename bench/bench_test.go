@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // TestRunShape runs a very short bench and checks the JSON: exactly the documented keys,
@@ -20,7 +20,7 @@ func TestRunShape(t *testing.T) {
 	phases := []string{PhaseRaw, PhaseE2E, PhaseFanout}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := Run(ctx, Config{Sync: bus.SyncInterval, Intents: 40, Sequential: 10, Ghosts: []int{20}, Phases: phases, Dir: t.TempDir()})
+	res, err := Run(ctx, Config{Sync: natsd.SyncInterval, Intents: 40, Sequential: 10, Ghosts: []int{20}, Phases: phases, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestRunShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantKeys(t, "result", got, "sync", "raw", "e2e", "ratio", "fanout", "ghost_rss_mb")
-	if got["sync"] != bus.SyncInterval {
+	if got["sync"] != natsd.SyncInterval {
 		t.Errorf("sync = %v", got["sync"])
 	}
 	for _, k := range []string{"raw", "e2e"} {
@@ -67,7 +67,7 @@ func TestGhostRSS(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	res, err := Run(ctx, Config{Sync: bus.SyncInterval, Phases: []string{PhaseRSS}, Dir: t.TempDir()})
+	res, err := Run(ctx, Config{Sync: natsd.SyncInterval, Phases: []string{PhaseRSS}, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 )
 
@@ -31,7 +32,7 @@ const intentTimeout = 2 * time.Minute
 
 // plane is a Mirage and a client on a fresh embedded server.
 type plane struct {
-	srv     *bus.Server
+	srv     *natsd.Server
 	mirage  *mirage.Mirage
 	client  *mirage.Client
 	tracker *tracker

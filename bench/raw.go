@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 )
 
@@ -46,7 +47,7 @@ func createRawStreams(ctx context.Context, js jetstream.JetStream) error {
 }
 
 // connect opens an in-process connection configured as a daemon's (bus.Connect).
-func connect(ctx context.Context, srv *bus.Server, name string) (*nats.Conn, error) {
+func connect(ctx context.Context, srv *natsd.Server, name string) (*nats.Conn, error) {
 	return bus.Connect(ctx, bus.ConnConfig{InProcess: srv, Name: name, Persistent: true})
 }
 

@@ -3,7 +3,7 @@ package bench
 import (
 	"fmt"
 
-	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // TargetFleet is the fleet size the fan-out targets are set for.
@@ -34,7 +34,7 @@ func (r *Result) Targets() []Target {
 			Target{fmt.Sprintf("fan-out to %d satisfied", f.Ghosts), "satisfied", satisfied(f.Satisfied), f.Satisfied},
 			Target{fmt.Sprintf("fan-out to %d vs raw floor", f.Ghosts), fmt.Sprintf("≤ 2 × raw = %.3f s", 2*f.RawS), fmt.Sprintf("%.3f s", f.ReportS), f.ReportS <= 2*f.RawS},
 			Target{fmt.Sprintf("%d Ghosts registered", f.Ghosts), "≤ 10 s", fmt.Sprintf("%.3f s", f.RegisterS), f.RegisterS <= 10})
-		if r.Sync == bus.SyncInterval {
+		if r.Sync == natsd.SyncInterval {
 			out = append(out, Target{fmt.Sprintf("fan-out to %d, sync interval", f.Ghosts), "≤ 2 s", fmt.Sprintf("%.3f s", f.ReportS), f.ReportS <= 2})
 		}
 	}

@@ -3,8 +3,6 @@ package bus
 import (
 	"fmt"
 	"slices"
-
-	"github.com/nats-io/nats-server/v2/server"
 )
 
 // Certificate identity (mTLS with client verification).
@@ -31,31 +29,6 @@ func CertSubject(unit, commonName string) string {
 
 // GhostCertSubject is the certificate subject of Ghost id: CN=<id>,OU=ghost,O=edgectl.
 func GhostCertSubject(id string) string { return CertSubject(CertUnitGhost, id) }
-
-// CertUsers returns the certificate-mapped server users of Ghosts ids, each with its
-// own permissions (GhostPermissions). They have no password: nats-server only selects
-// them from a verified client certificate, which is why StartServer and SetAuth refuse
-// them unless client certificates are verified and mapped.
-func CertUsers(ghostIDs []string) []*server.User {
-	ids := slices.Clone(ghostIDs)
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	users := make([]*server.User, 0, len(ids))
-	for _, id := range ids {
-		users = append(users, &server.User{Username: GhostCertSubject(id), Permissions: GhostPermissions(id)})
-	}
-	return users
-}
-
-// RoleCertUsers returns the certificate-mapped users of Mirage (MiragePermissions) and the
-// operator (full access), for a server where they too connect by certificate. 'miragectl
-// up' does not use them: its Mirage is in-process and its operator is an nkey.
-func RoleCertUsers() []*server.User {
-	return []*server.User{
-		{Username: CertSubject(CertUnitMirage, "mirage"), Permissions: MiragePermissions()},
-		{Username: CertSubject(CertUnitOperator, "operator")},
-	}
-}
 
 // CheckGhostCert checks that the certificate at path names Ghost id by the rule above
 // (subject exactly CN=<id>, OU=ghost, O=edgectl); with any other subject the server would

@@ -7,16 +7,193 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
 )
+
+// startServer starts an embedded server on a fresh store and shuts it down, waiting, when the
+// test ends.
+func startServer(t *testing.T, cfg natsd.Config) *natsd.Server {
+	t.Helper()
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = t.TempDir()
+	}
+	ns, err := natsd.Start(cfg)
+	if err != nil {
+		t.Fatalf("start server: %v", err)
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+func connect(t *testing.T, cfg bus.ConnConfig) *nats.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := bus.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func TestEnsureAssets(t *testing.T) {
+	ns := startServer(t, natsd.Config{DontListen: true})
+	nc := connect(t, bus.ConnConfig{InProcess: ns, Name: "test"})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatalf("EnsureAssets: %v", err)
+	}
+	before := streamConfigs(ctx, t, js)
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: 1}); err != nil {
+		t.Fatalf("EnsureAssets a second time: %v", err)
+	}
+	after := streamConfigs(ctx, t, js)
+
+	tests := []struct {
+		stream, subject string
+		maxAge          time.Duration
+	}{
+		{bus.StreamCommands, "cmd.*", bus.CommandRetention},
+		{bus.StreamEvents, "evt.*", bus.EventRetention},
+		{bus.StreamReports, "report.*", bus.ReportRetention},
+	}
+	for _, tt := range tests {
+		cfg, ok := after[tt.stream]
+		if !ok {
+			t.Errorf("stream %s missing", tt.stream)
+			continue
+		}
+		if len(cfg.Subjects) != 1 || cfg.Subjects[0] != tt.subject {
+			t.Errorf("stream %s subjects = %v, want [%s]", tt.stream, cfg.Subjects, tt.subject)
+		}
+		if cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 || cfg.Duplicates != bus.DuplicateWindow ||
+			cfg.MaxAge != tt.maxAge || cfg.MaxMsgSize != bus.MaxEnvelope {
+			t.Errorf("stream %s config = %+v", tt.stream, cfg)
+		}
+		if b := before[tt.stream]; b.Description != cfg.Description || b.MaxAge != cfg.MaxAge || b.MaxMsgsPerSubject != cfg.MaxMsgsPerSubject {
+			t.Errorf("stream %s changed on the second EnsureAssets", tt.stream)
+		}
+	}
+	if _, ok := after["OBJ_"+bus.BucketSeeds]; !ok || len(after) != 4 {
+		t.Errorf("streams = %v, want exactly the three EDGE_ streams and the object store %s", after, bus.BucketSeeds)
+	}
+
+	for _, bucket := range []string{bus.BucketGhosts, bus.BucketIntents} {
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			t.Errorf("KV bucket %s: %v", bucket, err)
+			continue
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.History() != 1 {
+			t.Errorf("bucket %s history = %d, want 1", bucket, st.History())
+		}
+		if _, err := kv.Put(ctx, "edge-1", []byte(`{"ghost_id":"edge-1"}`)); err != nil {
+			t.Errorf("put into %s: %v", bucket, err)
+		}
+		if e, err := kv.Get(ctx, "edge-1"); err != nil || string(e.Value()) != `{"ghost_id":"edge-1"}` {
+			t.Errorf("get from %s: %v", bucket, err)
+		}
+	}
+}
+
+// streamConfigs returns the config of every stream but those backing KV buckets.
+func streamConfigs(ctx context.Context, t *testing.T, js jetstream.JetStream) map[string]jetstream.StreamConfig {
+	t.Helper()
+	out := map[string]jetstream.StreamConfig{}
+	lister := js.ListStreams(ctx)
+	for info := range lister.Info() {
+		if !strings.HasPrefix(info.Config.Name, "KV_") {
+			out[info.Config.Name] = info.Config
+		}
+	}
+	if err := lister.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestCommandDeduplication(t *testing.T) {
+	ns := startServer(t, natsd.Config{DontListen: true})
+	nc := connect(t, bus.ConnConfig{InProcess: ns})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := readGolden(t, "command.json")
+	publish := func(id string) *jetstream.PubAck {
+		t.Helper()
+		msg := nats.NewMsg("cmd.x")
+		msg.Header.Set(jetstream.MsgIDHeader, id)
+		msg.Data = cmd
+		ack, err := js.PublishMsg(ctx, msg)
+		if err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		return ack
+	}
+	first := publish("cmd_M2mLZ9lsPZ78NnjLnXoOTw")
+	second := publish("cmd_M2mLZ9lsPZ78NnjLnXoOTw")
+	if first.Duplicate || !second.Duplicate || first.Sequence != second.Sequence || first.Stream != bus.StreamCommands {
+		t.Errorf("acks = %+v, %+v; want the second a duplicate of the first in %s", first, second, bus.StreamCommands)
+	}
+	if msgs := streamMsgs(ctx, t, js, bus.StreamCommands); msgs != 1 {
+		t.Errorf("%s holds %d messages, want 1", bus.StreamCommands, msgs)
+	}
+	publish("cmd_S7kQ2vNn0cW5YhJ3aXrGq2")
+	if msgs := streamMsgs(ctx, t, js, bus.StreamCommands); msgs != 2 {
+		t.Errorf("%s holds %d messages after a second command, want 2", bus.StreamCommands, msgs)
+	}
+
+	// Events and reports land in their own streams.
+	for subject, stream := range map[string]string{"evt.edge-1": bus.StreamEvents, "report.int_1": bus.StreamReports} {
+		ack, err := js.Publish(ctx, subject, []byte("{}"))
+		if err != nil || ack.Stream != stream {
+			t.Errorf("publish to %s: %+v, %v; want stored in %s", subject, ack, err, stream)
+		}
+	}
+}
+
+func streamMsgs(ctx context.Context, t *testing.T, js jetstream.JetStream, name string) uint64 {
+	t.Helper()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
 
 // A replica count the server cannot keep is refused with ErrReplicas and a message that
 // names the count and what the server offers, before any asset is created. (On a cluster
 // too few servers are covered by test/cluster_test.go.)
 func TestEnsureAssetsRefusesReplicasTheServerCannotKeep(t *testing.T) {
-	ns := startServer(t, bus.ServerConfig{DontListen: true})
+	ns := startServer(t, natsd.Config{DontListen: true})
 	js, err := jetstream.New(connect(t, bus.ConnConfig{InProcess: ns, Name: "test"}))
 	if err != nil {
 		t.Fatal(err)

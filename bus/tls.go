@@ -11,13 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
-
-// TLSTimeout is how long the server waits for a client's TLS handshake. Edge links are
-// slow; nats-server's default of 2 s is tight for them.
-const TLSTimeout = 5 * time.Second
 
 // TLS file roles, as TLSFileError.Field names them; a config key is "tls_" + Field and a
 // flag "--tls-" + Field.
@@ -31,7 +26,7 @@ const (
 //
 // On a server: Cert and Key are its certificate; with VerifyClients every client must
 // present a certificate signed by CA (mTLS), and a client that sends no nkey is identified
-// by its certificate's subject (nats-server's verify_and_map, see CertUsers).
+// by its certificate's subject (nats-server's verify_and_map, see natsd.CertUsers).
 // On a client: CA verifies the server (default: the system roots); Cert and Key are the
 // client certificate presented to a server that verifies clients.
 type TLSFiles struct {
@@ -93,28 +88,6 @@ func (f TLSFiles) CheckServer() error {
 		return &TLSFileError{Field: TLSFieldCA, Reason: "missing: verifying client certificates needs the CA that signs them"}
 	}
 	return f.CheckClient()
-}
-
-// ApplyServer turns TLS on in a nats-server's options. Every socket client must then use
-// TLS (in-process connections are not sockets and need none); with VerifyClients every
-// client must present a certificate signed by CA, and certificates map to users.
-func (f TLSFiles) ApplyServer(o *server.Options) error {
-	if err := f.CheckServer(); err != nil {
-		return err
-	}
-	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
-		CertFile: f.Cert, KeyFile: f.Key, CaFile: f.CA,
-		Verify: f.VerifyClients, Map: f.VerifyClients, Timeout: TLSTimeout.Seconds(),
-	})
-	if err != nil {
-		return fmt.Errorf("TLS configuration: %w", err)
-	}
-	o.TLSConfig = tc
-	o.TLS = true
-	o.TLSVerify = f.VerifyClients
-	o.TLSMap = f.VerifyClients
-	o.TLSTimeout = TLSTimeout.Seconds()
-	return nil
 }
 
 // ClientOptions returns the nats options of a TLS client: the CA that verifies the server

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats-server/v2/server"
-
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -88,29 +86,6 @@ func TestTLSFilesCheck(t *testing.T) {
 	}
 }
 
-func TestTLSApplyServer(t *testing.T) {
-	pki := testenv.NewPKI(t)
-	srv := pki.Server()
-	var o server.Options
-	if err := srv.ApplyServer(&o); err != nil {
-		t.Fatal(err)
-	}
-	if !o.TLS || o.TLSConfig == nil || o.TLSVerify || o.TLSMap || o.TLSTimeout != bus.TLSTimeout.Seconds() {
-		t.Errorf("TLS options: TLS=%v config=%v verify=%v map=%v timeout=%v", o.TLS, o.TLSConfig != nil, o.TLSVerify, o.TLSMap, o.TLSTimeout)
-	}
-	srv.VerifyClients = true
-	o = server.Options{}
-	if err := srv.ApplyServer(&o); err != nil {
-		t.Fatal(err)
-	}
-	if !o.TLSVerify || !o.TLSMap || o.TLSConfig.ClientCAs == nil {
-		t.Errorf("mTLS options: verify=%v map=%v client CAs=%v", o.TLSVerify, o.TLSMap, o.TLSConfig.ClientCAs != nil)
-	}
-	if err := (bus.TLSFiles{CA: pki.CA}).ApplyServer(&server.Options{}); err == nil {
-		t.Error("a server without a certificate was configured")
-	}
-}
-
 func TestPlaintextURLs(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -134,23 +109,6 @@ func TestCertIdentity(t *testing.T) {
 	if got := bus.GhostCertSubject("ghost-a"); got != "CN=ghost-a,OU=ghost,O=edgectl" {
 		t.Errorf("GhostCertSubject = %q", got)
 	}
-	users := bus.CertUsers([]string{"ghost-b", "ghost-a", "ghost-b"})
-	if len(users) != 2 || users[0].Username != "CN=ghost-a,OU=ghost,O=edgectl" || users[1].Username != "CN=ghost-b,OU=ghost,O=edgectl" {
-		t.Fatalf("CertUsers = %+v", users)
-	}
-	if !slices.Contains(users[0].Permissions.Subscribe.Allow, "cmd.ghost-a") || slices.Contains(users[0].Permissions.Subscribe.Allow, "cmd.ghost-b") {
-		t.Errorf("ghost-a's permissions: %+v", users[0].Permissions.Subscribe.Allow)
-	}
-	for _, u := range users {
-		if u.Password != "" {
-			t.Errorf("certificate user %s has a password", u.Username)
-		}
-	}
-	roles := bus.RoleCertUsers()
-	if len(roles) != 2 || roles[0].Username != "CN=mirage,OU=mirage,O=edgectl" || roles[1].Username != "CN=operator,OU=operator,O=edgectl" {
-		t.Errorf("RoleCertUsers = %+v", roles)
-	}
-
 	pki := testenv.NewPKI(t)
 	if err := bus.CheckGhostCert(pki.Ghost("ghost-a").Cert, "ghost-a"); err != nil {
 		t.Errorf("ghost-a's own certificate: %v", err)
@@ -165,54 +123,5 @@ func TestCertIdentity(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), `"CN=ghost-a,OU=ghost,O=edgectl"`) {
 			t.Errorf("%s: %v, want a refusal naming the expected subject", name, err)
 		}
-	}
-}
-
-// Certificate users have no password: without client verification and mapping anyone
-// could claim one, so the server refuses them.
-func TestCertUsersNeedVerification(t *testing.T) {
-	pki := testenv.NewPKI(t)
-	users := bus.CertUsers([]string{"ghost-a"})
-	for name, cfg := range map[string]bus.ServerConfig{
-		"no TLS":         {DontListen: true, StoreDir: t.TempDir(), CertUsers: users},
-		"TLS, no verify": {Listen: "127.0.0.1:0", StoreDir: t.TempDir(), CertUsers: users, TLS: new(pki.Server())},
-	} {
-		ns, err := bus.StartServer(cfg)
-		if err == nil {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-			t.Fatalf("%s: the server started with certificate users", name)
-		}
-		if !strings.Contains(err.Error(), "client verification") {
-			t.Errorf("%s: %v", name, err)
-		}
-	}
-	ns := startServer(t, bus.ServerConfig{Listen: "127.0.0.1:0", TLS: new(pki.Server())})
-	if err := ns.SetAuth(nil, users); err == nil || !strings.Contains(err.Error(), "client verification") {
-		t.Errorf("SetAuth with certificate users on a server that does not verify clients: %v", err)
-	}
-	if !ns.TLSRequired() || ns.AuthRequired() {
-		t.Errorf("TLSRequired=%v AuthRequired=%v, want true, false", ns.TLSRequired(), ns.AuthRequired())
-	}
-}
-
-// A server reachable from other hosts must authenticate its clients.
-func TestStartServerNonLoopbackNeedsAuth(t *testing.T) {
-	ns, err := bus.StartServer(bus.ServerConfig{Listen: "0.0.0.0:0", StoreDir: t.TempDir()})
-	if err == nil {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-		t.Fatal("a server without auth started on 0.0.0.0")
-	}
-	if !strings.Contains(err.Error(), "without authentication") {
-		t.Errorf("error %q does not say why", err)
-	}
-	operator, err := bus.NewIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns = startServer(t, bus.ServerConfig{Listen: "0.0.0.0:0", Users: []*server.NkeyUser{{Nkey: operator.PublicKey()}}})
-	if !ns.AuthRequired() {
-		t.Error("AuthRequired() = false with nkey users")
 	}
 }

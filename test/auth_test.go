@@ -15,6 +15,7 @@ import (
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds/kv"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -43,12 +44,12 @@ func newIdentity(t *testing.T) *bus.Identity {
 func newAuthFleet(t *testing.T, ghosts ...string) *authFleet {
 	t.Helper()
 	f := &authFleet{operator: newIdentity(t), mirage: newIdentity(t), keys: map[string]*bus.Identity{}, kv: map[string]*kv.Seed{}}
-	f.env = testenv.New(t, testenv.Listen(), testenv.Users(bus.Users(f.operator.PublicKey(), f.mirage.PublicKey(), nil)))
+	f.env = testenv.New(t, testenv.Listen(), testenv.Users(natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), nil)))
 	mnc := f.env.ConnWith("mirage", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
 	f.m = f.env.StartMirageOn(mnc, mirage.Config{
 		Identity: f.mirage, RequireSignedEvents: true,
 		OnFleetChange: func(enrolled map[string]string) error {
-			return f.env.Server.SetUsers(bus.Users(f.operator.PublicKey(), f.mirage.PublicKey(), enrolled))
+			return f.env.Server.SetUsers(natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), enrolled))
 		},
 	})
 	f.op = f.env.ConnWith("operator", f.operator.NATSOption())

@@ -16,10 +16,11 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// seedReadPermissions is what a Ghost needs, beyond bus.GhostPermissions, to read the
+// seedReadPermissions is what a Ghost needs, beyond natsd.GhostPermissions, to read the
 // object store edge_seeds: metadata by direct get, chunks through an ordered consumer
 // with flow control. No writes, no object deletes.
 var seedReadPermissions = []string{
@@ -35,7 +36,7 @@ var seedReadPermissions = []string{
 func TestSeedPushUnderAuth(t *testing.T) {
 	f := newAuthFleet(t, "edge-a")
 	key := f.keys["edge-a"]
-	users := bus.Users(f.operator.PublicKey(), f.mirage.PublicKey(), map[string]string{"edge-a": key.PublicKey()})
+	users := natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), map[string]string{"edge-a": key.PublicKey()})
 	for _, u := range users {
 		if u.Nkey == key.PublicKey() {
 			u.Permissions.Publish.Allow = append(u.Permissions.Publish.Allow, seedReadPermissions...)

@@ -17,6 +17,7 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -87,7 +88,7 @@ func TestTLSPlaintextClientRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * bus.TLSTimeout))
+	_ = conn.SetDeadline(time.Now().Add(2 * natsd.TLSTimeout))
 	r := bufio.NewReader(conn)
 	info, err := r.ReadString('\n')
 	if err != nil || !strings.HasPrefix(info, "INFO ") || !strings.Contains(info, `"tls_required":true`) {
@@ -116,12 +117,12 @@ func newMTLSFleet(t *testing.T, ghosts ...string) *mtlsFleet {
 	f := &mtlsFleet{pki: testenv.NewPKI(t), operator: newIdentity(t), mirage: newIdentity(t)}
 	files := f.pki.Server()
 	files.VerifyClients = true
-	f.env = testenv.New(t, testenv.Listen(), testenv.TLS(files), testenv.Users(f.nkeys()), testenv.CertUsers(bus.CertUsers(ghosts)))
+	f.env = testenv.New(t, testenv.Listen(), testenv.TLS(files), testenv.Users(f.nkeys()), testenv.CertUsers(natsd.CertUsers(ghosts)))
 	return f
 }
 
 func (f *mtlsFleet) nkeys() []*server.NkeyUser {
-	return bus.Users(f.operator.PublicKey(), f.mirage.PublicKey(), nil)
+	return natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), nil)
 }
 
 // ghostConn connects with files' certificate, as Ghost id's connection would.
@@ -212,7 +213,7 @@ func TestTLSEndToEnd(t *testing.T) {
 				if mtls {
 					enrolled = nil // Ghosts connect by certificate
 				}
-				return bus.Users(operator.PublicKey(), mkey.PublicKey(), enrolled)
+				return natsd.Users(operator.PublicKey(), mkey.PublicKey(), enrolled)
 			}
 			files := pki.Server()
 			files.VerifyClients = mtls
@@ -227,7 +228,7 @@ func TestTLSEndToEnd(t *testing.T) {
 					for id := range enrolled {
 						ids = append(ids, id)
 					}
-					return env.Server.SetAuth(nkeys(nil), bus.CertUsers(ids))
+					return env.Server.SetAuth(nkeys(nil), natsd.CertUsers(ids))
 				},
 			})
 			if err := m.Enroll(context.Background(), "edge-1", gkey.PublicKey()); err != nil {

@@ -13,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bench"
-	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 func newBench() *cobra.Command {
@@ -47,7 +47,7 @@ docs/performance.md explains each figure and the targets.`,
 				cfg = bench.Quick
 			}
 			cfg.Sync = syncMode
-			if syncMode != bus.SyncAlways && syncMode != bus.SyncInterval {
+			if syncMode != natsd.SyncAlways && syncMode != natsd.SyncInterval {
 				return cli.Invalid("--sync %q: use always or interval", syncMode)
 			}
 			if cmd.Flags().Changed("intents") {
@@ -111,7 +111,7 @@ docs/performance.md explains each figure and the targets.`,
 			return printBench(cmd.OutOrStdout(), res)
 		},
 	}
-	c.Flags().StringVar(&syncMode, "sync", bus.SyncAlways, "JetStream sync: always (fsync every write) or interval (the server's default interval)")
+	c.Flags().StringVar(&syncMode, "sync", natsd.SyncAlways, "JetStream sync: always (fsync every write) or interval (the server's default interval)")
 	c.Flags().IntVar(&intents, "intents", bench.Full.Intents, "intents of the e2e throughput run (the raw run sends 5× as many double hops); a quarter as many run one at a time for latency")
 	c.Flags().IntSliceVar(&ghosts, "ghosts", bench.Full.Ghosts, "fleet sizes of the fan-out runs (with --quick: 100,500)")
 	c.Flags().StringSliceVar(&phases, "phases", []string{"all"}, "phases to run: raw, e2e, fanout, rss (the figures of the others stay 0)")

@@ -15,6 +15,7 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 )
 
@@ -169,7 +170,7 @@ the enrollments from KV edge_fleet.`,
 			for _, e := range list {
 				ghosts[e.GhostID] = e.PublicKey
 			}
-			_, err = fmt.Fprint(cmd.OutOrStdout(), bus.AuthConfig(roles[mirage.FleetKeyOperator], roles[mirage.FleetKeyMirage], ghosts))
+			_, err = fmt.Fprint(cmd.OutOrStdout(), natsd.AuthConfig(roles[mirage.FleetKeyOperator], roles[mirage.FleetKeyMirage], ghosts))
 			return err
 		},
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/edgectl/edgectl/ghost/seeds"
 	"github.com/edgectl/edgectl/ghost/seeds/control"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // upConfig is the configuration of 'miragectl up' (TOML file, EDGE_ env, flags).
@@ -83,7 +84,7 @@ faster, but an OS crash can lose the last interval's writes.
 ` + upTLSHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := upConfig{NATSListen: bus.DefaultListen, DataDir: ".edgectl", Sync: bus.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1}
+			cfg := upConfig{NATSListen: natsd.DefaultListen, DataDir: ".edgectl", Sync: natsd.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1}
 			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
 				return err
 			}
@@ -95,7 +96,7 @@ faster, but an OS crash can lose the last interval's writes.
 			if err := checkUpTLS(cfg); err != nil {
 				return err
 			}
-			if cfg.Sync != bus.SyncAlways && cfg.Sync != bus.SyncInterval {
+			if cfg.Sync != natsd.SyncAlways && cfg.Sync != natsd.SyncInterval {
 				return cli.Invalid("--sync %q: use always or interval", cfg.Sync)
 			}
 			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
@@ -108,11 +109,11 @@ faster, but an OS crash can lose the last interval's writes.
 	f := c.Flags()
 	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, auth, sync, sync_interval, replicas, metrics_listen, log_format, log_level, production, nats_tls_cert, nats_tls_key, nats_tls_ca, nats_tls_verify_clients)")
 	f.String("server", "", "run against this NATS server (or cluster) instead of an embedded one")
-	f.String("nats-listen", bus.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
+	f.String("nats-listen", natsd.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
 	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
 	f.Bool("no-local-ghost", false, "do not run the co-located Ghost \"local\"")
 	f.Bool("auth", false, "nkey authentication only: Ghosts must be enrolled (miragectl fleet add), commands and events are signed; keys under DATA_DIR/keys")
-	f.String("sync", bus.SyncAlways, "JetStream fsync: always (every write) or interval")
+	f.String("sync", natsd.SyncAlways, "JetStream fsync: always (every write) or interval")
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.Int("replicas", 1, "copies of each stream, KV bucket and object store: 1 on the embedded server, 3 on a 3-node cluster")
 	f.String("log-format", "text", "log format: text or json")
@@ -154,13 +155,13 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 			return err
 		}
 	}
-	var ns *bus.Server
+	var ns *natsd.Server
 	conn := bus.ConnConfig{Name: "mirage", Persistent: true, Logger: log}
 	if cfg.Server != "" {
 		conn.URL = cfg.Server
 		conn.TLS = cfg.tlsFiles()
 	} else {
-		scfg := bus.ServerConfig{
+		scfg := natsd.Config{
 			Listen: cfg.NATSListen, StoreDir: dataDir,
 			Sync: cfg.Sync, SyncEvery: cfg.SyncInterval, ServerName: "edgectl", Logger: log,
 		}
@@ -170,7 +171,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		if files := cfg.tlsFiles(); files.Enabled() {
 			scfg.TLS = &files
 		}
-		ns, err = bus.StartServer(scfg)
+		ns, err = natsd.Start(scfg)
 		if err != nil {
 			return cli.Exit(cli.ExitUnavailable, err)
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // upAuth holds the identities 'up --auth' runs with, kept under DATA_DIR/keys (mode 0600).
@@ -45,7 +46,7 @@ func (a *upAuth) users(enrolled map[string]string, local bool) []*server.NkeyUse
 	if local {
 		ghosts[LocalGhostID] = a.local.PublicKey()
 	}
-	return bus.Users(a.operator.PublicKey(), a.mirage.PublicKey(), ghosts)
+	return natsd.Users(a.operator.PublicKey(), a.mirage.PublicKey(), ghosts)
 }
 
 // record stores the operator key (for 'fleet auth-config') and enrolls the local Ghost.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // upTLSHelp is the part of 'up --help' about TLS and production mode.
@@ -86,7 +87,7 @@ func checkUpTLS(c upConfig) error {
 // fleetChange applies Mirage's enrollments to the embedded server. With mTLS the enrolled
 // Ghosts connect by certificate (CertUsers) and the nkey users are the operator, Mirage
 // and the in-process local Ghost only; otherwise every Ghost is its nkey.
-func fleetChange(ns *bus.Server, auth *upAuth, cfg upConfig) func(map[string]string) error {
+func fleetChange(ns *natsd.Server, auth *upAuth, cfg upConfig) func(map[string]string) error {
 	local := !cfg.NoLocalGhost
 	if !cfg.tlsFiles().VerifyClients {
 		return func(enrolled map[string]string) error { return ns.SetUsers(auth.users(enrolled, local)) }
@@ -96,7 +97,7 @@ func fleetChange(ns *bus.Server, auth *upAuth, cfg upConfig) func(map[string]str
 		for id := range enrolled {
 			ids = append(ids, id)
 		}
-		return ns.SetAuth(auth.users(nil, local), bus.CertUsers(ids))
+		return ns.SetAuth(auth.users(nil, local), natsd.CertUsers(ids))
 	}
 }
 

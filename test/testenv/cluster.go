@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
 )
 
 // Cluster is an in-process JetStream cluster: embedded nats-servers routed to each other
@@ -33,7 +34,7 @@ type clusterNode struct {
 	clientPort int
 	routePort  int
 	store      string
-	srv        *bus.Server
+	srv        *natsd.Server
 }
 
 // NewCluster starts n routed servers and waits until JetStream has a meta leader and
@@ -82,7 +83,7 @@ func (c *Cluster) Start(i int) {
 			routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.routePort))
 		}
 	}
-	srv, err := bus.StartServer(bus.ServerConfig{
+	srv, err := natsd.Start(natsd.Config{
 		Listen:     fmt.Sprintf("127.0.0.1:%d", n.clientPort),
 		StoreDir:   n.store,
 		ServerName: n.name,
@@ -108,7 +109,7 @@ func (c *Cluster) Stop(i int) {
 }
 
 // Server returns node i's running server (nil before it first started).
-func (c *Cluster) Server(i int) *bus.Server { return c.nodes[i].srv }
+func (c *Cluster) Server(i int) *natsd.Server { return c.nodes[i].srv }
 
 // NodeName is the server_name of node i.
 func (c *Cluster) NodeName(i int) string { return c.nodes[i].name }

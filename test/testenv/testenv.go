@@ -21,13 +21,14 @@ import (
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 )
 
 // Env is a running embedded server and what tests started on it.
 type Env struct {
 	T      testing.TB
-	Server *bus.Server
+	Server *natsd.Server
 	Dir    string
 	Log    *slog.Logger
 	// URL is the server's client URL on loopback, with the Listen option.
@@ -79,11 +80,11 @@ func New(t testing.TB, opts ...Option) *Env {
 func (e *Env) start() {
 	e.T.Helper()
 	o := e.opts
-	cfg := bus.ServerConfig{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen, Users: o.users, TLS: o.tls, CertUsers: o.certs}
+	cfg := natsd.Config{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen, Users: o.users, TLS: o.tls, CertUsers: o.certs}
 	if o.listen {
 		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", o.port)
 	}
-	ns, err := bus.StartServer(cfg)
+	ns, err := natsd.Start(cfg)
 	if err != nil {
 		e.T.Fatalf("start server: %v", err)
 	}

@@ -1,4 +1,4 @@
-package bus
+package natsd
 
 import (
 	"errors"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/edgectl/edgectl/bus"
 )
 
 // Sync settings of the embedded server's JetStream store.
@@ -26,8 +28,8 @@ const (
 // DefaultListen is where the embedded server listens unless told otherwise.
 const DefaultListen = "127.0.0.1:4222"
 
-// ServerConfig configures the embedded nats-server.
-type ServerConfig struct {
+// Config configures the embedded nats-server.
+type Config struct {
 	// Listen is HOST:PORT; port 0 or -1 picks a free port. Empty means DefaultListen.
 	Listen string
 	// DontListen serves in-process connections only (tests, benchmarks).
@@ -47,7 +49,7 @@ type ServerConfig struct {
 	Users []*server.NkeyUser
 	// TLS, when not nil, requires TLS of every socket client (in-process connections need
 	// none); with TLS.VerifyClients, a client certificate signed by TLS.CA too.
-	TLS *TLSFiles
+	TLS *bus.TLSFiles
 	// CertUsers are the users a verified client certificate maps to (CertUsers); they need
 	// TLS.VerifyClients. SetAuth changes them while the server runs.
 	CertUsers []*server.User
@@ -108,15 +110,15 @@ func (s *Server) TLSRequired() bool {
 	return s.opts.TLSConfig != nil
 }
 
-// StartServer starts an embedded nats-server with JetStream and waits until it accepts
+// Start starts an embedded nats-server with JetStream and waits until it accepts
 // connections.
-func StartServer(cfg ServerConfig) (*Server, error) {
+func Start(cfg Config) (*Server, error) {
 	opts := &server.Options{
 		ServerName: cfg.ServerName,
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
 		NoSigs:     true,
-		MaxPayload: MaxEnvelope + 64<<10, // headers ride on top of the largest envelope
+		MaxPayload: bus.MaxEnvelope + 64<<10, // headers ride on top of the largest envelope
 	}
 	if cfg.StoreDir == "" {
 		return nil, errors.New("embedded server: a store directory is required")
@@ -154,7 +156,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		opts.Nkeys = cfg.Users
 	}
 	if cfg.TLS != nil {
-		if err := cfg.TLS.ApplyServer(opts); err != nil {
+		if err := ApplyTLS(opts, *cfg.TLS); err != nil {
 			return nil, fmt.Errorf("embedded server: %w", err)
 		}
 	}

@@ -1,0 +1,76 @@
+package natsd
+
+import (
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// GhostPermissions are what Ghost id may do: read its commands and acks, write its events,
+// registration and heartbeats, and replay its own commands from EDGE_CMD. Nothing else.
+func GhostPermissions(id string) *server.Permissions {
+	consumer := bus.GhostReplayConsumer(id)
+	api := "$JS.API."
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			subjects.Event(id),
+			subjects.Register(id),
+			subjects.Heartbeat(id),
+			api + "DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(id),
+			api + "CONSUMER.CREATE." + bus.StreamCommands + "." + consumer + "." + subjects.Command(id),
+			api + "CONSUMER.MSG.NEXT." + bus.StreamCommands + "." + consumer,
+			api + "CONSUMER.DELETE." + bus.StreamCommands + "." + consumer,
+			// Reading pushed seeds from the object store (read only: no publish to $O.).
+			api + "STREAM.INFO.OBJ_" + bus.BucketSeeds,
+			api + "DIRECT.GET.OBJ_" + bus.BucketSeeds + ".$O." + bus.BucketSeeds + ".M.*",
+			api + "CONSUMER.CREATE.OBJ_" + bus.BucketSeeds + ".*.$O." + bus.BucketSeeds + ".C.*",
+			api + "CONSUMER.DELETE.OBJ_" + bus.BucketSeeds + ".*",
+			"$JS.FC.OBJ_" + bus.BucketSeeds + ".>",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			subjects.Command(id),
+			subjects.Ack(id),
+			subjects.AttachGhost(id),
+			subjects.Announce,
+			bus.GhostInbox(id) + ".>",
+		}},
+		// Replies to the requests a Ghost serves (attach).
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+	}
+}
+
+// MiragePermissions are what Mirage needs: send commands, acks, reports and announces,
+// manage its JetStream assets, and serve issue, fleet and registration requests.
+func MiragePermissions() *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{
+			subjects.AllCommands,
+			"ack.*",
+			subjects.AllReports,
+			subjects.Announce,
+			subjects.AttachGhost("*"),
+			"$JS.API.>",
+			"$KV." + bus.BucketGhosts + ".>",
+			"$KV." + bus.BucketIntents + ".>",
+			"$KV." + bus.BucketFleet + ".>",
+			"$JS.ACK." + bus.StreamEvents + ".>",
+			// Replies to operators' and Ghosts' requests; allow_responses alone does not
+			// survive an authorization reload between request and reply.
+			"_INBOX.>",
+			bus.AllGhostInboxes,
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			subjects.Issue,
+			subjects.Attach,
+			subjects.Fleet + ".>",
+			subjects.AllRegisters,
+			subjects.AllHeartbeats,
+			bus.MirageInbox() + ".>",
+		}},
+		// Replies to the requests Mirage serves (issue, register, fleet).
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+	}
+}

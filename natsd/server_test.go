@@ -1,0 +1,116 @@
+package natsd_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
+)
+
+// startServer starts an embedded server on a fresh store and shuts it down, waiting, when the
+// test ends.
+func startServer(t *testing.T, cfg natsd.Config) *natsd.Server {
+	t.Helper()
+	if cfg.StoreDir == "" {
+		cfg.StoreDir = t.TempDir()
+	}
+	ns, err := natsd.Start(cfg)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+func connect(t *testing.T, cfg bus.ConnConfig) *nats.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := bus.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func TestStartRefusesBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  natsd.Config
+		want string
+	}{
+		{"bogus sync", natsd.Config{DontListen: true, StoreDir: t.TempDir(), Sync: "bogus"}, "bogus"},
+		{"no store", natsd.Config{DontListen: true}, "store"},
+		{"listen without port", natsd.Config{StoreDir: t.TempDir(), Listen: "127.0.0.1"}, "127.0.0.1"},
+		{"listen port not a number", natsd.Config{StoreDir: t.TempDir(), Listen: "127.0.0.1:nats"}, "nats"},
+		{"customize fails", natsd.Config{DontListen: true, StoreDir: t.TempDir(),
+			Customize: func(*server.Options) error { return errors.New("no TLS key") }}, "no TLS key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns, err := natsd.Start(tt.cfg)
+			if err == nil {
+				ns.Shutdown()
+				ns.WaitForShutdown()
+				t.Fatal("Start succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// logCounter counts the records a slog.Logger receives.
+type logCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *logCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (c *logCounter) Handle(context.Context, slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	return nil
+}
+func (c *logCounter) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *logCounter) WithGroup(string) slog.Handler      { return c }
+
+func TestStartListen(t *testing.T) {
+	logs := &logCounter{}
+	ns := startServer(t, natsd.Config{
+		Listen: "127.0.0.1:0", Sync: natsd.SyncInterval, SyncEvery: time.Second,
+		ServerName: "edge-test", Logger: slog.New(logs),
+	})
+	url := ns.ClientURL()
+	if !strings.HasPrefix(url, "nats://127.0.0.1:") || strings.HasSuffix(url, ":0") || strings.HasSuffix(url, ":-1") {
+		t.Fatalf("ClientURL() = %q, want a random port on 127.0.0.1", url)
+	}
+	nc := connect(t, bus.ConnConfig{URL: url, Name: "test"})
+	if _, err := nc.RTT(); err != nil {
+		t.Fatalf("RTT: %v", err)
+	}
+	if got := nc.ConnectedServerName(); got != "edge-test" {
+		t.Errorf("server name = %q, want edge-test", got)
+	}
+	logs.mu.Lock()
+	n := logs.n
+	logs.mu.Unlock()
+	if n == 0 {
+		t.Error("the server logged nothing to the given logger")
+	}
+}
