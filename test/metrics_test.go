@@ -1,10 +1,14 @@
 package test
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
@@ -12,13 +16,30 @@ import (
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// sum adds up every sample of a metric family whose labels include want.
-func sum(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+// gather returns Mirage's families (reg) and the Ghost's (its text exposition, parsed).
+func gather(t *testing.T, reg *prometheus.Registry, gm *ghost.Metrics) []*dto.MetricFamily {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var b bytes.Buffer
+	if _, err := gm.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	byName, err := parser.TextToMetricFamilies(&b)
+	if err != nil {
+		t.Fatalf("the Ghost's metrics: %v", err)
+	}
+	for _, f := range byName {
+		families = append(families, f)
+	}
+	return families
+}
+
+// sum adds up every sample of a metric family whose labels include want.
+func sum(families []*dto.MetricFamily, name string, want map[string]string) float64 {
 	total := 0.0
 	for _, f := range families {
 		if f.GetName() != name {
@@ -55,7 +76,7 @@ func TestMetricsMove(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := env.StartMirage(mirage.Config{Metrics: mirage.NewMetrics(reg)})
 	m.Observe(reg)
-	gm := ghost.NewMetrics(reg)
+	gm := ghost.NewMetrics()
 	env.StartGhost("edge-m", testenv.Tune(func(c *ghost.Config) { c.Metrics = gm }))
 	client := env.Client()
 	for i := 0; i < 3; i++ {
@@ -78,8 +99,9 @@ func TestMetricsMove(t *testing.T) {
 		{"edgectl_mirage_command_results_total", map[string]string{"outcome": bus.OutcomeError}, 1},
 		{"edgectl_mirage_ghosts", map[string]string{"status": mirage.StatusOnline}, 1},
 	}
+	families := gather(t, reg, gm)
 	for _, c := range checks {
-		if got := sum(t, reg, c.name, c.labels); got != c.want {
+		if got := sum(families, c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}

@@ -69,9 +69,8 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				Identity: identity, TrustedMirageKeys: cfg.TrustedMirageKeys, CommandMaxAge: cfg.CommandMaxAge,
 			}
 			if cfg.MetricsListen != "" {
-				metrics := cli.MetricsRegistry()
-				gcfg.Metrics = ghost.NewMetrics(metrics)
-				stop, err := cli.ServeMetrics(cfg.MetricsListen, metrics, log)
+				gcfg.Metrics = ghost.NewMetrics()
+				stop, err := cli.ServeMetrics(cfg.MetricsListen, metricsHandler(gcfg.Metrics), log)
 				if err != nil {
 					return err
 				}

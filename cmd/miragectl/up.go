@@ -181,9 +181,13 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	mconn := conn
 	mcfg := mirage.Config{Replicas: cfg.Replicas}
 	var metrics *prometheus.Registry
+	var ghostMetrics *ghost.Metrics // the local Ghost's, served with Mirage's
 	if cfg.MetricsListen != "" {
-		metrics = cli.MetricsRegistry()
+		metrics = metricsRegistry()
 		mcfg.Metrics = mirage.NewMetrics(metrics)
+		if !cfg.NoLocalGhost {
+			ghostMetrics = ghost.NewMetrics()
+		}
 	}
 	if auth != nil {
 		mconn.Options = []nats.Option{auth.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())}
@@ -208,7 +212,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	if metrics != nil {
 		m.Observe(metrics)
-		stopMetrics, err := cli.ServeMetrics(cfg.MetricsListen, metrics, log)
+		stopMetrics, err := cli.ServeMetrics(cfg.MetricsListen, metricsHandler(metrics, ghostMetrics), log)
 		if err != nil {
 			_ = m.Close()
 			return err
@@ -226,10 +230,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if !cfg.NoLocalGhost {
 		gconn := conn
 		gconn.Name = "ghost " + LocalGhostID
-		gcfg := ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto}
-		if metrics != nil {
-			gcfg.Metrics = ghost.NewMetrics(metrics)
-		}
+		gcfg := ghost.Config{ID: LocalGhostID, Version: version, Labels: map[string]string{"role": "local"}, Policy: ghost.PolicyAuto, Metrics: ghostMetrics}
 		if auth != nil {
 			gconn.Options = []nats.Option{auth.local.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(LocalGhostID))}
 			gcfg.Identity = auth.local

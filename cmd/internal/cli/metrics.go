@@ -8,28 +8,19 @@ import (
 	"net"
 	"net/http"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// MetricsRegistry returns a registry with the Go runtime and process collectors.
-func MetricsRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
-}
-
-// ServeMetrics serves reg on http://addr/metrics until the returned stop is called. It
-// fails at once when addr cannot be listened on.
-func ServeMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+// ServeMetrics serves the metrics handler h on http://addr/metrics until the returned stop
+// is called. It fails at once when addr cannot be listened on. The handler is the caller's:
+// miragectl serves a Prometheus registry, ghostctl its own exposition (no client_golang in
+// the agent).
+func ServeMetrics(addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, Invalid("--metrics-listen %s: %v", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/metrics", h)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
