@@ -3,7 +3,6 @@ package ghost
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"sort"
 	"sync"
 
@@ -24,7 +23,7 @@ type Seed interface {
 	Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error)
 }
 
-// Registry holds the seeds a Ghost hosts, with their params compiled for argument checks.
+// Registry holds the seeds a Ghost hosts, with their params' patterns for argument checks.
 // It is safe for concurrent use; seeds may be added and removed while the Ghost serves.
 type Registry struct {
 	mu    sync.RWMutex
@@ -39,14 +38,15 @@ type entry struct {
 
 type operation struct {
 	info     bus.OperationInfo
-	patterns map[string]*regexp.Regexp
+	patterns map[string]*pattern // by param name
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry { return &Registry{seeds: map[string]*entry{}} }
 
 // Add hosts a seed, replacing any seed of the same id. It refuses a seed whose declaration
-// is invalid (bad ids, a param pattern that does not compile).
+// is invalid (bad ids, a param pattern that does not parse). Patterns are compiled on
+// first use.
 func (r *Registry) Add(s Seed) error {
 	info := s.Info()
 	if err := subjects.ValidateSeedID(info.ID); err != nil {
@@ -57,17 +57,13 @@ func (r *Registry) Add(s Seed) error {
 		if err := subjects.ValidateOperation(op.Name); err != nil {
 			return fmt.Errorf("seed %s: %w", info.ID, err)
 		}
-		o := &operation{info: op, patterns: map[string]*regexp.Regexp{}}
+		o := &operation{info: op, patterns: map[string]*pattern{}}
 		for _, p := range op.Params {
-			pat := p.Pattern
-			if pat == "" {
-				pat = "(?s).*"
-			}
-			re, err := regexp.Compile("^(?:" + pat + ")$")
+			pat, err := newPattern(p.Pattern)
 			if err != nil {
 				return fmt.Errorf("seed %s operation %s param %s: pattern: %w", info.ID, op.Name, p.Name, err)
 			}
-			o.patterns[p.Name] = re
+			o.patterns[p.Name] = pat
 		}
 		e.ops[op.Name] = o
 	}
@@ -120,7 +116,11 @@ func (r *Registry) Resolve(seedID, op string, args map[string]string) (Seed, bus
 			}
 			continue
 		}
-		if !o.patterns[p.Name].MatchString(v) {
+		ok, err := o.patterns[p.Name].match(v)
+		if err != nil { // parsed at Add, so not expected: the seed's fault, said as such
+			return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+p.Name, "the declared pattern %q does not compile: %v", p.Pattern, err)
+		}
+		if !ok {
 			return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)
 		}
 	}
