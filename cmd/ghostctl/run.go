@@ -93,6 +93,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				_ = g.Close()
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
+			settleMemory()
 			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted(), "production", cfg.Production, "tls", conn.TLS.Enabled(), "cert_identity", cfg.TLSCert != "")
 			<-ctx.Done()
 			log.Info("stopping: draining executions and flushing events", "component", "ghostctl")
