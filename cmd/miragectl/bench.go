@@ -36,7 +36,9 @@ func newBench() *cobra.Command {
           report, and the issue → terminal report latency one at a time (p50, p99)
   fanout  for each --ghosts N: time for N in-process Ghosts to register, time from issuing
           one intent to all N to its terminal report, and the raw fan-out floor for N
-  rss     the resident memory of an idle, registered ghostctl process
+  rss     the resident memory of an idle, registered ghostctl process: the one beside
+          miragectl, else one built as an agent ships (CGO_ENABLED=0 go build -trimpath
+          -ldflags="-s -w" ./cmd/ghostctl)
 
 --quick runs small counts (a few seconds, for CI). --json prints exactly one JSON object.
 docs/performance.md explains each figure and the targets.`,
