@@ -2,7 +2,6 @@ package bus
 
 import (
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -105,14 +104,28 @@ func timeout(field string, v int64) error {
 	return nil
 }
 
-var argName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+// ValidArgName reports whether name is an argument (param) name: 1-64 of lowercase a-z
+// 0-9 _, starting with a letter. Checked byte by byte, like subjects' identifiers: a
+// package-level regexp would be compiled at every start of every Ghost.
+func ValidArgName(name string) bool {
+	if name == "" || len(name) > 64 || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		c := name[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
 
 func args(field string, m map[string]string) error {
 	if m == nil {
 		return FieldError(CodeSemantic, field, "missing (send {} for none)")
 	}
 	for k := range m {
-		if !argName.MatchString(k) {
+		if !ValidArgName(k) {
 			return FieldError(CodeSemantic, field, "argument name %q is invalid; names are lowercase a-z 0-9 _, starting with a letter", k)
 		}
 	}

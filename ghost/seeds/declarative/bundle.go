@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -271,8 +270,6 @@ const (
 	PatternFiles   = `[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[0-9a-f]{64}(,[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[0-9a-f]{64})*`
 )
 
-var sha256Re = regexp.MustCompile(`^` + PatternSHA256 + `$`)
-
 // InstallArgs are the args of the ghost seed.install command that installs m.
 func (m Manifest) InstallArgs() map[string]string {
 	args := map[string]string{ArgID: m.ID, ArgVersion: m.Version, ArgSpec: m.Spec.Object, ArgSHA256: m.Spec.SHA256}
@@ -304,7 +301,7 @@ func ManifestFromArgs(args map[string]string, out *Manifest) error {
 	if !strings.HasPrefix(m.Spec.Object, prefix) || strings.Contains(m.Spec.Object, "..") {
 		return bus.FieldError(bus.CodeSemantic, "args.spec", "object %q is not under %s", m.Spec.Object, prefix)
 	}
-	if !sha256Re.MatchString(m.Spec.SHA256) {
+	if !validSHA256(m.Spec.SHA256) {
 		return bus.FieldError(bus.CodeSemantic, "args.sha256", "give the spec's SHA-256 as 64 lowercase hex digits")
 	}
 	if list := args[ArgFiles]; list != "" {
@@ -313,7 +310,7 @@ func ManifestFromArgs(args map[string]string, out *Manifest) error {
 			if err := ValidateFileName(name); err != nil {
 				return bus.FieldError(bus.CodeSemantic, "args.files", "%v", err)
 			}
-			if !sha256Re.MatchString(digest) {
+			if !validSHA256(digest) {
 				return bus.FieldError(bus.CodeSemantic, "args.files", "file %s: give its SHA-256 as 64 lowercase hex digits (NAME:SHA256)", name)
 			}
 			m.Files = append(m.Files, Entry{Name: name, Object: FileObject(m.ID, m.Version, name), SHA256: digest})

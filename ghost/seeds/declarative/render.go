@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/edgectl/edgectl/bus"
 )
 
 // An argv element is literal text and placeholders: {{param}} or {{file:NAME}}. A
@@ -41,7 +43,7 @@ func parseElement(s string) (element, error) {
 		name := strings.TrimSpace(s[i+2 : i+2+j])
 		if f, ok := strings.CutPrefix(name, "file:"); ok {
 			el = append(el, segment{file: strings.TrimSpace(f)})
-		} else if paramRe.MatchString(name) {
+		} else if bus.ValidArgName(name) {
 			el = append(el, segment{param: name})
 		} else {
 			return nil, fmt.Errorf("placeholder {{%s}} is neither a param name nor file:NAME", name)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
 )
 
@@ -164,20 +165,13 @@ type rawParam struct {
 	Description string  `toml:"description"`
 }
 
-var (
-	versionRe  = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$`)
-	fileNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-	paramRe    = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`) // bus's argument names
-	envRe      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-)
-
 // Type patterns: the pattern of a param without one of its own.
 var typePatterns = map[string]string{TypeInt: `-?[0-9]{1,18}`, TypeBool: `true|false`}
 
 // ValidateVersion checks a seed version: 1-64 of A-Z a-z 0-9 . _ + -, starting with a
 // letter or digit (it names a directory and an object prefix).
 func ValidateVersion(v string) error {
-	if !versionRe.MatchString(v) {
+	if !validVersion(v) {
 		return fmt.Errorf("version %q: use 1-64 of A-Z a-z 0-9 . _ + -, starting with a letter or digit", v)
 	}
 	return nil
@@ -195,7 +189,7 @@ func ValidateFileName(name string) error {
 		return fmt.Errorf("file name %q contains ..; a file cannot leave the seed's files directory", name)
 	case strings.ContainsAny(name, `/\`):
 		return fmt.Errorf("file name %q contains a path separator; give a bare name", name)
-	case !fileNameRe.MatchString(name):
+	case !validFileName(name):
 		return fmt.Errorf("file name %q: use 1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit", name)
 	}
 	return nil
@@ -288,7 +282,7 @@ func decodeError(err error) error {
 	if errors.As(err, &de) {
 		line, _ := de.Position()
 		reason := strings.TrimPrefix(de.Error(), "toml: ")
-		if m := typeErrRe.FindStringSubmatch(reason); m != nil {
+		if m := typeErrRe().FindStringSubmatch(reason); m != nil {
 			reason = fmt.Sprintf("%s: a TOML %s where %s is expected", strings.ToLower(m[2]), m[1], goTypes[m[3]])
 		}
 		return &SpecError{Line: line, Reason: reason}
@@ -296,8 +290,11 @@ func decodeError(err error) error {
 	return &SpecError{Reason: strings.TrimPrefix(err.Error(), "toml: ")}
 }
 
-// typeErrRe reads go-toml's type errors, to say them in the spec's terms.
-var typeErrRe = regexp.MustCompile(`^cannot decode TOML (\w+) into struct field declarative\.raw\w+\.(\w+) of type \*?(.+)$`)
+// typeErrRe reads go-toml's type errors, to say them in the spec's terms. It is compiled
+// when a spec fails to decode, not at every start.
+func typeErrRe() *regexp.Regexp {
+	return regexp.MustCompile(`^cannot decode TOML (\w+) into struct field declarative\.raw\w+\.(\w+) of type \*?(.+)$`)
+}
 
 var goTypes = map[string]string{"string": "a string", "bool": "true or false", "int64": "an integer",
 	"[]string": "a list of strings", "[]declarative.rawFile": "[[files]] tables"}
@@ -325,7 +322,7 @@ func (s *Spec) operation(name string, ro rawOperation) (*Operation, error) {
 	seen := map[string]bool{}
 	for i, e := range ro.Env {
 		switch {
-		case !envRe.MatchString(e):
+		case !validEnvName(e):
 			return nil, bad(fmt.Sprintf("%s.env[%d]", key, i), "%q is not an environment variable name", e)
 		case e == "PATH":
 			return nil, bad(fmt.Sprintf("%s.env[%d]", key, i), "PATH is fixed by the Ghost and cannot be passed through")
@@ -353,7 +350,7 @@ func (s *Spec) operation(name string, ro rawOperation) (*Operation, error) {
 }
 
 func param(key, name string, rp rawParam) (Param, error) {
-	if !paramRe.MatchString(name) {
+	if !bus.ValidArgName(name) {
 		return Param{}, bad(key, "param name %q: use lowercase a-z 0-9 _, starting with a letter (1-64)", name)
 	}
 	p := Param{Name: name, Type: rp.Type, Required: rp.Required, Pattern: rp.Pattern, Default: rp.Default, Min: rp.Min, Max: rp.Max, Description: rp.Description}
