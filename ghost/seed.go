@@ -38,7 +38,7 @@ type entry struct {
 
 type operation struct {
 	info     bus.OperationInfo
-	patterns map[string]*pattern // by param name
+	patterns map[string]*bus.ParamPattern // by param name
 }
 
 // NewRegistry returns an empty registry.
@@ -46,7 +46,7 @@ func NewRegistry() *Registry { return &Registry{seeds: map[string]*entry{}} }
 
 // Add hosts a seed, replacing any seed of the same id. It refuses a seed whose declaration
 // is invalid (bad ids, a param pattern that does not parse). Patterns are compiled on
-// first use.
+// first use (bus.ParamPattern).
 func (r *Registry) Add(s Seed) error {
 	info := s.Info()
 	if err := subjects.ValidateSeedID(info.ID); err != nil {
@@ -57,9 +57,9 @@ func (r *Registry) Add(s Seed) error {
 		if err := subjects.ValidateOperation(op.Name); err != nil {
 			return fmt.Errorf("seed %s: %w", info.ID, err)
 		}
-		o := &operation{info: op, patterns: map[string]*pattern{}}
+		o := &operation{info: op, patterns: map[string]*bus.ParamPattern{}}
 		for _, p := range op.Params {
-			pat, err := newPattern(p.Pattern)
+			pat, err := bus.ParseParamPattern(p.Pattern)
 			if err != nil {
 				return fmt.Errorf("seed %s operation %s param %s: pattern: %w", info.ID, op.Name, p.Name, err)
 			}
@@ -116,11 +116,7 @@ func (r *Registry) Resolve(seedID, op string, args map[string]string) (Seed, bus
 			}
 			continue
 		}
-		ok, err := o.patterns[p.Name].match(v)
-		if err != nil { // parsed at Add, so not expected: the seed's fault, said as such
-			return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+p.Name, "the declared pattern %q does not compile: %v", p.Pattern, err)
-		}
-		if !ok {
+		if !o.patterns[p.Name].Match(v) {
 			return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)
 		}
 	}

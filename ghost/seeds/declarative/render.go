@@ -3,7 +3,6 @@ package declarative
 import (
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -121,12 +120,12 @@ func checkProgram(s *Spec, el element, raw string) error {
 	return nil
 }
 
-// check validates a value of the param against its pattern (re) and type bounds.
-func (p Param) check(re *regexp.Regexp, v string) error {
+// check validates a value of the param against its pattern and type bounds.
+func (p Param) check(pat *bus.ParamPattern, v string) error {
 	if strings.IndexByte(v, 0) >= 0 {
 		return fmt.Errorf("value contains a NUL byte")
 	}
-	if !re.MatchString(v) {
+	if !pat.Match(v) {
 		return fmt.Errorf("value does not match the pattern %q", p.Pattern)
 	}
 	if p.Type == TypeInt {

@@ -87,7 +87,7 @@ type Operation struct {
 	Env         []string // names of environment variables passed through
 	Params      []Param  // sorted by name
 	tmpl        []element
-	patterns    map[string]*regexp.Regexp
+	patterns    map[string]*bus.ParamPattern
 }
 
 // Param is one declared param of an operation.
@@ -304,7 +304,7 @@ func (s *Spec) operation(name string, ro rawOperation) (*Operation, error) {
 	if err := subjects.ValidateOperation(name); err != nil {
 		return nil, bad(key, "%s", subjects.Reason(err))
 	}
-	op := &Operation{Name: name, Description: ro.Description, Argv: ro.Argv, Env: ro.Env, Timeout: DefaultTimeout, patterns: map[string]*regexp.Regexp{}}
+	op := &Operation{Name: name, Description: ro.Description, Argv: ro.Argv, Env: ro.Env, Timeout: DefaultTimeout, patterns: map[string]*bus.ParamPattern{}}
 	if strings.TrimSpace(op.Description) == "" {
 		return nil, bad(key+".description", "missing: say what the operation does")
 	}
@@ -335,11 +335,11 @@ func (s *Spec) operation(name string, ro rawOperation) (*Operation, error) {
 		return nil, bad(key+".params", "%d params, at most %d are allowed", len(ro.Params), MaxParams)
 	}
 	for pname, rp := range ro.Params {
-		p, err := param(key+".params."+pname, pname, rp)
+		p, pat, err := param(key+".params."+pname, pname, rp)
 		if err != nil {
 			return nil, err
 		}
-		op.patterns[pname] = regexp.MustCompile("^(?:" + p.Pattern + ")$") // compiled by param
+		op.patterns[pname] = pat
 		op.Params = append(op.Params, p)
 	}
 	sort.Slice(op.Params, func(i, j int) bool { return op.Params[i].Name < op.Params[j].Name })
@@ -349,9 +349,10 @@ func (s *Spec) operation(name string, ro rawOperation) (*Operation, error) {
 	return op, nil
 }
 
-func param(key, name string, rp rawParam) (Param, error) {
+// param checks a declared param and returns it with its pattern, compiled on first use.
+func param(key, name string, rp rawParam) (Param, *bus.ParamPattern, error) {
 	if !bus.ValidArgName(name) {
-		return Param{}, bad(key, "param name %q: use lowercase a-z 0-9 _, starting with a letter (1-64)", name)
+		return Param{}, nil, bad(key, "param name %q: use lowercase a-z 0-9 _, starting with a letter (1-64)", name)
 	}
 	p := Param{Name: name, Type: rp.Type, Required: rp.Required, Pattern: rp.Pattern, Default: rp.Default, Min: rp.Min, Max: rp.Max, Description: rp.Description}
 	if p.Type == "" {
@@ -360,33 +361,33 @@ func param(key, name string, rp rawParam) (Param, error) {
 	switch p.Type {
 	case TypeString:
 		if p.Pattern == "" {
-			return Param{}, bad(key+".pattern", "missing: a string param needs a pattern its values must fully match (e.g. \"[a-z0-9-]{1,64}\")")
+			return Param{}, nil, bad(key+".pattern", "missing: a string param needs a pattern its values must fully match (e.g. \"[a-z0-9-]{1,64}\")")
 		}
 	case TypeInt, TypeBool:
 		if p.Pattern != "" {
-			return Param{}, bad(key+".pattern", "a param of type %s takes no pattern: its type decides", p.Type)
+			return Param{}, nil, bad(key+".pattern", "a param of type %s takes no pattern: its type decides", p.Type)
 		}
 		p.Pattern = typePatterns[p.Type]
 	default:
-		return Param{}, bad(key+".type", "%q: use string, int or bool", p.Type)
+		return Param{}, nil, bad(key+".type", "%q: use string, int or bool", p.Type)
 	}
 	if (p.Min != nil || p.Max != nil) && p.Type != TypeInt {
-		return Param{}, bad(key, "min and max are for params of type int")
+		return Param{}, nil, bad(key, "min and max are for params of type int")
 	}
 	if p.Min != nil && p.Max != nil && *p.Min > *p.Max {
-		return Param{}, bad(key+".min", "min %d is above max %d", *p.Min, *p.Max)
+		return Param{}, nil, bad(key+".min", "min %d is above max %d", *p.Min, *p.Max)
 	}
-	re, err := regexp.Compile("^(?:" + p.Pattern + ")$")
+	pat, err := bus.ParseParamPattern(p.Pattern)
 	if err != nil {
-		return Param{}, bad(key+".pattern", "does not compile: %v", err)
+		return Param{}, nil, bad(key+".pattern", "does not compile: %v", err)
 	}
 	if p.Default != nil {
 		if p.Required {
-			return Param{}, bad(key+".default", "a required param takes no default")
+			return Param{}, nil, bad(key+".default", "a required param takes no default")
 		}
-		if err := p.check(re, *p.Default); err != nil {
-			return Param{}, bad(key+".default", "%v", err)
+		if err := p.check(pat, *p.Default); err != nil {
+			return Param{}, nil, bad(key+".default", "%v", err)
 		}
 	}
-	return p, nil
+	return p, pat, nil
 }

@@ -45,7 +45,9 @@ func CheckDeclaration(t *testing.T, info bus.SeedInfo, id string, want map[strin
 			if p.Name == "" || p.Pattern == "" {
 				t.Errorf("operation %s: param %+v needs a name and a pattern", op.Name, p)
 			}
-			regexp.MustCompile("^(?:" + p.Pattern + ")$")
+			if _, err := bus.ParseParamPattern(p.Pattern); err != nil {
+				t.Errorf("operation %s param %s: %v", op.Name, p.Name, err)
+			}
 		}
 	}
 	for name := range left {

@@ -1,0 +1,76 @@
+package bus
+
+import (
+	"regexp"
+	"regexp/syntax"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"weak"
+)
+
+// ParamPattern is a declared param pattern (ParamInfo.Pattern) as args are checked
+// against it: anchored, so a value matches only whole. ParseParamPattern checks that it
+// parses; it is compiled on the first Match, because a compiled pattern can be large (a
+// class repeated {1,256} is hundreds of instructions) and most operations of an idle Ghost
+// are never called. The same pattern, wherever declared (several operations or seeds, the
+// Ghost's registry and a declarative seed), is compiled once per process.
+type ParamPattern struct {
+	expr     string // "^(?:" + declared + ")$"
+	compiled atomic.Pointer[regexp.Regexp]
+}
+
+// ParseParamPattern anchors a declared pattern (empty: any value) and checks that it
+// parses; the error is regexp's (*syntax.Error).
+func ParseParamPattern(declared string) (*ParamPattern, error) {
+	if declared == "" {
+		declared = "(?s).*"
+	}
+	expr := "^(?:" + declared + ")$"
+	if _, err := syntax.Parse(expr, syntax.Perl); err != nil {
+		return nil, err
+	}
+	return &ParamPattern{expr: expr}, nil
+}
+
+// Match reports whether v matches the pattern whole, compiling it the first time.
+func (p *ParamPattern) Match(v string) bool {
+	re := p.compiled.Load()
+	if re == nil {
+		re = compiledPatterns.get(p.expr)
+		p.compiled.Store(re)
+	}
+	return re.MatchString(v)
+}
+
+// compiledPatterns is the process's cache of compiled patterns.
+var compiledPatterns = &patternCache{m: map[string]weak.Pointer[regexp.Regexp]{}}
+
+// patternCache holds compiled patterns weakly, by expression: the ParamPatterns that use
+// one keep it alive, and it is dropped once none does (its seeds removed or replaced), so
+// installing seeds over months does not grow it.
+type patternCache struct {
+	mu sync.Mutex
+	m  map[string]weak.Pointer[regexp.Regexp]
+}
+
+func (c *patternCache) get(expr string) *regexp.Regexp {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if re := c.m[expr].Value(); re != nil {
+		return re
+	}
+	// ParseParamPattern parsed expr, and regexp fails only to parse (compiling a parsed
+	// expression cannot fail).
+	re := regexp.MustCompile(expr)
+	wp := weak.Make(re)
+	c.m[expr] = wp
+	runtime.AddCleanup(re, func(expr string) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.m[expr] == wp {
+			delete(c.m, expr)
+		}
+	}, expr)
+	return re
+}
