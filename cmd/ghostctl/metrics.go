@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"strconv"
 	"strings"
 
@@ -38,14 +37,10 @@ func writeProcessMetrics(b *bytes.Buffer) {
 		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %s\n", name, help, name, name, strconv.FormatFloat(v, 'g', -1, 64))
 	}
 	gauge("go_goroutines", "Number of goroutines that currently exist.", float64(runtime.NumGoroutine()))
-	samples := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/total:bytes"}}
-	metrics.Read(samples)
-	if samples[0].Value.Kind() == metrics.KindUint64 {
-		gauge("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and currently in use.", float64(samples[0].Value.Uint64()))
-	}
-	if samples[1].Value.Kind() == metrics.KindUint64 {
-		gauge("go_memstats_sys_bytes", "Number of bytes obtained from system.", float64(samples[1].Value.Uint64()))
-	}
+	var ms runtime.MemStats // a short stop of the world, once per scrape
+	runtime.ReadMemStats(&ms)
+	gauge("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and currently in use.", float64(ms.HeapAlloc))
+	gauge("go_memstats_sys_bytes", "Number of bytes obtained from system.", float64(ms.Sys))
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		gauge("process_open_fds", "Number of open file descriptors.", float64(len(fds)))
 	}
