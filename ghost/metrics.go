@@ -15,7 +15,7 @@ import (
 // (version 0.0.4). A nil *Metrics records nothing.
 //
 // They are written by hand rather than with client_golang: linking it (and its procfs,
-// protobuf and expfmt dependencies) cost an idle ghostctl about 3 MB of its 12 MB memory
+// protobuf and expfmt dependencies) cost an idle ghostctl about 2 MB of its 12 MB memory
 // budget for six metrics (docs/performance.md). miragectl, which has a registry anyway,
 // parses this text back into it.
 type Metrics struct {
