@@ -36,7 +36,9 @@ var (
 
 // BoltStore is the durable ExecutionStore (go.etcd.io/bbolt): a command_id recorded here
 // is never executed again, across restarts and crashes, for the retention period.
-// Writes go through bbolt's batch, so concurrent executions share fsyncs.
+// Writes are group-committed: one writer puts every write that queued while the last
+// transaction was committing into the next one, so a lone write waits for one fsync and
+// concurrent executions share them.
 type BoltStore struct {
 	db        *bolt.DB
 	retention time.Duration
@@ -53,16 +55,33 @@ type BoltStore struct {
 	volatile   map[string]*Execution
 	volatileEx map[string]*Execution
 
-	// Acknowledgements waiting to be written, by command_id. One writer stores them in
-	// batches: an ack lost in a crash only makes the restart re-send an event Mirage
-	// counts once, so none is worth an fsync of its own.
-	ackMu   sync.Mutex
-	acks    map[string]struct{}
-	ackKick chan struct{}
+	// writes queue for the writer; wmu guards sending against Close.
+	writes  chan writeReq
+	wmu     sync.RWMutex
+	closed  bool
 	closing chan struct{}
 	flushed chan struct{}
-	closed  sync.Once
+
+	// Acknowledgements waiting to be written, by command_id: they ride along with the
+	// writer's next transaction. An ack lost in a crash only makes the restart re-send an
+	// event Mirage counts once, so none is worth an fsync of its own.
+	ackMu   sync.Mutex
+	acks    map[string]struct{}
+	writing map[string]struct{} // taken by the transaction being committed
+	ackKick chan struct{}
 }
+
+// writeReq is one write for the group commit: fn runs inside the writer's transaction
+// and done receives the outcome once that transaction is committed.
+type writeReq struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// maxGroup bounds the writes of one transaction.
+const maxGroup = 1024
+
+var errStoreClosed = errors.New("execution store closed")
 
 // BoltOptions tune a BoltStore.
 type BoltOptions struct {
@@ -85,9 +104,6 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 		}
 		return nil, fmt.Errorf("execution store %s: %w", path, err)
 	}
-	// Batch coalesces concurrent writes into one fsync; it must not hold a lone write back
-	// for bbolt's default 10 ms, which would add 20 ms to every execution.
-	db.MaxBatchDelay = 200 * time.Microsecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketExec, bucketCommand, bucketMessage, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -115,9 +131,9 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 	}
 	s := &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
 		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{},
-		acks: map[string]struct{}{}, ackKick: make(chan struct{}, 1),
-		closing: make(chan struct{}), flushed: make(chan struct{})}
-	go s.ackWriter()
+		writes: make(chan writeReq, maxGroup), closing: make(chan struct{}), flushed: make(chan struct{}),
+		acks: map[string]struct{}{}, ackKick: make(chan struct{}, 1)}
+	go s.writer()
 	return s, nil
 }
 
@@ -146,7 +162,7 @@ func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, erro
 func (s *BoltStore) beginDurable(e Execution) (Execution, bool, error) {
 	var existing Execution
 	fresh := false
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
 		fresh = false
 		if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
 			return getExec(tx, id, &existing)
@@ -232,60 +248,123 @@ func (s *BoltStore) queueAck(commandID string) {
 func (s *BoltStore) ackPending(commandID string) bool {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	_, ok := s.acks[commandID]
-	return ok
+	_, queued := s.acks[commandID]
+	_, writing := s.writing[commandID]
+	return queued || writing
 }
 
-// ackWriter stores queued acknowledgements, all that are waiting in one transaction,
-// until Close; it writes what is left before it returns.
-func (s *BoltStore) ackWriter() {
+// write runs fn in the writer's next transaction and returns once that transaction is
+// committed (fn's error, or the commit's).
+func (s *BoltStore) write(fn func(*bolt.Tx) error) error {
+	req := writeReq{fn: fn, done: make(chan error, 1)}
+	s.wmu.RLock()
+	if s.closed {
+		s.wmu.RUnlock()
+		return errStoreClosed
+	}
+	s.writes <- req
+	s.wmu.RUnlock()
+	return <-req.done
+}
+
+// writer is the group commit: it waits for a write or an ack, takes every write queued
+// meanwhile and the waiting acks, and commits them in one transaction. On Close it
+// commits what is left and returns.
+func (s *BoltStore) writer() {
 	defer close(s.flushed)
+	group := make([]writeReq, 0, maxGroup)
 	for {
+		stopping := false
+		group = group[:0]
 		select {
+		case r := <-s.writes:
+			group = append(group, r)
 		case <-s.ackKick:
-			s.writeAcks()
 		case <-s.closing:
-			s.writeAcks()
+			stopping = true
+		}
+	drain:
+		for len(group) < maxGroup || stopping {
+			select {
+			case r := <-s.writes:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		s.commit(group, s.takeAcks())
+		s.ackMu.Lock()
+		s.writing = nil
+		s.ackMu.Unlock()
+		if stopping {
 			return
 		}
 	}
 }
 
-func (s *BoltStore) writeAcks() {
+func (s *BoltStore) takeAcks() map[string]struct{} {
 	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	if len(s.acks) == 0 {
+		return nil
+	}
 	ids := s.acks
-	s.acks = map[string]struct{}{}
-	s.ackMu.Unlock()
-	if len(ids) == 0 {
+	s.acks, s.writing = map[string]struct{}{}, ids
+	return ids
+}
+
+// commit runs a group in one transaction. When it fails, each write is tried again in a
+// transaction of its own, so that one failing write does not fail the others.
+func (s *BoltStore) commit(group []writeReq, acks map[string]struct{}) {
+	if len(group) == 0 && len(acks) == 0 {
 		return
 	}
-	// A failed batch is dropped: the events are re-sent at the next start and Mirage
-	// counts them once.
-	_ = s.db.Update(func(tx *bolt.Tx) error {
-		for id := range ids {
-			execID := tx.Bucket(bucketCommand).Get([]byte(id))
-			if execID == nil {
-				continue
-			}
-			var e Execution
-			if err := getExec(tx, execID, &e); err != nil || e.Acked {
-				continue
-			}
-			e.Acked = true
-			data, err := json.Marshal(&e)
-			if err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketExec).Put(execID, data); err != nil {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, r := range group {
+			if err := r.fn(tx); err != nil {
 				return err
 			}
 		}
-		return nil
+		return markAcked(tx, acks)
 	})
+	if err == nil {
+		for _, r := range group {
+			r.done <- nil
+		}
+		return
+	}
+	for _, r := range group {
+		r.done <- s.db.Update(r.fn)
+	}
+	// Failed acks are dropped: the events are re-sent at the next start and Mirage counts
+	// them once.
+	_ = s.db.Update(func(tx *bolt.Tx) error { return markAcked(tx, acks) })
+}
+
+func markAcked(tx *bolt.Tx, ids map[string]struct{}) error {
+	for id := range ids {
+		execID := tx.Bucket(bucketCommand).Get([]byte(id))
+		if execID == nil {
+			continue
+		}
+		var e Execution
+		if err := getExec(tx, execID, &e); err != nil || e.Acked {
+			continue
+		}
+		e.Acked = true
+		data, err := json.Marshal(&e)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketExec).Put(execID, data); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *BoltStore) update(executionID string, f func(*Execution)) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.write(func(tx *bolt.Tx) error {
 		var e Execution
 		if err := getExec(tx, []byte(executionID), &e); err != nil {
 			return err
@@ -386,7 +465,7 @@ func (s *BoltStore) LastSeq(_ context.Context) (uint64, error) {
 }
 
 func (s *BoltStore) SetLastSeq(_ context.Context, seq uint64) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if v := b.Get(keyLastSeq); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
 			return nil
@@ -470,9 +549,16 @@ func (s *BoltStore) Prune(_ context.Context) (int, error) {
 	return len(drop), err
 }
 
-// Close writes the acknowledgements still queued and closes the database.
+// Close commits the writes and acknowledgements still queued and closes the database.
 func (s *BoltStore) Close() error {
-	s.closed.Do(func() { close(s.closing) })
+	s.wmu.Lock()
+	if s.closed {
+		s.wmu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	s.wmu.Unlock()
 	<-s.flushed
 	return s.db.Close()
 }
