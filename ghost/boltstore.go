@@ -81,6 +81,11 @@ type writeReq struct {
 // maxGroup bounds the writes of one transaction.
 const maxGroup = 1024
 
+// ackDelay is how long acknowledgements wait for a write to ride along with before they
+// get a transaction of their own: an fsync for acks alone would compete for the disk
+// with the next execution's records.
+const ackDelay = 200 * time.Millisecond
+
 var errStoreClosed = errors.New("execution store closed")
 
 // BoltOptions tune a BoltStore.
@@ -273,6 +278,7 @@ func (s *BoltStore) write(fn func(*bolt.Tx) error) error {
 func (s *BoltStore) writer() {
 	defer close(s.flushed)
 	group := make([]writeReq, 0, maxGroup)
+	var acksDue <-chan time.Time
 	for {
 		stopping := false
 		group = group[:0]
@@ -280,9 +286,15 @@ func (s *BoltStore) writer() {
 		case r := <-s.writes:
 			group = append(group, r)
 		case <-s.ackKick:
+			if acksDue == nil {
+				acksDue = time.After(ackDelay)
+			}
+			continue
+		case <-acksDue:
 		case <-s.closing:
 			stopping = true
 		}
+		acksDue = nil
 	drain:
 		for len(group) < maxGroup || stopping {
 			select {

@@ -76,7 +76,8 @@ type Mirage struct {
 	live    map[string]*liveIntent
 	locks   locks
 	reports chan *bus.Report
-	issues  chan struct{} // slots of issues handled at once
+	issues  chan struct{}            // slots of issues handled at once
+	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -114,6 +115,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		enrolled: newEnrollments(fleetKV),
 		stop:     stop,
 		live:     map[string]*liveIntent{},
+		claimed:  map[string]chan struct{}{},
 		locks:    locks{},
 		reports:  make(chan *bus.Report, 4096),
 		issues:   make(chan struct{}, 64),
