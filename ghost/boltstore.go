@@ -69,13 +69,26 @@ type BoltStore struct {
 	acks    map[string]struct{}
 	writing map[string]struct{} // taken by the transaction being committed
 	ackKick chan struct{}
+	// deferred are writes nobody waits for (finished idempotent executions): like acks,
+	// they ride along with the next transaction or get one after ackDelay.
+	deferred []writeReq
 }
 
 // writeReq is one write for the group commit: fn runs inside the writer's transaction
-// and done receives the outcome once that transaction is committed.
+// and done receives the outcome once that transaction is committed (or, for a deferred
+// write, after is called with it).
 type writeReq struct {
-	fn   func(*bolt.Tx) error
-	done chan error
+	fn    func(*bolt.Tx) error
+	done  chan error
+	after func(error)
+}
+
+func (r writeReq) finish(err error) {
+	if r.after != nil {
+		r.after(err)
+		return
+	}
+	r.done <- err
 }
 
 // maxGroup bounds the writes of one transaction.
@@ -168,55 +181,69 @@ func (s *BoltStore) beginDurable(e Execution) (Execution, bool, error) {
 	var existing Execution
 	fresh := false
 	err := s.write(func(tx *bolt.Tx) error {
-		fresh = false
-		if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
-			return getExec(tx, id, &existing)
-		}
 		if e.State == "" {
 			e.State = StateStarted
 		}
-		data, err := json.Marshal(&e)
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), data); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketCommand).Put([]byte(e.CommandID), []byte(e.ExecutionID)); err != nil {
-			return err
-		}
-		if e.MessageID != "" {
-			if err := tx.Bucket(bucketMessage).Put([]byte(e.MessageID), []byte(e.ExecutionID)); err != nil {
-				return err
-			}
-		}
-		fresh = true
+		var err error
 		existing = e
+		if fresh, err = putNew(tx, &existing); err != nil || fresh {
+			return err
+		}
 		return nil
 	})
 	return existing, fresh, err
 }
 
+// putNew records e with its indexes unless an execution of its command_id is recorded:
+// then it reads that one into e and returns false.
+func putNew(tx *bolt.Tx, e *Execution) (bool, error) {
+	if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
+		return false, getExec(tx, id, e)
+	}
+	data, err := json.Marshal(e)
+	if err != nil {
+		return false, err
+	}
+	if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), data); err != nil {
+		return false, err
+	}
+	if err := tx.Bucket(bucketCommand).Put([]byte(e.CommandID), []byte(e.ExecutionID)); err != nil {
+		return false, err
+	}
+	if e.MessageID != "" {
+		if err := tx.Bucket(bucketMessage).Put([]byte(e.MessageID), []byte(e.ExecutionID)); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
 func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event) error {
 	s.mu.Lock()
 	v, ok := s.volatileEx[executionID]
-	var e Execution
-	if ok {
-		e = *v
-	}
 	s.mu.Unlock()
 	if ok {
-		e.State, e.FinishedMS, e.Event = StateFinished, ev.FinishedMS, ev
-		_, _, err := s.beginDurable(e)
+		// An idempotent execution: its record is written without holding anyone, in the
+		// writer's next transaction. Until then duplicates find it, finished, in memory;
+		// if the Ghost dies before, the command may run again, which it allows.
 		s.mu.Lock()
-		ackedMeanwhile := v.Acked && !e.Acked
-		delete(s.volatile, v.CommandID)
-		delete(s.volatileEx, executionID)
+		v.State, v.FinishedMS, v.Event = StateFinished, ev.FinishedMS, ev
 		s.mu.Unlock()
-		if ackedMeanwhile {
-			s.queueAck(e.CommandID)
-		}
-		return err
+		s.writeDeferred(func(tx *bolt.Tx) error {
+			s.mu.Lock()
+			e := *v
+			s.mu.Unlock()
+			_, err := putNew(tx, &e)
+			return err
+		}, func(error) {
+			// Written or not, it leaves memory: a failed write only loses what a crash
+			// would (a re-run of an idempotent operation).
+			s.mu.Lock()
+			delete(s.volatile, v.CommandID)
+			delete(s.volatileEx, executionID)
+			s.mu.Unlock()
+		})
+		return nil
 	}
 	return s.update(executionID, func(e *Execution) {
 		e.State = StateFinished
@@ -272,6 +299,27 @@ func (s *BoltStore) write(fn func(*bolt.Tx) error) error {
 	return <-req.done
 }
 
+// writeDeferred queues fn for a coming transaction without waiting; after is called
+// with its outcome.
+func (s *BoltStore) writeDeferred(fn func(*bolt.Tx) error, after func(error)) {
+	s.wmu.RLock()
+	closed := s.closed
+	if !closed {
+		s.ackMu.Lock()
+		s.deferred = append(s.deferred, writeReq{fn: fn, after: after})
+		s.ackMu.Unlock()
+	}
+	s.wmu.RUnlock()
+	if closed {
+		after(errStoreClosed)
+		return
+	}
+	select {
+	case s.ackKick <- struct{}{}:
+	default:
+	}
+}
+
 // writer is the group commit: it waits for a write or an ack, takes every write queued
 // meanwhile and the waiting acks, and commits them in one transaction. On Close it
 // commits what is left and returns.
@@ -304,7 +352,8 @@ func (s *BoltStore) writer() {
 				break drain
 			}
 		}
-		s.commit(group, s.takeAcks())
+		acks, deferred := s.takeAcks()
+		s.commit(append(group, deferred...), acks)
 		s.ackMu.Lock()
 		s.writing = nil
 		s.ackMu.Unlock()
@@ -314,15 +363,18 @@ func (s *BoltStore) writer() {
 	}
 }
 
-func (s *BoltStore) takeAcks() map[string]struct{} {
+// takeAcks takes the queued acks and deferred writes for the next transaction.
+func (s *BoltStore) takeAcks() (map[string]struct{}, []writeReq) {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
+	deferred := s.deferred
+	s.deferred = nil
 	if len(s.acks) == 0 {
-		return nil
+		return nil, deferred
 	}
 	ids := s.acks
 	s.acks, s.writing = map[string]struct{}{}, ids
-	return ids
+	return ids, deferred
 }
 
 // commit runs a group in one transaction. When it fails, each write is tried again in a
@@ -341,12 +393,12 @@ func (s *BoltStore) commit(group []writeReq, acks map[string]struct{}) {
 	})
 	if err == nil {
 		for _, r := range group {
-			r.done <- nil
+			r.finish(nil)
 		}
 		return
 	}
 	for _, r := range group {
-		r.done <- s.db.Update(r.fn)
+		r.finish(s.db.Update(r.fn))
 	}
 	// Failed acks are dropped: the events are re-sent at the next start and Mirage counts
 	// them once.
