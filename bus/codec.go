@@ -17,6 +17,13 @@ import (
 func Encode(m any) ([]byte, error) {
 	// No HTML escaping: <, > and & stay one byte, so re-encoding an envelope that was just
 	// under the limit keeps it under the limit.
+	if fe, ok := m.(fastEncoder); ok {
+		data := fe.appendJSON(make([]byte, 0, 512))
+		if len(data) > MaxEnvelope {
+			return nil, Errorf(CodeTooLarge, "envelope is %d bytes, the limit is %d", len(data), MaxEnvelope)
+		}
+		return data, nil
+	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -43,6 +50,14 @@ func Decode(data []byte, m Envelope) error {
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Errorf(CodeFraming, "envelope is not a JSON object")
+	}
+	if fd, ok := m.(fastDecoder); ok {
+		if v := reflect.ValueOf(m).Elem(); v.IsZero() {
+			if decodeFast(trimmed, fd) {
+				return m.Validate()
+			}
+			v.SetZero() // not canonical: decoded again, as before, from scratch
+		}
 	}
 	if hasUpperKey(trimmed) {
 		if err := checkKeyCase(trimmed, reflect.TypeOf(m)); err != nil {

@@ -36,7 +36,9 @@ var (
 
 // BoltStore is the durable ExecutionStore (go.etcd.io/bbolt): a command_id recorded here
 // is never executed again, across restarts and crashes, for the retention period.
-// Writes go through bbolt's batch, so concurrent executions share fsyncs.
+// Writes are group-committed: one writer puts every write that queued while the last
+// transaction was committing into the next one, so a lone write waits for one fsync and
+// concurrent executions share them.
 type BoltStore struct {
 	db        *bolt.DB
 	retention time.Duration
@@ -53,16 +55,51 @@ type BoltStore struct {
 	volatile   map[string]*Execution
 	volatileEx map[string]*Execution
 
-	// Acknowledgements waiting to be written, by command_id. One writer stores them in
-	// batches: an ack lost in a crash only makes the restart re-send an event Mirage
-	// counts once, so none is worth an fsync of its own.
-	ackMu   sync.Mutex
-	acks    map[string]struct{}
-	ackKick chan struct{}
+	// writes queue for the writer; wmu guards sending against Close.
+	writes  chan writeReq
+	wmu     sync.RWMutex
+	closed  bool
 	closing chan struct{}
 	flushed chan struct{}
-	closed  sync.Once
+
+	// Acknowledgements waiting to be written, by command_id: they ride along with the
+	// writer's next transaction. An ack lost in a crash only makes the restart re-send an
+	// event Mirage counts once, so none is worth an fsync of its own.
+	ackMu   sync.Mutex
+	acks    map[string]struct{}
+	writing map[string]struct{} // taken by the transaction being committed
+	ackKick chan struct{}
+	// deferred are writes nobody waits for (finished idempotent executions): like acks,
+	// they ride along with the next transaction or get one after ackDelay.
+	deferred []writeReq
 }
+
+// writeReq is one write for the group commit: fn runs inside the writer's transaction
+// and done receives the outcome once that transaction is committed (or, for a deferred
+// write, after is called with it).
+type writeReq struct {
+	fn    func(*bolt.Tx) error
+	done  chan error
+	after func(error)
+}
+
+func (r writeReq) finish(err error) {
+	if r.after != nil {
+		r.after(err)
+		return
+	}
+	r.done <- err
+}
+
+// maxGroup bounds the writes of one transaction.
+const maxGroup = 1024
+
+// ackDelay is how long acknowledgements wait for a write to ride along with before they
+// get a transaction of their own: an fsync for acks alone would compete for the disk
+// with the next execution's records.
+const ackDelay = 200 * time.Millisecond
+
+var errStoreClosed = errors.New("execution store closed")
 
 // BoltOptions tune a BoltStore.
 type BoltOptions struct {
@@ -85,9 +122,6 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 		}
 		return nil, fmt.Errorf("execution store %s: %w", path, err)
 	}
-	// Batch coalesces concurrent writes into one fsync; it must not hold a lone write back
-	// for bbolt's default 10 ms, which would add 20 ms to every execution.
-	db.MaxBatchDelay = 200 * time.Microsecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketExec, bucketCommand, bucketMessage, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -115,9 +149,9 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 	}
 	s := &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
 		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{},
-		acks: map[string]struct{}{}, ackKick: make(chan struct{}, 1),
-		closing: make(chan struct{}), flushed: make(chan struct{})}
-	go s.ackWriter()
+		writes: make(chan writeReq, maxGroup), closing: make(chan struct{}), flushed: make(chan struct{}),
+		acks: map[string]struct{}{}, ackKick: make(chan struct{}, 1)}
+	go s.writer()
 	return s, nil
 }
 
@@ -146,56 +180,70 @@ func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, erro
 func (s *BoltStore) beginDurable(e Execution) (Execution, bool, error) {
 	var existing Execution
 	fresh := false
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		fresh = false
-		if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
-			return getExec(tx, id, &existing)
-		}
+	err := s.write(func(tx *bolt.Tx) error {
 		if e.State == "" {
 			e.State = StateStarted
 		}
-		data, err := json.Marshal(&e)
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), data); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketCommand).Put([]byte(e.CommandID), []byte(e.ExecutionID)); err != nil {
-			return err
-		}
-		if e.MessageID != "" {
-			if err := tx.Bucket(bucketMessage).Put([]byte(e.MessageID), []byte(e.ExecutionID)); err != nil {
-				return err
-			}
-		}
-		fresh = true
+		var err error
 		existing = e
+		if fresh, err = putNew(tx, &existing); err != nil || fresh {
+			return err
+		}
 		return nil
 	})
 	return existing, fresh, err
 }
 
+// putNew records e with its indexes unless an execution of its command_id is recorded:
+// then it reads that one into e and returns false.
+func putNew(tx *bolt.Tx, e *Execution) (bool, error) {
+	if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
+		return false, getExec(tx, id, e)
+	}
+	data, err := json.Marshal(e)
+	if err != nil {
+		return false, err
+	}
+	if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), data); err != nil {
+		return false, err
+	}
+	if err := tx.Bucket(bucketCommand).Put([]byte(e.CommandID), []byte(e.ExecutionID)); err != nil {
+		return false, err
+	}
+	if e.MessageID != "" {
+		if err := tx.Bucket(bucketMessage).Put([]byte(e.MessageID), []byte(e.ExecutionID)); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
 func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event) error {
 	s.mu.Lock()
 	v, ok := s.volatileEx[executionID]
-	var e Execution
-	if ok {
-		e = *v
-	}
 	s.mu.Unlock()
 	if ok {
-		e.State, e.FinishedMS, e.Event = StateFinished, ev.FinishedMS, ev
-		_, _, err := s.beginDurable(e)
+		// An idempotent execution: its record is written without holding anyone, in the
+		// writer's next transaction. Until then duplicates find it, finished, in memory;
+		// if the Ghost dies before, the command may run again, which it allows.
 		s.mu.Lock()
-		ackedMeanwhile := v.Acked && !e.Acked
-		delete(s.volatile, v.CommandID)
-		delete(s.volatileEx, executionID)
+		v.State, v.FinishedMS, v.Event = StateFinished, ev.FinishedMS, ev
 		s.mu.Unlock()
-		if ackedMeanwhile {
-			s.queueAck(e.CommandID)
-		}
-		return err
+		s.writeDeferred(func(tx *bolt.Tx) error {
+			s.mu.Lock()
+			e := *v
+			s.mu.Unlock()
+			_, err := putNew(tx, &e)
+			return err
+		}, func(error) {
+			// Written or not, it leaves memory: a failed write only loses what a crash
+			// would (a re-run of an idempotent operation).
+			s.mu.Lock()
+			delete(s.volatile, v.CommandID)
+			delete(s.volatileEx, executionID)
+			s.mu.Unlock()
+		})
+		return nil
 	}
 	return s.update(executionID, func(e *Execution) {
 		e.State = StateFinished
@@ -232,60 +280,155 @@ func (s *BoltStore) queueAck(commandID string) {
 func (s *BoltStore) ackPending(commandID string) bool {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	_, ok := s.acks[commandID]
-	return ok
+	_, queued := s.acks[commandID]
+	_, writing := s.writing[commandID]
+	return queued || writing
 }
 
-// ackWriter stores queued acknowledgements, all that are waiting in one transaction,
-// until Close; it writes what is left before it returns.
-func (s *BoltStore) ackWriter() {
+// write runs fn in the writer's next transaction and returns once that transaction is
+// committed (fn's error, or the commit's).
+func (s *BoltStore) write(fn func(*bolt.Tx) error) error {
+	req := writeReq{fn: fn, done: make(chan error, 1)}
+	s.wmu.RLock()
+	if s.closed {
+		s.wmu.RUnlock()
+		return errStoreClosed
+	}
+	s.writes <- req
+	s.wmu.RUnlock()
+	return <-req.done
+}
+
+// writeDeferred queues fn for a coming transaction without waiting; after is called
+// with its outcome.
+func (s *BoltStore) writeDeferred(fn func(*bolt.Tx) error, after func(error)) {
+	s.wmu.RLock()
+	closed := s.closed
+	if !closed {
+		s.ackMu.Lock()
+		s.deferred = append(s.deferred, writeReq{fn: fn, after: after})
+		s.ackMu.Unlock()
+	}
+	s.wmu.RUnlock()
+	if closed {
+		after(errStoreClosed)
+		return
+	}
+	select {
+	case s.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+// writer is the group commit: it waits for a write or an ack, takes every write queued
+// meanwhile and the waiting acks, and commits them in one transaction. On Close it
+// commits what is left and returns.
+func (s *BoltStore) writer() {
 	defer close(s.flushed)
+	group := make([]writeReq, 0, maxGroup)
+	var acksDue <-chan time.Time
 	for {
+		stopping := false
+		group = group[:0]
 		select {
+		case r := <-s.writes:
+			group = append(group, r)
 		case <-s.ackKick:
-			s.writeAcks()
+			if acksDue == nil {
+				acksDue = time.After(ackDelay)
+			}
+			continue
+		case <-acksDue:
 		case <-s.closing:
-			s.writeAcks()
+			stopping = true
+		}
+		acksDue = nil
+	drain:
+		for len(group) < maxGroup || stopping {
+			select {
+			case r := <-s.writes:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		acks, deferred := s.takeAcks()
+		s.commit(append(group, deferred...), acks)
+		s.ackMu.Lock()
+		s.writing = nil
+		s.ackMu.Unlock()
+		if stopping {
 			return
 		}
 	}
 }
 
-func (s *BoltStore) writeAcks() {
+// takeAcks takes the queued acks and deferred writes for the next transaction.
+func (s *BoltStore) takeAcks() (map[string]struct{}, []writeReq) {
 	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	deferred := s.deferred
+	s.deferred = nil
+	if len(s.acks) == 0 {
+		return nil, deferred
+	}
 	ids := s.acks
-	s.acks = map[string]struct{}{}
-	s.ackMu.Unlock()
-	if len(ids) == 0 {
+	s.acks, s.writing = map[string]struct{}{}, ids
+	return ids, deferred
+}
+
+// commit runs a group in one transaction. When it fails, each write is tried again in a
+// transaction of its own, so that one failing write does not fail the others.
+func (s *BoltStore) commit(group []writeReq, acks map[string]struct{}) {
+	if len(group) == 0 && len(acks) == 0 {
 		return
 	}
-	// A failed batch is dropped: the events are re-sent at the next start and Mirage
-	// counts them once.
-	_ = s.db.Update(func(tx *bolt.Tx) error {
-		for id := range ids {
-			execID := tx.Bucket(bucketCommand).Get([]byte(id))
-			if execID == nil {
-				continue
-			}
-			var e Execution
-			if err := getExec(tx, execID, &e); err != nil || e.Acked {
-				continue
-			}
-			e.Acked = true
-			data, err := json.Marshal(&e)
-			if err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketExec).Put(execID, data); err != nil {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, r := range group {
+			if err := r.fn(tx); err != nil {
 				return err
 			}
 		}
-		return nil
+		return markAcked(tx, acks)
 	})
+	if err == nil {
+		for _, r := range group {
+			r.finish(nil)
+		}
+		return
+	}
+	for _, r := range group {
+		r.finish(s.db.Update(r.fn))
+	}
+	// Failed acks are dropped: the events are re-sent at the next start and Mirage counts
+	// them once.
+	_ = s.db.Update(func(tx *bolt.Tx) error { return markAcked(tx, acks) })
+}
+
+func markAcked(tx *bolt.Tx, ids map[string]struct{}) error {
+	for id := range ids {
+		execID := tx.Bucket(bucketCommand).Get([]byte(id))
+		if execID == nil {
+			continue
+		}
+		var e Execution
+		if err := getExec(tx, execID, &e); err != nil || e.Acked {
+			continue
+		}
+		e.Acked = true
+		data, err := json.Marshal(&e)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketExec).Put(execID, data); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *BoltStore) update(executionID string, f func(*Execution)) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.write(func(tx *bolt.Tx) error {
 		var e Execution
 		if err := getExec(tx, []byte(executionID), &e); err != nil {
 			return err
@@ -386,7 +529,7 @@ func (s *BoltStore) LastSeq(_ context.Context) (uint64, error) {
 }
 
 func (s *BoltStore) SetLastSeq(_ context.Context, seq uint64) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	return s.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if v := b.Get(keyLastSeq); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
 			return nil
@@ -470,9 +613,16 @@ func (s *BoltStore) Prune(_ context.Context) (int, error) {
 	return len(drop), err
 }
 
-// Close writes the acknowledgements still queued and closes the database.
+// Close commits the writes and acknowledgements still queued and closes the database.
 func (s *BoltStore) Close() error {
-	s.closed.Do(func() { close(s.closing) })
+	s.wmu.Lock()
+	if s.closed {
+		s.wmu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	s.wmu.Unlock()
 	<-s.flushed
 	return s.db.Close()
 }

@@ -68,16 +68,42 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 		reject(err)
 		return
 	}
-	rec, units, err := m.accept(&is, steps)
+	rec, units, recording, err := m.accept(&is, steps)
 	if err != nil {
 		reject(err)
 		return
 	}
-	// The intent is recorded: answer now, then dispatch. A slow store (a stream leader
-	// failing over) delays the commands, not the answer; a crash before they are stored
-	// is repaired by the next Mirage's recovery.
-	reply(&bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: rec.IntentID, Status: "accepted", Targets: rec.Targets})
-	m.send(rec, units)
+	accepted := &bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: rec.IntentID, Status: "accepted", Targets: rec.Targets}
+	if recording == nil {
+		// The intent is recorded: answer now, then dispatch. A slow store (a stream
+		// leader failing over) delays the commands, not the answer; a crash before they
+		// are stored is repaired by the next Mirage's recovery.
+		reply(accepted)
+		m.send(rec, units)
+		return
+	}
+	// A fresh intent: its commands go out while its record is being stored, so that the
+	// first command does not wait for two stored writes in a row. The answer waits for
+	// the record.
+	futures, perr := m.publish(rec, units)
+	if err := m.awaitRecord(recording); err != nil {
+		m.log.Error("intent record not stored; the intent goes on and its record is stored when it ends", "intent_id", rec.IntentID, "err", err)
+	}
+	reply(accepted)
+	m.sendPublished(rec, units, futures, perr)
+}
+
+// awaitRecord waits for the store's answer to an intent record published with
+// PublishMsgAsync.
+func (m *Mirage) awaitRecord(f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-time.After(10 * time.Second):
+		return errors.New("no answer from the store within 10s")
+	}
 }
 
 // sameIssue reports whether two issues ask for the same thing (a client re-sending an
@@ -121,8 +147,10 @@ func (m *Mirage) plan(is *bus.Issue) ([]StepRecord, error) {
 }
 
 // accept records the intent and starts following it; it returns the units its rollout
-// allows to start now.
-func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, []int, error) {
+// allows to start now. For a fresh intent id (freshIntent) the record is only published:
+// recording is its pending store answer, for the caller to await once the commands are
+// out. A known id is recorded first, and a re-sent issue accepted again with no units.
+func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ []int, recording jetstream.PubAckFuture, _ error) {
 	now := m.cfg.Now()
 	rec := &IntentRecord{
 		IntentID:   is.IntentID,
@@ -138,17 +166,17 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, []int
 		widest = max(widest, len(st.Targets))
 	}
 	if len(rec.Targets) > maxUnits {
-		return nil, nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
+		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
 	}
 	var err error
 	if rec.MaxConcurrency, err = bus.ParseLimit(is.MaxConcurrency, widest, 0); err != nil {
-		return nil, nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
+		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
 	}
 	if is.MaxConcurrency != "" && rec.MaxConcurrency == 0 {
 		rec.MaxConcurrency = 1 // "0%" of a small fleet still lets the rollout move
 	}
 	if rec.MaxErrors, err = bus.ParseLimit(is.MaxErrors, widest, -1); err != nil {
-		return nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
+		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
@@ -156,32 +184,87 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (*IntentRecord, []int
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
-		return nil, nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
+		return nil, nil, nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
 	}
 	if len(data) > bus.MaxEnvelope {
-		return nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
+		return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+	if m.freshIntent(ctx, rec.IntentID) {
+		// Create's condition: no entry for the key yet.
+		msg := nats.NewMsg("$KV." + bus.BucketIntents + "." + rec.IntentID)
+		msg.Data = data
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+		if recording, err = m.js.PublishMsgAsync(msg); err != nil {
+			m.unclaim(rec.IntentID)
+			return nil, nil, nil, bus.Errorf(bus.CodeInternal, "record intent: %v", err)
+		}
+	} else if _, err = m.intents.Create(ctx, rec.IntentID, data); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			if prior, perr := m.Intent(ctx, rec.IntentID); perr == nil && sameIssue(&prior.Issue, is) {
 				m.log.Info("issue re-sent for a recorded intent: accepted again", "intent_id", rec.IntentID)
-				return prior, nil, nil
+				return prior, nil, nil, nil
 			}
-			return nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
+			return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
 		}
-		return nil, nil, bus.Errorf(bus.CodeInternal, "record intent: %v", err)
+		return nil, nil, nil, bus.Errorf(bus.CodeInternal, "record intent: %v", err)
 	}
 	li := newLiveIntent(*rec)
 	m.mu.Lock()
+	m.release(rec.IntentID)
 	m.live[rec.IntentID] = li
 	m.arm(li)
 	units, _ := m.advance(li)
 	li.dirty = li.waiting != "" // the first report comes with results, or says why it waits
 	m.mu.Unlock()
 	m.log.Info("intent accepted", "direction", "in", "peer", is.Actor, "message_type", bus.TypeIssue, "message_id", is.MessageID, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(rec.Targets), "steps", len(steps), "seed", steps[0].Objective.SeedSelector, "operation", steps[0].Objective.Operation)
-	return rec, units, nil
+	return rec, units, recording, nil
+}
+
+// freshIntent reports whether intentID is new: not followed, not being accepted, and not
+// in edge_intents (a read, not a stored write). A fresh id is claimed until accept
+// follows it, so two issues with one new id cannot both go the fresh way. Only then may
+// commands leave before the record is stored: the command ids derive from the intent
+// id, and commands of a second issue under a recorded id must never leave.
+func (m *Mirage) freshIntent(ctx context.Context, intentID string) bool {
+	m.mu.Lock()
+	_, live := m.live[intentID]
+	claim, claimed := m.claimed[intentID]
+	if !live && !claimed {
+		m.claimed[intentID] = make(chan struct{})
+	}
+	m.mu.Unlock()
+	if claimed {
+		// Another issue is being accepted under this id: once it is followed (or gave
+		// up), this one goes the careful way and is compared with its record.
+		select {
+		case <-claim:
+		case <-ctx.Done():
+		}
+	}
+	if live || claimed {
+		return false
+	}
+	if _, err := m.intents.Get(ctx, intentID); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		m.unclaim(intentID)
+		return false
+	}
+	return true
+}
+
+func (m *Mirage) unclaim(intentID string) {
+	m.mu.Lock()
+	m.release(intentID)
+	m.mu.Unlock()
+}
+
+// release ends the claim on a fresh intent id. Called with m.mu held.
+func (m *Mirage) release(intentID string) {
+	if claim, ok := m.claimed[intentID]; ok {
+		close(claim)
+		delete(m.claimed, intentID)
+	}
 }
 
 // send dispatches units; on failure it keeps retrying in the background with the same
@@ -194,10 +277,33 @@ func (m *Mirage) send(rec *IntentRecord, units []int) {
 	// then is re-sent in the background under the same command ids.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+time.Duration(len(units))*time.Millisecond)
 	defer cancel()
-	if err := m.dispatch(ctx, rec, units); err != nil {
-		m.log.Warn("dispatch incomplete; retrying", "intent_id", rec.IntentID, "err", err)
+	futures, err := m.publish(rec, units)
+	m.complete(ctx, rec, units, futures, err)
+}
+
+// sendPublished is send for commands already published (futures, one per unit until
+// publishErr stopped publish).
+func (m *Mirage) sendPublished(rec *IntentRecord, units []int, futures []jetstream.PubAckFuture, publishErr error) {
+	if len(units) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+time.Duration(len(units))*time.Millisecond)
+	defer cancel()
+	m.complete(ctx, rec, units, futures, publishErr)
+}
+
+// complete waits for the store's answers to published commands and re-sends, in the
+// background, every one it did not confirm, so that each command ends up in EDGE_CMD
+// even when its Ghost got it (and answered) while the store could not take it.
+func (m *Mirage) complete(ctx context.Context, rec *IntentRecord, units []int, futures []jetstream.PubAckFuture, publishErr error) {
+	unstored, err := m.await(ctx, rec, units, futures)
+	if publishErr != nil {
+		err = publishErr
+	}
+	if len(unstored) > 0 {
+		m.log.Warn("dispatch incomplete; retrying", "intent_id", rec.IntentID, "commands", len(unstored), "err", err)
 		m.wg.Add(1)
-		go m.redispatch(rec)
+		go m.redispatch(rec, unstored)
 	}
 }
 
@@ -213,7 +319,17 @@ func (rec *IntentRecord) step(u int) StepRecord {
 
 // dispatch publishes the commands of the given units into EDGE_CMD (Nats-Msg-Id =
 // command_id), all in flight at once, and waits for every publish ack.
-func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) error {
+func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) (unstored []int, err error) {
+	futures, perr := m.publish(rec, units)
+	unstored, err = m.await(ctx, rec, units, futures)
+	if perr != nil {
+		err = perr
+	}
+	return unstored, err
+}
+
+// publish sends the commands of units into EDGE_CMD without waiting for the store.
+func (m *Mirage) publish(rec *IntentRecord, units []int) ([]jetstream.PubAckFuture, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(units))
 	now := m.cfg.Now()
 	for _, i := range units {
@@ -235,67 +351,77 @@ func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) e
 		}
 		data, err := bus.Encode(&cmd)
 		if err != nil {
-			return err
+			return futures, err
 		}
 		msg := bus.NewMsg(subjects.Command(g), data, cmd.CommandID, cmd.TraceID)
 		if m.cfg.Identity != nil {
 			if err := bus.SignMsg(msg, m.cfg.Identity); err != nil {
-				return fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
+				return futures, fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
 			}
 		}
 		f, err := m.js.PublishMsgAsync(msg)
 		if err != nil {
-			return fmt.Errorf("publish command %s: %w", cmd.CommandID, err)
+			return futures, fmt.Errorf("publish command %s: %w", cmd.CommandID, err)
 		}
 		futures = append(futures, f)
 	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return fmt.Errorf("command %s not stored: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	m.cfg.Metrics.dispatch(len(futures))
-	m.log.Debug("commands stored", "direction", "out", "message_type", bus.TypeCommand, "intent_id", rec.IntentID, "count", len(futures))
-	return nil
+	return futures, nil
 }
 
-// redispatch re-sends the commands of targets still pending, with backoff, until they are
-// stored, the intent ends, or Mirage stops. The same command_ids make it duplicate-safe.
-func (m *Mirage) redispatch(rec *IntentRecord) {
+// await waits for the store's answer to the publishes of units (futures[i] is units[i]'s;
+// units past the futures were never published) and returns the units not confirmed
+// stored, with the first error.
+func (m *Mirage) await(ctx context.Context, rec *IntentRecord, units []int, futures []jetstream.PubAckFuture) (unstored []int, first error) {
+	stored := 0
+	for i, f := range futures {
+		var err error
+		select {
+		case <-f.Ok():
+			stored++
+			continue
+		case err = <-f.Err():
+			err = fmt.Errorf("command %s not stored: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		unstored = append(unstored, units[i])
+		if first == nil {
+			first = err
+		}
+	}
+	unstored = append(unstored, units[len(futures):]...)
+	m.cfg.Metrics.dispatch(stored)
+	if len(unstored) == 0 {
+		m.log.Debug("commands stored", "direction", "out", "message_type", bus.TypeCommand, "intent_id", rec.IntentID, "count", len(futures))
+	}
+	return unstored, first
+}
+
+// redispatch re-sends the commands of units, with backoff, until they are stored, their
+// deliver_by passes, or Mirage stops. The same command_ids make it duplicate-safe: a
+// Ghost that got a command already answers it again from its execution store.
+func (m *Mirage) redispatch(rec *IntentRecord, units []int) {
 	defer m.wg.Done()
 	wait := 250 * time.Millisecond
-	for {
+	for len(units) > 0 {
 		select {
 		case <-m.stop:
 			return
 		case <-time.After(wait):
 		}
-		m.mu.Lock()
-		li, ok := m.live[rec.IntentID]
-		var only []int
-		if ok {
-			for i := 0; i < li.next; i++ {
-				if li.results[i].Outcome == bus.OutcomePending {
-					only = append(only, i)
-				}
-			}
-		}
-		m.mu.Unlock()
-		if !ok || len(only) == 0 {
+		if m.cfg.Now().UnixMilli() > rec.DeliverByMS {
+			m.log.Warn("commands never stored before their deliver_by; their targets time out unless they answered", "intent_id", rec.IntentID, "commands", len(units))
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := m.dispatch(ctx, rec, only)
+		unstored, err := m.dispatch(ctx, rec, units)
 		cancel()
-		if err == nil {
-			m.log.Info("dispatch completed on retry", "intent_id", rec.IntentID, "commands", len(only))
+		if len(unstored) == 0 {
+			m.log.Info("dispatch completed on retry", "intent_id", rec.IntentID, "commands", len(units))
 			return
 		}
-		m.log.Warn("dispatch retry failed", "intent_id", rec.IntentID, "err", err)
+		m.log.Warn("dispatch retry failed", "intent_id", rec.IntentID, "commands", len(unstored), "err", err)
+		units = unstored
 		wait = min(wait*2, 5*time.Second)
 	}
 }

@@ -305,7 +305,9 @@ func capOutputs(r *bus.Report, limit int) {
 }
 
 // fitReport shrinks a report's results until it fits in an envelope: first it caps each
-// output, then it leaves out successful results, then any; counts stay exact.
+// output, then it leaves out successful results, then any; counts stay exact. A large
+// fan-out's terminal report is built on the path to its answer, so it is sized from the
+// results' own encodings rather than by encoding the whole report again at every step.
 func fitReport(r *bus.Report) {
 	const budget = bus.MaxEnvelope - 16<<10
 	size := func() int {
@@ -328,32 +330,66 @@ func fitReport(r *bus.Report) {
 	if size() <= budget {
 		return
 	}
-	for _, limit := range []int{4 << 10, 512, 64, 0} {
-		capOutputs(r, limit)
-		if size() <= budget {
-			return
+	// When the results do not fit even without any output, capping cannot be enough:
+	// leave results out straight away.
+	bare := append([]bus.TargetResult(nil), r.Results...)
+	bare = bare[:len(bare):len(bare)]
+	withoutOutputs := &bus.Report{Results: bare}
+	capOutputs(withoutOutputs, 0)
+	sizes := make([]int, len(bare))
+	total := reportBase(r)
+	for i := range bare {
+		d, _ := json.Marshal(&bare[i])
+		sizes[i] = len(d) + 1 // and its comma
+		total += sizes[i]
+	}
+	if total <= budget {
+		for _, limit := range []int{4 << 10, 512, 64, 0} {
+			capOutputs(r, limit)
+			if size() <= budget {
+				return
+			}
 		}
 	}
+	r.Results = bare
 	// Keep the non-success results first: they are what an operator looks for.
-	kept := make([]bus.TargetResult, 0, len(r.Results))
-	for _, x := range r.Results {
+	order := make([]int, 0, len(bare))
+	for i, x := range bare {
 		if x.Outcome != bus.OutcomeSuccess {
-			kept = append(kept, x)
+			order = append(order, i)
 		}
 	}
-	for _, x := range r.Results {
+	for i, x := range bare {
 		if x.Outcome == bus.OutcomeSuccess {
-			kept = append(kept, x)
+			order = append(order, i)
 		}
 	}
-	n := len(kept)
-	for n > 0 {
-		r.Results = kept[:n]
-		if size() <= budget {
+	kept := make([]bus.TargetResult, 0, len(bare))
+	used := reportBase(r) + len(`,"results_omitted":`) + 10
+	for _, i := range order {
+		if used+sizes[i] > budget {
 			break
 		}
-		n = n * 3 / 4
+		used += sizes[i]
+		kept = append(kept, bare[i])
 	}
-	r.Results = kept[:n]
-	r.ResultsOmitted = len(kept) - n
+	omitted := len(bare) - len(kept)
+	r.Results, r.ResultsOmitted = kept, omitted
+	// The sum is exact up to separators; check, and shrink further in the unlikely case
+	// it was not.
+	for n := len(kept); n > 0 && size() > budget; {
+		n = n * 3 / 4
+		r.Results, r.ResultsOmitted = kept[:n], len(bare)-n
+	}
+}
+
+// reportBase is the encoded size of r without its results.
+func reportBase(r *bus.Report) int {
+	c := *r
+	c.Results = nil
+	d, err := json.Marshal(&c)
+	if err != nil {
+		return math.MaxInt / 2
+	}
+	return len(d)
 }

@@ -235,6 +235,9 @@ func checkReportFits(t *testing.T, n, outSize int) {
 	if len(r.Results) < len(bad) {
 		t.Fatalf("only %d results kept, fewer than the %d non-success ones", len(r.Results), len(bad))
 	}
+	if r.ResultsOmitted > 0 && len(data) < bus.MaxEnvelope*3/4 {
+		t.Fatalf("report is %d bytes with %d results left out: it could have kept more", len(data), r.ResultsOmitted)
+	}
 	for i, res := range r.Results[:len(bad)] {
 		if !bad[res.CommandID] || res.Outcome == bus.OutcomeSuccess {
 			t.Fatalf("result %d is %s %s; the non-success results must come first", i, res.CommandID, res.Outcome)

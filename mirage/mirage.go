@@ -75,8 +75,9 @@ type Mirage struct {
 	mu      sync.Mutex
 	live    map[string]*liveIntent
 	locks   locks
-	reports chan *bus.Report
-	issues  chan struct{} // slots of issues handled at once
+	reports chan queuedReport
+	issues  chan struct{}            // slots of issues handled at once
+	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -114,8 +115,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		enrolled: newEnrollments(fleetKV),
 		stop:     stop,
 		live:     map[string]*liveIntent{},
+		claimed:  map[string]chan struct{}{},
 		locks:    locks{},
-		reports:  make(chan *bus.Report, 4096),
+		reports:  make(chan queuedReport, 4096),
 		issues:   make(chan struct{}, 64),
 	}
 	return m, nil
@@ -251,18 +253,28 @@ func (m *Mirage) publishDirty() {
 	for _, li := range m.live {
 		if li.dirty {
 			li.dirty = false
-			m.enqueueReport(li.report(now))
+			m.enqueueReport(li.report(now), nil)
 		}
 	}
 }
 
-// enqueueReport hands a report to the publisher. Called with m.mu held, so that the
-// reports of one intent are queued, and stored, in the order they were made.
-func (m *Mirage) enqueueReport(r *bus.Report) {
+// queuedReport is a report for the publisher and what to do once it is stored.
+type queuedReport struct {
+	r    *bus.Report
+	then func()
+}
+
+// enqueueReport hands a report to the publisher; then, when set, runs once the report is
+// stored (or given up). Called with m.mu held, so that the reports of one intent are
+// queued, and stored, in the order they were made.
+func (m *Mirage) enqueueReport(r *bus.Report, then func()) {
 	select {
-	case m.reports <- r:
+	case m.reports <- queuedReport{r, then}:
 	case <-m.stop:
 		m.publishReport(r) // stopping: store it now
+		if then != nil {
+			go then()
+		}
 	}
 }
 
@@ -272,13 +284,16 @@ func (m *Mirage) publisher() {
 	defer m.wg.Done()
 	for {
 		select {
-		case r := <-m.reports:
-			m.publishAsync(r)
+		case q := <-m.reports:
+			m.publishAsync(q)
 		case <-m.stop:
 			for {
 				select {
-				case r := <-m.reports:
-					m.publishReport(r)
+				case q := <-m.reports:
+					m.publishReport(q.r)
+					if q.then != nil {
+						q.then()
+					}
 				default:
 					return
 				}
@@ -287,7 +302,8 @@ func (m *Mirage) publisher() {
 	}
 }
 
-func (m *Mirage) publishAsync(r *bus.Report) {
+func (m *Mirage) publishAsync(q queuedReport) {
+	r := q.r
 	data, err := bus.Encode(r)
 	if err != nil {
 		m.log.Error("cannot encode report", "intent_id", r.IntentID, "err", err)
@@ -296,11 +312,17 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 	f, err := m.js.PublishMsgAsync(bus.NewMsg(subjects.Report(r.IntentID), data, r.MessageID, r.TraceID))
 	if err != nil {
 		m.publishReport(r)
+		if q.then != nil {
+			q.then()
+		}
 		return
 	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		if q.then != nil {
+			defer q.then()
+		}
 		select {
 		case <-f.Ok():
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
@@ -361,11 +383,14 @@ func (m *Mirage) finish(intentID string) {
 	}
 	rec := li.rec
 	rec.Phase, rec.Counts, rec.Summary, rec.FinishedMS = rep.Phase, rep.Counts, rep.Summary, now.UnixMilli()
-	m.enqueueReport(rep)
+	// The terminal record is stored after the terminal report, which users wait on, so
+	// that the two writes do not compete for the disk.
+	m.enqueueReport(rep, func() {
+		if err := m.putIntent(&rec); err != nil {
+			m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
+		}
+	})
 	m.mu.Unlock()
-	if err := m.putIntent(&rec); err != nil {
-		m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
-	}
 	m.cfg.Metrics.intentFinished(rep.Phase, outcomes)
 	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
 	if released {

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -169,5 +170,52 @@ func TestReSentIssueIsAcceptedOnce(t *testing.T) {
 	other.Objective.Args = map[string]string{"key": "other"}
 	if _, err := client.Issue(context.Background(), &other); !errors.Is(err, mirage.ErrRejected) {
 		t.Fatalf("a different issue under an existing id: %v", err)
+	}
+}
+
+// Two different issues racing under one new intent id: one is accepted, the other is
+// refused, and only the accepted one's command runs (commands of a fresh intent leave
+// while its record is stored, so the id must be claimed before they do).
+func TestRacingIssuesUnderOneNewIDRunOnce(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-race")
+	client := env.Client()
+	for round := range 5 {
+		a := testenv.NewIssue("edge-race", "seed.kv", "incr", map[string]string{"key": fmt.Sprintf("a%d", round)}, 10*time.Second)
+		b := *a
+		b.Objective.Args = map[string]string{"key": fmt.Sprintf("b%d", round)}
+		errs := make(chan error, 2)
+		for _, is := range []*bus.Issue{a, &b} {
+			go func() { _, err := client.Issue(context.Background(), is); errs <- err }()
+		}
+		accepted := 0
+		for range 2 {
+			err := <-errs
+			switch {
+			case err == nil:
+				accepted++
+			case !errors.Is(err, mirage.ErrRejected):
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		if accepted != 1 {
+			t.Fatalf("round %d: %d of two different issues under one id accepted", round, accepted)
+		}
+		r := waitReport(t, client, a.IntentID, 15*time.Second)
+		if r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("round %d: %s", round, r.Summary)
+		}
+		// Exactly one of the two keys was incremented.
+		ran := 0
+		for _, key := range []string{fmt.Sprintf("a%d", round), fmt.Sprintf("b%d", round)} {
+			rep := env.Run(client, testenv.NewIssue("edge-race", "seed.kv", "get", map[string]string{"key": key}, 10*time.Second))
+			if rep.Phase == bus.PhaseSatisfied && rep.Results[0].Stdout == "1" {
+				ran++
+			}
+		}
+		if ran != 1 {
+			t.Fatalf("round %d: %d commands ran for one intent id", round, ran)
+		}
 	}
 }
