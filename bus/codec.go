@@ -51,13 +51,8 @@ func Decode(data []byte, m Envelope) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Errorf(CodeFraming, "envelope is not a JSON object")
 	}
-	if fd, ok := m.(fastDecoder); ok {
-		if v := reflect.ValueOf(m).Elem(); v.IsZero() {
-			if decodeFast(trimmed, fd) {
-				return m.Validate()
-			}
-			v.SetZero() // not canonical: decoded again, as before, from scratch
-		}
+	if done, err := tryFast(trimmed, m); done {
+		return err
 	}
 	if hasUpperKey(trimmed) {
 		if err := checkKeyCase(trimmed, reflect.TypeOf(m)); err != nil {

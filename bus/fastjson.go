@@ -21,6 +21,43 @@ type fastDecoder interface {
 	fastField(s *scanner, key []byte) bool
 }
 
+// tryFast decodes data into m with the canonical-form decoder when m has one; done is
+// false when it did not (m is then as it was, for encoding/json). A value holding a map
+// or a pointer already is left to encoding/json, which would decode into them in place.
+func tryFast(data []byte, m Envelope) (done bool, err error) {
+	switch v := m.(type) {
+	case *Command:
+		if v.Args == nil {
+			orig := *v
+			if decodeFast(data, v) {
+				return true, v.Validate()
+			}
+			*v = orig
+		}
+	case *Event:
+		if v.Error == nil {
+			orig := *v
+			if decodeFast(data, v) {
+				return true, v.Validate()
+			}
+			*v = orig
+		}
+	case *EventAck:
+		orig := *v
+		if decodeFast(data, v) {
+			return true, v.Validate()
+		}
+		*v = orig
+	case *Heartbeat:
+		orig := *v
+		if decodeFast(data, v) {
+			return true, v.Validate()
+		}
+		*v = orig
+	}
+	return false, nil
+}
+
 // scanner reads the canonical subset of JSON from data. Every method returns false when
 // the input leaves that subset.
 type scanner struct {
