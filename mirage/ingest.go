@@ -137,6 +137,9 @@ func (m *Mirage) recover(ctx context.Context) error {
 	}
 	var oldest int64
 	for key := range lister.Keys() {
+		m.mu.Lock()
+		m.known.add(key)
+		m.mu.Unlock()
 		rec, err := m.Intent(ctx, key)
 		if err != nil || bus.Terminal(rec.Phase) {
 			continue

@@ -78,6 +78,7 @@ type Mirage struct {
 	reports chan queuedReport
 	issues  chan struct{}            // slots of issues handled at once
 	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
+	known   *knownIntents            // the ids edge_intents may hold (freshIntent)
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -116,6 +117,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		stop:     stop,
 		live:     map[string]*liveIntent{},
 		claimed:  map[string]chan struct{}{},
+		known:    newKnownIntents(),
 		locks:    locks{},
 		reports:  make(chan queuedReport, 4096),
 		issues:   make(chan struct{}, 64),
