@@ -13,7 +13,17 @@ import (
 const (
 	HeaderMsgID       = jetstream.MsgIDHeader // "Nats-Msg-Id": de-duplication key
 	HeaderTraceparent = "traceparent"         // W3C trace context
+	// HeaderPhase is a report's phase, so that the phase of every intent can be read
+	// from EDGE_REPORT's headers alone.
+	HeaderPhase = "Edge-Phase"
 )
+
+// NewReportMsg is the stored message of a report.
+func NewReportMsg(r *Report, data []byte) *nats.Msg {
+	m := NewMsg(subjects.Report(r.IntentID), data, r.MessageID, r.TraceID)
+	m.Header.Set(HeaderPhase, r.Phase)
+	return m
+}
 
 // Traceparent returns a W3C traceparent value for traceID with a fresh span id.
 func Traceparent(traceID string) string {

@@ -257,8 +257,8 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 }
 
 // Intents returns the newest limit intent records of KV edge_intents (every one when limit
-// is 0 or less), newest first. The record of an open intent has its phase at acceptance
-// and empty counts: its latest report (LatestReport) tells how far it is.
+// is 0 or less), newest first. A record holds the intent as accepted, with empty counts:
+// its latest report (LatestReport) tells how far it is, and whether it ended.
 func (c *Client) Intents(ctx context.Context, limit int) ([]IntentRecord, error) {
 	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {

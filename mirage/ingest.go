@@ -77,15 +77,25 @@ func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
 	if ev.IntentID == "" {
 		return verdictRejected, bus.CodeSemantic, "event names no intent", false
 	}
-	rec, err := m.Intent(context.Background(), ev.IntentID)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, err := m.Intent(ctx, ev.IntentID)
 	switch {
-	case err == nil && bus.Terminal(rec.Phase):
-		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + rec.Phase, false
 	case errors.Is(err, ErrIntentNotFound):
 		return verdictRejected, bus.CodeSemantic, "unknown intent " + ev.IntentID, false
-	default:
+	case err != nil:
 		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
 	}
+	phase := rec.Phase
+	if !bus.Terminal(phase) {
+		if phase, err = m.reportPhase(ctx, ev.IntentID); err != nil {
+			return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+		}
+	}
+	if bus.Terminal(phase) {
+		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + phase, false
+	}
+	return verdictRejected, bus.CodeInternal, "intent state unavailable", false
 }
 
 func (m *Mirage) sendAck(ghostID string, ev *bus.Event, status string, code bus.Code) {
@@ -135,11 +145,18 @@ func (m *Mirage) recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	ended, err := endedIntents(ctx, m.js)
+	if err != nil {
+		return err
+	}
 	var oldest int64
 	for key := range lister.Keys() {
 		m.mu.Lock()
 		m.known.add(key)
 		m.mu.Unlock()
+		if _, done := ended[key]; done {
+			continue
+		}
 		rec, err := m.Intent(ctx, key)
 		if err != nil || bus.Terminal(rec.Phase) {
 			continue

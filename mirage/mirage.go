@@ -2,7 +2,6 @@ package mirage
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -75,7 +74,7 @@ type Mirage struct {
 	mu      sync.Mutex
 	live    map[string]*liveIntent
 	locks   locks
-	reports chan queuedReport
+	reports chan *bus.Report
 	issues  chan struct{}            // slots of issues handled at once
 	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
 	known   *knownIntents            // the ids edge_intents may hold (freshIntent)
@@ -119,7 +118,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		claimed:  map[string]chan struct{}{},
 		known:    newKnownIntents(),
 		locks:    locks{},
-		reports:  make(chan queuedReport, 4096),
+		reports:  make(chan *bus.Report, 4096),
 		issues:   make(chan struct{}, 64),
 	}
 	return m, nil
@@ -255,28 +254,18 @@ func (m *Mirage) publishDirty() {
 	for _, li := range m.live {
 		if li.dirty {
 			li.dirty = false
-			m.enqueueReport(li.report(now), nil)
+			m.enqueueReport(li.report(now))
 		}
 	}
 }
 
-// queuedReport is a report for the publisher and what to do once it is stored.
-type queuedReport struct {
-	r    *bus.Report
-	then func()
-}
-
-// enqueueReport hands a report to the publisher; then, when set, runs once the report is
-// stored (or given up). Called with m.mu held, so that the reports of one intent are
-// queued, and stored, in the order they were made.
-func (m *Mirage) enqueueReport(r *bus.Report, then func()) {
+// enqueueReport hands a report to the publisher. Called with m.mu held, so that the
+// reports of one intent are queued, and stored, in the order they were made.
+func (m *Mirage) enqueueReport(r *bus.Report) {
 	select {
-	case m.reports <- queuedReport{r, then}:
+	case m.reports <- r:
 	case <-m.stop:
 		m.publishReport(r) // stopping: store it now
-		if then != nil {
-			go then()
-		}
 	}
 }
 
@@ -286,16 +275,13 @@ func (m *Mirage) publisher() {
 	defer m.wg.Done()
 	for {
 		select {
-		case q := <-m.reports:
-			m.publishAsync(q)
+		case r := <-m.reports:
+			m.publishAsync(r)
 		case <-m.stop:
 			for {
 				select {
-				case q := <-m.reports:
-					m.publishReport(q.r)
-					if q.then != nil {
-						q.then()
-					}
+				case r := <-m.reports:
+					m.publishReport(r)
 				default:
 					return
 				}
@@ -304,27 +290,20 @@ func (m *Mirage) publisher() {
 	}
 }
 
-func (m *Mirage) publishAsync(q queuedReport) {
-	r := q.r
+func (m *Mirage) publishAsync(r *bus.Report) {
 	data, err := bus.Encode(r)
 	if err != nil {
 		m.log.Error("cannot encode report", "intent_id", r.IntentID, "err", err)
 		return
 	}
-	f, err := m.js.PublishMsgAsync(bus.NewMsg(subjects.Report(r.IntentID), data, r.MessageID, r.TraceID))
+	f, err := m.js.PublishMsgAsync(bus.NewReportMsg(r, data))
 	if err != nil {
 		m.publishReport(r)
-		if q.then != nil {
-			q.then()
-		}
 		return
 	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		if q.then != nil {
-			defer q.then()
-		}
 		select {
 		case <-f.Ok():
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
@@ -343,7 +322,7 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		m.log.Error("cannot encode report", "intent_id", r.IntentID, "err", err)
 		return
 	}
-	msg := bus.NewMsg(subjects.Report(r.IntentID), data, r.MessageID, r.TraceID)
+	msg := bus.NewReportMsg(r, data)
 	b := 250 * time.Millisecond
 	for attempt := 1; attempt <= 8; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -363,8 +342,9 @@ func (m *Mirage) publishReport(r *bus.Report) {
 	m.log.Error("report not stored", "intent_id", r.IntentID, "phase", r.Phase, "err", err)
 }
 
-// finish ends an intent: its record is stored terminal and its terminal report published.
-// Called without m.mu held.
+// finish ends an intent: its terminal report is published. The terminal report is the
+// intent's terminal state; its record in edge_intents stays as accepted, which saves
+// every intent a stored write (an fsync with --sync always). Called without m.mu held.
 func (m *Mirage) finish(intentID string) {
 	m.mu.Lock()
 	li, ok := m.live[intentID]
@@ -383,18 +363,11 @@ func (m *Mirage) finish(intentID string) {
 	for i, r := range li.results {
 		outcomes[i] = r.Outcome
 	}
-	rec := li.rec
-	rec.Phase, rec.Counts, rec.Summary, rec.FinishedMS = rep.Phase, rep.Counts, rep.Summary, now.UnixMilli()
-	// The terminal record is stored after the terminal report, which users wait on, so
-	// that the two writes do not compete for the disk.
-	m.enqueueReport(rep, func() {
-		if err := m.putIntent(&rec); err != nil {
-			m.log.Error("intent record not stored terminal", "intent_id", intentID, "err", err)
-		}
-	})
+	traceID := li.rec.Issue.TraceID
+	m.enqueueReport(rep)
 	m.mu.Unlock()
 	m.cfg.Metrics.intentFinished(rep.Phase, outcomes)
-	m.log.Info("intent finished", "intent_id", intentID, "trace_id", rec.Issue.TraceID, "phase", rep.Phase, "summary", rep.Summary)
+	m.log.Info("intent finished", "intent_id", intentID, "trace_id", traceID, "phase", rep.Phase, "summary", rep.Summary)
 	if released {
 		m.wakeWaiters()
 	}
@@ -435,18 +408,6 @@ func (m *Mirage) wakeWaiters() {
 	for _, id := range waiting {
 		m.progress(id)
 	}
-}
-
-// putIntent stores the terminal record without waiting for it: the terminal report,
-// published next, is what users wait on, and a Mirage that restarts before the record is
-// stored finds the intent complete again from EDGE_EVT.
-func (m *Mirage) putIntent(rec *IntentRecord) error {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	_, err = m.js.PublishAsync("$KV."+bus.BucketIntents+"."+rec.IntentID, data)
-	return err
 }
 
 // arm sets the deadline timer of a live intent. Called with m.mu held.

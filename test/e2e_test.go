@@ -7,9 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -217,5 +220,68 @@ func TestRacingIssuesUnderOneNewIDRunOnce(t *testing.T) {
 		if ran != 1 {
 			t.Fatalf("round %d: %d commands ran for one intent id", round, ran)
 		}
+	}
+}
+
+// An intent's terminal state is its terminal report (its record stays as accepted): a
+// Mirage that starts afterwards does not take the ended intent up again, dispatches
+// nothing for it, and answers a late event for it with "already ended" (1900).
+func TestEndedIntentStaysEndedAcrossMirageRestart(t *testing.T) {
+	env := testenv.New(t)
+	first := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-end")
+	client := env.Client()
+	is := testenv.NewIssue("edge-end", "seed.kv", "incr", map[string]string{"key": "k"}, 10*time.Second)
+	if rep := env.Run(client, is); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("%s", rep.Summary)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rec, err := first.Intent(ctx, is.IntentID)
+	if err != nil || bus.Terminal(rec.Phase) {
+		t.Fatalf("record of the ended intent: %+v %v (it stays as accepted)", rec, err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	js := env.JetStream()
+	commandsBefore := storedIDs(t, js, bus.StreamCommands)
+
+	acks := make(chan *bus.EventAck, 4)
+	nc := env.Conn("watch acks")
+	if _, err := nc.Subscribe(subjects.Ack("edge-end"), func(m *nats.Msg) {
+		var ack bus.EventAck
+		if bus.Decode(m.Data, &ack) == nil {
+			acks <- &ack
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	env.StartMirage(mirage.Config{})
+	// A late, different event for the ended intent's command.
+	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, is.TraceID, time.Now()), EventID: "evt_late", CommandID: mirage.CommandID(is.IntentID, 0),
+		IntentID: is.IntentID, ExecutionID: "exe_late", GhostID: "edge-end", SeedID: "seed.kv", Operation: "incr",
+		Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok", Stdout: "2"}, StartedMS: time.Now().UnixMilli(), FinishedMS: time.Now().UnixMilli()}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Event("edge-end"), data, ev.EventID, ev.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ack := <-acks:
+		if ack.EventID != "evt_late" || ack.AckStatus != bus.AckRejected || ack.AckCode != bus.CodeNoResponse {
+			t.Fatalf("late event answered %+v, want rejected 1900", ack)
+		}
+	case <-ctx.Done():
+		t.Fatal("no event.ack for the late event")
+	}
+	rep, err := client.LatestReport(ctx, is.IntentID)
+	if err != nil || rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("latest report after the restart: %+v %v", rep, err)
+	}
+	if after := storedIDs(t, js, bus.StreamCommands); len(after) != len(commandsBefore) {
+		t.Fatalf("the restarted Mirage dispatched again: %d commands stored, %d before", len(after), len(commandsBefore))
 	}
 }

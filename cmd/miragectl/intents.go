@@ -90,8 +90,9 @@ target_scope, seed, operation, summary}; finished_ms is 0 while the intent is op
 	return c
 }
 
-// describeIntent is an intent's line. The record of an open intent holds no counts: they
-// come from its latest report, else every target is pending.
+// describeIntent is an intent's line. A record holds the intent as accepted (records of
+// earlier versions may be terminal): its phase, counts and end come from its latest
+// report, else every target is pending.
 func describeIntent(cmd *cobra.Command, client *mirage.Client, rec mirage.IntentRecord) (intentLine, error) {
 	l := intentLine{
 		IntentID: rec.IntentID, Phase: rec.Phase, Counts: rec.Counts, CreatedMS: rec.CreatedMS, FinishedMS: rec.FinishedMS,
@@ -104,6 +105,9 @@ func describeIntent(cmd *cobra.Command, client *mirage.Client, rec mirage.Intent
 	switch {
 	case err == nil:
 		l.Phase, l.Counts, l.Summary = rep.Phase, rep.Counts, rep.Summary
+		if bus.Terminal(rep.Phase) {
+			l.FinishedMS = rep.TimestampMS
+		}
 	case errors.Is(err, mirage.ErrIntentNotFound):
 		n := len(rec.Targets)
 		l.Counts = bus.Counts{Targets: n, Pending: n}
