@@ -43,6 +43,12 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		redelivered = md.NumDelivered > 1
 	}
 	m.cfg.Metrics.event(v, redelivered)
+	// The rollout moves (and a terminal report is queued) before the acks go out: they
+	// are not on anyone's path, and an event redelivered after a crash in between is
+	// counted once.
+	if done {
+		m.progress(ev.IntentID)
+	}
 	if err := msg.Ack(); err != nil {
 		m.log.Debug("stream ack failed; the event will be redelivered and counted once", "event_id", ev.EventID, "err", err)
 	}
@@ -57,9 +63,6 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	default:
 		m.log.Debug("event ingested", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "message_id", ev.MessageID, "trace_id", ev.TraceID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "outcome", ev.Outcome, "duplicate", v == verdictDuplicate)
 		m.sendAck(ev.GhostID, &ev, bus.AckAccepted, 0)
-	}
-	if done {
-		m.progress(ev.IntentID)
 	}
 }
 
