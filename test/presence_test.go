@@ -37,6 +37,15 @@ func TestPresenceFollowsHeartbeats(t *testing.T) {
 	client := env.Client()
 	client.Presence = mirage.Presence{StaleAfter: 400 * time.Millisecond, OfflineAfter: 1200 * time.Millisecond}
 	testenv.Eventually(t, 3*time.Second, "online", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
+	// Past the stale threshold since it registered, it stays online on its heartbeats
+	// alone (kept in the presence shards of edge_ghosts, not in its record).
+	time.Sleep(600 * time.Millisecond)
+	for range 5 {
+		if st := statusOf(t, client, "edge-p"); st != mirage.StatusOnline {
+			t.Fatalf("a Ghost beating every 50 ms reads %s", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	_ = g.Close()
 	testenv.Eventually(t, 3*time.Second, "stale", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusStale })
 	testenv.Eventually(t, 3*time.Second, "offline", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOffline })
