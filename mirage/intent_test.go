@@ -329,3 +329,25 @@ func TestGhostRecordStatus(t *testing.T) {
 		}
 	}
 }
+
+// The shortcut that skips measuring a small report is conservative: a report it lets
+// through fits, even with texts that escape badly and the longest ids.
+func TestFitReportShortcutFits(t *testing.T) {
+	long := strings.Repeat("x", 96)
+	for _, size := range []int{1, 1 << 10, 7 << 10} {
+		r := &bus.Report{IntentID: long, Phase: bus.PhaseFailed, Summary: strings.Repeat("s", 200)}
+		for i := range 63 {
+			r.Results = append(r.Results, bus.TargetResult{Step: i, GhostID: strings.Repeat("g", 64), CommandID: long + "_999999", ExecutionID: long, EventID: long,
+				Outcome: bus.OutcomeError, ExitCode: -1, Stdout: strings.Repeat("\x01", size), Stderr: strings.Repeat("\u2028", size/3), Truncated: true,
+				Error: &bus.Error{Code: bus.CodeRuntime, Class: "runtime", Message: strings.Repeat("\x02", size), Field: long}})
+		}
+		fitReport(r)
+		data, err := bus.Encode(r)
+		if err != nil {
+			t.Fatalf("outputs of %d bytes: %v", size, err)
+		}
+		if len(data) > bus.MaxEnvelope {
+			t.Fatalf("outputs of %d bytes: report is %d bytes, over %d", size, len(data), bus.MaxEnvelope)
+		}
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
@@ -131,10 +133,12 @@ func TestCrashInsideNonIdempotentExecutionIsInterrupted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Command("edge-crash"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The answer to an issue does not wait for its commands' store acks: wait for it.
+	var raw *jetstream.RawStreamMsg
+	testenv.Eventually(t, 10*time.Second, "the command stored in EDGE_CMD", func() bool {
+		raw, err = stream.GetLastMsgForSubject(ctx, subjects.Command("edge-crash"))
+		return err == nil
+	})
 	var cmd bus.Command
 	if err := bus.Decode(raw.Data, &cmd); err != nil {
 		t.Fatal(err)
