@@ -225,10 +225,12 @@ func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event)
 	if ok {
 		// An idempotent execution: its record is written without holding anyone, in the
 		// writer's next transaction. Until then duplicates find it, finished, in memory;
-		// if the Ghost dies before, the command may run again, which it allows.
+		// if the Ghost dies before, the command may run again, which it allows. It is
+		// marked finished and queued under one lock, so that whoever sees it finished (a
+		// catch-up moving the replay position) writes after its record.
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		v.State, v.FinishedMS, v.Event = StateFinished, ev.FinishedMS, ev
-		s.mu.Unlock()
 		s.writeDeferred(func(tx *bolt.Tx) error {
 			s.mu.Lock()
 			e := *v
@@ -311,7 +313,7 @@ func (s *BoltStore) writeDeferred(fn func(*bolt.Tx) error, after func(error)) {
 	}
 	s.wmu.RUnlock()
 	if closed {
-		after(errStoreClosed)
+		go after(errStoreClosed) // the caller may hold s.mu, which after takes
 		return
 	}
 	select {

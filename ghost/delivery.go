@@ -119,8 +119,10 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		return
 	}
 	if !full && !g.needFull.Load() {
+		// Known and finished: its record is written, or queued ahead of the position's.
+		// One still executing is replayed instead, which waits for it.
 		if id := bus.ProbeCommand(data).CommandID; id != "" {
-			if _, err := g.store.GetByCommandID(ctx, id); err == nil {
+			if e, err := g.store.GetByCommandID(ctx, id); err == nil && e.State == StateFinished {
 				if err := g.store.SetLastSeq(ctx, last); err != nil {
 					g.log.Error("execution store: saving the replay position failed", "err", err)
 				}

@@ -293,6 +293,15 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 		g.cfg.Metrics.replay()
 	}
 	if out.Event == nil {
+		// Another delivery of the command is executing. A replayed one waits for it, so
+		// that the replay position does not pass a command whose execution is not yet
+		// recorded (a crash then would lose it).
+		if replayed && out.Running != nil {
+			select {
+			case <-out.Running:
+			case <-g.run.Done():
+			}
+		}
 		return
 	}
 	g.cfg.Metrics.outcome(out)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/edgectl/edgectl/bus"
@@ -22,6 +23,9 @@ type Pipeline struct {
 	store    ExecutionStore
 	now      func() time.Time
 	log      *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]chan struct{} // command_id → closed once its execution is recorded
 }
 
 // NewPipeline returns the pipeline of the Ghost ghostID.
@@ -29,7 +33,7 @@ func NewPipeline(ghostID string, registry *Registry, store ExecutionStore, now f
 	if now == nil {
 		now = time.Now
 	}
-	return &Pipeline{ghostID: ghostID, registry: registry, store: store, now: now, log: log}
+	return &Pipeline{ghostID: ghostID, registry: registry, store: store, now: now, log: log, running: map[string]chan struct{}{}}
 }
 
 // Outcome of Pipeline.Run.
@@ -45,6 +49,9 @@ type Outcome struct {
 	Acked bool
 	// Stored, when set, is closed once the terminal event is recorded in the store.
 	Stored <-chan struct{}
+	// Running, on a duplicate without an event (its execution still runs in this process),
+	// is closed once that execution's event is recorded.
+	Running <-chan struct{}
 }
 
 // Wait blocks until the outcome's event is recorded (a no-op for outcomes recorded before
@@ -59,7 +66,7 @@ func (o Outcome) Wait() {
 // lifetime); the command's own timeout_ms is applied inside.
 func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
-		return Outcome{Event: prior.Event, Duplicate: true, Acked: prior.Acked}
+		return Outcome{Event: prior.Event, Duplicate: true, Acked: prior.Acked, Running: p.runningOf(prior.Event, cmd.CommandID)}
 	} else if !errors.Is(err, ErrNotFound) {
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
 	}
@@ -83,8 +90,12 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
 	}
 	if !fresh {
-		return Outcome{Event: claimed.Event, Duplicate: true}
+		return Outcome{Event: claimed.Event, Duplicate: true, Running: p.runningOf(claimed.Event, cmd.CommandID)}
 	}
+	running := make(chan struct{})
+	p.mu.Lock()
+	p.running[cmd.CommandID] = running
+	p.mu.Unlock()
 	ev := p.execute(ctx, seed, cmd, claimed)
 	// The event may be sent while its record is written: if the Ghost dies in between,
 	// the restart ends the execution again under the same stable event_id, which JetStream
@@ -93,8 +104,23 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	go func() {
 		defer close(stored)
 		p.finish(context.WithoutCancel(ctx), claimed.ExecutionID, ev)
+		p.mu.Lock()
+		delete(p.running, cmd.CommandID)
+		p.mu.Unlock()
+		close(running)
 	}()
 	return Outcome{Event: ev, Executed: true, Stored: stored}
+}
+
+// runningOf returns the channel of the execution of commandID still running in this
+// process, when a duplicate found it without an event.
+func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
+	if ev != nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.running[commandID]
 }
 
 // Refuse records and returns an error event for a command that will not execute. It is

@@ -343,6 +343,15 @@ func TestPipelineConcurrentSameCommand(t *testing.T) {
 			// Only a delivery that found the execution still running may come back
 			// without an event: the running one emits it.
 			t.Errorf("delivery %d: no event and not a duplicate", i)
+		case out.Event == nil && out.Running == nil:
+			// A replayed delivery waits on it before the replay position moves on.
+			t.Errorf("delivery %d: no event and nothing to wait for", i)
+		case out.Event == nil:
+			select {
+			case <-out.Running:
+			default:
+				t.Errorf("delivery %d: the running execution is recorded, its channel still open", i)
+			}
 		}
 	}
 	if executed != 1 {
