@@ -91,10 +91,43 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 		err = m.awaitRecord(recording)
 	}
 	if err != nil {
-		m.log.Error("intent record not stored; the intent goes on and its record is stored when it ends", "intent_id", rec.IntentID, "err", err)
+		// The commands are out and the intent is followed: it goes on, and its record is
+		// stored in the background, so that a restart can take it up.
+		m.log.Warn("intent record not stored yet; retrying", "intent_id", rec.IntentID, "err", err)
+		m.wg.Add(1)
+		go m.recordLater(rec.IntentID, record)
 	}
 	reply(accepted)
 	m.sendPublished(rec, units, futures, perr)
+}
+
+// recordLater stores a fresh intent's record, with backoff, until the store takes it (or
+// says it holds it already: an earlier attempt was stored without its answer reaching
+// Mirage) or Mirage stops.
+func (m *Mirage) recordLater(intentID string, record *nats.Msg) {
+	defer m.wg.Done()
+	wait := 250 * time.Millisecond
+	for {
+		select {
+		case <-m.stop:
+			m.log.Error("intent record never stored; a restart will not take the intent up", "intent_id", intentID)
+			return
+		case <-time.After(wait):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := m.js.PublishMsg(ctx, record)
+		cancel()
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
+			m.log.Info("intent record stored on retry", "intent_id", intentID)
+			return
+		case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
+			return // stored by an earlier attempt
+		}
+		m.log.Warn("intent record not stored yet; retrying", "intent_id", intentID, "err", err)
+		wait = min(wait*2, 5*time.Second)
+	}
 }
 
 // awaitRecord waits for the store's answer to an intent record published with

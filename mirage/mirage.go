@@ -263,9 +263,15 @@ func (m *Mirage) publishDirty() {
 // reports of one intent are queued, and stored, in the order they were made.
 func (m *Mirage) enqueueReport(r *bus.Report) {
 	select {
+	case <-m.stop:
+		m.publishReport(r) // stopping: the publisher may be gone, store it now
+		return
+	default:
+	}
+	select {
 	case m.reports <- r:
 	case <-m.stop:
-		m.publishReport(r) // stopping: store it now
+		m.publishReport(r)
 	}
 }
 
