@@ -90,42 +90,65 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 	if err == nil {
 		err = m.awaitRecord(recording)
 	}
-	if err != nil {
-		// The commands are out and the intent is followed: it goes on, and its record is
-		// stored in the background, so that a restart can take it up.
+	if err == nil {
+		m.recorded(rec.IntentID)
+	} else {
+		// The commands are out and the intent is followed: it goes on, its id stays
+		// taken, and its record is stored in the background, so that a restart can take
+		// it up.
 		m.log.Warn("intent record not stored yet; retrying", "intent_id", rec.IntentID, "err", err)
 		m.wg.Add(1)
-		go m.recordLater(rec.IntentID, record)
+		go m.recordLater(rec, record)
 	}
 	reply(accepted)
 	m.sendPublished(rec, units, futures, perr)
 }
 
-// recordLater stores a fresh intent's record, with backoff, until the store takes it (or
-// says it holds it already: an earlier attempt was stored without its answer reaching
-// Mirage) or Mirage stops.
-func (m *Mirage) recordLater(intentID string, record *nats.Msg) {
+// recorded ends the reservation of a fresh intent's id once the store holds its record.
+func (m *Mirage) recorded(intentID string) {
+	m.mu.Lock()
+	delete(m.unrecorded, intentID)
+	m.mu.Unlock()
+}
+
+// recordLater stores a fresh intent's record, with backoff, until the store holds it or
+// Mirage stops (after one last try). A wrong-last-sequence answer means a record exists:
+// this one, stored by an attempt whose answer was lost, or another intent's (only
+// possible with a second Mirage), which is logged as a conflict.
+func (m *Mirage) recordLater(rec *IntentRecord, record *nats.Msg) {
 	defer m.wg.Done()
+	defer m.recorded(rec.IntentID)
 	wait := 250 * time.Millisecond
-	for {
+	for last := false; ; {
 		select {
 		case <-m.stop:
-			m.log.Error("intent record never stored; a restart will not take the intent up", "intent_id", intentID)
-			return
+			last = true
 		case <-time.After(wait):
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := m.js.PublishMsg(ctx, record)
-		cancel()
 		var apiErr *jetstream.APIError
-		switch {
-		case err == nil:
-			m.log.Info("intent record stored on retry", "intent_id", intentID)
-			return
-		case errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence:
-			return // stored by an earlier attempt
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			stored, rerr := m.Intent(ctx, rec.IntentID)
+			switch {
+			case rerr == nil && sameIssue(&stored.Issue, &rec.Issue):
+				err = nil
+			case rerr == nil:
+				m.log.Error("intent id conflict: edge_intents holds another intent under this id (is a second Mirage running?)", "intent_id", rec.IntentID)
+				cancel()
+				return
+			}
 		}
-		m.log.Warn("intent record not stored yet; retrying", "intent_id", intentID, "err", err)
+		cancel()
+		if err == nil {
+			m.log.Info("intent record stored on retry", "intent_id", rec.IntentID)
+			return
+		}
+		if last {
+			m.log.Error("intent record never stored; a restart will not take the intent up", "intent_id", rec.IntentID, "err", err)
+			return
+		}
+		m.log.Warn("intent record not stored yet; retrying", "intent_id", rec.IntentID, "err", err)
 		wait = min(wait*2, 5*time.Second)
 	}
 }
@@ -228,15 +251,14 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	live, fresh, err := m.claimIntent(ctx, rec.IntentID)
+	prior, fresh, err := m.claimIntent(ctx, rec.IntentID)
 	switch {
 	case err != nil:
 		return nil, nil, nil, err
-	case live != nil:
-		if sameIssue(&live.rec.Issue, is) {
-			m.log.Info("issue re-sent for a live intent: accepted again", "intent_id", rec.IntentID)
-			prior := live.rec
-			return &prior, nil, nil, nil
+	case prior != nil:
+		if sameIssue(&prior.Issue, is) {
+			m.log.Info("issue re-sent for a followed intent: accepted again", "intent_id", rec.IntentID)
+			return prior, nil, nil, nil
 		}
 		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
 	}
@@ -259,6 +281,9 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	li := newLiveIntent(*rec)
 	m.mu.Lock()
 	m.release(rec.IntentID)
+	if record != nil {
+		m.unrecorded[rec.IntentID] = rec
+	}
 	m.live[rec.IntentID] = li
 	m.arm(li)
 	units, _ := m.advance(li)
@@ -270,18 +295,24 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 
 // claimIntent waits until no other issue is being accepted under intentID and claims the
 // id for this one; the claim ends when accept follows the intent or gives up (release).
-// When the id belongs to a live intent it returns that intent instead and claims
-// nothing: the issue is compared with it in memory. fresh says the id is new: not in
+// When the id belongs to a live intent, or to one whose record the store has not confirmed
+// yet, it returns that intent's record instead and claims nothing: the issue is compared
+// with it in memory. fresh says the id is new: not in
 // edge_intents (known tells most new ids apart at once; for the others, about 1%, the
 // store is read). Only for a fresh id may commands leave before the record is stored:
 // the command ids derive from the intent id, and commands of a second issue under a
 // recorded id must never leave.
-func (m *Mirage) claimIntent(ctx context.Context, intentID string) (live *liveIntent, fresh bool, err error) {
+func (m *Mirage) claimIntent(ctx context.Context, intentID string) (prior *IntentRecord, fresh bool, err error) {
 	for {
 		m.mu.Lock()
 		if li, ok := m.live[intentID]; ok {
+			rec := li.rec
 			m.mu.Unlock()
-			return li, false, nil
+			return &rec, false, nil
+		}
+		if rec, ok := m.unrecorded[intentID]; ok {
+			m.mu.Unlock()
+			return rec, false, nil
 		}
 		claim, claimed := m.claimed[intentID]
 		if !claimed {

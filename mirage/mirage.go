@@ -77,7 +77,11 @@ type Mirage struct {
 	reports chan *bus.Report
 	issues  chan struct{}            // slots of issues handled at once
 	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
-	known   *knownIntents            // the ids edge_intents may hold (freshIntent)
+	// unrecorded holds the fresh intents whose record the store has not confirmed: their
+	// ids stay taken, in memory, until it does (claimIntent).
+	unrecorded    map[string]*IntentRecord
+	publisherGone bool          // the report publisher has returned (Close): store reports directly
+	known         *knownIntents // the ids edge_intents may hold (freshIntent)
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -111,15 +115,16 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	stop := make(chan struct{})
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, intents: intents, log: log,
-		fleet:    newFleet(js, ghosts, stop, cfg.Now, log),
-		enrolled: newEnrollments(fleetKV),
-		stop:     stop,
-		live:     map[string]*liveIntent{},
-		claimed:  map[string]chan struct{}{},
-		known:    newKnownIntents(),
-		locks:    locks{},
-		reports:  make(chan *bus.Report, 4096),
-		issues:   make(chan struct{}, 64),
+		fleet:      newFleet(js, ghosts, stop, cfg.Now, log),
+		enrolled:   newEnrollments(fleetKV),
+		stop:       stop,
+		live:       map[string]*liveIntent{},
+		claimed:    map[string]chan struct{}{},
+		unrecorded: map[string]*IntentRecord{},
+		known:      newKnownIntents(),
+		locks:      locks{},
+		reports:    make(chan *bus.Report, 4096),
+		issues:     make(chan struct{}, 64),
 	}
 	return m, nil
 }
@@ -262,11 +267,9 @@ func (m *Mirage) publishDirty() {
 // enqueueReport hands a report to the publisher. Called with m.mu held, so that the
 // reports of one intent are queued, and stored, in the order they were made.
 func (m *Mirage) enqueueReport(r *bus.Report) {
-	select {
-	case <-m.stop:
-		m.publishReport(r) // stopping: the publisher may be gone, store it now
+	if m.publisherGone {
+		m.publishReport(r) // stopping: store it now
 		return
-	default:
 	}
 	select {
 	case m.reports <- r:
@@ -284,11 +287,16 @@ func (m *Mirage) publisher() {
 		case r := <-m.reports:
 			m.publishAsync(r)
 		case <-m.stop:
+			// Under m.mu, which every enqueueReport holds: nothing is queued after the
+			// last report is taken, and later ones are stored directly.
+			m.mu.Lock()
+			defer m.mu.Unlock()
 			for {
 				select {
 				case r := <-m.reports:
 					m.publishReport(r)
 				default:
+					m.publisherGone = true
 					return
 				}
 			}
@@ -304,7 +312,7 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 	}
 	f, err := m.js.PublishMsgAsync(bus.NewReportMsg(r, data))
 	if err != nil {
-		m.publishReport(r)
+		m.retryReport(r)
 		return
 	}
 	m.wg.Add(1)
@@ -314,11 +322,22 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 		case <-f.Ok():
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
 		case <-f.Err():
-			m.publishReport(r) // same message id: stored once whatever happened
+			m.retryReport(r)
 		case <-time.After(10 * time.Second):
-			m.publishReport(r)
+			m.retryReport(r)
 		}
 	}()
+}
+
+// retryReport stores again a report whose publish failed. Only a terminal report is:
+// retried on its own, an in_progress one could land after its intent's terminal report,
+// which is the intent's terminal state; the next report supersedes a lost one anyway.
+func (m *Mirage) retryReport(r *bus.Report) {
+	if !bus.Terminal(r.Phase) {
+		m.log.Warn("in_progress report not stored; the next report supersedes it", "intent_id", r.IntentID)
+		return
+	}
+	m.publishReport(r) // same message id: stored once whatever happened
 }
 
 // publishReport stores a report in EDGE_REPORT, retrying a few times.
