@@ -2,6 +2,7 @@ package bus
 
 import (
 	"encoding/json"
+	"math"
 	"strconv"
 	"unicode/utf8"
 )
@@ -298,7 +299,7 @@ func (s *scanner) setInt64(p *int64) bool {
 func (s *scanner) setInt(p *int) bool {
 	v, ok := s.int()
 	*p = int(v)
-	return ok
+	return ok && v >= math.MinInt && v <= math.MaxInt // 32-bit builds: out of range is encoding/json's error
 }
 
 // header reads a common field; handled is false when key is not one.
@@ -442,10 +443,10 @@ func (m *Heartbeat) fastField(s *scanner, key []byte) bool {
 	case "ghost_id":
 		return s.setStr(&m.GhostID)
 	case "seq":
-		v, ok := s.int()
-		if v < 0 {
-			return false
+		if s.i < len(s.data) && s.data[s.i] == '-' {
+			return false // even -0: encoding/json refuses a sign for an unsigned field
 		}
+		v, ok := s.int()
 		m.Seq = uint64(v)
 		return ok
 	}

@@ -63,6 +63,8 @@ func FuzzFastDecode(f *testing.F) {
 	f.Add([]byte(`{"type":"command","args":{"a":"1","a":"2"},"timeout_ms":-0}`))
 	f.Add([]byte(`{"type":"event","error":{"code":1},"error":{"class":"x"},"result":{"exit_code":01}}`))
 	f.Add([]byte(`{"seq":18446744073709551615,"v":1e3}`))
+	f.Add([]byte(`{"type":"heartbeat","seq":-0}`))
+	f.Add([]byte(`{"v":4294967297,"ack_code":-2147483649}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, mk := range []func() fastDecoder{
 			func() fastDecoder { return &Command{} }, func() fastDecoder { return &Event{} },

@@ -231,19 +231,26 @@ func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		v.State, v.FinishedMS, v.Event = StateFinished, ev.FinishedMS, ev
+		writtenAcked := false // fn and after both run on the writer goroutine
 		s.writeDeferred(func(tx *bolt.Tx) error {
 			s.mu.Lock()
 			e := *v
 			s.mu.Unlock()
+			writtenAcked = e.Acked
 			_, err := putNew(tx, &e)
 			return err
-		}, func(error) {
+		}, func(err error) {
 			// Written or not, it leaves memory: a failed write only loses what a crash
-			// would (a re-run of an idempotent operation).
+			// would (a re-run of an idempotent operation). An ack that came after the
+			// record was copied is queued, so that it is not lost with the memory copy.
 			s.mu.Lock()
+			ackedLate := err == nil && v.Acked && !writtenAcked
 			delete(s.volatile, v.CommandID)
 			delete(s.volatileEx, executionID)
 			s.mu.Unlock()
+			if ackedLate {
+				s.queueAck(v.CommandID)
+			}
 		})
 		return nil
 	}

@@ -43,14 +43,14 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		redelivered = md.NumDelivered > 1
 	}
 	m.cfg.Metrics.event(v, redelivered)
-	// The rollout moves (and a terminal report is queued) before the acks go out: they
-	// are not on anyone's path, and an event redelivered after a crash in between is
-	// counted once.
-	if done {
-		m.progress(ev.IntentID)
-	}
+	// The stream ack goes first (progress may wait on the store for a next wave of
+	// commands, longer than the consumer's ack wait); the rollout moves, and a terminal
+	// report is queued, before the event.ack, which is on no one's path.
 	if err := msg.Ack(); err != nil {
 		m.log.Debug("stream ack failed; the event will be redelivered and counted once", "event_id", ev.EventID, "err", err)
+	}
+	if done {
+		m.progress(ev.IntentID)
 	}
 	switch {
 	case v == verdictRejected && code == bus.CodeNoResponse:
