@@ -302,6 +302,13 @@ func (s *scanner) setInt(p *int) bool {
 	return ok && v >= math.MinInt && v <= math.MaxInt // 32-bit builds: out of range is encoding/json's error
 }
 
+func (s *scanner) setCode(p *Code) bool {
+	var v int
+	ok := s.setInt(&v)
+	*p = Code(v)
+	return ok
+}
+
 // header reads a common field; handled is false when key is not one.
 func (h *Header) field(s *scanner, key []byte) (handled, ok bool) {
 	switch string(key) {
@@ -365,9 +372,7 @@ func (r *Result) fastField(s *scanner, key []byte) bool {
 func (e *Error) fastField(s *scanner, key []byte) bool {
 	switch string(key) {
 	case "code":
-		v, ok := s.int()
-		e.Code = Code(v)
-		return ok
+		return s.setCode(&e.Code)
 	case "class":
 		return s.setStr(&e.Class)
 	case "message":
@@ -428,9 +433,7 @@ func (m *EventAck) fastField(s *scanner, key []byte) bool {
 	case "ack_status":
 		return s.setStr(&m.AckStatus)
 	case "ack_code":
-		v, ok := s.int()
-		m.AckCode = Code(v)
-		return ok
+		return s.setCode(&m.AckCode)
 	}
 	return false
 }

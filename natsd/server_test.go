@@ -10,41 +10,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/natsd"
+	"github.com/edgectl/edgectl/natsd/natsdtest"
 )
 
-// startServer starts an embedded server on a fresh store and shuts it down, waiting, when the
-// test ends.
-func startServer(t *testing.T, cfg natsd.Config) *natsd.Server {
-	t.Helper()
-	if cfg.StoreDir == "" {
-		cfg.StoreDir = t.TempDir()
-	}
-	ns, err := natsd.Start(cfg)
-	if err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
-	return ns
-}
-
-func connect(t *testing.T, cfg bus.ConnConfig) *nats.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	nc, err := bus.Connect(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Connect: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
+var (
+	startServer = natsdtest.Start
+	connect     = natsdtest.Connect
+)
 
 func TestStartRefusesBadConfig(t *testing.T) {
 	tests := []struct {
