@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
@@ -283,5 +284,60 @@ func TestEndedIntentStaysEndedAcrossMirageRestart(t *testing.T) {
 	}
 	if after := storedIDs(t, js, bus.StreamCommands); len(after) != len(commandsBefore) {
 		t.Fatalf("the restarted Mirage dispatched again: %d commands stored, %d before", len(after), len(commandsBefore))
+	}
+}
+
+// While the store refuses a fresh intent's record, the intent still runs, its id stays
+// taken (a different issue under it is refused, during the intent and after it ended),
+// and the record is stored once the store takes writes again.
+func TestUnrecordedIntentKeepsItsID(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-rec")
+	client := env.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js := env.JetStream()
+	stream, err := js.Stream(ctx, "KV_"+bus.BucketIntents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := stream.CachedInfo().Config
+	full := open
+	full.MaxMsgs, full.Discard = 1, jetstream.DiscardNew
+	if _, err := js.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	// One record fills the bucket; the next is refused.
+	if rep := env.Run(client, testenv.NewIssue("edge-rec", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("first intent: %s", rep.Summary)
+	}
+	is := testenv.NewIssue("edge-rec", "seed.kv", "incr", map[string]string{"key": "r"}, 10*time.Second)
+	if rep := env.Run(client, is); rep.Phase != bus.PhaseSatisfied || rep.Results[0].Stdout != "1" {
+		t.Fatalf("intent whose record is refused: %s %+v", rep.Summary, rep.Results)
+	}
+	if _, err := m.Intent(ctx, is.IntentID); !errors.Is(err, mirage.ErrIntentNotFound) {
+		t.Fatalf("the record was stored although the bucket is full: %v", err)
+	}
+	other := *is
+	other.Objective.Args = map[string]string{"key": "other"}
+	if _, err := client.Issue(ctx, &other); !errors.Is(err, mirage.ErrRejected) {
+		t.Fatalf("a different issue under the unrecorded intent's id: %v", err)
+	}
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatalf("the same issue re-sent: %v", err)
+	}
+	if _, err := js.UpdateStream(ctx, open); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 15*time.Second, "the record stored on retry", func() bool {
+		rec, err := m.Intent(ctx, is.IntentID)
+		return err == nil && rec.IntentID == is.IntentID
+	})
+	if _, err := client.Issue(ctx, &other); !errors.Is(err, mirage.ErrRejected) {
+		t.Fatalf("a different issue under the recorded id: %v", err)
+	}
+	if rep := env.Run(client, testenv.NewIssue("edge-rec", "seed.kv", "get", map[string]string{"key": "other"}, 10*time.Second)); rep.Results[0].Stdout == "1" {
+		t.Fatal("the refused issue's command ran")
 	}
 }
