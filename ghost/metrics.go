@@ -147,14 +147,7 @@ func (m *Metrics) writeCommands(b *strings.Builder) {
 		return
 	}
 	writeHeader(b, metricCommands, helpCommands, "counter")
-	keys := make([]commandLabels, 0, len(m.commands))
-	for k := range m.commands {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(x, y commandLabels) int {
-		return strings.Compare(x.outcome+"\x00"+x.class, y.outcome+"\x00"+y.class)
-	})
-	for _, k := range keys {
+	for _, k := range sortedKeys(m.commands, func(k commandLabels) string { return k.outcome + "\x00" + k.class }) {
 		writeSample(b, metricCommands, []string{"outcome", k.outcome, "class", k.class}, strconv.FormatUint(m.commands[k], 10))
 	}
 }
@@ -166,14 +159,7 @@ func (m *Metrics) writeDuration(b *strings.Builder) {
 		return
 	}
 	writeHeader(b, metricDuration, helpDuration, "histogram")
-	keys := make([]executionLabels, 0, len(m.duration))
-	for k := range m.duration {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(x, y executionLabels) int {
-		return strings.Compare(x.seed+"\x00"+x.operation, y.seed+"\x00"+y.operation)
-	})
-	for _, k := range keys {
+	for _, k := range sortedKeys(m.duration, func(k executionLabels) string { return k.seed + "\x00" + k.operation }) {
 		h := m.duration[k]
 		labels := []string{"seed", k.seed, "operation", k.operation}
 		var cumulative uint64
@@ -227,4 +213,15 @@ var (
 // formatFloat prints a float as client_golang does: the shortest representation.
 func formatFloat(f float64) string {
 	return strconv.FormatFloat(f, 'g', -1, 64)
+}
+
+// sortedKeys returns the keys of m in the order of their sort strings, so that the
+// exposition lists label sets the same way every time.
+func sortedKeys[K comparable, V any](m map[K]V, sortBy func(K) string) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(x, y K) int { return strings.Compare(sortBy(x), sortBy(y)) })
+	return keys
 }
