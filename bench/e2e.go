@@ -233,6 +233,7 @@ func (e *runEnv) e2e(ctx context.Context) (Rate, error) {
 		var wg sync.WaitGroup
 		var bad atomic.Int64
 		var firstErr atomic.Value
+		settle()
 		t0 := time.Now()
 		for i := 0; i < n; i++ {
 			select {

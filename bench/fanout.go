@@ -76,6 +76,7 @@ func (e *runEnv) register(ctx context.Context, res *Fan) (*fleet, error) {
 	if err != nil {
 		return nil, err
 	}
+	settle()
 	t0 := time.Now()
 	startErr := make(chan error, 1)
 	go func() {
@@ -102,6 +103,7 @@ func (e *runEnv) register(ctx context.Context, res *Fan) (*fleet, error) {
 // issue until its terminal report.
 func (f *fleet) report(ctx context.Context, res *Fan) error {
 	is := newIssue(fleetLabel + "=" + f.label)
+	settle()
 	t0 := time.Now()
 	phase, err := f.plane.run(ctx, is, intentTimeout+time.Minute)
 	if err != nil {

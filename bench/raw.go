@@ -153,6 +153,7 @@ func (e *runEnv) rawDoubleHop(ctx context.Context) (Rate, error) {
 		b := &hopBatch{id: batches, start: make([]atomic.Int64, n), lat: make([]time.Duration, n), sem: make(chan struct{}, inFlight), done: make(chan struct{})}
 		b.left.Store(int64(n))
 		cur.Store(b)
+		settle()
 		t0 := time.Now()
 		for i := 0; i < n; i++ {
 			select {
@@ -296,6 +297,7 @@ func (e *runEnv) rawFanout(ctx context.Context, n int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	settle()
 	t0 := time.Now()
 	for i := 0; i < n; i++ {
 		id := "f" + strconv.Itoa(i)
