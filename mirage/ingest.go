@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -160,8 +162,11 @@ func (m *Mirage) recover(ctx context.Context) error {
 		if _, done := ended[key]; done {
 			continue
 		}
-		rec, err := m.Intent(ctx, key)
-		if err != nil || bus.Terminal(rec.Phase) {
+		rec, err := m.readForRecovery(ctx, key)
+		if err != nil {
+			return err
+		}
+		if rec == nil || bus.Terminal(rec.Phase) {
 			continue
 		}
 		li := newLiveIntent(*rec)
@@ -175,7 +180,11 @@ func (m *Mirage) recover(ctx context.Context) error {
 	if oldest == 0 {
 		return nil
 	}
-	if err := m.replay(ctx, time.UnixMilli(oldest).Add(-time.Minute)); err != nil {
+	start := time.UnixMilli(oldest).Add(-time.Minute)
+	if err := m.replay(ctx, start); err != nil {
+		return err
+	}
+	if err := m.replaySent(ctx, start); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -186,6 +195,18 @@ func (m *Mirage) recover(ctx context.Context) error {
 		ids = append(ids, id)
 		m.arm(li)
 	}
+	// Locks live in memory only: the intents whose current step had begun (they held its
+	// locks) take them first, the others queue in the order they were accepted.
+	sort.Slice(ids, func(i, j int) bool {
+		a, b := m.live[ids[i]], m.live[ids[j]]
+		if sa, sb := a.startedStep(), b.startedStep(); sa != sb {
+			return sa
+		}
+		if a.rec.CreatedMS != b.rec.CreatedMS {
+			return a.rec.CreatedMS < b.rec.CreatedMS
+		}
+		return ids[i] < ids[j]
+	})
 	// Units that were in flight are dispatched again with the same command ids: the Ghosts'
 	// stores turn a repeat into a re-sent event.
 	type redo struct {
@@ -204,6 +225,94 @@ func (m *Mirage) recover(ctx context.Context) error {
 		m.progress(w.rec.IntentID)
 	}
 	m.log.Info("recovered open intents", "count", len(work))
+	return nil
+}
+
+// readForRecovery reads the record of an intent for recovery. A record that does not
+// decode cannot be followed: it is logged and skipped (nil). A store that does not answer
+// is retried for a while, then fails the start, rather than leaving an open intent
+// without a terminal report.
+func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord, error) {
+	wait := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		rec, err := m.Intent(rctx, key)
+		cancel()
+		var bad *json.SyntaxError
+		var badType *json.UnmarshalTypeError
+		switch {
+		case err == nil:
+			return rec, nil
+		case errors.Is(err, ErrIntentNotFound):
+			return nil, nil // deleted since it was listed
+		case errors.As(err, &bad) || errors.As(err, &badType):
+			m.log.Error("intent record does not decode; the intent is not recovered", "intent_id", key, "code", bus.CodeInternal, "err", err)
+			return nil, nil
+		case attempt == 5 || ctx.Err() != nil:
+			return nil, fmt.Errorf("read intent %s: %w", key, err)
+		}
+		m.log.Warn("intent record not readable yet; retrying", "intent_id", key, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// replaySent marks, in the live intents, the units whose command EDGE_CMD has stored
+// since start: those were sent before the restart. Only the headers are read: a stored
+// command's Nats-Msg-Id is its command_id.
+func (m *Mirage) replaySent(ctx context.Context, start time.Time) error {
+	m.mu.Lock()
+	owner := map[string]*liveIntent{}
+	for _, li := range m.live {
+		for id := range li.index {
+			owner[id] = li
+		}
+	}
+	m.mu.Unlock()
+	cons, err := m.js.OrderedConsumer(ctx, bus.StreamCommands, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
+		OptStartTime:  &start,
+		HeadersOnly:   true,
+	})
+	if err != nil {
+		return err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
+	remaining := info.NumPending
+	for remaining > 0 {
+		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return err
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			id := msg.Headers().Get(bus.HeaderMsgID)
+			if li, ok := owner[id]; ok {
+				m.mu.Lock()
+				if li.sent == nil {
+					li.sent = make([]bool, len(li.results))
+				}
+				li.sent[li.index[id]] = true
+				m.mu.Unlock()
+			}
+			if md, err := msg.Metadata(); err == nil {
+				remaining = md.NumPending
+			}
+		}
+		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
+			return batch.Error()
+		}
+		if got == 0 {
+			break
+		}
+	}
 	return nil
 }
 

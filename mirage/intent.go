@@ -75,6 +75,27 @@ type liveIntent struct {
 	stepSuccess    []int
 	waiting        string   // why the current step cannot start (a lock), for reports
 	locks          []string // locks held for the current step
+	// sent marks the units whose command EDGE_CMD held when Mirage recovered the intent
+	// after a restart (nil otherwise): they were running, so they are followed to their
+	// end, never skipped as not started.
+	sent []bool
+}
+
+func (li *liveIntent) wasSent(u int) bool { return li.sent != nil && li.sent[u] }
+
+// startedStep reports whether the current step of a recovered intent had begun before
+// the restart: one of its units has a result or was sent.
+func (li *liveIntent) startedStep() bool {
+	if li.cur >= len(li.rec.Steps) {
+		return false
+	}
+	st := li.rec.Steps[li.cur]
+	for u := st.First; u < st.First+len(st.Targets); u++ {
+		if li.wasSent(u) || li.results[u].Outcome != bus.OutcomePending {
+			return true
+		}
+	}
+	return false
 }
 
 func newLiveIntent(rec IntentRecord) *liveIntent {
@@ -179,7 +200,7 @@ func (li *liveIntent) expire() {
 		if r.Outcome != bus.OutcomePending {
 			continue
 		}
-		if i >= li.next {
+		if i >= li.next && !li.wasSent(i) {
 			li.skip(i, fmt.Sprintf("not started: the intent's timeout of %s passed first", limit))
 			continue
 		}

@@ -72,6 +72,12 @@ func (m *Mirage) advance(li *liveIntent) (units []int, released bool) {
 		if li.rec.MaxErrors >= 0 && li.errs > li.rec.MaxErrors {
 			reason := fmt.Sprintf("not started: %d targets failed, more than max-errors %d", li.errs, li.rec.MaxErrors)
 			for ; li.next < end; li.next++ {
+				if li.wasSent(li.next) && li.results[li.next].Outcome == bus.OutcomePending {
+					// Running when Mirage restarted: followed to its end.
+					units = append(units, li.next)
+					li.inflight++
+					continue
+				}
 				li.skip(li.next, reason)
 			}
 		}
@@ -110,6 +116,8 @@ func stepName(st StepRecord) string {
 // resume rebuilds the rollout of an intent recovered after a restart from its replayed
 // results: the first step not yet satisfied is current, and its first pending units, up
 // to MaxConcurrency, count as in flight (they are re-dispatched with the same command ids).
+// Units that were sent (li.sent) come first in that order, since units are sent in order,
+// and are dispatched again even when max-errors stops the others.
 func (li *liveIntent) resume() {
 	li.errs = 0
 	for _, r := range li.results {
