@@ -82,6 +82,9 @@ func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
 	if ev.IntentID == "" {
 		return verdictRejected, bus.CodeSemantic, "event names no intent", false
 	}
+	if phase := m.endingPhase(ev.IntentID); phase != "" {
+		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + phase, false
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rec, err := m.Intent(ctx, ev.IntentID)

@@ -82,6 +82,12 @@ type Mirage struct {
 	unrecorded    map[string]*IntentRecord
 	publisherGone bool          // the report publisher has returned (Close): store reports directly
 	known         *knownIntents // the ids edge_intents may hold (freshIntent)
+
+	// ending holds the intents that ended (intent → terminal phase) until their terminal
+	// report is stored: a late event in between is told the intent ended (1900). Its own
+	// lock, since reports are stored under m.mu when Mirage stops.
+	endMu  sync.Mutex
+	ending map[string]string
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -121,6 +127,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		live:       map[string]*liveIntent{},
 		claimed:    map[string]chan struct{}{},
 		unrecorded: map[string]*IntentRecord{},
+		ending:     map[string]string{},
 		known:      newKnownIntents(),
 		locks:      locks{},
 		reports:    make(chan *bus.Report, 4096),
@@ -321,6 +328,7 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 		select {
 		case <-f.Ok():
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
+			m.reportStored(r)
 		case <-f.Err():
 			m.retryReport(r)
 		case <-time.After(10 * time.Second):
@@ -340,7 +348,10 @@ func (m *Mirage) retryReport(r *bus.Report) {
 	m.publishReport(r) // same message id: stored once whatever happened
 }
 
-// publishReport stores a report in EDGE_REPORT, retrying a few times.
+// publishReport stores a report in EDGE_REPORT. A terminal report, the intent's terminal
+// state, is retried until the store takes it (a stream without quorum for minutes) or
+// Mirage stops, which leaves one last try: the next Mirage recovers the intent and
+// reports it. An in_progress report gets a few tries; the next one supersedes it.
 func (m *Mirage) publishReport(r *bus.Report) {
 	data, err := bus.Encode(r)
 	if err != nil {
@@ -348,23 +359,54 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		return
 	}
 	msg := bus.NewReportMsg(r, data)
+	terminal := bus.Terminal(r.Phase)
 	b := 250 * time.Millisecond
-	for attempt := 1; attempt <= 8; attempt++ {
+	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err = m.js.PublishMsg(ctx, msg)
+		_, err = m.js.PublishMsg(ctx, msg) // same message id: stored once whatever happened
 		cancel()
 		if err == nil {
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
+			m.reportStored(r)
 			return
+		}
+		stopping := false
+		select {
+		case <-m.stop:
+			stopping = true
+		default:
+		}
+		if stopping || (!terminal && attempt >= 8) {
+			m.log.Error("report not stored", "intent_id", r.IntentID, "phase", r.Phase, "err", err)
+			return
+		}
+		if attempt == 8 || attempt%60 == 0 {
+			m.log.Error("terminal report still not stored; retrying until it is", "intent_id", r.IntentID, "phase", r.Phase, "attempts", attempt, "err", err)
 		}
 		select {
 		case <-m.stop:
-			attempt = 8 // stopping: one try only, the next Mirage publishes it
 		case <-time.After(b):
 		}
 		b = min(b*2, 5*time.Second)
 	}
-	m.log.Error("report not stored", "intent_id", r.IntentID, "phase", r.Phase, "err", err)
+}
+
+// reportStored forgets an ended intent once its terminal report is stored.
+func (m *Mirage) reportStored(r *bus.Report) {
+	if !bus.Terminal(r.Phase) {
+		return
+	}
+	m.endMu.Lock()
+	delete(m.ending, r.IntentID)
+	m.endMu.Unlock()
+}
+
+// endingPhase is the terminal phase of an intent that ended and whose terminal report is
+// not stored yet ("" for any other).
+func (m *Mirage) endingPhase(intentID string) string {
+	m.endMu.Lock()
+	defer m.endMu.Unlock()
+	return m.ending[intentID]
 }
 
 // finish ends an intent: its terminal report is published. The terminal report is the
@@ -389,6 +431,9 @@ func (m *Mirage) finish(intentID string) {
 		outcomes[i] = r.Outcome
 	}
 	traceID := li.rec.Issue.TraceID
+	m.endMu.Lock()
+	m.ending[intentID] = rep.Phase
+	m.endMu.Unlock()
 	m.enqueueReport(rep)
 	m.mu.Unlock()
 	m.cfg.Metrics.intentFinished(rep.Phase, outcomes)
