@@ -549,6 +549,10 @@ func (s *BoltStore) SetLastSeq(_ context.Context, seq uint64) error {
 	})
 }
 
+func (s *BoltStore) ResetLastSeq(_ context.Context) error {
+	return s.write(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyLastSeq) })
+}
+
 // Prune removes finished records older than the retention and, when the store holds more
 // than MaxRecords, the oldest finished ones beyond it (acknowledged first). Started
 // records are never pruned. It returns how many records it removed.

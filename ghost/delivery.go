@@ -93,6 +93,11 @@ func (g *Ghost) lastCommand(ctx context.Context) (uint64, []byte, error) {
 	return seq, msg.Data, nil
 }
 
+// catchUpLag is how many commands a busy Ghost's replay position may lag behind the last
+// one on cmd.<id> before a periodic catch-up replays them rather than waiting for an idle
+// moment: what a restart after a crash would read again.
+const catchUpLag = 4096
+
 // catchUp handles every command stored on cmd.<id> after the replay position, then moves
 // the position once each has been handled. Without full, and when the Ghost stayed
 // connected since the last full catch-up, a last command it already knows means it missed
@@ -114,14 +119,34 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		g.log.Error("execution store: reading the replay position failed", "err", err)
 		return
 	}
+	if last < seq {
+		// Sequences behind the position: EDGE_CMD was recreated (a new store, a rebuilt
+		// cluster). Its commands are read from the start; the execution store turns
+		// the ones already handled into duplicates.
+		g.log.Warn("EDGE_CMD ends before the replay position: the stream was recreated; replaying it from the start", "last_seq", last, "position", seq)
+		if seq, err = g.resetPosition(ctx); err != nil {
+			return
+		}
+		full = true
+	}
 	if last <= seq {
 		g.needFull.Store(false)
 		return
 	}
 	if !full && !g.needFull.Load() {
-		// Known and finished: its record is written, or queued ahead of the position's.
-		// One still executing is replayed instead, which waits for it.
-		if id := bus.ProbeCommand(data).CommandID; id != "" {
+		if len(g.slots) > 0 {
+			// Executions are running: an idempotent one keeps no durable record while it
+			// runs, so the position must not pass it (a crash would leave its command
+			// without a terminal event). Commands arrive, and take slots, in order, so
+			// while none runs every command up to the last has been handled. A busy Ghost
+			// moves the position at its next idle tick, or by a replay (which waits for
+			// running executions) once it lags too far.
+			if last-seq < catchUpLag {
+				return
+			}
+		} else if id := bus.ProbeCommand(data).CommandID; id != "" {
+			// Known and finished: its record is written, or queued ahead of the
+			// position's. One still executing is replayed instead, which waits for it.
 			if e, err := g.store.GetByCommandID(ctx, id); err == nil && e.State == StateFinished {
 				if err := g.store.SetLastSeq(ctx, last); err != nil {
 					g.log.Error("execution store: saving the replay position failed", "err", err)
@@ -131,6 +156,15 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		}
 	}
 	n, reached, err := g.replay(ctx, seq, last)
+	if errors.Is(err, errPositionGone) {
+		// The command at the position is gone: the stream was recreated, or retention
+		// removed it (and everything older). Either way, reading from the start is right.
+		g.log.Warn("EDGE_CMD no longer holds the command at the replay position; replaying from the start", "position", seq)
+		if seq, err = g.resetPosition(ctx); err != nil {
+			return
+		}
+		n, reached, err = g.replay(ctx, seq, last)
+	}
 	if reached > seq {
 		if err := g.store.SetLastSeq(ctx, reached); err != nil {
 			g.log.Error("execution store: saving the replay position failed", "err", err)
@@ -145,6 +179,18 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	g.log.Info("caught up on commands from EDGE_CMD", "commands", n, "last_seq", reached)
 }
 
+// errPositionGone: EDGE_CMD no longer holds the command at the replay position.
+var errPositionGone = errors.New("the command at the replay position is gone")
+
+// resetPosition moves the replay position back to 0.
+func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
+	if err := g.store.ResetLastSeq(ctx); err != nil {
+		g.log.Error("execution store: resetting the replay position failed", "err", err)
+		return 0, err
+	}
+	return 0, nil
+}
+
 // replay reads cmd.<id> from after seq up to last through the Ghost's own short-lived
 // consumer, handles each command, and returns how many it read and the sequence up to
 // which every command has been handled.
@@ -156,7 +202,7 @@ func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, erro
 		Name:              name,
 		FilterSubject:     subjects.Command(g.cfg.ID),
 		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       seq + 1,
+		OptStartSeq:       max(seq, 1), // the position's own command first, to check it is there
 		AckPolicy:         jetstream.AckNonePolicy,
 		InactiveThreshold: time.Minute,
 		MemoryStorage:     true,
@@ -173,8 +219,8 @@ func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, erro
 	}()
 	var handled []chan struct{}
 	reached := seq
-	read := 0
-	pending := cons.CachedInfo().NumPending // commands on cmd.<id> after seq, known at creation
+	read, checked := 0, false
+	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from the start sequence, known at creation
 	for pending > 0 && reached < last && ctx.Err() == nil {
 		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
@@ -185,6 +231,15 @@ func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, erro
 			got++
 			md, err := msg.Metadata()
 			if err != nil {
+				continue
+			}
+			if seq > 0 && read == 0 && !checked {
+				// The first command on cmd.<id> from the position on must be the one at it.
+				checked = true
+				if md.Sequence.Stream != seq {
+					return 0, seq, errPositionGone
+				}
+				pending--
 				continue
 			}
 			done := make(chan struct{})

@@ -64,6 +64,8 @@ type ExecutionStore interface {
 	LastSeq(ctx context.Context) (uint64, error)
 	// SetLastSeq advances LastSeq (never moves it back).
 	SetLastSeq(ctx context.Context, seq uint64) error
+	// ResetLastSeq moves LastSeq back to 0: EDGE_CMD was recreated, its sequences are new.
+	ResetLastSeq(ctx context.Context) error
 	Close() error
 }
 
@@ -179,6 +181,13 @@ func (s *MemoryStore) SetLastSeq(_ context.Context, seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastSeq = max(s.lastSeq, seq)
+	return nil
+}
+
+func (s *MemoryStore) ResetLastSeq(_ context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastSeq = 0
 	return nil
 }
 

@@ -1,0 +1,175 @@
+package ghost_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// storeCommand stores a seed.flow command for ghostID in EDGE_CMD and returns its
+// command_id and stream sequence.
+func storeCommand(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string) (string, uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	js := env.JetStream()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Command(ghostID), data, cmd.CommandID, cmd.TraceID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd.CommandID, ack.Sequence
+}
+
+// eventFor waits for the event of a command in EDGE_EVT.
+func eventFor(t *testing.T, env *testenv.Env, ghostID, commandID string) {
+	t.Helper()
+	want := ghost.EventID(ghostID, commandID)
+	testenv.Eventually(t, 10*time.Second, "the event of "+commandID, func() bool {
+		for _, ev := range env.Events(env.JetStream()) {
+			if ev.EventID == want {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// The periodic catch-up must not move the replay position past a command still
+// executing: an idempotent execution keeps no durable record while it runs, so a crash
+// after the move would leave that command without a terminal event.
+func TestCatchUpPositionWaitsForRunningExecutions(t *testing.T) {
+	env := testenv.New(t)
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const id = "edge-p"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 200 * time.Millisecond
+			c.ShutdownGrace = 100 * time.Millisecond
+		}))
+	running, seqRunning := storeCommand(t, env, id, "sleep", map[string]string{"ms": "2000"})
+	finished, _ := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, finished)
+	time.Sleep(600 * time.Millisecond) // a few catch-up ticks with the sleep still running
+	ctx := context.Background()
+	pos, err := store.LastSeq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, err := store.GetByCommandID(ctx, running); err != nil || e.State != ghost.StateStarted {
+		t.Fatalf("the sleep is %+v (%v), want still running", e, err)
+	}
+	if pos >= seqRunning {
+		t.Fatalf("replay position %d passed the running command at %d", pos, seqRunning)
+	}
+	eventFor(t, env, id, running)
+	testenv.Eventually(t, 5*time.Second, "the position to move once idle", func() bool {
+		p, err := store.LastSeq(ctx)
+		return err == nil && p > seqRunning
+	})
+}
+
+// A Ghost whose replay position belongs to an earlier EDGE_CMD (the stream was recreated
+// while it kept its state) reads the new stream from the start: commands stored while it
+// was away run.
+func TestRecreatedCommandStreamIsReplayedFromTheStart(t *testing.T) {
+	const id = "edge-r"
+	for _, tc := range []struct {
+		name string
+		// setup stores commands and returns the Ghost's stale position and the
+		// commands that must run.
+		setup func(env *testenv.Env) (uint64, []string)
+	}{
+		{"stream shorter than the position", func(env *testenv.Env) (uint64, []string) {
+			c, _ := storeCommand(t, env, id, "status", nil)
+			return 100, []string{c}
+		}},
+		{"command at the position gone", func(env *testenv.Env) (uint64, []string) {
+			storeCommand(t, env, "other", "status", nil)        // 1
+			early, _ := storeCommand(t, env, id, "status", nil) // 2
+			storeCommand(t, env, "other", "status", nil)        // 3: where the stale position points
+			storeCommand(t, env, "other", "status", nil)        // 4
+			late, _ := storeCommand(t, env, id, "status", nil)  // 5
+			return 3, []string{early, late}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t)
+			store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			stale, want := tc.setup(env)
+			if err := store.SetLastSeq(context.Background(), stale); err != nil {
+				t.Fatal(err)
+			}
+			env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
+			for _, c := range want {
+				eventFor(t, env, id, c)
+			}
+		})
+	}
+}
+
+// An event.ack marks the execution whose event it names: one naming another event of the
+// same command_id (a refusal for security has its own event_id) leaves the genuine event
+// unacknowledged, so it is still re-sent.
+func TestEventAckMarksOnlyTheEventItNames(t *testing.T) {
+	env := testenv.New(t)
+	store := ghost.NewMemoryStore()
+	const id = "edge-k"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
+	cmdID, _ := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, cmdID)
+	ctx := context.Background()
+	unacked := func() bool {
+		execs, err := store.Unacked(ctx)
+		return err == nil && len(execs) == 1 && execs[0].CommandID == cmdID
+	}
+	testenv.Eventually(t, 5*time.Second, "the finished execution, unacknowledged", unacked)
+	nc := env.Conn("mirage")
+	send := func(eventID string) {
+		ack := bus.EventAck{Header: bus.NewHeader(bus.TypeEventAck, "", time.Now()), EventID: eventID, CommandID: cmdID, GhostID: id, AckStatus: bus.AckRejected, AckCode: bus.CodeSecurity}
+		data, err := bus.Encode(&ack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(subjects.Ack(id), data); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(subjects.PrefixEvent + "_sforgedorrefused")
+	time.Sleep(200 * time.Millisecond)
+	if !unacked() {
+		t.Fatal("an event.ack naming another event marked the genuine event acknowledged")
+	}
+	send(ghost.EventID(id, cmdID))
+	testenv.Eventually(t, 5*time.Second, "the genuine event acknowledged", func() bool {
+		execs, err := store.Unacked(ctx)
+		return err == nil && len(execs) == 0
+	})
+}
