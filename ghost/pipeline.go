@@ -301,9 +301,19 @@ func (p *Pipeline) event(cmd *bus.Command, executionID string, started, finished
 	if perr != nil {
 		ev.Outcome = bus.OutcomeError
 		ev.Error = perr
+		if msg, cut := bus.Cut(perr.Message, maxErrorMessage); cut {
+			// A message quoting hostile input could take the event past 1 MiB, and
+			// an event that cannot be encoded is never sent.
+			capped := *perr
+			capped.Message = msg + " …(cut)"
+			ev.Error = &capped
+		}
 	}
 	return ev
 }
+
+// maxErrorMessage caps the error message of an event, in bytes.
+const maxErrorMessage = 4096
 
 // Reject builds the error event of a command refused for security (1800): unsigned,
 // untrusted, altered or stale. Nothing is recorded, so a forgery cannot claim the

@@ -394,3 +394,19 @@ func TestPipelineRefuseProbe(t *testing.T) {
 		t.Fatalf("run after refusal: %+v, seed calls %d", again, f.seeds["t.ok"].calls.Load())
 	}
 }
+
+// A refusal whose message quotes a huge hostile value is cut, so its event can still be
+// encoded and sent.
+func TestPipelineRefusalOfHugeInputStaysSendable(t *testing.T) {
+	f := newFixture(t)
+	probe := bus.Probe{Type: bus.TypeCommand, CommandID: subjects.NewID(subjects.PrefixCommand), IntentID: subjects.NewID(subjects.PrefixIntent), TraceID: subjects.NewTraceID()}
+	perr := bus.FieldError(bus.CodeSemantic, "args", "name %q is not allowed", strings.Repeat("\u00ad", 400_000))
+	out := f.p.Refuse(context.Background(), probe, perr)
+	data, err := bus.Encode(out.Event)
+	if err != nil {
+		t.Fatalf("refusal event of %d-byte message does not encode: %v", len(perr.Message), err)
+	}
+	if len(out.Event.Error.Message) > 5000 || !utf8.ValidString(out.Event.Error.Message) || out.Event.Error.Code != bus.CodeSemantic {
+		t.Fatalf("error %d bytes, code %d; event %d bytes", len(out.Event.Error.Message), out.Event.Error.Code, len(data))
+	}
+}
