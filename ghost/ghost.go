@@ -118,6 +118,8 @@ type Ghost struct {
 	kick chan struct{}
 	// needFull is set when commands may have been missed (a disconnect, a failed catch-up).
 	needFull atomic.Bool
+	// emitting holds the event_ids being published (emit).
+	emitting sync.Map
 
 	mu         sync.Mutex
 	subs       []*nats.Subscription
@@ -317,7 +319,15 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
 // (250 ms, ×2, 5 s max, jitter) until it is stored or the Ghost stops.
+//
+// One event is published by one goroutine at a time: a re-send (a reconnect, a duplicate
+// command) while an earlier publish of it is still retrying leaves it to that one, so
+// a flapping link does not pile up goroutines and copies of every unacknowledged event.
 func (g *Ghost) emit(ev *bus.Event) {
+	if _, busy := g.emitting.LoadOrStore(ev.EventID, struct{}{}); busy {
+		return
+	}
+	defer g.emitting.Delete(ev.EventID)
 	data, err := bus.Encode(ev)
 	if err != nil {
 		g.log.Error("cannot encode event", "event_id", ev.EventID, "err", err)
