@@ -39,6 +39,9 @@ whenever a Mirage is present; required refuses to start without one.
 Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), all (default), or none.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.Required("id", id); err != nil {
+				return err
+			}
 			if err := subjects.ValidateGhostID(id); err != nil {
 				return cli.Invalid("--id: %s", subjects.Reason(err))
 			}
@@ -128,7 +131,6 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 	f.BoolVar(&force, "force", false, "overwrite an existing config.toml (and make a new key)")
 	f.StringSliceVar(&allowSeeds, "allow-seeds", nil, "declarative seeds Mirage may install here ('miragectl seed push'): ids or globs, comma separated (default: none)")
 	f.StringArrayVar(&trust, "trust", nil, "a Mirage public nkey whose signed commands this Ghost accepts; with any, unsigned commands are refused and the Ghost authenticates to NATS with its key (auth = true) (repeat for more)")
-	_ = c.MarkFlagRequired("id")
 	return c
 }
 

@@ -32,5 +32,6 @@ Start with 'ghostctl init --id ID' to write a config, then 'ghostctl run --confi
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Invalid("%v", err) })
 	root.AddCommand(newInit(), newRun(), newSeeds())
+	cli.Harden(root)
 	return root
 }

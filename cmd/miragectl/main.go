@@ -84,5 +84,6 @@ refused by Mirage, 3 NATS unreachable or no Mirage answered.`,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Invalid("%v", err) })
 	root.AddCommand(newUp(), newIssue(), newReport(), newGhosts(), newIntents(), newFleet(), newSeed(), newAttach(), newBench())
+	cli.Harden(root)
 	return root
 }

@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// Harden makes every usage error of a command tree exit 2 (invalid input), as the contract
+// asks: a wrong number of arguments, an unknown subcommand, or a command group run without
+// one. Cobra reports these as plain errors, which would otherwise exit 1, a status scripts
+// read as "finished but not satisfied". Call it once the tree is built.
+func Harden(root *cobra.Command) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+			group(c, c == root)
+		} else if c.Args != nil {
+			check := c.Args
+			c.Args = func(c *cobra.Command, args []string) error {
+				if err := check(c, args); err != nil {
+					return Invalid("%v (see '%s --help')", err, c.CommandPath())
+				}
+				return nil
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// group makes a command that only holds subcommands refuse an unknown one, and, unless it
+// is the root (which prints its help), being run without one.
+func group(c *cobra.Command, isRoot bool) {
+	var names []string
+	for _, sub := range c.Commands() {
+		if sub.IsAvailableCommand() {
+			names = append(names, sub.Name())
+		}
+	}
+	c.Args = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return Invalid("unknown command %q for %q: use one of %s (see '%s --help')", args[0], c.CommandPath(), strings.Join(names, ", "), c.CommandPath())
+		}
+		return nil
+	}
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if isRoot {
+			return c.Help()
+		}
+		return Invalid("%s needs a command: one of %s (see '%s --help')", c.CommandPath(), strings.Join(names, ", "), c.CommandPath())
+	}
+}
+
+// Required returns an invalid-input error when a required flag is empty. Cobra's own
+// check (MarkFlagRequired) runs before any hook and its error would exit 1.
+func Required(name, value string) error {
+	if value == "" {
+		return Invalid("--%s is required", name)
+	}
+	return nil
+}
