@@ -74,3 +74,62 @@ func (c *patternCache) get(expr string) *regexp.Regexp {
 	}, expr)
 	return re
 }
+
+// CheckArgs checks a command's args against the params its operation declares: every
+// required param present, no undeclared arg, every value a whole match of its param's
+// pattern. pattern returns the parsed pattern of a declared param. The error is a semantic
+// one (1300) on field args.<name>, the same on a Ghost and in Mirage.
+func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern func(param string) *ParamPattern) error {
+	for _, p := range op.Params {
+		v, present := args[p.Name]
+		if !present {
+			if p.Required {
+				return FieldError(CodeSemantic, "args."+p.Name, "required by %s %s but missing", seedID, op.Name)
+			}
+			continue
+		}
+		if pat := pattern(p.Name); pat == nil || !pat.Match(v) {
+			return FieldError(CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)
+		}
+	}
+	for k := range args {
+		if !op.declares(k) {
+			return FieldError(CodeSemantic, "args."+k, "%s %s declares no such param", seedID, op.Name)
+		}
+	}
+	return nil
+}
+
+func (op OperationInfo) declares(param string) bool {
+	for _, p := range op.Params {
+		if p.Name == param {
+			return true
+		}
+	}
+	return false
+}
+
+// SharedPattern returns the parsed pattern of a declared pattern, parsed once per process
+// (nil when it does not parse): for checking args against params received from elsewhere,
+// as Mirage does with those Ghosts register.
+func SharedPattern(declared string) *ParamPattern {
+	if p, ok := sharedPatterns.Load(declared); ok {
+		return p.(*ParamPattern)
+	}
+	p, err := ParseParamPattern(declared)
+	if err != nil {
+		return nil
+	}
+	if sharedCount.Add(1) > maxShared {
+		return p // seeds pushed over months with ever new patterns: parse those each time
+	}
+	actual, _ := sharedPatterns.LoadOrStore(declared, p)
+	return actual.(*ParamPattern)
+}
+
+var (
+	sharedPatterns sync.Map // declared pattern → *ParamPattern
+	sharedCount    atomic.Int64
+)
+
+const maxShared = 4096

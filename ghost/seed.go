@@ -108,22 +108,8 @@ func (r *Registry) Resolve(seedID, op string, args map[string]string) (Seed, bus
 	if !ok {
 		return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "operation", "seed %s has no operation %q", seedID, op)
 	}
-	for _, p := range o.info.Params {
-		v, present := args[p.Name]
-		if !present {
-			if p.Required {
-				return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+p.Name, "required by %s %s but missing", seedID, op)
-			}
-			continue
-		}
-		if !o.patterns[p.Name].Match(v) {
-			return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)
-		}
-	}
-	for k := range args {
-		if _, declared := o.patterns[k]; !declared {
-			return nil, bus.OperationInfo{}, bus.FieldError(bus.CodeSemantic, "args."+k, "%s %s declares no such param", seedID, op)
-		}
+	if err := bus.CheckArgs(seedID, o.info, args, func(name string) *bus.ParamPattern { return o.patterns[name] }); err != nil {
+		return nil, bus.OperationInfo{}, err
 	}
 	return e.seed, o.info, nil
 }

@@ -156,13 +156,15 @@ func matchList(scope string, fleet []GhostRecord, now time.Time) ([]string, erro
 }
 
 // checkHosts refuses the targets that are registered but do not host the seed and
-// operation. An unregistered target is left to refuse the command itself.
+// operation, or whose declared params the args do not satisfy. An unregistered target is
+// left to refuse the command itself.
 func checkHosts(ids []string, obj bus.Objective, fleet []GhostRecord) error {
 	byID := make(map[string]*GhostRecord, len(fleet))
 	for i := range fleet {
 		byID[fleet[i].GhostID] = &fleet[i]
 	}
 	var problems []string
+	argProblems := map[string][]string{} // a problem with the args → the targets it is on
 	for _, id := range ids {
 		rec, ok := byID[id]
 		if !ok {
@@ -173,9 +175,27 @@ func checkHosts(ids []string, obj bus.Objective, fleet []GhostRecord) error {
 			problems = append(problems, id+" does not host seed "+obj.SeedSelector)
 			continue
 		}
-		if _, ok := seed.Operation(obj.Operation); !ok {
+		op, ok := seed.Operation(obj.Operation)
+		if !ok {
 			problems = append(problems, id+": seed "+obj.SeedSelector+" has no operation "+obj.Operation)
+			continue
 		}
+		// The args as the Ghost will check them, against the params it registered: a
+		// mistyped value is refused here (exit 2), not after dispatch on every target.
+		if err := bus.CheckArgs(obj.SeedSelector, op, obj.Args, func(name string) *bus.ParamPattern {
+			for _, p := range op.Params {
+				if p.Name == name {
+					return bus.SharedPattern(p.Pattern)
+				}
+			}
+			return nil
+		}); err != nil {
+			msg := bus.AsError(err).Message // names the arg: "args.NAME: …"
+			argProblems[msg] = append(argProblems[msg], id)
+		}
+	}
+	for problem, ids := range argProblems {
+		problems = append(problems, problem+" (on "+capList(ids, ", ")+")")
 	}
 	if len(problems) == 0 {
 		return nil

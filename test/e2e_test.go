@@ -97,17 +97,25 @@ func indexOf(s, sub string) int {
 }
 
 // A registered target that does not host the seed is refused at issue time, with a
-// reason that names it.
+// reason that names it; so is one whose args the Ghost would refuse.
 func TestIssueRefusesUnknownSeed(t *testing.T) {
 	env := testenv.New(t)
 	env.StartMirage(mirage.Config{})
 	env.StartGhost("local")
 	client := env.Client()
-	for _, tc := range []struct{ seed, op, want string }{
-		{"seed.nope", "x", "does not host seed seed.nope"},
-		{"seed.flow", "nope", "has no operation nope"},
+	for _, tc := range []struct {
+		seed, op string
+		args     map[string]string
+		want     string
+	}{
+		{"seed.nope", "x", nil, "does not host seed seed.nope"},
+		{"seed.flow", "nope", nil, "has no operation nope"},
+		// Args are checked against the params the Ghost registered, as it would check them.
+		{"seed.flow", "sleep", map[string]string{"ms": "abc"}, "args.ms: value does not match the declared pattern"},
+		{"seed.flow", "echo", map[string]string{"foo": "bar"}, "args.foo: seed.flow echo declares no such param"},
+		{"seed.kv", "get", nil, "args.key: required by seed.kv get but missing"},
 	} {
-		_, err := client.Issue(context.Background(), testenv.NewIssue("local", tc.seed, tc.op, nil, 5*time.Second))
+		_, err := client.Issue(context.Background(), testenv.NewIssue("local", tc.seed, tc.op, tc.args, 5*time.Second))
 		var perr *bus.Error
 		if !errors.Is(err, mirage.ErrRejected) || !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !contains(perr.Message, tc.want) {
 			t.Errorf("%s %s: err %v, want a 1300 rejection mentioning %q", tc.seed, tc.op, err, tc.want)
