@@ -174,6 +174,9 @@ func Start(cfg Config) (*Server, error) {
 	if !opts.DontListen && opts.Nkeys == nil && opts.Users == nil && !isLoopback(opts.Host) {
 		return nil, fmt.Errorf("embedded server: listening on %s without authentication would let anyone who reaches it command the fleet; listen on loopback or enable auth", opts.Host)
 	}
+	if err := probeListen(opts); err != nil {
+		return nil, err
+	}
 	ns, err := server.NewServer(opts.Clone())
 	if err != nil {
 		return nil, fmt.Errorf("embedded server: %w", err)
@@ -195,6 +198,27 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// probeListen tries the client and cluster addresses before the server starts: the
+// server only logs a failed listen and never becomes ready, which would cost a 30 s wait
+// for an address already in use. Port 0 (any free port) needs no probe.
+func probeListen(o *server.Options) error {
+	addrs := map[string]string{}
+	if !o.DontListen && o.Port > 0 {
+		addrs["client"] = net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+	}
+	if o.Cluster.Port > 0 {
+		addrs["cluster"] = net.JoinHostPort(o.Cluster.Host, strconv.Itoa(o.Cluster.Port))
+	}
+	for kind, addr := range addrs {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("embedded server: cannot listen for %s connections on %s: %w", kind, addr, errors.Unwrap(err))
+		}
+		_ = l.Close()
+	}
+	return nil
 }
 
 func listenOf(o *server.Options) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -87,5 +88,24 @@ func TestStartListen(t *testing.T) {
 	logs.mu.Unlock()
 	if n == 0 {
 		t.Error("the server logged nothing to the given logger")
+	}
+}
+
+// An address in use is refused at once, naming it, instead of after the 30 s wait for a
+// server that never becomes ready.
+func TestStartAddressInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	start := time.Now()
+	ns, err := natsd.Start(natsd.Config{Listen: l.Addr().String(), StoreDir: t.TempDir()})
+	if err == nil {
+		ns.Shutdown()
+		t.Fatal("started on an address in use")
+	}
+	if !strings.Contains(err.Error(), l.Addr().String()) || !strings.Contains(err.Error(), "in use") || time.Since(start) > 5*time.Second {
+		t.Fatalf("after %s: %v; want an immediate error naming the address in use", time.Since(start), err)
 	}
 }
