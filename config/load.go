@@ -52,22 +52,33 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 	}
 	known := knownKeys(out)
 	for _, key := range k.Keys() {
-		if !known[key] && !known[strings.SplitN(key, ".", 2)[0]+".*"] {
+		t, ok := typeOf(known, key)
+		if !ok {
 			return &Error{Source: orDefault(source, "file"), Key: key, Reason: "unknown key (known: " + keyList(known) + ")"}
 		}
+		if reason := checkFileValue(t, k.Get(key)); reason != "" {
+			return &Error{Source: orDefault(source, "file"), Key: key, Reason: reason}
+		}
 	}
+	var envErr *Error
 	if err := k.Load(env.Provider(".", env.Opt{
 		Prefix: EnvPrefix,
-		TransformFunc: func(key, value string) (string, any) {
-			key = strings.ToLower(strings.TrimPrefix(key, EnvPrefix))
-			key = strings.ReplaceAll(key, "__", ".")
-			if !known[key] && !known[strings.SplitN(key, ".", 2)[0]+".*"] {
+		TransformFunc: func(name, value string) (string, any) {
+			key := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, EnvPrefix)), "__", ".")
+			t, ok := typeOf(known, key)
+			if !ok {
 				return "", nil // not ours: EDGE_ variables of other tools are ignored
+			}
+			if reason := checkEnvValue(t, value); reason != "" && envErr == nil {
+				envErr = &Error{Source: "environment", Key: name, Reason: "sets " + key + ": " + reason}
 			}
 			return key, value
 		},
 	}), nil); err != nil {
 		return &Error{Source: "environment", Reason: err.Error()}
+	}
+	if envErr != nil {
+		return envErr
 	}
 	if flags != nil {
 		if err := k.Load(posflag.ProviderWithFlag(flags, ".", k, func(f *pflag.Flag) (string, any) {

@@ -158,6 +158,11 @@ func TestLoadErrors(t *testing.T) {
 		{name: "not TOML at all", content: "{\"id\": \"json\"}\n", mention: []string{"TOML"}},
 		{name: "missing required file", path: missing, required: true, mention: []string{"cannot read"}},
 		{name: "bad duration", content: "heartbeat_interval = \"soon\"\n", mention: []string{"heartbeat_interval"}},
+		// TOML is typed: a number where text goes is a mistake, not converted silently.
+		{name: "number for a string", content: "state_dir = 5\n", key: "state_dir", mention: []string{"expected a string", "integer 5"}},
+		{name: "number for a label", content: "[labels]\nrole = 1\n", key: "labels.role", mention: []string{"expected a string"}},
+		{name: "number in a list", content: "seeds = [\"seed.flow\", 2]\n", key: "seeds", mention: []string{"list of strings"}},
+		{name: "table for a string", content: "[server]\nurl = \"x\"\n", key: "server.url", mention: []string{"unknown key"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,7 +198,7 @@ func TestLoadBadEnvironmentValue(t *testing.T) {
 	var cfg testConfig
 	err := config.Load(path, true, nil, nil, &cfg)
 	var ce *config.Error
-	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "heartbeat_interval") {
-		t.Fatalf("Load error %v, want a *config.Error naming heartbeat_interval", err)
+	if !errors.As(err, &ce) || ce.Key != "EDGE_HEARTBEAT_INTERVAL" || !strings.Contains(err.Error(), "heartbeat_interval") || !strings.Contains(err.Error(), "soon") {
+		t.Fatalf("Load error %v, want a *config.Error naming EDGE_HEARTBEAT_INTERVAL, heartbeat_interval and the value", err)
 	}
 }

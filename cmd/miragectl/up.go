@@ -97,7 +97,7 @@ faster, but an OS crash can lose the last interval's writes.
 				return err
 			}
 			if cfg.Sync != natsd.SyncAlways && cfg.Sync != natsd.SyncInterval {
-				return cli.Invalid("--sync %q: use always or interval", cfg.Sync)
+				return cli.Invalid("sync (--sync, EDGE_SYNC) %q: use always or interval", cfg.Sync)
 			}
 			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
 			if err != nil {
@@ -128,14 +128,14 @@ faster, but an OS crash can lose the last interval's writes.
 func checkListen(listen string) error {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
-		return cli.Invalid("--nats-listen %q: expected HOST:PORT", listen)
+		return cli.Invalid("nats_listen (--nats-listen, EDGE_NATS_LISTEN) %q: expected HOST:PORT", listen)
 	}
 	if host == "localhost" {
 		return nil
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return cli.Invalid("--nats-listen %q is not a loopback address; serving other hosts requires authentication, so it needs --auth", listen)
+		return cli.Invalid("nats_listen (--nats-listen) %q is not a loopback address; serving other hosts requires authentication, so it needs --auth", listen)
 	}
 	return nil
 }
@@ -144,7 +144,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	ctx := cmd.Context()
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
-		return cli.Invalid("--data-dir: %v", err)
+		return cli.Invalid("data_dir (--data-dir): %v", err)
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
