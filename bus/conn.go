@@ -30,6 +30,10 @@ func ServerURL(flag string) string {
 // ErrUnavailable is wrapped by connection failures (exit code 3 in the CLIs).
 var ErrUnavailable = errors.New("NATS unavailable")
 
+// ErrNotProvisioned is wrapped when a server lacks edgectl's streams or buckets: no Mirage
+// has run against it (exit code 3 in the CLIs, as for no Mirage answering).
+var ErrNotProvisioned = errors.New("no edgectl on this server")
+
 // ConnConfig says how to reach NATS.
 type ConnConfig struct {
 	URL  string

@@ -67,6 +67,15 @@ func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, err
 	return &reply, nil
 }
 
+// notProvisioned explains a missing edgectl asset: no Mirage ever ran against this server
+// (or against this account). Other errors are returned as they are.
+func notProvisioned(err error, asset string) error {
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("%w: it has no %s (has a Mirage run against it?)", bus.ErrNotProvisioned, asset)
+	}
+	return err
+}
+
 // LatestReport returns the newest report of an intent, or ErrIntentNotFound.
 func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report, error) {
 	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
@@ -74,7 +83,7 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 	}
 	stream, err := c.js.Stream(ctx, bus.StreamReports)
 	if err != nil {
-		return nil, err
+		return nil, notProvisioned(err, "stream "+bus.StreamReports)
 	}
 	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID))
 	if err != nil {
@@ -231,10 +240,7 @@ type GhostStatus struct {
 func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 	kv, err := c.js.KeyValue(ctx, bus.BucketGhosts)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			return []GhostStatus{}, nil
-		}
-		return nil, err
+		return nil, notProvisioned(err, "KV bucket "+bus.BucketGhosts)
 	}
 	recs, err := ReadFleet(ctx, kv)
 	if err != nil {
@@ -262,10 +268,7 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 func (c *Client) Intents(ctx context.Context, limit int) ([]IntentRecord, error) {
 	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			return []IntentRecord{}, nil
-		}
-		return nil, err
+		return nil, notProvisioned(err, "KV bucket "+bus.BucketIntents)
 	}
 	// One watcher streams every current value, rather than one get per key.
 	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())

@@ -61,7 +61,7 @@ func ExitCode(err error) int {
 	if errors.As(err, &ce) {
 		return ExitInvalid
 	}
-	if errors.Is(err, bus.ErrUnavailable) || errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrConnectionClosed) {
+	if errors.Is(err, bus.ErrUnavailable) || errors.Is(err, bus.ErrNotProvisioned) || errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrConnectionClosed) {
 		return ExitUnavailable
 	}
 	return ExitNotSatisfied
