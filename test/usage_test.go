@@ -27,6 +27,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{mctl, []string{"fleet", "bogus"}},
 		{mctl, []string{"seed", "pusj", "x.toml"}},
 		{mctl, []string{"issue", "--no-such-flag"}},
+		{mctl, []string{"report", "int_x", "--wait", "--watch"}},
+		{mctl, []string{"up", "--replicas", "6"}},
 		{gctl, []string{"init"}},
 		{gctl, []string{"init", "--id", "edge-1", "extra"}},
 		{gctl, []string{"bogus"}},
@@ -35,6 +37,18 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 		if r.code != 2 || len(lines) != 1 || !strings.HasPrefix(lines[0], "error: ") {
 			t.Errorf("%v: exit %d, stderr %q; want exit 2 and one error line", tc.args, r.code, r.stderr)
+		}
+	}
+}
+
+// Against a server no Mirage has run on, the client commands say so and exit 3, rather
+// than listing nothing or printing a raw JetStream error.
+func TestClientsOnAServerWithoutEdgectl(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	for _, args := range [][]string{{"ghosts"}, {"intents"}, {"report", "int_abc"}} {
+		r := miragectl(t, env.URL, args...)
+		if r.code != 3 || !strings.Contains(r.stderr, "no edgectl on this server") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line saying the server has no edgectl", args, r.code, r.stderr)
 		}
 	}
 }

@@ -42,6 +42,9 @@ intent; 3 NATS unreachable.`,
 			if err := subjects.ValidateToken("intent_id", id); err != nil {
 				return cli.Invalid("%v", err)
 			}
+			if wait && watch {
+				return cli.Invalid("--wait and --watch: use one (--watch also ends at the terminal report)")
+			}
 			ctx := cmd.Context()
 			client, done, err := cf.client(ctx, "miragectl report")
 			if err != nil {

@@ -99,6 +99,9 @@ faster, but an OS crash can lose the last interval's writes.
 			if cfg.Sync != natsd.SyncAlways && cfg.Sync != natsd.SyncInterval {
 				return cli.Invalid("sync (--sync, EDGE_SYNC) %q: use always or interval", cfg.Sync)
 			}
+			if cfg.Replicas < 1 || cfg.Replicas > bus.MaxReplicas {
+				return cli.Invalid("replicas (--replicas, EDGE_REPLICAS) %d: use 1 to %d (1 on the embedded server, 3 on a 3-node cluster)", cfg.Replicas, bus.MaxReplicas)
+			}
 			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
 			if err != nil {
 				return err
