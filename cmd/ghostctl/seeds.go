@@ -20,7 +20,13 @@ func newSeeds() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "seeds [--config FILE] [--json]",
 		Short: "List the seeds this Ghost hosts, with their operations and params",
-		Args:  cobra.NoArgs,
+		Long: `seeds lists the built-in seeds the config enables (its seeds key), each with its
+operations: name, description, whether it is idempotent, and its params (name, required,
+allowed pattern). It reads the config only: no NATS connection, no running Ghost needed.
+The running Ghost also hosts the control seed "ghost" and the declarative seeds installed
+by 'miragectl seed push'; it registers every seed it hosts, and 'miragectl ghosts --json'
+lists their ids.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cfgPath, nil)
 			if err != nil {
