@@ -28,35 +28,47 @@ func endedIntents(ctx context.Context, js jetstream.JetStream) (map[string]strin
 	if err != nil {
 		return nil, err
 	}
-	info, err := cons.Info(ctx)
+	ended := map[string]string{}
+	err = readAll(ctx, cons, func(msg jetstream.Msg) {
+		if phase := msg.Headers().Get(bus.HeaderPhase); bus.Terminal(phase) {
+			ended[strings.TrimPrefix(msg.Subject(), subjects.Report(""))] = phase
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	ended := map[string]string{}
+	return ended, nil
+}
+
+// readAll passes fn every message a new ordered consumer has pending when called, in
+// order, in batches of up to 1,000.
+func readAll(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg)) error {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return err
+	}
 	remaining := info.NumPending
 	for remaining > 0 {
 		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		got := 0
 		for msg := range batch.Messages() {
 			got++
-			if phase := msg.Headers().Get(bus.HeaderPhase); bus.Terminal(phase) {
-				ended[strings.TrimPrefix(msg.Subject(), subjects.Report(""))] = phase
-			}
+			fn(msg)
 			if md, err := msg.Metadata(); err == nil {
 				remaining = md.NumPending
 			}
 		}
 		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
-			return nil, batch.Error()
+			return batch.Error()
 		}
 		if got == 0 {
 			break
 		}
 	}
-	return ended, nil
+	return nil
 }
 
 // reportPhase returns the phase of an intent's latest report ("" when it has none).

@@ -283,40 +283,17 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time) error {
 	if err != nil {
 		return err
 	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return err
-	}
-	remaining := info.NumPending
-	for remaining > 0 {
-		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return err
-		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			id := msg.Headers().Get(bus.HeaderMsgID)
-			if li, ok := owner[id]; ok {
-				m.mu.Lock()
-				if li.sent == nil {
-					li.sent = make([]bool, len(li.results))
-				}
-				li.sent[li.index[id]] = true
-				m.mu.Unlock()
+	return readAll(ctx, cons, func(msg jetstream.Msg) {
+		id := msg.Headers().Get(bus.HeaderMsgID)
+		if li, ok := owner[id]; ok {
+			m.mu.Lock()
+			if li.sent == nil {
+				li.sent = make([]bool, len(li.results))
 			}
-			if md, err := msg.Metadata(); err == nil {
-				remaining = md.NumPending
-			}
+			li.sent[li.index[id]] = true
+			m.mu.Unlock()
 		}
-		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
-			return batch.Error()
-		}
-		if got == 0 {
-			break
-		}
-	}
-	return nil
+	})
 }
 
 // replay applies every event stored since start to the live intents.
@@ -328,39 +305,17 @@ func (m *Mirage) replay(ctx context.Context, start time.Time) error {
 	if err != nil {
 		return err
 	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return err
-	}
-	remaining := info.NumPending
-	for remaining > 0 {
-		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return err
+	return readAll(ctx, cons, func(msg jetstream.Msg) {
+		var ev bus.Event
+		if bus.Decode(msg.Data(), &ev) != nil || m.verifyEvent(&ev, msg.Data(), msg.Headers()) != nil {
+			return
 		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			var ev bus.Event
-			if bus.Decode(msg.Data(), &ev) == nil && m.verifyEvent(&ev, msg.Data(), msg.Headers()) == nil {
-				m.mu.Lock()
-				if li, ok := m.live[ev.IntentID]; ok {
-					if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {
-						li.apply(&ev)
-					}
-				}
-				m.mu.Unlock()
-			}
-			if md, err := msg.Metadata(); err == nil {
-				remaining = md.NumPending
+		m.mu.Lock()
+		if li, ok := m.live[ev.IntentID]; ok {
+			if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {
+				li.apply(&ev)
 			}
 		}
-		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
-			return batch.Error()
-		}
-		if got == 0 {
-			break
-		}
-	}
-	return nil
+		m.mu.Unlock()
+	})
 }
