@@ -239,6 +239,9 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
+	if is.DeliverByMS > 0 && is.DeliverByMS <= now.UnixMilli() {
+		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
+	}
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
 		rec.DeliverByMS = is.DeliverByMS
 	}
@@ -427,7 +430,7 @@ func (m *Mirage) publish(rec *IntentRecord, units []int) ([]jetstream.PubAckFutu
 			Operation:    obj.Operation,
 			Args:         obj.Args,
 			DeliverByMS:  rec.DeliverByMS,
-			TimeoutMS:    rec.Issue.TimeoutMS,
+			TimeoutMS:    commandTimeout(rec, now),
 		}
 		if cmd.Args == nil {
 			cmd.Args = map[string]string{}
@@ -449,6 +452,15 @@ func (m *Mirage) publish(rec *IntentRecord, units []int) ([]jetstream.PubAckFutu
 		futures = append(futures, f)
 	}
 	return futures, nil
+}
+
+// commandTimeout is the timeout_ms of a command sent at now: the intent's timeout, cut to
+// what is left of the intent's deadline, so that a unit of a later wave cannot run past
+// it (Mirage would report it timeout and let a blocking step's lock go while it still
+// runs). At least 1 ms: a command sent at the deadline times out at once.
+func commandTimeout(rec *IntentRecord, now time.Time) int64 {
+	left := rec.DeadlineMS - now.UnixMilli()
+	return max(1, min(rec.Issue.TimeoutMS, left))
 }
 
 // await waits for the store's answer to the publishes of units (futures[i] is units[i]'s;

@@ -171,10 +171,12 @@ func (li *liveIntent) settle(i int) {
 	if r.Outcome == bus.OutcomeSuccess {
 		li.stepSuccess[s]++
 	}
-	if i < li.next && r.Outcome != bus.OutcomeSkipped {
-		li.inflight--
+	if r.Outcome != bus.OutcomeSkipped && (i < li.next || li.wasSent(i)) {
+		if i < li.next {
+			li.inflight--
+		}
 		if r.Outcome != bus.OutcomeSuccess {
-			li.errs++
+			li.errs++ // a dispatched unit failed (after a restart, one sent before it too)
 		}
 	}
 	li.dirty = true

@@ -69,8 +69,16 @@ func (m *Mirage) advance(li *liveIntent) (units []int, released bool) {
 			li.next = st.First
 			li.dirty = true
 		}
-		if li.rec.MaxErrors >= 0 && li.errs > li.rec.MaxErrors {
-			reason := fmt.Sprintf("not started: %d targets failed, more than max-errors %d", li.errs, li.rec.MaxErrors)
+		reason := ""
+		switch {
+		case li.rec.MaxErrors >= 0 && li.errs > li.rec.MaxErrors:
+			reason = fmt.Sprintf("not started: %d targets failed, more than max-errors %d", li.errs, li.rec.MaxErrors)
+		case li.rec.DeliverByMS > 0 && m.cfg.Now().UnixMilli() >= li.rec.DeliverByMS:
+			// A command sent now would reach its Ghost past deliver_by and be refused
+			// (expired, counted as an error): a unit whose turn came too late never starts.
+			reason = "not started: its turn came after the delivery deadline (deliver_by)"
+		}
+		if reason != "" {
 			for ; li.next < end; li.next++ {
 				if li.wasSent(li.next) && li.results[li.next].Outcome == bus.OutcomePending {
 					// Running when Mirage restarted: followed to its end.

@@ -307,3 +307,56 @@ blocking = true
 		t.Fatalf("plan results %+v", rep.Results)
 	}
 }
+
+// A unit whose turn comes after the delivery deadline is skipped (1910), not sent to be
+// refused as expired; and a unit sent in a later wave gets only what is left of the
+// intent's timeout, so it cannot run past the deadline.
+func TestLateWavesRespectDeliveryDeadlineAndTimeout(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	gateFleet(t, env, 3, nil)
+	testenv.Eventually(t, 5*time.Second, "3 registrations", func() bool { return len(m.Fleet().All()) == 3 })
+	client := env.Client()
+
+	// Units of 700 ms one at a time, delivery within 1 s: db-00 and db-01 start in time,
+	// db-02's turn (at about 1.4 s) comes too late.
+	is := testenv.NewIssue("role=db", "test.gate", "hold", map[string]string{"ms": "700"}, 30*time.Second)
+	is.MaxConcurrency, is.DeliverByMS = "1", time.Now().Add(time.Second).UnixMilli()
+	r := env.Run(client, is)
+	if r.Counts.Success != 2 || r.Counts.Skipped != 1 || r.Counts.Expired != 0 {
+		t.Fatalf("delivery deadline: %s %+v, want 2 successes and 1 skipped", r.Summary, r.Counts)
+	}
+	for _, res := range r.Results {
+		if res.Outcome == bus.OutcomeSkipped && (res.Error == nil || res.Error.Code != bus.CodeSkipped || !strings.Contains(res.Error.Message, "deliver_by")) {
+			t.Errorf("skipped result %+v", res)
+		}
+	}
+
+	// Units of 1 s one at a time with a 1.5 s timeout: the second is sent at about 1 s
+	// with 0.5 s left, and its Ghost times it out (1401) before the intent's deadline.
+	is = testenv.NewIssue("db-00,db-01", "test.gate", "hold", map[string]string{"ms": "1000"}, 1500*time.Millisecond)
+	is.MaxConcurrency = "1"
+	start := time.Now()
+	r = env.Run(client, is)
+	second := r.Results[1]
+	if r.Results[0].Outcome != bus.OutcomeSuccess || second.Outcome != bus.OutcomeError || second.Error == nil || second.Error.Code != bus.CodeExecTimeout {
+		t.Fatalf("later wave: %s %+v, want db-01 timed out by its Ghost (1401)", r.Summary, r.Results)
+	}
+	if took := time.Since(start); took > 1900*time.Millisecond {
+		t.Errorf("the intent ended after %s: its second unit ran past the deadline", took)
+	}
+}
+
+// A delivery deadline already past is refused at issue time: every command would expire.
+func TestPastDeliveryDeadlineIsRefused(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("local")
+	is := testenv.NewIssue("local", "seed.flow", "status", nil, 5*time.Second)
+	is.DeliverByMS = time.Now().Add(-time.Minute).UnixMilli()
+	_, err := env.Client().Issue(context.Background(), is)
+	var perr *bus.Error
+	if !errors.Is(err, mirage.ErrRejected) || !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || perr.Field != "deliver_by_ms" {
+		t.Fatalf("issue with deliver_by_ms in the past: %v, want a 1300 rejection on deliver_by_ms", err)
+	}
+}
