@@ -22,10 +22,16 @@ const (
 	PhaseE2E    = "e2e"
 	PhaseFanout = "fanout"
 	PhaseRSS    = "rss"
+	// PhaseFlow is opt-in (not in AllPhases): the contract's message flow with no edgectl
+	// code, the ceiling of e2e (rawFlow).
+	PhaseFlow = "flow"
 )
 
-// AllPhases is every phase, in the order a run takes them.
+// AllPhases is every phase a default run takes, in order.
 var AllPhases = []string{PhaseRaw, PhaseE2E, PhaseFanout, PhaseRSS}
+
+// knownPhases are the phases --phases accepts.
+var knownPhases = []string{PhaseRaw, PhaseE2E, PhaseFlow, PhaseFanout, PhaseRSS}
 
 // Config says what a run measures.
 type Config struct {
@@ -59,11 +65,15 @@ var (
 
 // Result is what one run measured; its JSON is what 'miragectl bench --json' prints.
 type Result struct {
-	Sync   string  `json:"sync"`
-	Raw    Rate    `json:"raw"`
-	E2E    Rate    `json:"e2e"`
-	Ratio  float64 `json:"ratio"`
-	Fanout []Fan   `json:"fanout"`
+	Sync  string  `json:"sync"`
+	Raw   Rate    `json:"raw"`
+	E2E   Rate    `json:"e2e"`
+	Ratio float64 `json:"ratio"`
+	// Flow is the contract's message flow with no edgectl code (phase flow, opt-in; absent
+	// from the JSON otherwise), and FlowRatio its rate over raw's: the most e2e could reach.
+	Flow      *Rate   `json:"flow,omitempty"`
+	FlowRatio float64 `json:"flow_ratio,omitempty"`
+	Fanout    []Fan   `json:"fanout"`
 	// GhostRSSMB is the resident memory of an idle, registered ghostctl process in MiB;
 	// -1 when no ghostctl could be built or found.
 	GhostRSSMB float64 `json:"ghost_rss_mb"`
@@ -117,8 +127,8 @@ func (c *Config) defaults() error {
 		c.Phases = AllPhases
 	}
 	for _, p := range c.Phases {
-		if !slices.Contains(AllPhases, p) {
-			return fmt.Errorf("%w: phase %q: use %s", ErrConfig, p, strings.Join(AllPhases, ", "))
+		if !slices.Contains(knownPhases, p) {
+			return fmt.Errorf("%w: phase %q: use %s", ErrConfig, p, strings.Join(knownPhases, ", "))
 		}
 	}
 	for _, n := range c.Ghosts {
@@ -171,6 +181,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.E2E, err = env.e2e(ctx)
 		return err
 	})
+	add(PhaseFlow, "raw intent flow", func(ctx context.Context) error {
+		r, err := env.rawFlow(ctx)
+		res.Flow = &r
+		return err
+	})
 	for _, n := range cfg.Ghosts {
 		fan := len(res.Fanout)
 		res.Fanout = append(res.Fanout, Fan{Ghosts: n})
@@ -215,6 +230,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Notes = env.notes
 	if res.Raw.RatePerS > 0 {
 		res.Ratio = round(res.E2E.RatePerS/res.Raw.RatePerS, 3)
+		if res.Flow != nil {
+			res.FlowRatio = round(res.Flow.RatePerS/res.Raw.RatePerS, 3)
+		}
 	}
 	return res, nil
 }

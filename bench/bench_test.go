@@ -134,3 +134,20 @@ func positive(t *testing.T, what string, m map[string]any, keys ...string) {
 		}
 	}
 }
+
+// The opt-in flow phase measures the contract's message flow with no edgectl code; its
+// figures appear in the result only when asked for.
+func TestFlowPhase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs embedded servers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{Sync: natsd.SyncInterval, Intents: 40, Sequential: 10, Phases: []string{PhaseRaw, PhaseFlow}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Flow == nil || res.Flow.RatePerS <= 0 || res.Flow.P50MS <= 0 || res.Flow.P99MS < res.Flow.P50MS || res.FlowRatio <= 0 {
+		t.Fatalf("flow %+v, flow_ratio %v: want positive figures", res.Flow, res.FlowRatio)
+	}
+}

@@ -116,7 +116,7 @@ docs/performance.md explains each figure and the targets.`,
 	c.Flags().StringVar(&syncMode, "sync", natsd.SyncAlways, "JetStream sync: always (fsync every write) or interval (the server's default interval)")
 	c.Flags().IntVar(&intents, "intents", bench.Full.Intents, "intents of the e2e throughput run (the raw run sends 5× as many double hops); a quarter as many run one at a time for latency")
 	c.Flags().IntSliceVar(&ghosts, "ghosts", bench.Full.Ghosts, "fleet sizes of the fan-out runs (with --quick: 100,500)")
-	c.Flags().StringSliceVar(&phases, "phases", []string{"all"}, "phases to run: raw, e2e, fanout, rss (the figures of the others stay 0)")
+	c.Flags().StringSliceVar(&phases, "phases", []string{"all"}, "phases to run: raw, e2e, fanout, rss, and flow (opt-in: the contract's message flow with no edgectl code); the figures of the others stay 0")
 	c.Flags().BoolVar(&quick, "quick", false, "small counts: a few seconds, for CI")
 	c.Flags().BoolVar(&asJSON, "json", false, "print exactly one JSON object")
 	c.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of each step to FILE.<step> (e.g. FILE.e2e-intents)")
