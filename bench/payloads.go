@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/edgectl/edgectl/bus"
-	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 )
@@ -44,7 +43,7 @@ func newPayloads() payloads {
 	}
 	ev := bus.Event{
 		Header:      bus.NewHeader(bus.TypeEvent, cmd.TraceID, now),
-		EventID:     ghost.EventID(e2eGhost, cmd.CommandID),
+		EventID:     bus.EventID(e2eGhost, cmd.CommandID),
 		CommandID:   cmd.CommandID,
 		IntentID:    intentID,
 		ExecutionID: subjects.NewID(subjects.PrefixExecution),

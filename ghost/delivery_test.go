@@ -40,7 +40,7 @@ func storeCommand(t *testing.T, env *testenv.Env, ghostID, op string, args map[s
 // eventFor waits for the event of a command in EDGE_EVT.
 func eventFor(t *testing.T, env *testenv.Env, ghostID, commandID string) {
 	t.Helper()
-	want := ghost.EventID(ghostID, commandID)
+	want := bus.EventID(ghostID, commandID)
 	testenv.Eventually(t, 10*time.Second, "the event of "+commandID, func() bool {
 		for _, ev := range env.Events(env.JetStream()) {
 			if ev.EventID == want {
@@ -167,7 +167,7 @@ func TestEventAckMarksOnlyTheEventItNames(t *testing.T) {
 	if !unacked() {
 		t.Fatal("an event.ack naming another event marked the genuine event acknowledged")
 	}
-	send(ghost.EventID(id, cmdID))
+	send(bus.EventID(id, cmdID))
 	testenv.Eventually(t, 5*time.Second, "the genuine event acknowledged", func() bool {
 		execs, err := store.Unacked(ctx)
 		return err == nil && len(execs) == 0

@@ -391,7 +391,7 @@ func (g *Ghost) onAck(msg *nats.Msg) {
 		g.log.Warn("event.ack for another ghost ignored", "message_type", bus.TypeEventAck, "ghost", ack.GhostID)
 		return
 	}
-	if ack.EventID != EventID(g.cfg.ID, ack.CommandID) {
+	if ack.EventID != bus.EventID(g.cfg.ID, ack.CommandID) {
 		// The ack of an event the store does not hold under this command_id: a refusal
 		// for security (its own event_id) must not mark the genuine command's event.
 		g.log.Debug("event.ack for an unrecorded event", "direction", "in", "message_type", bus.TypeEventAck, "event_id", ack.EventID, "command_id", ack.CommandID, "ack_status", ack.AckStatus)

@@ -79,7 +79,7 @@ func TestHeadlessGhostServesWithoutRegistering(t *testing.T) {
 	}
 
 	js := env.JetStream()
-	want := ghost.EventID(id, cmd.CommandID)
+	want := bus.EventID(id, cmd.CommandID)
 	var got *bus.Event
 	testenv.Eventually(t, 10*time.Second, "the headless Ghost's event in EDGE_EVT", func() bool {
 		for _, ev := range env.Events(js) {

@@ -2,8 +2,6 @@ package ghost
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -286,7 +284,7 @@ func callSeed(ctx context.Context, seed Seed, req *bus.SeedExecute, timeout time
 func (p *Pipeline) event(cmd *bus.Command, executionID string, started, finished time.Time, res bus.Result, perr *bus.Error) *bus.Event {
 	ev := &bus.Event{
 		Header:      bus.NewHeader(bus.TypeEvent, cmd.TraceID, finished),
-		EventID:     EventID(p.ghostID, cmd.CommandID),
+		EventID:     bus.EventID(p.ghostID, cmd.CommandID),
 		CommandID:   cmd.CommandID,
 		IntentID:    cmd.IntentID,
 		ExecutionID: executionID,
@@ -332,17 +330,6 @@ func (p *Pipeline) Reject(probe bus.Probe, data []byte, perr *bus.Error) *bus.Ev
 	}
 	now := p.now()
 	ev := p.event(cmd, subjects.NewID(subjects.PrefixExecution), now, now, bus.Result{Status: "refused", ExitCode: -1}, perr)
-	sum := sha256.Sum256(append([]byte(p.ghostID+"\x00"+probe.CommandID+"\x00"), data...))
-	ev.EventID = subjects.PrefixEvent + "_s" + idEncoding.EncodeToString(sum[:16])
+	ev.EventID = bus.RefusalEventID(p.ghostID, probe.CommandID, data)
 	return ev
-}
-
-var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
-
-// EventID is the stable event_id of the one terminal event of commandID on ghostID: the
-// same command always yields the same event_id, even across a lost store, so a re-sent
-// event is the same event for JetStream de-duplication and for Mirage.
-func EventID(ghostID, commandID string) string {
-	sum := sha256.Sum256([]byte(ghostID + "\x00" + commandID))
-	return subjects.PrefixEvent + "_" + idEncoding.EncodeToString(sum[:16])
 }

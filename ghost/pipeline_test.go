@@ -119,8 +119,8 @@ func checkEvent(t *testing.T, cmd *bus.Command, ev *bus.Event) {
 		t.Fatalf("event correlation command_id=%s intent_id=%s trace_id=%s, want %s %s %s",
 			ev.CommandID, ev.IntentID, ev.TraceID, cmd.CommandID, cmd.IntentID, cmd.TraceID)
 	}
-	if want := EventID(testGhost, cmd.CommandID); ev.EventID != want {
-		t.Fatalf("event_id %s, want EventID(ghost, command_id) = %s", ev.EventID, want)
+	if want := bus.EventID(testGhost, cmd.CommandID); ev.EventID != want {
+		t.Fatalf("event_id %s, want bus.EventID(ghost, command_id) = %s", ev.EventID, want)
 	}
 	if ev.GhostID != testGhost {
 		t.Fatalf("event ghost_id %s, want %s", ev.GhostID, testGhost)
@@ -326,7 +326,7 @@ func TestPipelineConcurrentSameCommand(t *testing.T) {
 	if calls := f.seeds["t.slow"].calls.Load(); calls != 1 {
 		t.Fatalf("seed executed %d times, want 1", calls)
 	}
-	want := EventID(testGhost, cmd.CommandID)
+	want := bus.EventID(testGhost, cmd.CommandID)
 	executed, withoutEvent := 0, 0
 	for i, out := range outs {
 		if out.Event == nil {

@@ -28,11 +28,11 @@ func TestStoreUnknownIDs(t *testing.T) {
 }
 
 func TestEventIDStableAndDistinct(t *testing.T) {
-	a := EventID("g1", "cmd_1")
-	if a != EventID("g1", "cmd_1") {
+	a := bus.EventID("g1", "cmd_1")
+	if a != bus.EventID("g1", "cmd_1") {
 		t.Fatal("EventID is not deterministic")
 	}
-	for _, other := range []string{EventID("g2", "cmd_1"), EventID("g1", "cmd_2"), EventID("g1c", "md_1")} {
+	for _, other := range []string{bus.EventID("g2", "cmd_1"), bus.EventID("g1", "cmd_2"), bus.EventID("g1c", "md_1")} {
 		if other == a {
 			t.Fatalf("EventID collides: %s", a)
 		}

@@ -10,7 +10,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/edgectl/edgectl/bus"
-	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
@@ -85,7 +84,7 @@ func TestBadCommandsAreRefusedAndGhostKeepsServing(t *testing.T) {
 			t.Fatalf("%s: publish: %v", tc.name, err)
 		}
 		if tc.code != 0 {
-			want[ghost.EventID("victim", id)] = i
+			want[bus.EventID("victim", id)] = i
 		}
 	}
 	if err := nc.Flush(); err != nil {
