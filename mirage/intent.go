@@ -75,6 +75,9 @@ type liveIntent struct {
 	stepSuccess    []int
 	waiting        string   // why the current step cannot start (a lock), for reports
 	locks          []string // locks held for the current step
+	// refusals holds, by unit, a Ghost's refusal for security (1800) of a command received
+	// under the unit's command_id: reported at the deadline if no real event came.
+	refusals map[int]*bus.Error
 	// sent marks the units whose command EDGE_CMD held when Mirage recovered the intent
 	// after a restart (nil otherwise): they were running, so they are followed to their
 	// end, never skipped as not started.
@@ -143,6 +146,20 @@ func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 		}
 		return verdictRejected, "target already has a terminal outcome"
 	}
+	if ev.EventID != bus.EventID(ev.GhostID, ev.CommandID) {
+		// Not the command's terminal event: the Ghost's refusal, for security, of bytes
+		// it received under this command_id, which anyone able to publish on cmd.<id>
+		// can make it send. It must not stand in for the real result: it is noted, and
+		// reported only if the real event has not come by the deadline (expire).
+		if ev.Error != nil && ev.Error.Code == bus.CodeSecurity {
+			if li.refusals == nil {
+				li.refusals = map[int]*bus.Error{}
+			}
+			li.refusals[i] = ev.Error
+			return verdictRejected, "a refusal for security under this command_id: noted, not counted as its result"
+		}
+		return verdictRejected, "event_id is not the terminal event of command " + ev.CommandID
+	}
 	r.ExecutionID = ev.ExecutionID
 	r.EventID = ev.EventID
 	r.ExitCode = ev.Result.ExitCode
@@ -208,6 +225,11 @@ func (li *liveIntent) expire() {
 		}
 		r.Outcome = bus.OutcomeTimeout
 		r.Error = bus.Errorf(bus.CodeNoResponse, "no terminal event from %s within the intent's timeout of %s", r.GhostID, limit)
+		if refusal := li.refusals[i]; refusal != nil {
+			// The Ghost refused what it received under this command_id and never sent
+			// the command's own event: the refusal is the likeliest reason.
+			r.Outcome, r.Error = bus.OutcomeError, refusal
+		}
 		li.settle(i)
 	}
 	li.dirty = true

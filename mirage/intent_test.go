@@ -27,7 +27,7 @@ func event(li *liveIntent, i int, ghost string, code bus.Code) *bus.Event {
 	cmd := CommandID(li.rec.IntentID, i)
 	ev := &bus.Event{
 		Header:  bus.NewHeader(bus.TypeEvent, li.rec.Issue.TraceID, time.Now()),
-		EventID: "evt_" + ghost + "_" + cmd, CommandID: cmd, IntentID: li.rec.IntentID, ExecutionID: "exe_" + cmd,
+		EventID: bus.EventID(ghost, cmd), CommandID: cmd, IntentID: li.rec.IntentID, ExecutionID: "exe_" + cmd,
 		GhostID: ghost, SeedID: "seed.flow", Operation: "status", Outcome: bus.OutcomeSuccess,
 		Result:    bus.Result{Status: "ok", Stdout: "seed.flow ready"},
 		StartedMS: time.Now().UnixMilli(), FinishedMS: time.Now().UnixMilli(),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds/flow"
 	"github.com/edgectl/edgectl/ghost/seeds/kv"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/natsd"
@@ -75,8 +76,10 @@ func (f *authFleet) startGhost(id string) *nats.Conn {
 	nc := f.env.URLConn("ghost "+id, "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)))
 	f.kv[id] = kv.New()
 	reg := ghost.NewRegistry()
-	if err := reg.Add(f.kv[id]); err != nil {
-		f.env.T.Fatal(err)
+	for _, s := range []ghost.Seed{f.kv[id], flow.New()} {
+		if err := reg.Add(s); err != nil {
+			f.env.T.Fatal(err)
+		}
 	}
 	f.env.StartGhost(id, testenv.Via(nc), testenv.WithRegistry(reg), testenv.Tune(func(c *ghost.Config) {
 		c.Identity = key
@@ -265,6 +268,32 @@ func TestAuthUnsignedForgedTamperedStaleCommandsAreRefused(t *testing.T) {
 	}
 }
 
+// A forged copy of a live command (same command_id and intent_id, not signed by Mirage) is
+// refused by the Ghost, and that refusal does not stand in for the command's real result.
+func TestAuthRefusalOfForgedCopyDoesNotReplaceTheResult(t *testing.T) {
+	f := newAuthFleet(t, "ghost-f")
+	f.startGhost("ghost-f")
+	is := testenv.NewIssue("ghost-f", "seed.flow", "sleep", map[string]string{"ms": "800"}, 10*time.Second)
+	issueNoWait(t, f.client, is)
+	time.Sleep(200 * time.Millisecond) // the real command is running
+	forged := &bus.Command{
+		Header:    bus.NewHeader(bus.TypeCommand, is.TraceID, time.Now()),
+		CommandID: mirage.CommandID(is.IntentID, 0), IntentID: is.IntentID, GhostID: "ghost-f", SeedSelector: "seed.flow", Operation: "status",
+		Args: map[string]string{}, DeliverByMS: time.Now().Add(time.Hour).UnixMilli(), TimeoutMS: 5000,
+	}
+	data, err := bus.Encode(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.op.Publish(subjects.Command("ghost-f"), data); err != nil {
+		t.Fatal(err)
+	}
+	r := waitReport(t, f.client, is.IntentID, 15*time.Second)
+	if r.Phase != bus.PhaseSatisfied || r.Results[0].EventID != bus.EventID("ghost-f", forged.CommandID) {
+		t.Fatalf("after a forged copy: %s %+v, want the real success", r.Summary, r.Results)
+	}
+}
+
 // Mirage refuses an event whose signer is not the key enrolled for its ghost_id: a forged
 // success for a silent target does not count, the target times out.
 func TestAuthForgedEventIsNotCounted(t *testing.T) {
@@ -276,7 +305,7 @@ func TestAuthForgedEventIsNotCounted(t *testing.T) {
 	forger := newIdentity(t)
 	ev := &bus.Event{
 		Header:  bus.NewHeader(bus.TypeEvent, is.TraceID, time.Now()),
-		EventID: ghost.EventID("ghost-x", mirage.CommandID(is.IntentID, 0)), CommandID: mirage.CommandID(is.IntentID, 0),
+		EventID: bus.EventID("ghost-x", mirage.CommandID(is.IntentID, 0)), CommandID: mirage.CommandID(is.IntentID, 0),
 		IntentID: is.IntentID, ExecutionID: "exe_forged", GhostID: "ghost-x", SeedID: "seed.kv", Operation: "incr",
 		Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok", Stdout: "1"}, StartedMS: time.Now().UnixMilli(), FinishedMS: time.Now().UnixMilli(),
 	}
