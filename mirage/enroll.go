@@ -119,6 +119,19 @@ func (e *enrollments) all() map[string]string {
 	return out
 }
 
+// roleOf returns the role key (FleetKeyMirage, FleetKeyOperator) publicKey is stored
+// under, or "".
+func (e *enrollments) roleOf(publicKey string) string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	for role, pub := range e.roles {
+		if pub == publicKey {
+			return role
+		}
+	}
+	return ""
+}
+
 func (e *enrollments) list() []Enrollment {
 	e.mu.RLock()
 	out := make([]Enrollment, 0, len(e.byID))
@@ -176,6 +189,16 @@ func (m *Mirage) Enroll(ctx context.Context, ghostID, publicKey string) error {
 		if pub == publicKey && id != ghostID {
 			return bus.FieldError(bus.CodeSemantic, "public_key", "already enrolled as ghost %s; one key, one ghost", id)
 		}
+	}
+	// The server keeps one user per key: enrolling the operator's or Mirage's key as a
+	// Ghost would demote it to a Ghost's permissions (and lock it out after a restart).
+	role := m.enrolled.roleOf(publicKey)
+	if m.cfg.Identity != nil && m.cfg.Identity.PublicKey() == publicKey {
+		role = FleetKeyMirage
+	}
+	if role != "" {
+		who := map[string]string{FleetKeyMirage: "Mirage", FleetKeyOperator: "the operator"}[role]
+		return bus.FieldError(bus.CodeSemantic, "public_key", "is the key of %s, not of a ghost: use the key 'ghostctl init' printed for %s", who, ghostID)
 	}
 	if err := m.enrolled.put(ctx, ghostID, Enrollment{GhostID: ghostID, PublicKey: publicKey, EnrolledMS: m.cfg.Now().UnixMilli()}); err != nil {
 		return bus.Errorf(bus.CodeInternal, "store enrollment: %v", err)

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -354,4 +355,25 @@ func TestAuthAttachHeadlessGhost(t *testing.T) {
 		t.Fatalf("attach under auth: %s", msg.Data)
 	}
 	testenv.Eventually(t, 3*time.Second, "ghost-h registered", func() bool { _, ok := f.m.Fleet().Get("ghost-h"); return ok })
+}
+
+// 'fleet add' refuses Mirage's and the operator's keys: the server keeps one user per
+// key, so enrolling one as a Ghost would demote it to a Ghost's permissions.
+func TestAuthEnrollRefusesRoleKeys(t *testing.T) {
+	f := newAuthFleet(t)
+	ctx := context.Background()
+	if err := f.m.RecordOperatorKey(ctx, f.operator.PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	for who, key := range map[string]string{"Mirage": f.mirage.PublicKey(), "the operator": f.operator.PublicKey()} {
+		err := f.m.Enroll(ctx, "edge-x", key)
+		var perr *bus.Error
+		if !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !strings.Contains(perr.Message, who) {
+			t.Errorf("enrolling %s's key: %v, want a 1300 naming %s", who, err, who)
+		}
+	}
+	// The operator still has its own permissions: it can list the fleet.
+	if _, err := f.client.Ghosts(ctx); err != nil {
+		t.Fatalf("operator after the refused enrollments: %v", err)
+	}
 }
