@@ -169,10 +169,14 @@ type rawParam struct {
 var typePatterns = map[string]string{TypeInt: `-?[0-9]{1,18}`, TypeBool: `true|false`}
 
 // ValidateVersion checks a seed version: 1-64 of A-Z a-z 0-9 . _ + -, starting with a
-// letter or digit (it names a directory and an object prefix).
+// letter or digit (it names a directory and an object prefix), and not a name the
+// install keeps beside the version directories (current.json, its .tmp).
 func ValidateVersion(v string) error {
 	if !validVersion(v) {
 		return fmt.Errorf("version %q: use 1-64 of A-Z a-z 0-9 . _ + -, starting with a letter or digit", v)
+	}
+	if strings.HasPrefix(v, "current.json") {
+		return fmt.Errorf("version %q: the name of the install's record; choose another", v)
 	}
 	return nil
 }

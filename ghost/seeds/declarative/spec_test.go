@@ -108,6 +108,7 @@ func TestParseInvalid(t *testing.T) {
 		{"dot id", strings.Replace(head, "a.b", "..", 1) + op + "argv = [\"ls\"]", "id", "start with a letter"},
 		{"no version", "id = \"a.b\"\nname = \"n\"" + op + "argv = [\"ls\"]", "version", "missing"},
 		{"bad version", strings.Replace(head, "\"1\"", "\"../1\"", 1) + op + "argv = [\"ls\"]", "version", "version"},
+		{"record's name as version", strings.Replace(head, "\"1\"", "\"current.json\"", 1) + op + "argv = [\"ls\"]", "version", "record"},
 		{"no operations", head, "operations", "missing"},
 		{"no argv", head + op, "operations.x.argv", "missing"},
 		{"no idempotent", head + "[operations.x]\ndescription = \"d\"\nargv = [\"ls\"]\n", "operations.x.idempotent", "missing"},
