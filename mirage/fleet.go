@@ -88,8 +88,13 @@ type Fleet struct {
 	js      jetstream.JetStream
 	kv      jetstream.KeyValue
 	stop    chan struct{}
-	pending chan registration
+	pending chan string // ids of queued registrations, in arrival order
 	log     *slog.Logger
+
+	// queued holds each Ghost's latest registration not yet stored: one per Ghost, so a
+	// Ghost repeating its register cannot fill Mirage's memory.
+	qmu    sync.Mutex
+	queued map[string]registration
 	now     func() time.Time
 
 	mu     sync.RWMutex
@@ -98,7 +103,7 @@ type Fleet struct {
 }
 
 func newFleet(js jetstream.JetStream, kv jetstream.KeyValue, stop chan struct{}, now func() time.Time, log *slog.Logger) *Fleet {
-	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan registration, 4096), log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[uint32]bool{}}
+	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan string, 4096), queued: map[string]registration{}, log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[uint32]bool{}}
 }
 
 // load reads every record from KV: a Mirage restart forgets nothing.
@@ -216,8 +221,19 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		ack.GhostID = reg.GhostID
 		now := f.now().UnixMilli()
 		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now}
+		reg := registration{rec: rec, msg: msg, ack: ack}
+		f.qmu.Lock()
+		old, waiting := f.queued[rec.GhostID]
+		f.queued[rec.GhostID] = reg
+		f.qmu.Unlock()
+		if waiting {
+			// The newer register replaces it; the older request is answered now.
+			old.ack.Status, old.ack.Reason = bus.RegisterRejected, "superseded by a newer register from the same ghost"
+			f.answer(old.msg, old.ack)
+			return
+		}
 		select {
-		case f.pending <- registration{rec: rec, msg: msg, ack: ack}:
+		case f.pending <- rec.GhostID:
 			return
 		case <-f.stop:
 			return // Mirage stops: the Ghost registers again with the next one
@@ -251,20 +267,32 @@ func (f *Fleet) registrar() {
 	const batchMax = 1024
 	for {
 		var batch []registration
+		take := func(id string) {
+			f.qmu.Lock()
+			r, ok := f.queued[id]
+			delete(f.queued, id)
+			f.qmu.Unlock()
+			if ok {
+				batch = append(batch, r)
+			}
+		}
 		select {
-		case r := <-f.pending:
-			batch = append(batch, r)
+		case id := <-f.pending:
+			take(id)
 		case <-f.stop:
 			return
 		}
 	fill:
 		for len(batch) < batchMax {
 			select {
-			case r := <-f.pending:
-				batch = append(batch, r)
+			case id := <-f.pending:
+				take(id)
 			default:
 				break fill
 			}
+		}
+		if len(batch) == 0 {
+			continue
 		}
 		recs := make([]*GhostRecord, len(batch))
 		for i, r := range batch {

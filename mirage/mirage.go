@@ -176,7 +176,10 @@ func (m *Mirage) Start(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", s.subject, err)
 		}
-		_ = sub.SetPendingLimits(-1, -1)
+		// A fleet coming up at once (thousands of registers) must queue, not be dropped;
+		// a flood (one party sending megabyte envelopes) must not take Mirage's memory:
+		// beyond 256 MiB a subscription drops messages, which their senders retry.
+		_ = sub.SetPendingLimits(1_000_000, 256<<20)
 		m.subs = append(m.subs, sub)
 	}
 	cons, err := m.js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
