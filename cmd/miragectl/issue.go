@@ -39,7 +39,9 @@ Ghost in SCOPE. Mirage sends one command per target; issue waits for the termina
 and prints one line per target (ghost, outcome, exit code, first line of output or error)
 and a summary line; on a terminal, a fan-out shows a progress bar on stderr meanwhile.
 --json prints the terminal report as one JSON object; --jsonl prints one JSON object per
-target result as it arrives ({"intent_id", "ghost_id", "outcome", "exit_code", ...}).
+target result as it arrives ({"intent_id", "ghost_id", "outcome", "exit_code", ...}); a
+report holds what fits in 1 MiB, so for tens of thousands of targets some results may be
+in no report: a note on stderr counts them.
 
 SCOPE is one of:
   all                     every registered Ghost that is not offline
@@ -273,6 +275,11 @@ func (f *follower) follow(ctx context.Context, client *mirage.Client) (*bus.Repo
 		return nil, f.writeErr
 	}
 	if final != nil {
+		if missing := final.Counts.Targets - len(f.printed); f.jsonl != nil && missing > 0 {
+			// A report holds what fits in one envelope: the results of a large intent
+			// that no report carried were not streamed. Say so rather than end short.
+			fmt.Fprintf(os.Stderr, "note: %d of %d results were in no report (a report holds what fits in 1 MiB): see 'miragectl report %s --json' for the counts, EDGE_EVT for their events\n", missing, final.Counts.Targets, f.intentID)
+		}
 		return final, nil
 	}
 	if err == nil {
