@@ -36,6 +36,8 @@ func newBench() *cobra.Command {
           report, and the issue → terminal report latency one at a time (p50, p99)
   fanout  for each --ghosts N: time for N in-process Ghosts to register, time from issuing
           one intent to all N to its terminal report, and the raw fan-out floor for N
+  flow    (opt-in) the contract's message flow for one intent with no edgectl code: the
+          ceiling of e2e, measured beside raw
   rss     the resident memory of an idle, registered ghostctl process: the one beside
           miragectl, else one built as an agent ships (CGO_ENABLED=0 go build -trimpath
           -ldflags="-s -w" ./cmd/ghostctl)
@@ -177,6 +179,10 @@ func printBench(w io.Writer, r *bench.Result) error {
 	fmt.Fprintf(tw, "raw double hop\t%.1f\t%.3f\t%.3f\n", r.Raw.RatePerS, r.Raw.P50MS, r.Raw.P99MS)
 	fmt.Fprintf(tw, "e2e intent\t%.1f\t%.3f\t%.3f\n", r.E2E.RatePerS, r.E2E.P50MS, r.E2E.P99MS)
 	fmt.Fprintf(tw, "ratio e2e/raw\t%.3f\t\t\n", r.Ratio)
+	if r.Flow != nil {
+		fmt.Fprintf(tw, "flow (no edgectl code)\t%.1f\t%.3f\t%.3f\n", r.Flow.RatePerS, r.Flow.P50MS, r.Flow.P99MS)
+		fmt.Fprintf(tw, "ratio flow/raw\t%.3f\t\t\n", r.FlowRatio)
+	}
 	if len(r.Fanout) > 0 {
 		fmt.Fprintln(tw, "\nGHOSTS\tREGISTER S\tREPORT S\tRAW S\tREPORT/RAW\tSATISFIED")
 		for _, f := range r.Fanout {
