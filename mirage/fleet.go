@@ -95,7 +95,7 @@ type Fleet struct {
 	// Ghost repeating its register cannot fill Mirage's memory.
 	qmu    sync.Mutex
 	queued map[string]registration
-	now     func() time.Time
+	now    func() time.Time
 
 	mu     sync.RWMutex
 	ghosts map[string]*GhostRecord
