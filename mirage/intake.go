@@ -239,9 +239,6 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
-	if is.DeliverByMS > 0 && is.DeliverByMS <= now.UnixMilli() {
-		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
-	}
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
 		rec.DeliverByMS = is.DeliverByMS
 	}
@@ -264,6 +261,12 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 			return prior, nil, nil, nil
 		}
 		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
+	}
+	if is.DeliverByMS > 0 && is.DeliverByMS <= now.UnixMilli() {
+		// Checked for a new intent only: a re-sent issue of an accepted one is answered
+		// as before, whatever the time.
+		m.unclaim(rec.IntentID)
+		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
 	}
 	if fresh {
 		// Create's condition: no entry for the key yet.
@@ -416,8 +419,10 @@ func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) (
 
 // publish sends the commands of units into EDGE_CMD without waiting for the store.
 func (m *Mirage) publish(rec *IntentRecord, units []int) ([]jetstream.PubAckFuture, error) {
-	futures := make([]jetstream.PubAckFuture, 0, len(units))
+	msgs := make([]*nats.Msg, 0, len(units))
+	refusals := make([]string, 0, len(units))
 	now := m.cfg.Now()
+	var buildErr error
 	for _, i := range units {
 		g := rec.Targets[i]
 		obj := rec.step(i).Objective
@@ -437,21 +442,52 @@ func (m *Mirage) publish(rec *IntentRecord, units []int) ([]jetstream.PubAckFutu
 		}
 		data, err := bus.Encode(&cmd)
 		if err != nil {
-			return futures, err
+			buildErr = err
+			break
 		}
 		msg := bus.NewMsg(subjects.Command(g), data, cmd.CommandID, cmd.TraceID)
 		if m.cfg.Identity != nil {
 			if err := bus.SignMsg(msg, m.cfg.Identity); err != nil {
-				return futures, fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
+				buildErr = fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
+				break
 			}
 		}
+		msgs = append(msgs, msg)
+		refusals = append(refusals, bus.RefusalEventID(g, cmd.CommandID, data))
+	}
+	// Before the commands leave: a Ghost may answer before publish returns.
+	m.noteSent(rec.IntentID, units[:len(msgs)], refusals)
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for _, msg := range msgs {
 		f, err := m.js.PublishMsgAsync(msg)
 		if err != nil {
-			return futures, fmt.Errorf("publish command %s: %w", cmd.CommandID, err)
+			return futures, fmt.Errorf("publish command %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
 		}
 		futures = append(futures, f)
 	}
-	return futures, nil
+	return futures, buildErr
+}
+
+// noteSent records, for the units published, the event_id a Ghost's refusal for security
+// of these very bytes would carry: such a refusal is genuine (the Ghost refused what
+// Mirage sent, a trust list or clock gone wrong) and settles the unit at once, where a
+// refusal of anything else under its command_id (a forged copy) does not (apply).
+func (m *Mirage) noteSent(intentID string, units []int, refusals []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	li, ok := m.live[intentID]
+	if !ok {
+		return
+	}
+	for k, id := range refusals {
+		u := units[k]
+		if li.sentRefusals == nil {
+			li.sentRefusals = map[int][]string{}
+		}
+		if len(li.sentRefusals[u]) < 8 { // re-sends after store failures: a few suffice
+			li.sentRefusals[u] = append(li.sentRefusals[u], id)
+		}
+	}
 }
 
 // commandTimeout is the timeout_ms of a command sent at now: the intent's timeout, cut to

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -78,6 +79,9 @@ type liveIntent struct {
 	// refusals holds, by unit, a Ghost's refusal for security (1800) of a command received
 	// under the unit's command_id: reported at the deadline if no real event came.
 	refusals map[int]*bus.Error
+	// sentRefusals holds, by unit, the event_ids of a refusal for security of the exact
+	// commands Mirage sent (noteSent): such a refusal counts at once.
+	sentRefusals map[int][]string
 	// sent marks the units whose command EDGE_CMD held when Mirage recovered the intent
 	// after a restart (nil otherwise): they were running, so they are followed to their
 	// end, never skipped as not started.
@@ -146,7 +150,9 @@ func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 		}
 		return verdictRejected, "target already has a terminal outcome"
 	}
-	if ev.EventID != bus.EventID(ev.GhostID, ev.CommandID) {
+	// A refusal of the very bytes Mirage sent is genuine: it is the target's result.
+	genuineRefusal := ev.Error != nil && ev.Error.Code == bus.CodeSecurity && slices.Contains(li.sentRefusals[i], ev.EventID)
+	if !genuineRefusal && ev.EventID != bus.EventID(ev.GhostID, ev.CommandID) {
 		// Not the command's terminal event: the Ghost's refusal, for security, of bytes
 		// it received under this command_id, which anyone able to publish on cmd.<id>
 		// can make it send. It must not stand in for the real result: it is noted, and

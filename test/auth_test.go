@@ -73,6 +73,12 @@ func newAuthFleet(t *testing.T, ghosts ...string) *authFleet {
 // server's writes to it for the write deadline).
 func (f *authFleet) startGhost(id string) *nats.Conn {
 	f.env.T.Helper()
+	return f.startGhostTrusting(id, f.mirage.PublicKey())
+}
+
+// startGhostTrusting runs enrolled Ghost id trusting only the given Mirage key.
+func (f *authFleet) startGhostTrusting(id, trusted string) *nats.Conn {
+	f.env.T.Helper()
 	key := f.keys[id]
 	nc := f.env.URLConn("ghost "+id, "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)))
 	f.kv[id] = kv.New()
@@ -84,7 +90,7 @@ func (f *authFleet) startGhost(id string) *nats.Conn {
 	}
 	f.env.StartGhost(id, testenv.Via(nc), testenv.WithRegistry(reg), testenv.Tune(func(c *ghost.Config) {
 		c.Identity = key
-		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
+		c.TrustedMirageKeys = []string{trusted}
 	}))
 	return nc
 }
@@ -375,5 +381,18 @@ func TestAuthEnrollRefusesRoleKeys(t *testing.T) {
 	// The operator still has its own permissions: it can list the fleet.
 	if _, err := f.client.Ghosts(ctx); err != nil {
 		t.Fatalf("operator after the refused enrollments: %v", err)
+	}
+}
+
+// A Ghost that refuses Mirage's own command (here it trusts another key) ends the target
+// at once with that refusal: it is of the bytes Mirage sent, so it is genuine.
+func TestAuthGenuineRefusalEndsTheTargetAtOnce(t *testing.T) {
+	f := newAuthFleet(t, "ghost-w")
+	f.startGhostTrusting("ghost-w", newIdentity(t).PublicKey())
+	start := time.Now()
+	r := f.env.Run(f.client, testenv.NewIssue("ghost-w", "seed.flow", "status", nil, 20*time.Second))
+	res := r.Results[0]
+	if res.Outcome != bus.OutcomeError || res.Error == nil || res.Error.Code != bus.CodeSecurity || time.Since(start) > 5*time.Second {
+		t.Fatalf("after %s: %s %+v, want the Ghost's 1800 refusal at once", time.Since(start), r.Summary, res)
 	}
 }
