@@ -224,13 +224,18 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		reg := registration{rec: rec, msg: msg, ack: ack}
 		f.qmu.Lock()
 		old, waiting := f.queued[rec.GhostID]
+		if waiting {
+			// The newer register replaces the older, whose request is answered with the
+			// newer one's outcome (a Ghost may still wait for it); a few are kept.
+			reg.earlier = append(old.earlier, old.msg)
+			if len(reg.earlier) > maxEarlier {
+				reg.earlier = reg.earlier[len(reg.earlier)-maxEarlier:]
+			}
+		}
 		f.queued[rec.GhostID] = reg
 		f.qmu.Unlock()
 		if waiting {
-			// The newer register replaces it; the older request is answered now.
-			old.ack.Status, old.ack.Reason = bus.RegisterRejected, "superseded by a newer register from the same ghost"
-			f.answer(old.msg, old.ack)
-			return
+			return // its id is queued already
 		}
 		select {
 		case f.pending <- rec.GhostID:
@@ -246,7 +251,13 @@ type registration struct {
 	rec *GhostRecord
 	msg *nats.Msg
 	ack bus.RegisterAck
+	// earlier are the requests of registers this one replaced: answered with its outcome.
+	earlier []*nats.Msg
 }
+
+// maxEarlier bounds the replaced requests kept per Ghost (older ones go unanswered and
+// time out at the Ghost, which retries).
+const maxEarlier = 4
 
 func (f *Fleet) answer(msg *nats.Msg, ack bus.RegisterAck) {
 	if ack.GhostID == "" || subjects.ValidateGhostID(ack.GhostID) != nil {
@@ -309,6 +320,9 @@ func (f *Fleet) registrar() {
 				f.log.Info("ghost registered", "direction", "in", "message_type", bus.TypeRegister, "peer", r.rec.GhostID, "trace_id", r.ack.TraceID, "seeds", len(r.rec.Seeds))
 			}
 			f.answer(r.msg, r.ack)
+			for _, m := range r.earlier {
+				f.answer(m, r.ack)
+			}
 		}
 	}
 }
