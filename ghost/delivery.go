@@ -119,9 +119,9 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		g.log.Error("execution store: reading the replay position failed", "err", err)
 		return
 	}
-	if last < seq {
+	if last > 0 && last < seq {
 		// Sequences behind the position: EDGE_CMD was recreated (a new store, a rebuilt
-		// cluster). Its commands are read from the start; the execution store turns
+		// cluster). (0 says nothing: no command of this Ghost, or no answer.) Its commands are read from the start; the execution store turns
 		// the ones already handled into duplicates.
 		g.log.Warn("EDGE_CMD ends before the replay position: the stream was recreated; replaying it from the start", "last_seq", last, "position", seq)
 		if seq, err = g.resetPosition(ctx); err != nil {
