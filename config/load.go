@@ -56,6 +56,9 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 		if !ok {
 			return &Error{Source: orDefault(source, "file"), Key: key, Reason: "unknown key (known: " + keyList(known) + ")"}
 		}
+		if _, exact := known[key]; !exact && t.Kind() == reflect.String {
+			continue // a map's value (a label): a number or true is taken as its text
+		}
 		if reason := checkFileValue(t, k.Get(key)); reason != "" {
 			return &Error{Source: orDefault(source, "file"), Key: key, Reason: reason}
 		}
@@ -66,8 +69,8 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 		TransformFunc: func(name, value string) (string, any) {
 			key := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(name, EnvPrefix)), "__", ".")
 			t, ok := typeOf(known, key)
-			if !ok {
-				return "", nil // not ours: EDGE_ variables of other tools are ignored
+			if !ok || value == "" {
+				return "", nil // not ours (EDGE_ variables of other tools), or set empty: unset
 			}
 			if reason := checkEnvValue(t, value); reason != "" && envErr == nil {
 				envErr = &Error{Source: "environment", Key: name, Reason: "sets " + key + ": " + reason}

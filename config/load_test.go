@@ -160,7 +160,6 @@ func TestLoadErrors(t *testing.T) {
 		{name: "bad duration", content: "heartbeat_interval = \"soon\"\n", mention: []string{"heartbeat_interval"}},
 		// TOML is typed: a number where text goes is a mistake, not converted silently.
 		{name: "number for a string", content: "state_dir = 5\n", key: "state_dir", mention: []string{"expected a string", "integer 5"}},
-		{name: "number for a label", content: "[labels]\nrole = 1\n", key: "labels.role", mention: []string{"expected a string"}},
 		{name: "number in a list", content: "seeds = [\"seed.flow\", 2]\n", key: "seeds", mention: []string{"list of strings"}},
 		{name: "table for a string", content: "[server]\nurl = \"x\"\n", key: "server.url", mention: []string{"unknown key"}},
 	}
@@ -200,5 +199,19 @@ func TestLoadBadEnvironmentValue(t *testing.T) {
 	var ce *config.Error
 	if !errors.As(err, &ce) || ce.Key != "EDGE_HEARTBEAT_INTERVAL" || !strings.Contains(err.Error(), "heartbeat_interval") || !strings.Contains(err.Error(), "soon") {
 		t.Fatalf("Load error %v, want a *config.Error naming EDGE_HEARTBEAT_INTERVAL, heartbeat_interval and the value", err)
+	}
+}
+
+// A label's value may be written as a number (rack = 3 is "3"), and an environment
+// variable set empty counts as unset, as before values were type-checked.
+func TestLoadLabelNumbersAndEmptyEnvironment(t *testing.T) {
+	path := writeFile(t, "id = \"a\"\nheartbeat_interval = \"5s\"\n[labels]\nrack = 3\n")
+	t.Setenv("EDGE_HEARTBEAT_INTERVAL", "")
+	var cfg testConfig
+	if err := config.Load(path, true, nil, nil, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Labels["rack"] != "3" || cfg.HeartbeatInterval != 5*time.Second {
+		t.Fatalf("labels %v, heartbeat %s; want rack=3 and the file's 5s", cfg.Labels, cfg.HeartbeatInterval)
 	}
 }
