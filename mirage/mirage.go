@@ -321,13 +321,15 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 		return
 	}
 	f, err := m.js.PublishMsgAsync(bus.NewReportMsg(r, data))
-	if err != nil {
-		m.retryReport(r)
-		return
-	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		if err != nil {
+			// Retried apart: a terminal report is retried until stored, and the
+			// publisher must go on with the others meanwhile.
+			m.retryReport(r)
+			return
+		}
 		select {
 		case <-f.Ok():
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
