@@ -198,44 +198,7 @@ func (e *runEnv) rawFlow(ctx context.Context) (Rate, error) {
 			return ctx.Err()
 		}
 	}
-	batch := func(n, inFlight int) (time.Duration, []time.Duration, error) {
-		lat := make([]time.Duration, n)
-		sem := make(chan struct{}, inFlight)
-		var wg sync.WaitGroup
-		var firstErr atomic.Value
-		settle()
-		t0 := time.Now()
-		for i := 0; i < n; i++ {
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				start := time.Now()
-				if err := one(); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-				}
-				lat[i] = time.Since(start)
-			}()
-		}
-		wg.Wait()
-		if err, _ := firstErr.Load().(error); err != nil {
-			return 0, nil, err
-		}
-		return time.Since(t0), lat, nil
-	}
-	if _, _, err := batch(min(20, e.cfg.Intents), e.cfg.InFlight); err != nil { // warm-up
-		return Rate{}, err
-	}
-	took, _, err := batch(e.cfg.Intents, e.cfg.InFlight)
-	if err != nil {
-		return Rate{}, err
-	}
-	_, lat, err := batch(e.cfg.Sequential, 1)
-	if err != nil {
-		return Rate{}, err
-	}
-	return rate(e.cfg.Intents, took, lat), nil
+	return e.intentRates(ctx, one)
 }
 
 // flowPayloads are the bodies of rawFlow's messages other than the command and event:
