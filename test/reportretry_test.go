@@ -1,0 +1,179 @@
+package test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// A terminal report whose publish fails is retried until EDGE_REPORT stores it, and stored
+// once. Meanwhile the intent has ended but has no terminal report, so a late event for it
+// is answered "already ended" (rejected, 1900) from memory: the record in edge_intents
+// still says accepted and EDGE_REPORT holds nothing, so without that memory Mirage could
+// not tell the event is late.
+func TestTerminalReportRetriedUntilStored(t *testing.T) {
+	const ghostID = "edge-retry"
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost(ghostID)
+	client := env.Client()
+	js := env.JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	// Every event.ack to the Ghost, watched on core NATS as the Ghost receives them.
+	acks := make(chan bus.EventAck, 16)
+	sub, err := env.Conn("watch acks").Subscribe(subjects.Ack(ghostID), func(msg *nats.Msg) {
+		var ack bus.EventAck
+		if bus.Decode(msg.Data, &ack) == nil {
+			acks <- ack
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	ackFor := func(what string, match func(bus.EventAck) bool) bus.EventAck {
+		t.Helper()
+		for {
+			select {
+			case ack := <-acks:
+				if match(ack) {
+					return ack
+				}
+			case <-ctx.Done():
+				t.Fatalf("no event.ack for %s", what)
+			}
+		}
+	}
+
+	// Pause EDGE_REPORT: with no stream on report.*, a publish there finds no responders
+	// and fails at once, as on a store without quorum. The config is kept to restore it.
+	stream, err := js.Stream(ctx, bus.StreamReports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	original := stream.CachedInfo().Config
+	paused := original
+	paused.Subjects = []string{"edge-test.reports-paused"}
+	if _, err := js.UpdateStream(ctx, paused); err != nil {
+		t.Fatalf("pause %s: %v", bus.StreamReports, err)
+	}
+
+	is := testenv.NewIssue(ghostID, "seed.flow", "echo", map[string]string{"message": "hi"}, 10*time.Second)
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+	// Mirage counts the event and ends the intent before it sends the event.ack, so an
+	// accepted ack for the only command means the intent has ended in Mirage.
+	cmdID := mirage.CommandID(is.IntentID, 0)
+	if ack := ackFor("the Ghost's event", func(a bus.EventAck) bool { return a.CommandID == cmdID }); ack.AckStatus != bus.AckAccepted {
+		t.Fatalf("the Ghost's event answered %+v, want accepted", ack)
+	}
+	storesNothing(t, stream)
+
+	// A late event of the ended intent: a different event_id, since EDGE_EVT would drop a
+	// re-send of the Ghost's own one as a duplicate before Mirage sees it.
+	now := time.Now().UnixMilli()
+	late := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, is.TraceID, time.Now()), EventID: subjects.NewID(subjects.PrefixEvent),
+		CommandID: cmdID, IntentID: is.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: ghostID,
+		SeedID: "seed.flow", Operation: "echo", Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok", Stdout: "hi"},
+		StartedMS: now, FinishedMS: now}
+	data, err := bus.Encode(late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Event(ghostID), data, late.EventID, late.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	if ack := ackFor("the late event", func(a bus.EventAck) bool { return a.EventID == late.EventID }); ack.AckStatus != bus.AckRejected || ack.AckCode != bus.CodeNoResponse {
+		t.Fatalf("late event answered %s %d, want rejected %d (intent already ended)", ack.AckStatus, ack.AckCode, bus.CodeNoResponse)
+	}
+
+	// Keep the store refusing over a few retries (250 ms, then 500 ms, ...), so that the
+	// report is stored by a retry after retries failed, not by the first one.
+	time.Sleep(time.Second)
+	storesNothing(t, stream)
+	if _, err := js.UpdateStream(ctx, original); err != nil {
+		t.Fatalf("restore %s: %v", bus.StreamReports, err)
+	}
+	if info, err := stream.Info(ctx); err != nil || !slices.Equal(info.Config.Subjects, original.Subjects) {
+		t.Fatalf("%s not restored: %+v %v", bus.StreamReports, info, err)
+	}
+	// The backoff is at most 2 s apart at this point; allow for more.
+	testenv.Eventually(t, 8*time.Second, "the terminal report stored by a retry", func() bool {
+		return len(reportsOf(t, js, is.IntentID)) > 0
+	})
+	// Close waits for every report publish and retry in flight: nothing more is stored
+	// after it, so the count below is final.
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := reportsOf(t, js, is.IntentID)
+	if len(got) != 1 {
+		t.Fatalf("%d reports stored for %s, want exactly one (the terminal one)", len(got), is.IntentID)
+	}
+	if r := got[0]; r.Phase != bus.PhaseSatisfied || r.Counts != (bus.Counts{Targets: 1, Success: 1}) {
+		t.Fatalf("stored report %s %+v, want satisfied with one success", r.Phase, r.Counts)
+	}
+}
+
+// storesNothing checks that the paused EDGE_REPORT holds no message at all (a consumer
+// cannot filter on report.* while the stream does not listen there).
+func storesNothing(t *testing.T, stream jetstream.Stream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Fatalf("%s stores %d messages while paused", bus.StreamReports, info.State.Msgs)
+	}
+}
+
+// reportsOf returns every report stored in EDGE_REPORT for an intent, oldest first.
+func reportsOf(t *testing.T, js jetstream.JetStream, intentID string) []bus.Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.Report(intentID)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []bus.Report
+	for remaining := info.NumPending; remaining > 0; {
+		batch, err := cons.Fetch(int(min(remaining, 100)), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			var r bus.Report
+			if err := bus.Decode(msg.Data(), &r); err != nil {
+				t.Fatalf("stored report does not decode: %v", err)
+			}
+			out = append(out, r)
+		}
+		if n == 0 {
+			break
+		}
+		remaining -= uint64(n)
+	}
+	return out
+}
