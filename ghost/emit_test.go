@@ -1,0 +1,201 @@
+package ghost_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// attemptsWithin is the most publish attempts one emit retry loop can make in window:
+// a loop that starts as the window opens, every backoff wait at its shortest (250 ms,
+// doubling, less the 20% jitter).
+func attemptsWithin(window time.Duration) int {
+	n, at, wait := 1, time.Duration(0), 250*time.Millisecond
+	for {
+		at += wait * 4 / 5
+		if at > window {
+			return n
+		}
+		n++
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// duplicateCommands reads the Ghost's duplicate-command counter from its metrics.
+func duplicateCommands(t *testing.T, m *ghost.Metrics) int {
+	t.Helper()
+	var b bytes.Buffer
+	if _, err := m.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(&b)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "edgectl_ghost_duplicate_commands_total "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("duplicate counter %q: %v", v, err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatal("metrics have no edgectl_ghost_duplicate_commands_total")
+	return 0
+}
+
+// An event is published by one goroutine at a time: duplicates of its command arriving
+// while its publish keeps failing leave the retrying to the publisher already at it, so
+// the attempts follow one backoff schedule instead of one per duplicate. Once the store
+// takes events again the event is stored once and the Ghost goes on serving.
+func TestOneEventPublisherPerEventID(t *testing.T) {
+	env := testenv.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js := env.JetStream()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	const id = "edge-e"
+	metrics := ghost.NewMetrics()
+	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.Metrics = metrics }))
+
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: "echo",
+		Args: map[string]string{"message": "once"}, DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 5000}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every publish attempt of the event on evt.<id>, seen by a core subscription. Its
+	// interest in the subject is why EDGE_EVT is made to refuse events by a maximum
+	// message size rather than by taking evt.* out of its subjects: with a subscriber
+	// there, a publish finds a responder and waits out its 5 s timeout, so the retries
+	// would hardly back off and a flapping link would not be what is tested.
+	want := bus.EventID(id, cmd.CommandID)
+	var (
+		mu       sync.Mutex
+		attempts []time.Time
+	)
+	obs := env.Conn("observer")
+	sub, err := obs.Subscribe(subjects.Event(id), func(m *nats.Msg) {
+		if m.Header.Get(bus.HeaderMsgID) != want {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, time.Now())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := obs.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	attemptsSince := func(from time.Time) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, at := range attempts {
+			if !at.Before(from) {
+				n++
+			}
+		}
+		return n
+	}
+
+	// EDGE_EVT refuses every event (each is larger than 64 bytes) and answers at once, as
+	// a store refusing writes does: emit's publish fails fast and it retries on backoff.
+	stream, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := stream.CachedInfo().Config
+	refusing.MaxMsgSize = 64
+	if _, err := js.UpdateStream(ctx, refusing); err != nil {
+		t.Fatalf("make %s refuse events: %v", bus.StreamEvents, err)
+	}
+
+	nc := env.Conn("mirage")
+	send := func() {
+		t.Helper()
+		// Core NATS, as a live command arrives; kept out of EDGE_CMD so that no catch-up
+		// replays it and every delivery is one this test made.
+		if err := nc.PublishMsg(bus.NewMsg(subjects.Command(id), data, cmd.CommandID, cmd.TraceID)); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	// Duplicates are sent once the execution is recorded (so each gets its event back to
+	// re-send) and its publish has failed (so a publisher is retrying it).
+	testenv.Eventually(t, 10*time.Second, "the execution recorded and its event refused", func() bool {
+		e, err := g.Store().GetByCommandID(ctx, cmd.CommandID)
+		return err == nil && e.State == ghost.StateFinished && e.Event != nil && attemptsSince(time.Time{}) > 0
+	})
+
+	const duplicates = 10
+	const window = 2 * time.Second
+	opened := time.Now()
+	for range duplicates {
+		send()
+	}
+	// Every duplicate reached emit: the Ghost counts a duplicate just before re-sending
+	// its event, so the test cannot pass by the duplicates being lost.
+	testenv.Eventually(t, window, "the Ghost to take every duplicate", func() bool {
+		return duplicateCommands(t, metrics) == duplicates
+	})
+	time.Sleep(time.Until(opened.Add(window)))
+	got := attemptsSince(opened)
+	// One publisher makes at most attemptsWithin(window) attempts (4 in 2 s); twice that
+	// absorbs an attempt from before the window seen inside it and a slow machine. A
+	// publisher per duplicate makes at least one attempt each at once, and about 4 each
+	// over the window.
+	if limit := 2 * attemptsWithin(window); got > limit {
+		t.Fatalf("%d publish attempts of one event in %s after %d duplicate commands, want at most %d: the duplicates started publishers of their own",
+			got, window, duplicates, limit)
+	}
+
+	// Restore EDGE_EVT as provisioned: the retry in flight stores the event.
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := stream.Info(ctx); err != nil || info.Config.MaxMsgSize != bus.MaxEnvelope {
+		t.Fatalf("%s not restored: %+v %v", bus.StreamEvents, info, err)
+	}
+	eventFor(t, env, id, cmd.CommandID)
+	// JetStream drops copies with the same Nats-Msg-Id, so this holds either way; the
+	// attempt count above is what tells one publisher from many.
+	stored := 0
+	for _, ev := range env.Events(js) {
+		if ev.EventID == want {
+			stored++
+			if ev.Outcome != bus.OutcomeSuccess || ev.Result.Stdout != "once" {
+				t.Fatalf("stored event %+v, want the echo's success", ev)
+			}
+		}
+	}
+	if stored != 1 {
+		t.Fatalf("event %s stored %d times, want once", want, stored)
+	}
+
+	// The Ghost still serves: another command gets its own event.
+	next, _ := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, next)
+	t.Logf("%d publish attempts in %s after %d duplicates", got, window, duplicates)
+}
