@@ -40,6 +40,35 @@ const (
 type AssetConfig struct {
 	// Replicas is 1 on an embedded server, 3 on a cluster (at most MaxReplicas).
 	Replicas int
+	// EventsMaxBytes caps the bytes EDGE_EVT holds: 0 is DefaultEventsMaxBytes, -1 no cap
+	// (only the age limit), otherwise at least MinEventsMaxBytes.
+	EventsMaxBytes int64
+}
+
+// EDGE_EVT is the one stream Ghosts write to, so its size is capped: a Ghost that floods
+// its evt.<id> with large events of new ids rotates the oldest events out (every Ghost
+// re-sends the events Mirage has not acknowledged) instead of filling the JetStream store
+// until commands, reports and state can no longer be written fleet-wide. The other streams
+// and buckets are written by Mirage only.
+const (
+	DefaultEventsMaxBytes int64 = 4 << 30
+	MinEventsMaxBytes     int64 = 4 * MaxEnvelope
+)
+
+// ErrEventsMaxBytes is returned by EnsureAssets for a cap below MinEventsMaxBytes.
+var ErrEventsMaxBytes = errors.New("events max bytes")
+
+func (c AssetConfig) eventsMaxBytes() (int64, error) {
+	switch n := c.EventsMaxBytes; {
+	case n == 0:
+		return DefaultEventsMaxBytes, nil
+	case n < 0:
+		return -1, nil
+	case n < MinEventsMaxBytes:
+		return 0, fmt.Errorf("%w: %d bytes is below the %d the largest events need", ErrEventsMaxBytes, n, MinEventsMaxBytes)
+	default:
+		return n, nil
+	}
 }
 
 // MaxReplicas is the most copies JetStream keeps of an asset.
@@ -61,11 +90,15 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 	if r > MaxReplicas {
 		return fmt.Errorf("%w: %d asked, but JetStream keeps at most %d copies of a stream", ErrReplicas, r, MaxReplicas)
 	}
+	evtBytes, err := cfg.eventsMaxBytes()
+	if err != nil {
+		return err
+	}
 	streams := []jetstream.StreamConfig{
 		{Name: StreamCommands, Subjects: []string{subjects.AllCommands}, Description: "edgectl commands, Mirage to Ghost",
 			MaxAge: CommandRetention, Duplicates: DuplicateWindow, MaxMsgSize: MaxEnvelope, AllowDirect: true},
 		{Name: StreamEvents, Subjects: []string{subjects.AllEvents}, Description: "edgectl events, Ghost to Mirage",
-			MaxAge: EventRetention, Duplicates: DuplicateWindow, MaxMsgSize: MaxEnvelope, AllowDirect: true},
+			MaxAge: EventRetention, MaxBytes: evtBytes, Duplicates: DuplicateWindow, MaxMsgSize: MaxEnvelope, AllowDirect: true},
 		{Name: StreamReports, Subjects: []string{subjects.AllReports}, Description: "edgectl reports, Mirage to user",
 			MaxAge: ReportRetention, Duplicates: DuplicateWindow, MaxMsgSize: MaxEnvelope, MaxMsgsPerSubject: 64, AllowDirect: true},
 	}
@@ -75,8 +108,30 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		sc.Retention = jetstream.LimitsPolicy
 		sc.Discard = jetstream.DiscardOld
 		if err := provision(ctx, js, "stream "+sc.Name, sc.Name, r, func() error {
-			_, err := js.CreateOrUpdateStream(ctx, sc)
-			return err
+			shrunk := false
+			for {
+				_, err := js.CreateOrUpdateStream(ctx, sc)
+				// A stream's byte cap is reserved in the server's JetStream store. The
+				// default cap shrinks to what a small store can reserve, then halves once
+				// more, so that at least half the store stays for everything else; a cap
+				// the operator chose does not shrink.
+				if sc.Name == StreamEvents && cfg.EventsMaxBytes == 0 && sc.MaxBytes/2 >= MinEventsMaxBytes {
+					if storeTooSmall(err) {
+						sc.MaxBytes /= 2
+						shrunk = true
+						continue
+					}
+					if err == nil && shrunk {
+						sc.MaxBytes /= 2
+						shrunk = false
+						continue
+					}
+				}
+				if sc.Name == StreamEvents && storeTooSmall(err) {
+					return fmt.Errorf("%w: the JetStream store cannot reserve %d MiB for EDGE_EVT (%v): lower the cap (events_max_mb) or give JetStream more storage", ErrEventsMaxBytes, sc.MaxBytes>>20, err)
+				}
+				return err
+			}
 		}); err != nil {
 			return err
 		}
@@ -115,7 +170,14 @@ const (
 	errCodeClusterUnavailable jetstream.ErrorCode = 10008 // JetStream system temporarily unavailable
 	errCodeInsufficient       jetstream.ErrorCode = 10023 // insufficient resources
 	errCodeReplicasStandalone jetstream.ErrorCode = 10074 // replicas > 1 not supported in non-clustered mode
+	errCodeStorageExceeded    jetstream.ErrorCode = 10047 // insufficient storage resources available
 )
+
+// storeTooSmall reports whether the server could not reserve a stream's byte cap.
+func storeTooSmall(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStorageExceeded
+}
 
 // provision runs one create-or-update, retrying while a cluster forms or elects its meta
 // leader (for at most provisionPatience), and turns the server's placement errors into one

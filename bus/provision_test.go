@@ -3,10 +3,12 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -59,6 +61,13 @@ func TestEnsureAssets(t *testing.T) {
 		if cfg.Storage != jetstream.FileStorage || cfg.Replicas != 1 || cfg.Duplicates != bus.DuplicateWindow ||
 			cfg.MaxAge != tt.maxAge || cfg.MaxMsgSize != bus.MaxEnvelope {
 			t.Errorf("stream %s config = %+v", tt.stream, cfg)
+		}
+		wantCap := int64(-1) // only EDGE_EVT, which Ghosts write, is capped in bytes
+		if tt.stream == bus.StreamEvents {
+			wantCap = bus.DefaultEventsMaxBytes
+		}
+		if cfg.MaxBytes != wantCap {
+			t.Errorf("stream %s max_bytes = %d, want %d", tt.stream, cfg.MaxBytes, wantCap)
 		}
 		if b := before[tt.stream]; b.Description != cfg.Description || b.MaxAge != cfg.MaxAge || b.MaxMsgsPerSubject != cfg.MaxMsgsPerSubject {
 			t.Errorf("stream %s changed on the second EnsureAssets", tt.stream)
@@ -219,4 +228,108 @@ func countStreams(t *testing.T, js jetstream.JetStream) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// eventsCap is the byte cap of EDGE_EVT.
+func eventsCap(ctx context.Context, t *testing.T, js jetstream.JetStream) int64 {
+	t.Helper()
+	s, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().Config.MaxBytes
+}
+
+func TestEventsCapSettings(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns := startServer(t, natsd.Config{DontListen: true})
+	js, err := jetstream.New(connect(t, bus.ConnConfig{InProcess: ns}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: bus.MinEventsMaxBytes - 1}); !errors.Is(err, bus.ErrEventsMaxBytes) {
+		t.Fatalf("a cap below the minimum: %v, want ErrEventsMaxBytes", err)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if c := eventsCap(ctx, t, js); c != -1 {
+		t.Errorf("no cap asked: max_bytes = %d, want -1", c)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if c := eventsCap(ctx, t, js); c != 64<<20 {
+		t.Errorf("a running stream's cap was not changed: max_bytes = %d, want %d", c, 64<<20)
+	}
+
+	// A store smaller than the default cap: the default shrinks to what it can reserve, a
+	// cap the operator chose is refused with a line that says what to change.
+	small := startServer(t, natsd.Config{DontListen: true, Customize: func(o *server.Options) error {
+		o.JetStreamMaxStore = 1 << 30
+		return nil
+	}})
+	sjs, err := jetstream.New(connect(t, bus.ConnConfig{InProcess: small}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bus.EnsureAssets(ctx, sjs, bus.AssetConfig{EventsMaxBytes: 2 << 30})
+	if !errors.Is(err, bus.ErrEventsMaxBytes) || !strings.Contains(err.Error(), "events_max_mb") {
+		t.Fatalf("a cap the store cannot reserve: %v", err)
+	}
+	if err := bus.EnsureAssets(ctx, sjs, bus.AssetConfig{}); err != nil {
+		t.Fatalf("the default cap on a 1 GiB store: %v", err)
+	}
+	if c := eventsCap(ctx, t, sjs); c > 1<<29 || c < bus.MinEventsMaxBytes { // at most half the store
+		t.Errorf("the default cap on a 1 GiB store: max_bytes = %d", c)
+	}
+}
+
+// A Ghost that floods its evt.<id> with large events of new ids rotates EDGE_EVT within
+// its cap and cannot fill the JetStream store: commands are still stored.
+func TestEventFloodStaysWithinItsCapAndCommandsAreStillStored(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const store, evCap = 32 << 20, 8 << 20
+	ns := startServer(t, natsd.Config{DontListen: true, Sync: natsd.SyncInterval, Customize: func(o *server.Options) error {
+		o.JetStreamMaxStore = store
+		return nil
+	}})
+	js, err := jetstream.New(connect(t, bus.ConnConfig{InProcess: ns}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: evCap}); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 512<<10)
+	for i := range big {
+		big[i] = 'x'
+	}
+	for i := 0; i < 2*store/len(big); i++ { // twice the whole store
+		msg := nats.NewMsg("evt.rogue")
+		msg.Header.Set(jetstream.MsgIDHeader, "evt_flood_"+strconv.Itoa(i))
+		msg.Data = big
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatalf("flood event %d refused: %v (the cap should rotate the stream)", i, err)
+		}
+	}
+	s, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Bytes > evCap {
+		t.Errorf("EDGE_EVT holds %d bytes after the flood, over its cap of %d", info.State.Bytes, evCap)
+	}
+	msg := nats.NewMsg("cmd.edge-1")
+	msg.Header.Set(jetstream.MsgIDHeader, "cmd_after_flood")
+	msg.Data = readGolden(t, "command.json")
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatalf("a command after the flood was not stored: %v", err)
+	}
 }

@@ -21,6 +21,8 @@ type Config struct {
 	ID string
 	// Replicas of streams and KV buckets (1 embedded, 3 on a cluster).
 	Replicas int
+	// EventsMaxBytes caps EDGE_EVT (bus.AssetConfig: 0 the default, -1 no cap).
+	EventsMaxBytes int64
 	// ReportInterval coalesces in_progress reports (default 250 ms).
 	ReportInterval time.Duration
 	// PresenceFlush is how often heartbeat times are written to KV (default 5 s).
@@ -103,7 +105,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err != nil {
 		return nil, err
 	}
-	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: cfg.Replicas}); err != nil {
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: cfg.Replicas, EventsMaxBytes: cfg.EventsMaxBytes}); err != nil {
 		return nil, err
 	}
 	intents, err := js.KeyValue(ctx, bus.BucketIntents)

@@ -34,6 +34,7 @@ type upConfig struct {
 	Sync          string        `koanf:"sync"`
 	SyncInterval  time.Duration `koanf:"sync_interval"`
 	Replicas      int           `koanf:"replicas"`
+	EventsMaxMB   int64         `koanf:"events_max_mb"`
 	MetricsListen string        `koanf:"metrics_listen"`
 	LogFormat     string        `koanf:"log_format"`
 	LogLevel      string        `koanf:"log_level"`
@@ -55,6 +56,7 @@ var upFlagKeys = map[string]string{
 	"sync":               "sync",
 	"sync-interval":      "sync_interval",
 	"replicas":           "replicas",
+	"events-max-mb":      "events_max_mb",
 	"log-format":         "log_format",
 	"metrics-listen":     "metrics_listen",
 	"log-level":          "log_level",
@@ -63,6 +65,20 @@ var upFlagKeys = map[string]string{
 	"tls-key":            "nats_tls_key",
 	"tls-ca":             "nats_tls_ca",
 	"tls-verify-clients": "nats_tls_verify_clients",
+}
+
+// The cap of EDGE_EVT in MiB (bus.AssetConfig.EventsMaxBytes).
+var (
+	defaultEventsMaxMB = bus.DefaultEventsMaxBytes >> 20
+	minEventsMaxMB     = bus.MinEventsMaxBytes >> 20
+)
+
+// eventsMaxBytes turns events_max_mb into bus.AssetConfig.EventsMaxBytes: 0 is no cap.
+func eventsMaxBytes(mb int64) int64 {
+	if mb == 0 {
+		return -1
+	}
+	return mb << 20
 }
 
 // LocalGhostID is the id of the Ghost that 'up' runs beside Mirage.
@@ -84,7 +100,7 @@ faster, but an OS crash can lose the last interval's writes.
 ` + upTLSHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := upConfig{NATSListen: natsd.DefaultListen, DataDir: ".edgectl", Sync: natsd.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1}
+			cfg := upConfig{NATSListen: natsd.DefaultListen, DataDir: ".edgectl", Sync: natsd.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1, EventsMaxMB: defaultEventsMaxMB}
 			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
 				return err
 			}
@@ -102,6 +118,9 @@ faster, but an OS crash can lose the last interval's writes.
 			if cfg.Replicas < 1 || cfg.Replicas > bus.MaxReplicas {
 				return cli.Invalid("replicas (--replicas, EDGE_REPLICAS) %d: use 1 to %d (1 on the embedded server, 3 on a 3-node cluster)", cfg.Replicas, bus.MaxReplicas)
 			}
+			if cfg.EventsMaxMB != 0 && cfg.EventsMaxMB < minEventsMaxMB {
+				return cli.Invalid("events_max_mb (--events-max-mb, EDGE_EVENTS_MAX_MB) %d: use at least %d, or 0 for no cap", cfg.EventsMaxMB, minEventsMaxMB)
+			}
 			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
 			if err != nil {
 				return err
@@ -110,7 +129,7 @@ faster, but an OS crash can lose the last interval's writes.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, auth, sync, sync_interval, replicas, metrics_listen, log_format, log_level, production, nats_tls_cert, nats_tls_key, nats_tls_ca, nats_tls_verify_clients)")
+	f.StringVar(&cfgPath, "config", "", "a TOML config file (keys: nats_listen, server, data_dir, no_local_ghost, auth, sync, sync_interval, replicas, events_max_mb, metrics_listen, log_format, log_level, production, nats_tls_cert, nats_tls_key, nats_tls_ca, nats_tls_verify_clients)")
 	f.String("server", "", "run against this NATS server (or cluster) instead of an embedded one")
 	f.String("nats-listen", natsd.DefaultListen, "where the embedded NATS server listens (HOST:PORT; loopback only without auth)")
 	f.String("data-dir", ".edgectl", "directory for the JetStream store and the local Ghost's state")
@@ -119,6 +138,7 @@ faster, but an OS crash can lose the last interval's writes.
 	f.String("sync", natsd.SyncAlways, "JetStream fsync: always (every write) or interval")
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.Int("replicas", 1, "copies of each stream, KV bucket and object store: 1 on the embedded server, 3 on a 3-node cluster")
+	f.Int64("events-max-mb", defaultEventsMaxMB, "cap of the event stream EDGE_EVT in MiB, the one stream Ghosts write: past it the oldest events go, so a flooding Ghost cannot fill the store; 0 for no cap")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.String("metrics-listen", "", "serve Prometheus metrics of Mirage and the local Ghost on HOST:PORT/metrics (off by default)")
@@ -182,7 +202,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		conn.InProcess = ns
 	}
 	mconn := conn
-	mcfg := mirage.Config{Replicas: cfg.Replicas}
+	mcfg := mirage.Config{Replicas: cfg.Replicas, EventsMaxBytes: eventsMaxBytes(cfg.EventsMaxMB)}
 	var metrics *prometheus.Registry
 	var ghostMetrics *ghost.Metrics // the local Ghost's, served with Mirage's
 	if cfg.MetricsListen != "" {
