@@ -78,6 +78,7 @@ type Mirage struct {
 	locks   locks
 	reports chan *bus.Report
 	issues  chan struct{}            // slots of issues handled at once
+	replays chan struct{}            // slots of replay requests handled at once
 	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
 	// unrecorded holds the fresh intents whose record the store has not confirmed: their
 	// ids stay taken, in memory, until it does (claimIntent).
@@ -134,6 +135,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		locks:      locks{},
 		reports:    make(chan *bus.Report, 4096),
 		issues:     make(chan struct{}, 64),
+		replays:    make(chan struct{}, 16),
 	}
 	return m, nil
 }
@@ -173,6 +175,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 		{subjects.AllHeartbeats, "mirage", m.fleet.onHeartbeat},
 		{subjects.Fleet + ".*", "mirage", m.onFleet},
 		{subjects.Attach, "mirage", m.onAttach},
+		{subjects.AllReplays, "mirage", m.onReplay},
 	} {
 		sub, err := m.nc.QueueSubscribe(s.subject, s.queue, s.fn)
 		if err != nil {

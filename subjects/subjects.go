@@ -19,6 +19,9 @@ const (
 	FleetAdd    = Fleet + ".add"
 	FleetRemove = Fleet + ".rm"
 	FleetList   = Fleet + ".list"
+	// Replay prefixes the requests in which a Ghost asks Mirage for its replay consumer
+	// (mirage.replay.<ghost_id>, core request/reply).
+	Replay = "mirage.replay"
 )
 
 // Subject prefixes, one token each.
@@ -39,6 +42,7 @@ var (
 	AllRegisters  = prefixRegister + ".*"
 	AllHeartbeats = prefixHeartbeat + ".*"
 	AllReports    = prefixReport + ".*"
+	AllReplays    = Replay + ".*"
 )
 
 // Command is the subject a Ghost receives its commands on.
@@ -61,6 +65,22 @@ func Report(intentID string) string { return prefixReport + "." + intentID }
 
 // AttachGhost is where Mirage asks a headless Ghost to register (request/reply).
 func AttachGhost(ghostID string) string { return prefixAttach + "." + ghostID }
+
+// ReplayFor is where Ghost ghostID asks Mirage to create its replay consumer. Only that
+// Ghost may publish on it (natsd.GhostPermissions): the subject token is its identity.
+func ReplayFor(ghostID string) string { return Replay + "." + ghostID }
+
+// GhostFromReplay returns the ghost_id of a mirage.replay.<ghost_id> subject.
+func GhostFromReplay(subject string) (string, error) {
+	id, ok := strings.CutPrefix(subject, Replay+".")
+	if !ok {
+		return "", fmt.Errorf("subject %q is not a replay request subject", subject)
+	}
+	if err := ValidateGhostID(id); err != nil {
+		return "", fmt.Errorf("subject %q: %w", subject, err)
+	}
+	return id, nil
+}
 
 // GhostFrom returns the ghost_id carried by a per-Ghost subject such as evt.<id>.
 func GhostFrom(subject string) (string, error) {

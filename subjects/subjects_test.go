@@ -277,3 +277,14 @@ func TestGhostFrom(t *testing.T) {
 		})
 	}
 }
+
+func TestGhostFromReplay(t *testing.T) {
+	if got, err := GhostFromReplay(ReplayFor("edge-1")); err != nil || got != "edge-1" {
+		t.Errorf("GhostFromReplay(%q) = %q, %v; want edge-1, nil", ReplayFor("edge-1"), got, err)
+	}
+	for _, subject := range []string{"mirage.replay", "mirage.replay.", "mirage.replay.-x", "mirage.replay.*", "mirage.replay.a.b", "cmd.edge-1", "mirage.issue", ""} {
+		if got, err := GhostFromReplay(subject); err == nil {
+			t.Errorf("GhostFromReplay(%q) = %q, nil; want an error", subject, got)
+		}
+	}
+}
