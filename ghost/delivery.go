@@ -2,6 +2,7 @@ package ghost
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -17,10 +18,10 @@ import (
 // Delivery: live commands arrive on a core subscription to cmd.<id>. Whatever the Ghost
 // missed while it was stopped or disconnected stays in EDGE_CMD: the Ghost compares the
 // last sequence stored on cmd.<id> (one direct get) with the position it replayed up to
-// (kept in its execution store) and, when behind, reads the gap through a consumer of its
-// own that lives only for that replay. No standing consumer exists per Ghost, so one
-// server carries tens of thousands; the execution store makes every replay
-// duplicate-safe.
+// (kept in its execution store) and, when behind, reads the gap through a pull consumer
+// of its own that lives only for that replay, which Mirage creates on its request
+// (replayConsumer). No standing consumer exists per Ghost, so one server carries tens of
+// thousands; the execution store makes every replay duplicate-safe.
 
 // requestCatchUp asks the delivery loop for a catch-up without blocking.
 func (g *Ghost) requestCatchUp() {
@@ -195,34 +196,24 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 // consumer, handles each command, and returns how many it read and the sequence up to
 // which every command has been handled.
 func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, error) {
-	name := bus.GhostReplayConsumer(g.cfg.ID)
+	start := max(seq, 1) // the position's own command first, to check it is there
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_ = g.js.DeleteConsumer(cctx, bus.StreamCommands, name) // a leftover from a crash
-	cons, err := g.js.CreateConsumer(cctx, bus.StreamCommands, jetstream.ConsumerConfig{
-		Name:              name,
-		FilterSubject:     subjects.Command(g.cfg.ID),
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       max(seq, 1), // the position's own command first, to check it is there
-		AckPolicy:         jetstream.AckNonePolicy,
-		InactiveThreshold: time.Minute,
-		MemoryStorage:     true,
-		Replicas:          1,
-	})
+	cons, err := g.replayConsumer(cctx, start)
 	cancel()
 	if err != nil {
 		return 0, seq, err
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, name)
+		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, bus.GhostReplayConsumer(g.cfg.ID))
 		cancel()
 	}()
 	var handled []chan struct{}
 	reached := seq
 	read, checked := 0, false
-	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from the start sequence, known at creation
+	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from the start sequence, none fetched yet
 	for pending > 0 && reached < last && ctx.Err() == nil {
-		batch, err := cons.Fetch(int(min(pending, 256)), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(min(pending, bus.ReplayBatch)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return read, seq, err
 		}
@@ -266,6 +257,50 @@ func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, erro
 		}
 	}
 	return read, reached, nil
+}
+
+// errNoMirageForReplay: under auth no Mirage answered the replay request, and the
+// Ghost may not create its replay consumer itself.
+var errNoMirageForReplay = errors.New("no Mirage answered on " + subjects.Replay + ".<id>, and under auth this Ghost may not create its replay consumer itself; the catch-up is retried later (on its timer, a reconnect, or when a Mirage announces itself)")
+
+// replayConsumer returns the Ghost's replay consumer on cmd.<id> from sequence start.
+//
+// The Ghost asks Mirage to create it (mirage.replay.<id>) and binds to it: under auth a
+// Ghost may not create consumers (nats-server does not check a consumer's deliver
+// subject against its creator's permissions). When no Mirage is there at all (no
+// responders), it depends on the server: one without authentication enforces no
+// permissions (a headless Ghost, possibly with no Mirage ever), so the Ghost creates
+// the same consumer itself; one that requires authentication gives Ghosts no consumer
+// creation, so trying would only be refused, and the catch-up waits for a Mirage. The
+// server says which in its INFO (auth_required), so the Ghost's config cannot get it
+// wrong, and asking first means a Mirage, when there is one, is used in both modes.
+func (g *Ghost) replayConsumer(ctx context.Context, start uint64) (jetstream.Consumer, error) {
+	name := bus.GhostReplayConsumer(g.cfg.ID)
+	body, err := json.Marshal(bus.ReplayRequest{StartSeq: start})
+	if err != nil {
+		return nil, err
+	}
+	msg, err := g.nc.RequestWithContext(ctx, subjects.ReplayFor(g.cfg.ID), body)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders) && g.nc.AuthRequired():
+		return nil, errNoMirageForReplay
+	case errors.Is(err, nats.ErrNoResponders):
+		_ = g.js.DeleteConsumer(ctx, bus.StreamCommands, name) // a leftover from a crash
+		return g.js.CreateConsumer(ctx, bus.StreamCommands, bus.GhostReplayConsumerConfig(g.cfg.ID, start))
+	case err != nil:
+		return nil, fmt.Errorf("asking Mirage for the replay consumer on %s: %w", subjects.ReplayFor(g.cfg.ID), err)
+	}
+	var reply bus.ReplayReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return nil, fmt.Errorf("malformed answer from Mirage on %s: %w", subjects.ReplayFor(g.cfg.ID), err)
+	}
+	if reply.Status != "accepted" {
+		if reply.Error != nil {
+			return nil, fmt.Errorf("Mirage refused the replay consumer: %w", reply.Error)
+		}
+		return nil, fmt.Errorf("Mirage refused the replay consumer (status %q)", reply.Status)
+	}
+	return g.js.Consumer(ctx, bus.StreamCommands, name)
 }
 
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns
