@@ -155,13 +155,14 @@ func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.
 	return spec, specData, files, nil
 }
 
-func (s *Seed) store(ctx context.Context) (jetstream.ObjectStore, error) {
+// store binds to edge_seeds, which the Ghost reads by direct get only (declarative.Objects).
+func (s *Seed) store(ctx context.Context) (*declarative.Objects, error) {
 	if s.js == nil {
 		return nil, bus.Errorf(bus.CodeRuntime, "this Ghost has no connection to read %s", bus.BucketSeeds)
 	}
 	sctx, cancel := context.WithTimeout(ctx, declarative.InfoTimeout)
 	defer cancel()
-	obs, err := s.js.ObjectStore(sctx, bus.BucketSeeds)
+	obs, err := declarative.OpenObjects(sctx, s.js)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, bus.Errorf(bus.CodeRuntime, "object store %s not found: has a Mirage provisioned this server?", bus.BucketSeeds)
 	}

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 	"time"
@@ -175,10 +174,10 @@ func storeDigest(d string) string {
 // Fetch reads object name from the store, at most max bytes, and checks its SHA-256
 // against want. A missing or oversized object is a semantic error (1300); content that
 // does not match its digest is a security error (1800).
-func Fetch(ctx context.Context, obs jetstream.ObjectStore, name, want string, max int64) ([]byte, error) {
+func Fetch(ctx context.Context, obs *Objects, name, want string, max int64) ([]byte, error) {
 	// The size first, quickly: a request the server refuses (permissions) only times out.
 	ictx, cancel := context.WithTimeout(ctx, InfoTimeout)
-	info, err := obs.GetInfo(ictx, name)
+	info, err := obs.Info(ictx, name)
 	cancel()
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, bus.Errorf(bus.CodeSemantic, "object %s is not in %s: push the seed first (miragectl seed push)", name, bus.BucketSeeds)
@@ -186,23 +185,15 @@ func Fetch(ctx context.Context, obs jetstream.ObjectStore, name, want string, ma
 	if err != nil {
 		return nil, StoreError("reading object "+name, err)
 	}
-	if int64(info.Size) > max {
+	if info.Size > uint64(max) {
 		return nil, bus.Errorf(bus.CodeSemantic, "object %s is %d bytes, at most %d are allowed", name, info.Size, max)
 	}
-	r, err := obs.Get(ctx, name)
-	if err != nil {
-		return nil, StoreError("reading object "+name, err)
-	}
-	defer r.Close()
-	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	data, err := obs.Read(ctx, info)
 	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		return nil, bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's digest; nothing installed", name)
+		return nil, bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v); nothing installed", name, err)
 	}
 	if err != nil {
 		return nil, StoreError("reading object "+name, err)
-	}
-	if int64(len(data)) > max {
-		return nil, bus.Errorf(bus.CodeSemantic, "object %s is over %d bytes", name, max)
 	}
 	if got := Digest(data); got != want {
 		return nil, bus.Errorf(bus.CodeSecurity, "object %s has sha256 %s, the install expects %s: refused as tampered, nothing installed", name, got, want)
@@ -224,16 +215,27 @@ func StoreError(what string, err error) *bus.Error {
 
 // FetchManifest reads the manifest of a version (the version pushed last when version is
 // empty), for boot installs.
-func FetchManifest(ctx context.Context, obs jetstream.ObjectStore, id, version string) (Manifest, error) {
+func FetchManifest(ctx context.Context, obs *Objects, id, version string) (Manifest, error) {
 	name := LatestObject(id)
 	if version != "" {
 		name = ManifestObject(id, version)
 	}
 	ictx, cancel := context.WithTimeout(ctx, InfoTimeout)
-	data, err := obs.GetBytes(ictx, name)
-	cancel()
+	defer cancel()
+	info, err := obs.Info(ictx, name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return Manifest{}, bus.Errorf(bus.CodeSemantic, "object %s is not in %s: push the seed first (miragectl seed push)", name, bus.BucketSeeds)
+	}
+	if err != nil {
+		return Manifest{}, StoreError("reading object "+name, err)
+	}
+	if info.Size > MaxSpecSize {
+		return Manifest{}, bus.Errorf(bus.CodeSemantic, "object %s is %d bytes, at most %d are allowed for a manifest", name, info.Size, MaxSpecSize)
+	}
+	// The manifest has no digest to check it against but the store's own.
+	data, err := obs.Read(ictx, info)
+	if errors.Is(err, jetstream.ErrDigestMismatch) {
+		return Manifest{}, bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v)", name, err)
 	}
 	if err != nil {
 		return Manifest{}, StoreError("reading object "+name, err)
