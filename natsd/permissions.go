@@ -10,7 +10,11 @@ import (
 )
 
 // GhostPermissions are what Ghost id may do: read its commands and acks, write its events,
-// registration and heartbeats, and replay its own commands from EDGE_CMD. Nothing else.
+// registration and heartbeats, replay its own commands from EDGE_CMD, and read pushed
+// seeds. Nothing else, and no consumer creation at all: nats-server does not check a new
+// consumer's deliver_subject against its creator's permissions, so a Ghost that could
+// create one could have it deliver anywhere. Its replay consumer is created by Mirage on
+// request (mirage.replay.<id>); it reads seeds by direct get.
 func GhostPermissions(id string) *server.Permissions {
 	consumer := bus.GhostReplayConsumer(id)
 	api := "$JS.API."
@@ -19,16 +23,17 @@ func GhostPermissions(id string) *server.Permissions {
 			subjects.Event(id),
 			subjects.Register(id),
 			subjects.Heartbeat(id),
+			subjects.ReplayFor(id),
 			api + "DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(id),
-			api + "CONSUMER.CREATE." + bus.StreamCommands + "." + consumer + "." + subjects.Command(id),
+			// Binding to, reading and removing the replay consumer Mirage created.
+			api + "CONSUMER.INFO." + bus.StreamCommands + "." + consumer,
 			api + "CONSUMER.MSG.NEXT." + bus.StreamCommands + "." + consumer,
 			api + "CONSUMER.DELETE." + bus.StreamCommands + "." + consumer,
-			// Reading pushed seeds from the object store (read only: no publish to $O.).
+			// Reading pushed seeds from the object store by direct get (read only: no
+			// publish to $O.): an object's meta by its subject, its chunks by sequence.
 			api + "STREAM.INFO.OBJ_" + bus.BucketSeeds,
+			api + "DIRECT.GET.OBJ_" + bus.BucketSeeds,
 			api + "DIRECT.GET.OBJ_" + bus.BucketSeeds + ".$O." + bus.BucketSeeds + ".M.*",
-			api + "CONSUMER.CREATE.OBJ_" + bus.BucketSeeds + ".*.$O." + bus.BucketSeeds + ".C.*",
-			api + "CONSUMER.DELETE.OBJ_" + bus.BucketSeeds + ".*",
-			"$JS.FC.OBJ_" + bus.BucketSeeds + ".>",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Command(id),
@@ -43,7 +48,8 @@ func GhostPermissions(id string) *server.Permissions {
 }
 
 // MiragePermissions are what Mirage needs: send commands, acks, reports and announces,
-// manage its JetStream assets, and serve issue, fleet and registration requests.
+// manage its JetStream assets (and the Ghosts' replay consumers), and serve issue, fleet,
+// registration and replay requests.
 func MiragePermissions() *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -66,11 +72,12 @@ func MiragePermissions() *server.Permissions {
 			subjects.Issue,
 			subjects.Attach,
 			subjects.Fleet + ".>",
+			subjects.AllReplays,
 			subjects.AllRegisters,
 			subjects.AllHeartbeats,
 			bus.MirageInbox() + ".>",
 		}},
-		// Replies to the requests Mirage serves (issue, register, fleet).
+		// Replies to the requests Mirage serves (issue, register, fleet, replay).
 		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }

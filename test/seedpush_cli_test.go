@@ -16,35 +16,15 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
-	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// seedReadPermissions is what a Ghost needs, beyond natsd.GhostPermissions, to read the
-// object store edge_seeds: metadata by direct get, chunks through an ordered consumer
-// with flow control. No writes, no object deletes.
-var seedReadPermissions = []string{
-	"$JS.API.STREAM.INFO.OBJ_" + bus.BucketSeeds,
-	"$JS.API.DIRECT.GET.OBJ_" + bus.BucketSeeds + ".$O." + bus.BucketSeeds + ".M.*",
-	"$JS.API.CONSUMER.CREATE.OBJ_" + bus.BucketSeeds + ".*.$O." + bus.BucketSeeds + ".C.*",
-	"$JS.API.CONSUMER.DELETE.OBJ_" + bus.BucketSeeds + ".*",
-	"$JS.FC.OBJ_" + bus.BucketSeeds + ".>",
-}
-
-// Under auth, the digests travel in a command Mirage signs, and a Ghost with read-only
-// access to edge_seeds installs and runs the seed; it cannot write to the store.
+// Under auth, the digests travel in a command Mirage signs, and a Ghost with its own
+// permissions only (natsd.GhostPermissions: direct get of edge_seeds, no consumer, no
+// write) installs and runs the seed; it cannot write to the store.
 func TestSeedPushUnderAuth(t *testing.T) {
 	f := newAuthFleet(t, "edge-a")
 	key := f.keys["edge-a"]
-	users := natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), map[string]string{"edge-a": key.PublicKey()})
-	for _, u := range users {
-		if u.Nkey == key.PublicKey() {
-			u.Permissions.Publish.Allow = append(u.Permissions.Publish.Allow, seedReadPermissions...)
-		}
-	}
-	if err := f.env.Server.SetUsers(users); err != nil {
-		t.Fatal(err)
-	}
 	nc := f.env.URLConn("ghost edge-a", "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("edge-a")))
 	state := filepath.Join(f.env.Dir, "edge-a")
 	startBareGhost(t, f.env, "edge-a", state, bare{nc: nc, allow: []string{"service.*"}, tune: func(c *ghost.Config) {
@@ -56,7 +36,7 @@ func TestSeedPushUnderAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A script of a few MiB: reading it takes JetStream flow control.
+	// A script of a few MiB: many chunks, each read by a direct get.
 	script := append(example(t, "service.example.sh"), bytes.Repeat([]byte("# padding\n"), 400<<10)...)
 	svc, _ := publish(t, seedStore(t, js), example(t, "service.example.toml"), map[string][]byte{"service.example.sh": script})
 	if res, ch := install(t, f.env, f.client, "edge-a", svc.InstallArgs()); ch.Action != "installed" {
@@ -66,7 +46,8 @@ func TestSeedPushUnderAuth(t *testing.T) {
 		t.Fatalf("greet stdout %q", res.Stdout)
 	}
 
-	// The Ghost's own connection can read the store but not write to it.
+	// The Ghost's own connection can read the store but not write to it, nor read it
+	// through a consumer.
 	gjs, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +56,11 @@ func TestSeedPushUnderAuth(t *testing.T) {
 	defer cancel()
 	if _, err := seedStore(t, gjs).PutBytes(ctx, "service.example/9/spec.toml", []byte("x")); err == nil {
 		t.Fatal("a Ghost wrote to edge_seeds")
+	}
+	gctx, gcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer gcancel()
+	if _, err := seedStore(t, gjs).GetBytes(gctx, svc.Spec.Object); err == nil {
+		t.Fatal("a Ghost read edge_seeds through a consumer")
 	}
 }
 

@@ -1,0 +1,247 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds/flow"
+	"github.com/edgectl/edgectl/ghost/seeds/kv"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// A Ghost creates no consumer under auth: nats-server does not check a new consumer's
+// deliver_subject against its creator's permissions, so the permissions give a Ghost none
+// to create, not even its own replay consumer (Mirage makes it) nor a consumer on the
+// seed store (it reads seeds by direct get).
+func TestAuthGhostCannotCreateConsumers(t *testing.T) {
+	f := newAuthFleet(t, "ghost-c", "ghost-o")
+	var v violations
+	nc := f.env.ConnWith("ghost-c rogue", f.keys["ghost-c"].NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-c")), nats.ErrorHandler(v.handler))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A seed in the store, so that its chunks' subject exists.
+	ojs, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, _ := publish(t, seedStore(t, ojs), example(t, "service.example.toml"), map[string][]byte{"service.example.sh": example(t, "service.example.sh")})
+	info, err := seedStore(t, ojs).GetInfo(context.Background(), svc.Spec.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks := "$O." + bus.BucketSeeds + ".C." + info.NUID
+
+	attempts := []struct {
+		name, stream string
+		cfg          jetstream.ConsumerConfig
+		api          string // the API subject the server must refuse
+	}{
+		{"push replay consumer delivering to another ghost's events", bus.StreamCommands,
+			jetstream.ConsumerConfig{Name: bus.GhostReplayConsumer("ghost-c"), FilterSubject: subjects.Command("ghost-c"), DeliverSubject: subjects.Event("ghost-o"), AckPolicy: jetstream.AckNonePolicy},
+			"$JS.API.CONSUMER.CREATE." + bus.StreamCommands + "." + bus.GhostReplayConsumer("ghost-c") + "." + subjects.Command("ghost-c")},
+		{"its own pull replay consumer", bus.StreamCommands,
+			bus.GhostReplayConsumerConfig("ghost-c", 1),
+			"$JS.API.CONSUMER.CREATE." + bus.StreamCommands + "." + bus.GhostReplayConsumer("ghost-c") + "." + subjects.Command("ghost-c")},
+		{"push consumer on the seed store delivering to the announce subject", "OBJ_" + bus.BucketSeeds,
+			jetstream.ConsumerConfig{Name: "rogue", FilterSubject: chunks, DeliverSubject: subjects.Announce, AckPolicy: jetstream.AckNonePolicy},
+			"$JS.API.CONSUMER.CREATE.OBJ_" + bus.BucketSeeds + ".rogue." + chunks},
+		{"durable consumer on the seed store", "OBJ_" + bus.BucketSeeds,
+			jetstream.ConsumerConfig{Durable: "hoard", FilterSubject: chunks, AckPolicy: jetstream.AckExplicitPolicy},
+			"$JS.API.CONSUMER.CREATE.OBJ_" + bus.BucketSeeds + ".hoard." + chunks},
+	}
+	for _, a := range attempts {
+		t.Run(a.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if _, err := js.CreateConsumer(ctx, a.stream, a.cfg); err == nil {
+				t.Fatal("the server created a consumer for a Ghost")
+			}
+			testenv.Eventually(t, 5*time.Second, "a permissions violation for "+a.api, func() bool { return v.saw(`"` + a.api + `"`) })
+		})
+	}
+	// Nothing was created behind the refusals.
+	for _, stream := range []string{bus.StreamCommands, "OBJ_" + bus.BucketSeeds} {
+		s, err := ojs.Stream(context.Background(), stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name := range s.ConsumerNames(context.Background()).Name() {
+			if name != mirage.EventsConsumer {
+				t.Errorf("consumer %s exists on %s", name, stream)
+			}
+		}
+	}
+}
+
+// startAuthGhost runs enrolled Ghost id on its own socket connection with store st; stop
+// closes the Ghost and its connection, as a stopped ghostctl would.
+func (f *authFleet) startAuthGhost(id string, st ghost.ExecutionStore, opts ...testenv.GhostOption) (stop func()) {
+	f.env.T.Helper()
+	key := f.keys[id]
+	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: f.env.URL, Name: "ghost " + id, Persistent: true, Logger: f.env.Log,
+		Options: []nats.Option{key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id))}})
+	if err != nil {
+		f.env.T.Fatal(err)
+	}
+	f.env.T.Cleanup(nc.Close)
+	f.kv[id] = kv.New()
+	reg := ghost.NewRegistry()
+	for _, s := range []ghost.Seed{f.kv[id], flow.New()} {
+		if err := reg.Add(s); err != nil {
+			f.env.T.Fatal(err)
+		}
+	}
+	opts = append([]testenv.GhostOption{testenv.Via(nc), testenv.WithRegistry(reg), testenv.Store(st), testenv.Tune(func(c *ghost.Config) {
+		c.Identity = key
+		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
+	})}, opts...)
+	g := f.env.StartGhost(id, opts...)
+	return func() { _ = g.Close(); nc.Close() }
+}
+
+// Under auth, a Ghost stopped while commands were sent catches them up on restart through
+// the replay consumer Mirage creates for it (it may not create one itself), once each.
+func TestAuthStoppedGhostCatchesUpThroughMirage(t *testing.T) {
+	f := newAuthFleet(t, "ghost-r")
+	st := ghost.NewMemoryStore()
+	stop := f.startAuthGhost("ghost-r", st)
+	testenv.Eventually(t, 5*time.Second, "ghost-r registered", func() bool { _, ok := f.m.Fleet().Get("ghost-r"); return ok })
+	stop()
+
+	var ids []string
+	for i := 0; i < 3; i++ {
+		is := testenv.NewIssue("ghost-r", "seed.kv", "incr", map[string]string{"key": "missed"}, 30*time.Second)
+		issueNoWait(t, f.client, is)
+		ids = append(ids, is.IntentID)
+	}
+	f.startAuthGhost("ghost-r", st)
+	for _, id := range ids {
+		if r := waitReport(t, f.client, id, 20*time.Second); r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("intent %s after the restart: %s %+v", id, r.Summary, r.Results)
+		}
+	}
+	if v, _ := f.kv["ghost-r"].Value("missed"); v != "3" {
+		t.Fatalf("counter %q after three missed incr, want 3", v)
+	}
+	// The consumer lived only for the replay.
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the replay consumer removed", func() bool {
+		_, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("ghost-r"))
+		return err != nil
+	})
+}
+
+// Under auth with no Mirage, a Ghost cannot replay (it may not create its consumer): the
+// catch-up waits, and runs when a Mirage announces itself.
+func TestAuthCatchUpWaitsForMirage(t *testing.T) {
+	f := newAuthFleet(t, "ghost-w")
+	if err := f.m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A command Mirage signed, stored while no Mirage runs.
+	cmd := &bus.Command{
+		Header:    bus.NewHeader(bus.TypeCommand, "", time.Now()),
+		CommandID: "cmd_waiting", IntentID: "int_waiting", GhostID: "ghost-w", SeedSelector: "seed.kv", Operation: "incr",
+		Args: map[string]string{"key": "late"}, DeliverByMS: time.Now().Add(time.Hour).UnixMilli(), TimeoutMS: 5000,
+	}
+	data, err := bus.Encode(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := bus.NewMsg(subjects.Command("ghost-w"), data, cmd.CommandID, cmd.TraceID)
+	if err := bus.SignMsg(msg, f.mirage); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	f.startAuthGhost("ghost-w", ghost.NewMemoryStore(), testenv.Policy(ghost.PolicyHeadless))
+	time.Sleep(time.Second)
+	if v, ok := f.kv["ghost-w"].Value("late"); ok {
+		t.Fatalf("the command ran without a Mirage to create the replay consumer: late = %q", v)
+	}
+	mnc := f.env.ConnWith("mirage 2", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
+	f.env.StartMirageOn(mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true})
+	testenv.Eventually(t, 10*time.Second, "the stored command run once a Mirage announced itself", func() bool {
+		v, _ := f.kv["ghost-w"].Value("late")
+		return v == "1"
+	})
+}
+
+// A malformed replay request gets a coded error, and Mirage keeps serving.
+func TestReplayRequestRefusals(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	nc := env.Conn("requester")
+	cases := []struct {
+		name, subject, body string
+		code                bus.Code
+	}{
+		{"not JSON", subjects.ReplayFor("edge-1"), `start please`, bus.CodeFraming},
+		{"wrong type", subjects.ReplayFor("edge-1"), `{"start_seq": "1"}`, bus.CodeDecode},
+		{"no start", subjects.ReplayFor("edge-1"), `{}`, bus.CodeSemantic},
+		{"invalid ghost id", subjects.Replay + ".-edge", `{"start_seq": 1}`, bus.CodeSemantic},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			msg, err := nc.Request(c.subject, []byte(c.body), 5*time.Second)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			var reply bus.ReplayReply
+			if err := json.Unmarshal(msg.Data, &reply); err != nil {
+				t.Fatalf("answer %s: %v", msg.Data, err)
+			}
+			if reply.Status != "rejected" || reply.Error == nil || reply.Error.Code != c.code {
+				t.Fatalf("answer %s, want rejected with %d", msg.Data, c.code)
+			}
+		})
+	}
+	// The ghost id is the subject's, never the body's.
+	msg, err := nc.Request(subjects.ReplayFor("edge-1"), []byte(`{"start_seq": 1, "ghost_id": "edge-2"}`), 5*time.Second)
+	if err != nil || !strings.Contains(string(msg.Data), `"accepted"`) {
+		t.Fatalf("a valid replay request after the refusals: %v %s", err, msgData(msg))
+	}
+	js := env.JetStream()
+	ci, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("edge-1"))
+	if err != nil {
+		t.Fatalf("the replay consumer of edge-1: %v", err)
+	}
+	if cfg := ci.CachedInfo().Config; cfg.FilterSubject != subjects.Command("edge-1") || cfg.DeliverSubject != "" || cfg.AckPolicy != jetstream.AckNonePolicy {
+		t.Fatalf("replay consumer config %+v", cfg)
+	}
+	if _, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("edge-2")); err == nil {
+		t.Fatal("Mirage took the ghost id from the body")
+	}
+	// And it still serves intents.
+	env.StartGhost("edge-1")
+	if r := env.Run(env.Client(), testenv.NewIssue("edge-1", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("an intent after the refused requests: %s", r.Summary)
+	}
+}
+
+func msgData(m *nats.Msg) string {
+	if m == nil {
+		return ""
+	}
+	return string(m.Data)
+}
