@@ -7,10 +7,11 @@ import (
 	"unicode/utf8"
 )
 
-// The envelopes that cross on every execution (command, event, event.ack, heartbeat) are
-// read first by a decoder of the canonical form edgectl writes: one JSON object, keys in
-// lower case without escapes, each known to the envelope, strings, integers, booleans,
-// flat string maps and the nested objects the envelope declares. Anything else (an
+// The envelopes that cross on every execution (command, event, event.ack, heartbeat) and
+// on every issue (issue, issue.reply) are read first by a decoder of the canonical form
+// edgectl writes: one JSON object, keys in lower case without escapes, each known to the
+// envelope, strings, integers, booleans, flat string maps, arrays of strings and the
+// nested objects the envelope declares. Anything else (an
 // unknown key, a null, a float, a syntax error, trailing data) makes it give up, and
 // encoding/json decodes the envelope as before, with its errors. On what it accepts it
 // yields exactly what encoding/json yields (FuzzFastDecode checks that); it does so
@@ -29,33 +30,40 @@ func tryFast(data []byte, m Envelope) (done bool, err error) {
 	switch v := m.(type) {
 	case *Command:
 		if v.Args == nil {
-			orig := *v
-			if decodeFast(data, v) {
-				return true, v.Validate()
-			}
-			*v = orig
+			return decodeOrRestore(data, v)
 		}
 	case *Event:
 		if v.Error == nil {
-			orig := *v
-			if decodeFast(data, v) {
-				return true, v.Validate()
-			}
-			*v = orig
+			return decodeOrRestore(data, v)
 		}
 	case *EventAck:
-		orig := *v
-		if decodeFast(data, v) {
-			return true, v.Validate()
-		}
-		*v = orig
+		return decodeOrRestore(data, v)
 	case *Heartbeat:
-		orig := *v
-		if decodeFast(data, v) {
-			return true, v.Validate()
+		return decodeOrRestore(data, v)
+	case *Issue:
+		if v.Objective.Args == nil {
+			return decodeOrRestore(data, v)
 		}
-		*v = orig
+	case *IssueReply:
+		if v.Targets == nil && v.Error == nil {
+			return decodeOrRestore(data, v)
+		}
 	}
+	return false, nil
+}
+
+// decodeOrRestore decodes data into v and validates it, or leaves v as it was when the
+// canonical-form decoder gives up.
+func decodeOrRestore[T any, P interface {
+	*T
+	fastDecoder
+	Envelope
+}](data []byte, v P) (done bool, err error) {
+	orig := *v
+	if decodeFast(data, v) {
+		return true, v.Validate()
+	}
+	*v = orig
 	return false, nil
 }
 
@@ -88,32 +96,22 @@ func (s *scanner) ws() {
 	}
 }
 
-// object reads an object into m, calling m.fastField for each key with the scanner on its
-// value.
-func (s *scanner) object(m fastDecoder) bool {
+// list reads the items of an array or an object, from open to close, calling item with
+// the scanner on each.
+func (s *scanner) list(open, close byte, item func() bool) bool {
 	s.ws()
-	if s.i >= len(s.data) || s.data[s.i] != '{' {
+	if s.i >= len(s.data) || s.data[s.i] != open {
 		return false
 	}
 	s.i++
 	s.ws()
-	if s.i < len(s.data) && s.data[s.i] == '}' {
+	if s.i < len(s.data) && s.data[s.i] == close {
 		s.i++
 		return true
 	}
 	for {
 		s.ws()
-		key, ok := s.key()
-		if !ok {
-			return false
-		}
-		s.ws()
-		if s.i >= len(s.data) || s.data[s.i] != ':' {
-			return false
-		}
-		s.i++
-		s.ws()
-		if !m.fastField(s, key) {
+		if !item() {
 			return false
 		}
 		s.ws()
@@ -123,13 +121,33 @@ func (s *scanner) object(m fastDecoder) bool {
 		switch s.data[s.i] {
 		case ',':
 			s.i++
-		case '}':
+		case close:
 			s.i++
 			return true
 		default:
 			return false
 		}
 	}
+}
+
+// colon reads the colon between a key and its value.
+func (s *scanner) colon() bool {
+	s.ws()
+	if s.i >= len(s.data) || s.data[s.i] != ':' {
+		return false
+	}
+	s.i++
+	s.ws()
+	return true
+}
+
+// object reads an object into m, calling m.fastField for each key with the scanner on its
+// value.
+func (s *scanner) object(m fastDecoder) bool {
+	return s.list('{', '}', func() bool {
+		key, ok := s.key()
+		return ok && s.colon() && m.fastField(s, key)
+	})
 }
 
 // key reads an object key: lower-case ASCII letters, digits and underscores only, so that
@@ -238,50 +256,34 @@ func hasPrefixAt(data []byte, i int, lit string) bool {
 // strMap reads an object of strings into m (allocated when nil), as encoding/json does:
 // a repeated key keeps its last value. Its keys may be any string.
 func (s *scanner) strMap(m *map[string]string) bool {
-	s.ws()
-	if s.i >= len(s.data) || s.data[s.i] != '{' {
-		return false
-	}
-	s.i++
 	if *m == nil {
 		*m = map[string]string{}
 	}
-	s.ws()
-	if s.i < len(s.data) && s.data[s.i] == '}' {
-		s.i++
-		return true
-	}
-	for {
-		s.ws()
+	return s.list('{', '}', func() bool {
 		k, ok := s.str()
-		if !ok {
+		if !ok || !s.colon() {
 			return false
 		}
-		s.ws()
-		if s.i >= len(s.data) || s.data[s.i] != ':' {
-			return false
-		}
-		s.i++
-		s.ws()
 		v, ok := s.str()
-		if !ok {
-			return false
-		}
 		(*m)[k] = v
-		s.ws()
-		if s.i >= len(s.data) {
-			return false
-		}
-		switch s.data[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return true
-		default:
-			return false
-		}
+		return ok
+	})
+}
+
+// strSlice reads an array of strings into p as encoding/json does: the slice is refilled
+// from its start, and [] gives an empty slice, not nil.
+func (s *scanner) strSlice(p *[]string) bool {
+	out := (*p)[:0]
+	if out == nil {
+		out = []string{}
 	}
+	ok := s.list('[', ']', func() bool {
+		v, ok := s.str()
+		out = append(out, v)
+		return ok
+	})
+	*p = out
+	return ok
 }
 
 func (s *scanner) setStr(p *string) bool {
@@ -452,6 +454,63 @@ func (m *Heartbeat) fastField(s *scanner, key []byte) bool {
 		v, ok := s.int()
 		m.Seq = uint64(v)
 		return ok
+	}
+	return false
+}
+
+func (m *Issue) fastField(s *scanner, key []byte) bool {
+	if handled, ok := m.Header.field(s, key); handled {
+		return ok
+	}
+	switch string(key) {
+	case "intent_id":
+		return s.setStr(&m.IntentID)
+	case "actor":
+		return s.setStr(&m.Actor)
+	case "target_scope":
+		return s.setStr(&m.TargetScope)
+	case "objective":
+		return s.object(&m.Objective)
+	case "timeout_ms":
+		return s.setInt64(&m.TimeoutMS)
+	case "deliver_by_ms":
+		return s.setInt64(&m.DeliverByMS)
+	case "max_concurrency":
+		return s.setStr(&m.MaxConcurrency)
+	case "max_errors":
+		return s.setStr(&m.MaxErrors)
+	}
+	return false // plan too: rare, and encoding/json fills reused steps in place
+}
+
+func (o *Objective) fastField(s *scanner, key []byte) bool {
+	switch string(key) {
+	case "seed_selector":
+		return s.setStr(&o.SeedSelector)
+	case "operation":
+		return s.setStr(&o.Operation)
+	case "args":
+		return s.strMap(&o.Args)
+	}
+	return false
+}
+
+func (m *IssueReply) fastField(s *scanner, key []byte) bool {
+	if handled, ok := m.Header.field(s, key); handled {
+		return ok
+	}
+	switch string(key) {
+	case "intent_id":
+		return s.setStr(&m.IntentID)
+	case "status":
+		return s.setStr(&m.Status)
+	case "targets":
+		return s.strSlice(&m.Targets)
+	case "error":
+		if m.Error == nil {
+			m.Error = &Error{}
+		}
+		return s.object(m.Error)
 	}
 	return false
 }
