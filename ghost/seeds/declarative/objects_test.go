@@ -113,7 +113,9 @@ func TestObjectsReadByDirectGet(t *testing.T) {
 		name string
 		edit func(*jetstream.ObjectInfo)
 	}{
-		{"other digest", func(i *jetstream.ObjectInfo) { i.Digest = "SHA-256=" + base64.URLEncoding.EncodeToString(make([]byte, 32)) }},
+		{"other digest", func(i *jetstream.ObjectInfo) {
+			i.Digest = "SHA-256=" + base64.URLEncoding.EncodeToString(make([]byte, 32))
+		}},
 		{"larger size", func(i *jetstream.ObjectInfo) { i.Size++ }},
 		{"smaller size", func(i *jetstream.ObjectInfo) { i.Size-- }},
 		{"more chunks", func(i *jetstream.ObjectInfo) { i.Chunks++ }},
