@@ -6,7 +6,7 @@ import (
 	"unicode/utf8"
 )
 
-// The envelopes sent on every execution are written without reflection, byte for byte
+// The envelopes sent on every execution and every issue are written without reflection, byte for byte
 // as encoding/json writes them with HTML escaping off (TestFastEncodeMatchesEncodingJSON
 // and FuzzFastEncode check that): fields in declaration order, map keys sorted, the
 // same string escapes.
@@ -89,6 +89,21 @@ func appendIntField(dst []byte, key string, v int64) []byte {
 	return strconv.AppendInt(appendKey(dst, false, key), v, 10)
 }
 
+// appendOptStr and appendOptInt write an omitempty field: nothing when it is empty.
+func appendOptStr(dst []byte, key, v string) []byte {
+	if v == "" {
+		return dst
+	}
+	return appendStrField(dst, key, v)
+}
+
+func appendOptInt(dst []byte, key string, v int64) []byte {
+	if v == 0 {
+		return dst
+	}
+	return appendIntField(dst, key, v)
+}
+
 func appendBoolField(dst []byte, key string, v bool) []byte {
 	return strconv.AppendBool(appendKey(dst, false, key), v)
 }
@@ -112,6 +127,22 @@ func appendStrMap(dst []byte, m map[string]string) []byte {
 		dst = appendString(dst, m[k])
 	}
 	return append(dst, '}')
+}
+
+// appendArray writes items as a JSON array, each by item; a nil slice is null, as
+// encoding/json writes it.
+func appendArray[T any](dst []byte, items []T, item func([]byte, T) []byte) []byte {
+	if items == nil {
+		return append(dst, "null"...)
+	}
+	dst = append(dst, '[')
+	for i, v := range items {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = item(dst, v)
+	}
+	return append(dst, ']')
 }
 
 // appendHeader opens the object and writes the common fields. (A function, not a method:
@@ -138,14 +169,61 @@ func (m *Command) appendJSON(dst []byte) []byte {
 	return append(dst, '}')
 }
 
+func (m *Issue) appendJSON(dst []byte) []byte {
+	dst = appendHeader(dst, &m.Header)
+	dst = appendStrField(dst, "intent_id", m.IntentID)
+	dst = appendStrField(dst, "actor", m.Actor)
+	dst = appendStrField(dst, "target_scope", m.TargetScope)
+	dst = append(appendKey(dst, false, "objective"), '{')
+	dst = appendString(appendKey(dst, true, "seed_selector"), m.Objective.SeedSelector)
+	dst = appendStrField(dst, "operation", m.Objective.Operation)
+	dst = appendStrMap(appendKey(dst, false, "args"), m.Objective.Args)
+	dst = append(dst, '}')
+	dst = appendIntField(dst, "timeout_ms", m.TimeoutMS)
+	dst = appendOptInt(dst, "deliver_by_ms", m.DeliverByMS)
+	dst = appendOptStr(dst, "max_concurrency", m.MaxConcurrency)
+	dst = appendOptStr(dst, "max_errors", m.MaxErrors)
+	if len(m.Plan) > 0 {
+		dst = appendArray(appendKey(dst, false, "plan"), m.Plan, appendPlanStep)
+	}
+	return append(dst, '}')
+}
+
+// appendPlanStep is a function, not a method: a PlanStep is not an envelope to Encode.
+func appendPlanStep(dst []byte, p PlanStep) []byte {
+	dst = append(dst, '{')
+	if p.Name != "" {
+		dst = appendString(appendKey(dst, true, "name"), p.Name)
+	}
+	dst = appendString(appendKey(dst, p.Name == "", "seed_selector"), p.SeedSelector)
+	dst = appendStrField(dst, "operation", p.Operation)
+	dst = appendStrMap(appendKey(dst, false, "args"), p.Args)
+	dst = appendOptStr(dst, "target_scope", p.TargetScope)
+	if p.Blocking {
+		dst = appendBoolField(dst, "blocking", true)
+	}
+	return append(dst, '}')
+}
+
+func (m *IssueReply) appendJSON(dst []byte) []byte {
+	dst = appendHeader(dst, &m.Header)
+	dst = appendOptStr(dst, "intent_id", m.IntentID)
+	dst = appendStrField(dst, "status", m.Status)
+	if len(m.Targets) > 0 {
+		dst = appendArray(appendKey(dst, false, "targets"), m.Targets, appendString)
+	}
+	if m.Error != nil {
+		dst = m.Error.appendJSON(appendKey(dst, false, "error"))
+	}
+	return append(dst, '}')
+}
+
 func (e *Error) appendJSON(dst []byte) []byte {
 	dst = append(dst, '{')
 	dst = strconv.AppendInt(appendKey(dst, true, "code"), int64(e.Code), 10)
 	dst = appendStrField(dst, "class", e.Class)
 	dst = appendStrField(dst, "message", e.Message)
-	if e.Field != "" {
-		dst = appendStrField(dst, "field", e.Field)
-	}
+	dst = appendOptStr(dst, "field", e.Field)
 	return append(dst, '}')
 }
 

@@ -167,15 +167,23 @@ func TestFastEncodeMatchesEncodingJSON(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, ok := m.(fastEncoder); !ok {
-			continue // not written without reflection yet
+			t.Fatalf("%T has no fast encoder", m)
 		}
 		if want := encodeReflect(t, m); !bytes.Equal(c.data, want) {
 			t.Fatalf("%T:\nfast          %s\nencoding/json %s", m, c.data, want)
 		}
 	}
-	var nilArgs Command
-	if got, want := nilArgs.appendJSON(nil), encodeReflect(t, &nilArgs); !bytes.Equal(got, want) {
-		t.Fatalf("zero command:\nfast          %s\nencoding/json %s", got, want)
+	// Empty and omitempty fields, and a plan, which no canonical sample has.
+	plan := sampleIssue(time.UnixMilli(1))
+	plan.Plan = []PlanStep{
+		{SeedSelector: "seed.a", Operation: "x", Args: map[string]string{"z": "1", "a": "\u2029\x7f", "é": ""}, Blocking: true},
+		{Name: "second <&>", SeedSelector: "seed.b", Operation: "y", TargetScope: "ghost:edge-1"},
+	}
+	for _, m := range []fastEncoder{&Command{}, &Issue{}, &IssueReply{}, &IssueReply{Targets: []string{}, Error: &Error{}},
+		&IssueReply{Targets: []string{"", "\"\u00e9\n"}}, plan} {
+		if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
+			t.Fatalf("%T:\nfast          %s\nencoding/json %s", m, got, want)
+		}
 	}
 }
 
@@ -191,7 +199,12 @@ func FuzzFastEncode(f *testing.F) {
 		}
 		cmd := &Command{Header: ev.Header, CommandID: a, Args: map[string]string{a: b, b: a, "k": a + b}, TimeoutMS: n}
 		ack := &EventAck{Header: ev.Header, EventID: a, AckStatus: b, AckCode: Code(n)}
-		for _, m := range []fastEncoder{ev, cmd, ack, &Heartbeat{Header: ev.Header, GhostID: b, Seq: uint64(n)}} {
+		is := &Issue{Header: ev.Header, IntentID: a, Actor: b, Objective: Objective{Operation: a, Args: cmd.Args}, DeliverByMS: n, MaxErrors: b}
+		if flag {
+			is.Plan = []PlanStep{{Name: a, Args: cmd.Args, TargetScope: b, Blocking: n%2 == 0}}
+		}
+		reply := &IssueReply{Header: ev.Header, IntentID: b, Status: a, Targets: []string{a, b}[:uint64(n)%3], Error: ev.Error}
+		for _, m := range []fastEncoder{ev, cmd, ack, &Heartbeat{Header: ev.Header, GhostID: b, Seq: uint64(n)}, is, reply} {
 			if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
 				t.Fatalf("%T:\nfast          %q\nencoding/json %q", m, got, want)
 			}
