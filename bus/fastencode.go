@@ -6,10 +6,11 @@ import (
 	"unicode/utf8"
 )
 
-// The envelopes sent on every execution and every issue are written without reflection, byte for byte
-// as encoding/json writes them with HTML escaping off (TestFastEncodeMatchesEncodingJSON
-// and FuzzFastEncode check that): fields in declaration order, map keys sorted, the
-// same string escapes.
+// The envelopes sent on every execution and every issue, and reports, are written without
+// reflection, byte for byte as encoding/json writes them with HTML escaping off
+// (TestFastEncodeMatchesEncodingJSON and FuzzFastEncode check that): fields in
+// declaration order, omitempty fields left out when empty, map keys sorted, the same
+// string escapes.
 
 // fastEncoder is implemented by the envelopes written without reflection.
 type fastEncoder interface {
@@ -266,5 +267,48 @@ func (m *Heartbeat) appendJSON(dst []byte) []byte {
 	dst = appendHeader(dst, &m.Header)
 	dst = appendStrField(dst, "ghost_id", m.GhostID)
 	dst = strconv.AppendUint(appendKey(dst, false, "seq"), m.Seq, 10)
+	return append(dst, '}')
+}
+
+func (m *Report) appendJSON(dst []byte) []byte {
+	dst = appendHeader(dst, &m.Header)
+	dst = appendStrField(dst, "intent_id", m.IntentID)
+	dst = appendStrField(dst, "phase", m.Phase)
+	dst = appendStrField(dst, "completion_state", m.CompletionState)
+	dst = appendStrField(dst, "summary", m.Summary)
+	c := &m.Counts
+	dst = append(appendKey(dst, false, "counts"), '{')
+	dst = strconv.AppendInt(appendKey(dst, true, "targets"), int64(c.Targets), 10)
+	dst = appendIntField(dst, "success", int64(c.Success))
+	dst = appendIntField(dst, "error", int64(c.Error))
+	dst = appendIntField(dst, "timeout", int64(c.Timeout))
+	dst = appendIntField(dst, "pending", int64(c.Pending))
+	dst = appendOptInt(dst, "expired", int64(c.Expired))
+	dst = appendOptInt(dst, "skipped", int64(c.Skipped))
+	dst = append(dst, '}')
+	dst = appendArray(appendKey(dst, false, "results"), m.Results, appendTargetResult)
+	dst = appendOptInt(dst, "results_omitted", int64(m.ResultsOmitted))
+	return append(dst, '}')
+}
+
+func appendTargetResult(dst []byte, r TargetResult) []byte {
+	dst = append(dst, '{')
+	if r.Step != 0 {
+		dst = strconv.AppendInt(appendKey(dst, true, "step"), int64(r.Step), 10)
+	}
+	dst = appendString(appendKey(dst, r.Step == 0, "ghost_id"), r.GhostID)
+	dst = appendStrField(dst, "command_id", r.CommandID)
+	dst = appendStrField(dst, "execution_id", r.ExecutionID)
+	dst = appendStrField(dst, "event_id", r.EventID)
+	dst = appendStrField(dst, "outcome", r.Outcome)
+	dst = appendIntField(dst, "exit_code", int64(r.ExitCode))
+	dst = appendStrField(dst, "stdout", r.Stdout)
+	dst = appendStrField(dst, "stderr", r.Stderr)
+	if r.Truncated {
+		dst = appendBoolField(dst, "truncated", true)
+	}
+	if r.Error != nil {
+		dst = r.Error.appendJSON(appendKey(dst, false, "error"))
+	}
 	return append(dst, '}')
 }

@@ -3,6 +3,7 @@ package bus
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"reflect"
 	"testing"
 	"time"
@@ -179,8 +180,15 @@ func TestFastEncodeMatchesEncodingJSON(t *testing.T) {
 		{SeedSelector: "seed.a", Operation: "x", Args: map[string]string{"z": "1", "a": "\u2029\x7f", "é": ""}, Blocking: true},
 		{Name: "second <&>", SeedSelector: "seed.b", Operation: "y", TargetScope: "ghost:edge-1"},
 	}
+	report := &Report{Header: NewHeader(TypeReport, "", time.UnixMilli(1)), IntentID: "int_x", Phase: PhaseFailed,
+		CompletionState: "complete", Summary: "2 targets: 1 success, 1 error ✓",
+		Counts: Counts{Targets: 2, Success: 1, Error: 1, Expired: 3, Skipped: 4},
+		Results: []TargetResult{
+			{GhostID: "edge-1", Outcome: OutcomeSuccess, Stdout: "message=héllo\n"},
+			{Step: 2, GhostID: "local", Outcome: OutcomeError, ExitCode: -1, Stderr: "\x00\ufffd<", Truncated: true, Error: &Error{Code: CodeSemantic}},
+		}, ResultsOmitted: 7}
 	for _, m := range []fastEncoder{&Command{}, &Issue{}, &IssueReply{}, &IssueReply{Targets: []string{}, Error: &Error{}},
-		&IssueReply{Targets: []string{"", "\"\u00e9\n"}}, plan} {
+		&IssueReply{Targets: []string{"", "\"\u00e9\n"}}, plan, report, &Report{}, &Report{Results: []TargetResult{}}} {
 		if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
 			t.Fatalf("%T:\nfast          %s\nencoding/json %s", m, got, want)
 		}
@@ -204,7 +212,9 @@ func FuzzFastEncode(f *testing.F) {
 			is.Plan = []PlanStep{{Name: a, Args: cmd.Args, TargetScope: b, Blocking: n%2 == 0}}
 		}
 		reply := &IssueReply{Header: ev.Header, IntentID: b, Status: a, Targets: []string{a, b}[:uint64(n)%3], Error: ev.Error}
-		for _, m := range []fastEncoder{ev, cmd, ack, &Heartbeat{Header: ev.Header, GhostID: b, Seq: uint64(n)}, is, reply} {
+		report := &Report{Header: ev.Header, Phase: a, Summary: b, Counts: Counts{Targets: int(n), Skipped: int(n)},
+			Results: []TargetResult{{Step: int(n), GhostID: a, Stdout: b, Truncated: flag, Error: ev.Error}}, ResultsOmitted: int(n)}
+		for _, m := range []fastEncoder{ev, cmd, ack, &Heartbeat{Header: ev.Header, GhostID: b, Seq: uint64(n)}, is, reply, report} {
 			if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
 				t.Fatalf("%T:\nfast          %q\nencoding/json %q", m, got, want)
 			}
@@ -212,21 +222,33 @@ func FuzzFastEncode(f *testing.F) {
 	})
 }
 
-func BenchmarkEncodeEvent(b *testing.B) {
-	var ev Event
-	if err := json.Unmarshal(canonicalSamples(b)[1].data, &ev); err != nil {
+// benchEncode compares Encode, fast, with encoding/json on what data decodes to in m.
+func benchEncode(b *testing.B, data []byte, m any) {
+	if err := json.Unmarshal(data, m); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("fast", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := Encode(&ev); err != nil {
+			if _, err := Encode(m); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("encoding-json", func(b *testing.B) {
 		for b.Loop() {
-			encodeReflect(b, &ev)
+			encodeReflect(b, m)
 		}
 	})
+}
+
+func BenchmarkEncodeEvent(b *testing.B) { benchEncode(b, canonicalSamples(b)[1].data, &Event{}) }
+
+func BenchmarkEncodeIssue(b *testing.B) { benchEncode(b, canonicalSamples(b)[5].data, &Issue{}) }
+
+func BenchmarkEncodeReport(b *testing.B) {
+	data, err := os.ReadFile("testdata/report.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchEncode(b, data, &Report{})
 }
