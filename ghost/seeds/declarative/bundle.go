@@ -173,32 +173,32 @@ func storeDigest(d string) string {
 
 // Fetch reads object name from the store, at most max bytes, and checks its SHA-256
 // against want. A missing or oversized object is a semantic error (1300); content that
-// does not match its digest is a security error (1800).
+// does not match its digest is a security error (1800); a chunk that could not be read
+// (the object put again meanwhile, a lagging replica) is a runtime error (1400): retry.
 func Fetch(ctx context.Context, obs *Objects, name, want string, max int64) ([]byte, error) {
-	// The size first, quickly: a request the server refuses (permissions) only times out.
-	ictx, cancel := context.WithTimeout(ctx, InfoTimeout)
-	info, err := obs.Info(ictx, name)
-	cancel()
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, bus.Errorf(bus.CodeSemantic, "object %s is not in %s: push the seed first (miragectl seed push)", name, bus.BucketSeeds)
-	}
+	data, err := obs.Get(ctx, name, uint64(max))
 	if err != nil {
-		return nil, StoreError("reading object "+name, err)
-	}
-	if info.Size > uint64(max) {
-		return nil, bus.Errorf(bus.CodeSemantic, "object %s is %d bytes, at most %d are allowed", name, info.Size, max)
-	}
-	data, err := obs.Read(ctx, info)
-	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		return nil, bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v); nothing installed", name, err)
-	}
-	if err != nil {
-		return nil, StoreError("reading object "+name, err)
+		return nil, readError(name, err, "; nothing installed")
 	}
 	if got := Digest(data); got != want {
 		return nil, bus.Errorf(bus.CodeSecurity, "object %s has sha256 %s, the install expects %s: refused as tampered, nothing installed", name, got, want)
 	}
 	return data, nil
+}
+
+// readError turns an error of Objects.Get into the protocol error the install reports.
+func readError(name string, err error, suffix string) *bus.Error {
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return bus.Errorf(bus.CodeSemantic, "object %s is not in %s: push the seed first (miragectl seed push)", name, bus.BucketSeeds)
+	case errors.Is(err, ErrObjectTooLarge):
+		return bus.Errorf(bus.CodeSemantic, "%v", err)
+	case errors.Is(err, ErrChunkMissing):
+		return bus.Errorf(bus.CodeRuntime, "object %s could not be read after %d tries (%v): it was probably being pushed again, or a replica lags behind; not corrupt%s; a later try should succeed", name, readAttempts, err, suffix)
+	case errors.Is(err, jetstream.ErrDigestMismatch):
+		return bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v)%s", name, err, suffix)
+	}
+	return StoreError("reading object "+name, err)
 }
 
 // InfoTimeout bounds each metadata request to the object store.
@@ -222,23 +222,10 @@ func FetchManifest(ctx context.Context, obs *Objects, id, version string) (Manif
 	}
 	ictx, cancel := context.WithTimeout(ctx, InfoTimeout)
 	defer cancel()
-	info, err := obs.Info(ictx, name)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return Manifest{}, bus.Errorf(bus.CodeSemantic, "object %s is not in %s: push the seed first (miragectl seed push)", name, bus.BucketSeeds)
-	}
-	if err != nil {
-		return Manifest{}, StoreError("reading object "+name, err)
-	}
-	if info.Size > MaxSpecSize {
-		return Manifest{}, bus.Errorf(bus.CodeSemantic, "object %s is %d bytes, at most %d are allowed for a manifest", name, info.Size, MaxSpecSize)
-	}
 	// The manifest has no digest to check it against but the store's own.
-	data, err := obs.Read(ictx, info)
-	if errors.Is(err, jetstream.ErrDigestMismatch) {
-		return Manifest{}, bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v)", name, err)
-	}
+	data, err := obs.Get(ictx, name, MaxSpecSize)
 	if err != nil {
-		return Manifest{}, StoreError("reading object "+name, err)
+		return Manifest{}, readError(name, err, "")
 	}
 	var m Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
