@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,45 @@ func seedStore(t *testing.T) (jetstream.JetStream, jetstream.ObjectStore, *Objec
 	return js, obs, objects
 }
 
+// handPut stores objects as the object store lays them out, but with their chunks
+// published round-robin, so in stream order each object's chunks have the others' in
+// between, then each object's meta. It returns the metas by name.
+func handPut(t *testing.T, js jetstream.JetStream, chunkSize int, objects map[string][]byte) map[string]*jetstream.ObjectInfo {
+	t.Helper()
+	ctx := context.Background()
+	names := make([]string, 0, len(objects))
+	for name := range objects {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	infos := map[string]*jetstream.ObjectInfo{}
+	for _, name := range names {
+		data := objects[name]
+		sum := sha256.Sum256(data)
+		infos[name] = &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: name}, Bucket: bus.BucketSeeds,
+			NUID: nuid.Next(), Size: uint64(len(data)), Chunks: uint32((len(data) + chunkSize - 1) / chunkSize),
+			Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])}
+	}
+	for off, more := 0, true; more; off += chunkSize {
+		more = false
+		for _, name := range names {
+			data := objects[name]
+			if off >= len(data) {
+				continue
+			}
+			more = true
+			chunk := data[off:min(off+chunkSize, len(data))]
+			if _, err := js.Publish(ctx, "$O."+bus.BucketSeeds+".C."+infos[name].NUID, chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, name := range names {
+		putMeta(t, js, infos[name])
+	}
+	return infos
+}
+
 // putMeta publishes info as its object's meta, as ObjectStore.Put does.
 func putMeta(t *testing.T, js jetstream.JetStream, info *jetstream.ObjectInfo) {
 	t.Helper()
@@ -69,23 +109,41 @@ func putMeta(t *testing.T, js jetstream.JetStream, info *jetstream.ObjectInfo) {
 }
 
 func TestObjectsReadByDirectGet(t *testing.T) {
-	_, obs, objects := seedStore(t)
+	js, obs, objects := seedStore(t)
 	ctx := context.Background()
-	// Several chunks, with other objects' chunks stored in between.
-	data := bytes.Repeat([]byte("0123456789abcdef"), 1000)
-	small := &jetstream.ObjectMetaOptions{ChunkSize: 1000}
-	for _, name := range []string{"a/1/spec.toml", "b/1/spec.toml"} {
-		if _, err := obs.Put(ctx, jetstream.ObjectMeta{Name: name, Opts: small}, bytes.NewReader(data)); err != nil {
+	// Several chunks of each object, each chunk between two of the other object's:
+	// reading must follow the object's own chunk subject, skipping the other's.
+	data := map[string][]byte{
+		"a/1/spec.toml": bytes.Repeat([]byte("0123456789abcdef"), 1000),
+		"b/1/spec.toml": bytes.Repeat([]byte("fedcba9876543210"), 1000),
+	}
+	infos := handPut(t, js, 1000, data)
+	stream, err := js.Stream(ctx, "OBJ_"+bus.BucketSeeds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunkSeq := func(name string, from uint64) uint64 {
+		t.Helper()
+		msg, err := stream.GetMsg(ctx, from, jetstream.WithGetMsgSubject("$O."+bus.BucketSeeds+".C."+infos[name].NUID))
+		if err != nil {
 			t.Fatal(err)
 		}
+		return msg.Sequence
+	}
+	if a1 := chunkSeq("a/1/spec.toml", 1); chunkSeq("a/1/spec.toml", a1+1) != a1+2 || chunkSeq("b/1/spec.toml", a1) != a1+1 {
+		t.Fatal("the chunks of a and b are not interleaved in the stream")
 	}
 	if _, err := obs.PutBytes(ctx, "empty", nil); err != nil {
 		t.Fatal(err)
 	}
 	read := func(name string) ([]byte, error) { return objects.Get(ctx, name, MaxFileSize) }
-	for _, name := range []string{"a/1/spec.toml", "b/1/spec.toml"} {
-		if got, err := read(name); err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("%s: %d bytes, %v; want the %d bytes stored", name, len(got), err, len(data))
+	for name, want := range data {
+		if got, err := read(name); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %d bytes, %v; want the %d bytes stored", name, len(got), err, len(want))
+		}
+		// The layout is the object store's own: its client reads the same.
+		if got, err := obs.GetBytes(ctx, name); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s through the object store: %d bytes, %v", name, len(got), err)
 		}
 	}
 	if got, err := read("empty"); err != nil || len(got) != 0 {
