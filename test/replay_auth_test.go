@@ -3,7 +3,9 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -174,8 +176,16 @@ func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
-	f.startAuthGhost("ghost-w", ghost.NewMemoryStore(), testenv.Policy(ghost.PolicyHeadless))
-	time.Sleep(time.Second)
+	// Wait until the Ghost has tried its catch-up and found no Mirage to ask, so the check
+	// below follows a refused attempt rather than one that has not happened yet.
+	refused := &logWatch{msg: "catch-up interrupted", errHas: "no Mirage answered", seen: make(chan struct{})}
+	log := slog.New(slog.NewMultiHandler(f.env.Log.Handler(), refused))
+	f.startAuthGhost("ghost-w", ghost.NewMemoryStore(), testenv.Policy(ghost.PolicyHeadless), testenv.GhostLog(log))
+	select {
+	case <-refused.seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal(`the Ghost never logged a catch-up refused for want of a Mirage ("no Mirage answered")`)
+	}
 	if v, ok := f.kv["ghost-w"].Value("late"); ok {
 		t.Fatalf("the command ran without a Mirage to create the replay consumer: late = %q", v)
 	}
@@ -186,6 +196,33 @@ func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 		return v == "1"
 	})
 }
+
+// logWatch is a slog handler that closes seen at the first record whose message starts
+// with msg and whose "err" attribute contains errHas.
+type logWatch struct {
+	msg, errHas string
+	once        sync.Once
+	seen        chan struct{}
+}
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+
+func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
+	if !strings.HasPrefix(r.Message, w.msg) {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" && strings.Contains(a.Value.String(), w.errHas) {
+			w.once.Do(func() { close(w.seen) })
+			return false
+		}
+		return true
+	})
+	return nil
+}
+
+func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *logWatch) WithGroup(string) slog.Handler      { return w }
 
 // A malformed replay request gets a coded error, and Mirage keeps serving.
 func TestReplayRequestRefusals(t *testing.T) {

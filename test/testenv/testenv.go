@@ -204,6 +204,7 @@ type ghostSpec struct {
 	seeds []string
 	store ghost.ExecutionStore
 	reg   *ghost.Registry
+	log   *slog.Logger
 }
 
 // Labels sets a Ghost's labels.
@@ -223,6 +224,9 @@ func WithRegistry(r *ghost.Registry) GhostOption { return func(s *ghostSpec) { s
 
 // Via runs the Ghost on the given connection (a socket one, through a proxy say).
 func Via(nc *nats.Conn) GhostOption { return func(s *ghostSpec) { s.nc = nc } }
+
+// GhostLog sets the Ghost's logger (to watch for a line it logs); the env's by default.
+func GhostLog(l *slog.Logger) GhostOption { return func(s *ghostSpec) { s.log = l } }
 
 // Tune adjusts the Ghost's config.
 func Tune(f func(*ghost.Config)) GhostOption { return func(s *ghostSpec) { f(&s.cfg) } }
@@ -250,7 +254,11 @@ func (e *Env) StartGhost(id string, opts ...GhostOption) *ghost.Ghost {
 	if nc == nil {
 		nc = e.Conn("ghost " + id)
 	}
-	g, err := ghost.New(nc, spec.cfg, reg, store, e.Log)
+	log := spec.log
+	if log == nil {
+		log = e.Log
+	}
+	g, err := ghost.New(nc, spec.cfg, reg, store, log)
 	if err != nil {
 		e.T.Fatalf("ghost %s: %v", id, err)
 	}
