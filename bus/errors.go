@@ -18,6 +18,7 @@ const (
 	CodeRuntime     Code = 1400 // the seed's execution failed
 	CodeExecTimeout Code = 1401 // the execution ran past the command's timeout_ms
 	CodeInternal    Code = 1500 // a bug or a store failure
+	CodeBusy        Code = 1501 // the request was not served now (a bound was reached): retry later
 	CodeExpired     Code = 1600 // the command reached the Ghost after its deliver_by_ms
 	CodeInterrupted Code = 1700 // the Ghost stopped during a non-idempotent execution: outcome unknown
 	CodeSecurity    Code = 1800 // unsigned, untrusted, altered or stale command; signer mismatch
@@ -38,6 +39,7 @@ const (
 	ClassSecurity    = "security"
 	ClassTimeout     = "timeout"
 	ClassSkipped     = "skipped"
+	ClassBusy        = "busy"
 )
 
 // ClassOf returns the class of a code.
@@ -63,6 +65,8 @@ func ClassOf(c Code) string {
 		return ClassTimeout
 	case CodeSkipped:
 		return ClassSkipped
+	case CodeBusy:
+		return ClassBusy
 	default:
 		return ClassInternal
 	}

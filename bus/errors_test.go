@@ -22,6 +22,7 @@ func TestClassOf(t *testing.T) {
 		{bus.CodeRuntime, bus.ClassRuntime},
 		{bus.CodeExecTimeout, bus.ClassRuntime},
 		{bus.CodeInternal, bus.ClassInternal},
+		{bus.CodeBusy, bus.ClassBusy},
 		{bus.CodeExpired, bus.ClassExpired},
 		{bus.CodeInterrupted, bus.ClassInterrupted},
 		{bus.CodeSecurity, bus.ClassSecurity},
