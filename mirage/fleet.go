@@ -89,6 +89,7 @@ type Fleet struct {
 	kv      jetstream.KeyValue
 	stop    chan struct{}
 	pending chan string // ids of queued registrations, in arrival order
+	guard   *replyGuard // whether a register may be answered on its reply subject
 	log     *slog.Logger
 
 	// queued holds each Ghost's latest registration not yet stored: one per Ghost, so a
@@ -102,15 +103,20 @@ type Fleet struct {
 	seen   map[uint32]bool // presence shards with a heartbeat not yet flushed
 }
 
-func newFleet(js jetstream.JetStream, kv jetstream.KeyValue, stop chan struct{}, now func() time.Time, log *slog.Logger) *Fleet {
-	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan string, 4096), queued: map[string]registration{}, log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[uint32]bool{}}
+func newFleet(js jetstream.JetStream, kv jetstream.KeyValue, stop chan struct{}, now func() time.Time, guard *replyGuard, log *slog.Logger) *Fleet {
+	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan string, 4096), queued: map[string]registration{}, guard: guard, log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[uint32]bool{}}
 }
 
-// load reads every record from KV: a Mirage restart forgets nothing.
+// load reads every record from KV: a Mirage restart forgets nothing. A record stored
+// under another Ghost's key is not loaded (readFleet).
 func (f *Fleet) load(ctx context.Context) error {
-	recs, err := ReadFleet(ctx, f.kv)
+	recs, misfiled, err := readFleet(ctx, f.kv)
 	if err != nil {
 		return err
+	}
+	if len(misfiled) > 0 {
+		f.log.Warn("registry records whose ghost_id is not their key were skipped", "bucket", bus.BucketGhosts,
+			"records", len(misfiled), "keys", misfiled[:min(len(misfiled), 10)])
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -141,12 +147,24 @@ func presenceShard(ghostID string) uint32 {
 }
 
 // ReadFleet returns every record of KV edge_ghosts, sorted by ghost_id, with the last
-// heartbeat times of the presence shards.
+// heartbeat times of the presence shards. A record whose ghost_id is not its key is
+// skipped (readFleet).
 func ReadFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, error) {
+	recs, _, err := readFleet(ctx, kv)
+	return recs, err
+}
+
+// readFleet is ReadFleet, also returning the keys of the records it skipped because their
+// ghost_id is not their key: Mirage writes a record under its own id only, but JetStream
+// publishes its API answers on whatever reply subject a request names, which the server
+// does not check against the requester's permissions, so a Ghost can have an answer
+// carrying its ghost_id stored under another Ghost's key.
+func readFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, []string, error) {
 	lister, err := kv.ListKeys(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	var misfiled []string
 	var out []GhostRecord
 	seen := map[string]int64{}
 	for key := range lister.Keys() {
@@ -155,7 +173,7 @@ func ReadFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, error
 			if errors.Is(err, jetstream.ErrKeyNotFound) {
 				continue
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		if strings.HasPrefix(key, presencePrefix) {
 			var shard map[string]int64
@@ -170,13 +188,17 @@ func ReadFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, error
 		if json.Unmarshal(e.Value(), &r) != nil || r.GhostID == "" {
 			continue
 		}
+		if r.GhostID != key {
+			misfiled = append(misfiled, key)
+			continue
+		}
 		out = append(out, r)
 	}
 	for i := range out {
 		out[i].LastSeenMS = max(out[i].LastSeenMS, seen[out[i].GhostID])
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GhostID < out[j].GhostID })
-	return out, nil
+	return out, misfiled, nil
 }
 
 // Get returns a copy of a Ghost's record.
@@ -203,12 +225,16 @@ func (f *Fleet) All() []GhostRecord {
 }
 
 // onRegister checks a registration and queues it for the registrar, which stores it and
-// answers register.ack.
+// answers register.ack. A register that may not be answered on its reply subject
+// (replyGuard) is dropped: no Ghost is registered whose request cannot be answered.
 func (f *Fleet) onRegister(msg *nats.Msg) {
+	subjectGhost, serr := subjects.GhostFrom(msg.Subject)
+	if !f.guard.allows(subjectGhost, msg.Subject, msg.Reply) {
+		return
+	}
 	var reg bus.Register
 	ack := bus.RegisterAck{Header: bus.NewHeader(bus.TypeRegisterAck, "", f.now()), Status: bus.RegisterAccepted}
 	err := bus.Decode(msg.Data, &reg)
-	subjectGhost, serr := subjects.GhostFrom(msg.Subject)
 	switch {
 	case err != nil:
 		ack.Status, ack.Reason = bus.RegisterRejected, bus.AsError(err).Error()

@@ -91,6 +91,11 @@ type Mirage struct {
 	// lock, since reports are stored under m.mu when Mirage stops.
 	endMu  sync.Mutex
 	ending map[string]string
+
+	replayGate *replayGate // one replay request per Ghost at a time, one per second
+	guard      *replyGuard // where a Ghost's request may be answered
+	// replayRefusals bounds the warnings about malformed replay requests.
+	replayRefusals rateLog
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -122,9 +127,15 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		return nil, err
 	}
 	stop := make(chan struct{})
+	// With a signing identity or signed events, Mirage runs with auth: Ghosts have their
+	// per-Ghost permissions and inboxes (natsd.GhostPermissions), so their requests are
+	// answered only there (replyGuard).
+	guard := newReplyGuard(cfg.Identity != nil || cfg.RequireSignedEvents, log)
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, intents: intents, log: log,
-		fleet:      newFleet(js, ghosts, stop, cfg.Now, log),
+		fleet:      newFleet(js, ghosts, stop, cfg.Now, guard, log),
+		guard:      guard,
+		replayGate: newReplayGate(),
 		enrolled:   newEnrollments(fleetKV),
 		stop:       stop,
 		live:       map[string]*liveIntent{},

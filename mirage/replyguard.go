@@ -1,0 +1,72 @@
+package mirage
+
+import (
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// Answering a Ghost: nats-server does not check a request's reply subject against the
+// requester's permissions, and Mirage may publish where a Ghost may not ($KV.edge_fleet.>,
+// $KV.edge_ghosts.>, cmd.*). Answering a Ghost's request wherever it names would let the
+// Ghost write into the enrollments, the registry or EDGE_CMD through Mirage. So, when
+// permissions confine Ghosts (Mirage runs with auth), a Ghost's request (reg.<id>,
+// mirage.replay.<id>) is served only when its reply subject is on that Ghost's own inbox,
+// the id taken from the subject. Without auth no permissions exist: any client may publish
+// anywhere itself, and requests are answered as they come.
+
+// replyGuard decides whether a Ghost's request may be answered on its reply subject.
+type replyGuard struct {
+	confined bool // Ghosts have per-Ghost permissions and reply on bus.GhostInbox(id)
+	log      *slog.Logger
+	warned   rateLog
+}
+
+func newReplyGuard(confined bool, log *slog.Logger) *replyGuard {
+	return &replyGuard{confined: confined, log: log}
+}
+
+// allows reports whether the request of Ghost ghostID (the subject's token; "" when it is
+// not a valid id) received on subject may be answered on reply. A refusal is logged at
+// most once per rateLogEvery; the request must then be neither answered nor served.
+func (g *replyGuard) allows(ghostID, subject, reply string) bool {
+	if !g.confined {
+		return true
+	}
+	if ghostID != "" && strings.HasPrefix(reply, bus.GhostInbox(ghostID)+".") {
+		return true
+	}
+	if ok, n := g.warned.allow(); ok {
+		g.log.Warn("refused a Ghost's request whose reply subject is not its inbox: not served, not answered",
+			"direction", "in", "peer", ghostID, "subject", subject, "reply", reply, "refused_since_last_warning", n)
+	}
+	return false
+}
+
+// rateLog lets a warning through at most once per rateLogEvery, counting the ones it
+// held back: a Ghost flooding a subject must not flood the log.
+type rateLog struct {
+	mu   sync.Mutex
+	last time.Time
+	held int
+}
+
+const rateLogEvery = 10 * time.Second
+
+// allow reports whether to log now, and how many occurrences (this one included) the
+// line stands for.
+func (r *rateLog) allow() (bool, int) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.held++
+	if !r.last.IsZero() && now.Sub(r.last) < rateLogEvery {
+		return false, 0
+	}
+	n := r.held
+	r.last, r.held = now, 0
+	return true, n
+}
