@@ -197,17 +197,22 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 // which every command has been handled.
 func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, error) {
 	start := max(seq, 1) // the position's own command first, to check it is there
+	// Removed however the replay ends, even when Mirage created the consumer but binding
+	// to it failed: nothing is left behind.
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, bus.GhostReplayConsumer(g.cfg.ID))
+		cancel()
+	}()
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	cons, err := g.replayConsumer(cctx, start)
 	cancel()
 	if err != nil {
 		return 0, seq, err
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, bus.GhostReplayConsumer(g.cfg.ID))
-		cancel()
-	}()
+	if err := checkReplayConsumer(cons.CachedInfo().Config, g.cfg.ID, start); err != nil {
+		return 0, seq, err
+	}
 	var handled []chan struct{}
 	reached := seq
 	read, checked := 0, false
@@ -281,6 +286,16 @@ func (g *Ghost) replayConsumer(ctx context.Context, start uint64) (jetstream.Con
 		return nil, err
 	}
 	msg, err := g.nc.RequestWithContext(ctx, subjects.ReplayFor(g.cfg.ID), body)
+	for busy := 0; err == nil && busy < maxBusyRetries && replyIsBusy(msg.Data); busy++ {
+		// Mirage serves one replay request per Ghost per second: the one just before
+		// (a replay restarted from 0) may be that one.
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("Mirage was busy with this Ghost's replay requests: %w", ctx.Err())
+		case <-time.After(busyRetryAfter):
+		}
+		msg, err = g.nc.RequestWithContext(ctx, subjects.ReplayFor(g.cfg.ID), body)
+	}
 	switch {
 	case errors.Is(err, nats.ErrNoResponders) && g.nc.AuthRequired():
 		return nil, errNoMirageForReplay
@@ -301,6 +316,31 @@ func (g *Ghost) replayConsumer(ctx context.Context, start uint64) (jetstream.Con
 		return nil, fmt.Errorf("Mirage refused the replay consumer (status %q)", reply.Status)
 	}
 	return g.js.Consumer(ctx, bus.StreamCommands, name)
+}
+
+// A replay request answered busy (1501) is asked again after busyRetryAfter, a few times
+// within the request's own timeout.
+const (
+	busyRetryAfter = 1100 * time.Millisecond
+	maxBusyRetries = 3
+)
+
+func replyIsBusy(data []byte) bool {
+	var reply bus.ReplayReply
+	return json.Unmarshal(data, &reply) == nil && reply.Error != nil && reply.Error.Code == bus.CodeBusy
+}
+
+// checkReplayConsumer checks that the consumer bound to is the one asked for: from start,
+// on cmd.<id>, pull. Another (a request of this Ghost that Mirage served late, recreating
+// it from an older start) is a plain, retryable error, never errPositionGone: its first
+// command is not the position's, and taking that for a gone position would reset the
+// position and replay everything.
+func checkReplayConsumer(cfg jetstream.ConsumerConfig, id string, start uint64) error {
+	if cfg.OptStartSeq != start || cfg.FilterSubject != subjects.Command(id) || cfg.DeliverSubject != "" {
+		return fmt.Errorf("the replay consumer is not the one asked for (start %d on %s, pull): start %d on %q, deliver subject %q; the catch-up is retried",
+			start, subjects.Command(id), cfg.OptStartSeq, cfg.FilterSubject, cfg.DeliverSubject)
+	}
+	return nil
 }
 
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns
