@@ -1,0 +1,296 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// rogueGhost opens a connection with Ghost id's own key and inbox: exactly its permissions.
+func (f *authFleet) rogueGhost(id string) *nats.Conn {
+	f.env.T.Helper()
+	return f.env.ConnWith(id+" rogue", f.keys[id].NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)))
+}
+
+func registerBody(t *testing.T, id string) []byte {
+	t.Helper()
+	reg := bus.Register{Header: bus.NewHeader(bus.TypeRegister, "", time.Now()), GhostID: id, Version: "test", Labels: map[string]string{"role": "rogue"}, Seeds: []bus.SeedInfo{}}
+	data, err := bus.Encode(&reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// replayAnswer sends a replay request of the Ghost on nc and decodes the answer.
+func replayAnswer(t *testing.T, nc *nats.Conn, id string, start uint64) bus.ReplayReply {
+	t.Helper()
+	msg, err := nc.Request(subjects.ReplayFor(id), []byte(`{"start_seq": `+jsonUint(start)+`}`), 10*time.Second)
+	if err != nil {
+		t.Fatalf("replay request of %s: %v", id, err)
+	}
+	var reply bus.ReplayReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		t.Fatalf("replay answer %s: %v", msg.Data, err)
+	}
+	return reply
+}
+
+func jsonUint(n uint64) string { b, _ := json.Marshal(n); return string(b) }
+
+// nats-server does not check a request's reply subject against the requester's
+// permissions, and Mirage may publish to the KV buckets and cmd.*: under auth, Mirage
+// answers a Ghost's replay and register requests only on that Ghost's inbox, and does not
+// serve the others (no register, no consumer), so a Ghost cannot write through Mirage.
+func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
+	f := newAuthFleet(t, "ghost-c", "ghost-o")
+	ctx := context.Background()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghostsKV, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrolled, err := fleetKV.Get(ctx, "ghost-o")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	nc := f.rogueGhost("ghost-c")
+	targets := []string{
+		"$KV." + bus.BucketFleet + ".ghost-o",
+		"$KV." + bus.BucketGhosts + ".ghost-o",
+		subjects.Command("ghost-o"),
+		"_INBOX.someone-else",
+		bus.GhostInbox("ghost-o") + ".stolen",
+	}
+	requests := []struct {
+		name, subject string
+		body          []byte
+	}{
+		{"replay", subjects.ReplayFor("ghost-c"), []byte(`{"start_seq": 1}`)},
+		{"register", subjects.Register("ghost-c"), registerBody(t, "ghost-c")},
+	}
+	for _, r := range requests {
+		for _, target := range targets {
+			if err := nc.PublishRequest(r.subject, target, r.body); err != nil {
+				t.Fatalf("%s to %s: %v", r.name, target, err)
+			}
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // Mirage would have answered by now
+
+	if e, err := fleetKV.Get(ctx, "ghost-o"); err != nil || e.Revision() != enrolled.Revision() {
+		t.Errorf("ghost-o's enrollment was written: revision %d → %v %v", enrolled.Revision(), e, err)
+	}
+	if e, err := ghostsKV.Get(ctx, "ghost-o"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("a registry record was written under ghost-o: %v %v", e, err)
+	}
+	cmds, err := js.Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := cmds.GetLastMsgForSubject(ctx, subjects.Command("ghost-o")); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Errorf("a message was stored on cmd.ghost-o: %v %v", m, err)
+	}
+	if _, ok := f.m.Fleet().Get("ghost-c"); ok {
+		t.Error("Mirage registered ghost-c from a register whose answer went elsewhere")
+	}
+	if _, err := js.Consumer(ctx, bus.StreamCommands, bus.GhostReplayConsumer("ghost-c")); err == nil {
+		t.Error("Mirage created a replay consumer for a request whose answer went elsewhere")
+	}
+
+	// The same requests on the Ghost's own inbox are answered.
+	if reply := replayAnswer(t, nc, "ghost-c", 1); reply.Status != "accepted" {
+		t.Fatalf("replay on the Ghost's own inbox: %+v", reply)
+	}
+	msg, err := nc.Request(subjects.Register("ghost-c"), registerBody(t, "ghost-c"), 10*time.Second)
+	if err != nil {
+		t.Fatalf("register on the Ghost's own inbox: %v", err)
+	}
+	var ack bus.RegisterAck
+	if err := bus.Decode(msg.Data, &ack); err != nil || ack.Status != bus.RegisterAccepted {
+		t.Fatalf("register.ack %s: %v", msg.Data, err)
+	}
+	if _, ok := f.m.Fleet().Get("ghost-c"); !ok {
+		t.Error("ghost-c not registered after its answered register")
+	}
+}
+
+// A Ghost flooding mirage.replay.<id> gets busy answers (1501) that cost Mirage no
+// JetStream call: another Ghost's request is answered at once, and the flood creates at
+// most a consumer a second.
+func TestDeputyReplayFloodDoesNotDelayOtherGhosts(t *testing.T) {
+	f := newAuthFleet(t, "ghost-f", "ghost-l")
+	created := map[string]int{}
+	var mu sync.Mutex
+	adv, err := f.op.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED."+bus.StreamCommands+".>", func(m *nats.Msg) {
+		var a struct {
+			Consumer string `json:"consumer"`
+		}
+		_ = json.Unmarshal(m.Data, &a)
+		mu.Lock()
+		created[a.Consumer]++
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = adv.Unsubscribe() }()
+	if err := f.op.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	flooder := f.rogueGhost("ghost-f")
+	var busy, answers atomic.Int64
+	inbox := bus.GhostInbox("ghost-f") + ".flood"
+	sub, err := flooder.Subscribe(inbox, func(m *nats.Msg) {
+		answers.Add(1)
+		var r bus.ReplayReply
+		if json.Unmarshal(m.Data, &r) == nil && r.Error != nil && r.Error.Code == bus.CodeBusy {
+			busy.Add(1)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = sub.SetPendingLimits(-1, -1)
+	const flood = 5000
+	began := time.Now()
+	for i := 0; i < flood; i++ {
+		if err := flooder.PublishRequest(subjects.ReplayFor("ghost-f"), inbox, []byte(`{"start_seq": 1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := flooder.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	floodTook := time.Since(began)
+
+	legit := f.rogueGhost("ghost-l")
+	asked := time.Now()
+	reply := replayAnswer(t, legit, "ghost-l", 1)
+	waited := time.Since(asked)
+	if reply.Status != "accepted" {
+		t.Fatalf("ghost-l's replay during the flood: %+v", reply)
+	}
+	if waited > 1500*time.Millisecond {
+		t.Errorf("ghost-l's replay request waited %s behind ghost-f's flood", waited)
+	}
+	testenv.Eventually(t, 20*time.Second, "every flood request answered", func() bool { return answers.Load() == flood })
+	time.Sleep(500 * time.Millisecond) // late advisories
+	mu.Lock()
+	n := created[bus.GhostReplayConsumer("ghost-f")]
+	mu.Unlock()
+	// One admission per second of flood, and the first.
+	if limit := int(floodTook/time.Second) + 2; n > limit {
+		t.Errorf("the flood of %d requests over %s created %d consumers, want at most %d", flood, floodTook, n, limit)
+	}
+	if busy.Load() < flood-int64(n) {
+		t.Errorf("%d busy answers for %d requests and %d creations", busy.Load(), flood, n)
+	}
+	t.Logf("flood of %d in %s: %d consumers created, %d busy answers; ghost-l answered in %s", flood, floodTook, n, busy.Load(), waited)
+}
+
+// Two replay requests of one Ghost at once are not served concurrently: one is answered
+// busy, so no late request recreates the consumer from another start while the Ghost
+// reads it (the Ghost also checks the consumer it binds to: ghost.TestCheckReplayConsumer).
+func TestDeputyConcurrentReplaysOfOneGhostAreSerialised(t *testing.T) {
+	f := newAuthFleet(t, "ghost-s")
+	nc := f.rogueGhost("ghost-s")
+	var wg sync.WaitGroup
+	replies := make([]bus.ReplayReply, 2)
+	for i := range replies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, err := nc.Request(subjects.ReplayFor("ghost-s"), []byte(`{"start_seq": `+jsonUint(uint64(i+1))+`}`), 10*time.Second)
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			_ = json.Unmarshal(msg.Data, &replies[i])
+		}()
+	}
+	wg.Wait()
+	accepted, busy := -1, 0
+	for i, r := range replies {
+		switch {
+		case r.Status == "accepted":
+			accepted = i
+		case r.Error != nil && r.Error.Code == bus.CodeBusy:
+			busy++
+		}
+	}
+	if accepted < 0 || busy != 1 {
+		t.Fatalf("two concurrent replay requests: %+v, want one accepted and one busy", replies)
+	}
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("ghost-s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cons.CachedInfo().Config.OptStartSeq; got != uint64(accepted+1) {
+		t.Fatalf("the consumer starts at %d, the accepted request asked %d", got, accepted+1)
+	}
+}
+
+// A record stored under another Ghost's key in edge_ghosts (a JetStream answer a Ghost had
+// sent there) is not loaded as that Ghost, nor does it replace the named Ghost's record.
+func TestDeputyRegistryLoadSkipsMisfiledRecords(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("ghost-c", testenv.Labels(map[string]string{"role": "real"}))
+	testenv.Eventually(t, 5*time.Second, "ghost-c registered", func() bool { _, ok := m.Fleet().Get("ghost-c"); return ok })
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	js := env.JetStream()
+	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "ghost-o", []byte(`{"ghost_id": "ghost-c", "labels": {"role": "junk"}, "registered_ms": 9999999999999}`)); err != nil {
+		t.Fatal(err)
+	}
+	m2 := env.StartMirageOn(env.Conn("mirage 2"), mirage.Config{})
+	if _, ok := m2.Fleet().Get("ghost-o"); ok {
+		t.Error("a record stored under ghost-o was loaded as ghost-o")
+	}
+	if r, ok := m2.Fleet().Get("ghost-c"); !ok || r.Labels["role"] != "real" {
+		t.Errorf("ghost-c's record after the load: %+v %v", r, ok)
+	}
+	recs, err := mirage.ReadFleet(ctx, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].GhostID != "ghost-c" || recs[0].Labels["role"] != "real" {
+		t.Errorf("ReadFleet: %+v", recs)
+	}
+}
