@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
@@ -56,38 +58,103 @@ func newEnrollments(kv jetstream.KeyValue) *enrollments {
 	return &enrollments{kv: kv, byID: map[string]Enrollment{}, roles: map[string]string{}}
 }
 
-// ReadEnrollments returns every enrollment of KV edge_fleet and the reserved role keys.
-func ReadEnrollments(ctx context.Context, kv jetstream.KeyValue) ([]Enrollment, map[string]string, error) {
+// ReadEnrollments returns every valid enrollment of KV edge_fleet and the reserved role
+// keys. Anyone who may send a JetStream API request can have its answer stored on any
+// subject, edge_fleet's included (nats-server does not check a reply subject against the
+// requester's permissions): a key's latest value may be junk. So each key is read through
+// validEnrollment, which falls back to the newest valid revision of the key's history and
+// skips (logging a warning naming the key, not the value) a key that has none. Only a
+// store that does not answer is an error.
+func ReadEnrollments(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) ([]Enrollment, map[string]string, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	lister, err := kv.ListKeys(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	var keys []string
+	for key := range lister.Keys() {
+		keys = append(keys, key)
+	}
 	var out []Enrollment
 	roles := map[string]string{}
-	for key := range lister.Keys() {
-		e, err := kv.Get(ctx, key)
+	for _, key := range keys {
+		en, ok, err := validEnrollment(ctx, kv, key, log)
 		if err != nil {
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				continue
-			}
 			return nil, nil, err
 		}
-		var en Enrollment
-		if json.Unmarshal(e.Value(), &en) != nil {
-			continue
-		}
-		if strings.HasPrefix(key, "_") {
+		switch {
+		case !ok:
+		case isRoleKey(key):
 			roles[key] = en.PublicKey
-			continue
+		default:
+			out = append(out, en)
 		}
-		out = append(out, en)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GhostID < out[j].GhostID })
 	return out, roles, nil
 }
 
-func (e *enrollments) load(ctx context.Context) error {
-	list, roles, err := ReadEnrollments(ctx, e.kv)
+func isRoleKey(key string) bool { return key == FleetKeyMirage || key == FleetKeyOperator }
+
+// checkEnrollment says why a value stored under key is not a valid enrollment, or nil: it
+// must decode, name its key (a valid ghost id, or a role key), and hold a public user nkey.
+func checkEnrollment(key string, value []byte) (Enrollment, error) {
+	var en Enrollment
+	if err := json.Unmarshal(value, &en); err != nil {
+		return en, errors.New("not an enrollment (does not decode)")
+	}
+	if en.GhostID != key {
+		return en, errors.New("its ghost_id is not its key")
+	}
+	if !isRoleKey(key) {
+		if err := subjects.ValidateGhostID(key); err != nil {
+			return en, fmt.Errorf("the key is not a ghost id: %s", subjects.Reason(err))
+		}
+	}
+	if !nkeys.IsValidPublicUserKey(en.PublicKey) {
+		return en, errors.New("its public_key is not a public user nkey")
+	}
+	return en, nil
+}
+
+// validEnrollment returns the enrollment stored under key: its latest value when valid,
+// else the newest valid revision since the key was last deleted (a revoked Ghost stays
+// revoked). ok is false when there is none.
+func validEnrollment(ctx context.Context, kv jetstream.KeyValue, key string, log *slog.Logger) (Enrollment, bool, error) {
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return Enrollment{}, false, nil
+		}
+		return Enrollment{}, false, err
+	}
+	en, bad := checkEnrollment(key, e.Value())
+	if bad == nil {
+		return en, true, nil
+	}
+	hist, err := kv.History(ctx, key)
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Enrollment{}, false, err
+	}
+	for i := len(hist) - 1; i >= 0; i-- {
+		h := hist[i]
+		if h.Operation() != jetstream.KeyValuePut {
+			break // deleted or purged: what came before is revoked
+		}
+		if en, err := checkEnrollment(key, h.Value()); err == nil {
+			log.Warn("edge_fleet: the latest value of a key is not a valid enrollment; using its newest valid revision",
+				"key", key, "reason", bad.Error(), "revision", e.Revision(), "used_revision", h.Revision())
+			return en, true, nil
+		}
+	}
+	log.Warn("edge_fleet: a key holds no valid enrollment; skipped", "key", key, "reason", bad.Error(), "revision", e.Revision())
+	return Enrollment{}, false, nil
+}
+
+func (e *enrollments) load(ctx context.Context, log *slog.Logger) error {
+	list, roles, err := ReadEnrollments(ctx, e.kv, log)
 	if err != nil {
 		return err
 	}

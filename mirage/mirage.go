@@ -160,7 +160,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err := m.fleet.load(ctx); err != nil {
 		return fmt.Errorf("load fleet registry: %w", err)
 	}
-	if err := m.enrolled.load(ctx); err != nil {
+	if err := m.enrolled.load(ctx, m.log); err != nil {
 		return fmt.Errorf("load enrollments: %w", err)
 	}
 	if m.cfg.Identity != nil {

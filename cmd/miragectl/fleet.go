@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -162,7 +163,9 @@ the enrollments from KV edge_fleet.`,
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("KV %s: %w (has Mirage run against this server?)", bus.BucketFleet, err))
 			}
-			list, roles, err := mirage.ReadEnrollments(ctx, kv)
+			// A key that holds no valid enrollment is skipped with a warning on stderr.
+			warn := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+			list, roles, err := mirage.ReadEnrollments(ctx, kv, warn)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
