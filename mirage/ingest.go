@@ -87,14 +87,18 @@ func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	var phase string
 	rec, err := m.Intent(ctx, ev.IntentID)
 	switch {
 	case errors.Is(err, ErrIntentNotFound):
 		return verdictRejected, bus.CodeSemantic, "unknown intent " + ev.IntentID, false
+	case errors.Is(err, ErrBadIntentRecord):
+		// Junk in place of the record: the reports still tell whether the intent ended.
 	case err != nil:
 		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+	default:
+		phase = rec.Phase
 	}
-	phase := rec.Phase
 	if !bus.Terminal(phase) {
 		if phase, err = m.reportPhase(ctx, ev.IntentID); err != nil {
 			return verdictRejected, bus.CodeInternal, "intent state unavailable", false
@@ -128,7 +132,13 @@ func (m *Mirage) Intent(ctx context.Context, intentID string) (*IntentRecord, er
 	return ReadIntent(ctx, m.intents, intentID)
 }
 
-// ReadIntent reads an intent's record from KV edge_intents.
+// ErrBadIntentRecord is returned for a record of edge_intents that is not a valid intent
+// record: junk that does not decode, or decodes as something else (a JetStream API answer
+// can be stored under any key: see ReadEnrollments), or names another intent.
+var ErrBadIntentRecord = errors.New("not a valid intent record")
+
+// ReadIntent reads an intent's record from KV edge_intents. It returns ErrIntentNotFound,
+// ErrBadIntentRecord (wrapped, with the reason), or the store's error.
 func ReadIntent(ctx context.Context, kv jetstream.KeyValue, intentID string) (*IntentRecord, error) {
 	e, err := kv.Get(ctx, intentID)
 	if err != nil {
@@ -139,9 +149,31 @@ func ReadIntent(ctx context.Context, kv jetstream.KeyValue, intentID string) (*I
 	}
 	var rec IntentRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", ErrBadIntentRecord, err)
+	}
+	if err := rec.check(intentID); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadIntentRecord, err)
 	}
 	return &rec, nil
+}
+
+// check tells whether rec is a record Mirage wrote for intent key: it names key, and its
+// steps cover its targets (newLiveIntent indexes targets by step).
+func (rec *IntentRecord) check(key string) error {
+	switch {
+	case rec.IntentID != key:
+		return errors.New("its intent_id is not its key")
+	case rec.Issue.IntentID != key:
+		return errors.New("its issue's intent_id is not its key")
+	case len(rec.Targets) == 0:
+		return errors.New("it has no targets")
+	}
+	for i, st := range rec.Steps {
+		if st.First < 0 || st.First+len(st.Targets) > len(rec.Targets) {
+			return fmt.Errorf("step %d is outside the targets", i)
+		}
+	}
+	return nil
 }
 
 // recover follows again the intents that were open when Mirage stopped: it rebuilds their
@@ -231,8 +263,9 @@ func (m *Mirage) recover(ctx context.Context) error {
 	return nil
 }
 
-// readForRecovery reads the record of an intent for recovery. A record that does not
-// decode cannot be followed: it is logged and skipped (nil). A store that does not answer
+// readForRecovery reads the record of an intent for recovery. A record that is not valid
+// (ReadIntent) cannot be followed: it is logged and skipped (nil); edge_intents keeps no
+// history to fall back on. A store that does not answer
 // is retried for a while, then fails the start, rather than leaving an open intent
 // without a terminal report.
 func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord, error) {
@@ -241,15 +274,13 @@ func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		rec, err := m.Intent(rctx, key)
 		cancel()
-		var bad *json.SyntaxError
-		var badType *json.UnmarshalTypeError
 		switch {
 		case err == nil:
 			return rec, nil
 		case errors.Is(err, ErrIntentNotFound):
 			return nil, nil // deleted since it was listed
-		case errors.As(err, &bad) || errors.As(err, &badType):
-			m.log.Error("intent record does not decode; the intent is not recovered", "intent_id", key, "code", bus.CodeInternal, "err", err)
+		case errors.Is(err, ErrBadIntentRecord):
+			m.log.Warn("edge_intents: a key holds no valid intent record; the intent is not recovered", "intent_id", key, "code", bus.CodeInternal, "err", err)
 			return nil, nil
 		case attempt == 5 || ctx.Err() != nil:
 			return nil, fmt.Errorf("read intent %s: %w", key, err)
