@@ -76,7 +76,9 @@ func notProvisioned(err error, asset string) error {
 	return err
 }
 
-// LatestReport returns the newest report of an intent, or ErrIntentNotFound.
+// LatestReport returns the newest report of an intent, or ErrIntentNotFound. A message
+// on the intent's subject that is not a valid report of it (junk: see endedIntents) is
+// passed over for the newest valid one before it.
 func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report, error) {
 	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
 		return nil, err
@@ -92,11 +94,17 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 		}
 		return nil, err
 	}
-	var r bus.Report
-	if err := bus.Decode(raw.Data, &r); err != nil {
-		return nil, fmt.Errorf("malformed report: %w", err)
+	if r := validReport(intentID, raw.Data, raw.Header); r != nil {
+		return r, nil
 	}
-	return &r, nil
+	r, _, err := newestReport(ctx, c.js, intentID)
+	switch {
+	case err != nil:
+		return nil, err
+	case r == nil:
+		return c.pendingReport(ctx, intentID)
+	}
+	return r, nil
 }
 
 // pendingReport describes an accepted intent that has no report yet: Mirage publishes the
@@ -118,19 +126,24 @@ func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Repor
 }
 
 // WatchReports calls fn with each report of an intent, the stored ones first, until fn
-// returns false or ctx ends.
+// returns false or ctx ends. Messages that are not valid reports of the intent are skipped.
 func (c *Client) WatchReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
-	return c.watchReports(ctx, intentID, jetstream.DeliverAllPolicy, fn)
+	return c.watchReports(ctx, intentID, 0, fn)
 }
 
-func (c *Client) watchReports(ctx context.Context, intentID string, from jetstream.DeliverPolicy, fn func(*bus.Report) bool) error {
+// watchReports reads report.<intentID> from stream sequence from (0: from the first).
+func (c *Client) watchReports(ctx context.Context, intentID string, from uint64, fn func(*bus.Report) bool) error {
 	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
 		return err
 	}
-	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
+	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subjects.Report(intentID)},
-		DeliverPolicy:  from,
-	})
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+	if from > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
+	}
+	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, cfg)
 	if err != nil {
 		return err
 	}
@@ -149,11 +162,11 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from jetstre
 			}
 			return err
 		}
-		var r bus.Report
-		if bus.Decode(msg.Data(), &r) != nil {
+		r := validReport(intentID, msg.Data(), msg.Headers())
+		if r == nil {
 			continue
 		}
-		if !fn(&r) {
+		if !fn(r) {
 			return nil
 		}
 	}
@@ -163,15 +176,21 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from jetstre
 // one as Mirage publishes it, until fn returns false or ctx ends. Unlike WatchReports it
 // does not replay the older ones.
 func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
-	// Before its first result an intent has no stored report: start from its record.
-	if stream, err := c.js.Stream(ctx, bus.StreamReports); err == nil {
-		if _, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID)); errors.Is(err, jetstream.ErrMsgNotFound) {
-			if r, err := c.pendingReport(ctx, intentID); err == nil && !fn(r) {
-				return nil
-			}
+	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
+		return err
+	}
+	// From the newest valid report (a junk message after it must not hide it); before its
+	// first result an intent has none: start from its record.
+	_, seq, err := newestReport(ctx, c.js, intentID)
+	if err != nil {
+		return notProvisioned(err, "stream "+bus.StreamReports)
+	}
+	if seq == 0 {
+		if r, err := c.pendingReport(ctx, intentID); err == nil && !fn(r) {
+			return nil
 		}
 	}
-	return c.watchReports(ctx, intentID, jetstream.DeliverLastPerSubjectPolicy, fn)
+	return c.watchReports(ctx, intentID, seq, fn)
 }
 
 // IssueAndWait issues an intent and waits for its terminal report. The report watch is
@@ -203,9 +222,8 @@ func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueRep
 			}
 			return reply, nil, err
 		}
-		var r bus.Report
-		if bus.Decode(msg.Data(), &r) == nil && bus.Terminal(r.Phase) {
-			return reply, &r, nil
+		if r := validReport(is.IntentID, msg.Data(), msg.Headers()); r != nil && bus.Terminal(r.Phase) {
+			return reply, r, nil
 		}
 	}
 }
@@ -287,7 +305,7 @@ func (c *Client) Intents(ctx context.Context, limit int) ([]IntentRecord, error)
 			}
 			if e != nil {
 				var rec IntentRecord
-				if json.Unmarshal(e.Value(), &rec) == nil && rec.IntentID != "" {
+				if json.Unmarshal(e.Value(), &rec) == nil && rec.check(e.Key()) == nil {
 					out = append(out, rec)
 				}
 				continue
