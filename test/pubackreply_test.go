@@ -1,0 +1,119 @@
+package test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// A Ghost may publish on its own evt.<id> with any reply subject: nats-server does not
+// check a reply against permissions, and JetStream sends the publish ack there with the
+// account's rights. The ack is never empty ({"stream":…,"seq":…}), and the JetStream API
+// refuses a request body with fields it does not know, so aimed at the API it changes
+// nothing: no stream, message or consumer is removed.
+func TestEventPublishAckAimedAtTheAPIChangesNothing(t *testing.T) {
+	f := newAuthFleet(t, "ghost-c")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.startGhost("ghost-c")
+	if rep := f.env.Run(f.client, testenv.NewIssue("ghost-c", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("intent before the attack: %+v", rep)
+	}
+	before := streamState(ctx, t, js)
+	evt, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consumers []string
+	for c := range evt.ListConsumers(ctx).Info() {
+		consumers = append(consumers, c.Name)
+	}
+	if len(consumers) == 0 {
+		t.Fatal("Mirage has no consumer on EDGE_EVT")
+	}
+	targets := []string{
+		"$JS.API.STREAM.DELETE." + bus.StreamCommands,
+		"$JS.API.STREAM.PURGE." + bus.StreamCommands,
+		"$JS.API.STREAM.PURGE." + bus.StreamReports,
+		"$JS.API.STREAM.MSG.DELETE." + bus.StreamCommands,
+		"$JS.API.STREAM.DELETE.KV_" + bus.BucketFleet,
+		"$JS.API.STREAM.PURGE.KV_" + bus.BucketFleet,
+	}
+	for _, c := range consumers {
+		targets = append(targets, "$JS.API.CONSUMER.DELETE."+bus.StreamEvents+"."+c)
+	}
+	rogue := f.rogueGhost("ghost-c")
+	for i, target := range targets {
+		msg := nats.NewMsg(subjects.Event("ghost-c"))
+		msg.Reply = target
+		msg.Header.Set(bus.HeaderMsgID, "evt_rogue_"+strconv.Itoa(i))
+		msg.Data = []byte(`{}`)
+		if err := rogue.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rogue.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Each publish is stored (its ack is the proof it was answered) before looking.
+	waitStreamMsgs(ctx, t, js, bus.StreamEvents, before[bus.StreamEvents]+uint64(len(targets)))
+
+	after := streamState(ctx, t, js)
+	for name, n := range before {
+		if name == bus.StreamEvents {
+			continue
+		}
+		if after[name] != n {
+			t.Errorf("stream %s: %d messages before, %d after (present: %v)", name, n, after[name], hasKey(after, name))
+		}
+	}
+	for _, c := range consumers {
+		if _, err := evt.Consumer(ctx, c); err != nil {
+			t.Errorf("consumer %s of EDGE_EVT: %v", c, err)
+		}
+	}
+	if rep := f.env.Run(f.client, testenv.NewIssue("ghost-c", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("intent after the attack: %+v", rep)
+	}
+}
+
+// streamState is every stream's message count.
+func streamState(ctx context.Context, t *testing.T, js jetstream.JetStream) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	lister := js.ListStreams(ctx)
+	for info := range lister.Info() {
+		out[info.Config.Name] = info.State.Msgs
+	}
+	if err := lister.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func waitStreamMsgs(ctx context.Context, t *testing.T, js jetstream.JetStream, name string, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if n := streamState(ctx, t, js)[name]; n >= want {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("stream %s holds %d messages, want %d", name, n, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func hasKey(m map[string]uint64, k string) bool { _, ok := m[k]; return ok }
