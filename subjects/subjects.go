@@ -22,6 +22,9 @@ const (
 	// Replay prefixes the requests in which a Ghost asks Mirage for its replay consumer
 	// (mirage.replay.<ghost_id>, core request/reply).
 	Replay = "mirage.replay"
+	// Seed prefixes the requests in which a Ghost reads a pushed seed object through Mirage
+	// (mirage.seed.<ghost_id>, core request, answered with several messages).
+	Seed = "mirage.seed"
 )
 
 // Subject prefixes, one token each.
@@ -43,6 +46,7 @@ var (
 	AllHeartbeats = prefixHeartbeat + ".*"
 	AllReports    = prefixReport + ".*"
 	AllReplays    = Replay + ".*"
+	AllSeeds      = Seed + ".*"
 )
 
 // Command is the subject a Ghost receives its commands on.
@@ -75,6 +79,22 @@ func GhostFromReplay(subject string) (string, error) {
 	id, ok := strings.CutPrefix(subject, Replay+".")
 	if !ok {
 		return "", fmt.Errorf("subject %q is not a replay request subject", subject)
+	}
+	if err := ValidateGhostID(id); err != nil {
+		return "", fmt.Errorf("subject %q: %w", subject, err)
+	}
+	return id, nil
+}
+
+// SeedFor is where Ghost ghostID asks Mirage for an object of the seed store. Only that
+// Ghost may publish on it (natsd.GhostPermissions): the subject token is its identity.
+func SeedFor(ghostID string) string { return Seed + "." + ghostID }
+
+// GhostFromSeed returns the ghost_id of a mirage.seed.<ghost_id> subject.
+func GhostFromSeed(subject string) (string, error) {
+	id, ok := strings.CutPrefix(subject, Seed+".")
+	if !ok {
+		return "", fmt.Errorf("subject %q is not a seed read request subject", subject)
 	}
 	if err := ValidateGhostID(id); err != nil {
 		return "", fmt.Errorf("subject %q: %w", subject, err)

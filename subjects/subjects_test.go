@@ -288,3 +288,14 @@ func TestGhostFromReplay(t *testing.T) {
 		}
 	}
 }
+
+func TestGhostFromSeed(t *testing.T) {
+	if got, err := GhostFromSeed(SeedFor("edge-1")); err != nil || got != "edge-1" {
+		t.Errorf("GhostFromSeed(%q) = %q, %v; want edge-1, nil", SeedFor("edge-1"), got, err)
+	}
+	for _, subject := range []string{"mirage.seed", "mirage.seed.", "mirage.seed.-x", "mirage.seed.*", "mirage.seed.a.b", "mirage.replay.edge-1", "cmd.edge-1", ""} {
+		if got, err := GhostFromSeed(subject); err == nil {
+			t.Errorf("GhostFromSeed(%q) = %q, nil; want an error", subject, got)
+		}
+	}
+}
