@@ -175,7 +175,7 @@ func storeDigest(d string) string {
 // against want. A missing or oversized object is a semantic error (1300); content that
 // does not match its digest is a security error (1800); a chunk that could not be read
 // (the object put again meanwhile, a lagging replica) is a runtime error (1400): retry.
-func Fetch(ctx context.Context, obs *Objects, name, want string, max int64) ([]byte, error) {
+func Fetch(ctx context.Context, obs ObjectReader, name, want string, max int64) ([]byte, error) {
 	data, err := obs.Get(ctx, name, uint64(max))
 	if err != nil {
 		return nil, readError(name, err, "; nothing installed")
@@ -186,8 +186,10 @@ func Fetch(ctx context.Context, obs *Objects, name, want string, max int64) ([]b
 	return data, nil
 }
 
-// readError turns an error of Objects.Get into the protocol error the install reports.
+// readError turns an error of an ObjectReader into the protocol error the install
+// reports: the same for a read by direct get and one through Mirage.
 func readError(name string, err error, suffix string) *bus.Error {
+	var perr *bus.Error
 	switch {
 	case errors.Is(err, jetstream.ErrObjectNotFound):
 		return bus.Errorf(bus.CodeSemantic, "object %s is not in %s: push the seed first (miragectl seed push)", name, bus.BucketSeeds)
@@ -197,6 +199,10 @@ func readError(name string, err error, suffix string) *bus.Error {
 		return bus.Errorf(bus.CodeRuntime, "object %s could not be read after %d tries (%v): it was probably being pushed again, or a replica lags behind; not corrupt%s; a later try should succeed", name, readAttempts, err, suffix)
 	case errors.Is(err, jetstream.ErrDigestMismatch):
 		return bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v)%s", name, err, suffix)
+	case errors.Is(err, ErrNoMirage):
+		return bus.Errorf(bus.CodeRuntime, "reading object %s: %v%s; a later try should succeed once Mirage serves", name, err, suffix)
+	case errors.As(err, &perr):
+		return bus.Errorf(perr.Code, "reading object %s through Mirage: %s%s", name, perr.Message, suffix)
 	}
 	return StoreError("reading object "+name, err)
 }
@@ -215,7 +221,7 @@ func StoreError(what string, err error) *bus.Error {
 
 // FetchManifest reads the manifest of a version (the version pushed last when version is
 // empty), for boot installs.
-func FetchManifest(ctx context.Context, obs *Objects, id, version string) (Manifest, error) {
+func FetchManifest(ctx context.Context, obs ObjectReader, id, version string) (Manifest, error) {
 	name := LatestObject(id)
 	if version != "" {
 		name = ManifestObject(id, version)
