@@ -96,6 +96,10 @@ type Mirage struct {
 	guard      *replyGuard // where a Ghost's request may be answered
 	// replayRefusals bounds the warnings about malformed replay requests.
 	replayRefusals rateLog
+
+	seedGate     *seedGate     // one seed read request per Ghost at a time
+	seedReads    chan struct{} // slots of seed reads served at once
+	seedRefusals rateLog       // bounds the warnings about malformed seed read requests
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -147,6 +151,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		reports:    make(chan *bus.Report, 4096),
 		issues:     make(chan struct{}, 64),
 		replays:    make(chan struct{}, 16),
+		seedGate:   newSeedGate(),
+		seedReads:  make(chan struct{}, seedReadSlots),
 	}
 	return m, nil
 }
@@ -187,6 +193,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 		{subjects.Fleet + ".*", "mirage", m.onFleet},
 		{subjects.Attach, "mirage", m.onAttach},
 		{subjects.AllReplays, "mirage", m.onReplay},
+		{subjects.AllSeeds, "mirage", m.onSeedRead},
 	} {
 		sub, err := m.nc.QueueSubscribe(s.subject, s.queue, s.fn)
 		if err != nil {

@@ -1,0 +1,170 @@
+package mirage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost/seeds/declarative"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Seed reads: under auth a Ghost has no JetStream API permission on edge_seeds (any API
+// call a Ghost may make can carry another in its reply subject, answered with the
+// account's rights), so it asks on mirage.seed.<ghost_id> for the pushed objects it
+// installs. The subject token is the Ghost (the server lets only that Ghost publish
+// there); the body names the object and the most bytes the Ghost accepts. Mirage reads
+// the object with its own access (declarative.Objects: direct get, re-reads, digest
+// checks) and sends it to the reply subject, guarded like every answer to a Ghost
+// (replyGuard), in chunks of at most bus.SeedChunkSize, then a bus.SeedAnswer.
+
+// onSeedRead serves mirage.seed.*. Like onReplay it never blocks the subscription: a
+// request whose reply subject is not the Ghost's inbox is dropped, a malformed one is
+// answered rejected, one while another of its Ghost is served is answered busy at once
+// (no JetStream call); the others wait for one of seedReadSlots and are dropped when
+// they waited longer than the Ghost waits for the answer.
+func (m *Mirage) onSeedRead(msg *nats.Msg) {
+	arrived := time.Now()
+	id, idErr := subjects.GhostFromSeed(msg.Subject)
+	if !m.guard.allows(id, msg.Subject, msg.Reply) {
+		return
+	}
+	req, err := bus.DecodeSeedRequest(msg.Data)
+	switch {
+	case idErr != nil:
+		err = bus.FieldError(bus.CodeSemantic, "subject", "%s", subjects.Reason(idErr))
+	case err != nil:
+	case req.MaxSize > declarative.MaxFileSize:
+		err = bus.FieldError(bus.CodeSemantic, "max_size", "%d: at most %d (the largest seed file)", req.MaxSize, declarative.MaxFileSize)
+	default:
+		if nerr := declarative.ValidateObjectName(req.Object); nerr != nil {
+			err = bus.FieldError(bus.CodeSemantic, "object", "%v", nerr)
+		}
+	}
+	if err != nil {
+		perr := bus.AsError(err)
+		if ok, n := m.seedRefusals.allow(); ok {
+			m.log.Warn("seed read request rejected", "direction", "in", "subject", msg.Subject, "code", perr.Code, "err", perr.Message, "rejected_since_last_warning", n)
+		}
+		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedRejected, Object: req.Object, Error: perr})
+		return
+	}
+	if !m.seedGate.enter(id) {
+		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedBusy, Object: req.Object, Error: bus.Errorf(bus.CodeBusy,
+			"a seed read request of %s is being served: retry later", id)})
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer m.seedGate.leave(id)
+		select {
+		case m.seedReads <- struct{}{}:
+		case <-m.stop:
+			return
+		}
+		defer func() { <-m.seedReads }()
+		if time.Since(arrived) > seedReadMaxWait {
+			return // the Ghost stopped waiting
+		}
+		m.serveSeed(id, msg.Reply, req)
+	}()
+}
+
+// serveSeed reads the object req names and sends it to reply.
+func (m *Mirage) serveSeed(id, reply string, req bus.SeedRequest) {
+	ctx, cancel := context.WithTimeout(context.Background(), seedReadTimeout)
+	defer cancel()
+	data, err := m.readSeed(ctx, req)
+	status, code := declarative.ReadOutcome(err)
+	if err != nil {
+		perr := &bus.Error{Code: code, Class: bus.ClassOf(code), Message: err.Error()}
+		if status == bus.SeedFailed {
+			perr.Message = "reading " + bus.BucketSeeds + ": " + err.Error()
+		}
+		if status == bus.SeedFailed || status == bus.SeedCorrupt {
+			m.log.Warn("seed read failed", "peer", id, "object", req.Object, "status", status, "err", err)
+		}
+		m.answerSeed(reply, bus.SeedAnswer{Status: status, Object: req.Object, Error: perr})
+		return
+	}
+	chunks := 0
+	for off := 0; off < len(data); off += bus.SeedChunkSize {
+		chunks++
+		out := nats.NewMsg(reply)
+		out.Header.Set(bus.HeaderSeedChunk, strconv.Itoa(chunks))
+		out.Data = data[off:min(off+bus.SeedChunkSize, len(data))]
+		if err := m.nc.PublishMsg(out); err != nil {
+			m.log.Warn("seed read answer not sent", "peer", id, "object", req.Object, "err", err)
+			return
+		}
+	}
+	m.answerSeed(reply, bus.SeedAnswer{Status: bus.SeedOK, Object: req.Object, Size: uint64(len(data)),
+		Digest: declarative.ObjectDigest(data), Chunks: chunks})
+	m.log.Debug("seed object served", "peer", id, "object", req.Object, "size", len(data), "chunks", chunks)
+}
+
+// readSeed reads the object req names, at most req.MaxSize bytes.
+func (m *Mirage) readSeed(ctx context.Context, req bus.SeedRequest) ([]byte, error) {
+	obs, err := declarative.OpenObjects(ctx, m.js)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, errors.New("object store " + bus.BucketSeeds + " not found")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return obs.Get(ctx, req.Object, req.MaxSize)
+}
+
+func (m *Mirage) answerSeed(reply string, ans bus.SeedAnswer) {
+	if data, err := json.Marshal(ans); err == nil && reply != "" {
+		_ = m.nc.Publish(reply, data)
+	}
+}
+
+// Bounds on seed reads: one request per Ghost at a time, seedReadSlots reads at once
+// (each holds the object in memory, at most declarative.MaxFileSize), a request waiting
+// for a slot at most seedReadMaxWait (the Ghost waits declarative.MirageWait for the
+// first message of the answer), a read at most seedReadTimeout.
+const (
+	seedReadSlots   = 8
+	seedReadMaxWait = 5 * time.Second
+	seedReadTimeout = 30 * time.Second
+	// seedGateMax bounds the Ghosts with a request in flight; beyond it a request is
+	// answered busy.
+	seedGateMax = 100_000
+)
+
+// seedGate admits a Ghost's seed read request when none of its is being served.
+type seedGate struct {
+	mu      sync.Mutex
+	serving map[string]bool
+}
+
+func newSeedGate() *seedGate { return &seedGate{serving: map[string]bool{}} }
+
+// enter admits a request of Ghost id, or refuses it; an admitted request is followed by
+// leave.
+func (g *seedGate) enter(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.serving[id] || len(g.serving) >= seedGateMax {
+		return false
+	}
+	g.serving[id] = true
+	return true
+}
+
+// leave ends the admitted request of Ghost id.
+func (g *seedGate) leave(id string) {
+	g.mu.Lock()
+	delete(g.serving, id)
+	g.mu.Unlock()
+}
