@@ -40,7 +40,8 @@ type Host interface {
 
 // Config configures the control seed.
 type Config struct {
-	// Conn reads the object store edge_seeds; nil leaves installs unavailable.
+	// Conn reads the object store edge_seeds (through Mirage when the server requires
+	// authentication); nil leaves installs unavailable.
 	Conn *nats.Conn
 	// StateDir is the Ghost's state directory; seeds are installed under StateDir/seeds.
 	StateDir string
@@ -61,6 +62,9 @@ type Seed struct {
 	root string // StateDir/seeds
 	log  *slog.Logger
 	js   jetstream.JetStream
+	// mirage reads edge_seeds through Mirage, under auth; one per Ghost, so that its
+	// reads go one at a time, as Mirage serves them.
+	mirage *declarative.MirageObjects
 
 	// mu serializes installs, removals and loading; installed is what it has activated.
 	mu        sync.Mutex
@@ -90,6 +94,7 @@ func New(host Host, cfg Config) (*Seed, error) {
 		if s.js, err = jetstream.New(cfg.Conn); err != nil {
 			return nil, err
 		}
+		s.mirage = declarative.NewMirageObjects(cfg.Conn, host.ID())
 	}
 	if err := s.reg.Add(s); err != nil {
 		return nil, err

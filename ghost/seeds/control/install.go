@@ -155,10 +155,16 @@ func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.
 	return spec, specData, files, nil
 }
 
-// store binds to edge_seeds, which the Ghost reads by direct get only (declarative.Objects).
-func (s *Seed) store(ctx context.Context) (*declarative.Objects, error) {
+// store returns the reader of edge_seeds. When the server requires authentication the
+// Ghost has no JetStream API permission on the store (natsd.GhostPermissions) and reads
+// through Mirage (declarative.MirageObjects); without, by direct get
+// (declarative.Objects), with no Mirage needed (headless).
+func (s *Seed) store(ctx context.Context) (declarative.ObjectReader, error) {
 	if s.js == nil {
 		return nil, bus.Errorf(bus.CodeRuntime, "this Ghost has no connection to read %s", bus.BucketSeeds)
+	}
+	if s.cfg.Conn.AuthRequired() {
+		return s.mirage, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, declarative.InfoTimeout)
 	defer cancel()
