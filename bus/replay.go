@@ -10,29 +10,48 @@ import (
 	"github.com/edgectl/edgectl/subjects"
 )
 
-// A Ghost reads the commands it missed through a short-lived pull consumer of its own on
-// EDGE_CMD. Under auth a Ghost may not create consumers (nats-server does not check a
-// new consumer's deliver_subject against its creator's permissions), so it asks Mirage
-// on mirage.replay.<ghost_id> (subjects.ReplayFor) to create it, then binds to it.
+// A Ghost reads the commands it missed from EDGE_CMD. Under auth it has no JetStream API
+// permission at all (nats-server does not check a request's reply subject against the
+// requester's permissions, and some JetStream answers have an empty body, which is what
+// STREAM.DELETE takes), so it asks Mirage on mirage.replay.<ghost_id>
+// (subjects.ReplayFor): Mirage reads cmd.<ghost_id> itself and sends the commands to the
+// Ghost's inbox, one message each (the stored bytes and headers, plus HeaderStreamSeq),
+// then a ReplayReply. Without auth (no Mirage needed) a Ghost reads EDGE_CMD itself,
+// through a short-lived consumer of its own (GhostReplayConsumerConfig).
 
 // ReplayRequest is the body of a replay request. The Ghost is the subject's token, never
 // a field: only that Ghost may publish on its subject.
 type ReplayRequest struct {
-	// StartSeq is the first EDGE_CMD sequence to deliver (at least 1).
+	// StartSeq is the first EDGE_CMD sequence to send (at least 1).
 	StartSeq uint64 `json:"start_seq"`
+	// Max is how many commands to send, at most ReplayBatch; 0 sends none: the answer
+	// only says where cmd.<ghost_id> ends.
+	Max int `json:"max"`
 }
 
-// ReplayReply answers a replay request.
+// ReplayReply is the last message of the answer to a replay request, after the commands.
 type ReplayReply struct {
 	Status string `json:"status"` // accepted | rejected
-	// NumPending is how many commands on cmd.<ghost_id> the consumer holds from StartSeq
-	// on, when it was created.
-	NumPending uint64 `json:"num_pending"`
-	Error      *Error `json:"error,omitempty"`
+	// LastSeq is the stream sequence of the last command on cmd.<ghost_id> (0: none),
+	// LastCommandID its command_id ("" when it does not read as a command).
+	LastSeq       uint64 `json:"last_seq"`
+	LastCommandID string `json:"last_command_id,omitempty"`
+	// Sent is how many commands were sent before this reply; More says commands from
+	// StartSeq up to LastSeq remain unsent (Max or the answer's byte bound was reached).
+	Sent  int    `json:"sent"`
+	More  bool   `json:"more,omitempty"`
+	Error *Error `json:"error,omitempty"`
 }
 
+// HeaderStreamSeq carries a replayed command's EDGE_CMD sequence in Mirage's answer.
+const HeaderStreamSeq = "Edge-Stream-Seq"
+
+// ReplayEvery is how often Mirage serves a replay request of one Ghost at most; a request
+// sooner is answered busy (CodeBusy). A Ghost spaces its requests by it.
+const ReplayEvery = 250 * time.Millisecond
+
 // DecodeReplayRequest reads a replay request: not JSON is 1100, a field of the wrong type
-// 1200, a missing or zero start_seq 1300.
+// 1200, a missing or zero start_seq or a max outside 0..ReplayBatch 1300.
 func DecodeReplayRequest(data []byte) (ReplayRequest, error) {
 	var req ReplayRequest
 	if err := json.Unmarshal(data, &req); err != nil {
@@ -49,15 +68,16 @@ func DecodeReplayRequest(data []byte) (ReplayRequest, error) {
 	if req.StartSeq == 0 {
 		return req, FieldError(CodeSemantic, "start_seq", "missing: the first EDGE_CMD sequence to replay, at least 1")
 	}
+	if req.Max < 0 || req.Max > ReplayBatch {
+		return req, FieldError(CodeSemantic, "max", "%d: between 0 and %d commands", req.Max, ReplayBatch)
+	}
 	return req, nil
 }
 
-// GhostReplayConsumerConfig is the replay consumer of Ghost ghostID from sequence start:
-// a pull consumer (no deliver subject) filtered on cmd.<ghost_id>, no acks, in memory,
-// gone a minute after its last use. One pull request gets at most 256 commands and
-// waits at most 30 s: the server sends them to the request's reply subject, which it
-// does not check against permissions either, so a request should not fetch more than
-// the Ghost's own fetches (256, 5 s) do.
+// GhostReplayConsumerConfig is the replay consumer a Ghost without auth creates for
+// itself from sequence start: a pull consumer (no deliver subject) filtered on
+// cmd.<ghost_id>, no acks, in memory, gone a minute after its last use, at most 256
+// commands and 30 s per pull request.
 func GhostReplayConsumerConfig(ghostID string, start uint64) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Name:              GhostReplayConsumer(ghostID),
@@ -73,5 +93,6 @@ func GhostReplayConsumerConfig(ghostID string, start uint64) jetstream.ConsumerC
 	}
 }
 
-// ReplayBatch is the most commands one fetch of a replay consumer asks for.
+// ReplayBatch is the most commands one replay request (or one fetch of a replay
+// consumer) gets.
 const ReplayBatch = 256

@@ -20,6 +20,11 @@ func TestDecodeReplayRequest(t *testing.T) {
 		{"array", `[]`, CodeDecode},
 		{"missing seq", `{}`, CodeSemantic},
 		{"zero seq", `{"start_seq": 0}`, CodeSemantic},
+		{"a batch", `{"start_seq": 3, "max": 256}`, 0},
+		{"only where it ends", `{"start_seq": 1, "max": 0}`, 0},
+		{"too many", `{"start_seq": 1, "max": 257}`, CodeSemantic},
+		{"negative max", `{"start_seq": 1, "max": -1}`, CodeSemantic},
+		{"string max", `{"start_seq": 1, "max": "9"}`, CodeDecode},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,26 +2,19 @@ package ghost
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/edgectl/edgectl/bus"
-	"github.com/edgectl/edgectl/subjects"
 )
 
 // Delivery: live commands arrive on a core subscription to cmd.<id>. Whatever the Ghost
 // missed while it was stopped or disconnected stays in EDGE_CMD: the Ghost compares the
-// last sequence stored on cmd.<id> (one direct get) with the position it replayed up to
-// (kept in its execution store) and, when behind, reads the gap through a pull consumer
-// of its own that lives only for that replay, which Mirage creates on its request
-// (replayConsumer). No standing consumer exists per Ghost, so one server carries tens of
-// thousands; the execution store makes every replay duplicate-safe.
+// last sequence stored on cmd.<id> with the position it replayed up to (kept in its
+// execution store) and, when behind, reads the gap (commandReader: through Mirage under
+// auth, from EDGE_CMD itself otherwise). No standing consumer exists per Ghost, so one
+// server carries tens of thousands; the execution store makes every replay
+// duplicate-safe.
 
 // requestCatchUp asks the delivery loop for a catch-up without blocking.
 func (g *Ghost) requestCatchUp() {
@@ -67,33 +60,6 @@ func (g *Ghost) deliveryLoop() {
 	}
 }
 
-// lastCommand returns the stream sequence and bytes of the last command stored on
-// cmd.<id>, by a direct get whose subject names the Ghost's own subject (so permissions
-// can confine a Ghost to it). It returns 0 when there is none or no command stream yet.
-func (g *Ghost) lastCommand(ctx context.Context) (uint64, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	subject := "$JS.API.DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(g.cfg.ID)
-	msg, err := g.nc.RequestWithContext(ctx, subject, nil)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return 0, nil, nil
-	}
-	if err != nil {
-		return 0, nil, err
-	}
-	if status := msg.Header.Get("Status"); status != "" {
-		if status == "404" {
-			return 0, nil, nil
-		}
-		return 0, nil, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
-	}
-	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
-	if err != nil {
-		return 0, nil, fmt.Errorf("direct get: no sequence header")
-	}
-	return seq, msg.Data, nil
-}
-
 // catchUpLag is how many commands a busy Ghost's replay position may lag behind the last
 // one on cmd.<id> before a periodic catch-up replays them rather than waiting for an idle
 // moment: what a restart after a crash would read again.
@@ -109,9 +75,10 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	if !g.nc.IsConnected() {
 		return
 	}
-	last, data, err := g.lastCommand(ctx)
+	src := g.commands()
+	last, lastID, err := src.last(ctx)
 	if err != nil {
-		g.log.Warn("catch-up: command stream unavailable", "err", err)
+		g.log.Warn("catch-up interrupted; it resumes later: where cmd.<id> ends is unknown", "err", err)
 		g.needFull.Store(true)
 		return
 	}
@@ -145,7 +112,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 			if last-seq < catchUpLag {
 				return
 			}
-		} else if id := bus.ProbeCommand(data).CommandID; id != "" {
+		} else if id := lastID; id != "" {
 			// Known and finished: its record is written, or queued ahead of the
 			// position's. One still executing is replayed instead, which waits for it.
 			if e, err := g.store.GetByCommandID(ctx, id); err == nil && e.State == StateFinished {
@@ -156,7 +123,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 			}
 		}
 	}
-	n, reached, err := g.replay(ctx, seq, last)
+	n, reached, err := g.replay(ctx, src, seq, last)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention
 		// removed it (and everything older). Either way, reading from the start is right.
@@ -164,7 +131,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
-		n, reached, err = g.replay(ctx, seq, last)
+		n, reached, err = g.replay(ctx, src, seq, last)
 	}
 	if reached > seq {
 		if err := g.store.SetLastSeq(ctx, reached); err != nil {
@@ -192,155 +159,45 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 	return 0, nil
 }
 
-// replay reads cmd.<id> from after seq up to last through the Ghost's own short-lived
-// consumer, handles each command, and returns how many it read and the sequence up to
-// which every command has been handled.
-func (g *Ghost) replay(ctx context.Context, seq, last uint64) (int, uint64, error) {
+// errStopping: the Ghost is stopping; the position stays, a restart replays.
+var errStopping = errors.New("ghost stopping")
+
+// replay reads cmd.<id> from after seq up to last through src, handles each command, and
+// returns how many it read and the sequence up to which every command has been handled.
+func (g *Ghost) replay(ctx context.Context, src commandReader, seq, last uint64) (int, uint64, error) {
 	start := max(seq, 1) // the position's own command first, to check it is there
-	// Removed however the replay ends, even when Mirage created the consumer but binding
-	// to it failed: nothing is left behind.
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, bus.GhostReplayConsumer(g.cfg.ID))
-		cancel()
-	}()
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	cons, err := g.replayConsumer(cctx, start)
-	cancel()
-	if err != nil {
-		return 0, seq, err
-	}
-	if err := checkReplayConsumer(cons.CachedInfo().Config, g.cfg.ID, start); err != nil {
-		return 0, seq, err
-	}
 	var handled []chan struct{}
 	reached := seq
 	read, checked := 0, false
-	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from the start sequence, none fetched yet
-	for pending > 0 && reached < last && ctx.Err() == nil {
-		batch, err := cons.Fetch(int(min(pending, bus.ReplayBatch)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return read, seq, err
-		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
-			md, err := msg.Metadata()
-			if err != nil {
-				continue
+	err := src.read(ctx, start, last, func(sseq uint64, data []byte, hdr nats.Header) error {
+		if seq > 0 && !checked {
+			// The first command on cmd.<id> from the position on must be the one at it.
+			checked = true
+			if sseq != seq {
+				return errPositionGone
 			}
-			if seq > 0 && read == 0 && !checked {
-				// The first command on cmd.<id> from the position on must be the one at it.
-				checked = true
-				if md.Sequence.Stream != seq {
-					return 0, seq, errPositionGone
-				}
-				pending--
-				continue
-			}
-			done := make(chan struct{})
-			handled = append(handled, done)
-			if !g.dispatch(msg.Data(), msg.Headers(), true, done) {
-				return read, seq, errors.New("ghost stopping")
-			}
-			read++
-			pending--
-			reached = md.Sequence.Stream
+			return nil
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
-			return read, seq, err
+		done := make(chan struct{})
+		handled = append(handled, done)
+		if !g.dispatch(data, hdr, true, done) {
+			return errStopping
 		}
-		if got == 0 {
-			break
-		}
+		read++
+		reached = sseq
+		return nil
+	})
+	if err != nil {
+		return read, seq, err
 	}
 	for _, d := range handled {
 		select {
 		case <-d:
 		case <-g.stopping:
-			return read, seq, errors.New("ghost stopping") // the position stays: a restart replays them
+			return read, seq, errStopping // the position stays: a restart replays them
 		}
 	}
 	return read, reached, nil
-}
-
-// errNoMirageForReplay: under auth no Mirage answered the replay request, and the
-// Ghost may not create its replay consumer itself.
-var errNoMirageForReplay = errors.New("no Mirage answered on " + subjects.Replay + ".<id>, and under auth this Ghost may not create its replay consumer itself; the catch-up is retried later (on its timer, a reconnect, or when a Mirage announces itself)")
-
-// replayConsumer returns the Ghost's replay consumer on cmd.<id> from sequence start.
-//
-// The Ghost asks Mirage to create it (mirage.replay.<id>) and binds to it: under auth a
-// Ghost may not create consumers (nats-server does not check a consumer's deliver
-// subject against its creator's permissions). When no Mirage is there at all (no
-// responders), it depends on the server: one without authentication enforces no
-// permissions (a headless Ghost, possibly with no Mirage ever), so the Ghost creates
-// the same consumer itself; one that requires authentication gives Ghosts no consumer
-// creation, so trying would only be refused, and the catch-up waits for a Mirage. The
-// server says which in its INFO (auth_required), so the Ghost's config cannot get it
-// wrong, and asking first means a Mirage, when there is one, is used in both modes.
-func (g *Ghost) replayConsumer(ctx context.Context, start uint64) (jetstream.Consumer, error) {
-	name := bus.GhostReplayConsumer(g.cfg.ID)
-	body, err := json.Marshal(bus.ReplayRequest{StartSeq: start})
-	if err != nil {
-		return nil, err
-	}
-	msg, err := g.nc.RequestWithContext(ctx, subjects.ReplayFor(g.cfg.ID), body)
-	for busy := 0; err == nil && busy < maxBusyRetries && replyIsBusy(msg.Data); busy++ {
-		// Mirage serves one replay request per Ghost per second: the one just before
-		// (a replay restarted from 0) may be that one.
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("Mirage was busy with this Ghost's replay requests: %w", ctx.Err())
-		case <-time.After(busyRetryAfter):
-		}
-		msg, err = g.nc.RequestWithContext(ctx, subjects.ReplayFor(g.cfg.ID), body)
-	}
-	switch {
-	case errors.Is(err, nats.ErrNoResponders) && g.nc.AuthRequired():
-		return nil, errNoMirageForReplay
-	case errors.Is(err, nats.ErrNoResponders):
-		_ = g.js.DeleteConsumer(ctx, bus.StreamCommands, name) // a leftover from a crash
-		return g.js.CreateConsumer(ctx, bus.StreamCommands, bus.GhostReplayConsumerConfig(g.cfg.ID, start))
-	case err != nil:
-		return nil, fmt.Errorf("asking Mirage for the replay consumer on %s: %w", subjects.ReplayFor(g.cfg.ID), err)
-	}
-	var reply bus.ReplayReply
-	if err := json.Unmarshal(msg.Data, &reply); err != nil {
-		return nil, fmt.Errorf("malformed answer from Mirage on %s: %w", subjects.ReplayFor(g.cfg.ID), err)
-	}
-	if reply.Status != "accepted" {
-		if reply.Error != nil {
-			return nil, fmt.Errorf("Mirage refused the replay consumer: %w", reply.Error)
-		}
-		return nil, fmt.Errorf("Mirage refused the replay consumer (status %q)", reply.Status)
-	}
-	return g.js.Consumer(ctx, bus.StreamCommands, name)
-}
-
-// A replay request answered busy (1501) is asked again after busyRetryAfter, a few times
-// within the request's own timeout.
-const (
-	busyRetryAfter = 1100 * time.Millisecond
-	maxBusyRetries = 3
-)
-
-func replyIsBusy(data []byte) bool {
-	var reply bus.ReplayReply
-	return json.Unmarshal(data, &reply) == nil && reply.Error != nil && reply.Error.Code == bus.CodeBusy
-}
-
-// checkReplayConsumer checks that the consumer bound to is the one asked for: from start,
-// on cmd.<id>, pull. Another (a request of this Ghost that Mirage served late, recreating
-// it from an older start) is a plain, retryable error, never errPositionGone: its first
-// command is not the position's, and taking that for a gone position would reset the
-// position and replay everything.
-func checkReplayConsumer(cfg jetstream.ConsumerConfig, id string, start uint64) error {
-	if cfg.OptStartSeq != start || cfg.FilterSubject != subjects.Command(id) || cfg.DeliverSubject != "" {
-		return fmt.Errorf("the replay consumer is not the one asked for (start %d on %s, pull): start %d on %q, deliver subject %q; the catch-up is retried",
-			start, subjects.Command(id), cfg.OptStartSeq, cfg.FilterSubject, cfg.DeliverSubject)
-	}
-	return nil
 }
 
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns

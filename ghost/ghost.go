@@ -114,6 +114,8 @@ type Ghost struct {
 
 	// catchMu makes catch-ups run one at a time.
 	catchMu sync.Mutex
+	// replayAsked is when the last replay request to Mirage ended (under catchMu).
+	replayAsked time.Time
 	// kick asks the delivery loop for a catch-up (reconnect, announce).
 	kick chan struct{}
 	// needFull is set when commands may have been missed (a disconnect, a failed catch-up).

@@ -63,6 +63,7 @@ type Mirage struct {
 	cfg      Config
 	nc       *nats.Conn
 	js       jetstream.JetStream
+	cmds     jetstream.Stream // EDGE_CMD, read for Ghosts' replays (by direct get)
 	intents  jetstream.KeyValue
 	fleet    *Fleet
 	enrolled *enrollments
@@ -118,6 +119,10 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: cfg.Replicas, EventsMaxBytes: cfg.EventsMaxBytes}); err != nil {
 		return nil, err
 	}
+	cmds, err := js.Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		return nil, err
+	}
 	intents, err := js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {
 		return nil, err
@@ -136,7 +141,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	// answered only there (replyGuard).
 	guard := newReplyGuard(cfg.Identity != nil || cfg.RequireSignedEvents, log)
 	m := &Mirage{
-		cfg: cfg, nc: nc, js: js, intents: intents, log: log,
+		cfg: cfg, nc: nc, js: js, cmds: cmds, intents: intents, log: log,
 		fleet:      newFleet(js, ghosts, stop, cfg.Now, guard, log),
 		guard:      guard,
 		replayGate: newReplayGate(),

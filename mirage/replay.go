@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"sync"
 	"time"
 
@@ -14,17 +15,18 @@ import (
 	"github.com/edgectl/edgectl/subjects"
 )
 
-// Replay consumers: a Ghost under auth may not create consumers, so it asks on
-// mirage.replay.<ghost_id> for the one it reads its missed commands through. The subject
-// token is the Ghost (the server lets only that Ghost publish there); the body only says
-// where to start.
+// Replays: a Ghost under auth has no JetStream API permission, so it asks on
+// mirage.replay.<ghost_id> for the commands it missed, and Mirage reads them from
+// EDGE_CMD and sends them to the Ghost's inbox. The subject token is the Ghost (the
+// server lets only that Ghost publish there); the body only says where to start and how
+// many.
 
 // onReplay serves mirage.replay.*. It never blocks the subscription: a request whose
 // reply subject is not the Ghost's inbox (replyGuard) is dropped, one over its Ghost's
 // bound (replayGate) is answered busy at once, without a JetStream call or a log line;
 // the others wait for one of a bounded number of slots, so that a fleet catching up after
-// an outage is not answered one consumer creation at a time, and are dropped when they
-// waited longer than the Ghost waits for the answer.
+// an outage is not answered one Ghost at a time, and are dropped when they waited longer
+// than the Ghost waits for the answer.
 func (m *Mirage) onReplay(msg *nats.Msg) {
 	arrived := time.Now()
 	id, idErr := subjects.GhostFromReplay(msg.Subject)
@@ -46,7 +48,7 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 	}
 	if !m.replayGate.enter(id, arrived) {
 		m.answerReplay(msg, bus.ReplayReply{Status: "rejected", Error: bus.Errorf(bus.CodeBusy,
-			"a replay request of %s is being served or was served less than %s ago: retry later", id, replayEvery)})
+			"a replay request of %s is being served or was served less than %s ago: retry later", id, bus.ReplayEvery)})
 		return
 	}
 	m.wg.Add(1)
@@ -60,16 +62,13 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 		}
 		defer func() { <-m.replays }()
 		if time.Since(arrived) > replayMaxWait {
-			return // the Ghost stopped waiting: a consumer now could only race its next request
+			return // the Ghost stopped waiting
 		}
-		reply := bus.ReplayReply{Status: "accepted"}
-		n, err := m.createReplay(id, req.StartSeq)
+		reply, err := m.sendReplay(msg.Reply, id, req)
 		if err != nil {
 			perr := bus.AsError(err)
-			reply = bus.ReplayReply{Status: "rejected", Error: perr}
+			reply.Status, reply.Error = "rejected", perr
 			m.log.Warn("replay request rejected", "direction", "in", "subject", msg.Subject, "code", perr.Code, "err", perr.Message)
-		} else {
-			reply.NumPending = n
 		}
 		m.answerReplay(msg, reply)
 	}()
@@ -81,29 +80,74 @@ func (m *Mirage) answerReplay(msg *nats.Msg, reply bus.ReplayReply) {
 	}
 }
 
-// createReplay (re)creates the replay consumer of Ghost id from sequence start, and
-// returns how many commands it holds.
-func (m *Mirage) createReplay(id string, start uint64) (uint64, error) {
+// replayMaxBytes bounds the command bytes one answer sends (past it, More is set): the
+// Ghost's inbox subscription holds a whole answer.
+const replayMaxBytes = 8 << 20
+
+// sendReplay sends to reply every command on cmd.<id> from req.StartSeq on, at most
+// req.Max and up to the last one when it looked, each as stored plus bus.HeaderStreamSeq,
+// and returns the reply that ends the answer (Status set unless err). Commands are read
+// by direct get (next by subject), never through a consumer.
+func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.ReplayReply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// A leftover of an interrupted replay: its start is not this one's.
-	if err := m.js.DeleteConsumer(ctx, bus.StreamCommands, bus.GhostReplayConsumer(id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return 0, bus.Errorf(bus.CodeInternal, "remove the old replay consumer of %s: %v", id, err)
+	subject := subjects.Command(id)
+	out := bus.ReplayReply{}
+	last, err := m.cmds.GetLastMsgForSubject(ctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		out.Status = "accepted"
+		return out, nil
+	case err != nil:
+		return out, bus.Errorf(bus.CodeInternal, "read the last command of %s: %v", id, err)
 	}
-	cons, err := m.js.CreateConsumer(ctx, bus.StreamCommands, bus.GhostReplayConsumerConfig(id, start))
-	if err != nil {
-		return 0, bus.Errorf(bus.CodeInternal, "create the replay consumer of %s: %v", id, err)
+	out.LastSeq, out.LastCommandID = last.Sequence, bus.ProbeCommand(last.Data).CommandID
+	next, size := req.StartSeq, 0
+	for out.Sent < req.Max && next <= out.LastSeq && size < replayMaxBytes {
+		sm, err := m.cmds.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break // removed since (retention, a purge): nothing more to send
+		}
+		if err != nil {
+			return out, bus.Errorf(bus.CodeInternal, "read the commands of %s from %d: %v", id, next, err)
+		}
+		if sm.Sequence > out.LastSeq {
+			break
+		}
+		cmd := &nats.Msg{Subject: reply, Data: sm.Data, Header: storedHeader(sm.Header)}
+		cmd.Header.Set(bus.HeaderStreamSeq, strconv.FormatUint(sm.Sequence, 10))
+		if err := m.nc.PublishMsg(cmd); err != nil {
+			return out, bus.Errorf(bus.CodeInternal, "send the commands of %s: %v", id, err)
+		}
+		out.Sent++
+		size += len(sm.Data)
+		next = sm.Sequence + 1
 	}
-	n := cons.CachedInfo().NumPending
-	m.log.Debug("replay consumer created", "peer", id, "start_seq", start, "pending", n)
-	return n, nil
+	out.Status, out.More = "accepted", out.Sent > 0 && next <= out.LastSeq
+	m.log.Debug("replay sent", "peer", id, "start_seq", req.StartSeq, "commands", out.Sent, "last_seq", out.LastSeq, "more", out.More)
+	return out, nil
 }
 
-// Bounds on replay requests, per Ghost: one served at a time and one consumer creation
-// per replayEvery, so that a Ghost flooding mirage.replay.<id> costs Mirage a busy answer
-// per request, not JetStream calls, and other Ghosts' requests are not held up.
+// storedHeader is a copy of a direct get's headers without the ones the get adds: the
+// command's headers as stored (signature included).
+func storedHeader(h nats.Header) nats.Header {
+	out := nats.Header{}
+	for k, v := range h {
+		switch k {
+		case jetstream.StreamHeader, jetstream.SequenceHeader, jetstream.TimeStampHeaer, jetstream.SubjectHeader,
+			"Nats-Last-Sequence", "Nats-Num-Pending":
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// Bounds on replay requests, per Ghost: one served at a time and one admitted per
+// bus.ReplayEvery (each reading at most bus.ReplayBatch commands), so that a Ghost
+// flooding mirage.replay.<id> costs Mirage a busy answer per request, not JetStream
+// calls, and other Ghosts' requests are not held up.
 const (
-	replayEvery = time.Second
 	// replayMaxWait is how long a Ghost waits for the answer (its request timeout): a
 	// request that waited longer for a slot is dropped.
 	replayMaxWait = 10 * time.Second
@@ -113,7 +157,7 @@ const (
 )
 
 // replayGate admits a Ghost's replay request when none of its is being served and its
-// last was admitted at least replayEvery ago.
+// last was admitted at least bus.ReplayEvery ago.
 type replayGate struct {
 	mu     sync.Mutex
 	ghosts map[string]*replayTurn
@@ -132,12 +176,12 @@ func newReplayGate() *replayGate { return &replayGate{ghosts: map[string]*replay
 func (g *replayGate) enter(id string, now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if now.Sub(g.pruned) >= time.Minute || (len(g.ghosts) >= replayGateMax && now.Sub(g.pruned) >= replayEvery) {
+	if now.Sub(g.pruned) >= time.Minute || (len(g.ghosts) >= replayGateMax && now.Sub(g.pruned) >= bus.ReplayEvery) {
 		g.prune(now)
 	}
 	t, ok := g.ghosts[id]
 	switch {
-	case ok && (t.serving || now.Sub(t.admitted) < replayEvery):
+	case ok && (t.serving || now.Sub(t.admitted) < bus.ReplayEvery):
 		return false
 	case !ok && len(g.ghosts) >= replayGateMax:
 		return false
@@ -162,7 +206,7 @@ func (g *replayGate) leave(id string) {
 func (g *replayGate) prune(now time.Time) {
 	g.pruned = now
 	for id, t := range g.ghosts {
-		if !t.serving && now.Sub(t.admitted) >= replayEvery {
+		if !t.serving && now.Sub(t.admitted) >= bus.ReplayEvery {
 			delete(g.ghosts, id)
 		}
 	}

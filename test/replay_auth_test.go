@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,8 +24,8 @@ import (
 
 // A Ghost creates no consumer under auth: nats-server does not check a new consumer's
 // deliver_subject against its creator's permissions, so the permissions give a Ghost none
-// to create, not even its own replay consumer (Mirage makes it) nor a consumer on the
-// seed store (it reads seeds by direct get).
+// to create, not even its own replay consumer (it reads its commands through Mirage) nor
+// a consumer on the seed store.
 func TestAuthGhostCannotCreateConsumers(t *testing.T) {
 	f := newAuthFleet(t, "ghost-c", "ghost-o")
 	var v violations
@@ -114,13 +115,19 @@ func (f *authFleet) startAuthGhost(id string, st ghost.ExecutionStore, opts ...t
 }
 
 // Under auth, a Ghost stopped while commands were sent catches them up on restart through
-// the replay consumer Mirage creates for it (it may not create one itself), once each.
+// Mirage (it may make no JetStream API call), once each; no consumer is made for it.
 func TestAuthStoppedGhostCatchesUpThroughMirage(t *testing.T) {
 	f := newAuthFleet(t, "ghost-r")
 	st := ghost.NewMemoryStore()
 	stop := f.startAuthGhost("ghost-r", st)
 	testenv.Eventually(t, 5*time.Second, "ghost-r registered", func() bool { _, ok := f.m.Fleet().Get("ghost-r"); return ok })
 	stop()
+	var created atomic.Int64
+	adv, err := f.op.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED."+bus.StreamCommands+".>", func(*nats.Msg) { created.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = adv.Unsubscribe() }()
 
 	var ids []string
 	for i := 0; i < 3; i++ {
@@ -137,18 +144,12 @@ func TestAuthStoppedGhostCatchesUpThroughMirage(t *testing.T) {
 	if v, _ := f.kv["ghost-r"].Value("missed"); v != "3" {
 		t.Fatalf("counter %q after three missed incr, want 3", v)
 	}
-	// The consumer lived only for the replay.
-	js, err := jetstream.New(f.op)
-	if err != nil {
-		t.Fatal(err)
+	if n := created.Load(); n != 0 {
+		t.Fatalf("%d consumers created on %s for the catch-up", n, bus.StreamCommands)
 	}
-	testenv.Eventually(t, 5*time.Second, "the replay consumer removed", func() bool {
-		_, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("ghost-r"))
-		return err != nil
-	})
 }
 
-// Under auth with no Mirage, a Ghost cannot replay (it may not create its consumer): the
+// Under auth with no Mirage, a Ghost cannot replay (it may not read EDGE_CMD itself): the
 // catch-up waits, and runs when a Mirage announces itself.
 func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 	f := newAuthFleet(t, "ghost-w")
@@ -187,7 +188,7 @@ func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 		t.Fatal(`the Ghost never logged a catch-up refused for want of a Mirage ("no Mirage answered")`)
 	}
 	if v, ok := f.kv["ghost-w"].Value("late"); ok {
-		t.Fatalf("the command ran without a Mirage to create the replay consumer: late = %q", v)
+		t.Fatalf("the command ran without a Mirage to read it: late = %q", v)
 	}
 	mnc := f.env.ConnWith("mirage 2", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
 	f.env.StartMirageOn(mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true})
@@ -253,32 +254,25 @@ func TestReplayRequestRefusals(t *testing.T) {
 			}
 		})
 	}
-	// The ghost id is the subject's, never the body's.
-	msg, err := nc.Request(subjects.ReplayFor("edge-1"), []byte(`{"start_seq": 1, "ghost_id": "edge-2"}`), 5*time.Second)
-	if err != nil || !strings.Contains(string(msg.Data), `"accepted"`) {
-		t.Fatalf("a valid replay request after the refusals: %v %s", err, msgData(msg))
-	}
+	// The ghost id is the subject's, never the body's: edge-2 has a command, edge-1 none.
 	js := env.JetStream()
-	ci, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("edge-1"))
+	if _, err := js.Publish(context.Background(), subjects.Command("edge-2"), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(subjects.ReplayFor("edge-1"), []byte(`{"start_seq": 1, "max": 1, "ghost_id": "edge-2"}`), 5*time.Second)
 	if err != nil {
-		t.Fatalf("the replay consumer of edge-1: %v", err)
+		t.Fatalf("a valid replay request after the refusals: %v", err)
 	}
-	if cfg := ci.CachedInfo().Config; cfg.FilterSubject != subjects.Command("edge-1") || cfg.DeliverSubject != "" || cfg.AckPolicy != jetstream.AckNonePolicy {
-		t.Fatalf("replay consumer config %+v", cfg)
+	if msg.Header.Get(bus.HeaderStreamSeq) != "" {
+		t.Fatalf("Mirage sent edge-2's command to edge-1: %s", msg.Data)
 	}
-	if _, err := js.Consumer(context.Background(), bus.StreamCommands, bus.GhostReplayConsumer("edge-2")); err == nil {
-		t.Fatal("Mirage took the ghost id from the body")
+	var reply bus.ReplayReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" || reply.LastSeq != 0 || reply.Sent != 0 {
+		t.Fatalf("a valid replay request of edge-1 after the refusals: %s %v", msg.Data, err)
 	}
 	// And it still serves intents.
 	env.StartGhost("edge-1")
 	if r := env.Run(env.Client(), testenv.NewIssue("edge-1", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
 		t.Fatalf("an intent after the refused requests: %s", r.Summary)
 	}
-}
-
-func msgData(m *nats.Msg) string {
-	if m == nil {
-		return ""
-	}
-	return string(m.Data)
 }

@@ -1,0 +1,256 @@
+package ghost
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// Reading cmd.<id> for a catch-up. Under auth a Ghost has no JetStream API permission:
+// nats-server does not check a request's reply subject against the requester's
+// permissions, and JetStream answers there with its own rights, sometimes with an empty
+// body (a direct get that finds nothing, a pull request's status), which is a valid
+// STREAM.DELETE. So it asks Mirage (mirage.replay.<id>), which reads EDGE_CMD and sends
+// the commands to the Ghost's inbox. Without auth (headless, possibly no Mirage ever)
+// nothing is confined, and the Ghost reads EDGE_CMD itself. The server says which in its
+// INFO (auth_required), so the Ghost's config cannot get it wrong.
+
+// commandReader reads the commands stored on cmd.<id>.
+type commandReader interface {
+	// last returns the stream sequence and command_id of the last command on cmd.<id>
+	// (0 and "" when there is none).
+	last(ctx context.Context) (uint64, string, error)
+	// read calls each, in stream order, for the commands on cmd.<id> from sequence start
+	// on, until it has passed last or there are no more. An error of each ends it and is
+	// returned as is.
+	read(ctx context.Context, start, last uint64, each func(seq uint64, data []byte, hdr nats.Header) error) error
+}
+
+// commands returns how this Ghost reads cmd.<id>: through Mirage when the server requires
+// authentication, from EDGE_CMD itself otherwise.
+func (g *Ghost) commands() commandReader {
+	if g.nc.AuthRequired() {
+		return mirageReader{g}
+	}
+	return streamReader{g}
+}
+
+// errNoMirageForReplay: under auth no Mirage answered the replay request, and the Ghost
+// may not read EDGE_CMD itself.
+var errNoMirageForReplay = errors.New("no Mirage answered on " + subjects.Replay + ".<id>, and under auth this Ghost may not read EDGE_CMD itself; the catch-up is retried later (on its timer, a reconnect, or when a Mirage announces itself)")
+
+// mirageReader reads cmd.<id> through Mirage (mirage.replay.<id>).
+type mirageReader struct{ g *Ghost }
+
+func (r mirageReader) last(ctx context.Context) (uint64, string, error) {
+	reply, err := r.g.askReplay(ctx, bus.ReplayRequest{StartSeq: 1}, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	return reply.LastSeq, reply.LastCommandID, nil
+}
+
+func (r mirageReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error) error {
+	next := start
+	for ctx.Err() == nil {
+		reached := uint64(0)
+		reply, err := r.g.askReplay(ctx, bus.ReplayRequest{StartSeq: next, Max: bus.ReplayBatch}, func(seq uint64, data []byte, hdr nats.Header) error {
+			reached = seq
+			return each(seq, data, hdr)
+		})
+		if err != nil || !reply.More || reply.Sent == 0 || reached >= last {
+			return err
+		}
+		next = reached + 1
+	}
+	return ctx.Err()
+}
+
+// replayAnswerWait is how long a Ghost waits for the next message of Mirage's answer:
+// Mirage drops a request that waited longer than that for its turn.
+const replayAnswerWait = 10 * time.Second
+
+// A replay request answered busy (1501) is asked again after busyRetryAfter, a few times.
+const (
+	busyRetryAfter = 2 * bus.ReplayEvery
+	maxBusyRetries = 5
+)
+
+// askReplay sends req to Mirage and reads the answer: each gets the commands (each may be
+// nil when none are asked for), the returned reply is the answer's last message. Requests
+// are spaced by bus.ReplayEvery (Mirage's bound per Ghost); one answered busy is asked
+// again a few times. Called under catchMu.
+func (g *Ghost) askReplay(ctx context.Context, req bus.ReplayRequest, each func(uint64, []byte, nats.Header) error) (bus.ReplayReply, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return bus.ReplayReply{}, err
+	}
+	for busy := 0; ; busy++ {
+		if wait := time.Until(g.replayAsked.Add(bus.ReplayEvery)); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return bus.ReplayReply{}, ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+		reply, err := g.askReplayOnce(ctx, body, each)
+		g.replayAsked = time.Now()
+		if err != nil || reply.Error == nil || reply.Error.Code != bus.CodeBusy || reply.Sent > 0 || busy >= maxBusyRetries {
+			if err == nil && reply.Status != "accepted" {
+				if reply.Error != nil {
+					err = fmt.Errorf("Mirage refused the replay request: %w", reply.Error)
+				} else {
+					err = fmt.Errorf("Mirage refused the replay request (status %q)", reply.Status)
+				}
+			}
+			return reply, err
+		}
+		// Mirage serves one replay request per Ghost at a time: one of this Ghost's
+		// that it is still serving (an answer given up on) may be that one.
+		select {
+		case <-ctx.Done():
+			return reply, fmt.Errorf("Mirage was busy with this Ghost's replay requests: %w", ctx.Err())
+		case <-time.After(busyRetryAfter):
+		}
+	}
+}
+
+// askReplayOnce sends one replay request with a fresh inbox of this Ghost as its reply
+// subject (subscribed first) and reads the answer: the commands, in order, each with its
+// stream sequence (bus.HeaderStreamSeq), then the reply, whose count must match.
+func (g *Ghost) askReplayOnce(ctx context.Context, body []byte, each func(uint64, []byte, nats.Header) error) (bus.ReplayReply, error) {
+	inbox := bus.GhostInbox(g.cfg.ID) + "." + nuid.Next()
+	sub, err := g.nc.SubscribeSync(inbox)
+	if err != nil {
+		return bus.ReplayReply{}, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	subject := subjects.ReplayFor(g.cfg.ID)
+	if err := g.nc.PublishRequest(subject, inbox, body); err != nil {
+		return bus.ReplayReply{}, err
+	}
+	got, prev := 0, uint64(0)
+	for {
+		wctx, cancel := context.WithTimeout(ctx, replayAnswerWait)
+		msg, err := sub.NextMsgWithContext(wctx)
+		cancel()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders) || err == nil && msg.Header.Get("Status") == "503":
+			return bus.ReplayReply{}, errNoMirageForReplay
+		case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+			return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s stopped after %d commands: nothing for %s", subject, got, replayAnswerWait)
+		case err != nil:
+			return bus.ReplayReply{}, err
+		}
+		if s := msg.Header.Get(bus.HeaderStreamSeq); s != "" {
+			seq, err := strconv.ParseUint(s, 10, 64)
+			if err != nil || seq <= prev {
+				return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s: command sequence %q after %d", subject, s, prev)
+			}
+			prev = seq
+			got++
+			if each != nil {
+				msg.Header.Del(bus.HeaderStreamSeq)
+				if err := each(seq, msg.Data, msg.Header); err != nil {
+					return bus.ReplayReply{}, err
+				}
+			}
+			continue
+		}
+		var reply bus.ReplayReply
+		if err := json.Unmarshal(msg.Data, &reply); err != nil {
+			return bus.ReplayReply{}, fmt.Errorf("malformed answer from Mirage on %s: %w", subject, err)
+		}
+		if reply.Sent != got {
+			return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s says %d commands, %d came; the catch-up is retried", subject, reply.Sent, got)
+		}
+		return reply, nil
+	}
+}
+
+// streamReader reads cmd.<id> from EDGE_CMD itself: a server without authentication
+// confines no one, and a headless Ghost may have no Mirage at all.
+type streamReader struct{ g *Ghost }
+
+// last is one direct get of the last message on cmd.<id>; 0 when there is none or no
+// command stream yet.
+func (r streamReader) last(ctx context.Context) (uint64, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	subject := "$JS.API.DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(r.g.cfg.ID)
+	msg, err := r.g.nc.RequestWithContext(ctx, subject, nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return 0, "", nil
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if status := msg.Header.Get("Status"); status != "" {
+		if status == "404" {
+			return 0, "", nil
+		}
+		return 0, "", fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+	}
+	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return 0, "", fmt.Errorf("direct get: no sequence header")
+	}
+	return seq, bus.ProbeCommand(msg.Data).CommandID, nil
+}
+
+// read goes through a pull consumer of the Ghost's own (bus.GhostReplayConsumerConfig)
+// that lives only for this read.
+func (r streamReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error) error {
+	g := r.g
+	name := bus.GhostReplayConsumer(g.cfg.ID)
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, name)
+		cancel()
+	}()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = g.js.DeleteConsumer(cctx, bus.StreamCommands, name) // a leftover from a crash
+	cons, err := g.js.CreateConsumer(cctx, bus.StreamCommands, bus.GhostReplayConsumerConfig(g.cfg.ID, start))
+	cancel()
+	if err != nil {
+		return err
+	}
+	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from start, none fetched yet
+	reached := uint64(0)
+	for pending > 0 && reached < last && ctx.Err() == nil {
+		batch, err := cons.Fetch(int(min(pending, bus.ReplayBatch)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return err
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			md, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			pending--
+			reached = md.Sequence.Stream
+			if err := each(reached, msg.Data(), msg.Headers()); err != nil {
+				return err
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return err
+		}
+		if got == 0 {
+			break
+		}
+	}
+	return nil
+}
