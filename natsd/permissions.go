@@ -11,10 +11,10 @@ import (
 
 // GhostPermissions are what Ghost id may do: read its commands and acks, write its events,
 // registration and heartbeats, replay its own commands from EDGE_CMD, and read pushed
-// seeds. Nothing else, and no consumer creation at all: nats-server does not check a new
+// seeds through Mirage. Nothing else, and no consumer creation at all: nats-server does not check a new
 // consumer's deliver_subject against its creator's permissions, so a Ghost that could
 // create one could have it deliver anywhere. Its replay consumer is created by Mirage on
-// request (mirage.replay.<id>); it reads seeds by direct get.
+// request (mirage.replay.<id>); it reads seeds through Mirage (mirage.seed.<id>).
 func GhostPermissions(id string) *server.Permissions {
 	consumer := bus.GhostReplayConsumer(id)
 	api := "$JS.API."
@@ -29,11 +29,11 @@ func GhostPermissions(id string) *server.Permissions {
 			api + "CONSUMER.INFO." + bus.StreamCommands + "." + consumer,
 			api + "CONSUMER.MSG.NEXT." + bus.StreamCommands + "." + consumer,
 			api + "CONSUMER.DELETE." + bus.StreamCommands + "." + consumer,
-			// Reading pushed seeds from the object store by direct get (read only: no
-			// publish to $O.): an object's meta by its subject, its chunks by sequence.
-			api + "STREAM.INFO.OBJ_" + bus.BucketSeeds,
-			api + "DIRECT.GET.OBJ_" + bus.BucketSeeds,
-			api + "DIRECT.GET.OBJ_" + bus.BucketSeeds + ".$O." + bus.BucketSeeds + ".M.*",
+			// Pushed seeds are read through Mirage, never through the JetStream API: the
+			// server does not check a request's reply subject, and JetStream answers
+			// there with the account's rights (an empty direct get answer is an empty
+			// STREAM.DELETE request).
+			subjects.SeedFor(id),
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Command(id),
@@ -49,7 +49,7 @@ func GhostPermissions(id string) *server.Permissions {
 
 // MiragePermissions are what Mirage needs: send commands, acks, reports and announces,
 // manage its JetStream assets (and the Ghosts' replay consumers), and serve issue, fleet,
-// registration and replay requests.
+// registration, replay and seed read requests.
 func MiragePermissions() *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -73,11 +73,12 @@ func MiragePermissions() *server.Permissions {
 			subjects.Attach,
 			subjects.Fleet + ".>",
 			subjects.AllReplays,
+			subjects.AllSeeds,
 			subjects.AllRegisters,
 			subjects.AllHeartbeats,
 			bus.MirageInbox() + ".>",
 		}},
-		// Replies to the requests Mirage serves (issue, register, fleet, replay).
+		// Replies to the requests Mirage serves (issue, register, fleet, replay, seed).
 		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }
