@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,12 +17,14 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
 // Under auth, the digests travel in a command Mirage signs, and a Ghost with its own
-// permissions only (natsd.GhostPermissions: direct get of edge_seeds, no consumer, no
-// write) installs and runs the seed; it cannot write to the store.
+// permissions only (natsd.GhostPermissions: no JetStream API on edge_seeds, no consumer,
+// no write) installs and runs a seed of a few MiB, read through Mirage
+// (mirage.seed.<id>); its connection cannot reach the store itself.
 func TestSeedPushUnderAuth(t *testing.T) {
 	f := newAuthFleet(t, "edge-a")
 	key := f.keys["edge-a"]
@@ -36,7 +39,16 @@ func TestSeedPushUnderAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A script of a few MiB: many chunks, each read by a direct get.
+	var asked atomic.Int64
+	sub, err := f.op.Subscribe(subjects.SeedFor("edge-a"), func(*nats.Msg) { asked.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := f.op.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// A script of a few MiB: many chunks, read by Mirage, sent in several messages.
 	script := append(example(t, "service.example.sh"), bytes.Repeat([]byte("# padding\n"), 400<<10)...)
 	svc, _ := publish(t, seedStore(t, js), example(t, "service.example.toml"), map[string][]byte{"service.example.sh": script})
 	if res, ch := install(t, f.env, f.client, "edge-a", svc.InstallArgs()); ch.Action != "installed" {
@@ -45,22 +57,20 @@ func TestSeedPushUnderAuth(t *testing.T) {
 	if res := succeed(t, f.env, f.client, "edge-a", "service.example", "greet", map[string]string{"name": "auth"}); res.Stdout != "hello, auth\n" {
 		t.Fatalf("greet stdout %q", res.Stdout)
 	}
+	if n := asked.Load(); n != 2 {
+		t.Errorf("%d seed read requests on %s, want 2 (the spec and the script)", n, subjects.SeedFor("edge-a"))
+	}
 
-	// The Ghost's own connection can read the store but not write to it, nor read it
-	// through a consumer.
+	// The Ghost's own connection has no JetStream API access to the store: it cannot
+	// even bind to it, let alone read or write it.
 	gjs, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := seedStore(t, gjs).PutBytes(ctx, "service.example/9/spec.toml", []byte("x")); err == nil {
-		t.Fatal("a Ghost wrote to edge_seeds")
-	}
-	gctx, gcancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer gcancel()
-	if _, err := seedStore(t, gjs).GetBytes(gctx, svc.Spec.Object); err == nil {
-		t.Fatal("a Ghost read edge_seeds through a consumer")
+	if _, err := gjs.ObjectStore(ctx, bus.BucketSeeds); err == nil {
+		t.Fatal("a Ghost bound to edge_seeds through the JetStream API")
 	}
 }
 

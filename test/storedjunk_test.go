@@ -19,9 +19,11 @@ import (
 
 // The attack: nats-server does not check a request's reply subject against the
 // requester's permissions, and JetStream answers there. A Ghost, with only its own
-// permissions, sends the API calls it is allowed (stream info of OBJ_edge_seeds, direct
-// get of its own last command) with a stored subject as the reply: the answer is stored
-// there as a KV value or a stream message.
+// permissions, sends the API calls it is allowed (direct get of its own last command)
+// with a stored subject as the reply: the answer is stored there as a KV value or a
+// stream message. Ghosts may no longer ask for the stream info of OBJ_edge_seeds
+// (TestSeedProxyGhostHasNoSeedStoreAPI); the junk it stored is still stored here, sent
+// by the operator (junkFrom).
 var (
 	junkStreamInfo = "$JS.API.STREAM.INFO.OBJ_" + bus.BucketSeeds
 	junkLastCmd    = func(ghostID string) string {
@@ -118,7 +120,7 @@ func TestJunkStoredByAGhostDoesNotStopMirage(t *testing.T) {
 		if bucket != "" {
 			target = "$KV." + bucket + "." + key
 		}
-		if err := rogue.PublishRequest(api, target, nil); err != nil {
+		if err := junkFrom(api, rogue, f.op).PublishRequest(api, target, nil); err != nil {
 			t.Fatal(err)
 		}
 		testenv.Eventually(t, 5*time.Second, "junk stored on "+target, func() bool {
@@ -231,12 +233,21 @@ func TestJunkStoredByAGhostDoesNotStopMirage(t *testing.T) {
 	d := testenv.NewIssue("ghost-c", "seed.flow", "sleep", map[string]string{"ms": "300"}, 10*time.Second)
 	go func() {
 		time.Sleep(100 * time.Millisecond)
-		_ = rogue.PublishRequest(junkStreamInfo, subjects.Report(d.IntentID), nil)
+		_ = junkFrom(junkStreamInfo, rogue, f.op).PublishRequest(junkStreamInfo, subjects.Report(d.IntentID), nil)
 	}()
 	_, r, err := f.client.IssueAndWait(wctx, d)
 	if err != nil || r.Phase != bus.PhaseSatisfied || r.IntentID != d.IntentID {
 		t.Fatalf("issue and wait with junk on its report subject: %v %+v", err, r)
 	}
+}
+
+// junkFrom is the connection that sends api: the Ghost's, or the operator's for the
+// API calls Ghosts may no longer make.
+func junkFrom(api string, ghost, operator *nats.Conn) *nats.Conn {
+	if api == junkStreamInfo {
+		return operator
+	}
+	return ghost
 }
 
 // countReports counts the messages stored on report.<intentID>.
