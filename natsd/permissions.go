@@ -10,25 +10,20 @@ import (
 )
 
 // GhostPermissions are what Ghost id may do: read its commands and acks, write its events,
-// registration and heartbeats, replay its own commands from EDGE_CMD, and read pushed
-// seeds through Mirage. Nothing else, and no consumer creation at all: nats-server does not check a new
-// consumer's deliver_subject against its creator's permissions, so a Ghost that could
-// create one could have it deliver anywhere. Its replay consumer is created by Mirage on
-// request (mirage.replay.<id>); it reads seeds through Mirage (mirage.seed.<id>).
+// registration and heartbeats, and ask Mirage for the commands it missed and for pushed
+// seeds. Nothing else: no JetStream API call at all. nats-server checks neither a new
+// consumer's deliver_subject nor a request's reply subject against the requester's
+// permissions, and JetStream answers there with its own rights, some answers with an
+// empty body (a direct get that finds nothing, a pull request's status), which is a valid
+// STREAM.DELETE or CONSUMER.DELETE. Mirage reads EDGE_CMD for the Ghost
+// (mirage.replay.<id>) and seeds (mirage.seed.<id>), and answers on its inbox only.
 func GhostPermissions(id string) *server.Permissions {
-	consumer := bus.GhostReplayConsumer(id)
-	api := "$JS.API."
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
 			subjects.Event(id),
 			subjects.Register(id),
 			subjects.Heartbeat(id),
 			subjects.ReplayFor(id),
-			api + "DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(id),
-			// Binding to, reading and removing the replay consumer Mirage created.
-			api + "CONSUMER.INFO." + bus.StreamCommands + "." + consumer,
-			api + "CONSUMER.MSG.NEXT." + bus.StreamCommands + "." + consumer,
-			api + "CONSUMER.DELETE." + bus.StreamCommands + "." + consumer,
 			// Pushed seeds are read through Mirage, never through the JetStream API: the
 			// server does not check a request's reply subject, and JetStream answers
 			// there with the account's rights (an empty direct get answer is an empty
@@ -48,7 +43,7 @@ func GhostPermissions(id string) *server.Permissions {
 }
 
 // MiragePermissions are what Mirage needs: send commands, acks, reports and announces,
-// manage its JetStream assets (and the Ghosts' replay consumers), and serve issue, fleet,
+// manage its JetStream assets (and read EDGE_CMD for Ghosts' replays), and serve issue, fleet,
 // registration, replay and seed read requests.
 func MiragePermissions() *server.Permissions {
 	return &server.Permissions{
