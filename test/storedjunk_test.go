@@ -18,12 +18,12 @@ import (
 )
 
 // The attack: nats-server does not check a request's reply subject against the
-// requester's permissions, and JetStream answers there. A Ghost, with only its own
-// permissions, sends the API calls it is allowed (direct get of its own last command)
-// with a stored subject as the reply: the answer is stored there as a KV value or a
-// stream message. Ghosts may no longer ask for the stream info of OBJ_edge_seeds
-// (TestSeedProxyGhostHasNoSeedStoreAPI); the junk it stored is still stored here, sent
-// by the operator (junkFrom).
+// requester's permissions, and JetStream answers there. A Ghost sent the API calls it was
+// allowed (direct get of its own last command, stream info of OBJ_edge_seeds) with a
+// stored subject as the reply: the answer was stored there as a KV value or a stream
+// message. Ghosts may no longer make any JetStream API call
+// (TestGhostCannotAimJetStreamAnswersAtTheAPI, TestSeedProxyGhostHasNoSeedStoreAPI); the
+// junk they stored before is still stored here, sent by the operator (junkFrom).
 var (
 	junkStreamInfo = "$JS.API.STREAM.INFO.OBJ_" + bus.BucketSeeds
 	junkLastCmd    = func(ghostID string) string {
@@ -241,10 +241,10 @@ func TestJunkStoredByAGhostDoesNotStopMirage(t *testing.T) {
 	}
 }
 
-// junkFrom is the connection that sends api: the Ghost's, or the operator's for the
-// API calls Ghosts may no longer make.
+// junkFrom is the connection that sends api: the operator's for the JetStream API calls
+// Ghosts may no longer make, the Ghost's otherwise.
 func junkFrom(api string, ghost, operator *nats.Conn) *nats.Conn {
-	if api == junkStreamInfo {
+	if strings.HasPrefix(api, "$JS.API.") {
 		return operator
 	}
 	return ghost
