@@ -59,21 +59,31 @@ func Decode(data []byte, m Envelope) error {
 			return err
 		}
 	}
-	if err := json.Unmarshal(trimmed, m); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			field := jsonPath(te.Field)
-			if field == "" {
-				field = "(root)"
-			}
-			return FieldError(CodeDecode, field, "expected %s, got JSON %s", te.Type, te.Value)
-		}
-		return Errorf(CodeFraming, "envelope is not valid JSON: %v", err)
+	if err := decodeRequest(trimmed, m, "envelope"); err != nil {
+		return err
 	}
 	if err := m.Validate(); err != nil {
 		return err
 	}
 	return nil
+}
+
+// decodeRequest unmarshals data into v with the taxonomy's codes: a field of the wrong
+// type is 1200 naming the field, anything else not decodable 1100 (what names v).
+func decodeRequest(data []byte, v any, what string) error {
+	err := json.Unmarshal(data, v)
+	if err == nil {
+		return nil
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		field := jsonPath(te.Field)
+		if field == "" {
+			field = "(root)"
+		}
+		return FieldError(CodeDecode, field, "expected %s, got JSON %s", te.Type, te.Value)
+	}
+	return Errorf(CodeFraming, "%s is not valid JSON: %v", what, err)
 }
 
 // jsonPath drops the Go names of embedded structs (Header, Result) from a decode error's

@@ -1,8 +1,6 @@
 package bus
 
 import (
-	"encoding/json"
-	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -54,16 +52,8 @@ const ReplayEvery = 250 * time.Millisecond
 // 1200, a missing or zero start_seq or a max outside 0..ReplayBatch 1300.
 func DecodeReplayRequest(data []byte) (ReplayRequest, error) {
 	var req ReplayRequest
-	if err := json.Unmarshal(data, &req); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			field := jsonPath(te.Field)
-			if field == "" {
-				field = "(root)"
-			}
-			return req, FieldError(CodeDecode, field, "expected %s, got JSON %s", te.Type, te.Value)
-		}
-		return req, Errorf(CodeFraming, "replay request is not valid JSON: %v", err)
+	if err := decodeRequest(data, &req, "replay request"); err != nil {
+		return req, err
 	}
 	if req.StartSeq == 0 {
 		return req, FieldError(CodeSemantic, "start_seq", "missing: the first EDGE_CMD sequence to replay, at least 1")

@@ -1,8 +1,6 @@
 package bus
 
 import (
-	"encoding/json"
-	"errors"
 )
 
 // Under auth a Ghost has no JetStream API permission on the seed store: nats-server does
@@ -63,16 +61,8 @@ const HeaderSeedChunk = "Edge-Seed-Chunk"
 // (declarative.ValidateObjectName).
 func DecodeSeedRequest(data []byte) (SeedRequest, error) {
 	var req SeedRequest
-	if err := json.Unmarshal(data, &req); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			field := jsonPath(te.Field)
-			if field == "" {
-				field = "(root)"
-			}
-			return req, FieldError(CodeDecode, field, "expected %s, got JSON %s", te.Type, te.Value)
-		}
-		return req, Errorf(CodeFraming, "seed read request is not valid JSON: %v", err)
+	if err := decodeRequest(data, &req, "seed read request"); err != nil {
+		return req, err
 	}
 	if req.Object == "" {
 		return req, FieldError(CodeSemantic, "object", "missing: the name of an object of edge_seeds")
