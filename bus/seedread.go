@@ -1,8 +1,5 @@
 package bus
 
-import (
-)
-
 // Under auth a Ghost has no JetStream API permission on the seed store: nats-server does
 // not check a request's reply subject against the requester's permissions, and JetStream
 // answers there with the account's rights, so every API call a Ghost may make could
