@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestDecodeSeedRequest(t *testing.T) {
@@ -35,5 +36,17 @@ func TestDecodeSeedRequest(t *testing.T) {
 				t.Fatalf("DecodeSeedRequest(%s) error %v, want code %d", tt.body, err, tt.want)
 			}
 		})
+	}
+}
+
+// The Ghost's waits follow from Mirage's bounds: its first wait covers Mirage's wait for a
+// read slot and the read, and a piece arrives within its wait on a slow link.
+func TestSeedWaitsCoverMirage(t *testing.T) {
+	if SeedFirstWait <= SeedSlotWait+SeedReadTimeout {
+		t.Errorf("SeedFirstWait %s does not cover Mirage's slot wait %s and read %s", SeedFirstWait, SeedSlotWait, SeedReadTimeout)
+	}
+	const slowLink = 8 << 10 // bytes per second
+	if need := time.Duration(SeedChunkSize / slowLink * int(time.Second)); need > SeedPieceWait {
+		t.Errorf("a chunk of %d bytes takes %s at %d B/s, more than SeedPieceWait %s", SeedChunkSize, need, slowLink, SeedPieceWait)
 	}
 }

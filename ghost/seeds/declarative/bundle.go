@@ -201,6 +201,8 @@ func readError(name string, err error, suffix string) *bus.Error {
 		return bus.Errorf(bus.CodeSecurity, "object %s is corrupt: its chunks do not match the store's size and digest (%v)%s", name, err, suffix)
 	case errors.Is(err, ErrNoMirage):
 		return bus.Errorf(bus.CodeRuntime, "reading object %s: %v%s; a later try should succeed once Mirage serves", name, err, suffix)
+	case errors.Is(err, ErrMirageStalled):
+		return bus.Errorf(bus.CodeRuntime, "reading object %s: %v%s; a later try should succeed", name, err, suffix)
 	case errors.As(err, &perr):
 		return bus.Errorf(perr.Code, "reading object %s through Mirage: %s%s", name, perr.Message, suffix)
 	}

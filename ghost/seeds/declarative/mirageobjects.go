@@ -27,43 +27,47 @@ type ObjectReader interface {
 	Get(ctx context.Context, name string, max uint64) ([]byte, error)
 }
 
-// ErrNoMirage is wrapped by MirageObjects.Get when no Mirage answered, or its answer
-// stopped: retryable, like a store that cannot be reached.
+// ErrNoMirage is wrapped by MirageObjects.Get when no Mirage answered: retryable, like a
+// store that cannot be reached.
 var ErrNoMirage = errors.New("no Mirage answered")
 
-// MirageWait bounds the wait for each message of Mirage's answer to a seed read.
-const MirageWait = 10 * time.Second
+// ErrMirageStalled is wrapped by MirageObjects.Get when Mirage's answer started and then
+// stopped (a slow or broken link, Mirage stopping): retryable.
+var ErrMirageStalled = errors.New("the answer from Mirage stalled")
 
 // Busy answers (a request of this Ghost still being served, say one it stopped waiting
-// for) are retried busyAttempts times, busyBackoff×attempt apart.
-const (
-	busyAttempts = 3
-	busyBackoff  = 250 * time.Millisecond
-)
+// for, or one sooner than bus.SeedEvery after the last) are retried busyAttempts times,
+// bus.SeedEvery×attempt apart: at least the interval Mirage keeps between a Ghost's reads.
+const busyAttempts = 3
 
 // MirageObjects reads objects of edge_seeds through Mirage: a bus.SeedRequest on
 // mirage.seed.<ghost_id>, answered on a fresh inbox of the Ghost's own with the content
 // in chunks (header bus.HeaderSeedChunk) and a final bus.SeedAnswer. Mirage reads the
 // store with Objects (direct get, re-reads, digest checks); the Ghost checks again that
 // what arrived is the size and digest Mirage read. One request at a time: Mirage serves
-// one per Ghost.
+// one per Ghost, and one per bus.SeedEvery after the last ended.
 type MirageObjects struct {
 	nc      *nats.Conn
 	ghostID string
-	wait    time.Duration
-	turn    chan struct{}
+	// firstWait bounds the wait for the first message of an answer (bus.SeedFirstWait),
+	// pieceWait for each further one (bus.SeedPieceWait), every the time between the end
+	// of one request and the next (bus.SeedEvery); tests shorten them.
+	firstWait, pieceWait, every time.Duration
+	turn                        chan struct{}
+	ended                       time.Time // of the last request; under turn
 }
 
 // NewMirageObjects reads through Mirage on nc, the connection of Ghost ghostID.
 func NewMirageObjects(nc *nats.Conn, ghostID string) *MirageObjects {
-	return &MirageObjects{nc: nc, ghostID: ghostID, wait: MirageWait, turn: make(chan struct{}, 1)}
+	return &MirageObjects{nc: nc, ghostID: ghostID, firstWait: bus.SeedFirstWait, pieceWait: bus.SeedPieceWait,
+		every: bus.SeedEvery, turn: make(chan struct{}, 1)}
 }
 
 // Get returns the content of object name, at most max bytes. Errors, as Objects.Get:
 // jetstream.ErrObjectNotFound, ErrObjectTooLarge, ErrChunkMissing (also a chunk lost on
 // the way), jetstream.ErrDigestMismatch (Mirage found the store corrupt, or what arrived
-// is not what it read); and ErrNoMirage, or Mirage's *bus.Error (1501 busy after
-// retries, a refused request).
+// is not what it read); ErrNoMirage (no answer at all), ErrMirageStalled (an answer that
+// stopped), or Mirage's *bus.Error (1501 busy after retries, a refused request).
 func (o *MirageObjects) Get(ctx context.Context, name string, max uint64) ([]byte, error) {
 	select {
 	case o.turn <- struct{}{}:
@@ -71,8 +75,18 @@ func (o *MirageObjects) Get(ctx context.Context, name string, max uint64) ([]byt
 		return nil, fmt.Errorf("%w on %s before the deadline: %v", ErrNoMirage, subjects.SeedFor(o.ghostID), ctx.Err())
 	}
 	defer func() { <-o.turn }()
+	// Spaced like Mirage's gate, so that reading the objects of an install one after
+	// another is not answered busy.
+	if wait := time.Until(o.ended.Add(o.every)); wait > 0 {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w on %s before the deadline: %v", ErrNoMirage, subjects.SeedFor(o.ghostID), ctx.Err())
+		case <-time.After(wait):
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		data, err := o.get(ctx, name, max)
+		o.ended = time.Now()
 		var perr *bus.Error
 		if attempt == busyAttempts || !errors.As(err, &perr) || perr.Code != bus.CodeBusy {
 			return data, err
@@ -80,7 +94,7 @@ func (o *MirageObjects) Get(ctx context.Context, name string, max uint64) ([]byt
 		select {
 		case <-ctx.Done():
 			return nil, err
-		case <-time.After(time.Duration(attempt) * busyBackoff):
+		case <-time.After(time.Duration(attempt) * o.every):
 		}
 	}
 }
@@ -107,24 +121,35 @@ func (o *MirageObjects) get(ctx context.Context, name string, max uint64) ([]byt
 	}
 	var data []byte
 	n := 0
+	size := "?" // the object's size, as the first chunk says it
 	for {
-		wctx, cancel := context.WithTimeout(ctx, o.wait)
+		wait := o.pieceWait
+		if n == 0 {
+			wait = o.firstWait // Mirage may wait for a read slot, then read the store
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		msg, err := sub.NextMsgWithContext(wctx)
 		cancel()
-		if err != nil {
-			if errors.Is(err, nats.ErrNoResponders) {
-				return nil, fmt.Errorf("%w on %s: nothing subscribes to it; is Mirage running?", ErrNoMirage, subject)
-			}
-			if errors.Is(err, context.DeadlineExceeded) {
-				if n == 0 {
-					return nil, fmt.Errorf("%w on %s within %s: is Mirage running?", ErrNoMirage, subject, o.wait)
-				}
-				return nil, fmt.Errorf("%w: its answer on %s stopped after %d chunks of object %s", ErrNoMirage, subject, n, name)
-			}
+		switch {
+		case err == nil:
+		case errors.Is(err, nats.ErrNoResponders):
+			return nil, fmt.Errorf("%w on %s: nothing subscribes to it; is Mirage running?", ErrNoMirage, subject)
+		case n == 0 && ctx.Err() != nil:
+			return nil, fmt.Errorf("%w on %s before the deadline: %v", ErrNoMirage, subject, ctx.Err())
+		case n == 0 && errors.Is(err, context.DeadlineExceeded):
+			return nil, fmt.Errorf("%w on %s within %s: is Mirage running?", ErrNoMirage, subject, wait)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%w after %d of %s bytes of object %s on %s: the deadline passed (%v)", ErrMirageStalled, len(data), size, name, subject, ctx.Err())
+		case errors.Is(err, context.DeadlineExceeded):
+			return nil, fmt.Errorf("%w after %d of %s bytes of object %s on %s: nothing more within %s (a slow link?)", ErrMirageStalled, len(data), size, name, subject, wait)
+		default:
 			return nil, err
 		}
 		if c := msg.Header.Get(bus.HeaderSeedChunk); c != "" {
 			n++
+			if n == 1 && msg.Header.Get(bus.HeaderSeedSize) != "" {
+				size = msg.Header.Get(bus.HeaderSeedSize)
+			}
 			if c != strconv.Itoa(n) {
 				return nil, fmt.Errorf("%w: chunk %s of object %s arrived through Mirage where chunk %d was due: one was lost on the way", ErrChunkMissing, c, name, n)
 			}

@@ -24,6 +24,7 @@ func answer(t *testing.T, nc *nats.Conn, reply string, content []byte, size int,
 	for off, n := 0, 1; off < len(content); off, n = off+size, n+1 {
 		msg := nats.NewMsg(reply)
 		msg.Header.Set(bus.HeaderSeedChunk, strconv.Itoa(n))
+		msg.Header.Set(bus.HeaderSeedSize, strconv.Itoa(len(content)))
 		msg.Data = content[off:min(off+size, len(content))]
 		if err := nc.PublishMsg(msg); err != nil {
 			t.Error(err)
@@ -42,8 +43,9 @@ func TestMirageObjectsChecksWhatArrives(t *testing.T) {
 	js, _, _ := seedStore(t)
 	nc := js.Conn()
 	ctx := context.Background()
-	content := bytes.Repeat([]byte("0123456789"), 200_000) // 2 MB: 4 chunks
-	good := bus.SeedAnswer{Status: bus.SeedOK, Object: "a/1/spec.toml", Size: uint64(len(content)), Digest: ObjectDigest(content), Chunks: 4}
+	content := bytes.Repeat([]byte("0123456789"), 200_000) // 2 MB
+	chunks := (len(content) + bus.SeedChunkSize - 1) / bus.SeedChunkSize
+	good := bus.SeedAnswer{Status: bus.SeedOK, Object: "a/1/spec.toml", Size: uint64(len(content)), Digest: ObjectDigest(content), Chunks: chunks}
 	scenarios := []struct {
 		name  string
 		serve func(reply string)
@@ -58,8 +60,8 @@ func TestMirageObjectsChecksWhatArrives(t *testing.T) {
 		}, bus.CodeSecurity, "corrupt"},
 		{"short", func(r string) {
 			a := good
-			a.Chunks = 3
-			answer(t, nc, r, content[:3*bus.SeedChunkSize], bus.SeedChunkSize, a)
+			a.Chunks = chunks - 1
+			answer(t, nc, r, content[:(chunks-1)*bus.SeedChunkSize], bus.SeedChunkSize, a)
 		}, bus.CodeSecurity, "corrupt"},
 		{"a chunk lost", func(r string) {
 			answer(t, nc, r, content[:bus.SeedChunkSize], bus.SeedChunkSize, good)
@@ -80,22 +82,43 @@ func TestMirageObjectsChecksWhatArrives(t *testing.T) {
 			answer(t, nc, r, nil, 1, bus.SeedAnswer{Status: bus.SeedBusy, Error: bus.Errorf(bus.CodeBusy, "being served")})
 		}, bus.CodeBusy, "being served"},
 		{"no Mirage", func(string) {}, bus.CodeRuntime, "no Mirage answered on " + subjects.SeedFor("g1")},
-		{"stops answering", func(r string) {
-			msg := nats.NewMsg(r)
-			msg.Header.Set(bus.HeaderSeedChunk, "1")
-			msg.Data = content[:10]
-			_ = nc.PublishMsg(msg)
-		}, bus.CodeRuntime, "stopped after 1 chunks"},
+		// An answer that started and stopped is not "no Mirage": it says how much arrived.
+		{"stalls", func(r string) {
+			for n := 1; n <= 3; n++ {
+				msg := nats.NewMsg(r)
+				msg.Header.Set(bus.HeaderSeedChunk, strconv.Itoa(n))
+				msg.Header.Set(bus.HeaderSeedSize, strconv.Itoa(len(content)))
+				msg.Data = content[(n-1)*bus.SeedChunkSize : n*bus.SeedChunkSize]
+				_ = nc.PublishMsg(msg)
+			}
+		}, bus.CodeRuntime, "the answer from Mirage stalled after " + strconv.Itoa(3*bus.SeedChunkSize) + " of " + strconv.Itoa(len(content)) + " bytes"},
+		// Mirage waits for a read slot and reads the store before its first message; then
+		// the pieces come slowly, the whole answer far longer than any one wait.
+		{"slow but steady", func(r string) {
+			time.Sleep(400 * time.Millisecond)
+			for off, n := 0, 1; off < len(content); off, n = off+bus.SeedChunkSize, n+1 {
+				if n > 1 {
+					time.Sleep(80 * time.Millisecond)
+				}
+				msg := nats.NewMsg(r)
+				msg.Header.Set(bus.HeaderSeedChunk, strconv.Itoa(n))
+				msg.Data = content[off:min(off+bus.SeedChunkSize, len(content))]
+				_ = nc.PublishMsg(msg)
+			}
+			answer(t, nc, r, nil, 1, good)
+		}, 0, ""},
 	}
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			var mu sync.Mutex
 			var asked []bus.SeedRequest
+			var askedAt []time.Time
 			sub, err := nc.Subscribe(subjects.SeedFor("g1"), func(m *nats.Msg) {
 				var req bus.SeedRequest
 				_ = json.Unmarshal(m.Data, &req)
 				mu.Lock()
 				asked = append(asked, req)
+				askedAt = append(askedAt, time.Now())
 				mu.Unlock()
 				if !strings.HasPrefix(m.Reply, bus.GhostInbox("g1")+".") {
 					t.Errorf("reply subject %q is not the Ghost's inbox", m.Reply)
@@ -107,7 +130,9 @@ func TestMirageObjectsChecksWhatArrives(t *testing.T) {
 			}
 			defer func() { _ = sub.Unsubscribe() }()
 			o := NewMirageObjects(nc, "g1")
-			o.wait = 300 * time.Millisecond
+			// Scaled down from bus.SeedFirstWait, bus.SeedPieceWait and bus.SeedEvery.
+			o.firstWait, o.pieceWait, o.every = 600*time.Millisecond, 200*time.Millisecond, 300*time.Millisecond
+			began := time.Now()
 			got, err := Fetch(ctx, o, "a/1/spec.toml", Digest(content), MaxFileSize)
 			if sc.code == 0 {
 				if err != nil || !bytes.Equal(got, content) {
@@ -116,13 +141,25 @@ func TestMirageObjectsChecksWhatArrives(t *testing.T) {
 			} else if perr := bus.AsError(err); err == nil || perr.Code != sc.code || !strings.Contains(perr.Message, sc.says) {
 				t.Fatalf("error %v, want %d saying %q", err, sc.code, sc.says)
 			}
+			if sc.name == "slow but steady" && time.Since(began) < o.firstWait+2*o.pieceWait {
+				t.Fatalf("the slow answer took %s: not slow enough to test anything", time.Since(began))
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if len(asked) == 0 || asked[0].Object != "a/1/spec.toml" || asked[0].MaxSize != MaxFileSize {
 				t.Fatalf("requests %+v", asked)
 			}
+			if sc.code != bus.CodeBusy && len(asked) != 1 {
+				t.Fatalf("%d requests, want 1", len(asked))
+			}
 			if sc.code == bus.CodeBusy && len(asked) != busyAttempts {
 				t.Fatalf("%d requests on busy answers, want %d", len(asked), busyAttempts)
+			}
+			// Mirage answers busy a request sooner than bus.SeedEvery after the last.
+			for i := 1; i < len(askedAt); i++ {
+				if gap := askedAt[i].Sub(askedAt[i-1]); gap < o.every {
+					t.Fatalf("request %d sent %s after the one before, want at least %s", i+1, gap, o.every)
+				}
 			}
 		})
 	}
