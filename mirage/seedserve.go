@@ -27,11 +27,11 @@ import (
 
 // onSeedRead serves mirage.seed.*. Like onReplay it never blocks the subscription: a
 // request whose reply subject is not the Ghost's inbox is dropped, a malformed one is
-// answered rejected, one while another of its Ghost is served is answered busy at once
-// (no JetStream call); the others wait for one of seedReadSlots and are dropped when
-// they waited longer than the Ghost waits for the answer.
+// answered rejected, one while another of its Ghost is served, or sooner than
+// bus.SeedEvery after its last read ended, is answered busy at once (no JetStream call);
+// the others wait at most bus.SeedSlotWait for one of seedReadSlots and are dropped after
+// (the Ghost's first wait, bus.SeedFirstWait, covers that and the read).
 func (m *Mirage) onSeedRead(msg *nats.Msg) {
-	arrived := time.Now()
 	id, idErr := subjects.GhostFromSeed(msg.Subject)
 	if !m.guard.allows(id, msg.Subject, msg.Reply) {
 		return
@@ -56,32 +56,44 @@ func (m *Mirage) onSeedRead(msg *nats.Msg) {
 		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedRejected, Object: req.Object, Error: perr})
 		return
 	}
-	if !m.seedGate.enter(id) {
+	if !m.seedGate.enter(id, time.Now()) {
 		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedBusy, Object: req.Object, Error: bus.Errorf(bus.CodeBusy,
-			"a seed read request of %s is being served: retry later", id)})
+			"a seed read request of %s is being served or its last ended less than %s ago: retry later", id, bus.SeedEvery)})
 		return
 	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		defer m.seedGate.leave(id)
+		defer func() { m.seedGate.leave(id, time.Now()) }()
+		slotWait := time.NewTimer(bus.SeedSlotWait)
+		defer slotWait.Stop()
 		select {
 		case m.seedReads <- struct{}{}:
+		case <-slotWait.C:
+			return // dropped: the Ghost's first wait does not cover a longer one
 		case <-m.stop:
 			return
 		}
 		defer func() { <-m.seedReads }()
-		if time.Since(arrived) > seedReadMaxWait {
-			return // the Ghost stopped waiting
-		}
 		m.serveSeed(id, msg.Reply, req)
 	}()
 }
 
-// serveSeed reads the object req names and sends it to reply.
+// serveSeed reads the object req names and sends it to reply. It gives up when Mirage
+// stops (Close waits for it), when the read takes longer than bus.SeedReadTimeout, or when
+// a message cannot be sent.
 func (m *Mirage) serveSeed(id, reply string, req bus.SeedRequest) {
-	ctx, cancel := context.WithTimeout(context.Background(), seedReadTimeout)
-	defer cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), bus.SeedReadTimeout)
+	watched := make(chan struct{})
+	defer func() { cancel(); <-watched }()
+	go func() { // ends with serveSeed: cancel above
+		defer close(watched)
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	data, err := m.readSeed(ctx, req)
 	status, code := declarative.ReadOutcome(err)
 	if err != nil {
@@ -96,13 +108,19 @@ func (m *Mirage) serveSeed(id, reply string, req bus.SeedRequest) {
 		return
 	}
 	chunks := 0
+	size := strconv.Itoa(len(data))
 	for off := 0; off < len(data); off += bus.SeedChunkSize {
+		if ctx.Err() != nil {
+			m.log.Warn("seed read answer not sent in full", "peer", id, "object", req.Object, "chunks", chunks, "err", context.Cause(ctx))
+			return
+		}
 		chunks++
 		out := nats.NewMsg(reply)
 		out.Header.Set(bus.HeaderSeedChunk, strconv.Itoa(chunks))
+		out.Header.Set(bus.HeaderSeedSize, size)
 		out.Data = data[off:min(off+bus.SeedChunkSize, len(data))]
 		if err := m.nc.PublishMsg(out); err != nil {
-			m.log.Warn("seed read answer not sent", "peer", id, "object", req.Object, "err", err)
+			m.log.Warn("seed read answer not sent", "peer", id, "object", req.Object, "chunks", chunks-1, "err", err)
 			return
 		}
 	}
@@ -129,42 +147,71 @@ func (m *Mirage) answerSeed(reply string, ans bus.SeedAnswer) {
 	}
 }
 
-// Bounds on seed reads: one request per Ghost at a time, seedReadSlots reads at once
-// (each holds the object in memory, at most declarative.MaxFileSize), a request waiting
-// for a slot at most seedReadMaxWait (the Ghost waits declarative.MirageWait for the
-// first message of the answer), a read at most seedReadTimeout.
+// Bounds on seed reads: one request per Ghost at a time and bus.SeedEvery between the
+// end of one and the next, seedReadSlots reads at once (each holds the object in memory,
+// at most declarative.MaxFileSize), a request waiting for a slot at most
+// bus.SeedSlotWait, a read at most bus.SeedReadTimeout.
 const (
-	seedReadSlots   = 8
-	seedReadMaxWait = 5 * time.Second
-	seedReadTimeout = 30 * time.Second
-	// seedGateMax bounds the Ghosts with a request in flight; beyond it a request is
-	// answered busy.
+	seedReadSlots = 8
+	// seedGateMax bounds the Ghosts the gate remembers; beyond it (after pruning) a
+	// request is answered busy.
 	seedGateMax = 100_000
 )
 
-// seedGate admits a Ghost's seed read request when none of its is being served.
+// seedGate admits a Ghost's seed read request when none of its is being served and its
+// last ended at least bus.SeedEvery ago. The interval counts from the end of a read, not
+// its start: a read of a large object takes longer than the interval, and counting from
+// its start would let a Ghost asking in a loop keep Mirage reading back to back.
 type seedGate struct {
-	mu      sync.Mutex
-	serving map[string]bool
+	mu     sync.Mutex
+	ghosts map[string]*seedTurn
+	pruned time.Time
 }
 
-func newSeedGate() *seedGate { return &seedGate{serving: map[string]bool{}} }
+type seedTurn struct {
+	ended   time.Time
+	serving bool
+}
 
-// enter admits a request of Ghost id, or refuses it; an admitted request is followed by
-// leave.
-func (g *seedGate) enter(id string) bool {
+func newSeedGate() *seedGate { return &seedGate{ghosts: map[string]*seedTurn{}} }
+
+// enter admits a request of Ghost id at now, or refuses it; an admitted request is
+// followed by leave.
+func (g *seedGate) enter(id string, now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.serving[id] || len(g.serving) >= seedGateMax {
-		return false
+	if now.Sub(g.pruned) >= time.Minute || (len(g.ghosts) >= seedGateMax && now.Sub(g.pruned) >= bus.SeedEvery) {
+		g.prune(now)
 	}
-	g.serving[id] = true
+	t, ok := g.ghosts[id]
+	switch {
+	case ok && (t.serving || now.Sub(t.ended) < bus.SeedEvery):
+		return false
+	case !ok && len(g.ghosts) >= seedGateMax:
+		return false
+	case !ok:
+		t = &seedTurn{}
+		g.ghosts[id] = t
+	}
+	t.serving = true
 	return true
 }
 
-// leave ends the admitted request of Ghost id.
-func (g *seedGate) leave(id string) {
+// leave ends the admitted request of Ghost id at now.
+func (g *seedGate) leave(id string, now time.Time) {
 	g.mu.Lock()
-	delete(g.serving, id)
+	if t, ok := g.ghosts[id]; ok {
+		t.serving, t.ended = false, now
+	}
 	g.mu.Unlock()
+}
+
+// prune forgets the Ghosts whose turn no longer bounds anything.
+func (g *seedGate) prune(now time.Time) {
+	g.pruned = now
+	for id, t := range g.ghosts {
+		if !t.serving && now.Sub(t.ended) >= bus.SeedEvery {
+			delete(g.ghosts, id)
+		}
+	}
 }
