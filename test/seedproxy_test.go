@@ -164,12 +164,20 @@ func TestSeedProxyMirageAnswersOnlyTheGhostsInbox(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(time.Second) // Mirage would have answered by now
-	if n := landed.Load(); n != 0 {
-		t.Fatalf("%d messages sent to subjects other than the Ghost's inbox", n)
-	}
-	if _, err := js.Stream(ctx, bus.StreamCommands); err != nil {
-		t.Fatalf("%s: %v", bus.StreamCommands, err)
+	// Nothing elsewhere, checked once Mirage has provably handled those requests: it
+	// answers the next request of the same connection on the Ghost's own inbox (one
+	// subscription, in order), and again at the end of the test.
+	elsewhere := func(when string) {
+		t.Helper()
+		if err := f.op.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if n := landed.Load(); n != 0 {
+			t.Fatalf("%s: %d messages sent to subjects other than the Ghost's inbox", when, n)
+		}
+		if _, err := js.Stream(ctx, bus.StreamCommands); err != nil {
+			t.Fatalf("%s: %s: %v", when, bus.StreamCommands, err)
+		}
 	}
 
 	// On its own inbox: the object, in chunks of at most bus.SeedChunkSize, and its size
@@ -179,6 +187,7 @@ func TestSeedProxyMirageAnswersOnlyTheGhostsInbox(t *testing.T) {
 		ans.Digest != declarative.ObjectDigest(script) {
 		t.Fatalf("answer %+v with %d bytes, want the %d bytes of %s", ans, len(data), len(script), object)
 	}
+	elsewhere("after the answer on the Ghost's inbox")
 
 	// Malformed requests: a coded error each; Mirage keeps serving.
 	refusals := []struct {
@@ -253,6 +262,7 @@ func TestSeedProxyMirageAnswersOnlyTheGhostsInbox(t *testing.T) {
 		t.Errorf("flood of %d over %s: %d served (at most %d), %d busy", flood, floodTook, ok.Load(), limit, busy.Load())
 	}
 	t.Logf("flood of %d over %s: %d served, %d busy", flood, floodTook, ok.Load(), busy.Load())
+	elsewhere("at the end")
 }
 
 // Through Mirage as by direct get, an object that does not match the digest the signed
