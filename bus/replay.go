@@ -41,8 +41,14 @@ type ReplayReply struct {
 	Error *Error `json:"error,omitempty"`
 }
 
-// HeaderStreamSeq carries a replayed command's EDGE_CMD sequence in Mirage's answer.
+// HeaderStreamSeq carries a replayed command's EDGE_CMD sequence in Mirage's answer. A
+// message of the answer that carries it is a command, whatever else it carries.
 const HeaderStreamSeq = "Edge-Stream-Seq"
+
+// ReplayedHeaders are the stored headers of a command that Mirage sends with it: the ones
+// a Ghost reads on a command (de-duplication id, trace context, signature). No other
+// stored header is sent: one such as Status would read as a server status on the way.
+var ReplayedHeaders = []string{HeaderMsgID, HeaderTraceparent, HeaderSignature, HeaderSigner}
 
 // ReplayEvery is how often Mirage serves a replay request of one Ghost at most; a request
 // sooner is answered busy (CodeBusy). A Ghost spaces its requests by it.

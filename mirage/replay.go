@@ -128,17 +128,15 @@ func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.Replay
 	return out, nil
 }
 
-// storedHeader is a copy of a direct get's headers without the ones the get adds: the
-// command's headers as stored (signature included).
+// storedHeader is the part of a command's stored headers a Ghost reads
+// (bus.ReplayedHeaders): a direct get adds its own, and a stored header such as Status
+// (the operator or Mirage may store anything on cmd.<id>) must not reach the Ghost.
 func storedHeader(h nats.Header) nats.Header {
 	out := nats.Header{}
-	for k, v := range h {
-		switch k {
-		case jetstream.StreamHeader, jetstream.SequenceHeader, jetstream.TimeStampHeaer, jetstream.SubjectHeader,
-			"Nats-Last-Sequence", "Nats-Num-Pending":
-			continue
+	for _, k := range bus.ReplayedHeaders {
+		if v := h.Values(k); len(v) > 0 {
+			out[k] = v
 		}
-		out[k] = v
 	}
 	return out
 }
