@@ -74,6 +74,11 @@ type Mirage struct {
 	subs []*nats.Subscription
 	cc   jetstream.ConsumeContext
 
+	// running is cancelled when stop is closed: JetStream calls of background work end
+	// with it, so that Close does not wait for their timeouts.
+	running     context.Context
+	stopRunning context.CancelFunc
+
 	mu      sync.Mutex
 	live    map[string]*liveIntent
 	locks   locks
@@ -159,6 +164,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		seedGate:   newSeedGate(),
 		seedReads:  make(chan struct{}, seedReadSlots),
 	}
+	m.running, m.stopRunning = context.WithCancel(context.Background())
 	return m, nil
 }
 
@@ -251,6 +257,7 @@ func (m *Mirage) Close() error {
 		<-m.cc.Closed()
 	}
 	close(m.stop)
+	m.stopRunning()
 	m.wg.Wait()
 	m.mu.Lock()
 	for _, li := range m.live {

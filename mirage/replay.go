@@ -89,7 +89,7 @@ const replayMaxBytes = 8 << 20
 // and returns the reply that ends the answer (Status set unless err). Commands are read
 // by direct get (next by subject), never through a consumer.
 func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.ReplayReply, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(m.running, 10*time.Second) // Close does not wait for it
 	defer cancel()
 	subject := subjects.Command(id)
 	out := bus.ReplayReply{}
