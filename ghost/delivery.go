@@ -163,12 +163,28 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 var errStopping = errors.New("ghost stopping")
 
 // replay reads cmd.<id> from after seq up to last through src, handles each command, and
-// returns how many it read and the sequence up to which every command has been handled.
+// returns how many it read and the sequence up to which every command has been handled,
+// also when it fails: after each answer (or fetch) it waits for that answer's commands
+// (handled in slots) and moves that far, so that a failure that recurs at one answer
+// does not undo the answers before it. It never moves past a command not yet handled.
 func (g *Ghost) replay(ctx context.Context, src commandReader, seq, last uint64) (int, uint64, error) {
 	start := max(seq, 1) // the position's own command first, to check it is there
 	var handled []chan struct{}
-	reached := seq
-	read, checked := 0, false
+	reached, read := seq, 0
+	readTo, checked := seq, false
+	// settle waits for the commands dispatched so far and moves reached up to them.
+	settle := func() error {
+		for _, d := range handled {
+			select {
+			case <-d:
+			case <-g.stopping:
+				return errStopping // the position stays: a restart replays them
+			}
+		}
+		handled = handled[:0]
+		reached = readTo
+		return nil
+	}
 	err := src.read(ctx, start, last, func(sseq uint64, data []byte, hdr nats.Header) error {
 		if seq > 0 && !checked {
 			// The first command on cmd.<id> from the position on must be the one at it.
@@ -184,20 +200,13 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, seq, last uint64)
 			return errStopping
 		}
 		read++
-		reached = sseq
+		readTo = sseq
 		return nil
-	})
-	if err != nil {
-		return read, seq, err
+	}, settle)
+	if err == nil {
+		err = settle()
 	}
-	for _, d := range handled {
-		select {
-		case <-d:
-		case <-g.stopping:
-			return read, seq, errStopping // the position stays: a restart replays them
-		}
-	}
-	return read, reached, nil
+	return read, reached, err
 }
 
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns

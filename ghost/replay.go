@@ -31,9 +31,10 @@ type commandReader interface {
 	// (0 and "" when there is none).
 	last(ctx context.Context) (uint64, string, error)
 	// read calls each, in stream order, for the commands on cmd.<id> from sequence start
-	// on, until it has passed last or there are no more. An error of each ends it and is
-	// returned as is.
-	read(ctx context.Context, start, last uint64, each func(seq uint64, data []byte, hdr nats.Header) error) error
+	// on, until it has passed last or there are no more, and answered after each answer
+	// (or fetch) whose commands have all gone to each and checked out. An error of each
+	// or answered ends it and is returned as is.
+	read(ctx context.Context, start, last uint64, each func(seq uint64, data []byte, hdr nats.Header) error, answered func() error) error
 }
 
 // commands returns how this Ghost reads cmd.<id>: through Mirage when the server requires
@@ -60,7 +61,7 @@ func (r mirageReader) last(ctx context.Context) (uint64, string, error) {
 	return reply.LastSeq, reply.LastCommandID, nil
 }
 
-func (r mirageReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error) error {
+func (r mirageReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error) error {
 	next := start
 	for ctx.Err() == nil {
 		reached := uint64(0)
@@ -68,8 +69,14 @@ func (r mirageReader) read(ctx context.Context, start, last uint64, each func(ui
 			reached = seq
 			return each(seq, data, hdr)
 		})
-		if err != nil || !reply.More || reply.Sent == 0 || reached >= last {
+		if err != nil {
 			return err
+		}
+		if err := answered(); err != nil {
+			return err
+		}
+		if !reply.More || reply.Sent == 0 || reached >= last {
+			return nil
 		}
 		next = reached + 1
 	}
@@ -91,10 +98,6 @@ const (
 // are spaced by bus.ReplayEvery (Mirage's bound per Ghost); one answered busy is asked
 // again a few times. Called under catchMu.
 func (g *Ghost) askReplay(ctx context.Context, req bus.ReplayRequest, each func(uint64, []byte, nats.Header) error) (bus.ReplayReply, error) {
-	body, err := json.Marshal(req)
-	if err != nil {
-		return bus.ReplayReply{}, err
-	}
 	for busy := 0; ; busy++ {
 		if wait := time.Until(g.replayAsked.Add(bus.ReplayEvery)); wait > 0 {
 			select {
@@ -103,7 +106,7 @@ func (g *Ghost) askReplay(ctx context.Context, req bus.ReplayRequest, each func(
 			case <-time.After(wait):
 			}
 		}
-		reply, err := g.askReplayOnce(ctx, body, each)
+		reply, err := g.askReplayOnce(ctx, req, each)
 		g.replayAsked = time.Now()
 		if err != nil || reply.Error == nil || reply.Error.Code != bus.CodeBusy || reply.Sent > 0 || busy >= maxBusyRetries {
 			if err == nil && reply.Status != "accepted" {
@@ -127,8 +130,16 @@ func (g *Ghost) askReplay(ctx context.Context, req bus.ReplayRequest, each func(
 
 // askReplayOnce sends one replay request with a fresh inbox of this Ghost as its reply
 // subject (subscribed first) and reads the answer: the commands, in order, each with its
-// stream sequence (bus.HeaderStreamSeq), then the reply, whose count must match.
-func (g *Ghost) askReplayOnce(ctx context.Context, body []byte, each func(uint64, []byte, nats.Header) error) (bus.ReplayReply, error) {
+// stream sequence (bus.HeaderStreamSeq), then the reply, whose count must match. A
+// message with a stream sequence is a command whatever other headers it has (a stored
+// Status header must not end a catch-up); only one without is a server status (503: no
+// Mirage) or the reply. A command out of order, before req.StartSeq or past req.Max ends
+// the answer before it goes to each.
+func (g *Ghost) askReplayOnce(ctx context.Context, req bus.ReplayRequest, each func(uint64, []byte, nats.Header) error) (bus.ReplayReply, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return bus.ReplayReply{}, err
+	}
 	inbox := bus.GhostInbox(g.cfg.ID) + "." + nuid.Next()
 	sub, err := g.nc.SubscribeSync(inbox)
 	if err != nil {
@@ -139,23 +150,32 @@ func (g *Ghost) askReplayOnce(ctx context.Context, body []byte, each func(uint64
 	if err := g.nc.PublishRequest(subject, inbox, body); err != nil {
 		return bus.ReplayReply{}, err
 	}
-	got, prev := 0, uint64(0)
+	wait := replayAnswerWait
+	if g.replayWait > 0 {
+		wait = g.replayWait
+	}
+	got, prev := 0, req.StartSeq-1 // StartSeq is at least 1
 	for {
-		wctx, cancel := context.WithTimeout(ctx, replayAnswerWait)
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		msg, err := sub.NextMsgWithContext(wctx)
 		cancel()
 		switch {
-		case errors.Is(err, nats.ErrNoResponders) || err == nil && msg.Header.Get("Status") == "503":
+		case errors.Is(err, nats.ErrNoResponders):
 			return bus.ReplayReply{}, errNoMirageForReplay
 		case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
-			return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s stopped after %d commands: nothing for %s", subject, got, replayAnswerWait)
+			return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s stopped after %d commands: nothing for %s", subject, got, wait)
 		case err != nil:
 			return bus.ReplayReply{}, err
 		}
 		if s := msg.Header.Get(bus.HeaderStreamSeq); s != "" {
 			seq, err := strconv.ParseUint(s, 10, 64)
-			if err != nil || seq <= prev {
-				return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s: command sequence %q after %d", subject, s, prev)
+			switch {
+			case err != nil:
+				return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s: command sequence %q is not a number; the catch-up is retried", subject, s)
+			case seq <= prev:
+				return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s: command sequence %d after %d (asked from %d), out of order or repeated; the catch-up is retried", subject, seq, prev, req.StartSeq)
+			case got >= req.Max:
+				return bus.ReplayReply{}, fmt.Errorf("Mirage's answer on %s: more than the %d commands asked for; the catch-up is retried", subject, req.Max)
 			}
 			prev = seq
 			got++
@@ -166,6 +186,9 @@ func (g *Ghost) askReplayOnce(ctx context.Context, body []byte, each func(uint64
 				}
 			}
 			continue
+		}
+		if msg.Header.Get("Status") == "503" {
+			return bus.ReplayReply{}, errNoMirageForReplay
 		}
 		var reply bus.ReplayReply
 		if err := json.Unmarshal(msg.Data, &reply); err != nil {
@@ -210,7 +233,7 @@ func (r streamReader) last(ctx context.Context) (uint64, string, error) {
 
 // read goes through a pull consumer of the Ghost's own (bus.GhostReplayConsumerConfig)
 // that lives only for this read.
-func (r streamReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error) error {
+func (r streamReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error) error {
 	g := r.g
 	name := bus.GhostReplayConsumer(g.cfg.ID)
 	defer func() {
@@ -246,6 +269,9 @@ func (r streamReader) read(ctx context.Context, start, last uint64, each func(ui
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return err
+		}
+		if err := answered(); err != nil {
 			return err
 		}
 		if got == 0 {
