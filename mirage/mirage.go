@@ -98,12 +98,12 @@ type Mirage struct {
 	endMu  sync.Mutex
 	ending map[string]string
 
-	replayGate *replayGate // one replay request per Ghost at a time, one per second
+	replayGate *ghostGate  // one replay request per Ghost at a time, bus.ReplayEvery apart
 	guard      *replyGuard // where a Ghost's request may be answered
 	// replayRefusals bounds the warnings about malformed replay requests.
 	replayRefusals rateLog
 
-	seedGate     *seedGate     // one seed read request per Ghost at a time
+	seedGate     *ghostGate    // one seed read request per Ghost at a time, bus.SeedEvery after the last ended
 	seedReads    chan struct{} // slots of seed reads served at once
 	seedRefusals rateLog       // bounds the warnings about malformed seed read requests
 }
@@ -149,7 +149,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		cfg: cfg, nc: nc, js: js, cmds: cmds, intents: intents, log: log,
 		fleet:      newFleet(js, ghosts, stop, cfg.Now, guard, log),
 		guard:      guard,
-		replayGate: newReplayGate(),
+		replayGate: newGhostGate(bus.ReplayEvery, false),
 		enrolled:   newEnrollments(fleetKV),
 		stop:       stop,
 		live:       map[string]*liveIntent{},
@@ -161,7 +161,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		reports:    make(chan *bus.Report, 4096),
 		issues:     make(chan struct{}, 64),
 		replays:    make(chan struct{}, 16),
-		seedGate:   newSeedGate(),
+		seedGate:   newGhostGate(bus.SeedEvery, true),
 		seedReads:  make(chan struct{}, seedReadSlots),
 	}
 	m.running, m.stopRunning = context.WithCancel(context.Background())

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -54,7 +53,7 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		defer m.replayGate.leave(id)
+		defer func() { m.replayGate.leave(id, time.Now()) }()
 		select {
 		case m.replays <- struct{}{}:
 		case <-m.stop:
@@ -145,67 +144,6 @@ func storedHeader(h nats.Header) nats.Header {
 // bus.ReplayEvery (each reading at most bus.ReplayBatch commands), so that a Ghost
 // flooding mirage.replay.<id> costs Mirage a busy answer per request, not JetStream
 // calls, and other Ghosts' requests are not held up.
-const (
-	// replayMaxWait is how long a Ghost waits for the answer (its request timeout): a
-	// request that waited longer for a slot is dropped.
-	replayMaxWait = 10 * time.Second
-	// replayGateMax bounds the Ghosts the gate remembers; beyond it (after pruning) a
-	// request is answered busy.
-	replayGateMax = 100_000
-)
-
-// replayGate admits a Ghost's replay request when none of its is being served and its
-// last was admitted at least bus.ReplayEvery ago.
-type replayGate struct {
-	mu     sync.Mutex
-	ghosts map[string]*replayTurn
-	pruned time.Time
-}
-
-type replayTurn struct {
-	admitted time.Time
-	serving  bool
-}
-
-func newReplayGate() *replayGate { return &replayGate{ghosts: map[string]*replayTurn{}} }
-
-// enter admits a request of Ghost id at now, or refuses it; an admitted request is
-// followed by leave.
-func (g *replayGate) enter(id string, now time.Time) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if now.Sub(g.pruned) >= time.Minute || (len(g.ghosts) >= replayGateMax && now.Sub(g.pruned) >= bus.ReplayEvery) {
-		g.prune(now)
-	}
-	t, ok := g.ghosts[id]
-	switch {
-	case ok && (t.serving || now.Sub(t.admitted) < bus.ReplayEvery):
-		return false
-	case !ok && len(g.ghosts) >= replayGateMax:
-		return false
-	case !ok:
-		t = &replayTurn{}
-		g.ghosts[id] = t
-	}
-	t.admitted, t.serving = now, true
-	return true
-}
-
-// leave ends the admitted request of Ghost id.
-func (g *replayGate) leave(id string) {
-	g.mu.Lock()
-	if t, ok := g.ghosts[id]; ok {
-		t.serving = false
-	}
-	g.mu.Unlock()
-}
-
-// prune forgets the Ghosts whose turn no longer bounds anything.
-func (g *replayGate) prune(now time.Time) {
-	g.pruned = now
-	for id, t := range g.ghosts {
-		if !t.serving && now.Sub(t.admitted) >= bus.ReplayEvery {
-			delete(g.ghosts, id)
-		}
-	}
-}
+// replayMaxWait is how long a Ghost waits for the answer (its request timeout): a request
+// that waited longer for a slot is dropped.
+const replayMaxWait = 10 * time.Second

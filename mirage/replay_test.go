@@ -14,7 +14,7 @@ import (
 // a request while one is served is refused even bus.ReplayEvery later, and admitted once
 // it left. Other Ghosts are not held up.
 func TestReplayGateServesOneRequestOfAGhostAtATime(t *testing.T) {
-	g := newReplayGate()
+	g := newGhostGate(bus.ReplayEvery, false)
 	t0 := time.Unix(1_700_000_000, 0)
 	steps := []struct {
 		id    string
@@ -32,7 +32,7 @@ func TestReplayGateServesOneRequestOfAGhostAtATime(t *testing.T) {
 	}
 	for i, s := range steps {
 		if s.leave {
-			g.leave(s.id)
+			g.leave(s.id, t0.Add(s.at))
 		}
 		if got := g.enter(s.id, t0.Add(s.at)); got != s.want {
 			t.Fatalf("step %d: %s at %s admitted %v, want %v", i, s.id, s.at, got, s.want)

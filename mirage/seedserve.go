@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -151,67 +150,4 @@ func (m *Mirage) answerSeed(reply string, ans bus.SeedAnswer) {
 // end of one and the next, seedReadSlots reads at once (each holds the object in memory,
 // at most declarative.MaxFileSize), a request waiting for a slot at most
 // bus.SeedSlotWait, a read at most bus.SeedReadTimeout.
-const (
-	seedReadSlots = 8
-	// seedGateMax bounds the Ghosts the gate remembers; beyond it (after pruning) a
-	// request is answered busy.
-	seedGateMax = 100_000
-)
-
-// seedGate admits a Ghost's seed read request when none of its is being served and its
-// last ended at least bus.SeedEvery ago. The interval counts from the end of a read, not
-// its start: a read of a large object takes longer than the interval, and counting from
-// its start would let a Ghost asking in a loop keep Mirage reading back to back.
-type seedGate struct {
-	mu     sync.Mutex
-	ghosts map[string]*seedTurn
-	pruned time.Time
-}
-
-type seedTurn struct {
-	ended   time.Time
-	serving bool
-}
-
-func newSeedGate() *seedGate { return &seedGate{ghosts: map[string]*seedTurn{}} }
-
-// enter admits a request of Ghost id at now, or refuses it; an admitted request is
-// followed by leave.
-func (g *seedGate) enter(id string, now time.Time) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if now.Sub(g.pruned) >= time.Minute || (len(g.ghosts) >= seedGateMax && now.Sub(g.pruned) >= bus.SeedEvery) {
-		g.prune(now)
-	}
-	t, ok := g.ghosts[id]
-	switch {
-	case ok && (t.serving || now.Sub(t.ended) < bus.SeedEvery):
-		return false
-	case !ok && len(g.ghosts) >= seedGateMax:
-		return false
-	case !ok:
-		t = &seedTurn{}
-		g.ghosts[id] = t
-	}
-	t.serving = true
-	return true
-}
-
-// leave ends the admitted request of Ghost id at now.
-func (g *seedGate) leave(id string, now time.Time) {
-	g.mu.Lock()
-	if t, ok := g.ghosts[id]; ok {
-		t.serving, t.ended = false, now
-	}
-	g.mu.Unlock()
-}
-
-// prune forgets the Ghosts whose turn no longer bounds anything.
-func (g *seedGate) prune(now time.Time) {
-	g.pruned = now
-	for id, t := range g.ghosts {
-		if !t.serving && now.Sub(t.ended) >= bus.SeedEvery {
-			delete(g.ghosts, id)
-		}
-	}
-}
+const seedReadSlots = 8

@@ -10,7 +10,7 @@ import (
 // The seed gate admits one read per Ghost at a time, and the next only bus.SeedEvery after
 // the last ended, however long that read took; other Ghosts are not held up.
 func TestSeedGate(t *testing.T) {
-	g := newSeedGate()
+	g := newGhostGate(bus.SeedEvery, true)
 	t0 := time.Unix(1_000_000, 0)
 	steps := []struct {
 		what  string
