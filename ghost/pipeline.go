@@ -83,17 +83,32 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 
 	exec := p.newExecution(cmd, now)
 	exec.Idempotent = op.Idempotent
+	// The delivery that takes the command's running channel is the one that claims it in
+	// the store; one arriving meanwhile is a duplicate that waits on that channel. Taken
+	// before Begin, so that no duplicate sees the execution claimed but not yet running.
+	running := make(chan struct{})
+	p.mu.Lock()
+	if ch, busy := p.running[cmd.CommandID]; busy {
+		p.mu.Unlock()
+		return Outcome{Duplicate: true, Running: ch}
+	}
+	p.running[cmd.CommandID] = running
+	p.mu.Unlock()
+	release := func() {
+		p.mu.Lock()
+		delete(p.running, cmd.CommandID)
+		p.mu.Unlock()
+		close(running)
+	}
 	claimed, fresh, err := p.store.Begin(ctx, exec)
 	if err != nil {
+		release()
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
 	}
 	if !fresh {
+		release()
 		return Outcome{Event: claimed.Event, Duplicate: true, Running: p.runningOf(claimed.Event, cmd.CommandID)}
 	}
-	running := make(chan struct{})
-	p.mu.Lock()
-	p.running[cmd.CommandID] = running
-	p.mu.Unlock()
 	ev := p.execute(ctx, seed, cmd, claimed)
 	// The event may be sent while its record is written: if the Ghost dies in between,
 	// the restart ends the execution again under the same stable event_id, which JetStream
@@ -102,10 +117,7 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	go func() {
 		defer close(stored)
 		p.finish(context.WithoutCancel(ctx), claimed.ExecutionID, ev)
-		p.mu.Lock()
-		delete(p.running, cmd.CommandID)
-		p.mu.Unlock()
-		close(running)
+		release()
 	}()
 	return Outcome{Event: ev, Executed: true, Stored: stored}
 }
