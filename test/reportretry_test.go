@@ -145,18 +145,9 @@ func storesNothing(t *testing.T, stream jetstream.Stream) {
 // reportsOf returns every report stored in EDGE_REPORT for an intent, oldest first.
 func reportsOf(t *testing.T, js jetstream.JetStream, intentID string) []bus.Report {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.Report(intentID)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons, remaining := reportConsumer(t, js, intentID)
 	var out []bus.Report
-	for remaining := info.NumPending; remaining > 0; {
+	for remaining > 0 {
 		batch, err := cons.Fetch(int(min(remaining, 100)), jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			t.Fatal(err)
@@ -176,4 +167,21 @@ func reportsOf(t *testing.T, js jetstream.JetStream, intentID string) []bus.Repo
 		remaining -= uint64(n)
 	}
 	return out
+}
+
+// reportConsumer opens an ordered consumer on report.<intentID> and returns it with the
+// number of messages stored there.
+func reportConsumer(t *testing.T, js jetstream.JetStream, intentID string) (jetstream.Consumer, uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.Report(intentID)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cons, info.NumPending
 }

@@ -253,15 +253,6 @@ func junkFrom(api string, ghost, operator *nats.Conn) *nats.Conn {
 // countReports counts the messages stored on report.<intentID>.
 func countReports(t *testing.T, js jetstream.JetStream, intentID string) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.Report(intentID)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int(info.NumPending)
+	_, n := reportConsumer(t, js, intentID)
+	return int(n)
 }
