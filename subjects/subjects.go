@@ -70,20 +70,13 @@ func Report(intentID string) string { return prefixReport + "." + intentID }
 // AttachGhost is where Mirage asks a headless Ghost to register (request/reply).
 func AttachGhost(ghostID string) string { return prefixAttach + "." + ghostID }
 
-// ReplayFor is where Ghost ghostID asks Mirage to create its replay consumer. Only that
+// ReplayFor is where Ghost ghostID asks Mirage for the commands it missed. Only that
 // Ghost may publish on it (natsd.GhostPermissions): the subject token is its identity.
 func ReplayFor(ghostID string) string { return Replay + "." + ghostID }
 
 // GhostFromReplay returns the ghost_id of a mirage.replay.<ghost_id> subject.
 func GhostFromReplay(subject string) (string, error) {
-	id, ok := strings.CutPrefix(subject, Replay+".")
-	if !ok {
-		return "", fmt.Errorf("subject %q is not a replay request subject", subject)
-	}
-	if err := ValidateGhostID(id); err != nil {
-		return "", fmt.Errorf("subject %q: %w", subject, err)
-	}
-	return id, nil
+	return ghostAfter(Replay, "a replay request", subject)
 }
 
 // SeedFor is where Ghost ghostID asks Mirage for an object of the seed store. Only that
@@ -92,9 +85,15 @@ func SeedFor(ghostID string) string { return Seed + "." + ghostID }
 
 // GhostFromSeed returns the ghost_id of a mirage.seed.<ghost_id> subject.
 func GhostFromSeed(subject string) (string, error) {
-	id, ok := strings.CutPrefix(subject, Seed+".")
+	return ghostAfter(Seed, "a seed read request", subject)
+}
+
+// ghostAfter returns the ghost_id of a <prefix>.<ghost_id> subject, what naming it in
+// the error.
+func ghostAfter(prefix, what, subject string) (string, error) {
+	id, ok := strings.CutPrefix(subject, prefix+".")
 	if !ok {
-		return "", fmt.Errorf("subject %q is not a seed read request subject", subject)
+		return "", fmt.Errorf("subject %q is not %s subject", subject, what)
 	}
 	if err := ValidateGhostID(id); err != nil {
 		return "", fmt.Errorf("subject %q: %w", subject, err)
