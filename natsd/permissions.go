@@ -9,14 +9,15 @@ import (
 	"github.com/edgectl/edgectl/subjects"
 )
 
-// GhostPermissions are what Ghost id may do: read its commands and acks, write its events,
-// registration and heartbeats, and ask Mirage for the commands it missed and for pushed
-// seeds. Nothing else: no JetStream API call at all. nats-server checks neither a new
-// consumer's deliver_subject nor a request's reply subject against the requester's
-// permissions, and JetStream answers there with its own rights, some answers with an
-// empty body (a direct get that finds nothing, a pull request's status), which is a valid
-// STREAM.DELETE or CONSUMER.DELETE. Mirage reads EDGE_CMD for the Ghost
-// (mirage.replay.<id>) and seeds (mirage.seed.<id>), and answers on its inbox only.
+// GhostPermissions are what Ghost id may do, in account EDGE_GHOSTS (accounts.go): read
+// its commands and acks, write its events, registration and heartbeats, and ask Mirage
+// for the commands it missed and for pushed seeds. Nothing else: no JetStream API call at
+// all. nats-server checks neither a new consumer's deliver_subject nor a request's reply
+// subject against the requester's permissions, and JetStream answers there with its own
+// rights, some answers with an empty body (a direct get that finds nothing, a pull
+// request's status), which is a valid STREAM.DELETE or CONSUMER.DELETE. Mirage reads
+// EDGE_CMD for the Ghost (mirage.replay.<id>) and seeds (mirage.seed.<id>); the answers,
+// like the publish ack of an event, go back to the Ghosts' account.
 func GhostPermissions(id string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -62,6 +63,10 @@ func MiragePermissions() *server.Permissions {
 			// survive an authorization reload between request and reply.
 			"_INBOX.>",
 			bus.AllGhostInboxes,
+			// Answers to Ghosts' requests, which reach account EDGE through service
+			// imports (accounts.go) and name a reply subject of this form; a replay or
+			// seed read is answered with several messages.
+			bus.ImportReplyPrefix + ">",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Issue,

@@ -45,7 +45,9 @@ type Config struct {
 	// Logger receives the server's log lines; nil discards them.
 	Logger *slog.Logger
 	// Users, when not nil, turns on nkey authentication: only these users connect, each
-	// with its permissions. SetUsers changes them while the server runs.
+	// with its permissions. SetUsers changes them while the server runs. When users name
+	// an account (Users and CertUsers do), the server runs with the fleet's accounts
+	// (accounts.go), and its JetStream store is that of account EDGE.
 	Users []*server.NkeyUser
 	// TLS, when not nil, requires TLS of every socket client (in-process connections need
 	// none); with TLS.VerifyClients, a client certificate signed by TLS.CA too.
@@ -86,6 +88,9 @@ func (s *Server) SetAuth(nkeys []*server.NkeyUser, certUsers []*server.User) err
 var errCertUsersNeedMap = errors.New("certificate-mapped users need TLS with client verification")
 
 func (s *Server) setAuth(nkeys []*server.NkeyUser, certUsers []*server.User) error {
+	if (nkeys != nil || certUsers != nil) && usesAccounts(nkeys, certUsers) != (s.opts.Accounts != nil) {
+		return errAccountsFixed
+	}
 	next := s.opts.Clone()
 	next.Nkeys = nkeys
 	next.Users = certUsers
@@ -165,6 +170,18 @@ func Start(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("embedded server: %w", errCertUsersNeedMap)
 		}
 		opts.Users = cfg.CertUsers
+	}
+	from, to := AccountEdge, globalAccount
+	if usesAccounts(opts.Nkeys, opts.Users) {
+		accounts, err := fleetAccounts()
+		if err != nil {
+			return nil, err
+		}
+		opts.Accounts = accounts
+		from, to = to, from
+	}
+	if err := moveJetStreamAccount(opts.StoreDir, from, to); err != nil {
+		return nil, fmt.Errorf("embedded server: %w", err)
 	}
 	if cfg.Customize != nil {
 		if err := cfg.Customize(opts); err != nil {

@@ -45,6 +45,8 @@ var (
 	AllRegisters  = prefixRegister + ".*"
 	AllHeartbeats = prefixHeartbeat + ".*"
 	AllReports    = prefixReport + ".*"
+	AllAcks       = prefixAck + ".*"
+	AllAttaches   = prefixAttach + ".*"
 	AllReplays    = Replay + ".*"
 	AllSeeds      = Seed + ".*"
 )

@@ -146,7 +146,7 @@ func (d *natsDeploy) bootstrap() {
 // authConfig writes auth.conf from 'miragectl fleet auth-config'.
 func (d *natsDeploy) authConfig(url string) {
 	r := execRun(d.t, d.miragectl, nil, "fleet", "auth-config", "--server", url, "--nkey", d.operator)
-	if r.code != 0 || !strings.Contains(r.stdout, "authorization {") {
+	if r.code != 0 || !strings.Contains(r.stdout, "accounts {") {
 		d.t.Fatalf("fleet auth-config: exit %d", r.code)
 	}
 	if err := os.WriteFile(filepath.Join(d.dir, "auth.conf"), []byte(r.stdout), 0o600); err != nil {

@@ -51,10 +51,12 @@ func replayAnswer(t *testing.T, nc *nats.Conn, id string, start uint64) bus.Repl
 func jsonUint(n uint64) string { b, _ := json.Marshal(n); return string(b) }
 
 // nats-server does not check a request's reply subject against the requester's
-// permissions, and Mirage may publish to the KV buckets and cmd.*: under auth, Mirage
-// answers a Ghost's replay and register requests only on that Ghost's inbox, and does not
-// serve the others (no register, no command sent), so a Ghost cannot write through Mirage.
-func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
+// permissions, and Mirage may publish to the KV buckets and cmd.*. Under auth a Ghost's
+// request crosses from the Ghosts' account into Mirage's through a service import, which
+// gives it a reply subject of its own leading back to the Ghosts' account: whatever reply
+// subject a Ghost names, Mirage's answer cannot write into the enrollments, the registry
+// or EDGE_CMD, nor reach any subject of Mirage's account.
+func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
 	f := newAuthFleet(t, "ghost-c", "ghost-o", "ghost-m")
 	ctx := context.Background()
 	js, err := jetstream.New(f.op)
@@ -115,13 +117,13 @@ func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Mirage handles the requests of each subject in order (one subscription each), and
-	// drops a misdirected one at once: once a later request of each is answered, the
-	// misdirected ones were handled, and whatever Mirage published for them reached the
-	// operator's connection before the PONG of its flush.
+	// Mirage handles the requests of each subject in order (one subscription each): once
+	// a later request of each is answered, the earlier ones were handled, and whatever
+	// Mirage published for them reached the operator's connection before the PONG of its
+	// flush.
 	reply := replayAnswer(t, nc, "ghost-c", 1)
 	for i := 0; i < 20 && reply.Error != nil && reply.Error.Code == bus.CodeBusy; i++ {
-		time.Sleep(2 * bus.ReplayEvery) // busy only if a misdirected one was served
+		time.Sleep(2 * bus.ReplayEvery) // the replay gate: one served per ReplayEvery
 		reply = replayAnswer(t, nc, "ghost-c", 1)
 	}
 	if reply.Status != "accepted" {
@@ -154,9 +156,6 @@ func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
 	}
 	if m, err := cmds.GetLastMsgForSubject(ctx, subjects.Command("ghost-o")); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("a message was stored on cmd.ghost-o: %v %v", m, err)
-	}
-	if _, ok := f.m.Fleet().Get("ghost-c"); ok {
-		t.Error("Mirage registered ghost-c from a register whose answer went elsewhere")
 	}
 	if n := leaked.Load(); n != 0 {
 		t.Errorf("%d messages went to the foreign reply subjects", n)

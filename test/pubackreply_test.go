@@ -15,11 +15,12 @@ import (
 )
 
 // A Ghost may publish on its own evt.<id> with any reply subject: nats-server does not
-// check a reply against permissions, and JetStream sends the publish ack there with the
-// account's rights. The ack is never empty ({"stream":…,"seq":…}), and the JetStream API
-// refuses a request body with fields it does not know, so aimed at the API it changes
-// nothing: no stream, message or consumer is removed.
-func TestEventPublishAckAimedAtTheAPIChangesNothing(t *testing.T) {
+// check a reply against permissions, and JetStream sends the publish ack there. The event
+// crosses from the Ghosts' account into Mirage's through a service import, which gives it
+// a reply subject of its own leading back to the Ghosts' account: aimed at the JetStream
+// API, a KV key, a report or another Ghost's commands, the ack is stored nowhere and
+// changes nothing: no stream, message or consumer is added or removed.
+func TestEventPublishAckAimedAnywhereChangesNothing(t *testing.T) {
 	f := newAuthFleet(t, "ghost-c")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -50,6 +51,13 @@ func TestEventPublishAckAimedAtTheAPIChangesNothing(t *testing.T) {
 		"$JS.API.STREAM.MSG.DELETE." + bus.StreamCommands,
 		"$JS.API.STREAM.DELETE.KV_" + bus.BucketFleet,
 		"$JS.API.STREAM.PURGE.KV_" + bus.BucketFleet,
+		"$KV." + bus.BucketFleet + ".ghost-c",
+		"$KV." + bus.BucketFleet + ".ghost-o",
+		"$KV." + bus.BucketGhosts + ".ghost-o",
+		"$KV." + bus.BucketIntents + ".int_rogue",
+		subjects.Report("int_rogue"),
+		subjects.Command("ghost-o"),
+		subjects.Event("ghost-o"),
 	}
 	for _, c := range consumers {
 		targets = append(targets, "$JS.API.CONSUMER.DELETE."+bus.StreamEvents+"."+c)

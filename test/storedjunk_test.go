@@ -22,8 +22,11 @@ import (
 // allowed (direct get of its own last command, stream info of OBJ_edge_seeds) with a
 // stored subject as the reply: the answer was stored there as a KV value or a stream
 // message. Ghosts may no longer make any JetStream API call
-// (TestGhostCannotAimJetStreamAnswersAtTheAPI, TestSeedProxyGhostHasNoSeedStoreAPI); the
-// junk they stored before is still stored here, sent by the operator (junkFrom).
+// (TestGhostCannotAimJetStreamAnswersAtTheAPI, TestSeedProxyGhostHasNoSeedStoreAPI), and
+// the answers to what they may publish land in their own account
+// (TestEventPublishAckAimedAnywhereChangesNothing); the junk they stored before is still
+// stored here, sent by the operator (junkFrom), as an external server configured with one
+// account, or an operator's mistake, could still store it.
 var (
 	junkStreamInfo = "$JS.API.STREAM.INFO.OBJ_" + bus.BucketSeeds
 	junkLastCmd    = func(ghostID string) string {

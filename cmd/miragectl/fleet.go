@@ -27,7 +27,7 @@ func newFleet() *cobra.Command {
 		Long: `fleet manages which Ghost identities may connect. 'fleet add' binds a ghost id to the
 public nkey that 'ghostctl init' printed; 'fleet rm' revokes it. With 'miragectl up --auth'
 both take effect at once: a revoked Ghost is disconnected and refused. For an external
-server or cluster, 'fleet auth-config' prints the authorization block to install there.
+server or cluster, 'fleet auth-config' prints the accounts block to install there.
 These requests need the operator key (--nkey DATA_DIR/keys/operator.nk).`,
 	}
 	c.AddCommand(newFleetAdd(), newFleetRm(), newFleetLs(), newFleetAuthConfig())
@@ -143,10 +143,13 @@ func newFleetAuthConfig() *cobra.Command {
 	var cf clientFlags
 	c := &cobra.Command{
 		Use:   "auth-config",
-		Short: "Print the nats-server authorization block for the enrolled fleet",
-		Long: `auth-config prints the authorization block that gives the operator, Mirage and every
-enrolled Ghost exactly their permissions, for an external nats-server or cluster. It reads
-the enrollments from KV edge_fleet.`,
+		Short: "Print the nats-server accounts block for the enrolled fleet",
+		Long: `auth-config prints the nats-server accounts block that gives the operator, Mirage and
+every enrolled Ghost exactly their permissions, for an external nats-server or cluster:
+account EDGE holds JetStream, Mirage and the operator, account EDGE_GHOSTS the Ghosts, which
+reach EDGE only through its exports (docs/security.md, "Two accounts"). It reads the
+enrollments from KV edge_fleet. Include the output in nats-server.conf and reload the server
+after every 'fleet add' or 'fleet rm'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
