@@ -2,10 +2,13 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
@@ -209,5 +212,80 @@ func TestKillMirageMidIntent(t *testing.T) {
 		if got := f.counter("k"); got != "1" {
 			t.Fatalf("%s counter %q, want 1", f.id, got)
 		}
+	}
+}
+
+// kill -9 of 'miragectl up', which runs Mirage, its embedded nats-server and the local
+// Ghost in one process, right after intents were accepted; then 'up' again on the same data
+// directory: every accepted intent gets its terminal report, satisfied. With --sync
+// interval too: nats-server writes each message to its file before acknowledging it and
+// only fsyncs later, so a process crash loses nothing (an OS crash may lose the last
+// interval). With --auth the store is that of account EDGE (natsd/accounts.go).
+func TestKillUpWithItsEmbeddedServerLosesNoAcceptedIntent(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"always", []string{"--sync", "always"}},
+		{"interval", []string{"--sync", "interval"}},
+		{"interval-auth", []string{"--sync", "interval", "--auth"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			miragectl, _ := testenv.Binaries(t)
+			data := t.TempDir()
+			listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+			auth := slices.Contains(tt.args, "--auth")
+			up := func() (*testenv.Process, *mirage.Client) {
+				p := testenv.Start(t, miragectl, append([]string{"up", "--data-dir", data, "--nats-listen", listen}, tt.args...)...)
+				var opts []nats.Option
+				var nc *nats.Conn
+				testenv.Eventually(t, 30*time.Second, "up to serve", func() bool {
+					if auth && opts == nil {
+						op, err := bus.LoadIdentity(filepath.Join(data, "keys", "operator.nk"))
+						if err != nil {
+							return false
+						}
+						opts = []nats.Option{op.NATSOption()}
+					}
+					c, err := nats.Connect("nats://"+listen, opts...)
+					if err != nil {
+						return false
+					}
+					if _, err := c.Request(subjects.Issue, []byte("ping"), time.Second); err != nil {
+						c.Close()
+						return false
+					}
+					nc = c
+					return true
+				})
+				t.Cleanup(nc.Close)
+				client, err := mirage.NewClient(nc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return p, client
+			}
+			p, client := up()
+			// The local Ghost is registered once an intent to it is satisfied.
+			warm := testenv.NewIssue("local", "seed.flow", "status", nil, 30*time.Second)
+			issueNoWait(t, client, warm)
+			if r := waitReport(t, client, warm.IntentID, 30*time.Second); r.Phase != bus.PhaseSatisfied {
+				t.Fatalf("first intent: %s", r.Summary)
+			}
+			var accepted []*bus.Issue
+			for i := 0; i < 20; i++ {
+				is := testenv.NewIssue("local", "seed.flow", "sleep", map[string]string{"ms": "1000"}, 60*time.Second)
+				issueNoWait(t, client, is)
+				accepted = append(accepted, is)
+			}
+			p.Kill()
+			_, client = up()
+			for _, is := range accepted {
+				r := waitReport(t, client, is.IntentID, 60*time.Second)
+				if r.Phase != bus.PhaseSatisfied || r.Counts != (bus.Counts{Targets: 1, Success: 1}) {
+					t.Fatalf("accepted intent %s after kill -9 of up: %s %+v", is.IntentID, r.Summary, r.Counts)
+				}
+			}
+		})
 	}
 }
