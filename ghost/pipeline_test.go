@@ -410,3 +410,73 @@ func TestPipelineRefusalOfHugeInputStaysSendable(t *testing.T) {
 		t.Fatalf("error %d bytes, code %d; event %d bytes", len(out.Event.Error.Message), out.Event.Error.Code, len(data))
 	}
 }
+
+// pausingStore holds the first Begin after the execution is claimed, until released: the
+// moment in which another delivery of the command finds it claimed but not yet running.
+type pausingStore struct {
+	*MemoryStore
+	once    sync.Once
+	claimed chan struct{}
+	release chan struct{}
+}
+
+func (s *pausingStore) Begin(ctx context.Context, e Execution) (Execution, bool, error) {
+	got, fresh, err := s.MemoryStore.Begin(ctx, e)
+	first := false
+	s.once.Do(func() { first = true })
+	if first {
+		close(s.claimed)
+		<-s.release
+	}
+	return got, fresh, err
+}
+
+// A delivery arriving while another has claimed the command in the store but not yet
+// started it is a duplicate that gets the running execution's channel, closed only when
+// the execution is recorded: a replayed delivery waits on it before the replay position
+// moves past the command.
+func TestPipelineDuplicateDuringBeginGetsTheRunningChannel(t *testing.T) {
+	f := newFixture(t)
+	st := &pausingStore{MemoryStore: f.store, claimed: make(chan struct{}), release: make(chan struct{})}
+	p := NewPipeline(testGhost, f.p.registry, st, nil, nil)
+	cmd := command(t, "t.ok", "run")
+	first := make(chan Outcome, 1)
+	go func() {
+		out := p.Run(context.Background(), cmd)
+		out.Wait()
+		first <- out
+	}()
+	select {
+	case <-st.claimed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first delivery did not claim the command")
+	}
+	dup := *cmd
+	out := p.Run(context.Background(), &dup)
+	if !out.Duplicate || out.Event != nil || out.Running == nil {
+		t.Fatalf("delivery during the first one's Begin: duplicate=%v event=%v running=%v, want a duplicate with the running channel", out.Duplicate, out.Event != nil, out.Running != nil)
+	}
+	select {
+	case <-out.Running:
+		t.Fatal("the running channel is closed before the execution ran")
+	default:
+	}
+	close(st.release)
+	var o1 Outcome
+	select {
+	case o1 = <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first delivery did not finish")
+	}
+	if !o1.Executed || o1.Event == nil {
+		t.Fatalf("first delivery: %+v", o1)
+	}
+	select {
+	case <-out.Running:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the running channel is still open after the execution was recorded")
+	}
+	if calls := f.seeds["t.ok"].calls.Load(); calls != 1 {
+		t.Fatalf("seed executed %d times, want 1", calls)
+	}
+}
