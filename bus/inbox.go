@@ -20,9 +20,3 @@ func MirageInbox() string { return mirageInbox }
 // GhostReplayConsumer is the name of the short-lived consumer a Ghost reads its missed
 // commands through; its own permissions allow only this name and its own subject.
 func GhostReplayConsumer(ghostID string) string { return "ghost_" + ghostID }
-
-// ImportReplyPrefix starts the reply subject nats-server gives a request that crossed
-// accounts through a service import: a Ghost's request as Mirage receives it when the
-// fleet runs in two accounts (natsd/accounts.go). Its answer goes back to the requester's
-// account.
-const ImportReplyPrefix = "_R_."

@@ -12,23 +12,21 @@ import (
 // Answering a Ghost: nats-server does not check a request's reply subject against the
 // requester's permissions, and Mirage may publish where a Ghost may not ($KV.edge_fleet.>,
 // $KV.edge_ghosts.>, cmd.*). Answering a Ghost's request wherever it names would let the
-// Ghost write into the enrollments, the registry or EDGE_CMD through Mirage. So, when
-// permissions confine Ghosts (Mirage runs with auth), a Ghost's request (reg.<id>,
-// mirage.replay.<id>, mirage.seed.<id>) is served only when its reply subject is one of:
-//   - a reply subject nats-server made for a request that crossed accounts (_R_.…): with
-//     the fleet's accounts (natsd/accounts.go) every Ghost request arrives so, and the
-//     answer goes back to the Ghosts' account, which stores nothing;
-//   - that Ghost's own inbox, the id taken from the subject: with Ghosts in Mirage's own
-//     account (an external server still configured with one account).
-// Without auth no permissions exist: any client may publish anywhere itself, and requests
-// are answered as they come.
+// Ghost write into the enrollments, the registry or EDGE_CMD through Mirage, or send
+// Mirage's answers (a seed read is up to 32 MiB) to other Ghosts. So, when permissions
+// confine Ghosts (Mirage runs with auth), a Ghost's request (reg.<id>, mirage.replay.<id>,
+// mirage.seed.<id>) is served only when its reply subject is on that Ghost's own inbox,
+// the id taken from the subject. With the fleet's two accounts (natsd/accounts.go) the
+// requests cross into Mirage's account with their reply subject kept, and the inboxes come
+// back to the Ghosts' account, each readable by its Ghost only. Without auth no
+// permissions exist: any client may publish anywhere itself, and requests are answered as
+// they come.
 
 // replyGuard decides whether a Ghost's request may be answered on its reply subject.
 type replyGuard struct {
-	confined      bool // Ghosts have per-Ghost permissions and reply on bus.GhostInbox(id)
-	log           *slog.Logger
-	warned        rateLog
-	sharedAccount sync.Once // warned that Ghosts are in Mirage's account
+	confined bool // Ghosts have per-Ghost permissions and reply on bus.GhostInbox(id)
+	log      *slog.Logger
+	warned   rateLog
 }
 
 func newReplyGuard(confined bool, log *slog.Logger) *replyGuard {
@@ -42,14 +40,7 @@ func (g *replyGuard) allows(ghostID, subject, reply string) bool {
 	if !g.confined {
 		return true
 	}
-	if ghostID != "" && strings.HasPrefix(reply, bus.ImportReplyPrefix) {
-		return true
-	}
 	if ghostID != "" && strings.HasPrefix(reply, bus.GhostInbox(ghostID)+".") {
-		g.sharedAccount.Do(func() {
-			g.log.Warn("Ghosts share Mirage's NATS account: a Ghost can have JetStream store its event's publish ack under any subject of this account. Regenerate the server's authorization with 'miragectl fleet auth-config' (it puts Ghosts in an account of their own) and reload it; see docs/security.md",
-				"peer", ghostID, "subject", subject)
-		})
 		return true
 	}
 	if ok, n := g.warned.allow(); ok {

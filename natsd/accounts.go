@@ -3,12 +3,14 @@ package natsd
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
 )
 
@@ -21,8 +23,15 @@ import (
 // the rights of the account it serves. In one account a Ghost could publish its event
 // with a reply subject such as $KV.edge_fleet.<id>, and the ack would be stored there. A
 // Ghost's event now crosses into EDGE through a service import, which replaces the reply
-// subject with a private one that leads back to EDGE_GHOSTS: an ack, or Mirage's answer
-// to a request, can only land in EDGE_GHOSTS, where nothing is stored.
+// subject with a private one that leads back to EDGE_GHOSTS, where nothing is stored.
+//
+// The Ghosts' requests to Mirage (registration, replay, seed reads) and their heartbeats
+// cross as streams instead, which keep the reply subject as the Ghost set it: Mirage
+// answers only on the requesting Ghost's own inbox (mirage/replyguard.go), and those
+// inboxes come back to EDGE_GHOSTS as a stream, where each Ghost may read only its own. A
+// service import would hand Mirage a reply subject it cannot check, and its answers (a seed
+// read is up to 32 MiB) would go wherever in EDGE_GHOSTS the Ghost named: another Ghost's
+// cmd.<id>, or mirage.announce, which every Ghost reads.
 const (
 	// AccountEdge holds JetStream, Mirage and the operator.
 	AccountEdge = "EDGE"
@@ -30,28 +39,19 @@ const (
 	AccountGhosts = "EDGE_GHOSTS"
 )
 
-// serviceImport is a subject EDGE serves to the Ghosts (a request or a publish whose
-// answer, if any, goes back to the Ghost); stream says whether one request may have
-// several answers.
-type serviceImport struct {
-	subject string
-	stream  bool
-}
+// ghostServices are the subjects Ghosts publish into EDGE through a service import: their
+// events, stored in EDGE_EVT and answered with the publish ack on a reply subject the
+// server makes.
+var ghostServices = []string{subjects.AllEvents}
 
-// ghostServices are the subjects Ghosts publish into EDGE: events (stored in EDGE_EVT,
-// answered with the publish ack), registration, heartbeats, and the requests Mirage
-// answers with several messages (replay, seed reads).
-var ghostServices = []serviceImport{
-	{subject: subjects.AllEvents},
-	{subject: subjects.AllRegisters},
-	{subject: subjects.AllHeartbeats},
-	{subject: subjects.AllReplays, stream: true},
-	{subject: subjects.AllSeeds, stream: true},
-}
+// ghostPublishes are the subjects Ghosts publish into EDGE as a stream, reply subject kept:
+// registration, heartbeats, and the replay and seed read requests Mirage answers on the
+// Ghost's inbox.
+var ghostPublishes = []string{subjects.AllRegisters, subjects.AllHeartbeats, subjects.AllReplays, subjects.AllSeeds}
 
-// ghostStreams are the subjects Ghosts receive from EDGE: commands, event.acks and
-// Mirage's announce.
-var ghostStreams = []string{subjects.AllCommands, subjects.AllAcks, subjects.Announce}
+// ghostStreams are the subjects Ghosts receive from EDGE: commands, event.acks, Mirage's
+// announce, and Mirage's answers on their inboxes.
+var ghostStreams = []string{subjects.AllCommands, subjects.AllAcks, subjects.Announce, bus.AllGhostInboxes}
 
 // edgeServices are the subjects EDGE reaches in EDGE_GHOSTS: Mirage's attach request.
 var edgeServices = []string{subjects.AllAttaches}
@@ -60,21 +60,21 @@ var edgeServices = []string{subjects.AllAttaches}
 // ghostUsers already indented for it.
 func accountsBlock(edgeUsers, ghostUsers string) string {
 	var b strings.Builder
+	only := func(account string) string { return ", accounts: [" + account + "]" }
 	b.WriteString("accounts {\n")
 	fmt.Fprintf(&b, "  # JetStream, Mirage and the operator.\n  %s {\n    jetstream: enabled\n", AccountEdge)
 	fmt.Fprintf(&b, "    users = [\n%s    ]\n", edgeUsers)
 	b.WriteString("    exports = [\n")
 	for _, s := range ghostServices {
-		resp := ""
-		if s.stream {
-			resp = ", response: stream"
-		}
-		fmt.Fprintf(&b, "      { service: %q%s, accounts: [%s] }\n", s.subject, resp, AccountGhosts)
+		fmt.Fprintf(&b, "      { service: %q%s }\n", s, only(AccountGhosts))
 	}
 	for _, s := range ghostStreams {
-		fmt.Fprintf(&b, "      { stream: %q, accounts: [%s] }\n", s, AccountGhosts)
+		fmt.Fprintf(&b, "      { stream: %q%s }\n", s, only(AccountGhosts))
 	}
 	b.WriteString("    ]\n    imports = [\n")
+	for _, s := range ghostPublishes {
+		fmt.Fprintf(&b, "      { stream: { account: %s, subject: %q } }\n", AccountGhosts, s)
+	}
 	for _, s := range edgeServices {
 		fmt.Fprintf(&b, "      { service: { account: %s, subject: %q } }\n", AccountGhosts, s)
 	}
@@ -83,14 +83,17 @@ func accountsBlock(edgeUsers, ghostUsers string) string {
 	fmt.Fprintf(&b, "    users = [\n%s    ]\n", ghostUsers)
 	b.WriteString("    imports = [\n")
 	for _, s := range ghostServices {
-		fmt.Fprintf(&b, "      { service: { account: %s, subject: %q } }\n", AccountEdge, s.subject)
+		fmt.Fprintf(&b, "      { service: { account: %s, subject: %q } }\n", AccountEdge, s)
 	}
 	for _, s := range ghostStreams {
 		fmt.Fprintf(&b, "      { stream: { account: %s, subject: %q } }\n", AccountEdge, s)
 	}
 	b.WriteString("    ]\n    exports = [\n")
+	for _, s := range ghostPublishes {
+		fmt.Fprintf(&b, "      { stream: %q%s }\n", s, only(AccountEdge))
+	}
 	for _, s := range edgeServices {
-		fmt.Fprintf(&b, "      { service: %q, accounts: [%s] }\n", s, AccountEdge)
+		fmt.Fprintf(&b, "      { service: %q%s }\n", s, only(AccountEdge))
 	}
 	b.WriteString("    ]\n  }\n}\n")
 	return b.String()
@@ -128,31 +131,55 @@ func usesAccounts(nkeys []*server.NkeyUser, users []*server.User) bool {
 // globalAccount is the account of a server without accounts.
 const globalAccount = "$G"
 
-// moveJetStreamAccount makes the JetStream store of account to the one a store kept for
-// account from: nats-server keeps each account's streams under StoreDir/jetstream/<account>,
-// so a store written without authentication ($G) is found again with it (EDGE), and back.
-// It refuses when both hold streams: which to keep is the operator's choice.
-func moveJetStreamAccount(storeDir, from, to string) error {
-	base := filepath.Join(storeDir, "jetstream")
-	src, dst := filepath.Join(base, from), filepath.Join(base, to)
-	if !hasStreams(src) {
+// moveJetStreamAccount moves the JetStream store of account from to account to: nats-server
+// keeps each account's streams under StoreDir/jetstream/<account>, so a store written
+// without authentication ($G) is found again with it (EDGE), and back. It refuses when both
+// hold streams: which to keep is the operator's choice. A clustered server is left alone:
+// its streams are recorded by account in the cluster's metadata, which a moved directory
+// would contradict (the cluster would delete the moved streams as orphans).
+func moveJetStreamAccount(opts *server.Options, from, to string) error {
+	if opts.Cluster.Port != 0 || len(opts.Routes) > 0 {
 		return nil
 	}
-	if hasStreams(dst) {
+	base := filepath.Join(opts.StoreDir, "jetstream")
+	src, dst := filepath.Join(base, from), filepath.Join(base, to)
+	if ok, err := hasStreams(src); err != nil || !ok {
+		return err
+	}
+	if ok, err := hasStreams(dst); err != nil {
+		return err
+	} else if ok {
 		return fmt.Errorf("the store %s holds streams of account %s and of account %s; edgectl uses %s now (move or remove the other: %s)", base, from, to, to, src)
 	}
-	if err := os.RemoveAll(dst); err != nil { // empty: no streams
+	if err := os.RemoveAll(dst); err != nil { // no streams: at most empty directories
 		return err
 	}
 	if err := os.Rename(src, dst); err != nil {
 		return fmt.Errorf("moving the JetStream store of account %s to %s: %w", from, to, err)
 	}
+	// The rename is in the directory's entries: make it durable before the server writes.
+	d, err := os.Open(base)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("moving the JetStream store of account %s to %s: %w", from, to, err)
+	}
 	return nil
 }
 
-func hasStreams(accountDir string) bool {
+// hasStreams reports whether an account's store holds streams; an unreadable one is an
+// error, not an empty store.
+func hasStreams(accountDir string) (bool, error) {
 	entries, err := os.ReadDir(filepath.Join(accountDir, "streams"))
-	return err == nil && len(entries) > 0
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading the JetStream store: %w", err)
+	}
+	return len(entries) > 0, nil
 }
 
 var errAccountsFixed = errors.New("users with and without the fleet accounts: the server's accounts are fixed when it starts")

@@ -16,8 +16,8 @@ import (
 // subject against the requester's permissions, and JetStream answers there with its own
 // rights, some answers with an empty body (a direct get that finds nothing, a pull
 // request's status), which is a valid STREAM.DELETE or CONSUMER.DELETE. Mirage reads
-// EDGE_CMD for the Ghost (mirage.replay.<id>) and seeds (mirage.seed.<id>); the answers,
-// like the publish ack of an event, go back to the Ghosts' account.
+// EDGE_CMD for the Ghost (mirage.replay.<id>) and seeds (mirage.seed.<id>) and answers on
+// the Ghost's own inbox only; an event's publish ack goes back to the Ghosts' account.
 func GhostPermissions(id string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -63,10 +63,6 @@ func MiragePermissions() *server.Permissions {
 			// survive an authorization reload between request and reply.
 			"_INBOX.>",
 			bus.AllGhostInboxes,
-			// Answers to Ghosts' requests, which reach account EDGE through service
-			// imports (accounts.go) and name a reply subject of this form; a replay or
-			// seed read is answered with several messages.
-			bus.ImportReplyPrefix + ">",
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Issue,

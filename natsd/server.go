@@ -180,13 +180,13 @@ func Start(cfg Config) (*Server, error) {
 		opts.Accounts = accounts
 		from, to = to, from
 	}
-	if err := moveJetStreamAccount(opts.StoreDir, from, to); err != nil {
-		return nil, fmt.Errorf("embedded server: %w", err)
-	}
 	if cfg.Customize != nil {
 		if err := cfg.Customize(opts); err != nil {
 			return nil, err
 		}
+	}
+	if err := moveJetStreamAccount(opts, from, to); err != nil {
+		return nil, fmt.Errorf("embedded server: %w", err)
 	}
 	if !opts.DontListen && opts.Nkeys == nil && opts.Users == nil && !isLoopback(opts.Host) {
 		return nil, fmt.Errorf("embedded server: listening on %s without authentication would let anyone who reaches it command the fleet; listen on loopback or enable auth", opts.Host)

@@ -161,11 +161,9 @@ func TestAuthCatchUpOfManyBatchesRunsEachOnce(t *testing.T) {
 	for i := 0; i < missed; i++ {
 		last = f.storeSigned(t, js, "ghost-b", "n")
 	}
-	// Mirage's answers, as the operator may watch them where Mirage publishes them (on
-	// the reply subjects of requests that crossed from the Ghosts' account): more than
-	// one had more to come.
+	// Mirage's answers, as the operator may watch them: more than one had more to come.
 	var more, trailers atomic.Int64
-	watch, err := f.op.Subscribe(bus.ImportReplyPrefix+">", func(m *nats.Msg) {
+	watch, err := f.op.Subscribe(bus.GhostInbox("ghost-b")+".>", func(m *nats.Msg) {
 		if m.Header.Get(bus.HeaderStreamSeq) != "" {
 			return
 		}

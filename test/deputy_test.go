@@ -51,12 +51,11 @@ func replayAnswer(t *testing.T, nc *nats.Conn, id string, start uint64) bus.Repl
 func jsonUint(n uint64) string { b, _ := json.Marshal(n); return string(b) }
 
 // nats-server does not check a request's reply subject against the requester's
-// permissions, and Mirage may publish to the KV buckets and cmd.*. Under auth a Ghost's
-// request crosses from the Ghosts' account into Mirage's through a service import, which
-// gives it a reply subject of its own leading back to the Ghosts' account: whatever reply
-// subject a Ghost names, Mirage's answer cannot write into the enrollments, the registry
-// or EDGE_CMD, nor reach any subject of Mirage's account.
-func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
+// permissions, and Mirage may publish to the KV buckets and cmd.*: under auth, Mirage
+// answers a Ghost's replay, register and seed read requests only on that Ghost's inbox,
+// and does not serve the others (no register, no command or object sent), so a Ghost
+// cannot write through Mirage nor send its answers to another Ghost.
+func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
 	f := newAuthFleet(t, "ghost-c", "ghost-o", "ghost-m")
 	ctx := context.Background()
 	js, err := jetstream.New(f.op)
@@ -81,24 +80,39 @@ func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc := f.rogueGhost("ghost-c")
-	targets := []string{
-		"$KV." + bus.BucketFleet + ".ghost-o",
-		"$KV." + bus.BucketGhosts + ".ghost-o",
+	// Subjects of Mirage's account, and subjects another Ghost (ghost-o) reads in the
+	// Ghosts' account: a seed read answered on its cmd.ghost-o would push up to 32 MiB
+	// onto its link, an answer on attach.ghost-o or mirage.announce reach it (or every
+	// Ghost).
+	ghostSide := []string{
 		subjects.Command("ghost-o"),
-		"_INBOX.someone-else",
+		subjects.Ack("ghost-o"),
+		subjects.AttachGhost("ghost-o"),
+		subjects.Announce,
 		bus.GhostInbox("ghost-o") + ".stolen",
 	}
-	// Listening where the answers would go, as the operator may.
+	targets := append([]string{
+		"$KV." + bus.BucketFleet + ".ghost-o",
+		"$KV." + bus.BucketGhosts + ".ghost-o",
+		"_INBOX.someone-else",
+	}, ghostSide...)
+	// Listening where the answers would go: as the operator may, and as ghost-o.
 	var leaked atomic.Int64
-	for _, target := range targets {
-		sub, err := f.op.Subscribe(target, func(m *nats.Msg) { leaked.Add(1) })
-		if err != nil {
+	other := f.rogueGhost("ghost-o")
+	for _, l := range []struct {
+		nc       *nats.Conn
+		subjects []string
+	}{{f.op, targets}, {other, ghostSide}} {
+		for _, target := range l.subjects {
+			sub, err := l.nc.Subscribe(target, func(m *nats.Msg) { leaked.Add(1) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = sub.Unsubscribe() }()
+		}
+		if err := l.nc.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		defer func() { _ = sub.Unsubscribe() }()
-	}
-	if err := f.op.Flush(); err != nil {
-		t.Fatal(err)
 	}
 	requests := []struct {
 		name, subject string
@@ -106,6 +120,7 @@ func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
 	}{
 		{"replay", subjects.ReplayFor("ghost-c"), []byte(`{"start_seq": 1, "max": 1}`)},
 		{"register", subjects.Register("ghost-c"), registerBody(t, "ghost-c")},
+		{"seed read", subjects.SeedFor("ghost-c"), []byte(`{"object": "seed.any/1.0.0/manifest.json", "max_size": 1048576}`)},
 	}
 	for _, r := range requests {
 		for _, target := range targets {
@@ -117,17 +132,20 @@ func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Mirage handles the requests of each subject in order (one subscription each): once
-	// a later request of each is answered, the earlier ones were handled, and whatever
-	// Mirage published for them reached the operator's connection before the PONG of its
-	// flush.
+	// Mirage handles the requests of each subject in order (one subscription each), and
+	// drops a misdirected one at once: once a later request of each is answered, the
+	// misdirected ones were handled, and whatever Mirage published for them reached the
+	// operator's connection before the PONG of its flush.
 	reply := replayAnswer(t, nc, "ghost-c", 1)
 	for i := 0; i < 20 && reply.Error != nil && reply.Error.Code == bus.CodeBusy; i++ {
-		time.Sleep(2 * bus.ReplayEvery) // the replay gate: one served per ReplayEvery
+		time.Sleep(2 * bus.ReplayEvery) // busy only if a misdirected one was served
 		reply = replayAnswer(t, nc, "ghost-c", 1)
 	}
 	if reply.Status != "accepted" {
 		t.Fatalf("replay on the Ghost's own inbox: %+v", reply)
+	}
+	if _, err := nc.Request(subjects.SeedFor("ghost-c"), requests[2].body, 45*time.Second); err != nil {
+		t.Fatalf("seed read on the Ghost's own inbox: no answer: %v", err)
 	}
 	register := func(nc *nats.Conn, id string) {
 		t.Helper()
@@ -141,8 +159,10 @@ func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
 		}
 	}
 	register(f.rogueGhost("ghost-m"), "ghost-m") // sent after ghost-c's, on a connection of its own
-	if err := f.op.Flush(); err != nil {
-		t.Fatal(err)
+	for _, nc := range []*nats.Conn{f.op, other} {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if e, err := fleetKV.Get(ctx, "ghost-o"); err != nil || e.Revision() != enrolled.Revision() {
 		t.Errorf("ghost-o's enrollment was written: revision %d → %v %v", enrolled.Revision(), e, err)
@@ -156,6 +176,9 @@ func TestDeputyGhostRequestsCannotWriteThroughMirage(t *testing.T) {
 	}
 	if m, err := cmds.GetLastMsgForSubject(ctx, subjects.Command("ghost-o")); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Errorf("a message was stored on cmd.ghost-o: %v %v", m, err)
+	}
+	if _, ok := f.m.Fleet().Get("ghost-c"); ok {
+		t.Error("Mirage registered ghost-c from a register whose answer went elsewhere")
 	}
 	if n := leaked.Load(); n != 0 {
 		t.Errorf("%d messages went to the foreign reply subjects", n)
