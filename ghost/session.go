@@ -154,6 +154,12 @@ type AttachReply struct {
 // Ghost into the registry ('miragectl attach'). From then on it heartbeats and registers
 // again when a Mirage announces, as an auto Ghost does.
 func (g *Ghost) onAttach(msg *nats.Msg) {
+	if reason := g.checkAttach(msg); reason != "" {
+		// Not answered: a refused request may be anything that reached the subject (with
+		// auth, another Ghost can have its event's publish ack delivered here).
+		g.log.Warn("refused an attach request", "direction", "in", "subject", msg.Subject, "reason", reason)
+		return
+	}
 	if !g.track() {
 		return
 	}
@@ -169,4 +175,23 @@ func (g *Ghost) onAttach(msg *nats.Msg) {
 			_ = msg.Respond(data)
 		}
 	}()
+}
+
+// checkAttach returns why an attach request is refused, or "" to act on it: it must be
+// Mirage's request naming this Ghost ({"ghost_id": …}), signed by a trusted Mirage key
+// when the Ghost requires signed commands.
+func (g *Ghost) checkAttach(msg *nats.Msg) string {
+	if perr := g.checkSignature(msg.Data, msg.Header); perr != nil {
+		return perr.Error()
+	}
+	var req struct {
+		GhostID string `json:"ghost_id"`
+	}
+	if err := json.Unmarshal(msg.Data, &req); err != nil {
+		return "not an attach request: " + err.Error()
+	}
+	if req.GhostID != g.cfg.ID {
+		return fmt.Sprintf("it names ghost %q", req.GhostID)
+	}
+	return ""
 }

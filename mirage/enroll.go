@@ -377,7 +377,23 @@ func (m *Mirage) onAttach(msg *nats.Msg) {
 		respond("rejected", subjects.Reason(err))
 		return
 	}
-	reply, err := m.nc.Request(subjects.AttachGhost(req.GhostID), nil, 5*time.Second)
+	// The Ghost acts only on a request that names it, signed by Mirage when Mirage signs:
+	// anything else on attach.<id> (another Ghost's event publish ack steered there by
+	// its reply subject) is refused.
+	body, err := json.Marshal(AttachRequest{GhostID: req.GhostID})
+	if err != nil {
+		respond("rejected", err.Error())
+		return
+	}
+	out := nats.NewMsg(subjects.AttachGhost(req.GhostID))
+	out.Data = body
+	if m.cfg.Identity != nil {
+		if err := bus.SignMsg(out, m.cfg.Identity); err != nil {
+			respond("rejected", "cannot sign the attach request: "+err.Error())
+			return
+		}
+	}
+	reply, err := m.nc.RequestMsg(out, 5*time.Second)
 	if err != nil {
 		respond("unreachable", fmt.Sprintf("ghost %s did not answer on %s: %v", req.GhostID, subjects.AttachGhost(req.GhostID), err))
 		return

@@ -363,6 +363,58 @@ func TestAuthAttachHeadlessGhost(t *testing.T) {
 	testenv.Eventually(t, 3*time.Second, "ghost-h registered", func() bool { _, ok := f.m.Fleet().Get("ghost-h"); return ok })
 }
 
+// A headless Ghost registers only on Mirage's signed attach request naming it: not on
+// another Ghost's event whose publish ack was steered to its attach subject by the reply
+// subject, nor on an unsigned request or one naming another Ghost.
+func TestAuthAttachOnlyOnMiragesSignedRequest(t *testing.T) {
+	f := newAuthFleet(t, "ghost-h", "ghost-c")
+	key := f.keys["ghost-h"]
+	nc := f.env.URLConn("ghost ghost-h", "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-h")))
+	f.env.StartGhost("ghost-h", testenv.Via(nc), testenv.Policy(ghost.PolicyHeadless), testenv.Tune(func(c *ghost.Config) {
+		c.Identity = key
+		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
+	}))
+	ctx := context.Background()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := streamState(ctx, t, js)[bus.StreamEvents]
+	rogue := f.rogueGhost("ghost-c")
+	ev := nats.NewMsg(subjects.Event("ghost-c"))
+	ev.Reply = subjects.AttachGhost("ghost-h")
+	ev.Header.Set(bus.HeaderMsgID, "evt_rogue_attach")
+	ev.Data = []byte(`{}`)
+	if err := rogue.PublishMsg(ev); err != nil {
+		t.Fatal(err)
+	}
+	waitStreamMsgs(ctx, t, js, bus.StreamEvents, before+1)
+	for _, body := range []string{`{"ghost_id":"ghost-h"}`, `{"ghost_id":"ghost-x"}`, `{}`} {
+		if err := f.op.Publish(subjects.AttachGhost("ghost-h"), []byte(body)); err != nil { // unsigned
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []*nats.Conn{f.op, nc} {
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond) // a registration it started would be in by now
+	if _, ok := f.m.Fleet().Get("ghost-h"); ok {
+		t.Fatal("the headless Ghost registered without Mirage's attach request")
+	}
+	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "ghost-h"})
+	msg, err := f.op.Request(subjects.Attach, data, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct{ Status, Reason string }
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+		t.Fatalf("attach under auth: %s", msg.Data)
+	}
+	testenv.Eventually(t, 3*time.Second, "ghost-h registered", func() bool { _, ok := f.m.Fleet().Get("ghost-h"); return ok })
+}
+
 // 'fleet add' refuses Mirage's and the operator's keys: the server keeps one user per
 // key, so enrolling one as a Ghost would demote it to a Ghost's permissions.
 func TestAuthEnrollRefusesRoleKeys(t *testing.T) {
