@@ -103,6 +103,11 @@ type Ghost struct {
 	store    ExecutionStore
 	pipeline *Pipeline
 	log      *slog.Logger
+	// junk bounds the warnings about messages that are not envelopes for this Ghost at all
+	// (no command_id, a malformed event.ack, announce or attach request): with auth another
+	// Ghost can have its event's publish ack delivered to this Ghost's subjects, and to
+	// every Ghost's mirage.announce, as often as it publishes.
+	junk bus.RateLog
 
 	// run is cancelled by Close after the grace period; every goroutine below watches it.
 	run    context.Context
@@ -283,7 +288,7 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 			probe.TraceID = bus.TraceIDFrom(hdr)
 		}
 		if probe.CommandID == "" {
-			g.log.Warn("refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
+			g.warnJunk("refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
 			return
 		}
 		g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
@@ -388,11 +393,11 @@ func (g *Ghost) resendUnacked(ctx context.Context) {
 func (g *Ghost) onAck(msg *nats.Msg) {
 	var ack bus.EventAck
 	if err := bus.Decode(msg.Data, &ack); err != nil {
-		g.log.Warn("refused a malformed event.ack", "direction", "in", "message_type", bus.TypeEventAck, "err", err)
+		g.warnJunk("refused a malformed event.ack", "direction", "in", "message_type", bus.TypeEventAck, "err", err)
 		return
 	}
 	if ack.GhostID != g.cfg.ID {
-		g.log.Warn("event.ack for another ghost ignored", "message_type", bus.TypeEventAck, "ghost", ack.GhostID)
+		g.warnJunk("event.ack for another ghost ignored", "message_type", bus.TypeEventAck, "ghost", ack.GhostID)
 		return
 	}
 	if ack.EventID != bus.EventID(g.cfg.ID, ack.CommandID) {
@@ -424,4 +429,12 @@ func (b *backoff) next() time.Duration {
 		return d + j
 	}
 	return d - j
+}
+
+// warnJunk logs a refused message that is no envelope for this Ghost, at most once per
+// bus.RateLogEvery with the count of those it stands for.
+func (g *Ghost) warnJunk(msg string, args ...any) {
+	if ok, n := g.junk.Allow(); ok {
+		g.log.Warn(msg, append(args, "refused_since_last_warning", n)...)
+	}
 }

@@ -3,7 +3,9 @@ package ghost_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,4 +147,69 @@ func TestAutoGhostRegistersWhenMirageAnnounces(t *testing.T) {
 		t.Fatalf("status %s right after registering, want online", st)
 	}
 	testenv.Eventually(t, 10*time.Second, "Registered() to report the register.ack", g.Registered)
+}
+
+// countingHandler counts the log records whose message is msg.
+type countingHandler struct {
+	msg string
+	n   *atomic.Int64
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return nil
+}
+func (h countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// Messages that are no envelope for the Ghost (with auth, another Ghost can have its
+// event's publish ack delivered to every Ghost's mirage.announce, once per event it
+// publishes) are refused with one warning per bus.RateLogEvery, not one each, and the
+// Ghost keeps serving.
+func TestJunkOnGhostSubjectsIsLoggedAtMostOncePerInterval(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
+	var n atomic.Int64
+	const id = "flooded"
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.GhostLog(slog.New(countingHandler{msg: "refused a malformed announce", n: &n})))
+	nc := env.Conn("flooder")
+	for i := 0; i < 500; i++ {
+		if err := nc.Publish(subjects.Announce, []byte(`{"stream":"EDGE_EVT","seq":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The Ghost still serves: a command published by hand runs.
+	now := time.Now()
+	cmd := bus.Command{
+		Header:    bus.NewHeader(bus.TypeCommand, "", now),
+		CommandID: subjects.NewID(subjects.PrefixCommand), IntentID: subjects.NewID(subjects.PrefixIntent),
+		GhostID: id, SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{},
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 5000,
+	}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := env.JetStream()
+	if _, err := js.PublishMsg(context.Background(), bus.NewMsg(subjects.Command(id), data, cmd.CommandID, cmd.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the command's event", func() bool {
+		for _, ev := range env.Events(js) {
+			if ev.CommandID == cmd.CommandID {
+				return true
+			}
+		}
+		return false
+	})
+	if got := n.Load(); got < 1 || got > 2 {
+		t.Fatalf("%d warnings for 500 malformed announces, want 1 (2 if an interval ended)", got)
+	}
 }

@@ -101,11 +101,11 @@ type Mirage struct {
 	replayGate *ghostGate  // one replay request per Ghost at a time, bus.ReplayEvery apart
 	guard      *replyGuard // where a Ghost's request may be answered
 	// replayRefusals bounds the warnings about malformed replay requests.
-	replayRefusals rateLog
+	replayRefusals bus.RateLog
 
 	seedGate     *ghostGate    // one seed read request per Ghost at a time, bus.SeedEvery after the last ended
 	seedReads    chan struct{} // slots of seed reads served at once
-	seedRefusals rateLog       // bounds the warnings about malformed seed read requests
+	seedRefusals bus.RateLog   // bounds the warnings about malformed seed read requests
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.

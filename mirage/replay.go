@@ -39,7 +39,7 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 	if err != nil {
 		// Refused before the gate (no JetStream call to bound); logged at a bounded rate.
 		perr := bus.AsError(err)
-		if ok, n := m.replayRefusals.allow(); ok {
+		if ok, n := m.replayRefusals.Allow(); ok {
 			m.log.Warn("replay request rejected", "direction", "in", "subject", msg.Subject, "code", perr.Code, "err", perr.Message, "rejected_since_last_warning", n)
 		}
 		m.answerReplay(msg, bus.ReplayReply{Status: "rejected", Error: perr})

@@ -3,8 +3,6 @@ package mirage
 import (
 	"log/slog"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/edgectl/edgectl/bus"
 )
@@ -26,7 +24,7 @@ import (
 type replyGuard struct {
 	confined bool // Ghosts have per-Ghost permissions and reply on bus.GhostInbox(id)
 	log      *slog.Logger
-	warned   rateLog
+	warned   bus.RateLog
 }
 
 func newReplyGuard(confined bool, log *slog.Logger) *replyGuard {
@@ -35,7 +33,7 @@ func newReplyGuard(confined bool, log *slog.Logger) *replyGuard {
 
 // allows reports whether the request of Ghost ghostID (the subject's token; "" when it is
 // not a valid id) received on subject may be answered on reply. A refusal is logged at
-// most once per rateLogEvery; the request must then be neither answered nor served.
+// most once per bus.RateLogEvery; the request must then be neither answered nor served.
 func (g *replyGuard) allows(ghostID, subject, reply string) bool {
 	if !g.confined {
 		return true
@@ -43,34 +41,9 @@ func (g *replyGuard) allows(ghostID, subject, reply string) bool {
 	if ghostID != "" && strings.HasPrefix(reply, bus.GhostInbox(ghostID)+".") {
 		return true
 	}
-	if ok, n := g.warned.allow(); ok {
+	if ok, n := g.warned.Allow(); ok {
 		g.log.Warn("refused a Ghost's request whose reply subject is not its inbox: not served, not answered",
 			"direction", "in", "peer", ghostID, "subject", subject, "reply", reply, "refused_since_last_warning", n)
 	}
 	return false
-}
-
-// rateLog lets a warning through at most once per rateLogEvery, counting the ones it
-// held back: a Ghost flooding a subject must not flood the log.
-type rateLog struct {
-	mu   sync.Mutex
-	last time.Time
-	held int
-}
-
-const rateLogEvery = 10 * time.Second
-
-// allow reports whether to log now, and how many occurrences (this one included) the
-// line stands for.
-func (r *rateLog) allow() (bool, int) {
-	now := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.held++
-	if !r.last.IsZero() && now.Sub(r.last) < rateLogEvery {
-		return false, 0
-	}
-	n := r.held
-	r.last, r.held = now, 0
-	return true, n
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Under auth a Ghost's request is answered only on that Ghost's own inbox, the id taken
-// from the subject; a refusal is logged at most once per rateLogEvery.
+// from the subject; a refusal is logged at most once per bus.RateLogEvery.
 func TestReplyGuardUnderAuth(t *testing.T) {
 	var logs bytes.Buffer
 	g := newReplyGuard(true, slog.New(slog.NewTextHandler(&logs, nil)))

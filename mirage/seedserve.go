@@ -49,7 +49,7 @@ func (m *Mirage) onSeedRead(msg *nats.Msg) {
 	}
 	if err != nil {
 		perr := bus.AsError(err)
-		if ok, n := m.seedRefusals.allow(); ok {
+		if ok, n := m.seedRefusals.Allow(); ok {
 			m.log.Warn("seed read request rejected", "direction", "in", "subject", msg.Subject, "code", perr.Code, "err", perr.Message, "rejected_since_last_warning", n)
 		}
 		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedRejected, Object: req.Object, Error: perr})
