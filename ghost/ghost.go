@@ -108,6 +108,9 @@ type Ghost struct {
 	// Ghost can have its event's publish ack delivered to this Ghost's subjects, and to
 	// every Ghost's mirage.announce, as often as it publishes.
 	junk bus.RateLog
+	// answers receives Mirage's answers to replay requests (answerSubscription).
+	answersMu sync.Mutex
+	answers   *bus.Answers
 
 	// run is cancelled by Close after the grace period; every goroutine below watches it.
 	run    context.Context
@@ -200,6 +203,12 @@ func (g *Ghost) Start(ctx context.Context) error {
 	g.mu.Lock()
 	g.subs = append(g.subs, cmdSub, ackSub, annSub, attSub)
 	g.mu.Unlock()
+	if g.nc.AuthRequired() {
+		// Made now, so that a cluster knows it before the first replay request.
+		if _, err := g.answerSubscription(); err != nil {
+			return err
+		}
+	}
 	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		g.log.Warn("flush after subscribing failed; continuing", "err", err)
 	}
@@ -251,6 +260,12 @@ func (g *Ghost) Close() error {
 	case <-time.After(g.cfg.ShutdownGrace):
 		g.log.Warn("executions still running after the shutdown grace; interrupting them")
 	}
+	g.answersMu.Lock()
+	if g.answers != nil {
+		_ = g.answers.Close()
+		g.answers = nil
+	}
+	g.answersMu.Unlock()
 	g.cancel()
 	<-done
 	return nil

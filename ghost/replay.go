@@ -10,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
@@ -140,12 +139,13 @@ func (g *Ghost) askReplayOnce(ctx context.Context, req bus.ReplayRequest, each f
 	if err != nil {
 		return bus.ReplayReply{}, err
 	}
-	inbox := bus.GhostInbox(g.cfg.ID) + "." + nuid.Next()
-	sub, err := g.nc.SubscribeSync(inbox)
+	answers, err := g.answerSubscription()
 	if err != nil {
 		return bus.ReplayReply{}, err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	box := answers.Open(bus.ReplayBatch + 16) // the commands asked for, the reply, statuses
+	defer box.Close()
+	inbox := box.Inbox
 	subject := subjects.ReplayFor(g.cfg.ID)
 	if err := g.nc.PublishRequest(subject, inbox, body); err != nil {
 		return bus.ReplayReply{}, err
@@ -157,7 +157,7 @@ func (g *Ghost) askReplayOnce(ctx context.Context, req bus.ReplayRequest, each f
 	got, prev := 0, req.StartSeq-1 // StartSeq is at least 1
 	for {
 		wctx, cancel := context.WithTimeout(ctx, wait)
-		msg, err := sub.NextMsgWithContext(wctx)
+		msg, err := box.Next(wctx)
 		cancel()
 		switch {
 		case errors.Is(err, nats.ErrNoResponders):
@@ -279,4 +279,19 @@ func (r streamReader) read(ctx context.Context, start, last uint64, each func(ui
 		}
 	}
 	return nil
+}
+
+// answerSubscription returns the Ghost's subscription for Mirage's answers to its replay
+// requests (bus.Answers), made when the Ghost starts under authentication, or now.
+func (g *Ghost) answerSubscription() (*bus.Answers, error) {
+	g.answersMu.Lock()
+	defer g.answersMu.Unlock()
+	if g.answers == nil {
+		a, err := bus.NewAnswers(g.nc, bus.GhostInbox(g.cfg.ID))
+		if err != nil {
+			return nil, err
+		}
+		g.answers = a
+	}
+	return g.answers, nil
 }

@@ -3,6 +3,8 @@ package natsd_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/natsd"
+	"github.com/edgectl/edgectl/subjects"
 )
 
 func newIdentity(t *testing.T) *bus.Identity {
@@ -130,4 +133,89 @@ func TestSetUsersKeepsTheAccounts(t *testing.T) {
 	if err := ns.SetUsers(natsd.Users(op.PublicKey(), newIdentity(t).PublicKey(), map[string]string{"edge-1": newIdentity(t).PublicKey()})); err != nil {
 		t.Errorf("SetUsers with the fleet's users: %v", err)
 	}
+}
+
+// In a cluster, a Ghost's inbox reaches account EDGE through a stream import, so the
+// interest of a subscription made just before a request travels on EDGE's route while the
+// request travels on EDGE_GHOSTS's, and may arrive after Mirage answered. bus.Answers
+// subscribes once: every answer of a few hundred requests arrives.
+func TestAnswersReachAGhostAcrossAClusterOfTwoAccounts(t *testing.T) {
+	op, mk, gk := newIdentity(t), newIdentity(t), newIdentity(t)
+	users := natsd.Users(op.PublicKey(), mk.PublicKey(), map[string]string{"g1": gk.PublicKey()})
+	clientPorts, routePorts := []int{freePort(t), freePort(t)}, []int{freePort(t), freePort(t)}
+	nodes := make([]*natsd.Server, 2)
+	for i := range nodes {
+		other := routePorts[1-i]
+		nodes[i] = startServer(t, natsd.Config{
+			Listen: fmt.Sprintf("127.0.0.1:%d", clientPorts[i]), ServerName: fmt.Sprintf("n%d", i), Users: users,
+			Customize: func(o *server.Options) error {
+				o.Cluster = server.ClusterOpts{Name: "edge", Host: "127.0.0.1", Port: routePorts[i]}
+				o.Routes = server.RoutesFromStr(fmt.Sprintf("nats://127.0.0.1:%d", other))
+				return nil
+			},
+		})
+	}
+	mc := connect(t, bus.ConnConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[1]), Name: "mirage",
+		Options: []nats.Option{mk.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())}})
+	if _, err := mc.Subscribe(subjects.AllReplays, func(m *nats.Msg) {
+		if strings.HasPrefix(m.Reply, bus.GhostInbox("g1")+".") {
+			_ = mc.Publish(m.Reply, []byte("command"))
+			_ = mc.Publish(m.Reply, []byte("reply"))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	gc := connect(t, bus.ConnConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[0]), Name: "ghost g1",
+		Options: []nats.Option{gk.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("g1"))}})
+	answers, err := bus.NewAnswers(gc, bus.GhostInbox("g1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask := func(wait time.Duration) int {
+		box := answers.Open(4)
+		defer box.Close()
+		if err := gc.PublishRequest(subjects.ReplayFor("g1"), box.Inbox, nil); err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for got < 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			_, err := box.Next(ctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			got++
+		}
+		return got
+	}
+	// The routes are up and Mirage's subscription known on the Ghost's server.
+	deadline := time.Now().Add(30 * time.Second)
+	for ask(200*time.Millisecond) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no answer across the cluster within 30s")
+		}
+	}
+	lost := 0
+	for i := 0; i < 300; i++ {
+		if ask(2*time.Second) != 2 {
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of 300 answers lost on the way", lost)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

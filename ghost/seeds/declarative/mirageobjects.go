@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
@@ -55,12 +55,34 @@ type MirageObjects struct {
 	firstWait, pieceWait, every time.Duration
 	turn                        chan struct{}
 	ended                       time.Time // of the last request; under turn
+	answersMu                   sync.Mutex
+	answers                     *bus.Answers
 }
 
-// NewMirageObjects reads through Mirage on nc, the connection of Ghost ghostID.
+// NewMirageObjects reads through Mirage on nc, the connection of Ghost ghostID. When the
+// server requires authentication (the reads go through Mirage) it subscribes for the
+// answers at once, so that a cluster knows the subscription before the first request.
 func NewMirageObjects(nc *nats.Conn, ghostID string) *MirageObjects {
-	return &MirageObjects{nc: nc, ghostID: ghostID, firstWait: bus.SeedFirstWait, pieceWait: bus.SeedPieceWait,
+	o := &MirageObjects{nc: nc, ghostID: ghostID, firstWait: bus.SeedFirstWait, pieceWait: bus.SeedPieceWait,
 		every: bus.SeedEvery, turn: make(chan struct{}, 1)}
+	if nc.AuthRequired() {
+		_, _ = o.answerSubscription() // a failure is retried, and reported, by Get
+	}
+	return o
+}
+
+// answerSubscription returns the subscription for Mirage's answers, made now if need be.
+func (o *MirageObjects) answerSubscription() (*bus.Answers, error) {
+	o.answersMu.Lock()
+	defer o.answersMu.Unlock()
+	if o.answers == nil {
+		a, err := bus.NewAnswers(o.nc, bus.GhostInbox(o.ghostID))
+		if err != nil {
+			return nil, err
+		}
+		o.answers = a
+	}
+	return o.answers, nil
 }
 
 // Get returns the content of object name, at most max bytes. Errors, as Objects.Get:
@@ -102,16 +124,16 @@ func (o *MirageObjects) Get(ctx context.Context, name string, max uint64) ([]byt
 // get sends one request and reads its answer.
 func (o *MirageObjects) get(ctx context.Context, name string, max uint64) ([]byte, error) {
 	subject := subjects.SeedFor(o.ghostID)
-	// Subscribed before the request is sent, on the Ghost's own inbox: the only reply
-	// subject Mirage answers a Ghost on under auth.
-	inbox := bus.GhostInbox(o.ghostID) + "." + nuid.Next()
-	sub, err := o.nc.SubscribeSync(inbox)
+	// On the Ghost's own inbox, the only reply subject Mirage answers a Ghost on under
+	// auth, through a subscription made before (bus.Answers). Room for the whole answer:
+	// a message dropped beyond it shows as a missing chunk.
+	answers, err := o.answerSubscription()
 	if err != nil {
-		return nil, fmt.Errorf("subscribe to %s: %w", inbox, err)
+		return nil, err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	// Room for the whole answer: a message dropped beyond it shows as a missing chunk.
-	_ = sub.SetPendingLimits(int(max/bus.SeedChunkSize)+16, int(min(max, MaxFileSize))+2*bus.SeedChunkSize)
+	box := answers.Open(int(min(max, MaxFileSize)/bus.SeedChunkSize) + 16)
+	defer box.Close()
+	inbox := box.Inbox
 	req, err := json.Marshal(bus.SeedRequest{Object: name, MaxSize: max})
 	if err != nil {
 		return nil, err
@@ -128,7 +150,7 @@ func (o *MirageObjects) get(ctx context.Context, name string, max uint64) ([]byt
 			wait = o.firstWait // Mirage may wait for a read slot, then read the store
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
-		msg, err := sub.NextMsgWithContext(wctx)
+		msg, err := box.Next(wctx)
 		cancel()
 		switch {
 		case err == nil:
