@@ -124,6 +124,11 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: cfg.Replicas, EventsMaxBytes: cfg.EventsMaxBytes}); err != nil {
 		return nil, err
 	}
+	if cfg.Identity != nil || cfg.RequireSignedEvents { // Ghosts are confined: keep it so
+		if err := bus.CheckGhostRequestsNotStored(ctx, js); err != nil {
+			return nil, err
+		}
+	}
 	cmds, err := js.Stream(ctx, bus.StreamCommands)
 	if err != nil {
 		return nil, err

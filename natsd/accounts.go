@@ -46,8 +46,9 @@ var ghostServices = []string{subjects.AllEvents}
 
 // ghostPublishes are the subjects Ghosts publish into EDGE as a stream, reply subject kept:
 // registration, heartbeats, and the replay and seed read requests Mirage answers on the
-// Ghost's inbox.
-var ghostPublishes = []string{subjects.AllRegisters, subjects.AllHeartbeats, subjects.AllReplays, subjects.AllSeeds}
+// Ghost's inbox. No stream of EDGE may store them (Mirage checks at start:
+// bus.CheckGhostRequestsNotStored).
+var ghostPublishes = bus.GhostRequestSubjects
 
 // ghostStreams are the subjects Ghosts receive from EDGE: commands, event.acks, Mirage's
 // announce, and Mirage's answers on their inboxes.

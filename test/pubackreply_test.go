@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -125,3 +127,45 @@ func waitStreamMsgs(ctx context.Context, t *testing.T, js jetstream.JetStream, n
 }
 
 func hasKey(m map[string]uint64, k string) bool { _, ok := m[k]; return ok }
+
+// Ghosts' requests and heartbeats reach Mirage's account with the reply subject the Ghost
+// set, so a stream storing them would have JetStream publish its ack wherever a Ghost
+// names: Mirage under auth refuses to start while one does, and names it. A Ghost's
+// heartbeat with the reply subject of another Ghost's enrollment shows why.
+func TestMirageRefusesAStreamStoringGhostRequests(t *testing.T) {
+	f := newAuthFleet(t, "ghost-c", "ghost-o")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AUDIT_HB", Subjects: []string{"hb.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enrolled, err := fleetKV.Get(ctx, "ghost-o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue := f.rogueGhost("ghost-c")
+	if err := rogue.PublishRequest(subjects.Heartbeat("ghost-c"), "$KV."+bus.BucketFleet+".ghost-o", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the ack stored over ghost-o's enrollment", func() bool {
+		e, err := fleetKV.Get(ctx, "ghost-o")
+		return err == nil && e.Revision() != enrolled.Revision()
+	})
+
+	if err := f.m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mnc := f.env.ConnWith("mirage again", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
+	_, err = mirage.New(ctx, mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true}, f.env.Log)
+	if err == nil || !strings.Contains(err.Error(), "AUDIT_HB") || !strings.Contains(err.Error(), subjects.AllHeartbeats) {
+		t.Fatalf("Mirage with a stream storing hb.*: %v, want a refusal naming AUDIT_HB and %s", err, subjects.AllHeartbeats)
+	}
+}
