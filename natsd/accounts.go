@@ -60,44 +60,50 @@ var edgeServices = []string{subjects.AllAttaches}
 // accountsBlock renders the accounts of a fleet, each user line of edgeUsers and
 // ghostUsers already indented for it.
 func accountsBlock(edgeUsers, ghostUsers string) string {
+	export := func(kind, to string, subjects ...string) []string {
+		out := make([]string, len(subjects))
+		for i, s := range subjects {
+			out[i] = fmt.Sprintf("{ %s: %q, accounts: [%s] }", kind, s, to)
+		}
+		return out
+	}
+	imp := func(kind, from string, subjects ...string) []string {
+		out := make([]string, len(subjects))
+		for i, s := range subjects {
+			out[i] = fmt.Sprintf("{ %s: { account: %s, subject: %q } }", kind, from, s)
+		}
+		return out
+	}
 	var b strings.Builder
-	only := func(account string) string { return ", accounts: [" + account + "]" }
 	b.WriteString("accounts {\n")
-	fmt.Fprintf(&b, "  # JetStream, Mirage and the operator.\n  %s {\n    jetstream: enabled\n", AccountEdge)
-	fmt.Fprintf(&b, "    users = [\n%s    ]\n", edgeUsers)
-	b.WriteString("    exports = [\n")
-	for _, s := range ghostServices {
-		fmt.Fprintf(&b, "      { service: %q%s }\n", s, only(AccountGhosts))
-	}
-	for _, s := range ghostStreams {
-		fmt.Fprintf(&b, "      { stream: %q%s }\n", s, only(AccountGhosts))
-	}
-	b.WriteString("    ]\n    imports = [\n")
-	for _, s := range ghostPublishes {
-		fmt.Fprintf(&b, "      { stream: { account: %s, subject: %q } }\n", AccountGhosts, s)
-	}
-	for _, s := range edgeServices {
-		fmt.Fprintf(&b, "      { service: { account: %s, subject: %q } }\n", AccountGhosts, s)
-	}
-	b.WriteString("    ]\n  }\n")
-	fmt.Fprintf(&b, "  # The Ghosts: they reach %s only through these imports.\n  %s {\n", AccountEdge, AccountGhosts)
-	fmt.Fprintf(&b, "    users = [\n%s    ]\n", ghostUsers)
-	b.WriteString("    imports = [\n")
-	for _, s := range ghostServices {
-		fmt.Fprintf(&b, "      { service: { account: %s, subject: %q } }\n", AccountEdge, s)
-	}
-	for _, s := range ghostStreams {
-		fmt.Fprintf(&b, "      { stream: { account: %s, subject: %q } }\n", AccountEdge, s)
-	}
-	b.WriteString("    ]\n    exports = [\n")
-	for _, s := range ghostPublishes {
-		fmt.Fprintf(&b, "      { stream: %q%s }\n", s, only(AccountEdge))
-	}
-	for _, s := range edgeServices {
-		fmt.Fprintf(&b, "      { service: %q%s }\n", s, only(AccountEdge))
-	}
-	b.WriteString("    ]\n  }\n}\n")
+	writeAccount(&b, "JetStream, Mirage and the operator.", AccountEdge, true, edgeUsers,
+		append(export("service", AccountGhosts, ghostServices...), export("stream", AccountGhosts, ghostStreams...)...),
+		append(imp("stream", AccountGhosts, ghostPublishes...), imp("service", AccountGhosts, edgeServices...)...))
+	writeAccount(&b, "The Ghosts: they reach "+AccountEdge+" only through these imports.", AccountGhosts, false, ghostUsers,
+		append(export("stream", AccountEdge, ghostPublishes...), export("service", AccountEdge, edgeServices...)...),
+		append(imp("service", AccountEdge, ghostServices...), imp("stream", AccountEdge, ghostStreams...)...))
+	b.WriteString("}\n")
 	return b.String()
+}
+
+// writeAccount renders one account of accountsBlock.
+func writeAccount(b *strings.Builder, comment, name string, jetstream bool, users string, exports, imports []string) {
+	fmt.Fprintf(b, "  # %s\n  %s {\n", comment, name)
+	if jetstream {
+		b.WriteString("    jetstream: enabled\n")
+	}
+	fmt.Fprintf(b, "    users = [\n%s    ]\n", users)
+	for _, list := range []struct {
+		key     string
+		entries []string
+	}{{"exports", exports}, {"imports", imports}} {
+		fmt.Fprintf(b, "    %s = [\n", list.key)
+		for _, e := range list.entries {
+			fmt.Fprintf(b, "      %s\n", e)
+		}
+		b.WriteString("    ]\n")
+	}
+	b.WriteString("  }\n")
 }
 
 // fleetAccounts returns the two accounts as nats-server options, from the same text

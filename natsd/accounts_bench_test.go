@@ -26,7 +26,7 @@ func BenchmarkGhostEventPublish(b *testing.B) {
 		accounts bool
 	}{{"one-account", false}, {"two-accounts", true}} {
 		b.Run(tt.name, func(b *testing.B) {
-			op, mirageKey, ghostKey := newIdentityB(b), newIdentityB(b), newIdentityB(b)
+			op, mirageKey, ghostKey := newIdentity(b), newIdentity(b), newIdentity(b)
 			users := natsd.Users(op.PublicKey(), mirageKey.PublicKey(), map[string]string{"g1": ghostKey.PublicKey()})
 			if !tt.accounts {
 				for _, u := range users {
@@ -61,13 +61,4 @@ func BenchmarkGhostEventPublish(b *testing.B) {
 			}
 		})
 	}
-}
-
-func newIdentityB(b *testing.B) *bus.Identity {
-	b.Helper()
-	id, err := bus.NewIdentity()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return id
 }

@@ -20,7 +20,7 @@ import (
 	"github.com/edgectl/edgectl/subjects"
 )
 
-func newIdentity(t *testing.T) *bus.Identity {
+func newIdentity(t testing.TB) *bus.Identity {
 	t.Helper()
 	id, err := bus.NewIdentity()
 	if err != nil {

@@ -76,8 +76,9 @@ func (f *authFleet) startGhost(id string) *nats.Conn {
 	return f.startGhostTrusting(id, f.mirage.PublicKey())
 }
 
-// startGhostTrusting runs enrolled Ghost id trusting only the given Mirage key.
-func (f *authFleet) startGhostTrusting(id, trusted string) *nats.Conn {
+// startGhostTrusting runs enrolled Ghost id trusting only the given Mirage key, with the
+// options given beside those.
+func (f *authFleet) startGhostTrusting(id, trusted string, opts ...testenv.GhostOption) *nats.Conn {
 	f.env.T.Helper()
 	key := f.keys[id]
 	nc := f.env.URLConn("ghost "+id, "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)))
@@ -88,11 +89,27 @@ func (f *authFleet) startGhostTrusting(id, trusted string) *nats.Conn {
 			f.env.T.Fatal(err)
 		}
 	}
-	f.env.StartGhost(id, testenv.Via(nc), testenv.WithRegistry(reg), testenv.Tune(func(c *ghost.Config) {
+	f.env.StartGhost(id, append([]testenv.GhostOption{testenv.Via(nc), testenv.WithRegistry(reg), testenv.Tune(func(c *ghost.Config) {
 		c.Identity = key
 		c.TrustedMirageKeys = []string{trusted}
-	}))
+	})}, opts...)...)
 	return nc
+}
+
+// attach asks Mirage to attach Ghost id, as 'miragectl attach' does, and waits until it
+// is registered.
+func (f *authFleet) attach(t *testing.T, id string) {
+	t.Helper()
+	data, _ := json.Marshal(mirage.AttachRequest{GhostID: id})
+	msg, err := f.op.Request(subjects.Attach, data, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct{ Status, Reason string }
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+		t.Fatalf("attach under auth: %s", msg.Data)
+	}
+	testenv.Eventually(t, 3*time.Second, id+" registered", func() bool { _, ok := f.m.Fleet().Get(id); return ok })
 }
 
 // violations collects the permission errors a connection is told about.
@@ -345,22 +362,8 @@ func TestAuthForgedEventIsNotCounted(t *testing.T) {
 // attach subject, which its permissions allow it to reply to.
 func TestAuthAttachHeadlessGhost(t *testing.T) {
 	f := newAuthFleet(t, "ghost-h")
-	key := f.keys["ghost-h"]
-	nc := f.env.URLConn("ghost ghost-h", "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-h")))
-	f.env.StartGhost("ghost-h", testenv.Via(nc), testenv.Policy(ghost.PolicyHeadless), testenv.Tune(func(c *ghost.Config) {
-		c.Identity = key
-		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
-	}))
-	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "ghost-h"})
-	msg, err := f.op.Request(subjects.Attach, data, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reply struct{ Status, Reason string }
-	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
-		t.Fatalf("attach under auth: %s", msg.Data)
-	}
-	testenv.Eventually(t, 3*time.Second, "ghost-h registered", func() bool { _, ok := f.m.Fleet().Get("ghost-h"); return ok })
+	f.startGhostTrusting("ghost-h", f.mirage.PublicKey(), testenv.Policy(ghost.PolicyHeadless))
+	f.attach(t, "ghost-h")
 }
 
 // A headless Ghost registers only on Mirage's signed attach request naming it: not on
@@ -368,12 +371,7 @@ func TestAuthAttachHeadlessGhost(t *testing.T) {
 // subject, nor on an unsigned request or one naming another Ghost.
 func TestAuthAttachOnlyOnMiragesSignedRequest(t *testing.T) {
 	f := newAuthFleet(t, "ghost-h", "ghost-c")
-	key := f.keys["ghost-h"]
-	nc := f.env.URLConn("ghost ghost-h", "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-h")))
-	f.env.StartGhost("ghost-h", testenv.Via(nc), testenv.Policy(ghost.PolicyHeadless), testenv.Tune(func(c *ghost.Config) {
-		c.Identity = key
-		c.TrustedMirageKeys = []string{f.mirage.PublicKey()}
-	}))
+	nc := f.startGhostTrusting("ghost-h", f.mirage.PublicKey(), testenv.Policy(ghost.PolicyHeadless))
 	ctx := context.Background()
 	js, err := jetstream.New(f.op)
 	if err != nil {
@@ -403,16 +401,7 @@ func TestAuthAttachOnlyOnMiragesSignedRequest(t *testing.T) {
 	if _, ok := f.m.Fleet().Get("ghost-h"); ok {
 		t.Fatal("the headless Ghost registered without Mirage's attach request")
 	}
-	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "ghost-h"})
-	msg, err := f.op.Request(subjects.Attach, data, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reply struct{ Status, Reason string }
-	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
-		t.Fatalf("attach under auth: %s", msg.Data)
-	}
-	testenv.Eventually(t, 3*time.Second, "ghost-h registered", func() bool { _, ok := f.m.Fleet().Get("ghost-h"); return ok })
+	f.attach(t, "ghost-h")
 }
 
 // 'fleet add' refuses Mirage's and the operator's keys: the server keeps one user per
