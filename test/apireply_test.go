@@ -34,9 +34,7 @@ func TestGhostCannotAimJetStreamAnswersAtTheAPI(t *testing.T) {
 	// Messages in EDGE_CMD and EDGE_REPORT (for ghost-o: ghost-c has no command stored,
 	// so a direct get of its last command finds nothing and answers with an empty body).
 	f.startGhost("ghost-o")
-	if rep := f.env.Run(f.client, testenv.NewIssue("ghost-o", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
-		t.Fatalf("intent before the attack: %+v", rep)
-	}
+	f.mustServe(t, "ghost-o", "before the attack")
 	before := streamState(ctx, t, js)
 	for _, s := range []string{bus.StreamCommands, bus.StreamReports, "KV_" + bus.BucketFleet} {
 		if before[s] == 0 {
@@ -117,9 +115,7 @@ func TestGhostCannotAimJetStreamAnswersAtTheAPI(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	if rep := f.env.Run(f.client, testenv.NewIssue("ghost-o", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
-		t.Fatalf("intent after the attack: %+v", rep)
-	}
+	f.mustServe(t, "ghost-o", "after the attack")
 	intact("after an intent that followed it")
 }
 

@@ -96,6 +96,15 @@ func (f *authFleet) startGhostTrusting(id, trusted string, opts ...testenv.Ghost
 	return nc
 }
 
+// mustServe runs a seed.flow status intent on Ghost id and fails the test, saying when,
+// unless it is satisfied.
+func (f *authFleet) mustServe(t *testing.T, id, when string) {
+	t.Helper()
+	if rep := f.env.Run(f.client, testenv.NewIssue(id, "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("intent %s: %+v", when, rep)
+	}
+}
+
 // attach asks Mirage to attach Ghost id, as 'miragectl attach' does, and waits until it
 // is registered.
 func (f *authFleet) attach(t *testing.T, id string) {

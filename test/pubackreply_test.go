@@ -31,9 +31,7 @@ func TestEventPublishAckAimedAnywhereChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.startGhost("ghost-c")
-	if rep := f.env.Run(f.client, testenv.NewIssue("ghost-c", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
-		t.Fatalf("intent before the attack: %+v", rep)
-	}
+	f.mustServe(t, "ghost-c", "before the attack")
 	before := streamState(ctx, t, js)
 	evt, err := js.Stream(ctx, bus.StreamEvents)
 	if err != nil {
@@ -94,9 +92,7 @@ func TestEventPublishAckAimedAnywhereChangesNothing(t *testing.T) {
 			t.Errorf("consumer %s of EDGE_EVT: %v", c, err)
 		}
 	}
-	if rep := f.env.Run(f.client, testenv.NewIssue("ghost-c", "seed.flow", "status", nil, 10*time.Second)); rep.Phase != bus.PhaseSatisfied {
-		t.Fatalf("intent after the attack: %+v", rep)
-	}
+	f.mustServe(t, "ghost-c", "after the attack")
 }
 
 // streamState is every stream's message count.
