@@ -221,17 +221,26 @@ func StoreError(what string, err error) *bus.Error {
 	return bus.Errorf(bus.CodeRuntime, "%s: %v", what, err)
 }
 
+// manifestTimeout bounds a manifest read from the store itself (InfoTimeout; tests
+// shorten it).
+var manifestTimeout = InfoTimeout
+
 // FetchManifest reads the manifest of a version (the version pushed last when version is
-// empty), for boot installs.
+// empty), for boot installs. Read from the store itself, within InfoTimeout; through
+// Mirage, within the waits MirageObjects keeps and ctx: Mirage may take up to
+// bus.SeedFirstWait to start answering while its read slots are busy.
 func FetchManifest(ctx context.Context, obs ObjectReader, id, version string) (Manifest, error) {
 	name := LatestObject(id)
 	if version != "" {
 		name = ManifestObject(id, version)
 	}
-	ictx, cancel := context.WithTimeout(ctx, InfoTimeout)
-	defer cancel()
+	if _, viaMirage := obs.(*MirageObjects); !viaMirage {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, manifestTimeout)
+		defer cancel()
+	}
 	// The manifest has no digest to check it against but the store's own.
-	data, err := obs.Get(ictx, name, MaxSpecSize)
+	data, err := obs.Get(ctx, name, MaxSpecSize)
 	if err != nil {
 		return Manifest{}, readError(name, err, "")
 	}

@@ -203,3 +203,39 @@ func TestValidateObjectName(t *testing.T) {
 		}
 	}
 }
+
+// A boot install's manifest read through Mirage waits for Mirage's first answer as
+// MirageObjects does (Mirage may be busy up to bus.SeedFirstWait), not only the bound of
+// a read from the store itself.
+func TestFetchManifestThroughMirageWaitsForMirage(t *testing.T) {
+	js, _, _ := seedStore(t)
+	nc := js.Conn()
+	old := manifestTimeout
+	manifestTimeout = 100 * time.Millisecond
+	t.Cleanup(func() { manifestTimeout = old })
+	spec := []byte("spec")
+	m := Manifest{ID: "svc.late", Version: "1.0.0", Spec: Entry{Name: "spec.toml", Object: "svc.late/1.0.0/spec.toml", SHA256: Digest(spec), Size: int64(len(spec))}}
+	content, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.Subscribe(subjects.SeedFor("g1"), func(msg *nats.Msg) {
+		time.Sleep(4 * manifestTimeout) // a busy Mirage
+		answer(t, nc, msg.Reply, content, bus.SeedChunkSize, bus.SeedAnswer{Status: bus.SeedOK, Object: LatestObject("svc.late"),
+			Size: uint64(len(content)), Digest: ObjectDigest(content), Chunks: 1})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	o := NewMirageObjects(nc, "g1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, err := FetchManifest(ctx, o, "svc.late", "")
+	if err != nil {
+		t.Fatalf("manifest answered after %s: %v", 4*manifestTimeout, err)
+	}
+	if got.ID != m.ID || got.Version != m.Version || got.Spec.SHA256 != m.Spec.SHA256 {
+		t.Fatalf("manifest %+v, want %+v", got, m)
+	}
+}
