@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
@@ -150,5 +151,24 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A boot install's bound grows with what it reads: under authentication each object is
+// read through Mirage at most once per bus.SeedEvery, so a seed of many files must not be
+// cut off by a fixed minute (an install by command is bounded by its own timeout only).
+func TestBootInstallBoundCoversItsReads(t *testing.T) {
+	small := declarative.Manifest{ID: "svc.a", Version: "1", Spec: declarative.Entry{Size: 1 << 10}}
+	if got := bootInstallBound(small); got < fetchTimeout || got > fetchTimeout+2*bus.SeedEvery {
+		t.Errorf("bound of a spec alone: %s", got)
+	}
+	many := small
+	for i := 0; i < 100; i++ {
+		many.Files = append(many.Files, declarative.Entry{Size: 1 << 20})
+	}
+	// 101 reads a second apart, and 100 MiB at 64 KiB/s.
+	want := fetchTimeout + 101*bus.SeedEvery + 1600*time.Second
+	if got := bootInstallBound(many); got < want {
+		t.Errorf("bound of 100 files of 1 MiB: %s, want at least %s", got, want)
 	}
 }

@@ -47,6 +47,10 @@ func (r record) same(m declarative.Manifest) bool {
 	return true
 }
 
+// fetchTimeout bounds a boot install's manifest read, and is the base of the bound of its
+// install (bootInstallBound). An install by command is bounded by the command's timeout
+// only ('seed push --timeout'): under authentication each object is read through Mirage,
+// at most one per bus.SeedEvery, so a seed of many or large files needs its time.
 const fetchTimeout = time.Minute
 
 // Install fetches, verifies and activates the seed m describes. It does not check the
@@ -113,15 +117,13 @@ func derefChange(c *Change) Change {
 }
 
 // fetch reads the spec and files from edge_seeds, verifying every digest, and checks the
-// spec: nothing is written before all of it is verified.
+// spec: nothing is written before all of it is verified. ctx bounds it (fetchTimeout).
 func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.Spec, []byte, map[string][]byte, error) {
 	obs, err := s.store(ctx)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	fctx, cancel := context.WithTimeout(ctx, fetchTimeout)
-	defer cancel()
-	specData, err := declarative.Fetch(fctx, obs, m.Spec.Object, m.Spec.SHA256, declarative.MaxSpecSize)
+	specData, err := declarative.Fetch(ctx, obs, m.Spec.Object, m.Spec.SHA256, declarative.MaxSpecSize)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -146,7 +148,7 @@ func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.
 	}
 	files := map[string][]byte{}
 	for _, f := range m.Files {
-		data, err := declarative.Fetch(fctx, obs, f.Object, f.SHA256, declarative.MaxFileSize)
+		data, err := declarative.Fetch(ctx, obs, f.Object, f.SHA256, declarative.MaxFileSize)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -329,4 +331,15 @@ func writeFileAtomic(path string, data []byte) error {
 		_ = d.Close()
 	}
 	return nil
+}
+
+// bootInstallBound is how long a boot install of m may take: fetchTimeout, plus a read of
+// each object through Mirage (at most one per bus.SeedEvery), plus its bytes at 64 KiB/s,
+// a slow edge link.
+func bootInstallBound(m declarative.Manifest) time.Duration {
+	size := m.Spec.Size
+	for _, f := range m.Files {
+		size += f.Size
+	}
+	return fetchTimeout + time.Duration(1+len(m.Files))*bus.SeedEvery + time.Duration(size)*time.Second/(64<<10)
 }

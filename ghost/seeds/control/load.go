@@ -174,15 +174,17 @@ func (s *Seed) Boot(ctx context.Context, refs []string) error {
 }
 
 func (s *Seed) bootOne(ctx context.Context, id, version string) (Change, error) {
-	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	mctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
-	obs, err := s.store(ctx)
+	obs, err := s.store(mctx)
 	if err != nil {
 		return Change{}, err
 	}
-	m, err := declarative.FetchManifest(ctx, obs, id, version)
+	m, err := declarative.FetchManifest(mctx, obs, id, version)
 	if err != nil {
 		return Change{}, err
 	}
-	return s.Install(ctx, m)
+	ictx, cancel := context.WithTimeout(ctx, bootInstallBound(m))
+	defer cancel()
+	return s.Install(ictx, m)
 }
