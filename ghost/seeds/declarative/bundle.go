@@ -256,7 +256,28 @@ func FetchManifest(ctx context.Context, obs ObjectReader, id, version string) (M
 	if err := ManifestFromArgs(m.InstallArgs(), &checked); err != nil {
 		return Manifest{}, err
 	}
+	// Sizes are not install args: kept from the stored manifest, within the bounds a read
+	// allows, to size a boot install's time (the digests still decide what is installed).
+	checked.Spec.Size = boundedSize(m.Spec.Size, MaxSpecSize)
+	sizes := map[string]int64{}
+	for _, f := range m.Files {
+		sizes[f.Name] = f.Size
+	}
+	for i := range checked.Files {
+		checked.Files[i].Size = boundedSize(sizes[checked.Files[i].Name], MaxFileSize)
+	}
 	return checked, nil
+}
+
+// boundedSize is n within [0, max].
+func boundedSize(n int64, max uint64) int64 {
+	switch {
+	case n < 0:
+		return 0
+	case uint64(n) > max:
+		return int64(max)
+	}
+	return n
 }
 
 // Params of ghost seed.install, as InstallArgs writes them and ManifestFromArgs reads them.

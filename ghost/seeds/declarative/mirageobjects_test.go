@@ -214,7 +214,8 @@ func TestFetchManifestThroughMirageWaitsForMirage(t *testing.T) {
 	manifestTimeout = 100 * time.Millisecond
 	t.Cleanup(func() { manifestTimeout = old })
 	spec := []byte("spec")
-	m := Manifest{ID: "svc.late", Version: "1.0.0", Spec: Entry{Name: "spec.toml", Object: "svc.late/1.0.0/spec.toml", SHA256: Digest(spec), Size: int64(len(spec))}}
+	m := Manifest{ID: "svc.late", Version: "1.0.0", Spec: Entry{Name: "spec.toml", Object: "svc.late/1.0.0/spec.toml", SHA256: Digest(spec), Size: int64(len(spec))},
+		Files: []Entry{{Name: "big.bin", Object: "svc.late/1.0.0/files/big.bin", SHA256: Digest([]byte("big")), Size: 20 << 20}}}
 	content, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +236,8 @@ func TestFetchManifestThroughMirageWaitsForMirage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("manifest answered after %s: %v", 4*manifestTimeout, err)
 	}
-	if got.ID != m.ID || got.Version != m.Version || got.Spec.SHA256 != m.Spec.SHA256 {
+	// The sizes too: a boot install's time bound grows with them.
+	if got.ID != m.ID || got.Version != m.Version || got.Spec != m.Spec || len(got.Files) != 1 || got.Files[0] != m.Files[0] {
 		t.Fatalf("manifest %+v, want %+v", got, m)
 	}
 }
