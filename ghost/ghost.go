@@ -109,8 +109,9 @@ type Ghost struct {
 	// every Ghost's mirage.announce, as often as it publishes.
 	junk bus.RateLog
 	// answers receives Mirage's answers to replay requests (answerSubscription).
-	answersMu sync.Mutex
-	answers   *bus.Answers
+	answersMu     sync.Mutex
+	answers       *bus.Answers
+	answersClosed bool // by Close: no new subscription
 
 	// run is cancelled by Close after the grace period; every goroutine below watches it.
 	run    context.Context
@@ -203,8 +204,9 @@ func (g *Ghost) Start(ctx context.Context) error {
 	g.mu.Lock()
 	g.subs = append(g.subs, cmdSub, ackSub, annSub, attSub)
 	g.mu.Unlock()
-	if g.nc.AuthRequired() {
-		// Made now, so that a cluster knows it before the first replay request.
+	if g.nc.AuthRequired() || !g.nc.IsConnected() {
+		// Made now, so that a cluster knows it before the first replay request (not yet
+		// connected, the server's auth is not known: made all the same).
 		if _, err := g.answerSubscription(); err != nil {
 			return err
 		}
@@ -265,6 +267,7 @@ func (g *Ghost) Close() error {
 		_ = g.answers.Close()
 		g.answers = nil
 	}
+	g.answersClosed = true
 	g.answersMu.Unlock()
 	g.cancel()
 	<-done

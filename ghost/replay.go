@@ -286,6 +286,9 @@ func (r streamReader) read(ctx context.Context, start, last uint64, each func(ui
 func (g *Ghost) answerSubscription() (*bus.Answers, error) {
 	g.answersMu.Lock()
 	defer g.answersMu.Unlock()
+	if g.answersClosed {
+		return nil, errStopping
+	}
 	if g.answers == nil {
 		a, err := bus.NewAnswers(g.nc, bus.GhostInbox(g.cfg.ID))
 		if err != nil {

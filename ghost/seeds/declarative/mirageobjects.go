@@ -65,7 +65,7 @@ type MirageObjects struct {
 func NewMirageObjects(nc *nats.Conn, ghostID string) *MirageObjects {
 	o := &MirageObjects{nc: nc, ghostID: ghostID, firstWait: bus.SeedFirstWait, pieceWait: bus.SeedPieceWait,
 		every: bus.SeedEvery, turn: make(chan struct{}, 1)}
-	if nc.AuthRequired() {
+	if nc.AuthRequired() || !nc.IsConnected() { // not yet connected: auth not known yet
 		_, _ = o.answerSubscription() // a failure is retried, and reported, by Get
 	}
 	return o
