@@ -288,8 +288,9 @@ func TestClusterRunbookWithRealBinaries(t *testing.T) {
 	for _, conf := range confs {
 		d.reload(conf)
 	}
+	var ghosts []*testenv.Process
 	for _, c := range cfgs {
-		testenv.Start(t, d.ghost, "run", "--config", c)
+		ghosts = append(ghosts, testenv.Start(t, d.ghost, "run", "--config", c))
 	}
 	d.waitOnline(urls, "edge-1", "edge-2")
 
@@ -313,6 +314,25 @@ func TestClusterRunbookWithRealBinaries(t *testing.T) {
 	satisfied("with one server stopped")
 	servers[1] = testenv.StartNATSServer(t, d.bin, confs[1], d.ports[8223])
 	satisfied("after it came back")
+
+	// A Ghost offline when an intent is issued reads its command through Mirage when it
+	// comes back (replay, the Ghosts' account under auth), here from the third server,
+	// Mirage's answers crossing the cluster.
+	if code := ghosts[1].Stop(30 * time.Second); code != 0 {
+		t.Fatalf("ghostctl edge-2 exited %d after SIGTERM", code)
+	}
+	r := execRun(t, d.miragectl, nil, "issue", "--no-wait", "--timeout", "60s", "--server", urls, "--nkey", d.operator,
+		"--target", "edge-2", "seed.flow", "echo", "message=caught-up")
+	intentID := strings.TrimSpace(r.stdout)
+	if r.code != 0 || intentID == "" {
+		t.Fatalf("issue --no-wait to the stopped Ghost: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	ghosts[1] = testenv.Start(t, d.ghost, "run", "--config", cfgs[1], "--server", d.url(4224))
+	r = execRun(t, d.miragectl, nil, "report", intentID, "--wait", "--json", "--server", urls, "--nkey", d.operator)
+	var caught bus.Report
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &caught) != nil || caught.Phase != bus.PhaseSatisfied {
+		t.Fatalf("the intent issued while edge-2 was stopped: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
 	// The runbook's metrics check: the counters moved with the intents.
 	m := regexp.MustCompile(`url=(http://127\.0\.0\.1:[0-9]+/metrics)`).FindStringSubmatch(up.Output())
 	if m == nil {
