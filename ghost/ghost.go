@@ -104,10 +104,11 @@ type Ghost struct {
 	pipeline *Pipeline
 	log      *slog.Logger
 	// junk bounds the warnings about messages that are not envelopes for this Ghost at all
-	// (no command_id, a malformed event.ack, announce or attach request): with auth another
-	// Ghost can have its event's publish ack delivered to this Ghost's subjects, and to
-	// every Ghost's mirage.announce, as often as it publishes.
-	junk bus.RateLog
+	// (no command_id, a malformed event.ack, announce or attach request), one bound per
+	// subject so that a flood on one does not hide the others: with auth another Ghost can
+	// have its event's publish ack delivered to this Ghost's subjects, and to every Ghost's
+	// mirage.announce, as often as it publishes.
+	junk [junkSubjects]bus.RateLog
 	// answers receives Mirage's answers to replay requests (answerSubscription).
 	answersMu     sync.Mutex
 	answers       *bus.Answers
@@ -306,7 +307,7 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 			probe.TraceID = bus.TraceIDFrom(hdr)
 		}
 		if probe.CommandID == "" {
-			g.warnJunk("refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
+			g.warnJunk(junkCommand, "refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
 			return
 		}
 		g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
@@ -411,11 +412,11 @@ func (g *Ghost) resendUnacked(ctx context.Context) {
 func (g *Ghost) onAck(msg *nats.Msg) {
 	var ack bus.EventAck
 	if err := bus.Decode(msg.Data, &ack); err != nil {
-		g.warnJunk("refused a malformed event.ack", "direction", "in", "message_type", bus.TypeEventAck, "err", err)
+		g.warnJunk(junkAck, "refused a malformed event.ack", "direction", "in", "message_type", bus.TypeEventAck, "err", err)
 		return
 	}
 	if ack.GhostID != g.cfg.ID {
-		g.warnJunk("event.ack for another ghost ignored", "message_type", bus.TypeEventAck, "ghost", ack.GhostID)
+		g.warnJunk(junkAck, "event.ack for another ghost ignored", "message_type", bus.TypeEventAck, "ghost", ack.GhostID)
 		return
 	}
 	if ack.EventID != bus.EventID(g.cfg.ID, ack.CommandID) {
@@ -449,10 +450,19 @@ func (b *backoff) next() time.Duration {
 	return d - j
 }
 
-// warnJunk logs a refused message that is no envelope for this Ghost, at most once per
-// bus.RateLogEvery with the count of those it stands for.
-func (g *Ghost) warnJunk(msg string, args ...any) {
-	if ok, n := g.junk.Allow(); ok {
+// The subjects whose refusals Ghost.junk bounds.
+const (
+	junkCommand = iota
+	junkAck
+	junkAnnounce
+	junkAttach
+	junkSubjects
+)
+
+// warnJunk logs a refused message on subject (junkCommand…) that is no envelope for this
+// Ghost, at most once per bus.RateLogEvery with the count of those it stands for.
+func (g *Ghost) warnJunk(subject int, msg string, args ...any) {
+	if ok, n := g.junk[subject].Allow(); ok {
 		g.log.Warn(msg, append(args, "refused_since_last_warning", n)...)
 	}
 }

@@ -89,7 +89,7 @@ func (g *Ghost) Reregister(ctx context.Context) error { return g.register(ctx) }
 func (g *Ghost) onAnnounce(msg *nats.Msg) {
 	var ann bus.Announce
 	if err := bus.Decode(msg.Data, &ann); err != nil {
-		g.warnJunk("refused a malformed announce", "direction", "in", "message_type", bus.TypeAnnounce, "err", err)
+		g.warnJunk(junkAnnounce, "refused a malformed announce", "direction", "in", "message_type", bus.TypeAnnounce, "err", err)
 		return
 	}
 	g.requestCatchUp() // a Mirage that comes up may have re-dispatched commands
@@ -157,7 +157,7 @@ func (g *Ghost) onAttach(msg *nats.Msg) {
 	if reason := g.checkAttach(msg); reason != "" {
 		// Not answered: a refused request may be anything that reached the subject (with
 		// auth, another Ghost can have its event's publish ack delivered here).
-		g.warnJunk("refused an attach request", "direction", "in", "subject", msg.Subject, "reason", reason)
+		g.warnJunk(junkAttach, "refused an attach request", "direction", "in", "subject", msg.Subject, "reason", reason)
 		return
 	}
 	if !g.track() {
