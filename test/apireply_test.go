@@ -66,10 +66,7 @@ func TestGhostCannotAimJetStreamAnswersAtTheAPI(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 
 	consumer := bus.GhostReplayConsumer("ghost-c")
-	calls := []struct {
-		name, subject string
-		body          []byte
-	}{
+	calls := []aimedCall{
 		{"direct get of its last command", "$JS.API.DIRECT.GET." + bus.StreamCommands + "." + subjects.Command("ghost-c"), nil},
 		{"direct get by subject", "$JS.API.DIRECT.GET." + bus.StreamCommands, []byte(`{"last_by_subj": "` + subjects.Command("ghost-c") + `"}`)},
 		{"pull request, no wait", "$JS.API.CONSUMER.MSG.NEXT." + bus.StreamCommands + "." + consumer, []byte(`{"batch": 1, "no_wait": true}`)},
@@ -82,20 +79,11 @@ func TestGhostCannotAimJetStreamAnswersAtTheAPI(t *testing.T) {
 		targets = append(targets, "$JS.API.CONSUMER.DELETE."+bus.StreamEvents+"."+c)
 	}
 	targets = append(targets, "$JS.API.STREAM.PURGE."+bus.StreamCommands, "$JS.API.STREAM.DELETE."+bus.StreamCommands)
-	for _, target := range targets {
-		for _, c := range calls {
-			if err := rogue.PublishRequest(c.subject, target, c.body); err != nil {
-				t.Fatalf("%s answered to %s: %v", c.name, target, err)
-			}
-		}
-	}
 	// The server handles a connection's messages in order, and refuses a publish the
-	// connection may not make at once: the PONG of this flush comes after every call
-	// above was refused or forwarded. Whatever a forwarded call's answer made JetStream
-	// do is checked below, and again after an intent that ran through the streams.
-	if err := rogue.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	// connection may not make at once: the PONG of aimAll's flush comes after every call
+	// was refused or forwarded. Whatever a forwarded call's answer made JetStream do is
+	// checked below, and again after an intent that ran through the streams.
+	aimAll(t, rogue, calls, targets)
 
 	intact := func(when string) {
 		t.Helper()

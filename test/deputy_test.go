@@ -50,6 +50,28 @@ func replayAnswer(t *testing.T, nc *nats.Conn, id string, start uint64) bus.Repl
 
 func jsonUint(n uint64) string { b, _ := json.Marshal(n); return string(b) }
 
+// aimedCall is a request a rogue Ghost sends with a reply subject of its choosing.
+type aimedCall struct {
+	name, subject string
+	body          []byte
+}
+
+// aimAll sends every call on nc with each target as its reply subject, then flushes: the
+// server has taken (or refused) them all once it returns.
+func aimAll(t *testing.T, nc *nats.Conn, calls []aimedCall, targets []string) {
+	t.Helper()
+	for _, target := range targets {
+		for _, c := range calls {
+			if err := nc.PublishRequest(c.subject, target, c.body); err != nil {
+				t.Fatalf("%s answered to %s: %v", c.name, target, err)
+			}
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // nats-server does not check a request's reply subject against the requester's
 // permissions, and Mirage may publish to the KV buckets and cmd.*: under auth, Mirage
 // answers a Ghost's replay, register and seed read requests only on that Ghost's inbox,
@@ -114,24 +136,12 @@ func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	requests := []struct {
-		name, subject string
-		body          []byte
-	}{
+	requests := []aimedCall{
 		{"replay", subjects.ReplayFor("ghost-c"), []byte(`{"start_seq": 1, "max": 1}`)},
 		{"register", subjects.Register("ghost-c"), registerBody(t, "ghost-c")},
 		{"seed read", subjects.SeedFor("ghost-c"), []byte(`{"object": "seed.any/1.0.0/manifest.json", "max_size": 1048576}`)},
 	}
-	for _, r := range requests {
-		for _, target := range targets {
-			if err := nc.PublishRequest(r.subject, target, r.body); err != nil {
-				t.Fatalf("%s to %s: %v", r.name, target, err)
-			}
-		}
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	aimAll(t, nc, requests, targets)
 	// Mirage handles the requests of each subject in order (one subscription each), and
 	// drops a misdirected one at once: once a later request of each is answered, the
 	// misdirected ones were handled, and whatever Mirage published for them reached the
