@@ -80,3 +80,25 @@ func (g *ghostGate) prune(now time.Time) {
 		}
 	}
 }
+
+// serveGated serves a request of Ghost id admitted by gate at arrived: in its own
+// goroutine, once it holds one of slots, waited for until arrived+maxWait (past that the
+// Ghost has stopped waiting: the request is dropped), then leaves the gate.
+func (m *Mirage) serveGated(gate *ghostGate, slots chan struct{}, id string, arrived time.Time, maxWait time.Duration, serve func()) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer func() { gate.leave(id, time.Now()) }()
+		wait := time.NewTimer(maxWait - time.Since(arrived))
+		defer wait.Stop()
+		select {
+		case slots <- struct{}{}:
+		case <-wait.C:
+			return
+		case <-m.stop:
+			return
+		}
+		defer func() { <-slots }()
+		serve()
+	}()
+}

@@ -50,19 +50,7 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 			"a replay request of %s is being served or was served less than %s ago: retry later", id, bus.ReplayEvery)})
 		return
 	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		defer func() { m.replayGate.leave(id, time.Now()) }()
-		select {
-		case m.replays <- struct{}{}:
-		case <-m.stop:
-			return
-		}
-		defer func() { <-m.replays }()
-		if time.Since(arrived) > replayMaxWait {
-			return // the Ghost stopped waiting
-		}
+	m.serveGated(m.replayGate, m.replays, id, arrived, replayMaxWait, func() {
 		reply, err := m.sendReplay(msg.Reply, id, req)
 		if err != nil {
 			perr := bus.AsError(err)
@@ -70,7 +58,7 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 			m.log.Warn("replay request rejected", "direction", "in", "subject", msg.Subject, "code", perr.Code, "err", perr.Message)
 		}
 		m.answerReplay(msg, reply)
-	}()
+	})
 }
 
 func (m *Mirage) answerReplay(msg *nats.Msg, reply bus.ReplayReply) {

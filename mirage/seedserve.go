@@ -31,6 +31,7 @@ import (
 // the others wait at most bus.SeedSlotWait for one of seedReadSlots and are dropped after
 // (the Ghost's first wait, bus.SeedFirstWait, covers that and the read).
 func (m *Mirage) onSeedRead(msg *nats.Msg) {
+	arrived := time.Now()
 	id, idErr := subjects.GhostFromSeed(msg.Subject)
 	if !m.guard.allows(id, msg.Subject, msg.Reply) {
 		return
@@ -55,27 +56,13 @@ func (m *Mirage) onSeedRead(msg *nats.Msg) {
 		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedRejected, Object: req.Object, Error: perr})
 		return
 	}
-	if !m.seedGate.enter(id, time.Now()) {
+	if !m.seedGate.enter(id, arrived) {
 		m.answerSeed(msg.Reply, bus.SeedAnswer{Status: bus.SeedBusy, Object: req.Object, Error: bus.Errorf(bus.CodeBusy,
 			"a seed read request of %s is being served or its last ended less than %s ago: retry later", id, bus.SeedEvery)})
 		return
 	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		defer func() { m.seedGate.leave(id, time.Now()) }()
-		slotWait := time.NewTimer(bus.SeedSlotWait)
-		defer slotWait.Stop()
-		select {
-		case m.seedReads <- struct{}{}:
-		case <-slotWait.C:
-			return // dropped: the Ghost's first wait does not cover a longer one
-		case <-m.stop:
-			return
-		}
-		defer func() { <-m.seedReads }()
-		m.serveSeed(id, msg.Reply, req)
-	}()
+	// Dropped past bus.SeedSlotWait: the Ghost's first wait does not cover a longer one.
+	m.serveGated(m.seedGate, m.seedReads, id, arrived, bus.SeedSlotWait, func() { m.serveSeed(id, msg.Reply, req) })
 }
 
 // serveSeed reads the object req names and sends it to reply. It gives up when Mirage
