@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
@@ -79,7 +80,7 @@ func (e *runEnv) startPlane(ctx context.Context, listen bool) (*plane, error) {
 		p.close()
 		return nil, err
 	}
-	if p.tracker, err = startTracker(cc); err != nil {
+	if p.tracker, err = startTracker(ctx, cc); err != nil {
 		p.close()
 		return nil, err
 	}
@@ -87,32 +88,35 @@ func (e *runEnv) startPlane(ctx context.Context, listen bool) (*plane, error) {
 	return p, nil
 }
 
-// tracker follows every report on core report.* and tells the waiter of an intent its
-// terminal phase: one subscription for the whole run, as a dashboard would follow them.
-// A report counts when Mirage publishes it, as the client's own wait takes it
-// (Client.IssueAndWait, WaitTerminal): Mirage's cost of storing it in EDGE_REPORT is in
-// the figures (it waits for the store's ack), a reader's wait for that store is not.
+// tracker follows every report through one ordered consumer on report.* and tells the
+// waiter of an intent its terminal phase: one consumer for the whole run rather than one
+// per intent, so that following reports costs the bench little.
 type tracker struct {
-	sub   *nats.Subscription
+	cc    jetstream.ConsumeContext
 	mu    sync.Mutex
 	waits map[string]chan string
 }
 
-func startTracker(nc *nats.Conn) (*tracker, error) {
-	t := &tracker{waits: map[string]chan string{}}
-	var err error
-	if t.sub, err = nc.Subscribe(subjects.AllReports, t.onReport); err != nil {
+func startTracker(ctx context.Context, nc *nats.Conn) (*tracker, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
 		return nil, err
 	}
-	// The tracker may not miss a report: no pending limits (reports of 256 intents in
-	// flight are a few MB at most).
-	if err := t.sub.SetPendingLimits(-1, -1); err != nil {
+	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.AllReports},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, err
+	}
+	t := &tracker{waits: map[string]chan string{}}
+	if t.cc, err = cons.Consume(t.onReport); err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
-func (t *tracker) stop() { _ = t.sub.Unsubscribe() }
+func (t *tracker) stop() { t.cc.Stop() }
 
 // expect returns the channel that receives the terminal phase of intentID; call it
 // before issuing.
@@ -132,10 +136,10 @@ func (t *tracker) forget(intentID string) {
 
 var phaseKey = []byte(`"phase":"`)
 
-func (t *tracker) onReport(msg *nats.Msg) {
+func (t *tracker) onReport(msg jetstream.Msg) {
 	// The first "phase" key of a report envelope is its own (a nested one would be escaped
 	// inside a string), so the whole report need not be decoded.
-	data := msg.Data
+	data := msg.Data()
 	i := bytes.Index(data, phaseKey)
 	if i < 0 {
 		return
@@ -149,7 +153,7 @@ func (t *tracker) onReport(msg *nats.Msg) {
 	if !bus.Terminal(phase) {
 		return
 	}
-	id := strings.TrimPrefix(msg.Subject, subjects.Report(""))
+	id := strings.TrimPrefix(msg.Subject(), subjects.Report(""))
 	t.mu.Lock()
 	ch, ok := t.waits[id]
 	delete(t.waits, id)

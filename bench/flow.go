@@ -27,7 +27,7 @@ import (
 //	"ghost"  -- event     -> EDGE_EVT (waits for its ack)
 //	"mirage" <- event through the durable consumer (explicit ack)
 //	"mirage" -- event.ack -> ack.<ghost> (core), report -> EDGE_REPORT
-//	client  <- report on a subscription to report.* (as it is published)
+//	client  <- report through one ordered consumer on report.*
 //
 // Nothing is decoded or validated, nothing waits in a goroutine (publish acks are read by
 // subscriptions), ids ride in a header. It is the ceiling of e2e: an intent cannot cost
@@ -150,11 +150,19 @@ func (e *runEnv) rawFlow(ctx context.Context) (Rate, error) {
 	}
 	defer evc.Stop()
 
-	// The client: one subscription on report.* tells each waiter, as e2e's tracker does.
+	// The client: one ordered consumer on report.* tells each waiter.
+	cjs, err := jetstream.New(cc)
+	if err != nil {
+		return Rate{}, err
+	}
 	var mu sync.Mutex
 	waits := map[string]chan struct{}{}
-	rsub, err := cc.Subscribe(subjects.AllReports, func(m *nats.Msg) {
-		id := m.Subject[len(subjects.Report("")):]
+	rcons, err := cjs.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subjects.AllReports}, DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		return Rate{}, err
+	}
+	rcc, err := rcons.Consume(func(m jetstream.Msg) {
+		id := m.Subject()[len(subjects.Report("")):]
 		mu.Lock()
 		ch, ok := waits[id]
 		delete(waits, id)
@@ -166,10 +174,7 @@ func (e *runEnv) rawFlow(ctx context.Context) (Rate, error) {
 	if err != nil {
 		return Rate{}, err
 	}
-	defer func() { _ = rsub.Unsubscribe() }()
-	if err := rsub.SetPendingLimits(-1, -1); err != nil {
-		return Rate{}, err
-	}
+	defer rcc.Stop()
 
 	var seq atomic.Int64
 	one := func() error {

@@ -194,32 +194,54 @@ func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bu
 }
 
 // IssueAndWait issues an intent and waits for its terminal report. The report watch is
-// set up before the issue is sent, so no round trip is spent on it after acceptance, and
-// the terminal report is taken as Mirage publishes it or from EDGE_REPORT, whichever
-// comes first (terminalWatch).
+// set up before the issue is sent, so no round trip is spent on it after acceptance.
 func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueReply, *bus.Report, error) {
-	w, err := c.watchTerminal(ctx, is.IntentID)
+	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subjects.Report(is.IntentID)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	defer w.stop()
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
 	reply, err := c.Issue(ctx, is)
 	if err != nil {
 		return reply, nil, err
 	}
-	r, err := w.wait(ctx)
-	return reply, r, err
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return reply, nil, ctx.Err()
+			}
+			return reply, nil, err
+		}
+		if r := validReport(is.IntentID, msg.Data(), msg.Headers()); r != nil && bus.Terminal(r.Phase) {
+			return reply, r, nil
+		}
+	}
 }
 
-// WaitTerminal returns the terminal report of an intent, waiting for it: the stored one,
-// or the one Mirage publishes next, as soon as it is published (terminalWatch).
+// WaitTerminal returns the terminal report of an intent, waiting for it.
 func (c *Client) WaitTerminal(ctx context.Context, intentID string) (*bus.Report, error) {
-	w, err := c.watchTerminal(ctx, intentID)
-	if err != nil {
-		return nil, err
+	var final *bus.Report
+	err := c.WatchReports(ctx, intentID, func(r *bus.Report) bool {
+		if bus.Terminal(r.Phase) {
+			final = r
+			return false
+		}
+		return true
+	})
+	if final != nil {
+		return final, nil
 	}
-	defer w.stop()
-	return w.wait(ctx)
+	return nil, err
 }
 
 // GhostStatus is one line of the fleet listing.

@@ -253,10 +253,6 @@ type follower struct {
 }
 
 func (f *follower) follow(ctx context.Context, client *mirage.Client) (*bus.Report, error) {
-	if f.jsonl == nil && f.bar == nil {
-		// Only the terminal report is wanted: taken as soon as Mirage publishes it.
-		return client.WaitTerminal(ctx, f.intentID)
-	}
 	f.printed = map[string]bool{}
 	var final *bus.Report
 	err := client.WatchReports(ctx, f.intentID, func(r *bus.Report) bool {
