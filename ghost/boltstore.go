@@ -32,6 +32,10 @@ var (
 	bucketMessage = []byte("by_message")
 	bucketMeta    = []byte("meta")
 	keyLastSeq    = []byte("last_seq")
+	// keyLastCmd holds the position's sequence again, then its command_id: beside
+	// last_seq, whose 8 bytes older versions read (and write, leaving this key stale,
+	// which the sequence in it tells).
+	keyLastCmd = []byte("last_cmd")
 )
 
 // BoltStore is the durable ExecutionStore (go.etcd.io/bbolt): a command_id recorded here
@@ -537,7 +541,23 @@ func (s *BoltStore) LastSeq(_ context.Context) (uint64, error) {
 	return seq, err
 }
 
-func (s *BoltStore) SetLastSeq(_ context.Context, seq uint64) error {
+func (s *BoltStore) Position(_ context.Context) (uint64, string, error) {
+	var seq uint64
+	var id string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if v := b.Get(keyLastSeq); len(v) == 8 {
+			seq = binary.BigEndian.Uint64(v)
+		}
+		if v := b.Get(keyLastCmd); len(v) > 8 && seq > 0 && binary.BigEndian.Uint64(v) == seq {
+			id = string(v[8:])
+		}
+		return nil
+	})
+	return seq, id, err
+}
+
+func (s *BoltStore) SetPosition(_ context.Context, seq uint64, commandID string) error {
 	return s.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if v := b.Get(keyLastSeq); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
@@ -545,12 +565,23 @@ func (s *BoltStore) SetLastSeq(_ context.Context, seq uint64) error {
 		}
 		var buf [8]byte
 		binary.BigEndian.PutUint64(buf[:], seq)
-		return b.Put(keyLastSeq, buf[:])
+		if err := b.Put(keyLastSeq, buf[:]); err != nil {
+			return err
+		}
+		if commandID == "" {
+			return b.Delete(keyLastCmd)
+		}
+		return b.Put(keyLastCmd, append(buf[:], commandID...))
 	})
 }
 
 func (s *BoltStore) ResetLastSeq(_ context.Context) error {
-	return s.write(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyLastSeq) })
+	return s.write(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketMeta).Delete(keyLastSeq); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Delete(keyLastCmd)
+	})
 }
 
 // Prune removes finished records older than the retention and, when the store holds more

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/edgectl/edgectl/bus"
 )
 
 // Delivery: live commands arrive on a core subscription to cmd.<id>. Whatever the Ghost
@@ -75,6 +77,10 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	if !g.nc.IsConnected() {
 		return
 	}
+	// A reconnect since the last full catch-up may have dropped live commands; the
+	// counter says so at once, where the status event that sets needFull may still be
+	// queued behind this catch-up.
+	reconnects := g.nc.Stats().Reconnects
 	src := g.commands()
 	last, lastID, err := src.last(ctx)
 	if err != nil {
@@ -82,7 +88,10 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		g.needFull.Store(true)
 		return
 	}
-	seq, err := g.store.LastSeq(ctx)
+	if g.nc.Stats().Reconnects != reconnects {
+		full = true // reconnected while asking: commands around it may have been missed
+	}
+	seq, posID, err := g.store.Position(ctx)
 	if err != nil {
 		g.log.Error("execution store: reading the replay position failed", "err", err)
 		return
@@ -95,13 +104,13 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
-		full = true
+		posID, full = "", true
 	}
 	if last <= seq {
-		g.needFull.Store(false)
+		g.caughtUp(reconnects)
 		return
 	}
-	if !full && !g.needFull.Load() {
+	if !full && !g.needFull.Load() && g.fullAt.Load() == reconnects {
 		if len(g.slots) > 0 {
 			// Executions are running: an idempotent one keeps no durable record while it
 			// runs, so the position must not pass it (a crash would leave its command
@@ -116,14 +125,14 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 			// Known and finished: its record is written, or queued ahead of the
 			// position's. One still executing is replayed instead, which waits for it.
 			if e, err := g.store.GetByCommandID(ctx, id); err == nil && e.State == StateFinished {
-				if err := g.store.SetLastSeq(ctx, last); err != nil {
+				if err := g.store.SetPosition(ctx, last, id); err != nil {
 					g.log.Error("execution store: saving the replay position failed", "err", err)
 				}
 				return
 			}
 		}
 	}
-	n, reached, err := g.replay(ctx, src, seq, last)
+	n, reached, err := g.replay(ctx, src, position{seq, posID}, last)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention
 		// removed it (and everything older). Either way, reading from the start is right.
@@ -131,20 +140,35 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
-		n, reached, err = g.replay(ctx, src, seq, last)
+		n, reached, err = g.replay(ctx, src, position{}, last)
 	}
-	if reached > seq {
-		if err := g.store.SetLastSeq(ctx, reached); err != nil {
+	if reached.seq > seq {
+		if err := g.store.SetPosition(ctx, reached.seq, reached.commandID); err != nil {
 			g.log.Error("execution store: saving the replay position failed", "err", err)
 		}
 	}
 	if err != nil {
 		g.needFull.Store(true)
-		g.log.Warn("catch-up interrupted; it resumes later", "after_seq", reached, "err", err)
+		g.log.Warn("catch-up interrupted; it resumes later", "after_seq", reached.seq, "err", err)
 		return
 	}
+	g.caughtUp(reconnects)
+	g.log.Info("caught up on commands from EDGE_CMD", "commands", n, "last_seq", reached.seq)
+}
+
+// caughtUp records a catch-up that read everything up to the end of cmd.<id> as it was
+// after the Ghost's reconnects-th reconnect: until the next one, a tick may take the fast
+// path.
+func (g *Ghost) caughtUp(reconnects uint64) {
 	g.needFull.Store(false)
-	g.log.Info("caught up on commands from EDGE_CMD", "commands", n, "last_seq", reached)
+	g.fullAt.Store(reconnects)
+}
+
+// position is a replay position: a stream sequence of EDGE_CMD and the command_id of the
+// command there ("" when unknown).
+type position struct {
+	seq       uint64
+	commandID string
 }
 
 // errPositionGone: EDGE_CMD no longer holds the command at the replay position.
@@ -162,16 +186,17 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 // errStopping: the Ghost is stopping; the position stays, a restart replays.
 var errStopping = errors.New("ghost stopping")
 
-// replay reads cmd.<id> from after seq up to last through src, handles each command, and
-// returns how many it read and the sequence up to which every command has been handled,
-// also when it fails: after each answer (or fetch) it waits for that answer's commands
-// (handled in slots) and moves that far, so that a failure that recurs at one answer
-// does not undo the answers before it. It never moves past a command not yet handled.
-func (g *Ghost) replay(ctx context.Context, src commandReader, seq, last uint64) (int, uint64, error) {
-	start := max(seq, 1) // the position's own command first, to check it is there
+// replay reads cmd.<id> from after the position up to last through src, handles each
+// command, and returns how many it read and the position up to which every command has
+// been handled, also when it fails: after each answer (or fetch) it waits for that
+// answer's commands (handled in slots) and moves that far, so that a failure that recurs
+// at one answer does not undo the answers before it. It never moves past a command not
+// yet handled.
+func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64) (int, position, error) {
+	start := max(from.seq, 1) // the position's own command first, to check it is there
 	var handled []chan struct{}
-	reached, read := seq, 0
-	readTo, checked := seq, false
+	reached, readTo, read := from, from, 0
+	checked := false
 	// settle waits for the commands dispatched so far and moves reached up to them.
 	settle := func() error {
 		for _, d := range handled {
@@ -186,10 +211,12 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, seq, last uint64)
 		return nil
 	}
 	err := src.read(ctx, start, last, func(sseq uint64, data []byte, hdr nats.Header) error {
-		if seq > 0 && !checked {
-			// The first command on cmd.<id> from the position on must be the one at it.
+		if from.seq > 0 && !checked {
+			// The first command on cmd.<id> from the position on must be the one at it:
+			// at its sequence, and, when the position knows it, under its command_id (a
+			// recreated stream may hold another command at the same sequence).
 			checked = true
-			if sseq != seq {
+			if sseq != from.seq || (from.commandID != "" && hdr.Get(bus.HeaderMsgID) != from.commandID) {
 				return errPositionGone
 			}
 			return nil
@@ -200,7 +227,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, seq, last uint64)
 			return errStopping
 		}
 		read++
-		readTo = sseq
+		readTo = position{sseq, hdr.Get(bus.HeaderMsgID)}
 		return nil
 	}, settle)
 	if err == nil {

@@ -2,9 +2,12 @@ package ghost_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
@@ -96,21 +99,32 @@ func TestRecreatedCommandStreamIsReplayedFromTheStart(t *testing.T) {
 	const id = "edge-r"
 	for _, tc := range []struct {
 		name string
-		// setup stores commands and returns the Ghost's stale position and the
+		// setup stores commands and returns the Ghost's stale position, the command_id
+		// the position was saved with ("": an older store's, sequence only) and the
 		// commands that must run.
-		setup func(env *testenv.Env) (uint64, []string)
+		setup func(env *testenv.Env) (uint64, string, []string)
 	}{
-		{"stream shorter than the position", func(env *testenv.Env) (uint64, []string) {
+		{"stream shorter than the position", func(env *testenv.Env) (uint64, string, []string) {
 			c, _ := storeCommand(t, env, id, "status", nil)
-			return 100, []string{c}
+			return 100, "", []string{c}
 		}},
-		{"command at the position gone", func(env *testenv.Env) (uint64, []string) {
+		{"command at the position gone", func(env *testenv.Env) (uint64, string, []string) {
 			storeCommand(t, env, "other", "status", nil)        // 1
 			early, _ := storeCommand(t, env, id, "status", nil) // 2
 			storeCommand(t, env, "other", "status", nil)        // 3: where the stale position points
 			storeCommand(t, env, "other", "status", nil)        // 4
 			late, _ := storeCommand(t, env, id, "status", nil)  // 5
-			return 3, []string{early, late}
+			return 3, "", []string{early, late}
+		}},
+		{"another command of this Ghost at the position's sequence", func(env *testenv.Env) (uint64, string, []string) {
+			// The new stream has grown past the old position, and holds a command of this
+			// Ghost at its sequence: only its command_id tells it is not the one handled.
+			var all []string
+			for range 5 {
+				c, _ := storeCommand(t, env, id, "status", nil)
+				all = append(all, c)
+			}
+			return 3, subjects.NewID(subjects.PrefixCommand), all
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -120,8 +134,8 @@ func TestRecreatedCommandStreamIsReplayedFromTheStart(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer store.Close()
-			stale, want := tc.setup(env)
-			if err := store.SetLastSeq(context.Background(), stale); err != nil {
+			stale, staleID, want := tc.setup(env)
+			if err := store.SetPosition(context.Background(), stale, staleID); err != nil {
 				t.Fatal(err)
 			}
 			env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
@@ -172,4 +186,48 @@ func TestEventAckMarksOnlyTheEventItNames(t *testing.T) {
 		execs, err := store.Unacked(ctx)
 		return err == nil && len(execs) == 0
 	})
+}
+
+// A reconnect while the delivery loop is busy (here a start-up replay waiting for a long
+// command) must make the next catch-up a full one, whichever of the reconnect's status
+// event and the timer the loop takes first: a command stored while the link was down,
+// followed by one received live, must not be passed over by the timer's fast path (last
+// command known and finished).
+func TestReconnectDuringCatchUpMissesNoCommand(t *testing.T) {
+	for round := range 3 {
+		t.Run(fmt.Sprint(round), func(t *testing.T) {
+			env := testenv.New(t, testenv.Listen())
+			proxy := testenv.NewProxy(t, env.Server.Addr().String())
+			store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			const id = "edge-rc"
+			long, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "1500"})
+			gc := env.URLConn("ghost "+id, proxy.URL(), nats.ReconnectWait(20*time.Millisecond))
+			env.StartGhost(id, testenv.Via(gc), testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+				testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 50 * time.Millisecond }))
+			ctx := context.Background()
+			testenv.Eventually(t, 5*time.Second, "the replayed sleep to start", func() bool {
+				_, err := store.GetByCommandID(ctx, long)
+				return err == nil
+			})
+			proxy.Cut()
+			testenv.Eventually(t, 5*time.Second, "the Ghost to lose its link", func() bool { return !gc.IsConnected() })
+			missed, _ := storeCommand(t, env, id, "status", nil)
+			proxy.Restore()
+			testenv.Eventually(t, 5*time.Second, "the Ghost to reconnect", func() bool { return gc.IsConnected() && gc.Stats().Reconnects > 0 })
+			if err := gc.Flush(); err != nil { // its subscriptions are back
+				t.Fatal(err)
+			}
+			live, _ := storeCommand(t, env, id, "status", nil)
+			eventFor(t, env, id, live)
+			if e, err := store.GetByCommandID(ctx, long); err != nil || e.State != ghost.StateStarted {
+				t.Fatalf("the sleep ended before the live command did (%+v, %v): the loop was not busy", e, err)
+			}
+			eventFor(t, env, id, long)
+			eventFor(t, env, id, missed)
+		})
+	}
 }

@@ -132,6 +132,9 @@ type Ghost struct {
 	kick chan struct{}
 	// needFull is set when commands may have been missed (a disconnect, a failed catch-up).
 	needFull atomic.Bool
+	// fullAt is the connection's reconnect count when the last complete catch-up began:
+	// a tick takes the fast path only while it is unchanged.
+	fullAt atomic.Uint64
 	// emitting holds the event_ids being published (emit).
 	emitting sync.Map
 

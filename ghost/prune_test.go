@@ -60,7 +60,7 @@ func openPruneStore(t *testing.T, o BoltOptions, now *time.Time, recs []pruneRec
 	}
 	// Acks wait for a write to ride along with: this one carries them to disk, where
 	// Prune reads them.
-	if err := st.SetLastSeq(ctx, pruneSeq); err != nil {
+	if err := st.SetPosition(ctx, pruneSeq, ""); err != nil {
 		t.Fatal(err)
 	}
 	onDisk := stored(t, st)

@@ -60,11 +60,19 @@ type ExecutionStore interface {
 	Unfinished(ctx context.Context) ([]Execution, error)
 	// Unacked returns finished executions whose event Mirage has not acknowledged.
 	Unacked(ctx context.Context) ([]Execution, error)
-	// LastSeq returns the EDGE_CMD stream sequence up to which commands were replayed.
+	// LastSeq returns the replay position: the EDGE_CMD stream sequence up to which
+	// commands were handled.
 	LastSeq(ctx context.Context) (uint64, error)
-	// SetLastSeq advances LastSeq (never moves it back).
-	SetLastSeq(ctx context.Context, seq uint64) error
-	// ResetLastSeq moves LastSeq back to 0: EDGE_CMD was recreated, its sequences are new.
+	// Position returns the replay position and the command_id of the command stored at
+	// it ("" when unknown: none was saved with it, as by an older version), by which a
+	// replay tells the command at the position from another one at the same sequence of
+	// a recreated stream.
+	Position(ctx context.Context) (seq uint64, commandID string, err error)
+	// SetPosition advances the position to seq, whose command is commandID (never moves
+	// it back).
+	SetPosition(ctx context.Context, seq uint64, commandID string) error
+	// ResetLastSeq moves the position back to 0: EDGE_CMD was recreated, its sequences
+	// are new.
 	ResetLastSeq(ctx context.Context) error
 	Close() error
 }
@@ -76,6 +84,7 @@ type MemoryStore struct {
 	byCommand map[string]string
 	byMessage map[string]string
 	lastSeq   uint64
+	lastCmd   string
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -177,17 +186,25 @@ func (s *MemoryStore) LastSeq(_ context.Context) (uint64, error) {
 	return s.lastSeq, nil
 }
 
-func (s *MemoryStore) SetLastSeq(_ context.Context, seq uint64) error {
+func (s *MemoryStore) Position(_ context.Context) (uint64, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.lastSeq = max(s.lastSeq, seq)
+	return s.lastSeq, s.lastCmd, nil
+}
+
+func (s *MemoryStore) SetPosition(_ context.Context, seq uint64, commandID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq > s.lastSeq {
+		s.lastSeq, s.lastCmd = seq, commandID
+	}
 	return nil
 }
 
 func (s *MemoryStore) ResetLastSeq(_ context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.lastSeq = 0
+	s.lastSeq, s.lastCmd = 0, ""
 	return nil
 }
 

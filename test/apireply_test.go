@@ -203,7 +203,7 @@ func TestAuthRecreatedCommandStreamIsReplayedFromTheStart(t *testing.T) {
 		{"command at the position gone", func(t *testing.T, f *authFleet, js jetstream.JetStream, st ghost.ExecutionStore) {
 			stale := f.storeSigned(t, js, "ghost-x", "k") // not this Ghost's: where the stale position points
 			f.storeSigned(t, js, "ghost-g", "k")
-			if err := st.SetLastSeq(ctx, stale); err != nil {
+			if err := st.SetPosition(ctx, stale, ""); err != nil {
 				t.Fatal(err)
 			}
 		}},
