@@ -180,8 +180,20 @@ func (s *BoltStore) Begin(_ context.Context, e Execution) (Execution, bool, erro
 }
 
 // beginDurable records a started execution before it runs (non-idempotent operations and
-// refusals).
+// refusals). An idempotent execution of the same command_id held in memory (running, or
+// finished and not written yet) is the command's execution: it is returned, not recorded
+// over.
 func (s *BoltStore) beginDurable(e Execution) (Execution, bool, error) {
+	s.mu.Lock()
+	v, inMemory := s.volatile[e.CommandID]
+	var held Execution
+	if inMemory {
+		held = *v
+	}
+	s.mu.Unlock()
+	if inMemory {
+		return held, false, nil
+	}
 	var existing Execution
 	fresh := false
 	err := s.write(func(tx *bolt.Tx) error {

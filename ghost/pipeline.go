@@ -107,7 +107,7 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	}
 	if !fresh {
 		release()
-		return Outcome{Event: claimed.Event, Duplicate: true, Running: p.runningOf(claimed.Event, cmd.CommandID)}
+		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
 	ev := p.execute(ctx, seed, cmd, claimed)
 	// The event may be sent while its record is written: if the Ghost dies in between,
@@ -135,7 +135,26 @@ func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
 
 // Refuse records and returns an error event for a command that will not execute. It is
 // also how a malformed command whose command_id could be read gets its one event.
+//
+// A refusal claims the command as an execution does (p.running), so that it is never
+// recorded beside another delivery's execution of the same command_id: both deliveries
+// may have missed each other in the store (a live copy in time and a replayed one past
+// its deliver_by_ms), and each would emit its own terminal event.
 func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error) Outcome {
+	refusing := make(chan struct{})
+	p.mu.Lock()
+	if ch, busy := p.running[cmd.CommandID]; busy {
+		p.mu.Unlock()
+		return Outcome{Duplicate: true, Running: ch}
+	}
+	p.running[cmd.CommandID] = refusing
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.running, cmd.CommandID)
+		p.mu.Unlock()
+		close(refusing)
+	}()
 	now := p.now()
 	exec := p.newExecution(cmd, now)
 	claimed, fresh, err := p.store.Begin(ctx, exec)

@@ -3,9 +3,12 @@ package ghost
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -478,5 +481,85 @@ func TestPipelineDuplicateDuringBeginGetsTheRunningChannel(t *testing.T) {
 	}
 	if calls := f.seeds["t.ok"].calls.Load(); calls != 1 {
 		t.Fatalf("seed executed %d times, want 1", calls)
+	}
+}
+
+// meetingStore holds the first two GetByCommandID calls until both have been made: two
+// deliveries of one command that each miss the other in the store.
+type meetingStore struct {
+	ExecutionStore
+	arrived atomic.Int32
+	met     chan struct{}
+}
+
+func (s *meetingStore) GetByCommandID(ctx context.Context, id string) (Execution, error) {
+	got, err := s.ExecutionStore.GetByCommandID(ctx, id)
+	switch s.arrived.Add(1) {
+	case 1:
+		select {
+		case <-s.met:
+		case <-time.After(5 * time.Second):
+		}
+	case 2:
+		close(s.met)
+	}
+	return got, err
+}
+
+// Two deliveries of one idempotent command that miss each other in the store, one in
+// time and one past its deliver_by_ms (a live copy and a late replayed one), end with one
+// terminal event between them: the refusal is never recorded beside the execution, in
+// whichever order they reach the pipeline.
+func TestPipelineRefusalAndExecutionOfOneCommandGiveOneEvent(t *testing.T) {
+	f := newFixture(t)
+	for round := range 20 {
+		bolt, err := OpenBoltStore(filepath.Join(t.TempDir(), fmt.Sprintf("executions-%d.db", round)), BoltOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &meetingStore{ExecutionStore: bolt, met: make(chan struct{})}
+		// The first reading of the clock is in time, every later one past the deadline.
+		t0 := time.Now()
+		var reads atomic.Int32
+		clock := func() time.Time {
+			if reads.Add(1) == 1 {
+				return t0
+			}
+			return t0.Add(2 * time.Minute)
+		}
+		p := NewPipeline(testGhost, f.p.registry, st, clock, nil)
+		cmd := command(t, "t.slow", "run")
+		outs := make(chan Outcome, 2)
+		for range 2 {
+			dup := *cmd
+			go func() {
+				out := p.Run(context.Background(), &dup)
+				out.Wait()
+				outs <- out
+			}()
+		}
+		var events []*bus.Event
+		for range 2 {
+			select {
+			case out := <-outs:
+				if out.Event != nil {
+					events = append(events, out.Event)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a delivery did not end")
+			}
+		}
+		if len(events) == 0 {
+			t.Fatal("no terminal event from either delivery")
+		}
+		for _, ev := range events[1:] {
+			if ev.EventID != events[0].EventID || ev.Outcome != events[0].Outcome || ev.ExecutionID != events[0].ExecutionID {
+				t.Fatalf("round %d: two terminal events for one command: %s %s (%s) and %s %s (%s)", round,
+					events[0].Outcome, events[0].ExecutionID, events[0].Result.Status, ev.Outcome, ev.ExecutionID, ev.Result.Status)
+			}
+		}
+		if err := bolt.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

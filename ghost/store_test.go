@@ -147,3 +147,34 @@ func TestBoltStoreAcksSurviveClose(t *testing.T) {
 		}
 	}
 }
+
+// A durable Begin (a refusal, or a non-idempotent execution) of a command whose
+// idempotent execution the store holds in memory, running or finished and not written
+// yet, returns that execution instead of recording a second one.
+func TestBoltStoreDurableBeginFindsTheExecutionInMemory(t *testing.T) {
+	ctx := context.Background()
+	st, err := OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	running := Execution{ExecutionID: "exe_run", CommandID: "cmd_1", Idempotent: true, StartedMS: 1}
+	if _, fresh, err := st.Begin(ctx, running); err != nil || !fresh {
+		t.Fatalf("begin: fresh %v err %v", fresh, err)
+	}
+	refusal := Execution{ExecutionID: "exe_refusal", CommandID: "cmd_1", StartedMS: 2}
+	got, fresh, err := st.Begin(ctx, refusal)
+	if err != nil || fresh || got.ExecutionID != running.ExecutionID || got.State != StateStarted {
+		t.Fatalf("durable begin beside a running execution: %+v fresh %v err %v", got, fresh, err)
+	}
+	// Finished: in memory until the writer's next transaction, then on disk; either way
+	// it is the command's execution.
+	ev := &bus.Event{EventID: "evt_1", CommandID: "cmd_1", ExecutionID: running.ExecutionID, Outcome: bus.OutcomeSuccess, FinishedMS: 3}
+	if err := st.Finish(ctx, running.ExecutionID, ev); err != nil {
+		t.Fatal(err)
+	}
+	got, fresh, err = st.Begin(ctx, Execution{ExecutionID: "exe_refusal2", CommandID: "cmd_1", StartedMS: 4})
+	if err != nil || fresh || got.ExecutionID != running.ExecutionID || got.Event == nil || got.Event.EventID != ev.EventID {
+		t.Fatalf("durable begin after the execution finished: %+v fresh %v err %v", got, fresh, err)
+	}
+}
