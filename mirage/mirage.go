@@ -124,7 +124,11 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: cfg.Replicas, EventsMaxBytes: cfg.EventsMaxBytes}); err != nil {
 		return nil, err
 	}
-	if cfg.Identity != nil || cfg.RequireSignedEvents { // Ghosts are confined: keep it so
+	// Ghosts are confined when the server requires authentication (they then make their
+	// requests through Mirage: replay, seed reads), or when Mirage runs with auth's keys;
+	// Mirage may log in by certificate or password and hold no signing key.
+	confined := cfg.Identity != nil || cfg.RequireSignedEvents || nc.AuthRequired()
+	if confined { // keep it so
 		if err := bus.CheckGhostRequestsNotStored(ctx, js); err != nil {
 			return nil, err
 		}
@@ -146,10 +150,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		return nil, err
 	}
 	stop := make(chan struct{})
-	// With a signing identity or signed events, Mirage runs with auth: Ghosts have their
-	// per-Ghost permissions and inboxes (natsd.GhostPermissions), so their requests are
-	// answered only there (replyGuard).
-	guard := newReplyGuard(cfg.Identity != nil || cfg.RequireSignedEvents, log)
+	// Confined Ghosts have their per-Ghost permissions and inboxes
+	// (natsd.GhostPermissions), so their requests are answered only there (replyGuard).
+	guard := newReplyGuard(confined, log)
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, cmds: cmds, intents: intents, log: log,
 		fleet:      newFleet(js, ghosts, stop, cfg.Now, guard, log),

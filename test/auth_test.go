@@ -45,15 +45,25 @@ func newIdentity(t *testing.T) *bus.Identity {
 
 func newAuthFleet(t *testing.T, ghosts ...string) *authFleet {
 	t.Helper()
+	return newAuthFleetWith(t, nil, ghosts...)
+}
+
+// newAuthFleetWith is newAuthFleet with Mirage's configuration changed by tune.
+func newAuthFleetWith(t *testing.T, tune func(*mirage.Config), ghosts ...string) *authFleet {
+	t.Helper()
 	f := &authFleet{operator: newIdentity(t), mirage: newIdentity(t), keys: map[string]*bus.Identity{}, kv: map[string]*kv.Seed{}}
 	f.env = testenv.New(t, testenv.Listen(), testenv.Users(natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), nil)))
 	mnc := f.env.ConnWith("mirage", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
-	f.m = f.env.StartMirageOn(mnc, mirage.Config{
+	cfg := mirage.Config{
 		Identity: f.mirage, RequireSignedEvents: true,
 		OnFleetChange: func(enrolled map[string]string) error {
 			return f.env.Server.SetUsers(natsd.Users(f.operator.PublicKey(), f.mirage.PublicKey(), enrolled))
 		},
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	f.m = f.env.StartMirageOn(mnc, cfg)
 	f.op = f.env.ConnWith("operator", f.operator.NATSOption())
 	var err error
 	if f.client, err = mirage.NewClient(f.op); err != nil {

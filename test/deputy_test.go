@@ -77,8 +77,25 @@ func aimAll(t *testing.T, nc *nats.Conn, calls []aimedCall, targets []string) {
 // answers a Ghost's replay, register and seed read requests only on that Ghost's inbox,
 // and does not serve the others (no register, no command or object sent), so a Ghost
 // cannot write through Mirage nor send its answers to another Ghost.
+//
+// Mirage confines its answers whenever the server requires authentication, as Ghosts go
+// through Mirage whenever it does: also when Mirage itself signs nothing (it logs in by
+// certificate or password, where an nkey would override the certificate).
 func TestDeputyGhostRequestsAreAnsweredOnlyOnItsInbox(t *testing.T) {
-	f := newAuthFleet(t, "ghost-c", "ghost-o", "ghost-m")
+	for _, tc := range []struct {
+		name string
+		tune func(*mirage.Config)
+	}{
+		{"signing Mirage", nil},
+		{"Mirage without a signing key", func(c *mirage.Config) { c.Identity, c.RequireSignedEvents = nil, false }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			deputyAnswersOnlyOnItsInbox(t, newAuthFleetWith(t, tc.tune, "ghost-c", "ghost-o", "ghost-m"))
+		})
+	}
+}
+
+func deputyAnswersOnlyOnItsInbox(t *testing.T, f *authFleet) {
 	ctx := context.Background()
 	js, err := jetstream.New(f.op)
 	if err != nil {
