@@ -105,6 +105,7 @@ type Mirage struct {
 
 	seedGate     *ghostGate    // one seed read request per Ghost at a time, bus.SeedEvery after the last ended
 	seedReads    chan struct{} // slots of seed reads served at once
+	lostReports  bus.RateLog   // bounds the warnings about in_progress reports not stored
 	seedRefusals bus.RateLog   // bounds the warnings about malformed seed read requests
 }
 
@@ -387,10 +388,20 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 
 // retryReport stores again a report whose publish failed. Only a terminal report is:
 // retried on its own, an in_progress one could land after its intent's terminal report,
-// which is the intent's terminal state; the next report supersedes a lost one anyway.
+// which is the intent's terminal state. A lost in_progress report is superseded instead:
+// its intent, if still open, is marked changed, so that the next round of publishDirty
+// reports its state as it is then (without that, the stream would show stale counts
+// until a result changed them).
 func (m *Mirage) retryReport(r *bus.Report) {
 	if !bus.Terminal(r.Phase) {
-		m.log.Warn("in_progress report not stored; the next report supersedes it", "intent_id", r.IntentID)
+		m.mu.Lock()
+		if li, ok := m.live[r.IntentID]; ok {
+			li.dirty = true
+		}
+		m.mu.Unlock()
+		if ok, n := m.lostReports.Allow(); ok {
+			m.log.Warn("in_progress reports not stored; each intent's next report supersedes its lost one", "intent_id", r.IntentID, "reports", n)
+		}
 		return
 	}
 	m.publishReport(r) // same message id: stored once whatever happened

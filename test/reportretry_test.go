@@ -185,3 +185,63 @@ func reportConsumer(t *testing.T, js jetstream.JetStream, intentID string) (jets
 	}
 	return cons, info.NumPending
 }
+
+// An in_progress report the store does not take is superseded: its intent is reported
+// again, as it is then, once the store is back, though no result changed meanwhile.
+// Without that, the stream kept the intent's earlier state (here none: pending) until
+// its next result or its end.
+func TestLostInProgressReportIsSuperseded(t *testing.T) {
+	const ghostID = "edge-progress"
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost(ghostID)
+	client := env.Client()
+	js := env.JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	acked := make(chan struct{}, 1)
+	sub, err := env.Conn("watch acks").Subscribe(subjects.Ack(ghostID), func(*nats.Msg) {
+		select {
+		case acked <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+
+	stream, err := js.Stream(ctx, bus.StreamReports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	original := stream.CachedInfo().Config
+	paused := original
+	paused.Subjects = []string{"edge-test.reports-paused"}
+	if _, err := js.UpdateStream(ctx, paused); err != nil {
+		t.Fatalf("pause %s: %v", bus.StreamReports, err)
+	}
+	// One target answers at once, the other (never started) not before the timeout.
+	is := testenv.NewIssue(ghostID+",edge-absent", "seed.flow", "echo", map[string]string{"message": "hi"}, 30*time.Second)
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+	select {
+	case <-acked:
+	case <-ctx.Done():
+		t.Fatal("no event.ack for the Ghost's event")
+	}
+	time.Sleep(time.Second) // several report rounds, each refused
+	storesNothing(t, stream)
+	if _, err := js.UpdateStream(ctx, original); err != nil {
+		t.Fatalf("restore %s: %v", bus.StreamReports, err)
+	}
+	testenv.Eventually(t, 5*time.Second, "an in_progress report with the result, stored", func() bool {
+		for _, r := range reportsOf(t, js, is.IntentID) {
+			if r.Phase == bus.PhaseInProgress && r.Counts.Success == 1 && r.Counts.Pending == 1 {
+				return true
+			}
+		}
+		return false
+	})
+}
