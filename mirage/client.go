@@ -111,8 +111,12 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 // first one when a result arrives, so until then the intent record is the truth.
 func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Report, error) {
 	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
-	if err != nil {
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
+	case err != nil:
+		// Not "no such intent": the store could not be asked (exit 3, not 2).
+		return nil, fmt.Errorf("%w: reading %s: %v", bus.ErrUnavailable, bus.BucketIntents, err)
 	}
 	rec, err := ReadIntent(ctx, kv, intentID)
 	if err != nil {

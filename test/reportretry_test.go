@@ -2,15 +2,18 @@ package test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -244,4 +247,29 @@ func TestLostInProgressReportIsSuperseded(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// A report request the store cannot answer is not "no such intent": with edge_intents out
+// of reach (here a user denied its stream info), LatestReport of an intent with no report
+// fails with an unavailability, so that 'miragectl report' exits 3, not 2.
+func TestLatestReportWithoutTheIntentsBucketIsUnavailable(t *testing.T) {
+	operator, mir, reader := newIdentity(t), newIdentity(t), newIdentity(t)
+	users := natsd.Users(operator.PublicKey(), mir.PublicKey(), nil)
+	denied := *users[0] // the operator's account
+	denied.Nkey = reader.PublicKey()
+	denied.Permissions = &server.Permissions{Publish: &server.SubjectPermission{
+		Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.INFO.KV_" + bus.BucketIntents},
+	}}
+	env := testenv.New(t, testenv.Users(append(users, &denied)))
+	env.StartMirageOn(env.ConnWith("mirage", mir.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())), mirage.Config{Identity: mir})
+	client, err := mirage.NewClient(env.ConnWith("reader", reader.NATSOption()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = client.LatestReport(ctx, subjects.NewID(subjects.PrefixIntent))
+	if err == nil || errors.Is(err, mirage.ErrIntentNotFound) || !errors.Is(err, bus.ErrUnavailable) {
+		t.Fatalf("LatestReport without access to %s: %v, want an unavailability, not 'no such intent'", bus.BucketIntents, err)
+	}
 }
