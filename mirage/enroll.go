@@ -283,18 +283,27 @@ func (m *Mirage) RecordOperatorKey(ctx context.Context, publicKey string) error 
 	return m.enrolled.put(ctx, FleetKeyOperator, Enrollment{GhostID: FleetKeyOperator, PublicKey: publicKey, EnrolledMS: m.cfg.Now().UnixMilli()})
 }
 
-// Revoke removes a Ghost's enrollment (as 'fleet rm' does) and its registry entry.
+// Revoke removes a Ghost's enrollment (as 'fleet rm' does) and its registry entry. The
+// server stops admitting the Ghost first: should that fail, the Ghost stays enrolled, so
+// that running 'fleet rm' again finishes the job rather than answering "not enrolled"
+// while the server still lets it in.
 func (m *Mirage) Revoke(ctx context.Context, ghostID string) error {
-	ok, err := m.enrolled.remove(ctx, ghostID)
-	if err != nil {
-		return bus.Errorf(bus.CodeInternal, "remove enrollment: %v", err)
-	}
-	if !ok {
+	rest := m.enrolled.all()
+	if _, ok := rest[ghostID]; !ok {
 		return bus.FieldError(bus.CodeSemantic, "ghost_id", "ghost %s is not enrolled", ghostID)
+	}
+	delete(rest, ghostID)
+	if m.cfg.OnFleetChange != nil {
+		if err := m.cfg.OnFleetChange(rest); err != nil {
+			return bus.Errorf(bus.CodeInternal, "apply the fleet to the server: %v (ghost %s is still enrolled; run 'fleet rm' again)", err, ghostID)
+		}
+	}
+	if _, err := m.enrolled.remove(ctx, ghostID); err != nil {
+		return bus.Errorf(bus.CodeInternal, "remove enrollment: %v (the server no longer admits ghost %s; run 'fleet rm' again)", err, ghostID)
 	}
 	m.fleet.forget(ctx, ghostID)
 	m.log.Info("ghost revoked", "peer", ghostID)
-	return m.fleetChanged()
+	return nil
 }
 
 // fleetChanged tells the server that serves this fleet (when Mirage embeds it).

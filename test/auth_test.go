@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,6 +231,45 @@ func TestAuthRevokedGhostIsCutOff(t *testing.T) {
 	if err != nil {
 		t.Logf("issue to a revoked ghost: %v", err)
 	}
+}
+
+// A revocation the server could not apply (its reload failed) leaves the Ghost enrolled,
+// and running it again cuts the Ghost off: it is not answered "not enrolled" while the
+// server still admits the Ghost.
+func TestAuthRevokeThatTheServerRefusedCanBeRunAgain(t *testing.T) {
+	var failing atomic.Bool
+	f := newAuthFleetWith(t, func(c *mirage.Config) {
+		apply := c.OnFleetChange
+		c.OnFleetChange = func(enrolled map[string]string) error {
+			if failing.Load() {
+				return errors.New("reload refused")
+			}
+			return apply(enrolled)
+		}
+	}, "ghost-r")
+	nc := f.startGhost("ghost-r")
+	testenv.Eventually(t, 5*time.Second, "ghost-r to register", func() bool { _, ok := f.m.Fleet().Get("ghost-r"); return ok })
+	ctx := context.Background()
+	failing.Store(true)
+	if err := f.m.Revoke(ctx, "ghost-r"); err == nil {
+		t.Fatal("revoke succeeded though the server refused it")
+	}
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fleetKV.Get(ctx, "ghost-r"); err != nil {
+		t.Fatalf("ghost-r lost its enrollment though the server still admits it: %v", err)
+	}
+	failing.Store(false)
+	if err := f.m.Revoke(ctx, "ghost-r"); err != nil {
+		t.Fatalf("revoke run again: %v", err)
+	}
+	testenv.Eventually(t, 5*time.Second, "ghost-r to be disconnected", func() bool { return !nc.IsConnected() })
 }
 
 // Commands published by hand onto cmd.<id> with the operator key but without a valid
