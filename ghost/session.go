@@ -166,7 +166,9 @@ func (g *Ghost) onAttach(msg *nats.Msg) {
 	go func() {
 		defer g.wg.Done()
 		reply := AttachReply{GhostID: g.cfg.ID, Status: "accepted"}
-		if err := g.register(g.run); err != nil {
+		ctx, cancel := context.WithTimeout(g.run, bus.AttachAnswerWithin)
+		defer cancel()
+		if err := g.register(ctx); err != nil {
 			reply.Status, reply.Reason = "rejected", err.Error()
 		} else {
 			g.log.Info("attached to Mirage on request")

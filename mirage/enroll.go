@@ -402,7 +402,7 @@ func (m *Mirage) onAttach(msg *nats.Msg) {
 			return
 		}
 	}
-	reply, err := m.nc.RequestMsg(out, 5*time.Second)
+	reply, err := m.nc.RequestMsg(out, bus.AttachRelayWait)
 	if err != nil {
 		respond("unreachable", fmt.Sprintf("ghost %s did not answer on %s: %v", req.GhostID, subjects.AttachGhost(req.GhostID), err))
 		return

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
@@ -87,5 +89,34 @@ func TestHeadlessGhostAttachedLater(t *testing.T) {
 	}
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "unreachable" {
 		t.Fatalf("attach of an absent ghost: %s", msg.Data)
+	}
+}
+
+// An attach that a Ghost answers slowly (its registration waits on a busy Mirage) is
+// relayed, not reported unreachable while the Ghost is still answering: here a Ghost
+// answers after 6 s, longer than Mirage used to wait.
+func TestSlowAttachAnswerIsRelayed(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	slow := env.Conn("slow ghost")
+	sub, err := slow.Subscribe(subjects.AttachGhost("edge-slow"), func(msg *nats.Msg) {
+		time.Sleep(6 * time.Second)
+		_ = msg.Respond([]byte(`{"ghost_id":"edge-slow","status":"accepted"}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := slow.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "edge-slow"})
+	msg, err := env.Conn("operator").Request(subjects.Attach, data, bus.AttachClientWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply struct{ Status, Reason string }
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+		t.Fatalf("slow attach: %s %v", msg.Data, err)
 	}
 }

@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
@@ -36,7 +36,7 @@ Exit codes: 0 attached; 2 invalid id or refused; 3 NATS, Mirage or the Ghost unr
 			}
 			defer nc.Close()
 			data, _ := json.Marshal(mirage.AttachRequest{GhostID: args[0]})
-			msg, err := nc.Request(subjects.Attach, data, 10*time.Second)
+			msg, err := nc.Request(subjects.Attach, data, bus.AttachClientWait)
 			if err != nil {
 				if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) {
 					return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no Mirage answered on %s: is 'miragectl up' running?", subjects.Attach))
