@@ -54,6 +54,15 @@ var ReplayedHeaders = []string{HeaderMsgID, HeaderTraceparent, HeaderSignature, 
 // sooner is answered busy (CodeBusy). A Ghost spaces its requests by it.
 const ReplayEvery = 250 * time.Millisecond
 
+// ReplayAnswerWait is how long a Ghost waits for each message of Mirage's answer to a
+// replay request.
+const ReplayAnswerWait = 10 * time.Second
+
+// ReplaySlotWait is how long Mirage lets a replay request wait for its turn before it
+// drops it: well inside the Ghost's wait for the first message, so that a request served
+// late still has the time its store reads take, and none is served to a Ghost that gave up.
+const ReplaySlotWait = ReplayAnswerWait / 2
+
 // DecodeReplayRequest reads a replay request: not JSON is 1100, a field of the wrong type
 // 1200, a missing or zero start_seq or a max outside 0..ReplayBatch 1300.
 func DecodeReplayRequest(data []byte) (ReplayRequest, error) {

@@ -126,7 +126,7 @@ type Ghost struct {
 	catchMu sync.Mutex
 	// replayAsked is when the last replay request to Mirage ended (under catchMu).
 	replayAsked time.Time
-	// replayWait is how long a replay answer may pause (zero: replayAnswerWait).
+	// replayWait is how long a replay answer may pause (zero: bus.ReplayAnswerWait).
 	replayWait time.Duration
 	// kick asks the delivery loop for a catch-up (reconnect, announce).
 	kick chan struct{}

@@ -82,9 +82,6 @@ func (r mirageReader) read(ctx context.Context, start, last uint64, each func(ui
 	return ctx.Err()
 }
 
-// replayAnswerWait is how long a Ghost waits for the next message of Mirage's answer:
-// Mirage drops a request that waited longer than that for its turn.
-const replayAnswerWait = 10 * time.Second
 
 // A replay request answered busy (1501) is asked again after busyRetryAfter, a few times.
 const (
@@ -150,7 +147,7 @@ func (g *Ghost) askReplayOnce(ctx context.Context, req bus.ReplayRequest, each f
 	if err := g.nc.PublishRequest(subject, inbox, body); err != nil {
 		return bus.ReplayReply{}, err
 	}
-	wait := replayAnswerWait
+	wait := bus.ReplayAnswerWait
 	if g.replayWait > 0 {
 		wait = g.replayWait
 	}

@@ -50,7 +50,7 @@ func (m *Mirage) onReplay(msg *nats.Msg) {
 			"a replay request of %s is being served or was served less than %s ago: retry later", id, bus.ReplayEvery)})
 		return
 	}
-	m.serveGated(m.replayGate, m.replays, id, arrived, replayMaxWait, func() {
+	m.serveGated(m.replayGate, m.replays, id, arrived, bus.ReplaySlotWait, func() {
 		reply, err := m.sendReplay(msg.Reply, id, req)
 		if err != nil {
 			perr := bus.AsError(err)
@@ -132,6 +132,5 @@ func storedHeader(h nats.Header) nats.Header {
 // bus.ReplayEvery (each reading at most bus.ReplayBatch commands), so that a Ghost
 // flooding mirage.replay.<id> costs Mirage a busy answer per request, not JetStream
 // calls, and other Ghosts' requests are not held up.
-// replayMaxWait is how long a Ghost waits for the answer (its request timeout): a request
-// that waited longer for a slot is dropped.
-const replayMaxWait = 10 * time.Second
+// A request that waited longer than bus.ReplaySlotWait for a slot is dropped (the Ghost
+// waits bus.ReplayAnswerWait for the first message of the answer).
