@@ -91,6 +91,9 @@ type Fleet struct {
 	pending chan string // ids of queued registrations, in arrival order
 	guard   *replyGuard // whether a register may be answered on its reply subject
 	log     *slog.Logger
+	// rejected bounds the warnings about rejected registrations: a peer repeating a
+	// malformed register must not flood the log.
+	rejected bus.RateLog
 
 	// queued holds each Ghost's latest registration not yet stored: one per Ghost, so a
 	// Ghost repeating its register cannot fill Mirage's memory.
@@ -290,7 +293,9 @@ func (f *Fleet) answer(msg *nats.Msg, ack bus.RegisterAck) {
 		ack.GhostID = "unknown"
 	}
 	if ack.Status == bus.RegisterRejected {
-		f.log.Warn("registration rejected", "direction", "in", "message_type", bus.TypeRegister, "subject", msg.Subject, "reason", ack.Reason)
+		if ok, n := f.rejected.Allow(); ok {
+			f.log.Warn("registration rejected", "direction", "in", "message_type", bus.TypeRegister, "subject", msg.Subject, "reason", ack.Reason, "rejections", n)
+		}
 	}
 	if data, err := bus.Encode(&ack); err == nil && msg.Reply != "" {
 		_ = msg.Respond(data)
