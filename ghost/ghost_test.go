@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
@@ -45,6 +47,42 @@ func TestRequiredPolicyWithoutMirageFailsStart(t *testing.T) {
 	}
 	if g.Registered() {
 		t.Fatal("Registered() after a failed Start")
+	}
+}
+
+// With policy required, a register.ack that never comes (lost on the way) is asked for
+// again within the register timeout: here a stand-in for Mirage drops the first register
+// and accepts the next, and Start succeeds.
+func TestRequiredPolicyAsksAgainForALostRegisterAck(t *testing.T) {
+	env := testenv.New(t)
+	const id = "needy-twice"
+	var seen atomic.Int32
+	sub, err := env.Conn("stand-in for mirage").Subscribe(subjects.Register(id), func(msg *nats.Msg) {
+		if seen.Add(1) == 1 {
+			return // lost
+		}
+		data, err := bus.Encode(&bus.RegisterAck{Header: bus.NewHeader(bus.TypeRegisterAck, "", time.Now()), GhostID: id, Status: bus.RegisterAccepted})
+		if err == nil {
+			_ = msg.Respond(data)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	g, err := ghost.New(env.Conn(id), ghost.Config{ID: id, Policy: ghost.PolicyRequired, RegisterTimeout: 4 * time.Second},
+		ghost.NewRegistry(), ghost.NewMemoryStore(), env.Log)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := g.Start(ctx); err != nil {
+		t.Fatalf("Start with the first register.ack lost: %v", err)
+	}
+	if !g.Registered() || seen.Load() < 2 {
+		t.Fatalf("registered %v after %d registers", g.Registered(), seen.Load())
 	}
 }
 

@@ -55,13 +55,28 @@ func (g *Ghost) register(ctx context.Context) error {
 	return nil
 }
 
-// registerRequired retries registration until the register timeout, then gives up.
+// registerRequired retries registration until the register timeout, then gives up. Each
+// try waits a third of it (at least a second): a register.ack lost on the way (the
+// answer to a first request can beat the interest in its inbox across a cluster) is
+// asked for again, not waited for until the Ghost gives up. Mirage answers a
+// registration's earlier requests with its outcome, so a slow ack still arrives.
 func (g *Ghost) registerRequired(ctx context.Context) error {
 	deadline := time.Now().Add(g.cfg.RegisterTimeout)
+	try := max(g.cfg.RegisterTimeout/3, time.Second)
 	var last error
 	for time.Now().Before(deadline) {
-		if last = g.register(ctx); last == nil {
+		end := time.Now().Add(try)
+		if end.After(deadline) {
+			end = deadline
+		}
+		tctx, cancel := context.WithDeadline(ctx, end)
+		last = g.register(tctx)
+		cancel()
+		if last == nil {
 			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		if !errors.Is(last, ErrNoMirage) {
 			return last
