@@ -85,9 +85,7 @@ func (g *ghostGate) prune(now time.Time) {
 // goroutine, once it holds one of slots, waited for until arrived+maxWait (past that the
 // Ghost has stopped waiting: the request is dropped), then leaves the gate.
 func (m *Mirage) serveGated(gate *ghostGate, slots chan struct{}, id string, arrived time.Time, maxWait time.Duration, serve func()) {
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
+	if !m.spawn(func() {
 		defer func() { gate.leave(id, time.Now()) }()
 		wait := time.NewTimer(maxWait - time.Since(arrived))
 		defer wait.Stop()
@@ -100,5 +98,7 @@ func (m *Mirage) serveGated(gate *ghostGate, slots chan struct{}, id string, arr
 		}
 		defer func() { <-slots }()
 		serve()
-	}()
+	}) {
+		gate.leave(id, time.Now())
+	}
 }

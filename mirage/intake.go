@@ -25,12 +25,12 @@ func (m *Mirage) onIssue(msg *nats.Msg) {
 	case <-m.stop:
 		return
 	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
+	if !m.spawn(func() {
 		defer func() { <-m.issues }()
 		m.handleIssue(msg)
-	}()
+	}) {
+		<-m.issues
+	}
 }
 
 // handleIssue is issue intake: decode → validate → resolve targets → record → reply →

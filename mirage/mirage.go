@@ -71,8 +71,12 @@ type Mirage struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
-	subs []*nats.Subscription
-	cc   jetstream.ConsumeContext
+	// spawnMu and closing let spawn refuse work once Close waits on wg: a subscription
+	// handler or timer already running when Close began must not add to wg meanwhile.
+	spawnMu sync.Mutex
+	closing bool
+	subs    []*nats.Subscription
+	cc      jetstream.ConsumeContext
 
 	// running is cancelled when stop is closed: JetStream calls of background work end
 	// with it, so that Close does not wait for their timeouts.
@@ -267,6 +271,9 @@ func (m *Mirage) Close() error {
 	}
 	close(m.stop)
 	m.stopRunning()
+	m.spawnMu.Lock()
+	m.closing = true
+	m.spawnMu.Unlock()
 	m.wg.Wait()
 	m.mu.Lock()
 	for _, li := range m.live {
@@ -544,21 +551,41 @@ func (m *Mirage) arm(li *liveIntent) {
 	wait := time.UnixMilli(li.rec.DeadlineMS).Add(resultGrace).Sub(m.cfg.Now())
 	id := li.rec.IntentID
 	li.timer = time.AfterFunc(max(wait, 0), func() {
-		select {
-		case <-m.stop:
-			return // the next Mirage re-arms it from the intent record
-		default:
-		}
-		m.mu.Lock()
-		cur, ok := m.live[id]
-		if ok {
-			cur.expire()
-		}
-		m.mu.Unlock()
-		if ok {
-			m.progress(id)
-		}
+		// Not once Mirage stops: the next Mirage re-arms it from the intent record.
+		m.spawn(func() {
+			m.mu.Lock()
+			cur, ok := m.live[id]
+			if ok {
+				cur.expire()
+			}
+			m.mu.Unlock()
+			if ok {
+				m.progress(id)
+			}
+		})
 	})
+}
+
+// spawn runs f in a goroutine that Close waits for, and reports whether it did: once
+// Mirage is stopping it runs nothing. Subscription handlers and timers, which Close does
+// not wait for, start their work through it.
+func (m *Mirage) spawn(f func()) bool {
+	m.spawnMu.Lock()
+	defer m.spawnMu.Unlock()
+	if m.closing {
+		return false
+	}
+	select {
+	case <-m.stop:
+		return false
+	default:
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // ErrIntentNotFound is returned for an unknown intent_id.

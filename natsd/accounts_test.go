@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -132,6 +133,58 @@ func TestSetUsersKeepsTheAccounts(t *testing.T) {
 	}
 	if err := ns.SetUsers(natsd.Users(op.PublicKey(), newIdentity(t).PublicKey(), map[string]string{"edge-1": newIdentity(t).PublicKey()})); err != nil {
 		t.Errorf("SetUsers with the fleet's users: %v", err)
+	}
+}
+
+// A reload re-configures the accounts, during which JetStream's API has no responders
+// for a moment: SetUsers with the users the server already has (every 'up --auth' start
+// enrolls its local Ghost again) reloads nothing, and JetStream calls made meanwhile are
+// all answered.
+func TestSetUsersWithTheSameUsersKeepsJetStreamAnswering(t *testing.T) {
+	op, mir, ghostKey := newIdentity(t), newIdentity(t), newIdentity(t).PublicKey()
+	users := func() []*server.NkeyUser {
+		return natsd.Users(op.PublicKey(), mir.PublicKey(), map[string]string{"edge-1": ghostKey})
+	}
+	ns := startServer(t, natsd.Config{DontListen: true, StoreDir: t.TempDir(), Users: users()})
+	nc := connect(t, bus.ConnConfig{InProcess: ns, Name: "operator", Options: []nats.Option{op.NATSOption()}})
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "KEPT", Subjects: []string{"kept.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	var calls, failed atomic.Int64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := js.Stream(cctx, "KEPT")
+			cancel()
+			calls.Add(1)
+			if err != nil {
+				failed.Add(1)
+			}
+		}
+	}()
+	for range 20 {
+		if err := ns.SetUsers(users()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	<-done
+	if failed.Load() > 0 || calls.Load() == 0 {
+		t.Fatalf("%d of %d JetStream calls failed while the same users were set again", failed.Load(), calls.Load())
 	}
 }
 

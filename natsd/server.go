@@ -1,12 +1,15 @@
 package natsd
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,6 +94,13 @@ func (s *Server) setAuth(nkeys []*server.NkeyUser, certUsers []*server.User) err
 	if (nkeys != nil || certUsers != nil) && usesAccounts(nkeys, certUsers) != (s.opts.Accounts != nil) {
 		return errAccountsFixed
 	}
+	// A reload re-configures the accounts, which leaves JetStream's API without
+	// responders for a millisecond or two (clients then get "no responders"): the same
+	// users again (a Ghost enrolled again with its key, each 'up --auth' start) reload
+	// nothing.
+	if authOf(nkeys, certUsers) == authOf(s.opts.Nkeys, s.opts.Users) {
+		return nil
+	}
 	next := s.opts.Clone()
 	next.Nkeys = nkeys
 	next.Users = certUsers
@@ -99,6 +109,45 @@ func (s *Server) setAuth(nkeys []*server.NkeyUser, certUsers []*server.User) err
 	}
 	s.opts = next
 	return nil
+}
+
+// authOf is a canonical form of a set of users: who, in which account, allowed what.
+func authOf(nkeys []*server.NkeyUser, certUsers []*server.User) string {
+	type user struct {
+		Name, Account string
+		Permissions   *server.Permissions
+		Cert          bool
+	}
+	all := make([]user, 0, len(nkeys)+len(certUsers))
+	account := func(a *server.Account) string {
+		if a == nil {
+			return ""
+		}
+		return a.GetName()
+	}
+	for _, u := range nkeys {
+		all = append(all, user{Name: u.Nkey, Account: account(u.Account), Permissions: u.Permissions})
+	}
+	for _, u := range certUsers {
+		all = append(all, user{Name: u.Username, Account: account(u.Account), Permissions: u.Permissions, Cert: true})
+	}
+	slices.SortFunc(all, func(a, b user) int {
+		if a.Cert != b.Cert {
+			if a.Cert {
+				return 1
+			}
+			return -1
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	data, err := json.Marshal(struct {
+		Nil   bool
+		Users []user
+	}{nkeys == nil && certUsers == nil, all})
+	if err != nil {
+		return fmt.Sprintf("unencodable %p", &all) // never equal: reload
+	}
+	return string(data)
 }
 
 // AuthRequired reports whether clients must authenticate.
