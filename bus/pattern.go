@@ -21,10 +21,15 @@ type ParamPattern struct {
 }
 
 // ParseParamPattern anchors a declared pattern (empty: any value) and checks that it
-// parses; the error is regexp's (*syntax.Error).
+// parses; the error is regexp's (*syntax.Error). The declared pattern must parse on its
+// own: one that closes the anchoring group itself ("[a-z]+)|(?:.*") would otherwise,
+// wrapped, match any value.
 func ParseParamPattern(declared string) (*ParamPattern, error) {
 	if declared == "" {
 		declared = "(?s).*"
+	}
+	if _, err := syntax.Parse(declared, syntax.Perl); err != nil {
+		return nil, err
 	}
 	expr := "^(?:" + declared + ")$"
 	if _, err := syntax.Parse(expr, syntax.Perl); err != nil {

@@ -51,6 +51,13 @@ func TestParseParamPattern(t *testing.T) {
 	if err != nil || !all.Match("") || !all.Match("any\nthing") {
 		t.Errorf("the empty pattern: %v; it must match any value", err)
 	}
+	// Patterns that close the anchoring group themselves: wrapped, they would match any
+	// value (";" and a leading "-" included).
+	for _, escape := range []string{`[a-z]+)|(?:.*`, `x)|.*|(?:y`, `a)(?s:.*`} {
+		if p, err := ParseParamPattern(escape); err == nil {
+			t.Errorf("%q was accepted (matches %q: %v)", escape, "abc; rm -rf /", p.Match("abc; rm -rf /"))
+		}
+	}
 	for _, bad := range []string{`[0-9`, `a{1,1001}`, `(?<`} {
 		_, err := ParseParamPattern(bad)
 		var se *syntax.Error
