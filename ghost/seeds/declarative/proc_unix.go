@@ -8,7 +8,8 @@ import (
 )
 
 // killGroup runs the program in its own process group and, when the context ends, kills
-// the whole group: a script's children do not outlive its timeout.
+// the whole group: a script's children do not outlive its timeout (nor, see endGroup, the
+// script).
 func killGroup(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {

@@ -91,6 +91,9 @@ func (op *Operation) compile(s *Spec, key string) error {
 		}
 		op.tmpl = append(op.tmpl, el)
 	}
+	if err := checkCodeArgs(op.Argv, op.tmpl); err != nil {
+		return bad(key+".argv", "%v", err)
+	}
 	for _, p := range op.Params {
 		if !used[p.Name] {
 			return bad(key+".params."+p.Name, "declared but no argv element uses {{%s}}", p.Name)

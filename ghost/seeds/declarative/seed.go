@@ -104,7 +104,11 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = waitDelay
 	killGroup(cmd)
-	runErr := cmd.Run()
+	runErr := cmd.Start()
+	if runErr == nil {
+		endGroup(cmd)
+		runErr = cmd.Wait()
+	}
 	res := bus.Result{Status: StatusOK, Stdout: stdout.String(), Stderr: stderr.String(), Truncated: stdout.cut || stderr.cut}
 	if runErr == nil {
 		return res, nil

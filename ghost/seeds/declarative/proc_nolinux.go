@@ -1,0 +1,10 @@
+//go:build !linux
+
+package declarative
+
+import "os/exec"
+
+// endGroup does nothing here: without waitid's WNOWAIT the group cannot be killed after
+// its leader exits without racing the reuse of its id. The group is still killed when
+// the operation's context ends (killGroup, on unix).
+func endGroup(*exec.Cmd) {}
