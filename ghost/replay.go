@@ -82,7 +82,6 @@ func (r mirageReader) read(ctx context.Context, start, last uint64, each func(ui
 	return ctx.Err()
 }
 
-
 // A replay request answered busy (1501) is asked again after busyRetryAfter, a few times.
 const (
 	busyRetryAfter = 2 * bus.ReplayEvery
