@@ -69,6 +69,8 @@ type Seed struct {
 	// mu serializes installs, removals and loading; installed is what it has activated.
 	mu        sync.Mutex
 	installed map[string]record
+	// fetching lets one install fetch and stage at a time (Install).
+	fetching chan struct{}
 }
 
 // New builds the control seed of host, adds it to the host's registry, and loads the
@@ -88,7 +90,7 @@ func New(host Host, cfg Config) (*Seed, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Seed{host: host, reg: host.Registry(), cfg: cfg, root: root, installed: map[string]record{},
+	s := &Seed{host: host, reg: host.Registry(), cfg: cfg, root: root, installed: map[string]record{}, fetching: make(chan struct{}, 1),
 		log: cfg.Log.With("component", "ghost", "seed", ID, "ghost_id", host.ID())}
 	if cfg.Conn != nil {
 		if s.js, err = jetstream.New(cfg.Conn); err != nil {

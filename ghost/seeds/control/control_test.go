@@ -53,9 +53,19 @@ func installDisk(t *testing.T, s *Seed, version string) {
 	}
 	files := map[string][]byte{"a.sh": []byte("echo " + version + "\n")}
 	b := &declarative.Bundle{Spec: sp, SpecData: data, Files: files}
+	stage, err := s.stage(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(stage)
+	for name, content := range files {
+		if err := s.stageFile(stage, sp, name, content); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, err := s.activate(sp, data, files, b.Manifest()); err != nil {
+	if _, err := s.activate(sp, stage, b.Manifest()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -62,11 +62,21 @@ func (s *Seed) Install(ctx context.Context, m declarative.Manifest) (Change, err
 	if done != nil || err != nil {
 		return derefChange(done), err
 	}
+	// One install fetches at a time: each holds one verified file (up to 32 MiB) in
+	// memory while writing it, so concurrent seed.install commands cannot add up to
+	// gigabytes on an edge machine.
+	select {
+	case s.fetching <- struct{}{}:
+	case <-ctx.Done():
+		return Change{}, bus.Errorf(bus.CodeRuntime, "waiting for another seed install to end: %v", ctx.Err())
+	}
 	// Fetch without the lock (seed.list and info answer meanwhile), then check again.
-	spec, specData, files, err := s.fetch(ctx, m)
+	spec, stage, err := s.fetch(ctx, m)
+	<-s.fetching
 	if err != nil {
 		return Change{}, err
 	}
+	defer os.RemoveAll(stage) // a no-op once activated
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, done, err := s.check(m)
@@ -74,7 +84,7 @@ func (s *Seed) Install(ctx context.Context, m declarative.Manifest) (Change, err
 		return derefChange(done), err
 	}
 	had := cur != nil
-	dir, err := s.activate(spec, specData, files, m)
+	dir, err := s.activate(spec, stage, m)
 	if err != nil {
 		return Change{}, bus.Errorf(bus.CodeInternal, "installing %s %s: %v", m.ID, m.Version, err)
 	}
@@ -117,44 +127,93 @@ func derefChange(c *Change) Change {
 }
 
 // fetch reads the spec and files from edge_seeds, verifying every digest, and checks the
-// spec: nothing is written before all of it is verified. ctx bounds it (fetchTimeout).
-func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.Spec, []byte, map[string][]byte, error) {
+// spec; each file is written to a new staging directory under STATE/seeds once verified,
+// so that no more than one is held in memory. It returns the staging directory (the
+// caller removes it unless activate moved it); nothing outside it is written before all
+// of the seed is verified. ctx bounds it (fetchTimeout).
+func (s *Seed) fetch(ctx context.Context, m declarative.Manifest) (*declarative.Spec, string, error) {
 	obs, err := s.store(ctx)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, "", err
 	}
 	specData, err := declarative.Fetch(ctx, obs, m.Spec.Object, m.Spec.SHA256, declarative.MaxSpecSize)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, "", err
 	}
 	spec, err := declarative.Parse(specData)
 	if err != nil {
-		return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "spec %s: %v; nothing installed", m.Spec.Object, err)
+		return nil, "", bus.Errorf(bus.CodeSemantic, "spec %s: %v; nothing installed", m.Spec.Object, err)
 	}
 	if spec.ID != m.ID || spec.Version != m.Version {
-		return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "spec %s declares %s %s, the install names %s %s; nothing installed", m.Spec.Object, spec.ID, spec.Version, m.ID, m.Version)
+		return nil, "", bus.Errorf(bus.CodeSemantic, "spec %s declares %s %s, the install names %s %s; nothing installed", m.Spec.Object, spec.ID, spec.Version, m.ID, m.Version)
 	}
 	given := map[string]bool{}
 	for _, f := range m.Files {
 		if _, ok := spec.File(f.Name); !ok {
-			return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "file %s is not declared by the spec; nothing installed", f.Name)
+			return nil, "", bus.Errorf(bus.CodeSemantic, "file %s is not declared by the spec; nothing installed", f.Name)
 		}
 		given[f.Name] = true
 	}
 	for _, f := range spec.Files {
 		if !given[f.Name] {
-			return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "the spec declares file %s but the install names no digest for it; nothing installed", f.Name)
+			return nil, "", bus.Errorf(bus.CodeSemantic, "the spec declares file %s but the install names no digest for it; nothing installed", f.Name)
 		}
 	}
-	files := map[string][]byte{}
+	stage, err := s.stage(specData)
+	if err != nil {
+		return nil, "", bus.Errorf(bus.CodeInternal, "staging %s %s: %v", m.ID, m.Version, err)
+	}
 	for _, f := range m.Files {
 		data, err := declarative.Fetch(ctx, obs, f.Object, f.SHA256, declarative.MaxFileSize)
-		if err != nil {
-			return nil, nil, nil, err
+		if err == nil {
+			err = s.stageFile(stage, spec, f.Name, data)
 		}
-		files[f.Name] = data
+		if err != nil {
+			_ = os.RemoveAll(stage)
+			var perr *bus.Error
+			if errors.As(err, &perr) {
+				return nil, "", err
+			}
+			return nil, "", bus.Errorf(bus.CodeInternal, "staging %s of %s %s: %v", f.Name, m.ID, m.Version, err)
+		}
 	}
-	return spec, specData, files, nil
+	return spec, stage, nil
+}
+
+// stage makes a staging directory holding the spec and an empty files/.
+func (s *Seed) stage(specData []byte) (string, error) {
+	if err := os.MkdirAll(s.root, 0o700); err != nil {
+		return "", err
+	}
+	stage, err := os.MkdirTemp(s.root, ".staging-")
+	if err != nil {
+		return "", err
+	}
+	if err := writeFile(filepath.Join(stage, "spec.toml"), specData, 0o600); err == nil {
+		err = os.Mkdir(filepath.Join(stage, "files"), 0o700)
+		if err == nil {
+			return stage, nil
+		}
+	} else {
+		_ = os.RemoveAll(stage)
+		return "", err
+	}
+	_ = os.RemoveAll(stage)
+	return "", err
+}
+
+// stageFile writes the verified file name of spec into the staging directory.
+func (s *Seed) stageFile(stage string, spec *declarative.Spec, name string, data []byte) error {
+	f, _ := spec.File(name)
+	p, err := inside(filepath.Join(stage, "files"), name)
+	if err != nil {
+		return err
+	}
+	mode := os.FileMode(0o600)
+	if f.Executable {
+		mode = 0o700
+	}
+	return writeFile(p, data, mode)
 }
 
 // store returns the reader of edge_seeds. When the server requires authentication the
@@ -180,37 +239,15 @@ func (s *Seed) store(ctx context.Context) (declarative.ObjectReader, error) {
 	return obs, nil
 }
 
-// activate writes the verified seed to disk, commits it and hosts it; s.mu is held.
-func (s *Seed) activate(spec *declarative.Spec, specData []byte, files map[string][]byte, m declarative.Manifest) (string, error) {
+// activate moves the staged, verified seed into place, commits it and hosts it; s.mu is
+// held.
+func (s *Seed) activate(spec *declarative.Spec, stage string, m declarative.Manifest) (string, error) {
 	if err := os.MkdirAll(filepath.Join(s.root, m.ID), 0o700); err != nil {
 		return "", err
 	}
-	stage, err := os.MkdirTemp(s.root, ".staging-")
-	if err != nil {
-		return "", err
-	}
-	defer os.RemoveAll(stage) // a no-op once renamed
-	if err := writeFile(filepath.Join(stage, "spec.toml"), specData, 0o600); err != nil {
-		return "", err
-	}
-	filesDir := filepath.Join(stage, "files")
-	if err := os.Mkdir(filesDir, 0o700); err != nil {
-		return "", err
-	}
 	rec := record{ID: m.ID, Version: m.Version, SpecSHA256: m.Spec.SHA256, Files: map[string]string{}, InstalledMS: s.cfg.Now().UnixMilli()}
-	for _, f := range spec.Files {
-		p, err := inside(filesDir, f.Name)
-		if err != nil {
-			return "", err
-		}
-		mode := os.FileMode(0o600)
-		if f.Executable {
-			mode = 0o700
-		}
-		if err := writeFile(p, files[f.Name], mode); err != nil {
-			return "", err
-		}
-		rec.Files[f.Name] = declarative.Digest(files[f.Name])
+	for _, f := range m.Files {
+		rec.Files[f.Name] = f.SHA256 // each verified by Fetch before it was staged
 	}
 	final := filepath.Join(s.root, m.ID, m.Version)
 	if err := os.RemoveAll(final); err != nil { // a leftover that never became current
