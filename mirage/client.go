@@ -55,6 +55,9 @@ func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, err
 		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 			return nil, fmt.Errorf("%w on %s within %s", ErrNoMirage, subjects.Issue, IssueTimeout)
 		}
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return nil, bus.Errorf(bus.CodeTooLarge, "the issue is %d bytes with its headers, more than the server accepts (its max_payload)", len(data))
+		}
 		return nil, fmt.Errorf("%w: %v", bus.ErrUnavailable, err)
 	}
 	var reply bus.IssueReply

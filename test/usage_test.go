@@ -1,9 +1,15 @@
 package test
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -50,5 +56,38 @@ func TestClientsOnAServerWithoutEdgectl(t *testing.T) {
 		if r.code != 3 || !strings.Contains(r.stderr, "no edgectl on this server") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line saying the server has no edgectl", args, r.code, r.stderr)
 		}
+	}
+}
+
+// An issue too large to send is the input's fault: exit 2 with the reason, not 3 as if
+// the infrastructure were down.
+func TestOversizedIssueExitsTwo(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirage(mirage.Config{})
+	args := []string{"issue", "--target", "edge-x", "seed.flow", "echo", "--server", env.URL}
+	for i := range 10 { // one argument may hold at most 128 KiB (MAX_ARG_STRLEN)
+		args = append(args, fmt.Sprintf("a%d=%s", i, strings.Repeat("x", 120<<10)))
+	}
+	// Run directly: the helpers log their arguments, a megabyte of them here.
+	bin, _ := testenv.Binaries(t)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "NATS_URL=", "EDGE_NKEY=")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(stderr.String(), "the limit is") {
+		t.Fatalf("%v, stderr %.300q; want exit 2 naming the size and the limit", err, stderr.String())
+	}
+}
+
+// 'fleet ls --json' on a fleet with no enrollment prints an empty array, which scripts
+// (jq '.[]') can iterate, not null.
+func TestEmptyFleetListIsAnEmptyArray(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirage(mirage.Config{})
+	r := miragectl(t, env.URL, "fleet", "ls", "--json")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("exit %d, stdout %q; want []", r.code, r.stdout)
 	}
 }

@@ -124,7 +124,11 @@ func newFleetLs() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd.OutOrStdout(), reply.Fleet)
+				fleet := reply.Fleet
+				if fleet == nil {
+					fleet = []mirage.Enrollment{} // an empty fleet is [], not null
+				}
+				return printJSON(cmd.OutOrStdout(), fleet)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "GHOST\tPUBLIC NKEY\tENROLLED")

@@ -141,6 +141,9 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			if err := is.Validate(); err != nil {
 				return cli.Invalid("%s", bus.AsError(err).Message)
 			}
+			if _, err := bus.Encode(is); err != nil { // over 1 MiB (1101): the input's fault
+				return cli.Invalid("%s", bus.AsError(err).Message)
+			}
 			ctx := cmd.Context()
 			client, done, err := cf.client(ctx, "miragectl issue")
 			if err != nil {
@@ -151,6 +154,8 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			switch {
 			case errors.Is(err, mirage.ErrRejected):
 				return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the issue: %s", reply.Error.Message))
+			case err != nil && bus.AsError(err).Code == bus.CodeTooLarge:
+				return cli.Invalid("%s", bus.AsError(err).Message)
 			case errors.Is(err, mirage.ErrNoMirage):
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: is 'miragectl up' running?", err))
 			case err != nil:
