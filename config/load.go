@@ -36,6 +36,28 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("config %s: key %q: %s", e.Source, e.Key, e.Reason)
 }
 
+// Where names where the value of key that a check refused came from, for a config error:
+// the EDGE_ environment variable that set it (EDGE_POLICY for policy, EDGE_LABELS__ROLE
+// for labels.role, EDGE_LABELS for any label), else path. key may carry an index
+// ("seeds[2]").
+func Where(path, key string) string {
+	if i := strings.IndexByte(key, '['); i >= 0 {
+		key = key[:i]
+	}
+	for k := key; k != ""; {
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(k, ".", "__"))
+		if os.Getenv(name) != "" {
+			return "environment variable " + name
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return path
+}
+
 // Load fills out from path (optional when required is false), the environment, and the
 // flags that were set on the command line (flagKeys maps flag name → config key).
 func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]string, out any) error {
@@ -64,6 +86,7 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 		}
 	}
 	var envErr *Error
+	var fromEnv []string // the variables that set a key, named if decoding fails
 	if err := k.Load(env.Provider(".", env.Opt{
 		Prefix: EnvPrefix,
 		TransformFunc: func(name, value string) (string, any) {
@@ -75,6 +98,7 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 			if reason := checkEnvValue(t, value); reason != "" && envErr == nil {
 				envErr = &Error{Source: "environment", Key: name, Reason: "sets " + key + ": " + reason}
 			}
+			fromEnv = append(fromEnv, name)
 			return key, value
 		},
 	}), nil); err != nil {
@@ -108,7 +132,11 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 		},
 	})
 	if err != nil {
-		return &Error{Source: orDefault(source, "settings"), Reason: strings.Join(strings.Fields(err.Error()), " ")}
+		where := orDefault(source, "settings")
+		if len(fromEnv) > 0 {
+			where += " or environment variable " + strings.Join(fromEnv, ", ")
+		}
+		return &Error{Source: where, Reason: strings.Join(strings.Fields(err.Error()), " ")}
 	}
 	return nil
 }

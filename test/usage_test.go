@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -89,5 +90,44 @@ func TestEmptyFleetListIsAnEmptyArray(t *testing.T) {
 	r := miragectl(t, env.URL, "fleet", "ls", "--json")
 	if r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("exit %d, stdout %q; want []", r.code, r.stdout)
+	}
+}
+
+// A Ghost config error names where the refused value came from: the file and its key, the
+// EDGE_ variable that set it, or the flag; and it exits 2.
+func TestGhostConfigErrorsNameTheirSource(t *testing.T) {
+	_, gctl := testenv.Binaries(t)
+	dir := t.TempDir()
+	file := func(extra string) string {
+		p := filepath.Join(dir, fmt.Sprintf("g%d.toml", len(extra)))
+		if err := os.WriteFile(p, []byte("id = \"edge-c\"\nstate_dir = \"state\"\n"+extra), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name  string
+		extra string
+		env   []string
+		want  []string // in stderr
+	}{
+		{"log format", "log_format = \"yaml\"\n", nil, []string{"log_format", ".toml"}},
+		{"negative heartbeat", "heartbeat_interval = \"-5s\"\n", nil, []string{"heartbeat_interval"}},
+		{"heartbeat past the stale threshold", "heartbeat_interval = \"90s\"\n", nil, []string{"heartbeat_interval", "stale"}},
+		{"negative command age", "command_max_age = \"-1h\"\n", nil, []string{"command_max_age"}},
+		{"policy from the environment", "", []string{"EDGE_POLICY=bogus"}, []string{"EDGE_POLICY", "policy"}},
+		{"labels from the environment", "", []string{"EDGE_LABELS=role=db"}, []string{"EDGE_LABELS"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := execRun(t, gctl, tc.env, "seeds", "--config", file(tc.extra))
+			if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+				t.Fatalf("exit %d, stderr %q; want exit 2 and one line", r.code, r.stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr %q does not name %q", r.stderr, w)
+				}
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -58,7 +60,13 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 		return nil, err
 	}
 	bad := func(key, format string, args ...any) error {
-		return &config.Error{Source: path, Key: key, Reason: fmt.Sprintf(format, args...)}
+		source := config.Where(path, key)
+		for flag, k := range flagKeys {
+			if k == key && flags != nil && flags.Changed(flag) {
+				source = "flag --" + flag
+			}
+		}
+		return &config.Error{Source: source, Key: key, Reason: fmt.Sprintf(format, args...)}
 	}
 	if cfg.ID == "" {
 		return nil, bad("id", "missing: every Ghost needs an id")
@@ -120,8 +128,32 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 	if cfg.MaxConcurrent < 0 {
 		return nil, bad("max_concurrent", "must not be negative")
 	}
+	// Mirage shows a Ghost stale after 15 s without a heartbeat, offline after 60 s.
+	if cfg.HeartbeatInterval < 0 || cfg.HeartbeatInterval > maxHeartbeatInterval {
+		return nil, bad("heartbeat_interval", "%s: must be between 0 (the default, 5s) and %s, well inside the 15s after which Mirage shows a Ghost stale", cfg.HeartbeatInterval, maxHeartbeatInterval)
+	}
+	if cfg.CommandMaxAge < 0 {
+		return nil, bad("command_max_age", "%s: must not be negative (0: the default, 25h)", cfg.CommandMaxAge)
+	}
+	switch cfg.LogFormat {
+	case "", "text", "json":
+	default:
+		return nil, bad("log_format", "%q: use text or json", cfg.LogFormat)
+	}
+	var lv slog.Level
+	if cfg.LogLevel != "" && lv.UnmarshalText([]byte(cfg.LogLevel)) != nil {
+		return nil, bad("log_level", "%q: use debug, info, warn or error", cfg.LogLevel)
+	}
+	if cfg.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(cfg.MetricsListen); err != nil || port == "" {
+			return nil, bad("metrics_listen", "%q is not HOST:PORT", cfg.MetricsListen)
+		}
+	}
 	return cfg, nil
 }
+
+// maxHeartbeatInterval keeps heartbeats well inside Mirage's 15 s stale threshold.
+const maxHeartbeatInterval = 10 * time.Second
 
 // checkTLS validates the TLS keys. In production mode every server URL must be tls:// and
 // tls_ca must say which CA signs the server's certificate. With tls_cert the certificate
