@@ -131,3 +131,26 @@ func TestGhostConfigErrorsNameTheirSource(t *testing.T) {
 		})
 	}
 }
+
+// A daemon that cannot start in its environment (here a state or data directory that
+// cannot be made) exits 3, not 1, which says an intent finished unsatisfied.
+func TestDaemonsThatCannotStartExitThree(t *testing.T) {
+	mctl, gctl := testenv.Binaries(t)
+	blocker := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "g.toml")
+	if err := os.WriteFile(cfg, []byte("id = \"edge-d\"\npolicy = \"headless\"\nstate_dir = \""+filepath.Join(blocker, "state")+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{mctl, "up", "--data-dir", filepath.Join(blocker, "data"), "--nats-listen", "127.0.0.1:0"},
+		{gctl, "run", "--config", cfg},
+	} {
+		r := execRun(t, args[0], nil, args[1:]...)
+		if r.code != 3 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line", args[1:], r.code, r.stderr)
+		}
+	}
+}

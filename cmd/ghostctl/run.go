@@ -106,6 +106,8 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			return nil
 		},
 	}
+	serve := c.RunE
+	c.RunE = func(cmd *cobra.Command, args []string) error { return cli.Daemon(serve(cmd, args)) }
 	c.Flags().StringVar(&cfgPath, "config", "config.toml", "the Ghost's config file (written by ghostctl init)")
 	c.Flags().String("server", "", "NATS server URL; overrides the config's server")
 	c.Flags().String("log-format", "text", "log format: text or json")

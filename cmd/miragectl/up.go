@@ -125,7 +125,7 @@ faster, but an OS crash can lose the last interval's writes.
 			if err != nil {
 				return err
 			}
-			return up(cmd, cfg, log)
+			return cli.Daemon(up(cmd, cfg, log))
 		},
 	}
 	f := c.Flags()

@@ -43,6 +43,22 @@ func Exit(code int, err error) error {
 	return &ExitError{Code: code, Err: err}
 }
 
+// Daemon decides the exit code of a daemon's error ('miragectl up', 'ghostctl run'): one
+// not already classified (input: 2) is an environment the daemon cannot run in (a
+// directory it cannot write, a store another process holds, a port in use): 3, never 1,
+// which says an intent finished unsatisfied.
+func Daemon(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ee *ExitError
+	var ce *config.Error
+	if errors.As(err, &ee) || errors.As(err, &ce) {
+		return err
+	}
+	return Exit(ExitUnavailable, err)
+}
+
 // Invalid is a usage or input error (exit 2).
 func Invalid(format string, args ...any) error {
 	return &ExitError{Code: ExitInvalid, Err: fmt.Errorf(format, args...)}
