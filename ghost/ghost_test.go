@@ -20,21 +20,31 @@ import (
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// With policy required and no Mirage, Start fails soon with an error that says so.
-func TestRequiredPolicyWithoutMirageFailsStart(t *testing.T) {
-	env := testenv.New(t)
-	const registerTimeout = 100 * time.Millisecond
-	g, err := ghost.New(env.Conn("needy"), ghost.Config{ID: "needy", Policy: ghost.PolicyRequired, RegisterTimeout: registerTimeout},
+// requiredGhost makes Ghost id with policy required and no seed, closed with the test;
+// start starts it (within 30 s).
+func requiredGhost(t *testing.T, env *testenv.Env, id string, registerTimeout time.Duration) (*ghost.Ghost, func() error) {
+	t.Helper()
+	g, err := ghost.New(env.Conn(id), ghost.Config{ID: id, Policy: ghost.PolicyRequired, RegisterTimeout: registerTimeout},
 		ghost.NewRegistry(), ghost.NewMemoryStore(), env.Log)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() { _ = g.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	start := time.Now()
-	err = g.Start(ctx)
-	elapsed := time.Since(start)
+	return g, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return g.Start(ctx)
+	}
+}
+
+// With policy required and no Mirage, Start fails soon with an error that says so.
+func TestRequiredPolicyWithoutMirageFailsStart(t *testing.T) {
+	env := testenv.New(t)
+	const registerTimeout = 100 * time.Millisecond
+	g, start := requiredGhost(t, env, "needy", registerTimeout)
+	begun := time.Now()
+	err := start()
+	elapsed := time.Since(begun)
 	if err == nil {
 		t.Fatal("Start succeeded with policy required and no Mirage")
 	}
@@ -70,15 +80,8 @@ func TestRequiredPolicyAsksAgainForALostRegisterAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	g, err := ghost.New(env.Conn(id), ghost.Config{ID: id, Policy: ghost.PolicyRequired, RegisterTimeout: 4 * time.Second},
-		ghost.NewRegistry(), ghost.NewMemoryStore(), env.Log)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { _ = g.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := g.Start(ctx); err != nil {
+	g, start := requiredGhost(t, env, id, 4*time.Second)
+	if err := start(); err != nil {
 		t.Fatalf("Start with the first register.ack lost: %v", err)
 	}
 	if !g.Registered() || seen.Load() < 2 {

@@ -86,19 +86,9 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	// The delivery that takes the command's running channel is the one that claims it in
 	// the store; one arriving meanwhile is a duplicate that waits on that channel. Taken
 	// before Begin, so that no duplicate sees the execution claimed but not yet running.
-	running := make(chan struct{})
-	p.mu.Lock()
-	if ch, busy := p.running[cmd.CommandID]; busy {
-		p.mu.Unlock()
-		return Outcome{Duplicate: true, Running: ch}
-	}
-	p.running[cmd.CommandID] = running
-	p.mu.Unlock()
-	release := func() {
-		p.mu.Lock()
-		delete(p.running, cmd.CommandID)
-		p.mu.Unlock()
-		close(running)
+	release, held := p.claim(cmd.CommandID)
+	if release == nil {
+		return Outcome{Duplicate: true, Running: held}
 	}
 	claimed, fresh, err := p.store.Begin(ctx, exec)
 	if err != nil {
@@ -122,6 +112,25 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	return Outcome{Event: ev, Executed: true, Stored: stored}
 }
 
+// claim takes the running channel of commandID for this delivery and returns its release
+// (the claim ends, the channel closes); when another delivery holds it, it returns nil
+// and that delivery's channel.
+func (p *Pipeline) claim(commandID string) (release func(), held <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if other, busy := p.running[commandID]; busy {
+		return nil, other
+	}
+	running := make(chan struct{})
+	p.running[commandID] = running
+	return func() {
+		p.mu.Lock()
+		delete(p.running, commandID)
+		p.mu.Unlock()
+		close(running)
+	}, nil
+}
+
 // runningOf returns the channel of the execution of commandID still running in this
 // process, when a duplicate found it without an event.
 func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
@@ -141,20 +150,11 @@ func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
 // may have missed each other in the store (a live copy in time and a replayed one past
 // its deliver_by_ms), and each would emit its own terminal event.
 func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error) Outcome {
-	refusing := make(chan struct{})
-	p.mu.Lock()
-	if ch, busy := p.running[cmd.CommandID]; busy {
-		p.mu.Unlock()
-		return Outcome{Duplicate: true, Running: ch}
+	release, held := p.claim(cmd.CommandID)
+	if release == nil {
+		return Outcome{Duplicate: true, Running: held}
 	}
-	p.running[cmd.CommandID] = refusing
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.running, cmd.CommandID)
-		p.mu.Unlock()
-		close(refusing)
-	}()
+	defer release()
 	now := p.now()
 	exec := p.newExecution(cmd, now)
 	claimed, fresh, err := p.store.Begin(ctx, exec)

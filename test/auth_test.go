@@ -79,6 +79,20 @@ func newAuthFleetWith(t *testing.T, tune func(*mirage.Config), ghosts ...string)
 	return f
 }
 
+// bucket opens KV bucket name as the operator.
+func (f *authFleet) bucket(t *testing.T, name string) jetstream.KeyValue {
+	t.Helper()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
 // startGhost runs enrolled Ghost id with its key, trusting only the Mirage key. It
 // connects over a socket, as a real Ghost does (a refused in-process pipe stalls the
 // server's writes to it for the write deadline).
@@ -254,15 +268,7 @@ func TestAuthRevokeThatTheServerRefusedCanBeRunAgain(t *testing.T) {
 	if err := f.m.Revoke(ctx, "ghost-r"); err == nil {
 		t.Fatal("revoke succeeded though the server refused it")
 	}
-	js, err := jetstream.New(f.op)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fleetKV.Get(ctx, "ghost-r"); err != nil {
+	if _, err := f.bucket(t, bus.BucketFleet).Get(ctx, "ghost-r"); err != nil {
 		t.Fatalf("ghost-r lost its enrollment though the server still admits it: %v", err)
 	}
 	failing.Store(false)

@@ -101,14 +101,7 @@ func deputyAnswersOnlyOnItsInbox(t *testing.T, f *authFleet) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ghostsKV, err := js.KeyValue(ctx, bus.BucketGhosts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fleetKV, ghostsKV := f.bucket(t, bus.BucketFleet), f.bucket(t, bus.BucketGhosts)
 	enrolled, err := fleetKV.Get(ctx, "ghost-o")
 	if err != nil {
 		t.Fatal(err)

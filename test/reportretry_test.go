@@ -59,18 +59,7 @@ func TestTerminalReportRetriedUntilStored(t *testing.T) {
 		}
 	}
 
-	// Pause EDGE_REPORT: with no stream on report.*, a publish there finds no responders
-	// and fails at once, as on a store without quorum. The config is kept to restore it.
-	stream, err := js.Stream(ctx, bus.StreamReports)
-	if err != nil {
-		t.Fatal(err)
-	}
-	original := stream.CachedInfo().Config
-	paused := original
-	paused.Subjects = []string{"edge-test.reports-paused"}
-	if _, err := js.UpdateStream(ctx, paused); err != nil {
-		t.Fatalf("pause %s: %v", bus.StreamReports, err)
-	}
+	stream, original := pauseReports(t, ctx, js)
 
 	is := testenv.NewIssue(ghostID, "seed.flow", "echo", map[string]string{"message": "hi"}, 10*time.Second)
 	if _, err := client.Issue(ctx, is); err != nil {
@@ -128,6 +117,24 @@ func TestTerminalReportRetriedUntilStored(t *testing.T) {
 	if r := got[0]; r.Phase != bus.PhaseSatisfied || r.Counts != (bus.Counts{Targets: 1, Success: 1}) {
 		t.Fatalf("stored report %s %+v, want satisfied with one success", r.Phase, r.Counts)
 	}
+}
+
+// pauseReports pauses EDGE_REPORT: with no stream on report.*, a publish there finds no
+// responders and fails at once, as on a store without quorum. It returns the stream and
+// its configuration, to restore it with UpdateStream.
+func pauseReports(t *testing.T, ctx context.Context, js jetstream.JetStream) (jetstream.Stream, jetstream.StreamConfig) {
+	t.Helper()
+	stream, err := js.Stream(ctx, bus.StreamReports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	original := stream.CachedInfo().Config
+	paused := original
+	paused.Subjects = []string{"edge-test.reports-paused"}
+	if _, err := js.UpdateStream(ctx, paused); err != nil {
+		t.Fatalf("pause %s: %v", bus.StreamReports, err)
+	}
+	return stream, original
 }
 
 // storesNothing checks that the paused EDGE_REPORT holds no message at all (a consumer
@@ -214,16 +221,7 @@ func TestLostInProgressReportIsSuperseded(t *testing.T) {
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 
-	stream, err := js.Stream(ctx, bus.StreamReports)
-	if err != nil {
-		t.Fatal(err)
-	}
-	original := stream.CachedInfo().Config
-	paused := original
-	paused.Subjects = []string{"edge-test.reports-paused"}
-	if _, err := js.UpdateStream(ctx, paused); err != nil {
-		t.Fatalf("pause %s: %v", bus.StreamReports, err)
-	}
+	stream, original := pauseReports(t, ctx, js)
 	// One target answers at once, the other (never started) not before the timeout.
 	is := testenv.NewIssue(ghostID+",edge-absent", "seed.flow", "echo", map[string]string{"message": "hi"}, 30*time.Second)
 	if _, err := client.Issue(ctx, is); err != nil {
