@@ -277,8 +277,8 @@ func (r streamReader) read(ctx context.Context, start, last uint64, each func(ui
 	return nil
 }
 
-// answerSubscription returns the Ghost's subscription for Mirage's answers to its replay
-// requests (bus.Answers), made when the Ghost starts under authentication, or now.
+// answerSubscription returns the Ghost's subscription for Mirage's answers to its
+// requests (bus.Answers: register, replay, seed reads), made when the Ghost starts.
 func (g *Ghost) answerSubscription() (*bus.Answers, error) {
 	g.answersMu.Lock()
 	defer g.answersMu.Unlock()

@@ -34,7 +34,7 @@ func (g *Ghost) register(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.RegisterTimeout)
 	defer cancel()
-	reply, err := g.nc.RequestMsgWithContext(ctx, bus.NewMsg(subjects.Register(g.cfg.ID), data, "", reg.TraceID))
+	reply, err := g.request(ctx, bus.NewMsg(subjects.Register(g.cfg.ID), data, "", reg.TraceID))
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("%w: %v", ErrNoMirage, err)
@@ -53,6 +53,24 @@ func (g *Ghost) register(ctx context.Context) error {
 	g.mu.Unlock()
 	g.log.Info("registered with Mirage", "direction", "out", "message_type", bus.TypeRegister, "seeds", len(reg.Seeds))
 	return nil
+}
+
+// request sends msg and returns the first message of its answer, received on the Ghost's
+// own long-lived inbox (bus.Answers) whatever the connection's inbox prefix: on a server
+// that requires authentication Mirage answers a Ghost nowhere else (its reply guard), and
+// a subscription made at start is known across a cluster before the request is.
+func (g *Ghost) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+	answers, err := g.answerSubscription()
+	if err != nil {
+		return nil, err
+	}
+	box := answers.Open(4)
+	defer box.Close()
+	msg.Reply = box.Inbox
+	if err := g.nc.PublishMsg(msg); err != nil {
+		return nil, err
+	}
+	return box.Next(ctx)
 }
 
 // registerRequired retries registration until the register timeout, then gives up. Each

@@ -502,3 +502,16 @@ func TestAuthGenuineRefusalEndsTheTargetAtOnce(t *testing.T) {
 		t.Fatalf("after %s: %s %+v, want the Ghost's 1800 refusal at once", time.Since(start), r.Summary, res)
 	}
 }
+
+// A Ghost on a server that requires authentication registers with a Mirage that holds no
+// signing key (it logs in by certificate or password, as 'up --server' without --auth may),
+// though its connection has no inbox prefix of its own: its requests are answered on its
+// own inbox whatever the connection's, which is where Mirage then answers.
+func TestGhostWithoutInboxPrefixRegistersUnderAuth(t *testing.T) {
+	f := newAuthFleetWith(t, func(c *mirage.Config) { c.Identity, c.RequireSignedEvents = nil, false }, "ghost-p")
+	nc := f.env.URLConn("ghost ghost-p", "", f.keys["ghost-p"].NATSOption()) // no CustomInboxPrefix
+	f.env.StartGhost("ghost-p", testenv.Via(nc), testenv.Policy(ghost.PolicyRequired), testenv.Seeds("seed.flow"))
+	if _, ok := f.m.Fleet().Get("ghost-p"); !ok {
+		t.Fatal("ghost-p started with policy required but is not in Mirage's registry")
+	}
+}
