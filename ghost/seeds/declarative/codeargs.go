@@ -55,13 +55,29 @@ func checkCodeArgs(raw []string, tmpl []element) error {
 	name := programName(raw[0])
 	switch {
 	case name == "env":
-		// env [-i] [-u NAME] [NAME=VALUE ...] PROGRAM ARGS: PROGRAM is read like argv[0].
+		// env [-i] [-u NAME] [-C DIR] [NAME=VALUE ...] PROGRAM ARGS: PROGRAM is read like
+		// argv[0]. -S splits a string into the program and its arguments: not analysed, so
+		// no param may be used with it.
 		for start < len(raw) {
 			if hasParam(tmpl[start]) {
 				return fmt.Errorf("argv[%d]: a param where env reads its options or the program to run", start)
 			}
 			a := raw[start]
-			if strings.HasPrefix(a, "-") || strings.Contains(a, "=") {
+			switch {
+			case a == "-S" || strings.HasPrefix(a, "-S") || strings.HasPrefix(a, "--split-string"):
+				for i := range tmpl {
+					if hasParam(tmpl[i]) {
+						return fmt.Errorf("argv[%d]: a param with env -S, which splits a string into a program and its arguments", i)
+					}
+				}
+				return nil
+			case a == "-u" || a == "-C" || a == "--unset" || a == "--chdir":
+				if start+1 < len(raw) && hasParam(tmpl[start+1]) {
+					return fmt.Errorf("argv[%d]: a param as the value of env %s", start+1, a)
+				}
+				start += 2
+				continue
+			case strings.HasPrefix(a, "-") || strings.Contains(a, "="):
 				start++
 				continue
 			}
@@ -114,8 +130,8 @@ func (r codeReader) takesCode(a string) bool {
 			return true
 		}
 	}
-	if strings.HasPrefix(a, "--") || r.codeLetters == "" {
-		return false
+	if !strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "+") || strings.HasPrefix(a, "--") || r.codeLetters == "" {
+		return false // an operand (an option's value, such as bash -O nocaseglob) takes no code
 	}
 	return strings.ContainsAny(strings.TrimLeft(a, "-+"), r.codeLetters)
 }

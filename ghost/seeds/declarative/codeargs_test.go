@@ -36,6 +36,9 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"node --eval", []string{"node", "--eval", "{{v}}", "{{w}}"}, false},
 		{"awk program", []string{"awk", "-F", ",", "{print ${{v}}}", "{{w}}"}, false},
 		{"awk -F value", []string{"awk", "-F", "{{v}}", "{print}", "{{w}}"}, false},
+		{"env -u with a value", []string{"env", "-u", "HOME", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"env -S", []string{"env", "-S", "sh -c", "{{v}}", "{{w}}"}, false},
+		{"an option value with a c", []string{"bash", "-O", "nocaseglob", "-c", "{{v}}", "{{w}}"}, false},
 
 		{"sh -c with values as its arguments", []string{"/bin/sh", "-c", "echo \"$1\" \"$2\"", "sh", "{{v}}", "{{w}}"}, true},
 		{"a shipped script", []string{"/bin/sh", "{{file:run.sh}}", "{{v}}", "{{w}}"}, true},
