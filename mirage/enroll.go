@@ -371,6 +371,28 @@ type AttachRequest struct {
 // onAttach serves mirage.attach: it asks the Ghost, on attach.<id>, to register now, and
 // answers with the Ghost's reply.
 func (m *Mirage) onAttach(msg *nats.Msg) {
+	// Each attach waits for its Ghost's registration (up to bus.AttachRelayWait) in a
+	// goroutine of its own, a few at once: a Ghost that never answers must not hold the
+	// operator's next attach past its client's wait.
+	select {
+	case m.attaches <- struct{}{}:
+	default:
+		if msg.Reply != "" {
+			data, _ := json.Marshal(map[string]string{"status": "rejected", "reason": fmt.Sprintf("%d attach requests are being served; try again shortly", cap(m.attaches))})
+			_ = msg.Respond(data)
+		}
+		return
+	}
+	if !m.spawn(func() {
+		defer func() { <-m.attaches }()
+		m.attach(msg)
+	}) {
+		<-m.attaches
+	}
+}
+
+// attach relays one attach request to its Ghost and answers with the Ghost's answer.
+func (m *Mirage) attach(msg *nats.Msg) {
 	respond := func(status, reason string) {
 		data, _ := json.Marshal(map[string]string{"status": status, "reason": reason})
 		if msg.Reply != "" {
@@ -402,7 +424,9 @@ func (m *Mirage) onAttach(msg *nats.Msg) {
 			return
 		}
 	}
-	reply, err := m.nc.RequestMsg(out, bus.AttachRelayWait)
+	ctx, cancel := context.WithTimeout(m.running, bus.AttachRelayWait) // Close ends the wait
+	defer cancel()
+	reply, err := m.nc.RequestMsgWithContext(ctx, out)
 	if err != nil {
 		respond("unreachable", fmt.Sprintf("ghost %s did not answer on %s: %v", req.GhostID, subjects.AttachGhost(req.GhostID), err))
 		return

@@ -110,6 +110,7 @@ type Mirage struct {
 	seedGate     *ghostGate    // one seed read request per Ghost at a time, bus.SeedEvery after the last ended
 	seedReads    chan struct{} // slots of seed reads served at once
 	lostReports  bus.RateLog   // bounds the warnings about in_progress reports not stored
+	attaches     chan struct{} // attach requests relayed at once
 	seedRefusals bus.RateLog   // bounds the warnings about malformed seed read requests
 }
 
@@ -176,6 +177,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		replays:    make(chan struct{}, 16),
 		seedGate:   newGhostGate(bus.SeedEvery, true),
 		seedReads:  make(chan struct{}, seedReadSlots),
+		attaches:   make(chan struct{}, 16),
 	}
 	m.running, m.stopRunning = context.WithCancel(context.Background())
 	return m, nil

@@ -120,3 +120,40 @@ func TestSlowAttachAnswerIsRelayed(t *testing.T) {
 		t.Fatalf("slow attach: %s %v", msg.Data, err)
 	}
 }
+
+// Attach requests are relayed side by side: one whose Ghost never answers (it refuses the
+// request, or is wedged) does not hold the next one past its client's wait.
+func TestAttachOfASilentGhostHoldsNoOtherAttach(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	silent := env.Conn("silent ghost")
+	sub, err := silent.Subscribe(subjects.AttachGhost("edge-silent"), func(*nats.Msg) {}) // never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := silent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	env.StartGhost("edge-h2", testenv.Policy(ghost.PolicyHeadless))
+	op := env.Conn("operator")
+	data, _ := json.Marshal(mirage.AttachRequest{GhostID: "edge-silent"})
+	if err := op.PublishRequest(subjects.Attach, nats.NewInbox(), data); err != nil { // answered, if ever, nowhere
+		t.Fatal(err)
+	}
+	if err := op.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = json.Marshal(mirage.AttachRequest{GhostID: "edge-h2"})
+	msg, err := op.Request(subjects.Attach, data, 5*time.Second)
+	if err != nil {
+		t.Fatalf("attach of a healthy Ghost behind a silent one: %v", err)
+	}
+	var reply struct{ Status, Reason string }
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+		t.Fatalf("attach: %s %v", msg.Data, err)
+	}
+	if _, ok := m.Fleet().Get("edge-h2"); !ok {
+		t.Fatal("edge-h2 not registered after its attach")
+	}
+}
