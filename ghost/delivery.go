@@ -164,6 +164,11 @@ func (g *Ghost) caughtUp(reconnects uint64) {
 	g.fullAt.Store(reconnects)
 }
 
+// commandIDOf is the command_id a stored command carries in its body: the id a position
+// is saved with, whichever way it moved (Mirage and the direct get name the last command
+// by its body too), and a message stored by hand without a Nats-Msg-Id has one as well.
+func commandIDOf(data []byte) string { return bus.ProbeCommand(data).CommandID }
+
 // position is a replay position: a stream sequence of EDGE_CMD and the command_id of the
 // command there ("" when unknown).
 type position struct {
@@ -216,7 +221,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			// at its sequence, and, when the position knows it, under its command_id (a
 			// recreated stream may hold another command at the same sequence).
 			checked = true
-			if sseq != from.seq || (from.commandID != "" && hdr.Get(bus.HeaderMsgID) != from.commandID) {
+			if sseq != from.seq || (from.commandID != "" && commandIDOf(data) != from.commandID) {
 				return errPositionGone
 			}
 			return nil
@@ -227,7 +232,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			return errStopping
 		}
 		read++
-		readTo = position{sseq, hdr.Get(bus.HeaderMsgID)}
+		readTo = position{sseq, commandIDOf(data)}
 		return nil
 	}, settle)
 	if err == nil {

@@ -3,7 +3,9 @@ package ghost_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +231,52 @@ func TestReconnectDuringCatchUpMissesNoCommand(t *testing.T) {
 			eventFor(t, env, id, long)
 			eventFor(t, env, id, missed)
 		})
+	}
+}
+
+// A command stored by hand without a Nats-Msg-Id (possible without authentication) at the
+// replay position is still the one at it: the position's command_id and the replay's check
+// both come from the command's body, so a restart's catch-up reads on from there instead of
+// taking the stream for recreated and replaying all of cmd.<id> from its start.
+func TestPositionOnACommandWithoutMsgIDHolds(t *testing.T) {
+	env := testenv.New(t)
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const id = "edge-nomsgid"
+	tune := testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 100 * time.Millisecond })
+	g := env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), tune)
+	ctx := context.Background()
+	if err := bus.EnsureAssets(ctx, env.JetStream(), bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{},
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := env.JetStream().Publish(ctx, subjects.Command(id), data) // no Nats-Msg-Id
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventFor(t, env, id, cmd.CommandID)
+	testenv.Eventually(t, 5*time.Second, "the position on the command", func() bool {
+		seq, cmdID, err := store.Position(ctx)
+		return err == nil && seq == ack.Sequence && cmdID == cmd.CommandID
+	})
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	missed, _ := storeCommand(t, env, id, "status", nil)
+	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), tune, testenv.GhostLog(slog.New(logs)))
+	eventFor(t, env, id, missed)
+	if n := logs.count("EDGE_CMD no longer holds the command at the replay position; replaying from the start"); n != 0 {
+		t.Fatalf("the catch-up took the stream for recreated (%d times)", n)
 	}
 }
