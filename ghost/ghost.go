@@ -208,10 +208,13 @@ func (g *Ghost) Start(ctx context.Context) error {
 	g.mu.Lock()
 	g.subs = append(g.subs, cmdSub, ackSub, annSub, attSub)
 	g.mu.Unlock()
-	// Made now, before the flush, so that a cluster knows it before the Ghost's first
-	// request (its register, a replay): Mirage's answers come there.
-	if _, err := g.answerSubscription(); err != nil {
-		return err
+	if g.nc.AuthRequired() || !g.nc.IsConnected() {
+		// Made now, before the flush, so that a cluster knows it before the Ghost's first
+		// request (its register, a replay): Mirage's answers come there (not yet
+		// connected, the server's auth is not known: made all the same).
+		if _, err := g.answerSubscription(); err != nil {
+			return err
+		}
 	}
 	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		g.log.Warn("flush after subscribing failed; continuing", "err", err)

@@ -278,7 +278,8 @@ func (r streamReader) read(ctx context.Context, start, last uint64, each func(ui
 }
 
 // answerSubscription returns the Ghost's subscription for Mirage's answers to its
-// requests (bus.Answers: register, replay, seed reads), made when the Ghost starts.
+// requests (bus.Answers: replay and seed reads, and its register under authentication),
+// made when the Ghost starts under authentication, or now.
 func (g *Ghost) answerSubscription() (*bus.Answers, error) {
 	g.answersMu.Lock()
 	defer g.answersMu.Unlock()

@@ -55,11 +55,16 @@ func (g *Ghost) register(ctx context.Context) error {
 	return nil
 }
 
-// request sends msg and returns the first message of its answer, received on the Ghost's
-// own long-lived inbox (bus.Answers) whatever the connection's inbox prefix: on a server
-// that requires authentication Mirage answers a Ghost nowhere else (its reply guard), and
-// a subscription made at start is known across a cluster before the request is.
+// request sends msg and returns the first message of its answer. On a server that
+// requires authentication it is received on the Ghost's own long-lived inbox
+// (bus.Answers), whatever the connection's inbox prefix: Mirage answers a Ghost nowhere
+// else there (its reply guard), and a subscription made at start is known across a
+// cluster before the request is. Without authentication the connection's own request
+// inbox serves, which its event publishes use as well.
 func (g *Ghost) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+	if !g.nc.AuthRequired() {
+		return g.nc.RequestMsgWithContext(ctx, msg)
+	}
 	answers, err := g.answerSubscription()
 	if err != nil {
 		return nil, err
