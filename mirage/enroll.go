@@ -383,12 +383,7 @@ func (m *Mirage) onAttach(msg *nats.Msg) {
 		}
 		return
 	}
-	if !m.spawn(func() {
-		defer func() { <-m.attaches }()
-		m.attach(msg)
-	}) {
-		<-m.attaches
-	}
+	m.spawnHolding(m.attaches, func() { m.attach(msg) })
 }
 
 // attach relays one attach request to its Ghost and answers with the Ghost's answer.

@@ -25,12 +25,7 @@ func (m *Mirage) onIssue(msg *nats.Msg) {
 	case <-m.stop:
 		return
 	}
-	if !m.spawn(func() {
-		defer func() { <-m.issues }()
-		m.handleIssue(msg)
-	}) {
-		<-m.issues
-	}
+	m.spawnHolding(m.issues, func() { m.handleIssue(msg) })
 }
 
 // handleIssue is issue intake: decode → validate → resolve targets → record → reply →

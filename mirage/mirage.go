@@ -568,6 +568,17 @@ func (m *Mirage) arm(li *liveIntent) {
 	})
 }
 
+// spawnHolding runs f through spawn holding one of slots, which the caller took: the slot
+// is given back when f returns, or at once when Mirage is stopping and f does not run.
+func (m *Mirage) spawnHolding(slots chan struct{}, f func()) {
+	if !m.spawn(func() {
+		defer func() { <-slots }()
+		f()
+	}) {
+		<-slots
+	}
+}
+
 // spawn runs f in a goroutine that Close waits for, and reports whether it did: once
 // Mirage is stopping it runs nothing. Subscription handlers and timers, which Close does
 // not wait for, start their work through it.
