@@ -157,11 +157,12 @@ func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error
 	defer release()
 	now := p.now()
 	exec := p.newExecution(cmd, now)
+	exec.Refusal = perr
 	claimed, fresh, err := p.store.Begin(ctx, exec)
 	if err == nil && !fresh {
 		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
-	ev := p.event(cmd, exec.ExecutionID, now, now, bus.Result{Status: "refused", ExitCode: -1}, perr)
+	ev := p.refusalEvent(cmd, exec.ExecutionID, now, now, perr)
 	if err == nil {
 		p.finish(ctx, exec.ExecutionID, ev)
 	}
@@ -209,6 +210,12 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 	if cmd == nil {
 		cmd = &bus.Command{Header: bus.Header{TraceID: exec.TraceID}, CommandID: exec.CommandID, IntentID: exec.IntentID, SeedSelector: exec.SeedID, Operation: exec.Operation}
 	}
+	if exec.Refusal != nil {
+		// A refusal whose event was not recorded: nothing ran; it ends as refused.
+		ev := p.refusalEvent(cmd, exec.ExecutionID, time.UnixMilli(exec.StartedMS), p.now(), exec.Refusal)
+		p.finish(ctx, exec.ExecutionID, ev)
+		return Outcome{Event: ev}
+	}
 	if exec.Idempotent && exec.Command != nil {
 		if seed, _, err := p.registry.Resolve(cmd.SeedSelector, cmd.Operation, cmd.Args); err == nil {
 			p.log.Info("resuming an interrupted idempotent execution", "command_id", cmd.CommandID, "execution_id", exec.ExecutionID, "seed", cmd.SeedSelector, "operation", cmd.Operation)
@@ -226,6 +233,11 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 	ev := p.event(cmd, exec.ExecutionID, time.UnixMilli(exec.StartedMS), now, bus.Result{Status: "interrupted", ExitCode: -1}, perr)
 	p.finish(ctx, exec.ExecutionID, ev)
 	return Outcome{Event: ev}
+}
+
+// refusalEvent is the terminal event of a refused command: not run, exit code -1.
+func (p *Pipeline) refusalEvent(cmd *bus.Command, executionID string, started, finished time.Time, perr *bus.Error) *bus.Event {
+	return p.event(cmd, executionID, started, finished, bus.Result{Status: "refused", ExitCode: -1}, perr)
 }
 
 func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event) {
@@ -360,7 +372,7 @@ func (p *Pipeline) Reject(probe bus.Probe, data []byte, perr *bus.Error) *bus.Ev
 		cmd.TraceID = subjects.NewTraceID()
 	}
 	now := p.now()
-	ev := p.event(cmd, subjects.NewID(subjects.PrefixExecution), now, now, bus.Result{Status: "refused", ExitCode: -1}, perr)
+	ev := p.refusalEvent(cmd, subjects.NewID(subjects.PrefixExecution), now, now, perr)
 	ev.EventID = bus.RefusalEventID(p.ghostID, probe.CommandID, data)
 	return ev
 }

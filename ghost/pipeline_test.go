@@ -563,3 +563,29 @@ func TestPipelineRefusalAndExecutionOfOneCommandGiveOneEvent(t *testing.T) {
 		}
 	}
 }
+
+// A refusal whose record was written but whose event was not (the Ghost died between the
+// two) ends at the next start as the same refusal: nothing ran, so not as interrupted
+// with an unknown outcome.
+func TestResumedRefusalEndsRefused(t *testing.T) {
+	f := newFixture(t)
+	cmd := command(t, "t.ok", "run")
+	perr := bus.Errorf(bus.CodeExpired, "command reached the ghost after its deliver_by_ms; not executed")
+	exec := f.p.newExecution(cmd, time.Now())
+	exec.Refusal = perr
+	if _, fresh, err := f.store.Begin(context.Background(), exec); err != nil || !fresh {
+		t.Fatalf("begin: %v %v", fresh, err)
+	}
+	unfinished, err := f.store.Unfinished(context.Background())
+	if err != nil || len(unfinished) != 1 {
+		t.Fatalf("unfinished: %v %v", unfinished, err)
+	}
+	out := f.p.Resume(context.Background(), unfinished[0])
+	checkEvent(t, cmd, out.Event)
+	if out.Event.Error == nil || out.Event.Error.Code != bus.CodeExpired || out.Event.Result.Status != "refused" || out.Executed {
+		t.Fatalf("resumed refusal: %+v", out.Event)
+	}
+	if calls := f.seeds["t.ok"].calls.Load(); calls != 0 {
+		t.Fatalf("the seed ran %d times for a refused command", calls)
+	}
+}

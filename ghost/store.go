@@ -38,6 +38,10 @@ type Execution struct {
 	// Command is the command as received, kept until the execution finishes so that a
 	// restart can resume it.
 	Command *bus.Command `json:"command,omitempty"`
+	// Refusal is why the command was refused, on the record of a refusal: a restart that
+	// finds it not finished ends it with the same refusal (nothing ran), not as
+	// interrupted.
+	Refusal *bus.Error `json:"refusal,omitempty"`
 }
 
 // ExecutionStore records executions so that a command_id runs at most once. Begin is the
