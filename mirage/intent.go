@@ -66,6 +66,10 @@ type liveIntent struct {
 	terminal int            // units with a terminal outcome
 	dirty    bool           // results changed since the last report
 	timer    *time.Timer
+	// lost counts the in_progress reports the store refused in a row; until quietUntil
+	// the intent's next report waits (retryReport), so an outage is not asked every round.
+	lost       int
+	quietUntil time.Time
 
 	// Rollout: units below next have been dispatched (or skipped); inflight of them are
 	// pending; errs counts failed dispatched units.

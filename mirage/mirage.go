@@ -320,7 +320,7 @@ func (m *Mirage) publishDirty() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, li := range m.live {
-		if li.dirty {
+		if li.dirty && !now.Before(li.quietUntil) {
 			li.dirty = false
 			m.enqueueReport(li.report(now))
 		}
@@ -387,6 +387,9 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 		case <-f.Ok():
 			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
 			m.reportStored(r)
+			if !bus.Terminal(r.Phase) {
+				m.storeIsBack(r.IntentID)
+			}
 		case <-f.Err():
 			m.retryReport(r)
 		case <-time.After(10 * time.Second):
@@ -405,7 +408,10 @@ func (m *Mirage) retryReport(r *bus.Report) {
 	if !bus.Terminal(r.Phase) {
 		m.mu.Lock()
 		if li, ok := m.live[r.IntentID]; ok {
-			li.dirty = true
+			// Superseded by a later round, backing off while the store keeps refusing:
+			// 250 ms, 500 ms, … 8 s.
+			li.dirty, li.lost = true, min(li.lost+1, 6)
+			li.quietUntil = m.cfg.Now().Add(m.cfg.ReportInterval << (li.lost - 1))
 		}
 		m.mu.Unlock()
 		if ok, n := m.lostReports.Allow(); ok {
@@ -457,6 +463,16 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		}
 		b = min(b*2, 5*time.Second)
 	}
+}
+
+// storeIsBack ends the back-off of an open intent's reports once one is stored
+// (retryReport). Called without m.mu held.
+func (m *Mirage) storeIsBack(intentID string) {
+	m.mu.Lock()
+	if li, ok := m.live[intentID]; ok {
+		li.lost, li.quietUntil = 0, time.Time{}
+	}
+	m.mu.Unlock()
 }
 
 // reportStored forgets an ended intent once its terminal report is stored.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -269,5 +270,41 @@ func TestLatestReportWithoutTheIntentsBucketIsUnavailable(t *testing.T) {
 	_, err = client.LatestReport(ctx, subjects.NewID(subjects.PrefixIntent))
 	if err == nil || errors.Is(err, mirage.ErrIntentNotFound) || !errors.Is(err, bus.ErrUnavailable) {
 		t.Fatalf("LatestReport without access to %s: %v, want an unavailability, not 'no such intent'", bus.BucketIntents, err)
+	}
+}
+
+// While the store keeps refusing an open intent's in_progress reports, Mirage asks it
+// less and less often (250 ms doubling to 8 s), not every 250 ms round: an outage is not
+// made worse by one publish per open intent four times a second. Here EDGE_REPORT is
+// paused and a stand-in answers every report publish with a store error, counting them.
+func TestRefusedReportsBackOff(t *testing.T) {
+	const ghostID = "edge-backoff"
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost(ghostID)
+	client := env.Client()
+	js := env.JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pauseReports(t, ctx, js)
+	is := testenv.NewIssue(ghostID+",edge-absent", "seed.flow", "echo", map[string]string{"message": "hi"}, 30*time.Second)
+	var attempts atomic.Int64
+	refuser, err := env.Conn("refusing store").Subscribe(subjects.Report(is.IntentID), func(msg *nats.Msg) {
+		attempts.Add(1)
+		_ = msg.Respond([]byte(`{"error":{"code":503,"err_code":10008,"description":"stream offline"}}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = refuser.Unsubscribe() }()
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+	testenv.Eventually(t, 5*time.Second, "a refused report", func() bool { return attempts.Load() > 0 })
+	time.Sleep(500 * time.Millisecond)
+	before := attempts.Load()
+	time.Sleep(4 * time.Second)
+	if n := attempts.Load() - before; n > 5 {
+		t.Fatalf("%d report publishes in 4 s with the store refusing each: not backing off (every 250 ms would be 16)", n)
 	}
 }
