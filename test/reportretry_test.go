@@ -120,6 +120,18 @@ func TestTerminalReportRetriedUntilStored(t *testing.T) {
 	}
 }
 
+// withGhost starts a server, Mirage and Ghost ghostID, and returns them with a client,
+// the JetStream context and a context that ends with the test (at most 20 s).
+func withGhost(t *testing.T, ghostID string) (*testenv.Env, *mirage.Client, jetstream.JetStream, context.Context) {
+	t.Helper()
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost(ghostID)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return env, env.Client(), env.JetStream(), ctx
+}
+
 // pauseReports pauses EDGE_REPORT: with no stream on report.*, a publish there finds no
 // responders and fails at once, as on a store without quorum. It returns the stream and
 // its configuration, to restore it with UpdateStream.
@@ -203,13 +215,7 @@ func reportConsumer(t *testing.T, js jetstream.JetStream, intentID string) (jets
 // its next result or its end.
 func TestLostInProgressReportIsSuperseded(t *testing.T) {
 	const ghostID = "edge-progress"
-	env := testenv.New(t)
-	env.StartMirage(mirage.Config{})
-	env.StartGhost(ghostID)
-	client := env.Client()
-	js := env.JetStream()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	env, client, js, ctx := withGhost(t, ghostID)
 	acked := make(chan struct{}, 1)
 	sub, err := env.Conn("watch acks").Subscribe(subjects.Ack(ghostID), func(*nats.Msg) {
 		select {
@@ -279,13 +285,7 @@ func TestLatestReportWithoutTheIntentsBucketIsUnavailable(t *testing.T) {
 // paused and a stand-in answers every report publish with a store error, counting them.
 func TestRefusedReportsBackOff(t *testing.T) {
 	const ghostID = "edge-backoff"
-	env := testenv.New(t)
-	env.StartMirage(mirage.Config{})
-	env.StartGhost(ghostID)
-	client := env.Client()
-	js := env.JetStream()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	env, client, js, ctx := withGhost(t, ghostID)
 	pauseReports(t, ctx, js)
 	is := testenv.NewIssue(ghostID+",edge-absent", "seed.flow", "echo", map[string]string{"message": "hi"}, 30*time.Second)
 	var attempts atomic.Int64
