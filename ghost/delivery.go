@@ -3,6 +3,7 @@ package ghost
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +32,9 @@ func (g *Ghost) deliveryLoop() {
 	defer g.wg.Done()
 	connected := g.nc.StatusChanged(nats.CONNECTED)
 	defer g.nc.RemoveStatusListener(connected)
-	tick := time.NewTicker(g.cfg.CatchUpInterval)
+	// Each tick lands at a random point of 0.75-1.25 intervals, so that a fleet started
+	// (or sent a fan-out) together does not ask for its replays in the same instant.
+	tick := time.NewTimer(jitter(g.cfg.CatchUpInterval))
 	defer tick.Stop()
 	prune := time.NewTicker(5 * time.Minute)
 	defer prune.Stop()
@@ -48,6 +51,7 @@ func (g *Ghost) deliveryLoop() {
 			g.catchUp(g.run, true)
 		case <-tick.C:
 			g.catchUp(g.run, false)
+			tick.Reset(jitter(g.cfg.CatchUpInterval))
 		case <-prune.C:
 			if p, ok := g.store.(interface {
 				Prune(context.Context) (int, error)
@@ -62,6 +66,11 @@ func (g *Ghost) deliveryLoop() {
 	}
 }
 
+// jitter returns a random duration of 0.75 to 1.25 times d.
+func jitter(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
+}
+
 // catchUpLag is how many commands a busy Ghost's replay position may lag behind the last
 // one on cmd.<id> before a periodic catch-up replays them rather than waiting for an idle
 // moment: what a restart after a crash would read again.
@@ -69,8 +78,8 @@ const catchUpLag = 4096
 
 // catchUp handles every command stored on cmd.<id> after the replay position, then moves
 // the position once each has been handled. Without full, and when the Ghost stayed
-// connected since the last full catch-up, a last command it already knows means it missed
-// nothing: the position moves without a replay.
+// connected since the last full catch-up, a Ghost with executions running waits for an
+// idle tick instead (unless it lags catchUpLag commands behind).
 func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	g.catchMu.Lock()
 	defer g.catchMu.Unlock()
@@ -82,7 +91,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	// queued behind this catch-up.
 	reconnects := g.nc.Stats().Reconnects
 	src := g.commands()
-	last, lastID, err := src.last(ctx)
+	last, err := src.last(ctx)
 	if err != nil {
 		g.log.Warn("catch-up interrupted; it resumes later: where cmd.<id> ends is unknown", "err", err)
 		g.needFull.Store(true)
@@ -110,28 +119,18 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		g.caughtUp(reconnects)
 		return
 	}
-	if !full && !g.needFull.Load() && g.fullAt.Load() == reconnects {
-		if len(g.slots) > 0 {
-			// Executions are running: an idempotent one keeps no durable record while it
-			// runs, so the position must not pass it (a crash would leave its command
-			// without a terminal event). Commands arrive, and take slots, in order, so
-			// while none runs every command up to the last has been handled. A busy Ghost
-			// moves the position at its next idle tick, or by a replay (which waits for
-			// running executions) once it lags too far.
-			if last-seq < catchUpLag {
-				return
-			}
-		} else if id := lastID; id != "" {
-			// Known and finished: its record is written, or queued ahead of the
-			// position's. One still executing is replayed instead, which waits for it.
-			if e, err := g.store.GetByCommandID(ctx, id); err == nil && e.State == StateFinished {
-				if err := g.store.SetPosition(ctx, last, id); err != nil {
-					g.log.Error("execution store: saving the replay position failed", "err", err)
-				}
-				return
-			}
-		}
+	if !full && !g.needFull.Load() && g.fullAt.Load() == reconnects && len(g.slots) > 0 && last-seq < catchUpLag {
+		// Executions are running, and a replay would wait for them: an idempotent one
+		// keeps no durable record while it runs, so the position must not pass it (a
+		// crash would leave its command without a terminal event). A busy Ghost replays
+		// at its next idle tick, or at once when it lags too far.
+		return
 	}
+	// No shortcut when the last command on cmd.<id> is one the Ghost knows: that says
+	// nothing about the commands before it. Live delivery is core NATS, and in a cluster
+	// a route that fails drops the messages in flight across it while the Ghost's own
+	// connection, and its reconnect count, stay as they were. The replay reads what came
+	// since the position; the execution store turns what already ran into duplicates.
 	n, reached, err := g.replay(ctx, src, position{seq, posID}, last)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention

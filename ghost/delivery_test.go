@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
@@ -280,3 +281,76 @@ func TestPositionOnACommandWithoutMsgIDHolds(t *testing.T) {
 		t.Fatalf("the catch-up took the stream for recreated (%d times)", n)
 	}
 }
+
+// A command that EDGE_CMD stored but whose live copy never reached the Ghost, while the
+// Ghost stayed connected (in a cluster, a route that fails drops the core messages in
+// flight across it and no client reconnects), is still run by a periodic catch-up, also
+// when a later command did arrive live: the last command on cmd.<id> being known says
+// nothing about the ones before it. The test stores the lost command through a source of
+// EDGE_CMD, which stores it as cmd.<id> without publishing it on that subject.
+func TestCommandStoredButNeverDeliveredLiveIsCaughtUp(t *testing.T) {
+	env := testenv.New(t)
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const id = "edge-gap"
+	gc := env.Conn("ghost " + id)
+	env.StartGhost(id, testenv.Via(gc), testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 100 * time.Millisecond }))
+	first, firstSeq := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, first)
+	ctx := context.Background()
+	testenv.Eventually(t, 5*time.Second, "the position on the first command", func() bool {
+		seq, _, err := store.Position(ctx)
+		return err == nil && seq == firstSeq
+	})
+
+	js := env.JetStream()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TEST_DETOUR", Subjects: []string{"detour.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	cmdStream, err := js.Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cmdStream.CachedInfo().Config
+	cfg.Sources = []*jetstream.StreamSource{{Name: "TEST_DETOUR",
+		SubjectTransforms: []jetstream.SubjectTransformConfig{{Source: "detour.*", Destination: "cmd.{{wildcard(1)}}"}}}}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	lost := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{},
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
+	data, err := bus.Encode(&lost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, bus.NewMsg("detour."+id, data, lost.CommandID, lost.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	var lostSeq uint64
+	testenv.Eventually(t, 5*time.Second, "EDGE_CMD to store the detoured command", func() bool {
+		m, err := cmdStream.GetLastMsgForSubject(ctx, subjects.Command(id))
+		if err != nil || commandIDOf(m.Data) != lost.CommandID {
+			return false
+		}
+		lostSeq = m.Sequence
+		return true
+	})
+	live, liveSeq := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, live)
+	if liveSeq <= lostSeq {
+		t.Fatalf("the live command (%d) is not after the lost one (%d)", liveSeq, lostSeq)
+	}
+	eventFor(t, env, id, lost.CommandID)
+	if n := gc.Stats().Reconnects; n != 0 {
+		t.Fatalf("the Ghost reconnected %d times: the test is about a Ghost that stayed connected", n)
+	}
+}
+
+// commandIDOf reads the command_id of a stored command.
+func commandIDOf(data []byte) string { return bus.ProbeCommand(data).CommandID }

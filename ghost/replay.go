@@ -26,9 +26,9 @@ import (
 
 // commandReader reads the commands stored on cmd.<id>.
 type commandReader interface {
-	// last returns the stream sequence and command_id of the last command on cmd.<id>
-	// (0 and "" when there is none).
-	last(ctx context.Context) (uint64, string, error)
+	// last returns the stream sequence of the last command on cmd.<id> (0 when there is
+	// none).
+	last(ctx context.Context) (uint64, error)
 	// read calls each, in stream order, for the commands on cmd.<id> from sequence start
 	// on, until it has passed last or there are no more, and answered after each answer
 	// (or fetch) whose commands have all gone to each and checked out. An error of each
@@ -52,12 +52,12 @@ var errNoMirageForReplay = errors.New("no Mirage answered on " + subjects.Replay
 // mirageReader reads cmd.<id> through Mirage (mirage.replay.<id>).
 type mirageReader struct{ g *Ghost }
 
-func (r mirageReader) last(ctx context.Context) (uint64, string, error) {
+func (r mirageReader) last(ctx context.Context) (uint64, error) {
 	reply, err := r.g.askReplay(ctx, bus.ReplayRequest{StartSeq: 1}, nil)
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
-	return reply.LastSeq, reply.LastCommandID, nil
+	return reply.LastSeq, nil
 }
 
 func (r mirageReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error) error {
@@ -203,28 +203,28 @@ type streamReader struct{ g *Ghost }
 
 // last is one direct get of the last message on cmd.<id>; 0 when there is none or no
 // command stream yet.
-func (r streamReader) last(ctx context.Context) (uint64, string, error) {
+func (r streamReader) last(ctx context.Context) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	subject := "$JS.API.DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(r.g.cfg.ID)
 	msg, err := r.g.nc.RequestWithContext(ctx, subject, nil)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return 0, "", nil
+		return 0, nil
 	}
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
 	if status := msg.Header.Get("Status"); status != "" {
 		if status == "404" {
-			return 0, "", nil
+			return 0, nil
 		}
-		return 0, "", fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+		return 0, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
 	}
 	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
 	if err != nil {
-		return 0, "", fmt.Errorf("direct get: no sequence header")
+		return 0, fmt.Errorf("direct get: no sequence header")
 	}
-	return seq, bus.ProbeCommand(msg.Data).CommandID, nil
+	return seq, nil
 }
 
 // read goes through a pull consumer of the Ghost's own (bus.GhostReplayConsumerConfig)

@@ -173,7 +173,7 @@ func TestMirageReaderLastSendsNoCommands(t *testing.T) {
 	gc, mc := replayConns(t)
 	serveReplays(t, mc, "g1", []standIn{{seqs: []string{"1"}, hdr: nats.Header{"Status": []string{"503"}}, reply: accepted(1, false, 3)}})
 	g := &Ghost{nc: gc, cfg: Config{ID: "g1"}, replayWait: 300 * time.Millisecond}
-	if _, _, err := (mirageReader{g}).last(context.Background()); err == nil || !strings.Contains(err.Error(), "more than the 0 commands asked for") {
+	if _, err := (mirageReader{g}).last(context.Background()); err == nil || !strings.Contains(err.Error(), "more than the 0 commands asked for") {
 		t.Fatalf("last: %v", err)
 	}
 }
