@@ -3,6 +3,7 @@ package ghost
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"time"
 
@@ -122,8 +123,10 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	if !full && !g.needFull.Load() && g.fullAt.Load() == reconnects && len(g.slots) > 0 && last-seq < catchUpLag {
 		// Executions are running, and a replay would wait for them: an idempotent one
 		// keeps no durable record while it runs, so the position must not pass it (a
-		// crash would leave its command without a terminal event). A busy Ghost replays
-		// at its next idle tick, or at once when it lags too far.
+		// crash would leave its command without a terminal event). A busy Ghost runs what
+		// it never saw and leaves the position for its next idle tick (or a replay once
+		// it lags too far).
+		g.scan(ctx, src, seq, last)
 		return
 	}
 	// No shortcut when the last command on cmd.<id> is one the Ghost knows: that says
@@ -131,7 +134,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	// a route that fails drops the messages in flight across it while the Ghost's own
 	// connection, and its reconnect count, stay as they were. The replay reads what came
 	// since the position; the execution store turns what already ran into duplicates.
-	n, reached, err := g.replay(ctx, src, position{seq, posID}, last)
+	n, fresh, reached, err := g.replay(ctx, src, position{seq, posID}, last)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention
 		// removed it (and everything older). Either way, reading from the start is right.
@@ -139,7 +142,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
-		n, reached, err = g.replay(ctx, src, position{}, last)
+		n, fresh, reached, err = g.replay(ctx, src, position{}, last)
 	}
 	if reached.seq > seq {
 		if err := g.store.SetPosition(ctx, reached.seq, reached.commandID); err != nil {
@@ -152,7 +155,38 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		return
 	}
 	g.caughtUp(reconnects)
-	g.log.Info("caught up on commands from EDGE_CMD", "commands", n, "last_seq", reached.seq)
+	// A periodic replay that found only what ran already is routine; one that found a
+	// command never seen is worth an operator's eye (a live copy was lost).
+	level := slog.LevelDebug
+	if full || fresh > 0 {
+		level = slog.LevelInfo
+	}
+	g.log.Log(ctx, level, "caught up on commands from EDGE_CMD", "commands", n, "never_seen", fresh, "last_seq", reached.seq)
+}
+
+// scan reads cmd.<id> after the position up to last and runs, without waiting for them,
+// the commands this Ghost has never seen (none runs in this process, none is in the
+// execution store); the position stays. It is the busy Ghost's catch-up: what it reads
+// again on every tick is bounded by catchUpLag.
+func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64) {
+	started := 0
+	err := src.read(ctx, after+1, last, func(_ uint64, data []byte, hdr nats.Header) error {
+		if id := commandIDOf(data); id != "" && g.pipeline.Known(ctx, id) {
+			return nil
+		}
+		if !g.dispatch(data, hdr, true, nil) {
+			return errStopping
+		}
+		started++
+		return nil
+	}, func() error { return nil })
+	if err != nil {
+		g.log.Warn("catch-up of a busy Ghost interrupted; it resumes later", "after_seq", after, "err", err)
+		return
+	}
+	if started > 0 {
+		g.log.Info("ran commands from EDGE_CMD that never arrived live", "commands", started, "last_seq", last)
+	}
 }
 
 // caughtUp records a catch-up that read everything up to the end of cmd.<id> as it was
@@ -191,15 +225,15 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 var errStopping = errors.New("ghost stopping")
 
 // replay reads cmd.<id> from after the position up to last through src, handles each
-// command, and returns how many it read and the position up to which every command has
-// been handled, also when it fails: after each answer (or fetch) it waits for that
+// command, and returns how many it read, how many of those this Ghost had never seen, and
+// the position up to which every command has been handled, also when it fails: after each answer (or fetch) it waits for that
 // answer's commands (handled in slots) and moves that far, so that a failure that recurs
 // at one answer does not undo the answers before it. It never moves past a command not
 // yet handled.
-func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64) (int, position, error) {
+func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64) (read, fresh int, _ position, _ error) {
 	start := max(from.seq, 1) // the position's own command first, to check it is there
 	var handled []chan struct{}
-	reached, readTo, read := from, from, 0
+	reached, readTo := from, from
 	checked := false
 	// settle waits for the commands dispatched so far and moves reached up to them.
 	settle := func() error {
@@ -225,6 +259,9 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			}
 			return nil
 		}
+		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
+			fresh++
+		}
 		done := make(chan struct{})
 		handled = append(handled, done)
 		if !g.dispatch(data, hdr, true, done) {
@@ -237,7 +274,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 	if err == nil {
 		err = settle()
 	}
-	return read, reached, err
+	return read, fresh, reached, err
 }
 
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns

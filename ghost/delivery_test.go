@@ -282,12 +282,63 @@ func TestPositionOnACommandWithoutMsgIDHolds(t *testing.T) {
 	}
 }
 
+// storeDetoured stores a seed.flow command for ghostID in EDGE_CMD without publishing it on
+// cmd.<id>, and returns its command_id and stream sequence: it goes through a stream that
+// EDGE_CMD sources from, which stores it as cmd.<id> and delivers nothing to the Ghost's
+// core subscription. So a Ghost that stays connected misses its live copy, as when a cluster
+// route fails with the message in flight across it (no client reconnects then).
+func storeDetoured(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string) (string, uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js := env.JetStream()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "TEST_DETOUR", Subjects: []string{"detour.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	cmdStream, err := js.Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := cmdStream.CachedInfo().Config; len(cfg.Sources) == 0 {
+		cfg.Sources = []*jetstream.StreamSource{{Name: "TEST_DETOUR",
+			SubjectTransforms: []jetstream.SubjectTransformConfig{{Source: "detour.*", Destination: "cmd.{{wildcard(1)}}"}}}}
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
+	if cmd.Args == nil {
+		cmd.Args = map[string]string{}
+	}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, bus.NewMsg("detour."+ghostID, data, cmd.CommandID, cmd.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	var seq uint64
+	testenv.Eventually(t, 5*time.Second, "EDGE_CMD to store the detoured command", func() bool {
+		m, err := cmdStream.GetLastMsgForSubject(ctx, subjects.Command(ghostID))
+		if err != nil || bus.ProbeCommand(m.Data).CommandID != cmd.CommandID {
+			return false
+		}
+		seq = m.Sequence
+		return true
+	})
+	return cmd.CommandID, seq
+}
+
 // A command that EDGE_CMD stored but whose live copy never reached the Ghost, while the
-// Ghost stayed connected (in a cluster, a route that fails drops the core messages in
-// flight across it and no client reconnects), is still run by a periodic catch-up, also
-// when a later command did arrive live: the last command on cmd.<id> being known says
-// nothing about the ones before it. The test stores the lost command through a source of
-// EDGE_CMD, which stores it as cmd.<id> without publishing it on that subject.
+// Ghost stayed connected, is still run by a periodic catch-up, also when a later command
+// did arrive live: the last command on cmd.<id> being known says nothing about the ones
+// before it.
 func TestCommandStoredButNeverDeliveredLiveIsCaughtUp(t *testing.T) {
 	env := testenv.New(t)
 	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
@@ -306,51 +357,49 @@ func TestCommandStoredButNeverDeliveredLiveIsCaughtUp(t *testing.T) {
 		seq, _, err := store.Position(ctx)
 		return err == nil && seq == firstSeq
 	})
-
-	js := env.JetStream()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TEST_DETOUR", Subjects: []string{"detour.*"}}); err != nil {
-		t.Fatal(err)
-	}
-	cmdStream, err := js.Stream(ctx, bus.StreamCommands)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cmdStream.CachedInfo().Config
-	cfg.Sources = []*jetstream.StreamSource{{Name: "TEST_DETOUR",
-		SubjectTransforms: []jetstream.SubjectTransformConfig{{Source: "detour.*", Destination: "cmd.{{wildcard(1)}}"}}}}
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	lost := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
-		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{},
-		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
-	data, err := bus.Encode(&lost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.PublishMsg(ctx, bus.NewMsg("detour."+id, data, lost.CommandID, lost.TraceID)); err != nil {
-		t.Fatal(err)
-	}
-	var lostSeq uint64
-	testenv.Eventually(t, 5*time.Second, "EDGE_CMD to store the detoured command", func() bool {
-		m, err := cmdStream.GetLastMsgForSubject(ctx, subjects.Command(id))
-		if err != nil || commandIDOf(m.Data) != lost.CommandID {
-			return false
-		}
-		lostSeq = m.Sequence
-		return true
-	})
+	lost, lostSeq := storeDetoured(t, env, id, "status", nil)
 	live, liveSeq := storeCommand(t, env, id, "status", nil)
 	eventFor(t, env, id, live)
 	if liveSeq <= lostSeq {
 		t.Fatalf("the live command (%d) is not after the lost one (%d)", liveSeq, lostSeq)
 	}
-	eventFor(t, env, id, lost.CommandID)
+	eventFor(t, env, id, lost)
 	if n := gc.Stats().Reconnects; n != 0 {
 		t.Fatalf("the Ghost reconnected %d times: the test is about a Ghost that stayed connected", n)
 	}
 }
 
-// commandIDOf reads the command_id of a stored command.
-func commandIDOf(data []byte) string { return bus.ProbeCommand(data).CommandID }
+// The same while the Ghost is busy: a long execution holds a slot, so the periodic
+// catch-up does not replay (a replay would wait for it), yet the command it never got live
+// runs at the next tick, not once the long execution is over, and the replay position
+// stays before the running command.
+func TestBusyGhostRunsACommandNeverDeliveredLive(t *testing.T) {
+	env := testenv.New(t)
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const id = "edge-busygap"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 100 * time.Millisecond
+			c.ShutdownGrace = 100 * time.Millisecond
+		}))
+	ctx := context.Background()
+	long, longSeq := storeCommand(t, env, id, "sleep", map[string]string{"ms": "4000"})
+	testenv.Eventually(t, 5*time.Second, "the sleep to start", func() bool {
+		e, err := store.GetByCommandID(ctx, long)
+		return err == nil && e.State == ghost.StateStarted
+	})
+	lost, _ := storeDetoured(t, env, id, "status", nil)
+	live, _ := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, live)
+	eventFor(t, env, id, lost)
+	if e, err := store.GetByCommandID(ctx, long); err != nil || e.State != ghost.StateStarted {
+		t.Fatalf("the sleep is %+v (%v): the lost command ran only once the Ghost was idle", e, err)
+	}
+	if pos, err := store.LastSeq(ctx); err != nil || pos >= longSeq {
+		t.Fatalf("replay position %d (%v) passed the running command at %d", pos, err, longSeq)
+	}
+}

@@ -131,6 +131,20 @@ func (p *Pipeline) claim(commandID string) (release func(), held <-chan struct{}
 	}, nil
 }
 
+// Known reports whether this Ghost has seen commandID: a delivery of it holds the command
+// in this process, or the execution store has its record. A store error counts as unknown:
+// Run, which the command then goes through, decides.
+func (p *Pipeline) Known(ctx context.Context, commandID string) bool {
+	p.mu.Lock()
+	_, running := p.running[commandID]
+	p.mu.Unlock()
+	if running {
+		return true
+	}
+	_, err := p.store.GetByCommandID(ctx, commandID)
+	return err == nil
+}
+
 // runningOf returns the channel of the execution of commandID still running in this
 // process, when a duplicate found it without an event.
 func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
