@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -287,5 +288,45 @@ func TestKillUpWithItsEmbeddedServerLosesNoAcceptedIntent(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A second 'miragectl up' on a data directory another one serves is refused at once, before
+// it opens anything there (two nats-servers on one JetStream store corrupt it): exit 3, one
+// line naming the directory and the holder's pid. The first keeps serving, and once it has
+// stopped the directory is free again.
+func TestSecondUpOnTheSameDataDirIsRefused(t *testing.T) {
+	miragectl, _ := testenv.Binaries(t)
+	data := t.TempDir()
+	first := testenv.Start(t, miragectl, "up", "--data-dir", data, "--nats-listen", "127.0.0.1:0")
+	url := waitUp(t, first)
+	for _, extra := range [][]string{nil, {"--no-local-ghost"}} {
+		r := execRun(t, miragectl, nil, append([]string{"up", "--data-dir", data, "--nats-listen", "127.0.0.1:0"}, extra...)...)
+		want := fmt.Sprintf("%s is in use by another miragectl up (pid %d)", data, first.Pid())
+		if r.code != 3 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, want) {
+			t.Fatalf("second up %v: exit %d, stderr %q; want exit 3 and one line with %q", extra, r.code, r.stderr, want)
+		}
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := mirage.NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := testenv.NewIssue("local", "seed.flow", "status", nil, 30*time.Second)
+	issueNoWait(t, client, is)
+	if r := waitReport(t, client, is.IntentID, 30*time.Second); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("the first up after the refused second: %s", r.Summary)
+	}
+	nc.Close()
+	if code := first.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("first up exited %d", code)
+	}
+	again := testenv.Start(t, miragectl, "up", "--data-dir", data, "--nats-listen", "127.0.0.1:0")
+	waitUp(t, again)
+	if code := again.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("up after the first stopped exited %d", code)
 	}
 }

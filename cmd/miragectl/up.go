@@ -172,6 +172,11 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	unlock, err := cli.LockDir(dataDir, "miragectl.lock", "miragectl up")
+	if err != nil {
+		return fmt.Errorf("data directory %w", err)
+	}
+	defer unlock()
 	var auth *upAuth
 	if cfg.Auth {
 		if auth, err = loadUpAuth(dataDir); err != nil {

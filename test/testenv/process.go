@@ -97,6 +97,9 @@ func (p *Process) Output() string {
 	return p.out.String()
 }
 
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Kill sends SIGKILL (kill -9) and waits for the process to be gone.
 func (p *Process) Kill() {
 	select {
