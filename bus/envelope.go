@@ -186,9 +186,13 @@ type EventAck struct {
 
 // ParamInfo declares one parameter of an operation.
 type ParamInfo struct {
-	Name        string `json:"name"`
-	Required    bool   `json:"required"`
-	Pattern     string `json:"pattern"`
+	Name     string `json:"name"`
+	Required bool   `json:"required"`
+	Pattern  string `json:"pattern"`
+	// MaxBytes, when above 0, is the most bytes a value may have: a limit a pattern cannot
+	// say (a Go regexp repeats at most 1000 times). Checked with the pattern, by Mirage at
+	// issue time and by the Ghost.
+	MaxBytes    int    `json:"max_bytes,omitempty"`
 	Description string `json:"description,omitempty"`
 }
 

@@ -81,8 +81,8 @@ func (c *patternCache) get(expr string) *regexp.Regexp {
 }
 
 // CheckArgs checks a command's args against the params its operation declares: every
-// required param present, no undeclared arg, every value a whole match of its param's
-// pattern. pattern returns the parsed pattern of a declared param. The error is a semantic
+// required param present, no undeclared arg, every value within its param's max_bytes and
+// a whole match of its pattern. pattern returns the parsed pattern of a declared param. The error is a semantic
 // one (1300) on field args.<name>, the same on a Ghost and in Mirage.
 func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern func(param string) *ParamPattern) error {
 	for _, p := range op.Params {
@@ -92,6 +92,9 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 				return FieldError(CodeSemantic, "args."+p.Name, "required by %s %s but missing", seedID, op.Name)
 			}
 			continue
+		}
+		if p.MaxBytes > 0 && len(v) > p.MaxBytes {
+			return FieldError(CodeSemantic, "args."+p.Name, "is %d bytes, at most %d are allowed", len(v), p.MaxBytes)
 		}
 		if pat := pattern(p.Name); pat == nil || !pat.Match(v) {
 			return FieldError(CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)

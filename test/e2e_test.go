@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,6 +115,11 @@ func TestIssueRefusesUnknownSeed(t *testing.T) {
 		{"seed.flow", "sleep", map[string]string{"ms": "abc"}, "args.ms: value does not match the declared pattern"},
 		{"seed.flow", "echo", map[string]string{"foo": "bar"}, "args.foo: seed.flow echo declares no such param"},
 		{"seed.kv", "get", nil, "args.key: required by seed.kv get but missing"},
+		// Limits are declared too: a range in the pattern, a size in max_bytes.
+		{"seed.flow", "sleep", map[string]string{"ms": "60001"}, "args.ms: value does not match the declared pattern"},
+		{"seed.flow", "echo", map[string]string{"message": strings.Repeat("a", 4097)}, "args.message: is 4097 bytes, at most 4096 are allowed"},
+		{"seed.kv", "put", map[string]string{"key": "k", "value": strings.Repeat("v", 64<<10+1)}, "args.value: is 65537 bytes, at most 65536 are allowed"},
+		{"seed.fs", "write", map[string]string{"path": "f", "content": strings.Repeat("c", 64<<10+1)}, "args.content: is 65537 bytes, at most 65536 are allowed"},
 	} {
 		_, err := client.Issue(context.Background(), testenv.NewIssue("local", tc.seed, tc.op, tc.args, 5*time.Second))
 		var perr *bus.Error

@@ -13,12 +13,15 @@ import (
 // ID is the seed id of the flow seed.
 const ID = "seed.flow"
 
-// Limits of the arguments, checked in code because a Go regexp cannot repeat more than 1000
-// times.
+// Limits of the arguments. Both are declared (sleepPattern, the message's max_bytes), so
+// Mirage refuses an issue past them; the seed checks them again.
 const (
 	MaxSleepMS     = 60000
 	MaxMessageSize = 4096
 )
+
+// sleepPattern matches 0 to MaxSleepMS in decimal (up to four digits with leading zeros).
+const sleepPattern = `[0-9]{1,4}|[1-5][0-9]{4}|60000`
 
 // Result statuses.
 const (
@@ -57,7 +60,7 @@ func (s *Seed) Info() bus.SeedInfo {
 				Description: "Return the message unchanged as stdout (empty when no message is given).",
 				Idempotent:  true,
 				Params: []bus.ParamInfo{
-					{Name: "message", Pattern: `(?s).*`, Description: "text to return, at most 4096 bytes"},
+					{Name: "message", Pattern: `(?s).*`, MaxBytes: MaxMessageSize, Description: "text to return, at most 4096 bytes"},
 				},
 			},
 			{
@@ -73,7 +76,7 @@ func (s *Seed) Info() bus.SeedInfo {
 				Description: `Wait ms milliseconds (at most 60000), or until the execution is cancelled; stdout is "slept <ms>ms".`,
 				Idempotent:  true,
 				Params: []bus.ParamInfo{
-					{Name: "ms", Required: true, Pattern: `[0-9]{1,5}`, Description: "milliseconds to wait, 0 to 60000"},
+					{Name: "ms", Required: true, Pattern: sleepPattern, Description: "milliseconds to wait, 0 to 60000"},
 				},
 			},
 		},

@@ -19,8 +19,9 @@ import (
 // ID is the seed id of the fs seed.
 const ID = "seed.fs"
 
-// MaxContentSize is the largest content written, in bytes. It is checked in code: a Go
-// regexp cannot repeat more than 1000 times, so the content pattern cannot say it.
+// MaxContentSize is the largest content written, in bytes: the content param's max_bytes
+// (a Go regexp cannot repeat more than 1000 times, so the pattern cannot say it), checked
+// again in code.
 const MaxContentSize = 64 << 10
 
 // Result statuses.
@@ -87,7 +88,7 @@ func (s *Seed) Info() bus.SeedInfo {
 				Idempotent:  true,
 				Params: []bus.ParamInfo{
 					path,
-					{Name: "content", Required: true, Pattern: `(?s).*`, Description: "any text of at most 65536 bytes"},
+					{Name: "content", Required: true, Pattern: `(?s).*`, MaxBytes: MaxContentSize, Description: "any text of at most 65536 bytes"},
 				},
 			},
 			{

@@ -17,8 +17,9 @@ import (
 // ID is the seed id of the kv seed.
 const ID = "seed.kv"
 
-// MaxValueSize is the largest value stored, in bytes. It is checked in code: a Go regexp
-// cannot repeat more than 1000 times, so the value pattern cannot say it.
+// MaxValueSize is the largest value stored, in bytes: the value param's max_bytes (a Go
+// regexp cannot repeat more than 1000 times, so the pattern cannot say it), checked again
+// in code.
 const MaxValueSize = 64 << 10
 
 // Result statuses.
@@ -71,7 +72,7 @@ func (s *Seed) Info() bus.SeedInfo {
 				Idempotent:  true,
 				Params: []bus.ParamInfo{
 					key,
-					{Name: "value", Required: true, Pattern: valuePattern, Description: "any text of at most 65536 bytes"},
+					{Name: "value", Required: true, Pattern: valuePattern, MaxBytes: MaxValueSize, Description: "any text of at most 65536 bytes"},
 				},
 			},
 			{
