@@ -66,7 +66,14 @@ func typeOf(known map[string]reflect.Type, key string) (reflect.Type, bool) {
 // something to convert silently.
 func checkFileValue(t reflect.Type, v any) string {
 	if t == reflect.TypeOf(time.Duration(0)) {
-		return "" // durationsAreStrings says what is wrong
+		x, isString := v.(string)
+		if !isString {
+			return fmt.Sprintf("expected a duration with a unit (\"5s\", \"2m\"), got %s", describe(v))
+		}
+		if _, err := time.ParseDuration(x); err != nil {
+			return fmt.Sprintf("expected a duration with a unit (\"5s\", \"2m\"), got %s", describe(v))
+		}
+		return ""
 	}
 	ok := true
 	want := ""

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,7 +80,15 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 			return &Error{Source: orDefault(source, "file"), Key: key, Reason: "unknown key (known: " + keyList(known) + ")"}
 		}
 		if _, exact := known[key]; !exact && t.Kind() == reflect.String {
-			continue // a map's value (a label): a number or true is taken as its text
+			// A map's value (a label): text, or a number or true/false taken as its text.
+			switch v := k.Get(key).(type) {
+			case string, int64, float64:
+			case bool:
+				_ = k.Set(key, strconv.FormatBool(v)) // weak decoding would make it "1"
+			default:
+				return &Error{Source: orDefault(source, "file"), Key: key, Reason: fmt.Sprintf("is %s; expected text (a quoted string; a number or true/false is taken as its text)", describe(v))}
+			}
+			continue
 		}
 		if reason := checkFileValue(t, k.Get(key)); reason != "" {
 			return &Error{Source: orDefault(source, "file"), Key: key, Reason: reason}

@@ -157,7 +157,9 @@ func TestLoadErrors(t *testing.T) {
 		{name: "invalid TOML", content: "id = \n", mention: []string{"TOML"}},
 		{name: "not TOML at all", content: "{\"id\": \"json\"}\n", mention: []string{"TOML"}},
 		{name: "missing required file", path: missing, required: true, mention: []string{"cannot read"}},
-		{name: "bad duration", content: "heartbeat_interval = \"soon\"\n", mention: []string{"heartbeat_interval"}},
+		{name: "bad duration", content: "heartbeat_interval = \"soon\"\n", key: "heartbeat_interval", mention: []string{"duration with a unit", "\"soon\""}},
+		{name: "duration without a unit", content: "heartbeat_interval = 5\n", key: "heartbeat_interval", mention: []string{"duration with a unit", "integer 5"}},
+		{name: "list for a label", content: "[labels]\nrole = [\"a\"]\n", key: "labels.role", mention: []string{"expected text", "a list"}},
 		// TOML is typed: a number where text goes is a mistake, not converted silently.
 		{name: "number for a string", content: "state_dir = 5\n", key: "state_dir", mention: []string{"expected a string", "integer 5"}},
 		{name: "number in a list", content: "seeds = [\"seed.flow\", 2]\n", key: "seeds", mention: []string{"list of strings"}},
@@ -202,16 +204,18 @@ func TestLoadBadEnvironmentValue(t *testing.T) {
 	}
 }
 
-// A label's value may be written as a number (rack = 3 is "3"), and an environment
+// A label's value may be written as a number or true/false, taken as its text (rack = 3
+// is "3", gpu = true is "true", not the "1" weak decoding would make), and an environment
 // variable set empty counts as unset, as before values were type-checked.
 func TestLoadLabelNumbersAndEmptyEnvironment(t *testing.T) {
-	path := writeFile(t, "id = \"a\"\nheartbeat_interval = \"5s\"\n[labels]\nrack = 3\n")
+	path := writeFile(t, "id = \"a\"\nheartbeat_interval = \"5s\"\n[labels]\nrack = 3\ngpu = true\nspare = false\nweight = 1.5\n")
 	t.Setenv("EDGE_HEARTBEAT_INTERVAL", "")
 	var cfg testConfig
 	if err := config.Load(path, true, nil, nil, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Labels["rack"] != "3" || cfg.HeartbeatInterval != 5*time.Second {
-		t.Fatalf("labels %v, heartbeat %s; want rack=3 and the file's 5s", cfg.Labels, cfg.HeartbeatInterval)
+	want := map[string]string{"rack": "3", "gpu": "true", "spare": "false", "weight": "1.5"}
+	if !reflect.DeepEqual(cfg.Labels, want) || cfg.HeartbeatInterval != 5*time.Second {
+		t.Fatalf("labels %v, heartbeat %s; want %v and the file's 5s", cfg.Labels, cfg.HeartbeatInterval, want)
 	}
 }
