@@ -216,8 +216,12 @@ func (g *Ghost) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		g.log.Warn("flush after subscribing failed; continuing", "err", err)
+	// Connected: the server has the subscriptions before the Ghost's first request. Not
+	// connected (yet), there is nothing to wait for: nats.go sends them on connecting.
+	if g.nc.IsConnected() {
+		if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			g.log.Warn("flush after subscribing failed; continuing", "err", err)
+		}
 	}
 	g.resumeUnfinished(ctx)
 	g.resendUnacked(ctx)
