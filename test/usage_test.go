@@ -36,6 +36,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{mctl, []string{"issue", "--no-such-flag"}},
 		{mctl, []string{"report", "int_x", "--wait", "--watch"}},
 		{mctl, []string{"up", "--replicas", "6"}},
+		{mctl, []string{"up", "--server", "nats://127.0.0.1:1", "--nats-listen", "127.0.0.1:4333"}},
+		{mctl, []string{"up", "--server", "nats://127.0.0.1:1", "--sync", "interval"}},
 		{gctl, []string{"init"}},
 		{gctl, []string{"init", "--id", "edge-1", "extra"}},
 		{gctl, []string{"bogus"}},

@@ -32,7 +32,7 @@ func newIssue() *cobra.Command {
 		noWait                              bool
 	)
 	c := &cobra.Command{
-		Use:   "issue --target SCOPE SEED OPERATION [KEY=VALUE ...] [--timeout DURATION] [--json|--jsonl] [--no-wait] [--max-concurrency N|N%] [--max-errors N|N%] [--plan FILE]",
+		Use:   "issue --target SCOPE SEED OPERATION [KEY=VALUE ...] [--timeout DURATION] [--deliver-within DURATION] [--json|--jsonl] [--no-wait] [--max-concurrency N|N%] [--max-errors N|N%] [--plan FILE]",
 		Short: "Run an operation of a seed on target Ghosts and report the outcome",
 		Long: `issue sends an intent to Mirage: run OPERATION of SEED with the given arguments on every
 Ghost in SCOPE. Mirage sends one command per target; issue waits for the terminal report

@@ -104,6 +104,13 @@ faster, but an OS crash can lose the last interval's writes.
 			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
 				return err
 			}
+			if cfg.Server != "" {
+				for _, name := range []string{"nats-listen", "sync", "sync-interval"} {
+					if cmd.Flags().Changed(name) {
+						return cli.Invalid("--%s does not apply with --server: it configures the embedded NATS server, which --server replaces", name)
+					}
+				}
+			}
 			if cfg.Server == "" && !cfg.Auth {
 				if err := checkListen(cfg.NATSListen); err != nil {
 					return err
@@ -274,11 +281,16 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if ns != nil {
 		url = ns.ClientURL()
 	}
-	log.Info("edgectl up", "component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir, "sync", cfg.Sync, "local_ghost", !cfg.NoLocalGhost, "production", cfg.Production, "tls", cfg.tlsFiles().Enabled(), "mtls", cfg.TLSVerifyClients)
+	attrs := []any{"component", "miragectl", "url", url, "embedded_server", ns != nil, "data_dir", dataDir}
+	if ns != nil {
+		attrs = append(attrs, "sync", cfg.Sync)
+	}
+	attrs = append(attrs, "local_ghost", !cfg.NoLocalGhost, "production", cfg.Production, "tls", cfg.tlsFiles().Enabled(), "mtls", cfg.TLSVerifyClients)
+	log.Info("edgectl up", attrs...)
 	if cfg.NoLocalGhost {
 		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; Ghosts that register appear in: miragectl ghosts\n", url)
 	} else {
-		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue --target %s seed.flow status\n", url, LocalGhostID)
+		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue%s --target %s seed.flow status\n", url, serverFlagFor(url), LocalGhostID)
 	}
 	if auth != nil {
 		auth.explain(os.Stderr, url)
@@ -293,6 +305,15 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	errs = append(errs, m.Close())
 	_ = mnc.Drain()
 	return errors.Join(errs...)
+}
+
+// serverFlagFor is the --server flag a client needs to reach url: none when url is where
+// clients look without one (--server, then $NATS_URL, then the default).
+func serverFlagFor(url string) string {
+	if url == bus.ServerURL("") {
+		return ""
+	}
+	return " --server " + url
 }
 
 // startLocalGhost runs the co-located Ghost "local" with every built-in seed, on an
