@@ -167,6 +167,9 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 // write replaces the file by renaming a complete temporary file over it, so a reader or a
 // crash sees the old content or the new, never part of it.
 func write(root *os.Root, rel, name, content string) (bus.Result, error) {
+	if fi, err := root.Lstat(name); err == nil && fi.IsDir() {
+		return result.Failed(StatusFailed, fmt.Errorf("write %s: is a directory; write replaces files", rel))
+	}
 	dir := filepath.Dir(name)
 	if err := root.MkdirAll(dir, 0o700); err != nil {
 		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
@@ -188,6 +191,10 @@ func write(root *os.Root, rel, name, content string) (bus.Result, error) {
 	}
 	if err != nil {
 		_ = root.Remove(tmp)
+		var lerr *os.LinkError
+		if errors.As(err, &lerr) { // the rename: name the path, not the temporary file
+			err = lerr.Err
+		}
 		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
 	}
 	// Make the rename durable; a failure here leaves the new content in place, so it is
@@ -210,6 +217,9 @@ func read(root *os.Root, rel, name string) (bus.Result, error) {
 	}
 	if err != nil {
 		return result.Failed(StatusFailed, fmt.Errorf("read %s: %w", rel, err))
+	}
+	if fi.IsDir() {
+		return result.Failed(StatusFailed, fmt.Errorf("read %s: is a directory; list shows what it holds", rel))
 	}
 	if !fi.Mode().IsRegular() {
 		return result.Failed(StatusFailed, fmt.Errorf("read %s: not a regular file (%s)", rel, fi.Mode().Type()))

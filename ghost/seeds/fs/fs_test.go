@@ -85,6 +85,7 @@ func TestExecute(t *testing.T) {
 		stdout string
 		errIs  error
 		field  string // a semantic refusal of this field is expected
+		says   string // the failure's message holds this
 	}
 	long := strings.Repeat("a", fs.MaxPathLen+1)
 	steps := []step{
@@ -111,9 +112,9 @@ func TestExecute(t *testing.T) {
 		{op: "read", args: kvArgs("path", "a/b/c/d.txt"), status: fs.StatusNotFound, errIs: fs.ErrFileNotFound},
 		// The parents left empty went with the file, so "a" can now be a file.
 		{op: "write", args: kvArgs("path", "a", "content", "now a file"), status: fs.StatusOK, stdout: `{"path":"a","bytes":10}`},
-		{op: "read", args: kvArgs("path", "app"), status: fs.StatusFailed},
-		{op: "delete", args: kvArgs("path", "app"), status: fs.StatusFailed},
-		{op: "write", args: kvArgs("path", "app", "content", "x"), status: fs.StatusFailed},
+		{op: "read", args: kvArgs("path", "app"), status: fs.StatusFailed, says: "read app: is a directory; list shows what it holds"},
+		{op: "delete", args: kvArgs("path", "app"), status: fs.StatusFailed, says: "delete app: is a directory"},
+		{op: "write", args: kvArgs("path", "app", "content", "x"), status: fs.StatusFailed, says: "write app: is a directory; write replaces files"},
 		{op: "write", args: kvArgs("path", "a/under-a-file", "content", "x"), status: fs.StatusFailed},
 
 		// Paths refused before anything is touched.
@@ -156,7 +157,7 @@ func TestExecute(t *testing.T) {
 	for i, st := range steps {
 		t.Run(fmt.Sprintf("%02d_%s_%s", i, st.op, st.args["path"]), func(t *testing.T) {
 			res, err := exec(s, st.op, st.args)
-			seedtest.CheckResult(t, res, err, seedtest.Want{Status: st.status, Stdout: st.stdout, Field: st.field, ErrIs: st.errIs})
+			seedtest.CheckResult(t, res, err, seedtest.Want{Status: st.status, Stdout: st.stdout, Field: st.field, ErrIs: st.errIs, Says: st.says})
 		})
 	}
 

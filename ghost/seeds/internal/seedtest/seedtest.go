@@ -6,6 +6,7 @@ package seedtest
 import (
 	"errors"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/edgectl/edgectl/bus"
@@ -61,6 +62,7 @@ type Want struct {
 	Stdout string // on success
 	Field  string // on a refusal: the semantic error's field
 	ErrIs  error  // on a runtime failure: the error it wraps, if any
+	Says   string // on a failure: text its message holds, if any
 }
 
 // CheckResult checks a step's result against w: a success with its stdout; or a failure
@@ -79,6 +81,9 @@ func CheckResult(t *testing.T, res bus.Result, err error, w Want) {
 	}
 	if err == nil || res.ExitCode != 1 || res.Stderr == "" {
 		t.Fatalf("result = %+v, err = %v; want an error, exit 1 and a stderr", res, err)
+	}
+	if w.Says != "" && !strings.Contains(err.Error(), w.Says) {
+		t.Fatalf("err = %v, want it to say %q", err, w.Says)
 	}
 	var pe *bus.Error
 	isProtocol := errors.As(err, &pe)
