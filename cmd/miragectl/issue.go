@@ -110,14 +110,14 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				return cli.Invalid("expected SEED OPERATION [KEY=VALUE ...], got %d argument(s); see miragectl issue --help", len(args))
 			}
 			if timeout <= 0 || timeout.Milliseconds() > bus.MaxTimeout {
-				return cli.Invalid("--timeout %s: must be positive and at most 24h", timeout)
+				return cli.Invalid("--timeout %s: must be positive and at most 24h", shortDuration(timeout))
 			}
 			kv, err := parseArgs(args[2:])
 			if err != nil {
 				return err
 			}
 			if deliverWithin < 0 || deliverWithin > timeout {
-				return cli.Invalid("--deliver-within %s: must be between 0 and --timeout (%s)", deliverWithin, timeout)
+				return cli.Invalid("--deliver-within %s: must be between 0 and --timeout (%s)", shortDuration(deliverWithin), shortDuration(timeout))
 			}
 			now := time.Now()
 			is := &bus.Issue{
@@ -343,4 +343,16 @@ func firstStepTarget(steps []bus.PlanStep) string {
 		}
 	}
 	return steps[0].TargetScope
+}
+
+// shortDuration writes d as an operator writes it: 25h, 1h30m, 90s (not 25h0m0s).
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }

@@ -66,7 +66,7 @@ files or scope (reason on stderr); 3 NATS unreachable, no edge_seeds or no Mirag
 				return cli.Invalid("--target is required: a ghost id, a comma list of ids and globs, a label selector KEY=VALUE, or all")
 			}
 			if timeout <= 0 || timeout.Milliseconds() > bus.MaxTimeout {
-				return cli.Invalid("--timeout %s: must be positive and at most 24h", timeout)
+				return cli.Invalid("--timeout %s: must be positive and at most 24h", shortDuration(timeout))
 			}
 			bundle, err := readBundle(args[0], files)
 			if err != nil {
