@@ -261,7 +261,7 @@ func TestFleetCLIOutput(t *testing.T) {
 		t.Fatalf("intents --json entry %+v", i)
 	}
 	r = miragectl(t, env.URL, "intents", "--limit", "1")
-	if out := strings.Split(strings.TrimSpace(r.stdout), "\n"); r.code != 0 || len(out) != 2 || !strings.HasPrefix(out[0], "INTENT") || !strings.HasPrefix(out[1], intents[0].IntentID) {
+	if out := strings.Split(strings.TrimSpace(r.stdout), "\n"); r.code != 0 || len(out) != 2 || strings.Join(strings.Fields(out[0]), " ") != "INTENT PHASE TARGETS SUCCESS ERROR TIMEOUT EXPIRED SKIPPED CREATED SEED OPERATION" || !strings.HasPrefix(out[1], intents[0].IntentID) {
 		t.Fatalf("intents --limit 1: exit %d, %q", r.code, r.stdout)
 	}
 

@@ -75,11 +75,11 @@ target_scope, seed, operation, summary}; finished_ms is 0 while the intent is op
 				return nil
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "INTENT\tPHASE\tTARGETS\tSUCCESS\tERROR\tTIMEOUT\tCREATED\tSEED\tOPERATION")
+			fmt.Fprintln(tw, "INTENT\tPHASE\tTARGETS\tSUCCESS\tERROR\tTIMEOUT\tEXPIRED\tSKIPPED\tCREATED\tSEED\tOPERATION")
 			now := time.Now()
 			for _, l := range lines {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", l.IntentID, l.Phase, l.Counts.Targets, l.Counts.Success,
-					l.Counts.Error, l.Counts.Timeout, ago(now, time.UnixMilli(l.CreatedMS)), l.Seed, l.Operation)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", l.IntentID, l.Phase, l.Counts.Targets, l.Counts.Success,
+					l.Counts.Error, l.Counts.Timeout, l.Counts.Expired, l.Counts.Skipped, ago(now, time.UnixMilli(l.CreatedMS)), l.Seed, l.Operation)
 			}
 			return tw.Flush()
 		},
