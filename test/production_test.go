@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +68,11 @@ func TestUpProductionRefusesWithoutTLS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := execRun(t, miragectl, nil, append([]string{"up", "--data-dir", data, "--nats-listen", "127.0.0.1:0"}, tt.args...)...)
+			args := []string{"up", "--data-dir", data}
+			if !slices.Contains(tt.args, "--server") { // --nats-listen does not apply with --server
+				args = append(args, "--nats-listen", "127.0.0.1:0")
+			}
+			r := execRun(t, miragectl, nil, append(args, tt.args...)...)
 			if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, tt.want) {
 				t.Fatalf("exit %d, stderr %q; want exit 2 and one line with %q", r.code, r.stderr, tt.want)
 			}
