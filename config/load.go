@@ -153,6 +153,9 @@ func Load(path string, required bool, flags *pflag.FlagSet, flagKeys map[string]
 // durationsAreStrings refuses a bare number for a duration: TOML 5 would otherwise be
 // 5 nanoseconds.
 func durationsAreStrings(from, to reflect.Type, data any) (any, error) {
+	if _, isDuration := data.(time.Duration); isDuration {
+		return data, nil // a duration flag's value
+	}
 	if to == reflect.TypeOf(time.Duration(0)) && from.Kind() != reflect.String {
 		return nil, fmt.Errorf("duration %v must be a string with a unit, such as \"5s\" or \"2m\"", data)
 	}

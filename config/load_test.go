@@ -29,7 +29,7 @@ type testConfig struct {
 	} `koanf:"nats"`
 }
 
-var flagKeys = map[string]string{"server": "server", "log-level": "log_level", "state-dir": "state_dir"}
+var flagKeys = map[string]string{"server": "server", "log-level": "log_level", "state-dir": "state_dir", "heartbeat": "heartbeat_interval"}
 
 // writeFile writes a config file in a fresh directory and returns its path.
 func writeFile(t *testing.T, content string) string {
@@ -49,6 +49,7 @@ func flags(t *testing.T, args ...string) *pflag.FlagSet {
 	fs.String("log-level", "flag-default", "")
 	fs.String("state-dir", "", "")
 	fs.Bool("unmapped", false, "")
+	fs.Duration("heartbeat", time.Second, "")
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +100,19 @@ func TestLoadPrecedence(t *testing.T) {
 	}
 	if cfg.HeartbeatInterval != 5*time.Second {
 		t.Errorf("heartbeat_interval = %s, want 5s", cfg.HeartbeatInterval)
+	}
+}
+
+// A duration flag that was set overrides the file (its value reaches the decoder as a
+// time.Duration, not as text).
+func TestLoadDurationFlag(t *testing.T) {
+	path := writeFile(t, fullFile)
+	var cfg testConfig
+	if err := config.Load(path, true, flags(t, "--heartbeat", "30s"), flagKeys, &cfg); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if cfg.HeartbeatInterval != 30*time.Second {
+		t.Fatalf("heartbeat_interval = %s, want the flag's 30s", cfg.HeartbeatInterval)
 	}
 }
 

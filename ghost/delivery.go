@@ -126,15 +126,16 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		// crash would leave its command without a terminal event). A busy Ghost runs what
 		// it never saw and leaves the position for its next idle tick (or a replay once
 		// it lags too far).
-		g.scan(ctx, src, seq, last)
+		g.scan(ctx, src, max(seq, g.scannedTo), last)
 		return
 	}
+	g.scannedTo = 0 // the replay reads from the position: what a scan ran is below it
 	// No shortcut when the last command on cmd.<id> is one the Ghost knows: that says
 	// nothing about the commands before it. Live delivery is core NATS, and in a cluster
 	// a route that fails drops the messages in flight across it while the Ghost's own
 	// connection, and its reconnect count, stay as they were. The replay reads what came
 	// since the position; the execution store turns what already ran into duplicates.
-	n, fresh, reached, err := g.replay(ctx, src, position{seq, posID}, last)
+	n, fresh, reached, err := g.replay(ctx, src, position{seq, posID}, last, full)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention
 		// removed it (and everything older). Either way, reading from the start is right.
@@ -142,7 +143,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
-		n, fresh, reached, err = g.replay(ctx, src, position{}, last)
+		n, fresh, reached, err = g.replay(ctx, src, position{}, last, full)
 	}
 	if reached.seq > seq {
 		if err := g.store.SetPosition(ctx, reached.seq, reached.commandID); err != nil {
@@ -164,30 +165,41 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	g.log.Log(ctx, level, "caught up on commands from EDGE_CMD", "commands", n, "never_seen", fresh, "last_seq", reached.seq)
 }
 
-// scan reads cmd.<id> after the position up to last and runs, without waiting for them,
-// the commands this Ghost has never seen (none runs in this process, none is in the
-// execution store); the position stays. It is the busy Ghost's catch-up: what it reads
-// again on every tick is bounded by catchUpLag.
+// scan reads cmd.<id> after the sequence after up to last and runs, without waiting for
+// them, the commands this Ghost has never seen (no delivery of it in this process, no
+// record in the execution store); the position stays. It is the busy Ghost's catch-up. It
+// takes only free slots, so it never holds the delivery loop behind running executions
+// (live commands waiting for a slot are in EDGE_CMD too and would look never seen): when
+// none is free it stops, and the next tick goes on from there (scannedTo), so a command
+// that leaves no record (a refusal for security) is not sent again on every tick.
 func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64) {
-	started := 0
-	err := src.read(ctx, after+1, last, func(_ uint64, data []byte, hdr nats.Header) error {
-		if id := commandIDOf(data); id != "" && g.pipeline.Known(ctx, id) {
-			return nil
-		}
-		if !g.dispatch(data, hdr, true, nil) {
-			return errStopping
-		}
-		started++
-		return nil
-	}, func() error { return nil })
-	if err != nil {
-		g.log.Warn("catch-up of a busy Ghost interrupted; it resumes later", "after_seq", after, "err", err)
+	if len(g.slots) == cap(g.slots) || after >= last {
 		return
 	}
+	started := 0
+	err := src.read(ctx, after+1, last, func(sseq uint64, data []byte, hdr nats.Header) error {
+		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
+			switch g.tryDispatch(data, hdr) {
+			case dispatchStopping:
+				return errStopping
+			case dispatchNoSlot:
+				return errNoSlot
+			}
+			started++
+		}
+		g.scannedTo = sseq
+		return nil
+	}, func() error { return nil })
 	if started > 0 {
-		g.log.Info("ran commands from EDGE_CMD that never arrived live", "commands", started, "last_seq", last)
+		g.log.Info("ran commands from EDGE_CMD that never arrived live", "commands", started, "scanned_to", g.scannedTo)
+	}
+	if err != nil && !errors.Is(err, errNoSlot) {
+		g.log.Warn("catch-up of a busy Ghost interrupted; it resumes later", "after_seq", g.scannedTo, "err", err)
 	}
 }
+
+// errNoSlot: every execution slot is taken; a scan stops there.
+var errNoSlot = errors.New("no free execution slot")
 
 // caughtUp records a catch-up that read everything up to the end of cmd.<id> as it was
 // after the Ghost's reconnects-th reconnect: until the next one, a tick may take the fast
@@ -230,7 +242,7 @@ var errStopping = errors.New("ghost stopping")
 // answer's commands (handled in slots) and moves that far, so that a failure that recurs
 // at one answer does not undo the answers before it. It never moves past a command not
 // yet handled.
-func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64) (read, fresh int, _ position, _ error) {
+func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64, full bool) (read, fresh int, _ position, _ error) {
 	start := max(from.seq, 1) // the position's own command first, to check it is there
 	var handled []chan struct{}
 	reached, readTo := from, from
@@ -259,7 +271,16 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			}
 			return nil
 		}
-		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
+		id := commandIDOf(data)
+		if !full && id != "" && g.pipeline.Finished(ctx, id) {
+			// A periodic replay reads the commands of the last minute, nearly all run
+			// live already: those finished are handled, their events were sent (a
+			// reconnect's full catch-up re-sends what Mirage did not acknowledge).
+			read++
+			readTo = position{sseq, id}
+			return nil
+		}
+		if id == "" || !g.pipeline.Known(ctx, id) {
 			fresh++
 		}
 		done := make(chan struct{})
@@ -277,6 +298,32 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 	return read, fresh, reached, err
 }
 
+// dispatchResult says what tryDispatch did.
+type dispatchResult int
+
+const (
+	dispatched dispatchResult = iota
+	dispatchNoSlot
+	dispatchStopping
+)
+
+// tryDispatch runs handle (as a replayed command) in an execution slot if one is free now.
+func (g *Ghost) tryDispatch(data []byte, hdr nats.Header) dispatchResult {
+	select {
+	case g.slots <- struct{}{}:
+	case <-g.stopping:
+		return dispatchStopping
+	default:
+		return dispatchNoSlot
+	}
+	if !g.track() {
+		<-g.slots
+		return dispatchStopping
+	}
+	go g.run1(data, hdr, true, nil)
+	return dispatched
+}
+
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns
 // false when the Ghost is stopping.
 func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan struct{}) bool {
@@ -289,15 +336,18 @@ func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan 
 		<-g.slots
 		return false
 	}
-	go func() {
-		defer g.wg.Done()
-		defer func() { <-g.slots }()
-		if done != nil {
-			defer close(done)
-		}
-		g.handle(data, hdr, replayed)
-	}()
+	go g.run1(data, hdr, replayed, done)
 	return true
+}
+
+// run1 handles one command in the slot its caller took, then frees the slot.
+func (g *Ghost) run1(data []byte, hdr nats.Header, replayed bool, done chan struct{}) {
+	defer g.wg.Done()
+	defer func() { <-g.slots }()
+	if done != nil {
+		defer close(done)
+	}
+	g.handle(data, hdr, replayed)
 }
 
 // resumeUnfinished ends the executions a crash left started (Pipeline.Resume).

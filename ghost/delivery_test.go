@@ -289,6 +289,24 @@ func TestPositionOnACommandWithoutMsgIDHolds(t *testing.T) {
 // route fails with the message in flight across it (no client reconnects then).
 func storeDetoured(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string) (string, uint64) {
 	t.Helper()
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
+	if cmd.Args == nil {
+		cmd.Args = map[string]string{}
+	}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cmd.CommandID, storeDetouredBytes(t, env, ghostID, bus.NewMsg("detour."+ghostID, data, cmd.CommandID, cmd.TraceID))
+}
+
+// storeDetouredBytes stores msg (on detour.<ghostID>) in EDGE_CMD as cmd.<ghostID> as
+// storeDetoured does, and returns its stream sequence there.
+func storeDetouredBytes(t *testing.T, env *testenv.Env, ghostID string, msg *nats.Msg) uint64 {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	js := env.JetStream()
@@ -309,30 +327,19 @@ func storeDetoured(t *testing.T, env *testenv.Env, ghostID, op string, args map[
 			t.Fatal(err)
 		}
 	}
-	now := time.Now()
-	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
-		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
-		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
-	if cmd.Args == nil {
-		cmd.Args = map[string]string{}
-	}
-	data, err := bus.Encode(&cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.PublishMsg(ctx, bus.NewMsg("detour."+ghostID, data, cmd.CommandID, cmd.TraceID)); err != nil {
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
 	var seq uint64
 	testenv.Eventually(t, 5*time.Second, "EDGE_CMD to store the detoured command", func() bool {
 		m, err := cmdStream.GetLastMsgForSubject(ctx, subjects.Command(ghostID))
-		if err != nil || bus.ProbeCommand(m.Data).CommandID != cmd.CommandID {
+		if err != nil || string(m.Data) != string(msg.Data) {
 			return false
 		}
 		seq = m.Sequence
 		return true
 	})
-	return cmd.CommandID, seq
+	return seq
 }
 
 // A command that EDGE_CMD stored but whose live copy never reached the Ghost, while the
@@ -348,7 +355,8 @@ func TestCommandStoredButNeverDeliveredLiveIsCaughtUp(t *testing.T) {
 	defer store.Close()
 	const id = "edge-gap"
 	gc := env.Conn("ghost " + id)
-	env.StartGhost(id, testenv.Via(gc), testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+	env.StartGhost(id, testenv.Via(gc), testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
 		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 100 * time.Millisecond }))
 	first, firstSeq := storeCommand(t, env, id, "status", nil)
 	eventFor(t, env, id, first)
@@ -367,6 +375,12 @@ func TestCommandStoredButNeverDeliveredLiveIsCaughtUp(t *testing.T) {
 	if n := gc.Stats().Reconnects; n != 0 {
 		t.Fatalf("the Ghost reconnected %d times: the test is about a Ghost that stayed connected", n)
 	}
+	// The periodic replays read the commands that ran live again, and leave them be: no
+	// duplicate handling, no event re-sent (headless, nobody acknowledges them).
+	time.Sleep(500 * time.Millisecond)
+	if n := logs.count("duplicate command: re-sending its terminal event"); n != 0 {
+		t.Fatalf("periodic replays re-sent %d events of commands that ran live", n)
+	}
 }
 
 // The same while the Ghost is busy: a long execution holds a slot, so the periodic
@@ -381,7 +395,8 @@ func TestBusyGhostRunsACommandNeverDeliveredLive(t *testing.T) {
 	}
 	defer store.Close()
 	const id = "edge-busygap"
-	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
 		testenv.Tune(func(c *ghost.Config) {
 			c.CatchUpInterval = 100 * time.Millisecond
 			c.ShutdownGrace = 100 * time.Millisecond
@@ -392,10 +407,16 @@ func TestBusyGhostRunsACommandNeverDeliveredLive(t *testing.T) {
 		e, err := store.GetByCommandID(ctx, long)
 		return err == nil && e.State == ghost.StateStarted
 	})
+	// Junk without a command_id leaves no record: scanned once, not on every tick.
+	storeDetouredBytes(t, env, id, &nats.Msg{Subject: "detour." + id, Data: []byte(`{"type":"command"}`)})
 	lost, _ := storeDetoured(t, env, id, "status", nil)
 	live, _ := storeCommand(t, env, id, "status", nil)
 	eventFor(t, env, id, live)
 	eventFor(t, env, id, lost)
+	time.Sleep(600 * time.Millisecond) // several busy ticks
+	if n := logs.count("ran commands from EDGE_CMD that never arrived live"); n < 1 || n > 2 {
+		t.Fatalf("busy ticks ran commands never seen %d times, want once or twice (the junk and the lost command, together or not)", n)
+	}
 	if e, err := store.GetByCommandID(ctx, long); err != nil || e.State != ghost.StateStarted {
 		t.Fatalf("the sleep is %+v (%v): the lost command ran only once the Ghost was idle", e, err)
 	}

@@ -124,6 +124,9 @@ type Ghost struct {
 
 	// catchMu makes catch-ups run one at a time.
 	catchMu sync.Mutex
+	// scannedTo is the stream sequence up to which busy ticks' scans have run what was
+	// never seen (under catchMu; 0 once a replay reads from the position again).
+	scannedTo uint64
 	// replayAsked is when the last replay request to Mirage ended (under catchMu).
 	replayAsked time.Time
 	// replayWait is how long a replay answer may pause (zero: bus.ReplayAnswerWait).

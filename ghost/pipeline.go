@@ -145,6 +145,19 @@ func (p *Pipeline) Known(ctx context.Context, commandID string) bool {
 	return err == nil
 }
 
+// Finished reports whether commandID's execution is over and recorded: no delivery of it
+// holds the command in this process, and the execution store has its finished record.
+func (p *Pipeline) Finished(ctx context.Context, commandID string) bool {
+	p.mu.Lock()
+	_, running := p.running[commandID]
+	p.mu.Unlock()
+	if running {
+		return false
+	}
+	e, err := p.store.GetByCommandID(ctx, commandID)
+	return err == nil && e.State == StateFinished
+}
+
 // runningOf returns the channel of the execution of commandID still running in this
 // process, when a duplicate found it without an event.
 func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {

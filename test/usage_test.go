@@ -38,6 +38,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{mctl, []string{"up", "--replicas", "6"}},
 		{mctl, []string{"up", "--server", "nats://127.0.0.1:1", "--nats-listen", "127.0.0.1:4333"}},
 		{mctl, []string{"up", "--server", "nats://127.0.0.1:1", "--sync", "interval"}},
+		{mctl, []string{"up", "--server", "nats://127.0.0.1:1", "--sync-interval", "30s"}},
 		{gctl, []string{"init"}},
 		{gctl, []string{"init", "--id", "edge-1", "extra"}},
 		{gctl, []string{"bogus"}},

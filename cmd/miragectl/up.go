@@ -107,7 +107,7 @@ faster, but an OS crash can lose the last interval's writes.
 			if cfg.Server != "" {
 				for _, name := range []string{"nats-listen", "sync", "sync-interval"} {
 					if cmd.Flags().Changed(name) {
-						return cli.Invalid("--%s does not apply with --server: it configures the embedded NATS server, which --server replaces", name)
+						return cli.Invalid("--%s does not apply when up connects to a server (server %s is set): it configures the embedded NATS server, which is then not started", name, cfg.Server)
 					}
 				}
 			}
@@ -180,7 +180,9 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		return fmt.Errorf("data directory: %w", err)
 	}
 	unlock, err := cli.LockDir(dataDir, "miragectl.lock", "miragectl up")
-	if err != nil {
+	if errors.Is(err, cli.ErrNoLocking) {
+		log.Warn("the data directory cannot be locked: make sure no other miragectl up uses it", "component", "miragectl", "err", err)
+	} else if err != nil {
 		return fmt.Errorf("data directory %w", err)
 	}
 	defer unlock()

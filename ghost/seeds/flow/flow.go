@@ -20,8 +20,8 @@ const (
 	MaxMessageSize = 4096
 )
 
-// sleepPattern matches 0 to MaxSleepMS in decimal (up to four digits with leading zeros).
-const sleepPattern = `[0-9]{1,4}|[1-5][0-9]{4}|60000`
+// sleepPattern matches 0 to MaxSleepMS in decimal, leading zeros allowed.
+const sleepPattern = `0*(?:[0-9]{1,4}|[1-5][0-9]{4}|60000)`
 
 // Result statuses.
 const (
