@@ -190,9 +190,12 @@ type ParamInfo struct {
 	Required bool   `json:"required"`
 	Pattern  string `json:"pattern"`
 	// MaxBytes, when above 0, is the most bytes a value may have: a limit a pattern cannot
-	// say (a Go regexp repeats at most 1000 times). Checked with the pattern, by Mirage at
-	// issue time and by the Ghost.
+	// say (a Go regexp repeats at most 1000 times). Min and Max, when set, bound a value
+	// read as a decimal integer. All are checked with the pattern, by Mirage at issue time
+	// and by the Ghost.
 	MaxBytes    int    `json:"max_bytes,omitempty"`
+	Min         *int64 `json:"min,omitempty"`
+	Max         *int64 `json:"max,omitempty"`
 	Description string `json:"description,omitempty"`
 }
 

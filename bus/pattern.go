@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"regexp/syntax"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"weak"
@@ -81,8 +82,8 @@ func (c *patternCache) get(expr string) *regexp.Regexp {
 }
 
 // CheckArgs checks a command's args against the params its operation declares: every
-// required param present, no undeclared arg, every value within its param's max_bytes and
-// a whole match of its pattern. pattern returns the parsed pattern of a declared param. The error is a semantic
+// required param present, no undeclared arg, every value within its param's max_bytes, a
+// whole match of its pattern, and within its min and max. pattern returns the parsed pattern of a declared param. The error is a semantic
 // one (1300) on field args.<name>, the same on a Ghost and in Mirage.
 func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern func(param string) *ParamPattern) error {
 	for _, p := range op.Params {
@@ -98,6 +99,17 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 		}
 		if pat := pattern(p.Name); pat == nil || !pat.Match(v) {
 			return FieldError(CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)
+		}
+		if p.Min != nil || p.Max != nil {
+			n, err := strconv.ParseInt(v, 10, 64)
+			switch {
+			case err != nil:
+				return FieldError(CodeSemantic, "args."+p.Name, "value %q is not an integer", v)
+			case p.Min != nil && n < *p.Min:
+				return FieldError(CodeSemantic, "args."+p.Name, "value %d is below the minimum %d", n, *p.Min)
+			case p.Max != nil && n > *p.Max:
+				return FieldError(CodeSemantic, "args."+p.Name, "value %d is above the maximum %d", n, *p.Max)
+			}
 		}
 	}
 	for k := range args {

@@ -116,7 +116,7 @@ func TestIssueRefusesUnknownSeed(t *testing.T) {
 		{"seed.flow", "echo", map[string]string{"foo": "bar"}, "args.foo: seed.flow echo declares no such param"},
 		{"seed.kv", "get", nil, "args.key: required by seed.kv get but missing"},
 		// Limits are declared too: a range in the pattern, a size in max_bytes.
-		{"seed.flow", "sleep", map[string]string{"ms": "60001"}, "args.ms: value does not match the declared pattern"},
+		{"seed.flow", "sleep", map[string]string{"ms": "60001"}, "args.ms: value 60001 is above the maximum 60000"},
 		{"seed.flow", "echo", map[string]string{"message": strings.Repeat("a", 4097)}, "args.message: is 4097 bytes, at most 4096 are allowed"},
 		{"seed.kv", "put", map[string]string{"key": "k", "value": strings.Repeat("v", 64<<10+1)}, "args.value: is 65537 bytes, at most 65536 are allowed"},
 		{"seed.fs", "write", map[string]string{"path": "f", "content": strings.Repeat("c", 64<<10+1)}, "args.content: is 65537 bytes, at most 65536 are allowed"},

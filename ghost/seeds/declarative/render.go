@@ -128,6 +128,9 @@ func (p Param) check(pat *bus.ParamPattern, v string) error {
 	if strings.IndexByte(v, 0) >= 0 {
 		return fmt.Errorf("value contains a NUL byte")
 	}
+	if p.MaxBytes > 0 && len(v) > p.MaxBytes {
+		return fmt.Errorf("value is %d bytes, at most %d are allowed", len(v), p.MaxBytes)
+	}
 	if !pat.Match(v) {
 		return fmt.Errorf("value does not match the pattern %q", p.Pattern)
 	}

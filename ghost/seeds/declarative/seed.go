@@ -62,7 +62,8 @@ func (s *Seed) Info() bus.SeedInfo {
 			if p.Default != nil {
 				desc = strings.TrimSpace(fmt.Sprintf("%s (default %q)", desc, *p.Default))
 			}
-			oi.Params = append(oi.Params, bus.ParamInfo{Name: p.Name, Required: p.Required, Pattern: p.Pattern, Description: desc})
+			oi.Params = append(oi.Params, bus.ParamInfo{Name: p.Name, Required: p.Required, Pattern: p.Pattern,
+				MaxBytes: p.MaxBytes, Min: p.Min, Max: p.Max, Description: desc})
 		}
 		info.Operations = append(info.Operations, oi)
 	}

@@ -140,3 +140,31 @@ func TestInfo(t *testing.T) {
 		t.Fatalf("%+v", op)
 	}
 }
+
+// The limits a spec declares reach the register envelope (params' min, max, max_bytes), so
+// that Mirage checks them at issue time as the Ghost does.
+func TestInfoCarriesLimits(t *testing.T) {
+	op, ok := New(mustParse(t, validSpec), t.TempDir()).Info().Operation("echo")
+	if !ok {
+		t.Fatal("no echo operation")
+	}
+	byName := map[string]bus.ParamInfo{}
+	for _, p := range op.Params {
+		byName[p.Name] = p
+	}
+	if m := byName["message"]; m.MaxBytes != 100 {
+		t.Fatalf("message %+v, want max_bytes 100", m)
+	}
+	if c := byName["count"]; c.Min == nil || *c.Min != 1 || c.Max == nil || *c.Max != 10 {
+		t.Fatalf("count %+v, want min 1 and max 10", c)
+	}
+	for args, want := range map[string]string{"11": "above the maximum 10", "0": "below the minimum 1"} {
+		err := bus.CheckArgs("node.test", op, map[string]string{"message": "m", "count": args}, func(name string) *bus.ParamPattern { return bus.SharedPattern(byName[name].Pattern) })
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("count=%s: %v, want %q", args, err, want)
+		}
+	}
+	if err := bus.CheckArgs("node.test", op, map[string]string{"message": strings.Repeat("m", 101)}, func(name string) *bus.ParamPattern { return bus.SharedPattern(byName[name].Pattern) }); err == nil || !strings.Contains(err.Error(), "at most 100") {
+		t.Errorf("a 101-byte message: %v", err)
+	}
+}

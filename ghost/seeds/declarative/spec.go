@@ -98,6 +98,7 @@ type Param struct {
 	Pattern     string // the effective pattern (the type's when none was given)
 	Default     *string
 	Min, Max    *int64
+	MaxBytes    int
 	Description string
 }
 
@@ -162,6 +163,7 @@ type rawParam struct {
 	Default     *string `toml:"default"`
 	Min         *int64  `toml:"min"`
 	Max         *int64  `toml:"max"`
+	MaxBytes    int     `toml:"max_bytes"`
 	Description string  `toml:"description"`
 }
 
@@ -358,7 +360,7 @@ func param(key, name string, rp rawParam) (Param, *bus.ParamPattern, error) {
 	if !bus.ValidArgName(name) {
 		return Param{}, nil, bad(key, "param name %q: use lowercase a-z 0-9 _, starting with a letter (1-64)", name)
 	}
-	p := Param{Name: name, Type: rp.Type, Required: rp.Required, Pattern: rp.Pattern, Default: rp.Default, Min: rp.Min, Max: rp.Max, Description: rp.Description}
+	p := Param{Name: name, Type: rp.Type, Required: rp.Required, Pattern: rp.Pattern, Default: rp.Default, Min: rp.Min, Max: rp.Max, MaxBytes: rp.MaxBytes, Description: rp.Description}
 	if p.Type == "" {
 		p.Type = TypeString
 	}
@@ -377,6 +379,9 @@ func param(key, name string, rp rawParam) (Param, *bus.ParamPattern, error) {
 	}
 	if (p.Min != nil || p.Max != nil) && p.Type != TypeInt {
 		return Param{}, nil, bad(key, "min and max are for params of type int")
+	}
+	if p.MaxBytes < 0 || (p.MaxBytes > 0 && p.Type != TypeString) {
+		return Param{}, nil, bad(key+".max_bytes", "a positive size, for params of type string")
 	}
 	if p.Min != nil && p.Max != nil && *p.Min > *p.Max {
 		return Param{}, nil, bad(key+".min", "min %d is above max %d", *p.Min, *p.Max)

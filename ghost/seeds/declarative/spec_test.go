@@ -34,6 +34,7 @@ env = ["LANG"]
 [operations.echo.params.message]
 required = true
 pattern = "(?s).*"
+max_bytes = 100
 
 [operations.echo.params.count]
 type = "int"
@@ -68,6 +69,9 @@ func TestParseValid(t *testing.T) {
 	count, _ := echo.Param("count")
 	if count.Type != TypeInt || count.Pattern != typePatterns[TypeInt] || count.Required {
 		t.Fatalf("count %+v", count)
+	}
+	if msg, _ := echo.Param("message"); msg.MaxBytes != 100 {
+		t.Fatalf("message %+v, want max_bytes 100", msg)
 	}
 	uname, _ := s.Operation("uname")
 	if uname.Timeout != DefaultTimeout {
@@ -125,6 +129,9 @@ func TestParseInvalid(t *testing.T) {
 		{"bad pattern", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\npattern = \"(\"", "operations.x.params.p.pattern", "does not compile"},
 		{"bad type", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\ntype = \"float\"", "operations.x.params.p.type", "string, int or bool"},
 		{"bad default", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\ntype = \"int\"\nmax = 3\ndefault = \"9\"", "operations.x.params.p.default", "above the maximum"},
+		{"max_bytes on an int", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\ntype = \"int\"\nmax_bytes = 4", "operations.x.params.p.max_bytes", "type string"},
+		{"negative max_bytes", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\npattern = \".*\"\nmax_bytes = -1", "operations.x.params.p.max_bytes", "positive"},
+		{"default past max_bytes", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\npattern = \".*\"\nmax_bytes = 2\ndefault = \"abc\"", "operations.x.params.p.default", "at most 2"},
 		{"PATH env", head + op + "argv = [\"ls\"]\nenv = [\"PATH\"]", "operations.x.env[0]", "PATH is fixed"},
 		{"undeclared file", head + op + "argv = [\"/bin/sh\", \"{{file:a.sh}}\"]", "operations.x.argv[1]", "no file declared"},
 		{"file not executable", head + "[[files]]\nname = \"a.sh\"\n" + op + "argv = [\"{{file:a.sh}}\"]", "operations.x.argv[0]", "not declared executable"},

@@ -13,15 +13,14 @@ import (
 // ID is the seed id of the flow seed.
 const ID = "seed.flow"
 
-// Limits of the arguments. Both are declared (sleepPattern, the message's max_bytes), so
+// Limits of the arguments. Both are declared (sleep's max, the message's max_bytes), so
 // Mirage refuses an issue past them; the seed checks them again.
 const (
 	MaxSleepMS     = 60000
 	MaxMessageSize = 4096
 )
 
-// sleepPattern matches 0 to MaxSleepMS in decimal, leading zeros allowed.
-const sleepPattern = `0*(?:[0-9]{1,4}|[1-5][0-9]{4}|60000)`
+func ptr[T any](v T) *T { return &v }
 
 // Result statuses.
 const (
@@ -76,7 +75,7 @@ func (s *Seed) Info() bus.SeedInfo {
 				Description: `Wait ms milliseconds (at most 60000), or until the execution is cancelled; stdout is "slept <ms>ms".`,
 				Idempotent:  true,
 				Params: []bus.ParamInfo{
-					{Name: "ms", Required: true, Pattern: sleepPattern, Description: "milliseconds to wait, 0 to 60000"},
+					{Name: "ms", Required: true, Pattern: `[0-9]{1,18}`, Min: ptr(int64(0)), Max: ptr(int64(MaxSleepMS)), Description: "milliseconds to wait, 0 to 60000"},
 				},
 			},
 		},
