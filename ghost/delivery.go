@@ -78,9 +78,10 @@ func jitter(d time.Duration) time.Duration {
 const catchUpLag = 4096
 
 // catchUp handles every command stored on cmd.<id> after the replay position, then moves
-// the position once each has been handled. Without full, and when the Ghost stayed
-// connected since the last full catch-up, a Ghost with executions running waits for an
-// idle tick instead (unless it lags catchUpLag commands behind).
+// the position once each has been handled. Without full (a tick), when the Ghost stayed
+// connected since the last full catch-up, a Ghost with executions running scans instead
+// (unless it lags catchUpLag commands behind), and a replay leaves alone the commands
+// whose execution is finished and recorded.
 func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	g.catchMu.Lock()
 	defer g.catchMu.Unlock()
@@ -134,7 +135,8 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	// nothing about the commands before it. Live delivery is core NATS, and in a cluster
 	// a route that fails drops the messages in flight across it while the Ghost's own
 	// connection, and its reconnect count, stay as they were. The replay reads what came
-	// since the position; the execution store turns what already ran into duplicates.
+	// since the position and runs what was never seen; what ran is a duplicate (a full
+	// catch-up re-sends its event unless acknowledged) or, on a tick, left alone.
 	n, fresh, reached, err := g.replay(ctx, src, position{seq, posID}, last, full)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention
@@ -202,8 +204,8 @@ func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64)
 var errNoSlot = errors.New("no free execution slot")
 
 // caughtUp records a catch-up that read everything up to the end of cmd.<id> as it was
-// after the Ghost's reconnects-th reconnect: until the next one, a tick may take the fast
-// path.
+// after the Ghost's reconnects-th reconnect: until the next one, a busy tick may scan
+// instead of replaying.
 func (g *Ghost) caughtUp(reconnects uint64) {
 	g.needFull.Store(false)
 	g.fullAt.Store(reconnects)
