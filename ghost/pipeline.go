@@ -135,27 +135,29 @@ func (p *Pipeline) claim(commandID string) (release func(), held <-chan struct{}
 // in this process, or the execution store has its record. A store error counts as unknown:
 // Run, which the command then goes through, decides.
 func (p *Pipeline) Known(ctx context.Context, commandID string) bool {
-	p.mu.Lock()
-	_, running := p.running[commandID]
-	p.mu.Unlock()
-	if running {
-		return true
-	}
-	_, err := p.store.GetByCommandID(ctx, commandID)
-	return err == nil
+	running, _, found := p.seen(ctx, commandID)
+	return running || found
 }
 
 // Finished reports whether commandID's execution is over and recorded: no delivery of it
 // holds the command in this process, and the execution store has its finished record.
 func (p *Pipeline) Finished(ctx context.Context, commandID string) bool {
+	running, rec, found := p.seen(ctx, commandID)
+	return !running && found && rec.State == StateFinished
+}
+
+// seen returns whether a delivery of commandID holds it in this process, and its record
+// in the execution store (found false when there is none, or it could not be read). The
+// claim is looked at first: an execution is recorded before its claim ends.
+func (p *Pipeline) seen(ctx context.Context, commandID string) (running bool, rec Execution, found bool) {
 	p.mu.Lock()
-	_, running := p.running[commandID]
+	_, running = p.running[commandID]
 	p.mu.Unlock()
 	if running {
-		return false
+		return true, Execution{}, false
 	}
-	e, err := p.store.GetByCommandID(ctx, commandID)
-	return err == nil && e.State == StateFinished
+	rec, err := p.store.GetByCommandID(ctx, commandID)
+	return false, rec, err == nil
 }
 
 // runningOf returns the channel of the execution of commandID still running in this
