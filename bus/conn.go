@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +49,9 @@ type ConnConfig struct {
 	// Extra options (credentials).
 	Options []nats.Option
 	Logger  *slog.Logger
+	// OnAsyncError, when set, is told every asynchronous error of the connection (a
+	// permissions violation arrives this way, after the publish that caused it).
+	OnAsyncError func(error)
 }
 
 // Connect opens a NATS connection. A client connection that cannot reach the server
@@ -63,13 +67,27 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	}
 	var lastErr atomic.Value // why the latest connect attempt failed (refused, TLS, authorization)
 	if cfg.Persistent {
+		var refused RateLog
 		opts = append(opts,
 			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-				if err != nil {
-					lastErr.Store(err.Error())
-					log.Debug("connect attempt failed", "component", "bus", "err", err)
+				if err == nil {
+					return
 				}
+				lastErr.Store(err.Error())
+				if isAuthError(err) {
+					// Not enrolled yet, revoked, or a key the server does not know: keep
+					// trying (enrolling it lets it in), and say so now and then.
+					if ok, n := refused.Allow(); ok {
+						log.Warn("NATS refuses this identity; retrying (is it enrolled? miragectl fleet ls)", "component", "bus", "err", err, "refusals", n)
+					}
+					return
+				}
+				log.Debug("connect attempt failed", "component", "bus", "err", err)
 			}),
+			// nats.go closes a connection for good after the same authorization error
+			// twice; a daemon must outlive an enrollment made after it started, a
+			// revocation undone, a server reloading its users.
+			nats.IgnoreAuthErrorAbort(),
 			nats.MaxReconnects(-1),
 			nats.ReconnectWait(250*time.Millisecond),
 			nats.ReconnectJitter(250*time.Millisecond, time.Second),
@@ -94,6 +112,25 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 		}
 		opts = append(opts, tlsOpts...)
 	}
+	// Asynchronous errors (a permissions violation, a slow consumer) go to the log, not to
+	// nats.go's default of a raw line on stderr.
+	var asyncErrs RateLog
+	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		if cfg.OnAsyncError != nil {
+			cfg.OnAsyncError(err)
+		}
+		if !cfg.Persistent {
+			log.Debug("NATS error", "component", "bus", "err", err)
+			return
+		}
+		if ok, n := asyncErrs.Allow(); ok {
+			attrs := []any{"component", "bus", "err", err, "count", n}
+			if sub != nil {
+				attrs = append(attrs, "subject", sub.Subject)
+			}
+			log.Warn("NATS error", attrs...)
+		}
+	}))
 	opts = append(opts, cfg.Options...)
 	url := cfg.URL
 	if cfg.InProcess != nil {
@@ -137,4 +174,10 @@ func redact(url string) string {
 		}
 	}
 	return url
+}
+
+// isAuthError reports whether err is the server refusing the connection's identity.
+func isAuthError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) ||
+		strings.Contains(strings.ToLower(err.Error()), "authorization violation")
 }

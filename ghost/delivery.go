@@ -44,8 +44,9 @@ func (g *Ghost) deliveryLoop() {
 		case <-g.stopping:
 			return
 		case <-connected:
-			g.log.Info("reconnected: re-sending unacknowledged events and catching up on missed commands")
+			g.log.Info("reconnected: re-sending unacknowledged events, catching up on missed commands, registering again")
 			g.needFull.Store(true)
+			g.registerAgain("a reconnect")
 			g.resendUnacked(g.run)
 			g.catchUp(g.run, true)
 		case <-g.kick:

@@ -131,6 +131,13 @@ func (g *Ghost) onAnnounce(msg *nats.Msg) {
 		return
 	}
 	g.requestCatchUp() // a Mirage that comes up may have re-dispatched commands
+	g.registerAgain("a Mirage announce")
+}
+
+// registerAgain registers in the background, unless the Ghost is headless and was never
+// attached: after a Mirage announce (a new Mirage may not know it), and after a reconnect
+// (Mirage may have dropped it meanwhile: revoked, then enrolled again).
+func (g *Ghost) registerAgain(after string) {
 	if g.cfg.Policy == PolicyHeadless && !g.Registered() {
 		return
 	}
@@ -140,7 +147,7 @@ func (g *Ghost) onAnnounce(msg *nats.Msg) {
 	go func() {
 		defer g.wg.Done()
 		if err := g.register(g.run); err != nil {
-			g.log.Warn("registration after a Mirage announce failed", "err", err)
+			g.log.Warn("registration after "+after+" failed", "err", err)
 		}
 	}()
 }

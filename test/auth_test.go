@@ -245,6 +245,35 @@ func TestAuthRevokedGhostIsCutOff(t *testing.T) {
 	if err != nil {
 		t.Logf("issue to a revoked ghost: %v", err)
 	}
+	// The revoked Ghost keeps trying (nats.go would give up after two authorization
+	// errors): enrolled again, it is back without a restart.
+	if nc.IsClosed() {
+		t.Fatal("the revoked ghost's connection was closed for good")
+	}
+	if err := f.m.Enroll(context.Background(), "ghost-r", f.keys["ghost-r"].PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 15*time.Second, "ghost-r to reconnect once enrolled again", nc.IsConnected)
+	testenv.Eventually(t, 15*time.Second, "ghost-r to register again", func() bool { _, ok := f.m.Fleet().Get("ghost-r"); return ok })
+	f.mustServe(t, "ghost-r", "after enrolling the revoked ghost again")
+}
+
+// A Ghost started before it is enrolled waits for its enrollment: refused at first, it
+// keeps trying, and once 'fleet add' lets it in it connects, registers and serves.
+func TestAuthGhostStartedBeforeEnrollmentComesIn(t *testing.T) {
+	f := newAuthFleet(t)
+	f.keys["ghost-late"] = newIdentity(t)
+	nc := f.startGhost("ghost-late")
+	time.Sleep(1500 * time.Millisecond) // several refused attempts
+	if nc.IsConnected() || nc.IsClosed() {
+		t.Fatalf("before enrollment: connected %v, closed %v; want refused and still trying", nc.IsConnected(), nc.IsClosed())
+	}
+	if err := f.m.Enroll(context.Background(), "ghost-late", f.keys["ghost-late"].PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 15*time.Second, "ghost-late to connect once enrolled", nc.IsConnected)
+	testenv.Eventually(t, 15*time.Second, "ghost-late to register", func() bool { _, ok := f.m.Fleet().Get("ghost-late"); return ok })
+	f.mustServe(t, "ghost-late", "once enrolled")
 }
 
 // A revocation the server could not apply (its reload failed) leaves the Ghost enrolled,
