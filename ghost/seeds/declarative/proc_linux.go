@@ -27,3 +27,11 @@ func endGroup(cmd *exec.Cmd) {
 	}
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 }
+
+// dieWithGhost has the kernel kill the program when the Ghost dies, however it dies: a
+// program must not run on, past its timeout, after a kill -9 of its Ghost, nor beside
+// the one a restarted Ghost starts for the same idempotent command. (The signal follows
+// the thread that started the program; Go ends a thread only when a goroutine locked to
+// it exits, which the Ghost never does.) What the program started itself is reparented
+// and runs on until it ends: a script should not leave jobs behind.
+func dieWithGhost(a *syscall.SysProcAttr) { a.Pdeathsig = syscall.SIGKILL }
