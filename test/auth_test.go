@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -542,5 +543,31 @@ func TestGhostWithoutInboxPrefixRegistersUnderAuth(t *testing.T) {
 	f.env.StartGhost("ghost-p", testenv.Via(nc), testenv.Policy(ghost.PolicyRequired), testenv.Seeds("seed.flow"))
 	if _, ok := f.m.Fleet().Get("ghost-p"); !ok {
 		t.Fatal("ghost-p started with policy required but is not in Mirage's registry")
+	}
+}
+
+// A client command run with a key the server accepts but that may not do what it asks (a
+// Ghost's) says so: exit 2, one line naming the refused subject and the operator key, not
+// a timeout blamed on Mirage (exit 3) after raw violation lines. Without a key at all the
+// refusal at connect says which key to pass.
+func TestAuthClientWithTheWrongKeySaysPermissionDenied(t *testing.T) {
+	f := newAuthFleet(t, "ghost-k")
+	keyFile := filepath.Join(t.TempDir(), "ghost.nk")
+	if err := f.keys["ghost-k"].Save(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"issue", "--target", "ghost-k", "seed.flow", "status"},
+		{"ghosts"},
+		{"fleet", "add", "ghost-z", newIdentity(t).PublicKey()},
+	} {
+		r := miragectl(t, f.env.URL, append(args, "--nkey", keyFile)...)
+		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "permission denied") || !strings.Contains(r.stderr, "operator key") {
+			t.Errorf("%v with a ghost's key: exit %d, stderr %q; want exit 2 and one line saying permission denied and naming the operator key", args, r.code, r.stderr)
+		}
+	}
+	r := miragectl(t, f.env.URL, "ghosts")
+	if r.code != 3 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "--nkey") {
+		t.Errorf("ghosts without a key: exit %d, stderr %q; want exit 3 and one line naming --nkey", r.code, r.stderr)
 	}
 }

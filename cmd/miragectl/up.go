@@ -292,7 +292,11 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	if cfg.NoLocalGhost {
 		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; Ghosts that register appear in: miragectl ghosts\n", url)
 	} else {
-		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue%s --target %s seed.flow status\n", url, serverFlagFor(url), LocalGhostID)
+		key := ""
+		if auth != nil {
+			key = " --nkey " + auth.operatorFile()
+		}
+		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue%s%s --target %s seed.flow status\n", url, serverFlagFor(url), key, LocalGhostID)
 	}
 	if auth != nil {
 		auth.explain(os.Stderr, url)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/nats-io/nats.go"
@@ -87,7 +88,7 @@ func ExitCode(err error) int {
 // as one line on stderr.
 func Main(run func(ctx context.Context) error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx)
+	err := permissionDenied(run(ctx))
 	stop()
 	if err != nil {
 		var ee *ExitError
@@ -140,11 +141,34 @@ func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*na
 	if err != nil {
 		return nil, err
 	}
-	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bus.ServerURL(server), Name: name, TLS: files, Options: opts})
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bus.ServerURL(server), Name: name, TLS: files, Options: opts, OnAsyncError: notePermission})
 	if err != nil {
+		if strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+			return nil, Exit(ExitUnavailable, fmt.Errorf("%w (the server requires a key this client does not have: pass --nkey FILE or set EDGE_NKEY, the operator's is DATA_DIR/keys/operator.nk)", err))
+		}
 		return nil, Exit(ExitUnavailable, err)
 	}
 	return nc, nil
+}
+
+// refused holds the first permissions violation of this process's connections: the
+// server refuses a publish or subscription asynchronously, and what the command then
+// sees is a timeout or no answer. Main names the refusal instead.
+var refused atomic.Value
+
+func notePermission(err error) {
+	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		refused.CompareAndSwap(nil, err.Error())
+	}
+}
+
+// permissionDenied turns a failure that followed a permissions violation into what it is.
+func permissionDenied(err error) error {
+	v, _ := refused.Load().(string)
+	if v == "" || err == nil {
+		return err
+	}
+	return Invalid("permission denied: %s: this key may not do that; with --auth, client commands need the operator key (--nkey DATA_DIR/keys/operator.nk or EDGE_NKEY)", strings.TrimPrefix(v, "nats: permissions violation: "))
 }
 
 // Environment variables of a client command's TLS: the CA that verifies the server, and
