@@ -186,6 +186,12 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		return fmt.Errorf("data directory %w", err)
 	}
 	defer unlock()
+	served := false // up served: say when all of it has stopped (the deferred server too)
+	defer func() {
+		if served {
+			log.Info("stopped", "component", "miragectl")
+		}
+	}()
 	var auth *upAuth
 	if cfg.Auth {
 		if auth, err = loadUpAuth(dataDir); err != nil {
@@ -302,6 +308,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		auth.explain(os.Stderr, url)
 	}
 	explainTLS(os.Stderr, cfg)
+	served = true
 	<-ctx.Done()
 	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
 	var errs []error
