@@ -182,7 +182,7 @@ func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64)
 	started := 0
 	err := src.read(ctx, after+1, last, func(sseq uint64, data []byte, hdr nats.Header) error {
 		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
-			switch g.tryDispatch(data, hdr) {
+			switch g.dispatchIn(data, hdr, true, nil, false) {
 			case dispatchStopping:
 				return errStopping
 			case dispatchNoSlot:
@@ -301,7 +301,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 	return read, fresh, reached, err
 }
 
-// dispatchResult says what tryDispatch did.
+// dispatchResult says what dispatchIn did.
 type dispatchResult int
 
 const (
@@ -310,47 +310,40 @@ const (
 	dispatchStopping
 )
 
-// tryDispatch runs handle (as a replayed command) in an execution slot if one is free now.
-func (g *Ghost) tryDispatch(data []byte, hdr nats.Header) dispatchResult {
-	select {
-	case g.slots <- struct{}{}:
-	case <-g.stopping:
-		return dispatchStopping
-	default:
-		return dispatchNoSlot
-	}
-	if !g.track() {
-		<-g.slots
-		return dispatchStopping
-	}
-	go g.run1(data, hdr, true, nil)
-	return dispatched
-}
-
 // dispatch runs handle in an execution slot; done is closed when it returns. It returns
 // false when the Ghost is stopping.
 func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan struct{}) bool {
+	return g.dispatchIn(data, hdr, replayed, done, true) == dispatched
+}
+
+// dispatchIn is dispatch, waiting for a slot when wait is set and taking only a free one
+// otherwise.
+func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan struct{}, wait bool) dispatchResult {
 	select {
 	case g.slots <- struct{}{}:
-	case <-g.stopping:
-		return false
+	default:
+		if !wait {
+			return dispatchNoSlot
+		}
+		select {
+		case g.slots <- struct{}{}:
+		case <-g.stopping:
+			return dispatchStopping
+		}
 	}
 	if !g.track() {
 		<-g.slots
-		return false
+		return dispatchStopping
 	}
-	go g.run1(data, hdr, replayed, done)
-	return true
-}
-
-// run1 handles one command in the slot its caller took, then frees the slot.
-func (g *Ghost) run1(data []byte, hdr nats.Header, replayed bool, done chan struct{}) {
-	defer g.wg.Done()
-	defer func() { <-g.slots }()
-	if done != nil {
-		defer close(done)
-	}
-	g.handle(data, hdr, replayed)
+	go func() {
+		defer g.wg.Done()
+		defer func() { <-g.slots }()
+		if done != nil {
+			defer close(done)
+		}
+		g.handle(data, hdr, replayed)
+	}()
+	return dispatched
 }
 
 // resumeUnfinished ends the executions a crash left started (Pipeline.Resume).
