@@ -548,8 +548,8 @@ func TestGhostWithoutInboxPrefixRegistersUnderAuth(t *testing.T) {
 
 // A client command run with a key the server accepts but that may not do what it asks (a
 // Ghost's) says so: exit 2, one line naming the refused subject and the operator key, not
-// a timeout blamed on Mirage (exit 3) after raw violation lines. Without a key at all the
-// refusal at connect says which key to pass.
+// a timeout blamed on Mirage (exit 3) after raw violation lines, and at once. Without a key
+// at all the refusal at connect says which key to pass.
 func TestAuthClientWithTheWrongKeySaysPermissionDenied(t *testing.T) {
 	f := newAuthFleet(t, "ghost-k")
 	keyFile := filepath.Join(t.TempDir(), "ghost.nk")
@@ -564,6 +564,9 @@ func TestAuthClientWithTheWrongKeySaysPermissionDenied(t *testing.T) {
 		r := miragectl(t, f.env.URL, append(args, "--nkey", keyFile)...)
 		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "permission denied") || !strings.Contains(r.stderr, "operator key") {
 			t.Errorf("%v with a ghost's key: exit %d, stderr %q; want exit 2 and one line saying permission denied and naming the operator key", args, r.code, r.stderr)
+		}
+		if r.took > 3*time.Second { // the refusal ends the wait, not the request's timeout
+			t.Errorf("%v with a ghost's key took %s", args, r.took)
 		}
 	}
 	r := miragectl(t, f.env.URL, "ghosts")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,9 +37,11 @@ Exit codes: 0 attached; 2 invalid id or refused; 3 NATS, Mirage or the Ghost unr
 			}
 			defer nc.Close()
 			data, _ := json.Marshal(mirage.AttachRequest{GhostID: args[0]})
-			msg, err := nc.Request(subjects.Attach, data, bus.AttachClientWait)
+			rctx, cancel := context.WithTimeout(ctx, bus.AttachClientWait)
+			defer cancel()
+			msg, err := nc.RequestWithContext(rctx, subjects.Attach, data)
 			if err != nil {
-				if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) {
+				if errors.Is(err, nats.ErrNoResponders) || errors.Is(rctx.Err(), context.DeadlineExceeded) {
 					return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no Mirage answered on %s: is 'miragectl up' running?", subjects.Attach))
 				}
 				return cli.Exit(cli.ExitUnavailable, err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,9 +44,11 @@ func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirag
 	}
 	defer nc.Close()
 	data, _ := json.Marshal(req)
-	msg, err := nc.Request(subject, data, 10*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msg, err := nc.RequestWithContext(rctx, subject, data)
 	if err != nil {
-		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) {
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(rctx.Err(), context.DeadlineExceeded) {
 			return nil, cli.Exit(cli.ExitUnavailable, fmt.Errorf("no Mirage answered on %s: is 'miragectl up' running?", subject))
 		}
 		if errors.Is(err, nats.ErrPermissionViolation) || isPermission(err) {

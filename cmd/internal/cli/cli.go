@@ -88,7 +88,10 @@ func ExitCode(err error) int {
 // as one line on stderr.
 func Main(run func(ctx context.Context) error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(ctx)
+	stopOnRefusal.Store(&cancel)
 	err := permissionDenied(run(ctx))
+	cancel()
 	stop()
 	if err != nil {
 		var ee *ExitError
@@ -156,9 +159,16 @@ func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*na
 // sees is a timeout or no answer. Main names the refusal instead.
 var refused atomic.Value
 
+// stopOnRefusal cancels the command's context: what waits on it (a JetStream call, a
+// request with a context) ends at the refusal instead of at its timeout.
+var stopOnRefusal atomic.Pointer[context.CancelFunc]
+
 func notePermission(err error) {
 	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
 		refused.CompareAndSwap(nil, err.Error())
+		if cancel := stopOnRefusal.Load(); cancel != nil {
+			(*cancel)()
+		}
 	}
 }
 
