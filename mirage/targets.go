@@ -20,7 +20,26 @@ const maxListed = 10
 // resolve turns an issue's target scope into ghost ids, against the fleet registry as it
 // is now (see resolveTargets for the grammar).
 func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
-	return resolveTargets(scope, obj, m.fleet.All(), m.cfg.Now())
+	ids, err := resolveTargets(scope, obj, m.fleet.All(), m.cfg.Now())
+	if err != nil || !m.cfg.RequireSignedEvents {
+		return ids, err
+	}
+	// Under authentication a Ghost connects only with an enrolled key, and only its
+	// enrolled key's events count: a target that is not enrolled can never answer.
+	var missing []string
+	for _, id := range ids {
+		if _, ok := m.enrolled.key(id); !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		more := ""
+		if len(missing) > maxListed {
+			missing, more = missing[:maxListed], fmt.Sprintf(" and %d more", len(missing)-maxListed)
+		}
+		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "not enrolled: %s%s; no Ghost can connect as an id that is not (miragectl fleet add ID KEY; miragectl fleet ls lists the enrolled)", strings.Join(missing, ", "), more)
+	}
+	return ids, nil
 }
 
 // resolveTargets resolves a target scope against the given fleet records and checks that

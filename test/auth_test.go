@@ -242,9 +242,12 @@ func TestAuthRevokedGhostIsCutOff(t *testing.T) {
 	if _, ok := f.m.Fleet().Get("ghost-r"); ok {
 		t.Fatal("a revoked ghost is still in the registry")
 	}
+	// An issue to it is refused at once: no Ghost can connect, nor be believed, as an id
+	// that is not enrolled.
 	_, err := f.client.Issue(context.Background(), testenv.NewIssue("ghost-r", "seed.kv", "get", map[string]string{"key": "x"}, time.Second))
-	if err != nil {
-		t.Logf("issue to a revoked ghost: %v", err)
+	var perr *bus.Error
+	if !errors.Is(err, mirage.ErrRejected) || !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !strings.Contains(perr.Message, "not enrolled: ghost-r") {
+		t.Fatalf("issue to a revoked ghost: %v; want a 1300 refusal saying it is not enrolled", err)
 	}
 	// The revoked Ghost keeps trying (nats.go would give up after two authorization
 	// errors): enrolled again, it is back without a restart.
