@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -66,8 +67,19 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 		opts = append(opts, nats.InProcessServer(cfg.InProcess))
 	}
 	var lastErr atomic.Value // why the latest connect attempt failed (refused, TLS, authorization)
+	// Not enrolled yet, revoked, or a key the server does not know: a daemon keeps trying
+	// (enrolling it lets it in), backing off to authRetryMax so that a refused fleet does
+	// not fill the server's log, and says so now and then. nats.go reports a refusal as a
+	// reconnect error on the first connect and as an asynchronous error on a reconnect.
+	var authRefused atomic.Bool
+	var refusals RateLog
+	noteRefusal := func(err error) {
+		authRefused.Store(true)
+		if ok, n := refusals.Allow(); ok {
+			log.Warn("NATS refuses this identity; retrying (is it enrolled? miragectl fleet ls)", "component", "bus", "err", err, "refusals", n)
+		}
+	}
 	if cfg.Persistent {
-		var refused RateLog
 		opts = append(opts,
 			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 				if err == nil {
@@ -75,11 +87,7 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 				}
 				lastErr.Store(err.Error())
 				if isAuthError(err) {
-					// Not enrolled yet, revoked, or a key the server does not know: keep
-					// trying (enrolling it lets it in), and say so now and then.
-					if ok, n := refused.Allow(); ok {
-						log.Warn("NATS refuses this identity; retrying (is it enrolled? miragectl fleet ls)", "component", "bus", "err", err, "refusals", n)
-					}
+					noteRefusal(err)
 					return
 				}
 				log.Debug("connect attempt failed", "component", "bus", "err", err)
@@ -89,8 +97,12 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 			// revocation undone, a server reloading its users.
 			nats.IgnoreAuthErrorAbort(),
 			nats.MaxReconnects(-1),
-			nats.ReconnectWait(250*time.Millisecond),
-			nats.ReconnectJitter(250*time.Millisecond, time.Second),
+			nats.CustomReconnectDelay(func(attempts int) time.Duration {
+				if authRefused.Load() {
+					return min(authRetryMax, time.Second<<min(max(attempts-1, 0), 5)) + rand.N(time.Second)
+				}
+				return 250*time.Millisecond + rand.N(250*time.Millisecond)
+			}),
 			nats.RetryOnFailedConnect(true),
 			nats.ReconnectBufSize(64<<20),
 			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -99,8 +111,10 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 				}
 			}),
 			nats.ReconnectHandler(func(nc *nats.Conn) {
+				authRefused.Store(false)
 				log.Info("reconnected to NATS", "component", "bus", "peer", nc.ConnectedUrlRedacted())
 			}),
+			nats.ConnectHandler(func(*nats.Conn) { authRefused.Store(false) }),
 		)
 	} else {
 		opts = append(opts, nats.MaxReconnects(2), nats.ReconnectWait(200*time.Millisecond))
@@ -121,6 +135,10 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 		}
 		if !cfg.Persistent {
 			log.Debug("NATS error", "component", "bus", "err", err)
+			return
+		}
+		if isAuthError(err) {
+			noteRefusal(err)
 			return
 		}
 		if ok, n := asyncErrs.Allow(); ok {
@@ -175,6 +193,10 @@ func redact(url string) string {
 	}
 	return url
 }
+
+// authRetryMax is the longest wait between a daemon's connection attempts while the
+// server refuses its identity.
+const authRetryMax = 30 * time.Second
 
 // isAuthError reports whether err is the server refusing the connection's identity.
 func isAuthError(err error) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"fmt"
 	"time"
 
@@ -147,7 +148,13 @@ func (g *Ghost) registerAgain(after string) {
 	go func() {
 		defer g.wg.Done()
 		if err := g.register(g.run); err != nil {
-			g.log.Warn("registration after "+after+" failed", "err", err)
+			level := slog.LevelWarn
+			if errors.Is(err, ErrNoMirage) {
+				// No Mirage yet (a server restarting before Mirage resubscribes): its
+				// announce will ask again.
+				level = slog.LevelDebug
+			}
+			g.log.Log(g.run, level, "registration after "+after+" failed", "err", err)
 		}
 	}()
 }

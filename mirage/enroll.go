@@ -290,6 +290,13 @@ func (m *Mirage) RecordOperatorKey(ctx context.Context, publicKey string) error 
 func (m *Mirage) Revoke(ctx context.Context, ghostID string) error {
 	rest := m.enrolled.all()
 	if _, ok := rest[ghostID]; !ok {
+		if _, registered := m.fleet.Get(ghostID); registered {
+			// A registry record without an enrollment (left from before --auth): nothing
+			// to take from the server, the record goes.
+			m.fleet.forget(ctx, ghostID)
+			m.log.Info("registry record of a ghost that is not enrolled removed", "peer", ghostID)
+			return nil
+		}
 		return bus.FieldError(bus.CodeSemantic, "ghost_id", "ghost %s is not enrolled", ghostID)
 	}
 	delete(rest, ghostID)

@@ -20,12 +20,24 @@ const maxListed = 10
 // resolve turns an issue's target scope into ghost ids, against the fleet registry as it
 // is now (see resolveTargets for the grammar).
 func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
-	ids, err := resolveTargets(scope, obj, m.fleet.All(), m.cfg.Now())
-	if err != nil || !m.cfg.RequireSignedEvents {
-		return ids, err
+	fleet := m.fleet.All()
+	if !m.cfg.RequireSignedEvents {
+		return resolveTargets(scope, obj, fleet, m.cfg.Now())
 	}
 	// Under authentication a Ghost connects only with an enrolled key, and only its
-	// enrolled key's events count: a target that is not enrolled can never answer.
+	// enrolled key's events count: a target that is not enrolled can never answer. Globs,
+	// selectors and "all" see the enrolled Ghosts of the registry only (a record left from
+	// before --auth must not block them); an id named outright must be enrolled.
+	enrolled := make([]GhostRecord, 0, len(fleet))
+	for _, r := range fleet {
+		if _, ok := m.enrolled.key(r.GhostID); ok {
+			enrolled = append(enrolled, r)
+		}
+	}
+	ids, err := resolveTargets(scope, obj, enrolled, m.cfg.Now())
+	if err != nil {
+		return nil, err
+	}
 	var missing []string
 	for _, id := range ids {
 		if _, ok := m.enrolled.key(id); !ok {

@@ -136,3 +136,41 @@ func TestResolveTargetsCapsMessages(t *testing.T) {
 		}
 	}
 }
+
+// Under authentication globs, selectors and "all" see only the enrolled Ghosts of the
+// registry (a record left from before --auth does not block them), and an id named outright
+// that is not enrolled is refused: no Ghost can connect, nor be believed, as it.
+func TestResolveUnderAuthSeesEnrolledGhostsOnly(t *testing.T) {
+	f := &Fleet{ghosts: map[string]*GhostRecord{}}
+	for _, r := range testFleet() {
+		f.ghosts[r.GhostID] = &r
+	}
+	e := newEnrollments(nil)
+	for _, id := range []string{"edge-01", "edge-02", "edge-03"} {
+		e.byID[id] = Enrollment{GhostID: id, PublicKey: "U" + id}
+	}
+	m := &Mirage{fleet: f, enrolled: e, cfg: Config{RequireSignedEvents: true, Now: func() time.Time { return testNow }}}
+	obj := bus.Objective{SeedSelector: "seed.flow", Operation: "status"}
+	for scope, want := range map[string]string{
+		"edge-*":  "edge-01,edge-02,edge-03",
+		"role=db": "edge-01,edge-03",
+		"all":     "edge-01,edge-02,edge-03",
+		"edge-02": "edge-02",
+	} {
+		ids, err := m.resolve(scope, obj)
+		if err != nil || strings.Join(ids, ",") != want {
+			t.Errorf("%s: %v, %v; want %s", scope, ids, err, want)
+		}
+	}
+	for scope, want := range map[string]string{
+		"edge-04":         "not enrolled: edge-04",
+		"edge-01,edge-05": "not enrolled: edge-05",
+		"site=prod":       "no registered ghost matches",
+	} {
+		_, err := m.resolve(scope, obj)
+		var perr *bus.Error
+		if !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !strings.Contains(perr.Message, want) {
+			t.Errorf("%s: %v; want a 1300 refusal saying %q", scope, err, want)
+		}
+	}
+}
