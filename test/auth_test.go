@@ -254,12 +254,19 @@ func TestAuthRevokedGhostIsCutOff(t *testing.T) {
 	if nc.IsClosed() {
 		t.Fatal("the revoked ghost's connection was closed for good")
 	}
-	if err := f.m.Enroll(context.Background(), "ghost-r", f.keys["ghost-r"].PublicKey()); err != nil {
+	f.enrollAndExpectBack(t, "ghost-r", nc, "after enrolling the revoked ghost again")
+}
+
+// enrollAndExpectBack enrolls Ghost id, whose connection nc the server refuses, and waits
+// for it to connect (within its backoff), register and serve, without a restart.
+func (f *authFleet) enrollAndExpectBack(t *testing.T, id string, nc *nats.Conn, when string) {
+	t.Helper()
+	if err := f.m.Enroll(context.Background(), id, f.keys[id].PublicKey()); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 15*time.Second, "ghost-r to reconnect once enrolled again", nc.IsConnected)
-	testenv.Eventually(t, 15*time.Second, "ghost-r to register again", func() bool { _, ok := f.m.Fleet().Get("ghost-r"); return ok })
-	f.mustServe(t, "ghost-r", "after enrolling the revoked ghost again")
+	testenv.Eventually(t, 40*time.Second, id+" to connect once enrolled", nc.IsConnected)
+	testenv.Eventually(t, 15*time.Second, id+" to register", func() bool { _, ok := f.m.Fleet().Get(id); return ok })
+	f.mustServe(t, id, when)
 }
 
 // A Ghost started before it is enrolled waits for its enrollment: refused at first, it
@@ -272,12 +279,7 @@ func TestAuthGhostStartedBeforeEnrollmentComesIn(t *testing.T) {
 	if nc.IsConnected() || nc.IsClosed() {
 		t.Fatalf("before enrollment: connected %v, closed %v; want refused and still trying", nc.IsConnected(), nc.IsClosed())
 	}
-	if err := f.m.Enroll(context.Background(), "ghost-late", f.keys["ghost-late"].PublicKey()); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 15*time.Second, "ghost-late to connect once enrolled", nc.IsConnected)
-	testenv.Eventually(t, 15*time.Second, "ghost-late to register", func() bool { _, ok := f.m.Fleet().Get("ghost-late"); return ok })
-	f.mustServe(t, "ghost-late", "once enrolled")
+	f.enrollAndExpectBack(t, "ghost-late", nc, "once enrolled")
 }
 
 // A revocation the server could not apply (its reload failed) leaves the Ghost enrolled,
