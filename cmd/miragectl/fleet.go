@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -51,7 +50,7 @@ func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirag
 		if errors.Is(err, nats.ErrNoResponders) || errors.Is(rctx.Err(), context.DeadlineExceeded) {
 			return nil, cli.Exit(cli.ExitUnavailable, fmt.Errorf("no Mirage answered on %s: is 'miragectl up' running?", subject))
 		}
-		if errors.Is(err, nats.ErrPermissionViolation) || isPermission(err) {
+		if cli.IsPermission(err) {
 			return nil, cli.Invalid("permission denied on %s: fleet requests need the operator key (--nkey)", subject)
 		}
 		return nil, cli.Exit(cli.ExitUnavailable, err)
@@ -64,10 +63,6 @@ func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirag
 		return &reply, cli.Invalid("Mirage refused: %s", reply.Error.Message)
 	}
 	return &reply, nil
-}
-
-func isPermission(err error) bool {
-	return err != nil && (errors.Is(err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(err.Error()), "permissions violation"))
 }
 
 func newFleetAdd() *cobra.Command {

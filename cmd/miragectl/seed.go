@@ -176,7 +176,7 @@ func storeBundle(ctx context.Context, cmd *cobra.Command, nc *nats.Conn, b *decl
 		return declarative.Manifest{}, cli.Exit(cli.ExitUnavailable, fmt.Errorf("object store %s not found: is 'miragectl up' (a Mirage of this version) running against this server?", bus.BucketSeeds))
 	}
 	if err != nil {
-		if isPermission(err) {
+		if cli.IsPermission(err) {
 			return declarative.Manifest{}, cli.Invalid("permission denied reading %s: pushing seeds needs the operator key (--nkey)", bus.BucketSeeds)
 		}
 		return declarative.Manifest{}, cli.Exit(cli.ExitUnavailable, fmt.Errorf("object store %s: %w", bus.BucketSeeds, err))

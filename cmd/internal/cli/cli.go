@@ -163,8 +163,15 @@ var refused atomic.Value
 // request with a context) ends at the refusal instead of at its timeout.
 var stopOnRefusal atomic.Pointer[context.CancelFunc]
 
+// IsPermission reports whether err is the server refusing a publish or subscription of
+// this client, or its identity.
+func IsPermission(err error) bool {
+	return err != nil && (errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, nats.ErrAuthorization) ||
+		strings.Contains(strings.ToLower(err.Error()), "permissions violation"))
+}
+
 func notePermission(err error) {
-	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+	if IsPermission(err) && !errors.Is(err, nats.ErrAuthorization) {
 		refused.CompareAndSwap(nil, err.Error())
 		if cancel := stopOnRefusal.Load(); cancel != nil {
 			(*cancel)()
