@@ -87,9 +87,14 @@ type Mirage struct {
 	live    map[string]*liveIntent
 	locks   locks
 	reports chan *bus.Report
-	issues  chan struct{}            // slots of issues handled at once
-	replays chan struct{}            // slots of replay requests handled at once
-	claimed map[string]chan struct{} // fresh intent ids being accepted, closed when followed
+	// stored holds the reports in flight, in the order they were published, for the one
+	// goroutine that waits for their stream acks (storedWaiter); publisherDone is closed
+	// when the publisher returns, after which nothing more is queued.
+	stored        reportQueue
+	publisherDone chan struct{}
+	issues        chan struct{}            // slots of issues handled at once
+	replays       chan struct{}            // slots of replay requests handled at once
+	claimed       map[string]chan struct{} // fresh intent ids being accepted, closed when followed
 	// unrecorded holds the fresh intents whose record the store has not confirmed: their
 	// ids stay taken, in memory, until it does (claimIntent).
 	unrecorded    map[string]*IntentRecord
@@ -179,6 +184,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		seedReads:  make(chan struct{}, seedReadSlots),
 		attaches:   make(chan struct{}, 16),
 	}
+	m.stored.ready = make(chan struct{}, 1)
+	m.publisherDone = make(chan struct{})
 	m.running, m.stopRunning = context.WithCancel(context.Background())
 	return m, nil
 }
@@ -203,8 +210,9 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err := m.fleetChanged(); err != nil {
 		return err
 	}
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.publisher() // recovery may finish intents: their reports need it
+	go m.storedWaiter()
 	if err := m.recover(ctx); err != nil {
 		return fmt.Errorf("recover open intents: %w", err)
 	}
@@ -345,6 +353,7 @@ func (m *Mirage) enqueueReport(r *bus.Report) {
 // before (a failed one is retried on its own). When Mirage stops it stores what is left.
 func (m *Mirage) publisher() {
 	defer m.wg.Done()
+	defer close(m.publisherDone)
 	for {
 		select {
 		case r := <-m.reports:
@@ -374,27 +383,102 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 		return
 	}
 	f, err := m.js.PublishMsgAsync(bus.NewReportMsg(r, data))
-	m.wg.Add(1)
+	if err != nil {
+		// Retried apart: a terminal report is retried until stored, and the
+		// publisher must go on with the others meanwhile.
+		m.retryApart(r)
+		return
+	}
+	m.stored.push(inFlightReport{r: r, f: f, giveUpAt: time.Now().Add(reportAckWithin)})
+}
+
+// reportAckWithin is how long a report's stream ack is waited for before it is published
+// again (under the same message id: stored once whatever happened).
+const reportAckWithin = 10 * time.Second
+
+type inFlightReport struct {
+	r        *bus.Report
+	f        jetstream.PubAckFuture
+	giveUpAt time.Time
+}
+
+// reportQueue is an unbounded FIFO: the publisher never waits on the waiter, which may
+// take m.mu (storeIsBack) while enqueueReport holds it waiting on the publisher.
+type reportQueue struct {
+	mu    sync.Mutex
+	q     []inFlightReport
+	ready chan struct{} // signalled when q becomes non-empty
+}
+
+func (q *reportQueue) push(p inFlightReport) {
+	q.mu.Lock()
+	q.q = append(q.q, p)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take returns what is queued, emptying the queue; buf is reused.
+func (q *reportQueue) take(buf []inFlightReport) []inFlightReport {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	buf = append(buf[:0], q.q...)
+	clear(q.q)
+	q.q = q.q[:0]
+	return buf
+}
+
+// storedWaiter follows the stream acks of the reports published asynchronously, in the
+// order they were published (acks of one stream come back in that order), one goroutine
+// for all of them. A report refused or not acked in time is published again apart. It
+// returns once the publisher has and everything queued is settled.
+func (m *Mirage) storedWaiter() {
+	defer m.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var batch []inFlightReport
+	for {
+		batch = m.stored.take(batch)
+		if len(batch) == 0 {
+			select {
+			case <-m.stored.ready:
+				continue
+			case <-m.publisherDone:
+				if batch = m.stored.take(batch); len(batch) == 0 {
+					return
+				}
+			}
+		}
+		for i := range batch {
+			p := &batch[i]
+			timer.Reset(time.Until(p.giveUpAt))
+			select {
+			case <-p.f.Ok():
+				m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", p.r.IntentID, "trace_id", p.r.TraceID, "message_id", p.r.MessageID, "phase", p.r.Phase)
+				m.reportStored(p.r)
+				if !bus.Terminal(p.r.Phase) {
+					m.storeIsBack(p.r.IntentID)
+				}
+			case <-p.f.Err():
+				m.retryApart(p.r)
+			case <-timer.C:
+				m.retryApart(p.r)
+			}
+			timer.Stop()
+			*p = inFlightReport{}
+		}
+	}
+}
+
+// retryApart runs retryReport in a goroutine of its own: a terminal report is retried
+// until stored, which must not hold up the others.
+func (m *Mirage) retryApart(r *bus.Report) {
+	m.wg.Add(1) // the caller holds a count of wg: Close is not past Wait
 	go func() {
 		defer m.wg.Done()
-		if err != nil {
-			// Retried apart: a terminal report is retried until stored, and the
-			// publisher must go on with the others meanwhile.
-			m.retryReport(r)
-			return
-		}
-		select {
-		case <-f.Ok():
-			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
-			m.reportStored(r)
-			if !bus.Terminal(r.Phase) {
-				m.storeIsBack(r.IntentID)
-			}
-		case <-f.Err():
-			m.retryReport(r)
-		case <-time.After(10 * time.Second):
-			m.retryReport(r)
-		}
+		m.retryReport(r)
 	}()
 }
 
