@@ -425,25 +425,40 @@ func (f *Fleet) flush() {
 		}
 	}
 	f.mu.Unlock()
+	// A shard not stored is written again at the next flush.
+	var unstored []uint32
 	futures := make(map[uint32]jetstream.PubAckFuture, len(shards))
 	for sh, m := range shards {
 		data, err := json.Marshal(m)
 		if err == nil {
-			futures[sh], err = f.js.PublishAsync("$KV."+bus.BucketGhosts+"."+presenceKey(sh), data)
+			var fut jetstream.PubAckFuture
+			if fut, err = f.js.PublishAsync("$KV."+bus.BucketGhosts+"."+presenceKey(sh), data); err == nil {
+				futures[sh] = fut
+			}
 		}
 		if err != nil {
 			f.log.Warn("presence not stored", "shard", presenceKey(sh), "err", err)
+			unstored = append(unstored, sh)
 		}
 	}
 	timeout := time.After(10 * time.Second)
 	for sh, fut := range futures {
 		select {
 		case <-fut.Ok():
+			continue
 		case err := <-fut.Err():
 			f.log.Warn("presence not stored", "shard", presenceKey(sh), "err", err)
 		case <-timeout:
 			f.log.Warn("presence not stored", "shard", presenceKey(sh), "err", "no acknowledgement from JetStream within 10s")
 		}
+		unstored = append(unstored, sh)
+	}
+	if len(unstored) > 0 {
+		f.mu.Lock()
+		for _, sh := range unstored {
+			f.seen[sh] = true
+		}
+		f.mu.Unlock()
 	}
 }
 
