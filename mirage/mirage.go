@@ -127,8 +127,11 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "mirage")
-	// A fan-out to thousands of Ghosts keeps that many command publishes in flight.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1<<16))
+	// A fan-out to thousands of Ghosts keeps that many command publishes in flight. An
+	// ack that never comes (lost in a leader change) fails its publish after a while
+	// instead of holding one of those places until the next reconnect: every waiter gives
+	// up sooner (at most 10 s) and publishes again.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1<<16), jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		return nil, err
 	}
