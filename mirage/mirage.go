@@ -456,22 +456,39 @@ func (m *Mirage) storedWaiter() {
 		}
 		for i := range batch {
 			p := &batch[i]
-			timer.Reset(time.Until(p.giveUpAt))
-			select {
-			case <-p.f.Ok():
+			if reportAcked(p, timer) {
 				m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", p.r.IntentID, "trace_id", p.r.TraceID, "message_id", p.r.MessageID, "phase", p.r.Phase)
 				m.reportStored(p.r)
 				if !bus.Terminal(p.r.Phase) {
 					m.storeIsBack(p.r.IntentID)
 				}
-			case <-p.f.Err():
-				m.retryApart(p.r)
-			case <-timer.C:
+			} else {
 				m.retryApart(p.r)
 			}
-			timer.Stop()
 			*p = inFlightReport{}
 		}
+	}
+}
+
+// reportAcked waits for p's stream ack until p.giveUpAt. An answer already there counts
+// even when the wait for an earlier report took p past its time.
+func reportAcked(p *inFlightReport, timer *time.Timer) bool {
+	select {
+	case <-p.f.Ok():
+		return true
+	case <-p.f.Err():
+		return false
+	default:
+	}
+	timer.Reset(time.Until(p.giveUpAt))
+	defer timer.Stop()
+	select {
+	case <-p.f.Ok():
+		return true
+	case <-p.f.Err():
+		return false
+	case <-timer.C:
+		return false
 	}
 }
 
