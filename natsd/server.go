@@ -182,6 +182,9 @@ func Start(cfg Config) (*Server, error) {
 	case "", SyncAlways:
 		opts.SyncAlways = true
 	case SyncInterval:
+		if cfg.SyncEvery < 0 {
+			return nil, fmt.Errorf("embedded server: sync interval %s is negative", cfg.SyncEvery)
+		}
 		opts.SyncInterval = cfg.SyncEvery
 	default:
 		return nil, fmt.Errorf("embedded server: sync %q is not %q or %q", cfg.Sync, SyncAlways, SyncInterval)

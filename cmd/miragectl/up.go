@@ -122,6 +122,12 @@ faster, but an OS crash can lose the last interval's writes.
 			if cfg.Sync != natsd.SyncAlways && cfg.Sync != natsd.SyncInterval {
 				return cli.Invalid("sync (--sync, EDGE_SYNC) %q: use always or interval", cfg.Sync)
 			}
+			if cfg.Sync == natsd.SyncInterval && cfg.SyncInterval <= 0 {
+				return cli.Invalid("sync_interval (--sync-interval, EDGE_SYNC_INTERVAL) %s: use a positive duration such as 30s or 2m", cfg.SyncInterval)
+			}
+			if cfg.Sync != natsd.SyncInterval && cmd.Flags().Changed("sync-interval") {
+				return cli.Invalid("--sync-interval applies with --sync interval only (sync is %s: every write is fsynced)", cfg.Sync)
+			}
 			if cfg.Replicas < 1 || cfg.Replicas > bus.MaxReplicas {
 				return cli.Invalid("replicas (--replicas, EDGE_REPLICAS) %d: use 1 to %d (1 on the embedded server, 3 on a 3-node cluster)", cfg.Replicas, bus.MaxReplicas)
 			}
