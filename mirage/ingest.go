@@ -39,6 +39,7 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, bus.CodeSecurity)
 		return
 	}
+	m.commandEnded(&ev)
 	v, code, reason, done := m.ingest(&ev)
 	redelivered := false
 	if md, err := msg.Metadata(); err == nil {

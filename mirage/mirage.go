@@ -86,6 +86,7 @@ type Mirage struct {
 	mu      sync.Mutex
 	live    map[string]*liveIntent
 	locks   locks
+	lingers *lingers // locks kept for commands that may still run (linger.go)
 	reports chan *bus.Report
 	// stored holds the reports in flight, in the order they were published, for the one
 	// goroutine that waits for their stream acks (storedWaiter); publisherDone is closed
@@ -180,6 +181,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		ending:     map[string]string{},
 		known:      newKnownIntents(),
 		locks:      locks{},
+		lingers:    newLingers(),
 		reports:    make(chan *bus.Report, 4096),
 		issues:     make(chan struct{}, 64),
 		replays:    make(chan struct{}, 16),
@@ -288,6 +290,7 @@ func (m *Mirage) Close() error {
 	m.closing = true
 	m.spawnMu.Unlock()
 	m.wg.Wait()
+	m.stopLingers()
 	m.mu.Lock()
 	for _, li := range m.live {
 		if li.timer != nil {
@@ -611,7 +614,7 @@ func (m *Mirage) finish(intentID string) {
 	if li.timer != nil {
 		li.timer.Stop()
 	}
-	released := m.locks.release(li)
+	released := m.releaseLocks(li)
 	now := m.cfg.Now()
 	rep := li.report(now)
 	outcomes := make([]string, len(li.results))

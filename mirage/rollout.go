@@ -35,18 +35,6 @@ func (l locks) acquire(li *liveIntent, st StepRecord) (key, holder string) {
 	return "", ""
 }
 
-// release frees the locks li holds; it reports whether it held any.
-func (l locks) release(li *liveIntent) bool {
-	held := len(li.locks) > 0
-	for _, k := range li.locks {
-		if l[k] == li.rec.IntentID {
-			delete(l, k)
-		}
-	}
-	li.locks = nil
-	return held
-}
-
 // advance moves li's rollout as far as it can and returns the units to dispatch now, and
 // whether it released locks (so that waiting intents may go on). Called with m.mu held.
 func (m *Mirage) advance(li *liveIntent) (units []int, released bool) {
@@ -57,12 +45,13 @@ func (m *Mirage) advance(li *liveIntent) (units []int, released bool) {
 		if li.started < li.cur {
 			if st.Blocking {
 				if key, holder := m.locks.acquire(li, st); holder != "" {
-					reason := fmt.Sprintf("waiting for lock %s held by intent %s", key, holder)
+					reason := m.lockReason(key, holder)
 					if li.waiting != reason {
 						li.waiting, li.dirty = reason, true
 					}
 					return units, released
 				}
+				li.lockStep = li.cur
 			}
 			li.waiting = ""
 			li.started = li.cur
@@ -99,7 +88,7 @@ func (m *Mirage) advance(li *liveIntent) (units []int, released bool) {
 		if li.stepTerminal[li.cur] < len(st.Targets) {
 			return units, released
 		}
-		released = m.locks.release(li) || released
+		released = m.releaseLocks(li) || released
 		if li.stepSuccess[li.cur] < len(st.Targets) && li.cur+1 < len(steps) {
 			reason := fmt.Sprintf("not started: plan step %d%s did not succeed", li.cur+1, stepName(st))
 			for u := end; u < len(li.results); u++ {

@@ -224,6 +224,59 @@ func TestBlockingStepsContendForALock(t *testing.T) {
 	}
 }
 
+// A blocking step's command may start on its Ghost as late as deliver_by (here: the
+// Ghost's two slots are taken by other work) and run past the intent's deadline. Mirage
+// reports it timeout at the deadline, but the lock stays held until the command's event
+// comes: the next blocking step on the same ghost::seed never runs beside it.
+func TestTimedOutBlockingStepKeepsItsLockUntilItsCommandEnds(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("lock-l", testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 2 }))
+	client := env.Client()
+	ctx := context.Background()
+	for _, ms := range []string{"900", "1000"} { // both slots busy for about a second
+		if _, err := client.Issue(ctx, testenv.NewIssue("lock-l", "seed.flow", "sleep", map[string]string{"ms": ms}, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	first := testenv.NewIssue("lock-l", "", "", nil, 1200*time.Millisecond)
+	first.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "sleep", Args: map[string]string{"ms": "1500"}, Blocking: true}}
+	second := testenv.NewIssue("lock-l", "", "", nil, 10*time.Second)
+	second.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "sleep", Args: map[string]string{"ms": "100"}, Blocking: true}}
+	issueNoWait(t, client, first)
+	issueNoWait(t, client, second)
+
+	a := waitReport(t, client, first.IntentID, 10*time.Second)
+	if a.Phase != bus.PhaseFailed || a.Counts.Timeout != 1 {
+		t.Fatalf("first intent: %s; want it timed out by Mirage while its command runs", a.Summary)
+	}
+	b := waitReport(t, client, second.IntentID, 15*time.Second)
+	if b.Phase != bus.PhaseSatisfied {
+		t.Fatalf("second intent: %s", b.Summary)
+	}
+	var evA, evB *bus.Event
+	for end := time.Now().Add(5 * time.Second); (evA == nil || evB == nil) && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		for _, ev := range env.Events(env.JetStream()) {
+			switch ev.IntentID {
+			case first.IntentID:
+				evA = &ev
+			case second.IntentID:
+				evB = &ev
+			}
+		}
+	}
+	if evA == nil || evB == nil {
+		t.Fatalf("events: first %v, second %v", evA, evB)
+	}
+	if evA.FinishedMS <= a.TimestampMS {
+		t.Fatalf("the first intent's command ended (%d) before Mirage timed it out (%d): the test shows nothing", evA.FinishedMS, a.TimestampMS)
+	}
+	if evB.StartedMS < evA.FinishedMS {
+		t.Fatalf("two blocking steps on lock-l::seed.flow ran at once: first %d..%d, second %d..%d", evA.StartedMS, evA.FinishedMS, evB.StartedMS, evB.FinishedMS)
+	}
+}
+
 // The issue's Done-when: twenty in-process Ghosts with two label sets; the real miragectl
 // with --target role=db --max-concurrency 2 --jsonl streams one line per db Ghost, and the
 // executions, as the Ghosts recorded them in their events, never overlap more than two at
