@@ -75,6 +75,7 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 		// are stored is repaired by the next Mirage's recovery.
 		reply(accepted)
 		m.send(rec, units)
+		m.progress(rec.IntentID) // a taken-up intent may have ended already (adopt)
 		return
 	}
 	// A fresh intent: its commands go out first and its record right behind them, so
@@ -97,6 +98,65 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 	}
 	reply(accepted)
 	m.sendPublished(rec, units, futures, perr)
+}
+
+// recordedAlready reads back the record of an intent whose Create failed (createErr): the
+// key existed, or the store's answer was lost after it stored the record. It returns the
+// record if it is this issue's, and whether the intent is still open (no terminal state);
+// an error for the issue's refusal otherwise.
+func (m *Mirage) recordedAlready(is *bus.Issue, createErr error) (*IntentRecord, bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stored, err := m.Intent(ctx, is.IntentID)
+	switch {
+	case errors.Is(err, ErrIntentNotFound) && !errors.Is(createErr, jetstream.ErrKeyExists):
+		return nil, false, bus.Errorf(bus.CodeInternal, "record intent: %v", createErr)
+	case err != nil:
+		return nil, false, bus.Errorf(bus.CodeInternal, "record intent: %v; reading it back: %v; whether it was recorded is unknown: send this issue again, with the same intent_id, to learn", createErr, err)
+	case !sameIssue(&stored.Issue, is):
+		return nil, false, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", is.IntentID)
+	case bus.Terminal(stored.Phase):
+		return stored, false, nil
+	}
+	phase, err := m.reportPhase(ctx, is.IntentID)
+	if err != nil {
+		return nil, false, bus.Errorf(bus.CodeInternal, "intent %s is recorded; its state is unavailable: %v", is.IntentID, err)
+	}
+	return stored, !bus.Terminal(phase), nil
+}
+
+// adopt follows an open intent that is recorded but was not followed (recordedAlready:
+// its issue was refused when the store's answer to its record was lost), as a restarted
+// Mirage takes up the intents it finds open: the events and sent commands stored since it
+// was created are replayed, the rollout rebuilt, the deadline armed. It returns the units
+// to dispatch now; the caller holds the id's claim, which adopt ends.
+func (m *Mirage) adopt(rec *IntentRecord) []int {
+	li := newLiveIntent(*rec)
+	li.adopting = true // counted events wait for the rebuild to move the rollout
+	m.mu.Lock()
+	m.release(rec.IntentID)
+	m.live[rec.IntentID] = li
+	m.mu.Unlock()
+	m.log.Warn("intent recorded but not followed (its record's answer was lost): taking it up", "intent_id", rec.IntentID)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Units found neither way are dispatched again under their command ids: a Ghost that
+	// ran one re-sends its terminal event instead of running it again.
+	start := time.UnixMilli(rec.CreatedMS).Add(-time.Minute)
+	if err := m.replay(ctx, start); err != nil {
+		m.log.Warn("replaying the events of a taken-up intent failed; its targets are asked again", "intent_id", rec.IntentID, "err", err)
+	}
+	if err := m.replaySent(ctx, start); err != nil {
+		m.log.Warn("reading the sent commands of a taken-up intent failed", "intent_id", rec.IntentID, "err", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	li.adopting = false
+	li.dirty = true
+	li.resume()
+	m.arm(li)
+	units, _ := m.advance(li)
+	return units
 }
 
 // recorded ends the reservation of a fresh intent's id once the store holds its record.
@@ -269,15 +329,16 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		record.Data = data
 		record.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 	} else if _, err = m.intents.Create(ctx, rec.IntentID, data); err != nil {
-		m.unclaim(rec.IntentID)
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			if prior, perr := m.Intent(ctx, rec.IntentID); perr == nil && sameIssue(&prior.Issue, is) {
-				m.log.Info("issue re-sent for a recorded intent: accepted again", "intent_id", rec.IntentID)
-				return prior, nil, nil, nil
+		stored, open, err := m.recordedAlready(is, err)
+		if err != nil || !open {
+			m.unclaim(rec.IntentID)
+			if err != nil {
+				return nil, nil, nil, err
 			}
-			return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
+			m.log.Info("issue re-sent for a recorded intent: accepted again", "intent_id", rec.IntentID)
+			return stored, nil, nil, nil
 		}
-		return nil, nil, nil, bus.Errorf(bus.CodeInternal, "record intent: %v", err)
+		return stored, m.adopt(stored), nil, nil
 	}
 	li := newLiveIntent(*rec)
 	m.mu.Lock()

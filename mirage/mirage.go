@@ -640,7 +640,7 @@ func (m *Mirage) finish(intentID string) {
 func (m *Mirage) progress(intentID string) {
 	m.mu.Lock()
 	li, ok := m.live[intentID]
-	if !ok {
+	if !ok || li.adopting {
 		m.mu.Unlock()
 		return
 	}

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -298,6 +299,52 @@ func TestEndedIntentStaysEndedAcrossMirageRestart(t *testing.T) {
 	}
 	if after := storedIDs(t, js, bus.StreamCommands); len(after) != len(commandsBefore) {
 		t.Fatalf("the restarted Mirage dispatched again: %d commands stored, %d before", len(after), len(commandsBefore))
+	}
+}
+
+// An intent recorded in edge_intents but not followed: its issue was refused because the
+// store's answer to the record was lost (simulated: the id is claimed by a refused issue,
+// then the record is written as that lost Create would have). When the client sends the
+// issue again, Mirage takes the intent up: it runs once and ends with a terminal report,
+// instead of being "accepted again" and never reported (and run only by the next Mirage).
+func TestRecordedButUnfollowedIntentIsTakenUpWhenItsIssueComesAgain(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-adopt")
+	client := env.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	is := testenv.NewIssue("edge-adopt", "seed.kv", "incr", map[string]string{"key": "a"}, 10*time.Second)
+	refused := *is
+	refused.DeliverByMS = time.Now().Add(-time.Hour).UnixMilli()
+	if _, err := client.Issue(ctx, &refused); !errors.Is(err, mirage.ErrRejected) {
+		t.Fatalf("want the issue refused, got %v", err)
+	}
+	now := time.Now()
+	rec := mirage.IntentRecord{IntentID: is.IntentID, Issue: *is, Targets: []string{"edge-adopt"},
+		Steps:     []mirage.StepRecord{{Objective: is.Objective, Targets: []string{"edge-adopt"}}},
+		MaxErrors: -1, CreatedMS: now.UnixMilli(), DeadlineMS: now.Add(10 * time.Second).UnixMilli(),
+		DeliverByMS: now.Add(10 * time.Second).UnixMilli(), Phase: bus.PhasePending}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := env.JetStream().KeyValue(ctx, bus.BucketIntents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, is.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	if rep := env.Run(client, is); rep.Phase != bus.PhaseSatisfied || rep.Results[0].Stdout != "1" {
+		t.Fatalf("the issue sent again: %s %+v; want it taken up and run once", rep.Summary, rep.Results)
+	}
+	if rep := env.Run(client, is); rep.Phase != bus.PhaseSatisfied || rep.Results[0].Stdout != "1" {
+		t.Fatalf("the issue sent a third time: %s %+v; want the same terminal report, nothing run again", rep.Summary, rep.Results)
+	}
+	get := env.Run(client, testenv.NewIssue("edge-adopt", "seed.kv", "get", map[string]string{"key": "a"}, 10*time.Second))
+	if get.Phase != bus.PhaseSatisfied || get.Results[0].Stdout != "1" {
+		t.Fatalf("the counter: %s %+v; want 1 (run once)", get.Summary, get.Results)
 	}
 }
 
