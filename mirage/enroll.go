@@ -246,6 +246,14 @@ func (e *enrollments) remove(ctx context.Context, ghostID string) (bool, error) 
 
 // Enroll binds ghostID to publicKey (as 'fleet add' does).
 func (m *Mirage) Enroll(ctx context.Context, ghostID, publicKey string) error {
+	if err := m.enroll(ctx, ghostID, publicKey); err != nil {
+		return err
+	}
+	return m.fleetChanged()
+}
+
+// enroll records an enrollment; the caller applies it (fleetChanged).
+func (m *Mirage) enroll(ctx context.Context, ghostID, publicKey string) error {
 	if err := subjects.ValidateGhostID(ghostID); err != nil {
 		return bus.FieldError(bus.CodeSemantic, "ghost_id", "%s", subjects.Reason(err))
 	}
@@ -271,7 +279,7 @@ func (m *Mirage) Enroll(ctx context.Context, ghostID, publicKey string) error {
 		return bus.Errorf(bus.CodeInternal, "store enrollment: %v", err)
 	}
 	m.log.Info("ghost enrolled", "peer", ghostID)
-	return m.fleetChanged()
+	return nil
 }
 
 // RecordOperatorKey stores the operator's public key in KV edge_fleet, so that

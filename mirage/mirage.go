@@ -38,6 +38,12 @@ type Config struct {
 	// OnFleetChange is called with the enrolled Ghosts (id → public key) after every
 	// enrollment change, to apply them to the server Mirage embeds.
 	OnFleetChange func(enrolled map[string]string) error
+	// OperatorKey, when set, is recorded in edge_fleet at Start (RecordOperatorKey).
+	OperatorKey string
+	// EnrollAtStart enrolls these Ghosts (id → public key) at Start, before Mirage takes
+	// issues: 'up --auth' enrolls its local Ghost so, and an issue to it made as soon as
+	// Mirage answers is not refused as not enrolled.
+	EnrollAtStart map[string]string
 }
 
 func (c *Config) defaults() {
@@ -210,6 +216,16 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if m.cfg.Identity != nil {
 		if err := m.enrolled.put(ctx, FleetKeyMirage, Enrollment{GhostID: FleetKeyMirage, PublicKey: m.cfg.Identity.PublicKey(), EnrolledMS: m.cfg.Now().UnixMilli()}); err != nil {
 			return fmt.Errorf("record Mirage's key: %w", err)
+		}
+	}
+	if m.cfg.OperatorKey != "" {
+		if err := m.RecordOperatorKey(ctx, m.cfg.OperatorKey); err != nil {
+			return fmt.Errorf("record the operator's key: %w", err)
+		}
+	}
+	for id, pub := range m.cfg.EnrollAtStart {
+		if err := m.enroll(ctx, id, pub); err != nil {
+			return fmt.Errorf("enroll %s: %w", id, err)
 		}
 	}
 	if err := m.fleetChanged(); err != nil {

@@ -242,6 +242,10 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		mconn.Options = []nats.Option{auth.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())}
 		mcfg.Identity = auth.mirage
 		mcfg.RequireSignedEvents = true
+		mcfg.OperatorKey = auth.operator.PublicKey()
+		if !cfg.NoLocalGhost {
+			mcfg.EnrollAtStart = map[string]string{LocalGhostID: auth.local.PublicKey()}
+		}
 		if ns != nil {
 			mcfg.OnFleetChange = fleetChange(ns, auth, cfg)
 		}
@@ -267,12 +271,6 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 			return err
 		}
 		defer stopMetrics()
-	}
-	if auth != nil {
-		if err := auth.record(ctx, m, !cfg.NoLocalGhost); err != nil {
-			_ = m.Close()
-			return err
-		}
 	}
 
 	var stopGhost func() error

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -9,7 +8,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/edgectl/edgectl/bus"
-	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/natsd"
 )
 
@@ -47,17 +45,6 @@ func (a *upAuth) users(enrolled map[string]string, local bool) []*server.NkeyUse
 		ghosts[LocalGhostID] = a.local.PublicKey()
 	}
 	return natsd.Users(a.operator.PublicKey(), a.mirage.PublicKey(), ghosts)
-}
-
-// record stores the operator key (for 'fleet auth-config') and enrolls the local Ghost.
-func (a *upAuth) record(ctx context.Context, m *mirage.Mirage, local bool) error {
-	if err := m.RecordOperatorKey(ctx, a.operator.PublicKey()); err != nil {
-		return err
-	}
-	if local {
-		return m.Enroll(ctx, LocalGhostID, a.local.PublicKey())
-	}
-	return nil
 }
 
 // explain tells the operator how to use the keys; it prints public keys and paths only.
