@@ -104,7 +104,24 @@ func AsError(err error) *Error {
 	}
 	var pe *Error
 	if errors.As(err, &pe) {
+		if !KnownCode(pe.Code) {
+			return Errorf(CodeInternal, "error code %d outside the taxonomy: %s", pe.Code, pe.Message)
+		}
+		if pe.Class != ClassOf(pe.Code) {
+			return &Error{Code: pe.Code, Class: ClassOf(pe.Code), Message: pe.Message, Field: pe.Field}
+		}
 		return pe
 	}
 	return Errorf(CodeInternal, "%v", err)
+}
+
+// KnownCode reports whether c is a code of the taxonomy.
+func KnownCode(c Code) bool {
+	switch c {
+	case CodeTransport, CodeFraming, CodeTooLarge, CodeDecode, CodeSemantic, CodeRuntime,
+		CodeExecTimeout, CodeInternal, CodeBusy, CodeExpired, CodeInterrupted, CodeSecurity,
+		CodeNoResponse, CodeSkipped:
+		return true
+	}
+	return false
 }

@@ -77,3 +77,14 @@ func TestAsError(t *testing.T) {
 		t.Errorf("AsError(plain error) = %+v, want an internal error keeping the message", got)
 	}
 }
+
+// An error carried as a *bus.Error leaves as a code of the taxonomy with its own class,
+// whatever a seed built: an unknown code becomes internal, a wrong class is corrected.
+func TestAsErrorKeepsToTheTaxonomy(t *testing.T) {
+	if e := bus.AsError(&bus.Error{Code: 42, Class: "mine", Message: "boom"}); e.Code != bus.CodeInternal || e.Class != bus.ClassInternal || !strings.Contains(e.Message, "boom") {
+		t.Errorf("unknown code: %+v", e)
+	}
+	if e := bus.AsError(&bus.Error{Code: bus.CodeRuntime, Class: "security", Message: "boom"}); e.Code != bus.CodeRuntime || e.Class != bus.ClassRuntime {
+		t.Errorf("wrong class: %+v", e)
+	}
+}

@@ -87,6 +87,23 @@ func required(field, v string) error {
 	return nil
 }
 
+// MaxActor bounds an issue's actor: a name, logged with every intent.
+const MaxActor = 256
+
+func maxLen(field, v string, limit int) error {
+	if len(v) > limit {
+		return FieldError(CodeSemantic, field, "is %d bytes, at most %d are allowed", len(v), limit)
+	}
+	return nil
+}
+
+func notNegative(field string, v int64) error {
+	if v < 0 {
+		return FieldError(CodeSemantic, field, "is %d: unix milliseconds, or 0 for none", v)
+	}
+	return nil
+}
+
 func positive(field string, v int64) error {
 	if v <= 0 {
 		return FieldError(CodeSemantic, field, "missing or not positive")
@@ -152,7 +169,9 @@ func (m *Issue) Validate() error {
 	}
 	if err := first(intent,
 		required("actor", m.Actor),
+		maxLen("actor", m.Actor, MaxActor),
 		required("target_scope", m.TargetScope),
+		notNegative("deliver_by_ms", m.DeliverByMS),
 		timeout("timeout_ms", m.TimeoutMS),
 		rolloutLimit("max_concurrency", m.MaxConcurrency),
 		rolloutLimit("max_errors", m.MaxErrors),
@@ -311,7 +330,13 @@ func (m *Event) Validate() error {
 		if m.Error.Code == 0 {
 			return FieldError(CodeSemantic, "error.code", "missing")
 		}
-		return first(required("error.class", m.Error.Class), required("error.message", m.Error.Message))
+		if !KnownCode(m.Error.Code) {
+			return FieldError(CodeSemantic, "error.code", "%d is not a code of the taxonomy", m.Error.Code)
+		}
+		if m.Error.Class != ClassOf(m.Error.Code) {
+			return FieldError(CodeSemantic, "error.class", "is %q; code %d is of class %q", m.Error.Class, m.Error.Code, ClassOf(m.Error.Code))
+		}
+		return required("error.message", m.Error.Message)
 	case "":
 		return FieldError(CodeSemantic, "outcome", "missing")
 	default:

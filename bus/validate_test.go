@@ -51,6 +51,9 @@ var invalids = []invalid{
 	{name: "issue timeout over 24h", file: "issue.json", edit: set("timeout_ms", bus.MaxTimeout+1), code: bus.CodeSemantic, field: "timeout_ms"},
 	{name: "issue timeout 24h", file: "issue.json", edit: set("timeout_ms", bus.MaxTimeout)},
 	{name: "issue timeout negative", file: "issue.json", edit: set("timeout_ms", -1), code: bus.CodeSemantic, field: "timeout_ms"},
+	{name: "issue deliver_by_ms negative", file: "issue.json", edit: set("deliver_by_ms", -1), code: bus.CodeSemantic, field: "deliver_by_ms"},
+	{name: "issue actor at the limit", file: "issue.json", edit: set("actor", strings.Repeat("a", bus.MaxActor))},
+	{name: "issue actor too long", file: "issue.json", edit: set("actor", strings.Repeat("a", bus.MaxActor+1)), code: bus.CodeSemantic, field: "actor"},
 
 	// Issue reply.
 	{name: "reply status unknown", file: "issue_reply_accepted.json", edit: set("status", "maybe"), code: bus.CodeSemantic, field: "status"},
@@ -86,6 +89,8 @@ var invalids = []invalid{
 	{name: "event outcome unknown", file: "event_success.json", edit: set("outcome", "maybe"), code: bus.CodeSemantic, field: "outcome"},
 	{name: "event outcome timeout is not an event outcome", file: "event_success.json", edit: set("outcome", "timeout"), code: bus.CodeSemantic, field: "outcome"},
 	{name: "event error with code 0", file: "event_error.json", edit: set("error.code", 0), code: bus.CodeSemantic, field: "error.code"},
+	{name: "event error code outside the taxonomy", file: "event_error.json", edit: set("error.code", 99999), code: bus.CodeSemantic, field: "error.code"},
+	{name: "event error class not its code's", file: "event_error.json", edit: set("error.class", "security"), code: bus.CodeSemantic, field: "error.class", mention: "runtime"},
 	{name: "event error for a malformed command", file: "event_error.json", edit: del("intent_id", "seed_id", "operation")},
 	{name: "event success empty intent_id", file: "event_success.json", edit: set("intent_id", ""), code: bus.CodeSemantic, field: "intent_id"},
 	{name: "event error invalid intent_id", file: "event_error.json", edit: set("intent_id", "int.1"), code: bus.CodeSemantic, field: "intent_id"},
