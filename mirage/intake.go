@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,7 +40,15 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 	}
 	reject := func(err error) {
 		perr := bus.AsError(err)
-		m.log.Warn("issue rejected", "direction", "in", "message_type", bus.TypeIssue, "intent_id", is.IntentID, "trace_id", is.TraceID, "code", perr.Code, "err", perr.Message)
+		// The client reads the reason in its answer; the log says it at most once per
+		// bus.RateLogEvery (with how many it stands for), so a flood does not flood it.
+		level := slog.LevelDebug
+		attrs := []any{"direction", "in", "message_type", bus.TypeIssue, "intent_id", is.IntentID, "trace_id", is.TraceID, "code", perr.Code, "err", perr.Message}
+		if ok, n := m.issueRefusals.Allow(); ok {
+			level = slog.LevelWarn
+			attrs = append(attrs, "rejected_issues", n)
+		}
+		m.log.Log(context.Background(), level, "issue rejected", attrs...)
 		reply(&bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: is.IntentID, Status: "rejected", Error: perr})
 	}
 	if err := bus.Decode(msg.Data, &is); err != nil {

@@ -119,11 +119,12 @@ type Mirage struct {
 	// replayRefusals bounds the warnings about malformed replay requests.
 	replayRefusals bus.RateLog
 
-	seedGate     *ghostGate    // one seed read request per Ghost at a time, bus.SeedEvery after the last ended
-	seedReads    chan struct{} // slots of seed reads served at once
-	lostReports  bus.RateLog   // bounds the warnings about in_progress reports not stored
-	attaches     chan struct{} // attach requests relayed at once
-	seedRefusals bus.RateLog   // bounds the warnings about malformed seed read requests
+	seedGate      *ghostGate    // one seed read request per Ghost at a time, bus.SeedEvery after the last ended
+	seedReads     chan struct{} // slots of seed reads served at once
+	lostReports   bus.RateLog   // bounds the warnings about in_progress reports not stored
+	attaches      chan struct{} // attach requests relayed at once
+	seedRefusals  bus.RateLog   // bounds the warnings about malformed seed read requests
+	issueRefusals bus.RateLog   // bounds the warnings about rejected issues
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
