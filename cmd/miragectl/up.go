@@ -250,6 +250,11 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 			mcfg.OnFleetChange = fleetChange(ns, auth, cfg)
 		}
 	}
+	if ns == nil {
+		if err := probeServer(ctx, mconn); err != nil {
+			return err
+		}
+	}
 	mnc, err := bus.Connect(ctx, mconn)
 	if err != nil {
 		return cli.Exit(cli.ExitUnavailable, err)
