@@ -70,11 +70,34 @@ func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, err
 	return &reply, nil
 }
 
+// NoJetStreamError is returned when the server has no JetStream (or none for this
+// client's account): edgectl's state lives there, so nothing can be read. It counts as
+// bus.ErrUnavailable (exit 3 in the CLIs).
+type NoJetStreamError struct{ URL string }
+
+func (e *NoJetStreamError) Error() string {
+	return fmt.Sprintf("the NATS server at %s has no JetStream, which edgectl needs: run nats-server with JetStream (nats-server -js, or jetstream {} in its configuration)", e.URL)
+}
+
+// Is makes a NoJetStreamError match bus.ErrUnavailable.
+func (e *NoJetStreamError) Is(target error) bool { return target == bus.ErrUnavailable }
+
+// IsNoJetStream reports whether err is a JetStream API request nobody answered, or the
+// server saying JetStream is off: the server has no JetStream.
+func IsNoJetStream(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
+}
+
 // notProvisioned explains a missing edgectl asset: no Mirage ever ran against this server
-// (or against this account). Other errors are returned as they are.
-func notProvisioned(err error, asset string) error {
+// (or against this account), or the server has no JetStream at all. Other errors are
+// returned as they are.
+func (c *Client) notProvisioned(err error, asset string) error {
 	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) {
 		return fmt.Errorf("%w: it has no %s (has a Mirage run against it?)", bus.ErrNotProvisioned, asset)
+	}
+	if IsNoJetStream(err) {
+		return &NoJetStreamError{URL: c.nc.ConnectedUrlRedacted()}
 	}
 	return err
 }
@@ -88,7 +111,7 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 	}
 	stream, err := c.js.Stream(ctx, bus.StreamReports)
 	if err != nil {
-		return nil, notProvisioned(err, "stream "+bus.StreamReports)
+		return nil, c.notProvisioned(err, "stream "+bus.StreamReports)
 	}
 	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID))
 	if err != nil {
@@ -190,7 +213,7 @@ func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bu
 	// first result an intent has none: start from its record.
 	_, seq, err := newestReport(ctx, c.js, intentID)
 	if err != nil {
-		return notProvisioned(err, "stream "+bus.StreamReports)
+		return c.notProvisioned(err, "stream "+bus.StreamReports)
 	}
 	if seq == 0 {
 		if r, err := c.pendingReport(ctx, intentID); err == nil && !fn(r) {
@@ -265,7 +288,7 @@ type GhostStatus struct {
 func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 	kv, err := c.js.KeyValue(ctx, bus.BucketGhosts)
 	if err != nil {
-		return nil, notProvisioned(err, "KV bucket "+bus.BucketGhosts)
+		return nil, c.notProvisioned(err, "KV bucket "+bus.BucketGhosts)
 	}
 	recs, err := ReadFleet(ctx, kv)
 	if err != nil {
@@ -293,7 +316,7 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 func (c *Client) Intents(ctx context.Context, limit int) ([]IntentRecord, error) {
 	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {
-		return nil, notProvisioned(err, "KV bucket "+bus.BucketIntents)
+		return nil, c.notProvisioned(err, "KV bucket "+bus.BucketIntents)
 	}
 	// One watcher streams every current value, rather than one get per key.
 	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())

@@ -35,3 +35,22 @@ func TestUpAgainstAnUnreachableServerFailsAtOnce(t *testing.T) {
 		t.Fatalf("exit %d after %s, stderr %q; want exit 3 within 10s saying NATS at %s cannot be reached", r.code, took.Round(time.Millisecond), r.stderr, url)
 	}
 }
+
+// Against a server without JetStream, 'up --server' and the commands that read
+// edgectl's state say so at once (exit 3), rather than "no responders available".
+func TestServerWithoutJetStreamIsNamed(t *testing.T) {
+	env := testenv.New(t, testenv.Listen(), testenv.NoJetStream())
+	mctl, _ := testenv.Binaries(t)
+	want := "the NATS server at " + env.URL + " has no JetStream"
+	start := time.Now()
+	r := execRun(t, mctl, nil, "up", "--server", env.URL, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data"))
+	if took := time.Since(start); r.code != 3 || !strings.Contains(r.stderr, want) || took > 10*time.Second {
+		t.Errorf("up: exit %d after %s, stderr %q; want exit 3 within 10s and %q", r.code, took.Round(time.Millisecond), r.stderr, want)
+	}
+	for _, args := range [][]string{{"ghosts"}, {"intents"}, {"report", "int_abc"}} {
+		r := miragectl(t, env.URL, args...)
+		if r.code != 3 || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line with %q", args, r.code, r.stderr, want)
+		}
+	}
+}

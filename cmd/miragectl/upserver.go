@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/mirage"
 )
 
 // probeServer checks, before Mirage starts, that the server 'up --server' names can be
-// reached. Mirage's own connection retries forever (a daemon outlives a server restart),
+// reached and has JetStream. Mirage's own connection retries forever (a daemon outlives a server restart),
 // so without this a wrong URL or a stopped server would surface only as provisioning
 // timing out half a minute later, as "context deadline exceeded".
 func probeServer(ctx context.Context, conn bus.ConnConfig) error {
@@ -28,5 +32,17 @@ func probeServer(ctx context.Context, conn bus.ConnConfig) error {
 		return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s cannot be reached: %s (check --server: up needs a running nats-server with JetStream there)", conn.URL, why))
 	}
 	defer nc.Close()
+	// A server without JetStream answers no JetStream API request: say so now, rather
+	// than "no responders" once provisioning gave up. Other answers (a cluster still
+	// electing its meta leader) are left to provisioning, which waits for them.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := js.AccountInfo(actx); mirage.IsNoJetStream(err) {
+		return cli.Exit(cli.ExitUnavailable, &mirage.NoJetStreamError{URL: conn.URL})
+	}
 	return nil
 }

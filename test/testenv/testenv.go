@@ -47,6 +47,7 @@ type options struct {
 	users  []*server.NkeyUser
 	tls    *bus.TLSFiles  // tls.go
 	certs  []*server.User // tls.go
+	noJS   bool
 }
 
 // Users turns on nkey authentication with these users.
@@ -57,6 +58,9 @@ func Listen() Option { return func(o *options) { o.listen = true } }
 
 // Sync sets the JetStream sync setting.
 func Sync(s string) Option { return func(o *options) { o.sync = s } }
+
+// NoJetStream starts a server without JetStream, as plain nats-server runs.
+func NoJetStream() Option { return func(o *options) { o.noJS = true } }
 
 // StoreDir reuses a store directory (to restart a server on the same store).
 func StoreDir(dir string) Option { return func(o *options) { o.dir = dir } }
@@ -83,6 +87,9 @@ func (e *Env) start() {
 	cfg := natsd.Config{StoreDir: filepath.Join(o.dir, "js"), Sync: o.sync, Logger: e.Log, DontListen: !o.listen, Users: o.users, TLS: o.tls, CertUsers: o.certs}
 	if o.listen {
 		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", o.port)
+	}
+	if o.noJS {
+		cfg.Customize = func(so *server.Options) error { so.JetStream = false; return nil }
 	}
 	ns, err := natsd.Start(cfg)
 	if err != nil {
