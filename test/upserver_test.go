@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -52,5 +53,20 @@ func TestServerWithoutJetStreamIsNamed(t *testing.T) {
 		if r.code != 3 || !strings.Contains(r.stderr, want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line with %q", args, r.code, r.stderr, want)
 		}
+	}
+}
+
+// A waiting 'issue' outlives a restart of its server (as when 'up' restarts): it
+// reconnects and prints the terminal report, rather than dying with "connection closed".
+func TestIssueWaitsAcrossAServerRestart(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirageOn(env.URLConn("mirage", ""), mirage.Config{})
+	env.StartGhost("edge-w", testenv.Via(env.URLConn("ghost edge-w", "")))
+	mctl, _ := testenv.Binaries(t)
+	p := testenv.Start(t, mctl, "issue", "--server", env.URL, "--target", "edge-w", "--timeout", "30s", "seed.flow", "sleep", "ms=3000")
+	time.Sleep(time.Second)
+	env.RestartServer(2 * time.Second)
+	if code := p.Wait(40 * time.Second); code != 0 || !strings.Contains(p.Output(), "satisfied: 1/1 succeeded") {
+		t.Fatalf("issue: exit %d, output %q; want exit 0 and the terminal report", code, p.Output())
 	}
 }

@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/user"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
@@ -145,7 +147,20 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				return cli.Invalid("%s", bus.AsError(err).Message)
 			}
 			ctx := cmd.Context()
-			client, done, err := cf.client(ctx, "miragectl issue")
+			// A waiting issue outlives a restart of 'up' or of its server: its connection
+			// keeps reconnecting (the wait below bounds it), and the report watch, an
+			// ordered consumer, picks up where it was.
+			var reconnect []nats.Option
+			if !noWait {
+				var said atomic.Bool
+				reconnect = []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+					nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+						if err != nil && said.CompareAndSwap(false, true) {
+							fmt.Fprintln(os.Stderr, "lost the connection to NATS; reconnecting and waiting for the report (the intent goes on)")
+						}
+					})}
+			}
+			client, done, err := cf.client(ctx, "miragectl issue", reconnect...)
 			if err != nil {
 				return err
 			}
@@ -188,7 +203,7 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				if ctx.Err() != nil {
 					return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("interrupted; the intent goes on: miragectl report %s --wait", reply.IntentID))
 				}
-				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no terminal report for %s: %v (is Mirage running?)", reply.IntentID, err))
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("the intent %s was accepted and goes on, but its report could not be followed (%v): follow it with: %s", reply.IntentID, err, cf.reportHint(reply.IntentID)))
 			}
 			switch {
 			case asJSONL:
@@ -216,6 +231,12 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 	f.StringVar(&planPath, "plan", "", "run the ordered steps of a TOML plan file as one intent (see 'miragectl issue --help')")
 	f.DurationVar(&deliverWithin, "deliver-within", 0, "commands not delivered within this are not run (expired); default: the whole --timeout")
 	return c
+}
+
+// reportHint is the command that follows an intent to its end, with the --server this
+// command needed, so that it can be copied as it is.
+func (f *clientFlags) reportHint(intentID string) string {
+	return "miragectl report " + intentID + " --wait" + serverFlagFor(bus.ServerURL(f.server))
 }
 
 // parseArgs reads KEY=VALUE operation arguments.

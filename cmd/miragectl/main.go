@@ -34,9 +34,10 @@ func (f *clientFlags) register(c *cobra.Command) {
 	c.Flags().StringVar(&f.nkey, "nkey", "", "nkey seed file to authenticate with (default $EDGE_NKEY; 'up --auth' writes the operator's as DATA_DIR/keys/operator.nk)")
 }
 
-// client opens the connection and a Mirage client on it; close ends both.
-func (f *clientFlags) client(ctx context.Context, name string) (client *mirage.Client, close func(), err error) {
-	nc, err := f.connect(ctx, name)
+// client opens the connection and a Mirage client on it; close ends both. Extra options
+// adjust the connection (a waiting issue reconnects: see issue.go).
+func (f *clientFlags) client(ctx context.Context, name string, opts ...nats.Option) (client *mirage.Client, close func(), err error) {
+	nc, err := f.connect(ctx, name, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -49,12 +50,11 @@ func (f *clientFlags) client(ctx context.Context, name string) (client *mirage.C
 }
 
 // connect opens the client connection, authenticated with --nkey when given.
-func (f *clientFlags) connect(ctx context.Context, name string) (*nats.Conn, error) {
+func (f *clientFlags) connect(ctx context.Context, name string, opts ...nats.Option) (*nats.Conn, error) {
 	path := f.nkey
 	if path == "" {
 		path = os.Getenv("EDGE_NKEY")
 	}
-	var opts []nats.Option
 	if path != "" {
 		id, err := bus.LoadIdentity(path)
 		if err != nil {
