@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,7 +140,7 @@ func TestGhostConfigErrorsNameTheirSource(t *testing.T) {
 }
 
 // A daemon that cannot start in its environment (here a state or data directory that
-// cannot be made) exits 3, not 1, which says an intent finished unsatisfied.
+// cannot be made, a metrics port in use) exits 3, not 1, which says an intent finished unsatisfied.
 func TestDaemonsThatCannotStartExitThree(t *testing.T) {
 	mctl, gctl := testenv.Binaries(t)
 	blocker := filepath.Join(t.TempDir(), "a-file")
@@ -150,9 +151,15 @@ func TestDaemonsThatCannotStartExitThree(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("id = \"edge-d\"\npolicy = \"headless\"\nstate_dir = \""+filepath.Join(blocker, "state")+"\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
 	for _, args := range [][]string{
 		{mctl, "up", "--data-dir", filepath.Join(blocker, "data"), "--nats-listen", "127.0.0.1:0"},
 		{gctl, "run", "--config", cfg},
+		{mctl, "up", "--data-dir", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--metrics-listen", busy.Addr().String()},
 	} {
 		r := execRun(t, args[0], nil, args[1:]...)
 		if r.code != 3 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {

@@ -198,6 +198,21 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 			log.Info("stopped", "component", "miragectl")
 		}
 	}()
+	// The metrics address is taken first, so that one in use is refused at once, as the
+	// server's is; what it serves is read at each scrape.
+	var metrics *prometheus.Registry
+	var ghostMetrics *ghost.Metrics // the local Ghost's, served with Mirage's
+	if cfg.MetricsListen != "" {
+		metrics = metricsRegistry()
+		if !cfg.NoLocalGhost {
+			ghostMetrics = ghost.NewMetrics()
+		}
+		stopMetrics, err := cli.ServeMetrics(cfg.MetricsListen, metricsHandler(metrics, ghostMetrics), log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	var auth *upAuth
 	if cfg.Auth {
 		if auth, err = loadUpAuth(dataDir); err != nil {
@@ -229,14 +244,8 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	mconn := conn
 	mcfg := mirage.Config{Replicas: cfg.Replicas, EventsMaxBytes: eventsMaxBytes(cfg.EventsMaxMB)}
-	var metrics *prometheus.Registry
-	var ghostMetrics *ghost.Metrics // the local Ghost's, served with Mirage's
-	if cfg.MetricsListen != "" {
-		metrics = metricsRegistry()
+	if metrics != nil {
 		mcfg.Metrics = mirage.NewMetrics(metrics)
-		if !cfg.NoLocalGhost {
-			ghostMetrics = ghost.NewMetrics()
-		}
 	}
 	if auth != nil {
 		mconn.Options = []nats.Option{auth.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox())}
@@ -270,12 +279,6 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	if metrics != nil {
 		m.Observe(metrics)
-		stopMetrics, err := cli.ServeMetrics(cfg.MetricsListen, metricsHandler(metrics, ghostMetrics), log)
-		if err != nil {
-			_ = m.Close()
-			return err
-		}
-		defer stopMetrics()
 	}
 
 	var stopGhost func() error
