@@ -2,9 +2,10 @@ package test
 
 import (
 	"fmt"
-	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,23 +13,11 @@ import (
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// freePort returns a loopback port nothing listens on (it was free a moment ago).
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
-	return port
-}
-
 // 'up --server' with nothing listening there fails at once, saying the server cannot be
 // reached (exit 3), rather than after provisioning timed out half a minute later.
 func TestUpAgainstAnUnreachableServerFailsAtOnce(t *testing.T) {
 	mctl, _ := testenv.Binaries(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))
+	url := fmt.Sprintf("nats://127.0.0.1:%d", testenv.FreePort(t))
 	start := time.Now()
 	r := execRun(t, mctl, nil, "up", "--server", url, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data"))
 	took := time.Since(start)
@@ -68,5 +57,36 @@ func TestIssueWaitsAcrossAServerRestart(t *testing.T) {
 	env.RestartServer(2 * time.Second)
 	if code := p.Wait(40 * time.Second); code != 0 || !strings.Contains(p.Output(), "satisfied: 1/1 succeeded") {
 		t.Fatalf("issue: exit %d, output %q; want exit 0 and the terminal report", code, p.Output())
+	}
+}
+
+// The hints up and issue print carry --server when the server is not where clients look
+// by default, so that copying them reaches it.
+func TestHintsNameANonDefaultServer(t *testing.T) {
+	mctl, _ := testenv.Binaries(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	url := "nats://" + listen
+	up := testenv.Start(t, mctl, "up", "--nats-listen", listen, "--data-dir", t.TempDir(), "--no-local-ghost", "--auth")
+	testenv.Eventually(t, 30*time.Second, "up to be up", func() bool { return strings.Contains(up.Output(), "add a Ghost:") })
+	out := up.Output()
+	for _, want := range []string{
+		"appear in: miragectl ghosts --server " + url,
+		"use it with:      miragectl issue --server " + url + " --nkey",
+		"ghostctl init> --server " + url + " --nkey",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("up's output lacks %q:\n%s", want, out)
+		}
+	}
+	up.Stop(30 * time.Second)
+
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-i")
+	p := testenv.Start(t, mctl, "issue", "--server", env.URL, "--target", "edge-i", "seed.flow", "sleep", "ms=5000")
+	time.Sleep(time.Second)
+	_ = syscall.Kill(p.Pid(), syscall.SIGINT)
+	if code := p.Wait(20 * time.Second); code != 1 || !regexp.MustCompile(`miragectl report int_\w+ --wait --server `+regexp.QuoteMeta(env.URL)).MatchString(p.Output()) {
+		t.Fatalf("issue interrupted: exit %d, output %q; want exit 1 and a report hint with --server %s", code, p.Output(), env.URL)
 	}
 }

@@ -201,7 +201,7 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 					return err
 				}
 				if ctx.Err() != nil {
-					return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("interrupted; the intent goes on: miragectl report %s --wait", reply.IntentID))
+					return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("interrupted; the intent goes on: %s", cf.reportHint(reply.IntentID)))
 				}
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("the intent %s was accepted and goes on, but its report could not be followed (%v): follow it with: %s", reply.IntentID, err, cf.reportHint(reply.IntentID)))
 			}

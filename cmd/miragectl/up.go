@@ -307,13 +307,13 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	attrs = append(attrs, "local_ghost", !cfg.NoLocalGhost, "production", cfg.Production, "tls", cfg.tlsFiles().Enabled(), "mtls", cfg.TLSVerifyClients)
 	log.Info("edgectl up", attrs...)
+	key := ""
+	if auth != nil {
+		key = " --nkey " + auth.operatorFile()
+	}
 	if cfg.NoLocalGhost {
-		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; Ghosts that register appear in: miragectl ghosts\n", url)
+		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; Ghosts that register appear in: miragectl ghosts%s%s\n", url, serverFlagFor(url), key)
 	} else {
-		key := ""
-		if auth != nil {
-			key = " --nkey " + auth.operatorFile()
-		}
 		fmt.Fprintf(os.Stderr, "edgectl is up: NATS at %s; try: miragectl issue%s%s --target %s seed.flow status\n", url, serverFlagFor(url), key, LocalGhostID)
 	}
 	if auth != nil {

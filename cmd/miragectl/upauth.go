@@ -51,10 +51,10 @@ func (a *upAuth) users(enrolled map[string]string, local bool) []*server.NkeyUse
 func (a *upAuth) explain(w io.Writer, url string) {
 	fmt.Fprintf(w, `auth is on: only enrolled nkeys connect; commands and events are signed.
   operator key:     %[1]s
-  use it with:      miragectl issue --nkey %[1]s ...   (or export EDGE_NKEY=%[1]s)
+  use it with:      miragectl issue%[4]s --nkey %[1]s ...   (or export EDGE_NKEY=%[1]s)
   nats CLI:         nats --server %[2]s --nkey %[1]s stream ls
   Mirage key:       %[3]s
   add a Ghost:      ghostctl init --id ID --server %[2]s --trust %[3]s
-                    miragectl fleet add ID <public key printed by ghostctl init> --nkey %[1]s
-`, a.operatorFile(), url, a.mirage.PublicKey())
+                    miragectl fleet add ID <public key printed by ghostctl init>%[4]s --nkey %[1]s
+`, a.operatorFile(), url, a.mirage.PublicKey(), serverFlagFor(url))
 }
