@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -164,6 +165,23 @@ func TestDaemonsThatCannotStartExitThree(t *testing.T) {
 		r := execRun(t, args[0], nil, args[1:]...)
 		if r.code != 3 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line", args[1:], r.code, r.stderr)
+		}
+	}
+}
+
+// fleet add and rm against a server without authentication warn that enrollment is not
+// enforced there (the change is recorded, but any Ghost connects).
+func TestFleetWithoutAuthWarns(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirage(mirage.Config{})
+	id, err := bus.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"fleet", "add", "edge-1", id.PublicKey()}, {"fleet", "rm", "edge-1"}} {
+		r := miragectl(t, env.URL, args...)
+		if r.code != 0 || !strings.Contains(r.stderr, "warning: enrollment is not enforced") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%v: exit %d, stderr %q; want exit 0 and one warning line", args, r.code, r.stderr)
 		}
 	}
 }

@@ -62,7 +62,24 @@ func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirag
 	if reply.Status != "accepted" {
 		return &reply, cli.Invalid("Mirage refused: %s", reply.Error.Message)
 	}
+	if !nc.AuthRequired() {
+		warnNotEnforced(cmd, subject, req.GhostID, nc.ConnectedUrlRedacted())
+	}
 	return &reply, nil
+}
+
+// warnNotEnforced says, after an enrollment change, that a server without authentication
+// lets every Ghost connect whatever its key: the change is recorded, and 'fleet rm' drops
+// the Ghost from the registry, but nothing keeps it out. The server's own INFO says
+// whether it requires authentication, which 'up --auth' turns on.
+func warnNotEnforced(cmd *cobra.Command, subject, ghostID, url string) {
+	const head = "warning: enrollment is not enforced: the NATS server at %s does not require authentication (run 'miragectl up --auth')"
+	switch subject {
+	case subjects.FleetAdd:
+		fmt.Fprintf(cmd.ErrOrStderr(), head+"; any Ghost connects, enrolled or not\n", url)
+	case subjects.FleetRemove:
+		fmt.Fprintf(cmd.ErrOrStderr(), head+"; %s can still connect, and appears in 'miragectl ghosts' again once it registers again\n", url, ghostID)
+	}
 }
 
 func newFleetAdd() *cobra.Command {
