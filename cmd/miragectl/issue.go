@@ -322,7 +322,7 @@ func (f *follower) stream(r *bus.Report) bool {
 			continue
 		}
 		f.printed[res.CommandID] = true
-		if err := printJSON(f.jsonl, resultLine{IntentID: r.IntentID, TargetResult: res}); err != nil {
+		if err := printJSON(f.jsonl, resultLine{IntentID: r.IntentID, Step: res.Step, TargetResult: res}); err != nil {
 			f.writeErr = cli.Exit(cli.ExitUnavailable, fmt.Errorf("writing results: %w", err))
 			return false
 		}

@@ -23,16 +23,22 @@ func printJSON(w io.Writer, v any) error {
 // printReport writes one line per target (ghost, outcome, exit code, first line of output
 // or error), then the summary line.
 func printReport(w io.Writer, r *bus.Report) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	var table strings.Builder
+	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
 	for _, res := range r.Results {
-		exit := "-"
-		if res.Outcome != bus.OutcomePending && res.Outcome != bus.OutcomeTimeout && res.Outcome != bus.OutcomeSkipped {
-			exit = fmt.Sprint(res.ExitCode)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", res.GhostID, res.Outcome, exit, firstLine(res))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", res.GhostID, res.Outcome, exitColumn(res), firstLine(res))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	// A result without output (a pending one) would end its line in padding.
+	for _, line := range strings.SplitAfter(table.String(), "\n") {
+		if line == "" {
+			continue
+		}
+		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
+		}
 	}
 	if r.ResultsOmitted > 0 {
 		fmt.Fprintf(w, "(%d results not shown: the report holds what fits in one envelope; counts are exact)\n", r.ResultsOmitted)
@@ -42,6 +48,20 @@ func printReport(w io.Writer, r *bus.Report) error {
 	}
 	_, err := fmt.Fprintf(w, "%s  (intent %s)\n", r.Summary, r.IntentID)
 	return err
+}
+
+// exitColumn is a result's exit code, or "-" when no process exited: the command was not
+// run or not answered (pending, timeout, expired, skipped), or was refused or cut short
+// before a process gave an exit code (events then carry -1).
+func exitColumn(res bus.TargetResult) string {
+	switch res.Outcome {
+	case bus.OutcomePending, bus.OutcomeTimeout, bus.OutcomeSkipped, bus.OutcomeExpired:
+		return "-"
+	}
+	if res.ExitCode < 0 {
+		return "-"
+	}
+	return fmt.Sprint(res.ExitCode)
 }
 
 // maxNoResponse caps the ghost ids named on the "no response from" line.
@@ -76,6 +96,9 @@ func noResponse(r *bus.Report) string {
 // resultLine is one line of issue --jsonl: a target's result and its intent.
 type resultLine struct {
 	IntentID string `json:"intent_id"`
+	// Step is always present (0 for the first step, and for an intent without a plan):
+	// it shadows the result's own field, which leaves out step 0.
+	Step int `json:"step"`
 	bus.TargetResult
 }
 
