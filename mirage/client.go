@@ -18,6 +18,12 @@ import (
 // ErrNoMirage is returned when no Mirage answered on mirage.issue in time.
 var ErrNoMirage = errors.New("no Mirage answered")
 
+// noMirage is an ErrNoMirage with its own words.
+type noMirage string
+
+func (e noMirage) Error() string        { return string(e) }
+func (e noMirage) Is(target error) bool { return target == ErrNoMirage }
+
 // ErrRejected wraps the error of an issue Mirage refused.
 var ErrRejected = errors.New("issue rejected")
 
@@ -52,7 +58,11 @@ func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, err
 	defer cancel()
 	msg, err := c.nc.RequestMsgWithContext(ctx, bus.NewMsg(subjects.Issue, data, "", is.TraceID))
 	if err != nil {
-		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		if errors.Is(err, nats.ErrNoResponders) {
+			// The server answered at once that nobody subscribes: no Mirage runs here.
+			return nil, noMirage("no Mirage is serving " + subjects.Issue + " on this server")
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 			return nil, fmt.Errorf("%w on %s within %s", ErrNoMirage, subjects.Issue, IssueTimeout)
 		}
 		if errors.Is(err, nats.ErrMaxPayload) {

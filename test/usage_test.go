@@ -66,6 +66,11 @@ func TestClientsOnAServerWithoutEdgectl(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line saying the server has no edgectl", args, r.code, r.stderr)
 		}
 	}
+	// Nobody subscribes to mirage.issue: the server says so at once, and so does issue.
+	r := miragectl(t, env.URL, "issue", "--target", "local", "seed.flow", "status")
+	if r.code != 3 || !strings.Contains(r.stderr, "no Mirage is serving mirage.issue on this server") {
+		t.Errorf("issue: exit %d, stderr %q; want exit 3 saying no Mirage is serving mirage.issue", r.code, r.stderr)
+	}
 }
 
 // An issue too large to send is the input's fault: exit 2 with the reason, not 3 as if
