@@ -24,6 +24,7 @@ type intentLine struct {
 	Seed        string     `json:"seed"`
 	Operation   string     `json:"operation"`
 	Summary     string     `json:"summary"`
+	steps       int        // of a plan
 }
 
 func newIntents() *cobra.Command {
@@ -78,6 +79,9 @@ target_scope, seed, operation, summary}; finished_ms is 0 while the intent is op
 			fmt.Fprintln(tw, "INTENT\tPHASE\tTARGETS\tSUCCESS\tERROR\tTIMEOUT\tEXPIRED\tSKIPPED\tCREATED\tSEED\tOPERATION")
 			now := time.Now()
 			for _, l := range lines {
+				if l.Seed == "" && l.steps > 0 { // a plan: its steps have their own seeds
+					l.Seed, l.Operation = "plan", fmt.Sprintf("%d steps", l.steps)
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", l.IntentID, l.Phase, l.Counts.Targets, l.Counts.Success,
 					l.Counts.Error, l.Counts.Timeout, l.Counts.Expired, l.Counts.Skipped, ago(now, time.UnixMilli(l.CreatedMS)), l.Seed, l.Operation)
 			}
@@ -97,6 +101,7 @@ func describeIntent(cmd *cobra.Command, client *mirage.Client, rec mirage.Intent
 	l := intentLine{
 		IntentID: rec.IntentID, Phase: rec.Phase, Counts: rec.Counts, CreatedMS: rec.CreatedMS, FinishedMS: rec.FinishedMS,
 		TargetScope: rec.Issue.TargetScope, Seed: rec.Issue.Objective.SeedSelector, Operation: rec.Issue.Objective.Operation, Summary: rec.Summary,
+		steps: len(rec.Issue.Plan),
 	}
 	if bus.Terminal(rec.Phase) {
 		return l, nil
