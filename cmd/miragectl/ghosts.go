@@ -54,7 +54,7 @@ ghost id, with how long ago each was last seen.`,
 				}
 				sort.Strings(labels)
 				seen := ago(now, time.UnixMilli(g.LastSeenMS))
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.GhostID, g.Status, g.Version, seen, strings.Join(labels, ","), strings.Join(g.Seeds, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.GhostID, g.Status, printable(g.Version), seen, printable(strings.Join(labels, ",")), strings.Join(g.Seeds, ","))
 			}
 			return tw.Flush()
 		},

@@ -132,7 +132,32 @@ func firstLine(res bus.TargetResult) string {
 		text, _ = bus.Cut(text, 157)
 		text += "..."
 	}
-	return text
+	return printable(text)
+}
+
+// printable escapes the characters that would drive a terminal rather than show (C0 and C1
+// controls, DEL, bidirectional overrides): a seed's output, or a forged event's, must not
+// clear the operator's screen, retitle the window or reorder what is shown.
+func printable(s string) string {
+	if strings.IndexFunc(s, steersTerminal) < 0 {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case !steersTerminal(r):
+			b.WriteRune(r)
+		case r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
+}
+
+func steersTerminal(r rune) bool {
+	return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069)
 }
 
 // reportExit maps a report's phase to the exit code.

@@ -45,3 +45,23 @@ func TestResultLineAlwaysHasStep(t *testing.T) {
 		t.Fatalf("%s has no step", b)
 	}
 }
+
+// A seed's output cannot drive the operator's terminal: escape sequences, bells, DEL, C1
+// controls and bidirectional overrides are shown escaped; ordinary text is untouched.
+func TestFirstLineEscapesTerminalControls(t *testing.T) {
+	for _, tc := range []struct{ stdout, want string }{
+		{"\x1b[31mRED\x1b]0;title\a", `\x1b[31mRED\x1b]0;title\x07`},
+		{"\x1b[2Jx", `\x1b[2Jx`},
+		{"a\tb\x7f\u0085c", `a\x09b\x7f\x85c`},
+		{"abc\u202edef", `abc\u202edef`},
+		{"plain ünïcode ✓", "plain ünïcode ✓"},
+	} {
+		if got := firstLine(bus.TargetResult{Stdout: tc.stdout}); got != tc.want {
+			t.Errorf("firstLine(%q) = %q, want %q", tc.stdout, got, tc.want)
+		}
+	}
+	res := bus.TargetResult{Error: &bus.Error{Code: bus.CodeRuntime, Class: bus.ClassRuntime, Message: "boom\x1b[2J"}}
+	if got := firstLine(res); got != `[1400 runtime] boom\x1b[2J` {
+		t.Errorf("error message shown as %q", got)
+	}
+}
