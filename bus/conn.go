@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -27,6 +28,33 @@ func ServerURL(flag string) string {
 		return env
 	}
 	return DefaultURL
+}
+
+// CheckServerURL checks a NATS server URL, or a comma list of them, as nats.go reads it:
+// nats://, tls://, ws:// or wss:// (or host:port, taken as nats://), with a host.
+func CheckServerURL(s string) error {
+	for _, one := range strings.Split(s, ",") {
+		one = strings.TrimSpace(one)
+		if one == "" {
+			return fmt.Errorf("%q has an empty URL in its list", s)
+		}
+		if !strings.Contains(one, "://") {
+			one = "nats://" + one
+		}
+		u, err := url.Parse(one)
+		if err != nil {
+			return fmt.Errorf("%q is not a URL: %v", one, err)
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("%q: scheme %q is not nats, tls, ws or wss", one, u.Scheme)
+		}
+		if u.Hostname() == "" {
+			return fmt.Errorf("%q names no host", one)
+		}
+	}
+	return nil
 }
 
 // ErrUnavailable is wrapped by connection failures (exit code 3 in the CLIs).

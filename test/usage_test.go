@@ -46,6 +46,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{mctl, []string{"up", "--sync-interval", "30s"}},
 		{gctl, []string{"init"}},
 		{gctl, []string{"init", "--id", "edge-1", "extra"}},
+		{gctl, []string{"init", "--id", "edge-1", "--server", "http://foo"}},
 		{gctl, []string{"bogus"}},
 	} {
 		r := execRun(t, tc.bin, nil, tc.args...)

@@ -27,7 +27,7 @@ func newInit() *cobra.Command {
 		force                             bool
 	)
 	c := &cobra.Command{
-		Use:   "init --id ID [--server URL] [--out DIR] [--label KEY=VALUE ...] [--policy headless|auto|required] [--seeds ID,ID|none]",
+		Use:   "init --id ID [--server URL] [--out DIR] [--label KEY=VALUE ...] [--policy headless|auto|required] [--seeds ID,ID|all|none]",
 		Short: "Write a Ghost's config.toml, its nkey and its state directory; print its public key",
 		Long: `init writes DIR/config.toml for a new Ghost and creates its state directory DIR/state.
 It also writes the Ghost's identity, an nkey seed in DIR/ghost.nk (mode 0600), and prints
@@ -49,6 +49,11 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			case ghost.PolicyHeadless, ghost.PolicyAuto, ghost.PolicyRequired:
 			default:
 				return cli.Invalid("--policy %q: use headless, auto or required", policy)
+			}
+			if server != "" {
+				if err := bus.CheckServerURL(server); err != nil {
+					return cli.Invalid("--server: %v", err)
+				}
 			}
 			ids, err := seeds.Parse(seedList)
 			if err != nil {

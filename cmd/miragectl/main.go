@@ -71,10 +71,10 @@ func newRoot() *cobra.Command {
 		Short: "Run edgectl's control plane and run operations across a fleet of Ghosts",
 		Long: `miragectl runs Mirage, edgectl's control plane, and talks to it.
 
-  miragectl up                                   embedded NATS + Mirage + a local Ghost
-  miragectl issue --target local seed.flow status run an operation and wait for its report
-  miragectl report INTENT_ID                     the latest report of an intent
-  miragectl ghosts                               the registered Ghosts and their presence
+  miragectl up                                      embedded NATS + Mirage + a local Ghost
+  miragectl issue --target local seed.flow status   run an operation and wait for its report
+  miragectl report INTENT_ID                        the latest report of an intent
+  miragectl ghosts                                  the registered Ghosts and their presence
 
 Exit codes: 0 success (issue: satisfied), 1 finished but not satisfied, 2 invalid input or
 refused by Mirage, 3 NATS unreachable or no Mirage answered.`,

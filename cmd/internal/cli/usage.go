@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,7 +20,7 @@ func Harden(root *cobra.Command) {
 			check := c.Args
 			c.Args = func(c *cobra.Command, args []string) error {
 				if err := check(c, args); err != nil {
-					return Invalid("%v (see '%s --help')", err, c.CommandPath())
+					return Invalid("%s: %s; usage: %s (see '%s --help')", c.CommandPath(), given(args), c.UseLine(), c.CommandPath())
 				}
 				return nil
 			}
@@ -29,6 +30,23 @@ func Harden(root *cobra.Command) {
 		}
 	}
 	walk(root)
+}
+
+// given describes the arguments a command refused, in edgectl's words rather than
+// cobra's; the usage line beside it says what was expected.
+func given(args []string) string {
+	if len(args) == 0 {
+		return "got no arguments"
+	}
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = fmt.Sprintf("%q", a)
+	}
+	noun := "arguments"
+	if len(args) == 1 {
+		noun = "argument"
+	}
+	return fmt.Sprintf("got %d %s (%s)", len(args), noun, strings.Join(quoted, " "))
 }
 
 // group makes a command that only holds subcommands refuse an unknown one, and, unless it
