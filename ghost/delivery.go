@@ -360,7 +360,7 @@ func (g *Ghost) resumeUnfinished(ctx context.Context) {
 		go func() {
 			defer g.wg.Done()
 			if out := g.pipeline.Resume(g.run, e); out.Event != nil {
-				g.emit(out.Event)
+				g.emit(g.send, out.Event)
 			}
 		}()
 	}

@@ -42,6 +42,10 @@ type Config struct {
 	MaxConcurrent int
 	// ShutdownGrace is how long Close lets running executions finish (default 10 s).
 	ShutdownGrace time.Duration
+	// ShutdownFlush is how long Close, once the grace is over, lets the events of the
+	// executions it interrupted (1700) and any still being published be stored before it
+	// returns (default 5 s). What is not stored by then is re-sent at the next start.
+	ShutdownFlush time.Duration
 	// Identity is the Ghost's nkey: it signs events. Nil sends them unsigned.
 	Identity *bus.Identity
 	// TrustedMirageKeys are the public nkeys whose signatures the Ghost accepts on commands.
@@ -73,6 +77,9 @@ func (c *Config) defaults() {
 	}
 	if c.ShutdownGrace <= 0 {
 		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.ShutdownFlush <= 0 {
+		c.ShutdownFlush = 5 * time.Second
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -117,8 +124,13 @@ type Ghost struct {
 	// run is cancelled by Close after the grace period; every goroutine below watches it.
 	run    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	slots  chan struct{}
+	// send bounds the publishing of events (emit). It outlives run by the flush window:
+	// the events of the executions that Close interrupts are stored before it returns,
+	// not left for a next start that a decommissioned Ghost never has.
+	send       context.Context
+	cancelSend context.CancelFunc
+	wg         sync.WaitGroup
+	slots      chan struct{}
 	// stopping is closed when Close begins: background loops end, executions go on.
 	stopping chan struct{}
 
@@ -141,8 +153,11 @@ type Ghost struct {
 	// emitting holds the event_ids being published (emit).
 	emitting sync.Map
 
-	mu         sync.Mutex
-	subs       []*nats.Subscription
+	mu   sync.Mutex
+	subs []*nats.Subscription
+	// ackSub (ack.<id>) stays until Close has published its last events, so that their
+	// event.ack still marks them.
+	ackSub     *nats.Subscription
 	registered bool
 	closed     bool
 }
@@ -175,6 +190,7 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 		kick:     make(chan struct{}, 1),
 	}
 	g.run, g.cancel = context.WithCancel(context.Background())
+	g.send, g.cancelSend = context.WithCancel(context.Background())
 	return g, nil
 }
 
@@ -209,7 +225,8 @@ func (g *Ghost) Start(ctx context.Context) error {
 		return fmt.Errorf("subscribe %s: %w", subjects.AttachGhost(g.cfg.ID), err)
 	}
 	g.mu.Lock()
-	g.subs = append(g.subs, cmdSub, ackSub, annSub, attSub)
+	g.subs = append(g.subs, cmdSub, annSub, attSub)
+	g.ackSub = ackSub
 	g.mu.Unlock()
 	if g.nc.AuthRequired() || !g.nc.IsConnected() {
 		// Made now, before the flush, so that a cluster knows it before the Ghost's first
@@ -252,8 +269,9 @@ func (g *Ghost) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close stops intake, lets running executions finish for the grace period, flushes their
-// events, and stops every goroutine it started. It does not close the connection.
+// Close stops intake, lets running executions finish for the grace period, interrupts
+// the rest (1700), lets their events be stored for the flush window, and stops every
+// goroutine it started. It does not close the connection.
 func (g *Ghost) Close() error {
 	g.mu.Lock()
 	if g.closed {
@@ -261,7 +279,7 @@ func (g *Ghost) Close() error {
 		return nil
 	}
 	g.closed = true
-	subs := g.subs
+	subs, ackSub := g.subs, g.ackSub
 	close(g.stopping)
 	g.mu.Unlock()
 	for _, s := range subs {
@@ -273,6 +291,12 @@ func (g *Ghost) Close() error {
 	case <-done:
 	case <-time.After(g.cfg.ShutdownGrace):
 		g.log.Warn("executions still running after the shutdown grace; interrupting them")
+		g.cancel()
+		select {
+		case <-done:
+		case <-time.After(g.cfg.ShutdownFlush):
+			g.log.Warn("events still not stored after the shutdown flush; they are re-sent at next start", "flush", g.cfg.ShutdownFlush)
+		}
 	}
 	g.answersMu.Lock()
 	if g.answers != nil {
@@ -282,7 +306,11 @@ func (g *Ghost) Close() error {
 	g.answersClosed = true
 	g.answersMu.Unlock()
 	g.cancel()
+	g.cancelSend()
 	<-done
+	if ackSub != nil {
+		_ = ackSub.Unsubscribe()
+	}
 	return nil
 }
 
@@ -352,17 +380,18 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 	if out.Duplicate {
 		g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
 	}
-	g.emit(out.Event)
+	g.emit(g.send, out.Event)
 	out.Wait()
 }
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
-// (250 ms, ×2, 5 s max, jitter) until it is stored or the Ghost stops.
+// (250 ms, ×2, 5 s max, jitter) until it is stored or ctx ends (g.send: Close's flush
+// window is over).
 //
 // One event is published by one goroutine at a time: a re-send (a reconnect, a duplicate
 // command) while an earlier publish of it is still retrying leaves it to that one, so
 // a flapping link does not pile up goroutines and copies of every unacknowledged event.
-func (g *Ghost) emit(ev *bus.Event) {
+func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
 	if _, busy := g.emitting.LoadOrStore(ev.EventID, struct{}{}); busy {
 		return
 	}
@@ -381,8 +410,8 @@ func (g *Ghost) emit(ev *bus.Event) {
 	}
 	backoff := newBackoff()
 	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(g.run, 5*time.Second)
-		_, err := g.js.PublishMsg(ctx, msg)
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := g.js.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
 			g.cfg.Metrics.publishedEvent()
@@ -394,7 +423,7 @@ func (g *Ghost) emit(ev *bus.Event) {
 		g.log.Warn("event not stored yet; retrying", "event_id", ev.EventID, "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):
-		case <-g.run.Done():
+		case <-ctx.Done():
 			g.log.Warn("ghost stopping with an event not stored; it is re-sent at next start", "event_id", ev.EventID)
 			return
 		}
@@ -416,7 +445,7 @@ func (g *Ghost) resendUnacked(ctx context.Context) {
 		if !g.track() {
 			return
 		}
-		go func() { defer g.wg.Done(); g.emit(ev) }()
+		go func() { defer g.wg.Done(); g.emit(g.send, ev) }()
 	}
 }
 
@@ -436,7 +465,7 @@ func (g *Ghost) onAck(msg *nats.Msg) {
 		g.log.Debug("event.ack for an unrecorded event", "direction", "in", "message_type", bus.TypeEventAck, "event_id", ack.EventID, "command_id", ack.CommandID, "ack_status", ack.AckStatus)
 		return
 	}
-	if err := g.store.MarkAcked(g.run, ack.CommandID); err != nil && !errors.Is(err, ErrNotFound) {
+	if err := g.store.MarkAcked(g.send, ack.CommandID); err != nil && !errors.Is(err, ErrNotFound) {
 		g.log.Error("execution store: marking an event acknowledged failed", "command_id", ack.CommandID, "err", err)
 	}
 	g.log.Debug("event acknowledged", "direction", "in", "message_type", bus.TypeEventAck, "event_id", ack.EventID, "command_id", ack.CommandID, "ack_status", ack.AckStatus, "ack_code", ack.AckCode)

@@ -54,5 +54,5 @@ func (g *Ghost) reject(data []byte, hdr nats.Header, perr *bus.Error) {
 	if probe.CommandID == "" {
 		return
 	}
-	g.emit(g.pipeline.Reject(probe, data, perr))
+	g.emit(g.send, g.pipeline.Reject(probe, data, perr))
 }
