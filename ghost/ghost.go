@@ -204,45 +204,29 @@ func (g *Ghost) Store() ExecutionStore { return g.store }
 func (g *Ghost) Registry() *Registry { return g.registry }
 
 // Start subscribes to the Ghost's subjects and, per its policy, registers with Mirage.
-// With PolicyRequired it returns an error when no Mirage acknowledges in time.
+// With PolicyRequired it registers first and returns an error when no Mirage
+// acknowledges in time: it has then taken no command and run nothing.
 func (g *Ghost) Start(ctx context.Context) error {
-	cmdSub, err := g.nc.Subscribe(subjects.Command(g.cfg.ID), g.onCommand)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", subjects.Command(g.cfg.ID), err)
-	}
-	// Commands queue here while every execution slot is busy; never drop them.
-	_ = cmdSub.SetPendingLimits(-1, -1)
-	ackSub, err := g.nc.Subscribe(subjects.Ack(g.cfg.ID), g.onAck)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", subjects.Ack(g.cfg.ID), err)
-	}
-	annSub, err := g.nc.Subscribe(subjects.Announce, g.onAnnounce)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", subjects.Announce, err)
-	}
-	attSub, err := g.nc.Subscribe(subjects.AttachGhost(g.cfg.ID), g.onAttach)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", subjects.AttachGhost(g.cfg.ID), err)
-	}
-	g.mu.Lock()
-	g.subs = append(g.subs, cmdSub, annSub, attSub)
-	g.ackSub = ackSub
-	g.mu.Unlock()
 	if g.nc.AuthRequired() || !g.nc.IsConnected() {
-		// Made now, before the flush, so that a cluster knows it before the Ghost's first
+		// Made before the flush, so that a cluster knows it before the Ghost's first
 		// request (its register, a replay): Mirage's answers come there (not yet
 		// connected, the server's auth is not known: made all the same).
 		if _, err := g.answerSubscription(); err != nil {
 			return err
 		}
 	}
-	// Connected: the server has the subscriptions before the Ghost's first request. Not
-	// connected (yet), there is nothing to wait for: nats.go sends them on connecting.
-	if g.nc.IsConnected() {
-		if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-			g.log.Warn("flush after subscribing failed; continuing", "err", err)
+	if g.cfg.Policy == PolicyRequired {
+		// Before cmd.<id> is subscribed and anything is resumed, re-sent or replayed: a
+		// Ghost that refuses to start must not have run a command first.
+		g.flush()
+		if err := g.registerRequired(ctx); err != nil {
+			return err
 		}
 	}
+	if err := g.subscribe(); err != nil {
+		return err
+	}
+	g.flush()
 	g.resumeUnfinished(ctx)
 	g.resendUnacked(ctx)
 	g.requestCatchUp()
@@ -251,10 +235,6 @@ func (g *Ghost) Start(ctx context.Context) error {
 	}
 
 	switch g.cfg.Policy {
-	case PolicyRequired:
-		if err := g.registerRequired(ctx); err != nil {
-			return err
-		}
 	case PolicyAuto:
 		if err := g.register(ctx); err != nil {
 			g.log.Info("no Mirage acknowledged registration; serving, and registering when one announces", "err", err)
@@ -267,6 +247,56 @@ func (g *Ghost) Start(ctx context.Context) error {
 	}
 	g.log.Info("ghost serving", "subject", subjects.Command(g.cfg.ID), "policy", g.cfg.Policy, "seeds", len(g.registry.Infos()))
 	return nil
+}
+
+// subscribe subscribes to cmd.<id>, ack.<id>, mirage.announce and attach.<id>. When one
+// fails, those made before it are removed: a failed Start leaves nothing subscribed.
+func (g *Ghost) subscribe() error {
+	var made []*nats.Subscription
+	undo := func() {
+		for _, s := range made {
+			_ = s.Unsubscribe()
+		}
+	}
+	for _, h := range []struct {
+		subject string
+		handler nats.MsgHandler
+	}{
+		{subjects.Command(g.cfg.ID), g.onCommand},
+		{subjects.Ack(g.cfg.ID), g.onAck},
+		{subjects.Announce, g.onAnnounce},
+		{subjects.AttachGhost(g.cfg.ID), g.onAttach},
+	} {
+		s, err := g.nc.Subscribe(h.subject, h.handler)
+		if err != nil {
+			undo()
+			return fmt.Errorf("subscribe %s: %w", h.subject, err)
+		}
+		made = append(made, s)
+	}
+	cmdSub, ackSub, annSub, attSub := made[0], made[1], made[2], made[3]
+	// Commands queue here while every execution slot is busy; never drop them.
+	_ = cmdSub.SetPendingLimits(-1, -1)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		undo()
+		return errStopping
+	}
+	g.subs = append(g.subs, cmdSub, annSub, attSub)
+	g.ackSub = ackSub
+	return nil
+}
+
+// flush makes sure the server has the Ghost's subscriptions before its next request.
+// Not connected (yet), there is nothing to wait for: nats.go sends them on connecting.
+func (g *Ghost) flush() {
+	if !g.nc.IsConnected() {
+		return
+	}
+	if err := g.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		g.log.Warn("flush after subscribing failed; continuing", "err", err)
+	}
 }
 
 // Close stops intake, lets running executions finish for the grace period, interrupts

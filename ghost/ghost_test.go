@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/ghost/seeds"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
@@ -57,6 +59,50 @@ func TestRequiredPolicyWithoutMirageFailsStart(t *testing.T) {
 	}
 	if g.Registered() {
 		t.Fatal("Registered() after a failed Start")
+	}
+}
+
+// A Ghost with policy required that no Mirage accepts runs nothing before it refuses to
+// start: not a command waiting in EDGE_CMD, not one arriving live while it tries to
+// register, not an execution a crash left started.
+func TestRequiredGhostThatCannotRegisterRunsNothing(t *testing.T) {
+	env := testenv.New(t)
+	const id = "needy-idle"
+	ctx := context.Background()
+	waiting, _ := storeCommand(t, env, id, "echo", map[string]string{"message": "waiting"})
+	reg, err := seeds.Registry([]string{"seed.flow"}, filepath.Join(t.TempDir(), "seeds"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := ghost.NewMemoryStore()
+	crashed := ghost.Execution{ExecutionID: subjects.NewID(subjects.PrefixExecution), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), TraceID: subjects.NewTraceID(), SeedID: "seed.flow", Operation: "echo", StartedMS: time.Now().UnixMilli()}
+	if _, _, err := store.Begin(ctx, crashed); err != nil {
+		t.Fatal(err)
+	}
+	g, err := ghost.New(env.Conn(id), ghost.Config{ID: id, Policy: ghost.PolicyRequired, RegisterTimeout: 1500 * time.Millisecond}, reg, store, env.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	started := make(chan error, 1)
+	go func() { started <- g.Start(ctx) }()
+	time.Sleep(300 * time.Millisecond) // Start is trying to register
+	live, _ := storeCommand(t, env, id, "echo", map[string]string{"message": "live"})
+	if err := <-started; !errors.Is(err, ghost.ErrNoMirage) {
+		t.Fatalf("Start: %v, want ErrNoMirage", err)
+	}
+	time.Sleep(200 * time.Millisecond) // what a subscription would have taken in meanwhile
+	for _, c := range []string{waiting, live} {
+		if e, err := store.GetByCommandID(ctx, c); !errors.Is(err, ghost.ErrNotFound) {
+			t.Errorf("command %s handled before the Ghost refused to start: %+v (%v)", c, e, err)
+		}
+	}
+	if e, err := store.GetByCommandID(ctx, crashed.CommandID); err != nil || e.State != ghost.StateStarted {
+		t.Errorf("the execution a crash left started was resumed before the Ghost refused to start: %+v (%v)", e, err)
+	}
+	for _, ev := range env.Events(env.JetStream()) {
+		t.Errorf("event %s (%s) published before the Ghost refused to start", ev.EventID, ev.CommandID)
 	}
 }
 
