@@ -247,19 +247,27 @@ var errStopping = errors.New("ghost stopping")
 // yet handled.
 func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64, full bool) (read, fresh int, _ position, _ error) {
 	start := max(from.seq, 1) // the position's own command first, to check it is there
-	var handled []chan struct{}
+	var handled []chan error
 	reached, readTo := from, from
 	checked := false
-	// settle waits for the commands dispatched so far and moves reached up to them.
+	// settle waits for the commands dispatched so far and moves reached up to them,
+	// unless one of them could not be recorded: the position stays before it.
 	settle := func() error {
+		var failed error
 		for _, d := range handled {
 			select {
-			case <-d:
+			case err := <-d:
+				if failed == nil {
+					failed = err
+				}
 			case <-g.stopping:
 				return errStopping // the position stays: a restart replays them
 			}
 		}
 		handled = handled[:0]
+		if failed != nil {
+			return failed
+		}
 		reached = readTo
 		return nil
 	}
@@ -286,7 +294,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 		if id == "" || !g.pipeline.Known(ctx, id) {
 			fresh++
 		}
-		done := make(chan struct{})
+		done := make(chan error, 1)
 		handled = append(handled, done)
 		if !g.dispatch(data, hdr, true, done) {
 			return errStopping
@@ -310,15 +318,15 @@ const (
 	dispatchStopping
 )
 
-// dispatch runs handle in an execution slot; done is closed when it returns. It returns
-// false when the Ghost is stopping.
-func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan struct{}) bool {
+// dispatch runs handle in an execution slot; done, when set, receives what it returned
+// (nil, or errNotRecorded). It returns false when the Ghost is stopping.
+func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan<- error) bool {
 	return g.dispatchIn(data, hdr, replayed, done, true) == dispatched
 }
 
 // dispatchIn is dispatch, waiting for a slot when wait is set and taking only a free one
 // otherwise.
-func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan struct{}, wait bool) dispatchResult {
+func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan<- error, wait bool) dispatchResult {
 	select {
 	case g.slots <- struct{}{}:
 	default:
@@ -338,10 +346,10 @@ func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done cha
 	go func() {
 		defer g.wg.Done()
 		defer func() { <-g.slots }()
+		err := g.handle(data, hdr, replayed)
 		if done != nil {
-			defer close(done)
+			done <- err // buffered
 		}
-		g.handle(data, hdr, replayed)
 	}()
 	return dispatched
 }

@@ -2,10 +2,12 @@ package ghost_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -425,4 +427,56 @@ func TestBusyGhostRunsACommandNeverDeliveredLive(t *testing.T) {
 	if pos, err := store.LastSeq(ctx); err != nil || pos >= longSeq {
 		t.Fatalf("replay position %d (%v) passed the running command at %d", pos, err, longSeq)
 	}
+}
+
+// diskFull is an execution store whose Begin fails while full is set, as bbolt's does on
+// a full disk; reads and the replay position still work.
+type diskFull struct {
+	*ghost.MemoryStore
+	full atomic.Bool
+}
+
+func (s *diskFull) Begin(ctx context.Context, e ghost.Execution) (ghost.Execution, bool, error) {
+	if s.full.Load() {
+		return ghost.Execution{}, false, errors.New("write executions.db: no space left on device")
+	}
+	return s.MemoryStore.Begin(ctx, e)
+}
+
+// A command the execution store cannot record is neither run nor answered (no event
+// under its stable event_id), and the catch-ups keep the replay position before it; once
+// the store takes writes again, a catch-up runs it and its event is the real outcome.
+func TestUnrecordedCommandIsLeftForALaterCatchUp(t *testing.T) {
+	env := testenv.New(t)
+	ctx := context.Background()
+	store := &diskFull{MemoryStore: ghost.NewMemoryStore()}
+	const id = "edge-full"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 200 * time.Millisecond }))
+	before, seqBefore := storeCommand(t, env, id, "status", nil)
+	eventFor(t, env, id, before)
+	testenv.Eventually(t, 5*time.Second, "the position at the first command", func() bool {
+		p, err := store.LastSeq(ctx)
+		return err == nil && p >= seqBefore
+	})
+
+	store.full.Store(true)
+	cmdID, seq := storeCommand(t, env, id, "echo", map[string]string{"message": "ran"})
+	time.Sleep(time.Second) // the live delivery, and a few catch-up ticks
+	if ev, ok := storedEvent(t, env, bus.EventID(id, cmdID)); ok {
+		t.Fatalf("event %+v sent for a command the store could not record", ev)
+	}
+	if p, err := store.LastSeq(ctx); err != nil || p >= seq {
+		t.Fatalf("replay position %d (%v) passed the unrecorded command at %d", p, err, seq)
+	}
+
+	store.full.Store(false)
+	eventFor(t, env, id, cmdID)
+	if ev, _ := storedEvent(t, env, bus.EventID(id, cmdID)); ev.Outcome != bus.OutcomeSuccess || ev.Result.Stdout != "ran" {
+		t.Fatalf("event %+v, want the echo's success", ev)
+	}
+	testenv.Eventually(t, 5*time.Second, "the position past the command", func() bool {
+		p, err := store.LastSeq(ctx)
+		return err == nil && p >= seq
+	})
 }

@@ -361,13 +361,16 @@ func (g *Ghost) onCommand(msg *nats.Msg) {
 
 // handle is the command intake: decode → validate → pipeline → emit. replayed is true for
 // commands read back from EDGE_CMD: their duplicates are re-sent only when Mirage has not
-// acknowledged the event yet.
-func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
+// acknowledged the event yet. It returns errNotRecorded when the execution store could not
+// record the command: nothing ran, no event was sent, and a replay must not move its
+// position past it.
+func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) error {
 	var cmd bus.Command
 	var out Outcome
+	var commandID string
 	if perr := g.checkSignature(data, hdr); perr != nil {
 		g.reject(data, hdr, perr)
-		return
+		return nil
 	}
 	if err := bus.Decode(data, &cmd); err != nil {
 		perr := bus.AsError(err)
@@ -377,42 +380,61 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) {
 		}
 		if probe.CommandID == "" {
 			g.warnJunk(junkCommand, "refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
-			return
+			return nil
 		}
 		g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
+		commandID = probe.CommandID
 		out = g.pipeline.Refuse(g.run, probe, perr)
 	} else if perr := g.checkFreshness(&cmd); perr != nil {
 		g.reject(data, hdr, perr)
-		return
+		return nil
 	} else {
 		g.log.Debug("command received", "direction", "in", "peer", "mirage", "message_type", bus.TypeCommand, "message_id", cmd.MessageID, "trace_id", cmd.TraceID, "intent_id", cmd.IntentID, "command_id", cmd.CommandID, "seed", cmd.SeedSelector, "operation", cmd.Operation, "replayed", replayed)
+		commandID = cmd.CommandID
 		out = g.pipeline.Run(g.run, &cmd)
 	}
 	if replayed {
 		g.cfg.Metrics.replay()
 	}
+	if out.Unrecorded != nil {
+		// No event: a 1500 under the command's stable event_id would be its terminal
+		// event even if a later delivery, the store back, runs it. EDGE_CMD keeps the
+		// command, and a catch-up brings it back; Mirage reports a timeout if the store
+		// never recovers, which is the truth.
+		g.log.Error("execution store failed: the command is not run and not answered; a later delivery or catch-up handles it", "command_id", commandID, "replayed", replayed, "err", out.Unrecorded)
+		return fmt.Errorf("%w: command %s: %v", errNotRecorded, commandID, out.Unrecorded)
+	}
 	if out.Event == nil {
 		// Another delivery of the command is executing. A replayed one waits for it, so
 		// that the replay position does not pass a command whose execution is not yet
-		// recorded (a crash then would lose it).
+		// recorded (a crash then would lose it), nor one that delivery could not record.
 		if replayed && out.Running != nil {
 			select {
 			case <-out.Running:
 			case <-g.run.Done():
+				return nil
+			}
+			if !g.pipeline.Known(g.run, commandID) {
+				return fmt.Errorf("%w: command %s, by another delivery", errNotRecorded, commandID)
 			}
 		}
-		return
+		return nil
 	}
 	g.cfg.Metrics.outcome(out)
 	if out.Duplicate && replayed && out.Acked {
-		return
+		return nil
 	}
 	if out.Duplicate {
 		g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
 	}
 	g.emit(g.send, out.Event)
 	out.Wait()
+	return nil
 }
+
+// errNotRecorded: the execution store could not record a command, which is left for a
+// later delivery.
+var errNotRecorded = errors.New("the execution store could not record the command")
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
 // (250 ms, ×2, 5 s max, jitter) until it is stored or ctx ends (g.send: Close's flush

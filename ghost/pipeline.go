@@ -50,6 +50,10 @@ type Outcome struct {
 	// Running, on a duplicate without an event (its execution still runs in this process),
 	// is closed once that execution's event is recorded.
 	Running <-chan struct{}
+	// Unrecorded is the execution store's error when it could not record the command:
+	// nothing ran and there is no event (a terminal event under the stable event_id would
+	// stand for the command whatever a later delivery does). A later delivery handles it.
+	Unrecorded error
 }
 
 // Wait blocks until the outcome's event is recorded (a no-op for outcomes recorded before
@@ -66,7 +70,7 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
 		return Outcome{Event: prior.Event, Duplicate: true, Acked: prior.Acked, Running: p.runningOf(prior.Event, cmd.CommandID)}
 	} else if !errors.Is(err, ErrNotFound) {
-		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
+		return Outcome{Unrecorded: err}
 	}
 	now := p.now()
 	if cmd.GhostID != p.ghostID {
@@ -93,7 +97,7 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	claimed, fresh, err := p.store.Begin(ctx, exec)
 	if err != nil {
 		release()
-		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeInternal, "execution store: %v", err))
+		return Outcome{Unrecorded: err}
 	}
 	if !fresh {
 		release()
@@ -172,7 +176,8 @@ func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
 }
 
 // Refuse records and returns an error event for a command that will not execute. It is
-// also how a malformed command whose command_id could be read gets its one event.
+// also how a malformed command whose command_id could be read gets its one event. When
+// the store cannot record it, there is no event (Outcome.Unrecorded).
 //
 // A refusal claims the command as an execution does (p.running), so that it is never
 // recorded beside another delivery's execution of the same command_id: both deliveries
@@ -188,13 +193,17 @@ func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error
 	exec := p.newExecution(cmd, now)
 	exec.Refusal = perr
 	claimed, fresh, err := p.store.Begin(ctx, exec)
-	if err == nil && !fresh {
+	if err != nil {
+		// Not even a refusal is answered unrecorded: a later delivery may find the
+		// command runnable (its seed installed meanwhile) and run it under the same
+		// event_id.
+		return Outcome{Unrecorded: err}
+	}
+	if !fresh {
 		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
 	ev := p.refusalEvent(cmd, exec.ExecutionID, now, now, perr)
-	if err == nil {
-		p.finish(ctx, exec.ExecutionID, ev)
-	}
+	p.finish(ctx, exec.ExecutionID, ev)
 	return Outcome{Event: ev}
 }
 

@@ -589,3 +589,74 @@ func TestResumedRefusalEndsRefused(t *testing.T) {
 		t.Fatalf("the seed ran %d times for a refused command", calls)
 	}
 }
+
+// failingStore fails Begin, and GetByCommandID when failReads is set too, as a full or
+// failing disk does.
+type failingStore struct {
+	*MemoryStore
+	fail, failReads atomic.Bool
+}
+
+var errDiskFull = errors.New("write executions.db: no space left on device")
+
+func (s *failingStore) Begin(ctx context.Context, e Execution) (Execution, bool, error) {
+	if s.fail.Load() {
+		return Execution{}, false, errDiskFull
+	}
+	return s.MemoryStore.Begin(ctx, e)
+}
+
+func (s *failingStore) GetByCommandID(ctx context.Context, id string) (Execution, error) {
+	if s.failReads.Load() {
+		return Execution{}, errDiskFull
+	}
+	return s.MemoryStore.GetByCommandID(ctx, id)
+}
+
+// A command the execution store cannot record gets no event: a 1500 under its stable
+// event_id would be its terminal event even after a later delivery, the store back, runs
+// it (the report would say "not run" of an operation that ran). Nothing runs, nothing is
+// recorded, and the next delivery is handled as the first.
+func TestPipelineStoreFailureSendsNoEvent(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		seed      string
+		failReads bool
+		want      string // the outcome once the store is back
+	}{
+		{"begin fails", "t.ok", false, bus.OutcomeSuccess},
+		{"begin fails for a refusal", "t.unknown", false, bus.OutcomeError},
+		{"reads fail too", "t.ok", true, bus.OutcomeSuccess},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			st := &failingStore{MemoryStore: f.store}
+			p := NewPipeline(testGhost, f.p.registry, st, nil, nil)
+			cmd := command(t, "t.ok", "run")
+			cmd.SeedSelector = tc.seed
+			st.fail.Store(true)
+			st.failReads.Store(tc.failReads)
+			out := p.Run(context.Background(), cmd)
+			out.Wait()
+			if out.Event != nil || out.Executed || !errors.Is(out.Unrecorded, errDiskFull) {
+				t.Fatalf("with the store failing: event %+v, executed %v, unrecorded %v; want no event, nothing run, the store's error", out.Event, out.Executed, out.Unrecorded)
+			}
+			if _, err := f.store.GetByCommandID(context.Background(), cmd.CommandID); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("the command is recorded (%v) though the store failed", err)
+			}
+			if p.Known(context.Background(), cmd.CommandID) {
+				t.Fatal("the command counts as seen: a catch-up would pass it by")
+			}
+			st.fail.Store(false)
+			st.failReads.Store(false)
+			again := *cmd
+			out = p.Run(context.Background(), &again)
+			out.Wait()
+			checkEvent(t, cmd, out.Event)
+			if out.Duplicate || out.Event.Outcome != tc.want {
+				t.Fatalf("once the store is back: outcome %s duplicate %v, want %s, handled as the first delivery", out.Event.Outcome, out.Duplicate, tc.want)
+			}
+			checkRecorded(t, f.store, cmd, out.Event)
+		})
+	}
+}
