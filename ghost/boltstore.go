@@ -66,17 +66,26 @@ type BoltStore struct {
 	closing chan struct{}
 	flushed chan struct{}
 
-	// Acknowledgements waiting to be written, by command_id: they ride along with the
-	// writer's next transaction. An ack lost in a crash only makes the restart re-send an
-	// event Mirage counts once, so none is worth an fsync of its own.
-	ackMu   sync.Mutex
-	acks    map[string]struct{}
-	writing map[string]struct{} // taken by the transaction being committed
-	ackKick chan struct{}
-	// deferred are writes nobody waits for (finished idempotent executions): like acks,
-	// they ride along with the next transaction or get one after ackDelay.
+	// Marks (event.ack received, event stored) waiting to be written, by command_id: they
+	// ride along with the writer's next transaction. A mark lost in a crash only makes
+	// the restart re-send an event Mirage counts once, so none is worth an fsync of its
+	// own.
+	markMu   sync.Mutex
+	marks    map[string]mark
+	writing  map[string]mark // taken by the transaction being committed
+	markKick chan struct{}
+	// deferred are writes nobody waits for (finished idempotent executions): like marks,
+	// they ride along with the next transaction or get one after markDelay.
 	deferred []writeReq
 }
+
+// mark is what a queued mark sets on an execution's record.
+type mark uint8
+
+const (
+	markAcked  mark = 1 << iota // Execution.Acked
+	markStored                  // Execution.Stored
+)
 
 // writeReq is one write for the group commit: fn runs inside the writer's transaction
 // and done receives the outcome once that transaction is committed (or, for a deferred
@@ -98,10 +107,10 @@ func (r writeReq) finish(err error) {
 // maxGroup bounds the writes of one transaction.
 const maxGroup = 1024
 
-// ackDelay is how long acknowledgements wait for a write to ride along with before they
-// get a transaction of their own: an fsync for acks alone would compete for the disk
-// with the next execution's records.
-const ackDelay = 200 * time.Millisecond
+// markDelay is how long marks wait for a write to ride along with before they get a
+// transaction of their own: an fsync for marks alone would compete for the disk with the
+// next execution's records.
+const markDelay = 200 * time.Millisecond
 
 var errStoreClosed = errors.New("execution store closed")
 
@@ -154,7 +163,7 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 	s := &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
 		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{},
 		writes: make(chan writeReq, maxGroup), closing: make(chan struct{}), flushed: make(chan struct{}),
-		acks: map[string]struct{}{}, ackKick: make(chan struct{}, 1)}
+		marks: map[string]mark{}, markKick: make(chan struct{}, 1)}
 	go s.writer()
 	return s, nil
 }
@@ -247,25 +256,31 @@ func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event)
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		v.State, v.FinishedMS, v.Event = StateFinished, ev.FinishedMS, ev
-		writtenAcked := false // fn and after both run on the writer goroutine
+		var written Execution // fn and after both run on the writer goroutine
 		s.writeDeferred(func(tx *bolt.Tx) error {
 			s.mu.Lock()
-			e := *v
+			written = *v
 			s.mu.Unlock()
-			writtenAcked = e.Acked
+			e := written
 			_, err := putNew(tx, &e)
 			return err
 		}, func(err error) {
 			// Written or not, it leaves memory: a failed write only loses what a crash
-			// would (a re-run of an idempotent operation). An ack that came after the
+			// would (a re-run of an idempotent operation). A mark that came after the
 			// record was copied is queued, so that it is not lost with the memory copy.
 			s.mu.Lock()
-			ackedLate := err == nil && v.Acked && !writtenAcked
+			var late mark
+			if err == nil && v.Acked && !written.Acked {
+				late |= markAcked
+			}
+			if err == nil && v.Stored && !written.Stored {
+				late |= markStored
+			}
 			delete(s.volatile, v.CommandID)
 			delete(s.volatileEx, executionID)
 			s.mu.Unlock()
-			if ackedLate {
-				s.queueAck(v.CommandID)
+			if late != 0 {
+				s.queueMark(v.CommandID, late)
 			}
 		})
 		return nil
@@ -279,35 +294,53 @@ func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event)
 
 // MarkAcked notes that Mirage acknowledged the event of commandID. It does not wait for
 // the disk: an execution still being recorded is recorded acknowledged, any other is
-// marked by the next batch of the ack writer.
+// marked by the writer's next transaction.
 func (s *BoltStore) MarkAcked(_ context.Context, commandID string) error {
-	s.mu.Lock()
-	if v, ok := s.volatile[commandID]; ok {
-		v.Acked = true
-		s.mu.Unlock()
-		return nil
-	}
-	s.mu.Unlock()
-	s.queueAck(commandID)
+	s.setMark(commandID, markAcked)
 	return nil
 }
 
-func (s *BoltStore) queueAck(commandID string) {
-	s.ackMu.Lock()
-	s.acks[commandID] = struct{}{}
-	s.ackMu.Unlock()
+// MarkStored notes that EDGE_EVT stored the event of commandID, as MarkAcked does.
+func (s *BoltStore) MarkStored(_ context.Context, commandID string) error {
+	s.setMark(commandID, markStored)
+	return nil
+}
+
+func (s *BoltStore) setMark(commandID string, m mark) {
+	s.mu.Lock()
+	if v, ok := s.volatile[commandID]; ok {
+		v.Acked = v.Acked || m&markAcked != 0
+		v.Stored = v.Stored || m&markStored != 0
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.queueMark(commandID, m)
+}
+
+func (s *BoltStore) queueMark(commandID string, m mark) {
+	s.markMu.Lock()
+	s.marks[commandID] |= m
+	s.markMu.Unlock()
 	select {
-	case s.ackKick <- struct{}{}:
+	case s.markKick <- struct{}{}:
 	default:
 	}
 }
 
-func (s *BoltStore) ackPending(commandID string) bool {
-	s.ackMu.Lock()
-	defer s.ackMu.Unlock()
-	_, queued := s.acks[commandID]
-	_, writing := s.writing[commandID]
-	return queued || writing
+// pending returns the marks of commandID not written yet.
+func (s *BoltStore) pending(commandID string) mark {
+	s.markMu.Lock()
+	defer s.markMu.Unlock()
+	return s.marks[commandID] | s.writing[commandID]
+}
+
+// withPending returns e with the marks not written yet applied.
+func (s *BoltStore) withPending(e Execution) Execution {
+	m := s.pending(e.CommandID)
+	e.Acked = e.Acked || m&markAcked != 0
+	e.Stored = e.Stored || m&markStored != 0
+	return e
 }
 
 // write runs fn in the writer's next transaction and returns once that transaction is
@@ -330,9 +363,9 @@ func (s *BoltStore) writeDeferred(fn func(*bolt.Tx) error, after func(error)) {
 	s.wmu.RLock()
 	closed := s.closed
 	if !closed {
-		s.ackMu.Lock()
+		s.markMu.Lock()
 		s.deferred = append(s.deferred, writeReq{fn: fn, after: after})
-		s.ackMu.Unlock()
+		s.markMu.Unlock()
 	}
 	s.wmu.RUnlock()
 	if closed {
@@ -340,34 +373,34 @@ func (s *BoltStore) writeDeferred(fn func(*bolt.Tx) error, after func(error)) {
 		return
 	}
 	select {
-	case s.ackKick <- struct{}{}:
+	case s.markKick <- struct{}{}:
 	default:
 	}
 }
 
-// writer is the group commit: it waits for a write or an ack, takes every write queued
-// meanwhile and the waiting acks, and commits them in one transaction. On Close it
+// writer is the group commit: it waits for a write or a mark, takes every write queued
+// meanwhile and the waiting marks, and commits them in one transaction. On Close it
 // commits what is left and returns.
 func (s *BoltStore) writer() {
 	defer close(s.flushed)
 	group := make([]writeReq, 0, maxGroup)
-	var acksDue <-chan time.Time
+	var marksDue <-chan time.Time
 	for {
 		stopping := false
 		group = group[:0]
 		select {
 		case r := <-s.writes:
 			group = append(group, r)
-		case <-s.ackKick:
-			if acksDue == nil {
-				acksDue = time.After(ackDelay)
+		case <-s.markKick:
+			if marksDue == nil {
+				marksDue = time.After(markDelay)
 			}
 			continue
-		case <-acksDue:
+		case <-marksDue:
 		case <-s.closing:
 			stopping = true
 		}
-		acksDue = nil
+		marksDue = nil
 	drain:
 		for len(group) < maxGroup || stopping {
 			select {
@@ -377,35 +410,35 @@ func (s *BoltStore) writer() {
 				break drain
 			}
 		}
-		acks, deferred := s.takeAcks()
-		s.commit(append(group, deferred...), acks)
-		s.ackMu.Lock()
+		marks, deferred := s.takeMarks()
+		s.commit(append(group, deferred...), marks)
+		s.markMu.Lock()
 		s.writing = nil
-		s.ackMu.Unlock()
+		s.markMu.Unlock()
 		if stopping {
 			return
 		}
 	}
 }
 
-// takeAcks takes the queued acks and deferred writes for the next transaction.
-func (s *BoltStore) takeAcks() (map[string]struct{}, []writeReq) {
-	s.ackMu.Lock()
-	defer s.ackMu.Unlock()
+// takeMarks takes the queued marks and deferred writes for the next transaction.
+func (s *BoltStore) takeMarks() (map[string]mark, []writeReq) {
+	s.markMu.Lock()
+	defer s.markMu.Unlock()
 	deferred := s.deferred
 	s.deferred = nil
-	if len(s.acks) == 0 {
+	if len(s.marks) == 0 {
 		return nil, deferred
 	}
-	ids := s.acks
-	s.acks, s.writing = map[string]struct{}{}, ids
-	return ids, deferred
+	marks := s.marks
+	s.marks, s.writing = map[string]mark{}, marks
+	return marks, deferred
 }
 
 // commit runs a group in one transaction. When it fails, each write is tried again in a
 // transaction of its own, so that one failing write does not fail the others.
-func (s *BoltStore) commit(group []writeReq, acks map[string]struct{}) {
-	if len(group) == 0 && len(acks) == 0 {
+func (s *BoltStore) commit(group []writeReq, marks map[string]mark) {
+	if len(group) == 0 && len(marks) == 0 {
 		return
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -414,7 +447,7 @@ func (s *BoltStore) commit(group []writeReq, acks map[string]struct{}) {
 				return err
 			}
 		}
-		return markAcked(tx, acks)
+		return applyMarks(tx, marks)
 	})
 	if err == nil {
 		for _, r := range group {
@@ -425,22 +458,26 @@ func (s *BoltStore) commit(group []writeReq, acks map[string]struct{}) {
 	for _, r := range group {
 		r.finish(s.db.Update(r.fn))
 	}
-	// Failed acks are dropped: the events are re-sent at the next start and Mirage counts
-	// them once.
-	_ = s.db.Update(func(tx *bolt.Tx) error { return markAcked(tx, acks) })
+	// Failed marks are dropped: the events are re-sent (at the next start, or when a
+	// Mirage shows itself) and Mirage counts them once.
+	_ = s.db.Update(func(tx *bolt.Tx) error { return applyMarks(tx, marks) })
 }
 
-func markAcked(tx *bolt.Tx, ids map[string]struct{}) error {
-	for id := range ids {
+func applyMarks(tx *bolt.Tx, marks map[string]mark) error {
+	for id, m := range marks {
 		execID := tx.Bucket(bucketCommand).Get([]byte(id))
 		if execID == nil {
 			continue
 		}
 		var e Execution
-		if err := getExec(tx, execID, &e); err != nil || e.Acked {
+		if err := getExec(tx, execID, &e); err != nil {
 			continue
 		}
-		e.Acked = true
+		acked, stored := e.Acked || m&markAcked != 0, e.Stored || m&markStored != 0
+		if acked == e.Acked && stored == e.Stored {
+			continue
+		}
+		e.Acked, e.Stored = acked, stored
 		data, err := json.Marshal(&e)
 		if err != nil {
 			return err
@@ -510,8 +547,8 @@ func (s *BoltStore) GetByCommandID(_ context.Context, commandID string) (Executi
 	}
 	s.mu.Unlock()
 	e, err := s.lookup(bucketCommand, commandID)
-	if err == nil && !e.Acked {
-		e.Acked = s.ackPending(commandID)
+	if err == nil {
+		e = s.withPending(e)
 	}
 	return e, err
 }
@@ -539,7 +576,10 @@ func (s *BoltStore) Unfinished(_ context.Context) ([]Execution, error) {
 }
 
 func (s *BoltStore) Unacked(_ context.Context) ([]Execution, error) {
-	return s.scan(func(e *Execution) bool { return e.State == StateFinished && !e.Acked && !s.ackPending(e.CommandID) })
+	return s.scan(func(e *Execution) bool {
+		*e = s.withPending(*e)
+		return e.State == StateFinished && !e.Acked
+	})
 }
 
 func (s *BoltStore) LastSeq(_ context.Context) (uint64, error) {
@@ -669,7 +709,7 @@ func (s *BoltStore) Prune(_ context.Context) (int, error) {
 	return len(drop), err
 }
 
-// Close commits the writes and acknowledgements still queued and closes the database.
+// Close commits the writes and marks still queued and closes the database.
 func (s *BoltStore) Close() error {
 	s.wmu.Lock()
 	if s.closed {

@@ -47,7 +47,7 @@ func (g *Ghost) deliveryLoop() {
 			g.log.Info("reconnected: re-sending unacknowledged events, catching up on missed commands, registering again")
 			g.needFull.Store(true)
 			g.registerAgain("a reconnect")
-			g.resendUnacked(g.run)
+			g.requestResend(false)
 			g.catchUp(g.run, true)
 		case <-g.kick:
 			g.catchUp(g.run, true)

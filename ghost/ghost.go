@@ -131,8 +131,11 @@ type Ghost struct {
 	cancelSend context.CancelFunc
 	wg         sync.WaitGroup
 	slots      chan struct{}
-	// stopping is closed when Close begins: background loops end, executions go on.
-	stopping chan struct{}
+	// serving is cancelled when Close begins: background loops and re-sends end,
+	// executions go on. stopping is its Done channel.
+	serving     context.Context
+	stopServing context.CancelFunc
+	stopping    <-chan struct{}
 
 	// catchMu makes catch-ups run one at a time.
 	catchMu sync.Mutex
@@ -152,6 +155,11 @@ type Ghost struct {
 	fullAt atomic.Uint64
 	// emitting holds the event_ids being published (emit).
 	emitting sync.Map
+	// resendKick asks resendLoop for a pass over the unacknowledged events; resendStored
+	// makes the next pass include those EDGE_EVT confirmed storing (a Mirage showed
+	// itself).
+	resendKick   chan struct{}
+	resendStored atomic.Bool
 
 	mu   sync.Mutex
 	subs []*nats.Subscription
@@ -184,11 +192,13 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 	}
 	g := &Ghost{
 		cfg: cfg, nc: nc, js: js, registry: registry, store: store, log: log,
-		pipeline: NewPipeline(cfg.ID, registry, store, cfg.Now, log),
-		slots:    make(chan struct{}, cfg.MaxConcurrent),
-		stopping: make(chan struct{}),
-		kick:     make(chan struct{}, 1),
+		pipeline:   NewPipeline(cfg.ID, registry, store, cfg.Now, log),
+		slots:      make(chan struct{}, cfg.MaxConcurrent),
+		kick:       make(chan struct{}, 1),
+		resendKick: make(chan struct{}, 1),
 	}
+	g.serving, g.stopServing = context.WithCancel(context.Background())
+	g.stopping = g.serving.Done()
 	g.run, g.cancel = context.WithCancel(context.Background())
 	g.send, g.cancelSend = context.WithCancel(context.Background())
 	return g, nil
@@ -228,10 +238,13 @@ func (g *Ghost) Start(ctx context.Context) error {
 	}
 	g.flush()
 	g.resumeUnfinished(ctx)
-	g.resendUnacked(ctx)
+	g.requestResend(false)
 	g.requestCatchUp()
 	if g.track() {
 		go g.deliveryLoop()
+	}
+	if g.track() {
+		go g.resendLoop()
 	}
 
 	switch g.cfg.Policy {
@@ -310,7 +323,7 @@ func (g *Ghost) Close() error {
 	}
 	g.closed = true
 	subs, ackSub := g.subs, g.ackSub
-	close(g.stopping)
+	g.stopServing()
 	g.mu.Unlock()
 	for _, s := range subs {
 		_ = s.Unsubscribe()
@@ -438,7 +451,7 @@ var errNotRecorded = errors.New("the execution store could not record the comman
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
 // (250 ms, ×2, 5 s max, jitter) until it is stored or ctx ends (g.send: Close's flush
-// window is over).
+// window is over). Once EDGE_EVT confirms it, the execution is marked stored.
 //
 // One event is published by one goroutine at a time: a re-send (a reconnect, a duplicate
 // command) while an earlier publish of it is still retrying leaves it to that one, so
@@ -467,6 +480,7 @@ func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
 		cancel()
 		if err == nil {
 			g.cfg.Metrics.publishedEvent()
+			g.markStored(ctx, ev)
 			g.log.Debug("event stored", "direction", "out", "peer", "mirage", "message_type", bus.TypeEvent, "message_id", ev.MessageID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
 			return
 		}
@@ -476,28 +490,113 @@ func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			g.log.Warn("ghost stopping with an event not stored; it is re-sent at next start", "event_id", ev.EventID)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				g.log.Warn("event still not stored; it is re-sent later", "event_id", ev.EventID)
+			} else {
+				g.log.Warn("ghost stopping with an event not stored; it is re-sent at next start", "event_id", ev.EventID)
+			}
 			return
 		}
 	}
 }
 
-// resendUnacked re-publishes events Mirage has not acknowledged (after a restart).
-func (g *Ghost) resendUnacked(ctx context.Context) {
-	execs, err := g.store.Unacked(ctx)
+// markStored records that EDGE_EVT stored ev. Only the stable event_id of a command marks
+// its execution: a refusal for security has its own event_id and no record.
+func (g *Ghost) markStored(ctx context.Context, ev *bus.Event) {
+	if ev.EventID != bus.EventID(g.cfg.ID, ev.CommandID) {
+		return
+	}
+	if err := g.store.MarkStored(context.WithoutCancel(ctx), ev.CommandID); err != nil && !errors.Is(err, ErrNotFound) {
+		g.log.Error("execution store: marking an event stored failed", "command_id", ev.CommandID, "err", err)
+	}
+}
+
+// Re-sending events Mirage has not acknowledged. EDGE_EVT's publish ack says an event is
+// stored; from then on Mirage's durable consumer delivers it, to a Mirage started later
+// too, and its event.ack only says Mirage counted it. So an event the stream never
+// confirmed (the Ghost stopped, crashed or lost its link while publishing it) is re-sent
+// at every start and reconnect, and one it confirmed only when a Mirage shows itself
+// (acknowledges a registration, announces itself) without having acknowledged it: its
+// event.ack was lost, or the stream lost the event (recreated, an fsync interval's loss,
+// rotated out by its cap). A Ghost without a Mirage does not re-publish its stored events
+// on every reconnect, where past the 15-minute duplicate window each copy would be
+// stored again.
+
+// resendWorkers bounds the events re-sent at once: a Ghost holding many unacknowledged
+// events (the store keeps up to 200 000) sends them a few at a time, not in one burst.
+const resendWorkers = 4
+
+// resendPatience is how long a re-send tries one event before leaving it for the next
+// pass, so that events EDGE_EVT keeps refusing do not hold the workers for good.
+const resendPatience = 30 * time.Second
+
+// requestResend asks resendLoop for a pass over the unacknowledged events, including
+// those EDGE_EVT confirmed when stored is set, without blocking.
+func (g *Ghost) requestResend(stored bool) {
+	if stored {
+		g.resendStored.Store(true)
+	}
+	select {
+	case g.resendKick <- struct{}{}:
+	default:
+	}
+}
+
+// resendLoop runs one re-send pass at a time, as requestResend asks.
+func (g *Ghost) resendLoop() {
+	defer g.wg.Done()
+	for {
+		select {
+		case <-g.stopping:
+			return
+		case <-g.resendKick:
+		}
+		g.resendUnacked(g.resendStored.Swap(false))
+	}
+}
+
+// resendUnacked re-publishes the finished events Mirage has not acknowledged that
+// EDGE_EVT never confirmed, and those it did when stored is set, resendWorkers at a time.
+// It ends early when the Ghost stops or the connection is lost (a reconnect asks again).
+func (g *Ghost) resendUnacked(stored bool) {
+	execs, err := g.store.Unacked(g.serving)
 	if err != nil {
 		g.log.Error("execution store: listing unacknowledged events failed", "err", err)
 		return
 	}
+	queue := make(chan *bus.Event)
+	var workers sync.WaitGroup
+	for range resendWorkers {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for ev := range queue {
+				ctx, cancel := context.WithTimeout(g.serving, resendPatience)
+				g.emit(ctx, ev)
+				cancel()
+			}
+		}()
+	}
+	sent := 0
+feed:
 	for _, e := range execs {
-		if e.Event == nil {
+		if e.Event == nil || (e.Stored && !stored) {
 			continue
 		}
-		ev := e.Event
-		if !g.track() {
-			return
+		if !g.nc.IsConnected() {
+			break
 		}
-		go func() { defer g.wg.Done(); g.emit(g.send, ev) }()
+		select {
+		case queue <- e.Event:
+			sent++
+		case <-g.stopping:
+			break feed
+		}
+	}
+	close(queue)
+	workers.Wait()
+	if sent > 0 {
+		g.log.Info("re-sent unacknowledged events", "events", sent, "unacknowledged", len(execs), "including_stored", stored)
 	}
 }
 

@@ -52,6 +52,7 @@ func (g *Ghost) register(ctx context.Context) error {
 	g.mu.Lock()
 	g.registered = true
 	g.mu.Unlock()
+	g.requestResend(true) // a Mirage is there to count and acknowledge them
 	g.log.Info("registered with Mirage", "direction", "out", "message_type", bus.TypeRegister, "seeds", len(reg.Seeds))
 	return nil
 }
@@ -131,7 +132,8 @@ func (g *Ghost) onAnnounce(msg *nats.Msg) {
 		g.warnJunk(junkAnnounce, "refused a malformed announce", "direction", "in", "message_type", bus.TypeAnnounce, "err", err)
 		return
 	}
-	g.requestCatchUp() // a Mirage that comes up may have re-dispatched commands
+	g.requestCatchUp()    // a Mirage that comes up may have re-dispatched commands
+	g.requestResend(true) // and is there to acknowledge what it has not
 	g.registerAgain("a Mirage announce")
 }
 

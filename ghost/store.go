@@ -35,6 +35,10 @@ type Execution struct {
 	Event *bus.Event `json:"event,omitempty"`
 	// Acked is set when Mirage answered event.ack for the event.
 	Acked bool `json:"acked,omitempty"`
+	// Stored is set when EDGE_EVT confirmed storing the event (its publish ack): from
+	// then on Mirage's durable consumer delivers it, and the Ghost re-sends it only when
+	// a Mirage shows itself and has not acknowledged it.
+	Stored bool `json:"stored,omitempty"`
 	// Command is the command as received, kept until the execution finishes so that a
 	// restart can resume it.
 	Command *bus.Command `json:"command,omitempty"`
@@ -54,6 +58,9 @@ type ExecutionStore interface {
 	Finish(ctx context.Context, executionID string, ev *bus.Event) error
 	// MarkAcked records that Mirage acknowledged the event of an execution.
 	MarkAcked(ctx context.Context, commandID string) error
+	// MarkStored records that EDGE_EVT confirmed storing the event of an execution. Like
+	// MarkAcked it need not wait for the disk: a mark lost in a crash costs one re-send.
+	MarkStored(ctx context.Context, commandID string) error
 	// GetExecution returns an execution by execution_id, or ErrNotFound.
 	GetExecution(ctx context.Context, executionID string) (Execution, error)
 	// GetByCommandID returns an execution by command_id, or ErrNotFound.
@@ -133,6 +140,17 @@ func (s *MemoryStore) MarkAcked(_ context.Context, commandID string) error {
 		return ErrNotFound
 	}
 	s.byExec[id].Acked = true
+	return nil
+}
+
+func (s *MemoryStore) MarkStored(_ context.Context, commandID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.byCommand[commandID]
+	if !ok {
+		return ErrNotFound
+	}
+	s.byExec[id].Stored = true
 	return nil
 }
 
