@@ -333,6 +333,9 @@ func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done cha
 		if !wait {
 			return dispatchNoSlot
 		}
+		if ok, n := g.saturated.Allow(); ok {
+			g.log.Warn("every execution slot is busy; commands wait for one to free", "max_concurrent", cap(g.slots), "waits_since_last_warning", n)
+		}
 		select {
 		case g.slots <- struct{}{}:
 		case <-g.stopping:

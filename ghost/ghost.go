@@ -116,6 +116,8 @@ type Ghost struct {
 	// have its event's publish ack delivered to this Ghost's subjects, and to every Ghost's
 	// mirage.announce, as often as it publishes.
 	junk [junkSubjects]bus.RateLog
+	// saturated bounds the warnings that every execution slot is taken.
+	saturated bus.RateLog
 	// answers receives Mirage's answers to replay requests (answerSubscription).
 	answersMu     sync.Mutex
 	answers       *bus.Answers

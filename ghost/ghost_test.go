@@ -312,3 +312,25 @@ func TestJunkOnGhostSubjectsIsLoggedAtMostOncePerInterval(t *testing.T) {
 		return logs.count("refused an attach request") == 1
 	})
 }
+
+// A Ghost whose every execution slot is taken says so, once per bus.RateLogEvery, while
+// commands wait for a slot; they all run in the end.
+func TestSaturatedGhostSaysSoOnce(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
+	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+	const id = "saturated"
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
+		testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 1 }))
+	var ids []string
+	for range 4 {
+		id, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "200"})
+		ids = append(ids, id)
+	}
+	for _, c := range ids {
+		eventFor(t, env, id, c)
+	}
+	if got := logs.count("every execution slot is busy; commands wait for one to free"); got != 1 {
+		t.Fatalf("%d warnings that the slots are busy, want 1", got)
+	}
+}
