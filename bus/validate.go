@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/edgectl/edgectl/subjects"
 )
@@ -372,17 +373,81 @@ func (m *Register) Validate() error {
 	if m.Seeds == nil {
 		return FieldError(CodeSemantic, "seeds", "missing (send [] for none)")
 	}
+	seeds := make(map[string]bool, len(m.Seeds))
 	for i, s := range m.Seeds {
 		p := fmt.Sprintf("seeds[%d].", i)
 		if err := seedID(p+"id", s.ID); err != nil {
 			return err
 		}
+		if seeds[s.ID] {
+			return FieldError(CodeSemantic, p+"id", "seed %s is declared twice", s.ID)
+		}
+		seeds[s.ID] = true
+		ops := make(map[string]bool, len(s.Operations))
 		for j, op := range s.Operations {
-			if err := operation(fmt.Sprintf("%soperations[%d].name", p, j), op.Name); err != nil {
+			q := fmt.Sprintf("%soperations[%d].", p, j)
+			if err := operation(q+"name", op.Name); err != nil {
+				return err
+			}
+			if ops[op.Name] {
+				return FieldError(CodeSemantic, q+"name", "operation %s is declared twice", op.Name)
+			}
+			ops[op.Name] = true
+			if err := checkParams(q+"params", op.Params); err != nil {
 				return err
 			}
 		}
 	}
+	return nil
+}
+
+// checkParams checks declared params as Mirage will check args against them: a name an
+// argument can have, once; a pattern that parses; limits that some value can meet. A
+// declaration failing these would refuse every issue with a misleading reason.
+func checkParams(field string, params []ParamInfo) error {
+	names := make(map[string]bool, len(params))
+	for k, pi := range params {
+		f := fmt.Sprintf("%s[%d]", field, k)
+		switch {
+		case !ValidArgName(pi.Name):
+			return FieldError(CodeSemantic, f+".name", "%q is not an argument name (lowercase a-z 0-9 _, starting with a letter)", pi.Name)
+		case names[pi.Name]:
+			return FieldError(CodeSemantic, f+".name", "param %s is declared twice", pi.Name)
+		case pi.MaxBytes < 0:
+			return FieldError(CodeSemantic, f+".max_bytes", "is %d; 0 for no limit, or more", pi.MaxBytes)
+		case pi.Min != nil && pi.Max != nil && *pi.Min > *pi.Max:
+			return FieldError(CodeSemantic, f, "min %d is above max %d", *pi.Min, *pi.Max)
+		}
+		names[pi.Name] = true
+		if err := checkPattern(pi.Pattern); err != nil {
+			return FieldError(CodeSemantic, f+".pattern", "%q does not parse: %v", pi.Pattern, err)
+		}
+	}
+	return nil
+}
+
+// goodPatterns remembers the patterns found to parse, so that a fleet registering the same
+// seeds (thousands of Ghosts) parses each pattern once; bounded, beyond which it parses.
+var goodPatterns = struct {
+	sync.Mutex
+	m map[string]struct{}
+}{m: map[string]struct{}{}}
+
+func checkPattern(p string) error {
+	goodPatterns.Lock()
+	_, ok := goodPatterns.m[p]
+	goodPatterns.Unlock()
+	if ok {
+		return nil
+	}
+	if _, err := ParseParamPattern(p); err != nil {
+		return err
+	}
+	goodPatterns.Lock()
+	if len(goodPatterns.m) < 4096 {
+		goodPatterns.m[p] = struct{}{}
+	}
+	goodPatterns.Unlock()
 	return nil
 }
 

@@ -111,6 +111,16 @@ var invalids = []invalid{
 	{name: "register null labels", file: "register.json", edit: set("labels", nil), code: bus.CodeSemantic, field: "labels"},
 	{name: "register seed id uppercase", file: "register.json", edit: set("seeds[1].id", "Seed.kv"), code: bus.CodeSemantic, field: "seeds[1].id"},
 	{name: "register operation name uppercase", file: "register.json", edit: set("seeds[0].operations[0].name", "Status"), code: bus.CodeSemantic, field: "seeds[0].operations[0].name"},
+	{name: "register seed declared twice", file: "register.json", edit: set("seeds[1].id", "seed.flow"), code: bus.CodeSemantic, field: "seeds[1].id", mention: "twice"},
+	{name: "register operation declared twice", file: "register.json", edit: set("seeds[0].operations[1].name", "status"), code: bus.CodeSemantic, field: "seeds[0].operations[1].name", mention: "twice"},
+	{name: "register param name not an argument name", file: "register.json", edit: set("seeds[0].operations[1].params[0].name", "X-Y"), code: bus.CodeSemantic, field: "seeds[0].operations[1].params[0].name"},
+	{name: "register pattern that does not parse", file: "register.json", edit: set("seeds[0].operations[1].params[0].pattern", "(("), code: bus.CodeSemantic, field: "seeds[0].operations[1].params[0].pattern"},
+	{name: "register pattern repeating too much", file: "register.json", edit: set("seeds[0].operations[1].params[0].pattern", "a{2000}"), code: bus.CodeSemantic, field: "seeds[0].operations[1].params[0].pattern"},
+	{name: "register negative max_bytes", file: "register.json", edit: set("seeds[0].operations[1].params[0].max_bytes", -1), code: bus.CodeSemantic, field: "seeds[0].operations[1].params[0].max_bytes"},
+	{name: "register min above max", file: "register.json", edit: func(t testing.TB, m map[string]any) {
+		editPath(t, m, "seeds[0].operations[1].params[0].min", false, 10)
+		editPath(t, m, "seeds[0].operations[1].params[0].max", false, 1)
+	}, code: bus.CodeSemantic, field: "seeds[0].operations[1].params[0]", mention: "above"},
 	{name: "register ghost_id with a dot", file: "register.json", edit: set("ghost_id", "edge.1"), code: bus.CodeSemantic, field: "ghost_id", mention: "dot"},
 	{name: "register.ack rejected", file: "register_ack.json", edit: func(t testing.TB, m map[string]any) {
 		editPath(t, m, "status", false, "rejected")
