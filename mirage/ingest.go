@@ -17,6 +17,13 @@ import (
 // onEvent is event ingest: decode → check identity → count once by event_id → ack the
 // stream message → answer event.ack. A malformed event is terminated, never redelivered.
 func (m *Mirage) onEvent(msg jetstream.Msg) {
+	// The consumer's Closed channel may report it stopped before this callback returns;
+	// what the event sets off (a next wave of commands, a report) must still be waited
+	// for by Close.
+	if !m.hold() {
+		return
+	}
+	defer m.wg.Done()
 	var ev bus.Event
 	subjectGhost, serr := subjects.GhostFrom(msg.Subject())
 	if err := bus.Decode(msg.Data(), &ev); err != nil {

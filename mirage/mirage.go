@@ -722,6 +722,20 @@ func (m *Mirage) spawnHolding(slots chan struct{}, f func()) {
 // spawn runs f in a goroutine that Close waits for, and reports whether it did: once
 // Mirage is stopping it runs nothing. Subscription handlers and timers, which Close does
 // not wait for, start their work through it.
+// hold counts the caller, a callback of a goroutine Mirage does not own (the events
+// consumer's), in wg for as long as it runs: Close then waits for it. It is false once
+// Close has begun waiting; the caller must then drop its work (unacked, an event is
+// delivered again to the next Mirage). A true hold is ended with m.wg.Done.
+func (m *Mirage) hold() bool {
+	m.spawnMu.Lock()
+	defer m.spawnMu.Unlock()
+	if m.closing {
+		return false
+	}
+	m.wg.Add(1)
+	return true
+}
+
 func (m *Mirage) spawn(f func()) bool {
 	m.spawnMu.Lock()
 	defer m.spawnMu.Unlock()
