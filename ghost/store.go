@@ -133,24 +133,22 @@ func (s *MemoryStore) Finish(_ context.Context, executionID string, ev *bus.Even
 }
 
 func (s *MemoryStore) MarkAcked(_ context.Context, commandID string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	id, ok := s.byCommand[commandID]
-	if !ok {
-		return ErrNotFound
-	}
-	s.byExec[id].Acked = true
-	return nil
+	return s.mark(commandID, func(e *Execution) { e.Acked = true })
 }
 
 func (s *MemoryStore) MarkStored(_ context.Context, commandID string) error {
+	return s.mark(commandID, func(e *Execution) { e.Stored = true })
+}
+
+// mark applies set to the execution of commandID.
+func (s *MemoryStore) mark(commandID string, set func(*Execution)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	id, ok := s.byCommand[commandID]
 	if !ok {
 		return ErrNotFound
 	}
-	s.byExec[id].Stored = true
+	set(s.byExec[id])
 	return nil
 }
 
