@@ -69,6 +69,13 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 	}
 	steps, err := m.plan(&is)
 	if err != nil {
+		if prior := m.followedAs(&is); prior != nil {
+			// A re-sent issue of an intent being followed is accepted again even when
+			// the fleet has changed since (a Ghost gone, a seed removed).
+			m.log.Info("issue re-sent for a followed intent: accepted again", "intent_id", is.IntentID)
+			reply(&bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: prior.IntentID, Status: "accepted", Targets: prior.Targets})
+			return
+		}
 		reject(err)
 		return
 	}
@@ -166,6 +173,22 @@ func (m *Mirage) adopt(rec *IntentRecord) []int {
 	m.arm(li)
 	units, _ := m.advance(li)
 	return units
+}
+
+// followedAs returns the record of the live (or not yet recorded) intent is was sent for,
+// if is is the same issue sent again; nil otherwise.
+func (m *Mirage) followedAs(is *bus.Issue) *IntentRecord {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec := m.unrecorded[is.IntentID]
+	if li, ok := m.live[is.IntentID]; ok {
+		rec = &li.rec
+	}
+	if rec == nil || !sameIssue(&rec.Issue, is) {
+		return nil
+	}
+	cp := *rec
+	return &cp
 }
 
 // recorded ends the reservation of a fresh intent's id once the store holds its record.

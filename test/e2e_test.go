@@ -302,6 +302,39 @@ func TestEndedIntentStaysEndedAcrossMirageRestart(t *testing.T) {
 	}
 }
 
+// A client that did not get its answer sends the issue again; meanwhile the fleet changed
+// (its glob's only Ghost left the registry). The intent is being followed, so the re-sent issue is
+// accepted again, with the same targets, and ends as it would have: it is not refused
+// because its scope no longer resolves.
+func TestResentIssueIsAcceptedAgainAfterTheFleetChanged(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-gone")
+	client := env.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	is := testenv.NewIssue("edge-go*", "seed.flow", "sleep", map[string]string{"ms": "1500"}, 10*time.Second)
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Revoke(ctx, "edge-gone"); err != nil { // forgets the registry record
+		t.Fatal(err)
+	}
+	if _, err := client.Issue(ctx, testenv.NewIssue("edge-go*", "seed.flow", "status", nil, 5*time.Second)); !errors.Is(err, mirage.ErrRejected) {
+		t.Fatalf("a new issue to the forgotten Ghost: %v; want it refused (the test shows nothing otherwise)", err)
+	}
+	reply, err := client.Issue(ctx, is)
+	if err != nil {
+		t.Fatalf("the same issue sent again: %v; want accepted again", err)
+	}
+	if len(reply.Targets) != 1 || reply.Targets[0] != "edge-gone" {
+		t.Fatalf("accepted again with targets %v", reply.Targets)
+	}
+	if rep := waitReport(t, client, is.IntentID, 10*time.Second); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("the intent: %s", rep.Summary)
+	}
+}
+
 // An intent recorded in edge_intents but not followed: its issue was refused because the
 // store's answer to the record was lost (simulated: the id is claimed by a refused issue,
 // then the record is written as that lost Create would have). When the client sends the
