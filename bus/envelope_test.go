@@ -130,6 +130,8 @@ var requiredFields = map[string][]missing{
 	"register_ack.json": {{path: "ghost_id"}, {path: "status"}},
 	"heartbeat.json":    {{path: "ghost_id"}},
 	"announce.json":     {{path: "mirage_id"}},
+	"probe.json":        {{path: "ghost_id"}, {path: "instance_id"}, {path: "started_ms"}, {path: "phase"}},
+	"probe_answer.json": {{path: "ghost_id"}, {path: "instance_id"}, {path: "started_ms"}, {path: "phase"}},
 	"report.json": {
 		{path: "intent_id"},
 		{path: "phase"},

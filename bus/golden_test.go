@@ -39,6 +39,8 @@ var goldens = []golden{
 	{"heartbeat.json", func() bus.Envelope { return new(bus.Heartbeat) }},
 	{"announce.json", func() bus.Envelope { return new(bus.Announce) }},
 	{"report.json", func() bus.Envelope { return new(bus.Report) }},
+	{"probe.json", func() bus.Envelope { return new(bus.IDProbe) }},
+	{"probe_answer.json", func() bus.Envelope { return new(bus.IDProbeAnswer) }},
 }
 
 func goldenOf(t testing.TB, file string) golden {

@@ -125,6 +125,7 @@ const (
 	PrefixExecution = "exe"
 	PrefixEvent     = "evt"
 	PrefixMessage   = "msg"
+	PrefixInstance  = "ins"
 )
 
 // NewID returns a unique, subject-token safe identifier such as int_Xb3...; the suffix is a

@@ -36,6 +36,7 @@ const (
 	prefixHeartbeat = "hb"
 	prefixReport    = "report"
 	prefixAttach    = "attach"
+	prefixProbe     = "probe"
 )
 
 // Wildcards that streams and Mirage subscriptions use.
@@ -71,6 +72,11 @@ func Report(intentID string) string { return prefixReport + "." + intentID }
 
 // AttachGhost is where Mirage asks a headless Ghost to register (request/reply).
 func AttachGhost(ghostID string) string { return prefixAttach + "." + ghostID }
+
+// Probe is where the instances of Ghost ghostID ask each other whether another one is
+// running (core request/reply, answered by every live instance). Only that Ghost may
+// publish or subscribe on it (natsd.GhostPermissions).
+func Probe(ghostID string) string { return prefixProbe + "." + ghostID }
 
 // ReplayFor is where Ghost ghostID asks Mirage for the commands it missed. Only that
 // Ghost may publish on it (natsd.GhostPermissions): the subject token is its identity.
@@ -110,7 +116,7 @@ func GhostFrom(subject string) (string, error) {
 		return "", fmt.Errorf("subject %q has no ghost id token", subject)
 	}
 	switch head {
-	case prefixCommand, prefixEvent, prefixAck, prefixRegister, prefixHeartbeat:
+	case prefixCommand, prefixEvent, prefixAck, prefixRegister, prefixHeartbeat, prefixProbe:
 	default:
 		return "", fmt.Errorf("subject %q is not a per-ghost subject", subject)
 	}

@@ -219,6 +219,7 @@ func TestBuilders(t *testing.T) {
 		{Heartbeat("edge-1"), "hb.edge-1"},
 		{Report("int_abc"), "report.int_abc"},
 		{AttachGhost("edge-1"), "attach.edge-1"},
+		{Probe("edge-1"), "probe.edge-1"},
 		{AllCommands, "cmd.*"},
 		{AllEvents, "evt.*"},
 		{AllRegisters, "reg.*"},
@@ -241,6 +242,7 @@ func TestGhostFrom(t *testing.T) {
 		{Ack("local"), "local"},
 		{Register("A_b-9"), "A_b-9"},
 		{Heartbeat("n1"), "n1"},
+		{Probe("edge-1"), "edge-1"},
 	}
 	for _, tt := range ok {
 		got, err := GhostFrom(tt.subject)
