@@ -162,6 +162,8 @@ type Ghost struct {
 	// itself).
 	resendKick   chan struct{}
 	resendStored atomic.Bool
+	// claim is this instance of the id, and its probe for others (idprobe.go).
+	claim *idClaim
 
 	mu   sync.Mutex
 	subs []*nats.Subscription
@@ -198,6 +200,7 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 		slots:      make(chan struct{}, cfg.MaxConcurrent),
 		kick:       make(chan struct{}, 1),
 		resendKick: make(chan struct{}, 1),
+		claim:      newIDClaim(cfg.ID, cfg.Now()),
 	}
 	g.serving, g.stopServing = context.WithCancel(context.Background())
 	g.stopping = g.serving.Done()
@@ -217,8 +220,13 @@ func (g *Ghost) Registry() *Registry { return g.registry }
 
 // Start subscribes to the Ghost's subjects and, per its policy, registers with Mirage.
 // With PolicyRequired it registers first and returns an error when no Mirage
-// acknowledges in time: it has then taken no command and run nothing.
+// acknowledges in time: it has then taken no command and run nothing. Before anything,
+// it asks whether another live instance holds the id, and returns a *DuplicateIDError
+// (ErrDuplicateID) if one does (idprobe.go).
 func (g *Ghost) Start(ctx context.Context) error {
+	if err := g.claimID(ctx); err != nil { // before anything can run a command
+		return err
+	}
 	if g.nc.AuthRequired() || !g.nc.IsConnected() {
 		// Made before the flush, so that a cluster knows it before the Ghost's first
 		// request (its register, a replay): Mirage's answers come there (not yet
@@ -330,6 +338,7 @@ func (g *Ghost) Close() error {
 	for _, s := range subs {
 		_ = s.Unsubscribe()
 	}
+	g.releaseID()
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()
 	select {
@@ -380,6 +389,9 @@ func (g *Ghost) onCommand(msg *nats.Msg) {
 // record the command: nothing ran, no event was sent, and a replay must not move its
 // position past it.
 func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) error {
+	if !g.settle() { // no other instance of the id found it (idprobe.go)
+		return errStopping
+	}
 	var cmd bus.Command
 	var out Outcome
 	var commandID string

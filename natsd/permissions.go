@@ -10,8 +10,9 @@ import (
 )
 
 // GhostPermissions are what Ghost id may do, in account EDGE_GHOSTS (accounts.go): read
-// its commands and acks, write its events, registration and heartbeats, and ask Mirage
-// for the commands it missed and for pushed seeds. Nothing else: no JetStream API call at
+// its commands and acks, write its events, registration and heartbeats, ask Mirage for
+// the commands it missed and for pushed seeds, and probe for (and answer) other live
+// instances of its own id on probe.<id>, which stays inside EDGE_GHOSTS. Nothing else: no JetStream API call at
 // all. nats-server checks neither a new consumer's deliver_subject nor a request's reply
 // subject against the requester's permissions, and JetStream answers there with its own
 // rights, some answers with an empty body (a direct get that finds nothing, a pull
@@ -30,15 +31,19 @@ func GhostPermissions(id string) *server.Permissions {
 			// there with the account's rights (an empty direct get answer is an empty
 			// STREAM.DELETE request).
 			subjects.SeedFor(id),
+			// Its own id only: another Ghost can neither make it refuse to start (an
+			// answer) nor learn of it (a probe).
+			subjects.Probe(id),
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Command(id),
 			subjects.Ack(id),
 			subjects.AttachGhost(id),
+			subjects.Probe(id),
 			subjects.Announce,
 			bus.GhostInbox(id) + ".>",
 		}},
-		// Replies to the requests a Ghost serves (attach).
+		// Replies to the requests a Ghost serves (attach, probe).
 		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }

@@ -23,7 +23,8 @@ func newRun() *cobra.Command {
 		Long: `run connects to NATS and serves the Ghost described by its config file: commands
 arrive on cmd.<id>, events leave on evt.<id>. Besides the seeds of its config it hosts
 the control seed "ghost" and the seeds installed with 'miragectl seed push' (kept under
-STATE/seeds), and installs the config's boot_seeds first. With policy auto or required it registers
+STATE/seeds), and installs the config's boot_seeds first. It refuses to start (exit 3)
+when another live Ghost has its id. With policy auto or required it registers
 with Mirage and sends a heartbeat every 5 s. SIGINT or SIGTERM stops intake, lets running
 executions finish (10 s grace), flushes their events, and exits 0.`,
 		Args: cobra.NoArgs,
@@ -95,7 +96,13 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			}
 			settleMemory()
 			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted(), "production", cfg.Production, "tls", conn.TLS.Enabled(), "cert_identity", cfg.TLSCert != "")
-			<-ctx.Done()
+			select {
+			case <-ctx.Done():
+			case <-g.Done():
+				// Another instance of this id keeps it (found after a reconnect): the
+				// Ghost closed itself rather than run every command twice.
+				return cli.Exit(cli.ExitUnavailable, g.Err())
+			}
 			log.Info("stopping: draining executions and flushing events", "component", "ghostctl")
 			if err := g.Close(); err != nil {
 				return err
