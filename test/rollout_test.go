@@ -369,6 +369,10 @@ func TestLateWavesRespectDeliveryDeadlineAndTimeout(t *testing.T) {
 	m := env.StartMirage(mirage.Config{})
 	gateFleet(t, env, 3, nil)
 	testenv.Eventually(t, 5*time.Second, "3 registrations", func() bool { return len(m.Fleet().All()) == 3 })
+	// A Ghost holds the commands it receives in its first 500 ms, until no other
+	// instance of its id can still answer its start probes (ghost/idprobe.go): the
+	// timing below is that of settled Ghosts.
+	time.Sleep(600 * time.Millisecond)
 	client := env.Client()
 
 	// Units of 700 ms one at a time, delivery within 1 s: db-00 and db-01 start in time,
