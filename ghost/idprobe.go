@@ -23,7 +23,7 @@ import (
 //  1. probe, not yet subscribed itself: with nobody on probe.<id> the server answers "no
 //     responders" at once, so the common start costs one round trip; an answer from a
 //     running instance refuses the start (DuplicateIDError);
-//  2. subscribe to probe.<id>, probe again and flush: of two Ghosts that both passed 1
+//  2. subscribe to probe.<id> and probe again: of two Ghosts that both passed 1
 //     before either subscribed, at least one now receives the other's probe. A starting
 //     Ghost that receives a probe answers it as starting and refuses, so a start that
 //     collides with another refuses on at least one side, possibly both (never a
@@ -204,16 +204,15 @@ func (g *Ghost) claimID(ctx context.Context) error {
 	if err := g.firstAnswers(ctx, answers); err != nil {
 		return fail(err)
 	}
-	// 2. Subscribe, probe again, flush: a Ghost starting at the same moment finds this
-	// one, or this one finds it in what the flush brings.
+	// 2. Subscribe, probe again: a Ghost starting at the same moment finds this one, or
+	// this one finds it (in what already arrived, or in the late answers and probes the
+	// claim loop reads while commands are held). No flush of its own: Start flushes
+	// once it has subscribed, and a flush per Ghost costs a fleet start a second.
 	if err := g.subscribeProbes(probes); err != nil {
 		return fail(err)
 	}
 	if err := g.sendProbe(answers.sub.Subject); err != nil {
 		return fail(err)
-	}
-	if err := g.nc.FlushTimeout(5 * time.Second); err != nil {
-		g.log.Warn("flush after probing failed; continuing", "err", err)
 	}
 	var clash *DuplicateIDError
 	for drained := false; !drained; {
