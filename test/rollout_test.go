@@ -232,6 +232,9 @@ func TestTimedOutBlockingStepKeepsItsLockUntilItsCommandEnds(t *testing.T) {
 	env := testenv.New(t)
 	env.StartMirage(mirage.Config{})
 	env.StartGhost("lock-l", testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 2 }))
+	// A Ghost holds the commands it receives in its first 500 ms (ghost/idprobe.go): the
+	// timing below is that of a settled Ghost.
+	time.Sleep(600 * time.Millisecond)
 	client := env.Client()
 	ctx := context.Background()
 	for _, ms := range []string{"900", "1000"} { // both slots busy for about a second
