@@ -79,9 +79,12 @@ type idClaim struct {
 	mu   sync.Mutex
 	self bus.Instance       // Phase is InstanceStarting until claimID succeeds
 	sub  *nats.Subscription // probe.<id>, while the Ghost holds the id
-	err  error              // why it stood down
-	down bool
-	done chan struct{} // closed once it stood down and closed
+	// reply is where the answers to this instance's own latest probe come: its own probe,
+	// delivered back to it on probe.<id>, is told apart without decoding it.
+	reply string
+	err   error // why it stood down
+	down  bool
+	done  chan struct{} // closed once it stood down and closed
 	// settled is closed once the answers to the first probes are in: commands wait
 	// for it (settle).
 	settled    chan struct{}
@@ -157,6 +160,9 @@ func (g *Ghost) openAnswers(starting bool) (*probeAnswers, error) {
 		return nil, fmt.Errorf("subscribe for probe answers: %w", err)
 	}
 	a.sub = sub
+	g.claim.mu.Lock()
+	g.claim.reply = sub.Subject
+	g.claim.mu.Unlock()
 	return a, nil
 }
 
@@ -474,6 +480,12 @@ func (g *Ghost) answerProbe(m *nats.Msg, phase string) {
 // readProbe returns the instance that sent probe m, unless it is this one or m is no
 // probe for this id.
 func (g *Ghost) readProbe(m *nats.Msg) (bus.Instance, bool) {
+	g.claim.mu.Lock()
+	own := m.Reply != "" && m.Reply == g.claim.reply
+	g.claim.mu.Unlock()
+	if own {
+		return bus.Instance{}, false
+	}
 	var p bus.IDProbe
 	if err := bus.Decode(m.Data, &p); err != nil {
 		g.log.Debug("refused a malformed probe", "direction", "in", "message_type", bus.TypeProbe, "err", err)
