@@ -3,6 +3,7 @@ package mirage
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -62,5 +63,37 @@ func TestRejectedIssuesAreWarnedAtMostOncePerInterval(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "issue rejected"); n != 1 {
 		t.Fatalf("%d warnings for 200 rejected issues, want 1:\n%s", n, logs.String())
+	}
+}
+
+// When Mirage stops with the store not answering, the reports left share the stop
+// budget instead of waiting 5 s each: Close returns in bounded time, and the intents
+// whose terminal report was not stored are reported by the next Mirage.
+func TestReportsLeftAtStopShareTheStopBudget(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage", Persistent: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{StopBudget: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ns.Shutdown() // the store answers nothing from now on
+	ns.WaitForShutdown()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for i := range 4 {
+		m.publishReport(&bus.Report{Header: bus.NewHeader(bus.TypeReport, "", time.Now()), IntentID: fmt.Sprintf("int_stop%d", i), Phase: bus.PhaseSatisfied, Results: []bus.TargetResult{}})
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("4 reports took %s to give up on after the stop budget; want them to share the 1 s budget", took)
+	}
+	if n := m.unstoredAtStop.Load(); n < 3 {
+		t.Fatalf("%d reports counted as not stored at stop, want at least 3", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,6 +28,11 @@ type Config struct {
 	ReportInterval time.Duration
 	// PresenceFlush is how often heartbeat times are written to KV (default 5 s).
 	PresenceFlush time.Duration
+	// StopBudget bounds how long Close spends storing the reports left when it stops
+	// (default 10 s): with the store not answering, each would wait 5 s. What is not
+	// stored by then is not lost: an intent without its terminal report is taken up and
+	// reported by the next Mirage.
+	StopBudget time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Identity is Mirage's nkey: it signs every command. Nil sends them unsigned.
@@ -55,6 +61,9 @@ func (c *Config) defaults() {
 	}
 	if c.PresenceFlush <= 0 {
 		c.PresenceFlush = 5 * time.Second
+	}
+	if c.StopBudget <= 0 {
+		c.StopBudget = 10 * time.Second
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -125,6 +134,10 @@ type Mirage struct {
 	attaches      chan struct{} // attach requests relayed at once
 	seedRefusals  bus.RateLog   // bounds the warnings about malformed seed read requests
 	issueRefusals bus.RateLog   // bounds the warnings about rejected issues
+	// stopBy is when Close stops storing the reports left (unix ns; 0 while serving), and
+	// unstoredAtStop counts those it gave up on.
+	stopBy         atomic.Int64
+	unstoredAtStop atomic.Int64
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -301,6 +314,7 @@ func (m *Mirage) Close() error {
 		m.cc.Stop()
 		<-m.cc.Closed()
 	}
+	m.stopBy.Store(time.Now().Add(m.cfg.StopBudget).UnixNano())
 	close(m.stop)
 	m.stopRunning()
 	m.spawnMu.Lock()
@@ -317,6 +331,9 @@ func (m *Mirage) Close() error {
 	m.mu.Unlock()
 	m.fleet.flush()
 	m.publishDirty()
+	if n := m.unstoredAtStop.Load(); n > 0 {
+		m.log.Warn("reports not stored before Mirage stopped; the next Mirage reports their intents", "reports", n, "budget", m.cfg.StopBudget)
+	}
 	return nil
 }
 
@@ -560,7 +577,15 @@ func (m *Mirage) publishReport(r *bus.Report) {
 	terminal := bus.Terminal(r.Phase)
 	b := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		wait := 5 * time.Second
+		if by := m.stopBy.Load(); by != 0 {
+			// Stopping: the reports left share the stop budget.
+			if wait = min(wait, time.Until(time.Unix(0, by))); wait <= 0 {
+				m.unstoredAtStop.Add(1)
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		_, err = m.js.PublishMsg(ctx, msg) // same message id: stored once whatever happened
 		cancel()
 		if err == nil {
