@@ -689,7 +689,13 @@ func (m *Mirage) progress(intentID string) {
 	units, released := m.advance(li)
 	rec, done := li.rec, li.done()
 	m.mu.Unlock()
-	m.send(&rec, units)
+	// A next wave is sent in a goroutine of its own: send waits for the store's acks
+	// (seconds when it is slow), and progress runs on the events consumer, whose later
+	// events must not wait behind it past their intents' deadlines. Refused once Mirage
+	// stops: the next Mirage dispatches those units (they have no result).
+	if len(units) > 0 {
+		m.spawn(func() { m.send(&rec, units) })
+	}
 	if done {
 		m.finish(intentID)
 	}
