@@ -556,27 +556,40 @@ func (g *Ghost) requestResend(stored bool) {
 	}
 }
 
-// resendLoop runs one re-send pass at a time, as requestResend asks.
+// resendRetry is how soon after a pass that left events EDGE_EVT refused the next pass
+// runs (each pass gives an event up to resendPatience).
+const resendRetry = 5 * time.Second
+
+// resendLoop runs one re-send pass at a time, as requestResend asks, and another
+// resendRetry after a pass that left events EDGE_EVT has not confirmed (it refused
+// them): a stream that takes writes again gets them without waiting for a reconnect.
 func (g *Ghost) resendLoop() {
 	defer g.wg.Done()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
 	for {
 		select {
 		case <-g.stopping:
 			return
 		case <-g.resendKick:
+		case <-retry.C:
 		}
-		g.resendUnacked(g.resendStored.Swap(false))
+		if g.resendUnacked(g.resendStored.Swap(false)) {
+			retry.Reset(resendRetry)
+		}
 	}
 }
 
 // resendUnacked re-publishes the finished events Mirage has not acknowledged that
 // EDGE_EVT never confirmed, and those it did when stored is set, resendWorkers at a time.
 // It ends early when the Ghost stops or the connection is lost (a reconnect asks again).
-func (g *Ghost) resendUnacked(stored bool) {
+// It reports whether events EDGE_EVT never confirmed are left.
+func (g *Ghost) resendUnacked(stored bool) (left bool) {
 	execs, err := g.store.Unacked(g.serving)
 	if err != nil {
 		g.log.Error("execution store: listing unacknowledged events failed", "err", err)
-		return
+		return true
 	}
 	queue := make(chan *bus.Event)
 	var workers sync.WaitGroup
@@ -612,6 +625,19 @@ feed:
 	if sent > 0 {
 		g.log.Info("re-sent unacknowledged events", "events", sent, "unacknowledged", len(execs), "including_stored", stored)
 	}
+	if sent == 0 {
+		return false
+	}
+	after, err := g.store.Unacked(g.serving)
+	if err != nil {
+		return true
+	}
+	for _, e := range after {
+		if e.Event != nil && !e.Stored {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *Ghost) onAck(msg *nats.Msg) {
