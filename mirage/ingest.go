@@ -224,10 +224,10 @@ func (m *Mirage) recover(ctx context.Context) error {
 		return nil
 	}
 	start := time.UnixMilli(oldest).Add(-time.Minute)
-	if err := m.replay(ctx, start); err != nil {
+	if err := m.replay(ctx, start, ""); err != nil {
 		return err
 	}
-	if err := m.replaySent(ctx, start); err != nil {
+	if err := m.replaySent(ctx, start, ""); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -305,10 +305,14 @@ func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord
 // replaySent marks, in the live intents, the units whose command EDGE_CMD has stored
 // since start: those were sent before the restart. Only the headers are read: a stored
 // command's Nats-Msg-Id is its command_id.
-func (m *Mirage) replaySent(ctx context.Context, start time.Time) error {
+// only, when set, limits it to that intent (adopt).
+func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) error {
 	m.mu.Lock()
 	owner := map[string]*liveIntent{}
-	for _, li := range m.live {
+	for id, li := range m.live {
+		if only != "" && id != only {
+			continue
+		}
 		for id := range li.index {
 			owner[id] = li
 		}
@@ -336,7 +340,9 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time) error {
 }
 
 // replay applies every event stored since start to the live intents.
-func (m *Mirage) replay(ctx context.Context, start time.Time) error {
+// only, when set, limits it to that intent (adopt): the events of other live intents are
+// theirs to count, through the consumer, which moves their rollouts.
+func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error {
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
 		OptStartTime:  &start,
@@ -350,7 +356,7 @@ func (m *Mirage) replay(ctx context.Context, start time.Time) error {
 			return
 		}
 		m.mu.Lock()
-		if li, ok := m.live[ev.IntentID]; ok {
+		if li, ok := m.live[ev.IntentID]; ok && (only == "" || ev.IntentID == only) {
 			if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {
 				li.apply(&ev)
 			}

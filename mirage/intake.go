@@ -131,7 +131,8 @@ func (m *Mirage) recordedAlready(is *bus.Issue, createErr error) (*IntentRecord,
 		return nil, false, bus.Errorf(bus.CodeInternal, "record intent: %v; reading it back: %v; whether it was recorded is unknown: send this issue again, with the same intent_id, to learn", createErr, err)
 	case !sameIssue(&stored.Issue, is):
 		return nil, false, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", is.IntentID)
-	case bus.Terminal(stored.Phase):
+	case bus.Terminal(stored.Phase), m.endingPhase(is.IntentID) != "":
+		// Ended, its terminal report stored or on its way.
 		return stored, false, nil
 	}
 	phase, err := m.reportPhase(ctx, is.IntentID)
@@ -159,10 +160,10 @@ func (m *Mirage) adopt(rec *IntentRecord) []int {
 	// Units found neither way are dispatched again under their command ids: a Ghost that
 	// ran one re-sends its terminal event instead of running it again.
 	start := time.UnixMilli(rec.CreatedMS).Add(-time.Minute)
-	if err := m.replay(ctx, start); err != nil {
+	if err := m.replay(ctx, start, rec.IntentID); err != nil {
 		m.log.Warn("replaying the events of a taken-up intent failed; its targets are asked again", "intent_id", rec.IntentID, "err", err)
 	}
-	if err := m.replaySent(ctx, start); err != nil {
+	if err := m.replaySent(ctx, start, rec.IntentID); err != nil {
 		m.log.Warn("reading the sent commands of a taken-up intent failed", "intent_id", rec.IntentID, "err", err)
 	}
 	m.mu.Lock()

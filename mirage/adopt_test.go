@@ -1,0 +1,78 @@
+package mirage
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
+	"github.com/edgectl/edgectl/natsd/natsdtest"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+func adoptRec(id, ghost string, now time.Time) IntentRecord {
+	is := bus.Issue{Header: bus.NewHeader(bus.TypeIssue, subjects.NewTraceID(), now), IntentID: id, Actor: "t", TargetScope: ghost,
+		Objective: bus.Objective{SeedSelector: "seed.flow", Operation: "status", Args: map[string]string{}}, TimeoutMS: 60000}
+	return IntentRecord{IntentID: id, Issue: is, Targets: []string{ghost},
+		Steps:     []StepRecord{{Objective: is.Objective, Targets: []string{ghost}}},
+		MaxErrors: -1, CreatedMS: now.UnixMilli(), DeadlineMS: now.Add(60 * time.Second).UnixMilli(),
+		DeliverByMS: now.Add(60 * time.Second).UnixMilli(), Phase: bus.PhasePending}
+}
+
+// adopt's replay applies another live intent's event without moving its rollout: that
+// intent then never finishes before its deadline.
+func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	now := time.Now()
+	recB := adoptRec("int_otherb", "g1", now)
+	m.mu.Lock()
+	li := newLiveIntent(recB)
+	m.live[recB.IntentID] = li
+	m.arm(li)
+	m.advance(li)
+	m.mu.Unlock()
+	// The live consumer lags: stop it for the moment.
+	m.cc.Stop()
+	<-m.cc.Closed()
+	cmd := CommandID(recB.IntentID, 0)
+	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, recB.Issue.TraceID, now), EventID: bus.EventID("g1", cmd),
+		CommandID: cmd, IntentID: recB.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: "g1",
+		SeedID: "seed.flow", Operation: "status", Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok"},
+		StartedMS: now.UnixMilli(), FinishedMS: now.UnixMilli()}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.js.PublishMsg(ctx, bus.NewMsg(subjects.Event("g1"), data, ev.EventID, ev.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	recA := adoptRec("int_adopta", "g2", now)
+	m.adopt(&recA)
+	cons, err := m.js.Consumer(ctx, bus.StreamEvents, "mirage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.cc, err = cons.Consume(m.onEvent); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	m.mu.Lock()
+	_, still := m.live[recB.IntentID]
+	done := li.done()
+	m.mu.Unlock()
+	if still {
+		t.Fatalf("intent B has all its results (done=%v) but is still live 3 s later: it ends only at its deadline", done)
+	}
+}
