@@ -5,11 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
-	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -24,17 +21,7 @@ func TestIssueResentWhileItsTerminalReportIsPendingIsNotTakenUpAgain(t *testing.
 	js := env.JetStream()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	acks := make(chan bus.EventAck, 16)
-	sub, err := env.Conn("watch").Subscribe(subjects.Ack(ghostID), func(msg *nats.Msg) {
-		var a bus.EventAck
-		if bus.Decode(msg.Data, &a) == nil {
-			acks <- a
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	acks := watchAcks(t, env, ghostID)
 	_, original := pauseReports(t, ctx, js)
 	is := testenv.NewIssue(ghostID, "seed.kv", "incr", map[string]string{"key": "z"}, 10*time.Second)
 	if _, err := client.Issue(ctx, is); err != nil {

@@ -19,6 +19,24 @@ import (
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
+// watchAcks returns every event.ack to ghostID, watched on core NATS as the Ghost
+// receives them, until the test ends.
+func watchAcks(t *testing.T, env *testenv.Env, ghostID string) <-chan bus.EventAck {
+	t.Helper()
+	acks := make(chan bus.EventAck, 16)
+	sub, err := env.Conn("watch acks").Subscribe(subjects.Ack(ghostID), func(msg *nats.Msg) {
+		var ack bus.EventAck
+		if bus.Decode(msg.Data, &ack) == nil {
+			acks <- ack
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return acks
+}
+
 // A terminal report whose publish fails is retried until EDGE_REPORT stores it, and stored
 // once. Meanwhile the intent has ended but has no terminal report, so a late event for it
 // is answered "already ended" (rejected, 1900) from memory: the record in edge_intents
@@ -34,18 +52,7 @@ func TestTerminalReportRetriedUntilStored(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	// Every event.ack to the Ghost, watched on core NATS as the Ghost receives them.
-	acks := make(chan bus.EventAck, 16)
-	sub, err := env.Conn("watch acks").Subscribe(subjects.Ack(ghostID), func(msg *nats.Msg) {
-		var ack bus.EventAck
-		if bus.Decode(msg.Data, &ack) == nil {
-			acks <- ack
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+	acks := watchAcks(t, env, ghostID)
 	ackFor := func(what string, match func(bus.EventAck) bool) bus.EventAck {
 		t.Helper()
 		for {
