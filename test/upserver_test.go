@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -85,7 +84,7 @@ func TestHintsNameANonDefaultServer(t *testing.T) {
 	env.StartGhost("edge-i")
 	p := testenv.Start(t, mctl, "issue", "--server", env.URL, "--target", "edge-i", "seed.flow", "sleep", "ms=5000")
 	time.Sleep(time.Second)
-	_ = syscall.Kill(p.Pid(), syscall.SIGINT)
+	p.Interrupt()
 	if code := p.Wait(20 * time.Second); code != 1 || !regexp.MustCompile(`miragectl report int_\w+ --wait --server `+regexp.QuoteMeta(env.URL)).MatchString(p.Output()) {
 		t.Fatalf("issue interrupted: exit %d, output %q; want exit 1 and a report hint with --server %s", code, p.Output(), env.URL)
 	}

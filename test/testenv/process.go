@@ -68,7 +68,7 @@ func Start(t testing.TB, bin string, args ...string) *Process {
 	p.cmd.Stderr = lockedWriter{p}
 	p.cmd.Env = append(os.Environ(), "NATS_URL=")
 	// If the test binary dies, its processes die with it instead of outliving CI.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dieWithParent()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
@@ -110,6 +110,9 @@ func (p *Process) Kill() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
 }
+
+// Interrupt sends SIGINT, as Ctrl-C in a terminal does, and returns at once.
+func (p *Process) Interrupt() { _ = p.cmd.Process.Signal(os.Interrupt) }
 
 // Stop sends SIGTERM and waits up to timeout; it returns the exit code.
 func (p *Process) Stop(timeout time.Duration) int {

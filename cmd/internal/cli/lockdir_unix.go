@@ -12,9 +12,6 @@ import (
 	"syscall"
 )
 
-// ErrNoLocking: the file system does not support locks; LockDir then locks nothing.
-var ErrNoLocking = errors.New("file locks are not supported here")
-
 // LockDir takes an exclusive lock on dir for this process (an flock on dir/name, which
 // holds the process id), so that two daemons never share one data directory: two
 // nats-servers on one JetStream store corrupt it. The lock goes with the process, however

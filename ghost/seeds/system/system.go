@@ -3,14 +3,13 @@ package system
 import (
 	"context"
 	"fmt"
-	"github.com/edgectl/edgectl/ghost/seeds/internal/result"
 	"maps"
 	"math"
 	"os"
 	"slices"
-	"syscall"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost/seeds/internal/result"
 )
 
 // ID is the seed id of the system seed.
@@ -96,17 +95,11 @@ type DiskUsage struct {
 }
 
 func (s *Seed) diskUsage() (bus.Result, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.dir, &st); err != nil {
-		return result.Failed(result.StatusFailed, fmt.Errorf("disk_usage: statfs %s: %w", s.dir, err))
+	total, free, used, err := statfs(s.dir)
+	if err != nil {
+		return result.Failed(result.StatusFailed, fmt.Errorf("disk_usage: %w", err))
 	}
-	bs := uint64(st.Bsize)
-	u := DiskUsage{
-		Path:       s.dir,
-		TotalBytes: uint64(st.Blocks) * bs,
-		FreeBytes:  uint64(st.Bavail) * bs,
-		UsedBytes:  (uint64(st.Blocks) - uint64(st.Bfree)) * bs,
-	}
+	u := DiskUsage{Path: s.dir, TotalBytes: total, FreeBytes: free, UsedBytes: used}
 	u.UsedPercent = percent(u.UsedBytes, u.UsedBytes+u.FreeBytes)
 	return result.JSON(u)
 }
