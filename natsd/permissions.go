@@ -13,7 +13,13 @@ import (
 // its commands and acks, write its events, registration and heartbeats, ask Mirage for
 // the commands it missed and for pushed seeds, and probe for (and answer) other live
 // instances of its own id on probe.<id>, which stays inside EDGE_GHOSTS. Nothing else: no JetStream API call at
-// all. nats-server checks neither a new consumer's deliver_subject nor a request's reply
+// all, and no allow_responses: nats-server lets a client answer any message it receives
+// once, past its deny and allow lists, and a Ghost receives its own probes, whose reply
+// subject it sets itself, so a response permission would let it publish once to any
+// subject of EDGE_GHOSTS per probe (another Ghost's cmd.<id>, mirage.announce, or, through
+// the stream imports, reg.<id> and hb.<id> of any Ghost). Its answers go instead where a
+// Ghost's requests wait: probe answers to the prober's inbox, which is its own id's, and
+// attach answers to the _R_ subject the service import gave Mirage's request. nats-server checks neither a new consumer's deliver_subject nor a request's reply
 // subject against the requester's permissions, and JetStream answers there with its own
 // rights, some answers with an empty body (a direct get that finds nothing, a pull
 // request's status), which is a valid STREAM.DELETE or CONSUMER.DELETE. Mirage reads
@@ -34,6 +40,12 @@ func GhostPermissions(id string) *server.Permissions {
 			// Its own id only: another Ghost can neither make it refuse to start (an
 			// answer) nor learn of it (a probe).
 			subjects.Probe(id),
+			// Answers to probes of its own id, which wait on its own inbox.
+			bus.GhostInbox(id) + ".>",
+			// Answers to Mirage's attach requests, which cross the service import and
+			// come with a reply subject the server made: _R_.<token>, good for one answer
+			// while the request waits, and guessed by no other Ghost.
+			serviceReplies,
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Command(id),
@@ -43,10 +55,12 @@ func GhostPermissions(id string) *server.Permissions {
 			subjects.Announce,
 			bus.GhostInbox(id) + ".>",
 		}},
-		// Replies to the requests a Ghost serves (attach, probe).
-		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }
+
+// serviceReplies are the reply subjects nats-server gives requests that cross a service
+// import, in the exporting account.
+const serviceReplies = "_R_.>"
 
 // MiragePermissions are what Mirage needs: send commands, acks, reports and announces,
 // manage its JetStream assets (and read EDGE_CMD for Ghosts' replays), and serve issue, fleet,

@@ -579,3 +579,68 @@ func TestAuthClientWithTheWrongKeySaysPermissionDenied(t *testing.T) {
 		t.Errorf("ghosts without a key: exit %d, stderr %q; want exit 3 and one line naming --nkey", r.code, r.stderr)
 	}
 }
+
+// A Ghost cannot bounce a message of its choosing onto other subjects by answering its own
+// probe: it may publish and read probe.<own id>, and set the probe's reply subject to
+// another Ghost's cmd.<id>, mirage.announce or another Ghost's reg.<id>. Only answers to
+// its own inbox get through (a probe's answer goes there), and nothing reaches the others.
+func TestAuthGhostCannotAnswerItsOwnProbeOntoOtherSubjects(t *testing.T) {
+	f := newAuthFleet(t, "ghost-a", "ghost-b")
+	victim := f.env.ConnWith("ghost-b", f.keys["ghost-b"].NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-b")))
+	watcher := f.env.ConnWith("mirage watcher", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
+	var mu sync.Mutex
+	delivered := map[string]bool{}
+	watch := func(nc *nats.Conn, subject string) {
+		t.Helper()
+		if _, err := nc.Subscribe(subject, func(m *nats.Msg) { mu.Lock(); delivered[m.Subject] = true; mu.Unlock() }); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []string{subjects.Command("ghost-b"), subjects.Ack("ghost-b"), subjects.Announce} {
+		watch(victim, s)
+	}
+	for _, s := range []string{subjects.Register("ghost-b"), subjects.Heartbeat("ghost-b")} {
+		watch(watcher, s)
+	}
+
+	var v violations
+	rogue := f.env.ConnWith("ghost-a rogue", f.keys["ghost-a"].NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox("ghost-a")), nats.ErrorHandler(v.handler))
+	if _, err := rogue.Subscribe(subjects.Probe("ghost-a"), func(m *nats.Msg) { _ = m.Respond([]byte(`{"forged":true}`)) }); err != nil {
+		t.Fatal(err)
+	}
+	// Its own inbox is where a genuine probe's answer goes: that one must still work.
+	own := bus.GhostInbox("ghost-a") + ".probe"
+	answered, err := rogue.SubscribeSync(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := []string{subjects.Command("ghost-b"), subjects.Ack("ghost-b"), subjects.Announce, subjects.Register("ghost-b"), subjects.Heartbeat("ghost-b")}
+	for _, target := range append(targets, own) {
+		if err := rogue.PublishMsg(&nats.Msg{Subject: subjects.Probe("ghost-a"), Reply: target, Data: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := answered.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("the answer to a probe of ghost-a's own id did not reach its inbox: %v", err)
+	}
+	testenv.Eventually(t, 5*time.Second, "each reflected answer refused or delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, target := range targets {
+			if !v.saw(`"`+target+`"`) && !delivered[target] {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, target := range targets {
+		if delivered[target] || !v.saw(`"`+target+`"`) {
+			t.Errorf("ghost-a's answer to its own probe was delivered on %s", target)
+		}
+	}
+}
