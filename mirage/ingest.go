@@ -46,7 +46,6 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, bus.CodeSecurity)
 		return
 	}
-	m.commandEnded(&ev)
 	v, code, reason, done := m.ingest(&ev)
 	redelivered := false
 	if md, err := msg.Metadata(); err == nil {
@@ -80,13 +79,21 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 // reason of a rejection, and whether a result was counted (the rollout may move).
 func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
 	m.mu.Lock()
+	freed := m.commandEnded(ev)
 	li, ok := m.live[ev.IntentID]
+	var v verdict
+	var reason string
 	if ok {
-		v, reason := li.apply(ev)
-		m.mu.Unlock()
-		return v, bus.CodeSemantic, reason, v == verdictCounted
+		v, reason = li.apply(ev)
 	}
 	m.mu.Unlock()
+	if freed != nil {
+		m.log.Info("lock freed: the timed-out command ended", "lock", freed.key, "intent_id", freed.intentID, "command_id", freed.commandID)
+		m.wakeWaiters()
+	}
+	if ok {
+		return v, bus.CodeSemantic, reason, v == verdictCounted
+	}
 	if ev.IntentID == "" {
 		return verdictRejected, bus.CodeSemantic, "event names no intent", false
 	}

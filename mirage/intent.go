@@ -93,6 +93,9 @@ type liveIntent struct {
 	// after a restart (nil otherwise): they were running, so they are followed to their
 	// end, never skipped as not started.
 	sent []bool
+	// endedLate marks the units Mirage timed out whose command's terminal event came
+	// since: the command no longer runs, so their lock does not linger (releaseLocks).
+	endedLate map[int]bool
 }
 
 func (li *liveIntent) wasSent(u int) bool { return li.sent != nil && li.sent[u] }
@@ -154,6 +157,13 @@ func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 	if r.Outcome != bus.OutcomePending {
 		if r.EventID == ev.EventID {
 			return verdictDuplicate, ""
+		}
+		if r.Outcome == bus.OutcomeTimeout && ev.EventID == bus.EventID(ev.GhostID, ev.CommandID) {
+			// Too late to count, but the command has ended: its lock need not linger.
+			if li.endedLate == nil {
+				li.endedLate = map[int]bool{}
+			}
+			li.endedLate[i] = true
 		}
 		return verdictRejected, "target already has a terminal outcome"
 	}

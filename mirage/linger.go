@@ -49,7 +49,8 @@ func (m *Mirage) releaseLocks(li *liveIntent) bool {
 	mayRun := map[string]bus.TargetResult{}
 	for j, g := range st.Targets {
 		// Timeout is only ever Mirage's verdict: a Ghost's own timeout event is an error.
-		if r := li.results[st.First+j]; r.Outcome == bus.OutcomeTimeout {
+		// A command whose terminal event came after that verdict has ended: no linger.
+		if r := li.results[st.First+j]; r.Outcome == bus.OutcomeTimeout && !li.endedLate[st.First+j] {
 			mayRun[lockKey(g, st.Objective.SeedSelector)] = r
 		}
 	}
@@ -116,22 +117,19 @@ func (m *Mirage) dropLinger(h *lockLinger) {
 }
 
 // commandEnded frees the lock lingering for ev's command once its terminal event (the
-// command's own event_id, from its Ghost) has come, and wakes the intents waiting for it.
-func (m *Mirage) commandEnded(ev *bus.Event) {
+// command's own event_id, from its Ghost) has come, and returns it (nil: none lingered).
+// Called with m.mu held, by ingest in the same hold as it applies ev: a linger made later
+// sees the event in its intent's results (releaseLocks), one made earlier is freed here.
+func (m *Mirage) commandEnded(ev *bus.Event) *lockLinger {
 	if m.lingers.n.Load() == 0 {
-		return
+		return nil
 	}
-	m.mu.Lock()
 	h := m.lingers.byCommand[ev.CommandID]
-	freed := h != nil && h.ghostID == ev.GhostID && ev.EventID == bus.EventID(ev.GhostID, ev.CommandID)
-	if freed {
-		m.dropLinger(h)
+	if h == nil || h.ghostID != ev.GhostID || ev.EventID != bus.EventID(ev.GhostID, ev.CommandID) {
+		return nil
 	}
-	m.mu.Unlock()
-	if freed {
-		m.log.Info("lock freed: the timed-out command ended", "lock", h.key, "intent_id", h.intentID, "command_id", h.commandID)
-		m.wakeWaiters()
-	}
+	m.dropLinger(h)
+	return h
 }
 
 // lockReason says why an intent waits for key, held by holder. Called with m.mu held.
