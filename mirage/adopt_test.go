@@ -2,6 +2,7 @@ package mirage
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -20,8 +21,8 @@ func adoptRec(id, ghost string, now time.Time) IntentRecord {
 		DeliverByMS: now.Add(60 * time.Second).UnixMilli(), Phase: bus.PhasePending}
 }
 
-// adopt's replay applies another live intent's event without moving its rollout: that
-// intent then never finishes before its deadline.
+// A taken-up intent's replay (rebuild) applies another live intent's event without
+// moving its rollout: that intent then never finishes before its deadline.
 func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
 	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
@@ -59,7 +60,7 @@ func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	recA := adoptRec("int_adopta", "g2", now)
-	m.adopt(&recA)
+	m.rebuild(m.takeUp(&recA))
 	cons, err := m.js.Consumer(ctx, bus.StreamEvents, "mirage")
 	if err != nil {
 		t.Fatal(err)
@@ -74,5 +75,86 @@ func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 	m.mu.Unlock()
 	if still {
 		t.Fatalf("intent B has all its results (done=%v) but is still live 3 s later: it ends only at its deadline", done)
+	}
+}
+
+// An issue sent again for an intent recorded but not followed is answered as soon as
+// Mirage takes the intent up, not after its replay (rebuild), which reads every event
+// stored since the intent was created: on a large EDGE_EVT that outlasts the client's
+// wait (IssueTimeout), and the client would give up on an intent that runs. Here the
+// replay cannot go on while the test holds m.mu; the answer must come all the same.
+func TestIssueSentAgainIsAnsweredBeforeItsIntentIsRebuilt(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	// Recorded (the store's answer to its Create was lost), refused, not followed.
+	rec := adoptRec("int_adoptc", "g1", time.Now())
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.known.add(rec.IntentID)
+	m.mu.Unlock()
+
+	client, err := NewClient(natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := rec.Issue
+	is.Header = bus.NewHeader(bus.TypeIssue, rec.Issue.TraceID, time.Now())
+	type answer struct {
+		reply *bus.IssueReply
+		err   error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		r, err := client.Issue(ctx, &is)
+		answered <- answer{r, err}
+	}()
+	// Hold m.mu from the moment the intent is taken up: its rebuild waits for it.
+	var li *liveIntent
+	for end := time.Now().Add(IssueTimeout); ; time.Sleep(time.Millisecond) {
+		m.mu.Lock()
+		if li = m.live[rec.IntentID]; li != nil && li.adopting {
+			break
+		}
+		m.mu.Unlock()
+		if time.Now().After(end) {
+			t.Fatal("the intent was not taken up")
+		}
+	}
+	var a answer
+	select {
+	case a = <-answered:
+	case <-time.After(IssueTimeout + time.Second):
+	}
+	m.mu.Unlock()
+	if a.err != nil || a.reply == nil || a.reply.Status != "accepted" || a.reply.IntentID != rec.IntentID {
+		t.Fatalf("issue sent again while its intent is rebuilt: %+v, %v; want it accepted at once", a.reply, a.err)
+	}
+	// The rebuild goes on after the answer: the intent is followed, its deadline armed.
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		m.mu.Lock()
+		adopting := li.adopting
+		m.mu.Unlock()
+		if !adopting {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the taken-up intent was never rebuilt")
+		}
 	}
 }

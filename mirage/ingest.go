@@ -312,7 +312,7 @@ func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord
 // replaySent marks, in the live intents, the units whose command EDGE_CMD has stored
 // since start: those were sent before the restart. Only the headers are read: a stored
 // command's Nats-Msg-Id is its command_id.
-// only, when set, limits it to that intent (adopt).
+// only, when set, limits it to that intent (rebuild of a taken-up intent).
 func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) error {
 	m.mu.Lock()
 	owner := map[string]*liveIntent{}
@@ -347,8 +347,8 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 }
 
 // replay applies every event stored since start to the live intents.
-// only, when set, limits it to that intent (adopt): the events of other live intents are
-// theirs to count, through the consumer, which moves their rollouts.
+// only, when set, limits it to that intent (rebuild of a taken-up intent): the events
+// of other live intents are theirs to count, through the consumer, which moves their rollouts.
 func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error {
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,

@@ -79,7 +79,7 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 		reject(err)
 		return
 	}
-	rec, units, record, err := m.accept(&is, steps)
+	rec, units, record, adopted, err := m.accept(&is, steps)
 	if err != nil {
 		reject(err)
 		return
@@ -90,8 +90,13 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 		// leader failing over) delays the commands, not the answer; a crash before they
 		// are stored is repaired by the next Mirage's recovery.
 		reply(accepted)
+		if adopted != nil {
+			// Taken up: its replay reads every event stored since it was created, which
+			// may take longer than the client waits for the answer.
+			units = m.rebuild(adopted)
+		}
 		m.send(rec, units)
-		m.progress(rec.IntentID) // a taken-up intent may have ended already (adopt)
+		m.progress(rec.IntentID) // a taken-up intent may have ended already (rebuild)
 		return
 	}
 	// A fresh intent: its commands go out first and its record right behind them, so
@@ -142,12 +147,12 @@ func (m *Mirage) recordedAlready(is *bus.Issue, createErr error) (*IntentRecord,
 	return stored, !bus.Terminal(phase), nil
 }
 
-// adopt follows an open intent that is recorded but was not followed (recordedAlready:
+// takeUp follows an open intent that is recorded but was not followed (recordedAlready:
 // its issue was refused when the store's answer to its record was lost), as a restarted
-// Mirage takes up the intents it finds open: the events and sent commands stored since it
-// was created are replayed, the rollout rebuilt, the deadline armed. It returns the units
-// to dispatch now; the caller holds the id's claim, which adopt ends.
-func (m *Mirage) adopt(rec *IntentRecord) []int {
+// Mirage takes up the intents it finds open. It ends the id's claim, which the caller
+// holds: the issue sent again meanwhile is compared with the live intent. The caller
+// answers the issue, then calls rebuild.
+func (m *Mirage) takeUp(rec *IntentRecord) *liveIntent {
 	li := newLiveIntent(*rec)
 	li.adopting = true // counted events wait for the rebuild to move the rollout
 	m.mu.Lock()
@@ -155,6 +160,14 @@ func (m *Mirage) adopt(rec *IntentRecord) []int {
 	m.live[rec.IntentID] = li
 	m.mu.Unlock()
 	m.log.Warn("intent recorded but not followed (its record's answer was lost): taking it up", "intent_id", rec.IntentID)
+	return li
+}
+
+// rebuild ends takeUp: the events and sent commands stored since the intent was created
+// are replayed, the rollout rebuilt, the deadline armed. It returns the units to dispatch
+// now.
+func (m *Mirage) rebuild(li *liveIntent) []int {
+	rec := &li.rec
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// Units found neither way are dispatched again under their command ids: a Ghost that
@@ -297,8 +310,9 @@ func (m *Mirage) plan(is *bus.Issue) ([]StepRecord, error) {
 // accept records the intent and starts following it; it returns the units its rollout
 // allows to start now. For a fresh intent id (freshIntent) the record is not stored yet:
 // it is returned, for the caller to publish once the commands are out. A known id is
-// recorded first, and a re-sent issue accepted again with no units.
-func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ []int, record *nats.Msg, _ error) {
+// recorded first, and a re-sent issue accepted again with no units; one whose intent is
+// recorded, open and not followed is taken up (adopted), for the caller to rebuild.
+func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ []int, record *nats.Msg, adopted *liveIntent, _ error) {
 	now := m.cfg.Now()
 	rec := &IntentRecord{
 		IntentID:   is.IntentID,
@@ -314,17 +328,17 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		widest = max(widest, len(st.Targets))
 	}
 	if len(rec.Targets) > maxUnits {
-		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
+		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "target_scope", "%d commands in one intent; at most %d", len(rec.Targets), maxUnits)
 	}
 	var err error
 	if rec.MaxConcurrency, err = bus.ParseLimit(is.MaxConcurrency, widest, 0); err != nil {
-		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
+		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_concurrency", "%v", err)
 	}
 	if is.MaxConcurrency != "" && rec.MaxConcurrency == 0 {
 		rec.MaxConcurrency = 1 // "0%" of a small fleet still lets the rollout move
 	}
 	if rec.MaxErrors, err = bus.ParseLimit(is.MaxErrors, widest, -1); err != nil {
-		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
+		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
@@ -332,29 +346,29 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
-		return nil, nil, nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
+		return nil, nil, nil, nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
 	}
 	if len(data) > bus.MaxEnvelope {
-		return nil, nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
+		return nil, nil, nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	prior, fresh, err := m.claimIntent(ctx, rec.IntentID)
 	switch {
 	case err != nil:
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	case prior != nil:
 		if sameIssue(&prior.Issue, is) {
 			m.log.Info("issue re-sent for a followed intent: accepted again", "intent_id", rec.IntentID)
-			return prior, nil, nil, nil
+			return prior, nil, nil, nil, nil
 		}
-		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
+		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
 	}
 	if is.DeliverByMS > 0 && is.DeliverByMS <= now.UnixMilli() {
 		// Checked for a new intent only: a re-sent issue of an accepted one is answered
 		// as before, whatever the time.
 		m.unclaim(rec.IntentID)
-		return nil, nil, nil, bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
+		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
 	}
 	if fresh {
 		// Create's condition: no entry for the key yet.
@@ -366,12 +380,12 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		if err != nil || !open {
 			m.unclaim(rec.IntentID)
 			if err != nil {
-				return nil, nil, nil, err
+				return nil, nil, nil, nil, err
 			}
 			m.log.Info("issue re-sent for a recorded intent: accepted again", "intent_id", rec.IntentID)
-			return stored, nil, nil, nil
+			return stored, nil, nil, nil, nil
 		}
-		return stored, m.adopt(stored), nil, nil
+		return stored, nil, nil, m.takeUp(stored), nil
 	}
 	li := newLiveIntent(*rec)
 	m.mu.Lock()
@@ -385,7 +399,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	li.dirty = li.waiting != "" // the first report comes with results, or says why it waits
 	m.mu.Unlock()
 	m.log.Info("intent accepted", "direction", "in", "peer", is.Actor, "message_type", bus.TypeIssue, "message_id", is.MessageID, "intent_id", rec.IntentID, "trace_id", is.TraceID, "actor", is.Actor, "targets", len(rec.Targets), "steps", len(steps), "seed", steps[0].Objective.SeedSelector, "operation", steps[0].Objective.Operation)
-	return rec, units, record, nil
+	return rec, units, record, nil, nil
 }
 
 // claimIntent waits until no other issue is being accepted under intentID and claims the

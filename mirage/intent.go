@@ -81,7 +81,7 @@ type liveIntent struct {
 	waiting        string   // why the current step cannot start (a lock), for reports
 	locks          []string // locks held for the current step
 	lockStep       int      // the step locks were taken for
-	// adopting: taken up while running (adopt) and not rebuilt yet; its rollout waits.
+	// adopting: taken up while running (takeUp) and not rebuilt yet; its rollout waits.
 	adopting bool
 	// refusals holds, by unit, a Ghost's refusal for security (1800) of a command received
 	// under the unit's command_id: reported at the deadline if no real event came.
