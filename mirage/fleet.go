@@ -410,8 +410,9 @@ func (f *Fleet) onHeartbeat(msg *nats.Msg) {
 }
 
 // flush writes the presence shards that heartbeats touched since the last flush, each
-// with the last heartbeat time of every Ghost it holds.
-func (f *Fleet) flush() {
+// with the last heartbeat time of every Ghost it holds. It waits for the store's answers
+// for at most 10 s, and not past ctx (Mirage's stop budget).
+func (f *Fleet) flush(ctx context.Context) {
 	f.mu.Lock()
 	touched := f.seen
 	f.seen = map[uint32]bool{}
@@ -441,15 +442,17 @@ func (f *Fleet) flush() {
 			unstored = append(unstored, sh)
 		}
 	}
-	timeout := time.After(10 * time.Second)
+	// One deadline for all the answers (a timer channel would fire for the first only).
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	for sh, fut := range futures {
 		select {
 		case <-fut.Ok():
 			continue
 		case err := <-fut.Err():
 			f.log.Warn("presence not stored", "shard", presenceKey(sh), "err", err)
-		case <-timeout:
-			f.log.Warn("presence not stored", "shard", presenceKey(sh), "err", "no acknowledgement from JetStream within 10s")
+		case <-ctx.Done():
+			f.log.Warn("presence not stored", "shard", presenceKey(sh), "err", "no acknowledgement from JetStream in time (10 s, or the stop budget)")
 		}
 		unstored = append(unstored, sh)
 	}

@@ -2,6 +2,7 @@ package mirage
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strings"
 	"testing"
@@ -44,7 +45,7 @@ func TestPresenceFlushRefusedByTheConnectionIsRetried(t *testing.T) {
 	sh := presenceShard("g1")
 	f.seen[sh] = true
 	nc.Close()
-	f.flush()
+	f.flush(context.Background())
 	if !f.seen[sh] {
 		t.Fatal("the shard that was not stored is no longer marked: the next flush would not write it")
 	}

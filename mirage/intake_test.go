@@ -97,3 +97,73 @@ func TestReportsLeftAtStopShareTheStopBudget(t *testing.T) {
 		t.Fatalf("%d reports counted as not stored at stop, want at least 3", n)
 	}
 }
+
+// A report whose stream ack never comes (EDGE_REPORT gone, a silent subscriber on its
+// subjects) is waited for 10 s (reportAckWithin) while Mirage serves; once Mirage stops,
+// that wait ends with the stop budget too, and so do the presence writes left (edge_ghosts
+// silent the same way): Close returns within the budget and says what it left unstored.
+func TestCloseStopsWaitingForTheStoreWithinTheStopBudget(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var logs syncBuffer
+	m, err := New(ctx, nc, Config{StopBudget: time.Second}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			m.Close()
+		}
+	}()
+	if err := m.js.DeleteStream(ctx, bus.StreamReports); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.js.DeleteKeyValue(ctx, bus.BucketGhosts); err != nil {
+		t.Fatal(err)
+	}
+	snc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "silent"})
+	silent, err := snc.SubscribeSync(subjects.Report("*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snc.SubscribeSync("$KV." + bus.BucketGhosts + ".>"); err != nil {
+		t.Fatal(err)
+	}
+	if err := snc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Heartbeats of Ghosts in three presence shards, not written yet.
+	m.fleet.mu.Lock()
+	for i := 0; len(m.fleet.seen) < 3; i++ {
+		id := fmt.Sprintf("g%d", i)
+		m.fleet.ghosts[id] = &GhostRecord{GhostID: id, LastSeenMS: time.Now().UnixMilli()}
+		m.fleet.seen[presenceShard(id)] = true
+	}
+	m.fleet.mu.Unlock()
+	m.mu.Lock()
+	m.enqueueReport(&bus.Report{Header: bus.NewHeader(bus.TypeReport, "", time.Now()), IntentID: "int_inflight", Phase: bus.PhaseSatisfied, Results: []bus.TargetResult{}})
+	m.mu.Unlock()
+	if _, err := silent.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("the report was never published: %v", err)
+	}
+	start := time.Now()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("Close took %s waiting for the store; want it within the 1 s stop budget", took)
+	}
+	if n := m.unstoredAtStop.Load(); n != 1 {
+		t.Fatalf("%d reports counted as not stored at stop, want 1", n)
+	}
+	if !strings.Contains(logs.String(), "reports not stored before Mirage stopped") {
+		t.Fatalf("Close did not say what it left unstored:\n%s", logs.String())
+	}
+}

@@ -28,10 +28,11 @@ type Config struct {
 	ReportInterval time.Duration
 	// PresenceFlush is how often heartbeat times are written to KV (default 5 s).
 	PresenceFlush time.Duration
-	// StopBudget bounds how long Close spends storing the reports left when it stops
-	// (default 10 s): with the store not answering, each would wait 5 s. What is not
-	// stored by then is not lost: an intent without its terminal report is taken up and
-	// reported by the next Mirage.
+	// StopBudget bounds how long Close spends storing the reports left when it stops and
+	// writing presence (default 10 s): with the store not answering, each report would
+	// wait 5 s, and the reports in flight 10 s for their acks. What is not stored by then
+	// is not lost: an intent without its terminal report is taken up and reported by the
+	// next Mirage.
 	StopBudget time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -134,9 +135,11 @@ type Mirage struct {
 	attaches      chan struct{} // attach requests relayed at once
 	seedRefusals  bus.RateLog   // bounds the warnings about malformed seed read requests
 	issueRefusals bus.RateLog   // bounds the warnings about rejected issues
-	// stopBy is when Close stops storing the reports left (unix ns; 0 while serving), and
-	// unstoredAtStop counts those it gave up on.
-	stopBy         atomic.Int64
+	// budget ends when Close has spent its StopBudget (budgetSpent, armed by Close):
+	// every wait on the store for reports and presence ends with it. unstoredAtStop counts
+	// the reports given up on at stop.
+	budget         context.Context
+	budgetSpent    context.CancelFunc
 	unstoredAtStop atomic.Int64
 }
 
@@ -212,6 +215,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	m.stored.ready = make(chan struct{}, 1)
 	m.publisherDone = make(chan struct{})
 	m.running, m.stopRunning = context.WithCancel(context.Background())
+	m.budget, m.budgetSpent = context.WithCancel(context.Background())
 	return m, nil
 }
 
@@ -314,7 +318,9 @@ func (m *Mirage) Close() error {
 		m.cc.Stop()
 		<-m.cc.Closed()
 	}
-	m.stopBy.Store(time.Now().Add(m.cfg.StopBudget).UnixNano())
+	spent := time.AfterFunc(m.cfg.StopBudget, m.budgetSpent)
+	defer spent.Stop()
+	defer m.budgetSpent() // nothing is stored after Close
 	close(m.stop)
 	m.stopRunning()
 	m.spawnMu.Lock()
@@ -329,7 +335,7 @@ func (m *Mirage) Close() error {
 		}
 	}
 	m.mu.Unlock()
-	m.fleet.flush()
+	m.fleet.flush(m.budget)
 	m.publishDirty()
 	if n := m.unstoredAtStop.Load(); n > 0 {
 		m.log.Warn("reports not stored before Mirage stopped; the next Mirage reports their intents", "reports", n, "budget", m.cfg.StopBudget)
@@ -358,7 +364,7 @@ func (m *Mirage) loop() {
 		case <-reports.C:
 			m.publishDirty()
 		case <-presence.C:
-			m.fleet.flush()
+			m.fleet.flush(m.budget)
 		}
 	}
 }
@@ -493,13 +499,18 @@ func (m *Mirage) storedWaiter() {
 		}
 		for i := range batch {
 			p := &batch[i]
-			if reportAcked(p, timer) {
+			acked := m.reportAcked(p, timer)
+			switch {
+			case !acked && m.budget.Err() != nil:
+				// Mirage stopped and spent its budget: not retried (publishReport).
+				m.unstoredAtStop.Add(1)
+			case acked:
 				m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", p.r.IntentID, "trace_id", p.r.TraceID, "message_id", p.r.MessageID, "phase", p.r.Phase)
 				m.reportStored(p.r)
 				if !bus.Terminal(p.r.Phase) {
 					m.storeIsBack(p.r.IntentID)
 				}
-			} else {
+			default:
 				m.retryApart(p.r)
 			}
 			*p = inFlightReport{}
@@ -507,9 +518,10 @@ func (m *Mirage) storedWaiter() {
 	}
 }
 
-// reportAcked waits for p's stream ack until p.giveUpAt. An answer already there counts
-// even when the wait for an earlier report took p past its time.
-func reportAcked(p *inFlightReport, timer *time.Timer) bool {
+// reportAcked waits for p's stream ack until p.giveUpAt, or until Close has spent its
+// stop budget. An answer already there counts even when the wait for an earlier report
+// took p past its time.
+func (m *Mirage) reportAcked(p *inFlightReport, timer *time.Timer) bool {
 	select {
 	case <-p.f.Ok():
 		return true
@@ -525,6 +537,8 @@ func reportAcked(p *inFlightReport, timer *time.Timer) bool {
 	case <-p.f.Err():
 		return false
 	case <-timer.C:
+		return false
+	case <-m.budget.Done():
 		return false
 	}
 }
@@ -577,15 +591,12 @@ func (m *Mirage) publishReport(r *bus.Report) {
 	terminal := bus.Terminal(r.Phase)
 	b := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		wait := 5 * time.Second
-		if by := m.stopBy.Load(); by != 0 {
-			// Stopping: the reports left share the stop budget.
-			if wait = min(wait, time.Until(time.Unix(0, by))); wait <= 0 {
-				m.unstoredAtStop.Add(1)
-				return
-			}
+		if m.budget.Err() != nil {
+			// Stopping: the reports left shared the stop budget, and it is spent.
+			m.unstoredAtStop.Add(1)
+			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		ctx, cancel := context.WithTimeout(m.budget, 5*time.Second)
 		_, err = m.js.PublishMsg(ctx, msg) // same message id: stored once whatever happened
 		cancel()
 		if err == nil {
@@ -600,6 +611,9 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		default:
 		}
 		if stopping || (!terminal && attempt >= 8) {
+			if stopping {
+				m.unstoredAtStop.Add(1)
+			}
 			m.log.Error("report not stored", "intent_id", r.IntentID, "phase", r.Phase, "err", err)
 			return
 		}
