@@ -24,6 +24,13 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		return
 	}
 	defer m.wg.Done()
+	var stored time.Time // when EDGE_EVT stored the event: it decides whether it is in time
+	redelivered := false
+	if md, err := msg.Metadata(); err == nil {
+		stored, redelivered = md.Timestamp, md.NumDelivered > 1
+		// Whatever becomes of the message, once this returns it is read (expiry.go).
+		defer m.read.advance(md.Sequence.Stream)
+	}
 	var ev bus.Event
 	subjectGhost, serr := subjects.GhostFrom(msg.Subject())
 	if err := bus.Decode(msg.Data(), &ev); err != nil {
@@ -46,11 +53,7 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, bus.CodeSecurity)
 		return
 	}
-	v, code, reason, done := m.ingest(&ev)
-	redelivered := false
-	if md, err := msg.Metadata(); err == nil {
-		redelivered = md.NumDelivered > 1
-	}
+	v, code, reason, done := m.ingest(&ev, stored)
 	m.cfg.Metrics.event(v, redelivered)
 	// The stream ack goes first (progress may wait on the store for a next wave of
 	// commands, longer than the consumer's ack wait); the rollout moves, and a terminal
@@ -63,7 +66,8 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	}
 	switch {
 	case v == verdictRejected && code == bus.CodeNoResponse:
-		// A late or re-sent event of an intent that already ended: expected after restarts.
+		// A late or re-sent event of an intent that already ended, or one stored after
+		// its intent's cutoff: expected after restarts and outages.
 		m.log.Info("event for an ended intent", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "intent_id", ev.IntentID, "reason", reason)
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
 	case v == verdictRejected:
@@ -75,15 +79,23 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	}
 }
 
-// ingest applies an event to its live intent. It returns the verdict, the ack code and
-// reason of a rejection, and whether a result was counted (the rollout may move).
-func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
+// ingest applies an event, stored in EDGE_EVT at stored, to its live intent. It returns
+// the verdict, the ack code and reason of a rejection, and whether a result was counted
+// (the rollout may move). An event stored after its intent's cutoff is late (1900),
+// whether or not the intent has ended yet: replay judges it the same way.
+func (m *Mirage) ingest(ev *bus.Event, stored time.Time) (verdict, bus.Code, string, bool) {
 	m.mu.Lock()
 	freed := m.commandEnded(ev)
 	li, ok := m.live[ev.IntentID]
 	var v verdict
 	var reason string
-	if ok {
+	code := bus.CodeSemantic
+	if ok && li.storedLate(ev, stored) {
+		if i, in := li.index[ev.CommandID]; in {
+			li.noteEnded(i, ev)
+		}
+		v, code, reason = verdictRejected, bus.CodeNoResponse, "stored after the intent's deadline (+"+resultGrace.String()+")"
+	} else if ok {
 		v, reason = li.apply(ev)
 	}
 	m.mu.Unlock()
@@ -92,7 +104,7 @@ func (m *Mirage) ingest(ev *bus.Event) (verdict, bus.Code, string, bool) {
 		m.wakeWaiters()
 	}
 	if ok {
-		return v, bus.CodeSemantic, reason, v == verdictCounted
+		return v, code, reason, v == verdictCounted
 	}
 	if ev.IntentID == "" {
 		return verdictRejected, bus.CodeSemantic, "event names no intent", false
@@ -346,9 +358,11 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 	})
 }
 
-// replay applies every event stored since start to the live intents.
-// only, when set, limits it to that intent (rebuild of a taken-up intent): the events
-// of other live intents are theirs to count, through the consumer, which moves their rollouts.
+// replay applies every event stored since start to the live intents, except those
+// stored after their intent's cutoff (late, as for onEvent), and notes in each intent how
+// far it read (replayedAt).
+// only, when set, limits it to that intent (rebuild of a taken-up intent): the events of
+// other live intents are theirs to count, through the consumer, which moves their rollouts.
 func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error {
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
@@ -357,17 +371,33 @@ func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error
 	if err != nil {
 		return err
 	}
-	return readAll(ctx, cons, func(msg jetstream.Msg) {
+	var last time.Time
+	err = readAll(ctx, cons, func(msg jetstream.Msg) {
+		var stored time.Time
+		if md, err := msg.Metadata(); err == nil {
+			stored, last = md.Timestamp, md.Timestamp
+		}
 		var ev bus.Event
 		if bus.Decode(msg.Data(), &ev) != nil || m.verifyEvent(&ev, msg.Data(), msg.Headers()) != nil {
 			return
 		}
 		m.mu.Lock()
-		if li, ok := m.live[ev.IntentID]; ok && (only == "" || ev.IntentID == only) {
+		if li, ok := m.live[ev.IntentID]; ok && (only == "" || ev.IntentID == only) && !li.storedLate(&ev, stored) {
 			if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {
 				li.apply(&ev)
 			}
 		}
 		m.mu.Unlock()
 	})
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	for id, li := range m.live {
+		if only == "" || id == only {
+			li.replayedAt = last
+		}
+	}
+	m.mu.Unlock()
+	return nil
 }

@@ -53,7 +53,8 @@ func CommandID(intentID string, i int) string {
 }
 
 // resultGrace is how long past its timeout Mirage waits for a Ghost's own timeout event
-// before it reports the target as timeout (no response).
+// before it reports the target as timeout (no response): an event stored in EDGE_EVT
+// later than the deadline + resultGrace does not count (cutoff, expiry.go).
 const resultGrace = 500 * time.Millisecond
 
 // liveIntent is an intent Mirage is following: its record, observed results, and where
@@ -96,6 +97,9 @@ type liveIntent struct {
 	// endedLate marks the units Mirage timed out whose command's terminal event came
 	// since: the command no longer runs, so their lock does not linger (releaseLocks).
 	endedLate map[int]bool
+	// replayedAt is when EDGE_EVT stored the last event a replay (recover, adopt) read
+	// for this intent: every event stored by then has been applied.
+	replayedAt time.Time
 }
 
 func (li *liveIntent) wasSent(u int) bool { return li.sent != nil && li.sent[u] }
@@ -144,6 +148,22 @@ const (
 	verdictRejected                 // not an event this intent expects
 )
 
+// noteEnded notes that unit i's command has ended when ev, too late to count, is its
+// terminal event: if Mirage times the unit out (or has), its lock need not linger.
+func (li *liveIntent) noteEnded(i int, ev *bus.Event) {
+	r := li.results[i]
+	if r.GhostID != ev.GhostID || ev.EventID != bus.EventID(ev.GhostID, ev.CommandID) {
+		return
+	}
+	if r.Outcome != bus.OutcomeTimeout && r.Outcome != bus.OutcomePending {
+		return
+	}
+	if li.endedLate == nil {
+		li.endedLate = map[int]bool{}
+	}
+	li.endedLate[i] = true
+}
+
 // apply records ev as its target's terminal result.
 func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 	i, ok := li.index[ev.CommandID]
@@ -158,13 +178,7 @@ func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 		if r.EventID == ev.EventID {
 			return verdictDuplicate, ""
 		}
-		if r.Outcome == bus.OutcomeTimeout && ev.EventID == bus.EventID(ev.GhostID, ev.CommandID) {
-			// Too late to count, but the command has ended: its lock need not linger.
-			if li.endedLate == nil {
-				li.endedLate = map[int]bool{}
-			}
-			li.endedLate[i] = true
-		}
+		li.noteEnded(i, ev)
 		return verdictRejected, "target already has a terminal outcome"
 	}
 	// A refusal of the very bytes Mirage sent is genuine: it is the target's result.

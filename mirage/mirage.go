@@ -80,6 +80,7 @@ type Mirage struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	cmds     jetstream.Stream // EDGE_CMD, read for Ghosts' replays (by direct get)
+	evts     jetstream.Stream // EDGE_EVT, asked its last sequence at intents' cutoffs (expiry.go)
 	intents  jetstream.KeyValue
 	fleet    *Fleet
 	enrolled *enrollments
@@ -123,6 +124,13 @@ type Mirage struct {
 	// lock, since reports are stored under m.mu when Mirage stops.
 	endMu  sync.Mutex
 	ending map[string]string
+
+	// read is how far the events consumer has read EDGE_EVT; markAt and markSeq, under
+	// markMu, the last answer of eventsMark (expiry.go).
+	read    *readMark
+	markMu  sync.Mutex
+	markAt  time.Time
+	markSeq uint64
 
 	replayGate *ghostGate  // one replay request per Ghost at a time, bus.ReplayEvery apart
 	guard      *replyGuard // where a Ghost's request may be answered
@@ -175,6 +183,10 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err != nil {
 		return nil, err
 	}
+	evts, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return nil, err
+	}
 	intents, err := js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {
 		return nil, err
@@ -192,7 +204,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	// (natsd.GhostPermissions), so their requests are answered only there (replyGuard).
 	guard := newReplyGuard(confined, log)
 	m := &Mirage{
-		cfg: cfg, nc: nc, js: js, cmds: cmds, intents: intents, log: log,
+		cfg: cfg, nc: nc, js: js, cmds: cmds, evts: evts, intents: intents, log: log,
 		fleet:      newFleet(js, ghosts, stop, cfg.Now, guard, log),
 		guard:      guard,
 		replayGate: newGhostGate(bus.ReplayEvery, false),
@@ -202,6 +214,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		claimed:    map[string]chan struct{}{},
 		unrecorded: map[string]*IntentRecord{},
 		ending:     map[string]string{},
+		read:       newReadMark(),
 		known:      newKnownIntents(),
 		locks:      locks{},
 		lingers:    newLingers(),
@@ -289,6 +302,9 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("events consumer: %w", err)
 	}
+	// What earlier Mirages acknowledged is not delivered again: it is read (recover
+	// replayed what the open intents need of it).
+	m.read.advance(cons.CachedInfo().AckFloor.Stream)
 	m.cc, err = cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000))
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
@@ -733,23 +749,15 @@ func (m *Mirage) wakeWaiters() {
 	}
 }
 
-// arm sets the deadline timer of a live intent. Called with m.mu held.
+// arm sets the deadline timer of a live intent: at its cutoff (plus storeSettle, for
+// the stream's state to hold what was stamped by then), expireAtCutoff. Called with m.mu
+// held.
 func (m *Mirage) arm(li *liveIntent) {
-	wait := time.UnixMilli(li.rec.DeadlineMS).Add(resultGrace).Sub(m.cfg.Now())
+	wait := li.cutoff().Add(storeSettle).Sub(m.cfg.Now())
 	id := li.rec.IntentID
 	li.timer = time.AfterFunc(max(wait, 0), func() {
 		// Not once Mirage stops: the next Mirage re-arms it from the intent record.
-		m.spawn(func() {
-			m.mu.Lock()
-			cur, ok := m.live[id]
-			if ok {
-				cur.expire()
-			}
-			m.mu.Unlock()
-			if ok {
-				m.progress(id)
-			}
-		})
+		m.spawn(func() { m.expireAtCutoff(id) })
 	})
 }
 

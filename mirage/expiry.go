@@ -1,0 +1,206 @@
+package mirage
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// When an event is in time. An event counts for its intent iff EDGE_EVT stored it no
+// later than the intent's cutoff: its deadline + resultGrace, judged by the stream's own
+// timestamp (the message metadata, the server's clock). The live path (onEvent) and
+// recovery (replay) both apply that rule, so a history gets one verdict whichever Mirage
+// reads it. The live path must not give up on an event stored in time but not read yet
+// (the consumer lagging behind a burst): at the cutoff, Mirage notes the last sequence
+// EDGE_EVT held (eventsMark) and ends the intent's pending units only once its events
+// consumer has read that far (readMark), for at most catchUpWait.
+
+// storeSettle is how long past an intent's cutoff, by the server's clock, Mirage notes
+// EDGE_EVT's last sequence: on a cluster a message gets its timestamp before it is stored
+// on the stream leader, so one stamped just before the cutoff may not be in the stream's
+// state at the cutoff itself.
+const storeSettle = 250 * time.Millisecond
+
+// catchUpWait bounds how long an intent's expiry waits for the events consumer to read
+// what EDGE_EVT held at its cutoff. Past it the pending units end timeout anyway, and an
+// event stored in time but read later is answered as late (1900).
+const catchUpWait = 10 * time.Second
+
+// cutoff is when an intent stops taking events: EDGE_EVT must have stored a terminal
+// event by then for it to count.
+func (li *liveIntent) cutoff() time.Time {
+	return time.UnixMilli(li.rec.DeadlineMS).Add(resultGrace)
+}
+
+// storedLate reports whether an event of li stored in EDGE_EVT at stored (zero: unknown)
+// came after li's cutoff and is not the result li already holds (a re-sent copy of a
+// counted event stays a duplicate).
+func (li *liveIntent) storedLate(ev *bus.Event, stored time.Time) bool {
+	if stored.IsZero() || !stored.After(li.cutoff()) {
+		return false
+	}
+	i, ok := li.index[ev.CommandID]
+	return !ok || li.results[i].EventID != ev.EventID || li.results[i].GhostID != ev.GhostID
+}
+
+// awaitsEvents reports whether a pending unit of li was dispatched: only then can an
+// event still on its way change what expire decides.
+func (li *liveIntent) awaitsEvents() bool {
+	for i, r := range li.results {
+		if r.Outcome == bus.OutcomePending && (i < li.next || li.wasSent(i)) {
+			return true
+		}
+	}
+	return false
+}
+
+// expireAtCutoff ends the pending units of intent id once Mirage has read every event
+// EDGE_EVT stored by its cutoff (see above), or catchUpWait passed. When Mirage stops
+// meanwhile it does nothing: the next Mirage follows the intent and expires it.
+func (m *Mirage) expireAtCutoff(id string) {
+	m.mu.Lock()
+	li, ok := m.live[id]
+	var cutoff time.Time
+	wait := false
+	if ok {
+		cutoff = li.cutoff()
+		// A replay that read past the cutoff (a restart after the deadline) has applied
+		// every event stored by then.
+		wait = li.awaitsEvents() && !li.replayedAt.After(cutoff)
+	}
+	m.mu.Unlock()
+	if !ok {
+		return
+	}
+	if wait {
+		caughtUp, err := m.readThrough(cutoff)
+		select {
+		case <-m.stop:
+			return
+		default:
+		}
+		if !caughtUp {
+			m.log.Warn("events consumer not caught up at an intent's deadline: its pending targets end timeout; events stored in time but read later are answered as late (1900)", "intent_id", id, "waited", catchUpWait, "err", err)
+		}
+	}
+	m.mu.Lock()
+	cur, ok := m.live[id]
+	if ok {
+		cur.expire()
+	}
+	m.mu.Unlock()
+	if ok {
+		m.progress(id)
+	}
+}
+
+// readThrough waits until the events consumer has read everything EDGE_EVT stored by
+// cutoff, for at most catchUpWait. Called without m.mu held.
+func (m *Mirage) readThrough(cutoff time.Time) (bool, error) {
+	ctx, cancel := context.WithTimeout(m.running, catchUpWait)
+	defer cancel()
+	mark, err := m.eventsMark(ctx, cutoff)
+	if err != nil {
+		return false, err
+	}
+	return m.read.wait(ctx, mark, func(ctx context.Context) (uint64, error) {
+		cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+		if err != nil {
+			return 0, err
+		}
+		return cons.CachedInfo().AckFloor.Stream, nil
+	})
+}
+
+// eventsMark returns a sequence of EDGE_EVT at or past every message it stored by
+// cutoff: its last sequence once the server's clock is storeSettle past cutoff. The
+// answer is kept and serves every intent whose cutoff it covers, so that many intents
+// expiring together cost one request.
+func (m *Mirage) eventsMark(ctx context.Context, cutoff time.Time) (uint64, error) {
+	m.markMu.Lock()
+	defer m.markMu.Unlock()
+	want := cutoff.Add(storeSettle)
+	for {
+		if !m.markAt.IsZero() && !m.markAt.Before(want) {
+			return m.markSeq, nil
+		}
+		info, err := m.evts.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		at := info.TimeStamp
+		if at.IsZero() { // a server that does not say when: Mirage's clock
+			at = time.Now()
+		}
+		m.markAt, m.markSeq = at, info.State.LastSeq
+		if d := want.Sub(at); d > 0 { // the server's clock is behind Mirage's
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+	}
+}
+
+// readMark is how far the events consumer has read EDGE_EVT: every message up to seq has
+// been through onEvent. Event ingest moves it with one atomic operation, and wakes
+// waiters only when there are some.
+type readMark struct {
+	seq     atomic.Uint64
+	waiters atomic.Int32
+	mu      sync.Mutex
+	wake    chan struct{} // closed and replaced when seq moves while someone waits
+}
+
+func newReadMark() *readMark { return &readMark{wake: make(chan struct{})} }
+
+// advance records that the consumer has read through seq.
+func (r *readMark) advance(seq uint64) {
+	for {
+		cur := r.seq.Load()
+		if seq <= cur || r.seq.CompareAndSwap(cur, seq) {
+			break
+		}
+	}
+	if r.waiters.Load() == 0 {
+		return
+	}
+	r.mu.Lock()
+	close(r.wake)
+	r.wake = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// wait returns true once the mark reaches seq, false when ctx ends first. Every 250 ms it
+// also asks floor (the consumer's ack floor on the server): a message acknowledged before
+// this Mirage started, or delivered again out of order, does not come through onEvent.
+func (r *readMark) wait(ctx context.Context, seq uint64, floor func(context.Context) (uint64, error)) (bool, error) {
+	r.waiters.Add(1)
+	defer r.waiters.Add(-1)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var lastErr error
+	for {
+		r.mu.Lock()
+		wake := r.wake
+		r.mu.Unlock()
+		if r.seq.Load() >= seq {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, lastErr
+		case <-wake:
+		case <-tick.C:
+			f, err := floor(ctx)
+			if err == nil && f >= seq {
+				return true, nil
+			}
+			lastErr = err
+		}
+	}
+}

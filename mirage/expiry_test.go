@@ -1,0 +1,198 @@
+package mirage
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
+	"github.com/edgectl/edgectl/natsd/natsdtest"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// startTestMirage starts a Mirage on its own connection to ns, closed when the test ends.
+func startTestMirage(t *testing.T, ns *natsd.Server) *Mirage {
+	t.Helper()
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
+// shortRec is an intent record over one target whose deadline is timeout from now.
+func shortRec(id, ghost string, timeout time.Duration) IntentRecord {
+	now := time.Now()
+	rec := adoptRec(id, ghost, now)
+	rec.Issue.TimeoutMS = timeout.Milliseconds()
+	rec.DeadlineMS = now.Add(timeout).UnixMilli()
+	rec.DeliverByMS = rec.DeadlineMS
+	return rec
+}
+
+// publishSuccess stores in EDGE_EVT the terminal success event of unit 0 of rec, from
+// ghost, and returns when the stream stored it.
+func publishSuccess(t *testing.T, js jetstream.JetStream, rec *IntentRecord, ghost string) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := time.Now()
+	cmd := CommandID(rec.IntentID, 0)
+	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, rec.Issue.TraceID, now), EventID: bus.EventID(ghost, cmd),
+		CommandID: cmd, IntentID: rec.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: ghost,
+		SeedID: "seed.flow", Operation: "status", Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok"},
+		StartedMS: now.UnixMilli(), FinishedMS: now.UnixMilli()}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Event(ghost), data, ev.EventID, ev.TraceID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := stream.GetMsg(ctx, ack.Sequence)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw.Time
+}
+
+// waitTerminal returns the terminal report of an intent.
+func waitTerminal(t *testing.T, ns *natsd.Server, intentID string) *bus.Report {
+	t.Helper()
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"})
+	c, err := NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := c.WaitTerminal(ctx, intentID)
+	if err != nil {
+		t.Fatalf("terminal report of %s: %v", intentID, err)
+	}
+	return r
+}
+
+// An event EDGE_EVT stored before the intent's deadline counts, however late Mirage's
+// events consumer reads it: the deadline waits for the consumer to read what the stream
+// held then (here it is stopped until a second past the cutoff).
+func TestEventStoredInTimeButReadLateCounts(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	rec := shortRec("int_readlate", "g1", 1500*time.Millisecond)
+	m.mu.Lock()
+	li := newLiveIntent(rec)
+	m.live[rec.IntentID] = li
+	m.arm(li)
+	m.advance(li) // unit 0 dispatched
+	m.mu.Unlock()
+	// The consumer lags: it reads nothing until resumed.
+	m.cc.Stop()
+	<-m.cc.Closed()
+	stored := publishSuccess(t, m.js, &rec, "g1")
+	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+	if !stored.Before(cutoff) {
+		t.Fatalf("the event was stored at %s, not before the cutoff %s", stored, cutoff)
+	}
+	// Resume well after the deadline timer fired.
+	for time.Now().Before(cutoff.Add(1500 * time.Millisecond)) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.cc, err = cons.Consume(m.onEvent); err != nil {
+		t.Fatal(err)
+	}
+	r := waitTerminal(t, ns, rec.IntentID)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
+		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
+	}
+}
+
+// An event stored after the intent's cutoff does not count, whether the Mirage that
+// reads it followed the intent through its deadline or was started after it and
+// recovers the intent from EDGE_EVT: both report timeout and answer the event 1900.
+func TestLateEventSameVerdictLiveAndAfterRestart(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		name := "live"
+		if restart {
+			name = "restarted"
+		}
+		t.Run(name, func(t *testing.T) {
+			ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+			rec := shortRec("int_late_"+name, "g1", 1500*time.Millisecond)
+			data, err := json.Marshal(rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := startTestMirage(t, ns)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+				t.Fatal(err)
+			}
+			_ = m.Close()
+			m = startTestMirage(t, ns) // follows the intent from its record, as a restart does
+			if restart {
+				_ = m.Close() // and is gone before the deadline
+				if cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace); !time.Now().Before(cutoff) {
+					t.Fatalf("Mirage stopped past the cutoff %s", cutoff)
+				}
+			}
+			acks := make(chan bus.EventAck, 4)
+			sub, err := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}).Subscribe(subjects.Ack("g1"), func(msg *nats.Msg) {
+				var a bus.EventAck
+				if bus.Decode(msg.Data, &a) == nil {
+					acks <- a
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = sub.Unsubscribe() }()
+			cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+			for time.Now().Before(cutoff.Add(100 * time.Millisecond)) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if stored := publishSuccess(t, m.js, &rec, "g1"); !stored.After(cutoff) {
+				t.Fatalf("the event was stored at %s, not after the cutoff %s", stored, cutoff)
+			}
+			if restart {
+				startTestMirage(t, ns)
+			}
+			r := waitTerminal(t, ns, rec.IntentID)
+			if r.Phase != bus.PhaseFailed || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeTimeout {
+				t.Fatalf("terminal report %s %q %+v; want failed with the target timeout: its event was stored after the deadline", r.Phase, r.Summary, r.Results)
+			}
+			select {
+			case a := <-acks:
+				if a.AckStatus != bus.AckRejected || a.AckCode != bus.CodeNoResponse {
+					t.Fatalf("event.ack %s %d, want rejected %d (late)", a.AckStatus, a.AckCode, bus.CodeNoResponse)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no event.ack for the late event")
+			}
+		})
+	}
+}
