@@ -219,7 +219,7 @@ func (m *Mirage) recover(ctx context.Context) error {
 	var oldest int64
 	for key := range lister.Keys() {
 		m.mu.Lock()
-		m.known.add(key)
+		m.known.add(key, m.cfg.Now())
 		m.mu.Unlock()
 		if _, done := ended[key]; done {
 			continue

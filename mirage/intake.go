@@ -243,6 +243,10 @@ func (m *Mirage) recordLater(rec *IntentRecord, record *nats.Msg) {
 		cancel()
 		if err == nil {
 			m.log.Info("intent record stored on retry", "intent_id", rec.IntentID)
+			// Its record ages from now, maybe long after claimIntent added its id.
+			m.mu.Lock()
+			m.known.add(rec.IntentID, m.cfg.Now())
+			m.mu.Unlock()
 			return
 		}
 		if last {
@@ -434,9 +438,10 @@ func (m *Mirage) claimIntent(ctx context.Context, intentID string) (prior *Inten
 			return nil, false, bus.Errorf(bus.CodeInternal, "another issue under intent_id %s is still being accepted", intentID)
 		}
 	}
-	maybeRecorded := m.known.mayHave(intentID)
+	now := m.cfg.Now()
+	maybeRecorded := m.known.mayHave(intentID, now)
 	m.claimed[intentID] = make(chan struct{})
-	m.known.add(intentID)
+	m.known.add(intentID, now)
 	m.mu.Unlock()
 	if !maybeRecorded {
 		return nil, true, nil

@@ -2,17 +2,47 @@ package mirage
 
 import (
 	"hash/maphash"
+	"time"
 )
 
 // knownIntents remembers, approximately, every intent id edge_intents may hold: the ids
 // listed when Mirage starts and every id accepted since. It answers "certainly not
 // recorded" or "maybe": a fresh id (most issues) is told apart without reading the
-// store, and a maybe costs one read. It is a scalable Bloom filter: layers of growing
-// capacity, each with a false-positive rate of about 1%, so it never has to be rebuilt
-// from the store and never says "not recorded" of an id it was given. Guarded by m.mu.
+// store, and a maybe costs one read. Each generation is a scalable Bloom filter: layers
+// of growing capacity, each with a false-positive rate of about 1%, so it never has to
+// be rebuilt from the store and never says "not recorded" of an id it was given.
+//
+// edge_intents forgets a record its max age (the bucket's TTL, 7 days) after it was
+// written, and records are written once. So the filter need not remember an id longer
+// either: ids go into the current generation, which after period (the TTL plus a margin
+// for the record's write and the clocks) becomes the previous one, dropped one period
+// later. Every id is thus kept at least a period after it was added, and its layers'
+// memory and false positives do not pile up in a Mirage that runs for months. A period
+// of 0 (a bucket that keeps records forever) keeps every id. Guarded by m.mu.
 type knownIntents struct {
-	seed   maphash.Seed
+	seed      maphash.Seed
+	period    time.Duration
+	cur, prev bloomGen
+}
+
+// bloomGen is one generation of ids: those added from start on, for one period.
+type bloomGen struct {
+	start  time.Time
 	layers []*bloomLayer
+}
+
+// knownMargin is added to the bucket's max age to make the filter's period: an id is
+// added before its record is written (claimIntent), and the server's clock, which ages
+// records, may be ahead of Mirage's.
+const knownMargin = time.Hour
+
+// knownPeriod is how long the filter keeps a generation for a bucket that forgets
+// records after ttl (0: never).
+func knownPeriod(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return 0
+	}
+	return ttl + knownMargin
 }
 
 type bloomLayer struct {
@@ -24,8 +54,8 @@ type bloomLayer struct {
 // unknown ids read as maybe.
 const bloomHashes = 7
 
-func newKnownIntents() *knownIntents {
-	return &knownIntents{seed: maphash.MakeSeed()}
+func newKnownIntents(period time.Duration) *knownIntents {
+	return &knownIntents{seed: maphash.MakeSeed(), period: period}
 }
 
 func newBloomLayer(limit int) *bloomLayer {
@@ -38,15 +68,33 @@ func (k *knownIntents) hashes(id string) (uint64, uint64) {
 	return h, h>>32 | h<<32 | 1
 }
 
-func (k *knownIntents) add(id string) {
-	if len(k.layers) == 0 || k.layers[len(k.layers)-1].n >= k.layers[len(k.layers)-1].limit {
-		limit := 1 << 16
-		if len(k.layers) > 0 {
-			limit = k.layers[len(k.layers)-1].limit * 2
-		}
-		k.layers = append(k.layers, newBloomLayer(limit))
+// rotate starts a new generation when the current one is a period old, and drops the
+// previous one then. Ids of the current generation were added less than a period after
+// its start: two periods after its start, none of their records is left.
+func (k *knownIntents) rotate(now time.Time) {
+	switch {
+	case k.period <= 0:
+	case k.cur.start.IsZero():
+		k.cur.start = now
+	case now.Sub(k.cur.start) >= 2*k.period:
+		k.prev, k.cur = bloomGen{}, bloomGen{start: now}
+	case now.Sub(k.cur.start) >= k.period:
+		k.prev, k.cur = k.cur, bloomGen{start: now}
 	}
-	l := k.layers[len(k.layers)-1]
+}
+
+// add remembers id, added (or its record written) at now.
+func (k *knownIntents) add(id string, now time.Time) {
+	k.rotate(now)
+	g := &k.cur
+	if len(g.layers) == 0 || g.layers[len(g.layers)-1].n >= g.layers[len(g.layers)-1].limit {
+		limit := 1 << 16
+		if len(g.layers) > 0 {
+			limit = g.layers[len(g.layers)-1].limit * 2
+		}
+		g.layers = append(g.layers, newBloomLayer(limit))
+	}
+	l := g.layers[len(g.layers)-1]
 	h1, h2 := k.hashes(id)
 	m := uint64(len(l.bits) * 64)
 	for i := uint64(0); i < bloomHashes; i++ {
@@ -56,18 +104,22 @@ func (k *knownIntents) add(id string) {
 	l.n++
 }
 
-// mayHave is false only for an id never added.
-func (k *knownIntents) mayHave(id string) bool {
+// mayHave is false only for an id never added, or added more than a period before the
+// generation that held it was dropped (at least a period ago).
+func (k *knownIntents) mayHave(id string, now time.Time) bool {
+	k.rotate(now)
 	h1, h2 := k.hashes(id)
-	for _, l := range k.layers {
-		m := uint64(len(l.bits) * 64)
-		all := true
-		for i := uint64(0); i < bloomHashes && all; i++ {
-			p := (h1 + i*h2) % m
-			all = l.bits[p/64]&(1<<(p%64)) != 0
-		}
-		if all {
-			return true
+	for _, g := range [2]*bloomGen{&k.cur, &k.prev} {
+		for _, l := range g.layers {
+			m := uint64(len(l.bits) * 64)
+			all := true
+			for i := uint64(0); i < bloomHashes && all; i++ {
+				p := (h1 + i*h2) % m
+				all = l.bits[p/64]&(1<<(p%64)) != 0
+			}
+			if all {
+				return true
+			}
 		}
 	}
 	return false

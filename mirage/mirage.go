@@ -191,6 +191,12 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err != nil {
 		return nil, err
 	}
+	// The bucket's own max age (an operator may have changed it): the known-ids filter
+	// forgets ids as the bucket forgets their records.
+	intentsStatus, err := intents.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
 	ghosts, err := js.KeyValue(ctx, bus.BucketGhosts)
 	if err != nil {
 		return nil, err
@@ -215,7 +221,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		unrecorded: map[string]*IntentRecord{},
 		ending:     map[string]string{},
 		read:       newReadMark(),
-		known:      newKnownIntents(),
+		known:      newKnownIntents(knownPeriod(intentsStatus.TTL())),
 		locks:      locks{},
 		lingers:    newLingers(),
 		reports:    make(chan *bus.Report, 4096),
