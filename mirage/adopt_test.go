@@ -106,7 +106,7 @@ func TestIssueSentAgainIsAnsweredBeforeItsIntentIsRebuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.mu.Lock()
-	m.known.add(rec.IntentID)
+	m.known.add(rec.IntentID, time.Now())
 	m.mu.Unlock()
 
 	client, err := NewClient(natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"}))

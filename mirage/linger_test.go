@@ -27,67 +27,84 @@ func blockingRec(id, ghost string, now time.Time) IntentRecord {
 // not linger for an event that will never come again, holding the next blocking step on
 // the same ghost::seed until deliver_by + timeout + 2 s.
 func TestLockDoesNotLingerForACommandWhoseEventCameAtTheDeadline(t *testing.T) {
-	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	m, err := New(ctx, nc, Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	now := time.Now()
-	first := blockingRec("int_lingera", "g1", now)
-	m.mu.Lock()
-	li := newLiveIntent(first)
-	m.live[first.IntentID] = li
-	if units, _ := m.advance(li); len(units) != 1 || li.waiting != "" {
-		m.mu.Unlock()
-		t.Fatalf("first intent: units %v, waiting %q; want its one unit dispatched under the lock", units, li.waiting)
-	}
-	li.expire() // the deadline: the unit is timeout
-	m.mu.Unlock()
+	for _, tc := range []struct {
+		name string
+		late bool
+	}{
+		{"stored by the cutoff", false},
+		// The deadline moved to 1 s ago once the command left: EDGE_EVT stores the event
+		// past the cutoff (1900, never counted), while the command's latest possible
+		// end is a minute away.
+		{"stored after the cutoff", true},
+	} {
+		late := tc.late
+		t.Run(tc.name, func(t *testing.T) {
+			ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+			nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			m, err := New(ctx, nc, Config{}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			now := time.Now()
+			first := blockingRec("int_lingera", "g1", now)
+			m.mu.Lock()
+			li := newLiveIntent(first)
+			m.live[first.IntentID] = li
+			if units, _ := m.advance(li); len(units) != 1 || li.waiting != "" {
+				m.mu.Unlock()
+				t.Fatalf("first intent: units %v, waiting %q; want its one unit dispatched under the lock", units, li.waiting)
+			}
+			if late {
+				li.rec.DeadlineMS = time.Now().Add(-time.Second).UnixMilli()
+			}
+			li.expire() // the deadline: the unit is timeout
+			m.mu.Unlock()
 
-	// The command's terminal event comes before the rollout moves.
-	acks, err := nc.SubscribeSync(subjects.Ack("g1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acks.Unsubscribe()
-	cmd := CommandID(first.IntentID, 0)
-	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, first.Issue.TraceID, now), EventID: bus.EventID("g1", cmd),
-		CommandID: cmd, IntentID: first.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: "g1",
-		SeedID: "seed.flow", Operation: "sleep", Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok"},
-		StartedMS: now.UnixMilli(), FinishedMS: time.Now().UnixMilli()}
-	data, err := bus.Encode(ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.js.PublishMsg(ctx, bus.NewMsg(subjects.Event("g1"), data, ev.EventID, ev.TraceID)); err != nil {
-		t.Fatal(err)
-	}
-	msg, err := acks.NextMsg(10 * time.Second)
-	if err != nil {
-		t.Fatalf("no event.ack for the event: %v", err)
-	}
-	var ack bus.EventAck
-	if err := bus.Decode(msg.Data, &ack); err != nil || ack.EventID != ev.EventID {
-		t.Fatalf("event.ack %s (%v), want one for %s", msg.Data, err, ev.EventID)
-	}
+			// The command's terminal event comes before the rollout moves.
+			acks, err := nc.SubscribeSync(subjects.Ack("g1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer acks.Unsubscribe()
+			cmd := CommandID(first.IntentID, 0)
+			ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, first.Issue.TraceID, now), EventID: bus.EventID("g1", cmd),
+				CommandID: cmd, IntentID: first.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: "g1",
+				SeedID: "seed.flow", Operation: "sleep", Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok"},
+				StartedMS: now.UnixMilli(), FinishedMS: time.Now().UnixMilli()}
+			data, err := bus.Encode(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.js.PublishMsg(ctx, bus.NewMsg(subjects.Event("g1"), data, ev.EventID, ev.TraceID)); err != nil {
+				t.Fatal(err)
+			}
+			msg, err := acks.NextMsg(10 * time.Second)
+			if err != nil {
+				t.Fatalf("no event.ack for the event: %v", err)
+			}
+			var ack bus.EventAck
+			if err := bus.Decode(msg.Data, &ack); err != nil || ack.EventID != ev.EventID {
+				t.Fatalf("event.ack %s (%v), want one for %s", msg.Data, err, ev.EventID)
+			}
 
-	m.progress(first.IntentID) // what the deadline timer does next
-	second := blockingRec("int_lingerb", "g1", time.Now())
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, still := m.live[first.IntentID]; still {
-		t.Fatal("the first intent did not end at its deadline")
-	}
-	li2 := newLiveIntent(second)
-	m.live[second.IntentID] = li2
-	if units, _ := m.advance(li2); len(units) != 1 || li2.waiting != "" {
-		t.Fatalf("second intent: units %v, %q; want it to run: the first intent's command has ended", units, li2.waiting)
+			m.progress(first.IntentID) // what the deadline timer does next
+			second := blockingRec("int_lingerb", "g1", time.Now())
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if _, still := m.live[first.IntentID]; still {
+				t.Fatal("the first intent did not end at its deadline")
+			}
+			li2 := newLiveIntent(second)
+			m.live[second.IntentID] = li2
+			if units, _ := m.advance(li2); len(units) != 1 || li2.waiting != "" {
+				t.Fatalf("second intent: units %v, %q; want it to run: the first intent's command has ended", units, li2.waiting)
+			}
+		})
 	}
 }
