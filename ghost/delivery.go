@@ -357,7 +357,11 @@ func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done cha
 	return dispatched
 }
 
-// resumeUnfinished ends the executions a crash left started (Pipeline.Resume).
+// resumeUnfinished ends the executions a crash left started (Pipeline.Resume). They are
+// listed now, while commands are held, so that the list holds none that a command starts
+// later; they are ended once the start probes settle, as commands are: a Ghost that stands
+// down because another instance keeps its id has re-run and answered none of them (the
+// other's events carry the same event_ids). Left started, the next start ends them.
 func (g *Ghost) resumeUnfinished(ctx context.Context) {
 	execs, err := g.store.Unfinished(ctx)
 	if err != nil {
@@ -370,6 +374,9 @@ func (g *Ghost) resumeUnfinished(ctx context.Context) {
 		}
 		go func() {
 			defer g.wg.Done()
+			if !g.settle() { // idprobe.go
+				return
+			}
 			if out := g.pipeline.Resume(g.run, e); out.Event != nil {
 				g.emit(g.send, out.Event)
 			}

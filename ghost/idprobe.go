@@ -39,9 +39,9 @@ import (
 // other stands down: it closes itself (Done, Err), and ghostctl exits 3. A late answer
 // from a running instance to a Ghost's start probes means that one stayed up: the
 // Ghost stands down too. So that a Ghost standing down has run nothing, a new Ghost
-// holds the commands it receives (live and caught up) until the answers to its start
-// probes are in: at most probeWait after Start, the only cost of the check once Start
-// has returned.
+// holds the commands it receives (live and caught up), and the executions a crash left
+// started, until the answers to its start probes are in: at most probeWait after Start,
+// the only cost of the check once Start has returned.
 
 // probeWait bounds the wait for answers to a probe that the server did not answer with
 // "no responders" at once (another instance, or a 'nats sub' on the subject, is there).

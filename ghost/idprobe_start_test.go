@@ -1,0 +1,181 @@
+package ghost_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
+	"github.com/edgectl/edgectl/subjects"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// lateTwin stands for another running instance of a Ghost id whose answers to probes come
+// late (a slow route, a busy host): it holds the probes it receives until answer.
+type lateTwin struct {
+	t      *testing.T
+	self   bus.Instance
+	probes chan *nats.Msg
+}
+
+func newLateTwin(t *testing.T, env *testenv.Env, id string) *lateTwin {
+	t.Helper()
+	tw := &lateTwin{t: t, probes: make(chan *nats.Msg, 64), self: bus.Instance{GhostID: id,
+		InstanceID: subjects.NewID(subjects.PrefixInstance), Hostname: "twin-host", PID: 4242,
+		StartedMS: time.Now().Add(-time.Hour).UnixMilli(), Phase: bus.InstanceRunning}}
+	nc := env.Conn("late twin of " + id)
+	if _, err := nc.ChanSubscribe(subjects.Probe(id), tw.probes); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return tw
+}
+
+// answer answers a probe it holds: running, started an hour before the prober.
+func (tw *lateTwin) answer() {
+	tw.t.Helper()
+	select {
+	case m := <-tw.probes:
+		data, err := bus.Encode(&bus.IDProbeAnswer{Header: bus.NewHeader(bus.TypeProbeAnswer, "", time.Now()), Instance: tw.self})
+		if err != nil {
+			tw.t.Fatal(err)
+		}
+		if err := m.Respond(data); err != nil {
+			tw.t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		tw.t.Fatal("no probe reached the late twin")
+	}
+}
+
+// standsDownFor waits until g stood down naming tw.
+func (tw *lateTwin) standsDownFor(g *ghost.Ghost) {
+	tw.t.Helper()
+	select {
+	case <-g.Done():
+	case <-time.After(5 * time.Second):
+		tw.t.Fatal("the Ghost did not stand down after the late twin's answer")
+	}
+	var dup *ghost.DuplicateIDError
+	if err := g.Err(); !errors.As(err, &dup) || dup.Other.InstanceID != tw.self.InstanceID {
+		tw.t.Fatalf("the Ghost stood down with %v, want a DuplicateIDError naming the late twin", err)
+	}
+}
+
+// holdSeed's one operation, hold, is not idempotent and runs until the Ghost stops it.
+type holdSeed struct{ running atomic.Int32 }
+
+func (s *holdSeed) Info() bus.SeedInfo {
+	return bus.SeedInfo{ID: "test.hold", Name: "test.hold", Description: "holds", Operations: []bus.OperationInfo{
+		{Name: "hold", Description: "runs until the Ghost stops it", Idempotent: false, Params: []bus.ParamInfo{}}}}
+}
+
+func (s *holdSeed) Execute(ctx context.Context, _ *bus.SeedExecute) (bus.Result, error) {
+	s.running.Add(1)
+	defer s.running.Add(-1)
+	<-ctx.Done()
+	return bus.Result{}, ctx.Err()
+}
+
+// An execution a crash left started is ended (resumed) only once the start probes
+// settle, as commands are: a restarted Ghost that learns late that another instance keeps
+// its id stands down having neither run nor answered it (the other's events carry the
+// same event_ids), and the next start ends it.
+func TestResumedExecutionsWaitForTheStartProbes(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-resume"
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "executions.db")
+	seed := &holdSeed{}
+	reg := ghost.NewRegistry()
+	if err := reg.Add(seed); err != nil {
+		t.Fatal(err)
+	}
+	newGhost := func(nc *nats.Conn, st ghost.ExecutionStore) *ghost.Ghost {
+		g, err := ghost.New(nc, ghost.Config{ID: id, Policy: ghost.PolicyHeadless, ShutdownGrace: 100 * time.Millisecond,
+			ShutdownFlush: 100 * time.Millisecond}, reg, st, env.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = g.Close() })
+		return g
+	}
+	openStore := func() *ghost.BoltStore {
+		st, err := ghost.OpenBoltStore(path, ghost.BoltOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return st
+	}
+
+	// Before the crash: the Ghost runs hold, recorded started (it is not idempotent).
+	storeCommand(t, env, "nobody", "status", nil) // the streams
+	crashConn := env.Conn("before the crash")
+	store := openStore()
+	if err := startWithin(newGhost(crashConn, store), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cmd := sendHold(t, crashConn, id)
+	testenv.Eventually(t, 5*time.Second, "hold to run", func() bool { return seed.running.Load() == 1 })
+	// The crash: the process's connection and store are gone, hold recorded started.
+	crashConn.Close()
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	store = openStore()
+	if e, err := store.GetByCommandID(ctx, cmd); err != nil || e.State != ghost.StateStarted {
+		t.Fatalf("after the crash hold is %+v (%v), want started", e, err)
+	}
+	twin := newLateTwin(t, env, id)
+	restarted := newGhost(env.Conn("restarted"), store)
+	if err := startWithin(restarted, 10*time.Second); err != nil {
+		t.Fatalf("the restarted Ghost, the twin's answer not in yet: %v", err)
+	}
+	twin.answer()
+	twin.standsDownFor(restarted)
+	if e, err := store.GetByCommandID(ctx, cmd); err != nil || e.State != ghost.StateStarted {
+		t.Errorf("the Ghost that stood down ended the execution a crash left started: %+v (%v)", e, err)
+	}
+	for _, ev := range env.Events(env.JetStream()) {
+		if ev.CommandID == cmd {
+			t.Errorf("the Ghost that stood down published event %s (%s) for the execution a crash left started", ev.EventID, ev.Error)
+		}
+	}
+
+	// Started again with the id to itself, it ends the execution: interrupted (1700).
+	again := newGhost(env.Conn("started again"), store)
+	if err := startWithin(again, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventFor(t, env, id, cmd)
+	if e, err := store.GetByCommandID(ctx, cmd); err != nil || e.Event == nil || e.Event.Error == nil || e.Event.Error.Code != bus.CodeInterrupted {
+		t.Fatalf("hold after the next start: %+v (%v), want interrupted (1700)", e, err)
+	}
+}
+
+// sendHold publishes a test.hold hold command for ghostID, as a live command arrives.
+func sendHold(t *testing.T, nc *nats.Conn, ghostID string) string {
+	t.Helper()
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "test.hold", Operation: "hold",
+		Args: map[string]string{}, DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 60000}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.PublishMsg(bus.NewMsg(subjects.Command(ghostID), data, cmd.CommandID, cmd.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.CommandID
+}
