@@ -223,10 +223,28 @@ func (g *Ghost) Registry() *Registry { return g.registry }
 // acknowledges in time: it has then taken no command and run nothing. Before anything,
 // it asks whether another live instance holds the id, and returns a *DuplicateIDError
 // (ErrDuplicateID) if one does (idprobe.go).
+// A Start that fails leaves nothing running, not even the probe of its id, without
+// waiting for Close (which stays safe to call); the Ghost is not started again.
 func (g *Ghost) Start(ctx context.Context) error {
 	if err := g.claimID(ctx); err != nil { // before anything can run a command
-		return err
+		return err // claimID undid what it began
 	}
+	if err := g.start(ctx); err != nil {
+		return g.startFailed(err)
+	}
+	return nil
+}
+
+// startFailed closes a Ghost whose Start failed after claiming its id: its probe loop
+// and subscriptions end with it, and it stops answering probe.<id> as the id's running
+// instance.
+func (g *Ghost) startFailed(err error) error {
+	_ = g.Close()
+	return err
+}
+
+// start is Start once the id is claimed.
+func (g *Ghost) start(ctx context.Context) error {
 	if g.nc.AuthRequired() || !g.nc.IsConnected() {
 		// Made before the flush, so that a cluster knows it before the Ghost's first
 		// request (its register, a replay): Mirage's answers come there (not yet

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -178,4 +180,48 @@ func sendHold(t *testing.T, nc *nats.Conn, ghostID string) string {
 		t.Fatal(err)
 	}
 	return cmd.CommandID
+}
+
+// A Start that fails after the Ghost claimed its id (policy required, no Mirage) leaves
+// nothing running, without waiting for Close: no probe loop answers probe.<id> for the id
+// (another instance may start at once), and no goroutine of the Ghost is left.
+func TestFailedStartLeavesNothingRunning(t *testing.T) {
+	env := testenv.New(t)
+	const id = "needy-gone"
+	g, start := requiredGhost(t, env, id, 300*time.Millisecond)
+	if err := start(); !errors.Is(err, ghost.ErrNoMirage) {
+		t.Fatalf("Start: %v, want ErrNoMirage", err)
+	}
+	testenv.Eventually(t, 2*time.Second, "no goroutine of the Ghost whose Start failed", func() bool {
+		return ghostGoroutines() == ""
+	})
+	if s := ghostGoroutines(); s != "" {
+		t.Fatalf("goroutines of the Ghost whose Start failed:\n%s", s)
+	}
+	probe, err := bus.Encode(&bus.IDProbe{Header: bus.NewHeader(bus.TypeProbe, "", time.Now()),
+		Instance: bus.Instance{GhostID: id, InstanceID: subjects.NewID(subjects.PrefixInstance), Hostname: "h", PID: 1, StartedMS: time.Now().UnixMilli(), Phase: bus.InstanceStarting}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := env.Conn("prober").Request(subjects.Probe(id), probe, 2*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("probe.%s after a failed Start: %v (%v), want no responders", id, m, err)
+	}
+	other, _ := newFlowGhost(t, env, id, "next")
+	if err := startWithin(other, 10*time.Second); err != nil {
+		t.Fatalf("another Ghost with the id, the failed one not closed: %v", err)
+	}
+	_ = g.Close()
+}
+
+// ghostGoroutines returns the stacks of the goroutines running Ghost methods.
+func ghostGoroutines() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, s := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(s, "edgectl/ghost.(*Ghost)") {
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, "\n\n")
 }
