@@ -222,7 +222,7 @@ func (g *Ghost) Registry() *Registry { return g.registry }
 // With PolicyRequired it registers first and returns an error when no Mirage
 // acknowledges in time: it has then taken no command and run nothing. Before anything,
 // it asks whether another live instance holds the id, and returns a *DuplicateIDError
-// (ErrDuplicateID) if one does (idprobe.go).
+// (ErrDuplicateID) if one does, also when it learns so while it registers (idprobe.go).
 // A Start that fails leaves nothing running, not even the probe of its id, without
 // waiting for Close (which stays safe to call); the Ghost is not started again.
 func (g *Ghost) Start(ctx context.Context) error {
@@ -237,14 +237,23 @@ func (g *Ghost) Start(ctx context.Context) error {
 
 // startFailed closes a Ghost whose Start failed after claiming its id: its probe loop
 // and subscriptions end with it, and it stops answering probe.<id> as the id's running
-// instance.
+// instance. A Ghost that stood down meanwhile fails for that reason.
 func (g *Ghost) startFailed(err error) error {
 	_ = g.Close()
+	if dup := g.Err(); dup != nil {
+		<-g.claim.done // closed by standDown once its Close returned
+		return dup
+	}
 	return err
 }
 
 // start is Start once the id is claimed.
 func (g *Ghost) start(ctx context.Context) error {
+	// A stand-down (idprobe.go) or a Close ends the wait for a registration at once.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(g.serving, cancel)
+	defer stop()
 	if g.nc.AuthRequired() || !g.nc.IsConnected() {
 		// Made before the flush, so that a cluster knows it before the Ghost's first
 		// request (its register, a replay): Mirage's answers come there (not yet

@@ -41,7 +41,8 @@ import (
 // Ghost stands down too. So that a Ghost standing down has run nothing, a new Ghost
 // holds the commands it receives (live and caught up), and the executions a crash left
 // started, until the answers to its start probes are in: at most probeWait after Start,
-// the only cost of the check once Start has returned.
+// the only cost of the check once Start has returned. A stand-down while Start still
+// runs (policy required: it registers) makes Start fail with the DuplicateIDError.
 
 // probeWait bounds the wait for answers to a probe that the server did not answer with
 // "no responders" at once (another instance, or a 'nats sub' on the subject, is there).

@@ -182,6 +182,76 @@ func sendHold(t *testing.T, nc *nats.Conn, ghostID string) string {
 	return cmd.CommandID
 }
 
+// A Ghost with policy required that learns, while it registers, that another instance
+// keeps its id fails Start with the DuplicateIDError at once (ghostctl prints it and exits
+// 3), not with what its registration came to after the stand-down: a Mirage's
+// register.ack arriving then (which found the Ghost closed: "ghost stopping"), or none.
+func TestRequiredGhostStandingDownWhileRegisteringFailsStartWithTheDuplicate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// acks: the stand-in for Mirage accepts the registers it receives once the Ghost
+		// stood down; otherwise it never answers.
+		acks bool
+	}{
+		{"a register.ack after the stand-down", true},
+		{"no register.ack", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t)
+			const id = "needy-twin"
+			const registerTimeout = 6 * time.Second
+			g, start := requiredGhost(t, env, id, registerTimeout)
+			registering := make(chan struct{}, 1)
+			_, err := env.Conn("stand-in for mirage").Subscribe(subjects.Register(id), func(m *nats.Msg) {
+				select {
+				case registering <- struct{}{}:
+				default:
+				}
+				select {
+				case <-g.Done():
+				default:
+					return // not yet
+				}
+				if !tc.acks {
+					return
+				}
+				data, err := bus.Encode(&bus.RegisterAck{Header: bus.NewHeader(bus.TypeRegisterAck, "", time.Now()), GhostID: id, Status: bus.RegisterAccepted})
+				if err == nil {
+					_ = m.Respond(data)
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			twin := newLateTwin(t, env, id)
+			started := make(chan error, 1)
+			begun := time.Now()
+			go func() { started <- start() }()
+			select {
+			case <-registering: // the id is claimed: the twin's answer comes late
+			case <-time.After(10 * time.Second):
+				t.Fatal("the Ghost never registered")
+			}
+			twin.answer()
+			twin.standsDownFor(g)
+			err = <-started
+			var dup *ghost.DuplicateIDError
+			if !errors.As(err, &dup) || dup.Other.InstanceID != twin.self.InstanceID {
+				t.Fatalf("Start: %v, want the DuplicateIDError naming the late twin", err)
+			}
+			if !strings.HasPrefix(err.Error(), "ghost id "+id+" is already running: instance "+twin.self.InstanceID+" on host twin-host, pid 4242") {
+				t.Fatalf("Start's error %q does not name the twin", err)
+			}
+			if took := time.Since(begun); took >= registerTimeout {
+				t.Fatalf("Start took %s, the whole register timeout, to report the stand-down", took)
+			}
+			if g.Registered() {
+				t.Fatal("the Ghost that stood down registered")
+			}
+		})
+	}
+}
+
 // A Start that fails after the Ghost claimed its id (policy required, no Mirage) leaves
 // nothing running, without waiting for Close: no probe loop answers probe.<id> for the id
 // (another instance may start at once), and no goroutine of the Ghost is left.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -92,4 +93,64 @@ func TestAuthOnlyTheGhostItselfAnswersItsProbe(t *testing.T) {
 		t.Fatalf("a second edge-a with edge-a's key: Start = %v, want a DuplicateIDError naming the running edge-a", err)
 	}
 	f.mustServe(t, "edge-a", "after a copy of it was refused")
+}
+
+// A ghostctl with policy required that learns, while it registers, that another instance
+// keeps its id (an answer to its start probe that came late) exits 3 at once with the
+// refusal line naming the other, not with what its registration came to.
+func TestGhostctlRequiredStandingDownWhileRegisteringExits3(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	const id = "edge-late"
+	_, ghostctl := testenv.Binaries(t)
+	dir := filepath.Join(t.TempDir(), id)
+	init := testenv.Start(t, ghostctl, "init", "--id", id, "--out", dir, "--server", env.URL, "--policy", "required", "--seeds", "seed.flow")
+	if code := init.Wait(30 * time.Second); code != 0 {
+		t.Fatalf("ghostctl init exited %d: %s", code, init.Output())
+	}
+	// The other instance: running for an hour, its answers slow to come.
+	twin := bus.Instance{GhostID: id, InstanceID: subjects.NewID(subjects.PrefixInstance), Hostname: "twin-host", PID: 4242,
+		StartedMS: time.Now().Add(-time.Hour).UnixMilli(), Phase: bus.InstanceRunning}
+	probes := make(chan *nats.Msg, 64)
+	nc := env.Conn("late twin")
+	if _, err := nc.ChanSubscribe(subjects.Probe(id), probes); err != nil {
+		t.Fatal(err)
+	}
+	// A Mirage that does not answer yet: the Ghost is registering.
+	registering := make(chan struct{}, 1)
+	if _, err := nc.Subscribe(subjects.Register(id), func(*nats.Msg) {
+		select {
+		case registering <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	begun := time.Now()
+	proc := testenv.Start(t, ghostctl, "run", "--config", filepath.Join(dir, "config.toml"))
+	select {
+	case <-registering:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("ghostctl never registered:\n%s", proc.Output())
+	}
+	answer, err := bus.Encode(&bus.IDProbeAnswer{Header: bus.NewHeader(bus.TypeProbeAnswer, "", time.Now()), Instance: twin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (<-probes).Respond(answer); err != nil {
+		t.Fatal(err)
+	}
+	if code := proc.Wait(30 * time.Second); code != 3 {
+		t.Fatalf("ghostctl exited %d, want 3:\n%s", code, proc.Output())
+	}
+	// Well within the register timeout (10 s): the stand-down ends the wait.
+	if took := time.Since(begun); took > 8*time.Second {
+		t.Errorf("ghostctl took %s to exit after the stand-down", took)
+	}
+	line := regexp.MustCompile(fmt.Sprintf(`(?m)^error: ghost id %s is already running: instance %s on host twin-host, pid 4242, since \S+; two Ghosts with one id would both run every command$`, id, twin.InstanceID))
+	if !line.MatchString(proc.Output()) {
+		t.Fatalf("ghostctl's output lacks the refusal line naming the twin:\n%s", proc.Output())
+	}
 }
