@@ -81,7 +81,8 @@ func TestUpProductionRefusesWithoutTLS(t *testing.T) {
 }
 
 // A production Ghost refuses, at start, a plaintext server URL or a missing CA; its TLS
-// files must be usable and its certificate must name it. The message names the file and key.
+// files must be usable and its certificate must name it; it needs an identity and the
+// Mirage keys whose signatures it accepts. The message names the file and key.
 func TestGhostProductionRefusesPlaintext(t *testing.T) {
 	_, ghostctl := testenv.Binaries(t)
 	pki := testenv.NewPKI(t)
@@ -104,6 +105,15 @@ tls_cert = "` + other.Cert + `"
 tls_key = "` + other.Key + `"`, "tls_cert", `must have the subject "CN=edge-1,OU=ghost,O=edgectl"`},
 		{"certificate without key", `server = "tls://127.0.0.1:4222"
 tls_cert = "` + mine.Cert + `"`, "tls_key", "without its private key"},
+		{"no trusted Mirage key", `production = true
+server = "tls://127.0.0.1:4222"
+tls_ca = "` + pki.CA + `"
+tls_cert = "` + mine.Cert + `"
+tls_key = "` + mine.Key + `"`, "trusted_mirage_keys", "production mode runs only commands signed by a trusted Mirage"},
+		{"no identity", `production = true
+server = "tls://127.0.0.1:4222"
+tls_ca = "` + pki.CA + `"
+trusted_mirage_keys = ["` + newIdentity(t).PublicKey() + `"]`, "auth", "production mode needs the Ghost's identity"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

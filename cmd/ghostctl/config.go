@@ -102,6 +102,16 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 	if err := checkTLS(cfg, bad); err != nil {
 		return nil, err
 	}
+	if cfg.Production {
+		// Production means a Ghost that runs only what an enrolled Mirage signed, and
+		// that the server knows by a key or a certificate of its own.
+		if !cfg.Auth && cfg.TLSCert == "" {
+			return nil, bad("auth", "missing: production mode needs the Ghost's identity: auth = true with nkey_file, or tls_cert")
+		}
+		if len(cfg.TrustedMirageKeys) == 0 {
+			return nil, bad("trusted_mirage_keys", "missing: production mode runs only commands signed by a trusted Mirage: add its public key (ghostctl init --trust, or 'miragectl up --auth' prints it)")
+		}
+	}
 	ids, err := seeds.Parse(strings.Join(cfg.Seeds, ","))
 	if len(cfg.Seeds) == 0 {
 		ids, err = []string{}, nil

@@ -95,6 +95,9 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
 			settleMemory()
+			if (cfg.Auth || cfg.TLSCert != "") && len(cfg.TrustedMirageKeys) == 0 {
+				log.Warn("commands are run without checking Mirage's signature: trusted_mirage_keys is empty; add Mirage's public key (see docs/security.md)", "component", "ghostctl", "ghost_id", cfg.ID)
+			}
 			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted(), "production", cfg.Production, "tls", conn.TLS.Enabled(), "cert_identity", cfg.TLSCert != "")
 			select {
 			case <-ctx.Done():
