@@ -63,6 +63,17 @@ type Config struct {
 	CatchUpInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+
+	// resendPatience replaces the constant of that name when set (tests shorten it).
+	resendPatience time.Duration
+}
+
+// patience is how long a re-send tries one event (resendPatience).
+func (c *Config) patience() time.Duration {
+	if c.resendPatience > 0 {
+		return c.resendPatience
+	}
+	return resendPatience
 }
 
 func (c *Config) defaults() {
@@ -155,7 +166,7 @@ type Ghost struct {
 	// fullAt is the connection's reconnect count when the last complete catch-up began:
 	// a tick takes the fast path only while it is unchanged.
 	fullAt atomic.Uint64
-	// emitting holds the event_ids being published (emit).
+	// emitting holds the publishes in progress, by event_id (*emission).
 	emitting sync.Map
 	// resendKick asks resendLoop for a pass over the unacknowledged events; resendStored
 	// makes the next pass include those EDGE_EVT confirmed storing (a Mirage showed
@@ -480,6 +491,8 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) error {
 	}
 	if out.Duplicate {
 		g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
+		g.answer(g.send, out.Event)
+		return nil
 	}
 	g.emit(g.send, out.Event)
 	out.Wait()
@@ -494,14 +507,56 @@ var errNotRecorded = errors.New("the execution store could not record the comman
 // (250 ms, ×2, 5 s max, jitter) until it is stored or ctx ends (g.send: Close's flush
 // window is over). Once EDGE_EVT confirms it, the execution is marked stored.
 //
-// One event is published by one goroutine at a time: a re-send (a reconnect, a duplicate
-// command) while an earlier publish of it is still retrying leaves it to that one, so
-// a flapping link does not pile up goroutines and copies of every unacknowledged event.
+// One event is published by one goroutine at a time: a re-send (a reconnect, a Mirage
+// that shows itself) while an earlier publish of it is still retrying leaves it to that
+// one, so a flapping link does not pile up goroutines and copies of every unacknowledged
+// event. A duplicate command waits for that one instead (answer).
 func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
-	if _, busy := g.emitting.LoadOrStore(ev.EventID, struct{}{}); busy {
+	e := &emission{done: make(chan struct{})}
+	if _, busy := g.emitting.LoadOrStore(ev.EventID, e); busy {
 		return
 	}
-	defer g.emitting.Delete(ev.EventID)
+	g.publish(ctx, ev, e)
+}
+
+// emission is one publish of an event in progress (Ghost.emitting).
+type emission struct {
+	done   chan struct{} // closed when the publish ends, stored or given up
+	stored bool          // EDGE_EVT confirmed the event; set before done is closed
+}
+
+// answer publishes the event of a duplicate command, as emit does, except when another
+// publish of it is in progress: it waits for that one and, when it ends without EDGE_EVT
+// confirming the event (a re-send gives an event up after resendPatience, and ends when
+// the Ghost stops), publishes it itself. The duplicate is then answered as soon as the
+// stream takes the event, not at a later re-send pass: for an event EDGE_EVT confirmed
+// before, that pass would come only when a Mirage shows itself again.
+func (g *Ghost) answer(ctx context.Context, ev *bus.Event) {
+	for {
+		e := &emission{done: make(chan struct{})}
+		cur, busy := g.emitting.LoadOrStore(ev.EventID, e)
+		if !busy {
+			g.publish(ctx, ev, e)
+			return
+		}
+		other := cur.(*emission)
+		select {
+		case <-other.done:
+			if other.stored {
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// publish is emit's publish of ev, under the emission e it holds in emitting.
+func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
+	defer func() {
+		g.emitting.CompareAndDelete(ev.EventID, e)
+		close(e.done)
+	}()
 	data, err := bus.Encode(ev)
 	if err != nil {
 		g.log.Error("cannot encode event", "event_id", ev.EventID, "err", err)
@@ -520,6 +575,7 @@ func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
 		_, err := g.js.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
+			e.stored = true
 			g.cfg.Metrics.publishedEvent()
 			g.markStored(ctx, ev)
 			g.log.Debug("event stored", "direction", "out", "peer", "mirage", "message_type", bus.TypeEvent, "message_id", ev.MessageID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
@@ -625,7 +681,7 @@ func (g *Ghost) resendUnacked(stored bool) (left bool) {
 		go func() {
 			defer workers.Done()
 			for ev := range queue {
-				ctx, cancel := context.WithTimeout(g.serving, resendPatience)
+				ctx, cancel := context.WithTimeout(g.serving, g.cfg.patience())
 				g.emit(ctx, ev)
 				cancel()
 			}

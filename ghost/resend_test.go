@@ -2,6 +2,7 @@ package ghost_test
 
 import (
 	"context"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -233,4 +234,79 @@ func TestRestartResendsUnconfirmedEventsOnlyAndAFewAtATime(t *testing.T) {
 		t.Fatalf("%d events published again at a restart, though EDGE_EVT had confirmed every one", got)
 	}
 	_ = g.Close()
+}
+
+// A command delivered again while a re-send pass publishes its event (a Mirage that
+// restarted announces itself and re-dispatches what it has no event for) is answered
+// even when that re-send gives the event up: the duplicate waits for it, then publishes
+// the event itself until EDGE_EVT takes it. Left to the re-send, an event EDGE_EVT had
+// confirmed before would be sent again only when a Mirage shows itself once more.
+func TestDuplicateCommandIsAnsweredWhenTheResendGivesUp(t *testing.T) {
+	env := testenv.New(t)
+	ctx := context.Background()
+	js := env.JetStream()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	const id = "edge-dup"
+	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
+		testenv.Tune(func(c *ghost.Config) { ghost.SetResendPatience(c, time.Second) }))
+	now := time.Now()
+	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: "status",
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 5000}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// EDGE_CMD refuses commands (each is larger than 64 bytes) while they still reach the
+	// Ghost live: no catch-up replays one, every delivery is one this test made.
+	cmdStream, err := js.Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := cmdStream.CachedInfo().Config
+	refusing.MaxMsgSize = 64
+	if _, err := js.UpdateStream(ctx, refusing); err != nil {
+		t.Fatalf("make %s refuse commands: %v", bus.StreamCommands, err)
+	}
+	mc := env.Conn("mirage")
+	send := func() {
+		t.Helper()
+		if err := mc.PublishMsg(bus.NewMsg(subjects.Command(id), data, cmd.CommandID, cmd.TraceID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	testenv.Eventually(t, 10*time.Second, "the event stored", func() bool {
+		e, err := g.Store().GetByCommandID(ctx, cmd.CommandID)
+		return err == nil && e.Stored
+	})
+
+	// EDGE_EVT refuses events; a Mirage announces itself, so a re-send pass takes the
+	// stored, unacknowledged event and retries it for its patience.
+	refuseEvents(t, js)
+	attempts := watchPublishes(t, env, id)
+	ann := bus.Announce{Header: bus.NewHeader(bus.TypeAnnounce, "", time.Now()), MirageID: "stand-in"}
+	annData, err := bus.Encode(&ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mc.Publish(subjects.Announce, annData); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the re-send to try the event", func() bool { return attempts.count() > 0 })
+	send() // the duplicate, while the re-send holds the event
+	testenv.Eventually(t, 5*time.Second, "the re-send to give the event up", func() bool {
+		return logs.count("event still not stored; it is re-sent later") > 0
+	})
+
+	stored := logs.count("event stored")
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil { // EDGE_EVT takes events again
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the duplicate answered: its event stored again", func() bool {
+		return logs.count("event stored") > stored
+	})
 }
