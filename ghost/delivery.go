@@ -138,7 +138,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	// connection, and its reconnect count, stay as they were. The replay reads what came
 	// since the position and runs what was never seen; what ran is a duplicate (a full
 	// catch-up re-sends its event unless acknowledged) or, on a tick, left alone.
-	n, fresh, reached, err := g.replay(ctx, src, position{seq, posID}, last, full)
+	n, fresh, reached, abandoned, err := g.replay(ctx, src, position{seq, posID}, last, full)
 	if errors.Is(err, errPositionGone) {
 		// The command at the position is gone: the stream was recreated, or retention
 		// removed it (and everything older). Either way, reading from the start is right.
@@ -146,11 +146,14 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
-		n, fresh, reached, err = g.replay(ctx, src, position{}, last, full)
+		n, fresh, reached, abandoned, err = g.replay(ctx, src, position{}, last, full)
 	}
 	if reached.seq > seq {
 		if err := g.store.SetPosition(ctx, reached.seq, reached.commandID); err != nil {
+			// The commands given up on are not answered: the next replay reads them again.
 			g.log.Error("execution store: saving the replay position failed", "err", err)
+		} else {
+			g.answerAbandoned(abandoned)
 		}
 	}
 	if err != nil {
@@ -159,6 +162,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		return
 	}
 	g.caughtUp(reconnects)
+	clear(g.unrecorded) // every command up to the end was handled
 	// A periodic replay that found only what ran already is routine; one that found a
 	// command never seen is worth an operator's eye (a live copy was lost).
 	level := slog.LevelDebug
@@ -240,28 +244,50 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 var errStopping = errors.New("ghost stopping")
 
 // replay reads cmd.<id> from after the position up to last through src, handles each
-// command, and returns how many it read, how many of those this Ghost had never seen, and
-// the position up to which every command has been handled, also when it fails: after each answer (or fetch) it waits for that
-// answer's commands (handled in slots) and moves that far, so that a failure that recurs
-// at one answer does not undo the answers before it. It never moves past a command not
-// yet handled.
-func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64, full bool) (read, fresh int, _ position, _ error) {
+// command, and returns how many it read, how many of those this Ghost had never seen, the
+// position up to which every command has been handled, also when it fails, and the
+// commands it gave up on before that position (unrecorded.go): after each answer (or
+// fetch) it waits for that answer's commands (handled in slots) and moves that far, so
+// that a failure that recurs at one answer does not undo the answers before it. It never
+// moves past a command not yet handled, nor past one the store could not record, unless it
+// gives up on that one.
+func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64, full bool) (read, fresh int, _ position, abandoned []abandonedCommand, _ error) {
 	start := max(from.seq, 1) // the position's own command first, to check it is there
-	var handled []chan error
+	type handling struct {
+		id   string
+		data []byte
+		hdr  nats.Header
+		done chan error
+	}
+	var handled []handling
 	reached, readTo := from, from
 	checked := false
 	// settle waits for the commands dispatched so far and moves reached up to them,
-	// unless one of them could not be recorded: the position stays before it.
+	// unless one of them could not be recorded (and is not given up on): the position
+	// stays before it.
 	settle := func() error {
 		var failed error
-		for _, d := range handled {
+		var given []abandonedCommand
+		for _, h := range handled {
+			var err error
 			select {
-			case err := <-d:
+			case err = <-h.done:
+			case <-g.stopping:
+				return errStopping // the position stays: a restart replays them
+			}
+			switch {
+			case err == nil:
+				g.recorded(h.id)
+			case errors.Is(err, errNotRecorded) && h.id != "":
+				if u, ok := g.giveUp(h.id); ok {
+					given = append(given, abandonedCommand{data: h.data, hdr: h.hdr, cause: err, unrecordedCommand: u})
+					continue
+				}
+				fallthrough
+			default:
 				if failed == nil {
 					failed = err
 				}
-			case <-g.stopping:
-				return errStopping // the position stays: a restart replays them
 			}
 		}
 		handled = handled[:0]
@@ -269,6 +295,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			return failed
 		}
 		reached = readTo
+		abandoned = append(abandoned, given...)
 		return nil
 	}
 	err := src.read(ctx, start, last, func(sseq uint64, data []byte, hdr nats.Header) error {
@@ -295,7 +322,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			fresh++
 		}
 		done := make(chan error, 1)
-		handled = append(handled, done)
+		handled = append(handled, handling{id, data, hdr, done})
 		if !g.dispatch(data, hdr, true, done) {
 			return errStopping
 		}
@@ -306,7 +333,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 	if err == nil {
 		err = settle()
 	}
-	return read, fresh, reached, err
+	return read, fresh, reached, abandoned, err
 }
 
 // dispatchResult says what dispatchIn did.

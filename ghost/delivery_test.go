@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -429,30 +430,45 @@ func TestBusyGhostRunsACommandNeverDeliveredLive(t *testing.T) {
 	}
 }
 
-// diskFull is an execution store whose Begin fails while full is set, as bbolt's does on
-// a full disk; reads and the replay position still work.
+// diskFull is an execution store whose writes (Begin, and saving the replay position) fail
+// while full is set, as bbolt's do on a full disk; reads still work.
 type diskFull struct {
 	*ghost.MemoryStore
 	full atomic.Bool
 }
 
+var errNoSpace = errors.New("write executions.db: no space left on device")
+
 func (s *diskFull) Begin(ctx context.Context, e ghost.Execution) (ghost.Execution, bool, error) {
 	if s.full.Load() {
-		return ghost.Execution{}, false, errors.New("write executions.db: no space left on device")
+		return ghost.Execution{}, false, errNoSpace
 	}
 	return s.MemoryStore.Begin(ctx, e)
+}
+
+func (s *diskFull) SetPosition(ctx context.Context, seq uint64, commandID string) error {
+	if s.full.Load() {
+		return errNoSpace
+	}
+	return s.MemoryStore.SetPosition(ctx, seq, commandID)
 }
 
 // A command the execution store cannot record is neither run nor answered (no event
 // under its stable event_id), and the catch-ups keep the replay position before it; once
 // the store takes writes again, a catch-up runs it and its event is the real outcome.
+// Past the patience after which a replay gives up on a command the store never records,
+// still nothing is given up: a store that cannot save the position fails every command,
+// not that one.
 func TestUnrecordedCommandIsLeftForALaterCatchUp(t *testing.T) {
 	env := testenv.New(t)
 	ctx := context.Background()
 	store := &diskFull{MemoryStore: ghost.NewMemoryStore()}
 	const id = "edge-full"
 	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
-		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 200 * time.Millisecond }))
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 200 * time.Millisecond
+			ghost.SetUnrecordedPatience(c, 100*time.Millisecond)
+		}))
 	before, seqBefore := storeCommand(t, env, id, "status", nil)
 	eventFor(t, env, id, before)
 	testenv.Eventually(t, 5*time.Second, "the position at the first command", func() bool {
@@ -479,4 +495,71 @@ func TestUnrecordedCommandIsLeftForALaterCatchUp(t *testing.T) {
 		p, err := store.LastSeq(ctx)
 		return err == nil && p >= seq
 	})
+}
+
+// damagedRecord is an execution store that never records one command: Begin fails for an
+// echo of unrecordable, as when the record under a command_id is damaged or cannot be
+// written; every other command, and the replay position, are recorded.
+type damagedRecord struct{ *ghost.MemoryStore }
+
+const unrecordable = "never recorded"
+
+func (s damagedRecord) Begin(ctx context.Context, e ghost.Execution) (ghost.Execution, bool, error) {
+	if e.Args["message"] == unrecordable {
+		return ghost.Execution{}, false, errors.New("executions.db: record damaged")
+	}
+	return s.MemoryStore.Begin(ctx, e)
+}
+
+// A command the execution store never records, while it records the others, does not hold
+// the replay position for good: after the patience the replay gives up on it, answers it
+// with a 1500 (not run), counts it, and moves past it, so the commands after it that never
+// arrived live are replayed and run.
+func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
+	env := testenv.New(t)
+	ctx := context.Background()
+	store := damagedRecord{ghost.NewMemoryStore()}
+	metrics := ghost.NewMetrics()
+	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+	const id = "edge-damaged"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 100 * time.Millisecond
+			c.Metrics = metrics
+			ghost.SetUnrecordedPatience(c, 500*time.Millisecond)
+		}))
+	bad, badSeq := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
+	// More than one replay batch after it, the last never delivered live: only a replay
+	// that gets past the bad command runs it.
+	junk := &nats.Msg{Subject: "detour." + id, Data: []byte(`{"type":"command"}`)}
+	storeDetouredBytes(t, env, id, junk)
+	for range bus.ReplayBatch {
+		if _, err := env.JetStream().PublishMsg(ctx, junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost, lostSeq := storeDetoured(t, env, id, "status", nil)
+
+	eventFor(t, env, id, lost)
+	ev, ok := storedEvent(t, env, bus.EventID(id, bad))
+	if !ok || ev.Outcome != bus.OutcomeError || ev.Error == nil || ev.Error.Code != bus.CodeInternal || ev.Result.Status != "refused" {
+		t.Fatalf("event of the command the store never recorded: %+v (found %v), want a 1500, not run", ev, ok)
+	}
+	testenv.Eventually(t, 5*time.Second, "the position past the last command", func() bool {
+		p, err := store.LastSeq(ctx)
+		return err == nil && p >= lostSeq && p > badSeq
+	})
+	if _, err := store.GetByCommandID(ctx, bad); !errors.Is(err, ghost.ErrNotFound) {
+		t.Fatalf("the command given up on is recorded (%v)", err)
+	}
+	if n := logs.count("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it"); n != 1 {
+		t.Fatalf("gave up on the command %d times, want once", n)
+	}
+	var b strings.Builder
+	if _, err := metrics.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	if want := `edgectl_ghost_commands_total{outcome="error",class="internal"} 1`; !strings.Contains(b.String(), want) {
+		t.Fatalf("metrics do not count the command given up on (%s):\n%s", want, b.String())
+	}
 }

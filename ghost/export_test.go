@@ -5,3 +5,7 @@ import "time"
 // SetResendPatience shortens how long a re-send tries one event before leaving it for the
 // next pass (resendPatience), for tests that watch a re-send give up.
 func SetResendPatience(c *Config, d time.Duration) { c.resendPatience = d }
+
+// SetUnrecordedPatience shortens how long replays keep trying a command the execution store
+// cannot record before they give up on it (unrecordedPatience).
+func SetUnrecordedPatience(c *Config, d time.Duration) { c.unrecordedPatience = d }

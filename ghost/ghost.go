@@ -64,8 +64,10 @@ type Config struct {
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 
-	// resendPatience replaces the constant of that name when set (tests shorten it).
-	resendPatience time.Duration
+	// resendPatience and unrecordedPatience replace the constants of those names when set
+	// (tests shorten them).
+	resendPatience     time.Duration
+	unrecordedPatience time.Duration
 }
 
 // patience is how long a re-send tries one event (resendPatience).
@@ -155,6 +157,9 @@ type Ghost struct {
 	// scannedTo is the stream sequence up to which busy ticks' scans have run what was
 	// never seen (under catchMu; 0 once a replay reads from the position again).
 	scannedTo uint64
+	// unrecorded holds, by command_id, the commands replays found the execution store
+	// could not record (under catchMu; unrecorded.go).
+	unrecorded map[string]*unrecordedCommand
 	// replayAsked is when the last replay request to Mirage ended (under catchMu).
 	replayAsked time.Time
 	// replayWait is how long a replay answer may pause (zero: bus.ReplayAnswerWait).

@@ -207,6 +207,13 @@ func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error
 	return Outcome{Event: ev}
 }
 
+// Abandon is the terminal event of a command the execution store never recorded, which
+// the Ghost gives up on (perr, a 1500): not run, and nothing recorded.
+func (p *Pipeline) Abandon(cmd *bus.Command, perr *bus.Error) *bus.Event {
+	now := p.now()
+	return p.refusalEvent(cmd, subjects.NewID(subjects.PrefixExecution), now, now, perr)
+}
+
 // Refuse is the entry for commands that failed decoding: only what ProbeCommand read is
 // known of them.
 func (p *Pipeline) Refuse(ctx context.Context, probe bus.Probe, perr *bus.Error) Outcome {

@@ -1,0 +1,103 @@
+package ghost
+
+import (
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/edgectl/edgectl/bus"
+)
+
+// Commands the execution store never records. A command the store cannot record is left
+// for a later catch-up (handle returns errNotRecorded), and the replay position stays
+// before it: a store that recovers (a disk freed) then runs it. A store that keeps failing
+// one command (a damaged record under its command_id) would hold the position there for
+// good, every catch-up reading it and stopping at it. So a replay gives up on a command the
+// store has failed at least maxUnrecordedAttempts times over unrecordedPatience: the
+// position moves past it and, once the store has saved that position (it records writes,
+// so the failure is this command's), the command is answered with a 1500 and never read
+// again. A store that fails every write cannot save the position: nothing is given up, and
+// the commands run once it recovers, as before.
+
+// A replay gives up on a command the store could not record after this many replays of it
+// over at least unrecordedPatience (about five catch-ups at the default interval).
+const (
+	maxUnrecordedAttempts = 3
+	unrecordedPatience    = 5 * time.Minute
+)
+
+// unrecordedCommand is how long the execution store has failed one command's replays.
+type unrecordedCommand struct {
+	first    time.Time
+	attempts int
+}
+
+// abandonedCommand is a command a replay gave up on, answered once the position is saved
+// past it.
+type abandonedCommand struct {
+	data  []byte
+	hdr   nats.Header
+	cause error
+	unrecordedCommand
+}
+
+// giveUp counts a replay of commandID that the store could not record and reports whether
+// the Ghost now gives up on it. Under catchMu.
+func (g *Ghost) giveUp(commandID string) (unrecordedCommand, bool) {
+	if g.unrecorded == nil {
+		g.unrecorded = map[string]*unrecordedCommand{}
+	}
+	now := g.cfg.Now()
+	u := g.unrecorded[commandID]
+	if u == nil {
+		u = &unrecordedCommand{first: now}
+		g.unrecorded[commandID] = u
+	}
+	u.attempts++
+	patience := unrecordedPatience
+	if g.cfg.unrecordedPatience > 0 {
+		patience = g.cfg.unrecordedPatience
+	}
+	return *u, u.attempts >= maxUnrecordedAttempts && now.Sub(u.first) >= patience
+}
+
+// recorded forgets the failures of commandID, which the store recorded. Under catchMu.
+func (g *Ghost) recorded(commandID string) { delete(g.unrecorded, commandID) }
+
+// answerAbandoned sends the 1500 event of each command a replay gave up on, the replay
+// position being saved past them. Nothing is recorded (the store could not), so an event
+// not stored before the Ghost stops is not re-sent: Mirage then reports the target's
+// timeout. Under catchMu.
+func (g *Ghost) answerAbandoned(abandoned []abandonedCommand) {
+	for _, a := range abandoned {
+		cmd := g.commandOf(a.data, a.hdr)
+		delete(g.unrecorded, cmd.CommandID)
+		perr := bus.Errorf(bus.CodeInternal, "the ghost gave up on the command after %d attempts over %s: %v; it was not run and will not be",
+			a.attempts, g.cfg.Now().Sub(a.first).Round(time.Second), a.cause)
+		ev := g.pipeline.Abandon(cmd, perr)
+		g.log.Error("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it", "command_id", cmd.CommandID, "event_id", ev.EventID, "attempts", a.attempts, "since", a.first, "err", a.cause)
+		g.cfg.Metrics.outcome(Outcome{Event: ev})
+		if !g.track() {
+			return
+		}
+		go func() {
+			defer g.wg.Done()
+			g.emit(g.send, ev)
+		}()
+	}
+}
+
+// commandOf is the command in data as far as it can be read: decoded, or what
+// bus.ProbeCommand finds in a malformed one.
+func (g *Ghost) commandOf(data []byte, hdr nats.Header) *bus.Command {
+	var cmd bus.Command
+	if err := bus.Decode(data, &cmd); err == nil {
+		return &cmd
+	}
+	probe := bus.ProbeCommand(data)
+	if probe.TraceID == "" {
+		probe.TraceID = bus.TraceIDFrom(hdr)
+	}
+	return &bus.Command{Header: bus.Header{TraceID: probe.TraceID}, CommandID: probe.CommandID, IntentID: probe.IntentID,
+		GhostID: g.cfg.ID, SeedSelector: probe.SeedID, Operation: probe.Operation}
+}
