@@ -62,6 +62,7 @@ func (op *Operation) compile(s *Spec, key string) error {
 		return bad(key+".argv", "%d elements, at most %d are allowed", len(op.Argv), MaxArgv)
 	}
 	used := map[string]bool{}
+	op.optEnd = len(op.Argv)
 	for i, a := range op.Argv {
 		k := fmt.Sprintf("%s.argv[%d]", key, i)
 		if strings.IndexByte(a, 0) >= 0 {
@@ -88,6 +89,8 @@ func (op *Operation) compile(s *Spec, key string) error {
 			if err := checkProgram(s, el, a); err != nil {
 				return bad(k, "%v", err)
 			}
+		} else if a == "--" && op.optEnd == len(op.Argv) {
+			op.optEnd = i
 		}
 		op.tmpl = append(op.tmpl, el)
 	}
@@ -160,6 +163,13 @@ func (e *ArgError) Error() string { return fmt.Sprintf("args.%s: %s", e.Param, e
 // Render builds the argv of one execution from args. filesDir is the absolute directory of
 // the seed's installed files. An element that uses an optional param given no value and
 // without a default is left out whole; every other element is exactly one argument.
+//
+// A value is one argument, but the program decides what an argument means: one that
+// starts with "-" is read as an option by most programs (tar's
+// --use-compress-program=CMD runs CMD, kill -TERM -1 signals every process). So a given
+// value starting with "-" may not begin an element, unless a literal "--" element stands
+// before it (the usual end of options) or its param sets allow_leading_dash. A default is
+// the spec's own text and is not checked.
 func (op *Operation) Render(args map[string]string, filesDir string) ([]string, error) {
 	for k := range args {
 		if _, ok := op.Param(k); !ok {
@@ -179,7 +189,7 @@ func (op *Operation) Render(args map[string]string, filesDir string) ([]string, 
 		}
 	}
 	out := make([]string, 0, len(op.tmpl))
-	for _, el := range op.tmpl {
+	for i, el := range op.tmpl {
 		var b strings.Builder
 		keep := true
 		for _, seg := range el {
@@ -187,14 +197,19 @@ func (op *Operation) Render(args map[string]string, filesDir string) ([]string, 
 			case seg.file != "":
 				b.WriteString(filepath.Join(filesDir, seg.file))
 			case seg.param != "":
+				p, _ := op.Param(seg.param)
 				v, ok := args[seg.param]
 				if !ok {
-					p, _ := op.Param(seg.param)
 					if p.Default == nil {
 						keep = false
 						break
 					}
 					v = *p.Default
+				} else if b.Len() == 0 && i < op.optEnd && strings.HasPrefix(v, "-") && !p.AllowLeadingDash {
+					return nil, &ArgError{Param: p.Name, Reason: fmt.Sprintf("value %q starts with \"-\" and would begin argv[%d], "+
+						"where %s may read it as an option; give a value that does not start with \"-\" "+
+						"(the spec can end options with a literal \"--\" before it, or set allow_leading_dash = true on the param)",
+						truncate(v, 40), i, op.Argv[0])}
 				}
 				b.WriteString(v)
 			default:
@@ -206,4 +221,12 @@ func (op *Operation) Render(args map[string]string, filesDir string) ([]string, 
 		}
 	}
 	return out, nil
+}
+
+// truncate shortens v to at most n bytes, for a message.
+func truncate(v string, n int) string {
+	if len(v) <= n {
+		return v
+	}
+	return v[:n] + "…"
 }

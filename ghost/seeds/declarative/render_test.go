@@ -3,6 +3,7 @@ package declarative
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -81,6 +82,97 @@ func TestRenderRefuses(t *testing.T) {
 			var ae *ArgError
 			if !errors.As(err, &ae) || ae.Param != tc.param {
 				t.Fatalf("err %v, want an ArgError on %s", err, tc.param)
+			}
+		})
+	}
+}
+
+// A value starting with "-" that would begin an argument is refused (a program would read
+// it as an option), unless a literal "--" ends the options before it or the param opts in.
+func TestRenderLeadingDash(t *testing.T) {
+	s := mustParse(t, `id = "dash.test"
+name = "Dash"
+version = "1"
+[operations.tar]
+description = "archive a path"
+argv = ["tar", "-cf", "/dev/null", "-C", "/etc", "{{path}}"]
+idempotent = true
+[operations.tar.params.path]
+pattern = "(?s).{1,256}"
+[operations.ended]
+description = "options ended before the value"
+argv = ["grep", "-r", "--", "{{pattern}}", "/etc"]
+idempotent = true
+[operations.ended.params.pattern]
+pattern = "(?s).{1,256}"
+[operations.optin]
+description = "the program reads it as a value"
+argv = ["kill", "-TERM", "{{pid}}"]
+idempotent = true
+[operations.optin.params.pid]
+type = "int"
+allow_leading_dash = true
+[operations.kill]
+description = "an int without opt-in"
+argv = ["kill", "-TERM", "{{pid}}"]
+idempotent = true
+[operations.kill.params.pid]
+type = "int"
+[operations.inside]
+description = "a value inside an element, and one after a literal prefix"
+argv = ["echo", "name={{x}}", "{{y}}{{x}}", "-{{x}}"]
+idempotent = true
+[operations.inside.params.x]
+pattern = "-?[a-z]{1,8}"
+[operations.inside.params.y]
+pattern = "[a-z]*"
+[operations.dflt]
+description = "a default is the spec's own text"
+argv = ["ls", "{{flag}}"]
+idempotent = true
+[operations.dflt.params.flag]
+pattern = "-[a-z]"
+default = "-l"
+`)
+	op := func(name string) *Operation {
+		o, ok := s.Operation(name)
+		if !ok {
+			t.Fatalf("no operation %s", name)
+		}
+		return o
+	}
+	for _, tc := range []struct {
+		name  string
+		op    string
+		args  map[string]string
+		param string   // refused on this param, or
+		want  []string // rendered
+	}{
+		{"tar option injection", "tar", map[string]string{"path": "--use-compress-program=touch /tmp/x;"}, "path", nil},
+		{"a single dash", "tar", map[string]string{"path": "-"}, "path", nil},
+		{"kill -1", "kill", map[string]string{"pid": "-1"}, "pid", nil},
+		{"an empty value before a dash", "inside", map[string]string{"y": "", "x": "-a"}, "x", nil},
+		{"a plain value", "tar", map[string]string{"path": "hostname"}, "", []string{"tar", "-cf", "/dev/null", "-C", "/etc", "hostname"}},
+		{"after --", "ended", map[string]string{"pattern": "-v"}, "", []string{"grep", "-r", "--", "-v", "/etc"}},
+		{"opted in", "optin", map[string]string{"pid": "-1"}, "", []string{"kill", "-TERM", "-1"}},
+		{"not at the start of an element", "inside", map[string]string{"x": "-a", "y": "b"}, "", []string{"echo", "name=-a", "b-a", "--a"}},
+		{"a default", "dflt", map[string]string{}, "", []string{"ls", "-l"}},
+		{"a given value like the default", "dflt", map[string]string{"flag": "-r"}, "flag", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := op(tc.op).Render(tc.args, "/f")
+			if tc.param != "" {
+				var ae *ArgError
+				if !errors.As(err, &ae) || ae.Param != tc.param || !strings.Contains(ae.Reason, `starts with "-"`) {
+					t.Fatalf("argv %q err %v, want an ArgError on %s", got, err, tc.param)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("argv %q, want %q", got, tc.want)
 			}
 		})
 	}

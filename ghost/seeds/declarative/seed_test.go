@@ -26,6 +26,7 @@ argv = ["printf", "%s", "{{value}}"]
 idempotent = true
 [operations.printf.params.value]
 pattern = "(?s).*"
+allow_leading_dash = true # after its format, printf reads every argument as a value
 
 [operations.script]
 description = "run the script"
@@ -69,6 +70,32 @@ func TestExecuteMetacharactersStayPlain(t *testing.T) {
 		if err != nil || res.Stdout != v || res.ExitCode != 0 || res.Status != StatusOK {
 			t.Errorf("printf %q: stdout %q exit %d err %v", v, res.Stdout, res.ExitCode, err)
 		}
+	}
+}
+
+// A value that would begin an argument with "-" is refused before anything runs: tar
+// would take it as an option, and --use-compress-program runs a shell command.
+func TestExecuteRefusesOptionValue(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "pwned")
+	s := New(mustParse(t, `id = "backup.app"
+name = "backup"
+version = "1"
+[operations.archive]
+description = "archive one path"
+idempotent = true
+argv = ["tar", "-cf", "/dev/null", "-C", "/etc", "hostname", "{{path}}"]
+[operations.archive.params.path]
+required = true
+pattern = "(?s).{1,256}"
+`), dir)
+	res, err := run(s, "archive", map[string]string{"path": "--use-compress-program=touch " + marker + ";"})
+	var perr *bus.Error
+	if !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || perr.Field != "args.path" || res.Status != "refused" {
+		t.Fatalf("%+v %v, want a 1300 on args.path", res, err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the value ran a command through tar's option")
 	}
 }
 

@@ -87,6 +87,7 @@ type Operation struct {
 	Env         []string // names of environment variables passed through
 	Params      []Param  // sorted by name
 	tmpl        []element
+	optEnd      int // index of the first literal "--" in tmpl (len(tmpl) when none): what follows is not read as options
 	patterns    map[string]*bus.ParamPattern
 }
 
@@ -100,6 +101,9 @@ type Param struct {
 	Min, Max    *int64
 	MaxBytes    int
 	Description string
+	// AllowLeadingDash lets a value starting with "-" begin an argv element before any
+	// "--" (see Render): the spec's author says the program reads it there as a value.
+	AllowLeadingDash bool
 }
 
 // Operation returns the named operation.
@@ -165,6 +169,8 @@ type rawParam struct {
 	Max         *int64  `toml:"max"`
 	MaxBytes    int     `toml:"max_bytes"`
 	Description string  `toml:"description"`
+	// AllowLeadingDash: see Param.
+	AllowLeadingDash bool `toml:"allow_leading_dash"`
 }
 
 // Type patterns: the pattern of a param without one of its own.
@@ -360,7 +366,7 @@ func param(key, name string, rp rawParam) (Param, *bus.ParamPattern, error) {
 	if !bus.ValidArgName(name) {
 		return Param{}, nil, bad(key, "param name %q: use lowercase a-z 0-9 _, starting with a letter (1-64)", name)
 	}
-	p := Param{Name: name, Type: rp.Type, Required: rp.Required, Pattern: rp.Pattern, Default: rp.Default, Min: rp.Min, Max: rp.Max, MaxBytes: rp.MaxBytes, Description: rp.Description}
+	p := Param{Name: name, Type: rp.Type, Required: rp.Required, Pattern: rp.Pattern, Default: rp.Default, Min: rp.Min, Max: rp.Max, MaxBytes: rp.MaxBytes, Description: rp.Description, AllowLeadingDash: rp.AllowLeadingDash}
 	if p.Type == "" {
 		p.Type = TypeString
 	}
@@ -382,6 +388,9 @@ func param(key, name string, rp rawParam) (Param, *bus.ParamPattern, error) {
 	}
 	if p.MaxBytes < 0 || (p.MaxBytes > 0 && p.Type != TypeString) {
 		return Param{}, nil, bad(key+".max_bytes", "a positive size, for params of type string")
+	}
+	if p.AllowLeadingDash && p.Type == TypeBool {
+		return Param{}, nil, bad(key+".allow_leading_dash", "for params of type string or int: a bool is never read as an option")
 	}
 	if p.Min != nil && p.Max != nil && *p.Min > *p.Max {
 		return Param{}, nil, bad(key+".min", "min %d is above max %d", *p.Min, *p.Max)

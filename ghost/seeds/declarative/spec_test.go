@@ -132,6 +132,8 @@ func TestParseInvalid(t *testing.T) {
 		{"max_bytes on an int", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\ntype = \"int\"\nmax_bytes = 4", "operations.x.params.p.max_bytes", "type string"},
 		{"negative max_bytes", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\npattern = \".*\"\nmax_bytes = -1", "operations.x.params.p.max_bytes", "positive"},
 		{"default past max_bytes", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\npattern = \".*\"\nmax_bytes = 2\ndefault = \"abc\"", "operations.x.params.p.default", "at most 2"},
+		{"allow_leading_dash on a bool", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\ntype = \"bool\"\nallow_leading_dash = true", "operations.x.params.p.allow_leading_dash", "string or int"},
+		{"allow_leading_dash not a bool", head + op + "argv = [\"ls\", \"{{p}}\"]\n[operations.x.params.p]\ntype = \"int\"\nallow_leading_dash = \"yes\"", "", "true or false"},
 		{"PATH env", head + op + "argv = [\"ls\"]\nenv = [\"PATH\"]", "operations.x.env[0]", "PATH is fixed"},
 		{"undeclared file", head + op + "argv = [\"/bin/sh\", \"{{file:a.sh}}\"]", "operations.x.argv[1]", "no file declared"},
 		{"file not executable", head + "[[files]]\nname = \"a.sh\"\n" + op + "argv = [\"{{file:a.sh}}\"]", "operations.x.argv[0]", "not declared executable"},
