@@ -5,8 +5,9 @@ import (
 	"testing"
 )
 
-// A param may not stand where a shell or interpreter reads its options or its code: the
-// value would be read as code. After the code, or after the script it runs, it is the
+// A param may not stand where a shell or interpreter reads its options or its code, named
+// directly or through wrappers that run it (nice, timeout, sudo, …): the value would be
+// read as code. After the code, or after the script it runs, it is the
 // code's own argument, which is fine.
 func TestParseRefusesParamsInCode(t *testing.T) {
 	head := "id = \"a.b\"\nname = \"n\"\nversion = \"1\"\n[[files]]\nname = \"run.sh\"\n" +
@@ -39,6 +40,61 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"env -u with a value", []string{"env", "-u", "HOME", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"env -S", []string{"env", "-S", "sh -c", "{{v}}", "{{w}}"}, false},
 		{"an option value with a c", []string{"bash", "-O", "nocaseglob", "-c", "{{v}}", "{{w}}"}, false},
+		{"options between -c and the code", []string{"bash", "-c", "-e", "{{v}}", "{{w}}"}, false},
+		{"-- between -c and the code", []string{"sh", "-c", "--", "{{v}}", "{{w}}"}, false},
+
+		// Wrappers that run the program named after their options and operands.
+		{"nice", []string{"nice", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"nice -n", []string{"nice", "-n", "5", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"nice -n attached", []string{"nice", "-n5", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"ionice", []string{"ionice", "-c", "3", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"timeout and its duration", []string{"timeout", "5", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"timeout -s and its duration", []string{"timeout", "-s", "KILL", "-k", "1", "5s", "bash", "-c", "{{v}}", "{{w}}"}, false},
+		{"setsid", []string{"setsid", "bash", "-c", "{{v}}", "{{w}}"}, false},
+		{"nohup", []string{"nohup", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"stdbuf", []string{"stdbuf", "-o", "L", "-eL", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"time", []string{"/usr/bin/time", "-f", "%e", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"sudo -n", []string{"sudo", "-n", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"sudo -u", []string{"sudo", "-u", "app", "--", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"sudo -s", []string{"sudo", "-s", "echo", "{{v}}", "{{w}}"}, false},
+		{"doas", []string{"doas", "-u", "app", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"runuser -u", []string{"runuser", "-u", "app", "--", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"runuser -c", []string{"runuser", "-l", "app", "-c", "{{v}}", "{{w}}"}, false},
+		{"su USER -c", []string{"su", "app", "-c", "{{v}}", "{{w}}"}, false},
+		{"su - USER, the user's shell reads a param", []string{"su", "-", "app", "{{v}}", "{{w}}"}, false},
+		{"xargs -0", []string{"xargs", "-0", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"xargs -I", []string{"xargs", "-I", "%", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"chroot", []string{"chroot", "--userspec", "app:app", "/srv/root", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"taskset", []string{"taskset", "-c", "0-1", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"flock FILE PROGRAM", []string{"flock", "-w", "5", "/run/x.lock", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"flock FILE -c", []string{"flock", "/run/x.lock", "-c", "{{v}}", "{{w}}"}, false},
+		{"unshare", []string{"unshare", "-n", "--wd", "/", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"nsenter", []string{"nsenter", "-t", "1", "-m", "-u", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"chrt", []string{"chrt", "-f", "10", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"wrappers in a row", []string{"nice", "timeout", "5", "env", "LANG=C", "busybox", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"a param as the program of a wrapper", []string{"nice", "{{v}}", "{{w}}"}, false},
+		{"a param as the program after an operand", []string{"timeout", "5", "{{v}}", "{{w}}"}, false},
+		{"a param as a wrapper's option", []string{"nice", "-{{v}}", "ls", "{{w}}"}, false},
+		{"env assignment", []string{"env", "LD_PRELOAD={{v}}", "ls", "{{w}}"}, false},
+		{"ssh joins a remote command", []string{"ssh", "host", "cat", "{{v}}", "{{w}}"}, false},
+
+		// Version and build suffixes.
+		{"bash-5.2", []string{"bash-5.2", "-c", "{{v}}", "{{w}}"}, false},
+		{"python3.12-dbg", []string{"python3.12-dbg", "-c", "{{v}}", "{{w}}"}, false},
+		{"python-dbg", []string{"/usr/bin/python-dbg", "-c", "{{v}}", "{{w}}"}, false},
+
+		// sed's script is code (GNU sed's e command runs it), and other -e languages.
+		{"sed script", []string{"sed", "-n", "{{v}}", "/etc/hostname", "{{w}}"}, false},
+		{"sed -e", []string{"sed", "-e", "{{v}}", "{{w}}"}, false},
+		{"sed --expression=", []string{"sed", "--expression={{v}}", "{{w}}"}, false},
+		{"sed a second -e", []string{"sed", "-e", "s/a/b/", "-e", "{{v}}", "{{w}}"}, false},
+		{"sed -f chosen", []string{"sed", "-f", "{{v}}", "{{w}}"}, false},
+		{"perl a second -e", []string{"perl", "-e", "print 1;", "-e", "{{v}}", "{{w}}"}, false},
+		{"julia -e", []string{"julia", "-e", "{{v}}", "{{w}}"}, false},
+		{"Rscript -e", []string{"Rscript", "-e", "{{v}}", "{{w}}"}, false},
+		{"dc -e", []string{"dc", "-e", "{{v}}", "{{w}}"}, false},
+		{"ruby -e", []string{"ruby3.1", "-e", "{{v}}", "{{w}}"}, false},
+		{"php -r", []string{"php8.2", "-r", "{{v}}", "{{w}}"}, false},
 
 		{"sh -c with values as its arguments", []string{"/bin/sh", "-c", "echo \"$1\" \"$2\"", "sh", "{{v}}", "{{w}}"}, true},
 		{"a shipped script", []string{"/bin/sh", "{{file:run.sh}}", "{{v}}", "{{w}}"}, true},
@@ -46,6 +102,19 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"python -m", []string{"python3", "-m", "json.tool", "{{v}}", "{{w}}"}, true},
 		{"awk with files after its program", []string{"awk", "-F", ",", "{print $1}", "{{v}}", "{{w}}"}, true},
 		{"not an interpreter", []string{"/bin/echo", "-c", "{{v}}", "{{w}}"}, true},
+		{"a wrapper's option values and operands", []string{"timeout", "--signal={{w}}", "{{v}}", "ls"}, true},
+		{"nice -n a param", []string{"nice", "-n", "{{w}}", "/bin/echo", "{{v}}"}, true},
+		{"sudo -u a param", []string{"sudo", "-u", "{{w}}", "/usr/bin/id", "{{v}}"}, true},
+		{"through wrappers, values after the code", []string{"nice", "timeout", "5", "sh", "-c", "echo \"$1\"", "sh", "{{v}}", "{{w}}"}, true},
+		{"runuser a shipped script", []string{"runuser", "-u", "app", "--", "/bin/sh", "{{file:run.sh}}", "{{v}}", "{{w}}"}, true},
+		{"su -c literal", []string{"su", "-c", "echo \"$1\"", "app", "{{v}}", "{{w}}"}, true},
+		{"flock a program", []string{"flock", "{{w}}", "/bin/echo", "{{v}}"}, true},
+		{"taskset -p runs nothing", []string{"taskset", "-p", "{{w}}", "{{v}}"}, true},
+		{"ssh destination and user", []string{"ssh", "-l", "{{w}}", "{{v}}", "uptime"}, true},
+		{"sed script then files", []string{"sed", "-n", "s/x/y/p", "{{v}}", "{{w}}"}, true},
+		{"sed -e then files", []string{"sed", "-e", "s/a/b/", "-i.bak", "{{v}}", "{{w}}"}, true},
+		{"perl -e then arguments", []string{"perl", "-e", "print @ARGV", "{{v}}", "{{w}}"}, true},
+		{"python -c then arguments", []string{"python3.12", "-c", "import sys", "{{v}}", "{{w}}"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(spec(tc.argv...)))
@@ -56,5 +125,17 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 				t.Fatalf("accepted (err %v): a param would be read as code", err)
 			}
 		})
+	}
+}
+
+func TestProgramName(t *testing.T) {
+	for in, want := range map[string]string{
+		"sh": "sh", "/bin/bash": "bash", "bash-5.2": "bash", "python3": "python", "python3.12": "python",
+		"/usr/bin/python3.12-dbg": "python", "python-dbg": "python", "pypy3": "pypy", "perl5.36.0": "perl",
+		"lua5.4": "lua", "busybox": "busybox", "busybox.static": "busybox", "2to3": "2to3",
+	} {
+		if got := programName(in); got != want {
+			t.Errorf("programName(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

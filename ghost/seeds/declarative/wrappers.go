@@ -1,0 +1,221 @@
+package declarative
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Programs that run another program named on their command line (env, nice, timeout
+// DURATION, sudo -u USER, xargs, chroot NEWROOT, …): checkCodeArgs reads through them to
+// the program they run. Their options are read as getopt reads them, from the options
+// listed here; an option not listed is taken for a flag. This is a lint for common
+// mistakes, not a parser of every version of every tool.
+type wrapper struct {
+	valueOpts string   // short options taking a value (the rest of the cluster, or the next argument)
+	valueLong []string // long options taking a value (after =, or the next argument)
+	operands  int      // operands read before the program: timeout's DURATION, chroot's NEWROOT
+	assigns   bool     // NAME=VALUE operands before the program (env)
+	dashFlag  bool     // a lone "-" is an option (env -, su -)
+	codeOpts  string   // options whose value is a shell command: su -c, flock FILE -c
+	codeLong  []string
+	shellOpts string // options that hand the rest to a shell or split it into words: sudo -s, env -S
+	shellLong []string
+	shellWhy  string // what shellOpts do, for the message
+	stopOpts  string // options with which no program is run: taskset -p PID, sudo -l
+	stopLong  []string
+	userOpt   string // runuser -u USER: the program follows the options
+	userLong  []string
+	userShell bool // su, runuser without -u: an optional USER, then arguments of the user's shell
+	remote    bool // ssh: the arguments after the destination are joined into a remote shell command
+}
+
+var wrappers = map[string]wrapper{
+	"env": {valueOpts: "uC", valueLong: []string{"--unset", "--chdir"}, assigns: true, dashFlag: true,
+		shellOpts: "S", shellLong: []string{"--split-string"}, shellWhy: "splits a string into a program and its arguments"},
+	"busybox": {}, "toybox": {},
+	"nice":    {valueOpts: "n", valueLong: []string{"--adjustment"}},
+	"ionice":  {valueOpts: "cn", valueLong: []string{"--class", "--classdata"}, stopOpts: "pPu", stopLong: []string{"--pid", "--pgid", "--uid"}},
+	"timeout": {valueOpts: "ks", valueLong: []string{"--kill-after", "--signal"}, operands: 1},
+	"setsid":  {}, "nohup": {},
+	"time":   {valueOpts: "fo", valueLong: []string{"--format", "--output"}},
+	"stdbuf": {valueOpts: "ioe", valueLong: []string{"--input", "--output", "--error"}},
+	"sudo": {valueOpts: "aCcDgpRrTtUu", valueLong: []string{"--auth-type", "--close-from", "--login-class", "--chdir", "--group",
+		"--host", "--prompt", "--chroot", "--role", "--type", "--command-timeout", "--other-user", "--user"},
+		shellOpts: "is", shellLong: []string{"--shell", "--login"}, shellWhy: "runs the command through a shell",
+		stopOpts: "elKVv", stopLong: []string{"--edit", "--list", "--remove-timestamp", "--version", "--validate"}},
+	"doas": {valueOpts: "aCu", shellOpts: "s", shellWhy: "runs a shell", stopOpts: "L"},
+	"runuser": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
+		codeOpts: "c", codeLong: []string{"--command", "--session-command"}, userOpt: "u", userLong: []string{"--user"},
+		userShell: true, dashFlag: true},
+	"su": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
+		codeOpts: "c", codeLong: []string{"--command", "--session-command"}, userShell: true, dashFlag: true},
+	"xargs": {valueOpts: "aEdILnPs", valueLong: []string{"--arg-file", "--delimiter", "--max-args", "--max-procs",
+		"--max-chars", "--process-slot-var"}},
+	"chroot":  {valueLong: []string{"--userspec", "--groups"}, operands: 1},
+	"taskset": {stopOpts: "p", stopLong: []string{"--pid"}, operands: 1},
+	"flock": {valueOpts: "wE", valueLong: []string{"--timeout", "--wait", "--conflict-exit-code"}, operands: 1,
+		codeOpts: "c", codeLong: []string{"--command"}},
+	"unshare": {valueOpts: "SGRw", valueLong: []string{"--setuid", "--setgid", "--root", "--wd", "--propagation", "--setgroups",
+		"--map-user", "--map-group", "--map-users", "--map-groups", "--monotonic", "--boottime"}},
+	"nsenter": {valueOpts: "tSG", valueLong: []string{"--target", "--setuid", "--setgid"}},
+	"chrt": {valueOpts: "TPD", valueLong: []string{"--sched-runtime", "--sched-period", "--sched-deadline"}, operands: 1,
+		stopOpts: "mp", stopLong: []string{"--max", "--pid"}},
+	"ssh": {valueOpts: "BbcDEeFIiJLlmOopQRSWw", operands: 1, remote: true},
+}
+
+// unwrapped is what a wrapper runs: the program named at raw[next-1] (name), or, for a
+// user's shell (su USER ARGS), sh reading raw[next:]; done when nothing is left to check.
+type unwrapped struct {
+	name string
+	next int
+	done bool
+}
+
+// unwrap reads the options and operands of wrapper name from raw[start:] to the program it
+// runs. A param may be an option's value or an operand (timeout's DURATION), never the
+// program, an option, a shell command or what a shell reads.
+func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (unwrapped, error) {
+	operands, opts, userShell := w.operands, true, w.userShell
+	where := func(i int) error {
+		return fmt.Errorf("argv[%d]: a param where %s reads its options or the program to run", i, name)
+	}
+	for i := start; i < len(raw); i++ {
+		a, param := raw[i], hasParam(tmpl[i])
+		if opts && a == "--" {
+			opts = false
+			continue
+		}
+		if opts && len(a) > 1 && a[0] == '-' {
+			o := w.option(a)
+			if param && !o.paramInValue(a) {
+				return unwrapped{}, where(i)
+			}
+			switch o.kind {
+			case optShell:
+				for j := range tmpl {
+					if hasParam(tmpl[j]) {
+						return unwrapped{}, fmt.Errorf("argv[%d]: a param with %s %s, which %s", j, name, o.name, w.shellWhy)
+					}
+				}
+				return unwrapped{done: true}, nil
+			case optStop:
+				return unwrapped{done: true}, nil
+			case optCode:
+				if o.attached {
+					if param {
+						return unwrapped{}, fmt.Errorf("argv[%d]: a param in the shell command %s %s runs", i, name, o.name)
+					}
+					return unwrapped{done: true}, nil // a literal command; what follows are its arguments
+				}
+				if i+1 < len(raw) && hasParam(tmpl[i+1]) {
+					return unwrapped{}, fmt.Errorf("argv[%d]: a param as the shell command %s %s runs", i+1, name, o.name)
+				}
+				return unwrapped{done: true}, nil
+			case optUser:
+				userShell, operands = false, 0
+			}
+			if o.kind != optFlag && !o.attached {
+				i++ // its value, a param or not
+			}
+			continue
+		}
+		if opts && w.dashFlag && a == "-" {
+			continue
+		}
+		if operands > 0 {
+			operands--
+			continue
+		}
+		if w.assigns && strings.Contains(a, "=") {
+			if param {
+				return unwrapped{}, fmt.Errorf("argv[%d]: a param in an assignment %s makes", i, name)
+			}
+			continue
+		}
+		if w.remote {
+			for j := i; j < len(raw); j++ {
+				if hasParam(tmpl[j]) {
+					return unwrapped{}, fmt.Errorf("argv[%d]: a param in the command %s joins into one string for a remote shell", j, name)
+				}
+			}
+			return unwrapped{done: true}, nil
+		}
+		if userShell {
+			// su [USER [ARGS]]: USER (any value) then arguments of the user's shell, read like sh's.
+			return unwrapped{name: "sh", next: i + 1}, nil
+		}
+		if param {
+			return unwrapped{}, where(i)
+		}
+		return unwrapped{name: programName(a), next: i + 1}, nil
+	}
+	return unwrapped{done: true}, nil // no program: the wrapper runs nothing of ours to check
+}
+
+type optKind int
+
+const (
+	optFlag  optKind = iota
+	optValue         // takes a value
+	optCode          // takes a shell command
+	optShell         // hands what follows to a shell
+	optStop          // runs no program
+	optUser          // runuser -u USER
+)
+
+// wrapperOpt is one option element as read: its kind, its name (for messages), whether its
+// value is attached (-n10, --signal=TERM) and where that value starts.
+type wrapperOpt struct {
+	kind       optKind
+	name       string
+	attached   bool
+	valueStart int
+}
+
+// paramInValue reports whether every param of option element a is in its attached value.
+func (o wrapperOpt) paramInValue(a string) bool {
+	return o.attached && o.kind != optShell && strings.Index(a, "{{") >= o.valueStart
+}
+
+func (w wrapper) option(a string) wrapperOpt {
+	if strings.HasPrefix(a, "--") {
+		name, _, attached := strings.Cut(a, "=")
+		o := wrapperOpt{name: name, attached: attached, valueStart: len(name) + 1}
+		switch {
+		case slices.Contains(w.shellLong, name):
+			o.kind = optShell
+		case slices.Contains(w.stopLong, name):
+			o.kind = optStop
+		case slices.Contains(w.codeLong, name):
+			o.kind = optCode
+		case slices.Contains(w.userLong, name):
+			o.kind = optUser
+		case slices.Contains(w.valueLong, name):
+			o.kind = optValue
+		default:
+			o.attached = false // a flag, or an optional value we do not follow: nothing to skip
+		}
+		return o
+	}
+	for j := 1; j < len(a); j++ {
+		c := a[j]
+		o := wrapperOpt{name: "-" + string(c), attached: j+1 < len(a), valueStart: j + 1}
+		switch {
+		case strings.IndexByte(w.shellOpts, c) >= 0:
+			o.kind = optShell
+		case strings.IndexByte(w.stopOpts, c) >= 0:
+			o.kind = optStop
+		case strings.IndexByte(w.codeOpts, c) >= 0:
+			o.kind = optCode
+		case strings.IndexByte(w.userOpt, c) >= 0:
+			o.kind = optUser
+		case strings.IndexByte(w.valueOpts, c) >= 0:
+			o.kind = optValue
+		default:
+			continue // a flag; the next letter is another option
+		}
+		return o
+	}
+	return wrapperOpt{kind: optFlag, name: a}
+}
