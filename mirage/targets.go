@@ -20,7 +20,7 @@ const maxListed = 10
 // resolve turns an issue's target scope into ghost ids, against the fleet registry as it
 // is now (see resolveTargets for the grammar).
 func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
-	fleet := m.fleet.All()
+	fleet := m.scopeFleet(scope)
 	if !m.cfg.RequireSignedEvents {
 		return resolveTargets(scope, obj, fleet, m.cfg.Now())
 	}
@@ -52,6 +52,32 @@ func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
 		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "not enrolled: %s%s; no Ghost can connect as an id that is not (miragectl fleet add ID KEY; miragectl fleet ls lists the enrolled)", strings.Join(missing, ", "), more)
 	}
 	return ids, nil
+}
+
+// scopeFleet returns the registry records scope can match. A scope that is a list of plain
+// ids (the usual single-target issue) can match only those ids, so only their records are
+// read: an issue then costs the same in a fleet of ten as of ten thousand, where copying
+// and sorting the whole registry would cost milliseconds each time. Any other scope sees
+// every record.
+func (m *Mirage) scopeFleet(scope string) []GhostRecord {
+	scope = strings.TrimSpace(scope)
+	if scope == ScopeAll || strings.ContainsAny(scope, "=*?[") {
+		return m.fleet.All()
+	}
+	parts := strings.Split(scope, ",")
+	out := make([]GhostRecord, 0, len(parts))
+	seen := make(map[string]bool, len(parts))
+	for _, p := range parts {
+		id := strings.TrimSpace(p)
+		if id == "" || seen[id] {
+			continue
+		}
+		seen[id] = true
+		if r, ok := m.fleet.Get(id); ok {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // resolveTargets resolves a target scope against the given fleet records and checks that

@@ -174,3 +174,46 @@ func TestResolveUnderAuthSeesEnrolledGhostsOnly(t *testing.T) {
 		}
 	}
 }
+
+// A scope of plain ids reads only their records (scopeFleet); what it resolves to, and every
+// refusal, must be what resolving against the whole registry gives.
+func TestResolveOfPlainIDsAgreesWithTheWholeRegistry(t *testing.T) {
+	f := &Fleet{ghosts: map[string]*GhostRecord{}}
+	for _, r := range testFleet() {
+		f.ghosts[r.GhostID] = &r
+	}
+	m := &Mirage{fleet: f, cfg: Config{Now: func() time.Time { return testNow }}}
+	for _, obj := range []bus.Objective{
+		{SeedSelector: "seed.flow", Operation: "status"},
+		{SeedSelector: "seed.kv", Operation: "get"},
+		{SeedSelector: "seed.flow", Operation: "nosuch"},
+	} {
+		for _, scope := range []string{"edge-01", " edge-02 ", "edge-01,edge-03", "edge-03,edge-01,edge-03", "kvonly", "quiet", "gone",
+			"unregistered", "edge-01,unregistered", "", ",", " , ", "bad id", "edge-01,,edge-02", "all", "edge-0*", "role=db"} {
+			got, gotErr := m.resolve(scope, obj)
+			want, wantErr := resolveTargets(scope, obj, f.All(), testNow)
+			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) || !slices.Equal(got, want) {
+				t.Errorf("%s %q: got %v, %v; want %v, %v", obj.SeedSelector+"."+obj.Operation, scope, got, gotErr, want, wantErr)
+			}
+		}
+	}
+}
+
+// BenchmarkResolveOneTargetInALargeFleet is the cost of resolving a single-target issue in
+// a registry of 10,000 Ghosts.
+func BenchmarkResolveOneTargetInALargeFleet(b *testing.B) {
+	f := &Fleet{ghosts: map[string]*GhostRecord{}}
+	flow := bus.SeedInfo{ID: "seed.flow", Operations: []bus.OperationInfo{{Name: "status"}}}
+	for i := range 10000 {
+		r := GhostRecord{GhostID: fmt.Sprintf("edge-%05d", i), Seeds: []bus.SeedInfo{flow}, LastSeenMS: testNow.UnixMilli()}
+		f.ghosts[r.GhostID] = &r
+	}
+	m := &Mirage{fleet: f, cfg: Config{Now: func() time.Time { return testNow }}}
+	obj := bus.Objective{SeedSelector: "seed.flow", Operation: "status"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := m.resolve("edge-04242", obj); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
