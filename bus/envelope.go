@@ -197,6 +197,10 @@ type ParamInfo struct {
 	Min         *int64 `json:"min,omitempty"`
 	Max         *int64 `json:"max,omitempty"`
 	Description string `json:"description,omitempty"`
+	// NoLeadingDash refuses a value that starts with "-": the param begins an argument
+	// of a program that would read such a value as an option (declarative seeds:
+	// allow_leading_dash). Checked with the pattern, so Mirage refuses it at issue time.
+	NoLeadingDash bool `json:"no_leading_dash,omitempty"`
 }
 
 // OperationInfo declares one operation of a seed.

@@ -5,6 +5,7 @@ import (
 	"regexp/syntax"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"weak"
@@ -96,6 +97,9 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 		}
 		if p.MaxBytes > 0 && len(v) > p.MaxBytes {
 			return FieldError(CodeSemantic, "args."+p.Name, "is %d bytes, at most %d are allowed", len(v), p.MaxBytes)
+		}
+		if p.NoLeadingDash && strings.HasPrefix(v, "-") {
+			return FieldError(CodeSemantic, "args."+p.Name, "value starts with \"-\", which %s %s would pass where it is read as an option", seedID, op.Name)
 		}
 		if pat := pattern(p.Name); pat == nil || !pat.Match(v) {
 			return FieldError(CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)

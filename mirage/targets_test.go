@@ -217,3 +217,26 @@ func BenchmarkResolveOneTargetInALargeFleet(b *testing.B) {
 		}
 	}
 }
+
+// A param a Ghost registers with no_leading_dash refuses a value starting with "-" at issue
+// time, before any command leaves.
+func TestResolveRefusesALeadingDashWhereTheGhostWould(t *testing.T) {
+	tar := bus.SeedInfo{ID: "node.tar", Operations: []bus.OperationInfo{{Name: "archive", Params: []bus.ParamInfo{
+		{Name: "path", Required: true, Pattern: "[[:print:]]{1,64}", NoLeadingDash: true},
+		{Name: "label", Pattern: "[[:print:]]{1,64}"},
+	}}}}
+	fleet := []GhostRecord{{GhostID: "edge-t", Seeds: []bus.SeedInfo{tar}, LastSeenMS: testNow.UnixMilli()}}
+	obj := func(args map[string]string) bus.Objective {
+		return bus.Objective{SeedSelector: "node.tar", Operation: "archive", Args: args}
+	}
+	_, err := resolveTargets("edge-t", obj(map[string]string{"path": "--use-compress-program=sh"}), fleet, testNow)
+	var perr *bus.Error
+	if !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !strings.Contains(perr.Message, `starts with "-"`) || !strings.Contains(perr.Message, "args.path") {
+		t.Fatalf("leading dash on path: %v; want a 1300 refusal on args.path", err)
+	}
+	for _, args := range []map[string]string{{"path": "etc/hosts"}, {"path": "a-b", "label": "-x"}} {
+		if _, err := resolveTargets("edge-t", obj(args), fleet, testNow); err != nil {
+			t.Errorf("%v: %v; want it accepted", args, err)
+		}
+	}
+}

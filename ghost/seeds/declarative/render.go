@@ -223,6 +223,25 @@ func (op *Operation) Render(args map[string]string, filesDir string) ([]string, 
 	return out, nil
 }
 
+// beginsOption reports whether p opens an argv element before the end of options, where
+// Render refuses a value starting with "-". Registered as no_leading_dash, so that Mirage
+// refuses such a value at issue time. Render also refuses one behind placeholders given
+// empty values; that case is left to the Ghost, so Mirage never refuses what it would run.
+func (op *Operation) beginsOption(p Param) bool {
+	if p.AllowLeadingDash {
+		return false
+	}
+	for i, el := range op.tmpl {
+		if i >= op.optEnd {
+			break
+		}
+		if len(el) > 0 && el[0].param == p.Name {
+			return true
+		}
+	}
+	return false
+}
+
 // truncate shortens v to at most n bytes, for a message.
 func truncate(v string, n int) string {
 	if len(v) <= n {

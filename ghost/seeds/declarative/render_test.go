@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/edgectl/edgectl/bus"
 )
 
 func mustParse(t *testing.T, spec string) *Spec {
@@ -89,8 +91,7 @@ func TestRenderRefuses(t *testing.T) {
 
 // A value starting with "-" that would begin an argument is refused (a program would read
 // it as an option), unless a literal "--" ends the options before it or the param opts in.
-func TestRenderLeadingDash(t *testing.T) {
-	s := mustParse(t, `id = "dash.test"
+const dashSpec = `id = "dash.test"
 name = "Dash"
 version = "1"
 [operations.tar]
@@ -133,7 +134,10 @@ idempotent = true
 [operations.dflt.params.flag]
 pattern = "-[a-z]"
 default = "-l"
-`)
+`
+
+func TestRenderLeadingDash(t *testing.T) {
+	s := mustParse(t, dashSpec)
 	op := func(name string) *Operation {
 		o, ok := s.Operation(name)
 		if !ok {
@@ -175,5 +179,47 @@ default = "-l"
 				t.Fatalf("argv %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// The Ghost registers no_leading_dash on the params that begin an element before the end
+// of options, so that Mirage refuses such a value at issue time; Mirage must never refuse
+// a value the Ghost would run.
+func TestRegisteredParamsRefuseALeadingDashWhereRenderDoes(t *testing.T) {
+	seed := New(mustParse(t, dashSpec), t.TempDir())
+	info := seed.Info()
+	want := map[string]bool{"tar.path": true, "ended.pattern": false, "optin.pid": false, "kill.pid": true,
+		"inside.x": false, "inside.y": true, "dflt.flag": true}
+	for _, op := range info.Operations {
+		for _, p := range op.Params {
+			if p.NoLeadingDash != want[op.Name+"."+p.Name] {
+				t.Errorf("%s.%s: no_leading_dash %v, want %v", op.Name, p.Name, p.NoLeadingDash, want[op.Name+"."+p.Name])
+			}
+		}
+	}
+	for _, v := range []string{"-a", "--x=y", "-", "a-b", "abc"} {
+		for _, op := range info.Operations {
+			for _, p := range op.Params {
+				args := map[string]string{p.Name: v}
+				mirage := bus.CheckArgs(info.ID, op, args, func(name string) *bus.ParamPattern {
+					for _, q := range op.Params {
+						if q.Name == name {
+							return bus.SharedPattern(q.Pattern)
+						}
+					}
+					return nil
+				})
+				sop, _ := seed.spec.Operation(op.Name)
+				_, ghost := sop.Render(args, "/f")
+				if mirage != nil && strings.Contains(mirage.Error(), `starts with "-"`) && ghost == nil {
+					t.Errorf("%s.%s=%q: Mirage refuses (%v) what the Ghost renders", op.Name, p.Name, v, mirage)
+				}
+				if p.NoLeadingDash && strings.HasPrefix(v, "-") && (mirage == nil || !strings.Contains(mirage.Error(), `starts with "-"`)) {
+					if pat := bus.SharedPattern(p.Pattern); pat != nil && pat.Match(v) {
+						t.Errorf("%s.%s=%q: Mirage lets through a leading dash the Ghost refuses: %v", op.Name, p.Name, v, mirage)
+					}
+				}
+			}
+		}
 	}
 }

@@ -63,7 +63,7 @@ func (s *Seed) Info() bus.SeedInfo {
 				desc = strings.TrimSpace(fmt.Sprintf("%s (default %q)", desc, *p.Default))
 			}
 			oi.Params = append(oi.Params, bus.ParamInfo{Name: p.Name, Required: p.Required, Pattern: p.Pattern,
-				MaxBytes: p.MaxBytes, Min: p.Min, Max: p.Max, Description: desc})
+				MaxBytes: p.MaxBytes, Min: p.Min, Max: p.Max, Description: desc, NoLeadingDash: op.beginsOption(p)})
 		}
 		info.Operations = append(info.Operations, oi)
 	}
