@@ -359,8 +359,9 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 }
 
 // replay applies every event stored since start to the live intents, except those
-// stored after their intent's cutoff (late, as for onEvent), and notes in each intent how
-// far it read (replayedAt).
+// stored after their intent's cutoff (late, as for onEvent: they only note that their
+// command ended, noteEnded, as ingest does), and notes in each intent how far it read
+// (replayedAt).
 // only, when set, limits it to that intent (rebuild of a taken-up intent): the events of
 // other live intents are theirs to count, through the consumer, which moves their rollouts.
 func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error {
@@ -382,9 +383,13 @@ func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error
 			return
 		}
 		m.mu.Lock()
-		if li, ok := m.live[ev.IntentID]; ok && (only == "" || ev.IntentID == only) && !li.storedLate(&ev, stored) {
+		if li, ok := m.live[ev.IntentID]; ok && (only == "" || ev.IntentID == only) {
 			if g, err := subjects.GhostFrom(msg.Subject()); err == nil && g == ev.GhostID {
-				li.apply(&ev)
+				if !li.storedLate(&ev, stored) {
+					li.apply(&ev)
+				} else if i, in := li.index[ev.CommandID]; in {
+					li.noteEnded(i, &ev) // late, but its command has ended: no linger
+				}
 			}
 		}
 		m.mu.Unlock()

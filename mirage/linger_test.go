@@ -2,8 +2,11 @@ package mirage
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/natsd"
@@ -106,5 +109,63 @@ func TestLockDoesNotLingerForACommandWhoseEventCameAtTheDeadline(t *testing.T) {
 				t.Fatalf("second intent: units %v, %q; want it to run: the first intent's command has ended", units, li2.waiting)
 			}
 		})
+	}
+}
+
+// A blocking step's command ends after the cutoff: its event is stored late, and the
+// Mirage that followed the intent read it, answered it (1900) and acked it on the durable
+// consumer, then stopped before the intent's terminal report was stored. The next Mirage
+// recovers the intent; its replay finds that late event (never delivered to it again):
+// the timed-out unit's lock must not linger for a command known to have ended.
+func TestLockDoesNotLingerAfterRestartForALateEventAlreadyAnswered(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	now := time.Now()
+	rec := blockingRec("int_lingerr", "g1", now) // TimeoutMS 60 s: a linger lasts a minute
+	rec.DeadlineMS = now.Add(1500 * time.Millisecond).UnixMilli()
+	rec.DeliverByMS = rec.DeadlineMS
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := startTestMirage(t, ns) // makes the durable consumer
+	if _, err := a.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	// Its command was sent (EDGE_CMD holds it): the recovering Mirage follows it to its end.
+	if _, err := a.js.PublishMsg(ctx, bus.NewMsg(subjects.Command("g1"), []byte(`{}`), CommandID(rec.IntentID, 0), rec.Issue.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Close()
+	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+	for time.Now().Before(cutoff.Add(100 * time.Millisecond)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if stored := publishSuccess(t, a.js, &rec, "g1"); !stored.After(cutoff) {
+		t.Fatalf("stored %s, not after the cutoff %s", stored, cutoff)
+	}
+	// The Mirage that followed the intent read the event and answered it (acked).
+	cons, err := a.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msg := range b.Messages() {
+		if err := msg.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := startTestMirage(t, ns)
+	if r := waitTerminal(t, ns, rec.IntentID); r.Phase != bus.PhaseFailed {
+		t.Fatalf("terminal report %s %q; want failed (timeout: its event was late)", r.Phase, r.Summary)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if h := m.lingers.byKey[lockKey("g1", "seed.flow")]; h != nil {
+		t.Fatalf("lock %s lingers until %s for command %s, whose terminal event EDGE_EVT holds", h.key, h.until.Format(time.RFC3339), h.commandID)
 	}
 }
