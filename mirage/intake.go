@@ -165,19 +165,27 @@ func (m *Mirage) takeUp(rec *IntentRecord) *liveIntent {
 
 // rebuild ends takeUp: the events and sent commands stored since the intent was created
 // are replayed, the rollout rebuilt, the deadline armed. It returns the units to dispatch
-// now.
+// now: none once Mirage is stopping (Close ends the replay; the next Mirage takes the
+// intent up, as it is open and recorded).
 func (m *Mirage) rebuild(li *liveIntent) []int {
 	rec := &li.rec
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(m.running, 30*time.Second)
 	defer cancel()
 	// Units found neither way are dispatched again under their command ids: a Ghost that
 	// ran one re-sends its terminal event instead of running it again.
 	start := time.UnixMilli(rec.CreatedMS).Add(-time.Minute)
-	if err := m.replay(ctx, start, rec.IntentID); err != nil {
-		m.log.Warn("replaying the events of a taken-up intent failed; its targets are asked again", "intent_id", rec.IntentID, "err", err)
+	replayErr := m.replay(ctx, start, rec.IntentID)
+	sentErr := m.replaySent(ctx, start, rec.IntentID)
+	select {
+	case <-m.stop:
+		return nil
+	default:
 	}
-	if err := m.replaySent(ctx, start, rec.IntentID); err != nil {
-		m.log.Warn("reading the sent commands of a taken-up intent failed", "intent_id", rec.IntentID, "err", err)
+	if replayErr != nil {
+		m.log.Warn("replaying the events of a taken-up intent failed; its targets are asked again", "intent_id", rec.IntentID, "err", replayErr)
+	}
+	if sentErr != nil {
+		m.log.Warn("reading the sent commands of a taken-up intent failed", "intent_id", rec.IntentID, "err", sentErr)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -471,8 +479,9 @@ func (m *Mirage) send(rec *IntentRecord, units []int) {
 		return
 	}
 	// Bounded, so a stream without a leader does not hold intake: what is not stored by
-	// then is re-sent in the background under the same command ids.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+time.Duration(len(units))*time.Millisecond)
+	// then is re-sent in the background under the same command ids. Ended by Close, which
+	// waits for it: the next Mirage dispatches again what was not confirmed.
+	ctx, cancel := context.WithTimeout(m.running, 5*time.Second+time.Duration(len(units))*time.Millisecond)
 	defer cancel()
 	futures, err := m.publish(rec, units)
 	m.complete(ctx, rec, units, futures, err)
@@ -484,7 +493,7 @@ func (m *Mirage) sendPublished(rec *IntentRecord, units []int, futures []jetstre
 	if len(units) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+time.Duration(len(units))*time.Millisecond)
+	ctx, cancel := context.WithTimeout(m.running, 5*time.Second+time.Duration(len(units))*time.Millisecond)
 	defer cancel()
 	m.complete(ctx, rec, units, futures, publishErr)
 }
@@ -496,6 +505,14 @@ func (m *Mirage) complete(ctx context.Context, rec *IntentRecord, units []int, f
 	unstored, err := m.await(ctx, rec, units, futures)
 	if publishErr != nil {
 		err = publishErr
+	}
+	select {
+	case <-m.stop:
+		if len(unstored) > 0 {
+			m.log.Info("Mirage stopping: commands not confirmed stored; the next Mirage dispatches them again", "intent_id", rec.IntentID, "commands", len(unstored))
+		}
+		return
+	default:
 	}
 	if len(unstored) > 0 {
 		m.log.Warn("dispatch incomplete; retrying", "intent_id", rec.IntentID, "commands", len(unstored), "err", err)
@@ -652,7 +669,7 @@ func (m *Mirage) redispatch(rec *IntentRecord, units []int) {
 			m.log.Warn("commands never stored before their deliver_by; their targets time out unless they answered", "intent_id", rec.IntentID, "commands", len(units))
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(m.running, 10*time.Second)
 		unstored, err := m.dispatch(ctx, rec, units)
 		cancel()
 		if len(unstored) == 0 {

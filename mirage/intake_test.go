@@ -167,3 +167,52 @@ func TestCloseStopsWaitingForTheStoreWithinTheStopBudget(t *testing.T) {
 		t.Fatalf("Close did not say what it left unstored:\n%s", logs.String())
 	}
 }
+
+// A taken-up intent rebuilt while Mirage stops (Close waits for it) dispatches nothing:
+// its commands would leave while Mirage is going, and the next Mirage takes the intent up.
+func TestRebuildWhileStoppingDispatchesNothing(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	rec := adoptRec("int_rebuildstop", "g1", time.Now())
+	li := m.takeUp(&rec)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if units := m.rebuild(li); len(units) != 0 {
+		t.Fatalf("a rebuild while Mirage stops returned units %v to dispatch; want none", units)
+	}
+}
+
+// Close does not wait for a rebuild's replay or a dispatch's store acks past the stop
+// budget: with the store not answering, the replay would wait 30 s and the dispatch 5 s.
+func TestCloseEndsRebuildAndDispatchWaitingOnTheStore(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage", Persistent: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{StopBudget: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	taken := adoptRec("int_closerebuild", "g1", time.Now())
+	li := m.takeUp(&taken)
+	fresh := adoptRec("int_closesend", "g2", time.Now())
+	ns.Shutdown() // the store answers nothing from now on
+	ns.WaitForShutdown()
+	// What handleIssue does for each (Close waits for it).
+	started := make(chan struct{}, 2)
+	m.spawn(func() { started <- struct{}{}; m.send(&taken, m.rebuild(li)) })
+	m.spawn(func() { started <- struct{}{}; m.send(&fresh, []int{0}) })
+	<-started
+	<-started
+	start := time.Now()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("Close took %s; want it within about the 1 s stop budget", took)
+	}
+}
