@@ -124,12 +124,16 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 // recordedAlready reads back the record of an intent whose Create failed (createErr): the
 // key existed, or the store's answer was lost after it stored the record. It returns the
 // record if it is this issue's, and whether the intent is still open (no terminal state);
-// an error for the issue's refusal otherwise.
+// an error for the issue's refusal otherwise. A createErr that is a protocol error is the
+// refusal of an issue not to be recorded (accept): it stands when no record exists.
 func (m *Mirage) recordedAlready(is *bus.Issue, createErr error) (*IntentRecord, bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	stored, err := m.Intent(ctx, is.IntentID)
+	var refusal *bus.Error
 	switch {
+	case errors.Is(err, ErrIntentNotFound) && errors.As(createErr, &refusal):
+		return nil, false, refusal
 	case errors.Is(err, ErrIntentNotFound) && !errors.Is(createErr, jetstream.ErrKeyExists):
 		return nil, false, bus.Errorf(bus.CodeInternal, "record intent: %v", createErr)
 	case err != nil:
@@ -376,18 +380,29 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		}
 		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "intent_id", "intent %s exists already", rec.IntentID)
 	}
+	// Refused for a new intent only: a re-sent issue of an accepted one is answered as
+	// before, whatever the time.
+	var late error
 	if is.DeliverByMS > 0 && is.DeliverByMS <= now.UnixMilli() {
-		// Checked for a new intent only: a re-sent issue of an accepted one is answered
-		// as before, whatever the time.
+		late = bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
+	}
+	switch {
+	case late != nil && fresh:
 		m.unclaim(rec.IntentID)
-		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
+		return nil, nil, nil, nil, late
+	case late != nil:
+		// A known id: nothing new is recorded; the issue is answered as its intent's if
+		// one is recorded under the id, refused otherwise (recordedAlready).
+		err = late
+	case !fresh:
+		_, err = m.intents.Create(ctx, rec.IntentID, data)
 	}
 	if fresh {
 		// Create's condition: no entry for the key yet.
 		record = nats.NewMsg("$KV." + bus.BucketIntents + "." + rec.IntentID)
 		record.Data = data
 		record.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
-	} else if _, err = m.intents.Create(ctx, rec.IntentID, data); err != nil {
+	} else if err != nil {
 		stored, open, err := m.recordedAlready(is, err)
 		if err != nil || !open {
 			m.unclaim(rec.IntentID)

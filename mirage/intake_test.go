@@ -3,6 +3,7 @@ package mirage
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -214,5 +215,58 @@ func TestCloseEndsRebuildAndDispatchWaitingOnTheStore(t *testing.T) {
 	}
 	if took := time.Since(start); took > 4*time.Second {
 		t.Fatalf("Close took %s; want it within about the 1 s stop budget", took)
+	}
+}
+
+// An issue sent again after its deliver_by_ms, for an intent recorded under its id, is
+// answered as that intent's (accepted again when it ended, taken up when it is open and
+// not followed), not refused as a new intent with a deliver_by in the past; under an id
+// with no record it is refused so.
+func TestIssueSentAgainPastItsDeliverByIsAnsweredAsItsIntents(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	client, err := NewClient(natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		id, phase string // phase of the stored record; "" stores none
+		want      string
+	}{
+		{"int_latebyended", bus.PhaseSatisfied, "accepted"},
+		{"int_latebyopen", bus.PhasePending, "accepted"},
+		{"int_latebynone", "", "rejected"},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			rec := adoptRec(tc.id, "g1", time.Now().Add(-time.Minute))
+			rec.Issue.DeliverByMS = time.Now().Add(-time.Second).UnixMilli()
+			if tc.phase != "" {
+				rec.Phase = tc.phase
+				data, err := json.Marshal(rec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m.mu.Lock()
+			m.known.add(rec.IntentID, time.Now()) // listed at start, or accepted before
+			m.mu.Unlock()
+			is := rec.Issue
+			is.Header = bus.NewHeader(bus.TypeIssue, rec.Issue.TraceID, time.Now())
+			r, err := client.Issue(ctx, &is)
+			if tc.want == "rejected" {
+				if perr := bus.AsError(err); err == nil || perr.Field != "deliver_by_ms" {
+					t.Fatalf("answered %+v, %v; want the deliver_by_ms refusal", r, err)
+				}
+				return
+			}
+			if err != nil || r.Status != tc.want {
+				t.Fatalf("answered %+v, %v; want %s", r, err, tc.want)
+			}
+		})
 	}
 }
