@@ -118,18 +118,28 @@ func (m *Mirage) readThrough(cutoff time.Time) (bool, error) {
 // eventsMark returns a sequence of EDGE_EVT at or past every message it stored by
 // cutoff: its last sequence once the server's clock is storeSettle past cutoff. The
 // answer is kept and serves every intent whose cutoff it covers, so that many intents
-// expiring together cost one request.
+// expiring together cost one request. A failed request (a stream leader being elected,
+// the JetStream API not answering: 503, no responders, just when the consumer is likely
+// to lag) is made again, 100 ms doubling to 1 s, until ctx ends; the intents expiring
+// meanwhile wait for that answer, which serves them too.
 func (m *Mirage) eventsMark(ctx context.Context, cutoff time.Time) (uint64, error) {
 	m.markMu.Lock()
 	defer m.markMu.Unlock()
 	want := cutoff.Add(storeSettle)
+	retry := 100 * time.Millisecond
 	for {
 		if !m.markAt.IsZero() && !m.markAt.Before(want) {
 			return m.markSeq, nil
 		}
 		info, err := m.evts.Info(ctx)
 		if err != nil {
-			return 0, err
+			select {
+			case <-ctx.Done():
+				return 0, err
+			case <-time.After(retry):
+			}
+			retry = min(2*retry, time.Second)
+			continue
 		}
 		at := info.TimeStamp
 		if at.IsZero() { // a server that does not say when: Mirage's clock

@@ -3,6 +3,8 @@ package mirage
 import (
 	"context"
 	"encoding/json"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,5 +196,83 @@ func TestLateEventSameVerdictLiveAndAfterRestart(t *testing.T) {
 				t.Fatal("no event.ack for the late event")
 			}
 		})
+	}
+}
+
+// When EDGE_EVT's info cannot be had at an intent's cutoff (the JetStream API answering
+// 503 while a stream leader is elected, just when the consumer lags), the expiry asks
+// again instead of timing the pending targets out at once: an event stored in time and
+// read once the API answers again counts.
+func TestExpiryAsksAgainWhenTheStreamsInfoFails(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Mirage asks EDGE_EVT's info through $EDGETEST.API, which the test relays to the
+	// JetStream API, or answers 503 while failing is set.
+	var failing atomic.Bool
+	var failed atomic.Int32
+	relay := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "relay"})
+	sub, err := relay.Subscribe("$EDGETEST.API.>", func(msg *nats.Msg) {
+		if failing.Load() {
+			failed.Add(1)
+			_ = msg.Respond([]byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}`))
+			return
+		}
+		resp, err := relay.Request("$JS.API."+strings.TrimPrefix(msg.Subject, "$EDGETEST.API."), msg.Data, 5*time.Second)
+		if err == nil {
+			_ = msg.Respond(resp.Data)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	m, err := New(ctx, nc, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayed, err := jetstream.NewWithAPIPrefix(nc, "$EDGETEST.API")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.evts, err = relayed.Stream(ctx, bus.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	failing.Store(true)
+	rec := shortRec("int_infofails", "g1", 1500*time.Millisecond)
+	m.mu.Lock()
+	li := newLiveIntent(rec)
+	m.live[rec.IntentID] = li
+	m.arm(li)
+	m.advance(li) // unit 0 dispatched
+	m.mu.Unlock()
+	// The consumer lags: it reads nothing until resumed.
+	m.cc.Stop()
+	<-m.cc.Closed()
+	if stored := publishSuccess(t, m.js, &rec, "g1"); !stored.Before(time.UnixMilli(rec.DeadlineMS).Add(resultGrace)) {
+		t.Fatalf("the event was stored at %s, after the cutoff", stored)
+	}
+	// The cutoff passes; its expiry is refused twice, then the API answers again.
+	for end := time.Now().Add(15 * time.Second); failed.Load() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("EDGE_EVT's info asked %d times at the cutoff and refused; want it asked again", failed.Load())
+		}
+	}
+	failing.Store(false)
+	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.cc, err = cons.Consume(m.onEvent); err != nil {
+		t.Fatal(err)
+	}
+	r := waitTerminal(t, ns, rec.IntentID)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
+		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
 	}
 }
