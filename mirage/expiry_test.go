@@ -276,3 +276,34 @@ func TestExpiryAsksAgainWhenTheStreamsInfoFails(t *testing.T) {
 		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
 	}
 }
+
+// Between the expiry of an intent's targets and the end of the intent (finish), an event
+// for a target that ended timeout is answered 1900, as it is once the intent has ended,
+// not rejected as a semantic error (1300, with a warning).
+func TestEventForATimedOutTargetOfAnOpenIntentIsAnswered1900(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	rec := adoptRec("int_expiredopen", "g1", time.Now())
+	m.mu.Lock()
+	li := newLiveIntent(rec)
+	m.live[rec.IntentID] = li
+	m.advance(li) // unit 0 dispatched
+	li.expire()   // what expireAtCutoff does before progress finishes the intent
+	m.mu.Unlock()
+	acks, err := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}).SubscribeSync(subjects.Ack("g1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishSuccess(t, m.js, &rec, "g1")
+	msg, err := acks.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no event.ack: %v", err)
+	}
+	var a bus.EventAck
+	if err := bus.Decode(msg.Data, &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.AckStatus != bus.AckRejected || a.AckCode != bus.CodeNoResponse {
+		t.Fatalf("event.ack %s %d, want rejected %d: its target ended timeout", a.AckStatus, a.AckCode, bus.CodeNoResponse)
+	}
+}

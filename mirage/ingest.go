@@ -97,6 +97,10 @@ func (m *Mirage) ingest(ev *bus.Event, stored time.Time) (verdict, bus.Code, str
 		v, code, reason = verdictRejected, bus.CodeNoResponse, "stored after the intent's deadline (+"+resultGrace.String()+")"
 	} else if ok {
 		v, reason = li.apply(ev)
+		if v == verdictRejected && li.timedOut(ev) {
+			// Expired, its intent not finished yet: answered as it will be once it is.
+			code, reason = bus.CodeNoResponse, "its target already ended timeout"
+		}
 	}
 	m.mu.Unlock()
 	if freed != nil {

@@ -164,6 +164,14 @@ func (li *liveIntent) noteEnded(i int, ev *bus.Event) {
 	li.endedLate[i] = true
 }
 
+// timedOut reports whether ev is for a unit of li, from its Ghost, that Mirage timed out
+// (expire): between expire and finish an event for it is answered as for an ended
+// intent (1900), not as a semantic error.
+func (li *liveIntent) timedOut(ev *bus.Event) bool {
+	i, ok := li.index[ev.CommandID]
+	return ok && li.results[i].GhostID == ev.GhostID && li.results[i].Outcome == bus.OutcomeTimeout
+}
+
 // apply records ev as its target's terminal result.
 func (li *liveIntent) apply(ev *bus.Event) (verdict, string) {
 	i, ok := li.index[ev.CommandID]
