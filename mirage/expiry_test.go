@@ -3,6 +3,7 @@ package mirage
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -305,5 +306,64 @@ func TestEventForATimedOutTargetOfAnOpenIntentIsAnswered1900(t *testing.T) {
 	}
 	if a.AckStatus != bus.AckRejected || a.AckCode != bus.CodeNoResponse {
 		t.Fatalf("event.ack %s %d, want rejected %d: its target ended timeout", a.AckStatus, a.AckCode, bus.CodeNoResponse)
+	}
+}
+
+// A Mirage started after a crash has applied, in its replay, the events the crashed one
+// read without acknowledging; the consumer delivers those again only after its 30 s ack
+// wait. A recovered intent's cutoff soon after the start does not wait for them (10 s,
+// then the warning that the consumer is not caught up).
+func TestRecoveredIntentDoesNotWaitAtItsCutoffForEventsItsReplayRead(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	rec := shortRec("int_crashread", "g1", 3*time.Second)
+	rec.Targets = []string{"g1", "g2"} // g2 never answers: the intent waits at its cutoff
+	rec.Steps[0].Targets = rec.Targets
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := startTestMirage(t, ns) // makes the durable consumer
+	if _, err := a.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.Close()
+	publishSuccess(t, a.js, &rec, "g1")
+	// The Mirage that crashed had read it, and never acknowledged it.
+	cons, err := a.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := 0
+	for range b.Messages() {
+		read++
+	}
+	if read != 1 {
+		t.Fatalf("the consumer delivered %d events, want the one stored", read)
+	}
+	var logs syncBuffer
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	m, err := New(ctx, nc, Config{}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace); !time.Now().Before(cutoff) {
+		t.Fatalf("Mirage started past the cutoff %s", cutoff)
+	}
+	r := waitTerminal(t, ns, rec.IntentID)
+	if r.Phase != bus.PhaseFailed || r.Counts.Success != 1 || r.Counts.Timeout != 1 {
+		t.Fatalf("terminal report %s %q; want failed with g1 success (replayed) and g2 timeout", r.Phase, r.Summary)
+	}
+	if strings.Contains(logs.String(), "not caught up") {
+		t.Fatalf("the cutoff waited for events the replay had applied:\n%s", logs.String())
 	}
 }

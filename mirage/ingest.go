@@ -247,9 +247,14 @@ func (m *Mirage) recover(ctx context.Context) error {
 		return nil
 	}
 	start := time.UnixMilli(oldest).Add(-time.Minute)
-	if err := m.replay(ctx, start, ""); err != nil {
+	read, err := m.replay(ctx, start, "")
+	if err != nil {
 		return err
 	}
+	// The open intents hold every event stored up to read: none of them is waited for at
+	// a cutoff, even those the Mirage before read without acknowledging, which the
+	// consumer delivers again only after its ack wait (expiry.go).
+	m.read.advance(read)
 	if err := m.replaySent(ctx, start, ""); err != nil {
 		return err
 	}
@@ -365,22 +370,23 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 // replay applies every event stored since start to the live intents, except those
 // stored after their intent's cutoff (late, as for onEvent: they only note that their
 // command ended, noteEnded, as ingest does), and notes in each intent how far it read
-// (replayedAt).
+// (replayedAt). It returns the stream sequence of the last event it read.
 // only, when set, limits it to that intent (rebuild of a taken-up intent): the events of
 // other live intents are theirs to count, through the consumer, which moves their rollouts.
-func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error {
+func (m *Mirage) replay(ctx context.Context, start time.Time, only string) (uint64, error) {
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
 		OptStartTime:  &start,
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var last time.Time
+	var lastSeq uint64
 	err = readAll(ctx, cons, func(msg jetstream.Msg) {
 		var stored time.Time
 		if md, err := msg.Metadata(); err == nil {
-			stored, last = md.Timestamp, md.Timestamp
+			stored, last, lastSeq = md.Timestamp, md.Timestamp, md.Sequence.Stream
 		}
 		var ev bus.Event
 		if bus.Decode(msg.Data(), &ev) != nil || m.verifyEvent(&ev, msg.Data(), msg.Headers()) != nil {
@@ -399,7 +405,7 @@ func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error
 		m.mu.Unlock()
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	m.mu.Lock()
 	for id, li := range m.live {
@@ -408,5 +414,5 @@ func (m *Mirage) replay(ctx context.Context, start time.Time, only string) error
 		}
 	}
 	m.mu.Unlock()
-	return nil
+	return lastSeq, nil
 }

@@ -178,7 +178,7 @@ func (m *Mirage) rebuild(li *liveIntent) []int {
 	// Units found neither way are dispatched again under their command ids: a Ghost that
 	// ran one re-sends its terminal event instead of running it again.
 	start := time.UnixMilli(rec.CreatedMS).Add(-time.Minute)
-	replayErr := m.replay(ctx, start, rec.IntentID)
+	_, replayErr := m.replay(ctx, start, rec.IntentID)
 	sentErr := m.replaySent(ctx, start, rec.IntentID)
 	select {
 	case <-m.stop:

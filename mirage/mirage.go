@@ -309,7 +309,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 		return fmt.Errorf("events consumer: %w", err)
 	}
 	// What earlier Mirages acknowledged is not delivered again: it is read (recover
-	// replayed what the open intents need of it).
+	// replayed what the open intents need of it, and moved the mark past it already).
 	m.read.advance(cons.CachedInfo().AckFloor.Stream)
 	m.cc, err = cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000))
 	if err != nil {
