@@ -18,10 +18,18 @@ import (
 // for the record's write and the clocks) becomes the previous one, dropped one period
 // later. Every id is thus kept at least a period after it was added, and its layers'
 // memory and false positives do not pile up in a Mirage that runs for months. A period
-// of 0 (a bucket that keeps records forever) keeps every id. Guarded by m.mu.
+// of 0 (a bucket that keeps records forever) keeps every id.
+//
+// An operator may raise the bucket's max age while Mirage runs: a rotation then waits
+// until the period has been read again from the bucket (due, setPeriod) since it came
+// due, and the period never shortens (keeping an id longer only costs a read). Guarded by
+// m.mu, except due.
 type knownIntents struct {
 	seed      maphash.Seed
 	period    time.Duration
+	confirmed time.Time // when period was last read from the bucket
+	// due is signalled when a rotation waits for the period to be read again.
+	due       chan struct{}
 	cur, prev bloomGen
 }
 
@@ -54,8 +62,22 @@ type bloomLayer struct {
 // unknown ids read as maybe.
 const bloomHashes = 7
 
-func newKnownIntents(period time.Duration) *knownIntents {
-	return &knownIntents{seed: maphash.MakeSeed(), period: period}
+// newKnownIntents returns a filter whose period was read from the bucket at now.
+func newKnownIntents(period time.Duration, now time.Time) *knownIntents {
+	return &knownIntents{seed: maphash.MakeSeed(), period: period, confirmed: now, due: make(chan struct{}, 1)}
+}
+
+// setPeriod records the period read from the bucket at now: a longer one replaces it (0,
+// records kept forever, is the longest), a shorter one does not.
+func (k *knownIntents) setPeriod(period time.Duration, now time.Time) {
+	switch {
+	case k.period <= 0:
+	case period <= 0:
+		k.period = 0
+	default:
+		k.period = max(k.period, period)
+	}
+	k.confirmed = now
 }
 
 func newBloomLayer(limit int) *bloomLayer {
@@ -70,12 +92,19 @@ func (k *knownIntents) hashes(id string) (uint64, uint64) {
 
 // rotate starts a new generation when the current one is a period old, and drops the
 // previous one then. Ids of the current generation were added less than a period after
-// its start: two periods after its start, none of their records is left.
+// its start: two periods after its start, none of their records is left. A rotation
+// waits (signalling due) until the period has been read again since it came due.
 func (k *knownIntents) rotate(now time.Time) {
 	switch {
 	case k.period <= 0:
 	case k.cur.start.IsZero():
 		k.cur.start = now
+	case now.Sub(k.cur.start) < k.period:
+	case k.confirmed.Before(k.cur.start.Add(k.period)):
+		select {
+		case k.due <- struct{}{}:
+		default:
+		}
 	case now.Sub(k.cur.start) >= 2*k.period:
 		k.prev, k.cur = bloomGen{}, bloomGen{start: now}
 	case now.Sub(k.cur.start) >= k.period:

@@ -192,7 +192,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		return nil, err
 	}
 	// The bucket's own max age (an operator may have changed it): the known-ids filter
-	// forgets ids as the bucket forgets their records.
+	// forgets ids as the bucket forgets their records (read again before each rotation:
+	// refreshKnown).
 	intentsStatus, err := intents.Status(ctx)
 	if err != nil {
 		return nil, err
@@ -221,7 +222,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		unrecorded: map[string]*IntentRecord{},
 		ending:     map[string]string{},
 		read:       newReadMark(),
-		known:      newKnownIntents(knownPeriod(intentsStatus.TTL())),
+		known:      newKnownIntents(knownPeriod(intentsStatus.TTL()), cfg.Now()),
 		locks:      locks{},
 		lingers:    newLingers(),
 		reports:    make(chan *bus.Report, 4096),
@@ -372,13 +373,15 @@ func (m *Mirage) announce() {
 	}
 }
 
-// loop publishes coalesced in_progress reports and flushes presence.
+// loop publishes coalesced in_progress reports, flushes presence, and reads the
+// intents bucket's max age again when the known-ids filter is due to rotate.
 func (m *Mirage) loop() {
 	defer m.wg.Done()
 	reports := time.NewTicker(m.cfg.ReportInterval)
 	defer reports.Stop()
 	presence := time.NewTicker(m.cfg.PresenceFlush)
 	defer presence.Stop()
+	var knownRetry time.Time
 	for {
 		select {
 		case <-m.stop:
@@ -387,8 +390,28 @@ func (m *Mirage) loop() {
 			m.publishDirty()
 		case <-presence.C:
 			m.fleet.flush(m.budget)
+		case <-m.known.due:
+			if time.Now().After(knownRetry) && !m.refreshKnown() {
+				knownRetry = time.Now().Add(5 * time.Second) // asked again at the next issue after
+			}
 		}
 	}
+}
+
+// refreshKnown reads edge_intents' max age again for the known-ids filter, which waits
+// for it to rotate (an operator may have raised it). It reports whether it could.
+func (m *Mirage) refreshKnown() bool {
+	ctx, cancel := context.WithTimeout(m.running, 5*time.Second)
+	defer cancel()
+	st, err := m.intents.Status(ctx)
+	if err != nil {
+		m.log.Warn("edge_intents' max age not readable; the known intent ids are kept until it is", "err", err)
+		return false
+	}
+	m.mu.Lock()
+	m.known.setPeriod(knownPeriod(st.TTL()), m.cfg.Now())
+	m.mu.Unlock()
+	return true
 }
 
 func (m *Mirage) publishDirty() {
