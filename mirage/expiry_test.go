@@ -367,3 +367,90 @@ func TestRecoveredIntentDoesNotWaitAtItsCutoffForEventsItsReplayRead(t *testing.
 		t.Fatalf("the cutoff waited for events the replay had applied:\n%s", logs.String())
 	}
 }
+
+// Many intents waiting at their cutoffs share one poll of the consumer's ack floor every
+// 250 ms (one request, not one per intent, just when the server is behind), and its answer
+// serves them all.
+func TestReadMarkWaitersShareOneFloorPoll(t *testing.T) {
+	r := newReadMark()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const waiters = 20
+	var caughtUp atomic.Bool // once set, the ack floor is past every waited-for sequence
+	var total atomic.Int32
+	polls := make([]atomic.Int32, waiters)
+	results := make(chan bool, waiters)
+	for i := range waiters {
+		go func() {
+			ok, _ := r.wait(ctx, 100, func(context.Context) (uint64, error) {
+				polls[i].Add(1)
+				total.Add(1)
+				if caughtUp.Load() {
+					return 100, nil
+				}
+				return 0, nil
+			})
+			results <- ok
+		}()
+	}
+	for total.Load() < 3 { // a few rounds of polls
+		if ctx.Err() != nil {
+			t.Fatal("the ack floor was never polled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	caughtUp.Store(true)
+	for range waiters {
+		if !<-results {
+			t.Fatal("a waiter gave up; want every one caught up by the floor")
+		}
+	}
+	polled := 0
+	for i := range polls {
+		if polls[i].Load() > 0 {
+			polled++
+		}
+	}
+	if polled != 1 {
+		t.Fatalf("%d of %d waiters polled the ack floor (%d polls); want one polling for all", polled, waiters, total.Load())
+	}
+}
+
+// Event ingest wakes the waiters only once the mark reaches the lowest sequence one of
+// them waits for, not at every event.
+func TestReadMarkWakesWaitersOnlyAtTheirMark(t *testing.T) {
+	r := newReadMark()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan bool, 1)
+	go func() {
+		ok, _ := r.wait(ctx, 100, func(context.Context) (uint64, error) { return 0, nil })
+		done <- ok
+	}()
+	// Once the waiter is in, events below its mark leave it asleep.
+	for {
+		r.mu.Lock()
+		in := len(r.waited) > 0
+		r.mu.Unlock()
+		if in {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.mu.Lock()
+	before := r.wake
+	r.mu.Unlock()
+	for seq := uint64(1); seq < 100; seq++ {
+		r.advance(seq)
+	}
+	r.mu.Lock()
+	same := r.wake == before
+	r.mu.Unlock()
+	if !same {
+		t.Fatal("events below the waited-for sequence woke the waiter")
+	}
+	r.advance(100)
+	if !<-done {
+		t.Fatal("the waiter was not woken at its mark")
+	}
+}
