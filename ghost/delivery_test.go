@@ -497,16 +497,36 @@ func TestUnrecordedCommandIsLeftForALaterCatchUp(t *testing.T) {
 	})
 }
 
-// damagedRecord is an execution store that never records one command: Begin fails for an
-// echo of unrecordable, as when the record under a command_id is damaged or cannot be
-// written; every other command, and the replay position, are recorded.
-type damagedRecord struct{ *ghost.MemoryStore }
+// damagedRecord is an execution store that never records one command while it records the
+// others and the replay position: Begin fails for an echo of unrecordable (a record the
+// store cannot write), and, with byID, for every record of that command_id from then on,
+// its refusal too (the record under the command_id is damaged). Once healed, it records
+// everything.
+type damagedRecord struct {
+	*ghost.MemoryStore
+	byID   bool
+	healed atomic.Bool
+	mu     sync.Mutex
+	bad    map[string]bool
+}
 
 const unrecordable = "never recorded"
 
-func (s damagedRecord) Begin(ctx context.Context, e ghost.Execution) (ghost.Execution, bool, error) {
-	if e.Args["message"] == unrecordable {
-		return ghost.Execution{}, false, errors.New("executions.db: record damaged")
+func newDamagedRecord(byID bool) *damagedRecord {
+	return &damagedRecord{MemoryStore: ghost.NewMemoryStore(), byID: byID, bad: map[string]bool{}}
+}
+
+func (s *damagedRecord) Begin(ctx context.Context, e ghost.Execution) (ghost.Execution, bool, error) {
+	if !s.healed.Load() {
+		s.mu.Lock()
+		if e.Args["message"] == unrecordable {
+			s.bad[e.CommandID] = true
+		}
+		failed := e.Args["message"] == unrecordable || (s.byID && s.bad[e.CommandID])
+		s.mu.Unlock()
+		if failed {
+			return ghost.Execution{}, false, errors.New("executions.db: record damaged")
+		}
 	}
 	return s.MemoryStore.Begin(ctx, e)
 }
@@ -514,11 +534,11 @@ func (s damagedRecord) Begin(ctx context.Context, e ghost.Execution) (ghost.Exec
 // A command the execution store never records, while it records the others, does not hold
 // the replay position for good: after the patience the replay gives up on it, answers it
 // with a 1500 (not run), counts it, and moves past it, so the commands after it that never
-// arrived live are replayed and run.
+// arrived live are replayed and run. Two copies of it in EDGE_CMD are given up on once.
 func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 	env := testenv.New(t)
 	ctx := context.Background()
-	store := damagedRecord{ghost.NewMemoryStore()}
+	store := newDamagedRecord(false)
 	metrics := ghost.NewMetrics()
 	logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
 	const id = "edge-damaged"
@@ -529,6 +549,19 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 			ghost.SetUnrecordedPatience(c, 500*time.Millisecond)
 		}))
 	bad, badSeq := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
+	// A second copy of it, stored past the duplicate window (another Nats-Msg-Id): given up
+	// on with the first, it is answered once.
+	cmdStream, err := env.JetStream().Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := cmdStream.GetMsg(ctx, badSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.JetStream().PublishMsg(ctx, bus.NewMsg(subjects.Command(id), stored.Data, "copy-"+bad, bus.TraceIDFrom(stored.Header))); err != nil {
+		t.Fatal(err)
+	}
 	// More than one replay batch after it, the last never delivered live: only a replay
 	// that gets past the bad command runs it.
 	junk := &nats.Msg{Subject: "detour." + id, Data: []byte(`{"type":"command"}`)}
@@ -549,8 +582,8 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 		p, err := store.LastSeq(ctx)
 		return err == nil && p >= lostSeq && p > badSeq
 	})
-	if _, err := store.GetByCommandID(ctx, bad); !errors.Is(err, ghost.ErrNotFound) {
-		t.Fatalf("the command given up on is recorded (%v)", err)
+	if rec, err := store.GetByCommandID(ctx, bad); err != nil || rec.Refusal == nil || rec.Event == nil || rec.Event.EventID != ev.EventID {
+		t.Fatalf("the command given up on is recorded as %+v (%v), want its refusal, finished with the 1500 sent", rec, err)
 	}
 	if n := logs.count("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it"); n != 1 {
 		t.Fatalf("gave up on the command %d times, want once", n)
@@ -561,5 +594,73 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 	}
 	if want := `edgectl_ghost_commands_total{outcome="error",class="internal"} 1`; !strings.Contains(b.String(), want) {
 		t.Fatalf("metrics do not count the command given up on (%s):\n%s", want, b.String())
+	}
+}
+
+// A command given up on (its 1500 "not run and will not be" stored in EDGE_EVT) is never
+// run, whatever delivers it later: once the store records again, a copy that arrives live
+// (a Mirage re-dispatch) is a duplicate of the 1500. The store records the refusal when it
+// can (what it failed was that command's record, not its command_id); when it cannot, the
+// Ghost holds the 1500 in memory.
+func TestGivenUpCommandIsNotRunByALaterDelivery(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		byID bool // the store fails the refusal too
+	}{
+		{"the refusal recorded", false},
+		{"the refusal held in memory", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t)
+			ctx := context.Background()
+			store := newDamagedRecord(tc.byID)
+			logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
+			const id = "edge-given-up"
+			env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
+				testenv.Tune(func(c *ghost.Config) {
+					c.CatchUpInterval = 100 * time.Millisecond
+					ghost.SetUnrecordedPatience(c, 300*time.Millisecond)
+				}))
+			now := time.Now()
+			cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+				IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: "echo",
+				Args: map[string]string{"message": unrecordable}, DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 5000}
+			data, err := bus.Encode(&cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			js := env.JetStream()
+			if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Command(id), data, cmd.CommandID, cmd.TraceID)); err != nil {
+				t.Fatal(err)
+			}
+			eventFor(t, env, id, cmd.CommandID)
+			ev, _ := storedEvent(t, env, bus.EventID(id, cmd.CommandID))
+			if ev.Error == nil || ev.Error.Code != bus.CodeInternal {
+				t.Fatalf("want the 1500 of the command given up on, got %+v", ev)
+			}
+
+			store.healed.Store(true)
+			if err := env.Conn("mirage").PublishMsg(bus.NewMsg(subjects.Command(id), data, cmd.CommandID, cmd.TraceID)); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 10*time.Second, "the copy answered as a duplicate", func() bool {
+				return logs.count("duplicate command: re-sending its terminal event") > 0
+			})
+			rec, err := store.GetByCommandID(ctx, cmd.CommandID)
+			switch {
+			case err == nil && (rec.Event == nil || rec.Event.EventID != ev.EventID || rec.Event.ExecutionID != ev.ExecutionID):
+				t.Fatalf("the command answered 'not run and will not be' is recorded as %+v, event %+v", rec, rec.Event)
+			case err != nil && !tc.byID:
+				t.Fatalf("the refusal is not recorded (%v)", err)
+			case err == nil && tc.byID:
+				t.Fatalf("recorded %+v though the store failed the command_id", rec)
+			}
+			if n := logs.count("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it"); n != 1 {
+				t.Fatalf("gave up on the command %d times, want once", n)
+			}
+		})
 	}
 }

@@ -24,6 +24,10 @@ type Pipeline struct {
 
 	mu      sync.Mutex
 	running map[string]chan struct{} // command_id → closed once its execution is recorded
+	// givenUp holds the 1500 event of each command the Ghost gave up on that the store
+	// could not record even as a refusal (Abandon), by command_id: every later delivery in
+	// this process is a duplicate of it, never run.
+	givenUp map[string]*bus.Event
 }
 
 // NewPipeline returns the pipeline of the Ghost ghostID.
@@ -31,7 +35,11 @@ func NewPipeline(ghostID string, registry *Registry, store ExecutionStore, now f
 	if now == nil {
 		now = time.Now
 	}
-	return &Pipeline{ghostID: ghostID, registry: registry, store: store, now: now, log: log, running: map[string]chan struct{}{}}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Pipeline{ghostID: ghostID, registry: registry, store: store, now: now, log: log,
+		running: map[string]chan struct{}{}, givenUp: map[string]*bus.Event{}}
 }
 
 // Outcome of Pipeline.Run.
@@ -67,6 +75,9 @@ func (o Outcome) Wait() {
 // Run decides and, when allowed, executes cmd. ctx bounds the execution (the Ghost's
 // lifetime); the command's own timeout_ms is applied inside.
 func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
+	if ev := p.givenUpOn(cmd.CommandID); ev != nil {
+		return Outcome{Event: ev, Duplicate: true}
+	}
 	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
 		return Outcome{Event: prior.Event, Duplicate: true, Acked: prior.Acked, Running: p.runningOf(prior.Event, cmd.CommandID)}
 	} else if !errors.Is(err, ErrNotFound) {
@@ -90,7 +101,10 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 	// The delivery that takes the command's running channel is the one that claims it in
 	// the store; one arriving meanwhile is a duplicate that waits on that channel. Taken
 	// before Begin, so that no duplicate sees the execution claimed but not yet running.
-	release, held := p.claim(cmd.CommandID)
+	release, held, given := p.claim(cmd.CommandID)
+	if given != nil {
+		return Outcome{Event: given, Duplicate: true}
+	}
 	if release == nil {
 		return Outcome{Duplicate: true, Running: held}
 	}
@@ -118,12 +132,16 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 
 // claim takes the running channel of commandID for this delivery and returns its release
 // (the claim ends, the channel closes); when another delivery holds it, it returns nil
-// and that delivery's channel.
-func (p *Pipeline) claim(commandID string) (release func(), held <-chan struct{}) {
+// and that delivery's channel; when the Ghost gave up on the command (givenUp), it returns
+// nil and that 1500 event.
+func (p *Pipeline) claim(commandID string) (release func(), held <-chan struct{}, given *bus.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if ev := p.givenUp[commandID]; ev != nil {
+		return nil, nil, ev
+	}
 	if other, busy := p.running[commandID]; busy {
-		return nil, other
+		return nil, other, nil
 	}
 	running := make(chan struct{})
 	p.running[commandID] = running
@@ -132,7 +150,15 @@ func (p *Pipeline) claim(commandID string) (release func(), held <-chan struct{}
 		delete(p.running, commandID)
 		p.mu.Unlock()
 		close(running)
-	}, nil
+	}, nil, nil
+}
+
+// givenUpOn returns the 1500 event of commandID when the Ghost gave up on it and holds
+// that event in memory only (Abandon), or nil.
+func (p *Pipeline) givenUpOn(commandID string) *bus.Event {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.givenUp[commandID]
 }
 
 // Known reports whether this Ghost has seen commandID: a delivery of it holds the command
@@ -151,12 +177,17 @@ func (p *Pipeline) Finished(ctx context.Context, commandID string) bool {
 }
 
 // seen returns whether a delivery of commandID holds it in this process, and its record
-// in the execution store (found false when there is none, or it could not be read). The
-// claim is looked at first: an execution is recorded before its claim ends.
+// in the execution store (found false when there is none, or it could not be read); a
+// command given up on that the store could not record counts as finished. The claim is
+// looked at first: an execution is recorded before its claim ends.
 func (p *Pipeline) seen(ctx context.Context, commandID string) (running bool, rec Execution, found bool) {
 	p.mu.Lock()
 	_, running = p.running[commandID]
+	given := p.givenUp[commandID]
 	p.mu.Unlock()
+	if given != nil {
+		return false, Execution{CommandID: commandID, State: StateFinished, Event: given}, true
+	}
 	if running {
 		return true, Execution{}, false
 	}
@@ -184,7 +215,10 @@ func (p *Pipeline) runningOf(ev *bus.Event, commandID string) <-chan struct{} {
 // may have missed each other in the store (a live copy in time and a replayed one past
 // its deliver_by_ms), and each would emit its own terminal event.
 func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error) Outcome {
-	release, held := p.claim(cmd.CommandID)
+	release, held, given := p.claim(cmd.CommandID)
+	if given != nil {
+		return Outcome{Event: given, Duplicate: true}
+	}
 	if release == nil {
 		return Outcome{Duplicate: true, Running: held}
 	}
@@ -207,11 +241,40 @@ func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error
 	return Outcome{Event: ev}
 }
 
-// Abandon is the terminal event of a command the execution store never recorded, which
-// the Ghost gives up on (perr, a 1500): not run, and nothing recorded.
-func (p *Pipeline) Abandon(cmd *bus.Command, perr *bus.Error) *bus.Event {
+// Abandon refuses with perr (a 1500) a command the execution store never recorded, which
+// the Ghost gives up on (unrecorded.go), and returns its terminal event: it is never run,
+// whatever delivers it later. The refusal is claimed and recorded as any other, without
+// the command's args (a record smaller than the one the store failed), so that every later
+// delivery, after a restart too, is a duplicate of it. When the store cannot record even
+// that, the event is kept in memory (givenUp), claimed before the claim is released: every
+// later delivery in this process is a duplicate of it.
+//
+// It returns nil when the command has an answer already, which stands: a delivery of it
+// holds it in this process, the store holds its execution (a copy got through while the
+// replays failed), or the Ghost gave up on it before (two copies in EDGE_CMD).
+func (p *Pipeline) Abandon(ctx context.Context, cmd *bus.Command, perr *bus.Error) *bus.Event {
+	release, _, given := p.claim(cmd.CommandID)
+	if given != nil || release == nil {
+		return nil
+	}
+	defer release()
 	now := p.now()
-	return p.refusalEvent(cmd, subjects.NewID(subjects.PrefixExecution), now, now, perr)
+	exec := p.newExecution(cmd, now)
+	exec.Args, exec.Command, exec.Refusal = nil, nil, perr
+	_, fresh, err := p.store.Begin(ctx, exec)
+	if err == nil && !fresh {
+		return nil
+	}
+	ev := p.refusalEvent(cmd, exec.ExecutionID, now, now, perr)
+	if err != nil {
+		p.log.Error("execution store: the refusal of a command given up on is not recorded either; it is answered from memory until the Ghost stops", "command_id", cmd.CommandID, "err", err)
+		p.mu.Lock()
+		p.givenUp[cmd.CommandID] = ev
+		p.mu.Unlock()
+		return ev
+	}
+	p.finish(ctx, exec.ExecutionID, ev)
+	return ev
 }
 
 // Refuse is the entry for commands that failed decoding: only what ProbeCommand read is
@@ -224,6 +287,9 @@ func (p *Pipeline) Refuse(ctx context.Context, probe bus.Probe, perr *bus.Error)
 		GhostID:      p.ghostID,
 		SeedSelector: probe.SeedID,
 		Operation:    probe.Operation,
+	}
+	if ev := p.givenUpOn(cmd.CommandID); ev != nil {
+		return Outcome{Event: ev, Duplicate: true}
 	}
 	if prior, err := p.store.GetByCommandID(ctx, cmd.CommandID); err == nil {
 		return Outcome{Event: prior.Event, Duplicate: true}

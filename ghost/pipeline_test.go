@@ -660,3 +660,76 @@ func TestPipelineStoreFailureSendsNoEvent(t *testing.T) {
 		})
 	}
 }
+
+// A command the Ghost gives up on (Abandon, a 1500 "not run and will not be") has that one
+// terminal event: a later delivery, the store back, gets it as a duplicate and runs
+// nothing, whether the store recorded the refusal or could not (held in memory). A command
+// that has an answer already (a copy of it ran, or runs now) gets no 1500 at all.
+func TestPipelineAbandonGivesTheCommandOneTerminalEvent(t *testing.T) {
+	perr := bus.Errorf(bus.CodeInternal, "the ghost gave up on the command; it was not run and will not be")
+	for _, tc := range []struct {
+		name    string
+		before  func(f *fixture, p *Pipeline, cmd *bus.Command) (undo func())
+		storeUp bool // the store records the refusal
+		answer  bool // Abandon answers with the 1500
+	}{
+		{"the store records the refusal", nil, true, true},
+		{"the store fails the refusal too", nil, false, true},
+		{"a copy ran before", func(_ *fixture, p *Pipeline, cmd *bus.Command) func() {
+			c := *cmd
+			p.Run(context.Background(), &c).Wait()
+			return func() {}
+		}, true, false},
+		{"a copy is running", func(_ *fixture, p *Pipeline, cmd *bus.Command) func() {
+			release, _, _ := p.claim(cmd.CommandID)
+			return release
+		}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t)
+			st := &failingStore{MemoryStore: f.store}
+			p := NewPipeline(testGhost, f.p.registry, st, nil, nil)
+			cmd := command(t, "t.ok", "run")
+			if tc.before != nil {
+				defer tc.before(f, p, cmd)()
+			}
+			st.fail.Store(!tc.storeUp)
+			ev := p.Abandon(ctx, cmd, perr)
+			st.fail.Store(false)
+			if !tc.answer {
+				if ev != nil {
+					t.Fatalf("abandoned a command that has an answer already: %+v", ev)
+				}
+				return
+			}
+			checkEvent(t, cmd, ev)
+			if ev.Error == nil || ev.Error.Code != bus.CodeInternal || ev.Result.Status != "refused" {
+				t.Fatalf("event %+v, want a 1500 refusal", ev)
+			}
+			rec, err := f.store.GetByCommandID(ctx, cmd.CommandID)
+			switch {
+			case tc.storeUp && (err != nil || rec.Event == nil || rec.Event.EventID != ev.EventID || rec.Refusal == nil || rec.Args != nil):
+				t.Fatalf("recorded %+v (%v), want the refusal, finished, without the args", rec, err)
+			case !tc.storeUp && !errors.Is(err, ErrNotFound):
+				t.Fatalf("recorded %+v (%v) though the store failed", rec, err)
+			}
+			if !p.Known(ctx, cmd.CommandID) || !p.Finished(ctx, cmd.CommandID) {
+				t.Fatal("the command given up on counts as not seen or not finished: a catch-up would handle it again")
+			}
+			again := *cmd
+			out := p.Run(ctx, &again)
+			out.Wait()
+			if out.Executed || !out.Duplicate || out.Event == nil || out.Event.ExecutionID != ev.ExecutionID {
+				t.Fatalf("a later delivery: executed %v duplicate %v event %+v; want a duplicate of the 1500", out.Executed, out.Duplicate, out.Event)
+			}
+			out = p.Refuse(ctx, bus.Probe{CommandID: cmd.CommandID}, bus.Errorf(bus.CodeFraming, "malformed"))
+			if !out.Duplicate || out.Event == nil || out.Event.ExecutionID != ev.ExecutionID {
+				t.Fatalf("a later malformed copy: duplicate %v event %+v; want a duplicate of the 1500", out.Duplicate, out.Event)
+			}
+			if calls := f.seeds["t.ok"].calls.Load(); calls != 0 {
+				t.Fatalf("the seed ran %d times for a command answered 'not run'", calls)
+			}
+		})
+	}
+}

@@ -15,9 +15,11 @@ import (
 // good, every catch-up reading it and stopping at it. So a replay gives up on a command the
 // store has failed at least maxUnrecordedAttempts times over unrecordedPatience: the
 // position moves past it and, once the store has saved that position (it records writes,
-// so the failure is this command's), the command is answered with a 1500 and never read
-// again. A store that fails every write cannot save the position: nothing is given up, and
-// the commands run once it recovers, as before.
+// so the failure is likely this command's), the command is refused with a 1500 and never
+// read again. The refusal claims the command as any refusal does, so it is the command's
+// one terminal event whatever delivers it later: a copy that got through meanwhile keeps its
+// own event and gets no 1500. A store that fails every write cannot save the position:
+// nothing is given up, and the commands run once it recovers, as before.
 
 // A replay gives up on a command the store could not record after this many replays of it
 // over at least unrecordedPatience (about five catch-ups at the default interval).
@@ -64,17 +66,22 @@ func (g *Ghost) giveUp(commandID string) (unrecordedCommand, bool) {
 // recorded forgets the failures of commandID, which the store recorded. Under catchMu.
 func (g *Ghost) recorded(commandID string) { delete(g.unrecorded, commandID) }
 
-// answerAbandoned sends the 1500 event of each command a replay gave up on, the replay
-// position being saved past them. Nothing is recorded (the store could not), so an event
-// not stored before the Ghost stops is not re-sent: Mirage then reports the target's
-// timeout. Under catchMu.
+// answerAbandoned refuses with a 1500 each command a replay gave up on, the replay position
+// being saved past them, and sends its event (Pipeline.Abandon): recorded when the store
+// takes the small refusal record (re-sent then as any event, and every later delivery is a
+// duplicate of it), held in memory otherwise. A command that has an answer by then (a copy
+// of it ran meanwhile) gets no other. Under catchMu.
 func (g *Ghost) answerAbandoned(abandoned []abandonedCommand) {
 	for _, a := range abandoned {
 		cmd := g.commandOf(a.data, a.hdr)
 		delete(g.unrecorded, cmd.CommandID)
 		perr := bus.Errorf(bus.CodeInternal, "the ghost gave up on the command after %d attempts over %s: %v; it was not run and will not be",
 			a.attempts, g.cfg.Now().Sub(a.first).Round(time.Second), a.cause)
-		ev := g.pipeline.Abandon(cmd, perr)
+		ev := g.pipeline.Abandon(g.run, cmd, perr)
+		if ev == nil {
+			g.log.Info("gave up on a command the execution store could not record, but it has its terminal event already (a copy of it got through meanwhile); the replay position is past it", "command_id", cmd.CommandID, "attempts", a.attempts, "since", a.first)
+			continue
+		}
 		g.log.Error("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it", "command_id", cmd.CommandID, "event_id", ev.EventID, "attempts", a.attempts, "since", a.first, "err", a.cause)
 		g.cfg.Metrics.outcome(Outcome{Event: ev})
 		if !g.track() {
