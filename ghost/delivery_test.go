@@ -664,3 +664,45 @@ func TestGivenUpCommandIsNotRunByALaterDelivery(t *testing.T) {
 		})
 	}
 }
+
+// A replay that gave up on a command and is then stopped by Close (it was waiting for the
+// commands after it) still answers that command: the replay position is saved past it, so
+// no later replay would.
+func TestCommandGivenUpOnIsAnsweredWhenTheGhostStops(t *testing.T) {
+	env := testenv.New(t)
+	ctx := context.Background()
+	store := newDamagedRecord(false)
+	const id = "edge-given-up-stop"
+	// Stored before the Ghost starts, so that only its replays read them, in order: the bad
+	// command, more than a replay batch of junk, then a long command. The replays stop at
+	// the bad one until they give up on it; the one that does then waits for the sleep.
+	bad, _ := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
+	junk := &nats.Msg{Subject: "detour." + id, Data: []byte(`{"type":"command"}`)}
+	storeDetouredBytes(t, env, id, junk)
+	for range bus.ReplayBatch {
+		if _, err := env.JetStream().PublishMsg(ctx, junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slow, _ := storeDetoured(t, env, id, "sleep", map[string]string{"ms": "20000"})
+	g := env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 100 * time.Millisecond
+			c.ShutdownGrace = 100 * time.Millisecond
+			ghost.SetUnrecordedPatience(c, 300*time.Millisecond)
+		}))
+	testenv.Eventually(t, 10*time.Second, "the replay past the bad command, running the sleep", func() bool {
+		e, err := store.GetByCommandID(ctx, slow)
+		return err == nil && e.State == ghost.StateStarted
+	})
+	if _, ok := storedEvent(t, env, bus.EventID(id, bad)); ok {
+		t.Fatal("the command given up on is answered before the replay that gave up on it ended")
+	}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ev, ok := storedEvent(t, env, bus.EventID(id, bad))
+	if !ok || ev.Error == nil || ev.Error.Code != bus.CodeInternal {
+		t.Fatalf("event of the command given up on: %+v (found %v), want its 1500 stored before Close returned", ev, ok)
+	}
+}

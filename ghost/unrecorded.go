@@ -85,7 +85,11 @@ func (g *Ghost) answerAbandoned(abandoned []abandonedCommand) {
 		g.log.Error("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it", "command_id", cmd.CommandID, "event_id", ev.EventID, "attempts", a.attempts, "since", a.first, "err", a.cause)
 		g.cfg.Metrics.outcome(Outcome{Event: ev})
 		if !g.track() {
-			return
+			// Stopping: sent before the delivery loop ends, within Close's flush window,
+			// as the later ones are; what is not stored by then is re-sent at the next
+			// start when its refusal was recorded.
+			g.emit(g.send, ev)
+			continue
 		}
 		go func() {
 			defer g.wg.Done()
