@@ -199,3 +199,81 @@ func TestOneEventPublisherPerEventID(t *testing.T) {
 	eventFor(t, env, id, next)
 	t.Logf("%d publish attempts in %s after %d duplicates", got, window, duplicates)
 }
+
+// Copies of one command that Mirage keeps re-sending while EDGE_EVT refuses its event do
+// not each hold an execution slot until the event is stored: one copy waits for the
+// event's publish, the others return at once, and a new command still finds a slot.
+func TestDuplicatesWaitingForTheirEventHoldOneSlot(t *testing.T) {
+	env := testenv.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js := env.JetStream()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	const id = "edge-slots"
+	const slots = 4
+	metrics := ghost.NewMetrics()
+	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.Metrics = metrics
+			c.MaxConcurrent = slots
+		}))
+	// EDGE_EVT refuses every event (each is larger than 64 bytes), as a store refusing
+	// writes does.
+	stream, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := stream.CachedInfo().Config
+	refusing.MaxMsgSize = 64
+	if _, err := js.UpdateStream(ctx, refusing); err != nil {
+		t.Fatalf("make %s refuse events: %v", bus.StreamEvents, err)
+	}
+	nc := env.Conn("mirage")
+	command := func(op string, args map[string]string) (bus.Command, []byte) {
+		t.Helper()
+		now := time.Now()
+		cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+			IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: id, SeedSelector: "seed.flow", Operation: op,
+			Args: args, DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 5000}
+		data, err := bus.Encode(&cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cmd, data
+	}
+	send := func(cmd bus.Command, data []byte) {
+		t.Helper()
+		// Core NATS, as a live command or Mirage's re-dispatch arrives.
+		if err := nc.PublishMsg(bus.NewMsg(subjects.Command(id), data, cmd.CommandID, cmd.TraceID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	finished := func(commandID string) bool {
+		e, err := g.Store().GetByCommandID(ctx, commandID)
+		return err == nil && e.State == ghost.StateFinished
+	}
+	stuck, stuckData := command("echo", map[string]string{"message": "stuck"})
+	send(stuck, stuckData)
+	testenv.Eventually(t, 10*time.Second, "the execution recorded", func() bool { return finished(stuck.CommandID) })
+
+	const duplicates = 3 * slots
+	for range duplicates {
+		send(stuck, stuckData)
+	}
+	testenv.Eventually(t, 10*time.Second, "the Ghost to take every duplicate", func() bool {
+		return duplicateCommands(t, metrics) == duplicates
+	})
+	next, nextData := command("status", map[string]string{})
+	send(next, nextData)
+	testenv.Eventually(t, 5*time.Second, "a new command to run while the duplicates wait for their event", func() bool {
+		return finished(next.CommandID)
+	})
+
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	eventFor(t, env, id, stuck.CommandID)
+	eventFor(t, env, id, next.CommandID)
+}

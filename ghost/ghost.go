@@ -173,6 +173,10 @@ type Ghost struct {
 	fullAt atomic.Uint64
 	// emitting holds the publishes in progress, by event_id (*emission).
 	emitting sync.Map
+	// answering holds the event_ids a duplicate command's answer is waiting on or
+	// publishing (answer): one per event, so that the copies of a command that Mirage
+	// re-sends while EDGE_EVT refuses its event do not each hold an execution slot.
+	answering sync.Map
 	// resendKick asks resendLoop for a pass over the unacknowledged events; resendStored
 	// makes the next pass include those EDGE_EVT confirmed storing (a Mirage showed
 	// itself).
@@ -536,7 +540,16 @@ type emission struct {
 // the Ghost stops), publishes it itself. The duplicate is then answered as soon as the
 // stream takes the event, not at a later re-send pass: for an event EDGE_EVT confirmed
 // before, that pass would come only when a Mirage shows itself again.
+//
+// One duplicate at a time answers an event: another arriving meanwhile returns at once,
+// its answer being the same event that one is getting stored, so that a command re-sent
+// every few seconds while EDGE_EVT refuses writes holds one execution slot, not one per
+// copy until every slot is taken.
 func (g *Ghost) answer(ctx context.Context, ev *bus.Event) {
+	if _, busy := g.answering.LoadOrStore(ev.EventID, struct{}{}); busy {
+		return
+	}
+	defer g.answering.Delete(ev.EventID)
 	for {
 		e := &emission{done: make(chan struct{})}
 		cur, busy := g.emitting.LoadOrStore(ev.EventID, e)
