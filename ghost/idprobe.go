@@ -93,13 +93,20 @@ type idClaim struct {
 }
 
 // settle waits until the answers to the Ghost's first probes are in, and says whether
-// it may run commands (false: it is stopping, perhaps standing down).
+// it may run commands (false: it is stopping, perhaps standing down). Stopping wins when
+// both are so: a late answer that makes the Ghost stand down may come just before the
+// probe wait ends, and select picks at random among ready cases.
 func (g *Ghost) settle() bool {
 	select {
 	case <-g.claim.settled:
-		return true
 	case <-g.stopping:
 		return false
+	}
+	select {
+	case <-g.stopping:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -422,6 +429,9 @@ func (g *Ghost) standDown(err *DuplicateIDError) {
 	c.mu.Unlock()
 	g.log.Error("another Ghost keeps this id: this one stops taking commands and closes", "err", err,
 		"other_instance", err.Other.InstanceID, "other_host", err.Other.Hostname, "other_pid", err.Other.PID)
+	// Stopping now, not when the Close below gets to it: commands held until the start
+	// probes settle (settle) must not run once the probe wait ends meanwhile.
+	g.stopServing()
 	// Close waits for the goroutine that calls this one.
 	go func() {
 		_ = g.Close()
