@@ -10,9 +10,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -172,6 +176,47 @@ func TestDaemonsThatCannotStartExitThree(t *testing.T) {
 		if r.code != 3 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line", args[1:], r.code, r.stderr)
 		}
+	}
+}
+
+// A ghostctl stopped by SIGINT while it is still starting (policy required: it waits for
+// Mirage's register.ack) exits 0, as 'ghostctl run --help' promises for SIGINT, not 3 with
+// "context canceled".
+func TestGhostctlInterruptedWhileStartingExitsZero(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	const id = "edge-int"
+	_, ghostctl := testenv.Binaries(t)
+	dir := filepath.Join(t.TempDir(), id)
+	init := testenv.Start(t, ghostctl, "init", "--id", id, "--out", dir, "--server", env.URL, "--policy", "required", "--seeds", "seed.flow")
+	if code := init.Wait(30 * time.Second); code != 0 {
+		t.Fatalf("ghostctl init exited %d: %s", code, init.Output())
+	}
+	// A Mirage that never answers: the Ghost keeps registering.
+	registering := make(chan struct{}, 1)
+	nc := env.Conn("silent mirage")
+	if _, err := nc.Subscribe(subjects.Register(id), func(*nats.Msg) {
+		select {
+		case registering <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	proc := testenv.Start(t, ghostctl, "run", "--config", filepath.Join(dir, "config.toml"))
+	select {
+	case <-registering:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("ghostctl never registered:\n%s", proc.Output())
+	}
+	proc.Interrupt()
+	if code := proc.Wait(8 * time.Second); code != 0 {
+		t.Fatalf("ghostctl interrupted while registering exited %d, want 0:\n%s", code, proc.Output())
+	}
+	if strings.Contains(proc.Output(), "error:") {
+		t.Fatalf("ghostctl interrupted while registering printed an error:\n%s", proc.Output())
 	}
 }
 

@@ -92,6 +92,12 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			}
 			if err := g.Start(ctx); err != nil {
 				_ = g.Close()
+				if cli.Interrupted(ctx) && g.Err() == nil {
+					// SIGINT or SIGTERM while it probed its id or registered: a stop
+					// asked for, not a failure. It has run nothing.
+					log.Info("stopped while starting", "component", "ghostctl")
+					return nil
+				}
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
 			settleMemory()

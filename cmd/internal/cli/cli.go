@@ -179,6 +179,14 @@ func notePermission(err error) {
 	}
 }
 
+// Interrupted reports whether ctx, the command's context from Main, ended because SIGINT
+// or SIGTERM arrived: a daemon stopped that way exits 0 even while it was still starting.
+// A context ended by a permission refusal (stopOnRefusal) is not an interruption.
+func Interrupted(ctx context.Context) bool {
+	v, _ := refused.Load().(string)
+	return ctx.Err() != nil && v == ""
+}
+
 // permissionDenied turns a failure that followed a permissions violation into what it is.
 func permissionDenied(err error) error {
 	v, _ := refused.Load().(string)
