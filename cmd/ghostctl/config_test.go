@@ -22,7 +22,7 @@ func TestExampleConfigShowsEveryKey(t *testing.T) {
 		if key == "" {
 			continue
 		}
-		shown := regexp.MustCompile(`(?m)^(# )?` + regexp.QuoteMeta(key) + ` = `).MatchString(text) ||
+		shown := regexp.MustCompile(`(?m)^(# )?`+regexp.QuoteMeta(key)+` = `).MatchString(text) ||
 			regexp.MustCompile(`(?m)^\[`+regexp.QuoteMeta(key)+`\]`).MatchString(text)
 		if !shown {
 			t.Errorf("deploy/config/ghost.toml does not show the key %s", key)
