@@ -98,9 +98,6 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 		if p.MaxBytes > 0 && len(v) > p.MaxBytes {
 			return FieldError(CodeSemantic, "args."+p.Name, "is %d bytes, at most %d are allowed", len(v), p.MaxBytes)
 		}
-		if p.NoLeadingDash && strings.HasPrefix(v, "-") {
-			return FieldError(CodeSemantic, "args."+p.Name, "value starts with \"-\", which %s %s would pass where it is read as an option", seedID, op.Name)
-		}
 		if pat := pattern(p.Name); pat == nil || !pat.Match(v) {
 			return FieldError(CodeSemantic, "args."+p.Name, "value does not match the declared pattern %q", p.Pattern)
 		}
@@ -114,6 +111,10 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 			case p.Max != nil && n > *p.Max:
 				return FieldError(CodeSemantic, "args."+p.Name, "value %d is above the maximum %d", n, *p.Max)
 			}
+		}
+		// Last: a value the param's own limits refuse is told so, not pointed at options.
+		if p.NoLeadingDash && strings.HasPrefix(v, "-") {
+			return FieldError(CodeSemantic, "args."+p.Name, "value starts with \"-\", which %s %s would pass where it is read as an option", seedID, op.Name)
 		}
 	}
 	for k := range args {

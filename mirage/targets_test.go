@@ -221,9 +221,12 @@ func BenchmarkResolveOneTargetInALargeFleet(b *testing.B) {
 // A param a Ghost registers with no_leading_dash refuses a value starting with "-" at issue
 // time, before any command leaves.
 func TestResolveRefusesALeadingDashWhereTheGhostWould(t *testing.T) {
+	zero := int64(0)
 	tar := bus.SeedInfo{ID: "node.tar", Operations: []bus.OperationInfo{{Name: "archive", Params: []bus.ParamInfo{
 		{Name: "path", Required: true, Pattern: "[[:print:]]{1,64}", NoLeadingDash: true},
 		{Name: "label", Pattern: "[[:print:]]{1,64}"},
+	}}, {Name: "count", Params: []bus.ParamInfo{
+		{Name: "n", Required: true, Pattern: "-?[0-9]{1,18}", Min: &zero, NoLeadingDash: true},
 	}}}}
 	fleet := []GhostRecord{{GhostID: "edge-t", Seeds: []bus.SeedInfo{tar}, LastSeenMS: testNow.UnixMilli()}}
 	obj := func(args map[string]string) bus.Objective {
@@ -233,6 +236,11 @@ func TestResolveRefusesALeadingDashWhereTheGhostWould(t *testing.T) {
 	var perr *bus.Error
 	if !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !strings.Contains(perr.Message, `starts with "-"`) || !strings.Contains(perr.Message, "args.path") {
 		t.Fatalf("leading dash on path: %v; want a 1300 refusal on args.path", err)
+	}
+	// A value the param's own limits refuse is told so first.
+	_, err = resolveTargets("edge-t", bus.Objective{SeedSelector: "node.tar", Operation: "count", Args: map[string]string{"n": "-1"}}, fleet, testNow)
+	if !errors.As(err, &perr) || !strings.Contains(perr.Message, "below the minimum 0") {
+		t.Errorf("n=-1 with min 0: %v; want the minimum named", err)
 	}
 	for _, args := range []map[string]string{{"path": "etc/hosts"}, {"path": "a-b", "label": "-x"}} {
 		if _, err := resolveTargets("edge-t", obj(args), fleet, testNow); err != nil {
