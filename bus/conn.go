@@ -200,6 +200,15 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// Redact hides the credentials a server URL (or comma list of them) may embed, for logs.
+func Redact(url string) string {
+	parts := strings.Split(url, ",")
+	for i, p := range parts {
+		parts[i] = redact(strings.TrimSpace(p))
+	}
+	return strings.Join(parts, ",")
+}
+
 // redact hides credentials embedded in a URL.
 func redact(url string) string {
 	if url == "" {

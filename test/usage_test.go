@@ -52,12 +52,48 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{gctl, []string{"init", "--id", "edge-1", "extra"}},
 		{gctl, []string{"init", "--id", "edge-1", "--server", "http://foo"}},
 		{gctl, []string{"bogus"}},
+		{mctl, []string{"issue", "--server", "bogus://x", "--target", "local", "seed.flow", "status"}},
+		{mctl, []string{"ghosts", "--server", "http://127.0.0.1:4222"}},
+		{mctl, []string{"up", "--server", "http://127.0.0.1:4222"}},
+		{mctl, []string{"issue", "--target", "local", "seed.flow", "status", "--max-concurrency", "-1"}},
+		{mctl, []string{"issue", "--target", "local", "seed.flow", "status", "--max-errors", "200%"}},
 	} {
 		r := execRun(t, tc.bin, nil, tc.args...)
 		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 		if r.code != 2 || len(lines) != 1 || !strings.HasPrefix(lines[0], "error: ") {
 			t.Errorf("%v: exit %d, stderr %q; want exit 2 and one error line", tc.args, r.code, r.stderr)
 		}
+	}
+}
+
+// Either program run without a command prints its help on stderr, nothing on stdout, and
+// exits 2, as a group run without one does.
+func TestBareProgramsExitTwoWithTheirHelp(t *testing.T) {
+	mctl, gctl := testenv.Binaries(t)
+	for _, bin := range []string{mctl, gctl} {
+		r := execRun(t, bin, nil)
+		if r.code != 2 || r.stdout != "" || !strings.Contains(r.stderr, "Usage:") {
+			t.Errorf("%s alone: exit %d, stdout %q, stderr %q; want exit 2 and the help on stderr", filepath.Base(bin), r.code, r.stdout, r.stderr)
+		}
+		if r := execRun(t, bin, nil, "--help"); r.code != 0 || !strings.Contains(r.stdout, "Usage:") {
+			t.Errorf("%s --help: exit %d, stdout %q; want exit 0 and the help", filepath.Base(bin), r.code, r.stdout)
+		}
+	}
+}
+
+// A key file that cannot be read is a config error naming the file and key.
+func TestGhostKeyFileErrorNamesTheConfig(t *testing.T) {
+	_, gctl := testenv.Binaries(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	missing := filepath.Join(dir, "none.nk")
+	if err := os.WriteFile(path, []byte("id = \"edge-k\"\nstate_dir = \"state\"\nauth = true\nnkey_file = \""+missing+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := execRun(t, gctl, nil, "run", "--config", path)
+	want := fmt.Sprintf("config %s: key \"nkey_file\": ", path)
+	if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, missing) {
+		t.Fatalf("exit %d, stderr %q; want exit 2 and one line with %q naming %s", r.code, r.stderr, want, missing)
 	}
 }
 
@@ -135,6 +171,7 @@ func TestGhostConfigErrorsNameTheirSource(t *testing.T) {
 		{"negative command age", "command_max_age = \"-1h\"\n", nil, []string{"command_max_age"}},
 		{"policy from the environment", "", []string{"EDGE_POLICY=bogus"}, []string{"EDGE_POLICY", "policy"}},
 		{"labels from the environment", "", []string{"EDGE_LABELS=role=db"}, []string{"EDGE_LABELS"}},
+		{"server scheme", "server = \"http://127.0.0.1:4222\"\n", nil, []string{"server", `scheme "http"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := execRun(t, gctl, tc.env, "seeds", "--config", file(tc.extra))

@@ -96,6 +96,9 @@ func loadConfig(path string, flags *pflag.FlagSet) (*fileConfig, error) {
 		}
 	}
 	cfg.Server = bus.ServerURL(cfg.Server)
+	if err := bus.CheckServerURL(cfg.Server); err != nil {
+		return nil, bad("server", "%v", err)
+	}
 	if cfg.Auth && cfg.NKeyFile == "" {
 		return nil, bad("nkey_file", "missing: auth = true needs the Ghost's key")
 	}

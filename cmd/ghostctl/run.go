@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/cmd/internal/cli"
+	"github.com/edgectl/edgectl/config"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds"
 	"github.com/edgectl/edgectl/ghost/seeds/control"
@@ -50,7 +51,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			var identity *bus.Identity
 			if cfg.NKeyFile != "" {
 				if identity, err = bus.LoadIdentity(cfg.NKeyFile); err != nil {
-					return cli.Invalid("%v", err)
+					return &config.Error{Source: config.Where(cfgPath, "nkey_file"), Key: "nkey_file", Reason: err.Error()}
 				}
 			}
 			conn.Options = connAuth(cfg, identity)
@@ -104,7 +105,11 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			if (cfg.Auth || cfg.TLSCert != "") && len(cfg.TrustedMirageKeys) == 0 {
 				log.Warn("commands are run without checking Mirage's signature: trusted_mirage_keys is empty; add Mirage's public key (see docs/security.md)", "component", "ghostctl", "ghost_id", cfg.ID)
 			}
-			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", nc.ConnectedUrlRedacted(), "production", cfg.Production, "tls", conn.TLS.Enabled(), "cert_identity", cfg.TLSCert != "")
+			server := nc.ConnectedUrlRedacted()
+			if server == "" { // not connected yet: the URLs it keeps trying
+				server = bus.Redact(cfg.Server)
+			}
+			log.Info("ghost running; SIGINT or SIGTERM stops it", "component", "ghostctl", "ghost_id", cfg.ID, "server", server, "connected", nc.IsConnected(), "production", cfg.Production, "tls", conn.TLS.Enabled(), "cert_identity", cfg.TLSCert != "")
 			select {
 			case <-ctx.Done():
 			case <-g.Done():

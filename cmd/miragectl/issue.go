@@ -118,6 +118,11 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			if err != nil {
 				return err
 			}
+			for _, l := range []struct{ flag, value string }{{"max-concurrency", maxConcurrency}, {"max-errors", maxErrors}} {
+				if _, err := bus.ParseLimit(l.value, 1, 0); err != nil {
+					return cli.Invalid("--%s %s: use N (a number of targets) or N%% (0-100%% of them)", l.flag, l.value)
+				}
+			}
 			if deliverWithin < 0 || deliverWithin > timeout {
 				return cli.Invalid("--deliver-within %s: must be between 0 and --timeout (%s)", shortDuration(deliverWithin), shortDuration(timeout))
 			}

@@ -105,6 +105,9 @@ faster, but an OS crash can lose the last interval's writes.
 				return err
 			}
 			if cfg.Server != "" {
+				if err := bus.CheckServerURL(cfg.Server); err != nil {
+					return cli.Invalid("server (--server, EDGE_SERVER): %v", err)
+				}
 				for _, name := range []string{"nats-listen", "sync", "sync-interval"} {
 					if cmd.Flags().Changed(name) {
 						return cli.Invalid("--%s does not apply when up connects to a server (server %s is set): it configures the embedded NATS server, which is then not started", name, cfg.Server)

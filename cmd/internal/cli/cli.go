@@ -140,6 +140,13 @@ func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 // Connect opens a client connection that fails fast (exit 3 when unreachable). It uses
 // TLS as $EDGE_TLS_CA, $EDGE_TLS_CERT and $EDGE_TLS_KEY say (see TLSFromEnv).
 func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*nats.Conn, error) {
+	source := "--server"
+	if server == "" {
+		source = "$NATS_URL"
+	}
+	if err := bus.CheckServerURL(bus.ServerURL(server)); err != nil {
+		return nil, Invalid("%s: %v", source, err)
+	}
 	files, err := TLSFromEnv()
 	if err != nil {
 		return nil, err

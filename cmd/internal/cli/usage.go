@@ -49,8 +49,9 @@ func given(args []string) string {
 	return fmt.Sprintf("got %d %s (%s)", len(args), noun, strings.Join(quoted, " "))
 }
 
-// group makes a command that only holds subcommands refuse an unknown one, and, unless it
-// is the root (which prints its help), being run without one.
+// group makes a command that only holds subcommands refuse an unknown one, and being run
+// without one: the root prints its help on stderr, a group one line; both exit 2, as any
+// usage error does.
 func group(c *cobra.Command, isRoot bool) {
 	var names []string
 	for _, sub := range c.Commands() {
@@ -66,7 +67,11 @@ func group(c *cobra.Command, isRoot bool) {
 	}
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		if isRoot {
-			return c.Help()
+			c.SetOut(c.ErrOrStderr())
+			if err := c.Help(); err != nil {
+				return err
+			}
+			return Silent(ExitInvalid)
 		}
 		return Invalid("%s needs a command: one of %s (see '%s --help')", c.CommandPath(), strings.Join(names, ", "), c.CommandPath())
 	}
