@@ -666,18 +666,27 @@ const resendRetry = 5 * time.Second
 // them): a stream that takes writes again gets them without waiting for a reconnect.
 func (g *Ghost) resendLoop() {
 	defer g.wg.Done()
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	defer retry.Stop()
+	var retry *time.Timer // made when a pass first leaves refused events
+	var retryC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	for {
 		select {
 		case <-g.stopping:
 			return
 		case <-g.resendKick:
-		case <-retry.C:
+		case <-retryC:
 		}
 		if g.resendUnacked(g.resendStored.Swap(false)) {
-			retry.Reset(resendRetry)
+			if retry == nil {
+				retry = time.NewTimer(resendRetry)
+				retryC = retry.C
+			} else {
+				retry.Reset(resendRetry)
+			}
 		}
 	}
 }
@@ -692,9 +701,18 @@ func (g *Ghost) resendUnacked(stored bool) (left bool) {
 		g.log.Error("execution store: listing unacknowledged events failed", "err", err)
 		return true
 	}
+	due := 0
+	for _, e := range execs {
+		if e.Event != nil && (!e.Stored || stored) {
+			due++
+		}
+	}
+	if due == 0 { // the usual case at a start or registration: no worker to start
+		return false
+	}
 	queue := make(chan *bus.Event)
 	var workers sync.WaitGroup
-	for range resendWorkers {
+	for range min(resendWorkers, due) {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
