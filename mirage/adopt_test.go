@@ -25,17 +25,9 @@ func adoptRec(id, ghost string, now time.Time) IntentRecord {
 // moving its rollout: that intent then never finishes before its deadline.
 func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	m := startTestMirage(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := New(ctx, nc, Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
 	now := time.Now()
 	recB := adoptRec("int_otherb", "g1", now)
 	m.mu.Lock()
@@ -85,17 +77,9 @@ func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 // replay cannot go on while the test holds m.mu; the answer must come all the same.
 func TestIssueSentAgainIsAnsweredBeforeItsIntentIsRebuilt(t *testing.T) {
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	m := startTestMirage(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := New(ctx, nc, Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
 	// Recorded (the store's answer to its Create was lost), refused, not followed.
 	rec := adoptRec("int_adoptc", "g1", time.Now())
 	data, err := json.Marshal(rec)

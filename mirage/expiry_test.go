@@ -21,10 +21,21 @@ import (
 // startTestMirage starts a Mirage on its own connection to ns, closed when the test ends.
 func startTestMirage(t *testing.T, ns *natsd.Server) *Mirage {
 	t.Helper()
+	return startTestMirageWith(t, ns, Config{}, nil)
+}
+
+// warnLog is a logger of warnings and errors into logs.
+func warnLog(logs *syncBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// startTestMirageWith is startTestMirage with cfg and log.
+func startTestMirageWith(t *testing.T, ns *natsd.Server, cfg Config, log *slog.Logger) *Mirage {
+	t.Helper()
 	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := New(ctx, nc, Config{}, nil)
+	m, err := New(ctx, nc, cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,17 +131,7 @@ func TestEventStoredInTimeButReadLateCounts(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.cc, err = cons.Consume(m.onEvent); err != nil {
-		t.Fatal(err)
-	}
-	r := waitTerminal(t, ns, rec.IntentID)
-	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
-		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
-	}
+	resumeEventsAndExpectSatisfied(t, ctx, m, ns, rec.IntentID)
 }
 
 // An event stored after the intent's cutoff does not count, whether the Mirage that
@@ -265,17 +266,7 @@ func TestExpiryAsksAgainWhenTheStreamsInfoFails(t *testing.T) {
 		}
 	}
 	failing.Store(false)
-	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.cc, err = cons.Consume(m.onEvent); err != nil {
-		t.Fatal(err)
-	}
-	r := waitTerminal(t, ns, rec.IntentID)
-	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
-		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
-	}
+	resumeEventsAndExpectSatisfied(t, ctx, m, ns, rec.IntentID)
 }
 
 // Between the expiry of an intent's targets and the end of the intent (finish), an event
@@ -347,15 +338,7 @@ func TestRecoveredIntentDoesNotWaitAtItsCutoffForEventsItsReplayRead(t *testing.
 		t.Fatalf("the consumer delivered %d events, want the one stored", read)
 	}
 	var logs syncBuffer
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
-	m, err := New(ctx, nc, Config{}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	startTestMirageWith(t, ns, Config{}, warnLog(&logs))
 	if cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace); !time.Now().Before(cutoff) {
 		t.Fatalf("Mirage started past the cutoff %s", cutoff)
 	}
@@ -452,5 +435,23 @@ func TestReadMarkWakesWaitersOnlyAtTheirMark(t *testing.T) {
 	r.advance(100)
 	if !<-done {
 		t.Fatal("the waiter was not woken at its mark")
+	}
+}
+
+// resumeEventsAndExpectSatisfied starts m's events consumer (stopped by the test) and
+// waits for intent id's terminal report, which must be satisfied: its event was stored
+// before the deadline.
+func resumeEventsAndExpectSatisfied(t *testing.T, ctx context.Context, m *Mirage, ns *natsd.Server, id string) {
+	t.Helper()
+	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.cc, err = cons.Consume(m.onEvent); err != nil {
+		t.Fatal(err)
+	}
+	r := waitTerminal(t, ns, id)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
+		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
 	}
 }

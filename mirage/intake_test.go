@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -39,18 +38,8 @@ func (s *syncBuffer) String() string {
 // logged at warning level at most once per bus.RateLogEvery, with how many it stands for.
 func TestRejectedIssuesAreWarnedAtMostOncePerInterval(t *testing.T) {
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
 	var logs syncBuffer
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	m, err := New(ctx, nc, Config{}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	startTestMirageWith(t, ns, Config{}, warnLog(&logs))
 	client := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"})
 	for i := range 200 {
 		reply, err := client.Request(subjects.Issue, []byte("not an issue"), 5*time.Second)
@@ -109,7 +98,7 @@ func TestCloseStopsWaitingForTheStoreWithinTheStopBudget(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var logs syncBuffer
-	m, err := New(ctx, nc, Config{StopBudget: time.Second}, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	m, err := New(ctx, nc, Config{StopBudget: time.Second}, warnLog(&logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,17 +43,9 @@ func TestLockDoesNotLingerForACommandWhoseEventCameAtTheDeadline(t *testing.T) {
 		late := tc.late
 		t.Run(tc.name, func(t *testing.T) {
 			ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-			nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+			m := startTestMirage(t, ns)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			m, err := New(ctx, nc, Config{}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := m.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
 			now := time.Now()
 			first := blockingRec("int_lingera", "g1", now)
 			m.mu.Lock()
@@ -70,7 +62,7 @@ func TestLockDoesNotLingerForACommandWhoseEventCameAtTheDeadline(t *testing.T) {
 			m.mu.Unlock()
 
 			// The command's terminal event comes before the rollout moves.
-			acks, err := nc.SubscribeSync(subjects.Ack("g1"))
+			acks, err := m.nc.SubscribeSync(subjects.Ack("g1"))
 			if err != nil {
 				t.Fatal(err)
 			}
