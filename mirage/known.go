@@ -36,6 +36,7 @@ type knownIntents struct {
 // bloomGen is one generation of ids: those added from start on, for one period.
 type bloomGen struct {
 	start  time.Time
+	last   time.Time // when the latest id was added
 	layers []*bloomLayer
 }
 
@@ -105,7 +106,7 @@ func (k *knownIntents) rotate(now time.Time) {
 		case k.due <- struct{}{}:
 		default:
 		}
-	case now.Sub(k.cur.start) >= 2*k.period:
+	case now.Sub(k.cur.start) >= 2*k.period && now.Sub(k.cur.last) >= k.period:
 		k.prev, k.cur = bloomGen{}, bloomGen{start: now}
 	case now.Sub(k.cur.start) >= k.period:
 		k.prev, k.cur = k.cur, bloomGen{start: now}
@@ -131,6 +132,9 @@ func (k *knownIntents) add(id string, now time.Time) {
 		l.bits[p/64] |= 1 << (p % 64)
 	}
 	l.n++
+	if now.After(g.last) {
+		g.last = now
+	}
 }
 
 // mayHave is false only for an id never added, or added more than a period before the

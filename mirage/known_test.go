@@ -162,3 +162,20 @@ func TestKnownIntentsFollowARaisedMaxAge(t *testing.T) {
 		t.Fatalf("after the max age was read again: id kept %v, period %s; want kept, %s", kept, period, knownPeriod(cfg.MaxAge))
 	}
 }
+
+// An id claimed while a due rotation waits for the bucket's max age to be read again, after
+// Mirage was idle for two periods, is kept a period like any other: the rotation that
+// follows must not drop the generation it went into.
+func TestKnownIntentKeptWhenAddedWhileARotationWaits(t *testing.T) {
+	p := knownPeriod(7 * 24 * time.Hour)
+	t0 := time.Unix(1_700_000_000, 0)
+	k := newKnownIntents(p, t0)
+	k.add("int_old", t0)
+	now := t0.Add(2*p + time.Minute) // idle for two periods
+	k.mayHave("int_new", now)        // claimIntent: the rotation is due, not yet confirmed
+	k.add("int_new", now)
+	k.setPeriod(p, now.Add(10*time.Millisecond)) // Mirage's loop reads the max age again
+	if !k.mayHave("int_new", now.Add(time.Second)) {
+		t.Fatal("int_new, added a second ago, reads as never recorded while edge_intents holds its record for a week")
+	}
+}
