@@ -33,11 +33,13 @@ func ServerURL(flag string) string {
 // CheckServerURL checks a NATS server URL, or a comma list of them, as nats.go reads it:
 // nats://, tls://, ws:// or wss:// (or host:port, taken as nats://), with a host.
 func CheckServerURL(s string) error {
+	named := false
 	for _, one := range strings.Split(s, ",") {
 		one = strings.TrimSpace(one)
 		if one == "" {
-			return fmt.Errorf("%q has an empty URL in its list", s)
+			continue // nats.go (and the nats CLI) skip an empty entry of a list
 		}
+		named = true
 		if !strings.Contains(one, "://") {
 			one = "nats://" + one
 		}
@@ -53,6 +55,9 @@ func CheckServerURL(s string) error {
 		if u.Hostname() == "" {
 			return fmt.Errorf("%q names no host", one)
 		}
+	}
+	if !named {
+		return fmt.Errorf("%q names no server", s)
 	}
 	return nil
 }

@@ -49,12 +49,12 @@ func TestServerURL(t *testing.T) {
 }
 
 func TestCheckServerURL(t *testing.T) {
-	for _, ok := range []string{"nats://127.0.0.1:4222", "tls://nats.example.com:4222", "127.0.0.1:4222", "nats://a:4222, nats://b:4222", "wss://x.example"} {
+	for _, ok := range []string{"nats://127.0.0.1:4222", "tls://nats.example.com:4222", "127.0.0.1:4222", "nats://a:4222, nats://b:4222", "wss://x.example", "nats://a:4222,,nats://b:4222", "nats://a:4222,"} {
 		if err := bus.CheckServerURL(ok); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"http://foo", "nats://", "nats://a:4222,,nats://b:4222", "nats://a b"} {
+	for _, bad := range []string{"http://foo", "nats://", "", " , ", "nats://a b"} {
 		if err := bus.CheckServerURL(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
