@@ -342,15 +342,18 @@ func (g *Ghost) claimLoop(probes chan *nats.Msg, answers *probeAnswers, connecte
 			g.answerProbe(m, bus.InstanceRunning)
 			g.runningClash(other, "another instance of this ghost id probed it")
 		case m := <-answerCh:
-			if other, ok := g.readAnswer(m); ok {
-				if answers.starting && other.Phase == bus.InstanceRunning {
-					// It kept the id against this Ghost's start: this one goes.
-					g.standDown(&DuplicateIDError{ID: g.cfg.ID, Other: other})
-				} else {
-					g.runningClash(other, "another instance of this ghost id answered its probe")
+			g.lateAnswer(answers, m)
+		case <-expired:
+			// An answer that came in time may be waiting beside the timer (select picks
+			// either): it is read before the held commands may run.
+			for drained := false; !drained; {
+				select {
+				case m := <-answers.ch:
+					g.lateAnswer(answers, m)
+				default:
+					drained = true
 				}
 			}
-		case <-expired:
 			answers.close()
 			answers = nil
 			g.claim.markSettled()
@@ -361,6 +364,20 @@ func (g *Ghost) claimLoop(probes chan *nats.Msg, answers *probeAnswers, connecte
 			}
 		}
 	}
+}
+
+// lateAnswer acts on an answer to this Ghost's probe read once it serves.
+func (g *Ghost) lateAnswer(answers *probeAnswers, m *nats.Msg) {
+	other, ok := g.readAnswer(m)
+	if !ok {
+		return
+	}
+	if answers.starting && other.Phase == bus.InstanceRunning {
+		// It kept the id against this Ghost's start: this one goes.
+		g.standDown(&DuplicateIDError{ID: g.cfg.ID, Other: other})
+		return
+	}
+	g.runningClash(other, "another instance of this ghost id answered its probe")
 }
 
 // probeAgain asks, once connected again, whether another instance runs: a partition may
