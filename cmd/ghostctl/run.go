@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -93,7 +94,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			}
 			if err := g.Start(ctx); err != nil {
 				_ = g.Close()
-				if cli.Interrupted(ctx) && g.Err() == nil {
+				if cli.Interrupted(ctx) && g.Err() == nil && !errors.Is(err, ghost.ErrDuplicateID) {
 					// SIGINT or SIGTERM while it probed its id or registered: a stop
 					// asked for, not a failure. It has run nothing.
 					log.Info("stopped while starting", "component", "ghostctl")
