@@ -116,18 +116,7 @@ func TestGhostctlRequiredStandingDownWhileRegisteringExits3(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A Mirage that does not answer yet: the Ghost is registering.
-	registering := make(chan struct{}, 1)
-	if _, err := nc.Subscribe(subjects.Register(id), func(*nats.Msg) {
-		select {
-		case registering <- struct{}{}:
-		default:
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	registering := registrations(t, nc, id)
 	begun := time.Now()
 	proc := testenv.Start(t, ghostctl, "run", "--config", filepath.Join(dir, "config.toml"))
 	select {
@@ -153,4 +142,23 @@ func TestGhostctlRequiredStandingDownWhileRegisteringExits3(t *testing.T) {
 	if !line.MatchString(proc.Output()) {
 		t.Fatalf("ghostctl's output lacks the refusal line naming the twin:\n%s", proc.Output())
 	}
+}
+
+// registrations stands in for a Mirage that never answers a registration of id: the
+// channel says (at most once pending) that one came.
+func registrations(t *testing.T, nc *nats.Conn, id string) <-chan struct{} {
+	t.Helper()
+	registering := make(chan struct{}, 1)
+	if _, err := nc.Subscribe(subjects.Register(id), func(*nats.Msg) {
+		select {
+		case registering <- struct{}{}:
+		default:
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return registering
 }

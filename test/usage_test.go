@@ -12,11 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
-	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -229,19 +226,7 @@ func TestGhostctlInterruptedWhileStartingExitsZero(t *testing.T) {
 		t.Fatalf("ghostctl init exited %d: %s", code, init.Output())
 	}
 	// A Mirage that never answers: the Ghost keeps registering.
-	registering := make(chan struct{}, 1)
-	nc := env.Conn("silent mirage")
-	if _, err := nc.Subscribe(subjects.Register(id), func(*nats.Msg) {
-		select {
-		case registering <- struct{}{}:
-		default:
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	registering := registrations(t, env.Conn("silent mirage"), id)
 	proc := testenv.Start(t, ghostctl, "run", "--config", filepath.Join(dir, "config.toml"))
 	select {
 	case <-registering:
