@@ -111,15 +111,7 @@ func TestEventStoredInTimeButReadLateCounts(t *testing.T) {
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
 	m := startTestMirage(t, ns)
 	rec := shortRec("int_readlate", "g1", 1500*time.Millisecond)
-	m.mu.Lock()
-	li := newLiveIntent(rec)
-	m.live[rec.IntentID] = li
-	m.arm(li)
-	m.advance(li) // unit 0 dispatched
-	m.mu.Unlock()
-	// The consumer lags: it reads nothing until resumed.
-	m.cc.Stop()
-	<-m.cc.Closed()
+	followWithLaggingConsumer(m, rec)
 	stored := publishSuccess(t, m.js, &rec, "g1")
 	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
 	if !stored.Before(cutoff) {
@@ -247,15 +239,7 @@ func TestExpiryAsksAgainWhenTheStreamsInfoFails(t *testing.T) {
 	defer m.Close()
 	failing.Store(true)
 	rec := shortRec("int_infofails", "g1", 1500*time.Millisecond)
-	m.mu.Lock()
-	li := newLiveIntent(rec)
-	m.live[rec.IntentID] = li
-	m.arm(li)
-	m.advance(li) // unit 0 dispatched
-	m.mu.Unlock()
-	// The consumer lags: it reads nothing until resumed.
-	m.cc.Stop()
-	<-m.cc.Closed()
+	followWithLaggingConsumer(m, rec)
 	if stored := publishSuccess(t, m.js, &rec, "g1"); !stored.Before(time.UnixMilli(rec.DeadlineMS).Add(resultGrace)) {
 		t.Fatalf("the event was stored at %s, after the cutoff", stored)
 	}
@@ -454,4 +438,17 @@ func resumeEventsAndExpectSatisfied(t *testing.T, ctx context.Context, m *Mirage
 	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
 		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline", r.Phase, r.Summary, r.Results)
 	}
+}
+
+// followWithLaggingConsumer makes rec a live intent of m with its deadline armed and unit 0
+// dispatched, and stops m's events consumer: it reads nothing until the test resumes it.
+func followWithLaggingConsumer(m *Mirage, rec IntentRecord) {
+	m.mu.Lock()
+	li := newLiveIntent(rec)
+	m.live[rec.IntentID] = li
+	m.arm(li)
+	m.advance(li)
+	m.mu.Unlock()
+	m.cc.Stop()
+	<-m.cc.Closed()
 }
