@@ -249,13 +249,27 @@ func (p *Pipeline) refuse(ctx context.Context, cmd *bus.Command, perr *bus.Error
 // that, the event is kept in memory (givenUp), claimed before the claim is released: every
 // later delivery in this process is a duplicate of it.
 //
-// It returns nil when the command has an answer already, which stands: a delivery of it
-// holds it in this process, the store holds its execution (a copy got through while the
-// replays failed), or the Ghost gave up on it before (two copies in EDGE_CMD).
-func (p *Pipeline) Abandon(ctx context.Context, cmd *bus.Command, perr *bus.Error) *bus.Event {
-	release, _, given := p.claim(cmd.CommandID)
-	if given != nil || release == nil {
-		return nil
+// While another delivery of the command holds it in this process (a live copy), Abandon
+// waits for that one to release it: the copy may run the command, or fail in the store as
+// the replays did and leave it for a later catch-up, which will not come, the replay
+// position being past it. Only the store's record tells which.
+//
+// It returns nil when the command has an answer already, which stands: the store holds its
+// execution (a copy got through), or the Ghost gave up on it before (two copies in
+// EDGE_CMD). It returns ctx's error, and no event, when ctx ends while a copy still holds
+// the command: that copy's outcome is the command's.
+func (p *Pipeline) Abandon(ctx context.Context, cmd *bus.Command, perr *bus.Error) (*bus.Event, error) {
+	release, held, given := p.claim(cmd.CommandID)
+	for release == nil {
+		if given != nil {
+			return nil, nil
+		}
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		release, held, given = p.claim(cmd.CommandID)
 	}
 	defer release()
 	now := p.now()
@@ -263,7 +277,7 @@ func (p *Pipeline) Abandon(ctx context.Context, cmd *bus.Command, perr *bus.Erro
 	exec.Args, exec.Command, exec.Refusal = nil, nil, perr
 	_, fresh, err := p.store.Begin(ctx, exec)
 	if err == nil && !fresh {
-		return nil
+		return nil, nil
 	}
 	ev := p.refusalEvent(cmd, exec.ExecutionID, now, now, perr)
 	if err != nil {
@@ -271,10 +285,10 @@ func (p *Pipeline) Abandon(ctx context.Context, cmd *bus.Command, perr *bus.Erro
 		p.mu.Lock()
 		p.givenUp[cmd.CommandID] = ev
 		p.mu.Unlock()
-		return ev
+		return ev, nil
 	}
 	p.finish(ctx, exec.ExecutionID, ev)
-	return ev
+	return ev, nil
 }
 
 // Refuse is the entry for commands that failed decoding: only what ProbeCommand read is

@@ -664,7 +664,9 @@ func TestPipelineStoreFailureSendsNoEvent(t *testing.T) {
 // A command the Ghost gives up on (Abandon, a 1500 "not run and will not be") has that one
 // terminal event: a later delivery, the store back, gets it as a duplicate and runs
 // nothing, whether the store recorded the refusal or could not (held in memory). A command
-// that has an answer already (a copy of it ran, or runs now) gets no 1500 at all.
+// that has an answer already (a copy of it ran) gets no 1500 at all; one a copy holds is
+// answered once that copy ends, as the copy left it: the 1500 only when the store failed
+// the copy too.
 func TestPipelineAbandonGivesTheCommandOneTerminalEvent(t *testing.T) {
 	perr := bus.Errorf(bus.CodeInternal, "the ghost gave up on the command; it was not run and will not be")
 	for _, tc := range []struct {
@@ -680,10 +682,9 @@ func TestPipelineAbandonGivesTheCommandOneTerminalEvent(t *testing.T) {
 			p.Run(context.Background(), &c).Wait()
 			return func() {}
 		}, true, false},
-		{"a copy is running", func(_ *fixture, p *Pipeline, cmd *bus.Command) func() {
-			release, _, _ := p.claim(cmd.CommandID)
-			return release
-		}, true, false},
+		{"a copy is running and gets through", copyHolding(true), true, false},
+		{"a copy is running and the store fails it", copyHolding(false), true, true},
+		{"a copy is running, the store fails it and the refusal", copyHolding(false), false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -695,8 +696,11 @@ func TestPipelineAbandonGivesTheCommandOneTerminalEvent(t *testing.T) {
 				defer tc.before(f, p, cmd)()
 			}
 			st.fail.Store(!tc.storeUp)
-			ev := p.Abandon(ctx, cmd, perr)
+			ev, err := p.Abandon(ctx, cmd, perr)
 			st.fail.Store(false)
+			if err != nil {
+				t.Fatalf("Abandon: %v", err)
+			}
 			if !tc.answer {
 				if ev != nil {
 					t.Fatalf("abandoned a command that has an answer already: %+v", ev)
@@ -731,5 +735,51 @@ func TestPipelineAbandonGivesTheCommandOneTerminalEvent(t *testing.T) {
 				t.Fatalf("the seed ran %d times for a command answered 'not run'", calls)
 			}
 		})
+	}
+}
+
+// copyHolding is a copy of the command given up on that holds it (its delivery claimed it)
+// when Abandon is called and releases it a moment later: its execution recorded when ran is
+// set (it got through), nothing recorded otherwise (the store failed it too).
+func copyHolding(ran bool) func(f *fixture, p *Pipeline, cmd *bus.Command) (undo func()) {
+	return func(f *fixture, p *Pipeline, cmd *bus.Command) func() {
+		release, _, _ := p.claim(cmd.CommandID)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer release()
+			time.Sleep(50 * time.Millisecond) // Abandon is waiting by then
+			if !ran {
+				return
+			}
+			now := time.Now()
+			exec := p.newExecution(cmd, now)
+			if _, _, err := f.store.Begin(context.Background(), exec); err != nil {
+				panic(err)
+			}
+			ev := p.event(cmd, exec.ExecutionID, now, now, bus.Result{Status: "ok"}, nil)
+			if err := f.store.Finish(context.Background(), exec.ExecutionID, ev); err != nil {
+				panic(err)
+			}
+		}()
+		return func() { <-done }
+	}
+}
+
+// Abandon waits for a copy holding the command only as long as its context lasts (the Ghost
+// stopping): it then answers nothing and records nothing, the command being the copy's.
+func TestPipelineAbandonStopsWaitingWithItsContext(t *testing.T) {
+	f := newFixture(t)
+	cmd := command(t, "t.ok", "run")
+	release, _, _ := f.p.claim(cmd.CommandID)
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	ev, err := f.p.Abandon(ctx, cmd, bus.Errorf(bus.CodeInternal, "given up"))
+	if ev != nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Abandon with a copy holding the command past its context: event %+v, err %v; want none and the context's error", ev, err)
+	}
+	if _, err := f.store.GetByCommandID(context.Background(), cmd.CommandID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("recorded the command (%v) while a copy held it", err)
 	}
 }

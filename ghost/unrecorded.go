@@ -18,7 +18,9 @@ import (
 // so the failure is likely this command's), the command is refused with a 1500 and never
 // read again. The refusal claims the command as any refusal does, so it is the command's
 // one terminal event whatever delivers it later: a copy that got through meanwhile keeps its
-// own event and gets no 1500. A store that fails every write cannot save the position:
+// own event and gets no 1500. A copy still being handled then is waited for: its record
+// says whether it got through or the store failed it too, which leaves the command to the
+// 1500 (no replay reads it again). A store that fails every write cannot save the position:
 // nothing is given up, and the commands run once it recovers, as before.
 
 // A replay gives up on a command the store could not record after this many replays of it
@@ -67,35 +69,48 @@ func (g *Ghost) giveUp(commandID string) (unrecordedCommand, bool) {
 func (g *Ghost) recorded(commandID string) { delete(g.unrecorded, commandID) }
 
 // answerAbandoned refuses with a 1500 each command a replay gave up on, the replay position
-// being saved past them, and sends its event (Pipeline.Abandon): recorded when the store
-// takes the small refusal record (re-sent then as any event, and every later delivery is a
-// duplicate of it), held in memory otherwise. A command that has an answer by then (a copy
-// of it ran meanwhile) gets no other. Under catchMu.
+// being saved past them, and sends its event (abandon). Each is answered beside the delivery
+// loop, since it may wait for a copy of the command handled meanwhile. Under catchMu.
 func (g *Ghost) answerAbandoned(abandoned []abandonedCommand) {
 	for _, a := range abandoned {
 		cmd := g.commandOf(a.data, a.hdr)
 		delete(g.unrecorded, cmd.CommandID)
 		perr := bus.Errorf(bus.CodeInternal, "the ghost gave up on the command after %d attempts over %s: %v; it was not run and will not be",
 			a.attempts, g.cfg.Now().Sub(a.first).Round(time.Second), a.cause)
-		ev := g.pipeline.Abandon(g.run, cmd, perr)
-		if ev == nil {
-			g.log.Info("gave up on a command the execution store could not record, but it has its terminal event already (a copy of it got through meanwhile); the replay position is past it", "command_id", cmd.CommandID, "attempts", a.attempts, "since", a.first)
-			continue
-		}
-		g.log.Error("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it", "command_id", cmd.CommandID, "event_id", ev.EventID, "attempts", a.attempts, "since", a.first, "err", a.cause)
-		g.cfg.Metrics.outcome(Outcome{Event: ev})
 		if !g.track() {
-			// Stopping: sent before the delivery loop ends, within Close's flush window,
-			// as the later ones are; what is not stored by then is re-sent at the next
-			// start when its refusal was recorded.
-			g.emit(g.send, ev)
+			// Stopping: answered here, before the delivery loop ends, within Close's flush
+			// window (which also ends the wait for a copy), as the later ones are; what is
+			// not stored by then is re-sent at the next start when its refusal was recorded.
+			g.abandon(cmd, perr, a)
 			continue
 		}
 		go func() {
 			defer g.wg.Done()
-			g.emit(g.send, ev)
+			g.abandon(cmd, perr, a)
 		}()
 	}
+}
+
+// abandon answers cmd, given up on, with perr and sends its event (Pipeline.Abandon):
+// recorded when the store takes the small refusal record (re-sent then as any event, and
+// every later delivery is a duplicate of it), held in memory otherwise. A command that has
+// an answer by then (a copy of it ran meanwhile) gets no other. A copy still holding the
+// command is waited for until Close's flush window ends (g.send): by then the Ghost has
+// interrupted its executions, so that copy is stuck in the store, and the command is left
+// to it.
+func (g *Ghost) abandon(cmd *bus.Command, perr *bus.Error, a abandonedCommand) {
+	ev, err := g.pipeline.Abandon(g.send, cmd, perr)
+	switch {
+	case err != nil:
+		g.log.Error("ghost stopped while a copy of a command given up on still held it: not answered; the command has whatever answer that copy gives it", "command_id", cmd.CommandID, "attempts", a.attempts, "since", a.first)
+		return
+	case ev == nil:
+		g.log.Info("gave up on a command the execution store could not record, but it has its terminal event already (a copy of it got through meanwhile); the replay position is past it", "command_id", cmd.CommandID, "attempts", a.attempts, "since", a.first)
+		return
+	}
+	g.log.Error("execution store never recorded the command: giving up on it; answered 1500, the replay position is past it", "command_id", cmd.CommandID, "event_id", ev.EventID, "attempts", a.attempts, "since", a.first, "err", a.cause)
+	g.cfg.Metrics.outcome(Outcome{Event: ev})
+	g.emit(g.send, ev)
 }
 
 // commandOf is the command in data as far as it can be read: decoded, or what
