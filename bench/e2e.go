@@ -203,7 +203,7 @@ func (e *runEnv) e2e(ctx context.Context) (Rate, error) {
 		return Rate{}, err
 	}
 	defer p.close()
-	gc, err := connect(ctx, p.srv, "ghost "+e2eGhost)
+	gc, err := connectGhost(ctx, p.srv, e2eGhost)
 	if err != nil {
 		return Rate{}, err
 	}

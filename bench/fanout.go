@@ -60,7 +60,7 @@ func (e *runEnv) register(ctx context.Context, res *Fan) (*fleet, error) {
 	e.closers = append(e.closers, f.close)
 	err = parallel(ctx, n, 64, func(i int) error {
 		id := fmt.Sprintf("g%d-%05d", n, i)
-		nc, err := connect(ctx, p.srv, "ghost "+id)
+		nc, err := connectGhost(ctx, p.srv, id)
 		if err != nil {
 			return err
 		}

@@ -51,6 +51,11 @@ func connect(ctx context.Context, srv *natsd.Server, name string) (*nats.Conn, e
 	return bus.Connect(ctx, bus.ConnConfig{InProcess: srv, Name: name, Persistent: true})
 }
 
+// connectGhost opens a Ghost's connection as ghostctl does (bus.GhostRequests).
+func connectGhost(ctx context.Context, srv *natsd.Server, id string) (*nats.Conn, error) {
+	return bus.Connect(ctx, bus.ConnConfig{InProcess: srv, Name: "ghost " + id, Persistent: true, Options: []nats.Option{bus.GhostRequests()}})
+}
+
 // rawMsg carries the headers every stored edgectl envelope carries: Nats-Msg-Id and a
 // traceparent of the same size.
 func rawMsg(subject, id string, data []byte) *nats.Msg {

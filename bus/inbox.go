@@ -1,5 +1,7 @@
 package bus
 
+import "github.com/nats-io/nats.go"
+
 // Inbox prefixes. Each Ghost has its own, so that no Ghost can read another's replies;
 // Mirage has one no Ghost id can produce. The server's permissions (package natsd) allow
 // each connection only its own.
@@ -7,6 +9,16 @@ const (
 	mirageInbox = "_INBOX_MIRAGE"
 	ghostInbox  = "_INBOX_GHOST"
 )
+
+// GhostRequests is how a Ghost's connection waits for replies (register.ack, the
+// acknowledgement of each event it stores, replay and seed reads): on a reply subject
+// subscribed for that one request, instead of one wildcard subscription for them all. A
+// Ghost makes few requests, and a wildcard subscription costs the server, when it is made,
+// a match against every subject its subscription cache holds, under the cache's write
+// lock: ten thousand Ghosts connecting at once (a fleet starting, a server restarting)
+// made ten million such matches, and their registration took a quarter longer
+// (docs/performance.md). The subject stays under the Ghost's inbox prefix.
+func GhostRequests() nats.Option { return nats.UseOldRequestStyle() }
 
 // AllGhostInboxes matches the replies to every Ghost (Mirage answers their requests).
 const AllGhostInboxes = ghostInbox + ".>"

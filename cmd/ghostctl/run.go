@@ -55,7 +55,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 					return &config.Error{Source: config.Where(cfgPath, "nkey_file"), Key: "nkey_file", Reason: err.Error()}
 				}
 			}
-			conn.Options = connAuth(cfg, identity)
+			conn.Options = append(connAuth(cfg, identity), bus.GhostRequests())
 			nc, err := bus.Connect(ctx, conn)
 			if err != nil {
 				return cli.Exit(cli.ExitUnavailable, err)

@@ -355,6 +355,7 @@ func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config
 	if err != nil {
 		return nil, err
 	}
+	conn.Options = append(conn.Options, bus.GhostRequests())
 	nc, err := bus.Connect(ctx, conn)
 	if err != nil {
 		return nil, cli.Exit(cli.ExitUnavailable, err)
