@@ -175,11 +175,7 @@ func (m *Issue) appendJSON(dst []byte) []byte {
 	dst = appendStrField(dst, "intent_id", m.IntentID)
 	dst = appendStrField(dst, "actor", m.Actor)
 	dst = appendStrField(dst, "target_scope", m.TargetScope)
-	dst = append(appendKey(dst, false, "objective"), '{')
-	dst = appendString(appendKey(dst, true, "seed_selector"), m.Objective.SeedSelector)
-	dst = appendStrField(dst, "operation", m.Objective.Operation)
-	dst = appendStrMap(appendKey(dst, false, "args"), m.Objective.Args)
-	dst = append(dst, '}')
+	dst = appendObjective(appendKey(dst, false, "objective"), &m.Objective)
 	dst = appendIntField(dst, "timeout_ms", m.TimeoutMS)
 	dst = appendOptInt(dst, "deliver_by_ms", m.DeliverByMS)
 	dst = appendOptStr(dst, "max_concurrency", m.MaxConcurrency)
@@ -187,6 +183,14 @@ func (m *Issue) appendJSON(dst []byte) []byte {
 	if len(m.Plan) > 0 {
 		dst = appendArray(appendKey(dst, false, "plan"), m.Plan, appendPlanStep)
 	}
+	return append(dst, '}')
+}
+
+func appendObjective(dst []byte, o *Objective) []byte {
+	dst = append(dst, '{')
+	dst = appendString(appendKey(dst, true, "seed_selector"), o.SeedSelector)
+	dst = appendStrField(dst, "operation", o.Operation)
+	dst = appendStrMap(appendKey(dst, false, "args"), o.Args)
 	return append(dst, '}')
 }
 
@@ -276,8 +280,14 @@ func (m *Report) appendJSON(dst []byte) []byte {
 	dst = appendStrField(dst, "phase", m.Phase)
 	dst = appendStrField(dst, "completion_state", m.CompletionState)
 	dst = appendStrField(dst, "summary", m.Summary)
-	c := &m.Counts
-	dst = append(appendKey(dst, false, "counts"), '{')
+	dst = appendCounts(appendKey(dst, false, "counts"), &m.Counts)
+	dst = appendArray(appendKey(dst, false, "results"), m.Results, appendTargetResult)
+	dst = appendOptInt(dst, "results_omitted", int64(m.ResultsOmitted))
+	return append(dst, '}')
+}
+
+func appendCounts(dst []byte, c *Counts) []byte {
+	dst = append(dst, '{')
 	dst = strconv.AppendInt(appendKey(dst, true, "targets"), int64(c.Targets), 10)
 	dst = appendIntField(dst, "success", int64(c.Success))
 	dst = appendIntField(dst, "error", int64(c.Error))
@@ -285,9 +295,6 @@ func (m *Report) appendJSON(dst []byte) []byte {
 	dst = appendIntField(dst, "pending", int64(c.Pending))
 	dst = appendOptInt(dst, "expired", int64(c.Expired))
 	dst = appendOptInt(dst, "skipped", int64(c.Skipped))
-	dst = append(dst, '}')
-	dst = appendArray(appendKey(dst, false, "results"), m.Results, appendTargetResult)
-	dst = appendOptInt(dst, "results_omitted", int64(m.ResultsOmitted))
 	return append(dst, '}')
 }
 

@@ -252,3 +252,31 @@ func BenchmarkEncodeReport(b *testing.B) {
 	}
 	benchEncode(b, data, &Report{})
 }
+
+// The helpers records are written with encode their values as encoding/json does.
+func TestAppendHelpersMatchEncodingJSON(t *testing.T) {
+	odd := "q\"\\ <&> \u2028 \x01 é \xff"
+	for _, c := range []struct {
+		v   any
+		got []byte
+	}{
+		{[]string(nil), AppendStrings(nil, nil)},
+		{[]string{}, AppendStrings(nil, []string{})},
+		{[]string{"a", odd}, AppendStrings(nil, []string{"a", odd})},
+		{map[string]string(nil), AppendStringMap(nil, nil)},
+		{map[string]string{odd: "1", "a": odd}, AppendStringMap(nil, map[string]string{odd: "1", "a": odd})},
+		{&Objective{}, AppendObjective(nil, &Objective{})},
+		{&Objective{SeedSelector: odd, Operation: "x", Args: map[string]string{"b": odd, "a": ""}}, AppendObjective(nil, &Objective{SeedSelector: odd, Operation: "x", Args: map[string]string{"b": odd, "a": ""}})},
+		{&Counts{}, AppendCounts(nil, &Counts{})},
+		{&Counts{Targets: 3, Success: 1, Error: 1, Timeout: 1, Pending: -1, Expired: 2, Skipped: 9}, AppendCounts(nil, &Counts{Targets: 3, Success: 1, Error: 1, Timeout: 1, Pending: -1, Expired: 2, Skipped: 9})},
+		{&Error{Code: CodeInternal, Message: odd}, AppendError(nil, &Error{Code: CodeInternal, Message: odd})},
+	} {
+		if want := encodeReflect(t, c.v); !bytes.Equal(c.got, want) {
+			t.Errorf("%T:\nappended      %s\nencoding/json %s", c.v, c.got, want)
+		}
+	}
+	obj := AppendString(AppendKey([]byte("{"), true, "a"), "1")
+	if got := string(append(AppendString(AppendKey(obj, false, "b"), "x"), '}')); got != `{"a":"1","b":"x"}` {
+		t.Errorf("keys: %s", got)
+	}
+}

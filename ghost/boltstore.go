@@ -225,11 +225,7 @@ func putNew(tx *bolt.Tx, e *Execution) (bool, error) {
 	if id := tx.Bucket(bucketCommand).Get([]byte(e.CommandID)); id != nil {
 		return false, getExec(tx, id, e)
 	}
-	data, err := json.Marshal(e)
-	if err != nil {
-		return false, err
-	}
-	if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), data); err != nil {
+	if err := tx.Bucket(bucketExec).Put([]byte(e.ExecutionID), e.appendJSON(nil)); err != nil {
 		return false, err
 	}
 	if err := tx.Bucket(bucketCommand).Put([]byte(e.CommandID), []byte(e.ExecutionID)); err != nil {
@@ -478,11 +474,7 @@ func applyMarks(tx *bolt.Tx, marks map[string]mark) error {
 			continue
 		}
 		e.Acked, e.Stored = acked, stored
-		data, err := json.Marshal(&e)
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketExec).Put(execID, data); err != nil {
+		if err := tx.Bucket(bucketExec).Put(execID, e.appendJSON(nil)); err != nil {
 			return err
 		}
 	}
@@ -496,11 +488,7 @@ func (s *BoltStore) update(executionID string, f func(*Execution)) error {
 			return err
 		}
 		f(&e)
-		data, err := json.Marshal(&e)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketExec).Put([]byte(executionID), data)
+		return tx.Bucket(bucketExec).Put([]byte(executionID), e.appendJSON(nil))
 	})
 }
 

@@ -3,6 +3,7 @@ package ghost
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 
 	"github.com/edgectl/edgectl/bus"
@@ -46,6 +47,43 @@ type Execution struct {
 	// finds it not finished ends it with the same refusal (nothing ran), not as
 	// interrupted.
 	Refusal *bus.Error `json:"refusal,omitempty"`
+}
+
+// appendJSON appends the execution's JSON, as encoding/json writes it with HTML escaping
+// off, without reflection: the durable store writes one or more for every command.
+func (e *Execution) appendJSON(dst []byte) []byte {
+	dst = bus.AppendString(bus.AppendKey(append(dst, '{'), true, "execution_id"), e.ExecutionID)
+	for _, f := range [...]struct{ key, v string }{
+		{"command_id", e.CommandID}, {"message_id", e.MessageID}, {"intent_id", e.IntentID},
+		{"trace_id", e.TraceID}, {"seed_id", e.SeedID}, {"operation", e.Operation},
+	} {
+		dst = bus.AppendString(bus.AppendKey(dst, false, f.key), f.v)
+	}
+	if len(e.Args) > 0 {
+		dst = bus.AppendStringMap(bus.AppendKey(dst, false, "args"), e.Args)
+	}
+	dst = strconv.AppendBool(bus.AppendKey(dst, false, "idempotent"), e.Idempotent)
+	dst = bus.AppendString(bus.AppendKey(dst, false, "state"), e.State)
+	dst = strconv.AppendInt(bus.AppendKey(dst, false, "started_ms"), e.StartedMS, 10)
+	if e.FinishedMS != 0 {
+		dst = strconv.AppendInt(bus.AppendKey(dst, false, "finished_ms"), e.FinishedMS, 10)
+	}
+	if e.Event != nil {
+		dst = bus.AppendEvent(bus.AppendKey(dst, false, "event"), e.Event)
+	}
+	if e.Acked {
+		dst = append(bus.AppendKey(dst, false, "acked"), "true"...)
+	}
+	if e.Stored {
+		dst = append(bus.AppendKey(dst, false, "stored"), "true"...)
+	}
+	if e.Command != nil {
+		dst = bus.AppendCommand(bus.AppendKey(dst, false, "command"), e.Command)
+	}
+	if e.Refusal != nil {
+		dst = bus.AppendError(bus.AppendKey(dst, false, "refusal"), e.Refusal)
+	}
+	return append(dst, '}')
 }
 
 // ExecutionStore records executions so that a command_id runs at most once. Begin is the

@@ -1,15 +1,18 @@
 package ghost
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
-	"path/filepath"
 )
 
 func TestStoreUnknownIDs(t *testing.T) {
@@ -177,4 +180,48 @@ func TestBoltStoreDurableBeginFindsTheExecutionInMemory(t *testing.T) {
 	if err != nil || fresh || got.ExecutionID != running.ExecutionID || got.Event == nil || got.Event.EventID != ev.EventID {
 		t.Fatalf("durable begin after the execution finished: %+v fresh %v err %v", got, fresh, err)
 	}
+}
+
+// The execution record is written without reflection, byte for byte as encoding/json
+// writes it (HTML escaping off), and reads back the same.
+func FuzzExecutionEncodesAsEncodingJSON(f *testing.F) {
+	f.Add("exe_1", "q\"\\ <&> \u2028 \x01 é \xff", int64(3), true)
+	f.Add("", "", int64(0), false)
+	f.Fuzz(func(t *testing.T, id, text string, n int64, flag bool) {
+		hdr := bus.Header{Type: text, V: 1, MessageID: id, TraceID: text, TimestampMS: n}
+		e := &Execution{ExecutionID: id, CommandID: text, MessageID: id, IntentID: text, TraceID: id, SeedID: text, Operation: id,
+			Idempotent: flag, State: text, StartedMS: n}
+		if flag {
+			e.Args = map[string]string{text: id, "k": text}
+			e.FinishedMS, e.Acked = n, true
+			e.Event = &bus.Event{Header: hdr, EventID: id, Outcome: text, Result: bus.Result{Stdout: text, ExitCode: int(n)},
+				Error: &bus.Error{Code: bus.Code(n), Message: text}}
+			e.Refusal = &bus.Error{Code: bus.CodeInternal, Class: text, Field: id}
+		} else {
+			e.Args = map[string]string{}
+			e.Stored = true
+			e.Command = &bus.Command{Header: hdr, CommandID: id, Args: map[string]string{"a": text}, TimeoutMS: n}
+		}
+		got := e.appendJSON(nil)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(e); err != nil {
+			t.Fatal(err)
+		}
+		want := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+		if !bytes.Equal(got, want) {
+			t.Fatalf("\nappended      %q\nencoding/json %q", got, want)
+		}
+		var back, orig Execution
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(want, &orig); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, orig) {
+			t.Fatalf("read back %+v, want %+v", back, orig)
+		}
+	})
 }

@@ -360,10 +360,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
 		rec.DeliverByMS = is.DeliverByMS
 	}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return nil, nil, nil, nil, bus.Errorf(bus.CodeInternal, "encode intent: %v", err)
-	}
+	data := rec.appendJSON(make([]byte, 0, 1024+48*len(rec.Targets)))
 	if len(data) > bus.MaxEnvelope {
 		return nil, nil, nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
 	}

@@ -13,8 +13,8 @@ import (
 )
 
 // IntentRecord is an intent's desired state, stored in KV edge_intents (key = intent_id)
-// when it is accepted and again when it ends. Observed state (events) lives in EDGE_EVT,
-// so the record is small and written twice, whatever the fleet size.
+// once, when it is accepted. Observed state (events) lives in EDGE_EVT and the terminal
+// state in the terminal report, so the record is written once whatever the fleet size.
 type IntentRecord struct {
 	IntentID string    `json:"intent_id"`
 	Issue    bus.Issue `json:"issue"`
@@ -44,6 +44,57 @@ type StepRecord struct {
 	Blocking  bool          `json:"blocking,omitempty"`
 	// First is the unit index of the step's first target.
 	First int `json:"first"`
+}
+
+// appendJSON appends the record's JSON, as encoding/json writes it with HTML escaping
+// off, without reflection: one is written for every intent.
+func (r *IntentRecord) appendJSON(dst []byte) []byte {
+	dst = bus.AppendString(bus.AppendKey(append(dst, '{'), true, "intent_id"), r.IntentID)
+	dst = bus.AppendIssue(bus.AppendKey(dst, false, "issue"), &r.Issue)
+	dst = bus.AppendStrings(bus.AppendKey(dst, false, "targets"), r.Targets)
+	dst = bus.AppendKey(dst, false, "steps")
+	if r.Steps == nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, '[')
+		for i := range r.Steps {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = r.Steps[i].appendJSON(dst)
+		}
+		dst = append(dst, ']')
+	}
+	if r.MaxConcurrency != 0 {
+		dst = strconv.AppendInt(bus.AppendKey(dst, false, "max_concurrency"), int64(r.MaxConcurrency), 10)
+	}
+	dst = strconv.AppendInt(bus.AppendKey(dst, false, "max_errors"), int64(r.MaxErrors), 10)
+	dst = strconv.AppendInt(bus.AppendKey(dst, false, "created_ms"), r.CreatedMS, 10)
+	dst = strconv.AppendInt(bus.AppendKey(dst, false, "deadline_ms"), r.DeadlineMS, 10)
+	dst = strconv.AppendInt(bus.AppendKey(dst, false, "deliver_by_ms"), r.DeliverByMS, 10)
+	dst = bus.AppendString(bus.AppendKey(dst, false, "phase"), r.Phase)
+	dst = bus.AppendCounts(bus.AppendKey(dst, false, "counts"), &r.Counts)
+	if r.Summary != "" {
+		dst = bus.AppendString(bus.AppendKey(dst, false, "summary"), r.Summary)
+	}
+	if r.FinishedMS != 0 {
+		dst = strconv.AppendInt(bus.AppendKey(dst, false, "finished_ms"), r.FinishedMS, 10)
+	}
+	return append(dst, '}')
+}
+
+func (s *StepRecord) appendJSON(dst []byte) []byte {
+	dst = append(dst, '{')
+	if s.Name != "" {
+		dst = bus.AppendString(bus.AppendKey(dst, true, "name"), s.Name)
+	}
+	dst = bus.AppendObjective(bus.AppendKey(dst, s.Name == "", "objective"), &s.Objective)
+	dst = bus.AppendStrings(bus.AppendKey(dst, false, "targets"), s.Targets)
+	if s.Blocking {
+		dst = append(bus.AppendKey(dst, false, "blocking"), "true"...)
+	}
+	dst = strconv.AppendInt(bus.AppendKey(dst, false, "first"), int64(s.First), 10)
+	return append(dst, '}')
 }
 
 // CommandID is the command_id of unit i of an intent: derived, so that a re-dispatch

@@ -1,7 +1,10 @@
 package mirage
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -350,4 +353,49 @@ func TestFitReportShortcutFits(t *testing.T) {
 			t.Fatalf("outputs of %d bytes: report is %d bytes, over %d", size, len(data), bus.MaxEnvelope)
 		}
 	}
+}
+
+// encodeReflect is what encoding/json writes for v, HTML escaping off.
+func encodeReflect(t testing.TB, v any) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+// The intent record is written without reflection, byte for byte as encoding/json writes
+// it, and reads back the same.
+func FuzzIntentRecordEncodesAsEncodingJSON(f *testing.F) {
+	f.Add("int_1", "edge-1", "seed.flow", "q\"\\ <&> \u2028 \x01 é \xff", int64(0), true)
+	f.Add("", "", "", "", int64(-7), false)
+	f.Fuzz(func(t *testing.T, id, target, seed, text string, n int64, flag bool) {
+		rec := &IntentRecord{IntentID: id, Issue: bus.Issue{Header: bus.Header{Type: bus.TypeIssue, V: 1, MessageID: text, TimestampMS: n},
+			IntentID: id, Actor: text, TargetScope: target, Objective: bus.Objective{SeedSelector: seed, Operation: text, Args: map[string]string{text: id, "a": text}},
+			TimeoutMS: n, MaxErrors: text}, Targets: []string{target, text}, MaxErrors: int(n), CreatedMS: n, DeadlineMS: -n, DeliverByMS: n,
+			Phase: text, Counts: bus.Counts{Targets: int(n), Expired: int(n)}}
+		if flag {
+			rec.Issue.Plan = []bus.PlanStep{{Name: text, SeedSelector: seed, Blocking: true}}
+			rec.Steps = []StepRecord{{Name: text, Objective: rec.Issue.Objective, Targets: []string{target}, Blocking: true, First: int(n)},
+				{Objective: bus.Objective{Operation: text}, Targets: []string{}}}
+			rec.MaxConcurrency, rec.Summary, rec.FinishedMS = int(n), text, n
+		}
+		got := rec.appendJSON(nil)
+		if want := encodeReflect(t, rec); !bytes.Equal(got, want) {
+			t.Fatalf("\nappended      %q\nencoding/json %q", got, want)
+		}
+		var back, want IntentRecord
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(encodeReflect(t, rec), &want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, want) {
+			t.Fatalf("read back %+v, want %+v", back, want)
+		}
+	})
 }
