@@ -6,9 +6,9 @@ import (
 	"unicode/utf8"
 )
 
-// The envelopes sent on every execution and every issue, and reports, are written without
-// reflection, byte for byte as encoding/json writes them with HTML escaping off
-// (TestFastEncodeMatchesEncodingJSON and FuzzFastEncode check that): fields in
+// The envelopes sent on every execution, every issue and every registration, and reports,
+// are written without reflection, byte for byte as encoding/json writes them with HTML
+// escaping off (TestFastEncodeMatchesEncodingJSON and FuzzFastEncode check that): fields in
 // declaration order, omitempty fields left out when empty, map keys sorted, the same
 // string escapes.
 
@@ -316,6 +316,50 @@ func appendTargetResult(dst []byte, r TargetResult) []byte {
 	}
 	if r.Error != nil {
 		dst = r.Error.appendJSON(appendKey(dst, false, "error"))
+	}
+	return append(dst, '}')
+}
+
+func (m *Register) appendJSON(dst []byte) []byte {
+	dst = appendHeader(dst, &m.Header)
+	dst = appendStrField(dst, "ghost_id", m.GhostID)
+	dst = appendStrField(dst, "version", m.Version)
+	dst = appendStrMap(appendKey(dst, false, "labels"), m.Labels)
+	dst = appendArray(appendKey(dst, false, "seeds"), m.Seeds, appendSeedInfo)
+	return append(dst, '}')
+}
+
+func appendSeedInfo(dst []byte, si SeedInfo) []byte {
+	dst = appendString(appendKey(append(dst, '{'), true, "id"), si.ID)
+	dst = appendStrField(dst, "name", si.Name)
+	dst = appendStrField(dst, "description", si.Description)
+	dst = appendOptStr(dst, "version", si.Version)
+	dst = appendArray(appendKey(dst, false, "operations"), si.Operations, appendOperationInfo)
+	return append(dst, '}')
+}
+
+func appendOperationInfo(dst []byte, op OperationInfo) []byte {
+	dst = appendString(appendKey(append(dst, '{'), true, "name"), op.Name)
+	dst = appendStrField(dst, "description", op.Description)
+	dst = appendBoolField(dst, "idempotent", op.Idempotent)
+	dst = appendArray(appendKey(dst, false, "params"), op.Params, appendParamInfo)
+	return append(dst, '}')
+}
+
+func appendParamInfo(dst []byte, p ParamInfo) []byte {
+	dst = appendString(appendKey(append(dst, '{'), true, "name"), p.Name)
+	dst = appendBoolField(dst, "required", p.Required)
+	dst = appendStrField(dst, "pattern", p.Pattern)
+	dst = appendOptInt(dst, "max_bytes", int64(p.MaxBytes))
+	if p.Min != nil {
+		dst = appendIntField(dst, "min", *p.Min)
+	}
+	if p.Max != nil {
+		dst = appendIntField(dst, "max", *p.Max)
+	}
+	dst = appendOptStr(dst, "description", p.Description)
+	if p.NoLeadingDash {
+		dst = appendBoolField(dst, "no_leading_dash", true)
 	}
 	return append(dst, '}')
 }

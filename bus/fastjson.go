@@ -7,8 +7,8 @@ import (
 	"unicode/utf8"
 )
 
-// The envelopes that cross on every execution (command, event, event.ack, heartbeat) and
-// on every issue (issue, issue.reply) are read first by a decoder of the canonical form
+// The envelopes that cross on every execution (command, event, event.ack, heartbeat), on
+// every issue (issue, issue.reply) and on every registration (register) are read first by a decoder of the canonical form
 // edgectl writes: one JSON object, keys in lower case without escapes, each known to the
 // envelope, strings, integers, booleans, flat string maps, arrays of strings and the
 // nested objects the envelope declares. Anything else (an
@@ -46,6 +46,10 @@ func tryFast(data []byte, m Envelope) (done bool, err error) {
 		}
 	case *IssueReply:
 		if v.Targets == nil && v.Error == nil {
+			return decodeOrRestore(data, v)
+		}
+	case *Register:
+		if v.Labels == nil && v.Seeds == nil {
 			return decodeOrRestore(data, v)
 		}
 	}
@@ -171,8 +175,9 @@ func (s *scanner) key() ([]byte, bool) {
 	return nil, false
 }
 
-// str reads a string value. One without escapes is copied as is; one with escapes is
-// handed to encoding/json, which knows every escape and surrogate rule.
+// str reads a string value. One without escapes is copied as is, one whose escapes are
+// all of one character (\" \\ \/ \b \f \n \r \t) is unescaped here, and one with \u
+// escapes is handed to encoding/json, which knows every surrogate rule.
 func (s *scanner) str() (string, bool) {
 	if s.i >= len(s.data) || s.data[s.i] != '"' {
 		return "", false
@@ -195,6 +200,9 @@ func (s *scanner) str() (string, bool) {
 			if !escaped {
 				return string(s.data[start:j]), true
 			}
+			if v, ok := unescape(s.data[start:j]); ok {
+				return v, true
+			}
 			var v string
 			if json.Unmarshal(s.data[start-1:j+1], &v) != nil {
 				return "", false
@@ -205,6 +213,37 @@ func (s *scanner) str() (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// unescape reads the inside of a JSON string whose escapes are of one character each;
+// false when it has another (\u, or one JSON does not know).
+func unescape(in []byte) (string, bool) {
+	out := make([]byte, 0, len(in))
+	for i := 0; i < len(in); i++ {
+		c := in[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		i++
+		switch in[i] {
+		case '"', '\\', '/':
+			out = append(out, in[i])
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		default:
+			return "", false
+		}
+	}
+	return string(out), true
 }
 
 // int reads an integer literal: -?(0|[1-9][0-9]*), at most 18 digits, not followed by a
@@ -284,6 +323,41 @@ func (s *scanner) strSlice(p *[]string) bool {
 	})
 	*p = out
 	return ok
+}
+
+// objSlice reads an array of objects into p, each by its fastField; [] gives an empty
+// slice, not nil. A second array for the same key is left to encoding/json, which decodes
+// it into the elements already there, field by field.
+func objSlice[T any, P interface {
+	*T
+	fastDecoder
+}](s *scanner, p *[]T) bool {
+	if *p != nil {
+		return false
+	}
+	out := []T{}
+	ok := s.list('[', ']', func() bool {
+		var v T
+		ok := s.object(P(&v))
+		out = append(out, v)
+		return ok
+	})
+	*p = out
+	return ok
+}
+
+func (s *scanner) setBool(p *bool) bool {
+	v, ok := s.boolean()
+	*p = v
+	return ok
+}
+
+// setInt64Ptr reads an integer into *p, allocated when nil.
+func (s *scanner) setInt64Ptr(p **int64) bool {
+	if *p == nil {
+		*p = new(int64)
+	}
+	return s.setInt64(*p)
 }
 
 func (s *scanner) setStr(p *string) bool {
@@ -511,6 +585,75 @@ func (m *IssueReply) fastField(s *scanner, key []byte) bool {
 			m.Error = &Error{}
 		}
 		return s.object(m.Error)
+	}
+	return false
+}
+
+func (m *Register) fastField(s *scanner, key []byte) bool {
+	if handled, ok := m.Header.field(s, key); handled {
+		return ok
+	}
+	switch string(key) {
+	case "ghost_id":
+		return s.setStr(&m.GhostID)
+	case "version":
+		return s.setStr(&m.Version)
+	case "labels":
+		return s.strMap(&m.Labels)
+	case "seeds":
+		return objSlice(s, &m.Seeds)
+	}
+	return false
+}
+
+func (m *SeedInfo) fastField(s *scanner, key []byte) bool {
+	switch string(key) {
+	case "id":
+		return s.setStr(&m.ID)
+	case "name":
+		return s.setStr(&m.Name)
+	case "description":
+		return s.setStr(&m.Description)
+	case "version":
+		return s.setStr(&m.Version)
+	case "operations":
+		return objSlice(s, &m.Operations)
+	}
+	return false
+}
+
+func (m *OperationInfo) fastField(s *scanner, key []byte) bool {
+	switch string(key) {
+	case "name":
+		return s.setStr(&m.Name)
+	case "description":
+		return s.setStr(&m.Description)
+	case "idempotent":
+		return s.setBool(&m.Idempotent)
+	case "params":
+		return objSlice(s, &m.Params)
+	}
+	return false
+}
+
+func (m *ParamInfo) fastField(s *scanner, key []byte) bool {
+	switch string(key) {
+	case "name":
+		return s.setStr(&m.Name)
+	case "required":
+		return s.setBool(&m.Required)
+	case "pattern":
+		return s.setStr(&m.Pattern)
+	case "max_bytes":
+		return s.setInt(&m.MaxBytes)
+	case "min":
+		return s.setInt64Ptr(&m.Min)
+	case "max":
+		return s.setInt64Ptr(&m.Max)
+	case "description":
+		return s.setStr(&m.Description)
+	case "no_leading_dash":
+		return s.setBool(&m.NoLeadingDash)
 	}
 	return false
 }

@@ -32,6 +32,16 @@ func canonicalSamples(t testing.TB) []canonical {
 	accepted := &IssueReply{Header: NewHeader(TypeIssueReply, "", now), IntentID: "int_x", Status: "accepted", Targets: []string{"edge-1", "local"}}
 	rejected := &IssueReply{Header: NewHeader(TypeIssueReply, "", now), Status: "rejected",
 		Error: &Error{Code: CodeSemantic, Class: "semantic", Message: `operation "Echo" contains 'E'`, Field: "objective.operation"}}
+	lo, hi := int64(-5), int64(1<<40)
+	reg := &Register{Header: NewHeader(TypeRegister, "", now), GhostID: "edge-1", Version: "1.2.3", Labels: map[string]string{"site": "paris", "é": "<&>"},
+		Seeds: []SeedInfo{
+			{ID: "seed.flow", Name: "Flow", Description: "Deterministic \"operations\"", Operations: []OperationInfo{
+				{Name: "status", Description: "ready?", Idempotent: true, Params: []ParamInfo{}},
+				{Name: "echo", Params: []ParamInfo{{Name: "message", Pattern: "(?s).*", MaxBytes: 4096, Description: "text"}}},
+				{Name: "count", Params: []ParamInfo{{Name: "n", Required: true, Pattern: "-?[0-9]+", Min: &lo, Max: &hi, NoLeadingDash: true}}},
+			}},
+			{ID: "node.tar", Version: "2", Operations: []OperationInfo{}},
+		}}
 	var out []canonical
 	for _, c := range []struct {
 		m    any
@@ -45,6 +55,7 @@ func canonicalSamples(t testing.TB) []canonical {
 		{sampleIssue(now), func() any { return &Issue{} }},
 		{accepted, func() any { return &IssueReply{} }},
 		{rejected, func() any { return &IssueReply{} }},
+		{reg, func() any { return &Register{} }},
 	} {
 		data, err := Encode(c.m)
 		if err != nil {
@@ -98,11 +109,16 @@ func FuzzFastDecode(f *testing.F) {
 	f.Add([]byte(`{"type":"issue","plan":[{"seed_selector":"s","args":{}}],"objective":null}`))
 	f.Add([]byte(`{"type":"issue.reply","targets":["a","b","c"],"targets":["d"],"error":{"code":1},"error":{"field":"f"}}`))
 	f.Add([]byte(`{"targets":[ ],"targets":[null],"status":"\u00e9"}`))
+	f.Add([]byte(`{"seeds":[{"id":"a","operations":[{"params":[{"min":1,"min":2,"max":-0}]}]}],"labels":{"a":"1"},"labels":{"b":"2"}}`))
+	f.Add([]byte(`{"seeds":[{"id":"a"}],"seeds":[{"name":"b"}],"ghost_id":"g"}`))
+	f.Add([]byte(`{"seeds":[{"operations":[],"operations":[{"name":"x","idempotent":true}]}]}`))
+	f.Add([]byte(`{"ghost_id":"a\"b\\c\/d\n\t\r\b\f","version":"\u00e9\n","labels":{"\"":"\\"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, mk := range []func() fastDecoder{
 			func() fastDecoder { return &Command{} }, func() fastDecoder { return &Event{} },
 			func() fastDecoder { return &EventAck{} }, func() fastDecoder { return &Heartbeat{} },
 			func() fastDecoder { return &Issue{} }, func() fastDecoder { return &IssueReply{} },
+			func() fastDecoder { return &Register{} },
 		} {
 			fast := mk()
 			if !decodeFast(data, fast) {
@@ -187,7 +203,8 @@ func TestFastEncodeMatchesEncodingJSON(t *testing.T) {
 			{GhostID: "edge-1", Outcome: OutcomeSuccess, Stdout: "message=héllo\n"},
 			{Step: 2, GhostID: "local", Outcome: OutcomeError, ExitCode: -1, Stderr: "\x00\ufffd<", Truncated: true, Error: &Error{Code: CodeSemantic}},
 		}, ResultsOmitted: 7}
-	for _, m := range []fastEncoder{&Command{}, &Issue{}, &IssueReply{}, &IssueReply{Targets: []string{}, Error: &Error{}},
+	for _, m := range []fastEncoder{&Command{}, &Issue{}, &IssueReply{}, &IssueReply{Targets: []string{}, Error: &Error{}}, &Register{},
+		&Register{Labels: map[string]string{}, Seeds: []SeedInfo{{}, {Operations: []OperationInfo{{}, {Params: []ParamInfo{{}}}}}}},
 		&IssueReply{Targets: []string{"", "\"\u00e9\n"}}, plan, report, &Report{}, &Report{Results: []TargetResult{}}} {
 		if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
 			t.Fatalf("%T:\nfast          %s\nencoding/json %s", m, got, want)
@@ -214,7 +231,12 @@ func FuzzFastEncode(f *testing.F) {
 		reply := &IssueReply{Header: ev.Header, IntentID: b, Status: a, Targets: []string{a, b}[:uint64(n)%3], Error: ev.Error}
 		report := &Report{Header: ev.Header, Phase: a, Summary: b, Counts: Counts{Targets: int(n), Skipped: int(n)},
 			Results: []TargetResult{{Step: int(n), GhostID: a, Stdout: b, Truncated: flag, Error: ev.Error}}, ResultsOmitted: int(n)}
-		for _, m := range []fastEncoder{ev, cmd, ack, &Heartbeat{Header: ev.Header, GhostID: b, Seq: uint64(n)}, is, reply, report} {
+		reg := &Register{Header: ev.Header, GhostID: a, Version: b, Labels: cmd.Args, Seeds: []SeedInfo{{ID: a, Name: b, Description: a + b, Version: b,
+			Operations: []OperationInfo{{Name: b, Description: a, Idempotent: flag, Params: []ParamInfo{{Name: a, Required: flag, Pattern: b, MaxBytes: int(n), Description: a, NoLeadingDash: !flag}}}}}}}
+		if flag {
+			reg.Seeds[0].Operations[0].Params[0].Min, reg.Seeds[0].Operations[0].Params[0].Max = &n, &n
+		}
+		for _, m := range []fastEncoder{ev, cmd, ack, &Heartbeat{Header: ev.Header, GhostID: b, Seq: uint64(n)}, is, reply, report, reg} {
 			if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
 				t.Fatalf("%T:\nfast          %q\nencoding/json %q", m, got, want)
 			}

@@ -373,27 +373,29 @@ func (m *Register) Validate() error {
 	if m.Seeds == nil {
 		return FieldError(CodeSemantic, "seeds", "missing (send [] for none)")
 	}
+	// Field paths are built only for an error: a registration of a valid fleet passes
+	// here thousands of times.
 	seeds := make(map[string]bool, len(m.Seeds))
 	for i, s := range m.Seeds {
-		p := fmt.Sprintf("seeds[%d].", i)
-		if err := seedID(p+"id", s.ID); err != nil {
-			return err
+		p := func() string { return fmt.Sprintf("seeds[%d].", i) }
+		if seedID("id", s.ID) != nil {
+			return seedID(p()+"id", s.ID)
 		}
 		if seeds[s.ID] {
-			return FieldError(CodeSemantic, p+"id", "seed %s is declared twice", s.ID)
+			return FieldError(CodeSemantic, p()+"id", "seed %s is declared twice", s.ID)
 		}
 		seeds[s.ID] = true
 		ops := make(map[string]bool, len(s.Operations))
 		for j, op := range s.Operations {
-			q := fmt.Sprintf("%soperations[%d].", p, j)
-			if err := operation(q+"name", op.Name); err != nil {
-				return err
+			q := func() string { return fmt.Sprintf("%soperations[%d].", p(), j) }
+			if operation("name", op.Name) != nil {
+				return operation(q()+"name", op.Name)
 			}
 			if ops[op.Name] {
-				return FieldError(CodeSemantic, q+"name", "operation %s is declared twice", op.Name)
+				return FieldError(CodeSemantic, q()+"name", "operation %s is declared twice", op.Name)
 			}
 			ops[op.Name] = true
-			if err := checkParams(q+"params", op.Params); err != nil {
+			if err := checkParams(q, op.Params); err != nil {
 				return err
 			}
 		}
@@ -401,26 +403,25 @@ func (m *Register) Validate() error {
 	return nil
 }
 
-// checkParams checks declared params as Mirage will check args against them: a name an
-// argument can have, once; a pattern that parses; limits that some value can meet. A
-// declaration failing these would refuse every issue with a misleading reason.
-func checkParams(field string, params []ParamInfo) error {
+// checkParams checks declared params; at names the operation they are declared on, for
+// an error.
+func checkParams(at func() string, params []ParamInfo) error {
 	names := make(map[string]bool, len(params))
 	for k, pi := range params {
-		f := fmt.Sprintf("%s[%d]", field, k)
+		f := func() string { return fmt.Sprintf("%sparams[%d]", at(), k) }
 		switch {
 		case !ValidArgName(pi.Name):
-			return FieldError(CodeSemantic, f+".name", "%q is not an argument name (lowercase a-z 0-9 _, starting with a letter)", pi.Name)
+			return FieldError(CodeSemantic, f()+".name", "%q is not an argument name (lowercase a-z 0-9 _, starting with a letter)", pi.Name)
 		case names[pi.Name]:
-			return FieldError(CodeSemantic, f+".name", "param %s is declared twice", pi.Name)
+			return FieldError(CodeSemantic, f()+".name", "param %s is declared twice", pi.Name)
 		case pi.MaxBytes < 0:
-			return FieldError(CodeSemantic, f+".max_bytes", "is %d; 0 for no limit, or more", pi.MaxBytes)
+			return FieldError(CodeSemantic, f()+".max_bytes", "is %d; 0 for no limit, or more", pi.MaxBytes)
 		case pi.Min != nil && pi.Max != nil && *pi.Min > *pi.Max:
-			return FieldError(CodeSemantic, f, "min %d is above max %d", *pi.Min, *pi.Max)
+			return FieldError(CodeSemantic, f(), "min %d is above max %d", *pi.Min, *pi.Max)
 		}
 		names[pi.Name] = true
 		if err := checkPattern(pi.Pattern); err != nil {
-			return FieldError(CodeSemantic, f+".pattern", "%q does not parse: %v", pi.Pattern, err)
+			return FieldError(CodeSemantic, f()+".pattern", "%q does not parse: %v", pi.Pattern, err)
 		}
 	}
 	return nil
