@@ -107,7 +107,7 @@ func (f *authFleet) startGhost(id string) *nats.Conn {
 func (f *authFleet) startGhostTrusting(id, trusted string, opts ...testenv.GhostOption) *nats.Conn {
 	f.env.T.Helper()
 	key := f.keys[id]
-	nc := f.env.URLConn("ghost "+id, "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)))
+	nc := f.env.URLConn("ghost "+id, "", key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)), bus.GhostRequests())
 	f.kv[id] = kv.New()
 	reg := ghost.NewRegistry()
 	for _, s := range []ghost.Seed{f.kv[id], flow.New()} {
@@ -544,7 +544,7 @@ func TestAuthGenuineRefusalEndsTheTargetAtOnce(t *testing.T) {
 // own inbox whatever the connection's, which is where Mirage then answers.
 func TestGhostWithoutInboxPrefixRegistersUnderAuth(t *testing.T) {
 	f := newAuthFleetWith(t, func(c *mirage.Config) { c.Identity, c.RequireSignedEvents = nil, false }, "ghost-p")
-	nc := f.env.URLConn("ghost ghost-p", "", f.keys["ghost-p"].NATSOption()) // no CustomInboxPrefix
+	nc := f.env.URLConn("ghost ghost-p", "", f.keys["ghost-p"].NATSOption(), bus.GhostRequests()) // no CustomInboxPrefix
 	f.env.StartGhost("ghost-p", testenv.Via(nc), testenv.Policy(ghost.PolicyRequired), testenv.Seeds("seed.flow"))
 	if _, ok := f.m.Fleet().Get("ghost-p"); !ok {
 		t.Fatal("ghost-p started with policy required but is not in Mirage's registry")

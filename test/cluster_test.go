@@ -67,7 +67,7 @@ func TestClusterLeaderFailover(t *testing.T) {
 	for i := range ghosts {
 		id := "edge-" + cl.NodeName(i)
 		ghosts[i] = newFixture(t, env, id)
-		ghosts[i].start(testenv.Via(cl.Conn("ghost "+id, i)))
+		ghosts[i].start(testenv.Via(cl.Conn("ghost "+id, i, bus.GhostRequests())))
 		testenv.Eventually(t, 15*time.Second, id+" to register", func() bool { _, ok := m.Fleet().Get(id); return ok })
 	}
 	client, err := mirage.NewClient(cl.Conn("client", 1))

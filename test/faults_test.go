@@ -159,7 +159,7 @@ func TestGhostDisconnectMidIntent(t *testing.T) {
 	env.StartMirage(mirage.Config{})
 	proxy := testenv.NewProxy(t, env.Server.Addr().String())
 	f := newFixture(t, env, "edge-net")
-	f.start(testenv.Via(env.URLConn("ghost edge-net", proxy.URL())))
+	f.start(testenv.Via(env.URLConn("ghost edge-net", proxy.URL(), bus.GhostRequests())))
 	client := env.Client()
 
 	sleep := testenv.NewIssue("edge-net", "seed.flow", "sleep", map[string]string{"ms": "700"}, 20*time.Second)
@@ -295,7 +295,7 @@ func TestNATSRestartMidIntent(t *testing.T) {
 	env := testenv.New(t, testenv.Listen())
 	env.StartMirageOn(env.URLConn("mirage", ""), mirage.Config{})
 	f := newFixture(t, env, "edge-r")
-	f.start(testenv.Via(env.URLConn("ghost edge-r", "")))
+	f.start(testenv.Via(env.URLConn("ghost edge-r", "", bus.GhostRequests())))
 	client, err := mirage.NewClient(env.URLConn("client", ""))
 	if err != nil {
 		t.Fatal(err)

@@ -94,7 +94,7 @@ func (f *authFleet) startAuthGhost(id string, st ghost.ExecutionStore, opts ...t
 	f.env.T.Helper()
 	key := f.keys[id]
 	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: f.env.URL, Name: "ghost " + id, Persistent: true, Logger: f.env.Log,
-		Options: []nats.Option{key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id))}})
+		Options: []nats.Option{key.NATSOption(), nats.CustomInboxPrefix(bus.GhostInbox(id)), bus.GhostRequests()}})
 	if err != nil {
 		f.env.T.Fatal(err)
 	}

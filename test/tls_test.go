@@ -241,7 +241,7 @@ func TestTLSEndToEnd(t *testing.T) {
 			} else {
 				opts = append(opts, gkey.NATSOption())
 			}
-			gnc := env.URLConn("ghost edge-1", "", append(tlsOptions(t, client), opts...)...)
+			gnc := env.URLConn("ghost edge-1", "", append(tlsOptions(t, client), append(opts, bus.GhostRequests())...)...)
 			if st, err := gnc.TLSConnectionState(); err != nil || !st.HandshakeComplete {
 				t.Fatalf("the Ghost's connection is not TLS: %v", err)
 			}

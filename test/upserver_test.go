@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -49,7 +50,7 @@ func TestServerWithoutJetStreamIsNamed(t *testing.T) {
 func TestIssueWaitsAcrossAServerRestart(t *testing.T) {
 	env := testenv.New(t, testenv.Listen())
 	env.StartMirageOn(env.URLConn("mirage", ""), mirage.Config{})
-	env.StartGhost("edge-w", testenv.Via(env.URLConn("ghost edge-w", "")))
+	env.StartGhost("edge-w", testenv.Via(env.URLConn("ghost edge-w", "", bus.GhostRequests())))
 	mctl, _ := testenv.Binaries(t)
 	p := testenv.Start(t, mctl, "issue", "--server", env.URL, "--target", "edge-w", "--timeout", "30s", "seed.flow", "sleep", "ms=3000")
 	time.Sleep(time.Second)

@@ -136,11 +136,11 @@ func (c *Cluster) URLs(first int) string {
 }
 
 // Conn opens a daemon-like socket connection that prefers node first (the URLs are tried
-// in order) and knows every node.
-func (c *Cluster) Conn(name string, first int) *nats.Conn {
+// in order) and knows every node, with extra options (bus.GhostRequests for a Ghost's).
+func (c *Cluster) Conn(name string, first int, opts ...nats.Option) *nats.Conn {
 	c.T.Helper()
 	nc, err := bus.Connect(context.Background(), bus.ConnConfig{URL: c.URLs(first), Name: name, Persistent: true, Logger: c.Log,
-		Options: []nats.Option{nats.DontRandomize()}})
+		Options: append([]nats.Option{nats.DontRandomize()}, opts...)})
 	if err != nil {
 		c.T.Fatalf("connect %s: %v", name, err)
 	}

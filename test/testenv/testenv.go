@@ -259,7 +259,7 @@ func (e *Env) StartGhost(id string, opts ...GhostOption) *ghost.Ghost {
 	}
 	nc := spec.nc
 	if nc == nil {
-		nc = e.Conn("ghost " + id)
+		nc = e.ConnWith("ghost "+id, bus.GhostRequests()) // as ghostctl connects
 	}
 	log := spec.log
 	if log == nil {
