@@ -354,6 +354,7 @@ func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan<
 // dispatchIn is dispatch, waiting for a slot when wait is set and taking only a free one
 // otherwise.
 func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan<- error, wait bool) dispatchResult {
+	arrived := g.cfg.Now() // the wait for a slot comes off the command's timeout
 	select {
 	case g.slots <- struct{}{}:
 	default:
@@ -376,7 +377,7 @@ func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done cha
 	go func() {
 		defer g.wg.Done()
 		defer func() { <-g.slots }()
-		err := g.handle(data, hdr, replayed)
+		err := g.handle(data, hdr, replayed, arrived)
 		if done != nil {
 			done <- err // buffered
 		}

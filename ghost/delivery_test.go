@@ -25,6 +25,12 @@ import (
 // command_id and stream sequence.
 func storeCommand(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string) (string, uint64) {
 	t.Helper()
+	return storeCommandTimeout(t, env, ghostID, op, args, 20*time.Second)
+}
+
+// storeCommandTimeout is storeCommand with the command's timeout_ms.
+func storeCommandTimeout(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string, timeout time.Duration) (string, uint64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	js := env.JetStream()
@@ -34,7 +40,7 @@ func storeCommand(t *testing.T, env *testenv.Env, ghostID, op string, args map[s
 	now := time.Now()
 	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
 		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
-		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
+		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: timeout.Milliseconds()}
 	data, err := bus.Encode(&cmd)
 	if err != nil {
 		t.Fatal(err)

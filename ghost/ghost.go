@@ -430,12 +430,14 @@ func (g *Ghost) onCommand(msg *nats.Msg) {
 	g.dispatch(msg.Data, msg.Header, false, nil)
 }
 
-// handle is the command intake: decode → validate → pipeline → emit. replayed is true for
+// handle is the command intake: decode → validate → pipeline → emit. arrived is when the
+// command reached the Ghost: what it waits from then on comes off its timeout (the id
+// claim settling, an execution slot; Pipeline.RunArrived). replayed is true for
 // commands read back from EDGE_CMD: their duplicates are re-sent only when Mirage has not
 // acknowledged the event yet. It returns errNotRecorded when the execution store could not
 // record the command: nothing ran, no event was sent, and a replay must not move its
 // position past it.
-func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) error {
+func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool, arrived time.Time) error {
 	if !g.settle() { // no other instance of the id found it (idprobe.go)
 		return errStopping
 	}
@@ -465,7 +467,7 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool) error {
 	} else {
 		g.log.Debug("command received", "direction", "in", "peer", "mirage", "message_type", bus.TypeCommand, "message_id", cmd.MessageID, "trace_id", cmd.TraceID, "intent_id", cmd.IntentID, "command_id", cmd.CommandID, "seed", cmd.SeedSelector, "operation", cmd.Operation, "replayed", replayed)
 		commandID = cmd.CommandID
-		out = g.pipeline.Run(g.run, &cmd)
+		out = g.pipeline.RunArrived(g.run, &cmd, arrived)
 	}
 	if replayed {
 		g.cfg.Metrics.replay()

@@ -334,3 +334,36 @@ func TestSaturatedGhostSaysSoOnce(t *testing.T) {
 		t.Fatalf("%d warnings that the slots are busy, want 1", got)
 	}
 }
+
+// A command that waits for an execution slot has the wait taken off its timeout: Mirage's
+// deadline for it runs from when it sent it, so the Ghost ends it (1401) once its timeout
+// has passed since it arrived, not a slot's wait later, when its event would no longer
+// count.
+func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
+	const id = "one-slot"
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 1 }))
+	busy, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "1500"})
+	waiting, _ := storeCommandTimeout(t, env, id, "sleep", map[string]string{"ms": "5000"}, time.Second)
+	var ev bus.Event
+	testenv.Eventually(t, 10*time.Second, "the events of both commands", func() bool {
+		var done int
+		for _, e := range env.Events(env.JetStream()) {
+			switch e.CommandID {
+			case busy:
+				done++
+			case waiting:
+				done, ev = done+1, e
+			}
+		}
+		return done == 2
+	})
+	if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "waiting to start") {
+		t.Fatalf("the command that waited ended %+v (%+v), want a 1401 naming its wait", ev.Result, ev.Error)
+	}
+	if ran := time.Duration(ev.FinishedMS-ev.StartedMS) * time.Millisecond; ran > 500*time.Millisecond {
+		t.Fatalf("it ran %s once it had a slot, after waiting longer than its 1s timeout for it", ran)
+	}
+}

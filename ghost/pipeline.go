@@ -75,6 +75,15 @@ func (o Outcome) Wait() {
 // Run decides and, when allowed, executes cmd. ctx bounds the execution (the Ghost's
 // lifetime); the command's own timeout_ms is applied inside.
 func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
+	return p.RunArrived(ctx, cmd, time.Time{})
+}
+
+// RunArrived is Run for a command that reached the Ghost at arrived (zero: now). The time
+// it has waited since (for the Ghost's id to be settled, for an execution slot) comes off
+// its timeout: Mirage's deadline for the command runs from when it sent it, so a command
+// that waited would otherwise run that much past it, and its event, however it ended,
+// come too late to count.
+func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived time.Time) Outcome {
 	if ev := p.givenUpOn(cmd.CommandID); ev != nil {
 		return Outcome{Event: ev, Duplicate: true}
 	}
@@ -117,7 +126,7 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 		release()
 		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
-	ev := p.execute(ctx, seed, cmd, claimed)
+	ev := p.execute(ctx, seed, cmd, claimed, arrived)
 	// The event may be sent while its record is written: if the Ghost dies in between,
 	// the restart ends the execution again under the same stable event_id, which JetStream
 	// and Mirage count once.
@@ -344,7 +353,7 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 	if exec.Idempotent && exec.Command != nil {
 		if seed, _, err := p.registry.Resolve(cmd.SeedSelector, cmd.Operation, cmd.Args); err == nil {
 			p.log.Info("resuming an interrupted idempotent execution", "command_id", cmd.CommandID, "execution_id", exec.ExecutionID, "seed", cmd.SeedSelector, "operation", cmd.Operation)
-			ev := p.execute(ctx, seed, cmd, exec)
+			ev := p.execute(ctx, seed, cmd, exec, time.Time{})
 			p.finish(ctx, exec.ExecutionID, ev)
 			return Outcome{Event: ev, Executed: true}
 		}
@@ -371,10 +380,16 @@ func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event
 	}
 }
 
-// execute runs the seed under the command's timeout and normalizes its seed.result.
-func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution) *bus.Event {
+// execute runs the seed under the command's timeout, less what it waited since it arrived
+// (zero: nothing), and normalizes its seed.result.
+func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution, arrived time.Time) *bus.Event {
 	started := time.UnixMilli(exec.StartedMS)
 	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
+	var waited time.Duration
+	if !arrived.IsZero() {
+		waited = max(p.now().Sub(arrived), 0)
+	}
+	left := max(timeout-waited, time.Millisecond)
 	req := &bus.SeedExecute{
 		Header:      bus.NewHeader(bus.TypeSeedExecute, cmd.TraceID, started),
 		ExecutionID: exec.ExecutionID,
@@ -382,9 +397,9 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 		SeedID:      cmd.SeedSelector,
 		Operation:   cmd.Operation,
 		Args:        cmd.Args,
-		TimeoutMS:   cmd.TimeoutMS,
+		TimeoutMS:   left.Milliseconds(),
 	}
-	res, err := callSeed(ctx, seed, req, timeout)
+	res, err := callSeed(ctx, seed, req, left)
 	res = bus.NormalizeResult(res)
 	finished := p.now()
 	var perr *bus.Error
@@ -395,6 +410,9 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 		}
 	case errors.Is(err, errExecTimeout):
 		perr = bus.Errorf(bus.CodeExecTimeout, "execution exceeded its timeout of %s", timeout)
+		if waited >= time.Millisecond {
+			perr.Message += fmt.Sprintf(" (%s of it spent waiting to start)", waited.Round(time.Millisecond))
+		}
 		res.Status, res.ExitCode = "timed_out", -1
 	case ctx.Err() != nil:
 		perr = bus.Errorf(bus.CodeInterrupted, "the ghost stopped during the execution; its outcome is unknown")

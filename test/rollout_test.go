@@ -224,31 +224,30 @@ func TestBlockingStepsContendForALock(t *testing.T) {
 	}
 }
 
-// A blocking step's command may start on its Ghost as late as deliver_by (here: the
-// Ghost's two slots are taken by other work) and run past the intent's deadline. Mirage
-// reports it timeout at the deadline, but the lock stays held until the command's event
-// comes: the next blocking step on the same ghost::seed never runs beside it.
+// A blocking step's command may start on its Ghost as late as deliver_by (here: the Ghost
+// is down when it is sent, and reads it back when it comes up) and run its timeout from
+// then, past the intent's deadline. Mirage reports it timeout at the deadline, but the lock
+// stays held until the command's event comes: the next blocking step on the same
+// ghost::seed never runs beside it.
 func TestTimedOutBlockingStepKeepsItsLockUntilItsCommandEnds(t *testing.T) {
 	env := testenv.New(t)
 	env.StartMirage(mirage.Config{})
-	env.StartGhost("lock-l", testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 2 }))
-	// A Ghost holds the commands it receives in its first 500 ms (ghost/idprobe.go): the
-	// timing below is that of a settled Ghost.
-	time.Sleep(600 * time.Millisecond)
+	store := ghost.NewMemoryStore() // its replay position outlives the restart
+	g := env.StartGhost("lock-l", testenv.Store(store))
 	client := env.Client()
-	ctx := context.Background()
-	for _, ms := range []string{"900", "1000"} { // both slots busy for about a second
-		if _, err := client.Issue(ctx, testenv.NewIssue("lock-l", "seed.flow", "sleep", map[string]string{"ms": ms}, 10*time.Second)); err != nil {
-			t.Fatal(err)
-		}
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
-	first := testenv.NewIssue("lock-l", "", "", nil, 1200*time.Millisecond)
-	first.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "sleep", Args: map[string]string{"ms": "1500"}, Blocking: true}}
-	second := testenv.NewIssue("lock-l", "", "", nil, 10*time.Second)
+	first := testenv.NewIssue("lock-l", "", "", nil, 3*time.Second)
+	first.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "sleep", Args: map[string]string{"ms": "5000"}, Blocking: true}}
+	second := testenv.NewIssue("lock-l", "", "", nil, 15*time.Second)
 	second.Plan = []bus.PlanStep{{SeedSelector: "seed.flow", Operation: "sleep", Args: map[string]string{"ms": "100"}, Blocking: true}}
 	issueNoWait(t, client, first)
 	issueNoWait(t, client, second)
+	// Back half-way to the first intent's deadline: its command, read back then, runs its
+	// 3 s timeout from then, ending well past the deadline and its 500 ms of grace.
+	time.Sleep(1500 * time.Millisecond)
+	env.StartGhost("lock-l", testenv.Store(store))
 
 	a := waitReport(t, client, first.IntentID, 10*time.Second)
 	if a.Phase != bus.PhaseFailed || a.Counts.Timeout != 1 {
