@@ -603,19 +603,23 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 	}
 }
 
+// refusalStoreCases are the two ways a give-up's 1500 is kept: recorded by the store, or
+// held in memory when the store fails the refusal too.
+var refusalStoreCases = []struct {
+	name string
+	byID bool // the store fails the refusal too
+}{
+	{"the refusal recorded", false},
+	{"the refusal held in memory", true},
+}
+
 // A command given up on (its 1500 "not run and will not be" stored in EDGE_EVT) is never
 // run, whatever delivers it later: once the store records again, a copy that arrives live
 // (a Mirage re-dispatch) is a duplicate of the 1500. The store records the refusal when it
 // can (what it failed was that command's record, not its command_id); when it cannot, the
 // Ghost holds the 1500 in memory.
 func TestGivenUpCommandIsNotRunByALaterDelivery(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		byID bool // the store fails the refusal too
-	}{
-		{"the refusal recorded", false},
-		{"the refusal held in memory", true},
-	} {
+	for _, tc := range refusalStoreCases {
 		t.Run(tc.name, func(t *testing.T) {
 			env := testenv.New(t)
 			ctx := context.Background()

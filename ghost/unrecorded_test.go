@@ -74,13 +74,7 @@ func (s *copyInFlight) Position(ctx context.Context) (uint64, string, error) {
 // replay), the 1500 is the command's one terminal event; without it the command would be
 // neither run nor answered.
 func TestGiveUpWaitsForACopyTheStoreFailsToo(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		byID bool // the store fails the refusal too
-	}{
-		{"the refusal recorded", false},
-		{"the refusal held in memory", true},
-	} {
+	for _, tc := range refusalStoreCases {
 		t.Run(tc.name, func(t *testing.T) {
 			env := testenv.New(t)
 			ctx := context.Background()
