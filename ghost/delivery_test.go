@@ -52,6 +52,22 @@ func storeCommandTimeout(t *testing.T, env *testenv.Env, ghostID, op string, arg
 	return cmd.CommandID, ack.Sequence
 }
 
+// storedCommand reads back the command stored at seq in EDGE_CMD.
+func storedCommand(t *testing.T, env *testenv.Env, seq uint64) *jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cmdStream, err := env.JetStream().Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := cmdStream.GetMsg(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stored
+}
+
 // eventFor waits for the event of a command in EDGE_EVT.
 func eventFor(t *testing.T, env *testenv.Env, ghostID, commandID string) {
 	t.Helper()
@@ -557,14 +573,7 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 	bad, badSeq := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
 	// A second copy of it, stored past the duplicate window (another Nats-Msg-Id): given up
 	// on with the first, it is answered once.
-	cmdStream, err := env.JetStream().Stream(ctx, bus.StreamCommands)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored, err := cmdStream.GetMsg(ctx, badSeq)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stored := storedCommand(t, env, badSeq)
 	if _, err := env.JetStream().PublishMsg(ctx, bus.NewMsg(subjects.Command(id), stored.Data, "copy-"+bad, bus.TraceIDFrom(stored.Header))); err != nil {
 		t.Fatal(err)
 	}

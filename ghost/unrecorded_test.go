@@ -80,14 +80,7 @@ func TestGiveUpWaitsForACopyTheStoreFailsToo(t *testing.T) {
 			ctx := context.Background()
 			const id = "edge-given-up-copy"
 			bad, badSeq := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
-			cmdStream, err := env.JetStream().Stream(ctx, bus.StreamCommands)
-			if err != nil {
-				t.Fatal(err)
-			}
-			stored, err := cmdStream.GetMsg(ctx, badSeq)
-			if err != nil {
-				t.Fatal(err)
-			}
+			stored := storedCommand(t, env, badSeq)
 			store := newCopyInFlight(tc.byID, badSeq)
 			logs := countingHandler{mu: &sync.Mutex{}, n: map[string]int{}}
 			env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"), testenv.GhostLog(slog.New(logs)),
