@@ -360,10 +360,42 @@ func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
 		}
 		return done == 2
 	})
-	if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "waiting to start") {
-		t.Fatalf("the command that waited ended %+v (%+v), want a 1401 naming its wait", ev.Result, ev.Error)
+	if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "not run") {
+		t.Fatalf("the command that waited ended %+v (%+v), want a 1401 saying it was not run", ev.Result, ev.Error)
 	}
 	if ran := time.Duration(ev.FinishedMS-ev.StartedMS) * time.Millisecond; ran > 500*time.Millisecond {
 		t.Fatalf("it ran %s once it had a slot, after waiting longer than its 1s timeout for it", ran)
+	}
+}
+
+// A command that waited for a slot for part of its timeout runs for what is left of it.
+func TestASlotWaitLeavesTheRestOfTheTimeout(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
+	const id = "one-slot-rest"
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 1 }))
+	busy, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "800"})
+	waiting, _ := storeCommandTimeout(t, env, id, "sleep", map[string]string{"ms": "5000"}, 2*time.Second)
+	var ev bus.Event
+	testenv.Eventually(t, 10*time.Second, "the events of both commands", func() bool {
+		var done int
+		for _, e := range env.Events(env.JetStream()) {
+			switch e.CommandID {
+			case busy:
+				done++
+			case waiting:
+				done, ev = done+1, e
+			}
+		}
+		return done == 2
+	})
+	if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "waiting to start") {
+		t.Fatalf("the command that waited ended %+v (%+v), want a 1401 naming its wait", ev.Result, ev.Error)
+	}
+	// 0.7-1.2 s of its 2 s were left once the first command (and the Ghost's id claim, just
+	// started) freed the slot: it runs that, not nothing and not 2 s.
+	if ran := time.Duration(ev.FinishedMS-ev.StartedMS) * time.Millisecond; ran < 300*time.Millisecond || ran > 1800*time.Millisecond {
+		t.Fatalf("it ran %s once it had a slot, want what was left of its 2s timeout (0.7-1.2s)", ran)
 	}
 }

@@ -381,7 +381,8 @@ func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event
 }
 
 // execute runs the seed under the command's timeout, less what it waited since it arrived
-// (zero: nothing), and normalizes its seed.result.
+// (zero: nothing), and normalizes its seed.result. A command that waited its whole timeout
+// is not run: it ends 1401 at once.
 func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution, arrived time.Time) *bus.Event {
 	started := time.UnixMilli(exec.StartedMS)
 	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
@@ -389,7 +390,13 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 	if !arrived.IsZero() {
 		waited = max(p.now().Sub(arrived), 0)
 	}
-	left := max(timeout-waited, time.Millisecond)
+	left := timeout - waited
+	if left <= 0 {
+		// Nothing of its time is left: the seed is not called (a side effect cut off at
+		// once is worse than none).
+		perr := bus.Errorf(bus.CodeExecTimeout, "the command waited %s to start, its whole timeout of %s; not run", waited.Round(time.Millisecond), timeout)
+		return p.event(cmd, exec.ExecutionID, started, p.now(), bus.Result{Status: "timed_out", ExitCode: -1}, perr)
+	}
 	req := &bus.SeedExecute{
 		Header:      bus.NewHeader(bus.TypeSeedExecute, cmd.TraceID, started),
 		ExecutionID: exec.ExecutionID,
