@@ -186,7 +186,7 @@ func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64)
 	started := 0
 	err := src.read(ctx, after+1, last, func(sseq uint64, data []byte, hdr nats.Header) error {
 		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
-			switch g.dispatchIn(data, hdr, true, nil, false) {
+			switch g.dispatchIn(data, hdr, true, nil, false, g.cfg.Now()) {
 			case dispatchStopping:
 				return errStopping
 			case dispatchNoSlot:
@@ -348,13 +348,13 @@ const (
 // dispatch runs handle in an execution slot; done, when set, receives what it returned
 // (nil, or errNotRecorded). It returns false when the Ghost is stopping.
 func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan<- error) bool {
-	return g.dispatchIn(data, hdr, replayed, done, true) == dispatched
+	return g.dispatchIn(data, hdr, replayed, done, true, g.cfg.Now()) == dispatched
 }
 
 // dispatchIn is dispatch, waiting for a slot when wait is set and taking only a free one
-// otherwise.
-func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan<- error, wait bool) dispatchResult {
-	arrived := g.cfg.Now() // the wait for a slot comes off the command's timeout
+// otherwise. arrived is when the command reached the Ghost: what it waits from then on, for
+// a slot among others, comes off its timeout.
+func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan<- error, wait bool, arrived time.Time) dispatchResult {
 	select {
 	case g.slots <- struct{}{}:
 	default:
@@ -409,5 +409,55 @@ func (g *Ghost) resumeUnfinished(ctx context.Context) {
 				g.emit(g.send, out.Event)
 			}
 		}()
+	}
+}
+
+// Live commands are queued by the cmd.<id> subscription's callback with the time each
+// arrived, and taken in order by intakeLoop as execution slots free: a callback that waited
+// for a slot itself would hold every later command in the subscription's own queue, where
+// nothing notes when it came, and each of those would then run its whole timeout from when
+// it was taken, past Mirage's deadline for it. The queue has no bound, as the
+// subscription's had none: a command is never dropped. Those queued when the Ghost stops
+// are stored in EDGE_CMD, and the next start's catch-up reads them.
+
+type arrival struct {
+	data []byte
+	hdr  nats.Header
+	at   time.Time
+}
+
+func (g *Ghost) onCommand(msg *nats.Msg) {
+	g.intakeMu.Lock()
+	g.intake = append(g.intake, arrival{msg.Data, msg.Header, g.cfg.Now()})
+	g.intakeMu.Unlock()
+	select {
+	case g.intakeSignal <- struct{}{}:
+	default:
+	}
+}
+
+// intakeLoop dispatches the queued live commands, waiting for a slot for each in turn.
+func (g *Ghost) intakeLoop() {
+	defer g.wg.Done()
+	for {
+		select {
+		case <-g.intakeSignal:
+		case <-g.stopping:
+			return
+		}
+		for {
+			g.intakeMu.Lock()
+			if len(g.intake) == 0 {
+				g.intakeMu.Unlock()
+				break
+			}
+			a := g.intake[0]
+			g.intake[0] = arrival{}
+			g.intake = g.intake[1:]
+			g.intakeMu.Unlock()
+			if g.dispatchIn(a.data, a.hdr, false, nil, true, a.at) == dispatchStopping {
+				return
+			}
+		}
 	}
 }

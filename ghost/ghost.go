@@ -146,6 +146,10 @@ type Ghost struct {
 	cancelSend context.CancelFunc
 	wg         sync.WaitGroup
 	slots      chan struct{}
+	// intake queues live commands as they arrive, for intakeLoop (delivery.go).
+	intakeMu     sync.Mutex
+	intake       []arrival
+	intakeSignal chan struct{}
 	// serving is cancelled when Close begins: background loops and re-sends end,
 	// executions go on. stopping is its Done channel.
 	serving     context.Context
@@ -216,11 +220,12 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 	}
 	g := &Ghost{
 		cfg: cfg, nc: nc, js: js, registry: registry, store: store, log: log,
-		pipeline:   NewPipeline(cfg.ID, registry, store, cfg.Now, log),
-		slots:      make(chan struct{}, cfg.MaxConcurrent),
-		kick:       make(chan struct{}, 1),
-		resendKick: make(chan struct{}, 1),
-		claim:      newIDClaim(cfg.ID, cfg.Now()),
+		pipeline:     NewPipeline(cfg.ID, registry, store, cfg.Now, log),
+		slots:        make(chan struct{}, cfg.MaxConcurrent),
+		kick:         make(chan struct{}, 1),
+		intakeSignal: make(chan struct{}, 1),
+		resendKick:   make(chan struct{}, 1),
+		claim:        newIDClaim(cfg.ID, cfg.Now()),
 	}
 	g.serving, g.stopServing = context.WithCancel(context.Background())
 	g.stopping = g.serving.Done()
@@ -289,6 +294,9 @@ func (g *Ghost) start(ctx context.Context) error {
 		if err := g.registerRequired(ctx); err != nil {
 			return err
 		}
+	}
+	if g.track() {
+		go g.intakeLoop()
 	}
 	if err := g.subscribe(); err != nil {
 		return err
@@ -424,10 +432,6 @@ func (g *Ghost) track() bool {
 	}
 	g.wg.Add(1)
 	return true
-}
-
-func (g *Ghost) onCommand(msg *nats.Msg) {
-	g.dispatch(msg.Data, msg.Header, false, nil)
 }
 
 // handle is the command intake: decode → validate → pipeline → emit. arrived is when the

@@ -104,6 +104,11 @@ func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived tim
 	if err != nil {
 		return p.refuse(ctx, cmd, bus.AsError(err))
 	}
+	if timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond; !arrived.IsZero() && now.Sub(arrived) >= timeout {
+		// It waited its whole timeout: not run, and recorded as a refusal, so that a
+		// restart answers it the same way and never runs it.
+		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExecTimeout, "the command waited %s to start, its whole timeout of %s; not run", now.Sub(arrived).Round(time.Millisecond), timeout))
+	}
 
 	exec := p.newExecution(cmd, now)
 	exec.Idempotent = op.Idempotent
@@ -381,8 +386,7 @@ func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event
 }
 
 // execute runs the seed under the command's timeout, less what it waited since it arrived
-// (zero: nothing), and normalizes its seed.result. A command that waited its whole timeout
-// is not run: it ends 1401 at once.
+// (zero: nothing), and normalizes its seed.result.
 func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution, arrived time.Time) *bus.Event {
 	started := time.UnixMilli(exec.StartedMS)
 	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
@@ -390,13 +394,7 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 	if !arrived.IsZero() {
 		waited = max(p.now().Sub(arrived), 0)
 	}
-	left := timeout - waited
-	if left <= 0 {
-		// Nothing of its time is left: the seed is not called (a side effect cut off at
-		// once is worse than none).
-		perr := bus.Errorf(bus.CodeExecTimeout, "the command waited %s to start, its whole timeout of %s; not run", waited.Round(time.Millisecond), timeout)
-		return p.event(cmd, exec.ExecutionID, started, p.now(), bus.Result{Status: "timed_out", ExitCode: -1}, perr)
-	}
+	left := max(timeout-waited, time.Millisecond) // RunArrived refused one with nothing left
 	req := &bus.SeedExecute{
 		Header:      bus.NewHeader(bus.TypeSeedExecute, cmd.TraceID, started),
 		ExecutionID: exec.ExecutionID,
@@ -417,7 +415,7 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 		}
 	case errors.Is(err, errExecTimeout):
 		perr = bus.Errorf(bus.CodeExecTimeout, "execution exceeded its timeout of %s", timeout)
-		if waited >= time.Millisecond {
+		if waited >= 10*time.Millisecond {
 			perr.Message += fmt.Sprintf(" (%s of it spent waiting to start)", waited.Round(time.Millisecond))
 		}
 		res.Status, res.ExitCode = "timed_out", -1
