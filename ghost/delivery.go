@@ -412,13 +412,14 @@ func (g *Ghost) resumeUnfinished(ctx context.Context) {
 	}
 }
 
-// Live commands are queued by the cmd.<id> subscription's callback with the time each
-// arrived, and taken in order by intakeLoop as execution slots free: a callback that waited
-// for a slot itself would hold every later command in the subscription's own queue, where
-// nothing notes when it came, and each of those would then run its whole timeout from when
-// it was taken, past Mirage's deadline for it. The queue has no bound, as the
-// subscription's had none: a command is never dropped. Those queued when the Ghost stops
-// are stored in EDGE_CMD, and the next start's catch-up reads them.
+// A live command takes a free execution slot from the cmd.<id> subscription's callback.
+// When none is free, or commands are queued already, it is queued with the time it arrived,
+// and drainIntake, started for the while, dispatches the queue in order as slots free. A
+// callback that waited for a slot itself would hold every later command in the
+// subscription's own queue, where nothing notes when it came, and each of those would run
+// its whole timeout from when it was taken, past Mirage's deadline for it. The queue has no
+// bound, as the subscription's had none: a command is never dropped. Those queued when the
+// Ghost stops are stored in EDGE_CMD, and the next start's catch-up reads them.
 
 type arrival struct {
 	data []byte
@@ -427,37 +428,53 @@ type arrival struct {
 }
 
 func (g *Ghost) onCommand(msg *nats.Msg) {
+	now := g.cfg.Now()
 	g.intakeMu.Lock()
-	g.intake = append(g.intake, arrival{msg.Data, msg.Header, g.cfg.Now()})
+	if len(g.intake) == 0 && !g.draining {
+		g.intakeMu.Unlock()
+		if g.dispatchIn(msg.Data, msg.Header, false, nil, false, now) != dispatchNoSlot {
+			return // running, or the Ghost is stopping
+		}
+		g.intakeMu.Lock()
+	}
+	g.intake = append(g.intake, arrival{msg.Data, msg.Header, now})
+	start := !g.draining
+	g.draining = true
 	g.intakeMu.Unlock()
-	select {
-	case g.intakeSignal <- struct{}{}:
-	default:
+	if start {
+		if !g.track() {
+			g.dropIntake()
+			return
+		}
+		go g.drainIntake()
 	}
 }
 
-// intakeLoop dispatches the queued live commands, waiting for a slot for each in turn.
-func (g *Ghost) intakeLoop() {
+// drainIntake dispatches the queued live commands in order, waiting for a slot for each,
+// until the queue is empty.
+func (g *Ghost) drainIntake() {
 	defer g.wg.Done()
 	for {
-		select {
-		case <-g.intakeSignal:
-		case <-g.stopping:
+		g.intakeMu.Lock()
+		if len(g.intake) == 0 {
+			g.draining = false
+			g.intakeMu.Unlock()
 			return
 		}
-		for {
-			g.intakeMu.Lock()
-			if len(g.intake) == 0 {
-				g.intakeMu.Unlock()
-				break
-			}
-			a := g.intake[0]
-			g.intake[0] = arrival{}
-			g.intake = g.intake[1:]
-			g.intakeMu.Unlock()
-			if g.dispatchIn(a.data, a.hdr, false, nil, true, a.at) == dispatchStopping {
-				return
-			}
+		a := g.intake[0]
+		g.intake[0] = arrival{}
+		g.intake = g.intake[1:]
+		g.intakeMu.Unlock()
+		if g.dispatchIn(a.data, a.hdr, false, nil, true, a.at) == dispatchStopping {
+			g.dropIntake()
+			return
 		}
 	}
+}
+
+// dropIntake empties the queue of a Ghost that stops.
+func (g *Ghost) dropIntake() {
+	g.intakeMu.Lock()
+	g.intake, g.draining = nil, false
+	g.intakeMu.Unlock()
 }

@@ -146,10 +146,11 @@ type Ghost struct {
 	cancelSend context.CancelFunc
 	wg         sync.WaitGroup
 	slots      chan struct{}
-	// intake queues live commands as they arrive, for intakeLoop (delivery.go).
-	intakeMu     sync.Mutex
-	intake       []arrival
-	intakeSignal chan struct{}
+	// intake queues live commands that found no free slot (onCommand, delivery.go);
+	// draining is set while drainIntake runs.
+	intakeMu sync.Mutex
+	intake   []arrival
+	draining bool
 	// serving is cancelled when Close begins: background loops and re-sends end,
 	// executions go on. stopping is its Done channel.
 	serving     context.Context
@@ -220,12 +221,11 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 	}
 	g := &Ghost{
 		cfg: cfg, nc: nc, js: js, registry: registry, store: store, log: log,
-		pipeline:     NewPipeline(cfg.ID, registry, store, cfg.Now, log),
-		slots:        make(chan struct{}, cfg.MaxConcurrent),
-		kick:         make(chan struct{}, 1),
-		intakeSignal: make(chan struct{}, 1),
-		resendKick:   make(chan struct{}, 1),
-		claim:        newIDClaim(cfg.ID, cfg.Now()),
+		pipeline:   NewPipeline(cfg.ID, registry, store, cfg.Now, log),
+		slots:      make(chan struct{}, cfg.MaxConcurrent),
+		kick:       make(chan struct{}, 1),
+		resendKick: make(chan struct{}, 1),
+		claim:      newIDClaim(cfg.ID, cfg.Now()),
 	}
 	g.serving, g.stopServing = context.WithCancel(context.Background())
 	g.stopping = g.serving.Done()
@@ -294,9 +294,6 @@ func (g *Ghost) start(ctx context.Context) error {
 		if err := g.registerRequired(ctx); err != nil {
 			return err
 		}
-	}
-	if g.track() {
-		go g.intakeLoop()
 	}
 	if err := g.subscribe(); err != nil {
 		return err
