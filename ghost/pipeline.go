@@ -357,8 +357,17 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 	}
 	if exec.Idempotent && exec.Command != nil {
 		if seed, _, err := p.registry.Resolve(cmd.SeedSelector, cmd.Operation, cmd.Args); err == nil {
+			// It runs for what is left of its timeout since it first started: Mirage's
+			// deadline, and how long it keeps the command's lock (linger), count from then.
+			started := time.UnixMilli(exec.StartedMS)
+			if timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond; p.now().Sub(started) >= timeout {
+				perr := bus.Errorf(bus.CodeExecTimeout, "the ghost stopped during %s %s and its timeout of %s ran out before it could run it again; not run again", cmd.SeedSelector, cmd.Operation, timeout)
+				ev := p.event(cmd, exec.ExecutionID, started, p.now(), bus.Result{Status: "timed_out", ExitCode: -1}, perr)
+				p.finish(ctx, exec.ExecutionID, ev)
+				return Outcome{Event: ev}
+			}
 			p.log.Info("resuming an interrupted idempotent execution", "command_id", cmd.CommandID, "execution_id", exec.ExecutionID, "seed", cmd.SeedSelector, "operation", cmd.Operation)
-			ev := p.execute(ctx, seed, cmd, exec, time.Time{})
+			ev := p.execute(ctx, seed, cmd, exec, started)
 			p.finish(ctx, exec.ExecutionID, ev)
 			return Outcome{Event: ev, Executed: true}
 		}

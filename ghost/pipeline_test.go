@@ -590,6 +590,45 @@ func TestResumedRefusalEndsRefused(t *testing.T) {
 	}
 }
 
+// A resumed idempotent execution runs for what is left of its timeout since it first
+// started (Mirage's deadline and the command's lock count from then); one whose timeout ran
+// out while the Ghost was down is not run again: 1401.
+func TestResumedExecutionGetsWhatIsLeftOfItsTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		age  time.Duration // since it first started; the command's timeout is 5 s
+		runs bool
+	}{
+		{"time left", time.Second, true},
+		{"timeout ran out", 10 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFixture(t)
+			cmd := command(t, "t.ok", "run")
+			exec := f.p.newExecution(cmd, time.Now().Add(-tc.age))
+			exec.Idempotent = true
+			if _, fresh, err := f.store.Begin(ctx, exec); err != nil || !fresh {
+				t.Fatalf("begin: %v %v", fresh, err)
+			}
+			unfinished, err := f.store.Unfinished(ctx)
+			if err != nil || len(unfinished) != 1 {
+				t.Fatalf("unfinished: %v %v", unfinished, err)
+			}
+			out := f.p.Resume(ctx, unfinished[0])
+			checkEvent(t, cmd, out.Event)
+			calls := f.seeds["t.ok"].calls.Load()
+			switch {
+			case tc.runs && (out.Event.Outcome != bus.OutcomeSuccess || calls != 1 || !out.Executed):
+				t.Fatalf("resumed with time left: %+v (%d calls), want it run", out.Event, calls)
+			case !tc.runs && (out.Event.Error == nil || out.Event.Error.Code != bus.CodeExecTimeout || out.Event.Result.Status != "timed_out" ||
+				!strings.Contains(out.Event.Error.Message, "not run again") || calls != 0):
+				t.Fatalf("resumed past its timeout: %+v (%+v, %d calls), want a 1401 and no run", out.Event, out.Event.Error, calls)
+			}
+		})
+	}
+}
+
 // failingStore fails Begin, and GetByCommandID when failReads is set too, as a full or
 // failing disk does.
 type failingStore struct {
