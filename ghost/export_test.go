@@ -9,3 +9,6 @@ func SetResendPatience(c *Config, d time.Duration) { c.resendPatience = d }
 // SetUnrecordedPatience shortens how long replays keep trying a command the execution store
 // cannot record before they give up on it (unrecordedPatience).
 func SetUnrecordedPatience(c *Config, d time.Duration) { c.unrecordedPatience = d }
+
+// SetProbeWait replaces probeWait in c.
+func SetProbeWait(c *Config, d time.Duration) { c.probeWait = d }

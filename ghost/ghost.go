@@ -64,10 +64,11 @@ type Config struct {
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 
-	// resendPatience and unrecordedPatience replace the constants of those names when set
-	// (tests shorten them).
+	// resendPatience, unrecordedPatience and probeWait replace the constants of those names
+	// when set (tests shorten or lengthen them).
 	resendPatience     time.Duration
 	unrecordedPatience time.Duration
+	probeWait          time.Duration
 }
 
 // patience is how long a re-send tries one event (resendPatience).

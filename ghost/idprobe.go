@@ -48,6 +48,13 @@ import (
 // "no responders" at once (another instance, or a 'nats sub' on the subject, is there).
 const probeWait = 500 * time.Millisecond
 
+func (g *Ghost) probeWait() time.Duration {
+	if g.cfg.probeWait > 0 {
+		return g.cfg.probeWait
+	}
+	return probeWait
+}
+
 // probeBacklog is how many probes and answers may wait for the Ghost to read them.
 const probeBacklog = 256
 
@@ -250,14 +257,14 @@ func (g *Ghost) claimID(ctx context.Context) error {
 		return fail(clash)
 	}
 	c.setRunning()
-	answers.timer = time.NewTimer(probeWait) // late answers to the start probes
+	answers.timer = time.NewTimer(g.probeWait()) // late answers to the start probes
 	return g.startClaimLoop(probes, answers, connected)
 }
 
 // firstAnswers waits for the answers to the probe sent before subscribing: "no
 // responders", the probe wait, or a running instance's answer (an error).
 func (g *Ghost) firstAnswers(ctx context.Context, answers *probeAnswers) error {
-	t := time.NewTimer(probeWait)
+	t := time.NewTimer(g.probeWait())
 	defer t.Stop()
 	for {
 		select {
@@ -393,7 +400,7 @@ func (g *Ghost) probeAgain() *probeAnswers {
 		g.log.Warn("probe for other instances of this ghost id after connecting failed", "err", err)
 		return nil
 	}
-	a.timer = time.NewTimer(probeWait)
+	a.timer = time.NewTimer(g.probeWait())
 	return a
 }
 
