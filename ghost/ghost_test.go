@@ -335,25 +335,23 @@ func TestSaturatedGhostSaysSoOnce(t *testing.T) {
 	}
 }
 
-// A command that waits for an execution slot has the wait taken off its timeout: Mirage's
-// deadline for it runs from when it sent it, so the Ghost ends it (1401) once its timeout
-// has passed since it arrived, not a slot's wait later, when its event would no longer
-// count. Every command queued behind the slot is counted from its own arrival, and one
-// that waited its whole timeout is not run.
-func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
+// queueBehindASlot starts a headless Ghost with one execution slot, gives it a sleep of
+// busyMS, then n sleeps of 5 s with the given timeout, which wait for the slot, and
+// returns the events of those n once every command has its event.
+func queueBehindASlot(t *testing.T, id, busyMS string, n int, timeout time.Duration) []bus.Event {
+	t.Helper()
 	env := testenv.New(t)
 	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
-	const id = "one-slot"
 	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
 		testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 1 }))
-	busy, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "1500"})
+	busy, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": busyMS})
 	waiting := map[string]bool{}
-	for range 2 {
-		c, _ := storeCommandTimeout(t, env, id, "sleep", map[string]string{"ms": "5000"}, time.Second)
+	for range n {
+		c, _ := storeCommandTimeout(t, env, id, "sleep", map[string]string{"ms": "5000"}, timeout)
 		waiting[c] = true
 	}
 	var ends []bus.Event
-	testenv.Eventually(t, 10*time.Second, "the events of the three commands", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the events of every command", func() bool {
 		ends = ends[:0]
 		busyDone := false
 		for _, e := range env.Events(env.JetStream()) {
@@ -364,9 +362,18 @@ func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
 				ends = append(ends, e)
 			}
 		}
-		return busyDone && len(ends) == 2
+		return busyDone && len(ends) == n
 	})
-	for _, ev := range ends {
+	return ends
+}
+
+// A command that waits for an execution slot has the wait taken off its timeout: Mirage's
+// deadline for it runs from when it sent it, so the Ghost ends it (1401) once its timeout
+// has passed since it arrived, not a slot's wait later, when its event would no longer
+// count. Every command queued behind the slot is counted from its own arrival, and one
+// that waited its whole timeout is not run.
+func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
+	for _, ev := range queueBehindASlot(t, "one-slot", "1500", 2, time.Second) {
 		if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "not run") {
 			t.Errorf("a command that waited past its timeout ended %+v (%+v), want a 1401 saying it was not run", ev.Result, ev.Error)
 		}
@@ -378,26 +385,7 @@ func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
 
 // A command that waited for a slot for part of its timeout runs for what is left of it.
 func TestASlotWaitLeavesTheRestOfTheTimeout(t *testing.T) {
-	env := testenv.New(t)
-	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
-	const id = "one-slot-rest"
-	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
-		testenv.Tune(func(c *ghost.Config) { c.MaxConcurrent = 1 }))
-	busy, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "800"})
-	waiting, _ := storeCommandTimeout(t, env, id, "sleep", map[string]string{"ms": "5000"}, 2*time.Second)
-	var ev bus.Event
-	testenv.Eventually(t, 10*time.Second, "the events of both commands", func() bool {
-		var done int
-		for _, e := range env.Events(env.JetStream()) {
-			switch e.CommandID {
-			case busy:
-				done++
-			case waiting:
-				done, ev = done+1, e
-			}
-		}
-		return done == 2
-	})
+	ev := queueBehindASlot(t, "one-slot-rest", "800", 1, 2*time.Second)[0]
 	if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "waiting to start") {
 		t.Fatalf("the command that waited ended %+v (%+v), want a 1401 naming its wait", ev.Result, ev.Error)
 	}
