@@ -30,15 +30,7 @@ func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 	defer cancel()
 	now := time.Now()
 	recB := adoptRec("int_otherb", "g1", now)
-	m.mu.Lock()
-	li := newLiveIntent(recB)
-	m.live[recB.IntentID] = li
-	m.arm(li)
-	m.advance(li)
-	m.mu.Unlock()
-	// The live consumer lags: stop it for the moment.
-	m.cc.Stop()
-	<-m.cc.Closed()
+	li := followWithLaggingConsumer(m, recB) // the live consumer lags for the moment
 	cmd := CommandID(recB.IntentID, 0)
 	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, recB.Issue.TraceID, now), EventID: bus.EventID("g1", cmd),
 		CommandID: cmd, IntentID: recB.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: "g1",

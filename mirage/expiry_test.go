@@ -442,7 +442,7 @@ func resumeEventsAndExpectSatisfied(t *testing.T, ctx context.Context, m *Mirage
 
 // followWithLaggingConsumer makes rec a live intent of m with its deadline armed and unit 0
 // dispatched, and stops m's events consumer: it reads nothing until the test resumes it.
-func followWithLaggingConsumer(m *Mirage, rec IntentRecord) {
+func followWithLaggingConsumer(m *Mirage, rec IntentRecord) *liveIntent {
 	m.mu.Lock()
 	li := newLiveIntent(rec)
 	m.live[rec.IntentID] = li
@@ -451,4 +451,5 @@ func followWithLaggingConsumer(m *Mirage, rec IntentRecord) {
 	m.mu.Unlock()
 	m.cc.Stop()
 	<-m.cc.Closed()
+	return li
 }
