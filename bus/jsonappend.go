@@ -19,11 +19,15 @@ func AppendStrings(dst []byte, ss []string) []byte { return appendArray(dst, ss,
 // AppendStringMap appends m as a JSON object, keys sorted (null when nil).
 func AppendStringMap(dst []byte, m map[string]string) []byte { return appendStrMap(dst, m) }
 
-// AppendCommand, AppendEvent, AppendIssue, AppendError, AppendObjective and AppendCounts
-// append their value's JSON, as Encode writes it.
+// AppendCommand, AppendEvent, AppendIssue, AppendError, AppendObjective, AppendCounts,
+// AppendReport and AppendTargetResult append their value's JSON, as Encode writes it.
 func AppendCommand(dst []byte, m *Command) []byte     { return m.appendJSON(dst) }
 func AppendEvent(dst []byte, m *Event) []byte         { return m.appendJSON(dst) }
 func AppendIssue(dst []byte, m *Issue) []byte         { return m.appendJSON(dst) }
 func AppendError(dst []byte, e *Error) []byte         { return e.appendJSON(dst) }
 func AppendObjective(dst []byte, o *Objective) []byte { return appendObjective(dst, o) }
 func AppendCounts(dst []byte, c *Counts) []byte       { return appendCounts(dst, c) }
+func AppendReport(dst []byte, m *Report) []byte       { return m.appendJSON(dst) }
+func AppendTargetResult(dst []byte, r *TargetResult) []byte {
+	return appendTargetResult(dst, *r)
+}

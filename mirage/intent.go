@@ -1,9 +1,7 @@
 package mirage
 
 import (
-	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -451,12 +449,10 @@ func capOutputs(r *bus.Report, limit int) {
 // results' own encodings rather than by encoding the whole report again at every step.
 func fitReport(r *bus.Report) {
 	const budget = bus.MaxEnvelope - 16<<10
+	var buf []byte // sizes are measured with the encoder that publishes the report
 	size := func() int {
-		d, err := json.Marshal(r)
-		if err != nil {
-			return math.MaxInt
-		}
-		return len(d)
+		buf = bus.AppendReport(buf[:0], r)
+		return len(buf)
 	}
 	// Cheap first pass: when the outputs alone exceed the budget, give every result an
 	// equal share of it, so that large fan-outs cost one or two encodings, not dozens.
@@ -489,8 +485,8 @@ func fitReport(r *bus.Report) {
 	sizes := make([]int, len(bare))
 	total := reportBase(r)
 	for i := range bare {
-		d, _ := json.Marshal(&bare[i])
-		sizes[i] = len(d) + 1 // and its comma
+		buf = bus.AppendTargetResult(buf[:0], &bare[i])
+		sizes[i] = len(buf) + 1 // and its comma
 		total += sizes[i]
 	}
 	if total <= budget {
@@ -537,9 +533,5 @@ func fitReport(r *bus.Report) {
 func reportBase(r *bus.Report) int {
 	c := *r
 	c.Results = nil
-	d, err := json.Marshal(&c)
-	if err != nil {
-		return math.MaxInt / 2
-	}
-	return len(d)
+	return len(bus.AppendReport(nil, &c))
 }
