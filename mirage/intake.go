@@ -554,55 +554,77 @@ func (m *Mirage) dispatch(ctx context.Context, rec *IntentRecord, units []int) (
 	return unstored, err
 }
 
-// publish sends the commands of units into EDGE_CMD without waiting for the store.
+// publishChunk is how many commands publish builds before sending them: a large fan-out's
+// first commands leave while the rest are built, rather than after all of them are.
+const publishChunk = 256
+
+// publish sends the commands of units into EDGE_CMD without waiting for the store. It
+// returns one future per unit, in order, until an error stopped it.
 func (m *Mirage) publish(rec *IntentRecord, units []int) ([]jetstream.PubAckFuture, error) {
-	msgs := make([]*nats.Msg, 0, len(units))
-	refusals := make([]string, 0, len(units))
-	now := m.cfg.Now()
-	var buildErr error
-	for _, i := range units {
-		g := rec.Targets[i]
-		obj := rec.step(i).Objective
-		cmd := bus.Command{
-			Header:       bus.NewHeader(bus.TypeCommand, rec.Issue.TraceID, now),
-			CommandID:    CommandID(rec.IntentID, i),
-			IntentID:     rec.IntentID,
-			GhostID:      g,
-			SeedSelector: obj.SeedSelector,
-			Operation:    obj.Operation,
-			Args:         obj.Args,
-			DeliverByMS:  rec.DeliverByMS,
-			TimeoutMS:    commandTimeout(rec, now),
-		}
-		if cmd.Args == nil {
-			cmd.Args = map[string]string{}
-		}
-		data, err := bus.Encode(&cmd)
-		if err != nil {
-			buildErr = err
-			break
-		}
-		msg := bus.NewMsg(subjects.Command(g), data, cmd.CommandID, cmd.TraceID)
-		if m.cfg.Identity != nil {
-			if err := bus.SignMsg(msg, m.cfg.Identity); err != nil {
-				buildErr = fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
+	futures := make([]jetstream.PubAckFuture, 0, len(units))
+	msgs := make([]*nats.Msg, 0, min(len(units), publishChunk))
+	refusals := make([]string, 0, cap(msgs))
+	for len(units) > 0 {
+		chunk := units[:min(len(units), publishChunk)]
+		units = units[len(chunk):]
+		msgs, refusals = msgs[:0], refusals[:0]
+		now := m.cfg.Now()
+		var buildErr error
+		for _, i := range chunk {
+			msg, refusal, err := m.buildCommand(rec, i, now)
+			if err != nil {
+				buildErr = err
 				break
 			}
+			msgs = append(msgs, msg)
+			refusals = append(refusals, refusal)
 		}
-		msgs = append(msgs, msg)
-		refusals = append(refusals, bus.RefusalEventID(g, cmd.CommandID, data))
-	}
-	// Before the commands leave: a Ghost may answer before publish returns.
-	m.noteSent(rec.IntentID, units[:len(msgs)], refusals)
-	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-	for _, msg := range msgs {
-		f, err := m.js.PublishMsgAsync(msg)
-		if err != nil {
-			return futures, fmt.Errorf("publish command %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
+		// Before the commands leave: a Ghost may answer before publish returns.
+		m.noteSent(rec.IntentID, chunk[:len(msgs)], refusals)
+		for _, msg := range msgs {
+			f, err := m.js.PublishMsgAsync(msg)
+			if err != nil {
+				return futures, fmt.Errorf("publish command %s: %w", msg.Header.Get(bus.HeaderMsgID), err)
+			}
+			futures = append(futures, f)
 		}
-		futures = append(futures, f)
+		if buildErr != nil {
+			return futures, buildErr
+		}
 	}
-	return futures, buildErr
+	return futures, nil
+}
+
+// buildCommand returns the message of unit i's command as sent at now, and the event_id
+// a Ghost's refusal of these very bytes would carry (noteSent).
+func (m *Mirage) buildCommand(rec *IntentRecord, i int, now time.Time) (*nats.Msg, string, error) {
+	g := rec.Targets[i]
+	obj := rec.step(i).Objective
+	cmd := bus.Command{
+		Header:       bus.NewHeader(bus.TypeCommand, rec.Issue.TraceID, now),
+		CommandID:    CommandID(rec.IntentID, i),
+		IntentID:     rec.IntentID,
+		GhostID:      g,
+		SeedSelector: obj.SeedSelector,
+		Operation:    obj.Operation,
+		Args:         obj.Args,
+		DeliverByMS:  rec.DeliverByMS,
+		TimeoutMS:    commandTimeout(rec, now),
+	}
+	if cmd.Args == nil {
+		cmd.Args = map[string]string{}
+	}
+	data, err := bus.Encode(&cmd)
+	if err != nil {
+		return nil, "", err
+	}
+	msg := bus.NewMsg(subjects.Command(g), data, cmd.CommandID, cmd.TraceID)
+	if m.cfg.Identity != nil {
+		if err := bus.SignMsg(msg, m.cfg.Identity); err != nil {
+			return nil, "", fmt.Errorf("sign command %s: %w", cmd.CommandID, err)
+		}
+	}
+	return msg, bus.RefusalEventID(g, cmd.CommandID, data), nil
 }
 
 // noteSent records, for the units published, the event_id a Ghost's refusal for security
