@@ -3,6 +3,7 @@ package mirage
 import (
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -222,6 +223,11 @@ func checkHosts(ids []string, obj bus.Objective, fleet []GhostRecord) error {
 	}
 	var problems []string
 	argProblems := map[string][]string{} // a problem with the args → the targets it is on
+	var (
+		checked    bool
+		lastParams []bus.ParamInfo
+		lastErr    error
+	)
 	for _, id := range ids {
 		rec, ok := byID[id]
 		if !ok {
@@ -239,14 +245,20 @@ func checkHosts(ids []string, obj bus.Objective, fleet []GhostRecord) error {
 		}
 		// The args as the Ghost will check them, against the params it registered: a
 		// mistyped value is refused here (exit 2), not after dispatch on every target.
-		if err := bus.CheckArgs(obj.SeedSelector, op, obj.Args, func(name string) *bus.ParamPattern {
-			for _, p := range op.Params {
-				if p.Name == name {
-					return bus.SharedPattern(p.Pattern)
+		// A fleet's Ghosts mostly declare the same params: those of the last target
+		// checked give their answer again without running its patterns again.
+		if !checked || !sameParams(op.Params, lastParams) {
+			lastParams, checked = op.Params, true
+			lastErr = bus.CheckArgs(obj.SeedSelector, op, obj.Args, func(name string) *bus.ParamPattern {
+				for _, p := range op.Params {
+					if p.Name == name {
+						return bus.SharedPattern(p.Pattern)
+					}
 				}
-			}
-			return nil
-		}); err != nil {
+				return nil
+			})
+		}
+		if err := lastErr; err != nil {
 			msg := bus.AsError(err).Message // names the arg: "args.NAME: …"
 			argProblems[msg] = append(argProblems[msg], id)
 		}
@@ -319,4 +331,18 @@ func distinctSorted(ids []string) []string {
 		}
 	}
 	return out
+}
+
+// sameParams reports whether two declarations of an operation's params are the same, so
+// that the same args get the same answer from both.
+func sameParams(a, b []bus.ParamInfo) bool {
+	return slices.EqualFunc(a, b, func(x, y bus.ParamInfo) bool {
+		return x.Name == y.Name && x.Required == y.Required && x.Pattern == y.Pattern &&
+			x.MaxBytes == y.MaxBytes && x.NoLeadingDash == y.NoLeadingDash &&
+			sameBound(x.Min, y.Min) && sameBound(x.Max, y.Max)
+	})
+}
+
+func sameBound(a, b *int64) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }

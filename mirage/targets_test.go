@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost/seeds"
 )
 
 var testNow = time.UnixMilli(1_800_000_000_000)
@@ -245,6 +246,79 @@ func TestResolveRefusesALeadingDashWhereTheGhostWould(t *testing.T) {
 	for _, args := range []map[string]string{{"path": "etc/hosts"}, {"path": "a-b", "label": "-x"}} {
 		if _, err := resolveTargets("edge-t", obj(args), fleet, testNow); err != nil {
 			t.Errorf("%v: %v; want it accepted", args, err)
+		}
+	}
+}
+
+// Ghosts of one fleet that declare the same operation with different params are each
+// checked against their own declaration, whatever the order they come in: the answer
+// reused from the previous target is only reused for the same params.
+func TestResolveChecksEachGhostAgainstItsOwnParams(t *testing.T) {
+	one, ten := int64(1), int64(10)
+	decl := func(params ...bus.ParamInfo) []bus.SeedInfo {
+		return []bus.SeedInfo{{ID: "seed.x", Operations: []bus.OperationInfo{{Name: "run", Params: params}}}}
+	}
+	letters := bus.ParamInfo{Name: "v", Pattern: "[a-z0-9]{1,8}"}
+	digits := bus.ParamInfo{Name: "v", Pattern: "[0-9]{1,8}"}
+	bounded := bus.ParamInfo{Name: "v", Pattern: "[0-9]{1,8}", Min: &one, Max: &ten}
+	bounded2 := bounded
+	bounded2.Max = new(int64(99))
+	seen := testNow.UnixMilli()
+	fleet := []GhostRecord{
+		{GhostID: "a1", Seeds: decl(letters), LastSeenMS: seen},
+		{GhostID: "a2", Seeds: decl(digits), LastSeenMS: seen},
+		{GhostID: "a3", Seeds: decl(letters), LastSeenMS: seen},
+		{GhostID: "a4", Seeds: decl(bounded), LastSeenMS: seen},
+		{GhostID: "a5", Seeds: decl(bounded2), LastSeenMS: seen},
+		{GhostID: "a6", Seeds: decl(bounded), LastSeenMS: seen},
+	}
+	cases := []struct {
+		v    string
+		want []string // targets refused, each in its problem
+	}{
+		{"abc", []string{"a2", "a4", "a5", "a6"}},
+		{"42", []string{"a4", "a6"}},
+		{"7", nil},
+	}
+	for _, c := range cases {
+		_, err := resolveTargets("a*", bus.Objective{SeedSelector: "seed.x", Operation: "run", Args: map[string]string{"v": c.v}}, fleet, testNow)
+		if len(c.want) == 0 {
+			if err != nil {
+				t.Errorf("v=%s: %v; want it accepted", c.v, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("v=%s: accepted; want %v refused", c.v, c.want)
+			continue
+		}
+		msg := err.Error()
+		for _, id := range []string{"a1", "a2", "a3", "a4", "a5", "a6"} {
+			if refused := strings.Contains(msg, id); refused != slices.Contains(c.want, id) {
+				t.Errorf("v=%s: %s named in the refusal: %v; want refused %v: %s", c.v, id, refused, c.want, msg)
+			}
+		}
+	}
+}
+
+// BenchmarkResolveLabelInALargeFleet is the cost of resolving a label selector that
+// matches 10,000 Ghosts declaring seed.flow, with its args checked on each.
+func BenchmarkResolveLabelInALargeFleet(b *testing.B) {
+	reg, err := seeds.Registry([]string{seeds.Flow}, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := &Fleet{ghosts: map[string]*GhostRecord{}}
+	for i := range 10000 {
+		r := GhostRecord{GhostID: fmt.Sprintf("edge-%05d", i), Seeds: reg.Infos(), Labels: map[string]string{"bench": "x"}, LastSeenMS: testNow.UnixMilli()}
+		f.ghosts[r.GhostID] = &r
+	}
+	m := &Mirage{fleet: f, cfg: Config{Now: func() time.Time { return testNow }}}
+	obj := bus.Objective{SeedSelector: seeds.Flow, Operation: "echo", Args: map[string]string{"message": "hello from the benchmark"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if ids, err := m.resolve("bench=x", obj); err != nil || len(ids) != 10000 {
+			b.Fatalf("%d targets, %v", len(ids), err)
 		}
 	}
 }
