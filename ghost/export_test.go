@@ -12,3 +12,6 @@ func SetUnrecordedPatience(c *Config, d time.Duration) { c.unrecordedPatience = 
 
 // SetProbeWait replaces probeWait in c.
 func SetProbeWait(c *Config, d time.Duration) { c.probeWait = d }
+
+// SetLateAnswerWait replaces lateAnswerWait in c.
+func SetLateAnswerWait(c *Config, d time.Duration) { c.lateAnswerWait = d }

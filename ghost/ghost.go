@@ -64,11 +64,12 @@ type Config struct {
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 
-	// resendPatience, unrecordedPatience and probeWait replace the constants of those names
-	// when set (tests shorten or lengthen them).
+	// resendPatience, unrecordedPatience, probeWait and lateAnswerWait replace the
+	// constants of those names when set (tests shorten or lengthen them).
 	resendPatience     time.Duration
 	unrecordedPatience time.Duration
 	probeWait          time.Duration
+	lateAnswerWait     time.Duration
 }
 
 // patience is how long a re-send tries one event (resendPatience).

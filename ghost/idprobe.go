@@ -43,6 +43,12 @@ import (
 // started, until the answers to its start probes are in: at most probeWait after Start,
 // the only cost of the check once Start has returned. A stand-down while Start still
 // runs (policy required: it registers) makes Start fail with the DuplicateIDError.
+//
+// No wait is long enough for every answer: a busy host or route may answer after it.
+// Answers are therefore read for lateAnswerWait after a probe, the Ghost serving
+// meanwhile: one that comes after the probe wait still stands the Ghost down (having
+// run what it received in between, the one window left), where dropping it would have
+// left both instances running every command until one reconnected.
 
 // probeWait bounds the wait for answers to a probe that the server did not answer with
 // "no responders" at once (another instance, or a 'nats sub' on the subject, is there).
@@ -54,6 +60,17 @@ func (g *Ghost) probeWait() time.Duration {
 	}
 	return probeWait
 }
+
+func (g *Ghost) lateAnswerWait() time.Duration {
+	if g.cfg.lateAnswerWait > 0 {
+		return g.cfg.lateAnswerWait
+	}
+	return lateAnswerWait
+}
+
+// lateAnswerWait is how long after a probe its answers are still read, once the probe
+// wait has ended and the Ghost serves.
+const lateAnswerWait = time.Minute
 
 // probeBacklog is how many probes and answers may wait for the Ghost to read them.
 const probeBacklog = 256
@@ -158,13 +175,14 @@ func (g *Ghost) Err() error {
 	return g.claim.err
 }
 
-// probeAnswers is one probe's reply subject and what arrived on it; the answers to the
-// start probes are read until until, late ones included.
+// probeAnswers is one probe's reply subject and what arrived on it: read until timer
+// (the probe wait) fires, then, late ones, until late does (lateAnswerWait).
 type probeAnswers struct {
 	sub      *nats.Subscription
 	ch       chan *nats.Msg
 	starting bool // asked while starting: a running answerer stayed up
 	timer    *time.Timer
+	late     *time.Timer
 }
 
 func (g *Ghost) openAnswers(starting bool) (*probeAnswers, error) {
@@ -188,6 +206,9 @@ func (a *probeAnswers) close() {
 	_ = a.sub.Unsubscribe()
 	if a.timer != nil {
 		a.timer.Stop()
+	}
+	if a.late != nil {
+		a.late.Stop()
 	}
 }
 
@@ -329,9 +350,14 @@ func (g *Ghost) claimLoop(probes chan *nats.Msg, answers *probeAnswers, connecte
 	defer func() { answers.close() }()
 	for {
 		var answerCh chan *nats.Msg
-		var expired <-chan time.Time
+		var expired, ended <-chan time.Time
 		if answers != nil {
-			answerCh, expired = answers.ch, answers.timer.C
+			answerCh = answers.ch
+			if answers.late == nil {
+				expired = answers.timer.C
+			} else {
+				ended = answers.late.C
+			}
 		}
 		select {
 		case <-g.stopping:
@@ -361,9 +387,11 @@ func (g *Ghost) claimLoop(probes chan *nats.Msg, answers *probeAnswers, connecte
 					drained = true
 				}
 			}
+			answers.late = time.NewTimer(g.lateAnswerWait())
+			g.claim.markSettled()
+		case <-ended:
 			answers.close()
 			answers = nil
-			g.claim.markSettled()
 		case <-connected:
 			answers.close()
 			if answers = g.probeAgain(); answers == nil {
@@ -388,7 +416,8 @@ func (g *Ghost) lateAnswer(answers *probeAnswers, m *nats.Msg) {
 }
 
 // probeAgain asks, once connected again, whether another instance runs: a partition may
-// have let one start. Its answers are read for probeWait.
+// have let one start. Its answers are read for probeWait, then, late ones, for
+// lateAnswerWait.
 func (g *Ghost) probeAgain() *probeAnswers {
 	a, err := g.openAnswers(false)
 	if err == nil {

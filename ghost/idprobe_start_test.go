@@ -295,3 +295,45 @@ func ghostGoroutines() string {
 	}
 	return strings.Join(out, "\n\n")
 }
+
+// A running instance's answer that comes after the Ghost's probe wait has ended, the
+// Ghost serving, still stands it down: a busy host or route that answers late must not
+// leave two instances of one id running every command. One that comes after
+// lateAnswerWait is not read any more: the Ghost keeps serving.
+func TestAnswerAfterTheProbeWaitStillStandsTheGhostDown(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		late      time.Duration // lateAnswerWait
+		standDown bool
+	}{
+		{"within the late answer wait", time.Minute, true},
+		{"after the late answer wait", 200 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t)
+			const id = "edge-slow-twin"
+			twin := newLateTwin(t, env, id)
+			g, _ := newFlowGhost(t, env, id, "newcomer", func(c *ghost.Config) {
+				ghost.SetProbeWait(c, 50*time.Millisecond)
+				ghost.SetLateAnswerWait(c, tc.late)
+			})
+			if err := startWithin(g, 10*time.Second); err != nil {
+				t.Fatalf("the Ghost, the twin's answer not in yet: %v", err)
+			}
+			// The probe wait is over: the Ghost serves.
+			cmd, _ := storeCommand(t, env, id, "status", nil)
+			eventFor(t, env, id, cmd)
+			time.Sleep(400 * time.Millisecond) // past the short late answer wait
+			twin.answer()
+			if tc.standDown {
+				twin.standsDownFor(g)
+				return
+			}
+			select {
+			case <-g.Done():
+				t.Fatalf("the Ghost stood down on an answer that came after its late answer wait: %v", g.Err())
+			case <-time.After(500 * time.Millisecond):
+			}
+		})
+	}
+}
