@@ -96,21 +96,25 @@ func TestIssueSentAgainIsAnsweredBeforeItsIntentIsRebuilt(t *testing.T) {
 		err   error
 	}
 	answered := make(chan answer, 1)
+	takenUp := make(chan *liveIntent, 1)
+	m.mu.Lock()
+	m.tookUp = func(li *liveIntent) {
+		m.mu.Lock() // unlocked by the test once the issue is answered
+		m.tookUp = nil
+		takenUp <- li
+	}
+	m.mu.Unlock()
 	go func() {
 		r, err := client.Issue(ctx, &is)
 		answered <- answer{r, err}
 	}()
-	// Hold m.mu from the moment the intent is taken up: its rebuild waits for it.
+	// Hold m.mu from the moment the intent is taken up: its rebuild waits for it. (Read
+	// from the test, the moment passes in the milliseconds a rebuild of nothing takes.)
 	var li *liveIntent
-	for end := time.Now().Add(IssueTimeout); ; time.Sleep(time.Millisecond) {
-		m.mu.Lock()
-		if li = m.live[rec.IntentID]; li != nil && li.adopting {
-			break
-		}
-		m.mu.Unlock()
-		if time.Now().After(end) {
-			t.Fatal("the intent was not taken up")
-		}
+	select {
+	case li = <-takenUp:
+	case <-time.After(IssueTimeout):
+		t.Fatal("the intent was not taken up")
 	}
 	var a answer
 	select {

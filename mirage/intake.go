@@ -162,7 +162,11 @@ func (m *Mirage) takeUp(rec *IntentRecord) *liveIntent {
 	m.mu.Lock()
 	m.release(rec.IntentID)
 	m.live[rec.IntentID] = li
+	tookUp := m.tookUp
 	m.mu.Unlock()
+	if tookUp != nil {
+		tookUp(li)
+	}
 	m.log.Warn("intent recorded but not followed (its record's answer was lost): taking it up", "intent_id", rec.IntentID)
 	return li
 }

@@ -118,6 +118,9 @@ type Mirage struct {
 	unrecorded    map[string]*IntentRecord
 	publisherGone bool          // the report publisher has returned (Close): store reports directly
 	known         *knownIntents // the ids edge_intents may hold (freshIntent)
+	// tookUp, set under mu by tests, is called by takeUp once the intent is live (mu
+	// released) and before it is rebuilt.
+	tookUp func(*liveIntent)
 
 	// ending holds the intents that ended (intent → terminal phase) until their terminal
 	// report is stored: a late event in between is told the intent ended (1900). Its own
