@@ -30,6 +30,7 @@ type authFleet struct {
 	env              *testenv.Env
 	operator, mirage *bus.Identity
 	m                *mirage.Mirage
+	cfg              mirage.Config // Mirage's, for a restart
 	keys             map[string]*bus.Identity
 	kv               map[string]*kv.Seed
 	op               *nats.Conn
@@ -65,6 +66,7 @@ func newAuthFleetWith(t *testing.T, tune func(*mirage.Config), ghosts ...string)
 	if tune != nil {
 		tune(&cfg)
 	}
+	f.cfg = cfg
 	f.m = f.env.StartMirageOn(mnc, cfg)
 	f.op = f.env.ConnWith("operator", f.operator.NATSOption())
 	var err error
@@ -421,10 +423,28 @@ func TestAuthRefusalOfForgedCopyDoesNotReplaceTheResult(t *testing.T) {
 // Mirage refuses an event whose signer is not the key enrolled for its ghost_id: a forged
 // success for a silent target does not count, the target times out.
 func TestAuthForgedEventIsNotCounted(t *testing.T) {
+	// Live: Mirage reads the forged events as they are stored. Replayed: they are stored
+	// while no Mirage runs, and the next one reads them in the recovery of the open
+	// intent (its replay of EDGE_EVT) before its consumer delivers them.
+	for _, restart := range []bool{false, true} {
+		name := "live"
+		if restart {
+			name = "replayed at Mirage start"
+		}
+		t.Run(name, func(t *testing.T) { forgedEventIsNotCounted(t, restart) })
+	}
+}
+
+func forgedEventIsNotCounted(t *testing.T, restart bool) {
 	f := newAuthFleet(t, "ghost-x")
-	is := testenv.NewIssue("ghost-x", "seed.kv", "incr", map[string]string{"key": "k"}, 2*time.Second)
+	is := testenv.NewIssue("ghost-x", "seed.kv", "incr", map[string]string{"key": "k"}, 3*time.Second)
 	if _, err := f.client.Issue(context.Background(), is); err != nil {
 		t.Fatal(err)
+	}
+	if restart {
+		if err := f.m.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	forger := newIdentity(t)
 	ev := &bus.Event{
@@ -451,6 +471,10 @@ func TestAuthForgedEventIsNotCounted(t *testing.T) {
 		if _, err := js.PublishMsg(context.Background(), msg); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if restart {
+		mnc := f.env.ConnWith("mirage again", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
+		f.m = f.env.StartMirageOn(mnc, f.cfg)
 	}
 	r := waitReport(t, f.client, is.IntentID, 10*time.Second)
 	if r.Counts.Success != 0 || r.Counts.Timeout != 1 {
