@@ -46,9 +46,10 @@ import (
 //
 // No wait is long enough for every answer: a busy host or route may answer after it.
 // Answers are therefore read for lateAnswerWait after a probe, the Ghost serving
-// meanwhile: one that comes after the probe wait still stands the Ghost down (having
-// run what it received in between, the one window left), where dropping it would have
-// left both instances running every command until one reconnected.
+// meanwhile: a running instance's answer that comes after the probe wait is decided as
+// between two running instances (the one started later stands down, having run what it
+// received in between, the one window left), where dropping it would have left both
+// running every command until one reconnected.
 
 // probeWait bounds the wait for answers to a probe that the server did not answer with
 // "no responders" at once (another instance, or a 'nats sub' on the subject, is there).
@@ -407,11 +408,14 @@ func (g *Ghost) lateAnswer(answers *probeAnswers, m *nats.Msg) {
 	if !ok {
 		return
 	}
-	if answers.starting && other.Phase == bus.InstanceRunning {
-		// It kept the id against this Ghost's start: this one goes.
+	if answers.starting && other.Phase == bus.InstanceRunning && answers.late == nil {
+		// In the probe wait, this Ghost holding its commands: the other kept the id against
+		// this start, and this one goes.
 		g.standDown(&DuplicateIDError{ID: g.cfg.ID, Other: other})
 		return
 	}
+	// After it, both may have served (two started together may each read the other's
+	// answer late): the one started later goes, as both decide.
 	g.runningClash(other, "another instance of this ghost id answered its probe")
 }
 
