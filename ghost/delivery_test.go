@@ -31,6 +31,13 @@ func storeCommand(t *testing.T, env *testenv.Env, ghostID, op string, args map[s
 // storeCommandTimeout is storeCommand with the command's timeout_ms.
 func storeCommandTimeout(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string, timeout time.Duration) (string, uint64) {
 	t.Helper()
+	return storeCommandDeadlines(t, env, ghostID, op, args, timeout, time.Minute)
+}
+
+// storeCommandDeadlines is storeCommand with the command's timeout_ms, and its
+// deliver_by_ms deliverWithin from now.
+func storeCommandDeadlines(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string, timeout, deliverWithin time.Duration) (string, uint64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	js := env.JetStream()
@@ -40,7 +47,7 @@ func storeCommandTimeout(t *testing.T, env *testenv.Env, ghostID, op string, arg
 	now := time.Now()
 	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
 		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
-		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: timeout.Milliseconds()}
+		DeliverByMS: now.Add(deliverWithin).UnixMilli(), TimeoutMS: timeout.Milliseconds()}
 	data, err := bus.Encode(&cmd)
 	if err != nil {
 		t.Fatal(err)

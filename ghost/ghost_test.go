@@ -336,9 +336,10 @@ func TestSaturatedGhostSaysSoOnce(t *testing.T) {
 }
 
 // queueBehindASlot starts a headless Ghost with one execution slot, gives it a sleep of
-// busyMS, then n sleeps of 5 s with the given timeout, which wait for the slot, and
-// returns the events of those n once every command has its event.
-func queueBehindASlot(t *testing.T, id, busyMS string, n int, timeout time.Duration) []bus.Event {
+// busyMS, then n sleeps of 5 s with the given timeout and deliver_by_ms deliverWithin
+// after they are sent, which wait for the slot, and returns the events of those n once
+// every command has its event.
+func queueBehindASlot(t *testing.T, id, busyMS string, n int, timeout, deliverWithin time.Duration) []bus.Event {
 	t.Helper()
 	env := testenv.New(t)
 	env.StartMirage(mirage.Config{}) // the streams; the headless Ghost does not register
@@ -347,7 +348,7 @@ func queueBehindASlot(t *testing.T, id, busyMS string, n int, timeout time.Durat
 	busy, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": busyMS})
 	waiting := map[string]bool{}
 	for range n {
-		c, _ := storeCommandTimeout(t, env, id, "sleep", map[string]string{"ms": "5000"}, timeout)
+		c, _ := storeCommandDeadlines(t, env, id, "sleep", map[string]string{"ms": "5000"}, timeout, deliverWithin)
 		waiting[c] = true
 	}
 	var ends []bus.Event
@@ -371,21 +372,35 @@ func queueBehindASlot(t *testing.T, id, busyMS string, n int, timeout time.Durat
 // deadline for it runs from when it sent it, so the Ghost ends it (1401) once its timeout
 // has passed since it arrived, not a slot's wait later, when its event would no longer
 // count. Every command queued behind the slot is counted from its own arrival, and one
-// that waited its whole timeout is not run.
+// that waited its whole timeout is not run: 1401, also when its deliver_by_ms is its
+// deadline, as Mirage sets it by default (it has passed too, but the wait is the reason).
 func TestWaitForASlotComesOffTheTimeout(t *testing.T) {
-	for _, ev := range queueBehindASlot(t, "one-slot", "1500", 2, time.Second) {
-		if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "not run") {
-			t.Errorf("a command that waited past its timeout ended %+v (%+v), want a 1401 saying it was not run", ev.Result, ev.Error)
+	for _, deliverWithin := range []time.Duration{time.Minute, time.Second} {
+		for _, ev := range queueBehindASlot(t, "one-slot", "1500", 2, time.Second, deliverWithin) {
+			if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "not run") {
+				t.Errorf("deliver_by_ms %s after sending: a command that waited past its timeout ended %+v (%+v), want a 1401 saying it was not run", deliverWithin, ev.Result, ev.Error)
+			}
+			if ran := time.Duration(ev.FinishedMS-ev.StartedMS) * time.Millisecond; ran > 500*time.Millisecond {
+				t.Errorf("it ran %s once it had a slot, after waiting longer than its 1s timeout for it", ran)
+			}
 		}
-		if ran := time.Duration(ev.FinishedMS-ev.StartedMS) * time.Millisecond; ran > 500*time.Millisecond {
-			t.Errorf("it ran %s once it had a slot, after waiting longer than its 1s timeout for it", ran)
+	}
+}
+
+// A command that reached the Ghost before its deliver_by_ms and waited for a slot until
+// after it is not run (expired, 1600), and its error says it came in time and waited,
+// not that it was delivered late.
+func TestDeliverByPassedWhileWaitingForASlot(t *testing.T) {
+	for _, ev := range queueBehindASlot(t, "one-slot-deliver", "1500", 1, 10*time.Second, 500*time.Millisecond) {
+		if ev.Error == nil || ev.Error.Code != bus.CodeExpired || !strings.Contains(ev.Error.Message, "reached the ghost in time but waited") {
+			t.Errorf("a command that arrived in time and waited past its deliver_by_ms ended %+v (%+v), want a 1600 saying it came in time and waited", ev.Result, ev.Error)
 		}
 	}
 }
 
 // A command that waited for a slot for part of its timeout runs for what is left of it.
 func TestASlotWaitLeavesTheRestOfTheTimeout(t *testing.T) {
-	ev := queueBehindASlot(t, "one-slot-rest", "800", 1, 2*time.Second)[0]
+	ev := queueBehindASlot(t, "one-slot-rest", "800", 1, 2*time.Second, time.Minute)[0]
 	if ev.Error == nil || ev.Error.Code != bus.CodeExecTimeout || !strings.Contains(ev.Error.Message, "waiting to start") {
 		t.Fatalf("the command that waited ended %+v (%+v), want a 1401 naming its wait", ev.Result, ev.Error)
 	}

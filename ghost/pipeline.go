@@ -96,15 +96,23 @@ func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived tim
 	if cmd.GhostID != p.ghostID {
 		return p.refuse(ctx, cmd, bus.FieldError(bus.CodeSemantic, "ghost_id", "command is for ghost %q, this is ghost %q", cmd.GhostID, p.ghostID))
 	}
-	if now.UnixMilli() > cmd.DeliverByMS {
+	// A command that waited its whole timeout in the Ghost is refused as such (below), even
+	// when its deliver_by_ms has passed meanwhile too, as it has whenever Mirage set it to
+	// the intent's deadline: the wait, not the delivery, is why it does not run.
+	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
+	waitedOut := !arrived.IsZero() && now.Sub(arrived) >= timeout
+	if now.UnixMilli() > cmd.DeliverByMS && !waitedOut {
 		late := now.Sub(time.UnixMilli(cmd.DeliverByMS)).Round(time.Millisecond)
+		if !arrived.IsZero() && arrived.UnixMilli() <= cmd.DeliverByMS {
+			return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExpired, "command reached the ghost in time but waited %s there to start, until %s after its deliver_by_ms; not executed", now.Sub(arrived).Round(time.Millisecond), late))
+		}
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExpired, "command reached the ghost %s after its deliver_by_ms; not executed", late))
 	}
 	seed, op, err := p.registry.Resolve(cmd.SeedSelector, cmd.Operation, cmd.Args)
 	if err != nil {
 		return p.refuse(ctx, cmd, bus.AsError(err))
 	}
-	if timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond; !arrived.IsZero() && now.Sub(arrived) >= timeout {
+	if waitedOut {
 		// It waited its whole timeout: not run, and recorded as a refusal, so that a
 		// restart answers it the same way and never runs it.
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExecTimeout, "the command waited %s to start, its whole timeout of %s; not run", now.Sub(arrived).Round(time.Millisecond), timeout))
