@@ -186,7 +186,7 @@ func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64)
 	started := 0
 	err := src.read(ctx, after+1, last, func(sseq uint64, data []byte, hdr nats.Header) error {
 		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
-			switch g.dispatchIn(data, hdr, true, nil, false, g.cfg.Now()) {
+			switch g.dispatchIn(data, hdr, true, nil, false, g.arrivedAt(id, g.cfg.Now())) {
 			case dispatchStopping:
 				return errStopping
 			case dispatchNoSlot:
@@ -323,7 +323,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 		}
 		done := make(chan error, 1)
 		handled = append(handled, handling{id, data, hdr, done})
-		if !g.dispatch(data, hdr, true, done) {
+		if !g.dispatch(id, data, hdr, done) {
 			return errStopping
 		}
 		read++
@@ -345,10 +345,11 @@ const (
 	dispatchStopping
 )
 
-// dispatch runs handle in an execution slot; done, when set, receives what it returned
-// (nil, or errNotRecorded). It returns false when the Ghost is stopping.
-func (g *Ghost) dispatch(data []byte, hdr nats.Header, replayed bool, done chan<- error) bool {
-	return g.dispatchIn(data, hdr, replayed, done, true, g.cfg.Now()) == dispatched
+// dispatch runs handle for replayed command id in an execution slot; done, when set,
+// receives what it returned (nil, or errNotRecorded). It returns false when the Ghost is
+// stopping.
+func (g *Ghost) dispatch(id string, data []byte, hdr nats.Header, done chan<- error) bool {
+	return g.dispatchIn(data, hdr, true, done, true, g.arrivedAt(id, g.cfg.Now())) == dispatched
 }
 
 // dispatchIn is dispatch, waiting for a slot when wait is set and taking only a free one
@@ -425,6 +426,7 @@ type arrival struct {
 	data []byte
 	hdr  nats.Header
 	at   time.Time
+	id   string // command_id, "" when unreadable
 }
 
 func (g *Ghost) onCommand(msg *nats.Msg) {
@@ -437,7 +439,16 @@ func (g *Ghost) onCommand(msg *nats.Msg) {
 		}
 		g.intakeMu.Lock()
 	}
-	g.intake = append(g.intake, arrival{msg.Data, msg.Header, now})
+	a := arrival{msg.Data, msg.Header, now, commandIDOf(msg.Data)}
+	g.intake = append(g.intake, a)
+	if a.id != "" {
+		if g.queuedAt == nil {
+			g.queuedAt = map[string]time.Time{}
+		}
+		if _, ok := g.queuedAt[a.id]; !ok {
+			g.queuedAt[a.id] = now
+		}
+	}
 	start := !g.draining
 	g.draining = true
 	g.intakeMu.Unlock()
@@ -465,16 +476,35 @@ func (g *Ghost) drainIntake() {
 		g.intake[0] = arrival{}
 		g.intake = g.intake[1:]
 		g.intakeMu.Unlock()
-		if g.dispatchIn(a.data, a.hdr, false, nil, true, a.at) == dispatchStopping {
+		res := g.dispatchIn(a.data, a.hdr, false, nil, true, a.at)
+		if res == dispatchStopping {
 			g.dropIntake()
 			return
 		}
+		// It holds a slot now: a copy coming later finds it running or recorded.
+		g.intakeMu.Lock()
+		if t, ok := g.queuedAt[a.id]; ok && t.Equal(a.at) {
+			delete(g.queuedAt, a.id)
+		}
+		g.intakeMu.Unlock()
 	}
 }
 
 // dropIntake empties the queue of a Ghost that stops.
 func (g *Ghost) dropIntake() {
 	g.intakeMu.Lock()
-	g.intake, g.draining = nil, false
+	g.intake, g.draining, g.queuedAt = nil, false, nil
 	g.intakeMu.Unlock()
+}
+
+// arrivedAt is when command commandID reached the Ghost, for a copy of it read now from
+// EDGE_CMD: when a live copy waits in the intake, the time that one arrived, so that the
+// replayed copy, should it get a slot first, is not given the timeout again from now.
+func (g *Ghost) arrivedAt(commandID string, now time.Time) time.Time {
+	g.intakeMu.Lock()
+	defer g.intakeMu.Unlock()
+	if t, ok := g.queuedAt[commandID]; ok && commandID != "" && t.Before(now) {
+		return t
+	}
+	return now
 }

@@ -149,10 +149,12 @@ type Ghost struct {
 	wg         sync.WaitGroup
 	slots      chan struct{}
 	// intake queues live commands that found no free slot (onCommand, delivery.go);
-	// draining is set while drainIntake runs.
+	// draining is set while drainIntake runs. queuedAt holds, by command_id, when each
+	// queued command arrived, for a replayed copy of it (arrivedAt).
 	intakeMu sync.Mutex
 	intake   []arrival
 	draining bool
+	queuedAt map[string]time.Time
 	// serving is cancelled when Close begins: background loops and re-sends end,
 	// executions go on. stopping is its Done channel.
 	serving     context.Context
