@@ -355,9 +355,25 @@ func (m *Mirage) onFleet(msg *nats.Msg) {
 	if err != nil {
 		reply.Status, reply.Error = "rejected", bus.AsError(err)
 	}
-	reply.Fleet = m.enrolled.list()
-	if data, jerr := json.Marshal(reply); jerr == nil && msg.Reply != "" {
-		_ = msg.Respond(data)
+	if msg.Subject == subjects.FleetList {
+		// Only list carries the fleet: about 130 bytes a Ghost, beyond what one message may
+		// hold from about 8,000 Ghosts on ('fleet ls' reads KV edge_fleet instead).
+		reply.Fleet = m.enrolled.list()
+	}
+	data, jerr := json.Marshal(reply)
+	if jerr == nil && int64(len(data)) > m.nc.MaxPayload() {
+		n := len(reply.Fleet)
+		reply.Fleet = nil
+		reply.Status, reply.Error = "rejected", bus.Errorf(bus.CodeTooLarge,
+			"the %d enrolled Ghosts take %d bytes, more than one message may hold (%d): read them from KV %s ('miragectl fleet ls' does)",
+			n, len(data), m.nc.MaxPayload(), bus.BucketFleet)
+		data, jerr = json.Marshal(reply)
+	}
+	if jerr != nil || msg.Reply == "" {
+		return
+	}
+	if err := msg.Respond(data); err != nil {
+		m.log.Warn("fleet request not answered", "subject", msg.Subject, "err", err)
 	}
 }
 

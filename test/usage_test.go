@@ -2,6 +2,8 @@ package test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -256,5 +262,77 @@ func TestFleetWithoutAuthWarns(t *testing.T) {
 		if r.code != 0 || !strings.Contains(r.stderr, "warning: enrollment is not enforced") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 0 and one warning line", args, r.code, r.stderr)
 		}
+	}
+}
+
+// A fleet of ten thousand enrolled Ghosts takes more than one message (about 130 bytes a
+// Ghost): 'fleet add' still gets Mirage's answer (it no longer carries the whole fleet),
+// and 'fleet ls' lists every one (it reads KV edge_fleet).
+func TestFleetOfTenThousandEnrolled(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(env.Conn("enroller"), jetstream.WithPublishAsyncMaxPending(1<<15))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10_000
+	key := func() string {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pub
+	}
+	var acks []jetstream.PubAckFuture
+	for i := range n {
+		id := fmt.Sprintf("edge-%05d", i)
+		data, err := json.Marshal(mirage.Enrollment{GhostID: id, PublicKey: key(), EnrolledMS: time.Now().UnixMilli()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := js.PublishAsync("$KV."+bus.BucketFleet+"."+id, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, f)
+	}
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			t.Fatal(err)
+		case <-ctx.Done():
+			t.Fatal("enrollments not stored")
+		}
+	}
+	env.StartMirage(mirage.Config{}) // reads the ten thousand
+
+	if r := miragectl(t, env.URL, "fleet", "add", "edge-new", key()); r.code != 0 || !strings.Contains(r.stdout, "enrolled edge-new") {
+		t.Fatalf("fleet add beside %d enrolled: exit %d, stdout %q, stderr %q; want it enrolled", n, r.code, r.stdout, r.stderr)
+	}
+	r := miragectl(t, env.URL, "fleet", "ls", "--json")
+	var fleet []mirage.Enrollment
+	if err := json.Unmarshal([]byte(r.stdout), &fleet); r.code != 0 || err != nil {
+		t.Fatalf("fleet ls: exit %d, %v", r.code, err)
+	}
+	if len(fleet) != n+1 || fleet[n].GhostID != "edge-new" {
+		t.Fatalf("fleet ls lists %d enrolled, want %d ending with edge-new", len(fleet), n+1)
+	}
+	// Mirage's own list request says why it cannot answer with the fleet.
+	msg, err := env.Conn("operator").Request(subjects.FleetList, nil, 10*time.Second)
+	if err != nil {
+		t.Fatalf("mirage.fleet.list: %v, want an answer", err)
+	}
+	var reply mirage.FleetReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "rejected" || reply.Error == nil || reply.Error.Code != bus.CodeTooLarge || !strings.Contains(reply.Error.Message, bus.BucketFleet) {
+		t.Fatalf("mirage.fleet.list of %d: %s (%v); want a 1101 refusal pointing at KV %s", n+1, msg.Data, err, bus.BucketFleet)
 	}
 }

@@ -134,12 +134,13 @@ func newFleetLs() *cobra.Command {
 		Short: "List enrolled Ghost identities",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			reply, err := fleetRequest(cmd, &cf, subjects.FleetList, mirage.FleetRequest{})
+			// Read from KV edge_fleet, where Mirage keeps the enrollments: a fleet of
+			// thousands does not fit one reply of Mirage's.
+			fleet, _, err := readEnrollments(cmd, &cf, "miragectl fleet ls")
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				fleet := reply.Fleet
 				if fleet == nil {
 					fleet = []mirage.Enrollment{} // an empty fleet is [], not null
 				}
@@ -147,7 +148,7 @@ func newFleetLs() *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "GHOST\tPUBLIC NKEY\tENROLLED")
-			for _, e := range reply.Fleet {
+			for _, e := range fleet {
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", e.GhostID, e.PublicKey, time.UnixMilli(e.EnrolledMS).UTC().Format(time.RFC3339))
 			}
 			return tw.Flush()
@@ -171,25 +172,9 @@ enrollments from KV edge_fleet. Include the output in nats-server.conf and reloa
 after every 'fleet add' or 'fleet rm'.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			nc, err := cf.connect(ctx, "miragectl fleet auth-config")
+			list, roles, err := readEnrollments(cmd, &cf, "miragectl fleet auth-config")
 			if err != nil {
 				return err
-			}
-			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, err)
-			}
-			kv, err := js.KeyValue(ctx, bus.BucketFleet)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("KV %s: %w (has Mirage run against this server?)", bus.BucketFleet, err))
-			}
-			// A key that holds no valid enrollment is skipped with a warning on stderr.
-			warn := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-			list, roles, err := mirage.ReadEnrollments(ctx, kv, warn)
-			if err != nil {
-				return cli.Exit(cli.ExitUnavailable, err)
 			}
 			ghosts := map[string]string{}
 			for _, e := range list {
@@ -201,4 +186,32 @@ after every 'fleet add' or 'fleet rm'.`,
 	}
 	cf.register(c)
 	return c
+}
+
+// readEnrollments reads the enrolled Ghosts and the role keys from KV edge_fleet. A key
+// that holds no valid enrollment is skipped with a warning on stderr.
+func readEnrollments(cmd *cobra.Command, cf *clientFlags, name string) ([]mirage.Enrollment, map[string]string, error) {
+	ctx := cmd.Context()
+	nc, err := cf.connect(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, nil, cli.Exit(cli.ExitUnavailable, err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketFleet)
+	if err != nil {
+		if cli.IsPermission(err) {
+			return nil, nil, cli.Invalid("permission denied reading KV %s: it needs the operator key (--nkey)", bus.BucketFleet)
+		}
+		return nil, nil, cli.Exit(cli.ExitUnavailable, fmt.Errorf("KV %s: %w (has Mirage run against this server?)", bus.BucketFleet, err))
+	}
+	warn := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	list, roles, err := mirage.ReadEnrollments(ctx, kv, warn)
+	if err != nil {
+		return nil, nil, cli.Exit(cli.ExitUnavailable, err)
+	}
+	return list, roles, nil
 }
