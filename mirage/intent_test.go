@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"strings"
 	"testing"
@@ -398,4 +399,30 @@ func FuzzIntentRecordEncodesAsEncodingJSON(f *testing.F) {
 			t.Fatalf("read back %+v, want %+v", back, want)
 		}
 	})
+}
+
+// An intent recovered after a restart whose blocking step had already ended without
+// success skips the rest at once, as the live Mirage did: it does not wait for that
+// step's lock, which another recovered intent may hold, until its deadline.
+func TestRecoveredFailedBlockingStepTakesNoLock(t *testing.T) {
+	rec := adoptRec("int_failedstep", "g1", time.Now())
+	obj := rec.Issue.Objective
+	rec.Targets = []string{"g1", "g1"}
+	rec.Steps = []StepRecord{
+		{Objective: obj, Targets: []string{"g1"}, Blocking: true, First: 0},
+		{Objective: obj, Targets: []string{"g1"}, First: 1},
+	}
+	m := &Mirage{cfg: Config{Now: time.Now}, locks: locks{}, lingers: newLingers(), log: slog.New(slog.DiscardHandler)}
+	li := newLiveIntent(rec)
+	if v, reason := li.apply(event(li, 0, "g1", bus.CodeRuntime)); v != verdictCounted { // replayed: step 1 failed
+		t.Fatal(reason)
+	}
+	m.locks[lockKey("g1", obj.SeedSelector)] = "int_other" // taken by another recovered intent
+	li.resume()
+	if units, _ := m.advance(li); len(units) != 0 || !li.done() {
+		t.Fatalf("after recovery: units %v, done %v, waiting %q; want step 2 skipped at once", units, li.done(), li.waiting)
+	}
+	if r := li.results[1]; r.Outcome != bus.OutcomeSkipped || !strings.Contains(r.Error.Message, "plan step 1 did not succeed") {
+		t.Fatalf("step 2's unit: %+v, want skipped because step 1 did not succeed", r)
+	}
 }

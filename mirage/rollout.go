@@ -43,7 +43,9 @@ func (m *Mirage) advance(li *liveIntent) (units []int, released bool) {
 		st := steps[li.cur]
 		end := st.First + len(st.Targets)
 		if li.started < li.cur {
-			if st.Blocking {
+			// A step whose every unit has ended (recovered after a restart) runs nothing
+			// more: it takes no lock, and what follows is decided at once.
+			if st.Blocking && li.stepTerminal[li.cur] < len(st.Targets) {
 				if key, holder := m.locks.acquire(li, st); holder != "" {
 					reason := m.lockReason(key, holder)
 					if li.waiting != reason {
