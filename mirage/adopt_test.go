@@ -3,8 +3,11 @@ package mirage
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/natsd"
@@ -136,5 +139,80 @@ func TestIssueSentAgainIsAnsweredBeforeItsIntentIsRebuilt(t *testing.T) {
 		if time.Now().After(end) {
 			t.Fatal("the taken-up intent was never rebuilt")
 		}
+	}
+}
+
+// An issue sent again for an intent recorded without steps (a record written before
+// intents had steps) and not followed is taken up, its commands built from the whole
+// intent: no panic in the issue's goroutine, which would take Mirage down.
+func TestTakeUpOfARecordWithoutSteps(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec := adoptRec("int_nosteps", "g1", time.Now())
+	rec.Steps = nil
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.known.add(rec.IntentID, time.Now())
+	m.mu.Unlock()
+	is := rec.Issue
+	is.Header = bus.NewHeader(bus.TypeIssue, rec.Issue.TraceID, time.Now())
+	issue, err := bus.Encode(&is)
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("taking up a record without steps panicked: %v", r)
+			}
+		}()
+		m.handleIssue(&nats.Msg{Subject: subjects.Issue, Data: issue}) // here, so that a panic is seen
+	}()
+	m.mu.Lock()
+	_, followed := m.live[rec.IntentID]
+	m.mu.Unlock()
+	if !followed {
+		t.Fatal("the intent was not taken up")
+	}
+	sent, err := m.cmds.GetLastMsgForSubject(ctx, subjects.Command("g1"))
+	if err != nil || sent.Header.Get(bus.HeaderMsgID) != CommandID(rec.IntentID, 0) {
+		t.Fatalf("the command of the intent taken up is not in EDGE_CMD: %v", err)
+	}
+}
+
+// A record with no creation time (junk that decodes as a record) is not followed at
+// start: followed, it would never be armed nor dispatched, and never end.
+func TestRecordWithoutCreationTimeIsNotRecovered(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec := adoptRec("int_nocreated", "g1", time.Now())
+	rec.CreatedMS = 0
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadIntent(ctx, m.intents, rec.IntentID); !errors.Is(err, ErrBadIntentRecord) {
+		t.Fatalf("ReadIntent of a record without created_ms: %v, want ErrBadIntentRecord", err)
+	}
+	_ = m.Close()
+	again := startTestMirage(t, ns)
+	again.mu.Lock()
+	li, followed := again.live[rec.IntentID]
+	again.mu.Unlock()
+	if followed && li.timer == nil {
+		t.Fatal("a record without created_ms is followed and never armed: it never ends")
 	}
 }

@@ -185,6 +185,9 @@ func ReadIntent(ctx context.Context, kv jetstream.KeyValue, intentID string) (*I
 	if err := rec.check(intentID); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadIntentRecord, err)
 	}
+	if len(rec.Steps) == 0 { // a record written before intents had steps
+		rec.Steps = []StepRecord{{Objective: rec.Issue.Objective, Targets: rec.Targets}}
+	}
 	return &rec, nil
 }
 
@@ -198,6 +201,8 @@ func (rec *IntentRecord) check(key string) error {
 		return errors.New("its issue's intent_id is not its key")
 	case len(rec.Targets) == 0:
 		return errors.New("it has no targets")
+	case rec.CreatedMS <= 0 || rec.DeadlineMS <= 0:
+		return errors.New("it has no creation time or deadline")
 	}
 	for i, st := range rec.Steps {
 		if st.First < 0 || st.First+len(st.Targets) > len(rec.Targets) {
@@ -221,6 +226,7 @@ func (m *Mirage) recover(ctx context.Context) error {
 		return err
 	}
 	var oldest int64
+	followed := 0
 	for key := range lister.Keys() {
 		m.mu.Lock()
 		m.known.add(key, m.cfg.Now())
@@ -239,11 +245,12 @@ func (m *Mirage) recover(ctx context.Context) error {
 		m.mu.Lock()
 		m.live[rec.IntentID] = li
 		m.mu.Unlock()
-		if oldest == 0 || rec.CreatedMS < oldest {
+		if followed == 0 || rec.CreatedMS < oldest {
 			oldest = rec.CreatedMS
 		}
+		followed++
 	}
-	if oldest == 0 {
+	if followed == 0 {
 		return nil
 	}
 	start := time.UnixMilli(oldest).Add(-time.Minute)

@@ -537,12 +537,16 @@ func (m *Mirage) complete(ctx context.Context, rec *IntentRecord, units []int, f
 	}
 }
 
-// step returns the step unit u belongs to.
+// step returns the step unit u belongs to (the whole intent for a record written before
+// intents had steps).
 func (rec *IntentRecord) step(u int) StepRecord {
 	for i := len(rec.Steps) - 1; i >= 0; i-- {
 		if u >= rec.Steps[i].First {
 			return rec.Steps[i]
 		}
+	}
+	if len(rec.Steps) == 0 {
+		return StepRecord{Objective: rec.Issue.Objective, Targets: rec.Targets}
 	}
 	return rec.Steps[0]
 }
