@@ -96,10 +96,14 @@ type Fleet struct {
 	rejected bus.RateLog
 
 	// queued holds each Ghost's latest registration not yet stored: one per Ghost, so a
-	// Ghost repeating its register cannot fill Mirage's memory.
-	qmu    sync.Mutex
-	queued map[string]registration
-	now    func() time.Time
+	// Ghost repeating its register cannot fill Mirage's memory. gen counts the Ghosts
+	// forgotten (revoked), forgotten holds the gen of each one's latest: a registration
+	// queued before its Ghost was forgotten is not stored after it.
+	qmu       sync.Mutex
+	queued    map[string]registration
+	gen       uint64
+	forgotten map[string]uint64
+	now       func() time.Time
 
 	mu     sync.RWMutex
 	ghosts map[string]*GhostRecord
@@ -252,6 +256,7 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now}
 		reg := registration{rec: rec, msg: msg, ack: ack}
 		f.qmu.Lock()
+		reg.gen = f.gen
 		old, waiting := f.queued[rec.GhostID]
 		if waiting {
 			// The newer register replaces the older, whose request is answered with the
@@ -280,6 +285,7 @@ type registration struct {
 	rec *GhostRecord
 	msg *nats.Msg
 	ack bus.RegisterAck
+	gen uint64 // Fleet.gen when it was queued
 	// earlier are the requests of registers this one replaced: answered with its outcome.
 	earlier []*nats.Msg
 }
@@ -342,12 +348,18 @@ func (f *Fleet) registrar() {
 		}
 		errs := f.putAll(recs)
 		for i, r := range batch {
-			if errs[i] != nil {
+			switch {
+			case errs[i] != nil:
 				r.ack.Status, r.ack.Reason = bus.RegisterRejected, "registry store failed: "+errs[i].Error()
-			} else {
-				f.mu.Lock()
-				f.ghosts[r.rec.GhostID] = r.rec
-				f.mu.Unlock()
+			case !f.keep(r):
+				// Revoked while its record was being stored: the record goes again.
+				r.ack.Status, r.ack.Reason = bus.RegisterRejected, "ghost revoked while registering"
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := f.kv.Delete(ctx, r.rec.GhostID); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+					f.log.Warn("registry entry of a revoked ghost not removed", "peer", r.rec.GhostID, "err", err)
+				}
+				cancel()
+			default:
 				f.log.Info("ghost registered", "direction", "in", "message_type", bus.TypeRegister, "peer", r.rec.GhostID, "trace_id", r.ack.TraceID, "seeds", len(r.rec.Seeds))
 			}
 			f.answer(r.msg, r.ack)
@@ -371,7 +383,9 @@ func (f *Fleet) putAll(recs []*GhostRecord) []error {
 		}
 		futures[i], errs[i] = f.js.PublishAsync("$KV."+bus.BucketGhosts+"."+rec.GhostID, data)
 	}
-	timeout := time.After(10 * time.Second)
+	// One deadline for the batch: every acknowledgement still missing at it fails then.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	for i, fut := range futures {
 		if fut == nil {
 			continue
@@ -380,11 +394,25 @@ func (f *Fleet) putAll(recs []*GhostRecord) []error {
 		case <-fut.Ok():
 		case err := <-fut.Err():
 			errs[i] = err
-		case <-timeout:
+		case <-ctx.Done():
 			errs[i] = errors.New("no acknowledgement from JetStream within 10s")
 		}
 	}
 	return errs
+}
+
+// keep adds a stored registration's record to the registry, unless its Ghost was
+// forgotten since the registration was queued; it says which.
+func (f *Fleet) keep(r registration) bool {
+	f.qmu.Lock()
+	defer f.qmu.Unlock()
+	if f.forgotten[r.rec.GhostID] > r.gen {
+		return false
+	}
+	f.mu.Lock()
+	f.ghosts[r.rec.GhostID] = r.rec
+	f.mu.Unlock()
+	return true
 }
 
 func (f *Fleet) put(rec *GhostRecord) error {
@@ -467,9 +495,26 @@ func (f *Fleet) flush(ctx context.Context) {
 
 // forget removes a Ghost from the registry (on revocation).
 func (f *Fleet) forget(ctx context.Context, id string) {
+	f.qmu.Lock()
+	f.gen++
+	if f.forgotten == nil {
+		f.forgotten = map[string]uint64{}
+	}
+	f.forgotten[id] = f.gen
+	queued, waiting := f.queued[id]
+	delete(f.queued, id)
 	f.mu.Lock()
 	delete(f.ghosts, id)
 	f.mu.Unlock()
+	f.qmu.Unlock()
+	if waiting {
+		// Not stored: its requests are answered now (the registrar finds nothing queued).
+		queued.ack.Status, queued.ack.Reason = bus.RegisterRejected, "ghost revoked while registering"
+		f.answer(queued.msg, queued.ack)
+		for _, m := range queued.earlier {
+			f.answer(m, queued.ack)
+		}
+	}
 	if err := f.kv.Delete(ctx, id); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		f.log.Warn("registry entry not removed", "peer", id, "err", err)
 	}

@@ -53,3 +53,96 @@ func TestPresenceFlushRefusedByTheConnectionIsRetried(t *testing.T) {
 		t.Fatalf("no warning about the presence not stored:\n%s", logs.String())
 	}
 }
+
+// A Ghost revoked (forgotten) while its registration waits in the registrar's queue, or
+// while its record is being stored, does not come back into the registry: its register is
+// answered rejected, and its record is not left in edge_ghosts.
+func TestRegistrationOfAGhostRevokedMeanwhileIsNotKept(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "fleet"})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	f := newFleet(js, kv, stop, time.Now, newReplyGuard(false, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler))
+	register := func(id string) <-chan *nats.Msg {
+		t.Helper()
+		answers := make(chan *nats.Msg, 1)
+		inbox := nats.NewInbox()
+		if _, err := nc.ChanSubscribe(inbox, answers); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		data, err := bus.Encode(&bus.Register{Header: bus.NewHeader(bus.TypeRegister, "", time.Now()), GhostID: id, Version: "t",
+			Labels: map[string]string{}, Seeds: []bus.SeedInfo{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.PublishRequest("reg."+id, inbox, data); err != nil {
+			t.Fatal(err)
+		}
+		return answers
+	}
+	// Registers are handled one at a time, in order, as Mirage's subscription does.
+	registered := make(chan struct{}, 8)
+	if _, err := nc.Subscribe("reg.*", func(m *nats.Msg) { f.onRegister(m); registered <- struct{}{} }); err != nil {
+		t.Fatal(err)
+	}
+	answer := func(ch <-chan *nats.Msg) bus.RegisterAck {
+		t.Helper()
+		select {
+		case m := <-ch:
+			var ack bus.RegisterAck
+			if err := bus.Decode(m.Data, &ack); err != nil {
+				t.Fatal(err)
+			}
+			return ack
+		case <-ctx.Done():
+			t.Fatal("no register.ack")
+		}
+		return bus.RegisterAck{}
+	}
+
+	// Queued: revoked before the registrar takes it.
+	queued := register("g1")
+	<-registered
+	f.forget(ctx, "g1")
+	if ack := answer(queued); ack.Status != bus.RegisterRejected || !strings.Contains(ack.Reason, "revoked") {
+		t.Fatalf("register queued before the revocation: %+v, want rejected as revoked", ack)
+	}
+	// Being stored: the registration is taken before the revocation, kept after it.
+	rec := &GhostRecord{GhostID: "g2", RegisteredMS: 1, LastSeenMS: 1}
+	taken := registration{rec: rec, gen: f.gen}
+	if err := f.put(rec); err != nil {
+		t.Fatal(err)
+	}
+	f.forget(ctx, "g2")
+	if f.keep(taken) {
+		t.Fatal("a registration stored while its Ghost was revoked is kept")
+	}
+	// Registered again after the revocation (no --auth keeps it out): kept.
+	go f.registrar()
+	defer close(stop)
+	if ack := answer(register("g1")); ack.Status != bus.RegisterAccepted {
+		t.Fatalf("register after the revocation: %+v, want accepted", ack)
+	}
+	for _, id := range []string{"g1", "g2"} {
+		_, inRegistry := f.Get(id)
+		_, err := kv.Get(ctx, id)
+		if want := id == "g1"; inRegistry != want || (err == nil) != want {
+			t.Errorf("%s: in the registry %v, in edge_ghosts %v (%v); want %v", id, inRegistry, err == nil, err, want)
+		}
+	}
+}
