@@ -246,10 +246,24 @@ func (e *enrollments) remove(ctx context.Context, ghostID string) (bool, error) 
 
 // Enroll binds ghostID to publicKey (as 'fleet add' does).
 func (m *Mirage) Enroll(ctx context.Context, ghostID, publicKey string) error {
+	if err := m.pinned(ghostID); err != nil {
+		return err
+	}
 	if err := m.enroll(ctx, ghostID, publicKey); err != nil {
 		return err
 	}
 	return m.fleetChanged()
+}
+
+// pinned refuses to change the enrollment of a Ghost enrolled at every start
+// (Config.EnrollAtStart: 'up --auth' does so for its local Ghost, whose key the server
+// admits whatever edge_fleet says): the change would not hold, the server and Mirage
+// would disagree until the next start put it back.
+func (m *Mirage) pinned(ghostID string) error {
+	if _, ok := m.cfg.EnrollAtStart[ghostID]; ok {
+		return bus.FieldError(bus.CodeSemantic, "ghost_id", "ghost %s is enrolled by Mirage itself at every start (the Ghost 'miragectl up' runs); start 'miragectl up --no-local-ghost' to run without it", ghostID)
+	}
+	return nil
 }
 
 // enroll records an enrollment; the caller applies it (fleetChanged).
@@ -296,6 +310,9 @@ func (m *Mirage) RecordOperatorKey(ctx context.Context, publicKey string) error 
 // that running 'fleet rm' again finishes the job rather than answering "not enrolled"
 // while the server still lets it in.
 func (m *Mirage) Revoke(ctx context.Context, ghostID string) error {
+	if err := m.pinned(ghostID); err != nil {
+		return err
+	}
 	rest := m.enrolled.all()
 	if _, ok := rest[ghostID]; !ok {
 		if _, registered := m.fleet.Get(ghostID); registered {

@@ -3,6 +3,7 @@ package mirage
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -144,5 +145,34 @@ func TestRegistrationOfAGhostRevokedMeanwhileIsNotKept(t *testing.T) {
 		if want := id == "g1"; inRegistry != want || (err == nil) != want {
 			t.Errorf("%s: in the registry %v, in edge_ghosts %v (%v); want %v", id, inRegistry, err == nil, err, want)
 		}
+	}
+}
+
+// The Ghost Mirage enrolls at every start ('up --auth' does so for its local Ghost, whose
+// key the server admits whatever edge_fleet says) is neither revoked nor re-keyed by a
+// fleet request: the change would not hold, and until the next start put it back Mirage
+// would refuse the Ghost's events while the server still let it in.
+func TestGhostEnrolledAtStartCannotBeRevokedOrRekeyed(t *testing.T) {
+	key := func() string {
+		id, err := bus.NewIdentity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id.PublicKey()
+	}
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirageWith(t, ns, Config{EnrollAtStart: map[string]string{"local": key()}}, nil)
+	ctx := context.Background()
+	for what, err := range map[string]error{"revoke": m.Revoke(ctx, "local"), "re-key": m.Enroll(ctx, "local", key())} {
+		var perr *bus.Error
+		if !errors.As(err, &perr) || perr.Code != bus.CodeSemantic || !strings.Contains(perr.Message, "--no-local-ghost") {
+			t.Errorf("%s the Ghost enrolled at start: %v, want a 1300 refusal naming --no-local-ghost", what, err)
+		}
+	}
+	if err := m.Enroll(ctx, "edge-1", key()); err != nil {
+		t.Fatalf("enroll another Ghost: %v", err)
+	}
+	if err := m.Revoke(ctx, "edge-1"); err != nil {
+		t.Fatalf("revoke another Ghost: %v", err)
 	}
 }
