@@ -31,7 +31,8 @@ var ErrRejected = errors.New("issue rejected")
 type Client struct {
 	nc *nats.Conn
 	js jetstream.JetStream
-	// Presence sets the thresholds Ghosts() reports presence with (defaults: 15 s, 60 s).
+	// Presence sets the thresholds Ghosts() reports presence with (defaults: 15 s, 60 s,
+	// counted from a flush interval, 5 s, after the last heartbeat time written to KV).
 	Presence Presence
 }
 
@@ -304,7 +305,14 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	// KV holds the heartbeat times Mirage last flushed: up to a flush interval behind
+	// what Mirage knows. Judged that much earlier, a live Ghost whose heartbeat came but
+	// is not written yet is not shown stale, and the statuses agree with Mirage's.
+	lag := c.Presence.Flush
+	if lag <= 0 {
+		lag = DefaultPresenceFlush
+	}
+	now := time.Now().Add(-lag)
 	out := make([]GhostStatus, 0, len(recs))
 	for _, r := range recs {
 		seeds := make([]string, 0, len(r.Seeds))

@@ -33,6 +33,10 @@ const (
 	OfflineAfter = 60 * time.Second
 )
 
+// DefaultPresenceFlush is how often Mirage writes heartbeat times to KV edge_ghosts by
+// default (Config.PresenceFlush): what a reader of KV sees may be that much behind.
+const DefaultPresenceFlush = 5 * time.Second
+
 // GhostRecord is a Ghost's entry in KV edge_ghosts (key = ghost_id).
 type GhostRecord struct {
 	GhostID      string            `json:"ghost_id"`
@@ -49,8 +53,10 @@ func (r GhostRecord) Status(now time.Time) string {
 }
 
 // Presence sets the thresholds of presence statuses; zero values mean the defaults.
+// Flush is how far behind Mirage's view the heartbeat times read from KV may be (its
+// Config.PresenceFlush; default DefaultPresenceFlush): used by Client.Ghosts.
 type Presence struct {
-	StaleAfter, OfflineAfter time.Duration
+	StaleAfter, OfflineAfter, Flush time.Duration
 }
 
 // StatusWith returns the presence status of the record at now with thresholds p.

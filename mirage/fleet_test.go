@@ -3,6 +3,7 @@ package mirage
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -174,5 +175,53 @@ func TestGhostEnrolledAtStartCannotBeRevokedOrRekeyed(t *testing.T) {
 	}
 	if err := m.Revoke(ctx, "edge-1"); err != nil {
 		t.Fatalf("revoke another Ghost: %v", err)
+	}
+}
+
+// 'miragectl ghosts' reads heartbeat times from KV, which Mirage writes every flush
+// interval (5 s): a Ghost whose last written heartbeat is 17 s old may have beaten since,
+// unwritten yet, and is shown online, as Mirage sees it; one 25 s old is stale.
+func TestGhostsAllowForThePresenceFlush(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	want := map[string]string{"edge-17s": StatusOnline, "edge-25s": StatusStale}
+	for id, age := range map[string]time.Duration{"edge-17s": 17 * time.Second, "edge-25s": 25 * time.Second} {
+		data, err := json.Marshal(GhostRecord{GhostID: id, RegisteredMS: now.Add(-time.Hour).UnixMilli(), LastSeenMS: now.Add(-age).UnixMilli()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.Ghosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range list {
+		if g.Status != want[g.GhostID] {
+			t.Errorf("%s: %s, want %s", g.GhostID, g.Status, want[g.GhostID])
+		}
+	}
+	if len(list) != len(want) {
+		t.Fatalf("%d Ghosts listed, want %d", len(list), len(want))
 	}
 }

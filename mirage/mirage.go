@@ -26,7 +26,8 @@ type Config struct {
 	EventsMaxBytes int64
 	// ReportInterval coalesces in_progress reports (default 250 ms).
 	ReportInterval time.Duration
-	// PresenceFlush is how often heartbeat times are written to KV (default 5 s).
+	// PresenceFlush is how often heartbeat times are written to KV (default
+	// DefaultPresenceFlush).
 	PresenceFlush time.Duration
 	// StopBudget bounds how long Close spends storing the reports left when it stops and
 	// writing presence (default 10 s): with the store not answering, each report would
@@ -61,7 +62,7 @@ func (c *Config) defaults() {
 		c.ReportInterval = 250 * time.Millisecond
 	}
 	if c.PresenceFlush <= 0 {
-		c.PresenceFlush = 5 * time.Second
+		c.PresenceFlush = DefaultPresenceFlush
 	}
 	if c.StopBudget <= 0 {
 		c.StopBudget = 10 * time.Second

@@ -37,7 +37,7 @@ func TestPresenceFollowsHeartbeats(t *testing.T) {
 	fast := testenv.Tune(func(c *ghost.Config) { c.HeartbeatInterval = 50 * time.Millisecond })
 	g := env.StartGhost("edge-p", fast)
 	client := env.Client()
-	client.Presence = mirage.Presence{StaleAfter: 400 * time.Millisecond, OfflineAfter: 1200 * time.Millisecond}
+	client.Presence = mirage.Presence{StaleAfter: 400 * time.Millisecond, OfflineAfter: 1200 * time.Millisecond, Flush: 50 * time.Millisecond}
 	testenv.Eventually(t, 3*time.Second, "online", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
 	// Past the stale threshold since it registered, it stays online on its heartbeats
 	// alone (kept in the presence shards of edge_ghosts, not in its record).
