@@ -15,8 +15,9 @@ import (
 
 // Encode marshals an envelope. It refuses an envelope over MaxEnvelope (1101).
 func Encode(m any) ([]byte, error) {
-	// No HTML escaping: <, > and & stay one byte, so re-encoding an envelope that was just
-	// under the limit keeps it under the limit.
+	// No HTML escaping: <, > and & stay one byte. Re-encoding can still grow an envelope:
+	// U+2028 and U+2029 are always escaped (3 bytes in, 6 out), as are control characters
+	// sent raw, so one just under the limit may come out over it (1101, with its size).
 	if fe, ok := m.(fastEncoder); ok {
 		data := fe.appendJSON(make([]byte, 0, 512))
 		if len(data) > MaxEnvelope {
@@ -47,7 +48,7 @@ func Decode(data []byte, m Envelope) error {
 	if !utf8.Valid(data) {
 		return Errorf(CodeFraming, "envelope is not valid UTF-8")
 	}
-	trimmed := bytes.TrimSpace(data)
+	trimmed := bytes.Trim(data, jsonSpace) // JSON's whitespace only: \v or U+00A0 is not JSON
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Errorf(CodeFraming, "envelope is not a JSON object")
 	}
@@ -67,6 +68,9 @@ func Decode(data []byte, m Envelope) error {
 	}
 	return nil
 }
+
+// jsonSpace is the whitespace JSON allows around a value.
+const jsonSpace = " \t\r\n"
 
 // decodeRequest unmarshals data into v with the taxonomy's codes: a field of the wrong
 // type is 1200 naming the field, anything else not decodable 1100 (what names v).
@@ -130,7 +134,21 @@ func checkKeyCase(data []byte, t reflect.Type) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t.Kind() != reflect.Struct {
+	switch t.Kind() {
+	case reflect.Slice, reflect.Array:
+		// The objects of an array (a plan's steps, a register's seeds) are checked too.
+		var items []json.RawMessage
+		if json.Unmarshal(data, &items) != nil {
+			return nil // not an array: Unmarshal reports it
+		}
+		for _, item := range items {
+			if err := checkKeyCase(item, t.Elem()); err != nil {
+				return err
+			}
+		}
+		return nil
+	case reflect.Struct:
+	default:
 		return nil
 	}
 	var raw map[string]json.RawMessage

@@ -2,11 +2,13 @@ package bus_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgectl/edgectl/bus"
 )
@@ -255,6 +257,10 @@ func TestDecodeFraming(t *testing.T) {
 		{"invalid UTF-8", badUTF8},
 		{"invalid UTF-8 outside strings", append([]byte{0xff}, cmd...)},
 		{"NUL", []byte{0}},
+		// Whitespace that is not JSON's around an object: Go's TrimSpace would take it.
+		{"vertical tab first", append([]byte("\v"), cmd...)},
+		{"form feed last", append(append([]byte{}, cmd...), '\f')},
+		{"no-break space first", append([]byte("\u00a0"), cmd...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -349,4 +355,33 @@ func TestDecodeVersion(t *testing.T) {
 func TestDecodeRefusesEscapedCaseVariantKeys(t *testing.T) {
 	data := []byte(strings.Replace(string(readGolden(t, "command.json")), `"ghost_id"`, `"\u0047HOST_ID"`, 1))
 	expectError(t, bus.Decode(data, new(bus.Command)), bus.CodeFraming, "ghost_id")
+}
+
+// Keys inside the objects of an array are held to their field names too: a plan step's
+// "OPERATION" beside "operation" would decode as one thing for execution and read as
+// another for anything reading exact keys.
+func TestDecodeRefusesCaseVariantKeysInsideArrays(t *testing.T) {
+	is := `{"type":"issue","v":1,"message_id":"msg_1","trace_id":"0123456789abcdef0123456789abcdef","timestamp_ms":1,` +
+		`"intent_id":"int_1","actor":"t","target_scope":"edge-1","objective":{"seed_selector":"","operation":"","args":{}},"timeout_ms":1000,` +
+		`"plan":[{"seed_selector":"seed.flow","operation":"echo","OPERATION":"delete","args":{}}]}`
+	expectError(t, bus.Decode([]byte(is), new(bus.Issue)), bus.CodeFraming, "operation")
+}
+
+// An error quoting what it refuses is cut, so that the refusal of an envelope near the
+// size limit (a type of 300,000 line separators, each escaped six-fold) still fits in an
+// answer: here the issue answer a client waits for.
+func TestRefusalOfAHugeValueFitsInItsAnswer(t *testing.T) {
+	data := []byte(`{"type":"` + strings.Repeat("\u2028", 300_000) + `"}`)
+	err := bus.Decode(data, new(bus.Issue))
+	var perr *bus.Error
+	if !errors.As(err, &perr) || perr.Code != bus.CodeFraming {
+		t.Fatalf("Decode: %v, want 1100", err)
+	}
+	if len(perr.Message) > bus.MaxErrorMessage {
+		t.Fatalf("the error message is %d bytes, over %d", len(perr.Message), bus.MaxErrorMessage)
+	}
+	answer := &bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, "", time.Now()), Status: "rejected", Error: perr}
+	if _, err := bus.Encode(answer); err != nil {
+		t.Fatalf("the answer refusing it does not encode: %v", err)
+	}
 }

@@ -87,14 +87,32 @@ func (e *Error) Error() string {
 
 // Errorf builds a protocol error of the given code.
 func Errorf(code Code, format string, args ...any) *Error {
-	return &Error{Code: code, Class: ClassOf(code), Message: fmt.Sprintf(format, args...)}
+	return &Error{Code: code, Class: ClassOf(code), Message: capText(fmt.Sprintf(format, args...), MaxErrorMessage)}
 }
 
 // FieldError builds a protocol error about one field.
 func FieldError(code Code, field, format string, args ...any) *Error {
+	field = capText(field, maxErrorField)
 	e := Errorf(code, "%s: %s", field, fmt.Sprintf(format, args...))
 	e.Field = field
 	return e
+}
+
+// MaxErrorMessage and maxErrorField bound an error's message and field. Both may quote
+// what was refused (a key, a type, an argument's name or value): cut, the refusal of an
+// envelope near the size limit still fits in its answer, even with every character
+// escaped six-fold.
+const (
+	MaxErrorMessage = 4 << 10
+	maxErrorField   = 256
+)
+
+// capText cuts s to at most max bytes, on a character boundary, marking the cut.
+func capText(s string, max int) string {
+	if c, cut := Cut(s, max-len("…")); cut {
+		return c + "…"
+	}
+	return s
 }
 
 // AsError returns the protocol error inside err, or wraps err as an internal error.

@@ -366,7 +366,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	}
 	data := rec.appendJSON(make([]byte, 0, 1024+48*len(rec.Targets)))
 	if len(data) > bus.MaxEnvelope {
-		return nil, nil, nil, nil, bus.Errorf(bus.CodeSemantic, "intent with %d targets is too large to record", len(rec.Targets))
+		return nil, nil, nil, nil, bus.Errorf(bus.CodeSemantic, "the intent's record would be %d bytes (%d targets), over the %d limit of a stored message: too large to record", len(data), len(rec.Targets), bus.MaxEnvelope)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
