@@ -187,7 +187,7 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 	if cfg.InProcess != nil {
 		url = ""
 	}
-	nc, err := nats.Connect(url, opts...)
+	nc, err := connectUntil(ctx, url, opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: connect to %s: %v", ErrUnavailable, redact(url), err)
 	}
@@ -203,6 +203,35 @@ func Connect(ctx context.Context, cfg ConnConfig) (*nats.Conn, error) {
 		}
 	}
 	return nc, nil
+}
+
+// connectUntil is nats.Connect, given up when ctx ends first (a signal while a server
+// that does not answer is being tried, for up to its connect timeout per URL): the
+// connection, should it come later, is closed.
+func connectUntil(ctx context.Context, url string, opts []nats.Option) (*nats.Conn, error) {
+	if ctx.Done() == nil {
+		return nats.Connect(url, opts...)
+	}
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, err := nats.Connect(url, opts...)
+		done <- result{nc, err}
+	}()
+	select {
+	case r := <-done:
+		return r.nc, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 // Redact hides the credentials a server URL (or comma list of them) may embed, for logs.

@@ -60,6 +60,12 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{mctl, []string{"up", "--server", "http://127.0.0.1:4222"}},
 		{mctl, []string{"issue", "--target", "local", "seed.flow", "status", "--max-concurrency", "-1"}},
 		{mctl, []string{"issue", "--target", "local", "seed.flow", "status", "--max-errors", "200%"}},
+		{mctl, []string{"issue", "--target", "local", "seed.flow", "status", "--timeout", "500us"}},
+		{mctl, []string{"issue", "--target", "local", "seed.flow", "status", "--deliver-within", "1us"}},
+		{mctl, []string{"fleet", "rm", "a.b"}},
+		{mctl, []string{"up", "--auth", "--nats-listen", "foo", "--data-dir", filepath.Join(t.TempDir(), "d")}},
+		{mctl, []string{"up", "--auth", "--nats-listen", "127.0.0.1:99999", "--data-dir", filepath.Join(t.TempDir(), "d")}},
+		{gctl, []string{"init", "--id", "edge-1", "--out", "/dev/null/x"}},
 	} {
 		r := execRun(t, tc.bin, nil, tc.args...)
 		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
@@ -334,5 +340,38 @@ func TestFleetOfTenThousandEnrolled(t *testing.T) {
 	var reply mirage.FleetReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "rejected" || reply.Error == nil || reply.Error.Code != bus.CodeTooLarge || !strings.Contains(reply.Error.Message, bus.BucketFleet) {
 		t.Fatalf("mirage.fleet.list of %d: %s (%v); want a 1101 refusal pointing at KV %s", n+1, msg.Data, err, bus.BucketFleet)
+	}
+}
+
+// 'miragectl up' stopped by SIGINT or SIGTERM while it is still starting (here: trying a
+// server that accepts the connection and never speaks) exits 0 at once, as a stop asked
+// for, not 3 once the attempt gives up.
+func TestUpInterruptedWhileStartingExitsZero(t *testing.T) {
+	mctl, _ := testenv.Binaries(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // silent: no INFO ever
+		}
+	}()
+	p := testenv.Start(t, mctl, "up", "--server", "nats://"+ln.Addr().String(), "--data-dir", filepath.Join(t.TempDir(), "d"))
+	time.Sleep(500 * time.Millisecond)
+	begun := time.Now()
+	if code := p.Stop(10 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM while starting, want 0:\n%s", code, p.Output())
+	}
+	if took := time.Since(begun); took > 3*time.Second {
+		t.Fatalf("it took %s to stop, want at once", took)
+	}
+	if !strings.Contains(p.Output(), "stopped while starting") {
+		t.Fatalf("no 'stopped while starting' in:\n%s", p.Output())
 	}
 }

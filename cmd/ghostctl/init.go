@@ -74,7 +74,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			if _, err := os.Stat(path); err == nil && !force {
 				return cli.Invalid("%s exists; use --force to overwrite it", path)
 			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
+				return cli.Invalid("--out %s: %v", out, err)
 			}
 			if err := control.ValidateAllow(allowSeeds); err != nil {
 				return cli.Invalid("--allow-seeds: %v", err)
@@ -86,7 +86,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			}
 			state := filepath.Join(dir, "state")
 			if err := os.MkdirAll(state, 0o700); err != nil {
-				return fmt.Errorf("create state directory: %w", err)
+				return cli.Invalid("--out %s: create the state directory: %v", out, err)
 			}
 			keyPath := filepath.Join(dir, "ghost.nk")
 			if force {
@@ -94,7 +94,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 			}
 			identity, err := bus.LoadOrCreateIdentity(keyPath)
 			if err != nil {
-				return err
+				return cli.Invalid("--out %s: the Ghost's key: %v", out, err)
 			}
 			doc := map[string]any{
 				"id":                  id,
@@ -116,7 +116,7 @@ Seeds: a comma list of built-in seeds (` + strings.Join(seeds.All, ", ") + `), a
 				return err
 			}
 			if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
-				return fmt.Errorf("write config: %w", err)
+				return cli.Invalid("--out %s: write the config: %v", out, err)
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "wrote %s and the Ghost's key %s (mode 0600)\n", path, keyPath)

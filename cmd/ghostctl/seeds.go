@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/ghost/seeds"
 )
 
@@ -22,7 +23,8 @@ func newSeeds() *cobra.Command {
 		Short: "List the seeds this Ghost hosts, with their operations and params",
 		Long: `seeds lists the built-in seeds the config enables (its seeds key), each with its
 operations: name, description, whether it is idempotent, and its params (name, required,
-allowed pattern). It reads the config only: no NATS connection, no running Ghost needed.
+allowed pattern). It reads the config (and creates its state directory if missing): no NATS
+connection, no running Ghost needed.
 The running Ghost also hosts the control seed "ghost" and the declarative seeds installed
 by 'miragectl seed push'; it registers every seed it hosts, and 'miragectl ghosts --json'
 lists their ids.`,
@@ -33,7 +35,7 @@ lists their ids.`,
 				return err
 			}
 			if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-				return fmt.Errorf("state directory: %w", err)
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("state directory: %w", err))
 			}
 			reg, err := seeds.Registry(cfg.Seeds, cfg.StateDir)
 			if err != nil {

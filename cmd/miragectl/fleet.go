@@ -113,6 +113,9 @@ func newFleetRm() *cobra.Command {
 		Short: "Revoke a Ghost: it is disconnected and refused from now on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := subjects.ValidateGhostID(args[0]); err != nil {
+				return cli.Invalid("%v", err)
+			}
 			if _, err := fleetRequest(cmd, &cf, subjects.FleetRemove, mirage.FleetRequest{GhostID: args[0]}); err != nil {
 				return err
 			}

@@ -111,8 +111,8 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			if len(args) < 2 {
 				return cli.Invalid("expected SEED OPERATION [KEY=VALUE ...], got %d argument(s); see miragectl issue --help", len(args))
 			}
-			if timeout <= 0 || timeout.Milliseconds() > bus.MaxTimeout {
-				return cli.Invalid("--timeout %s: must be positive and at most 24h", shortDuration(timeout))
+			if timeout < time.Millisecond || timeout.Milliseconds() > bus.MaxTimeout {
+				return cli.Invalid("--timeout %s: must be at least 1ms and at most 24h", shortDuration(timeout))
 			}
 			kv, err := parseArgs(args[2:])
 			if err != nil {
@@ -123,8 +123,8 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 					return cli.Invalid("--%s %s: use N (a number of targets) or N%% (0-100%% of them)", l.flag, l.value)
 				}
 			}
-			if deliverWithin < 0 || deliverWithin > timeout {
-				return cli.Invalid("--deliver-within %s: must be between 0 and --timeout (%s)", shortDuration(deliverWithin), shortDuration(timeout))
+			if deliverWithin < 0 || deliverWithin > timeout || (deliverWithin > 0 && deliverWithin < time.Millisecond) {
+				return cli.Invalid("--deliver-within %s: must be 0 (the intent's deadline) or from 1ms to --timeout (%s)", shortDuration(deliverWithin), shortDuration(timeout))
 			}
 			now := time.Now()
 			is := &bus.Issue{

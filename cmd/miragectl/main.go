@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"os"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -51,18 +52,22 @@ func (f *clientFlags) client(ctx context.Context, name string, opts ...nats.Opti
 
 // connect opens the client connection, authenticated with --nkey when given.
 func (f *clientFlags) connect(ctx context.Context, name string, opts ...nats.Option) (*nats.Conn, error) {
-	path := f.nkey
+	path, source := f.nkey, "--nkey"
 	if path == "" {
-		path = os.Getenv("EDGE_NKEY")
+		path, source = os.Getenv("EDGE_NKEY"), "EDGE_NKEY"
 	}
 	if path != "" {
 		id, err := bus.LoadIdentity(path)
 		if err != nil {
-			return nil, cli.Invalid("--nkey: %v", err)
+			return nil, cli.Invalid("%s: %v", source, err)
 		}
 		opts = append(opts, id.NATSOption())
 	}
-	return cli.Connect(ctx, f.server, name, opts...)
+	nc, err := cli.Connect(ctx, f.server, name, opts...)
+	if err != nil && path != "" && strings.Contains(err.Error(), "nkeys not supported") {
+		return nil, cli.Invalid("%s %s: the NATS server does not use authentication (miragectl up without --auth): drop %s", source, path, source)
+	}
+	return nc, err
 }
 
 func newRoot() *cobra.Command {

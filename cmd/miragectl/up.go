@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -114,8 +115,8 @@ faster, but an OS crash can lose the last interval's writes.
 					}
 				}
 			}
-			if cfg.Server == "" && !cfg.Auth {
-				if err := checkListen(cfg.NATSListen); err != nil {
+			if cfg.Server == "" {
+				if err := checkListen(cfg.NATSListen, !cfg.Auth); err != nil {
 					return err
 				}
 			}
@@ -141,7 +142,14 @@ faster, but an OS crash can lose the last interval's writes.
 			if err != nil {
 				return err
 			}
-			return cli.Daemon(up(cmd, cfg, log))
+			err = up(cmd, cfg, log)
+			if err != nil && cli.Interrupted(cmd.Context()) {
+				// SIGINT or SIGTERM while it started (provisioning, a server being
+				// tried): a stop asked for, not a failure.
+				log.Info("stopped while starting", "component", "miragectl", "err", err)
+				return nil
+			}
+			return cli.Daemon(err)
 		},
 	}
 	f := c.Flags()
@@ -162,12 +170,19 @@ faster, but an OS crash can lose the last interval's writes.
 	return c
 }
 
-// checkListen refuses a non-loopback listen address: without authentication anyone who
-// reaches the port could command the fleet.
-func checkListen(listen string) error {
-	host, _, err := net.SplitHostPort(listen)
+// checkListen refuses a listen address that is not HOST:PORT, and, when loopbackOnly
+// (no authentication: anyone who reaches the port could command the fleet), one that is
+// not a loopback address.
+func checkListen(listen string, loopbackOnly bool) error {
+	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return cli.Invalid("nats_listen (--nats-listen, EDGE_NATS_LISTEN) %q: expected HOST:PORT", listen)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return cli.Invalid("nats_listen (--nats-listen, EDGE_NATS_LISTEN) %q: the port is not a number from 0 to 65535", listen)
+	}
+	if !loopbackOnly {
+		return nil
 	}
 	if host == "localhost" {
 		return nil

@@ -156,7 +156,10 @@ func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*na
 		if strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
 			return nil, Exit(ExitUnavailable, fmt.Errorf("%w (the server requires a key this client does not have: pass --nkey FILE or set EDGE_NKEY, the operator's is DATA_DIR/keys/operator.nk)", err))
 		}
-		return nil, Exit(ExitUnavailable, err)
+		if errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "nkeys not supported") {
+			return nil, Exit(ExitUnavailable, err)
+		}
+		return nil, Exit(ExitUnavailable, fmt.Errorf("%w (is 'miragectl up' running there? check %s)", err, source))
 	}
 	return nc, nil
 }
