@@ -24,6 +24,32 @@ func adoptRec(id, ghost string, now time.Time) IntentRecord {
 		DeliverByMS: now.Add(60 * time.Second).UnixMilli(), Phase: bus.PhasePending}
 }
 
+// storeRecord stores rec in edge_intents as Mirage would have, without following it.
+func storeRecord(ctx context.Context, t *testing.T, m *Mirage, rec IntentRecord) {
+	t.Helper()
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// storeUnfollowed stores rec and marks its id known, as for an intent recorded (its
+// store's answer lost) but not followed, whose issue is then sent again (resent, with a
+// fresh header).
+func storeUnfollowed(ctx context.Context, t *testing.T, m *Mirage, rec IntentRecord) (resent bus.Issue) {
+	t.Helper()
+	storeRecord(ctx, t, m, rec)
+	m.mu.Lock()
+	m.known.add(rec.IntentID, time.Now())
+	m.mu.Unlock()
+	resent = rec.Issue
+	resent.Header = bus.NewHeader(bus.TypeIssue, rec.Issue.TraceID, time.Now())
+	return resent
+}
+
 // A taken-up intent's replay (rebuild) applies another live intent's event without
 // moving its rollout: that intent then never finishes before its deadline.
 func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
@@ -77,23 +103,12 @@ func TestIssueSentAgainIsAnsweredBeforeItsIntentIsRebuilt(t *testing.T) {
 	defer cancel()
 	// Recorded (the store's answer to its Create was lost), refused, not followed.
 	rec := adoptRec("int_adoptc", "g1", time.Now())
-	data, err := json.Marshal(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
-		t.Fatal(err)
-	}
-	m.mu.Lock()
-	m.known.add(rec.IntentID, time.Now())
-	m.mu.Unlock()
+	is := storeUnfollowed(ctx, t, m, rec)
 
 	client, err := NewClient(natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	is := rec.Issue
-	is.Header = bus.NewHeader(bus.TypeIssue, rec.Issue.TraceID, time.Now())
 	type answer struct {
 		reply *bus.IssueReply
 		err   error
@@ -152,18 +167,7 @@ func TestTakeUpOfARecordWithoutSteps(t *testing.T) {
 	defer cancel()
 	rec := adoptRec("int_nosteps", "g1", time.Now())
 	rec.Steps = nil
-	data, err := json.Marshal(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
-		t.Fatal(err)
-	}
-	m.mu.Lock()
-	m.known.add(rec.IntentID, time.Now())
-	m.mu.Unlock()
-	is := rec.Issue
-	is.Header = bus.NewHeader(bus.TypeIssue, rec.Issue.TraceID, time.Now())
+	is := storeUnfollowed(ctx, t, m, rec)
 	issue, err := bus.Encode(&is)
 	if err != nil {
 		t.Fatal(err)
@@ -197,13 +201,7 @@ func TestRecordWithoutCreationTimeIsNotRecovered(t *testing.T) {
 	defer cancel()
 	rec := adoptRec("int_nocreated", "g1", time.Now())
 	rec.CreatedMS = 0
-	data, err := json.Marshal(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
-		t.Fatal(err)
-	}
+	storeRecord(ctx, t, m, rec)
 	if _, err := ReadIntent(ctx, m.intents, rec.IntentID); !errors.Is(err, ErrBadIntentRecord) {
 		t.Fatalf("ReadIntent of a record without created_ms: %v, want ErrBadIntentRecord", err)
 	}

@@ -60,21 +60,9 @@ func TestPresenceFlushRefusedByTheConnectionIsRetried(t *testing.T) {
 // while its record is being stored, does not come back into the registry: its register is
 // answered rejected, and its record is not left in edge_ghosts.
 func TestRegistrationOfAGhostRevokedMeanwhileIsNotKept(t *testing.T) {
-	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "fleet"})
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js, kv := ghostsBucket(ctx, t, "fleet")
 	stop := make(chan struct{})
 	f := newFleet(js, kv, stop, time.Now, newReplyGuard(false, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler))
 	register := func(id string) <-chan *nats.Msg {
@@ -182,21 +170,9 @@ func TestGhostEnrolledAtStartCannotBeRevokedOrRekeyed(t *testing.T) {
 // interval (5 s): a Ghost whose last written heartbeat is 17 s old may have beaten since,
 // unwritten yet, and is shown online, as Mirage sees it; one 25 s old is stale.
 func TestGhostsAllowForThePresenceFlush(t *testing.T) {
-	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"})
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, _, kv := ghostsBucket(ctx, t, "client")
 	now := time.Now()
 	want := map[string]string{"edge-17s": StatusOnline, "edge-25s": StatusStale}
 	for id, age := range map[string]time.Duration{"edge-17s": 17 * time.Second, "edge-25s": 25 * time.Second} {
@@ -224,4 +200,24 @@ func TestGhostsAllowForThePresenceFlush(t *testing.T) {
 	if len(list) != len(want) {
 		t.Fatalf("%d Ghosts listed, want %d", len(list), len(want))
 	}
+}
+
+// ghostsBucket starts a server with edgectl's assets and returns a connection named
+// name, its JetStream and KV edge_ghosts.
+func ghostsBucket(ctx context.Context, t *testing.T, name string) (*nats.Conn, jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: name})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js, kv
 }

@@ -3,7 +3,6 @@ package mirage
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -233,13 +232,7 @@ func TestIssueSentAgainPastItsDeliverByIsAnsweredAsItsIntents(t *testing.T) {
 			rec.Issue.DeliverByMS = time.Now().Add(-time.Second).UnixMilli()
 			if tc.phase != "" {
 				rec.Phase = tc.phase
-				data, err := json.Marshal(rec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
-					t.Fatal(err)
-				}
+				storeRecord(ctx, t, m, rec)
 			}
 			m.mu.Lock()
 			m.known.add(rec.IntentID, time.Now()) // listed at start, or accepted before
