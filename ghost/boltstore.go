@@ -94,6 +94,9 @@ type writeReq struct {
 	fn    func(*bolt.Tx) error
 	done  chan error
 	after func(error)
+	// position marks a write of the replay position: when the group fails, it is not
+	// tried alone after a deferred record that failed (it may pass that record's command).
+	position bool
 }
 
 func (r writeReq) finish(err error) {
@@ -342,7 +345,15 @@ func (s *BoltStore) withPending(e Execution) Execution {
 // write runs fn in the writer's next transaction and returns once that transaction is
 // committed (fn's error, or the commit's).
 func (s *BoltStore) write(fn func(*bolt.Tx) error) error {
-	req := writeReq{fn: fn, done: make(chan error, 1)}
+	return s.send(writeReq{fn: fn, done: make(chan error, 1)})
+}
+
+// writePosition is write for a write of the replay position.
+func (s *BoltStore) writePosition(fn func(*bolt.Tx) error) error {
+	return s.send(writeReq{fn: fn, done: make(chan error, 1), position: true})
+}
+
+func (s *BoltStore) send(req writeReq) error {
 	s.wmu.RLock()
 	if s.closed {
 		s.wmu.RUnlock()
@@ -407,7 +418,10 @@ func (s *BoltStore) writer() {
 			}
 		}
 		marks, deferred := s.takeMarks()
-		s.commit(append(group, deferred...), marks)
+		// The deferred records first: should the group fail and its writes be tried one
+		// by one, a finished execution's record still comes before a replay position
+		// moved past its command (commit).
+		s.commit(append(deferred, group...), marks)
 		s.markMu.Lock()
 		s.writing = nil
 		s.markMu.Unlock()
@@ -451,8 +465,17 @@ func (s *BoltStore) commit(group []writeReq, marks map[string]mark) {
 		}
 		return
 	}
+	var recordLost error
 	for _, r := range group {
-		r.finish(s.db.Update(r.fn))
+		if r.position && recordLost != nil {
+			r.finish(fmt.Errorf("replay position not moved: a finished execution's record failed first: %w", recordLost))
+			continue
+		}
+		err := s.db.Update(r.fn)
+		if err != nil && r.after != nil && recordLost == nil {
+			recordLost = err
+		}
+		r.finish(err)
 	}
 	// Failed marks are dropped: the events are re-sent (at the next start, or when a
 	// Mirage shows itself) and Mirage counts them once.
@@ -598,7 +621,7 @@ func (s *BoltStore) Position(_ context.Context) (uint64, string, error) {
 }
 
 func (s *BoltStore) SetPosition(_ context.Context, seq uint64, commandID string) error {
-	return s.write(func(tx *bolt.Tx) error {
+	return s.writePosition(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
 		if v := b.Get(keyLastSeq); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
 			return nil

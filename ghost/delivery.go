@@ -254,20 +254,26 @@ var errStopping = errors.New("ghost stopping")
 func (g *Ghost) replay(ctx context.Context, src commandReader, from position, last uint64, full bool) (read, fresh int, _ position, abandoned []abandonedCommand, _ error) {
 	start := max(from.seq, 1) // the position's own command first, to check it is there
 	type handling struct {
-		id   string
-		data []byte
-		hdr  nats.Header
-		done chan error
+		id     string
+		data   []byte
+		hdr    nats.Header
+		done   chan error
+		before position // the position just before this command
 	}
 	var handled []handling
 	reached, readTo := from, from
 	checked := false
+	held := false // a command was found running: reached stays before it
 	// settle waits for the commands dispatched so far and moves reached up to them,
 	// unless one of them could not be recorded (and is not given up on): the position
-	// stays before it.
+	// stays before it. A command another delivery is running is not waited for (it may
+	// run for hours, and the catch-up would hold the delivery loop as long): the
+	// position stops before it for the rest of this replay, which reads and runs the
+	// commands after it all the same; a later catch-up finds it ended.
 	settle := func() error {
 		var failed error
 		var given []abandonedCommand
+		var running *position
 		for _, h := range handled {
 			var err error
 			select {
@@ -276,9 +282,13 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 				return errStopping // the position stays: a restart replays them
 			}
 			switch {
+			case errors.Is(err, errStillRunning):
+				if running == nil {
+					running = &h.before
+				}
 			case err == nil:
 				g.recorded(h.id)
-			case errors.Is(err, errNotRecorded) && h.id != "":
+			case errors.Is(err, errNotRecorded) && h.id != "" && !storeWide(err):
 				if u, ok := g.giveUp(h.id); ok {
 					given = append(given, abandonedCommand{data: h.data, hdr: h.hdr, cause: err, unrecordedCommand: u})
 					continue
@@ -294,7 +304,13 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 		if failed != nil {
 			return failed
 		}
-		reached = readTo
+		switch {
+		case held:
+		case running != nil:
+			reached, held = *running, true
+		default:
+			reached = readTo
+		}
 		abandoned = append(abandoned, given...)
 		return nil
 	}
@@ -322,7 +338,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 			fresh++
 		}
 		done := make(chan error, 1)
-		handled = append(handled, handling{id, data, hdr, done})
+		handled = append(handled, handling{id, data, hdr, done, readTo})
 		if !g.dispatch(id, data, hdr, done) {
 			return errStopping
 		}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -537,6 +539,8 @@ type damagedRecord struct {
 	healed atomic.Bool
 	mu     sync.Mutex
 	bad    map[string]bool
+	// full: the failure is the disk being full (ENOSPC), not the record.
+	full bool
 }
 
 const unrecordable = "never recorded"
@@ -553,7 +557,10 @@ func (s *damagedRecord) Begin(ctx context.Context, e ghost.Execution) (ghost.Exe
 		}
 		failed := e.Args["message"] == unrecordable || (s.byID && s.bad[e.CommandID])
 		s.mu.Unlock()
-		if failed {
+		switch {
+		case failed && s.full:
+			return ghost.Execution{}, false, &os.PathError{Op: "write", Path: "executions.db", Err: syscall.ENOSPC}
+		case failed:
 			return ghost.Execution{}, false, errors.New("executions.db: record damaged")
 		}
 	}
@@ -616,6 +623,31 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 	}
 	if want := `edgectl_ghost_commands_total{outcome="error",class="internal"} 1`; !strings.Contains(b.String(), want) {
 		t.Fatalf("metrics do not count the command given up on (%s):\n%s", want, b.String())
+	}
+}
+
+// A command the store cannot record because the disk is full is never given up on: a
+// small write (the replay position) can still find room where the command's record
+// cannot, which proves nothing about the command. It runs once there is room again.
+func TestReplayDoesNotGiveUpOnACommandAFullDiskCannotRecord(t *testing.T) {
+	env := testenv.New(t)
+	store := newDamagedRecord(false)
+	store.full = true
+	const id = "edge-full"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 100 * time.Millisecond
+			ghost.SetUnrecordedPatience(c, 200*time.Millisecond)
+		}))
+	cmd, _ := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
+	time.Sleep(1500 * time.Millisecond) // many catch-ups, well past the patience
+	if ev, ok := storedEvent(t, env, bus.EventID(id, cmd)); ok {
+		t.Fatalf("the command a full disk could not record was answered %+v, want it kept for later", ev)
+	}
+	store.healed.Store(true) // room again
+	eventFor(t, env, id, cmd)
+	if ev, _ := storedEvent(t, env, bus.EventID(id, cmd)); ev.Outcome != bus.OutcomeSuccess {
+		t.Fatalf("once the disk had room the command ended %+v, want it run", ev)
 	}
 }
 
@@ -730,5 +762,47 @@ func TestCommandGivenUpOnIsAnsweredWhenTheGhostStops(t *testing.T) {
 	ev, ok := storedEvent(t, env, bus.EventID(id, bad))
 	if !ok || ev.Error == nil || ev.Error.Code != bus.CodeInternal {
 		t.Fatalf("event of the command given up on: %+v (found %v), want its 1500 stored before Close returned", ev, ok)
+	}
+}
+
+// A full catch-up (a Mirage's announce, a reconnect) that reads a command another
+// delivery is still running does not wait for that execution, which may last hours: the
+// catch-up goes on, and a command stored in EDGE_CMD but never delivered live runs now,
+// not when the long one ends. The replay position stays before the running command, so
+// that a crash cannot lose it.
+func TestFullCatchUpDoesNotWaitForALongExecution(t *testing.T) {
+	env := testenv.New(t)
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	const id = "edge-long"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 100 * time.Millisecond
+			c.ShutdownGrace = 100 * time.Millisecond
+		}))
+	ctx := context.Background()
+	long, longSeq := storeCommand(t, env, id, "sleep", map[string]string{"ms": "8000"})
+	testenv.Eventually(t, 5*time.Second, "the sleep to start", func() bool {
+		e, err := store.GetByCommandID(ctx, long)
+		return err == nil && e.State == ghost.StateStarted
+	})
+	announce, err := bus.Encode(&bus.Announce{Header: bus.NewHeader(bus.TypeAnnounce, "", time.Now()), MirageID: "stand-in"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Conn("mirage").Publish(subjects.Announce, announce); err != nil { // a full catch-up
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	lost, _ := storeDetoured(t, env, id, "status", nil)
+	eventFor(t, env, id, lost)
+	if e, err := store.GetByCommandID(ctx, long); err != nil || e.State != ghost.StateStarted {
+		t.Fatalf("the command never delivered live ran only once the long execution had ended (%+v, %v)", e, err)
+	}
+	if seq, err := store.LastSeq(ctx); err != nil || seq >= longSeq {
+		t.Fatalf("replay position %d (%v) while the command at %d still runs: a crash now would lose it", seq, err, longSeq)
 	}
 }

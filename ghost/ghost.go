@@ -483,21 +483,16 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool, arrived time
 		// command, and a catch-up brings it back; Mirage reports a timeout if the store
 		// never recovers, which is the truth.
 		g.log.Error("execution store failed: the command is not run and not answered; a later delivery or catch-up handles it", "command_id", commandID, "replayed", replayed, "err", out.Unrecorded)
-		return fmt.Errorf("%w: command %s: %v", errNotRecorded, commandID, out.Unrecorded)
+		return fmt.Errorf("%w: command %s: %w", errNotRecorded, commandID, out.Unrecorded)
 	}
 	if out.Event == nil {
-		// Another delivery of the command is executing. A replayed one waits for it, so
-		// that the replay position does not pass a command whose execution is not yet
-		// recorded (a crash then would lose it), nor one that delivery could not record.
+		// Another delivery of the command is executing. A replayed copy says so at once
+		// (errStillRunning), and the replay position stays before the command: it must
+		// not pass one whose execution is not yet recorded (a crash then would lose it),
+		// nor one that delivery could not record, and waiting here for an execution that
+		// may last hours would hold the catch-up, and the delivery loop, as long.
 		if replayed && out.Running != nil {
-			select {
-			case <-out.Running:
-			case <-g.run.Done():
-				return nil
-			}
-			if !g.pipeline.Known(g.run, commandID) {
-				return fmt.Errorf("%w: command %s, by another delivery", errNotRecorded, commandID)
-			}
+			return errStillRunning
 		}
 		return nil
 	}
@@ -518,6 +513,9 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool, arrived time
 // errNotRecorded: the execution store could not record a command, which is left for a
 // later delivery.
 var errNotRecorded = errors.New("the execution store could not record the command")
+
+// errStillRunning: a replayed command's execution, by another delivery, has not ended.
+var errStillRunning = errors.New("the command is still running")
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
 // (250 ms, ×2, 5 s max, jitter) until it is stored or ctx ends (g.send: Close's flush

@@ -1,6 +1,8 @@
 package ghost
 
 import (
+	"errors"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,7 +23,8 @@ import (
 // own event and gets no 1500. A copy still being handled then is waited for: its record
 // says whether it got through or the store failed it too, which leaves the command to the
 // 1500 (no replay reads it again). A store that fails every write cannot save the position:
-// nothing is given up, and the commands run once it recovers, as before.
+// nothing is given up, and the commands run once it recovers, as before; nor is a command
+// whose failure is the whole store's (storeWide: a full disk), whatever the position.
 
 // A replay gives up on a command the store could not record after this many replays of it
 // over at least unrecordedPatience (about five catch-ups at the default interval).
@@ -43,6 +46,14 @@ type abandonedCommand struct {
 	hdr   nats.Header
 	cause error
 	unrecordedCommand
+}
+
+// storeWide reports whether a store's failure is one of the whole store (a full disk, a
+// quota, an I/O error), not of one command's record: such a command is never given up on.
+// A small write (the replay position) may still find free pages in a full store where a
+// large record cannot, so that the position being saved proves nothing then.
+func storeWide(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EIO)
 }
 
 // giveUp counts a replay of commandID that the store could not record and reports whether

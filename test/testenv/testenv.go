@@ -340,6 +340,13 @@ func (e *Env) Events(js jetstream.JetStream) []bus.Event {
 	if err != nil {
 		e.T.Fatal(err)
 	}
+	// Deleted once read: tests poll this, and the server would otherwise keep one
+	// consumer per call until their inactivity threshold, up to its consumer limit.
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			_ = js.DeleteConsumer(context.Background(), bus.StreamEvents, info.Name)
+		}
+	}()
 	info, err := cons.Info(ctx)
 	if err != nil {
 		e.T.Fatal(err)
