@@ -325,8 +325,12 @@ func ManifestFromArgs(args map[string]string, out *Manifest) error {
 		m.Spec.Object = SpecObject(m.ID, m.Version)
 	}
 	prefix := m.ID + "/" + m.Version + "/"
-	if !strings.HasPrefix(m.Spec.Object, prefix) || strings.Contains(m.Spec.Object, "..") {
+	if !strings.HasPrefix(m.Spec.Object, prefix) {
 		return bus.FieldError(bus.CodeSemantic, "args.spec", "object %q is not under %s", m.Spec.Object, prefix)
+	}
+	// Path elements, not bytes: "spec..toml" is a name, ".." would leave the prefix.
+	if err := ValidateObjectName(m.Spec.Object); err != nil {
+		return bus.FieldError(bus.CodeSemantic, "args.spec", "%v", err)
 	}
 	if !validSHA256(m.Spec.SHA256) {
 		return bus.FieldError(bus.CodeSemantic, "args.sha256", "give the spec's SHA-256 as 64 lowercase hex digits")

@@ -177,11 +177,14 @@ type rawParam struct {
 var typePatterns = map[string]string{TypeInt: `-?[0-9]{1,18}`, TypeBool: `true|false`}
 
 // ValidateVersion checks a seed version: 1-64 of A-Z a-z 0-9 . _ + -, starting with a
-// letter or digit (it names a directory and an object prefix), and not a name the
-// install keeps beside the version directories (current.json, its .tmp).
+// letter or digit (it names a directory and an object prefix), without "..", and not a
+// name the install keeps beside the version directories (current.json, its .tmp).
 func ValidateVersion(v string) error {
 	if !validVersion(v) {
 		return fmt.Errorf("version %q: use 1-64 of A-Z a-z 0-9 . _ + -, starting with a letter or digit", v)
+	}
+	if strings.Contains(v, "..") {
+		return fmt.Errorf("version %q contains \"..\": it names a directory and object names, where .. is refused; use single dots (1.2.3)", v)
 	}
 	if strings.HasPrefix(v, "current.json") {
 		return fmt.Errorf("version %q: the name of the install's record; choose another", v)
@@ -208,13 +211,17 @@ func ValidateFileName(name string) error {
 }
 
 // ValidateSeedID checks the id of a declarative seed: a seed id (lowercase a-z 0-9 . _ -)
-// starting with a letter or digit, and not reserved: "ghost" is the control seed, "seed.*" the built-in seeds.
+// starting with a letter or digit, without "..", and not reserved: "ghost" is the control
+// seed, "seed.*" the built-in seeds.
 func ValidateSeedID(id string) error {
 	if err := subjects.ValidateSeedID(id); err != nil {
 		return err
 	}
 	if c := id[0]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {
 		return fmt.Errorf("seed id %q must start with a letter or digit (it names a directory)", id)
+	}
+	if strings.Contains(id, "..") {
+		return fmt.Errorf("seed id %q contains \"..\": it names a directory and object names, where .. is refused; use single dots (node.system)", id)
 	}
 	if id == "ghost" || strings.HasPrefix(id, "seed.") {
 		return fmt.Errorf("seed id %q is reserved (ghost and seed.* are built in)", id)

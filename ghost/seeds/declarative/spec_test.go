@@ -110,6 +110,8 @@ func TestParseInvalid(t *testing.T) {
 		{"reserved id", strings.Replace(head, "a.b", "seed.kv", 1) + op + "argv = [\"ls\"]", "id", "reserved"},
 		{"control id", strings.Replace(head, "a.b", "ghost", 1) + op + "argv = [\"ls\"]", "id", "reserved"},
 		{"dot id", strings.Replace(head, "a.b", "..", 1) + op + "argv = [\"ls\"]", "id", "start with a letter"},
+		{"dotdot id", strings.Replace(head, "a.b", "a..b", 1) + op + "argv = [\"ls\"]", "id", `contains ".."`},
+		{"dotdot version", strings.Replace(head, "\"1\"", "\"1..2\"", 1) + op + "argv = [\"ls\"]", "version", `contains ".."`},
 		{"no version", "id = \"a.b\"\nname = \"n\"" + op + "argv = [\"ls\"]", "version", "missing"},
 		{"bad version", strings.Replace(head, "\"1\"", "\"../1\"", 1) + op + "argv = [\"ls\"]", "version", "version"},
 		{"record's name as version", strings.Replace(head, "\"1\"", "\"current.json\"", 1) + op + "argv = [\"ls\"]", "version", "record"},
