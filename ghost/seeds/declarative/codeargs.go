@@ -84,8 +84,10 @@ func programName(argv0 string) string {
 
 // checkCodeArgs refuses a param where a shell or interpreter named as the program, directly
 // or through wrappers, reads its options or its code; raw are the argv templates, tmpl
-// their parsed elements.
-func checkCodeArgs(raw []string, tmpl []element) error {
+// their parsed elements. It returns the index of the first argument of the program the
+// wrappers run (1 without wrappers): a literal "--" before it ends a wrapper's options,
+// not the program's (sudo -n -- kill -TERM {{pid}}), and is no end of options for Render.
+func checkCodeArgs(raw []string, tmpl []element) (int, error) {
 	name, start := programName(raw[0]), 1
 	for range raw { // each wrapper takes at least one element: this bounds the loop
 		w, ok := wrappers[name]
@@ -93,16 +95,19 @@ func checkCodeArgs(raw []string, tmpl []element) error {
 			break
 		}
 		u, err := w.unwrap(name, raw, tmpl, start)
-		if err != nil || u.done {
-			return err
+		if err != nil {
+			return 0, err
+		}
+		if u.done {
+			return u.next, nil
 		}
 		name, start = u.name, u.next
 	}
 	reader, ok := codeReaders[name]
 	if !ok {
-		return nil
+		return start, nil
 	}
-	return reader.check(name, raw, tmpl, start)
+	return start, reader.check(name, raw, tmpl, start)
 }
 
 type want int

@@ -128,6 +128,41 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 	}
 }
 
+// checkCodeArgs says where the arguments of the program the wrappers run begin: a "--"
+// before that ends a wrapper's options, and Render does not take it for the program's.
+func TestProgramArgsStart(t *testing.T) {
+	for _, tc := range []struct {
+		argv []string
+		want int
+	}{
+		{[]string{"grep", "-r", "--", "x"}, 1},
+		{[]string{"sudo", "-n", "--", "kill", "-TERM", "1"}, 4},
+		{[]string{"sudo", "-u", "app", "--", "kill", "1"}, 5},
+		{[]string{"nice", "-n", "5", "timeout", "--", "5", "kill", "1"}, 7},
+		{[]string{"env", "LANG=C", "--", "ls"}, 4},
+		{[]string{"runuser", "-u", "app", "--", "/bin/sh", "-c", "kill \"$1\"", "sh", "1"}, 5},
+		{[]string{"su", "app", "--", "x"}, 2},                      // the user's shell reads from after USER
+		{[]string{"su", "-c", "kill \"$1\"", "app", "--", "1"}, 3}, // a literal command, then its arguments
+		{[]string{"flock", "/run/x.lock", "-c", "true", "--", "x"}, 4},
+		{[]string{"taskset", "-p", "1"}, 2},
+		{[]string{"ssh", "host", "uptime", "--", "x"}, 3}, // the remote command
+		{[]string{"nice", "--"}, 2},                       // runs nothing
+	} {
+		tmpl := make([]element, len(tc.argv))
+		for i, a := range tc.argv {
+			el, err := parseElement(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tmpl[i] = el
+		}
+		got, err := checkCodeArgs(tc.argv, tmpl)
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %d %v, want %d", tc.argv, got, err, tc.want)
+		}
+	}
+}
+
 func TestProgramName(t *testing.T) {
 	for in, want := range map[string]string{
 		"sh": "sh", "/bin/bash": "bash", "bash-5.2": "bash", "python3": "python", "python3.12": "python",

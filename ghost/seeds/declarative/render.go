@@ -62,7 +62,6 @@ func (op *Operation) compile(s *Spec, key string) error {
 		return bad(key+".argv", "%d elements, at most %d are allowed", len(op.Argv), MaxArgv)
 	}
 	used := map[string]bool{}
-	op.optEnd = len(op.Argv)
 	for i, a := range op.Argv {
 		k := fmt.Sprintf("%s.argv[%d]", key, i)
 		if strings.IndexByte(a, 0) >= 0 {
@@ -89,13 +88,21 @@ func (op *Operation) compile(s *Spec, key string) error {
 			if err := checkProgram(s, el, a); err != nil {
 				return bad(k, "%v", err)
 			}
-		} else if a == "--" && op.optEnd == len(op.Argv) {
-			op.optEnd = i
 		}
 		op.tmpl = append(op.tmpl, el)
 	}
-	if err := checkCodeArgs(op.Argv, op.tmpl); err != nil {
+	progArgs, err := checkCodeArgs(op.Argv, op.tmpl)
+	if err != nil {
 		return bad(key+".argv", "%v", err)
+	}
+	// Only a "--" the program itself reads ends its options: one among the options of a
+	// wrapper that runs it (sudo -n -- kill …) ends the wrapper's.
+	op.optEnd = len(op.Argv)
+	for i := max(progArgs, 1); i < len(op.Argv); i++ {
+		if op.Argv[i] == "--" {
+			op.optEnd = i
+			break
+		}
 	}
 	for _, p := range op.Params {
 		if !used[p.Name] {
@@ -168,8 +175,9 @@ func (e *ArgError) Error() string { return fmt.Sprintf("args.%s: %s", e.Param, e
 // starts with "-" is read as an option by most programs (tar's
 // --use-compress-program=CMD runs CMD, kill -TERM -1 signals every process). So a given
 // value starting with "-" may not begin an element, unless a literal "--" element stands
-// before it (the usual end of options) or its param sets allow_leading_dash. A default is
-// the spec's own text and is not checked.
+// before it among the arguments of the program a wrapper runs, or of argv[0] without one
+// (the usual end of options; one among a wrapper's options ends only the wrapper's), or
+// its param sets allow_leading_dash. A default is the spec's own text and is not checked.
 func (op *Operation) Render(args map[string]string, filesDir string) ([]string, error) {
 	for k := range args {
 		if _, ok := op.Param(k); !ok {

@@ -127,6 +127,18 @@ idempotent = true
 pattern = "-?[a-z]{1,8}"
 [operations.inside.params.y]
 pattern = "[a-z]*"
+[operations.wrapped]
+description = "a -- among a wrapper's options ends the wrapper's, not kill's"
+argv = ["sudo", "-n", "--", "kill", "-TERM", "{{pid}}"]
+idempotent = true
+[operations.wrapped.params.pid]
+type = "int"
+[operations.wrappedended]
+description = "a -- the wrapped program reads"
+argv = ["sudo", "-n", "--", "grep", "-r", "--", "{{pattern}}", "/etc"]
+idempotent = true
+[operations.wrappedended.params.pattern]
+pattern = "(?s).{1,256}"
 [operations.dflt]
 description = "a default is the spec's own text"
 argv = ["ls", "{{flag}}"]
@@ -158,6 +170,9 @@ func TestRenderLeadingDash(t *testing.T) {
 		{"an empty value before a dash", "inside", map[string]string{"y": "", "x": "-a"}, "x", nil},
 		{"a plain value", "tar", map[string]string{"path": "hostname"}, "", []string{"tar", "-cf", "/dev/null", "-C", "/etc", "hostname"}},
 		{"after --", "ended", map[string]string{"pattern": "-v"}, "", []string{"grep", "-r", "--", "-v", "/etc"}},
+		{"after a wrapper's --", "wrapped", map[string]string{"pid": "-1"}, "pid", nil},
+		{"after the wrapped program's --", "wrappedended", map[string]string{"pattern": "-v"}, "",
+			[]string{"sudo", "-n", "--", "grep", "-r", "--", "-v", "/etc"}},
 		{"opted in", "optin", map[string]string{"pid": "-1"}, "", []string{"kill", "-TERM", "-1"}},
 		{"not at the start of an element", "inside", map[string]string{"x": "-a", "y": "b"}, "", []string{"echo", "name=-a", "b-a", "--a"}},
 		{"a default", "dflt", map[string]string{}, "", []string{"ls", "-l"}},
@@ -189,7 +204,7 @@ func TestRegisteredParamsRefuseALeadingDashWhereRenderDoes(t *testing.T) {
 	seed := New(mustParse(t, dashSpec), t.TempDir())
 	info := seed.Info()
 	want := map[string]bool{"tar.path": true, "ended.pattern": false, "optin.pid": false, "kill.pid": true,
-		"inside.x": false, "inside.y": true, "dflt.flag": true}
+		"inside.x": false, "inside.y": true, "dflt.flag": true, "wrapped.pid": true, "wrappedended.pattern": false}
 	for _, op := range info.Operations {
 		for _, p := range op.Params {
 			if p.NoLeadingDash != want[op.Name+"."+p.Name] {

@@ -87,7 +87,7 @@ type Operation struct {
 	Env         []string // names of environment variables passed through
 	Params      []Param  // sorted by name
 	tmpl        []element
-	optEnd      int // index of the first literal "--" in tmpl (len(tmpl) when none): what follows is not read as options
+	optEnd      int // index of the first literal "--" among the final program's arguments (len(tmpl) when none): what follows is not read as options
 	patterns    map[string]*bus.ParamPattern
 }
 
@@ -101,8 +101,8 @@ type Param struct {
 	Min, Max    *int64
 	MaxBytes    int
 	Description string
-	// AllowLeadingDash lets a value starting with "-" begin an argv element before any
-	// "--" (see Render): the spec's author says the program reads it there as a value.
+	// AllowLeadingDash lets a value starting with "-" begin an argv element before the
+	// program's "--" (see Render): the spec's author says the program reads it there as a value.
 	AllowLeadingDash bool
 }
 

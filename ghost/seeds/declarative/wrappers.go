@@ -65,7 +65,9 @@ var wrappers = map[string]wrapper{
 }
 
 // unwrapped is what a wrapper runs: the program named at raw[next-1] (name), or, for a
-// user's shell (su USER ARGS), sh reading raw[next:]; done when nothing is left to check.
+// user's shell (su USER ARGS), sh reading raw[next:]; done when nothing is left to check,
+// next then being where the wrapper's own reading ended (what follows is no option of
+// its: a shell command's arguments, a remote command) or len(raw) when it runs nothing.
 type unwrapped struct {
 	name string
 	next int
@@ -98,20 +100,20 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 						return unwrapped{}, fmt.Errorf("argv[%d]: a param with %s %s, which %s", j, name, o.name, w.shellWhy)
 					}
 				}
-				return unwrapped{done: true}, nil
+				return unwrapped{done: true, next: i + 1}, nil
 			case optStop:
-				return unwrapped{done: true}, nil
+				return unwrapped{done: true, next: i + 1}, nil
 			case optCode:
 				if o.attached {
 					if param {
 						return unwrapped{}, fmt.Errorf("argv[%d]: a param in the shell command %s %s runs", i, name, o.name)
 					}
-					return unwrapped{done: true}, nil // a literal command; what follows are its arguments
+					return unwrapped{done: true, next: i + 1}, nil // a literal command; what follows are its arguments
 				}
 				if i+1 < len(raw) && hasParam(tmpl[i+1]) {
 					return unwrapped{}, fmt.Errorf("argv[%d]: a param as the shell command %s %s runs", i+1, name, o.name)
 				}
-				return unwrapped{done: true}, nil
+				return unwrapped{done: true, next: min(i+2, len(raw))}, nil
 			case optUser:
 				userShell, operands = false, 0
 			}
@@ -139,7 +141,7 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 					return unwrapped{}, fmt.Errorf("argv[%d]: a param in the command %s joins into one string for a remote shell", j, name)
 				}
 			}
-			return unwrapped{done: true}, nil
+			return unwrapped{done: true, next: i + 1}, nil
 		}
 		if userShell {
 			// su [USER [ARGS]]: USER (any value) then arguments of the user's shell, read like sh's.
@@ -150,7 +152,7 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 		}
 		return unwrapped{name: programName(a), next: i + 1}, nil
 	}
-	return unwrapped{done: true}, nil // no program: the wrapper runs nothing of ours to check
+	return unwrapped{done: true, next: len(raw)}, nil // no program: the wrapper runs nothing of ours to check
 }
 
 type optKind int
