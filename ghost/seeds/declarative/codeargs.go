@@ -90,6 +90,11 @@ func programName(argv0 string) string {
 func checkCodeArgs(raw []string, tmpl []element) (int, error) {
 	name, start := programName(raw[0]), 1
 	for range raw { // each wrapper takes at least one element: this bounds the loop
+		if name == "setsid" {
+			return 0, fmt.Errorf("argv[%d]: setsid runs the program in a new session, out of the process group "+
+				"the Ghost kills at the operation's timeout and when it stops: it would run on unbounded; "+
+				"leave setsid out (the program already runs in a process group of its own)", start-1)
+		}
 		w, ok := wrappers[name]
 		if !ok {
 			break

@@ -50,7 +50,6 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"ionice", []string{"ionice", "-c", "3", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"timeout and its duration", []string{"timeout", "5", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"timeout -s and its duration", []string{"timeout", "-s", "KILL", "-k", "1", "5s", "bash", "-c", "{{v}}", "{{w}}"}, false},
-		{"setsid", []string{"setsid", "bash", "-c", "{{v}}", "{{w}}"}, false},
 		{"nohup", []string{"nohup", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"stdbuf", []string{"stdbuf", "-o", "L", "-eL", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"time", []string{"/usr/bin/time", "-f", "%e", "sh", "-c", "{{v}}", "{{w}}"}, false},
@@ -125,6 +124,25 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 				t.Fatalf("accepted (err %v): a param would be read as code", err)
 			}
 		})
+	}
+}
+
+// setsid puts the program in a new session, out of the process group the Ghost kills at
+// the operation's timeout and when it stops: the spec is refused, named directly or
+// through a wrapper, with or without params, and the message says why.
+func TestParseRefusesSetsid(t *testing.T) {
+	head := "id = \"a.b\"\nname = \"n\"\nversion = \"1\"\n[operations.x]\ndescription = \"d\"\nidempotent = true\n"
+	for _, argv := range []string{
+		`["setsid", "sleep", "30"]`,
+		`["/usr/bin/setsid", "-f", "sleep", "30"]`,
+		`["nice", "-n", "5", "setsid", "sleep", "30"]`,
+		`["sudo", "-n", "--", "setsid", "sleep", "30"]`,
+		`["busybox", "setsid", "sleep", "30"]`,
+	} {
+		_, err := Parse([]byte(head + "argv = " + argv + "\n"))
+		if err == nil || !strings.Contains(err.Error(), "operations.x.argv") || !strings.Contains(err.Error(), "new session") {
+			t.Errorf("%s: %v, want a refusal saying setsid starts a new session", argv, err)
+		}
 	}
 }
 

@@ -117,7 +117,7 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 	res.Status, res.ExitCode = StatusFailed, -1
 	if errors.Is(context.Cause(ctx), errOpTimeout) {
 		res.Status = StatusTimedOut
-		return res, bus.Errorf(bus.CodeExecTimeout, "%s %s ran past the operation's timeout of %s and was killed", s.spec.ID, op.Name, op.Timeout)
+		return res, bus.Errorf(bus.CodeExecTimeout, "%s %s ran past the operation's timeout of %s; its process group was killed", s.spec.ID, op.Name, op.Timeout)
 	}
 	if ctx.Err() != nil {
 		return res, ctx.Err() // the command's own timeout or the Ghost stopping: the pipeline decides
