@@ -247,9 +247,10 @@ func TestSeedPushBringsBareGhostOnline(t *testing.T) {
 		t.Fatalf("version directories %v, want only 1.1.0", dirs)
 	}
 
-	// Restart on the same state directory: the installed seeds are hosted again.
+	// Restart on the same state directory: the installed seeds are hosted again (those
+	// seed_allowlist still allows: all of them here).
 	_ = g.Close()
-	g, _ = startBareGhost(t, env, "edge-1", state, bare{nc: env.Conn("edge-1 again"), allow: []string{"node.*"}})
+	g, _ = startBareGhost(t, env, "edge-1", state, bare{nc: env.Conn("edge-1 again"), allow: []string{"node.*", "service.*", "test.*"}})
 	for _, in := range g.Registry().Infos() {
 		if in.ID == "node.system" && in.Version != "1.1.0" {
 			t.Fatalf("after restart node.system is %s", in.Version)

@@ -46,7 +46,8 @@ type Config struct {
 	// StateDir is the Ghost's state directory; seeds are installed under StateDir/seeds.
 	StateDir string
 	// Allow lists the seed ids (or path.Match globs: "node.*", "*") that seed.install may
-	// install. Empty refuses every remote install; boot installs are not checked.
+	// install, and that are hosted again when the Ghost starts. Empty refuses every remote
+	// install; boot installs are not checked.
 	Allow []string
 	// Version is the Ghost's version, for info.
 	Version string
@@ -66,9 +67,11 @@ type Seed struct {
 	// reads go one at a time, as Mirage serves them.
 	mirage *declarative.MirageObjects
 
-	// mu serializes installs, removals and loading; installed is what it has activated.
+	// mu serializes installs, removals and loading; installed is what it has activated,
+	// withheld what load found installed but seed_allowlist does not allow (not hosted).
 	mu        sync.Mutex
 	installed map[string]record
+	withheld  map[string]withheld
 	// fetching lets one install fetch and stage at a time (Install).
 	fetching chan struct{}
 }
@@ -90,7 +93,7 @@ func New(host Host, cfg Config) (*Seed, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Seed{host: host, reg: host.Registry(), cfg: cfg, root: root, installed: map[string]record{}, fetching: make(chan struct{}, 1),
+	s := &Seed{host: host, reg: host.Registry(), cfg: cfg, root: root, installed: map[string]record{}, withheld: map[string]withheld{}, fetching: make(chan struct{}, 1),
 		log: cfg.Log.With("component", "ghost", "seed", ID, "ghost_id", host.ID())}
 	if cfg.Conn != nil {
 		if s.js, err = jetstream.New(cfg.Conn); err != nil {

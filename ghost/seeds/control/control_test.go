@@ -35,8 +35,13 @@ idempotent = true
 
 func newControl(t *testing.T, state string) (*Seed, *ghost.Registry) {
 	t.Helper()
+	return newControlAllowing(t, state, "disk.*")
+}
+
+func newControlAllowing(t *testing.T, state string, allow ...string) (*Seed, *ghost.Registry) {
+	t.Helper()
 	reg := ghost.NewRegistry()
-	s, err := New(host{reg}, Config{StateDir: state, Allow: []string{"disk.*"}})
+	s, err := New(host{reg}, Config{StateDir: state, Allow: allow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +118,53 @@ func TestInstalledSeedsReload(t *testing.T) {
 	if _, reg = newControl(t, state); len(reg.Infos()) != 1 {
 		t.Fatalf("a seed with a changed file was loaded: %+v", reg.Infos())
 	}
+}
+
+// seed_allowlist is checked again at start: an installed seed it no longer allows is not
+// hosted, and its files are kept, so that allowing it again (or naming it in boot_seeds,
+// the Ghost's own config) hosts it again without a push.
+func TestLoadChecksTheAllowlist(t *testing.T) {
+	state := t.TempDir()
+	s, _ := newControl(t, state)
+	installDisk(t, s, "1")
+	spec := filepath.Join(state, "seeds", "disk.test", "1", "spec.toml")
+
+	_, reg := newControlAllowing(t, state, "other.*")
+	if in, ok := hosted(reg, "disk.test"); ok {
+		t.Fatalf("a seed off the allowlist is hosted after a restart: %+v", in)
+	}
+	if _, err := os.Stat(spec); err != nil {
+		t.Fatalf("the files of a seed off the allowlist were deleted: %v", err)
+	}
+
+	if _, reg = newControl(t, state); !isHosted(reg, "disk.test", "1") {
+		t.Fatal("allowed again, the seed is not hosted")
+	}
+
+	s, reg = newControlAllowing(t, state)
+	if err := s.Boot(context.Background(), []string{"disk.test@1"}); err != nil {
+		t.Fatal(err)
+	}
+	if !isHosted(reg, "disk.test", "1") {
+		t.Fatal("a boot seed off the allowlist is not hosted")
+	}
+
+	// Removing a seed that is not hosted deletes its files all the same.
+	s, _ = newControlAllowing(t, state)
+	if c, err := s.Remove("disk.test"); err != nil || c.Action != "removed" || c.Previous != "1" {
+		t.Fatalf("removing a withheld seed: %+v %v", c, err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "seeds", "disk.test")); !os.IsNotExist(err) {
+		t.Fatal("files left")
+	}
+	if err := s.Boot(context.Background(), []string{"disk.test@1"}); err == nil {
+		t.Fatal("a removed seed was hosted again by a boot install without a store")
+	}
+}
+
+func isHosted(reg *ghost.Registry, id, version string) bool {
+	in, ok := hosted(reg, id)
+	return ok && in.Version == version
 }
 
 func TestRemove(t *testing.T) {

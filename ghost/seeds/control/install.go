@@ -276,6 +276,16 @@ func (s *Seed) Remove(id string) (Change, error) {
 	defer s.mu.Unlock()
 	dir := filepath.Join(s.root, id)
 	rec, ok := s.installed[id]
+	if w, held := s.withheld[id]; held {
+		// Installed but not hosted (seed_allowlist does not allow it): its files go.
+		delete(s.withheld, id)
+		if err := os.RemoveAll(dir); err != nil {
+			return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", dir, err)
+		}
+		s.log.Info("seed removed", "removed_seed", id, "version", w.rec.Version, "hosted", false)
+		return Change{Action: "removed", ID: id, Previous: w.rec.Version,
+			Message: fmt.Sprintf("removed %s %s, which was not hosted: seed_allowlist does not allow it", id, w.rec.Version)}, nil
+	}
 	if !ok {
 		if s.hosts(id) {
 			return Change{}, bus.Errorf(bus.CodeSemantic, "seed %s is built into this Ghost and cannot be removed", id)

@@ -15,7 +15,9 @@ import (
 
 // load hosts the seeds installed before, checking each file against the digests recorded
 // at install. A seed that fails is logged and left out: one broken install does not keep
-// the Ghost from starting.
+// the Ghost from starting. A seed whose id seed_allowlist no longer allows is withheld:
+// not hosted, its files kept, so that allowing it again hosts it at the next start, and
+// Boot hosts it when boot_seeds names it (boot seeds are the Ghost's own config).
 func (s *Seed) load() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -35,12 +37,37 @@ func (s *Seed) load() error {
 		if !e.IsDir() {
 			continue
 		}
-		if err := s.loadOne(e.Name()); err != nil {
+		err := s.loadOne(e.Name())
+		if errors.Is(err, errWithheld) {
+			s.log.Warn("an installed seed is not on seed_allowlist: not hosted; its files are kept, and it is hosted again once seed_allowlist or boot_seeds names it",
+				"installed_seed", e.Name(), "version", s.withheld[e.Name()].rec.Version, "seed_allowlist", s.cfg.Allow)
+			continue
+		}
+		if err != nil {
 			s.log.Error("an installed seed was not loaded; push it again or remove it (ghost seed.remove)", "installed_seed", e.Name(), "err", err)
 			continue
 		}
 		s.log.Info("installed seed loaded", "installed_seed", e.Name(), "version", s.installed[e.Name()].Version)
 	}
+	return nil
+}
+
+// errWithheld is loadOne's answer for a seed it verified but did not host: seed_allowlist
+// does not allow its id.
+var errWithheld = errors.New("not on seed_allowlist")
+
+// withheld is an installed seed load did not host (errWithheld).
+type withheld struct {
+	rec  record
+	seed *declarative.Seed
+}
+
+// hostInstalled adds an installed seed to the registry; s.mu is held.
+func (s *Seed) hostInstalled(rec record, seed *declarative.Seed) error {
+	if err := s.reg.Add(seed); err != nil {
+		return err
+	}
+	s.installed[rec.ID] = rec
 	return nil
 }
 
@@ -94,12 +121,13 @@ func (s *Seed) loadOne(id string) error {
 			return fmt.Errorf("file %s changed on disk since it was installed (sha256 differs)", f.Name)
 		}
 	}
-	if err := s.reg.Add(declarative.New(spec, dir)); err != nil {
-		return err
-	}
-	s.installed[id] = rec
+	seed := declarative.New(spec, dir)
 	s.prune(id, rec.Version)
-	return nil
+	if !s.allowed(id) {
+		s.withheld[id] = withheld{rec: rec, seed: seed}
+		return errWithheld
+	}
+	return s.hostInstalled(rec, seed)
 }
 
 func readLimited(path string, max int64) ([]byte, error) {
@@ -137,7 +165,8 @@ func ParseRef(ref string) (id, version string, err error) {
 // without the allowlist: the Ghost's own config names them. A seed already installed at
 // the named version is left alone without reading the store; for a bare ID, the version
 // pushed last is installed when it differs, and the installed one is kept when the store
-// cannot be read. It returns the failures joined; the Ghost serves regardless.
+// cannot be read. An installed seed load withheld (not on seed_allowlist) is hosted when
+// refs name it. It returns the failures joined; the Ghost serves regardless.
 func (s *Seed) Boot(ctx context.Context, refs []string) error {
 	var errs []error
 	changed := false
@@ -148,6 +177,15 @@ func (s *Seed) Boot(ctx context.Context, refs []string) error {
 			continue
 		}
 		s.mu.Lock()
+		if w, ok := s.withheld[id]; ok {
+			// Installed, and named by the Ghost's own config: hosted whatever seed_allowlist says.
+			delete(s.withheld, id)
+			if err := s.hostInstalled(w.rec, w.seed); err != nil {
+				s.log.Error("an installed boot seed could not be hosted", "installed_seed", id, "err", err)
+			} else {
+				s.log.Info("installed seed loaded: boot_seeds names it", "installed_seed", id, "version", w.rec.Version)
+			}
+		}
 		cur, had := s.installed[id]
 		s.mu.Unlock()
 		if had && version != "" && cur.Version == version {
