@@ -89,6 +89,7 @@ executions finish (10 s grace), flushes their events, and exits 0.`,
 			if err != nil {
 				return err
 			}
+			defer ctl.Close() // once the Ghost is closed (below): it ends the waits for replaced seeds to drain
 			if err := ctl.Boot(ctx, cfg.BootSeeds); err != nil {
 				log.Error("boot seeds not installed; serving without them", "component", "ghostctl", "err", err)
 			}

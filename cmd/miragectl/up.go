@@ -381,8 +381,9 @@ func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config
 		return nil, err
 	}
 	g, err := ghost.New(nc, gcfg, reg, store, log)
+	var ctl *control.Seed
 	if err == nil { // the control seed "ghost": seed push may install to "local" too
-		_, err = control.New(g, control.Config{Conn: nc, StateDir: state, Allow: []string{"*"}, Version: gcfg.Version, Log: log})
+		ctl, err = control.New(g, control.Config{Conn: nc, StateDir: state, Allow: []string{"*"}, Version: gcfg.Version, Log: log})
 	}
 	if err != nil {
 		nc.Close()
@@ -397,6 +398,7 @@ func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config
 	}
 	return func() error {
 		err := g.Close()
+		ctl.Close() // after the executions: it waits for replaced seeds to drain
 		_ = nc.Drain()
 		_ = store.Close()
 		return err

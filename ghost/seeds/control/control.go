@@ -67,13 +67,20 @@ type Seed struct {
 	// reads go one at a time, as Mirage serves them.
 	mirage *declarative.MirageObjects
 
-	// mu serializes installs, removals and loading; installed is what it has activated,
-	// withheld what load found installed but seed_allowlist does not allow (not hosted).
+	// mu serializes installs, removals and loading; installed is what it hosts, withheld
+	// what load found installed but seed_allowlist does not allow (not hosted), retiring
+	// the seeds replaced by a new version while executions of theirs ran: their version
+	// directories are kept until they drain.
 	mu        sync.Mutex
-	installed map[string]record
-	withheld  map[string]withheld
+	installed map[string]installedSeed
+	withheld  map[string]installedSeed
+	retiring  map[string][]*declarative.Seed
 	// fetching lets one install fetch and stage at a time (Install).
 	fetching chan struct{}
+	// pruners wait for retiring seeds to drain (pruneWhenDrained); closing, closed under
+	// mu by Close, ends them.
+	pruners sync.WaitGroup
+	closing chan struct{}
 }
 
 // New builds the control seed of host, adds it to the host's registry, and loads the
@@ -93,7 +100,8 @@ func New(host Host, cfg Config) (*Seed, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Seed{host: host, reg: host.Registry(), cfg: cfg, root: root, installed: map[string]record{}, withheld: map[string]withheld{}, fetching: make(chan struct{}, 1),
+	s := &Seed{host: host, reg: host.Registry(), cfg: cfg, root: root, installed: map[string]installedSeed{}, withheld: map[string]installedSeed{},
+		retiring: map[string][]*declarative.Seed{}, fetching: make(chan struct{}, 1), closing: make(chan struct{}),
 		log: cfg.Log.With("component", "ghost", "seed", ID, "ghost_id", host.ID())}
 	if cfg.Conn != nil {
 		if s.js, err = jetstream.New(cfg.Conn); err != nil {
@@ -108,6 +116,27 @@ func New(host Host, cfg Config) (*Seed, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Close stops waiting for replaced seeds to drain, and returns once those waits have
+// ended; the old version directories they kept are deleted at the next start. Call it
+// after the Ghost is closed, when no execution runs any more.
+func (s *Seed) Close() {
+	s.mu.Lock()
+	if !s.closed() {
+		close(s.closing)
+	}
+	s.mu.Unlock()
+	s.pruners.Wait()
+}
+
+func (s *Seed) closed() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
 }
 
 // ValidateAllow checks an allowlist: seed ids or path.Match globs.
@@ -146,7 +175,7 @@ func (s *Seed) Info() bus.SeedInfo {
 					{Name: declarative.ArgFiles, Pattern: declarative.PatternFiles, Description: "the spec's files as NAME:SHA256, comma separated (objects <id>/<version>/files/NAME)"},
 				}},
 			{Name: OpRemove, Idempotent: true, Params: []bus.ParamInfo{id},
-				Description: "Stop hosting an installed seed and delete its files. Removing a seed that is not installed succeeds."},
+				Description: "Stop hosting an installed seed, kill its running executions and delete its files. Removing a seed that is not installed succeeds."},
 			{Name: OpList, Idempotent: true, Params: []bus.ParamInfo{},
 				Description: "List the hosted seeds as JSON: id, version, source (control, builtin or installed), digest and operations."},
 			{Name: OpInfo, Idempotent: true, Params: []bus.ParamInfo{},
@@ -179,7 +208,7 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 		if err := declarative.ValidateSeedID(id); err != nil {
 			return fail(bus.FieldError(bus.CodeSemantic, "args.id", "%v", err))
 		}
-		out, err := s.Remove(id)
+		out, err := s.Remove(ctx, id)
 		if err != nil {
 			return fail(err)
 		}

@@ -51,12 +51,18 @@ func newControlAllowing(t *testing.T, state string, allow ...string) (*Seed, *gh
 // installDisk installs a version of disk.test the way seed.install does once verified.
 func installDisk(t *testing.T, s *Seed, version string) {
 	t.Helper()
+	installDiskScript(t, s, version, "echo "+version+"\n")
+}
+
+// installDiskScript installs a version of disk.test whose operation run runs script.
+func installDiskScript(t *testing.T, s *Seed, version, script string) declarative.Manifest {
+	t.Helper()
 	data := []byte(sprintf(spec, version))
 	sp, err := declarative.Parse(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string][]byte{"a.sh": []byte("echo " + version + "\n")}
+	files := map[string][]byte{"a.sh": []byte(script)}
 	b := &declarative.Bundle{Spec: sp, SpecData: data, Files: files}
 	stage, err := s.stage(data)
 	if err != nil {
@@ -73,6 +79,7 @@ func installDisk(t *testing.T, s *Seed, version string) {
 	if _, err := s.activate(sp, stage, b.Manifest()); err != nil {
 		t.Fatal(err)
 	}
+	return b.Manifest()
 }
 
 func sprintf(format, v string) string { return fmt.Sprintf(format, v) }
@@ -151,7 +158,7 @@ func TestLoadChecksTheAllowlist(t *testing.T) {
 
 	// Removing a seed that is not hosted deletes its files all the same.
 	s, _ = newControlAllowing(t, state)
-	if c, err := s.Remove("disk.test"); err != nil || c.Action != "removed" || c.Previous != "1" {
+	if c, err := s.Remove(context.Background(), "disk.test"); err != nil || c.Action != "removed" || c.Previous != "1" {
 		t.Fatalf("removing a withheld seed: %+v %v", c, err)
 	}
 	if _, err := os.Stat(filepath.Join(state, "seeds", "disk.test")); !os.IsNotExist(err) {
@@ -171,7 +178,7 @@ func TestRemove(t *testing.T) {
 	state := t.TempDir()
 	s, reg := newControl(t, state)
 	installDisk(t, s, "1")
-	c, err := s.Remove("disk.test")
+	c, err := s.Remove(context.Background(), "disk.test")
 	if err != nil || c.Action != "removed" || c.Previous != "1" {
 		t.Fatalf("%+v %v", c, err)
 	}
@@ -181,10 +188,10 @@ func TestRemove(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(state, "seeds", "disk.test")); !os.IsNotExist(err) {
 		t.Fatal("files left")
 	}
-	if c, err := s.Remove("disk.test"); err != nil || c.Action != "absent" {
+	if c, err := s.Remove(context.Background(), "disk.test"); err != nil || c.Action != "absent" {
 		t.Fatalf("second remove: %+v %v", c, err)
 	}
-	if _, err := s.Remove(ID); err == nil {
+	if _, err := s.Remove(context.Background(), ID); err == nil {
 		t.Fatal("the control seed was removed")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,7 +25,8 @@ import (
 //
 // An install is written to a staging directory, renamed to <id>/<version>, then committed
 // by replacing current.json atomically; only then is it hosted and the old version
-// deleted. A crash at any point leaves either the old version or the new one active.
+// deleted, once no execution of the old version runs in its directory any more. A crash
+// at any point leaves either the old version or the new one active.
 
 // record is current.json: what is installed and its digests.
 type record struct {
@@ -33,6 +35,12 @@ type record struct {
 	SpecSHA256  string            `json:"spec_sha256"`
 	Files       map[string]string `json:"files"` // name → sha256
 	InstalledMS int64             `json:"installed_ms"`
+}
+
+// installedSeed is an installed seed: its record and the seed hosted for it.
+type installedSeed struct {
+	record
+	seed *declarative.Seed
 }
 
 func (r record) same(m declarative.Manifest) bool {
@@ -105,7 +113,7 @@ func (s *Seed) check(m declarative.Manifest) (*record, *Change, error) {
 	cur, had := s.installed[m.ID]
 	if had && cur.Version == m.Version {
 		if cur.same(m) {
-			return &cur, &Change{Action: "unchanged", ID: m.ID, Version: m.Version, SHA256: m.Spec.SHA256,
+			return &cur.record, &Change{Action: "unchanged", ID: m.ID, Version: m.Version, SHA256: m.Spec.SHA256,
 				Message: fmt.Sprintf("%s %s is already installed with the same digests: nothing to do", m.ID, m.Version)}, nil
 		}
 		return nil, nil, bus.Errorf(bus.CodeSemantic, "%s %s is already installed with different content (spec sha256 %s); versions are immutable: push a new version", m.ID, m.Version, cur.SpecSHA256)
@@ -113,10 +121,15 @@ func (s *Seed) check(m declarative.Manifest) (*record, *Change, error) {
 	if !had && s.hosts(m.ID) {
 		return nil, nil, bus.Errorf(bus.CodeSemantic, "seed %s is built into this Ghost and cannot be installed over", m.ID)
 	}
+	for _, old := range s.retiring[m.ID] {
+		if old.Spec().Version == m.Version {
+			return nil, nil, bus.Errorf(bus.CodeBusy, "%s %s was replaced before, and an execution that started then still runs in its directory: nothing installed; install it again once that execution ends", m.ID, m.Version)
+		}
+	}
 	if !had {
 		return nil, nil, nil
 	}
-	return &cur, nil, nil
+	return &cur.record, nil, nil
 }
 
 func derefChange(c *Change) Change {
@@ -240,7 +253,8 @@ func (s *Seed) store(ctx context.Context) (declarative.ObjectReader, error) {
 }
 
 // activate moves the staged, verified seed into place, commits it and hosts it; s.mu is
-// held.
+// held. The version it replaces is retired: its directory is deleted once no execution
+// runs there any more (retire).
 func (s *Seed) activate(spec *declarative.Spec, stage string, m declarative.Manifest) (string, error) {
 	if err := os.MkdirAll(filepath.Join(s.root, m.ID), 0o700); err != nil {
 		return "", err
@@ -261,17 +275,102 @@ func (s *Seed) activate(spec *declarative.Spec, stage string, m declarative.Mani
 		_ = os.RemoveAll(final)
 		return "", err
 	}
-	if err := s.reg.Add(declarative.New(spec, final)); err != nil {
+	seed := declarative.New(spec, final)
+	if err := s.reg.Add(seed); err != nil {
 		return "", err
 	}
-	s.installed[m.ID] = rec
+	prev, had := s.installed[m.ID]
+	s.installed[m.ID] = installedSeed{rec, seed}
+	if had {
+		s.retire(m.ID, prev.seed)
+	}
 	s.prune(m.ID, m.Version)
 	return final, nil
 }
 
-// Remove stops hosting an installed seed and deletes it. A seed that is not installed is
-// no error (action "absent"); a built-in one cannot be removed.
-func (s *Seed) Remove(id string) (Change, error) {
+// retire retires old, replaced by a new version of id: it runs nothing new. While
+// executions of it run, its directory is kept, and deleted in the background once they
+// have ended (pruneWhenDrained); s.mu is held.
+func (s *Seed) retire(id string, old *declarative.Seed) {
+	old.Retire()
+	select {
+	case <-old.Drained():
+		return // nothing runs: the caller's prune deletes its directory
+	default:
+	}
+	s.retiring[id] = append(s.retiring[id], old)
+	if s.closed() {
+		return // no more waits: the next start deletes it
+	}
+	s.pruners.Add(1)
+	go s.pruneWhenDrained(id, old)
+}
+
+// pruneWhenDrained waits for the executions of old, a retired version of id, to end, then
+// deletes the version directories of id but the current one and those still in use.
+func (s *Seed) pruneWhenDrained(id string, old *declarative.Seed) {
+	defer s.pruners.Done()
+	select {
+	case <-old.Drained():
+	case <-s.closing:
+		return // the next start deletes it
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.forgetDrained(id)
+	if cur, ok := s.installed[id]; ok { // else removed meanwhile: Remove deleted it all
+		s.prune(id, cur.Version)
+	}
+}
+
+// forgetDrained drops the retiring seeds of id that no execution uses any more; s.mu is
+// held.
+func (s *Seed) forgetDrained(id string) {
+	left := slices.DeleteFunc(s.retiring[id], func(old *declarative.Seed) bool {
+		select {
+		case <-old.Drained():
+			return true
+		default:
+			return false
+		}
+	})
+	if len(left) == 0 {
+		delete(s.retiring, id)
+		return
+	}
+	s.retiring[id] = left
+}
+
+// removeWait bounds how long Remove waits for the executions it cancelled to end before
+// it deletes their directory regardless.
+const removeWait = 10 * time.Second
+
+// stop cancels the seeds of id, the one hosted and those retired that still run, and
+// waits for them to drain, within ctx and removeWait; it reports whether they did. s.mu
+// is held.
+func (s *Seed) stop(ctx context.Context, id string, hosted *declarative.Seed) bool {
+	seeds := append([]*declarative.Seed{hosted}, s.retiring[id]...)
+	for _, seed := range seeds {
+		seed.Cancel()
+	}
+	ctx, cancel := context.WithTimeout(ctx, removeWait)
+	defer cancel()
+	for _, seed := range seeds {
+		select {
+		case <-seed.Drained():
+		case <-ctx.Done():
+			return false
+		}
+	}
+	s.forgetDrained(id)
+	return true
+}
+
+// Remove stops hosting an installed seed, cancels its running executions (their
+// programs are killed) and deletes it once they have ended, or after removeWait
+// regardless. A seed that is not installed is no error (action "absent"); a built-in one
+// cannot be removed.
+func (s *Seed) Remove(ctx context.Context, id string) (Change, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	dir := filepath.Join(s.root, id)
@@ -282,9 +381,9 @@ func (s *Seed) Remove(id string) (Change, error) {
 		if err := os.RemoveAll(dir); err != nil {
 			return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", dir, err)
 		}
-		s.log.Info("seed removed", "removed_seed", id, "version", w.rec.Version, "hosted", false)
-		return Change{Action: "removed", ID: id, Previous: w.rec.Version,
-			Message: fmt.Sprintf("removed %s %s, which was not hosted: seed_allowlist does not allow it", id, w.rec.Version)}, nil
+		s.log.Info("seed removed", "removed_seed", id, "version", w.Version, "hosted", false)
+		return Change{Action: "removed", ID: id, Previous: w.Version,
+			Message: fmt.Sprintf("removed %s %s, which was not hosted: seed_allowlist does not allow it", id, w.Version)}, nil
 	}
 	if !ok {
 		if s.hosts(id) {
@@ -303,6 +402,10 @@ func (s *Seed) Remove(id string) (Change, error) {
 	if err := os.Remove(filepath.Join(dir, "current.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", id, err)
 	}
+	if !s.stop(ctx, id, rec.seed) {
+		s.log.Warn("executions of a removed seed did not end in time after they were cancelled; deleting its files regardless",
+			"removed_seed", id, "version", rec.Version, "waited", removeWait)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return Change{}, bus.Errorf(bus.CodeInternal, "removing %s: %v", dir, err)
 	}
@@ -320,14 +423,19 @@ func (s *Seed) hosts(id string) bool {
 	return false
 }
 
-// prune deletes the version directories of id other than keep.
+// prune deletes the version directories of id other than keep and those of its retired
+// versions that executions still use; s.mu is held.
 func (s *Seed) prune(id, keep string) {
 	entries, err := os.ReadDir(filepath.Join(s.root, id))
 	if err != nil {
 		return
 	}
+	inUse := map[string]bool{keep: true}
+	for _, old := range s.retiring[id] {
+		inUse[filepath.Base(old.Dir())] = true
+	}
 	for _, e := range entries {
-		if e.IsDir() && e.Name() != keep {
+		if e.IsDir() && !inUse[e.Name()] {
 			if err := os.RemoveAll(filepath.Join(s.root, id, e.Name())); err != nil {
 				s.log.Warn("removing an old seed version failed", "installed_seed", id, "version", e.Name(), "err", err)
 			}

@@ -40,7 +40,7 @@ func (s *Seed) load() error {
 		err := s.loadOne(e.Name())
 		if errors.Is(err, errWithheld) {
 			s.log.Warn("an installed seed is not on seed_allowlist: not hosted; its files are kept, and it is hosted again once seed_allowlist or boot_seeds names it",
-				"installed_seed", e.Name(), "version", s.withheld[e.Name()].rec.Version, "seed_allowlist", s.cfg.Allow)
+				"installed_seed", e.Name(), "version", s.withheld[e.Name()].Version, "seed_allowlist", s.cfg.Allow)
 			continue
 		}
 		if err != nil {
@@ -56,18 +56,12 @@ func (s *Seed) load() error {
 // does not allow its id.
 var errWithheld = errors.New("not on seed_allowlist")
 
-// withheld is an installed seed load did not host (errWithheld).
-type withheld struct {
-	rec  record
-	seed *declarative.Seed
-}
-
 // hostInstalled adds an installed seed to the registry; s.mu is held.
-func (s *Seed) hostInstalled(rec record, seed *declarative.Seed) error {
-	if err := s.reg.Add(seed); err != nil {
+func (s *Seed) hostInstalled(in installedSeed) error {
+	if err := s.reg.Add(in.seed); err != nil {
 		return err
 	}
-	s.installed[rec.ID] = rec
+	s.installed[in.ID] = in
 	return nil
 }
 
@@ -124,10 +118,10 @@ func (s *Seed) loadOne(id string) error {
 	seed := declarative.New(spec, dir)
 	s.prune(id, rec.Version)
 	if !s.allowed(id) {
-		s.withheld[id] = withheld{rec: rec, seed: seed}
+		s.withheld[id] = installedSeed{rec, seed}
 		return errWithheld
 	}
-	return s.hostInstalled(rec, seed)
+	return s.hostInstalled(installedSeed{rec, seed})
 }
 
 func readLimited(path string, max int64) ([]byte, error) {
@@ -180,10 +174,10 @@ func (s *Seed) Boot(ctx context.Context, refs []string) error {
 		if w, ok := s.withheld[id]; ok {
 			// Installed, and named by the Ghost's own config: hosted whatever seed_allowlist says.
 			delete(s.withheld, id)
-			if err := s.hostInstalled(w.rec, w.seed); err != nil {
+			if err := s.hostInstalled(w); err != nil {
 				s.log.Error("an installed boot seed could not be hosted", "installed_seed", id, "err", err)
 			} else {
-				s.log.Info("installed seed loaded: boot_seeds names it", "installed_seed", id, "version", w.rec.Version)
+				s.log.Info("installed seed loaded: boot_seeds names it", "installed_seed", id, "version", w.Version)
 			}
 		}
 		cur, had := s.installed[id]

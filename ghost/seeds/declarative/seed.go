@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgectl/edgectl/bus"
@@ -29,15 +30,78 @@ const (
 const waitDelay = 2 * time.Second
 
 // Seed runs the operations of one spec. Its files are under Dir()/files.
+//
+// It counts the executions it runs, so that whoever installed it knows when its directory
+// may go: a seed replaced by a new version is retired (Retire: it runs nothing new, those
+// running go on) and its directory kept until it has drained (Drained); a seed removed is
+// cancelled (Cancel: its running programs are killed too).
 type Seed struct {
 	spec   *Spec
 	dir    string
 	getenv func(string) (string, bool)
+
+	// life ends when the seed is cancelled; it ends the executions running.
+	life context.Context
+	kill context.CancelFunc
+
+	mu      sync.Mutex
+	running int  // executions entered and not yet returned
+	retired bool // no new execution
+	drained chan struct{}
 }
 
 // New returns the seed of spec, installed in dir (an absolute directory holding files/).
 func New(spec *Spec, dir string) *Seed {
-	return &Seed{spec: spec, dir: dir, getenv: os.LookupEnv}
+	life, kill := context.WithCancel(context.Background())
+	return &Seed{spec: spec, dir: dir, getenv: os.LookupEnv, life: life, kill: kill, drained: make(chan struct{})}
+}
+
+// Retire stops the seed taking new executions (they are refused, nothing run); those
+// running go on to their end. Drained tells when the last has returned.
+func (s *Seed) Retire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.retired {
+		s.retired = true
+		if s.running == 0 {
+			close(s.drained)
+		}
+	}
+}
+
+// Cancel retires the seed and cancels the executions running: their programs' process
+// groups are killed and they return an error saying the seed was removed.
+func (s *Seed) Cancel() {
+	s.kill()
+	s.Retire()
+}
+
+// Drained is closed once the seed is retired and no execution of it runs: nothing uses
+// its directory any more.
+func (s *Seed) Drained() <-chan struct{} { return s.drained }
+
+// enter counts an execution in, or refuses it when the seed is retired; the caller calls
+// leave when the execution returns.
+func (s *Seed) enter() *bus.Error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.life.Err() != nil:
+		return bus.FieldError(bus.CodeSemantic, "seed_selector", "seed %s was removed from this Ghost as the command reached it; nothing was run", s.spec.ID)
+	case s.retired:
+		return bus.Errorf(bus.CodeBusy, "seed %s %s was replaced by a new version as the command reached it; nothing was run: issue it again", s.spec.ID, s.spec.Version)
+	}
+	s.running++
+	return nil
+}
+
+func (s *Seed) leave() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.running--
+	if s.retired && s.running == 0 {
+		close(s.drained)
+	}
 }
 
 // Spec returns the seed's spec.
@@ -70,15 +134,26 @@ func (s *Seed) Info() bus.SeedInfo {
 	return info
 }
 
-var errOpTimeout = errors.New("operation timeout")
+var (
+	errOpTimeout   = errors.New("operation timeout")
+	errSeedRemoved = errors.New("seed removed")
+)
 
 // Execute renders the operation's argv and runs it, without a shell, in the seed's
 // directory, with only the allowed environment and the fixed PATH. Stdout and stderr are
-// captured; a non-zero exit is a runtime error (1400) that keeps the exit code.
+// captured; a non-zero exit is a runtime error (1400) that keeps the exit code. A retired
+// seed refuses it, nothing run: 1501 when it was replaced, 1300 when it was removed.
 func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, error) {
 	if req == nil {
 		return bus.Result{Status: StatusFailed, ExitCode: 1}, bus.Errorf(bus.CodeSemantic, "no seed.execute given")
 	}
+	if perr := s.enter(); perr != nil {
+		return refused(perr)
+	}
+	defer s.leave()
+	ctx, remove := context.WithCancelCause(ctx)
+	defer remove(nil)
+	defer context.AfterFunc(s.life, func() { remove(errSeedRemoved) })()
 	op, ok := s.spec.Operation(req.Operation)
 	if !ok {
 		return refused(bus.FieldError(bus.CodeSemantic, "operation", "%s has no operation %q", s.spec.ID, req.Operation))
@@ -118,6 +193,9 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 	if errors.Is(context.Cause(ctx), errOpTimeout) {
 		res.Status = StatusTimedOut
 		return res, bus.Errorf(bus.CodeExecTimeout, "%s %s ran past the operation's timeout of %s; its process group was killed", s.spec.ID, op.Name, op.Timeout)
+	}
+	if errors.Is(context.Cause(ctx), errSeedRemoved) {
+		return res, bus.Errorf(bus.CodeRuntime, "seed %s was removed from this Ghost while %s ran; its process group was killed", s.spec.ID, op.Name)
 	}
 	if ctx.Err() != nil {
 		return res, ctx.Err() // the command's own timeout or the Ghost stopping: the pipeline decides
