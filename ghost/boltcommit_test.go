@@ -34,3 +34,27 @@ func TestPositionIsNotWrittenPastARecordThatFailed(t *testing.T) {
 		t.Fatalf("replay position %d (%v), want 0", seq, err)
 	}
 }
+
+// The same through the writer: a deferred record queued, then a position write that
+// joins it in one group. The group fails on the record; tried one by one, the record
+// comes first (the writer orders deferred records before the group's writes), and the
+// position is not written.
+func TestWriterPutsDeferredRecordsBeforeThePosition(t *testing.T) {
+	s, err := OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	broken := errors.New("record cannot be written")
+	recorded := make(chan error, 1)
+	s.writeDeferred(func(*bolt.Tx) error { return broken }, func(err error) { recorded <- err })
+	if err := s.SetPosition(context.Background(), 9, "cmd_x"); err == nil {
+		t.Fatal("the position was written in the group whose deferred record failed")
+	}
+	if err := <-recorded; !errors.Is(err, broken) {
+		t.Fatalf("the deferred record ended %v, want its failure", err)
+	}
+	if seq, err := s.LastSeq(context.Background()); err != nil || seq != 0 {
+		t.Fatalf("replay position %d (%v), want 0", seq, err)
+	}
+}

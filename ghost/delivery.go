@@ -288,7 +288,9 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 				}
 			case err == nil:
 				g.recorded(h.id)
-			case errors.Is(err, errNotRecorded) && h.id != "" && !storeWide(err):
+			case errors.Is(err, errNotRecorded) && h.id != "" && !storeWide(err) && !held && running == nil:
+				// Given up on only where the position can move past it: never behind a
+				// command found running, where the position stays.
 				if u, ok := g.giveUp(h.id); ok {
 					given = append(given, abandonedCommand{data: h.data, hdr: h.hdr, cause: err, unrecordedCommand: u})
 					continue

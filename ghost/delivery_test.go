@@ -651,6 +651,33 @@ func TestReplayDoesNotGiveUpOnACommandAFullDiskCannotRecord(t *testing.T) {
 	}
 }
 
+// A command the store cannot record, behind one still running, is not given up on while
+// the replay position stays before the running one (its 1500 would not be its one
+// terminal event: a restart replays it), and is given up on once the running one has
+// ended and the position can move past both.
+func TestCommandBehindARunningOneIsGivenUpOnOnceItEnds(t *testing.T) {
+	env := testenv.New(t)
+	store := newDamagedRecord(false)
+	const id = "edge-held"
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = 100 * time.Millisecond
+			ghost.SetUnrecordedPatience(c, 200*time.Millisecond)
+		}))
+	first, _ := storeCommand(t, env, id, "status", nil) // moves the position
+	eventFor(t, env, id, first)
+	storeCommand(t, env, id, "sleep", map[string]string{"ms": "2500"})
+	bad, _ := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
+	time.Sleep(1500 * time.Millisecond) // many catch-ups behind the sleep, well past the patience
+	if ev, ok := storedEvent(t, env, bus.EventID(id, bad)); ok {
+		t.Fatalf("the command behind a running one was given up on: %+v", ev)
+	}
+	eventFor(t, env, id, bad) // once the sleep has ended
+	if ev, _ := storedEvent(t, env, bus.EventID(id, bad)); ev.Error == nil || ev.Error.Code != bus.CodeInternal {
+		t.Fatalf("the command the store never recorded ended %+v, want the give-up's 1500", ev)
+	}
+}
+
 // refusalStoreCases are the two ways a give-up's 1500 is kept: recorded by the store, or
 // held in memory when the store fails the refusal too.
 var refusalStoreCases = []struct {
