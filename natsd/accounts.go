@@ -23,7 +23,10 @@ import (
 // the rights of the account it serves. In one account a Ghost could publish its event
 // with a reply subject such as $KV.edge_fleet.<id>, and the ack would be stored there. A
 // Ghost's event now crosses into EDGE through a service import, which replaces the reply
-// subject with a private one that leads back to EDGE_GHOSTS, where nothing is stored.
+// subject with a private one that leads back to EDGE_GHOSTS, where nothing is stored. The
+// ack is still delivered there on the reply subject the Ghost set, unchecked: a fixed
+// body (JetStream's ack) on any subject of EDGE_GHOSTS, such as mirage.announce, once per
+// event (docs/security.md, after the permission table).
 //
 // The Ghosts' requests to Mirage (registration, replay, seed reads) and their heartbeats
 // cross as streams instead, which keep the reply subject as the Ghost set it: Mirage
