@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -83,7 +84,16 @@ func (id *Identity) Save(path string) error {
 }
 
 // LoadOrCreateIdentity loads the identity at path, creating it when the file is missing.
+// It refuses a directory every user may write (on systems with Unix modes): whoever can
+// delete the file there would have a new identity made at the next start, and every
+// Ghost trusting the old key would refuse what the new one signs.
 func LoadOrCreateIdentity(path string) (*Identity, error) {
+	if runtime.GOOS != "windows" {
+		dir := filepath.Dir(path)
+		if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm()&0o002 != 0 {
+			return nil, fmt.Errorf("key directory %s is writable by every user (mode %04o): anyone can replace the key; run chmod o-w %s", dir, fi.Mode().Perm(), dir)
+		}
+	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		id, err := NewIdentity()
 		if err != nil {
