@@ -60,6 +60,10 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"runuser -u", []string{"runuser", "-u", "app", "--", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"runuser -c", []string{"runuser", "-l", "app", "-c", "{{v}}", "{{w}}"}, false},
 		{"su USER -c", []string{"su", "app", "-c", "{{v}}", "{{w}}"}, false},
+		{"su --session-command", []string{"su", "--session-command", "{{v}}", "app", "{{w}}"}, false},
+		{"su USER --, the shell's -c", []string{"su", "app", "--", "-c", "{{v}}", "{{w}}"}, false},
+		{"runuser -u PROGRAM --, the shell's -c", []string{"runuser", "-u", "app", "sh", "--", "-c", "{{v}}", "{{w}}"}, false},
+		{"runuser -u, an option after the program", []string{"runuser", "-u", "app", "/bin/echo", "-n", "{{v}}", "{{w}}"}, false},
 		{"su - USER, the user's shell reads a param", []string{"su", "-", "app", "{{v}}", "{{w}}"}, false},
 		{"xargs -0", []string{"xargs", "-0", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"xargs -I", []string{"xargs", "-I", "%", "sh", "-c", "{{v}}", "{{w}}"}, false},
@@ -106,7 +110,9 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"sudo -u a param", []string{"sudo", "-u", "{{w}}", "/usr/bin/id", "{{v}}"}, true},
 		{"through wrappers, values after the code", []string{"nice", "timeout", "5", "sh", "-c", "echo \"$1\"", "sh", "{{v}}", "{{w}}"}, true},
 		{"runuser a shipped script", []string{"runuser", "-u", "app", "--", "/bin/sh", "{{file:run.sh}}", "{{v}}", "{{w}}"}, true},
-		{"su -c literal", []string{"su", "-c", "echo \"$1\"", "app", "{{v}}", "{{w}}"}, true},
+		{"su --session-command literal", []string{"su", "--session-command", "echo \"$1\"", "app", "{{v}}", "{{w}}"}, true},
+		{"su USER --, values after the shell's code", []string{"su", "-", "app", "--", "-c", "echo \"$1\"", "sh", "{{v}}", "{{w}}"}, true},
+		{"runuser -u, options after the user", []string{"runuser", "-u", "app", "-g", "{{w}}", "--", "/bin/echo", "{{v}}"}, true},
 		{"flock a program", []string{"flock", "{{w}}", "/bin/echo", "{{v}}"}, true},
 		{"taskset -p runs nothing", []string{"taskset", "-p", "{{w}}", "{{v}}"}, true},
 		{"ssh destination and user", []string{"ssh", "-l", "{{w}}", "{{v}}", "uptime"}, true},
@@ -129,7 +135,8 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 
 // setsid puts the program in a new session, out of the process group the Ghost kills at
 // the operation's timeout and when it stops: the spec is refused, named directly or
-// through a wrapper, with or without params, and the message says why.
+// through a wrapper, with or without params, and the message says why. su and runuser -c
+// (--command) and --pty call setsid(2) for what they run, wherever the option stands.
 func TestParseRefusesSetsid(t *testing.T) {
 	head := "id = \"a.b\"\nname = \"n\"\nversion = \"1\"\n[operations.x]\ndescription = \"d\"\nidempotent = true\n"
 	for _, argv := range []string{
@@ -138,6 +145,14 @@ func TestParseRefusesSetsid(t *testing.T) {
 		`["nice", "-n", "5", "setsid", "sleep", "30"]`,
 		`["sudo", "-n", "--", "setsid", "sleep", "30"]`,
 		`["busybox", "setsid", "sleep", "30"]`,
+		`["su", "-c", "sleep 30", "app"]`,
+		`["su", "-c", "kill \"$1\"", "app", "--", "sh", "1"]`,
+		`["su", "app", "-c", "sleep 30"]`,
+		`["su", "-", "app", "-lc", "sleep 30"]`,
+		`["su", "app", "--command=sleep 30"]`,
+		`["runuser", "-l", "app", "-c", "sleep 30"]`,
+		`["su", "-P", "app"]`,
+		`["sudo", "-n", "--", "runuser", "--pty", "app"]`,
 	} {
 		_, err := Parse([]byte(head + "argv = " + argv + "\n"))
 		if err == nil || !strings.Contains(err.Error(), "operations.x.argv") || !strings.Contains(err.Error(), "new session") {
@@ -159,8 +174,12 @@ func TestProgramArgsStart(t *testing.T) {
 		{[]string{"nice", "-n", "5", "timeout", "--", "5", "kill", "1"}, 7},
 		{[]string{"env", "LANG=C", "--", "ls"}, 4},
 		{[]string{"runuser", "-u", "app", "--", "/bin/sh", "-c", "kill \"$1\"", "sh", "1"}, 5},
-		{[]string{"su", "app", "--", "x"}, 2},                      // the user's shell reads from after USER
-		{[]string{"su", "-c", "kill \"$1\"", "app", "--", "1"}, 3}, // a literal command, then its arguments
+		// su and runuser permute: the first "--" is theirs wherever it stands.
+		{[]string{"su", "app", "--", "x"}, 3}, // the user's shell reads from after that --
+		{[]string{"su", "app", "--", "-c", "kill \"$1\"", "sh", "1"}, 3},
+		{[]string{"su", "--session-command", "kill \"$1\"", "app", "--", "sh", "1"}, 5}, // a literal command, its arguments
+		{[]string{"runuser", "-u", "app", "kill", "--", "1"}, 5},
+		{[]string{"runuser", "-u", "app", "-g", "app", "--", "kill", "--", "1"}, 7},
 		{[]string{"flock", "/run/x.lock", "-c", "true", "--", "x"}, 4},
 		{[]string{"taskset", "-p", "1"}, 2},
 		{[]string{"ssh", "host", "uptime", "--", "x"}, 3}, // the remote command

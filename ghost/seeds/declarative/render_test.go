@@ -139,6 +139,30 @@ argv = ["sudo", "-n", "--", "grep", "-r", "--", "{{pattern}}", "/etc"]
 idempotent = true
 [operations.wrappedended.params.pattern]
 pattern = "(?s).{1,256}"
+[operations.suwrapped]
+description = "su takes the first --, wherever it stands: the shell reads -c and sh -1"
+argv = ["su", "app", "--", "-c", "kill \"$1\"", "sh", "{{pid}}"]
+idempotent = true
+[operations.suwrapped.params.pid]
+type = "int"
+[operations.susession]
+description = "su --session-command, with its -- after the user"
+argv = ["su", "--session-command", "kill \"$1\"", "app", "--", "sh", "{{pid}}"]
+idempotent = true
+[operations.susession.params.pid]
+type = "int"
+[operations.runuserwrapped]
+description = "runuser -u takes the first -- after the program for its own"
+argv = ["runuser", "-u", "app", "kill", "--", "{{pid}}"]
+idempotent = true
+[operations.runuserwrapped.params.pid]
+type = "int"
+[operations.runuserended]
+description = "the second -- is the program's"
+argv = ["runuser", "-u", "app", "--", "grep", "-r", "--", "{{pattern}}", "/etc"]
+idempotent = true
+[operations.runuserended.params.pattern]
+pattern = "(?s).{1,256}"
 [operations.dflt]
 description = "a default is the spec's own text"
 argv = ["ls", "{{flag}}"]
@@ -173,6 +197,11 @@ func TestRenderLeadingDash(t *testing.T) {
 		{"after a wrapper's --", "wrapped", map[string]string{"pid": "-1"}, "pid", nil},
 		{"after the wrapped program's --", "wrappedended", map[string]string{"pattern": "-v"}, "",
 			[]string{"sudo", "-n", "--", "grep", "-r", "--", "-v", "/etc"}},
+		{"su USER -- -c: su takes the --", "suwrapped", map[string]string{"pid": "-1"}, "pid", nil},
+		{"su --session-command USER --", "susession", map[string]string{"pid": "-1"}, "pid", nil},
+		{"runuser -u USER PROGRAM --", "runuserwrapped", map[string]string{"pid": "-1"}, "pid", nil},
+		{"runuser, after the program's --", "runuserended", map[string]string{"pattern": "-v"}, "",
+			[]string{"runuser", "-u", "app", "--", "grep", "-r", "--", "-v", "/etc"}},
 		{"opted in", "optin", map[string]string{"pid": "-1"}, "", []string{"kill", "-TERM", "-1"}},
 		{"not at the start of an element", "inside", map[string]string{"x": "-a", "y": "b"}, "", []string{"echo", "name=-a", "b-a", "--a"}},
 		{"a default", "dflt", map[string]string{}, "", []string{"ls", "-l"}},
@@ -204,7 +233,8 @@ func TestRegisteredParamsRefuseALeadingDashWhereRenderDoes(t *testing.T) {
 	seed := New(mustParse(t, dashSpec), t.TempDir())
 	info := seed.Info()
 	want := map[string]bool{"tar.path": true, "ended.pattern": false, "optin.pid": false, "kill.pid": true,
-		"inside.x": false, "inside.y": true, "dflt.flag": true, "wrapped.pid": true, "wrappedended.pattern": false}
+		"inside.x": false, "inside.y": true, "dflt.flag": true, "wrapped.pid": true, "wrappedended.pattern": false,
+		"suwrapped.pid": true, "susession.pid": true, "runuserwrapped.pid": true, "runuserended.pattern": false}
 	for _, op := range info.Operations {
 		for _, p := range op.Params {
 			if p.NoLeadingDash != want[op.Name+"."+p.Name] {

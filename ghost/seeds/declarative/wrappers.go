@@ -17,7 +17,7 @@ type wrapper struct {
 	operands  int      // operands read before the program: timeout's DURATION, chroot's NEWROOT
 	assigns   bool     // NAME=VALUE operands before the program (env)
 	dashFlag  bool     // a lone "-" is an option (env -, su -)
-	codeOpts  string   // options whose value is a shell command: su -c, flock FILE -c
+	codeOpts  string   // options whose value is a shell command: flock FILE -c, su --session-command
 	codeLong  []string
 	shellOpts string // options that hand the rest to a shell or split it into words: sudo -s, env -S
 	shellLong []string
@@ -28,6 +28,11 @@ type wrapper struct {
 	userLong  []string
 	userShell bool // su, runuser without -u: an optional USER, then arguments of the user's shell
 	remote    bool // ssh: the arguments after the destination are joined into a remote shell command
+	// permutes: its getopt permutes (util-linux su and runuser): it takes an option, and the
+	// first "--", from anywhere among its arguments, not only before the program.
+	permutes    bool
+	sessionOpts string // options that start a new session (setsid) for what it runs: su -c, su --pty
+	sessionLong []string
 }
 
 var wrappers = map[string]wrapper{
@@ -46,10 +51,11 @@ var wrappers = map[string]wrapper{
 		stopOpts: "elKVv", stopLong: []string{"--edit", "--list", "--remove-timestamp", "--version", "--validate"}},
 	"doas": {valueOpts: "aCu", shellOpts: "s", shellWhy: "runs a shell", stopOpts: "L"},
 	"runuser": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
-		codeOpts: "c", codeLong: []string{"--command", "--session-command"}, userOpt: "u", userLong: []string{"--user"},
-		userShell: true, dashFlag: true},
+		codeLong: []string{"--session-command"}, userOpt: "u", userLong: []string{"--user"}, userShell: true, dashFlag: true,
+		permutes: true, sessionOpts: "cP", sessionLong: []string{"--command", "--pty"}},
 	"su": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
-		codeOpts: "c", codeLong: []string{"--command", "--session-command"}, userShell: true, dashFlag: true},
+		codeLong: []string{"--session-command"}, userShell: true, dashFlag: true,
+		permutes: true, sessionOpts: "cP", sessionLong: []string{"--command", "--pty"}},
 	"xargs": {valueOpts: "aEdILnPs", valueLong: []string{"--arg-file", "--delimiter", "--max-args", "--max-procs",
 		"--max-chars", "--process-slot-var"}},
 	"chroot":  {valueLong: []string{"--userspec", "--groups"}, operands: 1},
@@ -78,10 +84,10 @@ type unwrapped struct {
 // runs. A param may be an option's value or an operand (timeout's DURATION), never the
 // program, an option, a shell command or what a shell reads.
 func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (unwrapped, error) {
-	operands, opts, userShell := w.operands, true, w.userShell
-	where := func(i int) error {
-		return fmt.Errorf("argv[%d]: a param where %s reads its options or the program to run", i, name)
+	if w.permutes {
+		return w.unwrapPermuted(name, raw, tmpl, start)
 	}
+	operands, opts, userShell := w.operands, true, w.userShell
 	for i := start; i < len(raw); i++ {
 		a, param := raw[i], hasParam(tmpl[i])
 		if opts && a == "--" {
@@ -91,9 +97,11 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 		if opts && len(a) > 1 && a[0] == '-' {
 			o := w.option(a)
 			if param && !o.paramInValue(a) {
-				return unwrapped{}, where(i)
+				return unwrapped{}, where(name, i)
 			}
 			switch o.kind {
+			case optSession:
+				return unwrapped{}, newSession(name, o.name, i)
 			case optShell:
 				for j := range tmpl {
 					if hasParam(tmpl[j]) {
@@ -148,22 +156,121 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 			return unwrapped{name: "sh", next: i + 1}, nil
 		}
 		if param {
-			return unwrapped{}, where(i)
+			return unwrapped{}, where(name, i)
 		}
 		return unwrapped{name: programName(a), next: i + 1}, nil
 	}
 	return unwrapped{done: true, next: len(raw)}, nil // no program: the wrapper runs nothing of ours to check
 }
 
+// unwrapPermuted reads a wrapper whose getopt permutes (su, runuser). An element starting
+// with "-" anywhere before the first "--" is its option, and that "--" is its own wherever
+// it stands: what it runs reads its other elements, in order, without that "--" (su app --
+// -c 'kill "$1"' sh -1 gives the shell -c 'kill "$1"' sh -1: kill -1). So that no "--" or
+// option of the wrapper is taken for the program's, its options and its "--" must come
+// before the user or the program: what the program (or the user's shell) reads is then
+// the tail of argv, uninterrupted.
+func (w wrapper) unwrapPermuted(name string, raw []string, tmpl []element, start int) (unwrapped, error) {
+	var (
+		nonopts   []int // what the wrapper does not take for its options, in order
+		code      bool  // --session-command gave a command: what the shell reads after USER are its arguments
+		userShell = w.userShell
+		i         = start
+	)
+	for ; i < len(raw) && raw[i] != "--"; i++ {
+		a, param := raw[i], hasParam(tmpl[i])
+		if len(a) < 2 || a[0] != '-' {
+			nonopts = append(nonopts, i) // a lone "-" too: getopt leaves it, su reads it below
+			continue
+		}
+		o := w.option(a)
+		if param && !o.paramInValue(a) {
+			return unwrapped{}, where(name, i)
+		}
+		switch o.kind {
+		case optSession:
+			return unwrapped{}, newSession(name, o.name, i)
+		case optCode:
+			if param || (!o.attached && i+1 < len(raw) && hasParam(tmpl[i+1])) {
+				return unwrapped{}, fmt.Errorf("argv[%d]: a param in the shell command %s %s runs", i, name, o.name)
+			}
+			code = true
+		case optUser:
+			userShell = false
+		}
+		if o.kind != optFlag && !o.attached {
+			i++ // its value, a param or not
+		}
+	}
+	for i++; i < len(raw); i++ { // after the wrapper's "--", nothing is its option
+		nonopts = append(nonopts, i)
+	}
+	k := 0
+	if w.dashFlag && k < len(nonopts) && raw[nonopts[k]] == "-" {
+		k++ // su -: a login shell
+	}
+	program := ""
+	switch {
+	case userShell:
+		k = min(k+1, len(nonopts)) // USER (any value); the user's shell reads what follows
+	case k < len(nonopts) && !code:
+		if hasParam(tmpl[nonopts[k]]) {
+			return unwrapped{}, where(name, nonopts[k])
+		}
+		program = programName(raw[nonopts[k]])
+		k++
+	}
+	rest := nonopts[k:]
+	next := len(raw)
+	if len(rest) > 0 {
+		next = rest[0]
+	}
+	from := next // after the user or the program, only the wrapper's "--" may stand before what it runs reads
+	if k > 0 {
+		from = nonopts[k-1] + 1
+	}
+	for j := from; j < len(raw); j++ {
+		switch {
+		case len(rest) > 0 && rest[0] == j:
+			rest = rest[1:]
+		case raw[j] == "--" && j < next:
+		default:
+			return unwrapped{}, fmt.Errorf("argv[%d]: %s takes an option, and the first \"--\", from anywhere among its "+
+				"arguments (its getopt permutes them): %q here is %s's, not read by what it runs; give %s's options "+
+				"and its \"--\" before the user or the program", j, name, raw[j], name, name)
+		}
+	}
+	switch {
+	case code, next == len(raw):
+		return unwrapped{done: true, next: next}, nil // a literal command, its arguments; or nothing to run
+	case userShell:
+		return unwrapped{name: "sh", next: next}, nil
+	default:
+		return unwrapped{name: program, next: next}, nil
+	}
+}
+
+func where(name string, i int) error {
+	return fmt.Errorf("argv[%d]: a param where %s reads its options or the program to run", i, name)
+}
+
+func newSession(name, opt string, i int) error {
+	return fmt.Errorf("argv[%d]: %s %s starts a new session (setsid) for what it runs, out of the process group "+
+		"the Ghost kills at the operation's timeout and when it stops: it would run on unbounded; run the program "+
+		"as the user with [\"runuser\", \"-u\", USER, \"--\", PROGRAM, …] or [\"sudo\", \"-u\", USER, \"--\", PROGRAM, …]",
+		i, name, opt)
+}
+
 type optKind int
 
 const (
-	optFlag  optKind = iota
-	optValue         // takes a value
-	optCode          // takes a shell command
-	optShell         // hands what follows to a shell
-	optStop          // runs no program
-	optUser          // runuser -u USER
+	optFlag    optKind = iota
+	optValue           // takes a value
+	optCode            // takes a shell command
+	optShell           // hands what follows to a shell
+	optStop            // runs no program
+	optUser            // runuser -u USER
+	optSession         // su -c: what it runs leaves the process group
 )
 
 // wrapperOpt is one option element as read: its kind, its name (for messages), whether its
@@ -185,6 +292,8 @@ func (w wrapper) option(a string) wrapperOpt {
 		name, _, attached := strings.Cut(a, "=")
 		o := wrapperOpt{name: name, attached: attached, valueStart: len(name) + 1}
 		switch {
+		case slices.Contains(w.sessionLong, name):
+			o.kind = optSession
 		case slices.Contains(w.shellLong, name):
 			o.kind = optShell
 		case slices.Contains(w.stopLong, name):
@@ -204,6 +313,8 @@ func (w wrapper) option(a string) wrapperOpt {
 		c := a[j]
 		o := wrapperOpt{name: "-" + string(c), attached: j+1 < len(a), valueStart: j + 1}
 		switch {
+		case strings.IndexByte(w.sessionOpts, c) >= 0:
+			o.kind = optSession
 		case strings.IndexByte(w.shellOpts, c) >= 0:
 			o.kind = optShell
 		case strings.IndexByte(w.stopOpts, c) >= 0:
