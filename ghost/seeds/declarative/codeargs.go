@@ -95,11 +95,15 @@ func checkCodeArgs(raw []string, tmpl []element) (int, error) {
 				"the Ghost kills at the operation's timeout and when it stops: it would run on unbounded; "+
 				"leave setsid out (the program already runs in a process group of its own)", start-1)
 		}
-		w, ok := wrappers[name]
-		if !ok {
+		var u unwrapped
+		var err error
+		if w, ok := wrappers[name]; ok {
+			u, err = w.unwrap(name, raw, tmpl, start)
+		} else if slices.Contains(opaqueWrappers, name) {
+			u = unwrapOpaque(raw, tmpl, start)
+		} else {
 			break
 		}
-		u, err := w.unwrap(name, raw, tmpl, start)
 		if err != nil {
 			return 0, err
 		}

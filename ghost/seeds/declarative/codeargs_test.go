@@ -74,6 +74,9 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"unshare", []string{"unshare", "-n", "--wd", "/", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"nsenter", []string{"nsenter", "-t", "1", "-m", "-u", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"chrt", []string{"chrt", "-f", "10", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"setpriv", []string{"setpriv", "--reuid", "app", "--init-groups", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"prlimit, after its --", []string{"prlimit", "--nofile=64", "--", "sh", "-c", "{{v}}", "{{w}}"}, false},
+		{"systemd-run, after its --", []string{"systemd-run", "-p", "Nice=5", "--scope", "--", "bash", "-c", "{{v}}", "{{w}}"}, false},
 		{"wrappers in a row", []string{"nice", "timeout", "5", "env", "LANG=C", "busybox", "sh", "-c", "{{v}}", "{{w}}"}, false},
 		{"a param as the program of a wrapper", []string{"nice", "{{v}}", "{{w}}"}, false},
 		{"a param as the program after an operand", []string{"timeout", "5", "{{v}}", "{{w}}"}, false},
@@ -114,6 +117,8 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		{"su USER --, values after the shell's code", []string{"su", "-", "app", "--", "-c", "echo \"$1\"", "sh", "{{v}}", "{{w}}"}, true},
 		{"runuser -u, options after the user", []string{"runuser", "-u", "app", "-g", "{{w}}", "--", "/bin/echo", "{{v}}"}, true},
 		{"flock a program", []string{"flock", "{{w}}", "/bin/echo", "{{v}}"}, true},
+		{"setpriv option values", []string{"setpriv", "--reuid", "{{w}}", "--clear-groups", "/bin/echo", "{{v}}"}, true},
+		{"prlimit without --, not read", []string{"prlimit", "--nofile={{w}}", "/bin/echo", "{{v}}"}, true},
 		{"taskset -p runs nothing", []string{"taskset", "-p", "{{w}}", "{{v}}"}, true},
 		{"ssh destination and user", []string{"ssh", "-l", "{{w}}", "{{v}}", "uptime"}, true},
 		{"sed script then files", []string{"sed", "-n", "s/x/y/p", "{{v}}", "{{w}}"}, true},
@@ -181,6 +186,13 @@ func TestProgramArgsStart(t *testing.T) {
 		{[]string{"runuser", "-u", "app", "kill", "--", "1"}, 5},
 		{[]string{"runuser", "-u", "app", "-g", "app", "--", "kill", "--", "1"}, 7},
 		{[]string{"flock", "/run/x.lock", "-c", "true", "--", "x"}, 4},
+		{[]string{"setpriv", "--reuid=app", "--init-groups", "--", "kill", "-TERM", "1"}, 5},
+		{[]string{"setpriv", "--reuid", "app", "--clear-groups", "kill", "--", "1"}, 5},
+		// prlimit, numactl, systemd-run: options not read; their first "--" is theirs.
+		{[]string{"prlimit", "--nofile=64", "--", "kill", "-TERM", "1"}, 4},
+		{[]string{"prlimit", "--nofile=64", "kill", "--", "1"}, 5},
+		{[]string{"numactl", "-N", "0", "kill", "--", "1"}, 6}, // no program found: no -- is kill's
+		{[]string{"systemd-run", "--scope", "-p", "Nice=5", "--", "sudo", "-n", "--", "kill", "1"}, 9},
 		{[]string{"taskset", "-p", "1"}, 2},
 		{[]string{"ssh", "host", "uptime", "--", "x"}, 3}, // the remote command
 		{[]string{"nice", "--"}, 2},                       // runs nothing

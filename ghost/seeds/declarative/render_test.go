@@ -163,6 +163,18 @@ argv = ["runuser", "-u", "app", "--", "grep", "-r", "--", "{{pattern}}", "/etc"]
 idempotent = true
 [operations.runuserended.params.pattern]
 pattern = "(?s).{1,256}"
+[operations.setpriv]
+description = "setpriv's -- is not kill's"
+argv = ["setpriv", "--reuid=app", "--init-groups", "--", "kill", "-TERM", "{{pid}}"]
+idempotent = true
+[operations.setpriv.params.pid]
+type = "int"
+[operations.prlimit]
+description = "prlimit's options are not read; its first -- is its own"
+argv = ["prlimit", "--nofile=64", "kill", "--", "{{pid}}"]
+idempotent = true
+[operations.prlimit.params.pid]
+type = "int"
 [operations.dflt]
 description = "a default is the spec's own text"
 argv = ["ls", "{{flag}}"]
@@ -202,6 +214,8 @@ func TestRenderLeadingDash(t *testing.T) {
 		{"runuser -u USER PROGRAM --", "runuserwrapped", map[string]string{"pid": "-1"}, "pid", nil},
 		{"runuser, after the program's --", "runuserended", map[string]string{"pattern": "-v"}, "",
 			[]string{"runuser", "-u", "app", "--", "grep", "-r", "--", "-v", "/etc"}},
+		{"setpriv OPTIONS --", "setpriv", map[string]string{"pid": "-1"}, "pid", nil},
+		{"prlimit OPTIONS PROGRAM --", "prlimit", map[string]string{"pid": "-1"}, "pid", nil},
 		{"opted in", "optin", map[string]string{"pid": "-1"}, "", []string{"kill", "-TERM", "-1"}},
 		{"not at the start of an element", "inside", map[string]string{"x": "-a", "y": "b"}, "", []string{"echo", "name=-a", "b-a", "--a"}},
 		{"a default", "dflt", map[string]string{}, "", []string{"ls", "-l"}},
@@ -234,7 +248,8 @@ func TestRegisteredParamsRefuseALeadingDashWhereRenderDoes(t *testing.T) {
 	info := seed.Info()
 	want := map[string]bool{"tar.path": true, "ended.pattern": false, "optin.pid": false, "kill.pid": true,
 		"inside.x": false, "inside.y": true, "dflt.flag": true, "wrapped.pid": true, "wrappedended.pattern": false,
-		"suwrapped.pid": true, "susession.pid": true, "runuserwrapped.pid": true, "runuserended.pattern": false}
+		"suwrapped.pid": true, "susession.pid": true, "runuserwrapped.pid": true, "runuserended.pattern": false,
+		"setpriv.pid": true, "prlimit.pid": true}
 	for _, op := range info.Operations {
 		for _, p := range op.Params {
 			if p.NoLeadingDash != want[op.Name+"."+p.Name] {

@@ -56,6 +56,9 @@ var wrappers = map[string]wrapper{
 	"su": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
 		codeLong: []string{"--session-command"}, userShell: true, dashFlag: true,
 		permutes: true, sessionOpts: "cP", sessionLong: []string{"--command", "--pty"}},
+	"setpriv": {valueLong: []string{"--inh-caps", "--ambient-caps", "--ruid", "--euid", "--rgid", "--egid", "--reuid", "--regid",
+		"--groups", "--bounding-set", "--securebits", "--pdeathsig", "--ptracer", "--selinux-label", "--apparmor-profile",
+		"--landlock-access", "--landlock-rule", "--seccomp-filter"}, stopOpts: "d", stopLong: []string{"--dump", "--list-caps"}},
 	"xargs": {valueOpts: "aEdILnPs", valueLong: []string{"--arg-file", "--delimiter", "--max-args", "--max-procs",
 		"--max-chars", "--process-slot-var"}},
 	"chroot":  {valueLong: []string{"--userspec", "--groups"}, operands: 1},
@@ -69,6 +72,12 @@ var wrappers = map[string]wrapper{
 		stopOpts: "mp", stopLong: []string{"--max", "--pid"}},
 	"ssh": {valueOpts: "BbcDEeFIiJLlmOopQRSWw", operands: 1, remote: true},
 }
+
+// Programs known to run a program named after their options, whose options are not read
+// here (too many, or changing between versions): the program they run is the one after the
+// first "--", which is theirs; without one it is not found, and no "--" after them is
+// taken for the program's end of options.
+var opaqueWrappers = []string{"prlimit", "numactl", "systemd-run"}
 
 // unwrapped is what a wrapper runs: the program named at raw[next-1] (name), or, for a
 // user's shell (su USER ARGS), sh reading raw[next:]; done when nothing is left to check,
@@ -248,6 +257,23 @@ func (w wrapper) unwrapPermuted(name string, raw []string, tmpl []element, start
 	default:
 		return unwrapped{name: program, next: next}, nil
 	}
+}
+
+// unwrapOpaque reads past a wrapper of opaqueWrappers to its first "--", after which the
+// program is named. Without one, the program is not found, and no later "--" ends options.
+// A param after that "--" may be the program, or an argument of the program if that "--"
+// was the program's (prlimit --nofile=64 kill -- {{pid}}): not knowing, nothing after it
+// is read, and no "--" after it ends options.
+func unwrapOpaque(raw []string, tmpl []element, start int) unwrapped {
+	i := slices.Index(raw[start:], "--")
+	if i < 0 {
+		return unwrapped{done: true, next: len(raw)}
+	}
+	p := start + i + 1
+	if p == len(raw) || hasParam(tmpl[p]) {
+		return unwrapped{done: true, next: len(raw)}
+	}
+	return unwrapped{name: programName(raw[p]), next: p + 1}
 }
 
 func where(name string, i int) error {
