@@ -26,6 +26,10 @@ func TestParseRefusesParamsInCode(t *testing.T) {
 		ok   bool
 	}{
 		{"sh -c with the param in the script", []string{"/bin/sh", "-c", "echo {{v}} {{w}}"}, false},
+		{"su -s choosing the shell", []string{"su", "-s", "{{v}}", "app", "--", "-c", "echo \"$1\"", "sh", "{{w}}"}, false},
+		{"su -s attached choosing the shell", []string{"su", "-s{{v}}", "app", "--", "-c", "echo \"$1\"", "sh", "{{w}}"}, false},
+		{"runuser --shell= choosing the shell", []string{"runuser", "--shell={{v}}", "app", "--", "-c", "echo \"$1\"", "sh", "{{w}}"}, false},
+		{"su -s with a literal shell", []string{"su", "-s", "/bin/sh", "app", "--", "-c", "echo \"$1\" \"$2\"", "sh", "{{v}}", "{{w}}"}, true},
 		{"bash -ec cluster", []string{"bash", "-ec", "echo {{v}}", "{{w}}"}, false},
 		{"the whole script a param", []string{"/bin/bash", "-c", "{{v}}", "{{w}}"}, false},
 		{"a param as an option", []string{"sh", "{{v}}", "{{w}}"}, false},

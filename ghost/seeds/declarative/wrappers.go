@@ -33,6 +33,10 @@ type wrapper struct {
 	permutes    bool
 	sessionOpts string // options that start a new session (setsid) for what it runs: su -c, su --pty
 	sessionLong []string
+	// progOpts take the program to run as their value (su -s SHELL): a param there would
+	// choose the program.
+	progOpts string
+	progLong []string
 }
 
 var wrappers = map[string]wrapper{
@@ -50,10 +54,10 @@ var wrappers = map[string]wrapper{
 		shellOpts: "is", shellLong: []string{"--shell", "--login"}, shellWhy: "runs the command through a shell",
 		stopOpts: "elKVv", stopLong: []string{"--edit", "--list", "--remove-timestamp", "--version", "--validate"}},
 	"doas": {valueOpts: "aCu", shellOpts: "s", shellWhy: "runs a shell", stopOpts: "L"},
-	"runuser": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
+	"runuser": {valueOpts: "gGw", valueLong: []string{"--group", "--supp-group", "--whitelist-environment"}, progOpts: "s", progLong: []string{"--shell"},
 		codeLong: []string{"--session-command"}, userOpt: "u", userLong: []string{"--user"}, userShell: true, dashFlag: true,
 		permutes: true, sessionOpts: "cP", sessionLong: []string{"--command", "--pty"}},
-	"su": {valueOpts: "gGsw", valueLong: []string{"--group", "--supp-group", "--shell", "--whitelist-environment"},
+	"su": {valueOpts: "gGw", valueLong: []string{"--group", "--supp-group", "--whitelist-environment"}, progOpts: "s", progLong: []string{"--shell"},
 		codeLong: []string{"--session-command"}, userShell: true, dashFlag: true,
 		permutes: true, sessionOpts: "cP", sessionLong: []string{"--command", "--pty"}},
 	"setpriv": {valueLong: []string{"--inh-caps", "--ambient-caps", "--ruid", "--euid", "--rgid", "--egid", "--reuid", "--regid",
@@ -133,6 +137,10 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 				return unwrapped{done: true, next: min(i+2, len(raw))}, nil
 			case optUser:
 				userShell, operands = false, 0
+			case optProgram:
+				if err := paramAsProgram(name, o, raw, tmpl, i); err != nil {
+					return unwrapped{}, err
+				}
 			}
 			if o.kind != optFlag && !o.attached {
 				i++ // its value, a param or not
@@ -206,6 +214,10 @@ func (w wrapper) unwrapPermuted(name string, raw []string, tmpl []element, start
 			code = true
 		case optUser:
 			userShell = false
+		case optProgram:
+			if err := paramAsProgram(name, o, raw, tmpl, i); err != nil {
+				return unwrapped{}, err
+			}
 		}
 		if o.kind != optFlag && !o.attached {
 			i++ // its value, a param or not
@@ -297,7 +309,17 @@ const (
 	optStop            // runs no program
 	optUser            // runuser -u USER
 	optSession         // su -c: what it runs leaves the process group
+	optProgram         // su -s SHELL: takes the program to run
 )
+
+// paramAsProgram refuses a param in the value of option o (at raw[i], its value attached
+// or the next element): that value is the program the wrapper runs.
+func paramAsProgram(name string, o wrapperOpt, raw []string, tmpl []element, i int) error {
+	if (o.attached && hasParam(tmpl[i])) || (!o.attached && i+1 < len(raw) && hasParam(tmpl[i+1])) {
+		return fmt.Errorf("argv[%d]: a param as the program %s %s runs: a param cannot choose the program", i, name, o.name)
+	}
+	return nil
+}
 
 // wrapperOpt is one option element as read: its kind, its name (for messages), whether its
 // value is attached (-n10, --signal=TERM) and where that value starts.
@@ -320,6 +342,8 @@ func (w wrapper) option(a string) wrapperOpt {
 		switch {
 		case slices.Contains(w.sessionLong, name):
 			o.kind = optSession
+		case slices.Contains(w.progLong, name):
+			o.kind = optProgram
 		case slices.Contains(w.shellLong, name):
 			o.kind = optShell
 		case slices.Contains(w.stopLong, name):
@@ -341,6 +365,8 @@ func (w wrapper) option(a string) wrapperOpt {
 		switch {
 		case strings.IndexByte(w.sessionOpts, c) >= 0:
 			o.kind = optSession
+		case strings.IndexByte(w.progOpts, c) >= 0:
+			o.kind = optProgram
 		case strings.IndexByte(w.shellOpts, c) >= 0:
 			o.kind = optShell
 		case strings.IndexByte(w.stopOpts, c) >= 0:
