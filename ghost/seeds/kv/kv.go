@@ -22,6 +22,13 @@ const ID = "seed.kv"
 // in code.
 const MaxValueSize = 64 << 10
 
+// MaxKeys and MaxBytes bound what the store holds in memory (keys and values): a put of a
+// new key, or one growing the store, past either is refused, nothing stored.
+const (
+	MaxKeys  = 10_000
+	MaxBytes = 64 << 20
+)
+
 // Result statuses.
 const (
 	StatusOK       = result.StatusOK
@@ -43,8 +50,9 @@ const (
 
 // Seed is seed.kv. It is safe for concurrent use.
 type Seed struct {
-	mu   sync.Mutex
-	data map[string]string
+	mu    sync.Mutex
+	data  map[string]string
+	bytes int // of every key and value held
 }
 
 // New returns an empty kv seed.
@@ -64,7 +72,7 @@ func (s *Seed) Info() bus.SeedInfo {
 	return bus.SeedInfo{
 		ID:          ID,
 		Name:        "KV",
-		Description: "An in-memory key/value store, lost when the Ghost stops.",
+		Description: "An in-memory key/value store, lost when the Ghost stops; it holds at most 10000 keys and 64 MiB.",
 		Operations: []bus.OperationInfo{
 			{
 				Name:        "put",
@@ -145,7 +153,20 @@ func (s *Seed) put(key string, args map[string]string) (bus.Result, error) {
 		return result.Failed(StatusFailed, bus.FieldError(bus.CodeSemantic, "args.value", "is %d bytes, at most %d are allowed", len(value), MaxValueSize))
 	}
 	s.mu.Lock()
-	s.data[key] = value
+	old, found := s.data[key]
+	grown := s.bytes + len(value) - len(old)
+	if !found {
+		grown += len(key)
+	}
+	switch {
+	case !found && len(s.data) >= MaxKeys:
+		s.mu.Unlock()
+		return result.Failed(StatusFailed, fmt.Errorf("%s holds %d keys, its most: delete some first", ID, MaxKeys))
+	case grown > MaxBytes && grown > s.bytes:
+		s.mu.Unlock()
+		return result.Failed(StatusFailed, fmt.Errorf("%s holds %d bytes; storing this value would take it past its most, %d: delete some first", ID, s.bytes, MaxBytes))
+	}
+	s.data[key], s.bytes = value, grown
 	s.mu.Unlock()
 	return result.JSON(struct {
 		Key   string `json:"key"`
@@ -163,8 +184,11 @@ func (s *Seed) get(key string) (bus.Result, error) {
 
 func (s *Seed) delete(key string) (bus.Result, error) {
 	s.mu.Lock()
-	_, found := s.data[key]
-	delete(s.data, key)
+	old, found := s.data[key]
+	if found {
+		delete(s.data, key)
+		s.bytes -= len(key) + len(old)
+	}
 	s.mu.Unlock()
 	return result.JSON(struct {
 		Key     string `json:"key"`
@@ -193,16 +217,24 @@ func (s *Seed) incr(key string) (bus.Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var n int64
-	if v, found := s.data[key]; found {
+	v, found := s.data[key]
+	if found {
 		var err error
 		if n, err = strconv.ParseInt(v, 10, 64); err != nil {
 			return result.Failed(StatusFailed, fmt.Errorf("incr %q: %w: %.64q", key, ErrNotInteger, v))
 		}
+	} else if len(s.data) >= MaxKeys {
+		return result.Failed(StatusFailed, fmt.Errorf("%s holds %d keys, its most: delete some first", ID, MaxKeys))
 	}
 	if n == math.MaxInt64 {
 		return result.Failed(StatusFailed, fmt.Errorf("incr %q: %d is the largest value incr can hold", key, n))
 	}
 	n++
-	s.data[key] = strconv.FormatInt(n, 10)
-	return result.OK(s.data[key]), nil
+	next := strconv.FormatInt(n, 10)
+	s.bytes += len(next) - len(v)
+	if !found {
+		s.bytes += len(key)
+	}
+	s.data[key] = next
+	return result.OK(next), nil
 }

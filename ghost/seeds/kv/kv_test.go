@@ -213,3 +213,49 @@ func TestPatterns(t *testing.T) {
 		}
 	}
 }
+
+// The store is bounded: past MaxKeys a new key is refused (an existing one may still be
+// replaced), and past MaxBytes a value that would grow the store is refused; a delete
+// makes room again. Anyone allowed to issue commands cannot fill the Ghost's memory.
+func TestStoreIsBounded(t *testing.T) {
+	s := kv.New()
+	for i := range kv.MaxKeys {
+		if _, err := exec(s, "put", map[string]string{"key": fmt.Sprintf("k%d", i), "value": "v"}); err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+	}
+	if _, err := exec(s, "put", map[string]string{"key": "one-more", "value": "v"}); err == nil || !strings.Contains(err.Error(), "keys, its most") {
+		t.Fatalf("a new key past %d: %v, want it refused", kv.MaxKeys, err)
+	}
+	if _, err := exec(s, "incr", map[string]string{"key": "one-more"}); err == nil {
+		t.Fatal("incr of a new key past the most keys was accepted")
+	}
+	if _, err := exec(s, "put", map[string]string{"key": "k0", "value": "replaced"}); err != nil {
+		t.Fatalf("replacing a key of a full store: %v", err)
+	}
+	if _, err := exec(s, "delete", map[string]string{"key": "k1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec(s, "put", map[string]string{"key": "one-more", "value": "v"}); err != nil {
+		t.Fatalf("a new key once one was deleted: %v", err)
+	}
+
+	big := strings.Repeat("x", kv.MaxValueSize)
+	s = kv.New()
+	n := 0
+	for ; ; n++ {
+		_, err := exec(s, "put", map[string]string{"key": fmt.Sprintf("b%d", n), "value": big})
+		if err != nil {
+			if !strings.Contains(err.Error(), "past its most") {
+				t.Fatalf("put %d: %v, want the byte bound", n, err)
+			}
+			break
+		}
+		if n > kv.MaxBytes/kv.MaxValueSize {
+			t.Fatalf("%d values of %d bytes stored, past the %d bytes bound", n+1, kv.MaxValueSize, kv.MaxBytes)
+		}
+	}
+	if _, err := exec(s, "put", map[string]string{"key": "b0", "value": "small"}); err != nil {
+		t.Fatalf("shrinking a value of a full store: %v", err)
+	}
+}
