@@ -171,15 +171,29 @@ func write(root *os.Root, rel, name, content string) (bus.Result, error) {
 		return result.Failed(StatusFailed, fmt.Errorf("write %s: is a directory; write replaces files", rel))
 	}
 	dir := filepath.Dir(name)
-	if err := root.MkdirAll(dir, 0o700); err != nil {
-		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
-	}
 	tmp := filepath.Join(dir, tmpMark+rand.Text())
-	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
+	var f *os.File
+	// A delete removing the parents it left empty may take the directory between its
+	// making and the temporary file's: made again, a few times.
+	for attempt := 0; ; attempt++ {
+		err := root.MkdirAll(dir, 0o700)
+		if err == nil {
+			if f, err = root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+				break
+			}
+		}
+		// The race shows as the directory missing, or (MkdirAll finding it made, then
+		// gone) existing.
+		raced := errors.Is(err, iofs.ErrNotExist) || errors.Is(err, iofs.ErrExist)
+		if !raced || attempt == 9 {
+			var perr *iofs.PathError
+			if errors.As(err, &perr) { // name the path, not the temporary file
+				err = perr.Err
+			}
+			return result.Failed(StatusFailed, fmt.Errorf("write %s: %w", rel, err))
+		}
 	}
-	_, err = f.WriteString(content)
+	_, err := f.WriteString(content)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -252,9 +266,11 @@ func remove(root *os.Root, rel, name string) (bus.Result, error) {
 		}
 		// Remove the parents left empty, so that a later write of a parent's path as a file
 		// is not blocked by a directory nobody can see in list. Remove fails on the first
-		// parent that is not empty, which ends the walk.
+		// parent that is not empty, which ends the walk; so does a parent that is a
+		// symbolic link (to a directory within the root), which Remove would unlink
+		// whatever its target holds.
 		for dir := filepath.Dir(name); dir != "."; dir = filepath.Dir(dir) {
-			if root.Remove(dir) != nil {
+			if fi, err := root.Lstat(dir); err != nil || !fi.IsDir() || root.Remove(dir) != nil {
 				break
 			}
 		}

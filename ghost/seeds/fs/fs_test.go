@@ -405,3 +405,59 @@ func TestPatterns(t *testing.T) {
 		}
 	}
 }
+
+// Deleting a file through a symbolic link to a directory inside the root removes the
+// file, not the link: the parents left empty are removed only when they are directories.
+func TestDeleteThroughALinkedDirectoryKeepsTheLink(t *testing.T) {
+	s, _ := fixture(t) // inside-alias -> sub, which holds kept
+	if _, err := exec(s, "write", kvArgs("path", "sub/gone", "content", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec(s, "delete", kvArgs("path", "inside-alias/gone")); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(s.Root(), "inside-alias")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the link inside-alias after a delete through it: %v, %v; want it kept", fi, err)
+	}
+	if res, err := exec(s, "read", kvArgs("path", "inside-alias/kept")); err != nil || res.Stdout != "kept" {
+		t.Fatalf("read through the link after the delete: %q, %v", res.Stdout, err)
+	}
+}
+
+// A write and a delete racing in one directory (the delete removing the directory it left
+// empty while the write makes its file there) do not fail the write.
+func TestWriteRacingADeleteInItsDirectory(t *testing.T) {
+	s, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		if _, err := exec(s, "write", kvArgs("path", "a/y", "content", "y")); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := exec(s, "delete", kvArgs("path", "a/y")); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := exec(s, "write", kvArgs("path", "a/x", "content", "x")); err != nil {
+				t.Errorf("round %d: write beside a delete: %v", i, err)
+			}
+		})
+		wg.Wait()
+		if _, err := exec(s, "delete", kvArgs("path", "a/x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// An error about a dangling link names the path given, not where the link leads.
+func TestDanglingLinkErrorNamesNoHostPath(t *testing.T) {
+	s, outside := fixture(t)
+	_, err := exec(s, "read", kvArgs("path", "dangling"))
+	if err == nil || strings.Contains(err.Error(), outside) {
+		t.Fatalf("read through a dangling link: %v; want a refusal naming no host path", err)
+	}
+}

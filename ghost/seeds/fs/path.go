@@ -1,7 +1,9 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,10 +73,15 @@ func (s *Seed) confine(rel string) error {
 			}
 			return nil
 		}
+		// The errors name no host path: not the state directory, nor where a link leads.
 		if fi, lerr := os.Lstat(p); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
-			return bus.FieldError(bus.CodeSemantic, "args.path", "%q goes through a symbolic link that cannot be resolved: %v", rel, err)
+			return bus.FieldError(bus.CodeSemantic, "args.path", "%q goes through a symbolic link that cannot be resolved", rel)
 		}
 		if p == s.root || filepath.Dir(p) == p {
+			var perr *iofs.PathError
+			if errors.As(err, &perr) {
+				err = perr.Err
+			}
 			return fmt.Errorf("resolve %q: %w", rel, err)
 		}
 	}
