@@ -18,11 +18,15 @@ import (
 // ErrNoMirage is returned when no Mirage answered on mirage.issue in time.
 var ErrNoMirage = errors.New("no Mirage answered")
 
-// noMirage is an ErrNoMirage with its own words.
+// noMirage is an ErrNoMirage with its own words: the server answered at once that nobody
+// serves the subject (it also matches nats.ErrNoResponders), where a wait that ran out is
+// an ErrNoMirage alone (a Mirage may have taken the request).
 type noMirage string
 
-func (e noMirage) Error() string        { return string(e) }
-func (e noMirage) Is(target error) bool { return target == ErrNoMirage }
+func (e noMirage) Error() string { return string(e) }
+func (e noMirage) Is(target error) bool {
+	return target == ErrNoMirage || target == nats.ErrNoResponders
+}
 
 // ErrRejected wraps the error of an issue Mirage refused.
 var ErrRejected = errors.New("issue rejected")

@@ -277,15 +277,24 @@ func (m *Mirage) recordLater(rec *IntentRecord, record *nats.Msg) {
 // awaitRecord waits for the store's answer to an intent record published with
 // PublishMsgAsync.
 func (m *Mirage) awaitRecord(f jetstream.PubAckFuture) error {
+	t := time.NewTimer(recordAnswerWait)
+	defer t.Stop()
 	select {
 	case <-f.Ok():
 		return nil
 	case err := <-f.Err():
 		return err
-	case <-time.After(10 * time.Second):
-		return errors.New("no answer from the store within 10s")
+	case <-t.C:
+		return fmt.Errorf("no answer from the store within %s", recordAnswerWait)
 	}
 }
+
+// recordAnswerWait bounds the wait for a fresh intent's record before the issue is
+// answered: well under the client's IssueTimeout, so that a slow store (a stream leader
+// failing over) delays the record (stored in the background, recordLater), not the
+// answer. A client that got no answer would report no Mirage while the commands are out,
+// and an operator issuing again would run them twice.
+const recordAnswerWait = 3 * time.Second
 
 // sameIssue reports whether two issues ask for the same thing (a client re-sending an
 // issue whose answer it did not get).

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
@@ -373,5 +374,23 @@ func TestUpInterruptedWhileStartingExitsZero(t *testing.T) {
 	}
 	if !strings.Contains(p.Output(), "stopped while starting") {
 		t.Fatalf("no 'stopped while starting' in:\n%s", p.Output())
+	}
+}
+
+// An issue nobody answers in time (a Mirage that took it but answers late, or one that is
+// stuck) exits 3 naming the intent's id, so that the operator checks it before issuing
+// again, which would be a second intent running the same commands.
+func TestUnansweredIssueNamesItsIntent(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	silent := env.Conn("a Mirage that does not answer")
+	if _, err := silent.Subscribe(subjects.Issue, func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := silent.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := miragectl(t, env.URL, "issue", "--target", "edge-1", "seed.flow", "status")
+	if r.code != 3 || !strings.Contains(r.stderr, "miragectl report int_") {
+		t.Fatalf("exit %d, stderr %q; want exit 3 naming 'miragectl report <intent_id>'", r.code, r.stderr)
 	}
 }

@@ -176,8 +176,12 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the issue: %s", reply.Error.Message))
 			case err != nil && bus.AsError(err).Code == bus.CodeTooLarge:
 				return cli.Invalid("%s", bus.AsError(err).Message)
-			case errors.Is(err, mirage.ErrNoMirage):
+			case errors.Is(err, mirage.ErrNoMirage) && errors.Is(err, nats.ErrNoResponders):
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: is 'miragectl up' running?", err))
+			case errors.Is(err, mirage.ErrNoMirage):
+				// No answer in time: a Mirage may have accepted it all the same. Issuing
+				// again would be a new intent; this one can be looked up.
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: is 'miragectl up' running? if it is, the intent may have been accepted: check with 'miragectl report %s' before issuing again", err, is.IntentID))
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
