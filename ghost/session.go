@@ -149,14 +149,16 @@ func (g *Ghost) registerAgain(after string) {
 	}
 	go func() {
 		defer g.wg.Done()
-		if err := g.register(g.run); err != nil {
+		// Under the serving context: a registration waiting for an answer (under auth an
+		// absent Mirage gives none until the register timeout) ends when Close begins.
+		if err := g.register(g.serving); err != nil && g.serving.Err() == nil {
 			level := slog.LevelWarn
 			if errors.Is(err, ErrNoMirage) {
 				// No Mirage yet (a server restarting before Mirage resubscribes): its
 				// announce will ask again.
 				level = slog.LevelDebug
 			}
-			g.log.Log(g.run, level, "registration after "+after+" failed", "err", err)
+			g.log.Log(context.Background(), level, "registration after "+after+" failed", "err", err)
 		}
 	}()
 }
@@ -179,7 +181,7 @@ func (g *Ghost) heartbeats() {
 		if !g.Registered() {
 			// auto keeps trying until a Mirage acknowledges; headless waits for attach.
 			if g.cfg.Policy == PolicyAuto {
-				if err := g.register(g.run); err != nil {
+				if err := g.register(g.serving); err != nil {
 					g.log.Debug("registration retry failed", "err", err)
 				}
 			}
@@ -220,7 +222,7 @@ func (g *Ghost) onAttach(msg *nats.Msg) {
 	go func() {
 		defer g.wg.Done()
 		reply := AttachReply{GhostID: g.cfg.ID, Status: "accepted"}
-		ctx, cancel := context.WithTimeout(g.run, bus.AttachAnswerWithin)
+		ctx, cancel := context.WithTimeout(g.serving, bus.AttachAnswerWithin)
 		defer cancel()
 		if err := g.register(ctx); err != nil {
 			reply.Status, reply.Reason = "rejected", err.Error()
