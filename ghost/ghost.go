@@ -663,8 +663,14 @@ func (g *Ghost) requestResend(stored bool) {
 }
 
 // resendRetry is how soon after a pass that left events EDGE_EVT refused the next pass
-// runs (each pass gives an event up to resendPatience).
-const resendRetry = 5 * time.Second
+// runs (each pass gives an event up to resendPatience); while passes keep leaving some,
+// the wait doubles up to resendRetryMax: each pass reads every unacknowledged record of
+// the store, and through a long outage of EDGE_EVT the live publishes keep trying anyway.
+// A kick (a reconnect, a registration, an announce) runs a pass at once and starts over.
+const (
+	resendRetry    = 5 * time.Second
+	resendRetryMax = 2 * time.Minute
+)
 
 // resendLoop runs one re-send pass at a time, as requestResend asks, and another
 // resendRetry after a pass that left events EDGE_EVT has not confirmed (it refused
@@ -678,21 +684,26 @@ func (g *Ghost) resendLoop() {
 			retry.Stop()
 		}
 	}()
+	wait := resendRetry
 	for {
 		select {
 		case <-g.stopping:
 			return
 		case <-g.resendKick:
+			wait = resendRetry
 		case <-retryC:
 		}
-		if g.resendUnacked(g.resendStored.Swap(false)) {
-			if retry == nil {
-				retry = time.NewTimer(resendRetry)
-				retryC = retry.C
-			} else {
-				retry.Reset(resendRetry)
-			}
+		if !g.resendUnacked(g.resendStored.Swap(false)) {
+			wait = resendRetry
+			continue
 		}
+		if retry == nil {
+			retry = time.NewTimer(wait)
+			retryC = retry.C
+		} else {
+			retry.Reset(wait)
+		}
+		wait = min(2*wait, resendRetryMax)
 	}
 }
 
