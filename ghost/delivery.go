@@ -288,9 +288,16 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 				}
 			case err == nil:
 				g.recorded(h.id)
-			case errors.Is(err, errNotRecorded) && h.id != "" && !storeWide(err) && !held && running == nil:
-				// Given up on only where the position can move past it: never behind a
-				// command found running, where the position stays.
+			case errors.Is(err, errNotRecorded) && (held || running != nil):
+				// Behind a command found running the position stays before both: this one
+				// is read again by a later catch-up, and the replay goes on, running the
+				// commands after it. It is not given up on here (its 1500 would not be its
+				// one terminal event: the position never passes it in this replay), only
+				// counted.
+				if h.id != "" && !storeWide(err) {
+					g.giveUp(h.id)
+				}
+			case errors.Is(err, errNotRecorded) && h.id != "" && !storeWide(err):
 				if u, ok := g.giveUp(h.id); ok {
 					given = append(given, abandonedCommand{data: h.data, hdr: h.hdr, cause: err, unrecordedCommand: u})
 					continue

@@ -651,12 +651,13 @@ func TestReplayDoesNotGiveUpOnACommandAFullDiskCannotRecord(t *testing.T) {
 	}
 }
 
-// A command the store cannot record, behind one still running, is not given up on while
-// the replay position stays before the running one (its 1500 would not be its one
-// terminal event: a restart replays it), and is given up on once the running one has
-// ended and the position can move past both.
-func TestCommandBehindARunningOneIsGivenUpOnOnceItEnds(t *testing.T) {
+// A full catch-up that finds a command still running, then one the store cannot record,
+// goes on past both: a command after them that never arrived live runs now, not when the
+// long one ends; the unrecordable one is not given up on while the position stays before
+// the running one (its 1500 would not be its one terminal event), and is once it has ended.
+func TestCatchUpGoesOnBehindARunningAndAnUnrecordableCommand(t *testing.T) {
 	env := testenv.New(t)
+	ctx := context.Background()
 	store := newDamagedRecord(false)
 	const id = "edge-held"
 	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
@@ -664,13 +665,36 @@ func TestCommandBehindARunningOneIsGivenUpOnOnceItEnds(t *testing.T) {
 			c.CatchUpInterval = 100 * time.Millisecond
 			ghost.SetUnrecordedPatience(c, 200*time.Millisecond)
 		}))
-	first, _ := storeCommand(t, env, id, "status", nil) // moves the position
-	eventFor(t, env, id, first)
-	storeCommand(t, env, id, "sleep", map[string]string{"ms": "2500"})
+	long, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "4000"})
+	testenv.Eventually(t, 5*time.Second, "the sleep to start", func() bool {
+		e, err := store.GetByCommandID(ctx, long)
+		return err == nil && e.State == ghost.StateStarted
+	})
 	bad, _ := storeCommand(t, env, id, "echo", map[string]string{"message": unrecordable})
-	time.Sleep(1500 * time.Millisecond) // many catch-ups behind the sleep, well past the patience
+	announce, err := bus.Encode(&bus.Announce{Header: bus.NewHeader(bus.TypeAnnounce, "", time.Now()), MirageID: "stand-in"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Conn("mirage").Publish(subjects.Announce, announce); err != nil { // full catch-ups from now
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	// More than a replay batch after the unrecordable one, the last never delivered live:
+	// only a replay that goes on past it runs that one.
+	junk := &nats.Msg{Subject: "detour." + id, Data: []byte(`{"type":"command"}`)}
+	storeDetouredBytes(t, env, id, junk)
+	for range bus.ReplayBatch {
+		if _, err := env.JetStream().PublishMsg(ctx, junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost, _ := storeDetoured(t, env, id, "status", nil)
+	eventFor(t, env, id, lost)
+	if e, err := store.GetByCommandID(ctx, long); err != nil || e.State != ghost.StateStarted {
+		t.Fatalf("the command never delivered live ran only once the long one had ended (%+v, %v)", e, err)
+	}
 	if ev, ok := storedEvent(t, env, bus.EventID(id, bad)); ok {
-		t.Fatalf("the command behind a running one was given up on: %+v", ev)
+		t.Fatalf("the command behind a running one was given up on while the position stayed before it: %+v", ev)
 	}
 	eventFor(t, env, id, bad) // once the sleep has ended
 	if ev, _ := storedEvent(t, env, bus.EventID(id, bad)); ev.Error == nil || ev.Error.Code != bus.CodeInternal {
