@@ -100,6 +100,11 @@ func checkCodeArgs(raw []string, tmpl []element) (int, error) {
 		if w, ok := wrappers[name]; ok {
 			u, err = w.unwrap(name, raw, tmpl, start)
 		} else if slices.Contains(opaqueWrappers, name) {
+			if name == "systemd-run" && !scoped(raw[start:]) {
+				return 0, fmt.Errorf("argv[%d]: systemd-run without --scope hands the program to systemd as a service, "+
+					"out of the process group the Ghost kills at the operation's timeout and when it stops: it would "+
+					"run on unbounded, and the operation end before it; add --scope before its --", start-1)
+			}
 			u = unwrapOpaque(raw, tmpl, start)
 		} else {
 			break
@@ -269,6 +274,20 @@ func hasFile(el element) bool {
 func hasParam(el element) bool {
 	for _, seg := range el {
 		if seg.param != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// scoped reports whether systemd-run's arguments (up to its first "--") hold --scope:
+// the program then runs as its child, in the Ghost's process group, under a scope unit.
+func scoped(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--scope":
 			return true
 		}
 	}

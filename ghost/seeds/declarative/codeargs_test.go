@@ -170,6 +170,29 @@ func TestParseRefusesSetsid(t *testing.T) {
 	}
 }
 
+// systemd-run without --scope starts the program as a service of systemd's, out of the
+// Ghost's reach (and the operation ends before it): refused. With --scope the program
+// runs as its child, in the Ghost's process group: accepted.
+func TestParseRefusesSystemdRunWithoutScope(t *testing.T) {
+	head := "id = \"a.b\"\nname = \"n\"\nversion = \"1\"\n[operations.x]\ndescription = \"d\"\nidempotent = true\n"
+	for argv, ok := range map[string]bool{
+		`["systemd-run", "--", "sleep", "30"]`:                                                false,
+		`["systemd-run", "-p", "Nice=5", "sleep", "30"]`:                                      false,
+		`["sudo", "-n", "--", "systemd-run", "--wait", "--", "sleep", "30"]`:                  false,
+		`["systemd-run", "--", "--scope", "sleep", "30"]`:                                     false, // --scope after its -- is the program's
+		`["systemd-run", "--scope", "--", "sleep", "30"]`:                                     true,
+		`["sudo", "-n", "--", "systemd-run", "--scope", "-p", "Nice=5", "--", "sleep", "30"]`: true,
+	} {
+		_, err := Parse([]byte(head + "argv = " + argv + "\n"))
+		if ok && err != nil {
+			t.Errorf("%s: %v, want it accepted", argv, err)
+		}
+		if !ok && (err == nil || !strings.Contains(err.Error(), "--scope")) {
+			t.Errorf("%s: %v, want a refusal asking for --scope", argv, err)
+		}
+	}
+}
+
 // checkCodeArgs says where the arguments of the program the wrappers run begin: a "--"
 // before that ends a wrapper's options, and Render does not take it for the program's.
 func TestProgramArgsStart(t *testing.T) {
