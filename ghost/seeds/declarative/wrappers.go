@@ -109,12 +109,10 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 		}
 		if opts && len(a) > 1 && a[0] == '-' {
 			o := w.option(a)
-			if param && !o.paramInValue(a) {
-				return unwrapped{}, where(name, i)
+			if err := checkOption(name, o, raw, tmpl, i); err != nil {
+				return unwrapped{}, err
 			}
 			switch o.kind {
-			case optSession:
-				return unwrapped{}, newSession(name, o.name, i)
 			case optShell:
 				for j := range tmpl {
 					if hasParam(tmpl[j]) {
@@ -137,10 +135,6 @@ func (w wrapper) unwrap(name string, raw []string, tmpl []element, start int) (u
 				return unwrapped{done: true, next: min(i+2, len(raw))}, nil
 			case optUser:
 				userShell, operands = false, 0
-			case optProgram:
-				if err := paramAsProgram(name, o, raw, tmpl, i); err != nil {
-					return unwrapped{}, err
-				}
 			}
 			if o.kind != optFlag && !o.attached {
 				i++ // its value, a param or not
@@ -201,12 +195,10 @@ func (w wrapper) unwrapPermuted(name string, raw []string, tmpl []element, start
 			continue
 		}
 		o := w.option(a)
-		if param && !o.paramInValue(a) {
-			return unwrapped{}, where(name, i)
+		if err := checkOption(name, o, raw, tmpl, i); err != nil {
+			return unwrapped{}, err
 		}
 		switch o.kind {
-		case optSession:
-			return unwrapped{}, newSession(name, o.name, i)
 		case optCode:
 			if param || (!o.attached && i+1 < len(raw) && hasParam(tmpl[i+1])) {
 				return unwrapped{}, fmt.Errorf("argv[%d]: a param in the shell command %s %s runs", i, name, o.name)
@@ -214,10 +206,6 @@ func (w wrapper) unwrapPermuted(name string, raw []string, tmpl []element, start
 			code = true
 		case optUser:
 			userShell = false
-		case optProgram:
-			if err := paramAsProgram(name, o, raw, tmpl, i); err != nil {
-				return unwrapped{}, err
-			}
 		}
 		if o.kind != optFlag && !o.attached {
 			i++ // its value, a param or not
@@ -312,10 +300,18 @@ const (
 	optProgram         // su -s SHELL: takes the program to run
 )
 
-// paramAsProgram refuses a param in the value of option o (at raw[i], its value attached
-// or the next element): that value is the program the wrapper runs.
-func paramAsProgram(name string, o wrapperOpt, raw []string, tmpl []element, i int) error {
-	if (o.attached && hasParam(tmpl[i])) || (!o.attached && i+1 < len(raw) && hasParam(tmpl[i+1])) {
+// checkOption refuses, for option o of wrapper name at raw[i], what both ways of reading
+// a wrapper's options refuse: a param in the option itself rather than in its value, an
+// option that starts a new session, and a param in the value of an option that names the
+// program to run (its value attached, or the next element).
+func checkOption(name string, o wrapperOpt, raw []string, tmpl []element, i int) error {
+	param := hasParam(tmpl[i])
+	switch {
+	case param && !o.paramInValue(raw[i]):
+		return where(name, i)
+	case o.kind == optSession:
+		return newSession(name, o.name, i)
+	case o.kind == optProgram && ((o.attached && param) || (!o.attached && i+1 < len(raw) && hasParam(tmpl[i+1]))):
 		return fmt.Errorf("argv[%d]: a param as the program %s %s runs: a param cannot choose the program", i, name, o.name)
 	}
 	return nil
