@@ -165,9 +165,32 @@ func matchLabels(scope string, fleet []GhostRecord, now time.Time) ([]string, er
 		}
 	}
 	if len(ids) == 0 {
-		return nil, scopeError("no registered ghost matches %s%s%s", scope, registered(fleet, now, false), labelsInUse(fleet))
+		return nil, scopeError("no registered ghost matches %s%s%s%s", scope, unusedKeys(want, fleet), registered(fleet, now, false), labelsInUse(fleet))
 	}
 	return distinctSorted(ids), nil
+}
+
+// unusedKeys names the selector's keys that no registered Ghost has at all, which tells a
+// mistyped key (label:role=db, roles=db) from a value no Ghost carries.
+func unusedKeys(want map[string]string, fleet []GhostRecord) string {
+	var keys []string
+	for k := range want {
+		used := false
+		for _, r := range fleet {
+			if _, ok := r.Labels[k]; ok {
+				used = true
+				break
+			}
+		}
+		if !used {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return ""
+	}
+	sort.Strings(keys)
+	return "; no registered ghost has a label " + capList(keys, ", ") + " (a selector is KEY=VALUE, e.g. role=db)"
 }
 
 func hasLabels(have, want map[string]string) bool {

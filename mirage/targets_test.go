@@ -42,13 +42,14 @@ func testFleet() []GhostRecord {
 func TestResolveTargets(t *testing.T) {
 	status := bus.Objective{SeedSelector: "seed.flow", Operation: "status"}
 	tests := []struct {
-		name  string
-		scope string
-		obj   bus.Objective
-		fleet []GhostRecord // nil: testFleet()
-		want  []string
-		field string   // on error: the error's field
-		msg   []string // on error: parts of the message
+		name   string
+		scope  string
+		obj    bus.Objective
+		fleet  []GhostRecord // nil: testFleet()
+		want   []string
+		field  string   // on error: the error's field
+		msg    []string // on error: parts of the message
+		notMsg string   // on error: not in the message
 	}{
 		{name: "one id", scope: "edge-03", want: []string{"edge-03"}},
 		{name: "unregistered id is kept (headless)", scope: "headless-1", want: []string{"headless-1"}},
@@ -71,7 +72,8 @@ func TestResolveTargets(t *testing.T) {
 		{name: "glob no match", scope: "db-*", field: "target_scope", msg: []string{"no registered ghost matches db-*", "registered: edge-01, edge-02"}},
 		{name: "one glob of a list no match", scope: "edge-01,db-*", field: "target_scope", msg: []string{"no registered ghost matches db-*"}},
 		{name: "malformed glob", scope: "edge-[", field: "target_scope", msg: []string{"malformed"}},
-		{name: "label no match", scope: "role=nosuch", field: "target_scope", msg: []string{"no registered ghost matches role=nosuch", "labels in use: role=cache, role=db"}},
+		{name: "label no match", scope: "role=nosuch", field: "target_scope", msg: []string{"no registered ghost matches role=nosuch", "labels in use: role=cache, role=db"}, notMsg: "has a label"},
+		{name: "label key nobody has", scope: "label:role=db,site=lab", field: "target_scope", msg: []string{"no registered ghost has a label label:role (a selector is KEY=VALUE"}},
 		{name: "labels no joint match", scope: "role=web,site=nowhere", field: "target_scope", msg: []string{"matches role=web,site=nowhere"}},
 		{name: "label selector mixed with id", scope: "role=db,edge-01", field: "target_scope", msg: []string{`"edge-01" is not key=value`}},
 		{name: "label without key", scope: "=db", field: "target_scope", msg: []string{"has no key"}},
@@ -115,6 +117,9 @@ func TestResolveTargets(t *testing.T) {
 				if !strings.Contains(perr.Message, part) {
 					t.Errorf("message %q does not contain %q", perr.Message, part)
 				}
+			}
+			if tt.notMsg != "" && strings.Contains(perr.Message, tt.notMsg) {
+				t.Errorf("message %q contains %q", perr.Message, tt.notMsg)
 			}
 		})
 	}
