@@ -102,6 +102,13 @@ type IssueReply struct {
 	Status   string   `json:"status"` // accepted | rejected
 	Targets  []string `json:"targets,omitempty"`
 	Error    *Error   `json:"error,omitempty"`
+
+	// Targets an accepted intent cannot expect to hear from soon, each list capped at ten
+	// ids: named ids no Ghost has registered with Mirage (a typo, or a headless Ghost),
+	// and registered Ghosts that are offline. Their commands wait in EDGE_CMD all the
+	// same, up to the intent's deadline; the client tells its user.
+	Unregistered []string `json:"unregistered,omitempty"`
+	Offline      []string `json:"offline,omitempty"`
 }
 
 // Command asks one Ghost to run one operation of one seed.

@@ -220,6 +220,12 @@ func (m *IssueReply) appendJSON(dst []byte) []byte {
 	if m.Error != nil {
 		dst = m.Error.appendJSON(appendKey(dst, false, "error"))
 	}
+	if len(m.Unregistered) > 0 {
+		dst = appendArray(appendKey(dst, false, "unregistered"), m.Unregistered, appendString)
+	}
+	if len(m.Offline) > 0 {
+		dst = appendArray(appendKey(dst, false, "offline"), m.Offline, appendString)
+	}
 	return append(dst, '}')
 }
 

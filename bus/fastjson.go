@@ -585,6 +585,10 @@ func (m *IssueReply) fastField(s *scanner, key []byte) bool {
 			m.Error = &Error{}
 		}
 		return s.object(m.Error)
+	case "unregistered":
+		return s.strSlice(&m.Unregistered)
+	case "offline":
+		return s.strSlice(&m.Offline)
 	}
 	return false
 }

@@ -81,6 +81,31 @@ func (m *Mirage) scopeFleet(scope string) []GhostRecord {
 	return out
 }
 
+// absent returns, for an accepted intent's answer, the first maxListed of its targets that
+// no Ghost registered with, and of those registered that are offline: an id may name a
+// headless Ghost, and a glob or selector matches offline Ghosts, so neither is refused,
+// but the user should know not to expect an answer from them soon.
+func (m *Mirage) absent(targets []string) (unregistered, offline []string) {
+	now := m.cfg.Now()
+	for _, id := range targets {
+		if len(unregistered) == maxListed && len(offline) == maxListed {
+			break
+		}
+		r, ok := m.fleet.Get(id)
+		switch {
+		case !ok:
+			if len(unregistered) < maxListed && !slices.Contains(unregistered, id) { // a plan's steps may share targets
+				unregistered = append(unregistered, id)
+			}
+		case r.Status(now) == StatusOffline:
+			if len(offline) < maxListed && !slices.Contains(offline, id) {
+				offline = append(offline, id)
+			}
+		}
+	}
+	return unregistered, offline
+}
+
 // resolveTargets resolves a target scope against the given fleet records and checks that
 // every registered target hosts the requested seed and operation. The result is sorted and
 // has no duplicates. Errors are semantic (1300), on field target_scope for the scope and on

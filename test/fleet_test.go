@@ -223,6 +223,9 @@ func TestFleetCLIOutput(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stdout, "no response from: nobody-1\n") || !strings.Contains(r.stdout, "failed: 1/2 succeeded, 1 timeout") {
 		t.Fatalf("issue with a silent target: exit %d, stdout %q", r.code, r.stdout)
 	}
+	if !strings.Contains(r.stderr, "note: not registered with Mirage: nobody-1;") || strings.Contains(r.stderr, "edge-02") {
+		t.Fatalf("issue with an unregistered target: stderr %q, want a note naming nobody-1 alone", r.stderr)
+	}
 
 	// Refusals are exit 2 with the reason on stderr.
 	for _, scope := range []string{"role=nosuch", "nomatch-*"} {

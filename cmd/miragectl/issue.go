@@ -185,6 +185,7 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
+			noteAbsent(cmd.ErrOrStderr(), reply, timeout)
 			out := cmd.OutOrStdout()
 			if noWait {
 				if asJSON {
@@ -240,6 +241,25 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 	f.StringVar(&planPath, "plan", "", "run the ordered steps of a TOML plan file as one intent (see 'miragectl issue --help')")
 	f.DurationVar(&deliverWithin, "deliver-within", 0, "commands not delivered within this are not run (expired); default: the whole --timeout")
 	return c
+}
+
+// noteAbsent tells the user, on stderr, which targets Mirage does not expect to hear from
+// soon (bus.IssueReply): their commands wait for them, so a mistyped id would otherwise
+// show only as a timeout at the end.
+func noteAbsent(w io.Writer, reply *bus.IssueReply, timeout time.Duration) {
+	list := func(ids []string) string {
+		s := strings.Join(ids, ", ")
+		if len(ids) >= 10 {
+			s += " (the first 10)"
+		}
+		return s
+	}
+	if len(reply.Unregistered) > 0 {
+		fmt.Fprintf(w, "note: not registered with Mirage: %s; a command waits for a Ghost of that id to connect, up to the timeout (%s)\n", list(reply.Unregistered), shortDuration(timeout))
+	}
+	if len(reply.Offline) > 0 {
+		fmt.Fprintf(w, "note: offline: %s; a command waits for its Ghost to reconnect, up to the timeout (%s)\n", list(reply.Offline), shortDuration(timeout))
+	}
 }
 
 // reportHint is the command that follows an intent to its end, with the --server this
