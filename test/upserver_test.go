@@ -45,6 +45,29 @@ func TestServerWithoutJetStreamIsNamed(t *testing.T) {
 	}
 }
 
+// On a server whose JetStream store cannot reserve the default 4 GiB cap of EDGE_EVT, 'up'
+// shrinks the default to fit; a cap the operator set that does not fit is refused (exit 3)
+// with a line naming events_max_mb.
+func TestUpFitsTheDefaultEventsCapToASmallStore(t *testing.T) {
+	env := testenv.New(t, testenv.Listen(), testenv.MaxStore(1<<30))
+	mctl, _ := testenv.Binaries(t)
+	r := execRun(t, mctl, nil, "up", "--server", env.URL, "--no-local-ghost", "--events-max-mb", "4096", "--data-dir", filepath.Join(t.TempDir(), "data"))
+	if r.code != 3 || !strings.Contains(r.stderr, "events_max_mb") {
+		t.Fatalf("up with --events-max-mb 4096 on a 1 GiB store: exit %d, stderr %q; want exit 3 naming events_max_mb", r.code, r.stderr)
+	}
+	p := testenv.Start(t, mctl, "up", "--server", env.URL, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data"))
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(p.Output(), "edgectl up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("up with the default cap on a 1 GiB store did not come up: %q", p.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := miragectl(t, env.URL, "ghosts"); r.code != 0 {
+		t.Fatalf("ghosts against it: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
 // A waiting 'issue' outlives a restart of its server (as when 'up' restarts): it
 // reconnects and prints the terminal report, rather than dying with "connection closed".
 func TestIssueWaitsAcrossAServerRestart(t *testing.T) {

@@ -35,7 +35,7 @@ type upConfig struct {
 	Sync          string        `koanf:"sync"`
 	SyncInterval  time.Duration `koanf:"sync_interval"`
 	Replicas      int           `koanf:"replicas"`
-	EventsMaxMB   int64         `koanf:"events_max_mb"`
+	EventsMaxMB   *int64        `koanf:"events_max_mb"` // nil: not set, the default cap
 	MetricsListen string        `koanf:"metrics_listen"`
 	LogFormat     string        `koanf:"log_format"`
 	LogLevel      string        `koanf:"log_level"`
@@ -74,12 +74,17 @@ var (
 	minEventsMaxMB     = bus.MinEventsMaxBytes >> 20
 )
 
-// eventsMaxBytes turns events_max_mb into bus.AssetConfig.EventsMaxBytes: 0 is no cap.
-func eventsMaxBytes(mb int64) int64 {
-	if mb == 0 {
+// eventsMaxBytes turns events_max_mb into bus.AssetConfig.EventsMaxBytes: not set is the
+// default cap, which shrinks to fit a small JetStream store; 0 is no cap; a cap set by the
+// operator is kept as it is (refused if the store cannot reserve it).
+func eventsMaxBytes(mb *int64) int64 {
+	switch {
+	case mb == nil:
+		return 0
+	case *mb == 0:
 		return -1
 	}
-	return mb << 20
+	return *mb << 20
 }
 
 // LocalGhostID is the id of the Ghost that 'up' runs beside Mirage.
@@ -101,7 +106,7 @@ faster, but an OS crash can lose the last interval's writes.
 ` + upTLSHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := upConfig{NATSListen: natsd.DefaultListen, DataDir: ".edgectl", Sync: natsd.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1, EventsMaxMB: defaultEventsMaxMB}
+			cfg := upConfig{NATSListen: natsd.DefaultListen, DataDir: ".edgectl", Sync: natsd.SyncAlways, SyncInterval: 2 * time.Minute, Replicas: 1}
 			if err := config.Load(cfgPath, cfgPath != "", cmd.Flags(), upFlagKeys, &cfg); err != nil {
 				return err
 			}
@@ -135,8 +140,8 @@ faster, but an OS crash can lose the last interval's writes.
 			if cfg.Replicas < 1 || cfg.Replicas > bus.MaxReplicas {
 				return cli.Invalid("replicas (--replicas, EDGE_REPLICAS) %d: use 1 to %d (1 on the embedded server, 3 on a 3-node cluster)", cfg.Replicas, bus.MaxReplicas)
 			}
-			if cfg.EventsMaxMB != 0 && cfg.EventsMaxMB < minEventsMaxMB {
-				return cli.Invalid("events_max_mb (--events-max-mb, EDGE_EVENTS_MAX_MB) %d: use at least %d, or 0 for no cap", cfg.EventsMaxMB, minEventsMaxMB)
+			if mb := cfg.EventsMaxMB; mb != nil && *mb != 0 && *mb < minEventsMaxMB {
+				return cli.Invalid("events_max_mb (--events-max-mb, EDGE_EVENTS_MAX_MB) %d: use at least %d, or 0 for no cap", *mb, minEventsMaxMB)
 			}
 			log, err := cli.Logger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
 			if err != nil {
@@ -162,7 +167,7 @@ faster, but an OS crash can lose the last interval's writes.
 	f.String("sync", natsd.SyncAlways, "JetStream fsync: always (every write) or interval")
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.Int("replicas", 1, "copies of each stream, KV bucket and object store: 1 on the embedded server, 3 on a 3-node cluster")
-	f.Int64("events-max-mb", defaultEventsMaxMB, "cap of the event stream EDGE_EVT in MiB, the one stream Ghosts write: past it the oldest events go, so a flooding Ghost cannot fill the store; 0 for no cap")
+	f.Int64("events-max-mb", defaultEventsMaxMB, "cap of the event stream EDGE_EVT in MiB, the one stream Ghosts write: past it the oldest events go, so a flooding Ghost cannot fill the store; the default shrinks to fit a small JetStream store (at most half of it); 0 for no cap")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.String("metrics-listen", "", "serve Prometheus metrics of Mirage and the local Ghost on HOST:PORT/metrics (off by default)")

@@ -48,6 +48,7 @@ type options struct {
 	tls    *bus.TLSFiles  // tls.go
 	certs  []*server.User // tls.go
 	noJS   bool
+	store  int64 // JetStream max store, bytes; 0: the server's default
 }
 
 // Users turns on nkey authentication with these users.
@@ -61,6 +62,9 @@ func Sync(s string) Option { return func(o *options) { o.sync = s } }
 
 // NoJetStream starts a server without JetStream, as plain nats-server runs.
 func NoJetStream() Option { return func(o *options) { o.noJS = true } }
+
+// MaxStore limits the server's JetStream file store to n bytes.
+func MaxStore(n int64) Option { return func(o *options) { o.store = n } }
 
 // StoreDir reuses a store directory (to restart a server on the same store).
 func StoreDir(dir string) Option { return func(o *options) { o.dir = dir } }
@@ -88,8 +92,14 @@ func (e *Env) start() {
 	if o.listen {
 		cfg.Listen = fmt.Sprintf("127.0.0.1:%d", o.port)
 	}
-	if o.noJS {
-		cfg.Customize = func(so *server.Options) error { so.JetStream = false; return nil }
+	if o.noJS || o.store > 0 {
+		cfg.Customize = func(so *server.Options) error {
+			so.JetStream = !o.noJS
+			if o.store > 0 {
+				so.JetStreamMaxStore = o.store
+			}
+			return nil
+		}
 	}
 	ns, err := natsd.Start(cfg)
 	if err != nil {
