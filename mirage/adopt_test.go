@@ -214,3 +214,48 @@ func TestRecordWithoutCreationTimeIsNotRecovered(t *testing.T) {
 		t.Fatal("a record without created_ms is followed and never armed: it never ends")
 	}
 }
+
+// A taken-up intent's rebuild counts a Ghost's refusal for security of the command Mirage
+// signed and sent before (its bytes stored in EDGE_CMD) as the target's result, as the
+// Mirage that sent it would have: the command is not sent again.
+func TestRebuildCountsTheRefusalOfItsOwnSignedCommand(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	key, err := bus.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := startTestMirageWith(t, ns, Config{Identity: key}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now := time.Now()
+	rec := adoptRec("int_refusedown", "g1", now)
+	storeRecord(ctx, t, m, rec)
+	// Sent before the record's answer was lost; the Ghost refused those very bytes.
+	msg, refusalID, err := m.buildCommand(&rec, 0, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	cmd := CommandID(rec.IntentID, 0)
+	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, rec.Issue.TraceID, now), EventID: refusalID,
+		CommandID: cmd, IntentID: rec.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: "g1",
+		SeedID: "seed.flow", Operation: "status", Outcome: bus.OutcomeError, Result: bus.Result{Status: "refused", ExitCode: -1},
+		Error: bus.Errorf(bus.CodeSecurity, "signer %s is not trusted", key.PublicKey()), StartedMS: now.UnixMilli(), FinishedMS: now.UnixMilli()}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.js.PublishMsg(ctx, bus.NewMsg(subjects.Event("g1"), data, ev.EventID, ev.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	li := m.takeUp(&rec)
+	units := m.rebuild(li)
+	m.mu.Lock()
+	r := li.results[0]
+	m.mu.Unlock()
+	if len(units) != 0 || r.Outcome != bus.OutcomeError || r.Error == nil || r.Error.Code != bus.CodeSecurity || r.EventID != refusalID {
+		t.Fatalf("rebuilt: units to send %v, result %+v; want the refusal of its own bytes counted and nothing sent", units, r)
+	}
+}

@@ -254,6 +254,10 @@ func (m *Mirage) recover(ctx context.Context) error {
 		return nil
 	}
 	start := time.UnixMilli(oldest).Add(-time.Minute)
+	// The sent commands first: the replay then knows which refusals are of their bytes.
+	if err := m.replaySent(ctx, start, ""); err != nil {
+		return err
+	}
 	read, err := m.replay(ctx, start, "")
 	if err != nil {
 		return err
@@ -262,9 +266,6 @@ func (m *Mirage) recover(ctx context.Context) error {
 	// a cutoff, even those the Mirage before read without acknowledging, which the
 	// consumer delivers again only after its ack wait (expiry.go).
 	m.read.advance(read)
-	if err := m.replaySent(ctx, start, ""); err != nil {
-		return err
-	}
 	m.mu.Lock()
 	var ids []string
 	for id, li := range m.live {
@@ -338,8 +339,13 @@ func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord
 }
 
 // replaySent marks, in the live intents, the units whose command EDGE_CMD has stored
-// since start: those were sent before the restart. Only the headers are read: a stored
-// command's Nats-Msg-Id is its command_id.
+// since start: those were sent before the restart. Without a key only the headers are
+// read: a stored command's Nats-Msg-Id is its command_id. With one (auth mode), the
+// bodies too: a command signed by Mirage's own key is bytes it sent, and the event_id a
+// Ghost's refusal of them would carry is noted as noteSent does, so that such a refusal,
+// replayed or still to come, counts as the target's result as it did before the restart.
+// Bytes under any other signature, or none, may be anyone's: their refusal stays a
+// refusal of a forged copy (liveIntent.apply).
 // only, when set, limits it to that intent (rebuild of a taken-up intent).
 func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) error {
 	m.mu.Lock()
@@ -356,22 +362,48 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamCommands, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
 		OptStartTime:  &start,
-		HeadersOnly:   true,
+		HeadersOnly:   m.cfg.Identity == nil,
 	})
 	if err != nil {
 		return err
 	}
 	return readAll(ctx, cons, func(msg jetstream.Msg) {
 		id := msg.Headers().Get(bus.HeaderMsgID)
-		if li, ok := owner[id]; ok {
-			m.mu.Lock()
-			if li.sent == nil {
-				li.sent = make([]bool, len(li.results))
-			}
-			li.sent[li.index[id]] = true
-			m.mu.Unlock()
+		li, ok := owner[id]
+		if !ok {
+			return
+		}
+		u := li.index[id]
+		refusal := m.ownRefusal(msg, id, li.rec.Targets[u])
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if li.sent == nil {
+			li.sent = make([]bool, len(li.results))
+		}
+		li.sent[u] = true
+		if refusal != "" {
+			li.noteSentRefusal(u, refusal)
 		}
 	})
+}
+
+// ownRefusal returns the event_id of ghostID's refusal for security of the stored command
+// msg (Nats-Msg-Id commandID) if Mirage's own key signed its bytes for that command, as
+// buildCommand does; "" otherwise, or without a key.
+func (m *Mirage) ownRefusal(msg jetstream.Msg, commandID, ghostID string) string {
+	if m.cfg.Identity == nil {
+		return ""
+	}
+	own := m.cfg.Identity.PublicKey()
+	data := msg.Data()
+	if _, err := bus.VerifySignature(data, msg.Headers(), func(signer string) bool { return signer == own }); err != nil {
+		return ""
+	}
+	// The Ghost derives the id from the command_id it reads in the bytes, not a header.
+	if bus.ProbeCommand(data).CommandID != commandID {
+		return ""
+	}
+	return bus.RefusalEventID(ghostID, commandID, data)
 }
 
 // replay applies every event stored since start to the live intents, except those

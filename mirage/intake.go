@@ -183,8 +183,9 @@ func (m *Mirage) rebuild(li *liveIntent) []int {
 	// Units found neither way are dispatched again under their command ids: a Ghost that
 	// ran one re-sends its terminal event instead of running it again.
 	start := time.UnixMilli(rec.CreatedMS).Add(-time.Minute)
-	_, replayErr := m.replay(ctx, start, rec.IntentID)
+	// The sent commands first: the replay then knows which refusals are of their bytes.
 	sentErr := m.replaySent(ctx, start, rec.IntentID)
+	_, replayErr := m.replay(ctx, start, rec.IntentID)
 	select {
 	case <-m.stop:
 		return nil
@@ -657,13 +658,7 @@ func (m *Mirage) noteSent(intentID string, units []int, refusals []string) {
 		return
 	}
 	for k, id := range refusals {
-		u := units[k]
-		if li.sentRefusals == nil {
-			li.sentRefusals = map[int][]string{}
-		}
-		if len(li.sentRefusals[u]) < 8 { // re-sends after store failures: a few suffice
-			li.sentRefusals[u] = append(li.sentRefusals[u], id)
-		}
+		li.noteSentRefusal(units[k], id)
 	}
 }
 

@@ -137,7 +137,8 @@ type liveIntent struct {
 	// under the unit's command_id: reported at the deadline if no real event came.
 	refusals map[int]*bus.Error
 	// sentRefusals holds, by unit, the event_ids of a refusal for security of the exact
-	// commands Mirage sent (noteSent): such a refusal counts at once.
+	// commands Mirage sent (noteSent; after a restart, those EDGE_CMD holds signed by its
+	// key, replaySent): such a refusal counts at once.
 	sentRefusals map[int][]string
 	// sent marks the units whose command EDGE_CMD held when Mirage recovered the intent
 	// after a restart (nil otherwise): they were running, so they are followed to their
@@ -152,6 +153,18 @@ type liveIntent struct {
 }
 
 func (li *liveIntent) wasSent(u int) bool { return li.sent != nil && li.sent[u] }
+
+// noteSentRefusal notes id as the event_id of a Ghost's refusal for security of bytes
+// Mirage sent for unit u (noteSent, or replaySent after a restart).
+func (li *liveIntent) noteSentRefusal(u int, id string) {
+	if li.sentRefusals == nil {
+		li.sentRefusals = map[int][]string{}
+	}
+	// Re-sends after store failures or restarts: a few suffice.
+	if len(li.sentRefusals[u]) < 8 && !slices.Contains(li.sentRefusals[u], id) {
+		li.sentRefusals[u] = append(li.sentRefusals[u], id)
+	}
+}
 
 // startedStep reports whether the current step of a recovered intent had begun before
 // the restart: one of its units has a result or was sent.
