@@ -12,9 +12,11 @@ import (
 // timestamp (the message metadata, the server's clock). The live path (onEvent) and
 // recovery (replay) both apply that rule, so a history gets one verdict whichever Mirage
 // reads it. The live path must not give up on an event stored in time but not read yet
-// (the consumer lagging behind a burst): at the cutoff, Mirage notes the last sequence
-// EDGE_EVT held (eventsMark) and ends the intent's pending units only once its events
-// consumer has read that far (readMark), for at most catchUpWait.
+// (the consumer lagging behind a burst, or a delivery lost on its way while later ones
+// came): at the cutoff, Mirage notes the last sequence EDGE_EVT held (eventsMark) and ends
+// the intent's pending units only once its events consumer has read every message up to
+// it (readMark), for at most catchUpWait, or lostDeliveryWait past the moment a lost
+// delivery was seen.
 
 // storeSettle is how long past an intent's cutoff, by the server's clock, Mirage notes
 // EDGE_EVT's last sequence: on a cluster a message gets its timestamp before it is stored
@@ -26,6 +28,21 @@ const storeSettle = 250 * time.Millisecond
 // what EDGE_EVT held at its cutoff. Past it the pending units end timeout anyway, and an
 // event stored in time but read later is answered as late (1900).
 const catchUpWait = 10 * time.Second
+
+// eventsAckWait is the ack wait of the events consumer: a message delivered to Mirage and
+// not acknowledged (lost on its way, across a reconnect) is delivered again after it.
+const eventsAckWait = 30 * time.Second
+
+// lostDeliveryWait is how long past the moment Mirage saw a hole in what it read (a later
+// message came, an earlier one did not: its delivery was lost) an expiry waiting for the
+// hole waits, past catchUpWait: until the consumer delivers the lost message again, with
+// room for a consumer busy with others then.
+const lostDeliveryWait = eventsAckWait + 5*time.Second
+
+// expiryWaits are catchUpWait and lostDeliveryWait, which tests shorten.
+type expiryWaits struct {
+	catchUp, lost time.Duration
+}
 
 // cutoff is when an intent stops taking events: EDGE_EVT must have stored a terminal
 // event by then for it to count.
@@ -56,7 +73,7 @@ func (li *liveIntent) awaitsEvents() bool {
 }
 
 // expireAtCutoff ends the pending units of intent id once Mirage has read every event
-// EDGE_EVT stored by its cutoff (see above), or catchUpWait passed. When Mirage stops
+// EDGE_EVT stored by its cutoff (see above), or its wait for them ended. When Mirage stops
 // meanwhile it does nothing: the next Mirage follows the intent and expires it.
 func (m *Mirage) expireAtCutoff(id string) {
 	m.mu.Lock()
@@ -74,6 +91,7 @@ func (m *Mirage) expireAtCutoff(id string) {
 		return
 	}
 	if wait {
+		waited := time.Now()
 		caughtUp, err := m.readThrough(cutoff)
 		select {
 		case <-m.stop:
@@ -81,7 +99,7 @@ func (m *Mirage) expireAtCutoff(id string) {
 		default:
 		}
 		if !caughtUp {
-			m.log.Warn("events consumer not caught up at an intent's deadline: its pending targets end timeout; events stored in time but read later are answered as late (1900)", "intent_id", id, "waited", catchUpWait, "err", err)
+			m.log.Warn("events consumer not caught up at an intent's deadline: its pending targets end timeout; events stored in time but read later are answered as late (1900)", "intent_id", id, "waited", time.Since(waited).Round(time.Millisecond), "err", err)
 		}
 	}
 	m.mu.Lock()
@@ -96,14 +114,36 @@ func (m *Mirage) expireAtCutoff(id string) {
 }
 
 // readThrough waits until the events consumer has read everything EDGE_EVT stored by
-// cutoff, for at most catchUpWait. Called without m.mu held.
+// cutoff: for at most catchUpWait, and while a delivery lost below that (a hole in what
+// was read) is still to come again, until lostDeliveryWait past when the hole was seen.
+// Called without m.mu held.
 func (m *Mirage) readThrough(cutoff time.Time) (bool, error) {
-	ctx, cancel := context.WithTimeout(m.running, catchUpWait)
-	defer cancel()
+	until := time.Now().Add(m.waits.catchUp)
+	ctx, cancel := context.WithDeadline(m.running, until)
 	mark, err := m.eventsMark(ctx, cutoff)
+	cancel()
 	if err != nil {
 		return false, err
 	}
+	for {
+		ok, err := m.readUntil(until, mark)
+		if ok || m.running.Err() != nil {
+			return ok, err
+		}
+		// The lost message was delivered before the later one that showed the hole:
+		// the consumer delivers it again within its ack wait of that.
+		seen, lost := m.read.holeBelow(mark)
+		if !lost || !time.Now().Before(seen.Add(m.waits.lost)) {
+			return false, err
+		}
+		until = seen.Add(m.waits.lost)
+	}
+}
+
+// readUntil waits until the events consumer has read every message up to mark, or until.
+func (m *Mirage) readUntil(until time.Time, mark uint64) (bool, error) {
+	ctx, cancel := context.WithDeadline(m.running, until)
+	defer cancel()
 	return m.read.wait(ctx, mark, func(ctx context.Context) (uint64, error) {
 		cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
 		if err != nil {

@@ -453,3 +453,152 @@ func followWithLaggingConsumer(m *Mirage, rec IntentRecord) *liveIntent {
 	<-m.cc.Closed()
 	return li
 }
+
+// An event whose delivery to Mirage was lost on its way (across a reconnect, say; here the
+// test takes it from the consumer itself and leaves it unacknowledged) while a later event
+// reached Mirage is waited for at the cutoff: the consumer delivers it again after its ack
+// wait (the test has it sooner, with a nak, once the catch-up wait, which it shortens, is
+// over) and it counts. A read mark at the highest sequence read would not wait: the target
+// would end timeout and the event be answered 1900.
+func TestLostDeliveryIsWaitedForAtTheCutoff(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	m.waits.catchUp = 500 * time.Millisecond // past it, only the lost delivery holds the expiry
+	acks, err := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}).SubscribeSync(subjects.Ack("g1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := shortRec("int_lostdelivery", "g1", 2*time.Second)
+	lost := followWithALostDelivery(t, m, ns, rec)
+	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+	for time.Now().Before(cutoff.Add(storeSettle + 1500*time.Millisecond)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := lost.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	r := waitTerminal(t, ns, rec.IntentID)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
+		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline, its delivery lost and made again", r.Phase, r.Summary, r.Results)
+	}
+	msg, err := acks.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no event.ack: %v", err)
+	}
+	var a bus.EventAck
+	if err := bus.Decode(msg.Data, &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.AckStatus != bus.AckAccepted {
+		t.Fatalf("event.ack %s %d, want accepted", a.AckStatus, a.AckCode)
+	}
+}
+
+// The wait for a lost delivery is bounded: when the consumer does not deliver it again in
+// time (here the bound is shortened below its ack wait), the pending target ends timeout
+// with the warning that the consumer was not caught up.
+func TestExpiryDoesNotWaitForeverForALostDelivery(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	var logs syncBuffer
+	m := startTestMirageWith(t, ns, Config{}, warnLog(&logs))
+	m.waits = expiryWaits{catchUp: 500 * time.Millisecond, lost: 4 * time.Second}
+	rec := shortRec("int_lostforgood", "g1", 2*time.Second)
+	followWithALostDelivery(t, m, ns, rec)
+	r := waitTerminal(t, ns, rec.IntentID)
+	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+	if late := time.Since(cutoff); late > 10*time.Second {
+		t.Fatalf("the intent ended %s past its cutoff; want within the 4 s bound", late)
+	}
+	if r.Phase != bus.PhaseFailed || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeTimeout {
+		t.Fatalf("terminal report %s %q %+v; want failed with the target timeout", r.Phase, r.Summary, r.Results)
+	}
+	if !strings.Contains(logs.String(), "not caught up") {
+		t.Fatalf("no warning that the consumer was not caught up:\n%s", logs.String())
+	}
+}
+
+// followWithALostDelivery makes rec a live intent of m whose event (of unit 0, from g1) is
+// stored in EDGE_EVT and delivered by m's events consumer, but not to Mirage: the test
+// takes it (the delivery returned, unacknowledged) while m's consumer is stopped. Then an
+// intent of its own gets an event from g2, which Mirage reads once its consumer resumes.
+func followWithALostDelivery(t *testing.T, m *Mirage, ns *natsd.Server, rec IntentRecord) jetstream.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	followWithLaggingConsumer(m, rec)
+	publishSuccess(t, m.js, &rec, "g1")
+	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lost jetstream.Msg
+	for msg := range b.Messages() {
+		lost = msg
+	}
+	if lost == nil {
+		t.Fatal("the consumer delivered nothing; want the event stored")
+	}
+	later := shortRec(rec.IntentID+"_later", "g2", time.Minute)
+	m.mu.Lock()
+	li := newLiveIntent(later)
+	m.live[later.IntentID] = li
+	m.arm(li)
+	m.advance(li)
+	m.mu.Unlock()
+	publishSuccess(t, m.js, &later, "g2")
+	if m.cc, err = cons.Consume(m.onEvent); err != nil {
+		t.Fatal(err)
+	}
+	if r := waitTerminal(t, ns, later.IntentID); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("terminal report of the later intent %s %q; want satisfied", r.Phase, r.Summary)
+	}
+	if cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace); !time.Now().Before(cutoff) {
+		t.Fatalf("Mirage read the later event past the cutoff %s", cutoff)
+	}
+	return lost
+}
+
+// The read mark moves over what was read without a gap only: a hole holds it until it is
+// filled (the lost message read) or the consumer's ack floor passes it (a sequence the
+// stream does not hold), and holes past maxReadRuns count as read.
+func TestReadMarkHoldsAtAHole(t *testing.T) {
+	r := newReadMark()
+	step := func(what string, f func(), want uint64) {
+		t.Helper()
+		f()
+		if got := r.seq.Load(); got != want {
+			t.Fatalf("%s: mark %d, want %d (runs %+v)", what, got, want, r.runs)
+		}
+	}
+	step("in order", func() { r.one(1) }, 1)
+	step("past a hole at 2", func() { r.one(3); r.one(4) }, 1)
+	if _, hole := r.holeBelow(4); !hole {
+		t.Fatal("no hole below 4; want the one at 2")
+	}
+	if _, hole := r.holeBelow(1); hole {
+		t.Fatal("a hole below 1; want none")
+	}
+	step("the hole filled", func() { r.one(2) }, 4)
+	step("the ack floor passes a hole the stream does not hold", func() { r.one(6); r.advance(5) }, 6)
+	step("holes at 7 and 9, then 9 filled", func() { r.one(8); r.one(10); r.one(9) }, 6)
+	if len(r.runs) != 1 {
+		t.Fatalf("runs %+v, want 8-10 as one", r.runs)
+	}
+	step("7 filled", func() { r.one(7) }, 10)
+	step("a redelivery below the mark", func() { r.one(5) }, 10)
+	step("a hole in the middle of a hole", func() { r.one(20); r.one(15); r.one(14); r.one(16) }, 10)
+	step("the ack floor inside a run", func() { r.advance(15) }, 16)
+	step("a hole below everything read", func() { r.advance(20) }, 20)
+	step("more holes than kept", func() {
+		for i := range uint64(maxReadRuns + 1) {
+			r.one(22 + 2*i)
+		}
+	}, 22)
+	if len(r.runs) != maxReadRuns {
+		t.Fatalf("%d runs kept, want %d", len(r.runs), maxReadRuns)
+	}
+}

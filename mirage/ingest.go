@@ -29,7 +29,7 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	if md, err := msg.Metadata(); err == nil {
 		stored, redelivered = md.Timestamp, md.NumDelivered > 1
 		// Whatever becomes of the message, once this returns it is read (expiry.go).
-		defer m.read.advance(md.Sequence.Stream)
+		defer m.read.one(md.Sequence.Stream)
 	}
 	var ev bus.Event
 	subjectGhost, serr := subjects.GhostFrom(msg.Subject())

@@ -130,11 +130,13 @@ type Mirage struct {
 	ending map[string]string
 
 	// read is how far the events consumer has read EDGE_EVT; markAt and markSeq, under
-	// markMu, the last answer of eventsMark (expiry.go).
+	// markMu, the last answer of eventsMark; waits, how long an expiry waits for read
+	// (expiry.go).
 	read    *readMark
 	markMu  sync.Mutex
 	markAt  time.Time
 	markSeq uint64
+	waits   expiryWaits
 
 	replayGate *ghostGate  // one replay request per Ghost at a time, bus.ReplayEvery apart
 	guard      *replyGuard // where a Ghost's request may be answered
@@ -226,6 +228,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		unrecorded: map[string]*IntentRecord{},
 		ending:     map[string]string{},
 		read:       newReadMark(),
+		waits:      expiryWaits{catchUp: catchUpWait, lost: lostDeliveryWait},
 		known:      newKnownIntents(knownPeriod(intentsStatus.TTL()), cfg.Now()),
 		locks:      locks{},
 		lingers:    newLingers(),
@@ -306,16 +309,20 @@ func (m *Mirage) Start(ctx context.Context) error {
 		Durable:       EventsConsumer,
 		Description:   "Mirage reads every event once, acking each after it is counted",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       eventsAckWait,
 		MaxAckPending: 20000,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return fmt.Errorf("events consumer: %w", err)
 	}
-	// What earlier Mirages acknowledged is not delivered again: it is read (recover
-	// replayed what the open intents need of it, and moved the mark past it already).
-	m.read.advance(cons.CachedInfo().AckFloor.Stream)
+	// What the consumer delivered to earlier Mirages is read: acknowledged, it is not
+	// delivered again; delivered and not acknowledged (a Mirage that crashed), it comes back
+	// only after the ack wait, and no intent this Mirage follows waits for it: recover
+	// replayed what the open intents need of it, an intent taken up later replays its own
+	// events, and a new intent has none there.
+	info := cons.CachedInfo()
+	m.read.advance(max(info.AckFloor.Stream, info.Delivered.Stream))
 	m.cc, err = cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000))
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)

@@ -3,25 +3,49 @@ package mirage
 import (
 	"context"
 	"math"
+	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // readMark is how far the events consumer has read EDGE_EVT: every message up to seq has
-// been through onEvent. Event ingest moves it with one atomic operation, and wakes the
-// waiters only once it reaches the lowest sequence one of them waits for. Of the waiters,
-// one at a time (the holder of turn) asks the consumer's ack floor every 250 ms, for all.
+// been through onEvent, was read by recover's replay or by an earlier Mirage, or is not in
+// the stream. It moves over what was read without a gap only: a message the consumer
+// delivered but that never reached onEvent (lost across a reconnect, dropped from a full
+// client buffer) while later ones did, holds it until the consumer delivers that message
+// again, after its ack wait. The messages read past such a hole are kept as runs. Event
+// ingest moves the mark under a lock no one else holds for long, and wakes the waiters only
+// once it reaches the lowest sequence one of them waits for. Of the waiters, one at a time
+// (the holder of turn) asks the consumer's ack floor every 250 ms, for all: it moves the mark
+// past sequences the stream does not hold (deleted, or removed by its limits), which no
+// delivery fills.
 type readMark struct {
 	seq atomic.Uint64
 	low atomic.Uint64 // the lowest sequence waited for; math.MaxUint64 when none
-	mu  sync.Mutex
+	// runs, under runMu, are the sequences read past seq+1: in order, apart from each
+	// other. Every write of seq holds runMu.
+	runMu sync.Mutex
+	runs  []readRun
+	mu    sync.Mutex
 	// waited counts the waiters by the sequence they wait for.
 	waited  map[uint64]int
 	wake    chan struct{} // closed and replaced when seq reaches low
 	turn    chan struct{} // holds the token of the waiter that polls the floor
 	lastErr error         // the last poll's error, for the waiters that give up
 }
+
+// readRun is a run of sequences read, lo to hi, past a hole: since is when the hole below
+// it was seen (its first message read), by which the messages in the hole were delivered.
+type readRun struct {
+	lo, hi uint64
+	since  time.Time
+}
+
+// maxReadRuns bounds the holes kept: past it the lowest counts as read (an expiry no
+// longer waits for it), so that holes nothing fills cost no more than this.
+const maxReadRuns = 4096
 
 // floorEvery is how often the waiters' poller asks the consumer's ack floor.
 const floorEvery = 250 * time.Millisecond
@@ -33,17 +57,89 @@ func newReadMark() *readMark {
 	return r
 }
 
-// advance records that the consumer has read through seq.
-func (r *readMark) advance(seq uint64) {
-	for {
-		cur := r.seq.Load()
-		if seq <= cur {
-			return
+// one records that the consumer has read the message at seq.
+func (r *readMark) one(seq uint64) {
+	r.runMu.Lock()
+	cur := r.seq.Load()
+	next := cur
+	switch {
+	case seq <= cur:
+	case seq == cur+1 && len(r.runs) == 0: // in order, the usual case
+		next = seq
+	default:
+		r.addRun(seq)
+		if len(r.runs) > maxReadRuns {
+			next = r.runs[0].hi
+			r.runs = append(r.runs[:0], r.runs[1:]...)
 		}
-		if r.seq.CompareAndSwap(cur, seq) {
-			break
-		}
+		next = r.absorb(next)
 	}
+	if next != cur {
+		r.seq.Store(next)
+	}
+	r.runMu.Unlock()
+	if next > cur {
+		r.moved(next)
+	}
+}
+
+// advance records that every message up to seq is read (or not in the stream).
+func (r *readMark) advance(seq uint64) {
+	r.runMu.Lock()
+	cur := r.seq.Load()
+	next := cur
+	if seq > cur {
+		i := 0
+		for i < len(r.runs) && r.runs[i].hi <= seq {
+			i++
+		}
+		r.runs = append(r.runs[:0], r.runs[i:]...)
+		next = r.absorb(seq)
+		r.seq.Store(next)
+	}
+	r.runMu.Unlock()
+	if next > cur {
+		r.moved(next)
+	}
+}
+
+// addRun adds seq, past seq+1 of the mark, to the runs. Called with runMu held.
+func (r *readMark) addRun(seq uint64) {
+	n := len(r.runs)
+	if n > 0 && r.runs[n-1].hi+1 == seq { // read on past a hole
+		r.runs[n-1].hi = seq
+		return
+	}
+	// The first run that seq is in, extends upwards, or lies below.
+	i := sort.Search(n, func(i int) bool { return r.runs[i].hi+1 >= seq })
+	switch {
+	case i < n && r.runs[i].lo <= seq:
+		if seq == r.runs[i].hi+1 {
+			r.runs[i].hi = seq
+			if i+1 < n && r.runs[i+1].lo == seq+1 { // the hole between them is filled
+				r.runs[i].hi = r.runs[i+1].hi
+				r.runs = append(r.runs[:i+1], r.runs[i+2:]...)
+			}
+		}
+	case i < n && r.runs[i].lo == seq+1:
+		r.runs[i].lo = seq
+	default:
+		r.runs = slices.Insert(r.runs, i, readRun{lo: seq, hi: seq, since: time.Now()})
+	}
+}
+
+// absorb moves floor over the first run when nothing lies between them, and returns it.
+// Called with runMu held.
+func (r *readMark) absorb(floor uint64) uint64 {
+	if len(r.runs) > 0 && r.runs[0].lo <= floor+1 {
+		floor = max(floor, r.runs[0].hi)
+		r.runs = append(r.runs[:0], r.runs[1:]...)
+	}
+	return floor
+}
+
+// moved wakes the waiters once the mark, now seq, reaches the lowest one waited for.
+func (r *readMark) moved(seq uint64) {
 	if seq < r.low.Load() {
 		return
 	}
@@ -51,6 +147,28 @@ func (r *readMark) advance(seq uint64) {
 	close(r.wake)
 	r.wake = make(chan struct{})
 	r.mu.Unlock()
+}
+
+// holeBelow reports whether a hole holds the mark below seq (a message up to seq not read
+// while a later one was: its delivery was lost, or the stream does not hold it), and the
+// latest time such a hole was seen.
+func (r *readMark) holeBelow(seq uint64) (time.Time, bool) {
+	r.runMu.Lock()
+	defer r.runMu.Unlock()
+	var seen time.Time
+	hole := false
+	below := r.seq.Load() // the hole before each run starts past below
+	for _, run := range r.runs {
+		if below+1 > seq {
+			break
+		}
+		hole = true
+		if run.since.After(seen) {
+			seen = run.since
+		}
+		below = run.hi
+	}
+	return seen, hole
 }
 
 // enter and leave count a waiter for seq in waited and low.
@@ -77,10 +195,10 @@ func (r *readMark) leave(seq uint64) {
 	r.low.Store(low)
 }
 
-// wait returns true once the mark reaches seq, false when ctx ends first. A message
-// acknowledged before this Mirage started, or delivered again out of order, does not come
-// through onEvent: the waiter holding turn asks floor (the consumer's ack floor on the
-// server) every floorEvery and advances the mark to it, then hands turn on when it leaves.
+// wait returns true once the mark reaches seq, false when ctx ends first. A hole that no
+// delivery fills (a message acknowledged before this Mirage started, or not in the stream)
+// is passed by the consumer's ack floor on the server: the waiter holding turn asks floor
+// every floorEvery and advances the mark to it, then hands turn on when it leaves.
 func (r *readMark) wait(ctx context.Context, seq uint64, floor func(context.Context) (uint64, error)) (bool, error) {
 	r.enter(seq)
 	defer r.leave(seq)
