@@ -323,18 +323,30 @@ func TestPositionOnACommandWithoutMsgIDHolds(t *testing.T) {
 // route fails with the message in flight across it (no client reconnects then).
 func storeDetoured(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string) (string, uint64) {
 	t.Helper()
+	cmd := flowCommand(ghostID, op, args)
+	return cmd.CommandID, storeDetouredBytes(t, env, ghostID, encodeOn(t, "detour."+ghostID, &cmd))
+}
+
+// flowCommand is a seed.flow command for ghostID, deliverable for a minute, with a 20 s
+// timeout.
+func flowCommand(ghostID, op string, args map[string]string) bus.Command {
 	now := time.Now()
-	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
+	if args == nil {
+		args = map[string]string{}
+	}
+	return bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
 		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
 		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 20000}
-	if cmd.Args == nil {
-		cmd.Args = map[string]string{}
-	}
-	data, err := bus.Encode(&cmd)
+}
+
+// encodeOn is cmd encoded in a message on subject, its Nats-Msg-Id the command_id.
+func encodeOn(t *testing.T, subject string, cmd *bus.Command) *nats.Msg {
+	t.Helper()
+	data, err := bus.Encode(cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cmd.CommandID, storeDetouredBytes(t, env, ghostID, bus.NewMsg("detour."+ghostID, data, cmd.CommandID, cmd.TraceID))
+	return bus.NewMsg(subject, data, cmd.CommandID, cmd.TraceID)
 }
 
 // storeDetouredBytes stores msg (on detour.<ghostID>) in EDGE_CMD as cmd.<ghostID> as
@@ -343,10 +355,19 @@ func storeDetouredBytes(t *testing.T, env *testenv.Env, ghostID string, msg *nat
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	js := env.JetStream()
-	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+	if err := bus.EnsureAssets(ctx, env.JetStream(), bus.AssetConfig{}); err != nil {
 		t.Fatal(err)
 	}
+	return publishDetoured(t, env, ghostID, msg)
+}
+
+// publishDetoured is storeDetouredBytes without provisioning the streams first (which
+// would undo a test's change to EDGE_EVT).
+func publishDetoured(t *testing.T, env *testenv.Env, ghostID string, msg *nats.Msg) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js := env.JetStream()
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "TEST_DETOUR", Subjects: []string{"detour.*"}}); err != nil {
 		t.Fatal(err)
 	}

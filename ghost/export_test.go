@@ -1,6 +1,10 @@
 package ghost
 
-import "time"
+import (
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
 
 // SetResendPatience shortens how long a re-send tries one event before leaving it for the
 // next pass (resendPatience), for tests that watch a re-send give up.
@@ -15,3 +19,12 @@ func SetProbeWait(c *Config, d time.Duration) { c.probeWait = d }
 
 // SetLateAnswerWait replaces lateAnswerWait in c.
 func SetLateAnswerWait(c *Config, d time.Duration) { c.lateAnswerWait = d }
+
+// DamageCommandIndex points the store's index entry for commandID at an execution record
+// that does not exist, as a damaged record under that command_id: every record of the
+// command the store tries to write from then on fails, while reads find no execution.
+func DamageCommandIndex(s *BoltStore, commandID string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketCommand).Put([]byte(commandID), []byte("exe_damaged"))
+	})
+}
