@@ -58,6 +58,13 @@ type BoltStore struct {
 	mu         sync.Mutex
 	volatile   map[string]*Execution
 	volatileEx map[string]*Execution
+	// unsaved holds the command_ids of finished idempotent executions whose record the
+	// store failed to write (dropped from memory) while their event was not known stored
+	// in EDGE_EVT. While any is held, the replay position is not written: it could pass
+	// that command, which a crash would then lose (no record to re-send its event from, no
+	// replay to read it again). A command leaves once its event's publish ack or event.ack
+	// arrives (setMark), or a record of it is written.
+	unsaved map[string]struct{}
 
 	// writes queue for the writer; wmu guards sending against Close.
 	writes  chan writeReq
@@ -95,7 +102,8 @@ type writeReq struct {
 	done  chan error
 	after func(error)
 	// position marks a write of the replay position: when the group fails, it is not
-	// tried alone after a deferred record that failed (it may pass that record's command).
+	// tried alone after a deferred record that failed (it may pass that record's command),
+	// nor written at all while such a command's event is not known stored (unsaved).
 	position bool
 }
 
@@ -116,6 +124,35 @@ const maxGroup = 1024
 const markDelay = 200 * time.Millisecond
 
 var errStoreClosed = errors.New("execution store closed")
+
+// errPositionHeld: the replay position is not written, a finished execution's record
+// having failed, in the same group commit or in an earlier one while its event is not
+// known stored in EDGE_EVT (BoltStore.unsaved).
+var errPositionHeld = errors.New("replay position not moved: a finished execution's record failed")
+
+// positionHeld reports whether the replay position must not be written now.
+func (s *BoltStore) positionHeld() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.unsaved) > 0
+}
+
+// holdPositions finishes the position writes of group with errPositionHeld when the
+// position is held, and returns the writes left.
+func (s *BoltStore) holdPositions(group []writeReq) []writeReq {
+	if !s.positionHeld() {
+		return group
+	}
+	kept := group[:0]
+	for _, r := range group {
+		if r.position {
+			r.finish(errPositionHeld)
+			continue
+		}
+		kept = append(kept, r)
+	}
+	return kept
+}
 
 // BoltOptions tune a BoltStore.
 type BoltOptions struct {
@@ -164,7 +201,7 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 		o.Now = time.Now
 	}
 	s := &BoltStore{db: db, retention: o.Retention, maxRecs: o.MaxRecords, now: o.Now,
-		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{},
+		volatile: map[string]*Execution{}, volatileEx: map[string]*Execution{}, unsaved: map[string]struct{}{},
 		writes: make(chan writeReq, maxGroup), closing: make(chan struct{}), flushed: make(chan struct{}),
 		marks: map[string]mark{}, markKick: make(chan struct{}, 1)}
 	go s.writer()
@@ -265,9 +302,17 @@ func (s *BoltStore) Finish(_ context.Context, executionID string, ev *bus.Event)
 			return err
 		}, func(err error) {
 			// Written or not, it leaves memory: a failed write only loses what a crash
-			// would (a re-run of an idempotent operation). A mark that came after the
-			// record was copied is queued, so that it is not lost with the memory copy.
+			// would (a re-run of an idempotent operation), as long as no replay position
+			// passes the command before its event is stored: until then the command is
+			// held unsaved. A mark that came after the record was copied is queued, so
+			// that it is not lost with the memory copy.
 			s.mu.Lock()
+			switch {
+			case err == nil:
+				delete(s.unsaved, v.CommandID)
+			case !v.Stored && !v.Acked:
+				s.unsaved[v.CommandID] = struct{}{}
+			}
 			var late mark
 			if err == nil && v.Acked && !written.Acked {
 				late |= markAcked
@@ -307,6 +352,7 @@ func (s *BoltStore) MarkStored(_ context.Context, commandID string) error {
 
 func (s *BoltStore) setMark(commandID string, m mark) {
 	s.mu.Lock()
+	delete(s.unsaved, commandID) // its event is in EDGE_EVT: a position may pass it
 	if v, ok := s.volatile[commandID]; ok {
 		v.Acked = v.Acked || m&markAcked != 0
 		v.Stored = v.Stored || m&markStored != 0
@@ -446,8 +492,11 @@ func (s *BoltStore) takeMarks() (map[string]mark, []writeReq) {
 }
 
 // commit runs a group in one transaction. When it fails, each write is tried again in a
-// transaction of its own, so that one failing write does not fail the others.
+// transaction of its own, so that one failing write does not fail the others. A write of
+// the replay position is refused while the position is held (unsaved), and, tried alone,
+// after a deferred record of the group that failed.
 func (s *BoltStore) commit(group []writeReq, marks map[string]mark) {
+	group = s.holdPositions(group)
 	if len(group) == 0 && len(marks) == 0 {
 		return
 	}
@@ -468,7 +517,11 @@ func (s *BoltStore) commit(group []writeReq, marks map[string]mark) {
 	var recordLost error
 	for _, r := range group {
 		if r.position && recordLost != nil {
-			r.finish(fmt.Errorf("replay position not moved: a finished execution's record failed first: %w", recordLost))
+			r.finish(fmt.Errorf("%w: %w", errPositionHeld, recordLost))
+			continue
+		}
+		if r.position && s.positionHeld() {
+			r.finish(errPositionHeld)
 			continue
 		}
 		err := s.db.Update(r.fn)

@@ -149,7 +149,12 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		n, fresh, reached, abandoned, err = g.replay(ctx, src, position{}, last, full)
 	}
 	if reached.seq > seq {
-		if err := g.store.SetPosition(ctx, reached.seq, reached.commandID); err != nil {
+		if err := g.store.SetPosition(ctx, reached.seq, reached.commandID); errors.Is(err, errPositionHeld) {
+			// A finished execution's record failed and its event is not stored yet: the
+			// position stays before its command until it is (BoltStore.unsaved). The
+			// commands given up on are not answered: the next replay reads them again.
+			g.log.Warn("replay position not moved: a finished execution's record was not written; the position waits for its event to be stored", "position", seq, "reached", reached.seq, "err", err)
+		} else if err != nil {
 			// The commands given up on are not answered: the next replay reads them again.
 			g.log.Error("execution store: saving the replay position failed", "err", err)
 		} else {
