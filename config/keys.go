@@ -26,6 +26,12 @@ func knownKeys(v any) map[string]reflect.Type {
 				continue
 			}
 			key := prefix + name
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer && ft.Elem().Kind() != reflect.Struct {
+				// A pointer marks a key that may be unset (nil); its value is checked as
+				// what it points to.
+				ft = ft.Elem()
+			}
 			switch {
 			case f.Type.Kind() == reflect.Struct && f.Type.String() != "time.Duration":
 				walk(f.Type, key+".")
@@ -33,7 +39,7 @@ func knownKeys(v any) map[string]reflect.Type {
 				out[key] = f.Type
 				out[key+".*"] = f.Type.Elem()
 			default:
-				out[key] = f.Type
+				out[key] = ft
 			}
 		}
 	}

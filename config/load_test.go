@@ -24,6 +24,7 @@ type testConfig struct {
 	Seeds             []string          `koanf:"seeds"`
 	Labels            map[string]string `koanf:"labels"`
 	HeartbeatInterval time.Duration     `koanf:"heartbeat_interval"`
+	MaxMB             *int64            `koanf:"max_mb"` // nil: not set
 	NATS              struct {
 		Creds string `koanf:"creds"`
 	} `koanf:"nats"`
@@ -177,6 +178,9 @@ func TestLoadErrors(t *testing.T) {
 		// TOML is typed: a number where text goes is a mistake, not converted silently.
 		{name: "number for a string", content: "state_dir = 5\n", key: "state_dir", mention: []string{"expected a string", "integer 5"}},
 		{name: "number in a list", content: "seeds = [\"seed.flow\", 2]\n", key: "seeds", mention: []string{"list of strings"}},
+		// A pointer key (unset is nil) is checked as what it points to.
+		{name: "fraction for an optional integer", content: "max_mb = 4096.7\n", key: "max_mb", mention: []string{"expected an integer"}},
+		{name: "text for an optional integer", content: "max_mb = \"64\"\n", key: "max_mb", mention: []string{"expected an integer"}},
 		{name: "table for a string", content: "[server]\nurl = \"x\"\n", key: "server.url", mention: []string{"unknown key"}},
 	}
 	for _, tc := range tests {
@@ -231,5 +235,27 @@ func TestLoadLabelNumbersAndEmptyEnvironment(t *testing.T) {
 	want := map[string]string{"rack": "3", "gpu": "true", "spare": "false", "weight": "1.5"}
 	if !reflect.DeepEqual(cfg.Labels, want) || cfg.HeartbeatInterval != 5*time.Second {
 		t.Fatalf("labels %v, heartbeat %s; want %v and the file's 5s", cfg.Labels, cfg.HeartbeatInterval, want)
+	}
+}
+
+// A pointer key is nil when nothing sets it, and takes a value from the file or the
+// environment; a bad environment value for it is refused.
+func TestLoadOptionalKey(t *testing.T) {
+	var cfg testConfig
+	if err := config.Load(writeFile(t, "id = \"a\"\n"), true, nil, nil, &cfg); err != nil || cfg.MaxMB != nil {
+		t.Fatalf("unset: %v, %v; want nil", err, cfg.MaxMB)
+	}
+	if err := config.Load(writeFile(t, "max_mb = 0\n"), true, nil, nil, &cfg); err != nil || cfg.MaxMB == nil || *cfg.MaxMB != 0 {
+		t.Fatalf("max_mb = 0: %v, %v; want a pointer to 0", err, cfg.MaxMB)
+	}
+	t.Setenv("EDGE_MAX_MB", "64")
+	cfg = testConfig{}
+	if err := config.Load("", false, nil, nil, &cfg); err != nil || cfg.MaxMB == nil || *cfg.MaxMB != 64 {
+		t.Fatalf("EDGE_MAX_MB=64: %v, %v; want a pointer to 64", err, cfg.MaxMB)
+	}
+	t.Setenv("EDGE_MAX_MB", "lots")
+	var ce *config.Error
+	if err := config.Load("", false, nil, nil, &testConfig{}); !errors.As(err, &ce) || ce.Key != "EDGE_MAX_MB" {
+		t.Fatalf("EDGE_MAX_MB=lots: %v; want a *config.Error on EDGE_MAX_MB", err)
 	}
 }
