@@ -107,10 +107,26 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		sc.Replicas = r
 		sc.Retention = jetstream.LimitsPolicy
 		sc.Discard = jetstream.DiscardOld
+		// The default cap of a stream that exists: if the store cannot reserve it, the
+		// stream keeps the cap it has (shrinking it would drop its oldest events, which
+		// may not be read yet); only a stream being made is fitted to the store.
+		kept := int64(0)
+		if sc.Name == StreamEvents && cfg.EventsMaxBytes == 0 {
+			if s, err := js.Stream(ctx, sc.Name); err == nil {
+				kept = s.CachedInfo().Config.MaxBytes
+			}
+		}
 		if err := provision(ctx, js, "stream "+sc.Name, sc.Name, r, func() error {
 			shrunk := false
 			for {
 				_, err := js.CreateOrUpdateStream(ctx, sc)
+				if kept != 0 {
+					if storeTooSmall(err) && sc.MaxBytes != kept {
+						sc.MaxBytes = kept
+						continue
+					}
+					return err
+				}
 				// A stream's byte cap is reserved in the server's JetStream store. The
 				// default cap shrinks to what a small store can reserve, then halves once
 				// more, so that at least half the store stays for everything else; a cap

@@ -284,6 +284,26 @@ func TestEventsCapSettings(t *testing.T) {
 	if c := eventsCap(ctx, t, sjs); c > 1<<29 || c < bus.MinEventsMaxBytes { // at most half the store
 		t.Errorf("the default cap on a 1 GiB store: max_bytes = %d", c)
 	}
+
+	// A stream that exists keeps its cap under the default when the store cannot reserve
+	// the default: it is not shrunk (its oldest events would go).
+	const had = 300 << 20
+	if err := bus.EnsureAssets(ctx, sjs, bus.AssetConfig{EventsMaxBytes: had}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, sjs, bus.AssetConfig{}); err != nil {
+		t.Fatalf("the default cap on a 1 GiB store, over a stream that exists: %v", err)
+	}
+	if c := eventsCap(ctx, t, sjs); c != had {
+		t.Errorf("the default over a stream of %d bytes on a 1 GiB store: max_bytes = %d, want it kept", had, c)
+	}
+	// Where the store can reserve it, the default applies to a stream that exists.
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if c := eventsCap(ctx, t, js); c != bus.DefaultEventsMaxBytes {
+		t.Errorf("the default over a stream that exists, on a large store: max_bytes = %d, want %d", c, bus.DefaultEventsMaxBytes)
+	}
 }
 
 // A Ghost that floods its evt.<id> with large events of new ids rotates EDGE_EVT within
