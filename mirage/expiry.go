@@ -16,7 +16,8 @@ import (
 // came): at the cutoff, Mirage notes the last sequence EDGE_EVT held (eventsMark) and ends
 // the intent's pending units only once its events consumer has read every message up to
 // it (readMark), for at most catchUpWait, or lostDeliveryWait past the moment a lost
-// delivery was seen.
+// delivery was seen: a later message read past it, or the consumer's info saying it was
+// delivered while Mirage had not read it.
 
 // storeSettle is how long past an intent's cutoff, by the server's clock, Mirage notes
 // EDGE_EVT's last sequence: on a cluster a message gets its timestamp before it is stored
@@ -34,9 +35,10 @@ const catchUpWait = 10 * time.Second
 const eventsAckWait = 30 * time.Second
 
 // lostDeliveryWait is how long past the moment Mirage saw a hole in what it read (a later
-// message came, an earlier one did not: its delivery was lost) an expiry waiting for the
-// hole waits, past catchUpWait: until the consumer delivers the lost message again, with
-// room for a consumer busy with others then.
+// message came, an earlier one did not; or the consumer said it delivered a message Mirage
+// has not read: its delivery was lost) an expiry waiting for the hole waits, past
+// catchUpWait: until the consumer delivers the lost message again, with room for a
+// consumer busy with others then.
 const lostDeliveryWait = eventsAckWait + 5*time.Second
 
 // expiryWaits are catchUpWait and lostDeliveryWait, which tests shorten.
@@ -125,13 +127,18 @@ func (m *Mirage) readThrough(cutoff time.Time) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	// Held across the rounds: the poller's note that the consumer delivered mark
+	// (holeBelow) lasts while this waits.
+	m.read.enter(mark)
+	defer m.read.leave(mark)
 	for {
 		ok, err := m.readUntil(until, mark)
 		if ok || m.running.Err() != nil {
 			return ok, err
 		}
-		// The lost message was delivered before the later one that showed the hole:
-		// the consumer delivers it again within its ack wait of that.
+		// The lost message was delivered before the later one that showed the hole was
+		// read, or the poll that showed it delivered: the consumer delivers it again
+		// within its ack wait of that.
 		seen, lost := m.read.holeBelow(mark)
 		if !lost || !time.Now().Before(seen.Add(m.waits.lost)) {
 			return false, err
@@ -144,12 +151,13 @@ func (m *Mirage) readThrough(cutoff time.Time) (bool, error) {
 func (m *Mirage) readUntil(until time.Time, mark uint64) (bool, error) {
 	ctx, cancel := context.WithDeadline(m.running, until)
 	defer cancel()
-	return m.read.wait(ctx, mark, func(ctx context.Context) (uint64, error) {
+	return m.read.wait(ctx, mark, func(ctx context.Context) (uint64, uint64, error) {
 		cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		return cons.CachedInfo().AckFloor.Stream, nil
+		info := cons.CachedInfo()
+		return info.AckFloor.Stream, info.Delivered.Stream, nil
 	})
 }
 

@@ -349,13 +349,13 @@ func TestReadMarkWaitersShareOneFloorPoll(t *testing.T) {
 	results := make(chan bool, waiters)
 	for i := range waiters {
 		go func() {
-			ok, _ := r.wait(ctx, 100, func(context.Context) (uint64, error) {
+			ok, _ := r.wait(ctx, 100, func(context.Context) (uint64, uint64, error) {
 				polls[i].Add(1)
 				total.Add(1)
 				if caughtUp.Load() {
-					return 100, nil
+					return 100, 100, nil
 				}
-				return 0, nil
+				return 0, 0, nil
 			})
 			results <- ok
 		}()
@@ -391,7 +391,7 @@ func TestReadMarkWakesWaitersOnlyAtTheirMark(t *testing.T) {
 	defer cancel()
 	done := make(chan bool, 1)
 	go func() {
-		ok, _ := r.wait(ctx, 100, func(context.Context) (uint64, error) { return 0, nil })
+		ok, _ := r.wait(ctx, 100, func(context.Context) (uint64, uint64, error) { return 0, 0, nil })
 		done <- ok
 	}()
 	// Once the waiter is in, events below its mark leave it asleep.
@@ -475,6 +475,71 @@ func TestLostDeliveryIsWaitedForAtTheCutoff(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err := lost.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	r := waitTerminal(t, ns, rec.IntentID)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
+		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline, its delivery lost and made again", r.Phase, r.Summary, r.Results)
+	}
+	msg, err := acks.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no event.ack: %v", err)
+	}
+	var a bus.EventAck
+	if err := bus.Decode(msg.Data, &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.AckStatus != bus.AckAccepted {
+		t.Fatalf("event.ack %s %d, want accepted", a.AckStatus, a.AckCode)
+	}
+}
+
+// A lost delivery of the newest message in EDGE_EVT is waited for too: nothing later is read
+// to show the hole, but the consumer's info, which the expiry polls, says the message was
+// delivered while Mirage had not read it. Here the test takes the intent's event from the
+// consumer (the delivery returned, unacknowledged) and nothing is stored after it; once the
+// catch-up wait (shortened) is over it naks it, and the redelivery counts. Without the
+// poll's note the expiry gave up at the catch-up wait: the target ended timeout and the
+// redelivery was answered 1900.
+func TestLostDeliveryOfTheLastMessageIsWaitedFor(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	m.waits.catchUp = time.Second // past it, only the lost delivery holds the expiry
+	acks, err := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}).SubscribeSync(subjects.Ack("g1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := shortRec("int_losttail", "g1", 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	followWithLaggingConsumer(m, rec)
+	publishSuccess(t, m.js, &rec, "g1")
+	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lost jetstream.Msg
+	for msg := range b.Messages() {
+		lost = msg
+	}
+	if lost == nil {
+		t.Fatal("the consumer delivered nothing; want the event stored")
+	}
+	if m.cc, err = cons.Consume(m.onEvent); err != nil {
+		t.Fatal(err)
+	}
+	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+	if !time.Now().Before(cutoff) {
+		t.Fatalf("the delivery was lost past the cutoff %s", cutoff)
+	}
+	for time.Now().Before(cutoff.Add(storeSettle + 2*time.Second)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := lost.Nak(); err != nil { // the redelivery, sooner than the 30 s ack wait
 		t.Fatal(err)
 	}
 	r := waitTerminal(t, ns, rec.IntentID)
@@ -600,5 +665,45 @@ func TestReadMarkHoldsAtAHole(t *testing.T) {
 	}, 22)
 	if len(r.runs) != maxReadRuns {
 		t.Fatalf("%d runs kept, want %d", len(r.runs), maxReadRuns)
+	}
+}
+
+// A message the consumer delivered that Mirage has not read, with nothing read past it, is
+// a hole too once the floor poll shows it delivered (the consumer's last delivered
+// sequence at or past it): holeBelow reports it, seen at that poll, for as long as a
+// waiter holds the sequence; a delivered sequence below the waited one shows none.
+func TestReadMarkSeesAHoleAtTheLastDelivery(t *testing.T) {
+	r := newReadMark()
+	r.one(1)
+	poll := func(seq, delivered uint64) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*floorEvery)
+		defer cancel()
+		if ok, _ := r.wait(ctx, seq, func(context.Context) (uint64, uint64, error) { return 1, delivered, nil }); ok {
+			t.Fatalf("the mark reached %d; want it held at 1", seq)
+		}
+	}
+	r.enter(3) // as readThrough does, across its rounds
+	poll(3, 2)
+	if _, hole := r.holeBelow(3); hole {
+		t.Fatal("a hole below 3 with the consumer's delivery at 2; want none seen yet")
+	}
+	before := time.Now()
+	poll(3, 3)
+	seen, hole := r.holeBelow(3)
+	if !hole || seen.Before(before) || seen.After(time.Now()) {
+		t.Fatalf("holeBelow(3) = %s, %v; want the hole seen at a poll after %s", seen, hole, before)
+	}
+	poll(3, 4)
+	if again, _ := r.holeBelow(3); !again.Equal(seen) {
+		t.Fatalf("the hole below 3 seen at %s, then %s; want the first poll that showed it kept", seen, again)
+	}
+	r.advance(3)
+	if _, hole := r.holeBelow(3); hole {
+		t.Fatal("a hole below 3 once the mark reached it")
+	}
+	r.leave(3)
+	if len(r.waited) != 0 {
+		t.Fatalf("waited %v once every waiter left; want nothing kept", r.waited)
 	}
 }

@@ -18,9 +18,11 @@ import (
 // again, after its ack wait. The messages read past such a hole are kept as runs. Event
 // ingest moves the mark under a lock no one else holds for long, and wakes the waiters only
 // once it reaches the lowest sequence one of them waits for. Of the waiters, one at a time
-// (the holder of turn) asks the consumer's ack floor every 250 ms, for all: it moves the mark
-// past sequences the stream does not hold (deleted, or removed by its limits), which no
-// delivery fills.
+// (the holder of turn) asks the consumer's info every 250 ms, for all: its ack floor moves
+// the mark past sequences the stream does not hold (deleted, or removed by its limits),
+// which no delivery fills; its last delivered sequence, at or past a waited-for sequence
+// the mark is below, shows a hole nothing later read does (the lost delivery was the
+// newest message), and when it was seen.
 type readMark struct {
 	seq atomic.Uint64
 	low atomic.Uint64 // the lowest sequence waited for; math.MaxUint64 when none
@@ -29,8 +31,8 @@ type readMark struct {
 	runMu sync.Mutex
 	runs  []readRun
 	mu    sync.Mutex
-	// waited counts the waiters by the sequence they wait for.
-	waited  map[uint64]int
+	// waited holds the waiters by the sequence they wait for.
+	waited  map[uint64]*waiting
 	wake    chan struct{} // closed and replaced when seq reaches low
 	turn    chan struct{} // holds the token of the waiter that polls the floor
 	lastErr error         // the last poll's error, for the waiters that give up
@@ -43,6 +45,15 @@ type readRun struct {
 	since  time.Time
 }
 
+// waiting is what readMark keeps of a sequence waited for: by how many, and when the
+// floor poller first saw the consumer had delivered it while the mark was below it (zero:
+// not seen). It lives as long as a waiter holds it (enter to leave): no more of them than
+// of the waiters.
+type waiting struct {
+	n         int
+	delivered time.Time
+}
+
 // maxReadRuns bounds the holes kept: past it the lowest counts as read (an expiry no
 // longer waits for it), so that holes nothing fills cost no more than this.
 const maxReadRuns = 4096
@@ -51,7 +62,7 @@ const maxReadRuns = 4096
 const floorEvery = 250 * time.Millisecond
 
 func newReadMark() *readMark {
-	r := &readMark{wake: make(chan struct{}), turn: make(chan struct{}, 1), waited: map[uint64]int{}}
+	r := &readMark{wake: make(chan struct{}), turn: make(chan struct{}, 1), waited: map[uint64]*waiting{}}
 	r.low.Store(math.MaxUint64)
 	r.turn <- struct{}{}
 	return r
@@ -150,13 +161,20 @@ func (r *readMark) moved(seq uint64) {
 }
 
 // holeBelow reports whether a hole holds the mark below seq (a message up to seq not read
-// while a later one was: its delivery was lost, or the stream does not hold it), and the
-// latest time such a hole was seen.
+// while a later one was, or while the consumer's info said it delivered up to seq: its
+// delivery was lost, or the stream does not hold it), and the latest time such a hole was
+// seen. The second kind is known only for a sequence a waiter holds (enter), once the
+// floor poller saw it delivered.
 func (r *readMark) holeBelow(seq uint64) (time.Time, bool) {
-	r.runMu.Lock()
-	defer r.runMu.Unlock()
 	var seen time.Time
 	hole := false
+	r.mu.Lock()
+	if w := r.waited[seq]; w != nil && !w.delivered.IsZero() && r.seq.Load() < seq {
+		seen, hole = w.delivered, true
+	}
+	r.mu.Unlock()
+	r.runMu.Lock()
+	defer r.runMu.Unlock()
 	below := r.seq.Load() // the hole before each run starts past below
 	for _, run := range r.runs {
 		if below+1 > seq {
@@ -171,10 +189,34 @@ func (r *readMark) holeBelow(seq uint64) (time.Time, bool) {
 	return seen, hole
 }
 
-// enter and leave count a waiter for seq in waited and low.
+// noteDelivered records that the consumer has delivered every message up to seq (its
+// info's last delivered sequence): a waited-for sequence up to it that the mark is below
+// gets its hole seen now, unless it was before.
+func (r *readMark) noteDelivered(seq uint64) {
+	mark := r.seq.Load()
+	if seq <= mark {
+		return
+	}
+	now := time.Now()
+	r.mu.Lock()
+	for s, w := range r.waited { // few: waiters share eventsMark's answers
+		if s > mark && s <= seq && w.delivered.IsZero() {
+			w.delivered = now
+		}
+	}
+	r.mu.Unlock()
+}
+
+// enter and leave count a waiter for seq in waited and low. A caller that waits for seq
+// in rounds (readThrough) holds it across them, so that what the poller noted of it lasts.
 func (r *readMark) enter(seq uint64) {
 	r.mu.Lock()
-	r.waited[seq]++
+	w := r.waited[seq]
+	if w == nil {
+		w = &waiting{}
+		r.waited[seq] = w
+	}
+	w.n++
 	if seq < r.low.Load() {
 		r.low.Store(seq)
 	}
@@ -184,7 +226,8 @@ func (r *readMark) enter(seq uint64) {
 func (r *readMark) leave(seq uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.waited[seq]--; r.waited[seq] > 0 {
+	if w := r.waited[seq]; w.n > 1 {
+		w.n--
 		return
 	}
 	delete(r.waited, seq)
@@ -197,9 +240,11 @@ func (r *readMark) leave(seq uint64) {
 
 // wait returns true once the mark reaches seq, false when ctx ends first. A hole that no
 // delivery fills (a message acknowledged before this Mirage started, or not in the stream)
-// is passed by the consumer's ack floor on the server: the waiter holding turn asks floor
-// every floorEvery and advances the mark to it, then hands turn on when it leaves.
-func (r *readMark) wait(ctx context.Context, seq uint64, floor func(context.Context) (uint64, error)) (bool, error) {
+// is passed by the consumer's ack floor on the server: the waiter holding turn asks info
+// (the consumer's ack floor and last delivered sequence) every floorEvery, advances the
+// mark to the floor and notes the delivered sequence (noteDelivered), then hands turn on
+// when it leaves.
+func (r *readMark) wait(ctx context.Context, seq uint64, info func(context.Context) (floor, delivered uint64, err error)) (bool, error) {
 	r.enter(seq)
 	defer r.leave(seq)
 	turn := r.turn
@@ -229,12 +274,13 @@ func (r *readMark) wait(ctx context.Context, seq uint64, floor func(context.Cont
 			defer ticker.Stop()
 			tick = ticker.C
 		case <-tick:
-			f, err := floor(ctx)
+			f, d, err := info(ctx)
 			r.mu.Lock()
 			r.lastErr = err
 			r.mu.Unlock()
 			if err == nil {
 				r.advance(f)
+				r.noteDelivered(d)
 			}
 		}
 	}
