@@ -3,6 +3,7 @@ package mirage
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -62,6 +63,23 @@ func publishSuccess(t *testing.T, js jetstream.JetStream, rec *IntentRecord, gho
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	seq, err := publishSuccessTo(ctx, js, rec, ghost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := stream.GetMsg(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw.Time
+}
+
+// publishSuccessTo stores the event publishSuccess does and returns its stream sequence.
+func publishSuccessTo(ctx context.Context, js jetstream.JetStream, rec *IntentRecord, ghost string) (uint64, error) {
 	now := time.Now()
 	cmd := CommandID(rec.IntentID, 0)
 	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, rec.Issue.TraceID, now), EventID: bus.EventID(ghost, cmd),
@@ -70,21 +88,13 @@ func publishSuccess(t *testing.T, js jetstream.JetStream, rec *IntentRecord, gho
 		StartedMS: now.UnixMilli(), FinishedMS: now.UnixMilli()}
 	data, err := bus.Encode(ev)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	ack, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Event(ghost), data, ev.EventID, ev.TraceID))
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
-	stream, err := js.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := stream.GetMsg(ctx, ack.Sequence)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw.Time
+	return ack.Sequence, nil
 }
 
 // waitTerminal returns the terminal report of an intent.
@@ -332,6 +342,128 @@ func TestRecoveredIntentDoesNotWaitAtItsCutoffForEventsItsReplayRead(t *testing.
 	}
 	if strings.Contains(logs.String(), "not caught up") {
 		t.Fatalf("the cutoff waited for events the replay had applied:\n%s", logs.String())
+	}
+}
+
+// A predecessor Mirage whose connection the server still holds (its host gone, the link
+// not timed out yet) may have a pull open on the events consumer while the next one starts:
+// the server delivers there messages stored after the new Mirage's recover read EDGE_EVT,
+// and nobody processes them. Start must not count them as read: the consumer delivers them
+// again after its ack wait, and an expiry waits for that. Here the test is the predecessor:
+// its pull is open on the durable consumer, and while Start makes the consumer (the test
+// relays Mirage's JetStream API and holds that request) the recovered intent's event is
+// stored and delivered to the pull. Start took the consumer's last delivered sequence as
+// read: the target ended timeout at the cutoff and the redelivery was answered 1900.
+func TestStartDoesNotCountAsReadWhatAPredecessorIsDeliveredAfterRecover(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.waits.catchUp = time.Second // past it, only the delivery to the predecessor holds the expiry
+	rec := shortRec("int_predecessor", "g1", 4*time.Second)
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.intents.Create(ctx, rec.IntentID, data); err != nil {
+		t.Fatal(err)
+	}
+	// The predecessor's pull, open on the server.
+	pnc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "predecessor"})
+	pjs, err := jetstream.New(pnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcons, err := pjs.CreateOrUpdateConsumer(ctx, bus.StreamEvents, eventsConsumerConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pull, err := pcons.Fetch(1, jetstream.FetchMaxWait(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pnc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Mirage's JetStream API goes through $EDGETEST.API, relayed as is, but for the request
+	// that makes the events consumer: before it, the event is stored and delivered to the
+	// predecessor.
+	pub, err := jetstream.New(natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type taken struct {
+		msg jetstream.Msg
+		seq uint64
+		err error
+	}
+	took := make(chan taken, 1)
+	relay := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "relay"})
+	create := "CONSUMER.CREATE." + bus.StreamEvents + "." + EventsConsumer
+	sub, err := relay.Subscribe("$EDGETEST.API.>", func(msg *nats.Msg) {
+		api := strings.TrimPrefix(msg.Subject, "$EDGETEST.API.")
+		if api == create || strings.HasPrefix(api, create+".") {
+			var got taken
+			if _, got.err = publishSuccessTo(ctx, pub, &rec, "g1"); got.err == nil {
+				select {
+				case got.msg = <-pull.Messages():
+				case <-time.After(10 * time.Second):
+				}
+			}
+			switch {
+			case got.err != nil:
+			case got.msg == nil:
+				got.err = fmt.Errorf("the predecessor's pull got nothing: %v", pull.Error())
+			default:
+				md, err := got.msg.Metadata()
+				if got.err = err; err == nil {
+					got.seq = md.Sequence.Stream
+				}
+			}
+			took <- got
+		}
+		_ = relay.PublishMsg(&nats.Msg{Subject: "$JS.API." + api, Reply: msg.Reply, Header: msg.Header, Data: msg.Data})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if m.js, err = jetstream.NewWithAPIPrefix(nc, "$EDGETEST.API"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var lost taken
+	select {
+	case lost = <-took:
+	default:
+		t.Fatal("Start made the events consumer without the test's relay")
+	}
+	if lost.err != nil {
+		t.Fatal(lost.err)
+	}
+	if got := m.read.seq.Load(); got >= lost.seq {
+		t.Fatalf("read mark %d after Start; want it below %d, delivered to the predecessor only", got, lost.seq)
+	}
+	cutoff := time.UnixMilli(rec.DeadlineMS).Add(resultGrace)
+	if !time.Now().Before(cutoff) {
+		t.Fatalf("Mirage started past the cutoff %s", cutoff)
+	}
+	for time.Now().Before(cutoff.Add(storeSettle + 2*time.Second)) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := lost.msg.Nak(); err != nil { // the redelivery, sooner than the 30 s ack wait
+		t.Fatal(err)
+	}
+	r := waitTerminal(t, ns, rec.IntentID)
+	if r.Phase != bus.PhaseSatisfied || len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeSuccess {
+		t.Fatalf("terminal report %s %q %+v; want satisfied: the event was stored before the deadline, delivered to the predecessor only, then again", r.Phase, r.Summary, r.Results)
 	}
 }
 

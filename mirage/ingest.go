@@ -215,15 +215,25 @@ func (rec *IntentRecord) check(key string) error {
 // recover follows again the intents that were open when Mirage stopped: it rebuilds their
 // observed state by replaying EDGE_EVT from the oldest one's creation, re-dispatches the
 // commands of targets still pending (same command_ids: JetStream and the Ghosts'
-// execution stores make that safe), and re-arms their deadlines.
-func (m *Mirage) recover(ctx context.Context) error {
+// execution stores make that safe), and re-arms their deadlines. It returns a sequence of
+// EDGE_EVT up to which no intent followed now or later needs the events consumer to read:
+// the last one the replay read, or one EDGE_EVT held before the open intents were listed,
+// whichever is higher.
+func (m *Mirage) recover(ctx context.Context) (uint64, error) {
+	// Taken first: every event up to it is of an intent recorded by then, which the
+	// listing finds (followed, replayed below), ended, or taken up later (its own replay).
+	info, err := m.evts.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	before := info.State.LastSeq
 	lister, err := m.intents.ListKeys(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	ended, err := endedIntents(ctx, m.js)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var oldest int64
 	followed := 0
@@ -236,7 +246,7 @@ func (m *Mirage) recover(ctx context.Context) error {
 		}
 		rec, err := m.readForRecovery(ctx, key)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if rec == nil || bus.Terminal(rec.Phase) {
 			continue
@@ -251,20 +261,22 @@ func (m *Mirage) recover(ctx context.Context) error {
 		followed++
 	}
 	if followed == 0 {
-		return nil
+		return before, nil
 	}
 	start := time.UnixMilli(oldest).Add(-time.Minute)
 	// The sent commands first: the replay then knows which refusals are of their bytes.
 	if err := m.replaySent(ctx, start, ""); err != nil {
-		return err
+		return 0, err
 	}
-	read, err := m.replay(ctx, start, "")
+	replayed, err := m.replay(ctx, start, "")
 	if err != nil {
-		return err
+		return 0, err
 	}
-	// The open intents hold every event stored up to read: none of them is waited for at
-	// a cutoff, even those the Mirage before read without acknowledging, which the
-	// consumer delivers again only after its ack wait (expiry.go).
+	// The open intents hold every event stored up to read (the replay read from start
+	// through before at least; those stored earlier are older than any of them): none of
+	// them is waited for at a cutoff, even those the Mirage before read without
+	// acknowledging, which the consumer delivers again only after its ack wait (expiry.go).
+	read := max(before, replayed)
 	m.read.advance(read)
 	m.mu.Lock()
 	var ids []string
@@ -304,7 +316,7 @@ func (m *Mirage) recover(ctx context.Context) error {
 		m.progress(w.rec.IntentID)
 	}
 	m.log.Info("recovered open intents", "count", len(work))
-	return nil
+	return read, nil
 }
 
 // readForRecovery reads the record of an intent for recovery. A record that is not valid

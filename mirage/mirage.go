@@ -279,7 +279,8 @@ func (m *Mirage) Start(ctx context.Context) error {
 	m.wg.Add(2)
 	go m.publisher() // recovery may finish intents: their reports need it
 	go m.storedWaiter()
-	if err := m.recover(ctx); err != nil {
+	recovered, err := m.recover(ctx)
+	if err != nil {
 		return fmt.Errorf("recover open intents: %w", err)
 	}
 	for _, s := range []struct {
@@ -305,24 +306,21 @@ func (m *Mirage) Start(ctx context.Context) error {
 		_ = sub.SetPendingLimits(1_000_000, 256<<20)
 		m.subs = append(m.subs, sub)
 	}
-	cons, err := m.js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
-		Durable:       EventsConsumer,
-		Description:   "Mirage reads every event once, acking each after it is counted",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       eventsAckWait,
-		MaxAckPending: 20000,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	cons, err := m.js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, eventsConsumerConfig())
 	if err != nil {
 		return fmt.Errorf("events consumer: %w", err)
 	}
-	// What the consumer delivered to earlier Mirages is read: acknowledged, it is not
-	// delivered again; delivered and not acknowledged (a Mirage that crashed), it comes back
-	// only after the ack wait, and no intent this Mirage follows waits for it: recover
-	// replayed what the open intents need of it, an intent taken up later replays its own
-	// events, and a new intent has none there.
+	// What the consumer delivered to earlier Mirages up to what recover read is read:
+	// acknowledged, it is not delivered again; delivered and not acknowledged (a Mirage that
+	// crashed), it comes back only after the ack wait, and no intent this Mirage follows
+	// waits for it: recover replayed what the open intents need of it, an intent taken up
+	// later replays its own events, and a new intent has none there. Not past that: an
+	// earlier Mirage whose connection the server still holds (its host gone, the link not
+	// timed out) may have a pull open, into which the server delivers messages stored since,
+	// which nobody reads (they may be events of the intents followed or accepted by now);
+	// they come again after the ack wait, and an expiry waits for them.
 	info := cons.CachedInfo()
-	m.read.advance(max(info.AckFloor.Stream, info.Delivered.Stream))
+	m.read.advance(max(info.AckFloor.Stream, min(info.Delivered.Stream, recovered)))
 	m.cc, err = cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000))
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
@@ -333,6 +331,18 @@ func (m *Mirage) Start(ctx context.Context) error {
 	m.announce()
 	m.log.Info("mirage serving", "subject", subjects.Issue, "ghosts", len(m.fleet.All()))
 	return nil
+}
+
+// eventsConsumerConfig is the configuration of the events consumer (EventsConsumer).
+func eventsConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       EventsConsumer,
+		Description:   "Mirage reads every event once, acking each after it is counted",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       eventsAckWait,
+		MaxAckPending: 20000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
 }
 
 // Close stops intake and background loops, writes pending presence, and publishes the
