@@ -170,6 +170,13 @@ func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Repor
 	return li.report(time.Now()), nil
 }
 
+// readerIdle is how long the server keeps an ordered consumer of edgectl's (a report
+// watch, a recovery read) once nobody pulls from it: nats.go's default is 5 minutes, so a
+// client that exits would leave its consumer behind that long, thousands of them under a
+// steady rate of issues. While its reader waits, the consumer has a pull outstanding and
+// stays; one removed while its client was cut off is made again where it was.
+const readerIdle = 10 * time.Second
+
 // WatchReports calls fn with each report of an intent, the stored ones first, until fn
 // returns false or ctx ends. Messages that are not valid reports of the intent are skipped.
 func (c *Client) WatchReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
@@ -182,8 +189,9 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from uint64,
 		return err
 	}
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.Report(intentID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{subjects.Report(intentID)},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
 	}
 	if from > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
@@ -242,8 +250,9 @@ func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bu
 // set up before the issue is sent, so no round trip is spent on it after acceptance.
 func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueReply, *bus.Report, error) {
 	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.Report(is.IntentID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{subjects.Report(is.IntentID)},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return nil, nil, err

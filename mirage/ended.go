@@ -25,9 +25,10 @@ import (
 // hide an earlier terminal report: that subject is read again through newestReport.
 func endedIntents(ctx context.Context, js jetstream.JetStream) (map[string]string, error) {
 	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.AllReports},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-		HeadersOnly:    true,
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{subjects.AllReports},
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		HeadersOnly:       true,
 	})
 	if err != nil {
 		return nil, err
@@ -84,8 +85,9 @@ func validReport(intentID string, data []byte, h nats.Header) *bus.Report {
 // intent's subject: EDGE_REPORT keeps at most 64 per subject.
 func newestReport(ctx context.Context, js jetstream.JetStream, intentID string) (*bus.Report, uint64, error) {
 	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subjects.Report(intentID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{subjects.Report(intentID)},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return nil, 0, err

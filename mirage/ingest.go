@@ -372,9 +372,10 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 	}
 	m.mu.Unlock()
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamCommands, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
-		OptStartTime:  &start,
-		HeadersOnly:   m.cfg.Identity == nil,
+		InactiveThreshold: readerIdle,
+		DeliverPolicy:     jetstream.DeliverByStartTimePolicy,
+		OptStartTime:      &start,
+		HeadersOnly:       m.cfg.Identity == nil,
 	})
 	if err != nil {
 		return err
@@ -426,8 +427,9 @@ func (m *Mirage) ownRefusal(msg jetstream.Msg, commandID, ghostID string) string
 // other live intents are theirs to count, through the consumer, which moves their rollouts.
 func (m *Mirage) replay(ctx context.Context, start time.Time, only string) (uint64, error) {
 	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy,
-		OptStartTime:  &start,
+		InactiveThreshold: readerIdle,
+		DeliverPolicy:     jetstream.DeliverByStartTimePolicy,
+		OptStartTime:      &start,
 	})
 	if err != nil {
 		return 0, err
