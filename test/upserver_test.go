@@ -83,6 +83,30 @@ func TestIssueWaitsAcrossAServerRestart(t *testing.T) {
 	}
 }
 
+// 'report --wait' and 'report --watch' outlive a restart of the server as a waiting
+// 'issue' does: they reconnect and print the terminal report (they died with "connection
+// closed", though 'issue' itself points there to follow an intent).
+func TestReportWaitsAcrossAServerRestart(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirageOn(env.URLConn("mirage", ""), mirage.Config{})
+	env.StartGhost("edge-r", testenv.Via(env.URLConn("ghost edge-r", "", bus.GhostRequests())))
+	mctl, _ := testenv.Binaries(t)
+	r := miragectl(t, env.URL, "issue", "--target", "edge-r", "--timeout", "30s", "--no-wait", "seed.flow", "sleep", "ms=3000")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 || id == "" {
+		t.Fatalf("issue --no-wait: exit %d, stdout %q", r.code, r.stdout)
+	}
+	wait := testenv.Start(t, mctl, "report", id, "--wait", "--server", env.URL)
+	watch := testenv.Start(t, mctl, "report", id, "--watch", "--server", env.URL)
+	time.Sleep(time.Second)
+	env.RestartServer(2 * time.Second)
+	for name, p := range map[string]*testenv.Process{"--wait": wait, "--watch": watch} {
+		if code := p.Wait(40 * time.Second); code != 0 || !strings.Contains(p.Output(), "satisfied: 1/1 succeeded") {
+			t.Errorf("report %s: exit %d, output %q; want exit 0 and the terminal report", name, code, p.Output())
+		}
+	}
+}
+
 // The hints up and issue print carry --server when the server is not where clients look
 // by default, so that copying them reaches it.
 func TestHintsNameANonDefaultServer(t *testing.T) {

@@ -157,13 +157,7 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			// ordered consumer, picks up where it was.
 			var reconnect []nats.Option
 			if !noWait {
-				var said atomic.Bool
-				reconnect = []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
-					nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-						if err != nil && said.CompareAndSwap(false, true) {
-							fmt.Fprintln(os.Stderr, "lost the connection to NATS; reconnecting and waiting for the report (the intent goes on)")
-						}
-					})}
+				reconnect = waitReconnect()
 			}
 			client, done, err := cf.client(ctx, "miragectl issue", reconnect...)
 			if err != nil {
@@ -241,6 +235,19 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 	f.StringVar(&planPath, "plan", "", "run the ordered steps of a TOML plan file as one intent (see 'miragectl issue --help')")
 	f.DurationVar(&deliverWithin, "deliver-within", 0, "commands not delivered within this are not run (expired); default: the whole --timeout")
 	return c
+}
+
+// waitReconnect are the connection options of a command that waits for a report (issue,
+// report --wait or --watch): it outlives a restart of 'up' or of its server, reconnecting
+// for as long as it waits, and says once on stderr that it lost the connection.
+func waitReconnect() []nats.Option {
+	var said atomic.Bool
+	return []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil && said.CompareAndSwap(false, true) {
+				fmt.Fprintln(os.Stderr, "lost the connection to NATS; reconnecting and waiting for the report (the intent goes on)")
+			}
+		})}
 }
 
 // noteAbsent tells the user, on stderr, which targets Mirage does not expect to hear from

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/edgectl/edgectl/bus"
@@ -46,7 +47,11 @@ intent; 3 NATS unreachable.`,
 				return cli.Invalid("--wait and --watch: use one (--watch also ends at the terminal report)")
 			}
 			ctx := cmd.Context()
-			client, done, err := cf.client(ctx, "miragectl report")
+			var reconnect []nats.Option
+			if wait || watch {
+				reconnect = waitReconnect()
+			}
+			client, done, err := cf.client(ctx, "miragectl report", reconnect...)
 			if err != nil {
 				return err
 			}
