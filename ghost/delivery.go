@@ -39,6 +39,9 @@ func (g *Ghost) deliveryLoop() {
 	defer tick.Stop()
 	prune := time.NewTicker(5 * time.Minute)
 	defer prune.Stop()
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
 	for {
 		select {
 		case <-g.stopping:
@@ -49,8 +52,12 @@ func (g *Ghost) deliveryLoop() {
 			g.registerAgain("a reconnect")
 			g.requestResend(false)
 			g.catchUp(g.run, true)
+			settle.Reset(settleCatchUp)
 		case <-g.kick:
 			g.catchUp(g.run, true)
+			settle.Reset(settleCatchUp)
+		case <-settle.C:
+			g.catchUp(g.run, false)
 		case <-tick.C:
 			g.catchUp(g.run, false)
 			tick.Reset(jitter(g.cfg.CatchUpInterval))
@@ -72,6 +79,14 @@ func (g *Ghost) deliveryLoop() {
 func jitter(d time.Duration) time.Duration {
 	return d*3/4 + rand.N(d/2+1)
 }
+
+// settleCatchUp is how long after a full catch-up (at start, on a reconnect, when a Mirage
+// announces itself) the Ghost checks cmd.<id> once more. A command published just before
+// its subscription took hold has no live copy for it, and EDGE_CMD stores it
+// asynchronously: with fsync on every write, possibly only after the catch-up asked where
+// cmd.<id> ends. Without this second look it would wait for the next periodic catch-up,
+// up to a minute and more, longer than many an intent's timeout.
+const settleCatchUp = 2 * time.Second
 
 // catchUpLag is how many commands a busy Ghost's replay position may lag behind the last
 // one on cmd.<id> before a periodic catch-up replays them rather than waiting for an idle

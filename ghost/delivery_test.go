@@ -438,6 +438,20 @@ func TestCommandStoredButNeverDeliveredLiveIsCaughtUp(t *testing.T) {
 	}
 }
 
+// A command EDGE_CMD stores just after the Ghost's catch-up at start, with no live copy
+// for it (published before the subscription took hold, stored late with fsync on every
+// write), is run within seconds, not at the next periodic catch-up a minute later.
+func TestCommandStoredJustAfterTheStartCatchUpIsRunSoon(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-late"
+	before, _ := storeDetoured(t, env, id, "status", nil)
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = time.Hour }))
+	eventFor(t, env, id, before) // the catch-up at start has run
+	late, _ := storeDetoured(t, env, id, "status", nil)
+	eventFor(t, env, id, late) // within 10 s; the periodic catch-up is an hour away
+}
+
 // The same while the Ghost is busy: a long execution holds a slot, so the periodic
 // catch-up does not replay (a replay would wait for it), yet the command it never got live
 // runs at the next tick, not once the long execution is over, and the replay position
