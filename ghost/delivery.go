@@ -52,10 +52,12 @@ func (g *Ghost) deliveryLoop() {
 			g.registerAgain("a reconnect")
 			g.requestResend(false)
 			g.catchUp(g.run, true)
-			settle.Reset(settleCatchUp)
+			settle.Reset(g.cfg.SettleCatchUp)
 		case <-g.kick:
 			g.catchUp(g.run, true)
-			settle.Reset(settleCatchUp)
+			if g.settleNext.Swap(false) { // at start; an announce finds the subscription in place
+				settle.Reset(g.cfg.SettleCatchUp)
+			}
 		case <-settle.C:
 			g.catchUp(g.run, false)
 		case <-tick.C:
@@ -80,13 +82,15 @@ func jitter(d time.Duration) time.Duration {
 	return d*3/4 + rand.N(d/2+1)
 }
 
-// settleCatchUp is how long after a full catch-up (at start, on a reconnect, when a Mirage
-// announces itself) the Ghost checks cmd.<id> once more. A command published just before
+// settleCatchUp is how long after the catch-up that follows a new subscription (at start,
+// on a reconnect) the Ghost checks cmd.<id> once more. A command published just before
 // its subscription took hold has no live copy for it, and EDGE_CMD stores it
-// asynchronously: with fsync on every write, possibly only after the catch-up asked where
-// cmd.<id> ends. Without this second look it would wait for the next periodic catch-up,
-// up to a minute and more, longer than many an intent's timeout.
-const settleCatchUp = 2 * time.Second
+// asynchronously (with fsync on every write, an fsync later), possibly only after the
+// catch-up asked where cmd.<id> ends. Without this second look it would wait for the next
+// periodic catch-up, up to a minute and more, longer than many an intent's timeout. The
+// look is one direct get when nothing came since; short, so that a fleet started together
+// has looked before the first fan-out sent to it.
+const settleCatchUp = 100 * time.Millisecond
 
 // catchUpLag is how many commands a busy Ghost's replay position may lag behind the last
 // one on cmd.<id> before a periodic catch-up replays them rather than waiting for an idle

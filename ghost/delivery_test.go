@@ -446,7 +446,10 @@ func TestCommandStoredJustAfterTheStartCatchUpIsRunSoon(t *testing.T) {
 	const id = "edge-late"
 	before, _ := storeDetoured(t, env, id, "status", nil)
 	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
-		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = time.Hour }))
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = time.Hour
+			c.SettleCatchUp = 3 * time.Second // the late command is stored before the look
+		}))
 	eventFor(t, env, id, before) // the catch-up at start has run
 	late, _ := storeDetoured(t, env, id, "status", nil)
 	eventFor(t, env, id, late) // within 10 s; the periodic catch-up is an hour away
@@ -638,6 +641,9 @@ func TestReplayGivesUpOnACommandTheStoreNeverRecords(t *testing.T) {
 	lost, lostSeq := storeDetoured(t, env, id, "status", nil)
 
 	eventFor(t, env, id, lost)
+	// The give-up is answered once the catch-up has saved a position past it, which may
+	// be just after the last command's event.
+	eventFor(t, env, id, bad)
 	ev, ok := storedEvent(t, env, bus.EventID(id, bad))
 	if !ok || ev.Outcome != bus.OutcomeError || ev.Error == nil || ev.Error.Code != bus.CodeInternal || ev.Result.Status != "refused" {
 		t.Fatalf("event of the command the store never recorded: %+v (found %v), want a 1500, not run", ev, ok)

@@ -68,8 +68,13 @@ func TestOneEventPublisherPerEventID(t *testing.T) {
 	}
 	const id = "edge-e"
 	metrics := ghost.NewMetrics()
+	// No catch-up during the test (not the one shortly after start either): every
+	// delivery of the command is one the test made.
 	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
-		testenv.Tune(func(c *ghost.Config) { c.Metrics = metrics }))
+		testenv.Tune(func(c *ghost.Config) {
+			c.Metrics = metrics
+			c.SettleCatchUp = time.Hour
+		}))
 
 	now := time.Now()
 	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
@@ -218,6 +223,7 @@ func TestDuplicatesWaitingForTheirEventHoldOneSlot(t *testing.T) {
 		testenv.Tune(func(c *ghost.Config) {
 			c.Metrics = metrics
 			c.MaxConcurrent = slots
+			c.SettleCatchUp = time.Hour // every delivery is one the test made
 		}))
 	// EDGE_EVT refuses every event (each is larger than 64 bytes), as a store refusing
 	// writes does.

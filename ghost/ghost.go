@@ -61,6 +61,9 @@ type Config struct {
 	// CatchUpInterval is how often the Ghost checks EDGE_CMD for commands it missed,
 	// besides at start, on reconnect and on a Mirage announce (default 60 s).
 	CatchUpInterval time.Duration
+	// SettleCatchUp is how long after the catch-up at start and on each reconnect the
+	// Ghost looks at cmd.<id> once more (default 100 ms; see settleCatchUp).
+	SettleCatchUp time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 
@@ -104,6 +107,9 @@ func (c *Config) defaults() {
 	}
 	if c.CatchUpInterval <= 0 {
 		c.CatchUpInterval = time.Minute
+	}
+	if c.SettleCatchUp <= 0 {
+		c.SettleCatchUp = settleCatchUp
 	}
 	if c.Policy == "" {
 		c.Policy = PolicyAuto
@@ -177,6 +183,9 @@ type Ghost struct {
 	kick chan struct{}
 	// needFull is set when commands may have been missed (a disconnect, a failed catch-up).
 	needFull atomic.Bool
+	// settleNext asks the delivery loop to look at cmd.<id> again shortly after the next
+	// catch-up (settleCatchUp): set when the subscription is new.
+	settleNext atomic.Bool
 	// fullAt is the connection's reconnect count when the last complete catch-up began:
 	// a tick takes the fast path only while it is unchanged.
 	fullAt atomic.Uint64
@@ -305,6 +314,7 @@ func (g *Ghost) start(ctx context.Context) error {
 	g.flush()
 	g.resumeUnfinished(ctx)
 	g.requestResend(false)
+	g.settleNext.Store(true) // the subscription is new: look again after this catch-up
 	g.requestCatchUp()
 	if g.track() {
 		go g.deliveryLoop()
