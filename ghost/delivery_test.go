@@ -455,6 +455,22 @@ func TestCommandStoredJustAfterTheStartCatchUpIsRunSoon(t *testing.T) {
 	eventFor(t, env, id, late) // within 10 s; the periodic catch-up is an hour away
 }
 
+// A junk message on cmd.<id> whose own stored headers look like a direct get's status or
+// sequence does not stop a catch-up that reads it: the commands after it still run.
+func TestCatchUpReadsPastAStoredStatusHeader(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-status"
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = 100 * time.Millisecond }))
+	junk := &nats.Msg{Subject: "detour." + id, Data: []byte(`{"type":"command"}`), Header: nats.Header{}}
+	junk.Header.Set("Status", "503")
+	junk.Header.Set("Description", "No Responders")
+	junk.Header.Set("Nats-Sequence", "1")
+	storeDetouredBytes(t, env, id, junk)
+	lost, _ := storeDetoured(t, env, id, "status", nil)
+	eventFor(t, env, id, lost)
+}
+
 // The same while the Ghost is busy: a long execution holds a slot, so the periodic
 // catch-up does not replay (a replay would wait for it), yet the command it never got live
 // runs at the next tick, not once the long execution is over, and the replay position

@@ -214,17 +214,42 @@ func (r streamReader) last(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if status := msg.Header.Get("Status"); status != "" {
-		if status == "404" {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+	if err := directGetStatus(msg); err != nil || directGetSeq(msg) == "" {
+		return 0, err // nil: 404, no command on cmd.<id>
 	}
-	seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+	seq, err := strconv.ParseUint(directGetSeq(msg), 10, 64)
 	if err != nil {
 		return 0, fmt.Errorf("direct get: no sequence header")
 	}
 	return seq, nil
+}
+
+// directGetStatus reads a direct get's answer: nil for a stored message (it carries its
+// stream sequence; a Status header among its own stored headers is its own) or for 404
+// (none), the server's error otherwise.
+func directGetStatus(msg *nats.Msg) error {
+	if directGetSeq(msg) != "" {
+		return nil
+	}
+	switch status := msg.Header.Get("Status"); status {
+	case "404":
+		return nil
+	case "":
+		return fmt.Errorf("direct get: an answer with neither a message nor a status")
+	default:
+		return fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+	}
+}
+
+// directGetSeq is the stream sequence the server put on a direct get's answer: the last
+// Nats-Sequence header, as the server adds its own after the message's stored headers
+// (which a junk message may fill with one of its own).
+func directGetSeq(msg *nats.Msg) string {
+	v := msg.Header.Values(jetstream.SequenceHeader)
+	if len(v) == 0 {
+		return ""
+	}
+	return v[len(v)-1]
 }
 
 // directReads is how many commands a read takes by direct get before it makes a consumer:
@@ -277,15 +302,12 @@ func (r streamReader) readDirect(ctx context.Context, start, last uint64, each f
 		if err != nil {
 			return 0, err
 		}
-		if status := msg.Header.Get("Status"); status != "" {
-			if status == "404" {
-				return 0, nil
-			}
-			return 0, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+		if err := directGetStatus(msg); err != nil || directGetSeq(msg) == "" {
+			return 0, err // nil: 404, nothing from seq on
 		}
-		got, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+		got, err := strconv.ParseUint(directGetSeq(msg), 10, 64)
 		if err != nil || got < seq {
-			return 0, fmt.Errorf("direct get from %d: sequence %q", seq, msg.Header.Get(jetstream.SequenceHeader))
+			return 0, fmt.Errorf("direct get from %d: sequence %q", seq, directGetSeq(msg))
 		}
 		if got > last {
 			return 0, nil
