@@ -634,23 +634,12 @@ func wantLostDeliveryCounted(t *testing.T, ns *natsd.Server, rec IntentRecord, a
 	}
 }
 
-// A lost delivery of the newest message in EDGE_EVT is waited for too: nothing later is read
-// to show the hole, but the consumer's info, which the expiry polls, says the message was
-// delivered while Mirage had not read it. Here the test takes the intent's event from the
-// consumer (the delivery returned, unacknowledged) and nothing is stored after it; once the
-// catch-up wait (shortened) is over it naks it, and the redelivery counts. Without the
-// poll's note the expiry gave up at the catch-up wait: the target ended timeout and the
-// redelivery was answered 1900.
-func TestLostDeliveryOfTheLastMessageIsWaitedFor(t *testing.T) {
-	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
-	m := startTestMirage(t, ns)
-	m.waits.catchUp = time.Second // past it, only the lost delivery holds the expiry
-	acks, err := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}).SubscribeSync(subjects.Ack("g1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := shortRec("int_losttail", "g1", 2*time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+// takeTheDelivery follows rec with m's events consumer stopped, stores g1's success event
+// for it, and takes that event's delivery from m's consumer, unacknowledged: the delivery
+// Mirage never sees. It returns the message and the consumer.
+func takeTheDelivery(t *testing.T, m *Mirage, rec IntentRecord) (jetstream.Msg, jetstream.Consumer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	followWithLaggingConsumer(m, rec)
 	publishSuccess(t, m.js, &rec, "g1")
@@ -669,6 +658,26 @@ func TestLostDeliveryOfTheLastMessageIsWaitedFor(t *testing.T) {
 	if lost == nil {
 		t.Fatal("the consumer delivered nothing; want the event stored")
 	}
+	return lost, cons
+}
+
+// A lost delivery of the newest message in EDGE_EVT is waited for too: nothing later is read
+// to show the hole, but the consumer's info, which the expiry polls, says the message was
+// delivered while Mirage had not read it. Here the test takes the intent's event from the
+// consumer (the delivery returned, unacknowledged) and nothing is stored after it; once the
+// catch-up wait (shortened) is over it naks it, and the redelivery counts. Without the
+// poll's note the expiry gave up at the catch-up wait: the target ended timeout and the
+// redelivery was answered 1900.
+func TestLostDeliveryOfTheLastMessageIsWaitedFor(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	m.waits.catchUp = time.Second // past it, only the lost delivery holds the expiry
+	acks, err := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "g1"}).SubscribeSync(subjects.Ack("g1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := shortRec("int_losttail", "g1", 2*time.Second)
+	lost, cons := takeTheDelivery(t, m, rec)
 	if m.cc, err = cons.Consume(m.onEvent); err != nil {
 		t.Fatal(err)
 	}
@@ -714,25 +723,7 @@ func TestExpiryDoesNotWaitForeverForALostDelivery(t *testing.T) {
 // intent of its own gets an event from g2, which Mirage reads once its consumer resumes.
 func followWithALostDelivery(t *testing.T, m *Mirage, ns *natsd.Server, rec IntentRecord) jetstream.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	followWithLaggingConsumer(m, rec)
-	publishSuccess(t, m.js, &rec, "g1")
-	cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lost jetstream.Msg
-	for msg := range b.Messages() {
-		lost = msg
-	}
-	if lost == nil {
-		t.Fatal("the consumer delivered nothing; want the event stored")
-	}
+	lost, cons := takeTheDelivery(t, m, rec)
 	later := shortRec(rec.IntentID+"_later", "g2", time.Minute)
 	m.mu.Lock()
 	li := newLiveIntent(later)
@@ -741,6 +732,7 @@ func followWithALostDelivery(t *testing.T, m *Mirage, ns *natsd.Server, rec Inte
 	m.advance(li)
 	m.mu.Unlock()
 	publishSuccess(t, m.js, &later, "g2")
+	var err error
 	if m.cc, err = cons.Consume(m.onEvent); err != nil {
 		t.Fatal(err)
 	}
