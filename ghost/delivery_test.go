@@ -471,6 +471,46 @@ func TestCatchUpReadsPastAStoredStatusHeader(t *testing.T) {
 	eventFor(t, env, id, lost)
 }
 
+// The same for a junk message with an empty body and a stored Status 503: nats.go's request
+// takes such an answer for "no responders", which a catch-up read as "no command stream"
+// and ended there, every time.
+func TestCatchUpReadsPastAStoredEmpty503(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-empty503"
+	js := env.JetStream()
+	// Stored through the detour before the command after it (the source keeps the order).
+	storeDetoured(t, env, id, "status", nil)
+	junk := &nats.Msg{Subject: "detour." + id, Header: nats.Header{}}
+	junk.Header.Set("Status", "503")
+	if _, err := js.PublishMsg(context.Background(), junk); err != nil {
+		t.Fatal(err)
+	}
+	lost, _ := storeDetoured(t, env, id, "status", nil)
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = time.Hour }))
+	eventFor(t, env, id, lost)
+}
+
+// Commands stored while the Ghost was down, the first a long one: those after it run at
+// once though a catch-up reads its first ones by direct get and the rest through a
+// consumer, not once the long one has ended.
+func TestCatchUpDoesNotHoldLaterCommandsBehindALongFirstOne(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-behindlong"
+	storeDetoured(t, env, id, "sleep", map[string]string{"ms": "15000"})
+	var last string
+	for range 20 {
+		last, _ = storeDetoured(t, env, id, "status", nil)
+	}
+	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) {
+			c.CatchUpInterval = time.Hour
+			c.MaxConcurrent = 32
+			c.ShutdownGrace = 100 * time.Millisecond
+		}))
+	eventFor(t, env, id, last) // within 10 s; the sleep lasts 15
+}
+
 // The same while the Ghost is busy: a long execution holds a slot, so the periodic
 // catch-up does not replay (a replay would wait for it), yet the command it never got live
 // runs at the next tick, not once the long execution is over, and the replay position

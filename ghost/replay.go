@@ -207,12 +207,12 @@ func (r streamReader) last(ctx context.Context) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	subject := "$JS.API.DIRECT.GET." + bus.StreamCommands + "." + subjects.Command(r.g.cfg.ID)
-	msg, err := r.g.nc.RequestWithContext(ctx, subject, nil)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return 0, nil
-	}
+	msg, err := r.g.directGet(ctx, subject, nil)
 	if err != nil {
 		return 0, err
+	}
+	if noStream(msg) {
+		return 0, nil
 	}
 	if err := directGetStatus(msg); err != nil || directGetSeq(msg) == "" {
 		return 0, err // nil: 404, no command on cmd.<id>
@@ -260,19 +260,47 @@ const directReads = 16
 
 // read takes the first directReads commands from start by direct get, then goes on, if
 // more remain, through a pull consumer of the Ghost's own (bus.GhostReplayConsumerConfig)
-// that lives only for this read.
+// that lives only for this read. The commands read by direct get are handled with the
+// consumer's first batch (answered): a long one among them does not hold up the rest.
 func (r streamReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error) error {
 	next, err := r.readDirect(ctx, start, last, each)
 	if err != nil {
 		return err
 	}
-	if err := answered(); err != nil {
-		return err
-	}
 	if next == 0 {
-		return nil
+		return answered()
 	}
 	return r.readConsumer(ctx, next, last, each, answered)
+}
+
+// directGet sends a direct get request and returns the server's answer as it came, on a
+// reply subject of its own: nats.go's request would take a stored message with an empty
+// body and a Status 503 header of its own for "no responders".
+func (g *Ghost) directGet(ctx context.Context, subject string, body []byte) (*nats.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	inbox := g.nc.NewInbox()
+	answers := make(chan *nats.Msg, 1)
+	sub, err := g.nc.ChanSubscribe(inbox, answers) // NextMsg too takes a 503 for no responders
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := g.nc.PublishRequest(subject, inbox, body); err != nil {
+		return nil, err
+	}
+	select {
+	case msg := <-answers:
+		return msg, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("direct get on %s: %w", subject, ctx.Err())
+	}
+}
+
+// noStream reports whether a direct get's answer says no one serves the request: the
+// stream does not exist (yet).
+func noStream(msg *nats.Msg) bool {
+	return directGetSeq(msg) == "" && msg.Header.Get("Status") == "503"
 }
 
 // directGetHeaders are the headers a direct get adds to a stored message's own.
@@ -293,24 +321,28 @@ func (r streamReader) readDirect(ctx context.Context, start, last uint64, each f
 			Seq  uint64 `json:"seq"`
 			Next string `json:"next_by_subj"`
 		}{seq, subject})
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		msg, err := g.nc.RequestWithContext(rctx, api, body)
-		cancel()
-		if errors.Is(err, nats.ErrNoResponders) {
-			return 0, nil // no command stream (yet)
-		}
+		msg, err := g.directGet(ctx, api, body)
 		if err != nil {
 			return 0, err
 		}
-		if err := directGetStatus(msg); err != nil || directGetSeq(msg) == "" {
-			return 0, err // nil: 404, nothing from seq on
+		if noStream(msg) {
+			return 0, nil // no command stream (any more)
+		}
+		if err := directGetStatus(msg); err != nil {
+			return 0, err
+		}
+		if directGetSeq(msg) == "" {
+			// 404: nothing from seq on, though cmd.<id> ended at last. In a cluster a
+			// direct get may be served by a replica behind the one that answered last:
+			// the consumer, served by the stream's leader, reads the rest.
+			return seq, nil
 		}
 		got, err := strconv.ParseUint(directGetSeq(msg), 10, 64)
 		if err != nil || got < seq {
 			return 0, fmt.Errorf("direct get from %d: sequence %q", seq, directGetSeq(msg))
 		}
 		if got > last {
-			return 0, nil
+			return seq, nil // as for a 404: the consumer reads what a replica did not have
 		}
 		for _, h := range directGetHeaders {
 			msg.Header.Del(h)
