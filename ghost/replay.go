@@ -285,7 +285,11 @@ func (g *Ghost) directGet(ctx context.Context, subject string, body []byte) (*na
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer func() { _ = sub.Unsubscribe() }() // a no-op once the answer came
+	// Gone from the server with its one answer, as a request's own reply subject is.
+	if err := sub.AutoUnsubscribe(1); err != nil {
+		return nil, err
+	}
 	if err := g.nc.PublishRequest(subject, inbox, body); err != nil {
 		return nil, err
 	}
