@@ -263,14 +263,20 @@ const directReads = 16
 // that lives only for this read. The commands read by direct get are handled with the
 // consumer's first batch (answered): a long one among them does not hold up the rest.
 func (r streamReader) read(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error) error {
-	next, err := r.readDirect(ctx, start, last, each)
+	direct := 0
+	next, err := r.readDirect(ctx, start, last, func(seq uint64, data []byte, hdr nats.Header) error {
+		direct++
+		return each(seq, data, hdr)
+	})
 	if err != nil {
 		return err
 	}
 	if next == 0 {
 		return answered()
 	}
-	return r.readConsumer(ctx, next, last, each, answered)
+	// The consumer's first batch makes up a whole one with the direct reads: the commands
+	// are handled in batches of bus.ReplayBatch, however they were read.
+	return r.readConsumer(ctx, next, last, each, answered, bus.ReplayBatch-direct)
 }
 
 // directGet sends a direct get request and returns the server's answer as it came, on a
@@ -364,7 +370,7 @@ func (r streamReader) readDirect(ctx context.Context, start, last uint64, each f
 
 // readConsumer reads through a pull consumer of the Ghost's own that lives only for this
 // read.
-func (r streamReader) readConsumer(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error) error {
+func (r streamReader) readConsumer(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error, firstBatch int) error {
 	g := r.g
 	name := bus.GhostReplayConsumer(g.cfg.ID)
 	defer func() {
@@ -381,8 +387,10 @@ func (r streamReader) readConsumer(ctx context.Context, start, last uint64, each
 	}
 	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from start, none fetched yet
 	reached := uint64(0)
+	size := max(firstBatch, 1)
 	for pending > 0 && reached < last && ctx.Err() == nil {
-		batch, err := cons.Fetch(int(min(pending, bus.ReplayBatch)), jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(int(min(pending, uint64(size))), jetstream.FetchMaxWait(5*time.Second))
+		size = bus.ReplayBatch
 		if err != nil {
 			return err
 		}
