@@ -33,7 +33,7 @@ func statusOf(t *testing.T, c *mirage.Client, id string) string {
 // when it comes back; a restarted Mirage forgets nothing.
 func TestPresenceFollowsHeartbeats(t *testing.T) {
 	env := testenv.New(t)
-	env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond})
+	first := env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond})
 	fast := testenv.Tune(func(c *ghost.Config) { c.HeartbeatInterval = 50 * time.Millisecond })
 	g := env.StartGhost("edge-p", fast)
 	client := env.Client()
@@ -51,7 +51,11 @@ func TestPresenceFollowsHeartbeats(t *testing.T) {
 	_ = g.Close()
 	testenv.Eventually(t, 3*time.Second, "stale", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusStale })
 	testenv.Eventually(t, 3*time.Second, "offline", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOffline })
-	env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond}) // a second Mirage shares the work; the registry is in KV
+	// A restarted Mirage: the registry is in KV.
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	env.StartMirageOn(env.Conn("mirage 2"), mirage.Config{PresenceFlush: 50 * time.Millisecond})
 	env.StartGhost("edge-p", fast)
 	testenv.Eventually(t, 3*time.Second, "online again", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
 }
