@@ -73,3 +73,79 @@ func (i *Instance) validate() error {
 	}
 	return nil
 }
+
+// Envelope types of the Mirage probe on mirage.probe (docs/protocol.md): one Mirage per
+// deployment.
+const (
+	// TypeMirageProbe asks whether another Mirage serves the deployment.
+	TypeMirageProbe = "mirage.probe"
+	// TypeMirageProbeAnswer is a live Mirage's answer.
+	TypeMirageProbeAnswer = "mirage.probe.answer"
+)
+
+// MirageInstance describes one Mirage process (or in-process Mirage): what an operator
+// needs to find the other one when two serve one deployment. Phase is InstanceStarting
+// (it does not take issues yet; in an answer: it will not) or InstanceRunning.
+type MirageInstance struct {
+	MirageID string `json:"mirage_id"`
+	// InstanceID is random, made when the Mirage is built: two processes never share one.
+	InstanceID string `json:"instance_id"`
+	Hostname   string `json:"hostname"`
+	PID        int    `json:"pid"`
+	StartedMS  int64  `json:"started_ms"`
+	Phase      string `json:"phase"`
+}
+
+// MirageProbe is a Mirage's question on mirage.probe: does another Mirage serve here?
+type MirageProbe struct {
+	Header
+	MirageInstance
+}
+
+// MirageProbeAnswer is a live Mirage's answer to a MirageProbe, on the probe's reply
+// subject.
+type MirageProbeAnswer struct {
+	Header
+	MirageInstance
+}
+
+// Validate checks a Mirage probe.
+func (m *MirageProbe) Validate() error {
+	if err := validateHeader(&m.Header, TypeMirageProbe); err != nil {
+		return err
+	}
+	return m.MirageInstance.validate()
+}
+
+// Validate checks a Mirage probe answer.
+func (m *MirageProbeAnswer) Validate() error {
+	if err := validateHeader(&m.Header, TypeMirageProbeAnswer); err != nil {
+		return err
+	}
+	return m.MirageInstance.validate()
+}
+
+func (i *MirageInstance) validate() error {
+	if err := token("mirage_id", i.MirageID); err != nil {
+		return err
+	}
+	if err := token("instance_id", i.InstanceID); err != nil {
+		return err
+	}
+	if err := positive("started_ms", i.StartedMS); err != nil {
+		return err
+	}
+	if i.Phase != InstanceStarting && i.Phase != InstanceRunning {
+		return FieldError(CodeSemantic, "phase", "is %q, expected %q or %q", i.Phase, InstanceStarting, InstanceRunning)
+	}
+	return nil
+}
+
+// StartedBefore reports whether a started before b: the earlier started_ms, then the
+// smaller instance_id, so that both sides of a clash decide alike.
+func (i MirageInstance) StartedBefore(b MirageInstance) bool {
+	if i.StartedMS != b.StartedMS {
+		return i.StartedMS < b.StartedMS
+	}
+	return i.InstanceID < b.InstanceID
+}

@@ -52,11 +52,23 @@ type Config struct {
 	// issues: 'up --auth' enrolls its local Ghost so, and an issue to it made as soon as
 	// Mirage answers is not refused as not enrolled.
 	EnrollAtStart map[string]string
+	// ProbeWait bounds the wait for an answer on mirage.probe at Start when something
+	// listens there but does not answer (singleton.go); default DefaultProbeWait.
+	ProbeWait time.Duration
+	// ProbeEvery is how often a running Mirage asks mirage.probe whether another one
+	// serves the deployment; default DefaultProbeEvery.
+	ProbeEvery time.Duration
 }
 
 func (c *Config) defaults() {
 	if c.ID == "" {
 		c.ID = "mirage"
+	}
+	if c.ProbeWait <= 0 {
+		c.ProbeWait = DefaultProbeWait
+	}
+	if c.ProbeEvery <= 0 {
+		c.ProbeEvery = DefaultProbeEvery
 	}
 	if c.ReportInterval <= 0 {
 		c.ReportInterval = 250 * time.Millisecond
@@ -155,6 +167,9 @@ type Mirage struct {
 	budget         context.Context
 	budgetSpent    context.CancelFunc
 	unstoredAtStop atomic.Int64
+	// claim is this Mirage's side of mirage.probe: one Mirage per deployment
+	// (singleton.go).
+	claim *deployClaim
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -238,6 +253,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		seedGate:   newGhostGate(bus.SeedEvery, true),
 		seedReads:  make(chan struct{}, seedReadSlots),
 		attaches:   make(chan struct{}, 16),
+		claim:      newDeployClaim(cfg.ID, cfg.Now()),
 	}
 	m.stored.ready = make(chan struct{}, 1)
 	m.publisherDone = make(chan struct{})
@@ -249,9 +265,13 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 // Fleet returns the registry of Ghosts.
 func (m *Mirage) Fleet() *Fleet { return m.fleet }
 
-// Start loads the fleet and the open intents, subscribes, starts reading events, and
-// announces itself so that Ghosts register.
+// Start makes sure no other Mirage serves the deployment (an *AnotherMirageError when one
+// does: singleton.go), loads the fleet and the open intents, subscribes, starts reading
+// events, and announces itself so that Ghosts register.
 func (m *Mirage) Start(ctx context.Context) error {
+	if err := m.claimDeployment(ctx); err != nil {
+		return err
+	}
 	if err := m.fleet.load(ctx); err != nil {
 		return fmt.Errorf("load fleet registry: %w", err)
 	}
@@ -282,6 +302,9 @@ func (m *Mirage) Start(ctx context.Context) error {
 	recovered, err := m.recover(ctx)
 	if err != nil {
 		return fmt.Errorf("recover open intents: %w", err)
+	}
+	if err := m.serve(); err != nil { // another Mirage found meanwhile
+		return err
 	}
 	for _, s := range []struct {
 		subject string
@@ -356,6 +379,7 @@ func (m *Mirage) Close() error {
 	for _, s := range m.subs {
 		_ = s.Unsubscribe()
 	}
+	m.releaseClaim()
 	if m.cc != nil {
 		// Stop, not Drain: un-acked events are redelivered to the next Mirage and counted
 		// once, and Drain would wait for the pull request to expire.

@@ -72,6 +72,7 @@ func MiragePermissions() *server.Permissions {
 			"ack.*",
 			subjects.AllReports,
 			subjects.Announce,
+			subjects.MirageProbe,
 			subjects.AttachGhost("*"),
 			"$JS.API.>",
 			"$KV." + bus.BucketGhosts + ".>",
@@ -85,6 +86,7 @@ func MiragePermissions() *server.Permissions {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			subjects.Issue,
+			subjects.MirageProbe,
 			subjects.Attach,
 			subjects.Fleet + ".>",
 			subjects.AllReplays,

@@ -11,6 +11,9 @@ const (
 	Issue = "mirage.issue"
 	// Announce is where Mirage tells Ghosts it is up, so that they register again.
 	Announce = "mirage.announce"
+	// MirageProbe is where Mirages ask each other whether another one serves the
+	// deployment (core request/reply, answered by every live Mirage).
+	MirageProbe = "mirage.probe"
 	// Attach is where an operator asks Mirage to bring a headless Ghost into the registry.
 	Attach = "mirage.attach"
 	// Fleet prefixes the enrollment requests (mirage.fleet.add, mirage.fleet.rm).

@@ -344,7 +344,13 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	explainTLS(os.Stderr, cfg)
 	served = true
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-m.Done():
+		// Another Mirage started on this deployment while this one was not answering
+		// (mirage/singleton.go): this one stood down and stopped.
+		log.Error("stopping: Mirage stood down for another one", "component", "miragectl", "err", m.Err())
+	}
 	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
 	var errs []error
 	if stopGhost != nil {
@@ -352,6 +358,9 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	errs = append(errs, m.Close())
 	_ = mnc.Drain()
+	if err := m.Err(); err != nil {
+		return cli.Exit(cli.ExitUnavailable, err)
+	}
 	return errors.Join(errs...)
 }
 

@@ -1,0 +1,156 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/test/testenv"
+)
+
+// A second Mirage on a deployment another one serves refuses to start, naming the one that
+// serves; the first keeps every event of its intents, and once it has stopped a new Mirage
+// starts.
+func TestSecondMirageRefusesToStart(t *testing.T) {
+	env := testenv.New(t)
+	first := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-one")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	second, err := mirage.New(ctx, env.Conn("mirage 2"), mirage.Config{}, env.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = second.Start(ctx)
+	_ = second.Close()
+	var clash *mirage.AnotherMirageError
+	if !errors.As(err, &clash) || !errors.Is(err, mirage.ErrAnotherMirage) {
+		t.Fatalf("second Mirage started: %v", err)
+	}
+	if clash.StoodDown || clash.Other.InstanceID != first.Instance().InstanceID || clash.Other.Phase != bus.InstanceRunning {
+		t.Fatalf("the refusal names %+v, want the running first Mirage %+v", clash.Other, first.Instance())
+	}
+	if !strings.Contains(err.Error(), first.Instance().InstanceID) || !strings.Contains(err.Error(), "run one Mirage per deployment") {
+		t.Fatalf("refusal reads %q", err)
+	}
+	client := env.Client()
+	for range 5 {
+		if r := env.Run(client, testenv.NewIssue("edge-one", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("the first Mirage after a refused second: %s", r.Summary)
+		}
+	}
+	select {
+	case <-first.Done():
+		t.Fatalf("the running Mirage stood down: %v", first.Err())
+	default:
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	third := env.StartMirageOn(env.Conn("mirage 3"), mirage.Config{})
+	if r := env.Run(client, testenv.NewIssue("edge-one", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("a Mirage started after the first stopped: %s", r.Summary)
+	}
+	_ = third
+}
+
+// Two Mirages that both serve (one was cut off from NATS while the other started) find each
+// other once the link is back: the one started earlier stands down, the other keeps serving.
+func TestMirageCutOffWhileAnotherStartedStandsDown(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	proxy := testenv.NewProxy(t, env.Server.Addr().String())
+	fast := mirage.Config{ProbeEvery: 100 * time.Millisecond}
+	older := env.StartMirageOn(env.URLConn("mirage older", proxy.URL()), fast)
+	env.StartGhost("edge-two")
+	proxy.Cut()
+	// Cut off, the older one's subscriptions are gone from the server: the newer starts.
+	var newer *mirage.Mirage
+	testenv.Eventually(t, 10*time.Second, "a second Mirage to start while the first is cut off", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		m, err := mirage.New(ctx, env.Conn("mirage newer"), fast, env.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Start(ctx); err != nil {
+			_ = m.Close()
+			if errors.Is(err, mirage.ErrAnotherMirage) {
+				return false // the server had not yet dropped the older one's connection
+			}
+			t.Fatal(err)
+		}
+		newer = m
+		return true
+	})
+	t.Cleanup(func() { _ = newer.Close() })
+	proxy.Restore()
+	select {
+	case <-older.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the older Mirage did not stand down once it could reach NATS again")
+	}
+	var clash *mirage.AnotherMirageError
+	if err := older.Err(); !errors.As(err, &clash) || !clash.StoodDown || clash.Other.InstanceID != newer.Instance().InstanceID {
+		t.Fatalf("older Mirage's error: %v, want it stood down for %s", err, newer.Instance().InstanceID)
+	}
+	client := env.Client()
+	for range 5 {
+		if r := env.Run(client, testenv.NewIssue("edge-two", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("the newer Mirage after the older stood down: %s", r.Summary)
+		}
+	}
+	select {
+	case <-newer.Done():
+		t.Fatalf("the newer Mirage stood down too: %v", newer.Err())
+	default:
+	}
+}
+
+// The processes: a 'miragectl up' stopped (SIGSTOP) while another starts on the same
+// server is replaced: resumed, it exits 3 saying it stood down; a third is refused at
+// once, naming the one that serves, which keeps serving.
+func TestStoppedUpIsReplacedAndStandsDown(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	miragectl, _ := testenv.Binaries(t)
+	up := func() *testenv.Process {
+		return testenv.Start(t, miragectl, "up", "--server", env.URL, "--no-local-ghost", "--data-dir", t.TempDir())
+	}
+	serving := func(p *testenv.Process) {
+		testenv.Eventually(t, 30*time.Second, "miragectl up to serve", func() bool {
+			return strings.Contains(p.Output(), "edgectl is up")
+		})
+	}
+	first := up()
+	serving(first)
+	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	second := up()
+	serving(second)
+	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if code := first.Wait(30 * time.Second); code != 3 {
+		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
+	}
+	if out := first.Output(); !strings.Contains(out, "stood down") {
+		t.Fatalf("the resumed first up does not say it stood down:\n%s", out)
+	}
+	r := execRun(t, miragectl, nil, "up", "--server", env.URL, "--no-local-ghost", "--data-dir", t.TempDir())
+	if r.code != 3 || !strings.Contains(r.stderr, "another Mirage serves this deployment") || !strings.Contains(r.stderr, "pid "+strconv.Itoa(second.Pid())) {
+		t.Fatalf("a third up: exit %d, stderr %q; want exit 3 naming pid %d", r.code, r.stderr, second.Pid())
+	}
+	env.StartGhost("edge-three")
+	if rep := env.Run(env.Client(), testenv.NewIssue("edge-three", "seed.flow", "status", nil, 20*time.Second)); rep.Phase != bus.PhaseSatisfied {
+		t.Fatalf("the second up after the others: %s", rep.Summary)
+	}
+	if code := second.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("the second up exited %d:\n%s", code, second.Output())
+	}
+}
