@@ -1,10 +1,12 @@
 package ghost_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -489,6 +491,78 @@ func TestCatchUpReadsPastAStoredEmpty503(t *testing.T) {
 	env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
 		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = time.Hour }))
 	eventFor(t, env, id, lost)
+}
+
+// storeRawHeaders stores on cmd.<ghostID> a message with the raw header block hdr, sent
+// over a plain protocol connection (nats.go writes only well-formed headers), and returns
+// its stream sequence.
+func storeRawHeaders(t *testing.T, env *testenv.Env, ghostID, hdr, body string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmdStream, err := env.JetStream().Stream(ctx, bus.StreamCommands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := cmdStream.CachedInfo().State.LastSeq
+	c, err := net.DialTimeout("tcp", env.Server.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil { // INFO
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\nHPUB %s %d %d\r\n%s%s\r\nPING\r\n",
+		subjects.Command(ghostID), len(hdr), len(hdr)+len(body), hdr, body)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(l, "-ERR") {
+			t.Fatal(l)
+		}
+		if strings.HasPrefix(l, "PONG") {
+			break
+		}
+	}
+	var seq uint64
+	testenv.Eventually(t, 5*time.Second, "EDGE_CMD to store the message", func() bool {
+		info, err := cmdStream.Info(ctx)
+		seq = info.State.LastSeq
+		return err == nil && seq > before
+	})
+	return seq
+}
+
+// A header block nats.go cannot parse (a line without a colon).
+const malformedHeaders = "NATS/1.0\r\nno colon here\r\n\r\n"
+
+// A junk message on cmd.<id> whose stored header block nats.go cannot parse comes from a
+// direct get without any header, its sequence lost: the catch-up reads on past it (through
+// the consumer) instead of stopping there on every try, the replay position stuck before it
+// and the commands after it never run.
+func TestCatchUpReadsPastAStoredMalformedHeader(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	const id = "edge-badhdr"
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	storeCommand(t, env, id, "status", map[string]string{})
+	storeRawHeaders(t, env, id, malformedHeaders, `{"type":"command"}`)
+	lost, lostSeq := storeCommand(t, env, id, "status", map[string]string{})
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = time.Hour }))
+	eventFor(t, env, id, lost)
+	testenv.Eventually(t, 5*time.Second, "the replay position to pass the junk", func() bool {
+		seq, err := store.LastSeq(context.Background())
+		return err == nil && seq == lostSeq
+	})
 }
 
 // Commands stored while the Ghost was down, the first a long one: those after it run at

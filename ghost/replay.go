@@ -224,6 +224,14 @@ func (r streamReader) last(ctx context.Context) (uint64, error) {
 	return seq, nil
 }
 
+// unreadable reports whether a direct get's answer is neither a message nor a status that
+// nats.go could read: a message stored with a header block nats.go cannot parse (a line
+// without a colon; anyone may store one on cmd.<id> without authentication) comes with no
+// headers at all, the server's own (its sequence) lost with them.
+func unreadable(msg *nats.Msg) bool {
+	return directGetSeq(msg) == "" && msg.Header.Get("Status") == ""
+}
+
 // directGetStatus reads a direct get's answer: nil for a stored message (it carries its
 // stream sequence; a Status header among its own stored headers is its own) or for 404
 // (none), the server's error otherwise.
@@ -337,6 +345,12 @@ func (r streamReader) readDirect(ctx context.Context, start, last uint64, each f
 		}
 		if noStream(msg) {
 			return 0, nil // no command stream (any more)
+		}
+		if unreadable(msg) {
+			// A message whose headers nats.go cannot read, its sequence lost with them: the
+			// consumer, which takes a message's sequence from its reply subject, reads on
+			// from here (the message goes to each without headers, as junk).
+			return seq, nil
 		}
 		if err := directGetStatus(msg); err != nil {
 			return 0, err
