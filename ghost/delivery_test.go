@@ -565,6 +565,27 @@ func TestCatchUpReadsPastAStoredMalformedHeader(t *testing.T) {
 	})
 }
 
+// The same junk as the last message on cmd.<id>: where cmd.<id> ends is still found, and
+// the command before it, which never arrived live, runs.
+func TestCatchUpWithAStoredMalformedHeaderLast(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	const id = "edge-badhdr-last"
+	store, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	lost, _ := storeCommand(t, env, id, "status", map[string]string{})
+	junkSeq := storeRawHeaders(t, env, id, malformedHeaders, `{"type":"command"}`)
+	env.StartGhost(id, testenv.Store(store), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"),
+		testenv.Tune(func(c *ghost.Config) { c.CatchUpInterval = time.Hour }))
+	eventFor(t, env, id, lost)
+	testenv.Eventually(t, 5*time.Second, "the replay position to reach the junk", func() bool {
+		seq, err := store.LastSeq(context.Background())
+		return err == nil && seq == junkSeq
+	})
+}
+
 // Commands stored while the Ghost was down, the first a long one: those after it run at
 // once though a catch-up reads its first ones by direct get and the rest through a
 // consumer, not once the long one has ended.

@@ -214,6 +214,9 @@ func (r streamReader) last(ctx context.Context) (uint64, error) {
 	if noStream(msg) {
 		return 0, nil
 	}
+	if unreadable(msg) {
+		return r.lastByAPI(ctx)
+	}
 	if err := directGetStatus(msg); err != nil || directGetSeq(msg) == "" {
 		return 0, err // nil: 404, no command on cmd.<id>
 	}
@@ -230,6 +233,41 @@ func (r streamReader) last(ctx context.Context) (uint64, error) {
 // headers at all, the server's own (its sequence) lost with them.
 func unreadable(msg *nats.Msg) bool {
 	return directGetSeq(msg) == "" && msg.Header.Get("Status") == ""
+}
+
+// lastByAPI is last through the JetStream API's message get, which carries the message and
+// its sequence in a JSON body: for a last command whose direct get answer is unreadable.
+func (r streamReader) lastByAPI(ctx context.Context) (uint64, error) {
+	body, _ := json.Marshal(struct {
+		LastBySubj string `json:"last_by_subj"`
+	}{subjects.Command(r.g.cfg.ID)})
+	msg, err := r.g.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+bus.StreamCommands, body)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return 0, nil // no JetStream
+	}
+	if err != nil {
+		return 0, err
+	}
+	var resp struct {
+		Message *struct {
+			Seq uint64 `json:"seq"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	switch err := json.Unmarshal(msg.Data, &resp); {
+	case err != nil:
+		return 0, fmt.Errorf("stream message get: %w", err)
+	case resp.Error != nil && resp.Error.Code == 404:
+		return 0, nil // no command on cmd.<id>, or no command stream
+	case resp.Error != nil:
+		return 0, fmt.Errorf("stream message get: %d %s", resp.Error.Code, resp.Error.Description)
+	case resp.Message == nil || resp.Message.Seq == 0:
+		return 0, fmt.Errorf("stream message get: an answer without a message")
+	}
+	return resp.Message.Seq, nil
 }
 
 // directGetStatus reads a direct get's answer: nil for a stored message (it carries its
