@@ -107,3 +107,23 @@ func FuzzProbeCommand(f *testing.F) {
 		}
 	})
 }
+
+// CommandIDOf reads the same command_id as ProbeCommand, whatever the bytes.
+func FuzzCommandIDOf(f *testing.F) {
+	f.Add(readGolden(f, "command.json"))
+	for _, m := range malformed {
+		f.Add(m)
+	}
+	f.Add([]byte(`{"command_id":"cmd_a","command_id":"cmd_b"}`))
+	f.Add([]byte(`{"Command_ID":"cmd_a"}`))
+	f.Add([]byte(`{"command_id":"cmd_a","COMMAND_ID":"cmd_b"}`))
+	f.Add([]byte(` {"command_id":"cmd_\u0061"} `))
+	f.Add([]byte(`{"command_id":"cmd a"}`))
+	f.Add([]byte(`{"command_id":7}`))
+	f.Add([]byte(`{"command_id":"cmd_a","args":{"k":1}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if got, want := bus.CommandIDOf(data), bus.ProbeCommand(data).CommandID; got != want {
+			t.Fatalf("CommandIDOf(%q) = %q, ProbeCommand reads %q", data, got, want)
+		}
+	})
+}

@@ -243,7 +243,7 @@ func (g *Ghost) caughtUp(reconnects uint64) {
 // commandIDOf is the command_id a stored command carries in its body: the id a position
 // is saved with, whichever way it moved (Mirage and the direct get name the last command
 // by its body too), and a message stored by hand without a Nats-Msg-Id has one as well.
-func commandIDOf(data []byte) string { return bus.ProbeCommand(data).CommandID }
+func commandIDOf(data []byte) string { return bus.CommandIDOf(data) }
 
 // position is a replay position: a stream sequence of EDGE_CMD and the command_id of the
 // command there ("" when unknown).
