@@ -20,6 +20,10 @@ import (
 type ParamPattern struct {
 	expr     string // "^(?:" + declared + ")$"
 	compiled atomic.Pointer[regexp.Regexp]
+	// all: the pattern matches every value (empty, or "(?s).*" however written): Match
+	// answers without running it over the value, which for a 4 KiB message costs more
+	// than the rest of an issue's checks.
+	all bool
 }
 
 // ParseParamPattern anchors a declared pattern (empty: any value) and checks that it
@@ -30,18 +34,32 @@ func ParseParamPattern(declared string) (*ParamPattern, error) {
 	if declared == "" {
 		declared = "(?s).*"
 	}
-	if _, err := syntax.Parse(declared, syntax.Perl); err != nil {
+	re, err := syntax.Parse(declared, syntax.Perl)
+	if err != nil {
 		return nil, err
 	}
 	expr := "^(?:" + declared + ")$"
 	if _, err := syntax.Parse(expr, syntax.Perl); err != nil {
 		return nil, err
 	}
-	return &ParamPattern{expr: expr}, nil
+	return &ParamPattern{expr: expr, all: matchesAll(re.Simplify())}, nil
+}
+
+// matchesAll reports whether re is any number of any characters, newlines included,
+// within capturing groups or not: it then matches every string whole (an invalid UTF-8
+// byte is a character too).
+func matchesAll(re *syntax.Regexp) bool {
+	for re.Op == syntax.OpCapture {
+		re = re.Sub[0]
+	}
+	return re.Op == syntax.OpStar && re.Sub[0].Op == syntax.OpAnyChar
 }
 
 // Match reports whether v matches the pattern whole, compiling it the first time.
 func (p *ParamPattern) Match(v string) bool {
+	if p.all {
+		return true
+	}
 	re := p.compiled.Load()
 	if re == nil {
 		re = compiledPatterns.get(p.expr)

@@ -73,3 +73,31 @@ func cached(expr string) bool {
 	_, ok := compiledPatterns.m[expr]
 	return ok
 }
+
+// A pattern that matches every value answers without running, and only such a pattern:
+// whatever the value, Match agrees with the compiled expression.
+func TestParamPatternMatchingEverything(t *testing.T) {
+	values := []string{"", "x", "a\nb", "\n", "\x00", "\xff\xfe", "é", "line\r\n", string(make([]byte, 5000))}
+	for _, tt := range []struct {
+		declared string
+		all      bool
+	}{
+		{"", true}, {"(?s).*", true}, {"(?s:.*)", true}, {"((?s).*)", true}, {"(?s)(.*)", true},
+		{".*", false}, {"(?s).+", false}, {"(?s).*x", false}, {"[^\n]*", false}, {"(?s).?", false},
+		{"(?s)(?:.*|x)", false}, {"(?U)(?s).*", true}, {"(?s).*?", true},
+	} {
+		p, err := ParseParamPattern(tt.declared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.all != tt.all {
+			t.Errorf("%q: all = %v, want %v", tt.declared, p.all, tt.all)
+		}
+		re := compiledPatterns.get(p.expr)
+		for _, v := range values {
+			if got, want := p.Match(v), re.MatchString(v); got != want {
+				t.Errorf("%q on %q: Match %v, the expression %v", tt.declared, v, got, want)
+			}
+		}
+	}
+}
