@@ -480,7 +480,9 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool, arrived time
 		g.reject(data, hdr, perr)
 		return nil
 	} else {
-		g.log.Debug("command received", "direction", "in", "peer", "mirage", "message_type", bus.TypeCommand, "message_id", cmd.MessageID, "trace_id", cmd.TraceID, "intent_id", cmd.IntentID, "command_id", cmd.CommandID, "seed", cmd.SeedSelector, "operation", cmd.Operation, "replayed", replayed)
+		if g.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+			g.log.Debug("command received", "direction", "in", "peer", "mirage", "message_type", bus.TypeCommand, "message_id", cmd.MessageID, "trace_id", cmd.TraceID, "intent_id", cmd.IntentID, "command_id", cmd.CommandID, "seed", cmd.SeedSelector, "operation", cmd.Operation, "replayed", replayed)
+		}
 		commandID = cmd.CommandID
 		out = g.pipeline.RunArrived(g.run, &cmd, arrived)
 	}
@@ -611,7 +613,9 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 			e.stored = true
 			g.cfg.Metrics.publishedEvent()
 			g.markStored(ctx, ev)
-			g.log.Debug("event stored", "direction", "out", "peer", "mirage", "message_type", bus.TypeEvent, "message_id", ev.MessageID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
+			if g.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+				g.log.Debug("event stored", "direction", "out", "peer", "mirage", "message_type", bus.TypeEvent, "message_id", ev.MessageID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "trace_id", ev.TraceID, "outcome", ev.Outcome)
+			}
 			return
 		}
 		wait := backoff.next()
@@ -804,7 +808,9 @@ func (g *Ghost) onAck(msg *nats.Msg) {
 	if err := g.store.MarkAcked(g.send, ack.CommandID); err != nil && !errors.Is(err, ErrNotFound) {
 		g.log.Error("execution store: marking an event acknowledged failed", "command_id", ack.CommandID, "err", err)
 	}
-	g.log.Debug("event acknowledged", "direction", "in", "message_type", bus.TypeEventAck, "event_id", ack.EventID, "command_id", ack.CommandID, "ack_status", ack.AckStatus, "ack_code", ack.AckCode)
+	if g.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+		g.log.Debug("event acknowledged", "direction", "in", "message_type", bus.TypeEventAck, "event_id", ack.EventID, "command_id", ack.CommandID, "ack_status", ack.AckStatus, "ack_code", ack.AckCode)
+	}
 }
 
 // backoff is the seed's reliability contract: 250 ms initial, ×2, 5 s max, with jitter.

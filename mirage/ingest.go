@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -74,7 +75,9 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		m.log.Warn("event rejected", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "command_id", ev.CommandID, "intent_id", ev.IntentID, "reason", reason)
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
 	default:
-		m.log.Debug("event ingested", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "message_id", ev.MessageID, "trace_id", ev.TraceID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "outcome", ev.Outcome, "duplicate", v == verdictDuplicate)
+		if m.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+			m.log.Debug("event ingested", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "message_id", ev.MessageID, "trace_id", ev.TraceID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "outcome", ev.Outcome, "duplicate", v == verdictDuplicate)
+		}
 		m.sendAck(ev.GhostID, &ev, bus.AckAccepted, 0)
 	}
 }

@@ -695,7 +695,9 @@ func (m *Mirage) await(ctx context.Context, rec *IntentRecord, units []int, futu
 	unstored = append(unstored, units[len(futures):]...)
 	m.cfg.Metrics.dispatch(stored)
 	if len(unstored) == 0 {
-		m.log.Debug("commands stored", "direction", "out", "message_type", bus.TypeCommand, "intent_id", rec.IntentID, "count", len(futures))
+		if m.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+			m.log.Debug("commands stored", "direction", "out", "message_type", bus.TypeCommand, "intent_id", rec.IntentID, "count", len(futures))
+		}
 	}
 	return unstored, first
 }

@@ -595,7 +595,9 @@ func (m *Mirage) storedWaiter() {
 				// Mirage stopped and spent its budget: not retried (publishReport).
 				m.unstoredAtStop.Add(1)
 			case acked:
-				m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", p.r.IntentID, "trace_id", p.r.TraceID, "message_id", p.r.MessageID, "phase", p.r.Phase)
+				if m.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+					m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", p.r.IntentID, "trace_id", p.r.TraceID, "message_id", p.r.MessageID, "phase", p.r.Phase)
+				}
 				m.reportStored(p.r)
 				if !bus.Terminal(p.r.Phase) {
 					m.storeIsBack(p.r.IntentID)
@@ -690,7 +692,9 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		_, err = m.js.PublishMsg(ctx, msg) // same message id: stored once whatever happened
 		cancel()
 		if err == nil {
-			m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
+			if m.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
+				m.log.Debug("report stored", "direction", "out", "message_type", bus.TypeReport, "intent_id", r.IntentID, "trace_id", r.TraceID, "message_id", r.MessageID, "phase", r.Phase)
+			}
 			m.reportStored(r)
 			return
 		}
