@@ -8,15 +8,19 @@ import (
 )
 
 // Proxy is a TCP proxy on loopback between clients and the server: Cut drops every
-// connection and refuses new ones until Restore, a real network fault for the clients.
+// connection and refuses new ones until Restore, a real network fault for the clients;
+// Pause holds every byte either way until Resume, the connections kept, as the link of a
+// process stopped (SIGSTOP) or a frozen VM looks to the server.
 type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	cut     bool
+	paused  bool
+	resumed *sync.Cond // on mu: broadcast when paused or cut changes
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
 }
 
 // NewProxy starts a proxy to target (host:port); it stops with the test.
@@ -27,6 +31,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		t.Fatal(err)
 	}
 	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.resumed = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -66,7 +71,7 @@ func (p *Proxy) accept() {
 
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	_, _ = io.Copy(heldWriter{p, dst}, src)
 	_ = dst.Close()
 	_ = src.Close()
 	p.mu.Lock()
@@ -75,14 +80,45 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	p.mu.Unlock()
 }
 
+// heldWriter writes to a proxied connection once the proxy is not paused (or is cut).
+type heldWriter struct {
+	p   *Proxy
+	dst net.Conn
+}
+
+func (w heldWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	for w.p.paused && !w.p.cut {
+		w.p.resumed.Wait()
+	}
+	w.p.mu.Unlock()
+	return w.dst.Write(b)
+}
+
 // Cut drops every proxied connection and refuses new ones.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = true
+	p.resumed.Broadcast()
 	for c := range p.conns {
 		_ = c.Close()
 	}
+}
+
+// Pause holds what either side sends, the connections open, until Resume.
+func (p *Proxy) Pause() {
+	p.mu.Lock()
+	p.paused = true
+	p.mu.Unlock()
+}
+
+// Resume delivers what Pause held, in order, and lets the connections flow again.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	p.paused = false
+	p.resumed.Broadcast()
+	p.mu.Unlock()
 }
 
 // Restore accepts connections again.
