@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,7 +74,7 @@ func TestAdoptReplaysOnlyItsOwnIntentsEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	recA := adoptRec("int_adopta", "g2", now)
-	m.rebuild(m.takeUp(&recA))
+	m.rebuild(m.takeUp(&recA, "test"))
 	cons, err := m.js.Consumer(ctx, bus.StreamEvents, "mirage")
 	if err != nil {
 		t.Fatal(err)
@@ -250,12 +251,142 @@ func TestRebuildCountsTheRefusalOfItsOwnSignedCommand(t *testing.T) {
 	if _, err := m.js.PublishMsg(ctx, bus.NewMsg(subjects.Event("g1"), data, ev.EventID, ev.TraceID)); err != nil {
 		t.Fatal(err)
 	}
-	li := m.takeUp(&rec)
+	li := m.takeUp(&rec, "test")
 	units := m.rebuild(li)
 	m.mu.Lock()
 	r := li.results[0]
 	m.mu.Unlock()
 	if len(units) != 0 || r.Outcome != bus.OutcomeError || r.Error == nil || r.Error.Code != bus.CodeSecurity || r.EventID != refusalID {
 		t.Fatalf("rebuilt: units to send %v, result %+v; want the refusal of its own bytes counted and nothing sent", units, r)
+	}
+}
+
+// unfollowedOf stores a record of an intent over ghosts, one unit each, as a Mirage that
+// stood down would have left it: recorded, open, followed by no one. It returns the record
+// and counts m's take-ups.
+func unfollowedOf(ctx context.Context, t *testing.T, m *Mirage, id string, ghosts ...string) (IntentRecord, *atomic.Int32) {
+	t.Helper()
+	rec := adoptRec(id, ghosts[0], time.Now())
+	rec.Targets = ghosts
+	rec.Steps[0].Targets = ghosts
+	storeRecord(ctx, t, m, rec)
+	var takeUps atomic.Int32
+	m.mu.Lock()
+	m.tookUp = func(*liveIntent) { takeUps.Add(1) }
+	m.mu.Unlock()
+	return rec, &takeUps
+}
+
+// publishResult stores in EDGE_EVT, without waiting for the store's answer, the success
+// event of unit u of rec from its target.
+func publishResult(t *testing.T, m *Mirage, rec *IntentRecord, u int) *bus.Event {
+	t.Helper()
+	now := time.Now()
+	g, cmd := rec.Targets[u], CommandID(rec.IntentID, u)
+	ev := &bus.Event{Header: bus.NewHeader(bus.TypeEvent, rec.Issue.TraceID, now), EventID: bus.EventID(g, cmd),
+		CommandID: cmd, IntentID: rec.IntentID, ExecutionID: subjects.NewID(subjects.PrefixExecution), GhostID: g,
+		SeedID: "seed.flow", Operation: "status", Outcome: bus.OutcomeSuccess, Result: bus.Result{Status: "ok"},
+		StartedMS: now.UnixMilli(), FinishedMS: now.UnixMilli()}
+	data, err := bus.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.js.PublishMsgAsync(bus.NewMsg(subjects.Event(g), data, ev.EventID, ev.TraceID)); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// ackOf waits on acks for the event.ack of ev.
+func ackOf(t *testing.T, acks chan *nats.Msg, ev *bus.Event) bus.EventAck {
+	t.Helper()
+	for end := time.After(10 * time.Second); ; {
+		select {
+		case msg := <-acks:
+			var a bus.EventAck
+			if err := bus.Decode(msg.Data, &a); err != nil {
+				t.Fatal(err)
+			}
+			if a.EventID == ev.EventID {
+				return a
+			}
+		case <-end:
+			t.Fatalf("no event.ack for %s", ev.EventID)
+		}
+	}
+}
+
+// ackWatch subscribes to the event.acks of every Ghost.
+func ackWatch(t *testing.T, ns *natsd.Server) chan *nats.Msg {
+	t.Helper()
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "acks"})
+	acks := make(chan *nats.Msg, 64)
+	if _, err := nc.ChanSubscribe(subjects.Ack("*"), acks); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return acks
+}
+
+// Events of an intent recorded and open but followed by no one (a Mirage that stood down
+// accepted it), stored together, take it up once: each is counted and answered accepted,
+// and the intent ends satisfied. They were refused 1500 before.
+func TestEventsOfAnUnfollowedIntentTakeItUpOnce(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	acks := ackWatch(t, ns)
+	rec, takeUps := unfollowedOf(ctx, t, m, "int_strayevents", "g1", "g2", "g3")
+	var evs []*bus.Event
+	for u := range rec.Targets {
+		evs = append(evs, publishResult(t, m, &rec, u))
+	}
+	for _, ev := range evs {
+		if a := ackOf(t, acks, ev); a.AckStatus != bus.AckAccepted {
+			t.Fatalf("event of %s: event.ack %s %d; want accepted", ev.GhostID, a.AckStatus, a.AckCode)
+		}
+	}
+	if r := waitTerminal(t, ns, rec.IntentID); r.Phase != bus.PhaseSatisfied || r.Counts.Success != 3 {
+		t.Fatalf("terminal report %s %q; want satisfied 3/3", r.Phase, r.Summary)
+	}
+	if n := takeUps.Load(); n != 1 {
+		t.Fatalf("the intent was taken up %d times; want once", n)
+	}
+}
+
+// An event of an unfollowed intent whose id is claimed (an issue sent again being accepted
+// under it) waits for the claim: the issue's take-up is the only one, and the event is
+// counted in it.
+func TestEventOfAnUnfollowedIntentWaitsForTheIssuesClaim(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	acks := ackWatch(t, ns)
+	rec, takeUps := unfollowedOf(ctx, t, m, "int_claimedevent", "g1")
+	// accept's part of the issue path: the id claimed, the record found open.
+	if prior, _, err := m.claimIntent(ctx, rec.IntentID); err != nil || prior != nil {
+		t.Fatalf("claim: %v, %v", prior, err)
+	}
+	ev := publishResult(t, m, &rec, 0)
+	select {
+	case msg := <-acks:
+		t.Fatalf("the event was answered while the id is claimed: %s", msg.Data)
+	case <-time.After(500 * time.Millisecond):
+	}
+	li := m.takeUp(&rec, "test") // ends the claim
+	m.send(&rec, m.rebuild(li))
+	m.progress(rec.IntentID)
+	if a := ackOf(t, acks, ev); a.AckStatus != bus.AckAccepted {
+		t.Fatalf("event.ack %s %d; want accepted", a.AckStatus, a.AckCode)
+	}
+	if r := waitTerminal(t, ns, rec.IntentID); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("terminal report %s %q; want satisfied", r.Phase, r.Summary)
+	}
+	if n := takeUps.Load(); n != 1 {
+		t.Fatalf("the intent was taken up %d times; want once (the issue's)", n)
 	}
 }

@@ -82,17 +82,54 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	}
 }
 
-// ingest applies an event, stored in EDGE_EVT at stored, to its live intent. It returns
-// the verdict, the ack code and reason of a rejection, and whether a result was counted
-// (the rollout may move). An event stored after its intent's cutoff is late (1900),
-// whether or not the intent has ended yet: replay judges it the same way.
+// ingest applies an event, stored in EDGE_EVT at stored, to its intent. It returns the
+// verdict, the ack code and reason of a rejection, and whether a result was counted (the
+// rollout may move). An intent recorded and open but not followed here is taken up first
+// (takeUpOnEvent).
 func (m *Mirage) ingest(ev *bus.Event, stored time.Time) (verdict, bus.Code, string, bool) {
+	if v, code, reason, ok := m.ingestLive(ev, stored); ok {
+		return v, code, reason, v == verdictCounted
+	}
+	if ev.IntentID == "" {
+		return verdictRejected, bus.CodeSemantic, "event names no intent", false
+	}
+	if phase := m.endingPhase(ev.IntentID); phase != "" {
+		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + phase, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, err := m.Intent(ctx, ev.IntentID)
+	switch {
+	case errors.Is(err, ErrIntentNotFound):
+		return verdictRejected, bus.CodeSemantic, "unknown intent " + ev.IntentID, false
+	case errors.Is(err, ErrBadIntentRecord):
+		// Junk in place of the record: the reports still tell whether the intent ended;
+		// an open one cannot be followed.
+	case err != nil:
+		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+	case !bus.Terminal(rec.Phase):
+		return m.takeUpOnEvent(ctx, rec, ev, stored)
+	default:
+		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + rec.Phase, false
+	}
+	phase, err := m.reportPhase(ctx, ev.IntentID)
+	switch {
+	case err != nil:
+		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+	case bus.Terminal(phase):
+		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + phase, false
+	}
+	return verdictRejected, bus.CodeInternal, "intent state unavailable: its record is not valid", false
+}
+
+// ingestLive applies ev to its intent if Mirage follows it (ok). An event stored after
+// its intent's cutoff is late (1900), whether or not the intent has ended yet: replay
+// judges it the same way.
+func (m *Mirage) ingestLive(ev *bus.Event, stored time.Time) (v verdict, code bus.Code, reason string, ok bool) {
 	m.mu.Lock()
 	freed := m.commandEnded(ev)
 	li, ok := m.live[ev.IntentID]
-	var v verdict
-	var reason string
-	code := bus.CodeSemantic
+	code = bus.CodeSemantic
 	if ok && li.storedLate(ev, stored) {
 		if i, in := li.index[ev.CommandID]; in {
 			li.noteEnded(i, ev)
@@ -110,36 +147,51 @@ func (m *Mirage) ingest(ev *bus.Event, stored time.Time) (verdict, bus.Code, str
 		m.log.Info("lock freed: the timed-out command ended", "lock", freed.key, "intent_id", freed.intentID, "command_id", freed.commandID)
 		m.wakeWaiters()
 	}
-	if ok {
+	return v, code, reason, ok
+}
+
+// takeUpOnEvent takes up, on one of its events, an intent recorded (rec) and open by its
+// record but not followed here: one a Mirage accepted and stopped following without
+// ending it (stood down after it was resumed, say). The id is claimed as an issue sent
+// again would claim it, and whether the intent ended is read under the claim; an open
+// one is taken up (takeUp) and ev applied to it as to any followed intent, its rollout
+// waiting for the rebuild, which runs in a goroutine of its own: it replays the intent's
+// streams, and the events consumer, on whose callback this runs, must not wait for it.
+// Events that follow find the intent live. The rebuild's replay reads ev again (EDGE_EVT
+// stored it), a duplicate of the result counted here.
+func (m *Mirage) takeUpOnEvent(ctx context.Context, rec *IntentRecord, ev *bus.Event, stored time.Time) (verdict, bus.Code, string, bool) {
+	id := rec.IntentID
+	prior, _, err := m.claimIntent(ctx, id)
+	if err != nil {
+		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+	}
+	if prior == nil { // claimed: not followed, no other issue or event taking it up
+		phase := m.endingPhase(id)
+		if phase == "" {
+			phase, err = m.reportPhase(ctx, id)
+		}
+		switch {
+		case err != nil:
+			m.unclaim(id)
+			return verdictRejected, bus.CodeInternal, "intent state unavailable", false
+		case bus.Terminal(phase):
+			m.unclaim(id)
+			return verdictRejected, bus.CodeNoResponse, "intent " + id + " already ended " + phase, false
+		}
+		li := m.takeUp(rec, "one of its events came")
+		// Not once Mirage stops: the next one takes the intent up (recorded, open).
+		m.spawn(func() {
+			units := m.rebuild(li)
+			m.send(rec, units)
+			m.progress(id) // it may have ended already (rebuild)
+		})
+	}
+	if v, code, reason, ok := m.ingestLive(ev, stored); ok {
 		return v, code, reason, v == verdictCounted
 	}
-	if ev.IntentID == "" {
-		return verdictRejected, bus.CodeSemantic, "event names no intent", false
-	}
-	if phase := m.endingPhase(ev.IntentID); phase != "" {
-		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + phase, false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var phase string
-	rec, err := m.Intent(ctx, ev.IntentID)
-	switch {
-	case errors.Is(err, ErrIntentNotFound):
-		return verdictRejected, bus.CodeSemantic, "unknown intent " + ev.IntentID, false
-	case errors.Is(err, ErrBadIntentRecord):
-		// Junk in place of the record: the reports still tell whether the intent ended.
-	case err != nil:
-		return verdictRejected, bus.CodeInternal, "intent state unavailable", false
-	default:
-		phase = rec.Phase
-	}
-	if !bus.Terminal(phase) {
-		if phase, err = m.reportPhase(ctx, ev.IntentID); err != nil {
-			return verdictRejected, bus.CodeInternal, "intent state unavailable", false
-		}
-	}
-	if bus.Terminal(phase) {
-		return verdictRejected, bus.CodeNoResponse, "intent " + ev.IntentID + " already ended " + phase, false
+	// Followed when claimed (prior), and ended since.
+	if phase := m.endingPhase(id); phase != "" {
+		return verdictRejected, bus.CodeNoResponse, "intent " + id + " already ended " + phase, false
 	}
 	return verdictRejected, bus.CodeInternal, "intent state unavailable", false
 }

@@ -152,12 +152,14 @@ func (m *Mirage) recordedAlready(is *bus.Issue, createErr error) (*IntentRecord,
 	return stored, !bus.Terminal(phase), nil
 }
 
-// takeUp follows an open intent that is recorded but was not followed (recordedAlready:
-// its issue was refused when the store's answer to its record was lost), as a restarted
-// Mirage takes up the intents it finds open. It ends the id's claim, which the caller
-// holds: the issue sent again meanwhile is compared with the live intent. The caller
-// answers the issue, then calls rebuild.
-func (m *Mirage) takeUp(rec *IntentRecord) *liveIntent {
+// takeUp follows an open intent that is recorded but not followed, as a restarted Mirage
+// takes up the intents it finds open: one whose issue was refused when the store's answer
+// to its record was lost (recordedAlready, when the issue is sent again), or one a Mirage
+// that stood down had accepted (takeUpOnEvent, when one of its events comes). It ends the
+// id's claim, which the caller holds: an issue sent again meanwhile is compared with the
+// live intent, an event applied to it. The caller then calls rebuild. why says what
+// brought the intent up, for the log.
+func (m *Mirage) takeUp(rec *IntentRecord, why string) *liveIntent {
 	li := newLiveIntent(*rec)
 	li.adopting = true // counted events wait for the rebuild to move the rollout
 	m.mu.Lock()
@@ -168,7 +170,7 @@ func (m *Mirage) takeUp(rec *IntentRecord) *liveIntent {
 	if tookUp != nil {
 		tookUp(li)
 	}
-	m.log.Warn("intent recorded but not followed (its record's answer was lost): taking it up", "intent_id", rec.IntentID)
+	m.log.Warn("intent recorded and open but not followed: taking it up", "intent_id", rec.IntentID, "why", why)
 	return li
 }
 
@@ -424,7 +426,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 			m.log.Info("issue re-sent for a recorded intent: accepted again", "intent_id", rec.IntentID)
 			return stored, nil, nil, nil, nil
 		}
-		return stored, nil, nil, m.takeUp(stored), nil
+		return stored, nil, nil, m.takeUp(stored, "its issue was sent again"), nil
 	}
 	li := newLiveIntent(*rec)
 	m.mu.Lock()

@@ -163,7 +163,7 @@ func TestRebuildWhileStoppingDispatchesNothing(t *testing.T) {
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
 	m := startTestMirage(t, ns)
 	rec := adoptRec("int_rebuildstop", "g1", time.Now())
-	li := m.takeUp(&rec)
+	li := m.takeUp(&rec, "test")
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestCloseEndsRebuildAndDispatchWaitingOnTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	taken := adoptRec("int_closerebuild", "g1", time.Now())
-	li := m.takeUp(&taken)
+	li := m.takeUp(&taken, "test")
 	fresh := adoptRec("int_closesend", "g2", time.Now())
 	ns.Shutdown() // the store answers nothing from now on
 	ns.WaitForShutdown()

@@ -16,9 +16,9 @@ import (
 
 // One Mirage per deployment. Open intents live in the memory of the Mirage that accepted
 // them, and Mirages share the events consumer and the issue queue group: a second Mirage
-// on the same NATS would take part of the first one's events, find their intents not
-// followed, and refuse them, and each intent concerned would end in a timeout although
-// its targets succeeded. So every Mirage answers on mirage.probe with what it is
+// on the same NATS would take part of the first one's events and take their intents up
+// (takeUpOnEvent) while the first goes on following them, and the first would report a
+// timeout for the targets whose events the second read. So every Mirage answers on mirage.probe with what it is
 // (bus.MirageInstance), and asks there:
 //
 //  1. at Start, before it loads anything or subscribes: with no Mirage on mirage.probe
@@ -38,8 +38,8 @@ import (
 // A Mirage that stands down stops as Close does and closes Done; Err says why ('up'
 // exits 3 with it). What it accepted between being resumed and standing down (at most
 // one probe's round trip when it was stopped for longer than ProbeEvery) is recorded,
-// and the Mirage that stays finds it when it starts again, not before: docs/delivery.md,
-// Limits.
+// and the Mirage that stays takes it up when one of its events comes (takeUpOnEvent), or
+// else when it starts again: docs/delivery.md, Limits.
 
 // Defaults of Config.ProbeWait and Config.ProbeEvery.
 const (
