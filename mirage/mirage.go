@@ -170,6 +170,8 @@ type Mirage struct {
 	// claim is this Mirage's side of mirage.probe: one Mirage per deployment
 	// (singleton.go).
 	claim *deployClaim
+	// closeOnce runs close once, however many callers (the user, a stand-down) ask.
+	closeOnce sync.Once
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -369,13 +371,15 @@ func eventsConsumerConfig() jetstream.ConsumerConfig {
 }
 
 // Close stops intake and background loops, writes pending presence, and publishes the
-// reports that changed. It does not close the connection.
+// reports that changed. It does not close the connection. It may be called more than
+// once, and while a stand-down (singleton.go) stops Mirage: every call returns once
+// Mirage has stopped.
 func (m *Mirage) Close() error {
-	select {
-	case <-m.stop:
-		return nil
-	default:
-	}
+	m.closeOnce.Do(m.close)
+	return nil
+}
+
+func (m *Mirage) close() {
 	for _, s := range m.subs {
 		_ = s.Unsubscribe()
 	}
@@ -408,7 +412,6 @@ func (m *Mirage) Close() error {
 	if n := m.unstoredAtStop.Load(); n > 0 {
 		m.log.Warn("reports not stored before Mirage stopped; the next Mirage reports their intents", "reports", n, "budget", m.cfg.StopBudget)
 	}
-	return nil
 }
 
 func (m *Mirage) announce() {

@@ -1,0 +1,93 @@
+package mirage
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/natsd"
+	"github.com/edgectl/edgectl/natsd/natsdtest"
+	"github.com/edgectl/edgectl/subjects"
+)
+
+// probeAsNewer publishes on mirage.probe what a running Mirage started a minute after m
+// would: m stands down on reading it.
+func probeAsNewer(t *testing.T, ns *natsd.Server, m *Mirage) {
+	t.Helper()
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "newer mirage"})
+	self := m.Instance()
+	p := bus.MirageProbe{Header: bus.NewHeader(bus.TypeMirageProbe, "", time.Now()), MirageInstance: bus.MirageInstance{
+		MirageID: self.MirageID, InstanceID: subjects.NewID(subjects.PrefixInstance), Hostname: "other", PID: 1,
+		StartedMS: self.StartedMS + time.Minute.Milliseconds(), Phase: bus.InstanceRunning}}
+	data, err := bus.Encode(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(subjects.MirageProbe, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Close called while Mirage is standing down (SIGTERM to 'up' at that moment) waits for
+// the stop under way and returns once it is done: it neither closes what the stand-down
+// closes a second time nor returns while Mirage still works. Here the stand-down is held
+// by an event callback (taking up an intent not followed).
+func TestCloseWhileStandingDownWaitsForTheStop(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	m := startTestMirage(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec, _ := unfollowedOf(ctx, t, m, "int_heldstanddown", "g1")
+	inCallback, release := make(chan struct{}), make(chan struct{})
+	m.mu.Lock()
+	m.tookUp = func(*liveIntent) {
+		close(inCallback)
+		<-release
+	}
+	m.mu.Unlock()
+	publishResult(t, m, &rec, 0)
+	select {
+	case <-inCallback:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event did not take its intent up")
+	}
+	probeAsNewer(t, ns, m)
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		m.claim.mu.Lock()
+		released := m.claim.down && m.claim.probes == nil
+		m.claim.mu.Unlock()
+		if released {
+			break // the stand-down's Close is under way
+		}
+		if time.Now().After(end) {
+			close(release)
+			t.Fatal("Mirage did not stand down")
+		}
+	}
+	closed := make(chan struct{})
+	go func() {
+		_ = m.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		close(release)
+		t.Fatal("Close returned while the stand-down's stop waits for an event callback")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return once the callback was done")
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after the stand-down")
+	}
+}
