@@ -170,8 +170,13 @@ type Mirage struct {
 	// claim is this Mirage's side of mirage.probe: one Mirage per deployment
 	// (singleton.go).
 	claim *deployClaim
-	// closeOnce runs close once, however many callers (the user, a stand-down) ask.
+	// closeOnce runs close once, however many callers (the user, a stand-down) ask;
+	// startMu is held by Start from serve on: a stand-down's close waits for it.
 	closeOnce sync.Once
+	startMu   sync.Mutex
+	// served, set by tests before Start, is called by Start once it serves, before it
+	// subscribes.
+	served func()
 }
 
 // New provisions the JetStream assets (idempotently) and returns a Mirage ready to Start.
@@ -305,8 +310,14 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("recover open intents: %w", err)
 	}
+	// From here a stand-down may be decided: its Close waits until Start returns.
+	m.startMu.Lock()
+	defer m.startMu.Unlock()
 	if err := m.serve(); err != nil { // another Mirage found meanwhile
 		return err
+	}
+	if m.served != nil {
+		m.served()
 	}
 	for _, s := range []struct {
 		subject string
@@ -380,6 +391,10 @@ func (m *Mirage) Close() error {
 }
 
 func (m *Mirage) close() {
+	// A stand-down decided while Start still subscribes waits for it: what Start sets up
+	// after serve is stopped here, not left behind.
+	m.startMu.Lock()
+	defer m.startMu.Unlock()
 	for _, s := range m.subs {
 		_ = s.Unsubscribe()
 	}

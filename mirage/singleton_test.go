@@ -91,3 +91,46 @@ func TestCloseWhileStandingDownWaitsForTheStop(t *testing.T) {
 		t.Fatal("Done not closed after the stand-down")
 	}
 }
+
+// A stand-down decided while Start still subscribes (the newer Mirage's probe read just as
+// this one began to serve) stops what Start set up after it: no subscription or events
+// consumer is left running on a Mirage that stopped.
+func TestStandDownWhileStartSubscribesStopsWhatStartSetUp(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := New(ctx, nc, Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.served = func() {
+		probeAsNewer(t, ns, m)
+		select { // the stand-down's stop, if it does not wait for Start
+		case <-m.stop:
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Mirage did not stand down")
+	}
+	for _, s := range m.subs {
+		if s.IsValid() {
+			t.Fatalf("%s is still subscribed after the stand-down", s.Subject)
+		}
+	}
+	if m.cc == nil {
+		t.Fatal("Start did not start the events consumer")
+	}
+	select {
+	case <-m.cc.Closed():
+	default:
+		t.Fatal("the events consumer still runs after the stand-down")
+	}
+}
