@@ -478,6 +478,12 @@ func (m *Mirage) refreshKnown() bool {
 }
 
 func (m *Mirage) publishDirty() {
+	if m.gaveWay() {
+		// Another Mirage follows these intents (and takes up the ones only this one
+		// followed): an in_progress report of this one's stored after its terminal one
+		// would make an ended intent read open (reportPhase, endedIntents).
+		return
+	}
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -279,6 +279,13 @@ func (m *Mirage) decide(other bus.MirageInstance) {
 	}()
 }
 
+// gaveWay reports whether this Mirage refused to start or stood down for another one.
+func (m *Mirage) gaveWay() bool {
+	m.claim.mu.Lock()
+	defer m.claim.mu.Unlock()
+	return m.claim.clash != nil
+}
+
 // startErr is the clash that refuses the start, if one was found.
 func (m *Mirage) startErr() error {
 	m.claim.mu.Lock()

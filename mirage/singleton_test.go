@@ -2,6 +2,7 @@ package mirage
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -132,5 +133,46 @@ func TestStandDownWhileStartSubscribesStopsWhatStartSetUp(t *testing.T) {
 	case <-m.cc.Closed():
 	default:
 		t.Fatal("the events consumer still runs after the stand-down")
+	}
+}
+
+// A Mirage refused at the end of its start (the serving Mirage's answer came while it
+// recovered: it came late, or NATS was briefly unreachable at its first probe) stores no
+// report of the intents it recovered: the serving Mirage follows them, and an in_progress
+// report stored after that one's terminal report would make an ended intent read open
+// (reportPhase, endedIntents), to be taken up again on its next event or start.
+func TestRefusedStartStoresNoReportOfTheServingMiragesIntents(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	a := startTestMirage(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rec := adoptRec("int_servedbya", "g1", time.Now())
+	storeRecord(ctx, t, a, rec)
+	a.send(&rec, a.rebuild(a.takeUp(&rec, "test")))
+	// b does not wait for the answer to its first probe: it recovers the intent, then
+	// reads a's answer and refuses to serve.
+	b, err := New(ctx, natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "mirage b"}), Config{ProbeWait: time.Nanosecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Start(ctx)
+	if !errors.Is(err, ErrAnotherMirage) {
+		_ = b.Close()
+		t.Fatalf("second Mirage's start: %v; want it refused", err)
+	}
+	b.mu.Lock()
+	_, recovered := b.live[rec.IntentID]
+	b.mu.Unlock()
+	if !recovered {
+		_ = b.Close()
+		t.Fatal("the refused Mirage did not recover the intent; the test sets up nothing")
+	}
+	publishResult(t, a, &rec, 0)
+	if r := waitTerminal(t, ns, rec.IntentID); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("terminal report %s %q; want satisfied", r.Phase, r.Summary)
+	}
+	_ = b.Close()
+	if phase, err := a.reportPhase(ctx, rec.IntentID); err != nil || phase != bus.PhaseSatisfied {
+		t.Fatalf("the intent's last report after the refused Mirage stopped: %q (%v); want satisfied", phase, err)
 	}
 }
