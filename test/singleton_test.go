@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -149,6 +152,111 @@ func TestStoppedUpIsReplacedAndStandsDown(t *testing.T) {
 	env.StartGhost("edge-three")
 	if rep := env.Run(env.Client(), testenv.NewIssue("edge-three", "seed.flow", "status", nil, 20*time.Second)); rep.Phase != bus.PhaseSatisfied {
 		t.Fatalf("the second up after the others: %s", rep.Summary)
+	}
+	if code := second.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("the second up exited %d:\n%s", code, second.Output())
+	}
+}
+
+// upProc starts 'miragectl up' processes against env's server, each in a data directory
+// of its own; extra are further flags (--no-local-ghost).
+func upProc(t *testing.T, env *testenv.Env, extra ...string) *testenv.Process {
+	t.Helper()
+	miragectl, _ := testenv.Binaries(t)
+	args := append([]string{"up", "--server", env.URL, "--data-dir", t.TempDir()}, extra...)
+	p := testenv.Start(t, miragectl, args...)
+	testenv.Eventually(t, 30*time.Second, "miragectl up to serve", func() bool {
+		return strings.Contains(p.Output(), "edgectl is up")
+	})
+	return p
+}
+
+// Issues a stopped 'miragectl up' had received when another started (buffered on its
+// connection) are each either never accepted or followed to their terminal report: resumed,
+// it accepts what it reads before it learns that it stands down, and the Mirage that stays
+// takes those intents up. None is left run by its Ghost but open for ever.
+func TestStoppedUpBufferedIssuesEndReported(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	first := upProc(t, env, "--no-local-ghost")
+	env.StartGhost("edge-buf")
+	client := env.Client()
+	if r := env.Run(client, testenv.NewIssue("edge-buf", "seed.flow", "status", nil, 20*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("before the stop: %s", r.Summary)
+	}
+	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Only the stopped one listens on mirage.issue: every issue waits on its connection.
+	nc := env.Conn("issues to a stopped Mirage")
+	var ids []string
+	for i := range 4 {
+		is := testenv.NewIssue("edge-buf", "seed.flow", "echo", map[string]string{"message": "m" + strconv.Itoa(i)}, 60*time.Second)
+		data, err := bus.Encode(is)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.PublishRequest(subjects.Issue, nc.NewInbox(), data); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, is.IntentID)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	second := upProc(t, env, "--no-local-ghost")
+	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if code := first.Wait(30 * time.Second); code != 3 {
+		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
+	}
+	intents, err := env.JetStream().KeyValue(context.Background(), bus.BucketIntents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := 0
+	for _, id := range ids {
+		if _, err := intents.Get(context.Background(), id); errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // never accepted: no command left
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		accepted++
+		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+		r, err := client.WaitTerminal(ctx, id)
+		cancel()
+		if err != nil {
+			t.Fatalf("intent %s, accepted by the resumed Mirage, has no terminal report: %v", id, err)
+		}
+		if r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("intent %s: %s", id, r.Summary)
+		}
+	}
+	t.Logf("%d of %d buffered issues accepted", accepted, len(ids))
+	if code := second.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("the second up exited %d:\n%s", code, second.Output())
+	}
+}
+
+// Two 'miragectl up' with their local Ghosts: the first stopped while the second started,
+// resumed, stands down with its local Ghost. The second's Ghost "local", which gave way to
+// the first one's (started earlier), comes back: intents on local run again.
+func TestStoppedUpLocalGhostComesBackOnTheOther(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	first := upProc(t, env)
+	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	second := upProc(t, env)
+	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if code := first.Wait(30 * time.Second); code != 3 {
+		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
+	}
+	client := env.Client()
+	if r := env.Run(client, testenv.NewIssue("local", "seed.flow", "echo", map[string]string{"message": "back"}, 30*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("local after the first up stood down: %s\n%s", r.Summary, second.Output())
 	}
 	if code := second.Stop(30 * time.Second); code != 0 {
 		t.Fatalf("the second up exited %d:\n%s", code, second.Output())

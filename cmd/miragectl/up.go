@@ -304,7 +304,7 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		m.Observe(metrics)
 	}
 
-	var stopGhost func() error
+	var local *localGhost
 	if !cfg.NoLocalGhost {
 		gconn := conn
 		gconn.Name = "ghost " + LocalGhostID
@@ -314,7 +314,9 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 			gcfg.Identity = auth.local
 			gcfg.TrustedMirageKeys = []string{auth.mirage.PublicKey()}
 		}
-		stopGhost, err = startLocalGhost(ctx, gconn, gcfg, dataDir, log)
+		local, err = runLocalGhost(ctx, func(ctx context.Context) (*ghost.Ghost, func() error, error) {
+			return startLocalGhost(ctx, gconn, gcfg, dataDir, log)
+		}, log)
 		if err != nil {
 			_ = m.Close()
 			return err
@@ -353,8 +355,8 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 	}
 	log.Info("stopping: draining the local Ghost, Mirage and the server", "component", "miragectl")
 	var errs []error
-	if stopGhost != nil {
-		errs = append(errs, stopGhost())
+	if local != nil {
+		errs = append(errs, local.Close())
 	}
 	errs = append(errs, m.Close())
 	_ = mnc.Drain()
@@ -375,24 +377,24 @@ func serverFlagFor(url string) string {
 
 // startLocalGhost runs the co-located Ghost "local" with every built-in seed, on an
 // in-process connection. Its stop function closes the Ghost and its connection.
-func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config, dataDir string, log *slog.Logger) (func() error, error) {
+func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config, dataDir string, log *slog.Logger) (*ghost.Ghost, func() error, error) {
 	state := filepath.Join(dataDir, "ghosts", LocalGhostID)
 	if err := os.MkdirAll(state, 0o700); err != nil {
-		return nil, fmt.Errorf("local ghost state: %w", err)
+		return nil, nil, fmt.Errorf("local ghost state: %w", err)
 	}
 	reg, err := seeds.Registry(seeds.All, state)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	conn.Options = append(conn.Options, bus.GhostRequests())
 	nc, err := bus.Connect(ctx, conn)
 	if err != nil {
-		return nil, cli.Exit(cli.ExitUnavailable, err)
+		return nil, nil, cli.Exit(cli.ExitUnavailable, err)
 	}
 	store, err := ghost.OpenBoltStore(filepath.Join(state, "executions.db"), ghost.BoltOptions{})
 	if err != nil {
 		nc.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	g, err := ghost.New(nc, gcfg, reg, store, log)
 	var ctl *control.Seed
@@ -402,15 +404,16 @@ func startLocalGhost(ctx context.Context, conn bus.ConnConfig, gcfg ghost.Config
 	if err != nil {
 		nc.Close()
 		_ = store.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if err := g.Start(ctx); err != nil {
 		_ = g.Close()
+		ctl.Close()
 		nc.Close()
 		_ = store.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return func() error {
+	return g, func() error {
 		err := g.Close()
 		ctl.Close() // after the executions: it waits for replaced seeds to drain
 		_ = nc.Drain()
