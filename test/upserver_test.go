@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
+	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -135,5 +136,25 @@ func TestHintsNameANonDefaultServer(t *testing.T) {
 	p.Interrupt()
 	if code := p.Wait(20 * time.Second); code != 1 || !regexp.MustCompile(`miragectl report int_\w+ --wait --server `+regexp.QuoteMeta(env.URL)).MatchString(p.Output()) {
 		t.Fatalf("issue interrupted: exit %d, output %q; want exit 1 and a report hint with --server %s", code, p.Output(), env.URL)
+	}
+}
+
+// 'up --server' against a server that requires authentication, without a key it admits,
+// says so (exit 3): the server was reached, the URL is not what to check.
+func TestUpRefusedByAnAuthServerSaysWhy(t *testing.T) {
+	env := testenv.New(t, testenv.Listen(), testenv.Users(natsd.Users(newIdentity(t).PublicKey(), newIdentity(t).PublicKey(), nil)))
+	mctl, _ := testenv.Binaries(t)
+	for _, c := range []struct {
+		flags []string
+		want  string
+	}{
+		{nil, "NATS at " + env.URL + " requires authentication"},
+		{[]string{"--auth"}, "NATS at " + env.URL + " refuses Mirage's key "},
+	} {
+		args := append([]string{"up", "--server", env.URL, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data")}, c.flags...)
+		r := execRun(t, mctl, nil, args...)
+		if r.code != 3 || !strings.Contains(r.stderr, c.want) || strings.Contains(r.stderr, "cannot be reached") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("up %v: exit %d, stderr %q; want exit 3 and one line with %q", c.flags, r.code, r.stderr, c.want)
+		}
 	}
 }

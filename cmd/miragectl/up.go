@@ -283,7 +283,11 @@ func up(cmd *cobra.Command, cfg upConfig, log *slog.Logger) error {
 		}
 	}
 	if ns == nil {
-		if err := probeServer(ctx, mconn); err != nil {
+		keyFile := ""
+		if auth != nil {
+			keyFile = auth.mirageFile()
+		}
+		if err := probeServer(ctx, mconn, keyFile); err != nil {
 			return err
 		}
 	}

@@ -35,6 +35,9 @@ func loadUpAuth(dataDir string) (*upAuth, error) {
 // OperatorKeyFile is where the operator's key lives.
 func (a *upAuth) operatorFile() string { return filepath.Join(a.dir, "operator.nk") }
 
+// mirageFile is where Mirage's key lives.
+func (a *upAuth) mirageFile() string { return filepath.Join(a.dir, "mirage.nk") }
+
 // users are the server's nkey users: operator, Mirage, the local Ghost, and the enrolled.
 func (a *upAuth) users(enrolled map[string]string, local bool) []*server.NkeyUser {
 	ghosts := map[string]string{}

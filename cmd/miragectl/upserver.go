@@ -18,7 +18,10 @@ import (
 // reached and has JetStream. Mirage's own connection retries forever (a daemon outlives a server restart),
 // so without this a wrong URL or a stopped server would surface only as provisioning
 // timing out half a minute later, as "context deadline exceeded".
-func probeServer(ctx context.Context, conn bus.ConnConfig) error {
+//
+// keyFile is Mirage's key with --auth ("" without): a server that refuses the connection
+// was reached, and the operator is told what it wants instead of to check the URL.
+func probeServer(ctx context.Context, conn bus.ConnConfig, keyFile string) error {
 	conn.Persistent = false
 	conn.Name += " (probe)"
 	conn.Logger = nil
@@ -29,6 +32,12 @@ func probeServer(ctx context.Context, conn bus.ConnConfig) error {
 			return err
 		}
 		why := strings.TrimPrefix(err.Error(), fmt.Sprintf("%v: connect to %s: ", bus.ErrUnavailable, conn.URL))
+		if strings.Contains(strings.ToLower(why), "authorization violation") {
+			if keyFile == "" {
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s requires authentication (%s): run up with --auth and a --data-dir whose keys/mirage.nk the server admits (see docs/security.md)", conn.URL, why))
+			}
+			return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s refuses Mirage's key %s (%s): the server must admit it (the key of the 'up --auth' that runs the server, or one in its accounts block: miragectl fleet auth-config; see docs/security.md)", conn.URL, keyFile, why))
+		}
 		return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s cannot be reached: %s (check --server: up needs a running nats-server with JetStream there)", conn.URL, why))
 	}
 	defer nc.Close()
