@@ -262,3 +262,15 @@ func TestStoppedUpLocalGhostComesBackOnTheOther(t *testing.T) {
 		t.Fatalf("the second up exited %d:\n%s", code, second.Output())
 	}
 }
+
+// 'miragectl up --help' tells the operator about the one Mirage per deployment and the
+// exit codes, where they look first.
+func TestUpHelpNamesOneMiragePerDeployment(t *testing.T) {
+	miragectl, _ := testenv.Binaries(t)
+	r := execRun(t, miragectl, nil, "up", "--help")
+	for _, want := range []string{"One Mirage per deployment", "stands down", "Exit codes: 0", "3 it could not\nstart"} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Errorf("up --help: exit %d, no %q in:\n%s", r.code, want, r.stdout)
+		}
+	}
+}

@@ -100,6 +100,14 @@ func newUp() *cobra.Command {
 "local" hosting every built-in seed. It logs the client URL it serves; point the other
 commands (and the nats CLI) at it. SIGINT or SIGTERM drains, flushes and exits 0.
 
+One Mirage per deployment: up against a NATS server (or cluster) where another Mirage
+serves exits 3 at once, naming that one's host and pid. A Mirage that was stopped or cut
+off from NATS while another started stands down when it comes back (exit 3); the other
+takes up its open intents. See docs/operations.md.
+
+Exit codes: 0 stopped by SIGINT or SIGTERM; 2 invalid flag or config; 3 it could not
+start (server, port, data directory, credentials, another Mirage) or stood down.
+
 The JetStream store fsyncs every write by default (--sync always): an acknowledged command
 or event survives a power loss. --sync interval fsyncs every --sync-interval instead:
 faster, but an OS crash can lose the last interval's writes.
