@@ -78,6 +78,9 @@ func (li *liveIntent) awaitsEvents() bool {
 // EDGE_EVT stored by its cutoff (see above), or its wait for them ended. When Mirage stops
 // meanwhile it does nothing: the next Mirage follows the intent and expires it.
 func (m *Mirage) expireAtCutoff(id string) {
+	if !m.awake() {
+		return // stood down: the Mirage that stays follows the intent
+	}
 	m.mu.Lock()
 	li, ok := m.live[id]
 	var cutoff time.Time

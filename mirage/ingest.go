@@ -25,6 +25,11 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		return
 	}
 	defer m.wg.Done()
+	if !m.awake() {
+		// Stood down (awake.go): handed back at once, for the Mirage that stays.
+		_ = msg.Nak()
+		return
+	}
 	var stored time.Time // when EDGE_EVT stored the event: it decides whether it is in time
 	redelivered := false
 	if md, err := msg.Metadata(); err == nil {

@@ -32,6 +32,11 @@ func (m *Mirage) onIssue(msg *nats.Msg) {
 // handleIssue is issue intake: decode → validate → resolve targets → record → reply →
 // dispatch. A bad issue gets an immediate rejection naming the reason.
 func (m *Mirage) handleIssue(msg *nats.Msg) {
+	if !m.awake() {
+		// Read after this Mirage gave way to another (singleton.go, awake.go): that one
+		// takes issues. No answer: the client says none came; nothing is run.
+		return
+	}
 	var is bus.Issue
 	reply := func(r *bus.IssueReply) {
 		if data, err := bus.Encode(r); err == nil && msg.Reply != "" {

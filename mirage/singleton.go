@@ -35,10 +35,11 @@ import (
 //     or cut off by a partition), and the other took up its open intents from the store
 //     when it started: giving way to the newer one loses the least.
 //
-// A Mirage that stands down stops as Close does and closes Done; Err says why ('up'
-// exits 3 with it). What it accepted between being resumed and standing down (at most
-// one probe's round trip when it was stopped for longer than ProbeEvery) is recorded,
-// and the Mirage that stays takes it up when one of its events comes (takeUpOnEvent), or
+// A Mirage back from a stop or a cut probes again before it acts on an issue or event
+// (awake.go). One that stands down takes no issue from then on, hands events back,
+// publishes no report, stops as Close does and closes Done; Err says why ('up' exits 3
+// with it). What it still accepted before it gave way is recorded and open; the Mirage
+// that stays takes such an intent up when one of its events comes (takeUpOnEvent), or
 // else when it starts again: docs/delivery.md, Limits.
 
 // Defaults of Config.ProbeWait and Config.ProbeEvery.
@@ -82,6 +83,7 @@ type deployClaim struct {
 	clash   *AnotherMirageError
 	down    bool
 	done    chan struct{} // closed once it stood down and closed
+	wake    wakeCheck     // gaps noticed, and the probe that follows one (awake.go)
 }
 
 func newDeployClaim(id string, now time.Time) *deployClaim {
@@ -136,6 +138,7 @@ func (m *Mirage) claimDeployment(ctx context.Context) error {
 	c.mu.Lock()
 	c.answers, c.probes = answers, probes
 	c.mu.Unlock()
+	m.startPulse()
 	m.wg.Add(1)
 	go m.probeLoop()
 	return nil
@@ -207,6 +210,7 @@ func (m *Mirage) onProbe(msg *nats.Msg) {
 	}
 	self := m.Instance()
 	if p.InstanceID == self.InstanceID {
+		m.ownProbeBack(p.MessageID)
 		return
 	}
 	if msg.Reply != "" {

@@ -274,3 +274,67 @@ func TestUpHelpNamesOneMiragePerDeployment(t *testing.T) {
 		}
 	}
 }
+
+// The events of the intents a second 'miragectl up' accepted while the first was stopped
+// are delivered partly into the first one's pull requests, still open on the server. The
+// first, resumed, probes before it touches them, stands down, and hands them back: each of
+// those intents ends satisfied, none in timeout although its target succeeded.
+func TestStoppedUpHandsBackTheOthersEvents(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	first := upProc(t, env, "--no-local-ghost")
+	env.StartGhost("edge-ev")
+	client := env.Client()
+	if r := env.Run(client, testenv.NewIssue("edge-ev", "seed.flow", "status", nil, 20*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("before the stop: %s", r.Summary)
+	}
+	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	second := upProc(t, env, "--no-local-ghost")
+	// mirage.issue is a queue group: an issue handed to the stopped one gets no answer.
+	var accepted []string
+	for round := 0; len(accepted) < 3 && round < 5; round++ {
+		ids := make(chan string, 4)
+		for i := range 4 {
+			go func() {
+				is := testenv.NewIssue("edge-ev", "seed.flow", "echo", map[string]string{"message": strconv.Itoa(i)}, 20*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+				defer cancel()
+				if _, err := client.Issue(ctx, is); err == nil {
+					ids <- is.IntentID
+				} else {
+					ids <- ""
+				}
+			}()
+		}
+		for range 4 {
+			if id := <-ids; id != "" {
+				accepted = append(accepted, id)
+			}
+		}
+	}
+	if len(accepted) == 0 {
+		t.Fatal("the second Mirage accepted no issue")
+	}
+	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if code := first.Wait(30 * time.Second); code != 3 {
+		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
+	}
+	for _, id := range accepted {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		r, err := client.WaitTerminal(ctx, id)
+		cancel()
+		if err != nil {
+			t.Fatalf("intent %s of the second Mirage: %v", id, err)
+		}
+		if r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("intent %s of the second Mirage: %s\nfirst:\n%s", id, r.Summary, first.Output())
+		}
+	}
+	t.Logf("%d intents of the second Mirage satisfied", len(accepted))
+	if code := second.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("the second up exited %d:\n%s", code, second.Output())
+	}
+}
