@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -131,14 +130,10 @@ func TestStoppedUpIsReplacedAndStandsDown(t *testing.T) {
 	}
 	first := up()
 	serving(first)
-	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	first.Freeze(t)
 	second := up()
 	serving(second)
-	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	first.Thaw(t)
 	if code := first.Wait(30 * time.Second); code != 3 {
 		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
 	}
@@ -183,9 +178,7 @@ func TestStoppedUpBufferedIssuesEndReported(t *testing.T) {
 	if r := env.Run(client, testenv.NewIssue("edge-buf", "seed.flow", "status", nil, 20*time.Second)); r.Phase != bus.PhaseSatisfied {
 		t.Fatalf("before the stop: %s", r.Summary)
 	}
-	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	first.Freeze(t)
 	// Only the stopped one listens on mirage.issue: every issue waits on its connection.
 	nc := env.Conn("issues to a stopped Mirage")
 	var ids []string
@@ -204,9 +197,7 @@ func TestStoppedUpBufferedIssuesEndReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := upProc(t, env, "--no-local-ghost")
-	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	first.Thaw(t)
 	if code := first.Wait(30 * time.Second); code != 3 {
 		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
 	}
@@ -244,13 +235,9 @@ func TestStoppedUpBufferedIssuesEndReported(t *testing.T) {
 func TestStoppedUpLocalGhostComesBackOnTheOther(t *testing.T) {
 	env := testenv.New(t, testenv.Listen())
 	first := upProc(t, env)
-	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	first.Freeze(t)
 	second := upProc(t, env)
-	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	first.Thaw(t)
 	if code := first.Wait(30 * time.Second); code != 3 {
 		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
 	}
@@ -287,9 +274,7 @@ func TestStoppedUpHandsBackTheOthersEvents(t *testing.T) {
 	if r := env.Run(client, testenv.NewIssue("edge-ev", "seed.flow", "status", nil, 20*time.Second)); r.Phase != bus.PhaseSatisfied {
 		t.Fatalf("before the stop: %s", r.Summary)
 	}
-	if err := syscall.Kill(first.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	first.Freeze(t)
 	second := upProc(t, env, "--no-local-ghost")
 	// mirage.issue is a queue group: an issue handed to the stopped one gets no answer.
 	var accepted []string
@@ -316,9 +301,7 @@ func TestStoppedUpHandsBackTheOthersEvents(t *testing.T) {
 	if len(accepted) == 0 {
 		t.Fatal("the second Mirage accepted no issue")
 	}
-	if err := syscall.Kill(first.Pid(), syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	first.Thaw(t)
 	if code := first.Wait(30 * time.Second); code != 3 {
 		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
 	}
