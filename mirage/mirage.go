@@ -399,6 +399,13 @@ func (m *Mirage) close() {
 		_ = s.Unsubscribe()
 	}
 	m.releaseClaim()
+	// The unsubscribes reach the server now, not with the connection's next flush: until
+	// then it still routes issues and registers to this Mirage (a queue group member),
+	// where nobody reads them, instead of to another one (one that stays after this one
+	// stood down, or the next one started).
+	if m.nc.IsConnected() {
+		_ = m.nc.FlushTimeout(time.Second)
+	}
 	if m.cc != nil {
 		// Stop, not Drain: un-acked events are redelivered to the next Mirage and counted
 		// once, and Drain would wait for the pull request to expire.
