@@ -74,6 +74,16 @@ func (m *Mirage) startPulse() {
 	}()
 }
 
+// wasAway reports whether this Mirage may just be back from a stop or a cut: a gap
+// noticed and not checked yet, or one the pulse has not seen yet. What it reads now may
+// have waited for it that long.
+func (m *Mirage) wasAway() bool {
+	w := &m.claim.wake
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stale || time.Since(w.last) > m.cfg.ProbeWait
+}
+
 // awake tells whether this Mirage may act on an issue or event now: after a gap it first
 // waits for a new probe to settle (at most about twice the probe wait); false once it
 // stood down or stops.

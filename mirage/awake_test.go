@@ -3,6 +3,7 @@ package mirage
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,4 +81,61 @@ func TestIssueAfterAGapWaitsForTheProbe(t *testing.T) {
 	if _, err := m.intents.Get(ctx, is.IntentID); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("a Mirage back from a gap recorded an issue: %v", err)
 	}
+}
+
+// publishProbe publishes on mirage.probe the probe of Mirage instance p, answers to reply.
+func publishProbe(t *testing.T, nc *nats.Conn, p bus.MirageInstance, reply string) {
+	t.Helper()
+	data, err := bus.Encode(&bus.MirageProbe{Header: bus.NewHeader(bus.TypeMirageProbe, "", time.Now()), MirageInstance: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.PublishMsg(&nats.Msg{Subject: subjects.MirageProbe, Reply: reply, Data: data}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The probe of a Mirage that was starting, read by one back from a gap (it waited for
+// this one while it was stopped), is not logged as a start refused: the other one stopped
+// waiting and went on starting. Read by a Mirage that was there all along, it is.
+func TestStartProbeReadAfterAGapIsNotLoggedAsRefused(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	var logs syncBuffer
+	m := startTestMirageWith(t, ns, Config{}, warnLog(&logs))
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "starting"})
+	answers, err := nc.SubscribeSync(nc.NewInbox())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLog := func(s string) {
+		t.Helper()
+		for end := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), s); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("no %q logged:\n%s", s, logs.String())
+			}
+		}
+	}
+
+	late := otherMirage(m, time.Second)
+	late.Phase = bus.InstanceStarting
+	m.claim.wake.mu.Lock()
+	m.claim.wake.last = time.Now().Add(-2 * time.Second) // as after a SIGSTOP
+	m.claim.wake.mu.Unlock()
+	publishProbe(t, nc, late, answers.Subject)
+	waitLog("another Mirage probed as it started while this one was not answering")
+	if strings.Contains(logs.String(), "it refuses") {
+		t.Fatalf("the start probe read after a gap was logged as a refused start:\n%s", logs.String())
+	}
+
+	m.claim.wake.mu.Lock()
+	m.claim.wake.stale, m.claim.wake.last = false, time.Now() // as after the check that follows
+	m.claim.wake.mu.Unlock()
+	starting := otherMirage(m, 2*time.Second)
+	starting.Phase = bus.InstanceStarting
+	publishProbe(t, nc, starting, answers.Subject)
+	waitLog("another Mirage tried to start on this deployment; it refuses")
+
 }

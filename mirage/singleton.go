@@ -262,6 +262,13 @@ func (m *Mirage) decide(other bus.MirageInstance) {
 		return
 	case other.Phase == bus.InstanceStarting:
 		c.mu.Unlock() // it refuses on reading this one's probe or answer
+		if m.wasAway() {
+			// Its probe waited here while this Mirage was stopped or cut off: it stopped
+			// waiting for an answer and went on starting. Its next probes, as a running
+			// Mirage started later, make this one stand down.
+			m.log.Warn("another Mirage probed as it started while this one was not answering; it may serve now, and the probes decide which one stands down", "other_host", other.Hostname, "other_pid", other.PID, "other_instance", other.InstanceID)
+			return
+		}
 		if ok, n := c.errs.Allow(); ok {
 			m.log.Error("another Mirage tried to start on this deployment; it refuses", "other_host", other.Hostname, "other_pid", other.PID, "other_instance", other.InstanceID, "attempts", n)
 		}
