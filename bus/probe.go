@@ -62,14 +62,20 @@ func (i *Instance) validate() error {
 	if err := ghostID("ghost_id", i.GhostID); err != nil {
 		return err
 	}
-	if err := token("instance_id", i.InstanceID); err != nil {
+	return validateProcess(i.InstanceID, i.StartedMS, i.Phase)
+}
+
+// validateProcess checks what a Ghost's and a Mirage's instance share: the process's
+// instance_id, start and phase.
+func validateProcess(instanceID string, startedMS int64, phase string) error {
+	if err := token("instance_id", instanceID); err != nil {
 		return err
 	}
-	if err := positive("started_ms", i.StartedMS); err != nil {
+	if err := positive("started_ms", startedMS); err != nil {
 		return err
 	}
-	if i.Phase != InstanceStarting && i.Phase != InstanceRunning {
-		return FieldError(CodeSemantic, "phase", "is %q, expected %q or %q", i.Phase, InstanceStarting, InstanceRunning)
+	if phase != InstanceStarting && phase != InstanceRunning {
+		return FieldError(CodeSemantic, "phase", "is %q, expected %q or %q", phase, InstanceStarting, InstanceRunning)
 	}
 	return nil
 }
@@ -129,16 +135,7 @@ func (i *MirageInstance) validate() error {
 	if err := token("mirage_id", i.MirageID); err != nil {
 		return err
 	}
-	if err := token("instance_id", i.InstanceID); err != nil {
-		return err
-	}
-	if err := positive("started_ms", i.StartedMS); err != nil {
-		return err
-	}
-	if i.Phase != InstanceStarting && i.Phase != InstanceRunning {
-		return FieldError(CodeSemantic, "phase", "is %q, expected %q or %q", i.Phase, InstanceStarting, InstanceRunning)
-	}
-	return nil
+	return validateProcess(i.InstanceID, i.StartedMS, i.Phase)
 }
 
 // StartedBefore reports whether a started before b: the earlier started_ms, then the

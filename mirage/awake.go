@@ -5,9 +5,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-
-	"github.com/edgectl/edgectl/bus"
-	"github.com/edgectl/edgectl/subjects"
 )
 
 // Awake. A Mirage stopped (SIGSTOP, a frozen VM) for longer than the probe wait, or cut
@@ -124,22 +121,15 @@ func (m *Mirage) recheck(done chan struct{}) {
 		w.mu.Unlock()
 		close(done)
 	}()
-	m.claim.mu.Lock()
-	reply := ""
-	if m.claim.answers != nil {
-		reply = m.claim.answers.Subject
-	}
-	m.claim.mu.Unlock()
-	p := bus.MirageProbe{Header: bus.NewHeader(bus.TypeMirageProbe, "", m.cfg.Now()), MirageInstance: m.Instance()}
-	data, err := bus.Encode(&p)
-	if err != nil || reply == "" {
+	msg, id, ok := m.probeMsg()
+	if !ok {
 		return
 	}
 	echoed := make(chan struct{})
 	w.mu.Lock()
-	w.echo, w.echoed = p.MessageID, echoed
+	w.echo, w.echoed = id, echoed
 	w.mu.Unlock()
-	if err := m.nc.PublishMsg(&nats.Msg{Subject: subjects.MirageProbe, Reply: reply, Data: data}); err != nil {
+	if err := m.nc.PublishMsg(msg); err != nil {
 		return
 	}
 	m.log.Info("this Mirage was stopped or cut off for a while: probing again before it takes issues and events", "probe_wait", m.cfg.ProbeWait)

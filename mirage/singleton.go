@@ -174,8 +174,31 @@ func (m *Mirage) firstProbe(ctx context.Context) error {
 }
 
 func (m *Mirage) probeData() ([]byte, error) {
+	data, _, err := m.encodeProbe()
+	return data, err
+}
+
+// encodeProbe is this Mirage's probe, and its message_id.
+func (m *Mirage) encodeProbe() ([]byte, string, error) {
 	p := bus.MirageProbe{Header: bus.NewHeader(bus.TypeMirageProbe, "", m.cfg.Now()), MirageInstance: m.Instance()}
-	return bus.Encode(&p)
+	data, err := bus.Encode(&p)
+	return data, p.MessageID, err
+}
+
+// probeMsg is a probe whose answers come to this Mirage's answers inbox, and its
+// message_id; false before claimDeployment subscribed it or after Close.
+func (m *Mirage) probeMsg() (*nats.Msg, string, bool) {
+	m.claim.mu.Lock()
+	reply := ""
+	if m.claim.answers != nil {
+		reply = m.claim.answers.Subject
+	}
+	m.claim.mu.Unlock()
+	data, id, err := m.encodeProbe()
+	if err != nil || reply == "" {
+		return nil, "", false
+	}
+	return &nats.Msg{Subject: subjects.MirageProbe, Reply: reply, Data: data}, id, true
 }
 
 // probeLoop probes at once, then every ProbeEvery, until Mirage stops.
@@ -184,14 +207,8 @@ func (m *Mirage) probeLoop() {
 	t := time.NewTicker(m.cfg.ProbeEvery)
 	defer t.Stop()
 	for {
-		m.claim.mu.Lock()
-		reply := ""
-		if m.claim.answers != nil {
-			reply = m.claim.answers.Subject
-		}
-		m.claim.mu.Unlock()
-		if data, err := m.probeData(); err == nil && reply != "" {
-			_ = m.nc.PublishMsg(&nats.Msg{Subject: subjects.MirageProbe, Reply: reply, Data: data})
+		if msg, _, ok := m.probeMsg(); ok {
+			_ = m.nc.PublishMsg(msg)
 		}
 		select {
 		case <-t.C:

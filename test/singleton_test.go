@@ -42,16 +42,7 @@ func TestSecondMirageRefusesToStart(t *testing.T) {
 		t.Fatalf("refusal reads %q", err)
 	}
 	client := env.Client()
-	for range 5 {
-		if r := env.Run(client, testenv.NewIssue("edge-one", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
-			t.Fatalf("the first Mirage after a refused second: %s", r.Summary)
-		}
-	}
-	select {
-	case <-first.Done():
-		t.Fatalf("the running Mirage stood down: %v", first.Err())
-	default:
-	}
+	keepsServing(t, env, client, first, "edge-one", "the first Mirage after a refused second")
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,15 +92,21 @@ func TestMirageCutOffWhileAnotherStartedStandsDown(t *testing.T) {
 	if err := older.Err(); !errors.As(err, &clash) || !clash.StoodDown || clash.Other.InstanceID != newer.Instance().InstanceID {
 		t.Fatalf("older Mirage's error: %v, want it stood down for %s", err, newer.Instance().InstanceID)
 	}
-	client := env.Client()
+	keepsServing(t, env, env.Client(), newer, "edge-two", "the newer Mirage after the older stood down")
+}
+
+// keepsServing runs five intents on ghostID, each satisfied, and checks that m, the Mirage
+// that serves them, has not stood down.
+func keepsServing(t *testing.T, env *testenv.Env, client *mirage.Client, m *mirage.Mirage, ghostID, what string) {
+	t.Helper()
 	for range 5 {
-		if r := env.Run(client, testenv.NewIssue("edge-two", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
-			t.Fatalf("the newer Mirage after the older stood down: %s", r.Summary)
+		if r := env.Run(client, testenv.NewIssue(ghostID, "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("%s: %s", what, r.Summary)
 		}
 	}
 	select {
-	case <-newer.Done():
-		t.Fatalf("the newer Mirage stood down too: %v", newer.Err())
+	case <-m.Done():
+		t.Fatalf("%s: it stood down: %v", what, m.Err())
 	default:
 	}
 }
