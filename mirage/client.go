@@ -341,6 +341,15 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 	return out, nil
 }
 
+// Intent returns the record of one intent from KV edge_intents, or ErrIntentNotFound.
+func (c *Client) Intent(ctx context.Context, intentID string) (*IntentRecord, error) {
+	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
+	if err != nil {
+		return nil, c.notProvisioned(err, "KV bucket "+bus.BucketIntents)
+	}
+	return ReadIntent(ctx, kv, intentID)
+}
+
 // Intents returns the newest limit intent records of KV edge_intents (every one when limit
 // is 0 or less), newest first. A record holds the intent as accepted, with empty counts:
 // its latest report (LatestReport) tells how far it is, and whether it ended.

@@ -158,3 +158,29 @@ func TestUpRefusedByAnAuthServerSaysWhy(t *testing.T) {
 		}
 	}
 }
+
+// 'report --wait' and 'report --watch' give up, exit 3 with a hint, when no terminal report
+// comes by their --timeout (no Mirage running), instead of waiting forever; --timeout
+// without either is refused.
+func TestReportWaitGivesUpWithoutAMirage(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-g")
+	r := miragectl(t, env.URL, "issue", "--target", "edge-g", "--timeout", "60s", "--no-wait", "seed.flow", "sleep", "ms=20000")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 || id == "" {
+		t.Fatalf("issue --no-wait: exit %d, stdout %q", r.code, r.stdout)
+	}
+	m.Close()
+	for _, flag := range []string{"--wait", "--watch"} {
+		r = miragectl(t, env.URL, "report", id, flag, "--timeout", "2s")
+		if r.code != 3 || r.took < 2*time.Second || r.took > 20*time.Second ||
+			!strings.Contains(r.stderr, "no terminal report of intent "+id+" by --timeout") || !strings.Contains(r.stderr, "miragectl report "+id+" --wait") {
+			t.Errorf("report %s --timeout 2s without a Mirage: exit %d after %s, stderr %q; want exit 3 after 2 s and a hint", flag, r.code, r.took, r.stderr)
+		}
+	}
+	r = miragectl(t, env.URL, "report", id, "--timeout", "2s")
+	if r.code != 2 || !strings.Contains(r.stderr, "with --wait or --watch") {
+		t.Errorf("report --timeout without --wait: exit %d, stderr %q; want exit 2", r.code, r.stderr)
+	}
+}

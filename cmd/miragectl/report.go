@@ -22,6 +22,7 @@ func newReport() *cobra.Command {
 		asJSON bool
 		wait   bool
 		watch  bool
+		limit  time.Duration
 	)
 	c := &cobra.Command{
 		Use:   "report INTENT_ID [--json] [--wait | --watch]",
@@ -30,10 +31,13 @@ func newReport() *cobra.Command {
 stream, so it works after the fact). With --wait it blocks until the report is terminal.
 With --watch it prints the latest report and then each new one as Mirage publishes it,
 until the terminal one: a line with the phase and counts each time, then the per-target
-lines of the terminal report; with --json, one report envelope per line.
+lines of the terminal report; with --json, one report envelope per line. Waiting or
+watching, it reconnects when its connection is lost, and gives up (exit 3) --timeout after
+it started, by default 30 s after the intent's deadline: by then Mirage has published the
+terminal report unless no Mirage is running.
 
 Exit codes: 0 printed (and, when terminal, satisfied); 1 the intent failed; 2 no such
-intent; 3 NATS unreachable.`,
+intent; 3 NATS unreachable, or no terminal report by --timeout.`,
 		Example: `  miragectl report int_RQCvydW4imscmOSQZcYhDi
   miragectl report int_RQCvydW4imscmOSQZcYhDi --watch
   miragectl report int_RQCvydW4imscmOSQZcYhDi --wait --json`,
@@ -45,6 +49,9 @@ intent; 3 NATS unreachable.`,
 			}
 			if wait && watch {
 				return cli.Invalid("--wait and --watch: use one (--watch also ends at the terminal report)")
+			}
+			if limit < 0 || (limit > 0 && !wait && !watch) {
+				return cli.Invalid("--timeout %s: give a positive duration, with --wait or --watch", shortDuration(limit))
 			}
 			ctx := cmd.Context()
 			var reconnect []nats.Option
@@ -59,12 +66,15 @@ intent; 3 NATS unreachable.`,
 			// The latest report first, so that an unknown intent fails now instead of
 			// being waited for forever.
 			rep, err := client.LatestReport(ctx, id)
-			if err == nil && !bus.Terminal(rep.Phase) {
-				switch {
-				case watch:
-					rep, err = watchReport(ctx, client, cmd.OutOrStdout(), id, asJSON)
-				case wait:
-					rep, err = client.WaitTerminal(ctx, id)
+			var until time.Time
+			if err == nil && !bus.Terminal(rep.Phase) && (wait || watch) {
+				until = waitUntil(ctx, client, rep, limit, time.Now())
+				wctx, cancel := context.WithDeadline(ctx, until)
+				defer cancel()
+				if watch {
+					rep, err = watchReport(wctx, client, cmd.OutOrStdout(), id, asJSON)
+				} else {
+					rep, err = client.WaitTerminal(wctx, id)
 				}
 			}
 			switch {
@@ -72,6 +82,13 @@ intent; 3 NATS unreachable.`,
 				return cli.Exit(cli.ExitInvalid, fmt.Errorf("no report for intent %s", id))
 			case err != nil && ctx.Err() != nil:
 				return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("interrupted before the report was terminal"))
+			case err != nil && !until.IsZero() && !time.Now().Before(until):
+				why := "by --timeout"
+				if limit == 0 {
+					why = "30 s after the intent's deadline"
+				}
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no terminal report of intent %s %s (%s): is a Mirage running? It publishes the outcome once it is; check again with: %s",
+					id, why, until.Format(time.TimeOnly), cf.reportHint(id)))
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
@@ -91,7 +108,31 @@ intent; 3 NATS unreachable.`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report envelope as one JSON object (with --watch: one per line)")
 	c.Flags().BoolVar(&wait, "wait", false, "wait until the report is terminal")
 	c.Flags().BoolVar(&watch, "watch", false, "print each new report as it arrives, until the terminal one")
+	c.Flags().DurationVar(&limit, "timeout", 0, "with --wait or --watch: give up after this long (exit 3); default: 30 s after the intent's deadline")
 	return c
+}
+
+// waitGrace is how long past an intent's deadline a wait for its terminal report goes on:
+// Mirage publishes it within a second or so of the deadline; more time than that covers a
+// Mirage restarting.
+const waitGrace = 30 * time.Second
+
+// waitUntil is when a wait for the terminal report of an open intent gives up: limit after
+// now when one is given, else waitGrace after the intent's deadline (read from its record)
+// or after now, whichever is later. Without a readable record, the longest an intent may
+// last (bus.MaxTimeout) counts from its latest report.
+func waitUntil(ctx context.Context, client *mirage.Client, latest *bus.Report, limit time.Duration, now time.Time) time.Time {
+	if limit > 0 {
+		return now.Add(limit)
+	}
+	deadline := time.UnixMilli(latest.TimestampMS + bus.MaxTimeout)
+	if rec, err := client.Intent(ctx, latest.IntentID); err == nil && rec.DeadlineMS > 0 {
+		deadline = time.UnixMilli(rec.DeadlineMS)
+	}
+	if deadline.Before(now) {
+		deadline = now
+	}
+	return deadline.Add(waitGrace)
 }
 
 // watchReport prints each report of an open intent but the terminal one, which it returns
