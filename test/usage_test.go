@@ -394,3 +394,47 @@ func TestUnansweredIssueNamesItsIntent(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q; want exit 3 naming 'miragectl report <intent_id>'", r.code, r.stderr)
 	}
 }
+
+// Exit 1 says an intent finished unsatisfied. A client that gets an answer it cannot read
+// (something other than a Mirage of this version on the subject) has no intent to judge:
+// it is the infrastructure that failed, exit 3, and 'ghostctl seeds' that cannot set up a
+// seed's directory under its state directory exits 3 as 'ghostctl run' does.
+func TestUnreadableAnswersAndStateExitThree(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	nc := env.Conn("not-mirage")
+	for _, subject := range []string{subjects.Attach, subjects.FleetAdd} {
+		if _, err := nc.Subscribe(subject, func(m *nats.Msg) { _ = m.Respond([]byte("not json")) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	key, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := key.PublicKey()
+	for _, args := range [][]string{{"attach", "edge-1"}, {"fleet", "add", "edge-1", pub}} {
+		r := miragectl(t, env.URL, args...)
+		if r.code != 3 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "malformed") {
+			t.Errorf("%v: exit %d, stderr %q; want exit 3 and one line saying the answer was malformed", args, r.code, r.stderr)
+		}
+	}
+
+	_, gctl := testenv.Binaries(t)
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state", "files"), nil, 0o600); err != nil { // seed.fs's root
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte("id = \"edge-s\"\nstate_dir = \"state\"\nseeds = [\"seed.fs\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := execRun(t, gctl, nil, "seeds", "--config", cfg); r.code != 3 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Errorf("seeds: exit %d, stderr %q; want exit 3 and one line", r.code, r.stderr)
+	}
+}

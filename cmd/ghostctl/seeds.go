@@ -38,8 +38,8 @@ lists their ids.`,
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("state directory: %w", err))
 			}
 			reg, err := seeds.Registry(cfg.Seeds, cfg.StateDir)
-			if err != nil {
-				return err
+			if err != nil { // a seed's directory under the state directory: as for run
+				return cli.Exit(cli.ExitUnavailable, err)
 			}
 			infos := reg.Infos()
 			out := cmd.OutOrStdout()

@@ -48,7 +48,9 @@ Exit codes: 0 attached; 2 invalid id or refused; 3 NATS, Mirage or the Ghost unr
 			}
 			var reply struct{ Status, Reason string }
 			if err := json.Unmarshal(msg.Data, &reply); err != nil {
-				return fmt.Errorf("malformed reply: %w", err)
+				// Something other than a Mirage of this version answered: no intent to
+				// judge (exit 1), the control plane is not usable (exit 3).
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("malformed reply on %s: %w", subjects.Attach, err))
 			}
 			switch reply.Status {
 			case "accepted":

@@ -57,7 +57,7 @@ func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirag
 	}
 	var reply mirage.FleetReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil {
-		return nil, fmt.Errorf("malformed fleet reply: %w", err)
+		return nil, cli.Exit(cli.ExitUnavailable, fmt.Errorf("malformed fleet reply on %s: %w", subject, err))
 	}
 	if reply.Status != "accepted" {
 		return &reply, cli.Invalid("Mirage refused: %s", reply.Error.Message)

@@ -41,7 +41,7 @@ func Registry(ids []string, stateDir string) (*ghost.Registry, error) {
 		case FS:
 			f, err := fs.New(filepath.Join(stateDir, "files"))
 			if err != nil {
-				return nil, fmt.Errorf("seed.fs: %w", err)
+				return nil, err // fs.New names seed.fs
 			}
 			s = f
 		case System:
