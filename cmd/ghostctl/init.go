@@ -27,7 +27,7 @@ func newInit() *cobra.Command {
 		force                             bool
 	)
 	c := &cobra.Command{
-		Use:   "init --id ID [--server URL] [--out DIR] [--label KEY=VALUE ...] [--policy headless|auto|required] [--seeds ID,ID|all|none]",
+		Use:   "init --id ID [--server URL] [--out DIR] [--label KEY=VALUE ...] [--policy headless|auto|required] [--seeds ID,ID|all|none] [--allow-seeds ID|GLOB,...] [--trust MIRAGE_KEY ...] [--force]",
 		Short: "Write a Ghost's config.toml, its nkey and its state directory; print its public key",
 		Long: `init writes DIR/config.toml for a new Ghost and creates its state directory DIR/state.
 It also writes the Ghost's identity, an nkey seed in DIR/ghost.nk (mode 0600), and prints

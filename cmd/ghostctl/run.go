@@ -20,7 +20,7 @@ import (
 func newRun() *cobra.Command {
 	var cfgPath string
 	c := &cobra.Command{
-		Use:   "run [--config FILE]",
+		Use:   "run [--config FILE] [--server URL] [--metrics-listen HOST:PORT] [--log-format text|json] [--log-level LEVEL]",
 		Short: "Run the Ghost: serve cmd.<id> until SIGINT or SIGTERM",
 		Long: `run connects to NATS and serves the Ghost described by its config file: commands
 arrive on cmd.<id>, events leave on evt.<id>. Besides the seeds of its config it hosts

@@ -93,7 +93,7 @@ const LocalGhostID = "local"
 func newUp() *cobra.Command {
 	var cfgPath string
 	c := &cobra.Command{
-		Use:   "up [--config FILE] [--nats-listen HOST:PORT] [--data-dir DIR] [--no-local-ghost] [--auth] [--server URL] [--production] [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--tls-verify-clients]]",
+		Use:   "up [--config FILE] [--nats-listen HOST:PORT | --server URL] [--data-dir DIR] [--no-local-ghost] [--auth] [--production] [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--tls-verify-clients]] [--sync always|interval] [--sync-interval DURATION] [--replicas N] [--events-max-mb N] [--metrics-listen HOST:PORT] [--log-format text|json] [--log-level LEVEL]",
 		Short: "Run an embedded NATS server with JetStream, Mirage, and a local Ghost",
 		Long: `up runs everything edgectl needs on one machine: an embedded nats-server with JetStream
 (listening on 127.0.0.1:4222, data under ./.edgectl/), Mirage, and a co-located Ghost
