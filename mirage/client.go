@@ -28,6 +28,11 @@ func (e noMirage) Is(target error) bool {
 	return target == ErrNoMirage || target == nats.ErrNoResponders
 }
 
+// ErrAnswerLost is returned when the connection to NATS closed after the issue was sent
+// and before Mirage's answer came (the server died or was cut off): a Mirage may have
+// accepted the issue all the same, as when no answer came in time (ErrNoMirage).
+var ErrAnswerLost = errors.New("the connection to NATS closed before Mirage answered")
+
 // ErrRejected wraps the error of an issue Mirage refused.
 var ErrRejected = errors.New("issue rejected")
 
@@ -53,7 +58,9 @@ func NewClient(nc *nats.Conn) (*Client, error) {
 const IssueTimeout = 5 * time.Second
 
 // Issue sends an issue and returns Mirage's acceptance. A rejection is an error wrapping
-// ErrRejected whose *bus.Error is reachable with errors.As; no answer is ErrNoMirage.
+// ErrRejected whose *bus.Error is reachable with errors.As; no answer is ErrNoMirage, and a
+// connection that closed while it waited is ErrAnswerLost: with either, the issue may have
+// been accepted.
 func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, error) {
 	data, err := bus.Encode(is)
 	if err != nil {
@@ -61,8 +68,14 @@ func (c *Client) Issue(ctx context.Context, is *bus.Issue) (*bus.IssueReply, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, IssueTimeout)
 	defer cancel()
+	// A connection already closed sends nothing; one that closes while the request waits
+	// (nats.go ends a pending request with ErrConnectionClosed) may have sent it.
+	wasClosed := c.nc.IsClosed()
 	msg, err := c.nc.RequestMsgWithContext(ctx, bus.NewMsg(subjects.Issue, data, "", is.TraceID))
 	if err != nil {
+		if !wasClosed && (errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected)) {
+			return nil, fmt.Errorf("%w on %s (%v)", ErrAnswerLost, subjects.Issue, err)
+		}
 		if errors.Is(err, nats.ErrNoResponders) {
 			// The server answered at once that nobody subscribes: no Mirage runs here.
 			return nil, noMirage("no Mirage is serving " + subjects.Issue + " on this server")

@@ -8,9 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/natsd"
+	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
@@ -105,6 +108,55 @@ func TestReportWaitsAcrossAServerRestart(t *testing.T) {
 		if code := p.Wait(40 * time.Second); code != 0 || !strings.Contains(p.Output(), "satisfied: 1/1 succeeded") {
 			t.Errorf("report %s: exit %d, output %q; want exit 0 and the terminal report", name, code, p.Output())
 		}
+	}
+}
+
+// An issue whose connection closes after it went out and before Mirage's answer came (the
+// server killed or cut off in between, as a chaos run of kill -9 on nats-server found) may
+// have been accepted: 'issue --no-wait', whose connection does not outlive a server restart,
+// exits 3 naming the intent and the command that follows it, as it does when no answer came
+// in time. It said only "NATS unavailable: nats: connection closed", and the user, told
+// nothing ran, would issue again: here the intent was accepted and ran.
+func TestIssueWhoseAnswerIsLostNamesTheIntent(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	toMirage := testenv.NewProxy(t, env.Server.Addr().String())
+	env.StartMirageOn(env.URLConn("mirage", toMirage.URL()), mirage.Config{})
+	env.StartGhost("edge-l", testenv.Via(env.URLConn("ghost edge-l", "", bus.GhostRequests())))
+	toClient := testenv.NewProxy(t, env.Server.Addr().String())
+	// The server holds the issue, on its way to a Mirage whose link is held: the client's
+	// link is cut then, so its answer can never come.
+	sent := make(chan string, 1)
+	watch := env.Conn("watch")
+	if _, err := watch.Subscribe(subjects.Issue, func(m *nats.Msg) {
+		toClient.Cut()
+		var is bus.Issue
+		if err := bus.Decode(m.Data, &is); err == nil {
+			select {
+			case sent <- is.IntentID:
+			default:
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	toMirage.Pause()
+	r := miragectl(t, toClient.URL(), "issue", "--no-wait", "--target", "edge-l", "seed.kv", "incr", "key=n")
+	toMirage.Resume()
+	var id string
+	select {
+	case id = <-sent:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the issue never reached the server: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r.code != 3 || !strings.Contains(r.stderr, "may have been accepted") || !strings.Contains(r.stderr, "miragectl report "+id+" --wait") {
+		t.Fatalf("issue --no-wait whose answer was lost: exit %d, stderr %q; want exit 3, the intent %s may have been accepted, and how to follow it", r.code, r.stderr, id)
+	}
+	rep := miragectl(t, env.URL, "report", id, "--wait", "--json")
+	if rep.code != 0 || !strings.Contains(rep.stdout, `"phase":"satisfied"`) || !strings.Contains(rep.stdout, `"stdout":"1"`) {
+		t.Fatalf("report %s --wait: exit %d, stdout %q, stderr %q; want the intent satisfied, incr run once", id, rep.code, rep.stdout, rep.stderr)
 	}
 }
 

@@ -176,6 +176,10 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				// No answer in time: a Mirage may have accepted it all the same. Issuing
 				// again would be a new intent; this one can be looked up.
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: is 'miragectl up' running? if it is, the intent may have been accepted: check with '%s' before issuing again", err, cf.reportHint(is.IntentID)))
+			case errors.Is(err, mirage.ErrAnswerLost):
+				// The issue went out and the connection closed before the answer (the
+				// server died or was cut off): as above, it may have been accepted.
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: the intent may have been accepted: check with '%s' before issuing again", err, cf.reportHint(is.IntentID)))
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}

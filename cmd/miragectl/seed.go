@@ -101,8 +101,11 @@ files or scope (reason on stderr); 3 NATS unreachable, no edge_seeds or no Mirag
 			switch {
 			case errors.Is(err, mirage.ErrRejected):
 				return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the install: %s", reply.Error.Message))
-			case errors.Is(err, mirage.ErrNoMirage):
+			case errors.Is(err, mirage.ErrNoMirage) && errors.Is(err, nats.ErrNoResponders):
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: is 'miragectl up' running?", err))
+			case errors.Is(err, mirage.ErrNoMirage), errors.Is(err, mirage.ErrAnswerLost):
+				// Sent, but no answer came: a Mirage may have accepted the install.
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: the install may have been accepted: check with '%s' before pushing again", err, cf.reportHint(is.IntentID)))
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
