@@ -36,6 +36,11 @@ var (
 	// last_seq, whose 8 bytes older versions read (and write, leaving this key stale,
 	// which the sequence in it tells).
 	keyLastCmd = []byte("last_cmd")
+	// keyBorn holds born (ExecutionStore.Born): 8 bytes once known, bornPending in a store
+	// made by this version that has not learnt it yet. A store made by an older version
+	// has none: nothing predates it, as before.
+	keyBorn     = []byte("born")
+	bornPending = []byte{0}
 )
 
 // BoltStore is the durable ExecutionStore (go.etcd.io/bbolt): a command_id recorded here
@@ -179,6 +184,15 @@ func OpenBoltStore(path string, o BoltOptions) (*BoltStore, error) {
 		for _, b := range [][]byte{bucketExec, bucketCommand, bucketMessage, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
+			}
+		}
+		// A store that never handled a command (no position, no record) and has no born
+		// is new: it learns born at its Ghost's first look at cmd.<id>. Marked now, so
+		// that it stays new until then, whatever it records meanwhile.
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(keyBorn) == nil && meta.Get(keyLastSeq) == nil {
+			if k, _ := tx.Bucket(bucketExec).Cursor().First(); k == nil {
+				return meta.Put(keyBorn, bornPending)
 			}
 		}
 		return nil
@@ -693,10 +707,38 @@ func (s *BoltStore) SetPosition(_ context.Context, seq uint64, commandID string)
 
 func (s *BoltStore) ResetLastSeq(_ context.Context) error {
 	return s.write(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketMeta).Delete(keyLastSeq); err != nil {
+		b := tx.Bucket(bucketMeta)
+		if err := b.Delete(keyLastSeq); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketMeta).Delete(keyLastCmd)
+		if err := b.Delete(keyLastCmd); err != nil {
+			return err
+		}
+		return b.Put(keyBorn, make([]byte, 8))
+	})
+}
+
+func (s *BoltStore) Born(_ context.Context) (uint64, bool, error) {
+	var seq uint64
+	ok := true
+	err := s.db.View(func(tx *bolt.Tx) error {
+		switch v := tx.Bucket(bucketMeta).Get(keyBorn); len(v) {
+		case 8:
+			seq = binary.BigEndian.Uint64(v)
+		case 0: // none: a store made by an older version
+		default:
+			ok = false
+		}
+		return nil
+	})
+	return seq, ok, err
+}
+
+func (s *BoltStore) SetBorn(_ context.Context, seq uint64) error {
+	return s.write(func(tx *bolt.Tx) error {
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], seq)
+		return tx.Bucket(bucketMeta).Put(keyBorn, buf[:])
 	})
 }
 

@@ -120,9 +120,17 @@ type ExecutionStore interface {
 	// SetPosition advances the position to seq, whose command is commandID (never moves
 	// it back).
 	SetPosition(ctx context.Context, seq uint64, commandID string) error
-	// ResetLastSeq moves the position back to 0: EDGE_CMD was recreated, its sequences
-	// are new.
+	// ResetLastSeq moves the position back to 0, and born to 0: EDGE_CMD was recreated,
+	// its sequences are new, and every command in it came after this store.
 	ResetLastSeq(ctx context.Context) error
+	// Born returns the last sequence of cmd.<id> in EDGE_CMD when this store began
+	// following it: a command stored at or before it predates the store, and an earlier
+	// store of the id (a deleted state directory) may have run it. ok is false while the
+	// store has never learnt it (a new store, before its first look at cmd.<id>). A store
+	// written by a version without born has it 0: nothing predates it.
+	Born(ctx context.Context) (seq uint64, ok bool, err error)
+	// SetBorn records born, before any command it covers is handled.
+	SetBorn(ctx context.Context, seq uint64) error
 	Close() error
 }
 
@@ -134,9 +142,12 @@ type MemoryStore struct {
 	byMessage map[string]string
 	lastSeq   uint64
 	lastCmd   string
+	born      uint64
+	bornKnown bool
 }
 
-// NewMemoryStore returns an empty in-memory store.
+// NewMemoryStore returns an empty in-memory store. Like a new durable store, it has not
+// learnt born yet: a Ghost's first look at cmd.<id> sets it.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{byExec: map[string]*Execution{}, byCommand: map[string]string{}, byMessage: map[string]string{}}
 }
@@ -263,6 +274,20 @@ func (s *MemoryStore) ResetLastSeq(_ context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastSeq, s.lastCmd = 0, ""
+	s.born, s.bornKnown = 0, true
+	return nil
+}
+
+func (s *MemoryStore) Born(_ context.Context) (uint64, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.born, s.bornKnown, nil
+}
+
+func (s *MemoryStore) SetBorn(_ context.Context, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.born, s.bornKnown = seq, true
 	return nil
 }
 
