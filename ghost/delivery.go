@@ -122,16 +122,21 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	if g.nc.Stats().Reconnects != reconnects {
 		full = true // reconnected while asking: commands around it may have been missed
 	}
+	if !g.learnBorn(ctx, last) { // a new store: before any command it covers is handled
+		g.needFull.Store(true)
+		return
+	}
 	seq, posID, err := g.store.Position(ctx)
 	if err != nil {
 		g.log.Error("execution store: reading the replay position failed", "err", err)
 		return
 	}
-	if last > 0 && last < seq {
-		// Sequences behind the position: EDGE_CMD was recreated (a new store, a rebuilt
-		// cluster). (0 says nothing: no command of this Ghost, or no answer.) Its commands are read from the start; the execution store turns
-		// the ones already handled into duplicates.
-		g.log.Warn("EDGE_CMD ends before the replay position: the stream was recreated; replaying it from the start", "last_seq", last, "position", seq)
+	if last > 0 && (last < seq || last < g.born) {
+		// Sequences behind the position (or born): EDGE_CMD was recreated (a new store, a
+		// rebuilt cluster). (0 says nothing: no command of this Ghost, or no answer.) Its
+		// commands are read from the start, none of them predating the execution store,
+		// which turns the ones already handled into duplicates.
+		g.log.Warn("EDGE_CMD ends before the replay position: the stream was recreated; replaying it from the start", "last_seq", last, "position", seq, "born", g.born)
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
 		}
@@ -210,7 +215,7 @@ func (g *Ghost) scan(ctx context.Context, src commandReader, after, last uint64)
 	started := 0
 	err := src.read(ctx, after+1, last, func(sseq uint64, data []byte, hdr nats.Header) error {
 		if id := commandIDOf(data); id == "" || !g.pipeline.Known(ctx, id) {
-			switch g.dispatchIn(data, hdr, true, nil, false, g.arrivedAt(id, g.cfg.Now())) {
+			switch g.dispatchIn(data, hdr, g.originAt(sseq), nil, false, g.arrivedAt(id, g.cfg.Now())) {
 			case dispatchStopping:
 				return errStopping
 			case dispatchNoSlot:
@@ -255,12 +260,14 @@ type position struct {
 // errPositionGone: EDGE_CMD no longer holds the command at the replay position.
 var errPositionGone = errors.New("the command at the replay position is gone")
 
-// resetPosition moves the replay position back to 0.
+// resetPosition moves the replay position back to 0, and born with it: every command in
+// a recreated EDGE_CMD was sent after the execution store began.
 func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 	if err := g.store.ResetLastSeq(ctx); err != nil {
 		g.log.Error("execution store: resetting the replay position failed", "err", err)
 		return 0, err
 	}
+	g.born, g.bornKnown = 0, true
 	return 0, nil
 }
 
@@ -372,7 +379,7 @@ func (g *Ghost) replay(ctx context.Context, src commandReader, from position, la
 		}
 		done := make(chan error, 1)
 		handled = append(handled, handling{id, data, hdr, done, readTo})
-		if !g.dispatch(id, data, hdr, done) {
+		if !g.dispatch(id, data, hdr, g.originAt(sseq), done) {
 			return errStopping
 		}
 		read++
@@ -394,17 +401,17 @@ const (
 	dispatchStopping
 )
 
-// dispatch runs handle for replayed command id in an execution slot; done, when set,
-// receives what it returned (nil, or errNotRecorded). It returns false when the Ghost is
-// stopping.
-func (g *Ghost) dispatch(id string, data []byte, hdr nats.Header, done chan<- error) bool {
-	return g.dispatchIn(data, hdr, true, done, true, g.arrivedAt(id, g.cfg.Now())) == dispatched
+// dispatch runs handle for replayed command id, read from EDGE_CMD (from), in an execution
+// slot; done, when set, receives what it returned (nil, or errNotRecorded). It returns
+// false when the Ghost is stopping.
+func (g *Ghost) dispatch(id string, data []byte, hdr nats.Header, from origin, done chan<- error) bool {
+	return g.dispatchIn(data, hdr, from, done, true, g.arrivedAt(id, g.cfg.Now())) == dispatched
 }
 
 // dispatchIn is dispatch, waiting for a slot when wait is set and taking only a free one
 // otherwise. arrived is when the command reached the Ghost: what it waits from then on, for
 // a slot among others, comes off its timeout.
-func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done chan<- error, wait bool, arrived time.Time) dispatchResult {
+func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, from origin, done chan<- error, wait bool, arrived time.Time) dispatchResult {
 	select {
 	case g.slots <- struct{}{}:
 	default:
@@ -427,7 +434,7 @@ func (g *Ghost) dispatchIn(data []byte, hdr nats.Header, replayed bool, done cha
 	go func() {
 		defer g.wg.Done()
 		defer func() { <-g.slots }()
-		err := g.handle(data, hdr, replayed, arrived)
+		err := g.handle(data, hdr, from, arrived)
 		if done != nil {
 			done <- err // buffered
 		}
@@ -483,7 +490,7 @@ func (g *Ghost) onCommand(msg *nats.Msg) {
 	g.intakeMu.Lock()
 	if len(g.intake) == 0 && !g.draining {
 		g.intakeMu.Unlock()
-		if g.dispatchIn(msg.Data, msg.Header, false, nil, false, now) != dispatchNoSlot {
+		if g.dispatchIn(msg.Data, msg.Header, fromLive, nil, false, now) != dispatchNoSlot {
 			return // running, or the Ghost is stopping
 		}
 		g.intakeMu.Lock()
@@ -525,7 +532,7 @@ func (g *Ghost) drainIntake() {
 		g.intake[0] = arrival{}
 		g.intake = g.intake[1:]
 		g.intakeMu.Unlock()
-		res := g.dispatchIn(a.data, a.hdr, false, nil, true, a.at)
+		res := g.dispatchIn(a.data, a.hdr, fromLive, nil, true, a.at)
 		if res == dispatchStopping {
 			g.dropIntake()
 			return

@@ -175,6 +175,10 @@ type Ghost struct {
 	// unrecorded holds, by command_id, the commands replays found the execution store
 	// could not record (under catchMu; unrecorded.go).
 	unrecorded map[string]*unrecordedCommand
+	// born is where the execution store began following cmd.<id>, bornKnown false until
+	// it has learnt it (under catchMu; born.go).
+	born      uint64
+	bornKnown bool
 	// replayAsked is when the last replay request to Mirage ended (under catchMu).
 	replayAsked time.Time
 	// replayWait is how long a replay answer may pause (zero: bus.ReplayAnswerWait).
@@ -307,6 +311,11 @@ func (g *Ghost) start(ctx context.Context) error {
 		if err := g.registerRequired(ctx); err != nil {
 			return err
 		}
+	}
+	// A new store learns where cmd.<id> ends before the subscription: what is stored
+	// there by then predates it (born.go).
+	if err := g.loadBorn(ctx); err != nil {
+		return fmt.Errorf("execution store: %w", err)
 	}
 	if err := g.subscribe(); err != nil {
 		return err
@@ -447,12 +456,14 @@ func (g *Ghost) track() bool {
 
 // handle is the command intake: decode → validate → pipeline → emit. arrived is when the
 // command reached the Ghost: what it waits from then on comes off its timeout (the id
-// claim settling, an execution slot; Pipeline.RunArrived). replayed is true for
-// commands read back from EDGE_CMD: their duplicates are re-sent only when Mirage has not
-// acknowledged the event yet. It returns errNotRecorded when the execution store could not
-// record the command: nothing ran, no event was sent, and a replay must not move its
-// position past it.
-func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool, arrived time.Time) error {
+// claim settling, an execution slot; Pipeline.RunArrived). from says how: commands read
+// back from EDGE_CMD have their duplicates re-sent only when Mirage has not acknowledged
+// the event yet, and those that predate the execution store run only when idempotent
+// (born.go). It returns errNotRecorded when the execution store could not record the
+// command: nothing ran, no event was sent, and a replay must not move its position past
+// it.
+func (g *Ghost) handle(data []byte, hdr nats.Header, from origin, arrived time.Time) error {
+	replayed := from != fromLive
 	if !g.settle() { // no other instance of the id found it (idprobe.go)
 		return errStopping
 	}
@@ -484,7 +495,7 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, replayed bool, arrived time
 			g.log.Debug("command received", "direction", "in", "peer", "mirage", "message_type", bus.TypeCommand, "message_id", cmd.MessageID, "trace_id", cmd.TraceID, "intent_id", cmd.IntentID, "command_id", cmd.CommandID, "seed", cmd.SeedSelector, "operation", cmd.Operation, "replayed", replayed)
 		}
 		commandID = cmd.CommandID
-		out = g.pipeline.RunArrived(g.run, &cmd, arrived)
+		out = g.pipeline.RunArrived(g.run, &cmd, arrived, from == fromPreStream)
 	}
 	if replayed {
 		g.cfg.Metrics.replay()

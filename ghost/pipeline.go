@@ -75,7 +75,7 @@ func (o Outcome) Wait() {
 // Run decides and, when allowed, executes cmd. ctx bounds the execution (the Ghost's
 // lifetime); the command's own timeout_ms is applied inside.
 func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
-	return p.RunArrived(ctx, cmd, time.Time{})
+	return p.RunArrived(ctx, cmd, time.Time{}, false)
 }
 
 // RunArrived is Run for a command that reached the Ghost at arrived (zero: now). The time
@@ -83,7 +83,11 @@ func (p *Pipeline) Run(ctx context.Context, cmd *bus.Command) Outcome {
 // its timeout: Mirage's deadline for the command runs from when it sent it, so a command
 // that waited would otherwise run that much past it, and its event, however it ended,
 // come too late to count.
-func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived time.Time) Outcome {
+//
+// predates is set for a command read from EDGE_CMD at or before the store's born: an
+// earlier store of this id may have run it. It runs only if its operation is idempotent;
+// any other is answered 1700, "outcome unknown", and recorded so, never run.
+func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived time.Time, predates bool) Outcome {
 	if ev := p.givenUpOn(cmd.CommandID); ev != nil {
 		return Outcome{Event: ev, Duplicate: true}
 	}
@@ -116,6 +120,15 @@ func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived tim
 		// It waited its whole timeout: not run, and recorded as a refusal, so that a
 		// restart answers it the same way and never runs it.
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExecTimeout, "the command waited %s to start, its whole timeout of %s; not run", now.Sub(arrived).Round(time.Millisecond), timeout))
+	}
+	if predates && !op.Idempotent {
+		// Recorded as a refusal, so that every later delivery, after a restart too, gets
+		// the same answer and never runs it.
+		out := p.refuse(ctx, cmd, bus.Errorf(bus.CodeInterrupted, "this ghost's execution store began after the command was sent (a new or deleted state directory): it may have run already under an earlier store, and %s %s is not idempotent, so it was not run: its outcome is unknown", cmd.SeedSelector, cmd.Operation))
+		if out.Event != nil && !out.Duplicate {
+			p.log.Warn("command sent before this ghost's execution store began: not idempotent, so not run; answered 1700 (outcome unknown)", "command_id", cmd.CommandID, "intent_id", cmd.IntentID, "seed", cmd.SeedSelector, "operation", cmd.Operation)
+		}
+		return out
 	}
 
 	exec := p.newExecution(cmd, now)
@@ -358,7 +371,8 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 		cmd = &bus.Command{Header: bus.Header{TraceID: exec.TraceID}, CommandID: exec.CommandID, IntentID: exec.IntentID, SeedSelector: exec.SeedID, Operation: exec.Operation}
 	}
 	if exec.Refusal != nil {
-		// A refusal whose event was not recorded: nothing ran; it ends as refused.
+		// A refusal whose event was not recorded: nothing ran; it ends with the same
+		// refusal.
 		ev := p.refusalEvent(cmd, exec.ExecutionID, time.UnixMilli(exec.StartedMS), p.now(), exec.Refusal)
 		p.finish(ctx, exec.ExecutionID, ev)
 		return Outcome{Event: ev}
@@ -391,9 +405,14 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 	return Outcome{Event: ev}
 }
 
-// refusalEvent is the terminal event of a refused command: not run, exit code -1.
+// refusalEvent is the terminal event of a refused command: not run, exit code -1. One not
+// run because it may have run already (1700) is "interrupted", as the other 1700s.
 func (p *Pipeline) refusalEvent(cmd *bus.Command, executionID string, started, finished time.Time, perr *bus.Error) *bus.Event {
-	return p.event(cmd, executionID, started, finished, bus.Result{Status: "refused", ExitCode: -1}, perr)
+	status := "refused"
+	if perr.Code == bus.CodeInterrupted {
+		status = "interrupted"
+	}
+	return p.event(cmd, executionID, started, finished, bus.Result{Status: status, ExitCode: -1}, perr)
 }
 
 func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event) {
