@@ -140,6 +140,15 @@ func TestAuthCatchUpOfManyBatchesRunsEachOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The Ghost ran before, so its store began before the commands it missed (a new
+	// store would not run a non-idempotent command sent before it began).
+	st := ghost.NewMemoryStore()
+	stop := f.startAuthGhost("ghost-b", st)
+	testenv.Eventually(t, 10*time.Second, "the Ghost's store to learn where it began", func() bool {
+		_, ok, err := st.Born(context.Background())
+		return err == nil && ok
+	})
+	stop()
 	const missed = 600
 	var last uint64
 	for i := 0; i < missed; i++ {
@@ -166,7 +175,6 @@ func TestAuthCatchUpOfManyBatchesRunsEachOnce(t *testing.T) {
 	if err := f.op.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	st := ghost.NewMemoryStore()
 	f.startAuthGhost("ghost-b", st)
 	testenv.Eventually(t, 30*time.Second, "the replay position at the last command", func() bool {
 		p, err := st.LastSeq(context.Background())

@@ -150,56 +150,93 @@ func TestAuthStoppedGhostCatchesUpThroughMirage(t *testing.T) {
 }
 
 // Under auth with no Mirage, a Ghost cannot replay (it may not read EDGE_CMD itself): the
-// catch-up waits, and runs when a Mirage announces itself.
+// catch-up waits, and runs when a Mirage announces itself. A Ghost whose execution store
+// began before the command was sent runs it; one on a new store learns where its store
+// began at that catch-up (it could not ask before it subscribed), so the command, a
+// non-idempotent one sent before, is answered 1700, not run: an earlier store of the id may
+// have run it.
 func TestAuthCatchUpWaitsForMirage(t *testing.T) {
-	f := newAuthFleet(t, "ghost-w")
-	if err := f.m.Close(); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		ran  bool // the Ghost ran before, on the same store, with a Mirage
+	}{
+		{"store begun before the command", true},
+		{"new store", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newAuthFleet(t, "ghost-w")
+			st := ghost.NewMemoryStore()
+			if tc.ran {
+				stop := f.startAuthGhost("ghost-w", st, testenv.Policy(ghost.PolicyHeadless))
+				testenv.Eventually(t, 10*time.Second, "the Ghost's store to learn where it began", func() bool {
+					_, ok, err := st.Born(context.Background())
+					return err == nil && ok
+				})
+				stop()
+			}
+			if err := f.m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			// A command Mirage signed, stored while no Mirage runs.
+			cmd := &bus.Command{
+				Header:    bus.NewHeader(bus.TypeCommand, "", time.Now()),
+				CommandID: "cmd_waiting", IntentID: "int_waiting", GhostID: "ghost-w", SeedSelector: "seed.kv", Operation: "incr",
+				Args: map[string]string{"key": "late"}, DeliverByMS: time.Now().Add(time.Hour).UnixMilli(), TimeoutMS: 5000,
+			}
+			data, err := bus.Encode(cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := bus.NewMsg(subjects.Command("ghost-w"), data, cmd.CommandID, cmd.TraceID)
+			if err := bus.SignMsg(msg, f.mirage); err != nil {
+				t.Fatal(err)
+			}
+			js, err := jetstream.New(f.op)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+				t.Fatal(err)
+			}
+			// Wait until the Ghost has tried its catch-up and found no Mirage to ask, so the
+			// check below follows a refused attempt rather than one that has not happened yet.
+			refused := &logWatch{msg: "catch-up interrupted", errHas: "no Mirage answered", seen: make(chan struct{})}
+			log := slog.New(slog.NewMultiHandler(f.env.Log.Handler(), refused))
+			f.startAuthGhost("ghost-w", st, testenv.Policy(ghost.PolicyHeadless), testenv.GhostLog(log))
+			select {
+			case <-refused.seen:
+			case <-time.After(10 * time.Second):
+				t.Fatal(`the Ghost never logged a catch-up refused for want of a Mirage ("no Mirage answered")`)
+			}
+			if v, ok := f.kv["ghost-w"].Value("late"); ok {
+				t.Fatalf("the command ran without a Mirage to read it: late = %q", v)
+			}
+			mnc := f.env.ConnWith("mirage 2", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
+			f.env.StartMirageOn(mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true})
+			if tc.ran {
+				testenv.Eventually(t, 10*time.Second, "the stored command run once a Mirage announced itself", func() bool {
+					v, _ := f.kv["ghost-w"].Value("late")
+					return v == "1"
+				})
+				return
+			}
+			var ev *bus.Event
+			testenv.Eventually(t, 10*time.Second, "the stored command answered once a Mirage announced itself", func() bool {
+				if e, err := st.GetByCommandID(context.Background(), cmd.CommandID); err == nil && e.State == ghost.StateFinished {
+					ev = e.Event
+				}
+				return ev != nil
+			})
+			if ev.Error == nil || ev.Error.Code != bus.CodeInterrupted || ev.Result.Status != "interrupted" {
+				t.Fatalf("a non-idempotent command sent before a new store: %s %+v %+v; want 1700, interrupted", ev.Outcome, ev.Error, ev.Result)
+			}
+			if v, ok := f.kv["ghost-w"].Value("late"); ok {
+				t.Fatalf("the command sent before the new store ran: late = %q", v)
+			}
+		})
 	}
-	// A command Mirage signed, stored while no Mirage runs.
-	cmd := &bus.Command{
-		Header:    bus.NewHeader(bus.TypeCommand, "", time.Now()),
-		CommandID: "cmd_waiting", IntentID: "int_waiting", GhostID: "ghost-w", SeedSelector: "seed.kv", Operation: "incr",
-		Args: map[string]string{"key": "late"}, DeliverByMS: time.Now().Add(time.Hour).UnixMilli(), TimeoutMS: 5000,
-	}
-	data, err := bus.Encode(cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := bus.NewMsg(subjects.Command("ghost-w"), data, cmd.CommandID, cmd.TraceID)
-	if err := bus.SignMsg(msg, f.mirage); err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(f.op)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
-		t.Fatal(err)
-	}
-	// Wait until the Ghost has tried its catch-up and found no Mirage to ask, so the check
-	// below follows a refused attempt rather than one that has not happened yet.
-	refused := &logWatch{msg: "catch-up interrupted", errHas: "no Mirage answered", seen: make(chan struct{})}
-	log := slog.New(slog.NewMultiHandler(f.env.Log.Handler(), refused))
-	f.startAuthGhost("ghost-w", ghost.NewMemoryStore(), testenv.Policy(ghost.PolicyHeadless), testenv.GhostLog(log))
-	select {
-	case <-refused.seen:
-	case <-time.After(10 * time.Second):
-		t.Fatal(`the Ghost never logged a catch-up refused for want of a Mirage ("no Mirage answered")`)
-	}
-	if v, ok := f.kv["ghost-w"].Value("late"); ok {
-		t.Fatalf("the command ran without a Mirage to read it: late = %q", v)
-	}
-	mnc := f.env.ConnWith("mirage 2", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
-	f.env.StartMirageOn(mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true})
-	testenv.Eventually(t, 10*time.Second, "the stored command run once a Mirage announced itself", func() bool {
-		v, _ := f.kv["ghost-w"].Value("late")
-		return v == "1"
-	})
 }
 
-// logWatch is a slog handler that closes seen at the first record whose message starts
-// with msg and whose "err" attribute contains errHas.
 type logWatch struct {
 	msg, errHas string
 	once        sync.Once

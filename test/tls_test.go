@@ -260,9 +260,10 @@ func TestTLSEndToEnd(t *testing.T) {
 			// The revocation reloads the server's configuration, which nats-server 2.15.2
 			// does while a direct get may read the options unlocked (server.go setOpts
 			// against stream.go getDirectRequest): harmless, but the race detector fails
-			// the test. The Ghost's second catch-up look, 100 ms after it subscribed, makes
-			// such a get through Mirage: it has ended by now.
-			time.Sleep(300 * time.Millisecond)
+			// the test. The Ghost's looks at cmd.<id> make such gets through Mirage, spaced
+			// 250 ms apart: where its new store began (before it subscribed), its first
+			// catch-up, and the second look 100 ms later. They have ended by now.
+			time.Sleep(time.Second)
 			if err := m.Revoke(context.Background(), "edge-1"); err != nil {
 				t.Fatal(err)
 			}

@@ -236,3 +236,32 @@ func TestReportWaitGivesUpWithoutAMirage(t *testing.T) {
 		t.Errorf("report --timeout without --wait: exit %d, stderr %q; want exit 2", r.code, r.stderr)
 	}
 }
+
+// A second 'up --server' with a data directory of its own runs a new Ghost "local" on an
+// empty execution store. A non-idempotent command the first one's "local" ran, still open
+// in EDGE_CMD (its deliver_by_ms not passed), is not run again: the new store began after
+// it was sent, so it is answered 1700, outcome unknown.
+func TestSecondUpWithAFreshDataDirDoesNotRunAnOpenCommandAgain(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	first := upProc(t, env)
+	client := env.Client()
+	incr := testenv.NewIssue("local", "seed.kv", "incr", map[string]string{"key": "c"}, 2*time.Minute)
+	if r := env.Run(client, incr); r.Phase != bus.PhaseSatisfied || r.Results[0].Stdout != "1" {
+		t.Fatalf("incr on the first up's local Ghost: %s %+v", r.Summary, r.Results)
+	}
+	if code := first.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("the first up exited %d:\n%s", code, first.Output())
+	}
+	second := upProc(t, env) // a data directory of its own
+	testenv.Eventually(t, 30*time.Second, "the second up's local Ghost to answer the incr sent before its store", func() bool {
+		return strings.Contains(second.Output(), "command sent before this ghost's execution store began")
+	})
+	// The second process's seed.kv starts empty: had the incr run again, c would be 1.
+	get := env.Run(client, testenv.NewIssue("local", "seed.kv", "get", map[string]string{"key": "c"}, 20*time.Second))
+	if len(get.Results) != 1 || get.Results[0].Error == nil || !strings.Contains(get.Results[0].Error.Message, "not found") {
+		t.Fatalf("seed.kv get c on the second up's local Ghost: %s %+v; want not found (the incr not run again)", get.Summary, get.Results)
+	}
+	if code := second.Stop(30 * time.Second); code != 0 {
+		t.Fatalf("the second up exited %d:\n%s", code, second.Output())
+	}
+}
