@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,8 +41,9 @@ const (
 type AssetConfig struct {
 	// Replicas is 1 on an embedded server, 3 on a cluster (at most MaxReplicas).
 	Replicas int
-	// EventsMaxBytes caps the bytes EDGE_EVT holds: 0 is DefaultEventsMaxBytes, -1 no cap
-	// (only the age limit), otherwise at least MinEventsMaxBytes.
+	// EventsMaxBytes caps the bytes EDGE_EVT holds: 0 is the default, DefaultEventsMaxBytes
+	// or less to leave half the JetStream store to the rest (eventsStream), -1 no cap (only
+	// the age limit), otherwise at least MinEventsMaxBytes.
 	EventsMaxBytes int64
 }
 
@@ -55,7 +57,8 @@ const (
 	MinEventsMaxBytes     int64 = 4 * MaxEnvelope
 )
 
-// ErrEventsMaxBytes is returned by EnsureAssets for a cap below MinEventsMaxBytes.
+// ErrEventsMaxBytes is wrapped by EnsureAssets for a cap below MinEventsMaxBytes, and when
+// the JetStream store cannot reserve EDGE_EVT's cap or has no room left after it.
 var ErrEventsMaxBytes = errors.New("events max bytes")
 
 func (c AssetConfig) eventsMaxBytes() (int64, error) {
@@ -102,53 +105,24 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		{Name: StreamReports, Subjects: []string{subjects.AllReports}, Description: "edgectl reports, Mirage to user",
 			MaxAge: ReportRetention, Duplicates: DuplicateWindow, MaxMsgSize: MaxEnvelope, MaxMsgsPerSubject: 64, AllowDirect: true},
 	}
+	evtCap := int64(0) // the cap EDGE_EVT has once provisioned, for the error of an asset made after it
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage
 		sc.Replicas = r
 		sc.Retention = jetstream.LimitsPolicy
 		sc.Discard = jetstream.DiscardOld
-		// The default cap of a stream that exists: if the store cannot reserve it, the
-		// stream keeps the cap it has (shrinking it would drop its oldest events, which
-		// may not be read yet); only a stream being made is fitted to the store.
-		kept := int64(0)
-		if sc.Name == StreamEvents && cfg.EventsMaxBytes == 0 {
-			if s, err := js.Stream(ctx, sc.Name); err == nil {
-				kept = s.CachedInfo().Config.MaxBytes
-			}
+		create := func() error {
+			_, err := js.CreateOrUpdateStream(ctx, sc)
+			return noRoomAfterEvents(sc.Name, evtCap, err)
 		}
-		if err := provision(ctx, js, "stream "+sc.Name, sc.Name, r, func() error {
-			shrunk := false
-			for {
-				_, err := js.CreateOrUpdateStream(ctx, sc)
-				if kept != 0 {
-					if storeTooSmall(err) && sc.MaxBytes != kept {
-						sc.MaxBytes = kept
-						continue
-					}
-					return err
-				}
-				// A stream's byte cap is reserved in the server's JetStream store. The
-				// default cap shrinks to what a small store can reserve, then halves once
-				// more, so that at least half the store stays for everything else; a cap
-				// the operator chose does not shrink.
-				if sc.Name == StreamEvents && cfg.EventsMaxBytes == 0 && sc.MaxBytes/2 >= MinEventsMaxBytes {
-					if storeTooSmall(err) {
-						sc.MaxBytes /= 2
-						shrunk = true
-						continue
-					}
-					if err == nil && shrunk {
-						sc.MaxBytes /= 2
-						shrunk = false
-						continue
-					}
-				}
-				if sc.Name == StreamEvents && storeTooSmall(err) {
-					return fmt.Errorf("%w: the JetStream store cannot reserve %d MiB for EDGE_EVT (%v): lower the cap (events_max_mb) or give JetStream more storage", ErrEventsMaxBytes, sc.MaxBytes>>20, err)
-				}
+		if sc.Name == StreamEvents {
+			ev := eventsStream{js: js, cfg: sc, chosen: cfg.EventsMaxBytes != 0}
+			create = func() (err error) {
+				evtCap, err = ev.ensure(ctx)
 				return err
 			}
-		}); err != nil {
+		}
+		if err := provision(ctx, js, "stream "+sc.Name, sc.Name, r, create); err != nil {
 			return err
 		}
 	}
@@ -163,7 +137,7 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		kc.MaxValueSize = MaxEnvelope
 		if err := provision(ctx, js, "KV bucket "+kc.Bucket, "KV_"+kc.Bucket, r, func() error {
 			_, err := js.CreateOrUpdateKeyValue(ctx, kc)
-			return err
+			return noRoomAfterEvents("KV_"+kc.Bucket, evtCap, err)
 		}); err != nil {
 			return err
 		}
@@ -172,8 +146,96 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 		Storage: jetstream.FileStorage, Replicas: r}
 	return provision(ctx, js, "object store "+oc.Bucket, "OBJ_"+oc.Bucket, r, func() error {
 		_, err := js.CreateOrUpdateObjectStore(ctx, oc)
-		return err
+		return noRoomAfterEvents("OBJ_"+oc.Bucket, evtCap, err)
 	})
+}
+
+// eventsStream provisions EDGE_EVT and fits its byte cap to the JetStream store.
+//
+// A stream's byte cap is reserved in the server's JetStream store (max_file_store, and an
+// account's max_file limit if it has one): the server refuses a stream whose cap does not
+// fit in what the other streams left unreserved, and a stream without a cap needs a byte
+// of it. The store's size is not reported to a client (JetStream account info says -1, no
+// limit, for an account without limits), so the default cap is fitted by asking the
+// server to reserve it:
+//
+//   - EDGE_EVT being made gets the largest of 4 GiB, 2 GiB, 1 GiB, ... (not below
+//     MinEventsMaxBytes) for which the store can reserve twice that, so that at least as
+//     much as EDGE_EVT reserves stays for the other streams and buckets: the stream is
+//     made with twice the cap, then lowered to it (it is empty, nothing is lost). On a
+//     store of 4 GiB or 6 GiB it gets 2 GiB, on 8 GiB or more the full 4 GiB.
+//   - EDGE_EVT that exists gets the default 4 GiB if its cap is above it, or if the store
+//     can reserve twice 4 GiB for it; otherwise it keeps its cap: it is never lowered to
+//     fit (its oldest events would go, unread perhaps), nor raised past half the store.
+//   - A cap the operator chose (AssetConfig.EventsMaxBytes) is applied as it is, and
+//     refused with ErrEventsMaxBytes when the store cannot reserve it, or when it leaves
+//     no room for the assets made after it (noRoomAfterEvents).
+
+type eventsStream struct {
+	js     jetstream.JetStream
+	cfg    jetstream.StreamConfig
+	chosen bool // the operator chose the cap (or no cap)
+	// looked is set once the stream was looked up: existed and kept (its cap) stay as they
+	// were found before this provisioning changed anything, across provision's retries.
+	looked, existed bool
+	kept            int64
+}
+
+// ensure creates or updates EDGE_EVT and returns the cap it was given.
+func (e *eventsStream) ensure(ctx context.Context) (int64, error) {
+	sc := e.cfg
+	if e.chosen {
+		if _, err := e.js.CreateOrUpdateStream(ctx, sc); err != nil {
+			if storeTooSmall(err) {
+				return 0, fmt.Errorf("%w: the JetStream store cannot reserve %d MiB for EDGE_EVT (%v): lower the cap (events_max_mb) or give JetStream more storage", ErrEventsMaxBytes, sc.MaxBytes>>20, err)
+			}
+			return 0, err
+		}
+		return sc.MaxBytes, nil
+	}
+	if !e.looked {
+		s, err := e.js.Stream(ctx, sc.Name)
+		switch {
+		case err == nil:
+			e.existed, e.kept = true, s.CachedInfo().Config.MaxBytes
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			return 0, err
+		}
+		e.looked = true
+	}
+	if e.existed && e.kept >= DefaultEventsMaxBytes {
+		// Lowered to the default: the store has reserved more already.
+		sc.MaxBytes = DefaultEventsMaxBytes
+		_, err := e.js.CreateOrUpdateStream(ctx, sc)
+		return sc.MaxBytes, err
+	}
+	for c := DefaultEventsMaxBytes; ; c /= 2 {
+		sc.MaxBytes = 2 * c
+		_, err := e.js.CreateOrUpdateStream(ctx, sc)
+		switch {
+		case err == nil:
+			sc.MaxBytes = c
+			_, err = e.js.CreateOrUpdateStream(ctx, sc)
+			return c, err
+		case !storeTooSmall(err):
+			return 0, err
+		case e.existed:
+			sc.MaxBytes = e.kept
+			_, err = e.js.CreateOrUpdateStream(ctx, sc)
+			return e.kept, err
+		case c/2 < MinEventsMaxBytes:
+			return 0, fmt.Errorf("%w: the JetStream store cannot reserve %d MiB for EDGE_EVT and as much again for the other streams (%v): give JetStream more storage, or set the cap (events_max_mb)", ErrEventsMaxBytes, c>>20, err)
+		}
+	}
+}
+
+// noRoomAfterEvents turns the refusal of an asset made after EDGE_EVT for want of store
+// into a line that says what to change, when EDGE_EVT's cap holds the store.
+func noRoomAfterEvents(stream string, evtCap int64, err error) error {
+	if !storeTooSmall(err) || evtCap <= 0 {
+		return err
+	}
+	return fmt.Errorf("%w: the JetStream store has no room left for %s (%v): EDGE_EVT reserves %d MiB of it; lower the cap (events_max_mb) or give JetStream more storage", ErrEventsMaxBytes, stream, err, evtCap>>20)
 }
 
 // provisionPatience is how long provisioning waits for a JetStream cluster that has no
@@ -189,10 +251,13 @@ const (
 	errCodeStorageExceeded    jetstream.ErrorCode = 10047 // insufficient storage resources available
 )
 
-// storeTooSmall reports whether the server could not reserve a stream's byte cap.
+// storeTooSmall reports whether the server could not reserve a stream's byte cap: a
+// single server says so with its own code, a cluster names the reason of a refused
+// placement.
 func storeTooSmall(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStorageExceeded
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeStorageExceeded ||
+		apiErr.ErrorCode == errCodeNoPeers && strings.Contains(apiErr.Description, "insufficient storage"))
 }
 
 // provision runs one create-or-update, retrying while a cluster forms or elects its meta

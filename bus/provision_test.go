@@ -3,6 +3,7 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/natsd"
 	"github.com/edgectl/edgectl/natsd/natsdtest"
+	"github.com/edgectl/edgectl/subjects"
 )
 
 var (
@@ -243,11 +245,8 @@ func eventsCap(ctx context.Context, t *testing.T, js jetstream.JetStream) int64 
 func TestEventsCapSettings(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns := startServer(t, natsd.Config{DontListen: true})
-	js, err := jetstream.New(connect(t, bus.ConnConfig{InProcess: ns}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A large store, whatever the disk has free: the default is the full 4 GiB on it.
+	js := jsWithStore(t, 64<<30)
 	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: bus.MinEventsMaxBytes - 1}); !errors.Is(err, bus.ErrEventsMaxBytes) {
 		t.Fatalf("a cap below the minimum: %v, want ErrEventsMaxBytes", err)
 	}
@@ -303,6 +302,110 @@ func TestEventsCapSettings(t *testing.T) {
 	}
 	if c := eventsCap(ctx, t, js); c != bus.DefaultEventsMaxBytes {
 		t.Errorf("the default over a stream that exists, on a large store: max_bytes = %d, want %d", c, bus.DefaultEventsMaxBytes)
+	}
+}
+
+// jsWithStore starts a server whose JetStream file store is n bytes (a reservation only:
+// no disk is used) and returns a JetStream context on it.
+func jsWithStore(t *testing.T, n int64) jetstream.JetStream {
+	t.Helper()
+	ns := startServer(t, natsd.Config{DontListen: true, Customize: func(o *server.Options) error {
+		o.JetStreamMaxStore = n
+		return nil
+	}})
+	js, err := jetstream.New(connect(t, bus.ConnConfig{InProcess: ns}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// The default cap of EDGE_EVT, made on a store of 8 GiB or less, leaves at least half the
+// store to the rest: on a store of exactly 4 GiB (which could reserve the full 4 GiB for
+// EDGE_EVT, and then nothing for the streams after it) and on 6 GiB it is 2 GiB, and every
+// asset is made and writable. Provisioning again changes nothing.
+func TestDefaultEventsCapLeavesHalfTheStore(t *testing.T) {
+	for _, tt := range []struct{ store, want int64 }{
+		{4 << 30, 2 << 30},
+		{6 << 30, 2 << 30},
+		{8 << 30, bus.DefaultEventsMaxBytes},
+		{1 << 30, 512 << 20},
+	} {
+		t.Run(strconv.FormatInt(tt.store>>20, 10)+"MiB", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			js := jsWithStore(t, tt.store)
+			for range 2 {
+				if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+					t.Fatal(err)
+				}
+				if c := eventsCap(ctx, t, js); c != tt.want {
+					t.Errorf("EDGE_EVT max_bytes = %d MiB, want %d MiB", c>>20, tt.want>>20)
+				}
+			}
+			if n := countStreams(t, js); n != 7 {
+				t.Errorf("%d streams, want 7", n)
+			}
+			ai, err := js.AccountInfo(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ai.ReservedStore > uint64(tt.store/2) {
+				t.Errorf("%d MiB reserved, want at most half the store", ai.ReservedStore>>20)
+			}
+			if _, err := js.Publish(ctx, subjects.Report("int_x"), []byte("{}")); err != nil {
+				t.Errorf("publish to EDGE_REPORT: %v", err)
+			}
+			kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(ctx, "g1", []byte("{}")); err != nil {
+				t.Errorf("put in %s: %v", bus.BucketGhosts, err)
+			}
+		})
+	}
+}
+
+// A cap that leaves the store no room for the assets made after EDGE_EVT is refused with a
+// line that names events_max_mb and what EDGE_EVT reserves, as is the default over an
+// EDGE_EVT of 4 GiB that exists on a 4 GiB store (as the default made it before it was
+// fitted to half the store: it is not lowered, its events would go); a lower cap chosen
+// then provisions the rest.
+func TestEventsCapLeavingNoRoomIsRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tt := range []struct {
+		store   int64
+		prepare func(js jetstream.JetStream) error
+		cfg     bus.AssetConfig
+	}{
+		{store: 1 << 30, cfg: bus.AssetConfig{EventsMaxBytes: 1 << 30}},
+		{store: 4 << 30, prepare: func(js jetstream.JetStream) error {
+			// As the default was provisioned before: EDGE_CMD, EDGE_EVT of 4 GiB, no room.
+			if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: bus.DefaultEventsMaxBytes}); !errors.Is(err, bus.ErrEventsMaxBytes) {
+				return fmt.Errorf("EDGE_EVT of 4 GiB on a 4 GiB store: %v, want ErrEventsMaxBytes", err)
+			}
+			return nil
+		}},
+	} {
+		js := jsWithStore(t, tt.store)
+		if tt.prepare != nil {
+			if err := tt.prepare(js); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := bus.EnsureAssets(ctx, js, tt.cfg)
+		want := strconv.FormatInt(eventsCap(ctx, t, js)>>20, 10) + " MiB"
+		if !errors.Is(err, bus.ErrEventsMaxBytes) || !strings.Contains(err.Error(), "events_max_mb") || !strings.Contains(err.Error(), want) {
+			t.Errorf("store of %d MiB, %+v: %v; want ErrEventsMaxBytes naming events_max_mb and %s", tt.store>>20, tt.cfg, err, want)
+		}
+		if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{EventsMaxBytes: tt.store / 4}); err != nil {
+			t.Fatalf("store of %d MiB, then a cap of a quarter: %v", tt.store>>20, err)
+		}
+		if n := countStreams(t, js); n != 7 {
+			t.Errorf("store of %d MiB: %d streams, want 7", tt.store>>20, n)
+		}
 	}
 }
 
