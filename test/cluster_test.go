@@ -22,6 +22,32 @@ import (
 var clusterAssets = []string{bus.StreamCommands, bus.StreamEvents, bus.StreamReports,
 	"KV_" + bus.BucketGhosts, "KV_" + bus.BucketIntents, "KV_" + bus.BucketFleet, "OBJ_" + bus.BucketSeeds}
 
+// On a cluster of servers whose JetStream stores are 4 GiB each, the default cap of
+// EDGE_EVT at replicas 3 leaves half of each store to the rest (a cluster refuses a cap
+// too large with "no suitable peers ..., insufficient storage", not a single server's
+// code): every asset is made, EDGE_EVT with 2 GiB.
+func TestClusterDefaultEventsCapLeavesHalfTheStore(t *testing.T) {
+	cl := testenv.NewCluster(t, 3, testenv.MaxStore(4<<30))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	js, err := jetstream.New(cl.Conn("test-admin", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{Replicas: 3}); err != nil {
+		t.Fatalf("provision at replicas 3 on 4 GiB stores: %v", err)
+	}
+	for _, name := range clusterAssets {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if name == bus.StreamEvents && s.CachedInfo().Config.MaxBytes != 2<<30 {
+			t.Errorf("EDGE_EVT max_bytes = %d MiB, want 2048 MiB", s.CachedInfo().Config.MaxBytes>>20)
+		}
+	}
+}
+
 // On a 3-node JetStream cluster, with Mirage at replicas 3 and one Ghost on each node, the
 // server leading EDGE_CMD and EDGE_EVT (and serving Mirage) is shut down while intents
 // stream in, and later started again on its store: every accepted intent ends satisfied,

@@ -49,9 +49,9 @@ func TestServerWithoutJetStreamIsNamed(t *testing.T) {
 	}
 }
 
-// On a server whose JetStream store cannot reserve the default 4 GiB cap of EDGE_EVT, 'up'
-// shrinks the default to fit; a cap the operator set that does not fit is refused (exit 3)
-// with a line naming events_max_mb.
+// On a server whose JetStream store cannot reserve the default 4 GiB cap of EDGE_EVT twice
+// over, 'up' lowers the default to leave half the store to the rest; a cap the operator set
+// that does not fit is refused (exit 3) with a line naming events_max_mb.
 func TestUpFitsTheDefaultEventsCapToASmallStore(t *testing.T) {
 	env := testenv.New(t, testenv.Listen(), testenv.MaxStore(1<<30))
 	mctl, _ := testenv.Binaries(t)
@@ -69,6 +69,21 @@ func TestUpFitsTheDefaultEventsCapToASmallStore(t *testing.T) {
 	}
 	if r := miragectl(t, env.URL, "ghosts"); r.code != 0 {
 		t.Fatalf("ghosts against it: exit %d, stderr %q", r.code, r.stderr)
+	}
+
+	// A store of exactly 4 GiB could reserve the full default for EDGE_EVT, and then
+	// nothing for the streams after it: the default leaves half of it.
+	env4 := testenv.New(t, testenv.Listen(), testenv.MaxStore(4<<30))
+	p4 := testenv.Start(t, mctl, "up", "--server", env4.URL, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data"))
+	deadline = time.Now().Add(20 * time.Second)
+	for !strings.Contains(p4.Output(), "edgectl up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("up with the default cap on a 4 GiB store did not come up: %q", p4.Output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r := miragectl(t, env4.URL, "ghosts"); r.code != 0 {
+		t.Fatalf("ghosts against the 4 GiB store: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
 

@@ -27,6 +27,7 @@ type Cluster struct {
 	Dir   string
 	Log   *slog.Logger
 	nodes []*clusterNode
+	store int64 // JetStream max store of each server, bytes; 0: the server's default
 }
 
 type clusterNode struct {
@@ -38,10 +39,15 @@ type clusterNode struct {
 }
 
 // NewCluster starts n routed servers and waits until JetStream has a meta leader and
-// every server is current. Everything is stopped at cleanup.
-func NewCluster(t testing.TB, n int) *Cluster {
+// every server is current. Everything is stopped at cleanup. Of the options only MaxStore
+// applies (to each server).
+func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
-	c := &Cluster{T: t, Name: "edge", Dir: t.TempDir(), Log: Logger(t)}
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	c := &Cluster{T: t, Name: "edge", Dir: t.TempDir(), Log: Logger(t), store: o.store}
 	for i := range n {
 		c.nodes = append(c.nodes, &clusterNode{
 			name:       fmt.Sprintf("n%d", i+1),
@@ -91,6 +97,9 @@ func (c *Cluster) Start(i int) {
 		Customize: func(o *server.Options) error {
 			o.Cluster = server.ClusterOpts{Name: c.Name, Host: "127.0.0.1", Port: n.routePort}
 			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+			if c.store > 0 {
+				o.JetStreamMaxStore = c.store
+			}
 			return nil
 		},
 	})
