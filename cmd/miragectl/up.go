@@ -75,8 +75,9 @@ var (
 )
 
 // eventsMaxBytes turns events_max_mb into bus.AssetConfig.EventsMaxBytes: not set is the
-// default cap, which shrinks to fit a small JetStream store; 0 is no cap; a cap set by the
-// operator is kept as it is (refused if the store cannot reserve it).
+// default cap, which is lowered to leave at least half a small JetStream store to the rest
+// (bus.eventsStream); 0 is no cap; a cap set by the operator is kept as it is (refused if the
+// store cannot reserve it, or it leaves no room for the rest).
 func eventsMaxBytes(mb *int64) int64 {
 	switch {
 	case mb == nil:
@@ -175,7 +176,7 @@ faster, but an OS crash can lose the last interval's writes.
 	f.String("sync", natsd.SyncAlways, "JetStream fsync: always (every write) or interval")
 	f.Duration("sync-interval", 2*time.Minute, "fsync interval with --sync interval")
 	f.Int("replicas", 1, "copies of each stream, KV bucket and object store: 1 on the embedded server, 3 on a 3-node cluster")
-	f.Int64("events-max-mb", defaultEventsMaxMB, "cap of the event stream EDGE_EVT in MiB, the one stream Ghosts write: past it the oldest events go, so a flooding Ghost cannot fill the store; the default shrinks to fit a small JetStream store (at most half of it); 0 for no cap")
+	f.Int64("events-max-mb", defaultEventsMaxMB, "cap of the event stream EDGE_EVT in MiB, the one stream Ghosts write: past it the oldest events go, so a flooding Ghost cannot fill the store; the default is lower on a JetStream store under 8 GiB, to leave at least half of it to the rest; 0 for no cap")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	f.String("metrics-listen", "", "serve Prometheus metrics of Mirage and the local Ghost on HOST:PORT/metrics (off by default)")
