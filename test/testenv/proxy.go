@@ -10,7 +10,8 @@ import (
 // Proxy is a TCP proxy on loopback between clients and the server: Cut drops every
 // connection and refuses new ones until Restore, a real network fault for the clients;
 // Pause holds every byte either way until Resume, the connections kept, as the link of a
-// process stopped (SIGSTOP) or a frozen VM looks to the server.
+// process stopped (SIGSTOP) or a frozen VM looks to the server; HoldReplies holds only what
+// the server sends (the answer to a request that did reach it, lost if Cut follows).
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -18,6 +19,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	cut     bool
 	paused  bool
+	holding bool       // HoldReplies: server-to-client bytes are held
 	resumed *sync.Cond // on mu: broadcast when paused or cut changes
 	conns   map[net.Conn]struct{}
 	wg      sync.WaitGroup
@@ -64,14 +66,14 @@ func (p *Proxy) accept() {
 		p.conns[up] = struct{}{}
 		p.wg.Add(2)
 		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(c, up, true)
+		go p.pipe(up, c, false)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, toClient bool) {
 	defer p.wg.Done()
-	_, _ = io.Copy(heldWriter{p, dst}, src)
+	_, _ = io.Copy(heldWriter{p, dst, toClient}, src)
 	_ = dst.Close()
 	_ = src.Close()
 	p.mu.Lock()
@@ -80,15 +82,17 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	p.mu.Unlock()
 }
 
-// heldWriter writes to a proxied connection once the proxy is not paused (or is cut).
+// heldWriter writes to a proxied connection once the proxy is not paused, nor holding
+// replies for a client (or is cut).
 type heldWriter struct {
-	p   *Proxy
-	dst net.Conn
+	p        *Proxy
+	dst      net.Conn
+	toClient bool
 }
 
 func (w heldWriter) Write(b []byte) (int, error) {
 	w.p.mu.Lock()
-	for w.p.paused && !w.p.cut {
+	for (w.p.paused || w.toClient && w.p.holding) && !w.p.cut {
 		w.p.resumed.Wait()
 	}
 	w.p.mu.Unlock()
@@ -113,10 +117,20 @@ func (p *Proxy) Pause() {
 	p.mu.Unlock()
 }
 
-// Resume delivers what Pause held, in order, and lets the connections flow again.
+// HoldReplies holds what the server sends to the clients, the connections open, until
+// Resume; what the clients send goes through.
+func (p *Proxy) HoldReplies() {
+	p.mu.Lock()
+	p.holding = true
+	p.mu.Unlock()
+}
+
+// Resume delivers what Pause or HoldReplies held, in order, and lets the connections flow
+// again.
 func (p *Proxy) Resume() {
 	p.mu.Lock()
 	p.paused = false
+	p.holding = false
 	p.resumed.Broadcast()
 	p.mu.Unlock()
 }
