@@ -283,3 +283,77 @@ func TestDuplicatesWaitingForTheirEventHoldOneSlot(t *testing.T) {
 	eventFor(t, env, id, stuck.CommandID)
 	eventFor(t, env, id, next.CommandID)
 }
+
+// A publish whose connection is lost before its publish ack comes can never get that
+// ack: the retry goes out as soon as the connection is back, not when the attempt's 5 s
+// timeout runs out, and under the same Nats-Msg-Id, so that EDGE_EVT keeps one copy when
+// the first was stored. Both ways the ack is lost: the server stored the event and its
+// answer went with the connection, or the publish itself did.
+func TestEventPublishRetriesWhenItsConnectionIsLost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// lose holds the link so that the publish sent next is answered by nothing,
+		// and returns once it was sent.
+		lose func(t *testing.T, env *testenv.Env, proxy *testenv.Proxy, g *ghost.Ghost, id, commandID string)
+	}{
+		{"ack lost", func(t *testing.T, env *testenv.Env, proxy *testenv.Proxy, _ *ghost.Ghost, id, commandID string) {
+			proxy.HoldReplies()
+			eventFor(t, env, id, commandID) // stored; its publish ack is held
+		}},
+		{"publish lost", func(t *testing.T, env *testenv.Env, proxy *testenv.Proxy, g *ghost.Ghost, _, commandID string) {
+			proxy.Pause()
+			testenv.Eventually(t, 5*time.Second, "the execution finished", func() bool {
+				e, err := g.Store().GetByCommandID(context.Background(), commandID)
+				return err == nil && e.State == ghost.StateFinished
+			})
+			time.Sleep(300 * time.Millisecond) // its publish is written, and held
+			if n := len(env.Events(env.JetStream())); n != 0 {
+				t.Fatalf("%d events stored through a paused link", n)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t, testenv.Listen())
+			proxy := testenv.NewProxy(t, env.Server.Addr().String())
+			const id = "edge-lost"
+			gc := env.URLConn("ghost "+id, proxy.URL())
+			g := env.StartGhost(id, testenv.Via(gc), testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
+			ctx := context.Background()
+
+			commandID, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "300"})
+			testenv.Eventually(t, 5*time.Second, "the command running", func() bool {
+				_, err := g.Store().GetByCommandID(ctx, commandID)
+				return err == nil
+			})
+			tc.lose(t, env, proxy, g, id, commandID)
+			proxy.Cut()
+			proxy.Resume()
+			testenv.Eventually(t, 5*time.Second, "disconnect", func() bool { return !gc.IsConnected() })
+			time.Sleep(time.Second)
+			if e, err := g.Store().GetByCommandID(ctx, commandID); err != nil || e.Stored {
+				t.Fatalf("event marked stored with its publish ack lost (err %v)", err)
+			}
+			back := time.Now()
+			proxy.Restore()
+			testenv.Eventually(t, 10*time.Second, "the event marked stored", func() bool {
+				e, err := g.Store().GetByCommandID(ctx, commandID)
+				return err == nil && e.Stored
+			})
+			took := time.Since(back)
+			t.Logf("event stored %s after the link came back", took.Round(time.Millisecond))
+			if took > 1500*time.Millisecond {
+				t.Fatalf("event stored %s after the link came back; want the retry to go out on reconnect, not after the lost attempt's 5 s", took.Round(time.Millisecond))
+			}
+			want := bus.EventID(id, commandID)
+			n := 0
+			for _, ev := range env.Events(env.JetStream()) {
+				if ev.EventID == want {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Fatalf("EDGE_EVT holds %d copies of the event, want 1", n)
+			}
+		})
+	}
+}

@@ -206,6 +206,10 @@ type Ghost struct {
 	resendStored atomic.Bool
 	// claim is this instance of the id, and its probe for others (idprobe.go).
 	claim *idClaim
+	// link follows the connection, so that a publish or request whose connection is lost
+	// ends at once rather than waiting for an answer that cannot come (link.go). It is
+	// followed from start until send ends, the last publishes with it.
+	link *link
 
 	mu   sync.Mutex
 	subs []*nats.Subscription
@@ -243,6 +247,7 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 		kick:       make(chan struct{}, 1),
 		resendKick: make(chan struct{}, 1),
 		claim:      newIDClaim(cfg.ID, cfg.Now()),
+		link:       newLink(nc),
 	}
 	g.serving, g.stopServing = context.WithCancel(context.Background())
 	g.stopping = g.serving.Done()
@@ -296,6 +301,7 @@ func (g *Ghost) start(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(g.serving, cancel)
 	defer stop()
+	g.followLink()
 	if g.nc.AuthRequired() || !g.nc.IsConnected() {
 		// Made before the flush, so that a cluster knows it before the Ghost's first
 		// request (its register, a replay): Mirage's answers come there (not yet
@@ -437,10 +443,21 @@ func (g *Ghost) Close() error {
 	g.cancel()
 	g.cancelSend()
 	<-done
+	g.link.wait() // it ends with send
 	if ackSub != nil {
 		_ = ackSub.Unsubscribe()
 	}
 	return nil
+}
+
+// followLink starts following the connection (link), unless Close has begun: Close waits
+// for it apart from the other goroutines, as it must outlive them (until send ends).
+func (g *Ghost) followLink() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.closed {
+		g.link.follow(g.send.Done())
+	}
 }
 
 // track registers a goroutine with Close; it refuses once Close has begun.
@@ -541,8 +558,10 @@ var errNotRecorded = errors.New("the execution store could not record the comman
 var errStillRunning = errors.New("the command is still running")
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
-// (250 ms, ×2, 5 s max, jitter) until it is stored or ctx ends (g.send: Close's flush
-// window is over). Once EDGE_EVT confirms it, the execution is marked stored.
+// (250 ms, ×2, 5 s max, jitter; 5 s per attempt) until it is stored or ctx ends (g.send:
+// Close's flush window is over). Once EDGE_EVT confirms it, the execution is marked
+// stored. While the connection is down it waits for it; an attempt whose connection is
+// lost ends then (its publish ack cannot come) and the next goes out on reconnect.
 //
 // One event is published by one goroutine at a time: a re-send (a reconnect, a Mirage
 // that shows itself) while an earlier publish of it is still retrying leaves it to that
@@ -617,8 +636,19 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 	}
 	backoff := newBackoff()
 	for attempt := 1; ; attempt++ {
+		// While the connection is down, wait for it: an attempt made then would only sit
+		// in nats.go's reconnect buffer.
+		conn, err := g.link.await(ctx)
+		if err != nil {
+			g.publishGivenUp(ctx, ev)
+			return
+		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := g.js.PublishMsg(actx, msg)
+		// An attempt whose connection is lost ends at once: its publish ack went with the
+		// connection and cannot come, however long it waits.
+		stop := context.AfterFunc(conn, cancel)
+		_, err = g.js.PublishMsg(actx, msg)
+		stop()
 		cancel()
 		if err == nil {
 			e.stored = true
@@ -629,19 +659,31 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 			}
 			return
 		}
-		wait := backoff.next()
 		g.cfg.Metrics.retry()
+		if conn.Err() != nil && ctx.Err() == nil {
+			// The next attempt goes out as soon as a connection is back, under the same
+			// Nats-Msg-Id: EDGE_EVT drops it if this one was stored after all. No backoff:
+			// each such retry waits for a reconnect.
+			g.log.Warn("event not stored yet: the connection was lost; retrying once reconnected", "event_id", ev.EventID, "attempt", attempt, "err", err)
+			continue
+		}
+		wait := backoff.next()
 		g.log.Warn("event not stored yet; retrying", "event_id", ev.EventID, "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				g.log.Warn("event still not stored; it is re-sent later", "event_id", ev.EventID)
-			} else {
-				g.log.Warn("ghost stopping with an event not stored; it is re-sent at next start", "event_id", ev.EventID)
-			}
+			g.publishGivenUp(ctx, ev)
 			return
 		}
+	}
+}
+
+// publishGivenUp logs why publish left ev unstored when its ctx ended.
+func (g *Ghost) publishGivenUp(ctx context.Context, ev *bus.Event) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		g.log.Warn("event still not stored; it is re-sent later", "event_id", ev.EventID)
+	} else {
+		g.log.Warn("ghost stopping with an event not stored; it is re-sent at next start", "event_id", ev.EventID)
 	}
 }
 
