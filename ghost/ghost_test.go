@@ -135,6 +135,68 @@ func TestRequiredPolicyAsksAgainForALostRegisterAck(t *testing.T) {
 	}
 }
 
+// With policy required, a register sent on a connection that is then lost is asked
+// again as soon as the connection is back, not when its try's wait for register.ack runs
+// out: the answer went with the connection.
+func TestRequiredPolicyAsksAgainWhenTheConnectionIsLost(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	proxy := testenv.NewProxy(t, env.Server.Addr().String())
+	const id = "needy-cut"
+	first := make(chan struct{})
+	var seen atomic.Int32
+	sub, err := env.Conn("stand-in for mirage").Subscribe(subjects.Register(id), func(msg *nats.Msg) {
+		if seen.Add(1) == 1 {
+			close(first) // not answered before the cut: its answer would go with the connection
+			return
+		}
+		data, err := bus.Encode(&bus.RegisterAck{Header: bus.NewHeader(bus.TypeRegisterAck, "", time.Now()), GhostID: id, Status: bus.RegisterAccepted})
+		if err == nil {
+			_ = msg.Respond(data)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	gc := env.URLConn(id, proxy.URL())
+	// Each try waits 5 s for its register.ack.
+	g, err := ghost.New(gc, ghost.Config{ID: id, Policy: ghost.PolicyRequired, RegisterTimeout: 15 * time.Second},
+		ghost.NewRegistry(), ghost.NewMemoryStore(), env.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	started := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		started <- g.Start(ctx)
+	}()
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no register within 10 s")
+	}
+	proxy.Cut()
+	testenv.Eventually(t, 5*time.Second, "disconnect", func() bool { return !gc.IsConnected() })
+	time.Sleep(500 * time.Millisecond)
+	back := time.Now()
+	proxy.Restore()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Start still waiting 20 s after the link came back")
+	}
+	took := time.Since(back)
+	t.Logf("registered %s after the link came back", took.Round(time.Millisecond))
+	if took > 1500*time.Millisecond {
+		t.Fatalf("registered %s after the link came back; want the register asked again on reconnect, not after the lost try's 5 s", took.Round(time.Millisecond))
+	}
+}
+
 // A headless Ghost serves a command published by hand, and never joins the fleet even
 // when a Mirage comes up and announces itself.
 func TestHeadlessGhostServesWithoutRegistering(t *testing.T) {

@@ -33,10 +33,21 @@ func (g *Ghost) register(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	conn := g.link.current()
+	if conn == nil {
+		return fmt.Errorf("%w: not connected to NATS (%s)", ErrNoMirage, g.nc.Status())
+	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.RegisterTimeout)
 	defer cancel()
+	// A register.ack cannot come over a connection lost meanwhile: stop waiting then, so
+	// that a retry (registerRequired's next try, the reconnect's registerAgain) asks again
+	// on the next one rather than after the register timeout.
+	defer context.AfterFunc(conn, cancel)()
 	reply, err := g.request(ctx, bus.NewMsg(subjects.Register(g.cfg.ID), data, "", reg.TraceID))
 	if err != nil {
+		if conn.Err() != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			return fmt.Errorf("%w: the connection was lost before register.ack (%v)", ErrNoMirage, err)
+		}
 		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 			return fmt.Errorf("%w: %v", ErrNoMirage, err)
 		}
