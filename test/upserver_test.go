@@ -60,13 +60,7 @@ func TestUpFitsTheDefaultEventsCapToASmallStore(t *testing.T) {
 		t.Fatalf("up with --events-max-mb 4096 on a 1 GiB store: exit %d, stderr %q; want exit 3 naming events_max_mb", r.code, r.stderr)
 	}
 	p := testenv.Start(t, mctl, "up", "--server", env.URL, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data"))
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(p.Output(), "edgectl up") {
-		if time.Now().After(deadline) {
-			t.Fatalf("up with the default cap on a 1 GiB store did not come up: %q", p.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(t, 20*time.Second, "up with the default cap on a 1 GiB store to come up", func() bool { return strings.Contains(p.Output(), "edgectl up") })
 	if r := miragectl(t, env.URL, "ghosts"); r.code != 0 {
 		t.Fatalf("ghosts against it: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -75,13 +69,7 @@ func TestUpFitsTheDefaultEventsCapToASmallStore(t *testing.T) {
 	// nothing for the streams after it: the default leaves half of it.
 	env4 := testenv.New(t, testenv.Listen(), testenv.MaxStore(4<<30))
 	p4 := testenv.Start(t, mctl, "up", "--server", env4.URL, "--no-local-ghost", "--data-dir", filepath.Join(t.TempDir(), "data"))
-	deadline = time.Now().Add(20 * time.Second)
-	for !strings.Contains(p4.Output(), "edgectl up") {
-		if time.Now().After(deadline) {
-			t.Fatalf("up with the default cap on a 4 GiB store did not come up: %q", p4.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(t, 20*time.Second, "up with the default cap on a 4 GiB store to come up", func() bool { return strings.Contains(p4.Output(), "edgectl up") })
 	if r := miragectl(t, env4.URL, "ghosts"); r.code != 0 {
 		t.Fatalf("ghosts against the 4 GiB store: exit %d, stderr %q", r.code, r.stderr)
 	}
