@@ -25,6 +25,10 @@ type ReplayRequest struct {
 	// Max is how many commands to send, at most ReplayBatch; 0 sends none: the answer
 	// only says where cmd.<ghost_id> ends.
 	Max int `json:"max"`
+	// History asks whether the Ghost's id shows a trace of an earlier Ghost (ReplayReply's
+	// Traced): a Ghost on a new execution store asks it once, before it subscribes to
+	// cmd.<ghost_id> and before it registers.
+	History bool `json:"history,omitempty"`
 }
 
 // ReplayReply is the last message of the answer to a replay request, after the commands.
@@ -36,9 +40,14 @@ type ReplayReply struct {
 	LastCommandID string `json:"last_command_id,omitempty"`
 	// Sent is how many commands were sent before this reply; More says commands from
 	// StartSeq up to LastSeq remain unsent (Max or the answer's byte bound was reached).
-	Sent  int    `json:"sent"`
-	More  bool   `json:"more,omitempty"`
-	Error *Error `json:"error,omitempty"`
+	Sent int  `json:"sent"`
+	More bool `json:"more,omitempty"`
+	// Traced, set only when the request asked for History, says whether the id shows a
+	// trace of an earlier Ghost: a record in KV edge_ghosts (it registered) or an event on
+	// evt.<ghost_id> in EDGE_EVT; true also when Mirage could not read them. Absent (a
+	// Mirage of an older version) the Ghost takes it for true.
+	Traced *bool  `json:"traced,omitempty"`
+	Error  *Error `json:"error,omitempty"`
 }
 
 // HeaderStreamSeq carries a replayed command's EDGE_CMD sequence in Mirage's answer. A
@@ -64,7 +73,8 @@ const ReplayAnswerWait = 10 * time.Second
 const ReplaySlotWait = ReplayAnswerWait / 2
 
 // DecodeReplayRequest reads a replay request: not JSON is 1100, a field of the wrong type
-// 1200, a missing or zero start_seq or a max outside 0..ReplayBatch 1300.
+// (history too: a boolean) 1200, a missing or zero start_seq or a max outside
+// 0..ReplayBatch 1300.
 func DecodeReplayRequest(data []byte) (ReplayRequest, error) {
 	var req ReplayRequest
 	if err := decodeRequest(data, &req, "replay request"); err != nil {

@@ -25,6 +25,9 @@ func TestDecodeReplayRequest(t *testing.T) {
 		{"too many", `{"start_seq": 1, "max": 257}`, CodeSemantic},
 		{"negative max", `{"start_seq": 1, "max": -1}`, CodeSemantic},
 		{"string max", `{"start_seq": 1, "max": "9"}`, CodeDecode},
+		{"history", `{"start_seq": 1, "max": 0, "history": true}`, 0},
+		{"string history", `{"start_seq": 1, "history": "yes"}`, CodeDecode},
+		{"number history", `{"start_seq": 1, "history": 1}`, CodeDecode},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

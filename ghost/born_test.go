@@ -11,6 +11,7 @@ import (
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds/kv"
+	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -43,24 +44,26 @@ func storeKV(t *testing.T, env *testenv.Env, ghostID, op string, args map[string
 // machine is one Ghost id whose kv seed outlives its Ghosts, and whose state directory a
 // test may replace.
 type machine struct {
-	t     *testing.T
-	env   *testenv.Env
-	id    string
-	kv    *kv.Seed
-	reg   *ghost.Registry
-	store *ghost.BoltStore
-	g     *ghost.Ghost
+	t      *testing.T
+	env    *testenv.Env
+	id     string
+	kv     *kv.Seed
+	reg    *ghost.Registry
+	policy string
+	store  *ghost.BoltStore
+	g      *ghost.Ghost
 }
 
 func newMachine(t *testing.T, env *testenv.Env, id string) *machine {
-	m := &machine{t: t, env: env, id: id, kv: kv.New(), reg: ghost.NewRegistry()}
+	m := &machine{t: t, env: env, id: id, kv: kv.New(), reg: ghost.NewRegistry(), policy: ghost.PolicyHeadless}
 	if err := m.reg.Add(m.kv); err != nil {
 		t.Fatal(err)
 	}
 	return m
 }
 
-// start runs a headless Ghost on the execution store in stateDir.
+// start runs a Ghost (headless unless m.policy says otherwise) on the execution store in
+// stateDir.
 func (m *machine) start(stateDir string) {
 	m.t.Helper()
 	st, err := ghost.OpenBoltStore(filepath.Join(stateDir, "executions.db"), ghost.BoltOptions{})
@@ -69,7 +72,7 @@ func (m *machine) start(stateDir string) {
 	}
 	m.t.Cleanup(func() { _ = st.Close() })
 	m.store = st
-	m.g = m.env.StartGhost(m.id, testenv.Store(st), testenv.WithRegistry(m.reg), testenv.Policy(ghost.PolicyHeadless))
+	m.g = m.env.StartGhost(m.id, testenv.Store(st), testenv.WithRegistry(m.reg), testenv.Policy(m.policy))
 }
 
 func (m *machine) stop() {
@@ -105,6 +108,33 @@ func notRunAgain(t *testing.T, ev *bus.Event) {
 	}
 	if want := "execution store began after the command was sent"; !strings.Contains(ev.Error.Message, want) {
 		t.Fatalf("1700 message %q does not say %q", ev.Error.Message, want)
+	}
+}
+
+// leaveRecord stores a registry record for ghostID in KV edge_ghosts, as Mirage does when
+// a Ghost registers: a trace of an earlier Ghost of the id.
+func leaveRecord(t *testing.T, env *testenv.Env, ghostID string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reg, err := env.JetStream().KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := `{"ghost_id": "` + ghostID + `", "registered_ms": 1, "last_seen_ms": 1}`
+	if _, err := reg.PutString(ctx, ghostID, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// leaveEvent stores a message on evt.<ghostID> in EDGE_EVT, as a Ghost's event: a trace of
+// an earlier Ghost of the id.
+func leaveEvent(t *testing.T, env *testenv.Env, ghostID string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := env.JetStream().Publish(ctx, subjects.Event(ghostID), []byte(`{"type": "event"}`)); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -168,9 +198,10 @@ func TestCommandInARecreatedStreamIsNotTakenForOneSentBeforeTheStore(t *testing.
 			for range 3 {
 				storeKV(t, env, "other", "get", map[string]string{"key": "x"})
 			}
-			// Sent before the store began: 1700. The store begins at 4 and its position
-			// reaches 4.
+			// Sent before the store began, to an id that registered before: 1700. The store
+			// begins at 4 and its position reaches 4.
 			old, _ := storeKV(t, env, id, "incr", map[string]string{"key": "c"})
+			leaveRecord(t, env, id)
 			dir := t.TempDir()
 			m.start(dir)
 			notRunAgain(t, m.ended(old))
@@ -205,5 +236,108 @@ func TestCommandInARecreatedStreamIsNotTakenForOneSentBeforeTheStore(t *testing.
 				t.Fatalf("counter %q, want %s", got, want)
 			}
 		})
+	}
+}
+
+// A Ghost id that never ran: a non-idempotent command stored for it before its first Ghost
+// started (Mirage queues commands for an id enrolled, or named, before its machine starts)
+// runs once when that Ghost starts. Its new store finds no trace of an earlier Ghost, so
+// nothing predates it (born 0). The event it published is a trace: a store that replaces
+// it does not run the incr again.
+func TestCommandWaitingForANewGhostRuns(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-new"
+	m := newMachine(t, env, id)
+	incr, _ := storeKV(t, env, id, "incr", map[string]string{"key": "c"})
+	m.start(t.TempDir())
+	if ev := m.ended(incr); ev.Outcome != bus.OutcomeSuccess || m.value("c") != "1" {
+		t.Fatalf("an incr waiting for a Ghost that never ran: %s %+v, counter %q; want it run once", ev.Outcome, ev.Error, m.value("c"))
+	}
+	if born, ok, err := m.store.Born(context.Background()); err != nil || !ok || born != 0 {
+		t.Fatalf("Born() = %d, %v, %v; want 0, known: nothing predates the first store of an id", born, ok, err)
+	}
+	m.stop()
+	m.start(t.TempDir())
+	notRunAgain(t, m.ended(incr))
+	if got := m.value("c"); got != "1" {
+		t.Fatalf("counter %q, want 1: the incr ran again under a second store", got)
+	}
+}
+
+// A new store takes the commands waiting on cmd.<id> for ones an earlier Ghost may have run
+// (1700 for a non-idempotent one) when the id shows a trace of an earlier Ghost: a registry
+// record, or an event in EDGE_EVT. A revoked Ghost's record (a delete marker) and another
+// id's record and event are none. When the trace cannot be read (here KV edge_ghosts is
+// gone), the store takes it for one.
+func TestNewStoreLooksForATraceOfAnEarlierGhost(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		leave    func(t *testing.T, env *testenv.Env, id string)
+		predates bool
+	}{
+		{"no trace", func(*testing.T, *testenv.Env, string) {}, false},
+		{"an event", leaveEvent, true},
+		{"a registry record", leaveRecord, true},
+		{"a revoked Ghost's record", func(t *testing.T, env *testenv.Env, id string) {
+			leaveRecord(t, env, id)
+			reg, err := env.JetStream().KeyValue(context.Background(), bus.BucketGhosts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := reg.Delete(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"another id's record and event", func(t *testing.T, env *testenv.Env, _ string) {
+			leaveRecord(t, env, "edge-other")
+			leaveEvent(t, env, "edge-other")
+		}, false},
+		{"the registry unreadable", func(t *testing.T, env *testenv.Env, _ string) {
+			if err := env.JetStream().DeleteKeyValue(context.Background(), bus.BucketGhosts); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t)
+			const id = "edge-trace"
+			m := newMachine(t, env, id)
+			incr, seq := storeKV(t, env, id, "incr", map[string]string{"key": "c"})
+			tc.leave(t, env, id)
+			m.start(t.TempDir())
+			ev := m.ended(incr)
+			wantBorn := uint64(0)
+			if tc.predates {
+				notRunAgain(t, ev)
+				if got := m.value("c"); got != "" {
+					t.Fatalf("counter %q: the incr ran", got)
+				}
+				wantBorn = seq
+			} else if ev.Outcome != bus.OutcomeSuccess || m.value("c") != "1" {
+				t.Fatalf("an incr waiting for a Ghost that never ran: %s %+v, counter %q; want it run once", ev.Outcome, ev.Error, m.value("c"))
+			}
+			if born, ok, err := m.store.Born(context.Background()); err != nil || !ok || born != wantBorn {
+				t.Fatalf("Born() = %d, %v, %v; want %d", born, ok, err, wantBorn)
+			}
+		})
+	}
+}
+
+// A Ghost with policy required registers before it subscribes, and looks for a trace of an
+// earlier Ghost before it registers: its own registry record is not taken for one, and a
+// command waiting for its id runs.
+func TestRequiredGhostLooksForATraceBeforeItRegisters(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	const id = "edge-required"
+	m := newMachine(t, env, id)
+	m.policy = ghost.PolicyRequired
+	incr, _ := storeKV(t, env, id, "incr", map[string]string{"key": "c"})
+	m.start(t.TempDir())
+	if !m.g.Registered() {
+		t.Fatal("the Ghost with policy required started unregistered")
+	}
+	if ev := m.ended(incr); ev.Outcome != bus.OutcomeSuccess || m.value("c") != "1" {
+		t.Fatalf("an incr waiting for a Ghost that never ran: %s %+v, counter %q; want it run once", ev.Outcome, ev.Error, m.value("c"))
 	}
 }

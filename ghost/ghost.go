@@ -311,17 +311,20 @@ func (g *Ghost) start(ctx context.Context) error {
 		}
 	}
 	if g.cfg.Policy == PolicyRequired {
+		g.flush() // the answers subscription, before the requests below
+	}
+	// A new store learns where cmd.<id> ends before the subscription (what is stored
+	// there by then may predate it), and whether the id shows a trace of an earlier Ghost
+	// before this one registers: its own record is not such a trace (born.go).
+	if err := g.loadBorn(ctx); err != nil {
+		return fmt.Errorf("execution store: %w", err)
+	}
+	if g.cfg.Policy == PolicyRequired {
 		// Before cmd.<id> is subscribed and anything is resumed, re-sent or replayed: a
 		// Ghost that refuses to start must not have run a command first.
-		g.flush()
 		if err := g.registerRequired(ctx); err != nil {
 			return err
 		}
-	}
-	// A new store learns where cmd.<id> ends before the subscription: what is stored
-	// there by then predates it (born.go).
-	if err := g.loadBorn(ctx); err != nil {
-		return fmt.Errorf("execution store: %w", err)
 	}
 	if err := g.subscribe(); err != nil {
 		return err

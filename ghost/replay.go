@@ -29,6 +29,10 @@ type commandReader interface {
 	// last returns the stream sequence of the last command on cmd.<id> (0 when there is
 	// none).
 	last(ctx context.Context) (uint64, error)
+	// beginning returns, for a new execution store, where cmd.<id> ends (as last) and
+	// whether the id shows a trace of an earlier Ghost (born.go): true when the trace
+	// could not be read, not looked for when cmd.<id> is empty.
+	beginning(ctx context.Context) (last uint64, traced bool, err error)
 	// read calls each, in stream order, for the commands on cmd.<id> from sequence start
 	// on, until it has passed last or there are no more, and answered after each answer
 	// (or fetch) whose commands have all gone to each and checked out. An error of each

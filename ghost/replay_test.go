@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -175,5 +176,52 @@ func TestMirageReaderLastSendsNoCommands(t *testing.T) {
 	g := &Ghost{nc: gc, cfg: Config{ID: "g1"}, replayWait: 300 * time.Millisecond}
 	if _, err := (mirageReader{g}).last(context.Background()); err == nil || !strings.Contains(err.Error(), "more than the 0 commands asked for") {
 		t.Fatalf("last: %v", err)
+	}
+}
+
+// A new store's look through Mirage asks where cmd.<id> ends (no command) and whether the
+// id shows a trace of an earlier Ghost (history). A reply without traced, from a Mirage of
+// an older version, is taken for a trace.
+func TestMirageReaderBeginningAsksForTheTrace(t *testing.T) {
+	yes, no := true, false
+	for _, tc := range []struct {
+		name   string
+		traced *bool
+		want   bool
+	}{
+		{"a trace", &yes, true},
+		{"none", &no, false},
+		{"a Mirage that does not say", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gc, mc := replayConns(t)
+			asked := make(chan bus.ReplayRequest, 1)
+			sub, err := mc.Subscribe(subjects.ReplayFor("g1"), func(m *nats.Msg) {
+				req, err := bus.DecodeReplayRequest(m.Data)
+				if err != nil {
+					t.Errorf("the Ghost's request %s: %v", m.Data, err)
+				}
+				asked <- req
+				reply := accepted(0, false, 9)
+				reply.Traced = tc.traced
+				data, _ := json.Marshal(reply)
+				_ = m.Respond(data)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = sub.Unsubscribe() }()
+			if err := mc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			g := &Ghost{nc: gc, cfg: Config{ID: "g1"}, replayWait: 300 * time.Millisecond, log: slog.New(slog.DiscardHandler)}
+			last, traced, err := mirageReader{g}.beginning(context.Background())
+			if err != nil || last != 9 || traced != tc.want {
+				t.Fatalf("beginning() = %d, %v, %v; want 9, %v", last, traced, err, tc.want)
+			}
+			if req := <-asked; !req.History || req.Max != 0 || req.StartSeq != 1 {
+				t.Fatalf("request %+v, want start_seq 1, max 0, history", req)
+			}
+		})
 	}
 }

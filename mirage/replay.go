@@ -17,8 +17,8 @@ import (
 // Replays: a Ghost under auth has no JetStream API permission, so it asks on
 // mirage.replay.<ghost_id> for the commands it missed, and Mirage reads them from
 // EDGE_CMD and sends them to the Ghost's inbox. The subject token is the Ghost (the
-// server lets only that Ghost publish there); the body only says where to start and how
-// many.
+// server lets only that Ghost publish there); the body only says where to start, how
+// many, and whether to say if the id shows a trace of an earlier Ghost (traced).
 
 // onReplay serves mirage.replay.*. It never blocks the subscription: a request whose
 // reply subject is not the Ghost's inbox (replyGuard) is dropped, one over its Ghost's
@@ -73,13 +73,18 @@ const replayMaxBytes = 8 << 20
 
 // sendReplay sends to reply every command on cmd.<id> from req.StartSeq on, at most
 // req.Max and up to the last one when it looked, each as stored plus bus.HeaderStreamSeq,
-// and returns the reply that ends the answer (Status set unless err). Commands are read
-// by direct get (next by subject), never through a consumer.
+// and returns the reply that ends the answer (Status set unless err; Traced when
+// req.History asks). Commands are read by direct get (next by subject), never through a
+// consumer.
 func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.ReplayReply, error) {
 	ctx, cancel := context.WithTimeout(m.running, 10*time.Second) // Close does not wait for it
 	defer cancel()
 	subject := subjects.Command(id)
 	out := bus.ReplayReply{}
+	if req.History {
+		traced := m.traced(ctx, id)
+		out.Traced = &traced
+	}
 	last, err := m.cmds.GetLastMsgForSubject(ctx, subject)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -113,6 +118,32 @@ func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.Replay
 	out.Status, out.More = "accepted", out.Sent > 0 && next <= out.LastSeq
 	m.log.Debug("replay sent", "peer", id, "start_seq", req.StartSeq, "commands", out.Sent, "last_seq", out.LastSeq, "more", out.More)
 	return out, nil
+}
+
+// traced reports whether Ghost id shows a trace of an earlier Ghost, for a Ghost on a new
+// execution store that asks before it subscribes and registers (bus.ReplayRequest's
+// History): a record in KV edge_ghosts (it registered) or an event on evt.<id> in EDGE_EVT
+// (it answered a command; events are kept 7 days, commands 25 h). An id without either
+// never had a Ghost that ran a command it reported, so the commands waiting for it are
+// run rather than answered 1700 (ghost/born.go). A read that fails counts as a trace.
+func (m *Mirage) traced(ctx context.Context, id string) bool {
+	_, err := m.fleet.kv.Get(ctx, id)
+	switch {
+	case err == nil:
+		return true
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		m.log.Warn("replay request: the registry record of a Ghost on a new execution store could not be read; taken as a trace of an earlier Ghost", "peer", id, "err", err)
+		return true
+	}
+	_, err = m.evts.GetLastMsgForSubject(ctx, subjects.Event(id))
+	switch {
+	case err == nil:
+		return true
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		m.log.Warn("replay request: the last event of a Ghost on a new execution store could not be read; taken as a trace of an earlier Ghost", "peer", id, "err", err)
+		return true
+	}
+	return false
 }
 
 // storedHeader is the part of a command's stored headers a Ghost reads

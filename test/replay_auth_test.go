@@ -274,6 +274,7 @@ func TestReplayRequestRefusals(t *testing.T) {
 		{"not JSON", subjects.ReplayFor("edge-1"), `start please`, bus.CodeFraming},
 		{"wrong type", subjects.ReplayFor("edge-1"), `{"start_seq": "1"}`, bus.CodeDecode},
 		{"no start", subjects.ReplayFor("edge-1"), `{}`, bus.CodeSemantic},
+		{"history not a boolean", subjects.ReplayFor("edge-1"), `{"start_seq": 1, "history": "yes"}`, bus.CodeDecode},
 		{"invalid ghost id", subjects.Replay + ".-edge", `{"start_seq": 1}`, bus.CodeSemantic},
 	}
 	for _, c := range cases {
@@ -312,4 +313,126 @@ func TestReplayRequestRefusals(t *testing.T) {
 	if r := env.Run(env.Client(), testenv.NewIssue("edge-1", "seed.flow", "status", nil, 10*time.Second)); r.Phase != bus.PhaseSatisfied {
 		t.Fatalf("an intent after the refused requests: %s", r.Summary)
 	}
+}
+
+// Asked for history, Mirage says whether a Ghost's id shows a trace of an earlier Ghost: a
+// record in KV edge_ghosts or an event on evt.<id>. A revoked Ghost's record (a delete
+// marker) and another id's are none; a registry Mirage cannot read counts as a trace.
+// Not asked, the reply carries no traced.
+func TestReplayReplySaysWhetherTheIdShowsATrace(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	nc := env.Conn("requester")
+	js := env.JetStream()
+	ctx := context.Background()
+	reg, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(id string) {
+		if _, err := reg.PutString(ctx, id, `{"ghost_id": "`+id+`"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	event := func(id string) {
+		if _, err := js.Publish(ctx, subjects.Event(id), []byte(`{"type": "event"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ask := func(id, body string) bus.ReplayReply {
+		t.Helper()
+		msg, err := nc.Request(subjects.ReplayFor(id), []byte(body), 5*time.Second)
+		if err != nil {
+			t.Fatalf("replay request of %s: %v", id, err)
+		}
+		var reply bus.ReplayReply
+		if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
+			t.Fatalf("replay answer to %s: %s %v", id, msg.Data, err)
+		}
+		return reply
+	}
+	for _, tc := range []struct {
+		name   string
+		leave  func(id string)
+		traced bool
+	}{
+		{"no trace", func(string) {}, false},
+		{"a registry record", record, true},
+		{"an event", event, true},
+		{"a revoked Ghost's record", func(id string) {
+			record(id)
+			if err := reg.Delete(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"another id's record and event", func(string) { record("edge-other"); event("edge-other") }, false},
+		{"the registry unreadable", func(string) { // last: Mirage's registry is gone
+			if err := js.DeleteKeyValue(ctx, bus.BucketGhosts); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "edge-" + strings.ReplaceAll(strings.ReplaceAll(tc.name, " ", "-"), "'", "")
+			tc.leave(id)
+			time.Sleep(bus.ReplayEvery) // Mirage serves one request of a Ghost per ReplayEvery
+			reply := ask(id, `{"start_seq": 1, "max": 0, "history": true}`)
+			if reply.Traced == nil || *reply.Traced != tc.traced {
+				t.Fatalf("traced %v, want %v", reply.Traced, tc.traced)
+			}
+			time.Sleep(bus.ReplayEvery)
+			if reply := ask(id, `{"start_seq": 1, "max": 0}`); reply.Traced != nil {
+				t.Fatalf("traced %v in the answer to a request that did not ask for history", *reply.Traced)
+			}
+		})
+	}
+}
+
+// Under auth, a command issued to an enrolled id whose machine never ran (enrolled with
+// 'miragectl fleet add' before it starts) waits in EDGE_CMD and runs once when its Ghost
+// first starts: Mirage tells the new store's Ghost that the id shows no trace of an
+// earlier Ghost. Once it ran (it registered, it sent an event), a Ghost of the id on
+// another new store answers a non-idempotent command sent before that store began 1700,
+// not run.
+func TestAuthCommandWaitingForANewGhostRuns(t *testing.T) {
+	f := newAuthFleet(t, "ghost-n")
+	first := testenv.NewIssue("ghost-n", "seed.kv", "incr", map[string]string{"key": "c"}, time.Minute)
+	issueNoWait(t, f.client, first)
+	waitStored(t, f, "ghost-n", 1)
+	stop := f.startAuthGhost("ghost-n", ghost.NewMemoryStore())
+	if r := waitReport(t, f.client, first.IntentID, 20*time.Second); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("an incr issued before the id's first Ghost started: %s %+v; want it run", r.Summary, r.Results)
+	}
+	if v, _ := f.kv["ghost-n"].Value("c"); v != "1" {
+		t.Fatalf("counter %q, want 1", v)
+	}
+	stop()
+	second := testenv.NewIssue("ghost-n", "seed.kv", "incr", map[string]string{"key": "c"}, time.Minute)
+	issueNoWait(t, f.client, second)
+	waitStored(t, f, "ghost-n", 2)
+	f.startAuthGhost("ghost-n", ghost.NewMemoryStore())
+	r := waitReport(t, f.client, second.IntentID, 20*time.Second)
+	if len(r.Results) != 1 || r.Results[0].Error == nil || r.Results[0].Error.Code != bus.CodeInterrupted {
+		t.Fatalf("an incr sent before a new store of an id that ran: %s %+v; want 1700", r.Summary, r.Results)
+	}
+	if v, ok := f.kv["ghost-n"].Value("c"); ok {
+		t.Fatalf("the incr sent before the new store ran: c = %q", v)
+	}
+}
+
+// waitStored waits until EDGE_CMD holds n commands for Ghost id.
+func waitStored(t *testing.T, f *authFleet, id string, n uint64) {
+	t.Helper()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the commands of "+id+" stored", func() bool {
+		s, err := js.Stream(context.Background(), bus.StreamCommands)
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(subjects.Command(id)))
+		return err == nil && info.State.Subjects[subjects.Command(id)] >= n
+	})
 }
