@@ -20,25 +20,7 @@ import (
 // its command_id and stream sequence.
 func storeKV(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string) (string, uint64) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	js := env.JetStream()
-	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
-		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: kv.ID, Operation: op, Args: args,
-		DeliverByMS: now.Add(time.Minute).UnixMilli(), TimeoutMS: 10_000}
-	data, err := bus.Encode(&cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ack, err := js.PublishMsg(ctx, bus.NewMsg(subjects.Command(ghostID), data, cmd.CommandID, cmd.TraceID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cmd.CommandID, ack.Sequence
+	return storeSeedCommand(t, env, ghostID, kv.ID, op, args, 10*time.Second, time.Minute)
 }
 
 // machine is one Ghost id whose kv seed outlives its Ghosts, and whose state directory a

@@ -42,6 +42,13 @@ func storeCommandTimeout(t *testing.T, env *testenv.Env, ghostID, op string, arg
 // deliver_by_ms deliverWithin from now.
 func storeCommandDeadlines(t *testing.T, env *testenv.Env, ghostID, op string, args map[string]string, timeout, deliverWithin time.Duration) (string, uint64) {
 	t.Helper()
+	return storeSeedCommand(t, env, ghostID, "seed.flow", op, args, timeout, deliverWithin)
+}
+
+// storeSeedCommand stores a command of any seed for ghostID in EDGE_CMD and returns its
+// command_id and stream sequence.
+func storeSeedCommand(t *testing.T, env *testenv.Env, ghostID, seed, op string, args map[string]string, timeout, deliverWithin time.Duration) (string, uint64) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	js := env.JetStream()
@@ -50,7 +57,7 @@ func storeCommandDeadlines(t *testing.T, env *testenv.Env, ghostID, op string, a
 	}
 	now := time.Now()
 	cmd := bus.Command{Header: bus.NewHeader(bus.TypeCommand, "", now), CommandID: subjects.NewID(subjects.PrefixCommand),
-		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: "seed.flow", Operation: op, Args: args,
+		IntentID: subjects.NewID(subjects.PrefixIntent), GhostID: ghostID, SeedSelector: seed, Operation: op, Args: args,
 		DeliverByMS: now.Add(deliverWithin).UnixMilli(), TimeoutMS: timeout.Milliseconds()}
 	data, err := bus.Encode(&cmd)
 	if err != nil {
