@@ -263,6 +263,11 @@ func (rec *IntentRecord) check(key string) error {
 		return errors.New("it has no targets")
 	case rec.CreatedMS <= 0 || rec.DeadlineMS <= 0:
 		return errors.New("it has no creation time or deadline")
+	case rec.CreatedMS > maxRecordMS || rec.DeadlineMS < rec.CreatedMS || rec.DeadlineMS-rec.CreatedMS > bus.MaxTimeout:
+		// Mirage writes deadline = creation + timeout_ms (at most 24 h). A creation time
+		// past year 9999 is no start time JetStream can be asked for: recover's replay from
+		// it failed, and Mirage's start with it.
+		return fmt.Errorf("its creation time %d and deadline %d are not an intent's (the deadline is at most %d ms after the creation)", rec.CreatedMS, rec.DeadlineMS, bus.MaxTimeout)
 	}
 	for i, st := range rec.Steps {
 		if st.First < 0 || st.First+len(st.Targets) > len(rec.Targets) {
@@ -271,6 +276,10 @@ func (rec *IntentRecord) check(key string) error {
 	}
 	return nil
 }
+
+// maxRecordMS is the latest creation time a record may carry: the end of year 9999, the
+// last a JetStream start time (RFC 3339) can say.
+const maxRecordMS = 253402300799999
 
 // recover follows again the intents that were open when Mirage stopped: it rebuilds their
 // observed state by replaying EDGE_EVT from the oldest one's creation, re-dispatches the

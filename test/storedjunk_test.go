@@ -3,6 +3,8 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -258,4 +260,52 @@ func countReports(t *testing.T, js jetstream.JetStream, intentID string) int {
 	t.Helper()
 	_, n := reportConsumer(t, js, intentID)
 	return int(n)
+}
+
+// A record in edge_intents whose times Mirage never writes (a creation time past year
+// 9999, a deadline more than 24 h after the creation or before it) is junk: it is not
+// recovered. One created at the largest int64 made recover's replay ask JetStream for a
+// start time that does not encode, and 'miragectl up' failed to start for as long as the
+// record stayed.
+func TestIntentRecordWithImpossibleTimesIsNotRecovered(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("local")
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	kv, err := env.JetStream().KeyValue(ctx, bus.BucketIntents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(id string, created, deadline int64) {
+		t.Helper()
+		is := testenv.NewIssue("local", "seed.flow", "status", nil, 5*time.Second)
+		is.IntentID = id
+		rec := mirage.IntentRecord{IntentID: id, Issue: *is, Targets: []string{"local"}, MaxErrors: -1,
+			CreatedMS: created, DeadlineMS: deadline, DeliverByMS: deadline, Phase: bus.PhasePending}
+		data, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The only open intent: its creation is where recover's replay starts.
+	put("int_created_max", math.MaxInt64, math.MaxInt64)
+	m = env.StartMirageOn(env.Conn("mirage again"), mirage.Config{}) // fails the test if it does not start
+	now := time.Now().UnixMilli()
+	put("int_deadline_max", now, math.MaxInt64)
+	put("int_deadline_past", now, now-1)
+	for _, id := range []string{"int_created_max", "int_deadline_max", "int_deadline_past"} {
+		if _, err := m.Intent(ctx, id); !errors.Is(err, mirage.ErrBadIntentRecord) {
+			t.Errorf("record %s: %v, want ErrBadIntentRecord", id, err)
+		}
+	}
+	if r := env.Run(env.Client(), testenv.NewIssue("local", "seed.flow", "status", nil, 5*time.Second)); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("an intent after the restart: %s", r.Summary)
+	}
 }
