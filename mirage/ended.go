@@ -35,7 +35,7 @@ func endedIntents(ctx context.Context, js jetstream.JetStream) (map[string]strin
 	}
 	ended := map[string]string{}
 	var unclear []string
-	err = readAll(ctx, cons, func(msg jetstream.Msg) {
+	_, err = readAll(ctx, cons, func(msg jetstream.Msg) {
 		id := strings.TrimPrefix(msg.Subject(), subjects.Report(""))
 		switch phase := msg.Headers().Get(bus.HeaderPhase); {
 		case bus.Terminal(phase):
@@ -84,17 +84,13 @@ func validReport(intentID string, data []byte, h nats.Header) *bus.Report {
 // its stream sequence, or nil when there is none. It reads every message of the
 // intent's subject: EDGE_REPORT keeps at most 64 per subject.
 func newestReport(ctx context.Context, js jetstream.JetStream, intentID string) (*bus.Report, uint64, error) {
-	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
+	var newest *bus.Report
+	var seq uint64
+	err := readStream(ctx, js, bus.StreamReports, jetstream.OrderedConsumerConfig{
 		InactiveThreshold: readerIdle,
 		FilterSubjects:    []string{subjects.Report(intentID)},
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, 0, err
-	}
-	var newest *bus.Report
-	var seq uint64
-	err = readAll(ctx, cons, func(msg jetstream.Msg) {
+	}, func(string, ...any) {}, func(msg jetstream.Msg) {
 		if r := validReport(intentID, msg.Data(), msg.Headers()); r != nil {
 			newest = r
 			if md, err := msg.Metadata(); err == nil {
@@ -109,17 +105,18 @@ func newestReport(ctx context.Context, js jetstream.JetStream, intentID string) 
 }
 
 // readAll passes fn every message a new ordered consumer has pending when called, in
-// order, in batches of up to 1,000.
-func readAll(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg)) error {
+// order, in batches of up to 1,000. complete is false when it ended before the last of
+// them: on an error, or a batch that brought nothing (readStream looks at why).
+func readAll(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg)) (complete bool, _ error) {
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	remaining := info.NumPending
 	for remaining > 0 {
 		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			return err
+			return false, err
 		}
 		got := 0
 		for msg := range batch.Messages() {
@@ -130,13 +127,13 @@ func readAll(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg
 			}
 		}
 		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
-			return batch.Error()
+			return false, batch.Error()
 		}
 		if got == 0 {
-			break
+			return false, nil
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // reportPhase returns the phase of an intent's latest valid report ("" when it has

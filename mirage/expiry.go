@@ -154,13 +154,25 @@ func (m *Mirage) readThrough(cutoff time.Time) (bool, error) {
 func (m *Mirage) readUntil(until time.Time, mark uint64) (bool, error) {
 	ctx, cancel := context.WithDeadline(m.running, until)
 	defer cancel()
+	var stuck uint64 // the ack floor below mark, and since when
+	var since time.Time
 	return m.read.wait(ctx, mark, func(ctx context.Context) (uint64, uint64, error) {
 		cons, err := m.js.Consumer(ctx, bus.StreamEvents, EventsConsumer)
 		if err != nil {
 			return 0, 0, err
 		}
 		info := cons.CachedInfo()
-		return info.AckFloor.Stream, info.Delivered.Stream, nil
+		floor := info.AckFloor.Stream
+		switch {
+		case floor >= mark || info.Delivered.Stream <= floor:
+		case floor != stuck || since.IsZero():
+			stuck, since = floor, time.Now()
+		case time.Since(since) >= time.Second:
+			// The consumer delivered past a message it has not acknowledged for a second:
+			// one that reads as a status is never read, nor delivered again (unreadable.go).
+			m.kickSweep()
+		}
+		return floor, info.Delivered.Stream, nil
 	})
 }
 

@@ -581,9 +581,20 @@ func followWithLaggingConsumer(m *Mirage, rec IntentRecord) *liveIntent {
 	m.arm(li)
 	m.advance(li)
 	m.mu.Unlock()
-	m.cc.Stop()
-	<-m.cc.Closed()
+	stopEventsConsumer(m)
 	return li
+}
+
+// stopEventsConsumer stops m's events consumer and its supervision (superviseEvents,
+// which would start it again), as Close does: nothing is read until the test starts a
+// delivery (m.cc) itself.
+func stopEventsConsumer(m *Mirage) {
+	m.ccMu.Lock()
+	m.ccStopped = true
+	cc := m.cc
+	m.ccMu.Unlock()
+	cc.Stop()
+	<-cc.Closed()
 }
 
 // An event whose delivery to Mirage was lost on its way (across a reconnect, say; here the

@@ -440,16 +440,12 @@ func (m *Mirage) replaySent(ctx context.Context, start time.Time, only string) e
 		}
 	}
 	m.mu.Unlock()
-	cons, err := m.js.OrderedConsumer(ctx, bus.StreamCommands, jetstream.OrderedConsumerConfig{
+	return readStream(ctx, m.js, bus.StreamCommands, jetstream.OrderedConsumerConfig{
 		InactiveThreshold: readerIdle,
 		DeliverPolicy:     jetstream.DeliverByStartTimePolicy,
 		OptStartTime:      &start,
 		HeadersOnly:       m.cfg.Identity == nil,
-	})
-	if err != nil {
-		return err
-	}
-	return readAll(ctx, cons, func(msg jetstream.Msg) {
+	}, m.warnUnreadable, func(msg jetstream.Msg) {
 		id := msg.Headers().Get(bus.HeaderMsgID)
 		li, ok := owner[id]
 		if !ok {
@@ -495,17 +491,13 @@ func (m *Mirage) ownRefusal(msg jetstream.Msg, commandID, ghostID string) string
 // only, when set, limits it to that intent (rebuild of a taken-up intent): the events of
 // other live intents are theirs to count, through the consumer, which moves their rollouts.
 func (m *Mirage) replay(ctx context.Context, start time.Time, only string) (uint64, error) {
-	cons, err := m.js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{
+	var last time.Time
+	var lastSeq uint64
+	err := readStream(ctx, m.js, bus.StreamEvents, jetstream.OrderedConsumerConfig{
 		InactiveThreshold: readerIdle,
 		DeliverPolicy:     jetstream.DeliverByStartTimePolicy,
 		OptStartTime:      &start,
-	})
-	if err != nil {
-		return 0, err
-	}
-	var last time.Time
-	var lastSeq uint64
-	err = readAll(ctx, cons, func(msg jetstream.Msg) {
+	}, m.warnUnreadable, func(msg jetstream.Msg) {
 		var stored time.Time
 		if md, err := msg.Metadata(); err == nil {
 			stored, last, lastSeq = md.Timestamp, md.Timestamp, md.Sequence.Stream

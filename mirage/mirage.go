@@ -106,7 +106,13 @@ type Mirage struct {
 	spawnMu sync.Mutex
 	closing bool
 	subs    []*nats.Subscription
-	cc      jetstream.ConsumeContext
+	// cc is the events consumer's delivery, started again by superviseEvents when it
+	// stops while Mirage runs; ccStopped, set by Close, ends that. Both under ccMu.
+	ccMu       sync.Mutex
+	cc         jetstream.ConsumeContext
+	ccStopped  bool
+	sweep      chan struct{} // superviseEvents sweeps EDGE_EVT (unreadable.go)
+	unreadable bus.RateLog   // the stored messages passed over or deleted
 
 	// running is cancelled when stop is closed: JetStream calls of background work end
 	// with it, so that Close does not wait for their timeouts.
@@ -255,6 +261,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		locks:      locks{},
 		lingers:    newLingers(),
 		reports:    make(chan *bus.Report, 4096),
+		sweep:      make(chan struct{}, 1),
 		issues:     make(chan struct{}, 64),
 		replays:    make(chan struct{}, 16),
 		seedGate:   newGhostGate(bus.SeedEvery, true),
@@ -357,11 +364,14 @@ func (m *Mirage) Start(ctx context.Context) error {
 	// they come again after the ack wait, and an expiry waits for them.
 	info := cons.CachedInfo()
 	m.read.advance(max(info.AckFloor.Stream, min(info.Delivered.Stream, recovered)))
-	m.cc, err = cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000))
+	m.ccMu.Lock()
+	m.cc, err = m.consumeEvents(cons)
+	m.ccMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
 	}
-	m.wg.Add(2)
+	m.wg.Add(3)
+	go m.superviseEvents(cons)
 	go m.loop()
 	go func() { defer m.wg.Done(); m.fleet.registrar() }()
 	m.announce()
@@ -406,11 +416,15 @@ func (m *Mirage) close() {
 	if m.nc.IsConnected() {
 		_ = m.nc.FlushTimeout(time.Second)
 	}
-	if m.cc != nil {
+	m.ccMu.Lock()
+	m.ccStopped = true
+	cc := m.cc
+	m.ccMu.Unlock()
+	if cc != nil {
 		// Stop, not Drain: un-acked events are redelivered to the next Mirage and counted
 		// once, and Drain would wait for the pull request to expire.
-		m.cc.Stop()
-		<-m.cc.Closed()
+		cc.Stop()
+		<-cc.Closed()
 	}
 	spent := time.AfterFunc(m.cfg.StopBudget, m.budgetSpent)
 	defer spent.Stop()
