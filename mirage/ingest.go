@@ -41,12 +41,12 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	subjectGhost, serr := subjects.GhostFrom(msg.Subject())
 	if err := bus.Decode(msg.Data(), &ev); err != nil {
 		perr := bus.AsError(err)
-		m.log.Warn("refused a malformed event", "direction", "in", "message_type", bus.TypeEvent, "subject", msg.Subject(), "code", perr.Code, "err", perr.Message)
+		m.refusedEvent(slog.LevelWarn, "refused a malformed event", "direction", "in", "message_type", bus.TypeEvent, "subject", msg.Subject(), "code", perr.Code, "err", perr.Message)
 		_ = msg.Term()
 		return
 	}
 	if serr != nil || subjectGhost != ev.GhostID {
-		m.log.Warn("refused an event whose ghost_id is not its subject's", "direction", "in", "message_type", bus.TypeEvent, "subject", msg.Subject(), "ghost", ev.GhostID, "event_id", ev.EventID)
+		m.refusedEvent(slog.LevelWarn, "refused an event whose ghost_id is not its subject's", "direction", "in", "message_type", bus.TypeEvent, "subject", msg.Subject(), "ghost", ev.GhostID, "event_id", ev.EventID, "code", bus.CodeSecurity)
 		_ = msg.Term()
 		if serr == nil {
 			m.sendAck(subjectGhost, &ev, bus.AckRejected, bus.CodeSecurity)
@@ -54,7 +54,7 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		return
 	}
 	if err := m.verifyEvent(&ev, msg.Data(), msg.Headers()); err != nil {
-		m.log.Warn("refused an event for security", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "err", err)
+		m.refusedEvent(slog.LevelWarn, "refused an event for security", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "code", bus.CodeSecurity, "err", err)
 		_ = msg.Term()
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, bus.CodeSecurity)
 		return
@@ -74,16 +74,37 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	case v == verdictRejected && code == bus.CodeNoResponse:
 		// A late or re-sent event of an intent that already ended, or one stored after
 		// its intent's cutoff: expected after restarts and outages.
-		m.log.Info("event for an ended intent", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "intent_id", ev.IntentID, "reason", reason)
+		m.refusedEvent(slog.LevelInfo, "event for an ended intent", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "intent_id", ev.IntentID, "code", code, "reason", reason)
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
 	case v == verdictRejected:
-		m.log.Warn("event rejected", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "command_id", ev.CommandID, "intent_id", ev.IntentID, "reason", reason)
+		m.refusedEvent(slog.LevelWarn, "event rejected", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "event_id", ev.EventID, "command_id", ev.CommandID, "intent_id", ev.IntentID, "code", code, "reason", reason)
 		m.sendAck(ev.GhostID, &ev, bus.AckRejected, code)
 	default:
 		if m.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
 			m.log.Debug("event ingested", "direction", "in", "message_type", bus.TypeEvent, "peer", ev.GhostID, "message_id", ev.MessageID, "trace_id", ev.TraceID, "event_id", ev.EventID, "command_id", ev.CommandID, "execution_id", ev.ExecutionID, "intent_id", ev.IntentID, "outcome", ev.Outcome, "duplicate", v == verdictDuplicate)
 		}
 		m.sendAck(ev.GhostID, &ev, bus.AckAccepted, 0)
+	}
+}
+
+// refusedEvent logs an event refused or rejected at level, each kind (msg) at most once
+// per bus.RateLogEvery with how many it stands for, and at debug level otherwise: any
+// Ghost may publish what it likes on its evt.<id>, and a flood of junk must not flood
+// the log. The event.ack tells the Ghost each time.
+func (m *Mirage) refusedEvent(level slog.Level, msg string, args ...any) {
+	m.eventRefusalsMu.Lock()
+	rl := m.eventRefusals[msg]
+	if rl == nil {
+		rl = &bus.RateLog{}
+		m.eventRefusals[msg] = rl // a few fixed messages
+	}
+	m.eventRefusalsMu.Unlock()
+	if ok, n := rl.Allow(); ok {
+		m.log.Log(context.Background(), level, msg, append(args, "refused_since_last_warning", n)...)
+		return
+	}
+	if m.log.Enabled(context.Background(), slog.LevelDebug) {
+		m.log.Debug(msg, args...)
 	}
 }
 

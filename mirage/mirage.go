@@ -167,6 +167,9 @@ type Mirage struct {
 	attaches      chan struct{} // attach requests relayed at once
 	seedRefusals  bus.RateLog   // bounds the warnings about malformed seed read requests
 	issueRefusals bus.RateLog   // bounds the warnings about rejected issues
+	// eventRefusals bound the log lines about refused and rejected events, one per kind.
+	eventRefusalsMu sync.Mutex
+	eventRefusals   map[string]*bus.RateLog
 	// budget ends when Close has spent its StopBudget (budgetSpent, armed by Close):
 	// every wait on the store for reports and presence ends with it. unstoredAtStop counts
 	// the reports given up on at stop.
@@ -246,28 +249,29 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	guard := newReplyGuard(confined, log)
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, cmds: cmds, evts: evts, intents: intents, log: log,
-		fleet:      newFleet(js, ghosts, stop, cfg.Now, guard, log),
-		guard:      guard,
-		replayGate: newGhostGate(bus.ReplayEvery, false),
-		enrolled:   newEnrollments(fleetKV),
-		stop:       stop,
-		live:       map[string]*liveIntent{},
-		claimed:    map[string]chan struct{}{},
-		unrecorded: map[string]*IntentRecord{},
-		ending:     map[string]string{},
-		read:       newReadMark(),
-		waits:      expiryWaits{catchUp: catchUpWait, lost: lostDeliveryWait},
-		known:      newKnownIntents(knownPeriod(intentsStatus.TTL()), cfg.Now()),
-		locks:      locks{},
-		lingers:    newLingers(),
-		reports:    make(chan *bus.Report, 4096),
-		sweep:      make(chan struct{}, 1),
-		issues:     make(chan struct{}, 64),
-		replays:    make(chan struct{}, 16),
-		seedGate:   newGhostGate(bus.SeedEvery, true),
-		seedReads:  make(chan struct{}, seedReadSlots),
-		attaches:   make(chan struct{}, 16),
-		claim:      newDeployClaim(cfg.ID, cfg.Now()),
+		fleet:         newFleet(js, ghosts, stop, cfg.Now, guard, log),
+		guard:         guard,
+		replayGate:    newGhostGate(bus.ReplayEvery, false),
+		enrolled:      newEnrollments(fleetKV),
+		stop:          stop,
+		live:          map[string]*liveIntent{},
+		claimed:       map[string]chan struct{}{},
+		unrecorded:    map[string]*IntentRecord{},
+		ending:        map[string]string{},
+		read:          newReadMark(),
+		waits:         expiryWaits{catchUp: catchUpWait, lost: lostDeliveryWait},
+		known:         newKnownIntents(knownPeriod(intentsStatus.TTL()), cfg.Now()),
+		locks:         locks{},
+		lingers:       newLingers(),
+		reports:       make(chan *bus.Report, 4096),
+		sweep:         make(chan struct{}, 1),
+		eventRefusals: map[string]*bus.RateLog{},
+		issues:        make(chan struct{}, 64),
+		replays:       make(chan struct{}, 16),
+		seedGate:      newGhostGate(bus.SeedEvery, true),
+		seedReads:     make(chan struct{}, seedReadSlots),
+		attaches:      make(chan struct{}, 16),
+		claim:         newDeployClaim(cfg.ID, cfg.Now()),
 	}
 	m.stored.ready = make(chan struct{}, 1)
 	m.publisherDone = make(chan struct{})
