@@ -139,6 +139,18 @@ type Ghost struct {
 	junk [junkSubjects]bus.RateLog
 	// saturated bounds the warnings that every execution slot is taken.
 	saturated bus.RateLog
+	// refused and duplicates bound the lines about malformed commands refused and
+	// duplicate commands answered: without auth anyone may publish on cmd.<id>.
+	refused, duplicates bus.RateLog
+	// regMu guards the registrations that an announce, a reconnect or an attach request
+	// sets off (registerAgain, onAttach): one in flight at a time, whatever the number of
+	// announces and attach requests (without auth anyone may send them). regAgain: one
+	// more after it; attachWaiting: the attach requests its outcome answers (nil: no
+	// attach registration in flight).
+	regMu         sync.Mutex
+	regRunning    bool
+	regAgain      string
+	attachWaiting []*nats.Msg
 	// answers receives Mirage's answers to replay requests (answerSubscription).
 	answersMu     sync.Mutex
 	answers       *bus.Answers
@@ -504,7 +516,11 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, from origin, arrived time.T
 			g.warnJunk(junkCommand, "refused a command without a readable command_id; no event can be addressed", "direction", "in", "message_type", bus.TypeCommand, "code", perr.Code, "class", perr.Class, "err", perr.Message)
 			return nil
 		}
-		g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
+		if ok, n := g.refused.Allow(); ok {
+			g.log.Warn("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message, "refused_since_last_warning", n)
+		} else {
+			g.log.Debug("refused a malformed command", "direction", "in", "message_type", bus.TypeCommand, "command_id", probe.CommandID, "code", perr.Code, "err", perr.Message)
+		}
 		commandID = probe.CommandID
 		out = g.pipeline.Refuse(g.run, probe, perr)
 	} else if perr := g.checkFreshness(&cmd); perr != nil {
@@ -544,7 +560,11 @@ func (g *Ghost) handle(data []byte, hdr nats.Header, from origin, arrived time.T
 		return nil
 	}
 	if out.Duplicate {
-		g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
+		if ok, n := g.duplicates.Allow(); ok {
+			g.log.Info("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID, "duplicates_since_last_line", n)
+		} else {
+			g.log.Debug("duplicate command: re-sending its terminal event", "command_id", out.Event.CommandID, "event_id", out.Event.EventID)
+		}
 		g.answer(g.send, out.Event)
 		return nil
 	}

@@ -150,26 +150,51 @@ func (g *Ghost) onAnnounce(msg *nats.Msg) {
 
 // registerAgain registers in the background, unless the Ghost is headless and was never
 // attached: after a Mirage announce (a new Mirage may not know it), and after a reconnect
-// (Mirage may have dropped it meanwhile: revoked, then enrolled again).
+// (Mirage may have dropped it meanwhile: revoked, then enrolled again). One registration
+// runs at a time: asked again meanwhile, it runs once more when that one ends (the one
+// in flight may have been sent before what asked), however often it was asked. A flood
+// of announces, which anyone may publish without auth, made a registration each: a
+// goroutine, a request to Mirage and a write of the registry per announce.
 func (g *Ghost) registerAgain(after string) {
 	if g.cfg.Policy == PolicyHeadless && !g.Registered() {
 		return
 	}
+	g.regMu.Lock()
+	if g.regRunning {
+		g.regAgain = after
+		g.regMu.Unlock()
+		return
+	}
+	g.regRunning = true
+	g.regMu.Unlock()
 	if !g.track() {
+		g.regMu.Lock()
+		g.regRunning, g.regAgain = false, ""
+		g.regMu.Unlock()
 		return
 	}
 	go func() {
 		defer g.wg.Done()
-		// Under the serving context: a registration waiting for an answer (under auth an
-		// absent Mirage gives none until the register timeout) ends when Close begins.
-		if err := g.register(g.serving); err != nil && g.serving.Err() == nil {
-			level := slog.LevelWarn
-			if errors.Is(err, ErrNoMirage) {
-				// No Mirage yet (a server restarting before Mirage resubscribes): its
-				// announce will ask again.
-				level = slog.LevelDebug
+		for {
+			// Under the serving context: a registration waiting for an answer (under auth an
+			// absent Mirage gives none until the register timeout) ends when Close begins.
+			if err := g.register(g.serving); err != nil && g.serving.Err() == nil {
+				level := slog.LevelWarn
+				if errors.Is(err, ErrNoMirage) {
+					// No Mirage yet (a server restarting before Mirage resubscribes): its
+					// announce will ask again.
+					level = slog.LevelDebug
+				}
+				g.log.Log(context.Background(), level, "registration after "+after+" failed", "err", err)
 			}
-			g.log.Log(context.Background(), level, "registration after "+after+" failed", "err", err)
+			g.regMu.Lock()
+			if g.regAgain == "" || g.serving.Err() != nil {
+				g.regRunning, g.regAgain = false, ""
+				g.regMu.Unlock()
+				return
+			}
+			after, g.regAgain = g.regAgain, ""
+			g.regMu.Unlock()
 		}
 	}()
 }
@@ -227,7 +252,23 @@ func (g *Ghost) onAttach(msg *nats.Msg) {
 		g.warnJunk(junkAttach, "refused an attach request", "direction", "in", "subject", msg.Subject, "reason", reason)
 		return
 	}
+	// One attach registration at a time: the requests that come while it runs are
+	// answered with its outcome (a few; the others time out at Mirage, which says so),
+	// not each with a registration of its own.
+	g.regMu.Lock()
+	if g.attachWaiting != nil {
+		if len(g.attachWaiting) < maxAttachWaiting {
+			g.attachWaiting = append(g.attachWaiting, msg)
+		}
+		g.regMu.Unlock()
+		return
+	}
+	g.attachWaiting = []*nats.Msg{msg}
+	g.regMu.Unlock()
 	if !g.track() {
+		g.regMu.Lock()
+		g.attachWaiting = nil
+		g.regMu.Unlock()
 		return
 	}
 	go func() {
@@ -240,11 +281,24 @@ func (g *Ghost) onAttach(msg *nats.Msg) {
 		} else {
 			g.log.Info("attached to Mirage on request")
 		}
-		if data, err := json.Marshal(reply); err == nil && msg.Reply != "" {
-			_ = msg.Respond(data)
+		g.regMu.Lock()
+		waiting := g.attachWaiting
+		g.attachWaiting = nil
+		g.regMu.Unlock()
+		data, err := json.Marshal(reply)
+		if err != nil {
+			return
+		}
+		for _, m := range waiting {
+			if m.Reply != "" {
+				_ = m.Respond(data)
+			}
 		}
 	}()
 }
+
+// maxAttachWaiting bounds the attach requests one attach registration answers.
+const maxAttachWaiting = 16
 
 // checkAttach returns why an attach request is refused, or "" to act on it: it must be
 // Mirage's request naming this Ghost ({"ghost_id": …}), signed by a trusted Mirage key
