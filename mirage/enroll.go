@@ -416,6 +416,23 @@ type AttachRequest struct {
 	GhostID string `json:"ghost_id"`
 }
 
+// decodeAttach reads an attach request: not JSON (or not an object) is 1100, a field of
+// the wrong type 1200, an invalid ghost_id 1300.
+func decodeAttach(data []byte) (AttachRequest, *bus.Error) {
+	var req AttachRequest
+	if err := json.Unmarshal(data, &req); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return req, bus.FieldError(bus.CodeDecode, te.Field, "is a JSON %s, expected a %s", te.Value, te.Type)
+		}
+		return req, bus.Errorf(bus.CodeFraming, "attach request is not a JSON object: %v", err)
+	}
+	if err := subjects.ValidateGhostID(req.GhostID); err != nil {
+		return req, bus.FieldError(bus.CodeSemantic, "ghost_id", "%s", subjects.Reason(err))
+	}
+	return req, nil
+}
+
 // onAttach serves mirage.attach: it asks the Ghost, on attach.<id>, to register now, and
 // answers with the Ghost's reply.
 func (m *Mirage) onAttach(msg *nats.Msg) {
@@ -425,30 +442,38 @@ func (m *Mirage) onAttach(msg *nats.Msg) {
 	select {
 	case m.attaches <- struct{}{}:
 	default:
-		if msg.Reply != "" {
-			data, _ := json.Marshal(map[string]string{"status": "rejected", "reason": fmt.Sprintf("%d attach requests are being served; try again shortly", cap(m.attaches))})
-			_ = msg.Respond(data)
-		}
+		refuseAttach(msg, bus.Errorf(bus.CodeBusy, "%d attach requests are being served; try again shortly", cap(m.attaches)))
 		return
 	}
 	m.spawnHolding(m.attaches, func() { m.attach(msg) })
 }
 
+// AttachReply is Mirage's answer on mirage.attach. Error, with a code, says why a request
+// was refused before any Ghost was asked (its reason is Error's message).
+type AttachReply struct {
+	Status string     `json:"status"` // accepted | rejected | unreachable
+	Reason string     `json:"reason"`
+	Error  *bus.Error `json:"error,omitempty"`
+}
+
+// refuseAttach answers an attach request refused before its Ghost is asked.
+func refuseAttach(msg *nats.Msg, perr *bus.Error) {
+	if data, err := json.Marshal(AttachReply{Status: "rejected", Reason: perr.Message, Error: perr}); err == nil && msg.Reply != "" {
+		_ = msg.Respond(data)
+	}
+}
+
 // attach relays one attach request to its Ghost and answers with the Ghost's answer.
 func (m *Mirage) attach(msg *nats.Msg) {
 	respond := func(status, reason string) {
-		data, _ := json.Marshal(map[string]string{"status": status, "reason": reason})
+		data, _ := json.Marshal(AttachReply{Status: status, Reason: reason})
 		if msg.Reply != "" {
 			_ = msg.Respond(data)
 		}
 	}
-	var req AttachRequest
-	if err := json.Unmarshal(msg.Data, &req); err != nil {
-		respond("rejected", "attach request is not JSON: "+err.Error())
-		return
-	}
-	if err := subjects.ValidateGhostID(req.GhostID); err != nil {
-		respond("rejected", subjects.Reason(err))
+	req, perr := decodeAttach(msg.Data)
+	if perr != nil {
+		refuseAttach(msg, perr)
 		return
 	}
 	// The Ghost acts only on a request that names it, signed by Mirage when Mirage signs:
@@ -456,14 +481,14 @@ func (m *Mirage) attach(msg *nats.Msg) {
 	// its reply subject) is refused.
 	body, err := json.Marshal(AttachRequest{GhostID: req.GhostID})
 	if err != nil {
-		respond("rejected", err.Error())
+		refuseAttach(msg, bus.Errorf(bus.CodeInternal, "%v", err))
 		return
 	}
 	out := nats.NewMsg(subjects.AttachGhost(req.GhostID))
 	out.Data = body
 	if m.cfg.Identity != nil {
 		if err := bus.SignMsg(out, m.cfg.Identity); err != nil {
-			respond("rejected", "cannot sign the attach request: "+err.Error())
+			refuseAttach(msg, bus.Errorf(bus.CodeInternal, "cannot sign the attach request: %v", err))
 			return
 		}
 	}

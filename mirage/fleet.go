@@ -253,7 +253,7 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		ack.Status, ack.Reason = bus.RegisterRejected, bus.AsError(err).Error()
 		ack.GhostID = subjectGhost
 	case serr != nil || reg.GhostID != subjectGhost:
-		ack.Status, ack.Reason = bus.RegisterRejected, "ghost_id does not match the subject it was sent on"
+		ack.Status, ack.Reason = bus.RegisterRejected, bus.FieldError(bus.CodeSemantic, "ghost_id", "does not match the subject it was sent on").Error()
 		ack.GhostID = reg.GhostID
 	default:
 		ack.TraceID = reg.TraceID
@@ -356,10 +356,10 @@ func (f *Fleet) registrar() {
 		for i, r := range batch {
 			switch {
 			case errs[i] != nil:
-				r.ack.Status, r.ack.Reason = bus.RegisterRejected, "registry store failed: "+errs[i].Error()
+				r.ack.Status, r.ack.Reason = bus.RegisterRejected, bus.Errorf(bus.CodeInternal, "registry store failed: %v", errs[i]).Error()
 			case !f.keep(r):
 				// Revoked while its record was being stored: the record goes again.
-				r.ack.Status, r.ack.Reason = bus.RegisterRejected, "ghost revoked while registering"
+				r.ack.Status, r.ack.Reason = bus.RegisterRejected, bus.Errorf(bus.CodeSecurity, "ghost revoked while registering").Error()
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				if err := f.kv.Delete(ctx, r.rec.GhostID); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 					f.log.Warn("registry entry of a revoked ghost not removed", "peer", r.rec.GhostID, "err", err)

@@ -204,3 +204,54 @@ func TestBadIssuesAreRefusedAndMirageKeepsServing(t *testing.T) {
 		t.Fatalf("valid intent after bad issues: %s", rep.Summary)
 	}
 }
+
+// Malformed attach requests on mirage.attach, and a register on another Ghost's subject,
+// are refused with a code: attach's answer carries an error object as an issue's does,
+// register.ack's reason starts with the code.
+func TestBadAttachAndRegisterRequestsAreRefusedWithACode(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	nc := env.Conn("operator")
+	for _, tc := range []struct {
+		body  string
+		code  bus.Code
+		field string
+	}{
+		{"attach edge-1", bus.CodeFraming, ""},
+		{`[1]`, bus.CodeFraming, ""},
+		{`{"ghost_id": 5}`, bus.CodeDecode, "ghost_id"},
+		{`{"ghost_id": "a.b"}`, bus.CodeSemantic, "ghost_id"},
+		{`{}`, bus.CodeSemantic, "ghost_id"},
+	} {
+		msg, err := nc.Request(subjects.Attach, []byte(tc.body), 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s: no answer: %v", tc.body, err)
+		}
+		var reply struct {
+			Status, Reason string
+			Error          *bus.Error
+		}
+		if err := json.Unmarshal(msg.Data, &reply); err != nil {
+			t.Fatalf("%s: answer %s: %v", tc.body, msg.Data, err)
+		}
+		if reply.Status != "rejected" || reply.Error == nil || reply.Error.Code != tc.code || reply.Error.Field != tc.field || reply.Reason == "" {
+			t.Errorf("%s: answer %s, want rejected with code %d on %q", tc.body, msg.Data, tc.code, tc.field)
+		}
+	}
+	reg := bus.Register{Header: bus.NewHeader(bus.TypeRegister, "", time.Now()), GhostID: "edge-2", Version: "1", Labels: map[string]string{}}
+	data, err := bus.Encode(&reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := nc.Request(subjects.Register("edge-1"), data, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ack bus.RegisterAck
+	if err := bus.Decode(msg.Data, &ack); err != nil {
+		t.Fatal(err)
+	}
+	if ack.Status != bus.RegisterRejected || !strings.HasPrefix(ack.Reason, "1300 ") {
+		t.Errorf("register on another Ghost's subject: %+v, want rejected with a reason starting with its code", ack)
+	}
+}
