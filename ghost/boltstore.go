@@ -708,11 +708,18 @@ func (s *BoltStore) SetPosition(_ context.Context, seq uint64, commandID string)
 func (s *BoltStore) ResetLastSeq(_ context.Context) error {
 	return s.write(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
+		var pos uint64
+		if v := b.Get(keyLastSeq); len(v) == 8 {
+			pos = binary.BigEndian.Uint64(v)
+		}
 		if err := b.Delete(keyLastSeq); err != nil {
 			return err
 		}
 		if err := b.Delete(keyLastCmd); err != nil {
 			return err
+		}
+		if v := b.Get(keyBorn); len(v) == 8 && binary.BigEndian.Uint64(v) > pos {
+			return nil // the position had not reached born: kept (ExecutionStore.ResetLastSeq)
 		}
 		return b.Put(keyBorn, make([]byte, 8))
 	})

@@ -323,3 +323,60 @@ func TestRequiredGhostLooksForATraceBeforeItRegisters(t *testing.T) {
 		t.Fatalf("an incr waiting for a Ghost that never ran: %s %+v, counter %q; want it run once", ev.Outcome, ev.Error, m.value("c"))
 	}
 }
+
+// learning is an execution store that runs hook when it is told where it began (SetBorn),
+// before it records it.
+type learning struct {
+	ghost.ExecutionStore
+	hook func()
+}
+
+func (s learning) SetBorn(ctx context.Context, seq uint64) error {
+	s.hook()
+	return s.ExecutionStore.SetBorn(ctx, seq)
+}
+
+// A cmd.<id> that reads as ending before born is not taken for a recreated EDGE_CMD while
+// the replay position has not reached born: the commands up to born still predate the
+// store. Here the last command is removed from EDGE_CMD just after the new store learnt
+// born (an operator removing it; on a cluster, a replica lagging behind the one that
+// answered the look reads the same), and the non-idempotent command before it, which an
+// earlier Ghost of the id may have run, is still answered 1700, not run.
+func TestCommandSentBeforeTheStoreBeganStaysSoWhenCmdReadsShorter(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-shorter"
+	m := newMachine(t, env, id)
+	incr, _ := storeKV(t, env, id, "incr", map[string]string{"key": "c"})
+	_, lastSeq := storeKV(t, env, id, "get", map[string]string{"key": "c"})
+	leaveRecord(t, env, id)
+	st, err := ghost.OpenBoltStore(filepath.Join(t.TempDir(), "executions.db"), ghost.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	m.store = st
+	removed := false
+	store := learning{st, func() {
+		if removed {
+			return
+		}
+		removed = true
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := env.JetStream().Stream(ctx, bus.StreamCommands)
+		if err == nil {
+			err = s.DeleteMsg(ctx, lastSeq)
+		}
+		if err != nil {
+			t.Errorf("remove the last command: %v", err)
+		}
+	}}
+	m.g = env.StartGhost(id, testenv.Store(store), testenv.WithRegistry(m.reg), testenv.Policy(m.policy))
+	notRunAgain(t, m.ended(incr))
+	if got := m.value("c"); got != "" {
+		t.Fatalf("counter %q: the incr sent before the store began ran", got)
+	}
+	if born, ok, err := st.Born(context.Background()); err != nil || !ok || born != lastSeq {
+		t.Fatalf("Born() = %d, %v, %v; want %d, kept", born, ok, err, lastSeq)
+	}
+}

@@ -131,11 +131,14 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 		g.log.Error("execution store: reading the replay position failed", "err", err)
 		return
 	}
-	if last > 0 && (last < seq || last < g.born) {
-		// Sequences behind the position (or born): EDGE_CMD was recreated (a new store, a
-		// rebuilt cluster). (0 says nothing: no command of this Ghost, or no answer.) Its
-		// commands are read from the start, none of them predating the execution store,
-		// which turns the ones already handled into duplicates.
+	if last > 0 && last < seq {
+		// Sequences behind the position: EDGE_CMD was recreated (a new store, a rebuilt
+		// cluster). (0 says nothing: no command of this Ghost, or no answer.) Its commands
+		// are read from the start, none of them predating the execution store once the
+		// position had reached born, and the store turns the ones already handled into
+		// duplicates. A cmd.<id> that ends before born alone says nothing: a replica
+		// lagging behind the one that answered the look at it reads so, and a command
+		// removed by hand makes it so (resetPosition).
 		g.log.Warn("EDGE_CMD ends before the replay position: the stream was recreated; replaying it from the start", "last_seq", last, "position", seq, "born", g.born)
 		if seq, err = g.resetPosition(ctx); err != nil {
 			return
@@ -260,14 +263,25 @@ type position struct {
 // errPositionGone: EDGE_CMD no longer holds the command at the replay position.
 var errPositionGone = errors.New("the command at the replay position is gone")
 
-// resetPosition moves the replay position back to 0, and born with it: every command in
-// a recreated EDGE_CMD was sent after the execution store began.
+// resetPosition moves the replay position back to 0, and born with it once the position
+// had reached born: every command in a recreated EDGE_CMD was sent after the execution
+// store began. Before that born stays (ExecutionStore.ResetLastSeq): what looks like a
+// recreated stream may be a lagging replica's view of the same one, whose commands up to
+// born, not all handled yet, an earlier store may have run.
 func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 	if err := g.store.ResetLastSeq(ctx); err != nil {
 		g.log.Error("execution store: resetting the replay position failed", "err", err)
 		return 0, err
 	}
-	g.born, g.bornKnown = 0, true
+	born, ok, err := g.store.Born(ctx)
+	if err != nil {
+		g.log.Error("execution store: reading where it began following cmd.<id> failed", "err", err)
+		return 0, err
+	}
+	if born > 0 {
+		g.log.Warn("replay position reset before it reached born: the commands on cmd.<id> up to born still predate the execution store", "born", born)
+	}
+	g.born, g.bornKnown = born, ok
 	return 0, nil
 }
 

@@ -120,8 +120,13 @@ type ExecutionStore interface {
 	// SetPosition advances the position to seq, whose command is commandID (never moves
 	// it back).
 	SetPosition(ctx context.Context, seq uint64, commandID string) error
-	// ResetLastSeq moves the position back to 0, and born to 0: EDGE_CMD was recreated,
-	// its sequences are new, and every command in it came after this store.
+	// ResetLastSeq moves the position back to 0: EDGE_CMD was recreated (its sequences are
+	// new), or no longer holds the command at the position. born goes back to 0 with it
+	// (every command in a recreated stream came after this store) only when the position
+	// had reached born: every command up to born was handled and recorded then. Before
+	// that, born stays: a cmd.<id> that reads as ending early (a replica lagging behind the
+	// one that answered, a command removed by hand) is not told from a recreated one, and
+	// the commands up to born not handled yet may have run under an earlier store.
 	ResetLastSeq(ctx context.Context) error
 	// Born returns the last sequence of cmd.<id> in EDGE_CMD when this store began
 	// following it: a command stored at or before it predates the store, and an earlier
@@ -273,8 +278,10 @@ func (s *MemoryStore) SetPosition(_ context.Context, seq uint64, commandID strin
 func (s *MemoryStore) ResetLastSeq(_ context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.bornKnown || s.born <= s.lastSeq {
+		s.born, s.bornKnown = 0, true
+	}
 	s.lastSeq, s.lastCmd = 0, ""
-	s.born, s.bornKnown = 0, true
 	return nil
 }
 
