@@ -35,6 +35,9 @@ type link struct {
 	up chan struct{}
 	// stopped is closed when follow's goroutine has returned (nil before follow).
 	stopped chan struct{}
+	// afterRead, when set (tests), runs in update between reading the connection's state
+	// and moving the link to it.
+	afterRead func()
 }
 
 func newLink(nc *nats.Conn) *link {
@@ -89,12 +92,19 @@ func (l *link) wait() {
 	}
 }
 
-// update reads the connection's state and moves the link to it.
+// update reads the connection's state and moves the link to it. It reads under l.mu:
+// looks run at once (every publish attempt looks, and follow's goroutine at each status
+// change), and one that read the connection down just before a reconnect must not apply
+// that after another applied the reconnect, leaving the link down on a connection that is
+// up, with no status change to come (l.mu is never taken under the connection's lock).
 func (l *link) update() {
-	reconnects := l.nc.Stats().Reconnects
-	connected := l.nc.IsConnected()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	reconnects := l.nc.Stats().Reconnects
+	connected := l.nc.IsConnected()
+	if l.afterRead != nil {
+		l.afterRead()
+	}
 	if !l.on {
 		return
 	}
