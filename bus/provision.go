@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"time"
 
@@ -170,6 +172,15 @@ func EnsureAssets(ctx context.Context, js jetstream.JetStream, cfg AssetConfig) 
 //   - A cap the operator chose (AssetConfig.EventsMaxBytes) is applied as it is, and
 //     refused with ErrEventsMaxBytes when the store cannot reserve it, or when it leaves
 //     no room for the assets made after it (noRoomAfterEvents).
+//
+// While EDGE_EVT holds twice its cap, its metadata says so (metaFitting), until the update
+// that lowers the cap removes it: provisioning stopped in between (the process killed, its
+// deadline reached) leaves a stream the next provisioning fits as one being made, rather
+// than keep a cap that takes the whole store for one chosen before.
+
+// metaFitting is the EDGE_EVT metadata key set while the stream holds twice the default
+// cap being fitted (its value).
+const metaFitting = "edgectl_events_cap_fitting"
 
 type eventsStream struct {
 	js     jetstream.JetStream
@@ -197,7 +208,10 @@ func (e *eventsStream) ensure(ctx context.Context) (int64, error) {
 		s, err := e.js.Stream(ctx, sc.Name)
 		switch {
 		case err == nil:
-			e.existed, e.kept = true, s.CachedInfo().Config.MaxBytes
+			// One left holding twice its cap (metaFitting) is fitted as one being made.
+			if _, fitting := s.CachedInfo().Config.Metadata[metaFitting]; !fitting {
+				e.existed, e.kept = true, s.CachedInfo().Config.MaxBytes
+			}
 		case !errors.Is(err, jetstream.ErrStreamNotFound):
 			return 0, err
 		}
@@ -210,11 +224,17 @@ func (e *eventsStream) ensure(ctx context.Context) (int64, error) {
 		return sc.MaxBytes, err
 	}
 	for c := DefaultEventsMaxBytes; ; c /= 2 {
-		sc.MaxBytes = 2 * c
-		_, err := e.js.CreateOrUpdateStream(ctx, sc)
+		twice := sc
+		twice.MaxBytes = 2 * c
+		twice.Metadata = maps.Clone(sc.Metadata)
+		if twice.Metadata == nil {
+			twice.Metadata = map[string]string{}
+		}
+		twice.Metadata[metaFitting] = strconv.FormatInt(c, 10)
+		_, err := e.js.CreateOrUpdateStream(ctx, twice)
 		switch {
 		case err == nil:
-			sc.MaxBytes = c
+			sc.MaxBytes = c // and no metaFitting
 			_, err = e.js.CreateOrUpdateStream(ctx, sc)
 			return c, err
 		case !storeTooSmall(err):

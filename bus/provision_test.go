@@ -456,3 +456,66 @@ func TestEventFloodStaysWithinItsCapAndCommandsAreStillStored(t *testing.T) {
 		t.Fatalf("a command after the flood was not stored: %v", err)
 	}
 }
+
+// interruptedFit is a JetStream on which provisioning stops (the process killed, its
+// deadline reached) just after the store reserved EDGE_EVT's default cap twice over, before
+// the cap was lowered: the update after the first that succeeded fails.
+type interruptedFit struct {
+	jetstream.JetStream
+	reserved bool
+}
+
+var errInterrupted = errors.New("interrupted")
+
+func (j *interruptedFit) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if cfg.Name != bus.StreamEvents {
+		return j.JetStream.CreateOrUpdateStream(ctx, cfg)
+	}
+	if j.reserved {
+		return nil, errInterrupted
+	}
+	s, err := j.JetStream.CreateOrUpdateStream(ctx, cfg)
+	j.reserved = err == nil
+	return s, err
+}
+
+// Provisioning stopped between the reservation of twice the default cap and the cap being
+// lowered leaves EDGE_EVT with twice its cap; the next provisioning fits it as one being
+// made, not as a cap chosen before: it still leaves half the store to the rest (and on a
+// 4 GiB store, where EDGE_EVT then holds all of it, the other assets are still made).
+func TestDefaultEventsCapInterruptedIsFittedAgain(t *testing.T) {
+	for _, tt := range []struct{ store, want int64 }{
+		{4 << 30, 2 << 30},
+		{6 << 30, 2 << 30},
+	} {
+		t.Run(strconv.FormatInt(tt.store>>20, 10)+"MiB", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			js := jsWithStore(t, tt.store)
+			if err := bus.EnsureAssets(ctx, &interruptedFit{JetStream: js}, bus.AssetConfig{}); !errors.Is(err, errInterrupted) {
+				t.Fatalf("provisioning interrupted after the reservation: %v", err)
+			}
+			if c := eventsCap(ctx, t, js); c != 2*tt.want {
+				t.Fatalf("EDGE_EVT max_bytes = %d MiB once interrupted, want %d MiB (twice the cap)", c>>20, 2*tt.want>>20)
+			}
+			if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+				t.Fatalf("provisioning again: %v", err)
+			}
+			s, err := js.Stream(ctx, bus.StreamEvents)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := s.CachedInfo().Config.MaxBytes; c != tt.want {
+				t.Errorf("EDGE_EVT max_bytes = %d MiB, want %d MiB", c>>20, tt.want>>20)
+			}
+			for k := range s.CachedInfo().Config.Metadata {
+				if strings.HasPrefix(k, "edgectl") {
+					t.Errorf("EDGE_EVT keeps metadata %q once fitted", k)
+				}
+			}
+			if n := countStreams(t, js); n != 7 {
+				t.Errorf("%d streams, want 7", n)
+			}
+		})
+	}
+}
