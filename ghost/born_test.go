@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/ghost/seeds/kv"
@@ -274,6 +276,15 @@ func TestNewStoreLooksForATraceOfAnEarlierGhost(t *testing.T) {
 			leaveRecord(t, env, "edge-other")
 			leaveEvent(t, env, "edge-other")
 		}, false},
+		// A message there is a trace, one that reads as a status (404: none; 503: no
+		// stream) too: anyone with the id's rights, or the operator, stored it, maybe an
+		// earlier Ghost; taken for none, a command it may have run would run again.
+		{"an event that reads as a status", func(t *testing.T, env *testenv.Env, id string) {
+			storeStatusJunk(t, env, bus.StreamEvents, subjects.Event(id), nats.Header{"Status": {"404"}, "Description": {"Message Not Found"}})
+		}, true},
+		{"a registry record that reads as a status", func(t *testing.T, env *testenv.Env, id string) {
+			storeStatusJunk(t, env, "KV_"+bus.BucketGhosts, "$KV."+bus.BucketGhosts+"."+id, nats.Header{"Status": {"503"}})
+		}, true},
 		{"the registry unreadable", func(t *testing.T, env *testenv.Env, _ string) {
 			if err := env.JetStream().DeleteKeyValue(context.Background(), bus.BucketGhosts); err != nil {
 				t.Fatal(err)

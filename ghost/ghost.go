@@ -142,6 +142,9 @@ type Ghost struct {
 	// refused and duplicates bound the lines about malformed commands refused and
 	// duplicate commands answered: without auth anyone may publish on cmd.<id>.
 	refused, duplicates bus.RateLog
+	// shortReads bounds the warnings that a catch-up could not read cmd.<id> past a stored
+	// message (replay.go's readConsumer).
+	shortReads bus.RateLog
 	// regMu guards the registrations that an announce, a reconnect or an attach request
 	// sets off (registerAgain, onAttach): one in flight at a time, whatever the number of
 	// announces and attach requests (without auth anyone may send them). regAgain: one

@@ -425,7 +425,15 @@ func (r streamReader) readDirect(ctx context.Context, start, last uint64, each f
 }
 
 // readConsumer reads through a pull consumer of the Ghost's own that lives only for this
-// read.
+// read. nats.go hands over no stored message that reads as a status (an empty body with a
+// Status header, which anyone may store on cmd.<id> without authentication): it drops it
+// (a gap in the consumer's sequences), ends the fetch short on it, or fails the fetch
+// (400, 409, 503). Before, the catch-up then ended there, failed, or skipped past what the
+// fetch dropped, on every try: the commands after such a message were never caught up,
+// and the replay position stuck before it. So when a fetch brings less than it should, the
+// read goes on from the first command not handed over by direct get (readDirect: its
+// answer carries the server's sequence after the message's own headers, so the message is
+// read as stored, and goes to each as the junk it is), then through a new consumer.
 func (r streamReader) readConsumer(ctx context.Context, start, last uint64, each func(uint64, []byte, nats.Header) error, answered func() error, firstBatch int) error {
 	g := r.g
 	name := bus.GhostReplayConsumer(g.cfg.ID)
@@ -434,46 +442,118 @@ func (r streamReader) readConsumer(ctx context.Context, start, last uint64, each
 		_ = g.js.DeleteConsumer(dctx, bus.StreamCommands, name)
 		cancel()
 	}()
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_ = g.js.DeleteConsumer(cctx, bus.StreamCommands, name) // a leftover from a crash
-	cons, err := g.js.CreateConsumer(cctx, bus.StreamCommands, bus.GhostReplayConsumerConfig(g.cfg.ID, start))
-	cancel()
-	if err != nil {
-		return err
-	}
-	pending := cons.CachedInfo().NumPending // commands on cmd.<id> from start, none fetched yet
 	reached := uint64(0)
-	size := max(firstBatch, 1)
-	for pending > 0 && reached < last && ctx.Err() == nil {
-		batch, err := cons.Fetch(int(min(pending, uint64(size))), jetstream.FetchMaxWait(5*time.Second))
-		size = bus.ReplayBatch
+	handle := func(seq uint64, data []byte, hdr nats.Header) error {
+		reached = seq
+		return each(seq, data, hdr)
+	}
+	var cons jetstream.Consumer
+	var pending, delivered uint64 // commands on cmd.<id> from start, none fetched yet; the consumer's last sequence handed over
+	open := func(from uint64) error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_ = g.js.DeleteConsumer(cctx, bus.StreamCommands, name) // a leftover from a crash, or the one before
+		c, err := g.js.CreateConsumer(cctx, bus.StreamCommands, bus.GhostReplayConsumerConfig(g.cfg.ID, from))
 		if err != nil {
 			return err
 		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
+		cons, pending, delivered = c, c.CachedInfo().NumPending, 0
+		return nil
+	}
+	if err := open(start); err != nil {
+		return err
+	}
+	size := max(firstBatch, 1)
+	resumed := uint64(0) // where the last read by direct get went on from
+	for pending > 0 && reached < last && ctx.Err() == nil {
+		asked := int(min(pending, uint64(size)))
+		got, short, err := r.fetch(ctx, cons, asked, func(msg jetstream.Msg) (bool, error) {
 			md, err := msg.Metadata()
 			if err != nil {
-				continue
+				return true, nil
 			}
+			if md.Sequence.Consumer != delivered+1 {
+				return false, errDropped // nats.go dropped a message before this one
+			}
+			delivered = md.Sequence.Consumer
 			pending--
-			reached = md.Sequence.Stream
-			if err := each(reached, msg.Data(), msg.Headers()); err != nil {
-				return err
+			if err := handle(md.Sequence.Stream, msg.Data(), msg.Headers()); err != nil {
+				return false, err
 			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) {
+			return reached < last, nil // not waiting for the place of a message nats.go dropped
+		})
+		size = bus.ReplayBatch
+		if err != nil {
 			return err
 		}
 		if err := answered(); err != nil {
 			return err
 		}
-		if got == 0 {
-			break
+		if !short || reached >= last {
+			if got == 0 {
+				break
+			}
+			continue
+		}
+		from := max(reached+1, start)
+		if from == resumed {
+			// The direct reads brought nothing here last time either (a message whose
+			// headers nats.go cannot read, a replica behind): a later catch-up goes on.
+			if ok, n := g.shortReads.Allow(); ok {
+				g.log.Warn("catch-up: cmd.<id> could not be read past a stored message, by consumer or direct get; a later catch-up goes on", "seq", from, "last_seq", last, "stopped_since_last_warning", n)
+			}
+			return nil
+		}
+		resumed = from
+		next, err := r.readDirect(ctx, from, last, handle)
+		if err != nil {
+			return err
+		}
+		if next == 0 {
+			return answered()
+		}
+		if err := open(next); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// errDropped: a fetch found a gap in its consumer's sequences.
+var errDropped = errors.New("a message was dropped")
+
+// fetch asks cons for asked messages and passes them to each, in order, until each says
+// to stop (or fails: its error is returned, but errDropped). short is whether the fetch
+// brought fewer than it should have: nats.go dropped or stopped on a message (each saw a
+// gap, or the fetch ended before asked messages, or failed). The fetch is not waited for
+// once each said to stop.
+func (r streamReader) fetch(ctx context.Context, cons jetstream.Consumer, asked int, each func(jetstream.Msg) (bool, error)) (got int, short bool, _ error) {
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel() // ends a fetch left before its end
+	batch, err := cons.Fetch(asked, jetstream.FetchContext(fctx))
+	if err != nil {
+		return 0, false, err
+	}
+	for msg := range batch.Messages() {
+		got++
+		more, err := each(msg)
+		switch {
+		case errors.Is(err, errDropped):
+			return got, true, nil
+		case err != nil:
+			return got, false, err
+		case !more:
+			return got, false, nil
+		}
+	}
+	switch err := batch.Error(); {
+	case err == nil, errors.Is(err, jetstream.ErrNoMessages), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		return got, got < asked, nil
+	case ctx.Err() != nil:
+		return got, false, ctx.Err()
+	}
+	return got, true, nil
 }
 
 // answerSubscription returns the Ghost's subscription for Mirage's answers to its
