@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
@@ -131,24 +132,25 @@ func (c *Client) notProvisioned(err error, asset string) error {
 }
 
 // LatestReport returns the newest report of an intent, or ErrIntentNotFound. A message
-// on the intent's subject that is not a valid report of it (junk: see endedIntents) is
-// passed over for the newest valid one before it.
+// on the intent's subject that is not a valid report of it (junk: see endedIntents; one
+// that reads as a status too) is passed over for the newest valid one before it.
 func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report, error) {
 	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
 		return nil, err
 	}
-	stream, err := c.js.Stream(ctx, bus.StreamReports)
-	if err != nil {
+	if _, err := c.js.Stream(ctx, bus.StreamReports); err != nil {
 		return nil, c.notProvisioned(err, "stream "+bus.StreamReports)
 	}
-	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID))
-	if err != nil {
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return c.pendingReport(ctx, intentID)
-		}
+	// Read as stored: jetstream's get took a last message with an empty body and a Status
+	// header for the server's answer (an error, or 404: no report at all).
+	raw, err := directStored(ctx, c.nc, bus.StreamReports, directRequest{LastFor: subjects.Report(intentID)})
+	switch {
+	case err != nil:
 		return nil, err
+	case raw == nil:
+		return c.pendingReport(ctx, intentID)
 	}
-	if r := validReport(intentID, raw.Data, raw.Header); r != nil {
+	if r := validReport(intentID, raw.data, raw.header); r != nil {
 		return r, nil
 	}
 	r, _, err := newestReport(ctx, c.js, intentID)
@@ -191,7 +193,8 @@ func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Repor
 const readerIdle = 10 * time.Second
 
 // WatchReports calls fn with each report of an intent, the stored ones first, until fn
-// returns false or ctx ends. Messages that are not valid reports of the intent are skipped.
+// returns false or ctx ends. Messages that are not valid reports of the intent are skipped
+// (reportFeed: those that read as a status too).
 func (c *Client) WatchReports(ctx context.Context, intentID string, fn func(*bus.Report) bool) error {
 	return c.watchReports(ctx, intentID, 0, fn)
 }
@@ -201,39 +204,165 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from uint64,
 	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
 		return err
 	}
-	cfg := jetstream.OrderedConsumerConfig{
-		InactiveThreshold: readerIdle,
-		FilterSubjects:    []string{subjects.Report(intentID)},
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-	}
-	if from > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from
-	}
-	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, cfg)
-	if err != nil {
+	feed := &reportFeed{c: c, intentID: intentID, next: from}
+	if err := feed.open(ctx); err != nil {
 		return err
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return err
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
+	defer feed.close()
 	for {
-		msg, err := it.Next()
+		r, err := feed.read(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
 			return err
-		}
-		r := validReport(intentID, msg.Data(), msg.Headers())
-		if r == nil {
-			continue
 		}
 		if !fn(r) {
 			return nil
+		}
+	}
+}
+
+// reportFeed reads the reports of an intent as they are stored, passing over the messages
+// that are not valid reports of it, through a consumer of report.<intent_id> of its own
+// that it makes again from the first message not read when needed, as nats.go's ordered
+// consumer does. Not that one: nats.go hands no message that reads as a status (an empty
+// body with a Status header, which anyone who may publish on report.<intent_id> can
+// store), and its ordered consumer, finding the gap or taking the message for a deleted
+// consumer or no responders, made its consumer again at that very message, over and over
+// (a thousand times a second), and never handed over a report after it: a watch never
+// ended, 'miragectl report --wait' waited for ever. The feed's consumer drops such a
+// message, or stops on it; either way the feed looks at the first stored message it has
+// not read (directStored), and reads on past it when that one reads as a status.
+type reportFeed struct {
+	c          *Client
+	intentID   string
+	next       uint64 // the first stream sequence not read; 0: none read yet
+	cons       jetstream.Consumer
+	it         jetstream.MessagesContext
+	delivered  uint64 // the consumer sequence of the last message handed over
+	reconnects uint64 // the connection's reconnects when the consumer was made
+	retry      time.Duration
+}
+
+// feedWake is how often a feed waiting for a report looks whether its connection
+// reconnected meanwhile (messages delivered while it was cut off are lost), without a
+// request: a counter of the connection.
+const feedWake = time.Second
+
+// feedMaxSkip bounds the messages that read as a status one look passes over.
+const feedMaxSkip = 64
+
+// open makes the feed's consumer, from next on (the first message when 0).
+func (f *reportFeed) open(ctx context.Context) error {
+	f.drop()
+	cfg := jetstream.ConsumerConfig{
+		Name:              nuid.Next(),
+		FilterSubject:     subjects.Report(f.intentID),
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: readerIdle,
+		MemoryStorage:     true,
+		Replicas:          1,
+	}
+	if f.next > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, f.next
+	}
+	f.reconnects = f.c.nc.Stats().Reconnects
+	cons, err := f.c.js.CreateOrUpdateConsumer(ctx, bus.StreamReports, cfg)
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages(jetstream.WithMessagesErrOnMissingHeartbeat(true))
+	if err != nil {
+		return err
+	}
+	f.cons, f.it, f.delivered = cons, it, 0
+	return nil
+}
+
+// drop stops the feed's consumer and deletes it, in the background (the server removes it
+// after readerIdle anyway).
+func (f *reportFeed) drop() {
+	if f.it == nil {
+		return
+	}
+	f.it.Stop()
+	name := f.cons.CachedInfo().Name
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = f.c.js.DeleteConsumer(ctx, bus.StreamReports, name)
+	}()
+	f.it, f.cons = nil, nil
+}
+
+func (f *reportFeed) close() {
+	if f.it != nil {
+		f.it.Stop()
+	}
+}
+
+// reopen makes the consumer again from the first message not read, past those that read
+// as a status there; after a reopen that brought nothing, it waits a little longer each
+// time (up to 5 s), so that a consumer that cannot be read is not made again and again.
+func (f *reportFeed) reopen(ctx context.Context) error {
+	if f.retry > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(f.retry):
+		}
+	}
+	f.retry = min(2*f.retry+100*time.Millisecond, 5*time.Second)
+	for range feedMaxSkip {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		sm, err := directStored(lctx, f.c.nc, bus.StreamReports, directRequest{Seq: max(f.next, 1), NextFor: subjects.Report(f.intentID)})
+		cancel()
+		if err != nil || sm == nil || !readsAsStatus(sm.data, sm.header, false) {
+			break
+		}
+		f.next = sm.seq + 1
+	}
+	return f.open(ctx)
+}
+
+// read returns the next valid report of the intent, waiting for it until ctx ends.
+func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, feedWake)
+		msg, err := f.it.Next(jetstream.NextContext(wctx))
+		waited := wctx.Err() != nil
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		switch {
+		case err == nil:
+			md, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			if md.Sequence.Consumer != f.delivered+1 {
+				// The consumer delivered a message that was not handed over: one that reads
+				// as a status, or one lost while the connection was cut off.
+				if err := f.reopen(ctx); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			f.delivered, f.next, f.retry = md.Sequence.Consumer, md.Sequence.Stream+1, 0
+			if r := validReport(f.intentID, msg.Data(), msg.Headers()); r != nil {
+				return r, nil
+			}
+		case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrMsgIteratorClosed) && f.c.nc.IsClosed():
+			return nil, err
+		case waited && f.c.nc.Stats().Reconnects == f.reconnects:
+			// Nothing yet.
+		default:
+			// Reconnected (what was delivered meanwhile may be lost), or the consumer
+			// stopped: on a stored message that reads as a status (400, 409), its
+			// heartbeats missing (the consumer is gone).
+			if err := f.reopen(ctx); err != nil {
+				return nil, err
+			}
 		}
 	}
 }
@@ -262,34 +391,21 @@ func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bu
 // IssueAndWait issues an intent and waits for its terminal report. The report watch is
 // set up before the issue is sent, so no round trip is spent on it after acceptance.
 func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueReply, *bus.Report, error) {
-	cons, err := c.js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
-		InactiveThreshold: readerIdle,
-		FilterSubjects:    []string{subjects.Report(is.IntentID)},
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
+	feed := &reportFeed{c: c, intentID: is.IntentID}
+	if err := feed.open(ctx); err != nil {
 		return nil, nil, err
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return nil, nil, err
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
+	defer feed.close()
 	reply, err := c.Issue(ctx, is)
 	if err != nil {
 		return reply, nil, err
 	}
 	for {
-		msg, err := it.Next()
+		r, err := feed.read(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return reply, nil, ctx.Err()
-			}
 			return reply, nil, err
 		}
-		if r := validReport(is.IntentID, msg.Data(), msg.Headers()); r != nil && bus.Terminal(r.Phase) {
+		if bus.Terminal(r.Phase) {
 			return reply, r, nil
 		}
 	}

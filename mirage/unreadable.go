@@ -2,9 +2,7 @@ package mirage
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,49 +48,11 @@ type storedMsg struct {
 // answer carries the message in a JSON body: a direct get's answer carries the stored
 // headers as its own, and nats.go would read this very message's Status as the answer's.
 func nextStored(ctx context.Context, nc *nats.Conn, stream, filter string, seq uint64, from time.Time) (*storedMsg, error) {
-	req := struct {
-		Seq       uint64     `json:"seq,omitempty"`
-		NextFor   string     `json:"next_by_subj"`
-		StartTime *time.Time `json:"start_time,omitempty"`
-	}{Seq: seq, NextFor: filter}
+	req := msgGetRequest{Seq: seq, NextFor: filter}
 	if seq == 0 {
 		req.StartTime = &from
 	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	msg, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, body)
-	if err != nil {
-		return nil, err
-	}
-	var resp struct {
-		Message *struct {
-			Subject string `json:"subject"`
-			Seq     uint64 `json:"seq"`
-			Hdrs    []byte `json:"hdrs"`
-			Data    []byte `json:"data"`
-		} `json:"message"`
-		Error *struct {
-			Code        int    `json:"code"`
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	switch err := json.Unmarshal(msg.Data, &resp); {
-	case err != nil:
-		return nil, fmt.Errorf("stream message get: %w", err)
-	case resp.Error != nil && resp.Error.Code == 404:
-		return nil, nil
-	case resp.Error != nil:
-		return nil, fmt.Errorf("stream message get: %d %s", resp.Error.Code, resp.Error.Description)
-	case resp.Message == nil:
-		return nil, errors.New("stream message get: an answer without a message")
-	}
-	sm := &storedMsg{seq: resp.Message.Seq, subject: resp.Message.Subject, data: resp.Message.Data}
-	if len(resp.Message.Hdrs) > 0 {
-		sm.header, _ = nats.DecodeHeadersMsg(resp.Message.Hdrs) // unparsable: delivered without headers
-	}
-	return sm, nil
+	return msgGet(ctx, nc, stream, req)
 }
 
 // readStream passes fn every message an ordered consumer of stream with cfg (one filter

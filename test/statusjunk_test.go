@@ -2,10 +2,13 @@ package test
 
 import (
 	"context"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/mirage"
@@ -95,4 +98,121 @@ func TestStoredMessagesThatReadAsAStatusDoNotStopMirage(t *testing.T) {
 		t.Fatalf("an intent after the restart: %s", r.Summary)
 	}
 	_ = m2
+}
+
+// publishStatusJunk publishes on subject, from conn, an empty message with each of the
+// headers of statusHeaders (all of them when which is empty, else those whose Status is
+// in which), and flushes.
+func publishStatusJunk(t *testing.T, conn *nats.Conn, subject string, which ...string) {
+	t.Helper()
+	for _, h := range statusHeaders {
+		if len(which) > 0 && !slices.Contains(which, h.Get("Status")) {
+			continue
+		}
+		if err := conn.PublishMsg(&nats.Msg{Subject: subject, Header: h}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// storeReport stores a valid report of intentID in phase on its subject, as Mirage does.
+func storeReport(t *testing.T, js jetstream.JetStream, intentID, phase string) {
+	t.Helper()
+	r := &bus.Report{Header: bus.NewHeader(bus.TypeReport, "", time.Now()), IntentID: intentID, Phase: phase,
+		CompletionState: "complete", Summary: phase, Results: []bus.TargetResult{}}
+	data, err := bus.Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(subjects.Report(intentID))
+	msg.Data = data
+	msg.Header.Set(bus.HeaderPhase, phase)
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Messages that read as a status on report.<intent_id>, before and after an intent's
+// terminal report, stored or arriving while a client follows: the client's readers pass
+// over them as over other junk. Before, LatestReport failed (nats: Bad Request, no
+// responders...) or found no report at all (404), and a watch (WaitTerminal, 'miragectl
+// report --wait', FollowReports) never got past them: nats.go's ordered consumer made its
+// consumer again at the junk, a thousand times a second, until the watch's context ended.
+func TestReportReadersPassOverStoredMessagesThatReadAsAStatus(t *testing.T) {
+	env := testenv.New(t)
+	js := env.JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	rogue := env.Conn("rogue")
+	client := env.Client()
+	var created atomic.Int64
+	adv, err := rogue.Subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED."+bus.StreamReports+".>", func(*nats.Msg) { created.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = adv.Unsubscribe() }()
+
+	// Stored: a report, the junk, the terminal report, the junk again.
+	const stored = "int_storedjunk"
+	storeReport(t, js, stored, bus.PhaseInProgress)
+	publishStatusJunk(t, rogue, subjects.Report(stored))
+	storeReport(t, js, stored, bus.PhaseSatisfied)
+	publishStatusJunk(t, rogue, subjects.Report(stored))
+	if r, err := client.LatestReport(ctx, stored); err != nil || r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("LatestReport: %v %+v", err, r)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if r, err := client.WaitTerminal(wctx, stored); err != nil || r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("WaitTerminal: %v %+v", err, r)
+	}
+	var phases []string
+	err = client.FollowReports(wctx, stored, func(r *bus.Report) bool { phases = append(phases, r.Phase); return false })
+	if err != nil || !slices.Equal(phases, []string{bus.PhaseSatisfied}) {
+		t.Fatalf("FollowReports: %v %v", err, phases)
+	}
+
+	// Live: the junk, then the terminal report, while WatchReports and FollowReports wait.
+	const live = "int_livejunk"
+	storeReport(t, js, live, bus.PhaseInProgress)
+	type seen struct {
+		phases []string
+		err    error
+	}
+	watches := map[string]func(context.Context, string, func(*bus.Report) bool) error{
+		"WatchReports": client.WatchReports, "FollowReports": client.FollowReports,
+	}
+	results := make(chan seen, len(watches))
+	lctx, lcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer lcancel()
+	for _, watch := range watches {
+		go func() {
+			var s seen
+			s.err = watch(lctx, live, func(r *bus.Report) bool {
+				s.phases = append(s.phases, r.Phase)
+				return !bus.Terminal(r.Phase)
+			})
+			results <- s
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // the watches are waiting
+	before := created.Load()
+	publishStatusJunk(t, rogue, subjects.Report(live))
+	storeReport(t, js, live, bus.PhaseSatisfied)
+	for range watches {
+		s := <-results
+		if s.err != nil || len(s.phases) == 0 || s.phases[len(s.phases)-1] != bus.PhaseSatisfied {
+			t.Fatalf("a watch of an intent whose reports came after the junk: %v %v", s.err, s.phases)
+		}
+	}
+	// A consumer made again for each junk message at most, not over and over.
+	if n := created.Load() - before; n > int64(2*len(statusHeaders)) {
+		t.Errorf("%d consumers made on %s for two watches past %d junk messages", n, bus.StreamReports, len(statusHeaders))
+	}
 }
