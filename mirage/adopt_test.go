@@ -203,7 +203,7 @@ func TestRecordWithoutCreationTimeIsNotRecovered(t *testing.T) {
 	rec := adoptRec("int_nocreated", "g1", time.Now())
 	rec.CreatedMS = 0
 	storeRecord(ctx, t, m, rec)
-	if _, err := ReadIntent(ctx, m.intents, rec.IntentID); !errors.Is(err, ErrBadIntentRecord) {
+	if _, err := ReadIntent(ctx, m.js, rec.IntentID); !errors.Is(err, ErrBadIntentRecord) {
 		t.Fatalf("ReadIntent of a record without created_ms: %v, want ErrBadIntentRecord", err)
 	}
 	_ = m.Close()

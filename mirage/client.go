@@ -166,7 +166,7 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 // pendingReport describes an accepted intent that has no report yet: Mirage publishes the
 // first one when a result arrives, so until then the intent record is the truth.
 func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Report, error) {
-	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
+	_, err := c.js.KeyValue(ctx, bus.BucketIntents)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
@@ -174,7 +174,7 @@ func (c *Client) pendingReport(ctx context.Context, intentID string) (*bus.Repor
 		// Not "no such intent": the store could not be asked (exit 3, not 2).
 		return nil, fmt.Errorf("%w: reading %s: %v", bus.ErrUnavailable, bus.BucketIntents, err)
 	}
-	rec, err := ReadIntent(ctx, kv, intentID)
+	rec, err := ReadIntent(ctx, c.js, intentID)
 	if err != nil {
 		if errors.Is(err, ErrIntentNotFound) {
 			return nil, fmt.Errorf("%w: no report for %s", ErrIntentNotFound, intentID)
@@ -439,11 +439,10 @@ type GhostStatus struct {
 
 // Ghosts lists the registered Ghosts with their presence status, from KV edge_ghosts.
 func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
-	kv, err := c.js.KeyValue(ctx, bus.BucketGhosts)
-	if err != nil {
+	if _, err := c.js.KeyValue(ctx, bus.BucketGhosts); err != nil {
 		return nil, c.notProvisioned(err, "KV bucket "+bus.BucketGhosts)
 	}
-	recs, err := ReadFleet(ctx, kv)
+	recs, err := ReadFleet(ctx, c.js)
 	if err != nil {
 		return nil, err
 	}
@@ -472,11 +471,10 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 
 // Intent returns the record of one intent from KV edge_intents, or ErrIntentNotFound.
 func (c *Client) Intent(ctx context.Context, intentID string) (*IntentRecord, error) {
-	kv, err := c.js.KeyValue(ctx, bus.BucketIntents)
-	if err != nil {
+	if _, err := c.js.KeyValue(ctx, bus.BucketIntents); err != nil {
 		return nil, c.notProvisioned(err, "KV bucket "+bus.BucketIntents)
 	}
-	return ReadIntent(ctx, kv, intentID)
+	return ReadIntent(ctx, c.js, intentID)
 }
 
 // Intents returns the newest limit intent records of KV edge_intents (every one when limit

@@ -22,22 +22,17 @@ import (
 // phase, from one pass over the last report of every intent, headers only. A last message
 // without a valid phase header (junk: a JetStream API answer can be stored on any
 // report.<intent_id>, see ReadEnrollments; or a report of an earlier version) does not
-// hide an earlier terminal report: that subject is read again through newestReport.
-func endedIntents(ctx context.Context, js jetstream.JetStream) (map[string]string, error) {
-	cons, err := js.OrderedConsumer(ctx, bus.StreamReports, jetstream.OrderedConsumerConfig{
-		InactiveThreshold: readerIdle,
-		FilterSubjects:    []string{subjects.AllReports},
-		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
-		HeadersOnly:       true,
-	})
-	if err != nil {
-		return nil, err
-	}
+// hide an earlier terminal report: that subject is read again through newestReport. A
+// message that reads as a status (an empty body, or with headers only any message, with a
+// Status header: anyone who may publish on report.<intent_id> can store one) is passed
+// over (lastPerSubject), logged through log: before, it failed Mirage's start, or ended
+// the pass early, the intents after it taken for open.
+func endedIntents(ctx context.Context, js jetstream.JetStream, log func(string, ...any)) (map[string]string, error) {
 	ended := map[string]string{}
 	var unclear []string
-	_, err = readAll(ctx, cons, func(msg jetstream.Msg) {
-		id := strings.TrimPrefix(msg.Subject(), subjects.Report(""))
-		switch phase := msg.Headers().Get(bus.HeaderPhase); {
+	err := lastPerSubject(ctx, js, bus.StreamReports, subjects.AllReports, log, func(subject string, _ uint64, h nats.Header) {
+		id := strings.TrimPrefix(subject, subjects.Report(""))
+		switch phase := h.Get(bus.HeaderPhase); {
 		case bus.Terminal(phase):
 			ended[id] = phase
 		case !validPhase(phase):
@@ -104,54 +99,82 @@ func newestReport(ctx context.Context, js jetstream.JetStream, intentID string) 
 	return newest, seq, nil
 }
 
+// fetchWait bounds how long a fetch of readAll waits for its batch.
+const fetchWait = 5 * time.Second
+
 // readAll passes fn every message a new ordered consumer has pending when called, in
-// order, in batches of up to 1,000. complete is false when it ended before the last of
-// them: on an error, or a batch that brought nothing (readStream looks at why).
-func readAll(ctx context.Context, cons jetstream.Consumer, fn func(jetstream.Msg)) (complete bool, _ error) {
+// order, in batches of up to 1,000, each waited for at most wait. complete is false when
+// it ended before the last of them: on an error, or a batch that brought fewer than asked
+// (readStream looks at why). It does not wait for the rest of a batch once the last
+// message came: nats.go drops a message that reads as a status (a stored Status 100), and
+// the batch would wait for its place until it expired.
+func readAll(ctx context.Context, cons jetstream.Consumer, wait time.Duration, fn func(jetstream.Msg)) (complete bool, _ error) {
 	info, err := cons.Info(ctx)
 	if err != nil {
 		return false, err
 	}
 	remaining := info.NumPending
 	for remaining > 0 {
-		batch, err := cons.Fetch(int(min(remaining, 1000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return false, err
-		}
-		got := 0
-		for msg := range batch.Messages() {
-			got++
+		asked := int(min(remaining, 1000))
+		got, done, err := fetchBatch(ctx, cons, asked, wait, func(msg jetstream.Msg) bool {
 			fn(msg)
 			if md, err := msg.Metadata(); err == nil {
 				remaining = md.NumPending
 			}
-		}
-		if batch.Error() != nil && !errors.Is(batch.Error(), jetstream.ErrNoMessages) {
-			return false, batch.Error()
-		}
-		if got == 0 {
+			return remaining > 0
+		})
+		switch {
+		case done:
+			return true, nil
+		case err != nil:
+			return false, err
+		case got < asked:
 			return false, nil
 		}
 	}
 	return true, nil
 }
 
+// fetchBatch asks cons for asked messages and passes them to fn until fn says there are no
+// more (done), and returns how many it passed, and the fetch's error. It does not wait for
+// the rest of the batch then.
+func fetchBatch(ctx context.Context, cons jetstream.Consumer, asked int, wait time.Duration, fn func(jetstream.Msg) bool) (got int, done bool, _ error) {
+	fctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel() // ends a fetch left before its end
+	batch, err := cons.Fetch(asked, jetstream.FetchContext(fctx))
+	if err != nil {
+		return 0, false, err
+	}
+	for msg := range batch.Messages() {
+		got++
+		if !fn(msg) {
+			return got, true, nil
+		}
+	}
+	switch err := batch.Error(); {
+	case err == nil, errors.Is(err, jetstream.ErrNoMessages), errors.Is(err, nats.ErrTimeout):
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+	default:
+		return got, false, err
+	}
+	return got, false, nil
+}
+
 // reportPhase returns the phase of an intent's latest valid report ("" when it has
 // none). The phase header of the last message is enough (no answer JetStream can be made
-// to store there carries one); without it, the reports are read (newestReport).
+// to store there carries one); without it, the reports are read (newestReport). The last
+// message is read as it came (directStored): one that reads as a status is passed over
+// there, where jetstream's get took it for the server's answer (an error, or 404: no
+// report at all).
 func (m *Mirage) reportPhase(ctx context.Context, intentID string) (string, error) {
-	stream, err := m.js.Stream(ctx, bus.StreamReports)
-	if err != nil {
+	last, err := directStored(ctx, m.nc, bus.StreamReports, directRequest{LastFor: subjects.Report(intentID)})
+	switch {
+	case err != nil:
 		return "", err
+	case last == nil:
+		return "", nil
 	}
-	raw, err := stream.GetLastMsgForSubject(ctx, subjects.Report(intentID))
-	if err != nil {
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return "", nil
-		}
-		return "", err
-	}
-	if phase := raw.Header.Get(bus.HeaderPhase); validPhase(phase) {
+	if phase := last.header.Get(bus.HeaderPhase); validPhase(phase) && !readsAsStatus(last.data, last.header, false) {
 		return phase, nil
 	}
 	// Junk, or a report stored by an earlier version without the header.

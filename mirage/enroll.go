@@ -47,6 +47,7 @@ type FleetReply struct {
 
 // enrollments caches KV edge_fleet: which public key each ghost id is bound to.
 type enrollments struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 
 	mu    sync.RWMutex
@@ -54,8 +55,8 @@ type enrollments struct {
 	roles map[string]string // reserved keys → public key
 }
 
-func newEnrollments(kv jetstream.KeyValue) *enrollments {
-	return &enrollments{kv: kv, byID: map[string]Enrollment{}, roles: map[string]string{}}
+func newEnrollments(js jetstream.JetStream, kv jetstream.KeyValue) *enrollments {
+	return &enrollments{js: js, kv: kv, byID: map[string]Enrollment{}, roles: map[string]string{}}
 }
 
 // ReadEnrollments returns every valid enrollment of KV edge_fleet and the reserved role
@@ -64,23 +65,23 @@ func newEnrollments(kv jetstream.KeyValue) *enrollments {
 // requester's permissions): a key's latest value may be junk. So each key is read through
 // validEnrollment, which falls back to the newest valid revision of the key's history and
 // skips (logging a warning naming the key, not the value) a key that has none. Only a
-// store that does not answer is an error.
-func ReadEnrollments(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) ([]Enrollment, map[string]string, error) {
+// store that does not answer is an error. Keys, values and histories are read as stored
+// (kvKeys, kvLatest, kvHistory): a value that reads as a status (an empty body with a
+// Status header, which jetstream's reads took for the server's answer) is junk as any
+// other, and a listing or history passes over such messages.
+func ReadEnrollments(ctx context.Context, js jetstream.JetStream, log *slog.Logger) ([]Enrollment, map[string]string, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	lister, err := kv.ListKeys(ctx)
+	passed := rateLimited(log.Warn)
+	keys, err := kvKeys(ctx, js, bus.BucketFleet, passed)
 	if err != nil {
 		return nil, nil, err
-	}
-	var keys []string
-	for key := range lister.Keys() {
-		keys = append(keys, key)
 	}
 	var out []Enrollment
 	roles := map[string]string{}
 	for _, key := range keys {
-		en, ok, err := validEnrollment(ctx, kv, key, log)
+		en, ok, err := validEnrollment(ctx, js, key, log, passed)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -122,39 +123,39 @@ func checkEnrollment(key string, value []byte) (Enrollment, error) {
 // validEnrollment returns the enrollment stored under key: its latest value when valid,
 // else the newest valid revision since the key was last deleted (a revoked Ghost stays
 // revoked). ok is false when there is none.
-func validEnrollment(ctx context.Context, kv jetstream.KeyValue, key string, log *slog.Logger) (Enrollment, bool, error) {
-	e, err := kv.Get(ctx, key)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return Enrollment{}, false, nil
-		}
+func validEnrollment(ctx context.Context, js jetstream.JetStream, key string, log *slog.Logger, passed func(string, ...any)) (Enrollment, bool, error) {
+	e, err := kvLatest(ctx, js.Conn(), bus.BucketFleet, key)
+	switch {
+	case err != nil:
 		return Enrollment{}, false, err
+	case e == nil:
+		return Enrollment{}, false, nil
 	}
-	en, bad := checkEnrollment(key, e.Value())
+	en, bad := checkEnrollment(key, e.data)
 	if bad == nil {
 		return en, true, nil
 	}
-	hist, err := kv.History(ctx, key)
-	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	hist, err := kvHistory(ctx, js, bus.BucketFleet, key, passed)
+	if err != nil {
 		return Enrollment{}, false, err
 	}
 	for i := len(hist) - 1; i >= 0; i-- {
 		h := hist[i]
-		if h.Operation() != jetstream.KeyValuePut {
+		if kvDeleted(h.header) {
 			break // deleted or purged: what came before is revoked
 		}
-		if en, err := checkEnrollment(key, h.Value()); err == nil {
+		if en, err := checkEnrollment(key, h.data); err == nil {
 			log.Warn("edge_fleet: the latest value of a key is not a valid enrollment; using its newest valid revision",
-				"key", key, "reason", bad.Error(), "revision", e.Revision(), "used_revision", h.Revision())
+				"key", key, "reason", bad.Error(), "revision", e.seq, "used_revision", h.seq)
 			return en, true, nil
 		}
 	}
-	log.Warn("edge_fleet: a key holds no valid enrollment; skipped", "key", key, "reason", bad.Error(), "revision", e.Revision())
+	log.Warn("edge_fleet: a key holds no valid enrollment; skipped", "key", key, "reason", bad.Error(), "revision", e.seq)
 	return Enrollment{}, false, nil
 }
 
 func (e *enrollments) load(ctx context.Context, log *slog.Logger) error {
-	list, roles, err := ReadEnrollments(ctx, e.kv, log)
+	list, roles, err := ReadEnrollments(ctx, e.js, log)
 	if err != nil {
 		return err
 	}

@@ -123,7 +123,7 @@ func newFleet(js jetstream.JetStream, kv jetstream.KeyValue, stop chan struct{},
 // load reads every record from KV: a Mirage restart forgets nothing. A record stored
 // under another Ghost's key is not loaded (readFleet).
 func (f *Fleet) load(ctx context.Context) error {
-	recs, misfiled, err := readFleet(ctx, f.kv)
+	recs, misfiled, err := readFleet(ctx, f.js, rateLimited(f.log.Warn))
 	if err != nil {
 		return err
 	}
@@ -162,8 +162,8 @@ func presenceShard(ghostID string) uint32 {
 // ReadFleet returns every record of KV edge_ghosts, sorted by ghost_id, with the last
 // heartbeat times of the presence shards. A record whose ghost_id is not its key is
 // skipped (readFleet).
-func ReadFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, error) {
-	recs, _, err := readFleet(ctx, kv)
+func ReadFleet(ctx context.Context, js jetstream.JetStream) ([]GhostRecord, error) {
+	recs, _, err := readFleet(ctx, js, func(string, ...any) {})
 	return recs, err
 }
 
@@ -171,26 +171,29 @@ func ReadFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, error
 // ghost_id is not their key: Mirage writes a record under its own id only, but JetStream
 // publishes its API answers on whatever reply subject a request names, which the server
 // does not check against the requester's permissions, so a Ghost can have an answer
-// carrying its ghost_id stored under another Ghost's key.
-func readFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, []string, error) {
-	lister, err := kv.ListKeys(ctx)
+// carrying its ghost_id stored under another Ghost's key. Keys and values are read as
+// stored (kvKeys, kvLatest): a value that reads as a status (anyone who may publish on a
+// key's subject can store one) is junk, skipped as other junk is; warn says so for a
+// listing that had to pass over such messages.
+func readFleet(ctx context.Context, js jetstream.JetStream, warn func(string, ...any)) ([]GhostRecord, []string, error) {
+	keys, err := kvKeys(ctx, js, bus.BucketGhosts, warn)
 	if err != nil {
 		return nil, nil, err
 	}
 	var misfiled []string
 	var out []GhostRecord
 	seen := map[string]int64{}
-	for key := range lister.Keys() {
-		e, err := kv.Get(ctx, key)
-		if err != nil {
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				continue
-			}
+	for _, key := range keys {
+		e, err := kvLatest(ctx, js.Conn(), bus.BucketGhosts, key)
+		switch {
+		case err != nil:
 			return nil, nil, err
+		case e == nil:
+			continue // deleted since it was listed
 		}
 		if strings.HasPrefix(key, presencePrefix) {
 			var shard map[string]int64
-			if json.Unmarshal(e.Value(), &shard) == nil {
+			if json.Unmarshal(e.data, &shard) == nil {
 				for id, ms := range shard {
 					seen[id] = max(seen[id], ms)
 				}
@@ -198,7 +201,7 @@ func readFleet(ctx context.Context, kv jetstream.KeyValue) ([]GhostRecord, []str
 			continue
 		}
 		var r GhostRecord
-		if json.Unmarshal(e.Value(), &r) != nil || r.GhostID == "" {
+		if json.Unmarshal(e.data, &r) != nil || r.GhostID == "" {
 			continue
 		}
 		if r.GhostID != key {

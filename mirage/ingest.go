@@ -241,7 +241,7 @@ func (m *Mirage) sendAck(ghostID string, ev *bus.Event, status string, code bus.
 
 // Intent reads an intent's record from KV edge_intents.
 func (m *Mirage) Intent(ctx context.Context, intentID string) (*IntentRecord, error) {
-	return ReadIntent(ctx, m.intents, intentID)
+	return ReadIntent(ctx, m.js, intentID)
 }
 
 // ErrBadIntentRecord is returned for a record of edge_intents that is not a valid intent
@@ -250,17 +250,18 @@ func (m *Mirage) Intent(ctx context.Context, intentID string) (*IntentRecord, er
 var ErrBadIntentRecord = errors.New("not a valid intent record")
 
 // ReadIntent reads an intent's record from KV edge_intents. It returns ErrIntentNotFound,
-// ErrBadIntentRecord (wrapped, with the reason), or the store's error.
-func ReadIntent(ctx context.Context, kv jetstream.KeyValue, intentID string) (*IntentRecord, error) {
-	e, err := kv.Get(ctx, intentID)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, ErrIntentNotFound
-		}
+// ErrBadIntentRecord (wrapped, with the reason), or the store's error. The record is read
+// as stored (kvLatest): one that reads as a status is junk, not the store's error.
+func ReadIntent(ctx context.Context, js jetstream.JetStream, intentID string) (*IntentRecord, error) {
+	e, err := kvLatest(ctx, js.Conn(), bus.BucketIntents, intentID)
+	switch {
+	case err != nil:
 		return nil, err
+	case e == nil:
+		return nil, ErrIntentNotFound
 	}
 	var rec IntentRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+	if err := json.Unmarshal(e.data, &rec); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadIntentRecord, err)
 	}
 	if err := rec.check(intentID); err != nil {
@@ -317,17 +318,17 @@ func (m *Mirage) recover(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	before := info.State.LastSeq
-	lister, err := m.intents.ListKeys(ctx)
+	keys, err := kvKeys(ctx, m.js, bus.BucketIntents, m.warnUnreadable)
 	if err != nil {
 		return 0, err
 	}
-	ended, err := endedIntents(ctx, m.js)
+	ended, err := endedIntents(ctx, m.js, m.warnUnreadable)
 	if err != nil {
 		return 0, err
 	}
 	var oldest int64
 	followed := 0
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		m.mu.Lock()
 		m.known.add(key, m.cfg.Now())
 		m.mu.Unlock()

@@ -92,7 +92,7 @@ type Mirage struct {
 	cfg      Config
 	nc       *nats.Conn
 	js       jetstream.JetStream
-	cmds     jetstream.Stream // EDGE_CMD, read for Ghosts' replays (by direct get)
+	cmds     jetstream.Stream // EDGE_CMD
 	evts     jetstream.Stream // EDGE_EVT, asked its last sequence at intents' cutoffs (expiry.go)
 	intents  jetstream.KeyValue
 	fleet    *Fleet
@@ -252,7 +252,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		fleet:         newFleet(js, ghosts, stop, cfg.Now, guard, log),
 		guard:         guard,
 		replayGate:    newGhostGate(bus.ReplayEvery, false),
-		enrolled:      newEnrollments(fleetKV),
+		enrolled:      newEnrollments(js, fleetKV),
 		stop:          stop,
 		live:          map[string]*liveIntent{},
 		claimed:       map[string]chan struct{}{},

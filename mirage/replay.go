@@ -3,12 +3,10 @@ package mirage
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
 	"github.com/edgectl/edgectl/subjects"
@@ -85,35 +83,44 @@ func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.Replay
 		traced := m.traced(ctx, id)
 		out.Traced = &traced
 	}
-	last, err := m.cmds.GetLastMsgForSubject(ctx, subject)
+	// Read as stored (directStored): jetstream's gets took a stored message with an empty
+	// body and a Status header for the server's answer (an error, or 404: none), and the
+	// catch-up of the Ghost stopped there on every try, or, one last on cmd.<id>, never
+	// began. Such a message is sent as any other, its stored headers but bus.ReplayedHeaders
+	// dropped: the Ghost refuses it (no command_id) and its replay position passes it.
+	last, err := directStored(ctx, m.nc, bus.StreamCommands, directRequest{LastFor: subject})
 	switch {
-	case errors.Is(err, jetstream.ErrMsgNotFound):
-		out.Status = "accepted"
-		return out, nil
 	case err != nil:
 		return out, bus.Errorf(bus.CodeInternal, "read the last command of %s: %v", id, err)
+	case last == nil:
+		out.Status = "accepted"
+		return out, nil
 	}
-	out.LastSeq, out.LastCommandID = last.Sequence, bus.ProbeCommand(last.Data).CommandID
+	out.LastSeq, out.LastCommandID = last.seq, bus.ProbeCommand(last.data).CommandID
 	next, size := req.StartSeq, 0
 	for out.Sent < req.Max && next <= out.LastSeq && size < replayMaxBytes {
-		sm, err := m.cmds.GetMsg(ctx, next, jetstream.WithGetMsgSubject(subject))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break // removed since (retention, a purge): nothing more to send
-		}
+		sm, err := directStored(ctx, m.nc, bus.StreamCommands, directRequest{Seq: next, NextFor: subject})
 		if err != nil {
 			return out, bus.Errorf(bus.CodeInternal, "read the commands of %s from %d: %v", id, next, err)
 		}
-		if sm.Sequence > out.LastSeq {
+		if sm == nil {
+			break // removed since (retention, a purge): nothing more to send
+		}
+		if sm.seq > out.LastSeq {
 			break
 		}
-		cmd := &nats.Msg{Subject: reply, Data: sm.Data, Header: storedHeader(sm.Header)}
-		cmd.Header.Set(bus.HeaderStreamSeq, strconv.FormatUint(sm.Sequence, 10))
+		if readsAsStatus(sm.data, sm.header, false) {
+			m.warnUnreadable("replay: a stored message on cmd.<id> reads as a server status (an empty body with a Status header); sent without it, for the Ghost to pass over",
+				"stream", bus.StreamCommands, "subject", subject, "seq", sm.seq, "status", sm.header.Get("Status"), "code", bus.CodeFraming)
+		}
+		cmd := &nats.Msg{Subject: reply, Data: sm.data, Header: storedHeader(sm.header)}
+		cmd.Header.Set(bus.HeaderStreamSeq, strconv.FormatUint(sm.seq, 10))
 		if err := m.nc.PublishMsg(cmd); err != nil {
 			return out, bus.Errorf(bus.CodeInternal, "send the commands of %s: %v", id, err)
 		}
 		out.Sent++
-		size += len(sm.Data)
-		next = sm.Sequence + 1
+		size += len(sm.data)
+		next = sm.seq + 1
 	}
 	out.Status, out.More = "accepted", out.Sent > 0 && next <= out.LastSeq
 	m.log.Debug("replay sent", "peer", id, "start_seq", req.StartSeq, "commands", out.Sent, "last_seq", out.LastSeq, "more", out.More)
@@ -125,23 +132,26 @@ func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.Replay
 // History): a record in KV edge_ghosts (it registered) or an event on evt.<id> in EDGE_EVT
 // (it answered a command; events are kept 7 days, commands 25 h). An id without either
 // never had a Ghost that ran a command it reported, so the commands waiting for it are
-// run rather than answered 1700 (ghost/born.go). A read that fails counts as a trace.
+// run rather than answered 1700 (ghost/born.go). A read that fails counts as a trace. The
+// last message is read as stored (directStored), as the Ghost reads it without auth
+// (ghost/born.go): any message there but a delete marker is a trace, one that reads as a
+// status too (jetstream's get took it for the server's 404, no trace, and the Ghost ran
+// again what an earlier Ghost of the id may have run).
 func (m *Mirage) traced(ctx context.Context, id string) bool {
-	_, err := m.fleet.kv.Get(ctx, id)
-	switch {
-	case err == nil:
-		return true
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
-		m.log.Warn("replay request: the registry record of a Ghost on a new execution store could not be read; taken as a trace of an earlier Ghost", "peer", id, "err", err)
-		return true
-	}
-	_, err = m.evts.GetLastMsgForSubject(ctx, subjects.Event(id))
-	switch {
-	case err == nil:
-		return true
-	case !errors.Is(err, jetstream.ErrMsgNotFound):
-		m.log.Warn("replay request: the last event of a Ghost on a new execution store could not be read; taken as a trace of an earlier Ghost", "peer", id, "err", err)
-		return true
+	for _, look := range []struct {
+		what, stream, subject string
+	}{
+		{"registry record", "KV_" + bus.BucketGhosts, "$KV." + bus.BucketGhosts + "." + id},
+		{"last event", bus.StreamEvents, subjects.Event(id)},
+	} {
+		sm, err := directStored(ctx, m.nc, look.stream, directRequest{LastFor: look.subject})
+		switch {
+		case err != nil:
+			m.log.Warn("replay request: the "+look.what+" of a Ghost on a new execution store could not be read; taken as a trace of an earlier Ghost", "peer", id, "err", err)
+			return true
+		case sm != nil && !kvDeleted(sm.header):
+			return true
+		}
 	}
 	return false
 }

@@ -5,19 +5,25 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/edgectl/edgectl/bus"
 )
 
-// Reads of single stored messages that a stored message reading as a status
-// (unreadable.go) cannot stop or fool. nats.go's jetstream reads a direct get's answer
-// with an empty body and a Status header as the server's answer (404: no message; 503,
-// taken by its request for no responders; any other: an error), also when the answer is a
-// stored message whose own headers carry the Status. So: an answer is read here as it
-// came (directStored).
+// Reads of single stored messages and of the last message of every subject that a
+// stored message reading as a status (unreadable.go) cannot stop or fool. nats.go's
+// jetstream reads a direct get's answer with an empty body and a Status header as the
+// server's answer (404: no message; 503, taken by its request for no responders; any
+// other: an error), also when the answer is a stored message whose own headers carry the
+// Status, and its KV watchers take one with Status 100 for a heartbeat and wait forever
+// for the end of the listing. So: an answer is read here as it came (directStored), and
+// listings read the stream (lastPerSubject).
 
 // directGetHeaders are the headers the server adds to a stored message's own in a direct
 // get's answer, after them.
@@ -149,4 +155,145 @@ func msgGet(ctx context.Context, nc *nats.Conn, stream string, req msgGetRequest
 		sm.header, _ = nats.DecodeHeadersMsg(resp.Message.Hdrs) // unparsable: read without headers
 	}
 	return sm, nil
+}
+
+// lastPerSubjectWait bounds how long lastPerSubject's first read waits for a batch: a
+// batch that does not come whole in time is read again, every message of the stream.
+const lastPerSubjectWait = time.Second
+
+// lastPerSubject calls fn with the headers of the last message of every subject of stream
+// under filter, in stream order, passing over the messages that read as a status (a
+// subject whose last message is one gets the one before it, if any). It reads the last
+// message of each subject, headers only; nats.go hands none that reads as a status (with
+// headers only, any with a Status header), and such a message ends that read short, stops
+// it, or is dropped unseen (a consumer sequence it skipped says so): then it reads every
+// message instead, passing over those (readStream), each logged through log.
+func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter string, log func(string, ...any), fn func(subject string, seq uint64, h nats.Header)) error {
+	type last struct {
+		subject string
+		seq     uint64
+		h       nats.Header
+	}
+	var got []last
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{filter},
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		HeadersOnly:       true,
+	})
+	if err != nil {
+		return err
+	}
+	var delivered uint64
+	gap := false
+	complete, err := readAll(ctx, cons, lastPerSubjectWait, func(msg jetstream.Msg) {
+		md, err := msg.Metadata()
+		if err != nil || md.Sequence.Consumer != delivered+1 {
+			gap = true
+			return
+		}
+		delivered = md.Sequence.Consumer
+		got = append(got, last{msg.Subject(), md.Sequence.Stream, msg.Headers()})
+	})
+	if err == nil && complete && !gap {
+		for _, l := range got {
+			fn(l.subject, l.seq, l.h)
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	latest := map[string]last{}
+	err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{filter},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		HeadersOnly:       true,
+	}, log, func(msg jetstream.Msg) {
+		var seq uint64
+		if md, err := msg.Metadata(); err == nil {
+			seq = md.Sequence.Stream
+		}
+		latest[msg.Subject()] = last{msg.Subject(), seq, msg.Headers()}
+	})
+	if err != nil {
+		return err
+	}
+	got = got[:0]
+	for _, l := range latest {
+		got = append(got, l)
+	}
+	sort.Slice(got, func(i, j int) bool { return got[i].seq < got[j].seq })
+	for _, l := range got {
+		fn(l.subject, l.seq, l.h)
+	}
+	return nil
+}
+
+// kvKeys returns the keys of KV bucket whose last message is a value (not a delete
+// marker), passing over the messages that read as a status (lastPerSubject): what
+// jetstream's ListKeys returns, which a stored Status 100 held up until its context ended.
+func kvKeys(ctx context.Context, js jetstream.JetStream, bucket string, log func(string, ...any)) ([]string, error) {
+	prefix := "$KV." + bucket + "."
+	var keys []string
+	err := lastPerSubject(ctx, js, "KV_"+bucket, prefix+">", log, func(subject string, _ uint64, h nats.Header) {
+		if !kvDeleted(h) {
+			keys = append(keys, strings.TrimPrefix(subject, prefix))
+		}
+	})
+	return keys, err
+}
+
+// kvDeleted reports whether a KV message with these headers is a delete marker.
+func kvDeleted(h nats.Header) bool {
+	switch h.Get("KV-Operation") {
+	case "DEL", "PURGE":
+		return true
+	}
+	return false
+}
+
+// kvLatest returns the latest message on key in KV bucket (a value, whatever it holds: one
+// that reads as a status is junk, for its reader to refuse), nil when there is none or the
+// latest is a delete marker.
+func kvLatest(ctx context.Context, nc *nats.Conn, bucket, key string) (*storedMsg, error) {
+	sm, err := directStored(ctx, nc, "KV_"+bucket, directRequest{LastFor: "$KV." + bucket + "." + key})
+	if err != nil || sm == nil {
+		return nil, err
+	}
+	if kvDeleted(sm.header) {
+		return nil, nil
+	}
+	return sm, nil
+}
+
+// kvHistory returns the messages stored on key in KV bucket, oldest first, passing over
+// those that read as a status (readStream), each logged through log.
+func kvHistory(ctx context.Context, js jetstream.JetStream, bucket, key string, log func(string, ...any)) ([]*storedMsg, error) {
+	var out []*storedMsg
+	err := readStream(ctx, js, "KV_"+bucket, jetstream.OrderedConsumerConfig{
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{"$KV." + bucket + "." + key},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+	}, log, func(msg jetstream.Msg) {
+		sm := &storedMsg{subject: msg.Subject(), data: msg.Data(), header: msg.Headers()}
+		if md, err := msg.Metadata(); err == nil {
+			sm.seq = md.Sequence.Stream
+		}
+		out = append(out, sm)
+	})
+	return out, err
+}
+
+// rateLimited returns warn let through at most once per bus.RateLogEvery, saying how many
+// lines each stands for: a store holding a flood of messages that read as a status must
+// not flood the log of the read that passes over them.
+func rateLimited(warn func(string, ...any)) func(string, ...any) {
+	rl := new(bus.RateLog)
+	return func(msg string, args ...any) {
+		if ok, n := rl.Allow(); ok {
+			warn(msg, append(args, "passed_since_last_warning", n)...)
+		}
+	}
 }

@@ -151,7 +151,7 @@ func TestResolveUnderAuthSeesEnrolledGhostsOnly(t *testing.T) {
 	for _, r := range testFleet() {
 		f.ghosts[r.GhostID] = &r
 	}
-	e := newEnrollments(nil)
+	e := newEnrollments(nil, nil)
 	for _, id := range []string{"edge-01", "edge-02", "edge-03"} {
 		e.byID[id] = Enrollment{GhostID: id, PublicKey: "U" + id}
 	}

@@ -67,6 +67,7 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, cfg 
 	}
 	var last uint64 // the last sequence read
 	var from time.Time
+	retried, retriedAt := false, uint64(0) // a read gone on after it ended short, and from where
 	switch {
 	case cfg.DeliverPolicy == jetstream.DeliverByStartTimePolicy && cfg.OptStartTime != nil:
 		from = *cfg.OptStartTime
@@ -78,7 +79,7 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, cfg 
 		if err != nil {
 			return err
 		}
-		complete, err := readAll(ctx, cons, func(msg jetstream.Msg) {
+		complete, err := readAll(ctx, cons, fetchWait, func(msg jetstream.Msg) {
 			if md, err := msg.Metadata(); err == nil {
 				last = md.Sequence.Stream
 			}
@@ -95,13 +96,23 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, cfg 
 			seq = 0 // nothing read yet: from the start time
 		}
 		sm, gerr := nextStored(ctx, js.Conn(), stream, filter, seq, from)
-		if gerr != nil || sm == nil || !readsAsStatus(sm.data, sm.header, cfg.HeadersOnly) {
+		switch {
+		case gerr != nil || sm == nil:
 			return err
+		case readsAsStatus(sm.data, sm.header, cfg.HeadersOnly):
+			log("passed over a stored message that reads as a server status (an empty body with a Status header): no consumer can read it",
+				"stream", stream, "subject", sm.subject, "seq", sm.seq, "status", sm.header.Get("Status"), "code", bus.CodeFraming)
+			last = sm.seq
+			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, sm.seq+1, nil
+		case retried && last == retriedAt:
+			return err
+		default:
+			// A message nats.go hands over: the read ended short for another reason (a
+			// fetch that expired before the whole batch came), and goes on from there, once
+			// without progress.
+			retried, retriedAt = true, last
+			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, sm.seq, nil
 		}
-		log("passed over a stored message that reads as a server status (an empty body with a Status header): no consumer can read it",
-			"stream", stream, "subject", sm.subject, "seq", sm.seq, "status", sm.header.Get("Status"), "code", bus.CodeFraming)
-		last = sm.seq
-		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, sm.seq+1, nil
 	}
 }
 

@@ -330,7 +330,7 @@ func TestDeputyRegistryLoadSkipsMisfiledRecords(t *testing.T) {
 	if r, ok := m2.Fleet().Get("ghost-c"); !ok || r.Labels["role"] != "real" {
 		t.Errorf("ghost-c's record after the load: %+v %v", r, ok)
 	}
-	recs, err := mirage.ReadFleet(ctx, kv)
+	recs, err := mirage.ReadFleet(ctx, js)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -366,6 +366,11 @@ func TestReplayReplySaysWhetherTheIdShowsATrace(t *testing.T) {
 			}
 		}, false},
 		{"another id's record and event", func(string) { record("edge-other"); event("edge-other") }, false},
+		// A record there that reads as a status (404: none) is a trace all the same. (An
+		// event that does is deleted from EDGE_EVT by Mirage's events consumer.)
+		{"a registry record that reads as a status", func(id string) {
+			publishStatusJunk(t, nc, "$KV."+bus.BucketGhosts+"."+id, "404")
+		}, true},
 		{"the registry unreadable", func(string) { // last: Mirage's registry is gone
 			if err := js.DeleteKeyValue(ctx, bus.BucketGhosts); err != nil {
 				t.Fatal(err)

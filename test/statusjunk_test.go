@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
@@ -118,6 +120,105 @@ func publishStatusJunk(t *testing.T, conn *nats.Conn, subject string, which ...s
 	}
 }
 
+// recoveredCount records the count of Mirage's "recovered open intents" line.
+type recoveredCount struct {
+	slog.Handler
+	n atomic.Int64
+}
+
+func (h *recoveredCount) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *recoveredCount) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "recovered open intents" {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "count" {
+				h.n.Store(a.Value.Int64())
+			}
+			return true
+		})
+	}
+	if !h.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *recoveredCount) WithAttrs(as []slog.Attr) slog.Handler { return h }
+func (h *recoveredCount) WithGroup(string) slog.Handler         { return h }
+
+// Messages that read as a status stored where Mirage's start reads: on report.<intent_id>
+// (after an ended intent's terminal report, on an open intent's subject, on subjects of
+// no intent, before the terminal report of an intent that ended after them), and on keys
+// of KV edge_ghosts, edge_fleet and edge_intents. Mirage starts, recovers the open intent
+// and only it, and the open intent ends. Before, such a message failed the start ('load
+// fleet registry', 'load enrollments', 'recover open intents': nats: Bad Request, consumer
+// deleted, no responders), held it until its context ended (a Status 100 in a KV bucket),
+// or ended the reading of the reports early (404, 408), the intents ended after it taken
+// for open.
+func TestStoredMessagesThatReadAsAStatusDoNotFailMirageStart(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("local")
+	rogue := env.Conn("rogue")
+	client := env.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	status := func() *bus.Issue { return testenv.NewIssue("local", "seed.flow", "status", nil, 10*time.Second) }
+
+	ended := status()
+	if r := env.Run(client, ended); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("an intent before the junk: %s", r.Summary)
+	}
+	open := testenv.NewIssue("local", "seed.flow", "sleep", map[string]string{"ms": "2000"}, 30*time.Second)
+	if _, err := client.Issue(ctx, open); err != nil {
+		t.Fatal(err)
+	}
+	publishStatusJunk(t, rogue, subjects.Report(ended.IntentID))
+	for _, h := range statusHeaders {
+		key := "junk" + h.Get("Status")
+		publishStatusJunk(t, rogue, subjects.Report("int_"+key), h.Get("Status"))
+		publishStatusJunk(t, rogue, "$KV."+bus.BucketGhosts+"."+key, h.Get("Status"))
+		publishStatusJunk(t, rogue, "$KV."+bus.BucketFleet+"."+key, h.Get("Status"))
+		publishStatusJunk(t, rogue, "$KV."+bus.BucketIntents+".int_"+key, h.Get("Status"))
+	}
+	later := status() // ended, its terminal report after the junk
+	if r := env.Run(client, later); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("an intent after the junk: %s", r.Summary)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	publishStatusJunk(t, rogue, subjects.Report(open.IntentID))
+
+	counted := &recoveredCount{Handler: env.Log.Handler()}
+	sctx, scancel := context.WithTimeout(ctx, 60*time.Second)
+	defer scancel()
+	m2, err := mirage.New(sctx, env.Conn("mirage again"), mirage.Config{}, slog.New(counted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m2.Close() })
+	if err := m2.Start(sctx); err != nil {
+		t.Fatalf("Mirage's start with the junk stored: %v", err)
+	}
+	if n := counted.n.Load(); n != 1 {
+		t.Errorf("%d intents recovered, want 1 (the open one; the ended ones are ended)", n)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if r, err := client.WaitTerminal(wctx, open.IntentID); err != nil || r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("the open intent after the restart: %v %+v", err, r)
+	}
+	for _, is := range []*bus.Issue{ended, later} {
+		if r, err := client.LatestReport(ctx, is.IntentID); err != nil || r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("the latest report of an ended intent: %v %+v", err, r)
+		}
+	}
+	if r := env.Run(client, status()); r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("an intent after the restart: %s", r.Summary)
+	}
+}
+
 // storeReport stores a valid report of intentID in phase on its subject, as Mirage does.
 func storeReport(t *testing.T, js jetstream.JetStream, intentID, phase string) {
 	t.Helper()
@@ -214,5 +315,44 @@ func TestReportReadersPassOverStoredMessagesThatReadAsAStatus(t *testing.T) {
 	// A consumer made again for each junk message at most, not over and over.
 	if n := created.Load() - before; n > int64(2*len(statusHeaders)) {
 		t.Errorf("%d consumers made on %s for two watches past %d junk messages", n, bus.StreamReports, len(statusHeaders))
+	}
+}
+
+// Under auth a Ghost catches up through Mirage, which reads cmd.<id> by direct get:
+// messages that read as a status stored there (by the operator, or Mirage: the only ones
+// who may publish there under auth), among the commands the Ghost missed and last, are
+// sent on as the junk they are, and the Ghost's replay passes them. Before, jetstream's get
+// took them for the server's answer: Mirage refused every replay request past one ('read
+// the commands of ...: nats: Bad Request'), or found no command at all (404 last), and the
+// commands after it were never caught up.
+func TestAuthCatchUpThroughMiragePassesOverStatusJunk(t *testing.T) {
+	f := newAuthFleet(t, "ghost-j")
+	st := ghost.NewMemoryStore()
+	stop := f.startAuthGhost("ghost-j", st)
+	testenv.Eventually(t, 5*time.Second, "ghost-j registered", func() bool { _, ok := f.m.Fleet().Get("ghost-j"); return ok })
+	stop()
+	js, err := jetstream.New(f.op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 2 {
+		is := testenv.NewIssue("ghost-j", "seed.kv", "incr", map[string]string{"key": "missed"}, 30*time.Second)
+		issueNoWait(t, f.client, is)
+		waitLastCommand(t, js, "ghost-j", mirage.CommandID(is.IntentID, 0))
+		ids = append(ids, is.IntentID)
+		if i == 0 {
+			publishStatusJunk(t, f.op, subjects.Command("ghost-j"))
+		}
+	}
+	publishStatusJunk(t, f.op, subjects.Command("ghost-j"))
+	f.startAuthGhost("ghost-j", st)
+	for _, id := range ids {
+		if r := waitReport(t, f.client, id, 20*time.Second); r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("intent %s after the restart: %s %+v", id, r.Summary, r.Results)
+		}
+	}
+	if v, _ := f.kv["ghost-j"].Value("missed"); v != "2" {
+		t.Fatalf("counter %q after two missed incr, want 2", v)
 	}
 }

@@ -168,11 +168,7 @@ func TestJunkStoredByAGhostDoesNotStopMirage(t *testing.T) {
 
 	// Enrollments: ghost-o's and the operator's from their history, for Mirage and for
 	// 'fleet auth-config' alike.
-	fleetKV, err := js.KeyValue(ctx, bus.BucketFleet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, roles, err := mirage.ReadEnrollments(ctx, fleetKV, nil)
+	list, roles, err := mirage.ReadEnrollments(ctx, js, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

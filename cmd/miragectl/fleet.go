@@ -204,15 +204,14 @@ func readEnrollments(cmd *cobra.Command, cf *clientFlags, name string) ([]mirage
 	if err != nil {
 		return nil, nil, cli.Exit(cli.ExitUnavailable, err)
 	}
-	kv, err := js.KeyValue(ctx, bus.BucketFleet)
-	if err != nil {
+	if _, err := js.KeyValue(ctx, bus.BucketFleet); err != nil {
 		if cli.IsPermission(err) {
 			return nil, nil, cli.Invalid("permission denied reading KV %s: it needs the operator key (--nkey)", bus.BucketFleet)
 		}
 		return nil, nil, cli.Exit(cli.ExitUnavailable, fmt.Errorf("KV %s: %w (has Mirage run against this server?)", bus.BucketFleet, err))
 	}
 	warn := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	list, roles, err := mirage.ReadEnrollments(ctx, kv, warn)
+	list, roles, err := mirage.ReadEnrollments(ctx, js, warn)
 	if err != nil {
 		return nil, nil, cli.Exit(cli.ExitUnavailable, err)
 	}
