@@ -14,19 +14,6 @@ import (
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// statusHeaders are headers with which a stored message with an empty body reads, to
-// nats.go's consumers, as a status of the server: 400 and 409 "Consumer Deleted" stop a
-// consumer, 503 is "no responders", 100 a heartbeat (dropped in silence), 408 and 404 a
-// pull request's end.
-var statusHeaders = []nats.Header{
-	{"Status": {"400"}, "Description": {"Bad Request"}},
-	{"Status": {"409"}, "Description": {"Consumer Deleted"}},
-	{"Status": {"503"}},
-	{"Status": {"100"}, "Description": {"Idle Heartbeat"}},
-	{"Status": {"408"}, "Description": {"Request Timeout"}},
-	{"Status": {"404"}, "Description": {"No Messages"}},
-}
-
 // storeStatusJunk publishes on subject, as anyone may without authentication, an empty
 // message with headers h, and returns its sequence in stream.
 func storeStatusJunk(t *testing.T, env *testenv.Env, stream, subject string, h nats.Header) uint64 {
@@ -67,7 +54,7 @@ func storeStatusJunk(t *testing.T, env *testenv.Env, stream, subject string, h n
 // catch-up stopped there), ended short (404, 408) or dropped it (100), and the catch-up
 // never reached the end of cmd.<id>.
 func TestCatchUpReadsPastStoredMessagesThatReadAsAStatus(t *testing.T) {
-	for _, h := range statusHeaders {
+	for _, h := range testenv.StatusHeaders {
 		t.Run(h.Get("Status"), func(t *testing.T) {
 			env := testenv.New(t)
 			id := "edge-status-" + h.Get("Status")

@@ -18,19 +18,6 @@ import (
 	"github.com/edgectl/edgectl/test/testenv"
 )
 
-// statusHeaders are headers with which a stored message with an empty body reads, to
-// nats.go's consumers, as a status of the server: 400 and 409 "Consumer Deleted" stop a
-// consumer, 503 is "no responders", 100 a heartbeat (passed over in silence), 408 and 404
-// a pull request's end.
-var statusHeaders = []nats.Header{
-	{"Status": {"400"}, "Description": {"Bad Request"}},
-	{"Status": {"409"}, "Description": {"Consumer Deleted"}},
-	{"Status": {"503"}},
-	{"Status": {"100"}, "Description": {"Idle Heartbeat"}},
-	{"Status": {"408"}, "Description": {"Request Timeout"}},
-	{"Status": {"404"}, "Description": {"No Messages"}},
-}
-
 // An event with an empty body and a Status header, which any Ghost may publish on its
 // evt.<id> (under auth too) and EDGE_EVT stores, reads to nats.go as a status of the
 // server: it stopped Mirage's events consumer for good (every later intent ended
@@ -47,7 +34,7 @@ func TestStoredMessagesThatReadAsAStatusDoNotStopMirage(t *testing.T) {
 	defer cancel()
 	publish := func(subject string) {
 		t.Helper()
-		for _, h := range statusHeaders {
+		for _, h := range testenv.StatusHeaders {
 			if err := rogue.PublishMsg(&nats.Msg{Subject: subject, Header: h}); err != nil {
 				t.Fatal(err)
 			}
@@ -103,11 +90,11 @@ func TestStoredMessagesThatReadAsAStatusDoNotStopMirage(t *testing.T) {
 }
 
 // publishStatusJunk publishes on subject, from conn, an empty message with each of the
-// headers of statusHeaders (all of them when which is empty, else those whose Status is
+// headers of testenv.StatusHeaders (all of them when which is empty, else those whose Status is
 // in which), and flushes.
 func publishStatusJunk(t *testing.T, conn *nats.Conn, subject string, which ...string) {
 	t.Helper()
-	for _, h := range statusHeaders {
+	for _, h := range testenv.StatusHeaders {
 		if len(which) > 0 && !slices.Contains(which, h.Get("Status")) {
 			continue
 		}
@@ -174,7 +161,7 @@ func TestStoredMessagesThatReadAsAStatusDoNotFailMirageStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishStatusJunk(t, rogue, subjects.Report(ended.IntentID))
-	for _, h := range statusHeaders {
+	for _, h := range testenv.StatusHeaders {
 		key := "junk" + h.Get("Status")
 		publishStatusJunk(t, rogue, subjects.Report("int_"+key), h.Get("Status"))
 		publishStatusJunk(t, rogue, "$KV."+bus.BucketGhosts+"."+key, h.Get("Status"))
@@ -313,8 +300,8 @@ func TestReportReadersPassOverStoredMessagesThatReadAsAStatus(t *testing.T) {
 		}
 	}
 	// A consumer made again for each junk message at most, not over and over.
-	if n := created.Load() - before; n > int64(2*len(statusHeaders)) {
-		t.Errorf("%d consumers made on %s for two watches past %d junk messages", n, bus.StreamReports, len(statusHeaders))
+	if n := created.Load() - before; n > int64(2*len(testenv.StatusHeaders)) {
+		t.Errorf("%d consumers made on %s for two watches past %d junk messages", n, bus.StreamReports, len(testenv.StatusHeaders))
 	}
 }
 
