@@ -127,7 +127,7 @@ func TestClusterLeaderFailover(t *testing.T) {
 
 	incrs := map[string]int{}
 	for _, a := range accepted {
-		r := waitReport(t, client, a.issue.IntentID, 60*time.Second)
+		r := waitReportOrExplain(t, js, client, a.issue.IntentID, 60*time.Second)
 		if r.Phase != bus.PhaseSatisfied {
 			t.Errorf("intent %s (%s %s on %s): %s %+v", a.issue.IntentID, a.issue.Objective.SeedSelector, a.issue.Objective.Operation, a.issue.TargetScope, r.Summary, r.Results)
 			continue
@@ -334,4 +334,80 @@ func (is *issuer) stop() []issued {
 	is.mu.Lock()
 	defer is.mu.Unlock()
 	return is.accepted
+}
+
+// waitReportOrExplain is waitReport that, when no terminal report comes, logs what the
+// store holds of the intent (its record, its reports, its commands and their events) and
+// the consumers reading its reports, so that a failure says where the intent stopped: in
+// the store, or in the watch that did not see it.
+func waitReportOrExplain(t *testing.T, js jetstream.JetStream, c *mirage.Client, intentID string, within time.Duration) *bus.Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	r, err := c.WaitTerminal(ctx, intentID)
+	if err == nil {
+		return r
+	}
+	t.Errorf("no terminal report for %s within %s: %v", intentID, within, err)
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if rec, err := mirage.ReadIntent(ctx, js, intentID); err != nil {
+		t.Logf("intent record: %v", err)
+	} else {
+		t.Logf("intent record: targets %v, created %s, deadline %s", rec.Targets,
+			time.UnixMilli(rec.CreatedMS).Format(time.StampMilli), time.UnixMilli(rec.DeadlineMS).Format(time.StampMilli))
+	}
+	if r, err := c.LatestReport(ctx, intentID); err != nil {
+		t.Logf("newest report: %v", err)
+	} else {
+		t.Logf("newest report (or pending): phase %s, summary %+v, results %+v", r.Phase, r.Summary, r.Results)
+	}
+	for _, stream := range []string{bus.StreamCommands, bus.StreamReports, bus.StreamEvents} {
+		for _, sm := range storedMentioning(t, js, stream, intentID) {
+			t.Logf("%s seq %d at %s on %s: %s", stream, sm.Sequence, sm.Time.Format(time.StampMilli), sm.Subject, sm.Data)
+		}
+	}
+	if s, err := js.Stream(ctx, bus.StreamReports); err == nil {
+		if info, err := s.Info(ctx); err == nil && info.Cluster != nil {
+			t.Logf("%s leader %s, state %+v", bus.StreamReports, info.Cluster.Leader, info.State)
+			for _, p := range info.Cluster.Replicas {
+				t.Logf("replica %+v", *p)
+			}
+		}
+		for ci := range s.ListConsumers(ctx).Info() {
+			if ci.Config.FilterSubject == "report."+intentID && ci.Cluster != nil {
+				t.Logf("consumer %s on %s: delivered %+v, pending %d, waiting %d", ci.Name, ci.Cluster.Leader, ci.Delivered, ci.NumPending, ci.NumWaiting)
+			}
+		}
+	}
+	t.FailNow()
+	return nil
+}
+
+// storedMentioning lists the messages of a stream whose subject or body names id.
+func storedMentioning(t *testing.T, js jetstream.JetStream, stream, id string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Logf("%s: %v", stream, err)
+		return nil
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Logf("%s: %v", stream, err)
+		return nil
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && ctx.Err() == nil; seq++ {
+		sm, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		if strings.Contains(sm.Subject, id) || strings.Contains(string(sm.Data), id) {
+			out = append(out, sm)
+		}
+	}
+	return out
 }
