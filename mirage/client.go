@@ -231,21 +231,38 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from uint64,
 // ended, 'miragectl report --wait' waited for ever. The feed's consumer drops such a
 // message, or stops on it; either way the feed looks at the first stored message it has
 // not read (directStored), and reads on past it when that one reads as a status.
+//
+// The feed reads by fetches of at most feedFetchWait, one after the other, not by one
+// standing pull: on a cluster the answer to a consumer's creation can reach the client
+// before its server knows where the consumer lives, and the first pull request, sent at
+// once, is then lost. A standing pull that was lost is never asked again (nats.go would
+// notice the missing heartbeats only inside one long wait for the next message), so the
+// consumer, never pulled, delivered nothing and went away after readerIdle: a watch
+// waited for ever on a report that was stored. A fetch that was lost ends by itself, and
+// the next one is asked again; a consumer that went away meanwhile fails it, and is made
+// again from the first message not read.
 type reportFeed struct {
 	c          *Client
 	intentID   string
 	next       uint64 // the first stream sequence not read; 0: none read yet
 	cons       jetstream.Consumer
-	it         jetstream.MessagesContext
-	delivered  uint64 // the consumer sequence of the last message handed over
-	reconnects uint64 // the connection's reconnects when the consumer was made
+	batch      jetstream.MessageBatch // the fetch being read; nil: none
+	cancel     context.CancelFunc     // ends batch
+	delivered  uint64                 // the consumer sequence of the last message handed over
+	reconnects uint64                 // the connection's reconnects when the consumer was made
 	retry      time.Duration
 }
 
-// feedWake is how often a feed waiting for a report looks whether its connection
-// reconnected meanwhile (messages delivered while it was cut off are lost), without a
-// request: a counter of the connection.
-const feedWake = time.Second
+// feedFetchWait is how long one fetch of a feed waits for reports: the longest a pull
+// request lost on its way delays a report, and how often a waiting feed looks whether its
+// connection reconnected meanwhile (messages delivered while it was cut off are lost).
+const feedFetchWait = 2 * time.Second
+
+// feedFetchBatch is how many reports one fetch asks for.
+const feedFetchBatch = 64
+
+// feedMakeWait bounds one try to make the feed's consumer.
+const feedMakeWait = 5 * time.Second
 
 // feedMaxSkip bounds the messages that read as a status one look passes over.
 const feedMaxSkip = 64
@@ -266,38 +283,39 @@ func (f *reportFeed) open(ctx context.Context) error {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, f.next
 	}
 	f.reconnects = f.c.nc.Stats().Reconnects
-	cons, err := f.c.js.CreateOrUpdateConsumer(ctx, bus.StreamReports, cfg)
+	// Bounded: a request sent as the connection is cut off is never answered.
+	cctx, cancel := context.WithTimeout(ctx, feedMakeWait)
+	defer cancel()
+	cons, err := f.c.js.CreateOrUpdateConsumer(cctx, bus.StreamReports, cfg)
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages(jetstream.WithMessagesErrOnMissingHeartbeat(true))
-	if err != nil {
-		return err
-	}
-	f.cons, f.it, f.delivered = cons, it, 0
+	f.cons, f.delivered = cons, 0
 	return nil
 }
 
-// drop stops the feed's consumer and deletes it, in the background (the server removes it
-// after readerIdle anyway).
+// drop ends the feed's fetch and deletes its consumer, in the background (the server
+// removes it after readerIdle anyway).
 func (f *reportFeed) drop() {
-	if f.it == nil {
+	f.close()
+	if f.cons == nil {
 		return
 	}
-	f.it.Stop()
 	name := f.cons.CachedInfo().Name
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = f.c.js.DeleteConsumer(ctx, bus.StreamReports, name)
 	}()
-	f.it, f.cons = nil, nil
+	f.cons = nil
 }
 
+// close ends the fetch being read, if any.
 func (f *reportFeed) close() {
-	if f.it != nil {
-		f.it.Stop()
+	if f.cancel != nil {
+		f.cancel()
 	}
+	f.batch, f.cancel = nil, nil
 }
 
 // reopen makes the consumer again from the first message not read, past those that read
@@ -324,47 +342,68 @@ func (f *reportFeed) reopen(ctx context.Context) error {
 	return f.open(ctx)
 }
 
-// read returns the next valid report of the intent, waiting for it until ctx ends.
+// read returns the next valid report of the intent, waiting for it until ctx ends or the
+// connection is closed. A consumer that cannot be made again (the server restarting, the
+// connection cut off) is tried again, at the pace of reopen.
 func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 	for {
-		wctx, cancel := context.WithTimeout(ctx, feedWake)
-		msg, err := f.it.Next(jetstream.NextContext(wctx))
-		waited := wctx.Err() != nil
-		cancel()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
 		switch {
-		case err == nil:
-			md, err := msg.Metadata()
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case f.c.nc.IsClosed():
+			return nil, nats.ErrConnectionClosed
+		case f.cons == nil:
+			_ = f.reopen(ctx)
+			continue
+		case f.batch == nil:
+			fctx, cancel := context.WithTimeout(ctx, feedFetchWait)
+			batch, err := f.cons.Fetch(feedFetchBatch, jetstream.FetchContext(fctx))
 			if err != nil {
+				cancel()
+				f.fetchEnded(ctx, err)
 				continue
 			}
-			if md.Sequence.Consumer != f.delivered+1 {
-				// The consumer delivered a message that was not handed over: one that reads
-				// as a status, or one lost while the connection was cut off.
-				if err := f.reopen(ctx); err != nil {
-					return nil, err
-				}
-				continue
-			}
-			f.delivered, f.next, f.retry = md.Sequence.Consumer, md.Sequence.Stream+1, 0
-			if r := validReport(f.intentID, msg.Data(), msg.Headers()); r != nil {
-				return r, nil
-			}
-		case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrMsgIteratorClosed) && f.c.nc.IsClosed():
-			return nil, err
-		case waited && f.c.nc.Stats().Reconnects == f.reconnects:
-			// Nothing yet.
-		default:
-			// Reconnected (what was delivered meanwhile may be lost), or the consumer
-			// stopped: on a stored message that reads as a status (400, 409), its
-			// heartbeats missing (the consumer is gone).
-			if err := f.reopen(ctx); err != nil {
-				return nil, err
-			}
+			f.batch, f.cancel = batch, cancel
+		}
+		var msg jetstream.Msg
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case msg = <-f.batch.Messages():
+		}
+		if msg == nil { // the fetch ended
+			err := f.batch.Error()
+			f.close()
+			f.fetchEnded(ctx, err)
+			continue
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			continue
+		}
+		if md.Sequence.Consumer != f.delivered+1 {
+			// The consumer delivered a message that was not handed over: one that reads
+			// as a status, or one lost while the connection was cut off.
+			_ = f.reopen(ctx)
+			continue
+		}
+		f.delivered, f.next, f.retry = md.Sequence.Consumer, md.Sequence.Stream+1, 0
+		if r := validReport(f.intentID, msg.Data(), msg.Headers()); r != nil {
+			return r, nil
 		}
 	}
+}
+
+// fetchEnded follows a fetch that ended (err: nil, or why it failed) with the next fetch,
+// or, after a reconnect (what was delivered meanwhile may be lost) or a failure (the
+// consumer gone, the server shutting down, a stored message that reads as a status, 400
+// or 409, that stopped it), with a new consumer.
+func (f *reportFeed) fetchEnded(ctx context.Context, err error) {
+	quiet := err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+	if ctx.Err() != nil || quiet && f.c.nc.Stats().Reconnects == f.reconnects {
+		return // nothing yet
+	}
+	_ = f.reopen(ctx)
 }
 
 // FollowReports calls fn with the newest stored report of an intent, then with each new
