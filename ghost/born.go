@@ -20,6 +20,15 @@ import (
 // older version, once EDGE_CMD is found recreated (resetPosition), and for a new store
 // whose id shows no trace of an earlier Ghost when it looks (a new machine, whose commands
 // waited in EDGE_CMD for it to start: no earlier Ghost can have run them).
+//
+// The look is taken before the Ghost leaves a trace of its own, at the first moment it
+// can: before it subscribes, or, when it cannot then (no NATS yet; under auth, no Mirage
+// answering replays yet), before it first registers (register) or re-sends events on a
+// connect (deliveryLoop), or at the first catch-up that reaches cmd.<id>, whichever comes
+// first. A Ghost that has left a trace by then (traceLeft: a registration a Mirage may have
+// received, an event, such as that of a live command run in the instant between a connect
+// and the look) does not look for one: its own cannot be told from an earlier Ghost's, and
+// born is where cmd.<id> ends.
 
 // origin is how a command reached the Ghost.
 type origin uint8
@@ -38,24 +47,19 @@ func (g *Ghost) originAt(seq uint64) origin {
 	return fromStream
 }
 
-// bornWait bounds the look at cmd.<id> a new store's Ghost takes before it subscribes.
+// bornWait bounds a new store's look at cmd.<id> taken before the Ghost subscribes,
+// registers or re-sends events on a connect.
 const bornWait = 5 * time.Second
 
+// lookPoll is how often lookBeforeTrace checks again whether a catch-up holding catchMu
+// has learnt born.
+const lookPoll = 10 * time.Millisecond
+
 // loadBorn reads born from the store and, for a new store, learns it before the Ghost
-// subscribes to cmd.<id> and before it registers or sends an event: where cmd.<id> ends,
-// and whether the id shows a trace of an earlier Ghost (commandReader.beginning: a record
-// in KV edge_ghosts, an event on evt.<id> in EDGE_EVT). With a trace, or when the trace
-// could not be read, born is where cmd.<id> ends: every command stored by then predates
-// the store. Without one, born is 0: the commands stored by then were sent to an id no
-// Ghost ran yet (Mirage queues commands for an id enrolled or named before its machine
-// starts), and run. Every command sent later reaches the Ghost live or at a sequence after
-// born. The trace is read only here, before this Ghost has left one of its own.
-// When the look fails (no NATS yet; under auth, no Mirage yet), the first catch-up that
-// finds where cmd.<id> ends learns it as born (learnBorn), trace or not: by then this
-// Ghost may have registered, and its own record cannot be told from an earlier Ghost's. A
-// command waiting for a new machine is then answered 1700, and a command sent between the
-// subscription and that catch-up may be found predating, its replayed copy answered 1700
-// if it is handled before the live one (it is never run twice).
+// subscribes to cmd.<id> and before it registers or sends an event (lookForBorn). Every
+// command sent later reaches the Ghost live or at a sequence after born. When the look
+// fails (no NATS yet; under auth, no Mirage yet), it is taken again later, still before
+// this Ghost leaves a trace of its own when it can (lookBeforeTrace, catchUp).
 func (g *Ghost) loadBorn(ctx context.Context) error {
 	g.catchMu.Lock()
 	defer g.catchMu.Unlock()
@@ -63,36 +67,100 @@ func (g *Ghost) loadBorn(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g.born, g.bornKnown = born, ok
-	if ok || !g.nc.IsConnected() {
+	g.born = born
+	g.bornKnown.Store(ok)
+	if ok {
+		return nil
+	}
+	if !g.nc.IsConnected() {
+		g.log.Info("new execution store: where cmd.<id> ends is unknown yet (not connected); it is looked at on connecting, before this Ghost registers")
 		return nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, bornWait)
 	defer cancel()
-	last, traced, err := g.commands().beginning(lctx)
-	if err != nil {
-		g.log.Info("new execution store: where cmd.<id> ends is unknown yet; the first catch-up learns it, and takes every command stored by then for one an earlier Ghost of this id may have run", "err", err)
-		return nil
+	if _, err := g.lookForBorn(lctx, g.commands()); err != nil {
+		g.log.Info("new execution store: where cmd.<id> ends is unknown yet; it is looked at again before this Ghost registers, and at the next catch-up", "err", err)
 	}
+	return nil
+}
+
+// lookBeforeTrace takes a new store's look at cmd.<id> (lookForBorn) when born is not
+// known yet and this Ghost has left no trace of its own: before it registers, and on a
+// connect before it registers again and re-sends events. A catch-up holding catchMu is
+// either taking the look itself (born unknown, it does nothing else) or has just learnt
+// born and may go on replaying for as long as the commands it runs last: it is not
+// waited for, only watched until born is known. A look that fails is left to the next
+// one; the caller goes on (a Ghost that cannot look still registers).
+func (g *Ghost) lookBeforeTrace(ctx context.Context) {
+	for !g.bornKnown.Load() && !g.traceLeft.Load() {
+		if g.catchMu.TryLock() {
+			if !g.bornKnown.Load() && g.nc.IsConnected() {
+				lctx, cancel := context.WithTimeout(ctx, bornWait)
+				if _, err := g.lookForBorn(lctx, g.commands()); err != nil {
+					g.log.Info("new execution store: where cmd.<id> ends is unknown yet; it is looked at again at the next catch-up", "err", err)
+				}
+				cancel()
+			}
+			g.catchMu.Unlock()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(lookPoll):
+		}
+	}
+}
+
+// lookForBorn learns born for a new store and returns where cmd.<id> ends. While this
+// Ghost has left no trace of its own (traceLeft), the look also reads whether the id
+// shows a trace of an earlier Ghost (commandReader.beginning: a record in KV edge_ghosts,
+// an event on evt.<id> in EDGE_EVT). With a trace, or when the trace could not be read,
+// born is where cmd.<id> ends: every command stored by then predates the store. Without
+// one, born is 0: the commands stored by then were sent to an id no Ghost ran yet (Mirage
+// queues commands for an id enrolled or named before its machine starts), and run. A
+// trace this Ghost leaves while the look is taken can only make it find one. Once this
+// Ghost has left a trace, it does not look: born is where cmd.<id> ends, and a command
+// waiting for a new machine is answered 1700; a command sent between the subscription
+// and this look may be found predating, its replayed copy answered 1700 if it is handled
+// before the live one (it is never run twice). Under catchMu.
+func (g *Ghost) lookForBorn(ctx context.Context, src commandReader) (uint64, error) {
+	if g.traceLeft.Load() {
+		last, err := src.last(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if last > 0 {
+			g.log.Info("new execution store: this Ghost registered or sent an event before it could look for a trace of an earlier Ghost, and its own cannot be told from one; every command stored on cmd.<id> by now is taken for one an earlier Ghost of this id may have run", "last_seq", last)
+		}
+		g.learnBorn(ctx, last)
+		return last, nil
+	}
+	last, traced, err := src.beginning(ctx)
+	if err != nil {
+		return 0, err
+	}
+	born := last
 	if last > 0 && !traced {
 		g.log.Info("new execution store on an id with no trace of an earlier Ghost (no registry record, no event): the commands waiting on cmd.<id> were sent for this Ghost, and run", "last_seq", last)
-		last = 0
+		born = 0
 	}
-	g.learnBorn(ctx, last)
-	return nil
+	g.learnBorn(ctx, born)
+	return last, nil
 }
 
 // learnBorn records last as born in a store that has not learnt it, and reports whether
 // born is known. Under catchMu.
 func (g *Ghost) learnBorn(ctx context.Context, last uint64) bool {
-	if g.bornKnown {
+	if g.bornKnown.Load() {
 		return true
 	}
 	if err := g.store.SetBorn(ctx, last); err != nil {
 		g.log.Error("execution store: recording where it began following cmd.<id> failed", "err", err)
 		return false
 	}
-	g.born, g.bornKnown = last, true
+	g.born = last
+	g.bornKnown.Store(true)
 	if last > 0 {
 		g.log.Info("new execution store: the commands on cmd.<id> up to born were sent before it began; those still open and not idempotent are answered 1700 (outcome unknown), not run", "born", last)
 	}

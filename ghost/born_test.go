@@ -36,6 +36,8 @@ type machine struct {
 	policy string
 	store  *ghost.BoltStore
 	g      *ghost.Ghost
+	// via, when set, is the connection the Ghost runs on (an in-process one otherwise).
+	via *nats.Conn
 }
 
 func newMachine(t *testing.T, env *testenv.Env, id string) *machine {
@@ -56,7 +58,11 @@ func (m *machine) start(stateDir string) {
 	}
 	m.t.Cleanup(func() { _ = st.Close() })
 	m.store = st
-	m.g = m.env.StartGhost(m.id, testenv.Store(st), testenv.WithRegistry(m.reg), testenv.Policy(m.policy))
+	opts := []testenv.GhostOption{testenv.Store(st), testenv.WithRegistry(m.reg), testenv.Policy(m.policy)}
+	if m.via != nil {
+		opts = append(opts, testenv.Via(m.via))
+	}
+	m.g = m.env.StartGhost(m.id, opts...)
 }
 
 func (m *machine) stop() {
@@ -389,5 +395,102 @@ func TestCommandSentBeforeTheStoreBeganStaysSoWhenCmdReadsShorter(t *testing.T) 
 	}
 	if born, ok, err := st.Born(context.Background()); err != nil || !ok || born != lastSeq {
 		t.Fatalf("Born() = %d, %v, %v; want %d, kept", born, ok, err, lastSeq)
+	}
+}
+
+// unreachableConn opens a daemon's connection (it retries forever) to a server behind a
+// proxy that refuses connections: a machine booting before its network is up.
+func unreachableConn(t *testing.T, env *testenv.Env, name string) (*nats.Conn, *testenv.Proxy) {
+	t.Helper()
+	proxy := testenv.NewProxy(t, env.Server.Addr().String())
+	proxy.Cut()
+	// bus.Connect waits up to 5 s for a connection that cannot come; not that long here.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: proxy.URL(), Name: name, Persistent: true, Logger: env.Log,
+		Options: []nats.Option{bus.GhostRequests()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if nc.IsConnected() {
+		t.Fatal("connected through a proxy that refuses connections")
+	}
+	return nc, proxy
+}
+
+// A new machine whose Ghost starts before NATS is reachable (it boots before its network
+// is up) runs the non-idempotent commands that waited for it once NATS is: its new store
+// looks at cmd.<id> on connecting, before the Ghost registers (with a Mirage there, under
+// policy auto) or sends an event, and finds no trace of an earlier Ghost. An id with a
+// trace (a registry record, an event) still has them answered 1700, and so has a Ghost
+// that left a trace of its own before it could look (as a live command's event would):
+// its own cannot be told from an earlier Ghost's.
+func TestNewStoreStartedBeforeNATSLooksOnConnecting(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		policy   string
+		mirage   bool
+		leave    func(t *testing.T, env *testenv.Env, id string)
+		own      bool // the Ghost leaves a trace of its own before it connects
+		predates bool
+	}{
+		{"headless, no trace", ghost.PolicyHeadless, false, nil, false, false},
+		{"auto with a Mirage, no trace", ghost.PolicyAuto, true, nil, false, false},
+		{"headless, a registry record", ghost.PolicyHeadless, false, leaveRecord, false, true},
+		{"auto with a Mirage, an event", ghost.PolicyAuto, true, leaveEvent, false, true},
+		{"headless, a trace of its own before the look", ghost.PolicyHeadless, false, nil, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := testenv.New(t, testenv.Listen())
+			if tc.mirage {
+				env.StartMirage(mirage.Config{})
+			}
+			const id = "edge-boot"
+			m := newMachine(t, env, id)
+			m.policy = tc.policy
+			var incrs []string
+			var last uint64
+			for range 3 {
+				c, seq := storeKV(t, env, id, "incr", map[string]string{"key": "c"})
+				incrs = append(incrs, c)
+				last = seq
+			}
+			if tc.leave != nil {
+				tc.leave(t, env, id)
+			}
+			var proxy *testenv.Proxy
+			m.via, proxy = unreachableConn(t, env, "ghost "+id)
+			m.start(t.TempDir())
+			if tc.own {
+				ghost.LeaveOwnTrace(m.g)
+			}
+			time.Sleep(300 * time.Millisecond) // a few connect attempts refused
+			if _, ok, err := m.store.Born(context.Background()); err != nil || ok {
+				t.Fatalf("Born() known (%v, %v) before NATS was reachable", ok, err)
+			}
+			proxy.Restore()
+			for _, c := range incrs {
+				ev := m.ended(c)
+				if tc.predates {
+					notRunAgain(t, ev)
+				} else if ev.Outcome != bus.OutcomeSuccess {
+					t.Fatalf("an incr waiting for a new machine whose Ghost started before NATS was reachable: %s %+v; want it run", ev.Outcome, ev.Error)
+				}
+			}
+			wantValue, wantBorn := "3", uint64(0)
+			if tc.predates {
+				wantValue, wantBorn = "", last
+			}
+			if got := m.value("c"); got != wantValue {
+				t.Fatalf("counter %q, want %q", got, wantValue)
+			}
+			if born, ok, err := m.store.Born(context.Background()); err != nil || !ok || born != wantBorn {
+				t.Fatalf("Born() = %d, %v, %v; want %d", born, ok, err, wantBorn)
+			}
+			if tc.policy == ghost.PolicyAuto {
+				testenv.Eventually(t, 10*time.Second, "the Ghost registered", m.g.Registered)
+			}
+		})
 	}
 }

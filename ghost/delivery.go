@@ -49,6 +49,10 @@ func (g *Ghost) deliveryLoop() {
 		case <-connected:
 			g.log.Info("reconnected: re-sending unacknowledged events, catching up on missed commands, registering again")
 			g.needFull.Store(true)
+			// A new store whose Ghost could not look at cmd.<id> before it subscribed (no
+			// NATS at its start) looks now, before this Ghost registers or re-sends an event
+			// (born.go).
+			g.lookBeforeTrace(g.run)
 			g.registerAgain("a reconnect")
 			g.requestResend(false)
 			g.catchUp(g.run, true)
@@ -113,7 +117,15 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	// queued behind this catch-up.
 	reconnects := g.nc.Stats().Reconnects
 	src := g.commands()
-	last, err := src.last(ctx)
+	var last uint64
+	var err error
+	if g.bornKnown.Load() {
+		last, err = src.last(ctx)
+	} else {
+		// A new store whose Ghost could not look before it subscribed (no NATS; under auth,
+		// no Mirage): it looks now, before any command it covers is handled (born.go).
+		last, err = g.lookForBorn(ctx, src)
+	}
 	if err != nil {
 		g.log.Warn("catch-up interrupted; it resumes later: where cmd.<id> ends is unknown", "err", err)
 		g.needFull.Store(true)
@@ -122,7 +134,7 @@ func (g *Ghost) catchUp(ctx context.Context, full bool) {
 	if g.nc.Stats().Reconnects != reconnects {
 		full = true // reconnected while asking: commands around it may have been missed
 	}
-	if !g.learnBorn(ctx, last) { // a new store: before any command it covers is handled
+	if !g.bornKnown.Load() { // the store did not record born: it is learnt again next time
 		g.needFull.Store(true)
 		return
 	}
@@ -281,7 +293,8 @@ func (g *Ghost) resetPosition(ctx context.Context) (uint64, error) {
 	if born > 0 {
 		g.log.Warn("replay position reset before it reached born: the commands on cmd.<id> up to born still predate the execution store", "born", born)
 	}
-	g.born, g.bornKnown = born, ok
+	g.born = born
+	g.bornKnown.Store(ok)
 	return 0, nil
 }
 

@@ -28,3 +28,7 @@ func DamageCommandIndex(s *BoltStore, commandID string) error {
 		return tx.Bucket(bucketCommand).Put([]byte(commandID), []byte("exe_damaged"))
 	})
 }
+
+// LeaveOwnTrace marks g as having left a trace of its own (traceLeft), as a live command's
+// event sent before its new store could look at cmd.<id> does.
+func LeaveOwnTrace(g *Ghost) { g.traceLeft.Store(true) }

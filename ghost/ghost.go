@@ -191,9 +191,15 @@ type Ghost struct {
 	// could not record (under catchMu; unrecorded.go).
 	unrecorded map[string]*unrecordedCommand
 	// born is where the execution store began following cmd.<id>, bornKnown false until
-	// it has learnt it (under catchMu; born.go).
+	// it has learnt it (both written under catchMu; bornKnown may be read without it:
+	// born.go).
 	born      uint64
-	bornKnown bool
+	bornKnown atomic.Bool
+	// traceLeft is set once this Ghost may have left a trace of its own on the server: a
+	// registration that may have reached a Mirage (its record in KV edge_ghosts) or an
+	// event (on evt.<id>). A new store's look for a trace of an earlier Ghost, taken after
+	// that, could find this Ghost's own (born.go).
+	traceLeft atomic.Bool
 	// replayAsked is when the last replay request to Mirage ended (under catchMu).
 	replayAsked time.Time
 	// replayWait is how long a replay answer may pause (zero: bus.ReplayAnswerWait).
@@ -673,6 +679,7 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 		// An attempt whose connection is lost ends at once: its publish ack went with the
 		// connection and cannot come, however long it waits.
 		stop := context.AfterFunc(conn, cancel)
+		g.traceLeft.Store(true) // EDGE_EVT may store it: a trace of this Ghost (born.go)
 		_, err = g.js.PublishMsg(actx, msg)
 		stop()
 		cancel()

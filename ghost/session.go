@@ -22,6 +22,9 @@ func (g *Ghost) register(ctx context.Context) error {
 	if !g.nc.IsConnected() {
 		return fmt.Errorf("%w: not connected to NATS (%s)", ErrNoMirage, g.nc.Status())
 	}
+	// A new store that has not learnt born yet looks at cmd.<id> first: once this Ghost is
+	// registered, its own record in edge_ghosts reads as a trace of an earlier Ghost.
+	g.lookBeforeTrace(ctx)
 	reg := bus.Register{
 		Header:  bus.NewHeader(bus.TypeRegister, "", g.cfg.Now()),
 		GhostID: g.cfg.ID,
@@ -44,6 +47,13 @@ func (g *Ghost) register(ctx context.Context) error {
 	// on the next one rather than after the register timeout.
 	defer context.AfterFunc(conn, cancel)()
 	reply, err := g.request(ctx, bus.NewMsg(subjects.Register(g.cfg.ID), data, "", reg.TraceID))
+	if !errors.Is(err, nats.ErrNoResponders) {
+		// A Mirage may have it, and record this Ghost in edge_ghosts; with no responders
+		// none did (born.go). A look at the trace taken while the request was out may find
+		// this record and take it for an earlier Ghost's: 1700 where a command could have
+		// run, never a command run that may have run before.
+		g.traceLeft.Store(true)
+	}
 	if err != nil {
 		if conn.Err() != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			return fmt.Errorf("%w: the connection was lost before register.ack (%v)", ErrNoMirage, err)
