@@ -151,27 +151,38 @@ func TestAuthStoppedGhostCatchesUpThroughMirage(t *testing.T) {
 
 // Under auth with no Mirage, a Ghost cannot replay (it may not read EDGE_CMD itself): the
 // catch-up waits, and runs when a Mirage announces itself. A Ghost whose execution store
-// began before the command was sent runs it; one on a new store learns where its store
-// began at that catch-up (it could not ask before it subscribed), so the command, a
-// non-idempotent one sent before, is answered 1700, not run: an earlier store of the id may
-// have run it.
+// began before the command was sent runs it. One on a new store could not look at cmd.<id>
+// before it subscribed: it looks when a Mirage first answers, before it registers (policy
+// auto: its tries while no Mirage answered reached none, and leave no trace), and, its id
+// showing no trace of an earlier Ghost (a new machine), runs the command, a non-idempotent
+// one sent before. When an earlier Ghost of the id registered (its store lost), the
+// command is answered 1700, not run: that Ghost may have run it.
 func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		ran  bool // the Ghost ran before, on the same store, with a Mirage
+		name    string
+		earlier string // "same": the Ghost ran before, on the same store, with a Mirage; "other": on another store
+		policy  string
+		runs    bool // the command runs; otherwise it is answered 1700
 	}{
-		{"store begun before the command", true},
-		{"new store", false},
+		{"store begun before the command", "same", ghost.PolicyHeadless, true},
+		{"new store", "", ghost.PolicyHeadless, true},
+		{"new store, policy auto", "", ghost.PolicyAuto, true},
+		{"new store, the id registered before", "other", ghost.PolicyHeadless, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newAuthFleet(t, "ghost-w")
 			st := ghost.NewMemoryStore()
-			if tc.ran {
+			switch tc.earlier {
+			case "same":
 				stop := f.startAuthGhost("ghost-w", st, testenv.Policy(ghost.PolicyHeadless))
 				testenv.Eventually(t, 10*time.Second, "the Ghost's store to learn where it began", func() bool {
 					_, ok, err := st.Born(context.Background())
 					return err == nil && ok
 				})
+				stop()
+			case "other":
+				stop := f.startAuthGhost("ghost-w", ghost.NewMemoryStore(), testenv.Policy(ghost.PolicyAuto))
+				testenv.Eventually(t, 10*time.Second, "the earlier Ghost registered", func() bool { _, ok := f.m.Fleet().Get("ghost-w"); return ok })
 				stop()
 			}
 			if err := f.m.Close(); err != nil {
@@ -202,7 +213,7 @@ func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 			// check below follows a refused attempt rather than one that has not happened yet.
 			refused := &logWatch{msg: "catch-up interrupted", errHas: "no Mirage answered", seen: make(chan struct{})}
 			log := slog.New(slog.NewMultiHandler(f.env.Log.Handler(), refused))
-			f.startAuthGhost("ghost-w", st, testenv.Policy(ghost.PolicyHeadless), testenv.GhostLog(log))
+			f.startAuthGhost("ghost-w", st, testenv.Policy(tc.policy), testenv.GhostLog(log))
 			select {
 			case <-refused.seen:
 			case <-time.After(10 * time.Second):
@@ -212,14 +223,7 @@ func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 				t.Fatalf("the command ran without a Mirage to read it: late = %q", v)
 			}
 			mnc := f.env.ConnWith("mirage 2", f.mirage.NATSOption(), nats.CustomInboxPrefix(bus.MirageInbox()))
-			f.env.StartMirageOn(mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true})
-			if tc.ran {
-				testenv.Eventually(t, 10*time.Second, "the stored command run once a Mirage announced itself", func() bool {
-					v, _ := f.kv["ghost-w"].Value("late")
-					return v == "1"
-				})
-				return
-			}
+			m2 := f.env.StartMirageOn(mnc, mirage.Config{Identity: f.mirage, RequireSignedEvents: true})
 			var ev *bus.Event
 			testenv.Eventually(t, 10*time.Second, "the stored command answered once a Mirage announced itself", func() bool {
 				if e, err := st.GetByCommandID(context.Background(), cmd.CommandID); err == nil && e.State == ghost.StateFinished {
@@ -227,8 +231,20 @@ func TestAuthCatchUpWaitsForMirage(t *testing.T) {
 				}
 				return ev != nil
 			})
+			if tc.runs {
+				if ev.Outcome != bus.OutcomeSuccess {
+					t.Fatalf("the stored command: %s %+v %+v; want it run", ev.Outcome, ev.Error, ev.Result)
+				}
+				if v, _ := f.kv["ghost-w"].Value("late"); v != "1" {
+					t.Fatalf("late = %q after the stored incr ran, want 1", v)
+				}
+				if tc.policy == ghost.PolicyAuto {
+					testenv.Eventually(t, 10*time.Second, "the Ghost registered", func() bool { _, ok := m2.Fleet().Get("ghost-w"); return ok })
+				}
+				return
+			}
 			if ev.Error == nil || ev.Error.Code != bus.CodeInterrupted || ev.Result.Status != "interrupted" {
-				t.Fatalf("a non-idempotent command sent before a new store: %s %+v %+v; want 1700, interrupted", ev.Outcome, ev.Error, ev.Result)
+				t.Fatalf("a non-idempotent command sent before a new store of an id that registered before: %s %+v %+v; want 1700, interrupted", ev.Outcome, ev.Error, ev.Result)
 			}
 			if v, ok := f.kv["ghost-w"].Value("late"); ok {
 				t.Fatalf("the command sent before the new store ran: late = %q", v)
