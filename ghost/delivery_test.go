@@ -864,7 +864,9 @@ func TestCatchUpGoesOnBehindARunningAndAnUnrecordableCommand(t *testing.T) {
 			c.CatchUpInterval = 100 * time.Millisecond
 			ghost.SetUnrecordedPatience(c, 200*time.Millisecond)
 		}))
-	long, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "4000"})
+	// Long enough that the steps below end well before it does on a loaded machine (with
+	// 4 s, a CI run under load saw it end first).
+	long, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "12000"})
 	testenv.Eventually(t, 5*time.Second, "the sleep to start", func() bool {
 		e, err := store.GetByCommandID(ctx, long)
 		return err == nil && e.State == ghost.StateStarted
@@ -895,7 +897,10 @@ func TestCatchUpGoesOnBehindARunningAndAnUnrecordableCommand(t *testing.T) {
 	if ev, ok := storedEvent(t, env, bus.EventID(id, bad)); ok {
 		t.Fatalf("the command behind a running one was given up on while the position stayed before it: %+v", ev)
 	}
-	eventFor(t, env, id, bad) // once the sleep has ended
+	testenv.Eventually(t, 25*time.Second, "the event of "+bad+", once the sleep has ended", func() bool {
+		_, ok := storedEvent(t, env, bus.EventID(id, bad))
+		return ok
+	})
 	if ev, _ := storedEvent(t, env, bus.EventID(id, bad)); ev.Error == nil || ev.Error.Code != bus.CodeInternal {
 		t.Fatalf("the command the store never recorded ended %+v, want the give-up's 1500", ev)
 	}
