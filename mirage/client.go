@@ -208,7 +208,11 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from uint64,
 	if err := feed.open(ctx); err != nil {
 		return err
 	}
-	defer feed.close()
+	// The consumer goes with the watch: left to readerIdle, every wait that ended would
+	// keep one 10 s, and a client waiting on one intent after another (hundreds a second,
+	// or a thousand at once) would fill nats-server's 1 000 consumers per stream, refusing
+	// every other reader of EDGE_REPORT, a Mirage starting among them.
+	defer feed.drop()
 	for {
 		r, err := feed.read(ctx)
 		if err != nil {
@@ -434,7 +438,7 @@ func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueRep
 	if err := feed.open(ctx); err != nil {
 		return nil, nil, err
 	}
-	defer feed.close()
+	defer feed.drop()
 	reply, err := c.Issue(ctx, is)
 	if err != nil {
 		return reply, nil, err
