@@ -205,7 +205,7 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from uint64,
 		return err
 	}
 	feed := &reportFeed{c: c, intentID: intentID, next: from}
-	if err := feed.open(ctx); err != nil {
+	if err := feed.open(ctx); err != nil && !feedRetries(ctx, err) {
 		return err
 	}
 	// The consumer goes with the watch: left to readerIdle, every wait that ended would
@@ -292,10 +292,35 @@ func (f *reportFeed) open(ctx context.Context) error {
 	defer cancel()
 	cons, err := f.c.js.CreateOrUpdateConsumer(cctx, bus.StreamReports, cfg)
 	if err != nil {
+		if feedRetries(ctx, err) {
+			// Unanswered, the consumer may have been made all the same: not left behind.
+			go func() {
+				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = f.c.js.DeleteConsumer(dctx, bus.StreamReports, cfg.Name)
+			}()
+		}
 		return err
 	}
 	f.cons, f.delivered = cons, 0
 	return nil
+}
+
+// feedRetries reports whether a consumer the feed could not make is tried again (read
+// does, at the pace of reopen) rather than failing the wait: its making went unanswered
+// within feedMakeWait, or the server answered that JetStream is not available for now (a
+// stream or the meta group electing a leader, a server restarting in a cluster), or the
+// connection is cut off. A wait that failed on these would end a 'report --wait' or a
+// waiting 'issue' (exit 3) seconds into a failover it is documented to wait through.
+func feedRetries(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || IsNoJetStream(err) {
+		return false
+	}
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrNoServers) ||
+		errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
 // drop ends the feed's fetch and deletes its consumer, in the background (the server
@@ -435,7 +460,7 @@ func (c *Client) FollowReports(ctx context.Context, intentID string, fn func(*bu
 // set up before the issue is sent, so no round trip is spent on it after acceptance.
 func (c *Client) IssueAndWait(ctx context.Context, is *bus.Issue) (*bus.IssueReply, *bus.Report, error) {
 	feed := &reportFeed{c: c, intentID: is.IntentID}
-	if err := feed.open(ctx); err != nil {
+	if err := feed.open(ctx); err != nil && !feedRetries(ctx, err) {
 		return nil, nil, err
 	}
 	defer feed.drop()
