@@ -567,7 +567,16 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 		m.log.Error("cannot encode report", "intent_id", r.IntentID, "err", err)
 		return
 	}
-	f, err := m.js.PublishMsgAsync(bus.NewReportMsg(r, data))
+	var opts []jetstream.PublishOpt
+	if !bus.Terminal(r.Phase) {
+		// Not re-sent by nats.go when no stream answered (a leader election): its re-send,
+		// 250 ms later and apart from the others, could be stored after the intent's
+		// terminal report published meanwhile, and be taken for the intent's latest state
+		// (LatestReport, endedIntents). A lost in_progress report is superseded instead
+		// (retryReport).
+		opts = append(opts, jetstream.WithRetryAttempts(0))
+	}
+	f, err := m.js.PublishMsgAsync(bus.NewReportMsg(r, data), opts...)
 	if err != nil {
 		// Retried apart: a terminal report is retried until stored, and the
 		// publisher must go on with the others meanwhile.
