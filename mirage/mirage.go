@@ -29,8 +29,8 @@ type Config struct {
 	// PresenceFlush is how often heartbeat times are written to KV (default
 	// DefaultPresenceFlush).
 	PresenceFlush time.Duration
-	// StopBudget bounds how long Close spends storing the reports left when it stops and
-	// writing presence (default 10 s): with the store not answering, each report would
+	// StopBudget bounds how long Close spends storing the reports left when it stops, the
+	// commands not confirmed stored (lastDispatch), and writing presence (default 10 s): with the store not answering, each report would
 	// wait 5 s, and the reports in flight 10 s for their acks. What is not stored by then
 	// is not lost: an intent without its terminal report is taken up and reported by the
 	// next Mirage.
