@@ -380,7 +380,14 @@ func (e *Env) Events(js jetstream.JetStream) []bus.Event {
 			out = append(out, ev)
 		}
 		if n == 0 {
-			break
+			// On a cluster the consumer's first pull can be lost (its server did not know
+			// the consumer yet), or its replica still catching up: ask again, as storedIDs
+			// does, rather than return every later event as missing.
+			if ctx.Err() != nil {
+				e.T.Logf("read %d of %d events of %s within 10 s", len(out), info.NumPending, bus.StreamEvents)
+				break
+			}
+			continue
 		}
 		remaining -= uint64(n)
 	}
