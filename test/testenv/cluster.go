@@ -165,21 +165,49 @@ func (c *Cluster) Env() *Env {
 }
 
 // WaitReady waits until every running node reports JetStream healthy (meta leader known,
-// node current) and one of them is the meta leader.
+// node current), one of them is the meta leader, and the cluster places a stream on every
+// running node: healthy nodes can still be unknown to the meta leader's placement for a
+// moment, and a stream at replicas 3 made then is refused ("cannot place 3 copies").
 func (c *Cluster) WaitReady(timeout time.Duration) {
 	c.T.Helper()
+	running := 0
 	Eventually(c.T, timeout, "the JetStream cluster to be ready", func() bool {
 		leader := false
+		running = 0
 		for _, n := range c.nodes {
 			if n.srv == nil || !n.srv.Running() {
 				continue
 			}
+			running++
 			if h := n.srv.Healthz(nil); h.Status != "ok" {
 				return false
 			}
 			leader = leader || n.srv.JetStreamIsLeader()
 		}
 		return leader
+	})
+	first := 0
+	for i, n := range c.nodes {
+		if n.srv != nil && n.srv.Running() {
+			first = i
+			break
+		}
+	}
+	nc := c.Conn("test-ready", first)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	const probe = "EDGE_TEST_READY"
+	Eventually(c.T, timeout, fmt.Sprintf("the JetStream cluster to place a stream on its %d running nodes", running), func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: probe, Subjects: []string{"edge-test-ready"}, Storage: jetstream.MemoryStorage, Replicas: running})
+		if err != nil {
+			return false
+		}
+		return js.DeleteStream(ctx, probe) == nil
 	})
 }
 
