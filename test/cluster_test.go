@@ -136,26 +136,8 @@ func TestClusterLeaderFailover(t *testing.T) {
 			incrs[a.issue.TargetScope]++
 		}
 	}
-	for _, g := range ghosts {
-		if got, want := g.counter("c"), fmt.Sprint(incrs[g.id]); got != want && !(got == "" && want == "0") {
-			t.Errorf("%s counter %q after %s satisfied incr intents: an incr ran twice or was lost", g.id, got, want)
-		}
-	}
-
-	// Every command and event is stored exactly once; the restarted server caught up.
-	commands := storedIDs(t, js, bus.StreamCommands)
-	events := map[string]int{}
-	for _, ev := range env.Events(js) {
-		events[ev.CommandID]++
-	}
-	for _, a := range accepted {
-		for i := 0; i < a.targets; i++ {
-			id := mirage.CommandID(a.issue.IntentID, i)
-			if commands[id] != 1 || events[id] != 1 {
-				t.Errorf("command %s: stored %d times, %d events; want 1 and 1", id, commands[id], events[id])
-			}
-		}
-	}
+	// Every incr counted once, every command and event stored exactly once.
+	checkRanOnce(t, env, js, ghosts, incrs, accepted, nil)
 	testenv.Eventually(t, 30*time.Second, cl.NodeName(victim)+" to be a current replica of every asset", func() bool {
 		for _, name := range clusterAssets {
 			s, err := js.Stream(ctx, name)
@@ -175,6 +157,35 @@ func TestClusterLeaderFailover(t *testing.T) {
 		return true
 	})
 	t.Logf("%d intents accepted; satisfied incr per Ghost: %v", len(accepted), incrs)
+}
+
+// checkRanOnce fails the test unless each Ghost's counter equals the satisfied incr
+// intents it ran (incrs) and every command of the accepted intents is stored once in
+// EDGE_CMD with one event in EDGE_EVT; explain, when not nil, is called with each
+// accepted intent whose command is not.
+func checkRanOnce(t *testing.T, env *testenv.Env, js jetstream.JetStream, ghosts []*fixture, incrs map[string]int, accepted []issued, explain func(int)) {
+	t.Helper()
+	for _, g := range ghosts {
+		if got, want := g.counter("c"), fmt.Sprint(incrs[g.id]); got != want && !(got == "" && want == "0") {
+			t.Errorf("%s counter %q after %s satisfied incr intents: an incr ran twice or was lost", g.id, got, want)
+		}
+	}
+	commands := storedIDs(t, js, bus.StreamCommands)
+	events := map[string]int{}
+	for _, ev := range env.Events(js) {
+		events[ev.CommandID]++
+	}
+	for k, a := range accepted {
+		for i := 0; i < a.targets; i++ {
+			id := mirage.CommandID(a.issue.IntentID, i)
+			if commands[id] != 1 || events[id] != 1 {
+				t.Errorf("command %s: stored %d times, %d events; want 1 and 1", id, commands[id], events[id])
+				if explain != nil {
+					explain(k)
+				}
+			}
+		}
+	}
 }
 
 // leaderOf is the server_name leading a stream, or "" while there is none.
