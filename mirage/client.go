@@ -262,6 +262,9 @@ type reportFeed struct {
 // connection reconnected meanwhile (messages delivered while it was cut off are lost).
 const feedFetchWait = 2 * time.Second
 
+// feedShortest is the least time left to a wait for which the feed still fetches.
+const feedShortest = 20 * time.Millisecond
+
 // feedFetchBatch is how many reports one fetch asks for.
 const feedFetchBatch = 64
 
@@ -292,14 +295,10 @@ func (f *reportFeed) open(ctx context.Context) error {
 	defer cancel()
 	cons, err := f.c.js.CreateOrUpdateConsumer(cctx, bus.StreamReports, cfg)
 	if err != nil {
-		if feedRetries(ctx, err) {
-			// Unanswered, the consumer may have been made all the same: not left behind.
-			go func() {
-				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = f.c.js.DeleteConsumer(dctx, bus.StreamReports, cfg.Name)
-			}()
-		}
+		// Unanswered (in time for this try, or for the wait: its context ended), the
+		// consumer may have been made all the same, even after a delete sent at once (the
+		// server may take the two requests out of order): not left behind.
+		go f.c.deleteUnanswered(cfg.Name)
 		return err
 	}
 	f.cons, f.delivered = cons, 0
@@ -321,6 +320,21 @@ func feedRetries(ctx context.Context, err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected) ||
 		errors.Is(err, nats.ErrNoServers) ||
 		errors.As(err, &apiErr) && apiErr.Code == 503
+}
+
+// deleteUnanswered deletes the report consumer name whose making went unanswered: at once,
+// and again over the next seconds while it is not found, in case the server makes it
+// after the first delete (or never, when it was not made: a few requests).
+func (c *Client) deleteUnanswered(name string) {
+	for _, wait := range []time.Duration{0, 250 * time.Millisecond, time.Second, 2 * time.Second} {
+		time.Sleep(wait)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := c.js.DeleteConsumer(ctx, bus.StreamReports, name)
+		cancel()
+		if err == nil || c.nc.IsClosed() {
+			return
+		}
+	}
 }
 
 // drop ends the feed's fetch and deletes its consumer, in the background (the server
@@ -385,6 +399,13 @@ func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 			_ = f.reopen(ctx)
 			continue
 		case f.batch == nil:
+			if d, ok := ctx.Deadline(); ok && time.Until(d) < feedShortest {
+				// Too short for a fetch (nats.go refuses one whose deadline has passed,
+				// which would read as a failed fetch and make a consumer the ending wait
+				// leaves behind).
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
 			fctx, cancel := context.WithTimeout(ctx, feedFetchWait)
 			batch, err := f.cons.Fetch(feedFetchBatch, jetstream.FetchContext(fctx))
 			if err != nil {
