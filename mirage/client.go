@@ -298,7 +298,7 @@ func (f *reportFeed) open(ctx context.Context) error {
 		// Unanswered (in time for this try, or for the wait: its context ended), the
 		// consumer may have been made all the same, even after a delete sent at once (the
 		// server may take the two requests out of order): not left behind.
-		go f.c.deleteUnanswered(cfg.Name)
+		go f.c.deleteReportConsumer(cfg.Name, unansweredDeletes)
 		return err
 	}
 	f.cons, f.delivered = cons, 0
@@ -322,11 +322,16 @@ func feedRetries(ctx context.Context, err error) bool {
 		errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
-// deleteUnanswered deletes the report consumer name whose making went unanswered: at once,
-// and again over the next seconds while it is not found, in case the server makes it
-// after the first delete (or never, when it was not made: a few requests).
-func (c *Client) deleteUnanswered(name string) {
-	for _, wait := range []time.Duration{0, 250 * time.Millisecond, time.Second, 2 * time.Second} {
+// unansweredDeletes are the waits before each delete of a report consumer whose making
+// went unanswered: at once, and again over the next seconds while it is not found, in case
+// the server makes it after the first delete (or never, when it was not made: a few
+// requests).
+var unansweredDeletes = []time.Duration{0, 250 * time.Millisecond, time.Second, 2 * time.Second}
+
+// deleteReportConsumer deletes the report consumer name, one try after each wait, until a
+// try finds and deletes it or the connection is closed.
+func (c *Client) deleteReportConsumer(name string, waits []time.Duration) {
+	for _, wait := range waits {
 		time.Sleep(wait)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := c.js.DeleteConsumer(ctx, bus.StreamReports, name)
@@ -344,12 +349,7 @@ func (f *reportFeed) drop() {
 	if f.cons == nil {
 		return
 	}
-	name := f.cons.CachedInfo().Name
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = f.c.js.DeleteConsumer(ctx, bus.StreamReports, name)
-	}()
+	go f.c.deleteReportConsumer(f.cons.CachedInfo().Name, []time.Duration{0})
 	f.cons = nil
 }
 
