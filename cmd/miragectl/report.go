@@ -32,12 +32,14 @@ stream, so it works after the fact). With --wait it blocks until the report is t
 With --watch it prints the latest report and then each new one as Mirage publishes it,
 until the terminal one: a line with the phase and counts each time, then the per-target
 lines of the terminal report; with --json, one report envelope per line. Waiting or
-watching, it reconnects when its connection is lost, and gives up (exit 3) --timeout after
-it started, by default 30 s after the intent's deadline: by then Mirage has published the
-terminal report unless no Mirage is running.
+watching, it reconnects when its connection is lost, and gives up --timeout after it
+started, by default 30 s after the intent's deadline: by then Mirage has published the
+terminal report unless no Mirage is running (exit 3). A --timeout that ends the wait before
+that leaves the intent running (exit 1, with its deadline).
 
-Exit codes: 0 printed (and, when terminal, satisfied); 1 the intent failed; 2 no such
-intent; 3 NATS unreachable, or no terminal report by --timeout.`,
+Exit codes: 0 printed (and, when terminal, satisfied); 1 the intent failed, or --timeout
+ended the wait before the intent did; 2 no such intent; 3 NATS unreachable, or no terminal
+report 30 s after the intent's deadline.`,
 		Example: `  miragectl report int_RQCvydW4imscmOSQZcYhDi
   miragectl report int_RQCvydW4imscmOSQZcYhDi --watch
   miragectl report int_RQCvydW4imscmOSQZcYhDi --wait --json`,
@@ -50,8 +52,11 @@ intent; 3 NATS unreachable, or no terminal report by --timeout.`,
 			if wait && watch {
 				return cli.Invalid("--wait and --watch: use one (--watch also ends at the terminal report)")
 			}
-			if limit < 0 || (limit > 0 && !wait && !watch) {
-				return cli.Invalid("--timeout %s: give a positive duration, with --wait or --watch", shortDuration(limit))
+			if limit < 0 {
+				return cli.Invalid("--timeout %s: give a positive duration", shortDuration(limit))
+			}
+			if limit > 0 && !wait && !watch {
+				return cli.Invalid("--timeout %s bounds a wait: it needs --wait or --watch", shortDuration(limit))
 			}
 			ctx := cmd.Context()
 			var reconnect []nats.Option
@@ -66,10 +71,10 @@ intent; 3 NATS unreachable, or no terminal report by --timeout.`,
 			// The latest report first, so that an unknown intent fails now instead of
 			// being waited for forever.
 			rep, err := client.LatestReport(ctx, id)
-			var until time.Time
+			var w waitBound
 			if err == nil && !bus.Terminal(rep.Phase) && (wait || watch) {
-				until = waitUntil(ctx, client, rep, limit, time.Now())
-				wctx, cancel := context.WithDeadline(ctx, until)
+				w = waitUntil(ctx, client, rep, limit, time.Now())
+				wctx, cancel := context.WithDeadline(ctx, w.until)
 				defer cancel()
 				if watch {
 					rep, err = watchReport(wctx, client, cmd.OutOrStdout(), id, asJSON)
@@ -82,13 +87,8 @@ intent; 3 NATS unreachable, or no terminal report by --timeout.`,
 				return cli.Exit(cli.ExitInvalid, fmt.Errorf("no report for intent %s", id))
 			case err != nil && ctx.Err() != nil:
 				return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("interrupted before the report was terminal"))
-			case err != nil && !until.IsZero() && !time.Now().Before(until):
-				why := "by --timeout"
-				if limit == 0 {
-					why = "30 s after the intent's deadline"
-				}
-				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no terminal report of intent %s %s (%s): is a Mirage running? It publishes the outcome once it is; check again with: %s",
-					id, why, until.Format(time.TimeOnly), cf.reportHint(id)))
+			case err != nil && !w.until.IsZero() && !time.Now().Before(w.until):
+				return w.ended(id, time.Now(), cf.reportHint(id))
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
@@ -108,7 +108,7 @@ intent; 3 NATS unreachable, or no terminal report by --timeout.`,
 	c.Flags().BoolVar(&asJSON, "json", false, "print the report envelope as one JSON object (with --watch: one per line)")
 	c.Flags().BoolVar(&wait, "wait", false, "wait until the report is terminal")
 	c.Flags().BoolVar(&watch, "watch", false, "print each new report as it arrives, until the terminal one")
-	c.Flags().DurationVar(&limit, "timeout", 0, "with --wait or --watch: give up after this long (exit 3); default: 30 s after the intent's deadline")
+	c.Flags().DurationVar(&limit, "timeout", 0, "with --wait or --watch: give up after this long (exit 1 while the intent may still run); default: 30 s after the intent's deadline")
 	return c
 }
 
@@ -117,22 +117,59 @@ intent; 3 NATS unreachable, or no terminal report by --timeout.`,
 // Mirage restarting.
 const waitGrace = 30 * time.Second
 
+// waitBound is how long a wait for the terminal report of an open intent goes on, and the
+// intent's own deadline.
+type waitBound struct {
+	until    time.Time // when the wait gives up
+	deadline time.Time // the intent's deadline (from its record, else the latest it can be)
+	limit    time.Duration
+	recorded bool // deadline was read from the intent's record
+}
+
 // waitUntil is when a wait for the terminal report of an open intent gives up: limit after
 // now when one is given, else waitGrace after the intent's deadline (read from its record)
 // or after now, whichever is later. Without a readable record, the longest an intent may
 // last (bus.MaxTimeout) counts from its latest report.
-func waitUntil(ctx context.Context, client *mirage.Client, latest *bus.Report, limit time.Duration, now time.Time) time.Time {
-	if limit > 0 {
-		return now.Add(limit)
-	}
-	deadline := time.UnixMilli(latest.TimestampMS + bus.MaxTimeout)
+func waitUntil(ctx context.Context, client *mirage.Client, latest *bus.Report, limit time.Duration, now time.Time) waitBound {
+	w := waitBound{deadline: time.UnixMilli(latest.TimestampMS + bus.MaxTimeout), limit: limit}
 	if rec, err := client.Intent(ctx, latest.IntentID); err == nil && rec.DeadlineMS > 0 {
-		deadline = time.UnixMilli(rec.DeadlineMS)
+		w.deadline, w.recorded = time.UnixMilli(rec.DeadlineMS), true
 	}
-	if deadline.Before(now) {
-		deadline = now
+	if limit > 0 {
+		w.until = now.Add(limit)
+		return w
 	}
-	return deadline.Add(waitGrace)
+	w.until = w.deadline
+	if w.until.Before(now) {
+		w.until = now
+	}
+	w.until = w.until.Add(waitGrace)
+	return w
+}
+
+// ended is the error of a wait that gave up at w.until (now) with the intent still open.
+// Only waitGrace past the intent's deadline does the missing report point at Mirage (it
+// publishes the terminal report within a second or so of the deadline): exit 3. Before
+// that, the wait's own --timeout ended it while the intent may still be running, as an
+// interruption would: exit 1, with the deadline and how to follow it.
+func (w waitBound) ended(id string, now time.Time, hint string) error {
+	if !now.Before(w.deadline.Add(waitGrace)) {
+		why := "by --timeout"
+		if w.limit == 0 {
+			why = "30 s after the intent's deadline"
+		}
+		return cli.Exit(cli.ExitUnavailable, fmt.Errorf("no terminal report of intent %s %s (%s): is a Mirage running? It publishes the outcome once it is; check again with: %s",
+			id, why, w.until.Format(time.TimeOnly), hint))
+	}
+	deadline := "its deadline is " + w.deadline.Format(time.TimeOnly)
+	if !w.recorded {
+		deadline = "it ends by " + w.deadline.Format(time.DateTime) + " at the latest"
+	}
+	if w.deadline.Before(now) {
+		deadline = "its deadline passed at " + w.deadline.Format(time.TimeOnly) + " and Mirage reports its outcome shortly"
+	}
+	return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("intent %s has not ended by --timeout %s (%s): it may still be running (%s); follow it with: %s",
+		id, shortDuration(w.limit), w.until.Format(time.TimeOnly), deadline, hint))
 }
 
 // watchReport prints each report of an open intent but the terminal one, which it returns

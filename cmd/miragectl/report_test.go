@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -46,8 +48,48 @@ func TestWaitUntilFollowsTheIntentsDeadline(t *testing.T) {
 		{"no record", &bus.Report{Header: bus.Header{TimestampMS: rec.CreatedMS}, IntentID: "int_none"}, 0, now,
 			now.Add(time.Duration(bus.MaxTimeout)*time.Millisecond + waitGrace)},
 	} {
-		if got := waitUntil(ctx, client, c.latest, c.limit, c.now); !got.Equal(c.want) {
+		if got := waitUntil(ctx, client, c.latest, c.limit, c.now).until; !got.Equal(c.want) {
 			t.Errorf("%s: waits until %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+// A wait that gives up blames Mirage (exit 3) only once it is 30 s past the intent's
+// deadline; a --timeout that ends it sooner says the intent may still be running, gives its
+// deadline and how to follow it, and exits 1, as an interrupted wait does.
+func TestWaitEndedBlamesMirageOnlyPastTheDeadline(t *testing.T) {
+	deadline := time.Date(2025, 1, 2, 23, 10, 0, 0, time.Local)
+	hint := "miragectl report int_x --wait"
+	for _, c := range []struct {
+		name     string
+		w        waitBound
+		now      time.Time
+		code     int
+		want     []string
+		notWants []string
+	}{
+		{"--timeout before the deadline", waitBound{until: deadline.Add(-time.Minute), deadline: deadline, limit: 2 * time.Second, recorded: true}, deadline.Add(-time.Minute), cli.ExitNotSatisfied,
+			[]string{"intent int_x has not ended by --timeout 2s", "may still be running", "its deadline is 23:10:00", hint}, []string{"Mirage running"}},
+		{"--timeout just past the deadline", waitBound{until: deadline.Add(5 * time.Second), deadline: deadline, limit: 2 * time.Second, recorded: true}, deadline.Add(5 * time.Second), cli.ExitNotSatisfied,
+			[]string{"has not ended", "its deadline passed at 23:10:00", hint}, []string{"Mirage running"}},
+		{"--timeout 30 s past the deadline", waitBound{until: deadline.Add(waitGrace), deadline: deadline, limit: 2 * time.Second, recorded: true}, deadline.Add(waitGrace), cli.ExitUnavailable,
+			[]string{"no terminal report of intent int_x by --timeout", "is a Mirage running?", hint}, nil},
+		{"default bound", waitBound{until: deadline.Add(waitGrace), deadline: deadline, recorded: true}, deadline.Add(waitGrace), cli.ExitUnavailable,
+			[]string{"30 s after the intent's deadline", "is a Mirage running?", hint}, nil},
+	} {
+		err := c.w.ended("int_x", c.now, hint)
+		if got := cli.ExitCode(err); got != c.code {
+			t.Errorf("%s: exit %d, want %d (%v)", c.name, got, c.code, err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q does not say %q", c.name, err, w)
+			}
+		}
+		for _, w := range c.notWants {
+			if strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %q says %q", c.name, err, w)
+			}
 		}
 	}
 }
