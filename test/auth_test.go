@@ -578,7 +578,8 @@ func TestGhostWithoutInboxPrefixRegistersUnderAuth(t *testing.T) {
 // A client command run with a key the server accepts but that may not do what it asks (a
 // Ghost's) says so: exit 2, one line naming the refused subject and the operator key, not
 // a timeout blamed on Mirage (exit 3) after raw violation lines, and at once. Without a key
-// at all the refusal at connect says which key to pass.
+// at all, or with one the server does not know, the refusal at connect says which key to
+// pass, exit 2 as well.
 func TestAuthClientWithTheWrongKeySaysPermissionDenied(t *testing.T) {
 	f := newAuthFleet(t, "ghost-k")
 	keyFile := filepath.Join(t.TempDir(), "ghost.nk")
@@ -598,9 +599,21 @@ func TestAuthClientWithTheWrongKeySaysPermissionDenied(t *testing.T) {
 			t.Errorf("%v with a ghost's key took %s", args, r.took)
 		}
 	}
-	r := miragectl(t, f.env.URL, "ghosts")
-	if r.code != 3 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "--nkey") {
-		t.Errorf("ghosts without a key: exit %d, stderr %q; want exit 3 and one line naming --nkey", r.code, r.stderr)
+	// No key, or a key the server does not know: the server was reached and refused this
+	// client, an input to fix (exit 2), not an outage a script should retry (exit 3).
+	unknown := filepath.Join(t.TempDir(), "unknown.nk")
+	if err := newIdentity(t).Save(unknown); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"ghosts"}, {"intents"}, {"report", "int_abc"}, {"issue", "--target", "ghost-k", "seed.flow", "status"}, {"fleet", "ls"}} {
+		r := miragectl(t, f.env.URL, args...)
+		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "Authorization Violation") || !strings.Contains(r.stderr, "--nkey") {
+			t.Errorf("%v without a key: exit %d, stderr %q; want exit 2 and one line naming --nkey", args, r.code, r.stderr)
+		}
+		r = miragectl(t, f.env.URL, append(args, "--nkey", unknown)...)
+		if r.code != 2 || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "does not accept this key") || !strings.Contains(r.stderr, "operator key") {
+			t.Errorf("%v with an unknown key: exit %d, stderr %q; want exit 2 and one line saying the server does not accept it", args, r.code, r.stderr)
+		}
 	}
 }
 

@@ -124,6 +124,27 @@ func TestClientsOnAServerWithoutEdgectl(t *testing.T) {
 	}
 }
 
+// A server that cannot be reached is infrastructure unavailable (exit 3), and the error
+// names the URL tried and where it came from: --server, or $NATS_URL when that is set.
+func TestUnreachableServerNamesTheURLTried(t *testing.T) {
+	mctl, _ := testenv.Binaries(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", testenv.FreePort(t))
+	for _, c := range []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"--server", nil, []string{"ghosts", "--server", url}, "check --server " + url},
+		{"$NATS_URL", []string{"NATS_URL=" + url}, []string{"ghosts"}, "check $NATS_URL (" + url + ") or pass --server URL"},
+	} {
+		r := execRun(t, mctl, c.env, c.args...)
+		if r.code != 3 || !strings.Contains(r.stderr, c.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%s: exit %d, stderr %q; want exit 3 and one line with %q", c.name, r.code, r.stderr, c.want)
+		}
+	}
+}
+
 // An issue too large to send is the input's fault: exit 2 with the reason, not 3 as if
 // the infrastructure were down.
 func TestOversizedIssueExitsTwo(t *testing.T) {

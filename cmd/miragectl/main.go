@@ -67,6 +67,9 @@ func (f *clientFlags) connect(ctx context.Context, name string, opts ...nats.Opt
 	if err != nil && path != "" && strings.Contains(err.Error(), "nkeys not supported") {
 		return nil, cli.Invalid("%s %s: the NATS server does not use authentication (miragectl up without --auth): drop %s", source, path, source)
 	}
+	if err != nil && path != "" && strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		return nil, cli.Invalid("%s %s: the NATS server does not accept this key (nats: Authorization Violation): client commands need the operator key, DATA_DIR/keys/operator.nk of 'miragectl up --auth'", source, path)
+	}
 	return nc, err
 }
 

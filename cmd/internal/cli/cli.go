@@ -137,31 +137,53 @@ func orDefault(s, d string) string {
 // IsTerminal reports whether f is a terminal (for progress output).
 func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
-// Connect opens a client connection that fails fast (exit 3 when unreachable). It uses
-// TLS as $EDGE_TLS_CA, $EDGE_TLS_CERT and $EDGE_TLS_KEY say (see TLSFromEnv).
+// Connect opens a client connection that fails fast: exit 3 when the server cannot be
+// reached, exit 2 when it refuses this client's identity (no key, or one it does not
+// know: an input to fix, not an outage to retry). It uses TLS as $EDGE_TLS_CA,
+// $EDGE_TLS_CERT and $EDGE_TLS_KEY say (see TLSFromEnv).
 func Connect(ctx context.Context, server, name string, opts ...nats.Option) (*nats.Conn, error) {
-	source := "--server"
-	if server == "" {
-		source = "$NATS_URL"
-	}
-	if err := bus.CheckServerURL(bus.ServerURL(server)); err != nil {
-		return nil, Invalid("%s: %v", source, err)
+	url := bus.ServerURL(server)
+	if err := bus.CheckServerURL(url); err != nil {
+		return nil, Invalid("%s: %v", urlSource(server), err)
 	}
 	files, err := TLSFromEnv()
 	if err != nil {
 		return nil, err
 	}
-	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bus.ServerURL(server), Name: name, TLS: files, Options: opts, OnAsyncError: notePermission})
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: url, Name: name, TLS: files, Options: opts, OnAsyncError: notePermission})
 	if err != nil {
 		if strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
-			return nil, Exit(ExitUnavailable, fmt.Errorf("%w (the server requires a key this client does not have: pass --nkey FILE or set EDGE_NKEY, the operator's is DATA_DIR/keys/operator.nk)", err))
+			return nil, Exit(ExitInvalid, fmt.Errorf("%w (the server requires a key this client does not have: pass --nkey FILE or set EDGE_NKEY, the operator's is DATA_DIR/keys/operator.nk)", err))
 		}
 		if errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "nkeys not supported") {
 			return nil, Exit(ExitUnavailable, err)
 		}
-		return nil, Exit(ExitUnavailable, fmt.Errorf("%w (is 'miragectl up' running there? check %s)", err, source))
+		return nil, Exit(ExitUnavailable, fmt.Errorf("%w (is 'miragectl up' running there? %s)", err, checkURL(server, url)))
 	}
 	return nc, nil
+}
+
+// urlSource names where the server URL came from: --server, else $NATS_URL when set, else
+// the default.
+func urlSource(server string) string {
+	switch {
+	case server != "":
+		return "--server"
+	case os.Getenv("NATS_URL") != "":
+		return "$NATS_URL"
+	}
+	return "the default server URL"
+}
+
+// checkURL says which URL was tried and how to change it.
+func checkURL(server, url string) string {
+	switch {
+	case server != "":
+		return "check --server " + bus.Redact(url)
+	case os.Getenv("NATS_URL") != "":
+		return "check $NATS_URL (" + bus.Redact(url) + ") or pass --server URL"
+	}
+	return "tried the default " + bus.Redact(url) + ": pass --server URL"
 }
 
 // refused holds the first permissions violation of this process's connections: the
