@@ -137,10 +137,26 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 	}
 	for k := range args {
 		if !op.declares(k) {
-			return FieldError(CodeSemantic, "args."+k, "%s %s declares no such param", seedID, op.Name)
+			return FieldError(CodeSemantic, "args."+k, "%s %s declares no such param; %s", seedID, op.Name, op.takes())
 		}
 	}
 	return nil
+}
+
+// takes lists the params op declares, for an error about one it does not: "it takes: a,
+// b?" (? marks an optional one), or "it takes no params".
+func (op OperationInfo) takes() string {
+	if len(op.Params) == 0 {
+		return "it takes no params"
+	}
+	names := make([]string, len(op.Params))
+	for i, p := range op.Params {
+		names[i] = p.Name
+		if !p.Required {
+			names[i] += "?"
+		}
+	}
+	return "it takes: " + strings.Join(names, ", ")
 }
 
 func (op OperationInfo) declares(param string) bool {

@@ -114,7 +114,7 @@ func TestIssueRefusesUnknownSeed(t *testing.T) {
 		{"seed.flow", "nope", nil, "has no operation nope"},
 		// Args are checked against the params the Ghost registered, as it would check them.
 		{"seed.flow", "sleep", map[string]string{"ms": "abc"}, "args.ms: value does not match the declared pattern"},
-		{"seed.flow", "echo", map[string]string{"foo": "bar"}, "args.foo: seed.flow echo declares no such param"},
+		{"seed.flow", "echo", map[string]string{"foo": "bar"}, "args.foo: seed.flow echo declares no such param; it takes: message?"},
 		{"seed.kv", "get", nil, "args.key: required by seed.kv get but missing"},
 		// Limits are declared too: a range in the pattern, a size in max_bytes.
 		{"seed.flow", "sleep", map[string]string{"ms": "60001"}, "args.ms: value 60001 is above the maximum 60000"},

@@ -181,7 +181,7 @@ func (e *ArgError) Error() string { return fmt.Sprintf("args.%s: %s", e.Param, e
 func (op *Operation) Render(args map[string]string, filesDir string) ([]string, error) {
 	for k := range args {
 		if _, ok := op.Param(k); !ok {
-			return nil, &ArgError{Param: k, Reason: fmt.Sprintf("%s declares no such param", op.Name)}
+			return nil, &ArgError{Param: k, Reason: fmt.Sprintf("%s declares no such param; %s", op.Name, op.takes())}
 		}
 	}
 	for _, p := range op.Params {

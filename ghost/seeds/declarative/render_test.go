@@ -87,6 +87,10 @@ func TestRenderRefuses(t *testing.T) {
 			}
 		})
 	}
+	// An undeclared param is told which ones the operation takes.
+	if _, err := echo.Render(map[string]string{"message": "m", "extra": "1"}, "/f"); err == nil || !strings.Contains(err.Error(), "it takes: count?, message") {
+		t.Errorf("undeclared param: %v, want the declared params listed", err)
+	}
 }
 
 // A value starting with "-" that would begin an argument is refused (a program would read

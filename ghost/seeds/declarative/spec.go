@@ -126,6 +126,22 @@ func (s *Spec) File(name string) (File, bool) {
 	return File{}, false
 }
 
+// takes lists the params op declares, for an error about one it does not: "it takes: a,
+// b?" (? marks an optional one), or "it takes no params".
+func (op *Operation) takes() string {
+	if len(op.Params) == 0 {
+		return "it takes no params"
+	}
+	names := make([]string, len(op.Params))
+	for i, p := range op.Params {
+		names[i] = p.Name
+		if !p.Required {
+			names[i] += "?"
+		}
+	}
+	return "it takes: " + strings.Join(names, ", ")
+}
+
 // Param returns the named param.
 func (op *Operation) Param(name string) (Param, bool) {
 	for _, p := range op.Params {
