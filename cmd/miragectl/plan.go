@@ -15,8 +15,8 @@ import (
 //
 //	target = "edge-*"          # default scope of the steps (else --target)
 //	[[step]]
-//	name = "plan"
-//	seed = "seed.flow"
+//	name = "plan"              # optional: names the step in the human output
+//	seed = "seed.flow"         # seed and operation are required
 //	operation = "step"
 //	args = { name = "plan" }
 //	blocking = true            # hold ghost_id::seed locks while the step runs
@@ -70,4 +70,14 @@ func readPlan(path string) (string, []bus.PlanStep, error) {
 		steps[i] = bus.PlanStep{Name: s.Name, SeedSelector: s.Seed, Operation: s.Operation, Args: s.Args, TargetScope: s.Target, Blocking: s.Blocking}
 	}
 	return pf.Target, steps, nil
+}
+
+// planNames are the names of a plan's steps by index ("" for a step without one), for the
+// step headers of the human output (printReportSteps).
+func planNames(steps []bus.PlanStep) []string {
+	names := make([]string, len(steps))
+	for i, s := range steps {
+		names[i] = s.Name
+	}
+	return names
 }

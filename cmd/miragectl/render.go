@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -21,21 +22,39 @@ func printJSON(w io.Writer, v any) error {
 }
 
 // printReport writes one line per target (ghost, outcome, exit code, first line of output
-// or error), then the summary line.
-func printReport(w io.Writer, r *bus.Report) error {
+// or error), then the summary line; a plan's lines under a header per step.
+func printReport(w io.Writer, r *bus.Report) error { return printReportSteps(w, r, nil) }
+
+// printReportSteps is printReport with the names of a plan's steps (by index; nil or
+// shorter when not known): the target lines of a report of more than one step go under a
+// "step 2/3 apply:" line per step, so that a Ghost listed once per step reads as such.
+func printReportSteps(w io.Writer, r *bus.Report, names []string) error {
+	results := r.Results
+	steps := planSteps(r, names)
+	if steps > 1 {
+		results = slices.Clone(results)
+		slices.SortStableFunc(results, func(a, b bus.TargetResult) int { return a.Step - b.Step })
+	}
 	var table strings.Builder
 	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
-	for _, res := range r.Results {
+	for _, res := range results {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", res.GhostID, res.Outcome, exitColumn(res), firstLine(res))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	// A result without output (a pending one) would end its line in padding.
+	i := 0
 	for _, line := range strings.SplitAfter(table.String(), "\n") {
 		if line == "" {
 			continue
 		}
+		if steps > 1 && (i == 0 || results[i].Step != results[i-1].Step) {
+			if _, err := io.WriteString(w, stepHeader(results[i].Step, steps, names)+"\n"); err != nil {
+				return err
+			}
+		}
+		i++
 		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
 			return err
 		}
@@ -48,6 +67,26 @@ func printReport(w io.Writer, r *bus.Report) error {
 	}
 	_, err := fmt.Fprintf(w, "%s  (intent %s)\n", r.Summary, r.IntentID)
 	return err
+}
+
+// planSteps is how many steps a report's intent has, as far as its results and the names
+// given tell: 1 for an intent without a plan (every result is step 0).
+func planSteps(r *bus.Report, names []string) int {
+	n := len(names)
+	for _, res := range r.Results {
+		n = max(n, res.Step+1)
+	}
+	return max(n, 1)
+}
+
+// stepHeader is the line above a plan step's target lines: "step 2/3 apply:", or
+// "step 2/3:" for a step without a name. A name is printed as printable text.
+func stepHeader(step, steps int, names []string) string {
+	h := fmt.Sprintf("step %d/%d", step+1, steps)
+	if step < len(names) && names[step] != "" {
+		h += " " + printable(names[step])
+	}
+	return h + ":"
 }
 
 // exitColumn is a result's exit code, or "-" when no process exited: the command was not

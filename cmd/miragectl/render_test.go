@@ -65,3 +65,38 @@ func TestFirstLineEscapesTerminalControls(t *testing.T) {
 		t.Errorf("error message shown as %q", got)
 	}
 }
+
+// A plan's report puts a header line above each step's target lines, naming the step when
+// its name is known, so that a Ghost listed once per step reads as such; results arrive in
+// any order. A report of one step has no header.
+func TestPrintReportHeadsEachPlanStep(t *testing.T) {
+	r := &bus.Report{IntentID: "int_p", Summary: "failed: 0/3 succeeded, 1 error, 2 skipped", Results: []bus.TargetResult{
+		{Step: 0, GhostID: "edge-1", Outcome: bus.OutcomeError, ExitCode: 1, Stderr: "boom"},
+		{Step: 2, GhostID: "edge-1", Outcome: bus.OutcomeSkipped, ExitCode: -1},
+		{Step: 1, GhostID: "edge-1", Outcome: bus.OutcomeSkipped, ExitCode: -1},
+	}}
+	steps := []bus.PlanStep{{Name: "init"}, {}, {Name: "apply"}}
+	for _, c := range []struct {
+		names []string
+		want  []string
+	}{
+		{planNames(steps), []string{"step 1/3 init:", "edge-1  error    1  boom", "step 2/3:", "edge-1  skipped  -", "step 3/3 apply:", "edge-1  skipped  -", r.Summary + "  (intent int_p)"}},
+		{nil, []string{"step 1/3:", "edge-1  error    1  boom", "step 2/3:", "edge-1  skipped  -", "step 3/3:", "edge-1  skipped  -", r.Summary + "  (intent int_p)"}},
+	} {
+		var buf bytes.Buffer
+		if err := printReportSteps(&buf, r, c.names); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(c.want, "\n") {
+			t.Errorf("names %q: printed\n%s\nwant\n%s", c.names, strings.Join(got, "\n"), strings.Join(c.want, "\n"))
+		}
+	}
+	one := &bus.Report{IntentID: "int_o", Summary: "satisfied", Results: []bus.TargetResult{{GhostID: "a", Outcome: bus.OutcomeSuccess, Stdout: "ok"}}}
+	var buf bytes.Buffer
+	if err := printReport(&buf, one); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "step ") {
+		t.Errorf("a report of one step printed a step header:\n%s", buf.String())
+	}
+}

@@ -25,7 +25,7 @@ func newReport() *cobra.Command {
 		limit  time.Duration
 	)
 	c := &cobra.Command{
-		Use:   "report INTENT_ID [--json] [--wait | --watch]",
+		Use:   "report INTENT_ID [--json] [--wait | --watch] [--timeout DURATION]",
 		Short: "Print the latest report of an intent, or follow it",
 		Long: `report prints the latest report Mirage published for an intent (from the EDGE_REPORT
 stream, so it works after the fact). With --wait it blocks until the report is terminal.
@@ -96,7 +96,7 @@ report 30 s after the intent's deadline.`,
 			if asJSON {
 				err = printJSON(out, rep)
 			} else {
-				err = printReport(out, rep)
+				err = printReportSteps(out, rep, recordedStepNames(ctx, client, rep))
 			}
 			if err != nil {
 				return err
@@ -170,6 +170,24 @@ func (w waitBound) ended(id string, now time.Time, hint string) error {
 	}
 	return cli.Exit(cli.ExitNotSatisfied, fmt.Errorf("intent %s has not ended by --timeout %s (%s): it may still be running (%s); follow it with: %s",
 		id, shortDuration(w.limit), w.until.Format(time.TimeOnly), deadline, hint))
+}
+
+// recordedStepNames are the names of the steps of a plan's report, from its intent's
+// record; nil for an intent of one step, or when the record cannot be read (the step
+// headers then go without names).
+func recordedStepNames(ctx context.Context, client *mirage.Client, r *bus.Report) []string {
+	if planSteps(r, nil) < 2 {
+		return nil
+	}
+	rec, err := client.Intent(ctx, r.IntentID)
+	if err != nil {
+		return nil
+	}
+	names := make([]string, len(rec.Steps))
+	for i, s := range rec.Steps {
+		names[i] = s.Name
+	}
+	return names
 }
 
 // watchReport prints each report of an open intent but the terminal one, which it returns
