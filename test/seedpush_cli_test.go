@@ -138,9 +138,17 @@ func TestSeedPushCLI(t *testing.T) {
 	if code, out := run("seed", "push", "--target", "edge-1", spec, "--json"); code != 0 || !strings.Contains(out, "already stored") || !strings.Contains(out, `\"action\":\"unchanged\"`) {
 		t.Fatalf("re-push: exit %d: %s", code, out)
 	}
-	// Off the allowlist: refused by the Ghost, exit 1.
+	// Off the allowlist: refused by the Ghost, exit 1, with a note saying how to allow it
+	// in a way that lasts (the config file, not the environment of one run).
 	if code, out := run("seed", "push", "--target", "edge-1", filepath.Join("..", "deploy", "seeds", "service.example.toml"),
-		"--file", filepath.Join("..", "deploy", "seeds", "service.example.sh")); code != 1 || !strings.Contains(out, "seed_allowlist") {
+		"--file", filepath.Join("..", "deploy", "seeds", "service.example.sh")); code != 1 || !strings.Contains(out, "seed_allowlist") ||
+		!strings.Contains(out, `note: not on the seed_allowlist of: edge-1; to allow service.example, set seed_allowlist in each Ghost's config file (e.g. seed_allowlist = ["service.*"], or 'ghostctl init --allow-seeds service.*'`) {
 		t.Fatalf("push off the allowlist: exit %d: %s", code, out)
+	}
+	// A target no Ghost registered as: said at once, as issue says it, not only by the
+	// timeout at the end.
+	if code, out := run("seed", "push", "--target", "nobody-2", spec, "--timeout", "1s"); code != 1 ||
+		!strings.Contains(out, "note: not registered with Mirage: nobody-2; a command waits for a Ghost of that id to connect, up to the timeout (1s)") {
+		t.Fatalf("push to an unknown target: exit %d: %s", code, out)
 	}
 }

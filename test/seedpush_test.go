@@ -298,7 +298,7 @@ func TestSeedPushRefusals(t *testing.T) {
 	// Not on the allowlist.
 	node, _ := publish(t, obs, example(t, "node.system.toml"), nil)
 	res, _ = install(t, env, client, "edge-2", node.InstallArgs())
-	refusedWith(t, res, bus.CodeSecurity, "seed_allowlist")
+	refusedWith(t, res, bus.CodeSecurity, `seed_allowlist in the Ghost's config file (e.g. "node.*"; 'ghostctl init --allow-seeds' writes it), then restart the Ghost`)
 	notInstalled(t, g, state, "node.system")
 
 	// File names that would leave the files directory: in the install's args (refused by

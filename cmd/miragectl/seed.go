@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -109,6 +111,7 @@ files or scope (reason on stderr); 3 NATS unreachable, no edge_seeds or no Mirag
 			case err != nil:
 				return cli.Exit(cli.ExitUnavailable, err)
 			}
+			noteAbsent(cmd.ErrOrStderr(), reply, timeout) // as issue: the early sign of a timeout
 			wctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
 			defer cancel()
 			rep, err := client.WaitTerminal(wctx, reply.IntentID)
@@ -126,6 +129,7 @@ files or scope (reason on stderr); 3 NATS unreachable, no edge_seeds or no Mirag
 			} else if err := printReport(out, rep); err != nil {
 				return err
 			}
+			noteNotAllowed(cmd.ErrOrStderr(), rep, bundle.Spec.ID)
 			return reportExit(rep)
 		},
 	}
@@ -197,4 +201,21 @@ func storeBundle(ctx context.Context, cmd *cobra.Command, nc *nats.Conn, b *decl
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "%s %s %s in %s: %s (sha256 %s), %d file(s)\n", state, m.ID, m.Version, bus.BucketSeeds, m.Spec.Object, m.Spec.SHA256, len(m.Files))
 	return m, nil
+}
+
+// noteNotAllowed says on stderr, once, how to allow a seed that targets refused because it
+// is not on their seed_allowlist (1800): the report's line is cut at 160 characters, and
+// the way that lasts is the config file, not the environment of one run.
+func noteNotAllowed(w io.Writer, rep *bus.Report, seedID string) {
+	var ids []string
+	for _, res := range rep.Results {
+		if res.Error != nil && res.Error.Code == bus.CodeSecurity && strings.Contains(res.Error.Message, "seed_allowlist") {
+			ids = append(ids, res.GhostID)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "note: not on the seed_allowlist of: %s; to allow %s, set seed_allowlist in each Ghost's config file (e.g. seed_allowlist = [%q], or 'ghostctl init --allow-seeds %s' when writing it; EDGE_SEED_ALLOWLIST lasts one run only), restart the Ghost, then push again\n",
+		strings.Join(ids, ", "), seedID, control.AllowGlob(seedID), control.AllowGlob(seedID))
 }

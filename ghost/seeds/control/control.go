@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -196,7 +197,7 @@ func (s *Seed) Execute(ctx context.Context, req *bus.SeedExecute) (bus.Result, e
 			return fail(err)
 		}
 		if !s.allowed(m.ID) {
-			return fail(bus.Errorf(bus.CodeSecurity, "seed %s is not on this Ghost's seed_allowlist %q: nothing installed", m.ID, s.cfg.Allow))
+			return fail(bus.Errorf(bus.CodeSecurity, "seed %s is not on this Ghost's seed_allowlist %q: nothing installed; allow it with seed_allowlist in the Ghost's config file (e.g. %q; 'ghostctl init --allow-seeds' writes it), then restart the Ghost", m.ID, s.cfg.Allow, AllowGlob(m.ID)))
 		}
 		out, err := s.Install(ctx, m)
 		if err != nil {
@@ -293,4 +294,13 @@ func fail(err error) (bus.Result, error) {
 		status = "refused"
 	}
 	return bus.Result{Status: status, ExitCode: 1, Stderr: perr.Message}, perr
+}
+
+// AllowGlob is the seed_allowlist entry a hint suggests for a seed id: its family ("node.*"
+// for node.system), or the id itself when it has no dot.
+func AllowGlob(id string) string {
+	if i := strings.IndexByte(id, '.'); i > 0 {
+		return id[:i] + ".*"
+	}
+	return id
 }
