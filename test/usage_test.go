@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/subjects"
 	"github.com/edgectl/edgectl/test/testenv"
@@ -277,10 +278,13 @@ func TestGhostctlInterruptedWhileStartingExitsZero(t *testing.T) {
 }
 
 // fleet add and rm against a server without authentication warn that enrollment is not
-// enforced there (the change is recorded, but any Ghost connects).
+// enforced there (the change is recorded, but any Ghost connects). What 'fleet rm' says of
+// the running Ghost holds: it is out of the registry (and so of 'ghosts' and of globs)
+// while it keeps running, and back once it registers again, here on attach.
 func TestFleetWithoutAuthWarns(t *testing.T) {
 	env := testenv.New(t, testenv.Listen())
-	env.StartMirage(mirage.Config{})
+	m := env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-1", testenv.Tune(func(c *ghost.Config) { c.HeartbeatInterval = 200 * time.Millisecond }))
 	id, err := bus.NewIdentity()
 	if err != nil {
 		t.Fatal(err)
@@ -290,6 +294,23 @@ func TestFleetWithoutAuthWarns(t *testing.T) {
 		if r.code != 0 || !strings.Contains(r.stderr, "warning: enrollment is not enforced") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%v: exit %d, stderr %q; want exit 0 and one warning line", args, r.code, r.stderr)
 		}
+		if args[1] == "rm" && !strings.Contains(r.stderr, "globs, label selectors and all leave it out") || args[1] == "rm" && !strings.Contains(r.stderr, "miragectl attach edge-1") {
+			t.Errorf("fleet rm: stderr %q; want when edge-1 registers again", r.stderr)
+		}
+	}
+	// Its heartbeats go on, and do not bring it back.
+	time.Sleep(time.Second)
+	if _, ok := m.Fleet().Get("edge-1"); ok {
+		t.Fatal("edge-1 is in the registry again after fleet rm, before it registered again")
+	}
+	if r := miragectl(t, env.URL, "issue", "--target", "edge-*", "seed.flow", "status"); r.code != 2 {
+		t.Errorf("issue --target 'edge-*' after fleet rm: exit %d, stderr %q; want it refused, no Ghost matching", r.code, r.stderr)
+	}
+	if r := miragectl(t, env.URL, "attach", "edge-1"); r.code != 0 {
+		t.Fatalf("attach edge-1: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if _, ok := m.Fleet().Get("edge-1"); !ok {
+		t.Fatal("edge-1 is not in the registry after attach")
 	}
 }
 

@@ -71,14 +71,16 @@ func fleetRequest(cmd *cobra.Command, cf *clientFlags, subject string, req mirag
 // warnNotEnforced says, after an enrollment change, that a server without authentication
 // lets every Ghost connect whatever its key: the change is recorded, and 'fleet rm' drops
 // the Ghost from the registry, but nothing keeps it out. The server's own INFO says
-// whether it requires authentication, which 'up --auth' turns on.
+// whether it requires authentication, which 'up --auth' turns on. A running Ghost does not
+// register again on its own: it does when it starts or reconnects, on a Mirage's announce
+// (a Mirage starting) or on attach; its heartbeats alone do not bring it back.
 func warnNotEnforced(cmd *cobra.Command, subject, ghostID, url string) {
 	const head = "warning: enrollment is not enforced: the NATS server at %s does not require authentication (run 'miragectl up --auth')"
 	switch subject {
 	case subjects.FleetAdd:
 		fmt.Fprintf(cmd.ErrOrStderr(), head+"; any Ghost connects, enrolled or not\n", url)
 	case subjects.FleetRemove:
-		fmt.Fprintf(cmd.ErrOrStderr(), head+"; %s can still connect, and appears in 'miragectl ghosts' again once it registers again\n", url, ghostID)
+		fmt.Fprintf(cmd.ErrOrStderr(), head+"; %[2]s can still connect, and a running %[2]s keeps serving: an issue naming %[2]s still reaches it, but globs, label selectors and all leave it out, and 'miragectl ghosts' does not list it, until it registers again (when it restarts or reconnects to NATS, when Mirage restarts, or now with 'miragectl attach %[2]s')\n", url, ghostID)
 	}
 }
 
