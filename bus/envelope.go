@@ -109,6 +109,16 @@ type IssueReply struct {
 	// same, up to the intent's deadline; the client tells its user.
 	Unregistered []string `json:"unregistered,omitempty"`
 	Offline      []string `json:"offline,omitempty"`
+	// Stale are registered Ghosts Mirage has missed heartbeats from (stale, not yet
+	// offline), capped at ten: they may be gone, and their commands wait as above.
+	Stale []StaleTarget `json:"stale,omitempty"`
+}
+
+// StaleTarget is a stale target of an accepted issue: how long Mirage had not heard from
+// it when it answered (silent_ms, Mirage's clock: the client's may differ).
+type StaleTarget struct {
+	GhostID  string `json:"ghost_id"`
+	SilentMS int64  `json:"silent_ms"`
 }
 
 // Command asks one Ghost to run one operation of one seed.
@@ -265,6 +275,10 @@ type Heartbeat struct {
 	Header
 	GhostID string `json:"ghost_id"`
 	Seq     uint64 `json:"seq"`
+	// Leaving is set on the last heartbeat of a Ghost that stops: Mirage shows it
+	// offline at once rather than after OfflineAfter of silence. A compatible extension:
+	// a Mirage that does not know it ignores it.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // Announce tells Ghosts that a Mirage is up, on mirage.announce.

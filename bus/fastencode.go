@@ -226,6 +226,16 @@ func (m *IssueReply) appendJSON(dst []byte) []byte {
 	if len(m.Offline) > 0 {
 		dst = appendArray(appendKey(dst, false, "offline"), m.Offline, appendString)
 	}
+	if len(m.Stale) > 0 {
+		dst = appendArray(appendKey(dst, false, "stale"), m.Stale, appendStaleTarget)
+	}
+	return append(dst, '}')
+}
+
+func appendStaleTarget(dst []byte, t StaleTarget) []byte {
+	dst = append(dst, '{')
+	dst = appendString(appendKey(dst, true, "ghost_id"), t.GhostID)
+	dst = appendIntField(dst, "silent_ms", t.SilentMS)
 	return append(dst, '}')
 }
 
@@ -277,6 +287,9 @@ func (m *Heartbeat) appendJSON(dst []byte) []byte {
 	dst = appendHeader(dst, &m.Header)
 	dst = appendStrField(dst, "ghost_id", m.GhostID)
 	dst = strconv.AppendUint(appendKey(dst, false, "seq"), m.Seq, 10)
+	if m.Leaving {
+		dst = appendBoolField(dst, "leaving", true)
+	}
 	return append(dst, '}')
 }
 

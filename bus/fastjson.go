@@ -528,6 +528,8 @@ func (m *Heartbeat) fastField(s *scanner, key []byte) bool {
 		v, ok := s.int()
 		m.Seq = uint64(v)
 		return ok
+	case "leaving":
+		return s.setBool(&m.Leaving)
 	}
 	return false
 }
@@ -589,6 +591,18 @@ func (m *IssueReply) fastField(s *scanner, key []byte) bool {
 		return s.strSlice(&m.Unregistered)
 	case "offline":
 		return s.strSlice(&m.Offline)
+	case "stale":
+		return objSlice(s, &m.Stale)
+	}
+	return false
+}
+
+func (m *StaleTarget) fastField(s *scanner, key []byte) bool {
+	switch string(key) {
+	case "ghost_id":
+		return s.setStr(&m.GhostID)
+	case "silent_ms":
+		return s.setInt64(&m.SilentMS)
 	}
 	return false
 }

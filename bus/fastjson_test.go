@@ -28,8 +28,8 @@ func canonicalSamples(t testing.TB) []canonical {
 	ok := *ev
 	ok.Outcome, ok.Error, ok.Result = OutcomeSuccess, nil, Result{Status: "ok", Stdout: "hello"}
 	ack := &EventAck{Header: NewHeader(TypeEventAck, cmd.TraceID, now), EventID: "evt_1", CommandID: cmd.CommandID, GhostID: "edge-1", AckStatus: AckRejected, AckCode: CodeSecurity}
-	hb := &Heartbeat{Header: NewHeader(TypeHeartbeat, "", now), GhostID: "edge-1", Seq: 42}
-	accepted := &IssueReply{Header: NewHeader(TypeIssueReply, "", now), IntentID: "int_x", Status: "accepted", Targets: []string{"edge-1", "local", "typo"}, Unregistered: []string{"typo"}, Offline: []string{"edge-1"}}
+	hb := &Heartbeat{Header: NewHeader(TypeHeartbeat, "", now), GhostID: "edge-1", Seq: 42, Leaving: true}
+	accepted := &IssueReply{Header: NewHeader(TypeIssueReply, "", now), IntentID: "int_x", Status: "accepted", Targets: []string{"edge-1", "local", "typo"}, Unregistered: []string{"typo"}, Offline: []string{"edge-1"}, Stale: []StaleTarget{{GhostID: "local", SilentMS: 22000}}}
 	rejected := &IssueReply{Header: NewHeader(TypeIssueReply, "", now), Status: "rejected",
 		Error: &Error{Code: CodeSemantic, Class: "semantic", Message: `operation "Echo" contains 'E'`, Field: "objective.operation"}}
 	lo, hi := int64(-5), int64(1<<40)
@@ -205,7 +205,7 @@ func TestFastEncodeMatchesEncodingJSON(t *testing.T) {
 		}, ResultsOmitted: 7}
 	for _, m := range []fastEncoder{&Command{}, &Issue{}, &IssueReply{}, &IssueReply{Targets: []string{}, Error: &Error{}}, &Register{},
 		&Register{Labels: map[string]string{}, Seeds: []SeedInfo{{}, {Operations: []OperationInfo{{}, {Params: []ParamInfo{{}}}}}}},
-		&IssueReply{Targets: []string{"", "\"\u00e9\n"}, Unregistered: []string{"\u00e9"}, Offline: []string{}}, plan, report, &Report{}, &Report{Results: []TargetResult{}}} {
+		&IssueReply{Targets: []string{"", "\"\u00e9\n"}, Unregistered: []string{"\u00e9"}, Offline: []string{}, Stale: []StaleTarget{}}, plan, report, &Report{}, &Report{Results: []TargetResult{}}} {
 		if got, want := m.appendJSON(nil), encodeReflect(t, m); !bytes.Equal(got, want) {
 			t.Fatalf("%T:\nfast          %s\nencoding/json %s", m, got, want)
 		}
