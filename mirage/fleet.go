@@ -45,6 +45,10 @@ type GhostRecord struct {
 	Seeds        []bus.SeedInfo    `json:"seeds"`
 	RegisteredMS int64             `json:"registered_ms"`
 	LastSeenMS   int64             `json:"last_seen_ms"`
+	// LeftMS is when the Ghost said it was stopping (a heartbeat with leaving set): it is
+	// offline from then until it is heard from again, a heartbeat or a registration
+	// after it (LastSeenMS > LeftMS).
+	LeftMS int64 `json:"left_ms,omitempty"`
 }
 
 // Status returns the presence status of the record at now, with the default thresholds.
@@ -67,6 +71,9 @@ func (r GhostRecord) StatusWith(now time.Time, p Presence) string {
 	if p.OfflineAfter <= 0 {
 		p.OfflineAfter = OfflineAfter
 	}
+	if r.Left() {
+		return StatusOffline
+	}
 	age := now.Sub(time.UnixMilli(r.LastSeenMS))
 	switch {
 	case age < p.StaleAfter:
@@ -77,6 +84,9 @@ func (r GhostRecord) StatusWith(now time.Time, p Presence) string {
 		return StatusOffline
 	}
 }
+
+// Left reports whether the Ghost said it was stopping and has not been heard from since.
+func (r GhostRecord) Left() bool { return r.LeftMS > 0 && r.LeftMS >= r.LastSeenMS }
 
 // Seed returns the declaration of a hosted seed.
 func (r GhostRecord) Seed(id string) (bus.SeedInfo, bool) {
@@ -114,10 +124,15 @@ type Fleet struct {
 	mu     sync.RWMutex
 	ghosts map[string]*GhostRecord
 	seen   map[uint32]bool // presence shards with a heartbeat not yet flushed
+	// leaving holds the Ghosts that said they stop, whose records are not stored yet
+	// (storeLeft); left is kicked when one is added.
+	leaving map[string]bool
+	left    chan struct{}
 }
 
 func newFleet(js jetstream.JetStream, kv jetstream.KeyValue, stop chan struct{}, now func() time.Time, guard *replyGuard, log *slog.Logger) *Fleet {
-	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan string, 4096), queued: map[string]registration{}, guard: guard, log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[uint32]bool{}}
+	return &Fleet{js: js, kv: kv, stop: stop, pending: make(chan string, 4096), queued: map[string]registration{}, guard: guard, log: log, now: now, ghosts: map[string]*GhostRecord{}, seen: map[uint32]bool{},
+		leaving: map[string]bool{}, left: make(chan struct{}, 1)}
 }
 
 // load reads every record from KV: a Mirage restart forgets nothing. A record stored
@@ -382,6 +397,14 @@ func (f *Fleet) registrar() {
 // putAll writes records to KV edge_ghosts, all in flight at once; it returns one error
 // (or nil) per record.
 func (f *Fleet) putAll(recs []*GhostRecord) []error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return f.putAllCtx(ctx, recs)
+}
+
+// putAllCtx is putAll with its deadline: every acknowledgement still missing when ctx
+// ends fails then.
+func (f *Fleet) putAllCtx(ctx context.Context, recs []*GhostRecord) []error {
 	errs := make([]error, len(recs))
 	futures := make([]jetstream.PubAckFuture, len(recs))
 	for i, rec := range recs {
@@ -392,9 +415,6 @@ func (f *Fleet) putAll(recs []*GhostRecord) []error {
 		}
 		futures[i], errs[i] = f.js.PublishAsync("$KV."+bus.BucketGhosts+"."+rec.GhostID, data)
 	}
-	// One deadline for the batch: every acknowledgement still missing at it fails then.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	for i, fut := range futures {
 		if fut == nil {
 			continue
@@ -404,7 +424,7 @@ func (f *Fleet) putAll(recs []*GhostRecord) []error {
 		case err := <-fut.Err():
 			errs[i] = err
 		case <-ctx.Done():
-			errs[i] = errors.New("no acknowledgement from JetStream within 10s")
+			errs[i] = errors.New("no acknowledgement from JetStream in time (10 s, or the stop budget)")
 		}
 	}
 	return errs
@@ -428,7 +448,9 @@ func (f *Fleet) put(rec *GhostRecord) error {
 	return f.putAll([]*GhostRecord{rec})[0]
 }
 
-// onHeartbeat notes a Ghost's presence; flush writes it to its presence shard.
+// onHeartbeat notes a Ghost's presence; flush writes it to its presence shard. A
+// heartbeat with leaving set (a Ghost that stops) marks it offline at once: its record is
+// stored with left_ms soon after (storeLeft), for the readers of edge_ghosts.
 func (f *Fleet) onHeartbeat(msg *nats.Msg) {
 	var hb bus.Heartbeat
 	if err := bus.Decode(msg.Data, &hb); err != nil {
@@ -439,11 +461,63 @@ func (f *Fleet) onHeartbeat(msg *nats.Msg) {
 		return
 	}
 	f.mu.Lock()
-	if r, ok := f.ghosts[hb.GhostID]; ok {
-		r.LastSeenMS = f.now().UnixMilli()
+	r, ok := f.ghosts[hb.GhostID]
+	if ok {
+		now := f.now().UnixMilli()
+		switch {
+		case hb.Leaving:
+			r.LastSeenMS = max(now, r.LastSeenMS)
+			r.LeftMS = r.LastSeenMS
+			f.leaving[hb.GhostID] = true
+		case r.LeftMS > 0:
+			// Back after it left: heard from later than it left, even within its
+			// millisecond.
+			r.LastSeenMS = max(now, r.LeftMS+1)
+		default:
+			r.LastSeenMS = now
+		}
 		f.seen[presenceShard(hb.GhostID)] = true
 	}
 	f.mu.Unlock()
+	if ok && hb.Leaving {
+		f.log.Info("ghost stopping: offline until it is heard from again", "direction", "in", "message_type", bus.TypeHeartbeat, "peer", hb.GhostID)
+		select {
+		case f.left <- struct{}{}:
+		default: // a store is asked for already
+		}
+	}
+}
+
+// storeLeft writes the records of the Ghosts that said they stop, with their left_ms, to
+// KV edge_ghosts: 'miragectl ghosts' and a restarted Mirage see them offline at once, not
+// after OfflineAfter. A record not stored is written again at the next kick. A Ghost back
+// meanwhile (heard from after it left) needs no write: the presence shards carry its later
+// heartbeat, which outweighs left_ms.
+func (f *Fleet) storeLeft(ctx context.Context) {
+	f.mu.Lock()
+	var recs []*GhostRecord
+	for id := range f.leaving {
+		if r, ok := f.ghosts[id]; ok && r.Left() {
+			c := *r
+			recs = append(recs, &c)
+		}
+	}
+	f.leaving = map[string]bool{}
+	f.mu.Unlock()
+	if len(recs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for i, err := range f.putAllCtx(ctx, recs) {
+		if err == nil {
+			continue
+		}
+		f.log.Warn("record of a stopping ghost not stored; Mirage shows it offline, edge_ghosts after the next try", "peer", recs[i].GhostID, "err", err)
+		f.mu.Lock()
+		f.leaving[recs[i].GhostID] = true
+		f.mu.Unlock()
+	}
 }
 
 // flush writes the presence shards that heartbeats touched since the last flush, each

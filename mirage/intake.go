@@ -90,7 +90,7 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 		return
 	}
 	accepted := &bus.IssueReply{Header: bus.NewHeader(bus.TypeIssueReply, is.TraceID, m.cfg.Now()), IntentID: rec.IntentID, Status: "accepted", Targets: rec.Targets}
-	accepted.Unregistered, accepted.Offline = m.absent(rec.Targets)
+	accepted.Unregistered, accepted.Offline, accepted.Stale = m.absent(rec.Targets)
 	if record == nil {
 		// The intent is recorded: answer now, then dispatch. A slow store (a stream
 		// leader failing over) delays the commands, not the answer; a crash before they

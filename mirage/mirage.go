@@ -448,6 +448,7 @@ func (m *Mirage) close() {
 	}
 	m.mu.Unlock()
 	m.fleet.flush(m.budget)
+	m.fleet.storeLeft(m.budget)
 	m.publishDirty()
 	if n := m.unstoredAtStop.Load(); n > 0 {
 		m.log.Warn("reports not stored before Mirage stopped; the next Mirage reports their intents", "reports", n, "budget", m.cfg.StopBudget)
@@ -461,8 +462,9 @@ func (m *Mirage) announce() {
 	}
 }
 
-// loop publishes coalesced in_progress reports, flushes presence, and reads the
-// intents bucket's max age again when the known-ids filter is due to rotate.
+// loop publishes coalesced in_progress reports, flushes presence, stores the records of
+// Ghosts that said they stop, and reads the intents bucket's max age again when the
+// known-ids filter is due to rotate.
 func (m *Mirage) loop() {
 	defer m.wg.Done()
 	reports := time.NewTicker(m.cfg.ReportInterval)
@@ -478,6 +480,9 @@ func (m *Mirage) loop() {
 			m.publishDirty()
 		case <-presence.C:
 			m.fleet.flush(m.budget)
+			m.fleet.storeLeft(m.budget) // the records a kick could not store
+		case <-m.fleet.left:
+			m.fleet.storeLeft(m.budget)
 		case <-m.known.due:
 			if time.Now().After(knownRetry) && !m.refreshKnown() {
 				knownRetry = time.Now().Add(5 * time.Second) // asked again at the next issue after

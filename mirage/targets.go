@@ -82,28 +82,35 @@ func (m *Mirage) scopeFleet(scope string) []GhostRecord {
 }
 
 // absent returns, for an accepted intent's answer, the first maxListed of its targets that
-// no Ghost registered with, and of those registered that are offline: an id may name a
-// headless Ghost, and a glob or selector matches offline Ghosts, so neither is refused,
-// but the user should know not to expect an answer from them soon.
-func (m *Mirage) absent(targets []string) (unregistered, offline []string) {
+// no Ghost registered with, of those registered that are offline, and of those that are
+// stale (missed heartbeats, not offline yet), with how long Mirage has not heard from
+// them: an id may name a headless Ghost, and a glob or selector matches offline Ghosts,
+// so neither is refused, but the user should know not to expect an answer from them soon.
+func (m *Mirage) absent(targets []string) (unregistered, offline []string, stale []bus.StaleTarget) {
 	now := m.cfg.Now()
 	for _, id := range targets {
-		if len(unregistered) == maxListed && len(offline) == maxListed {
+		if len(unregistered) == maxListed && len(offline) == maxListed && len(stale) == maxListed {
 			break
 		}
 		r, ok := m.fleet.Get(id)
-		switch {
-		case !ok:
+		if !ok {
 			if len(unregistered) < maxListed && !slices.Contains(unregistered, id) { // a plan's steps may share targets
 				unregistered = append(unregistered, id)
 			}
-		case r.Status(now) == StatusOffline:
+			continue
+		}
+		switch r.Status(now) {
+		case StatusOffline:
 			if len(offline) < maxListed && !slices.Contains(offline, id) {
 				offline = append(offline, id)
 			}
+		case StatusStale:
+			if len(stale) < maxListed && !slices.ContainsFunc(stale, func(s bus.StaleTarget) bool { return s.GhostID == id }) {
+				stale = append(stale, bus.StaleTarget{GhostID: id, SilentMS: now.UnixMilli() - r.LastSeenMS})
+			}
 		}
 	}
-	return unregistered, offline
+	return unregistered, offline, stale
 }
 
 // resolveTargets resolves a target scope against the given fleet records and checks that

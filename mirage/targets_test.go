@@ -329,22 +329,32 @@ func BenchmarkResolveLabelInALargeFleet(b *testing.B) {
 }
 
 // The answer to an accepted issue names the targets not to expect soon: ids nobody
-// registered as, and offline Ghosts (a stale one is not named), each at most once.
-func TestAbsentNamesUnregisteredAndOfflineTargets(t *testing.T) {
+// registered as, offline Ghosts, and stale ones with how long they have been silent,
+// each at most once; a Ghost that said it stops is offline at once.
+func TestAbsentNamesUnregisteredOfflineAndStaleTargets(t *testing.T) {
 	f := &Fleet{ghosts: map[string]*GhostRecord{}}
 	for _, r := range testFleet() {
 		f.ghosts[r.GhostID] = &r
 	}
 	m := &Mirage{fleet: f, cfg: Config{Now: func() time.Time { return testNow }}}
-	unreg, off := m.absent([]string{"edge-01", "gone", "headless-1", "quiet", "headless-1", "gone", "typo"})
+	unreg, off, stale := m.absent([]string{"edge-01", "gone", "headless-1", "quiet", "headless-1", "gone", "quiet", "typo"})
 	if !slices.Equal(unreg, []string{"headless-1", "typo"}) || !slices.Equal(off, []string{"gone"}) {
 		t.Fatalf("absent = %v, %v; want [headless-1 typo], [gone]", unreg, off)
+	}
+	if want := []bus.StaleTarget{{GhostID: "quiet", SilentMS: StaleAfter.Milliseconds() + 1}}; !slices.Equal(stale, want) {
+		t.Fatalf("stale = %v, want %v", stale, want)
+	}
+	left := *f.ghosts["edge-01"]
+	left.LeftMS = left.LastSeenMS
+	f.ghosts["edge-01"] = &left
+	if _, off, _ = m.absent([]string{"edge-01"}); !slices.Equal(off, []string{"edge-01"}) {
+		t.Fatalf("a Ghost that said it stops: offline = %v, want [edge-01]", off)
 	}
 	var many []string
 	for i := range 25 {
 		many = append(many, fmt.Sprintf("nobody-%02d", i))
 	}
-	if unreg, off = m.absent(many); len(unreg) != maxListed || unreg[maxListed-1] != "nobody-09" || off != nil {
+	if unreg, off, _ = m.absent(many); len(unreg) != maxListed || unreg[maxListed-1] != "nobody-09" || off != nil {
 		t.Fatalf("absent of 25 unregistered = %v, %v; want the first %d", unreg, off, maxListed)
 	}
 }
