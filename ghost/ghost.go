@@ -239,6 +239,12 @@ type Ghost struct {
 	ackSub     *nats.Subscription
 	registered bool
 	closed     bool
+
+	// hbMu orders heartbeats (beat): hbSeq is the last one's seq, hbLeft is set once the
+	// leaving one is sent.
+	hbMu   sync.Mutex
+	hbSeq  uint64
+	hbLeft bool
 }
 
 // New builds a Ghost on an open connection. The Ghost owns neither nc nor store: the
@@ -427,9 +433,10 @@ func (g *Ghost) flush() {
 	}
 }
 
-// Close stops intake, lets running executions finish for the grace period, interrupts
-// the rest (1700), lets their events be stored for the flush window, and stops every
-// goroutine it started. It does not close the connection.
+// Close stops intake, tells Mirage the Ghost is leaving (sayLeaving), lets running
+// executions finish for the grace period, interrupts the rest (1700), lets their events
+// be stored for the flush window, and stops every goroutine it started. It does not close
+// the connection.
 func (g *Ghost) Close() error {
 	g.mu.Lock()
 	if g.closed {
@@ -443,6 +450,7 @@ func (g *Ghost) Close() error {
 	for _, s := range subs {
 		_ = s.Unsubscribe()
 	}
+	g.sayLeaving() // before the id is released: a successor registers after it
 	g.releaseID()
 	done := make(chan struct{})
 	go func() { g.wg.Wait(); close(done) }()

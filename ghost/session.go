@@ -214,7 +214,6 @@ func (g *Ghost) heartbeats() {
 	defer g.wg.Done()
 	t := time.NewTicker(g.cfg.HeartbeatInterval)
 	defer t.Stop()
-	var seq uint64
 	for {
 		select {
 		case <-g.stopping:
@@ -233,15 +232,51 @@ func (g *Ghost) heartbeats() {
 			}
 			continue
 		}
-		seq++
-		hb := bus.Heartbeat{Header: bus.NewHeader(bus.TypeHeartbeat, "", g.cfg.Now()), GhostID: g.cfg.ID, Seq: seq}
-		data, err := bus.Encode(&hb)
-		if err != nil {
-			continue
-		}
-		if err := g.nc.Publish(subjects.Heartbeat(g.cfg.ID), data); err != nil {
+		if err := g.beat(false); err != nil {
 			g.log.Debug("heartbeat not sent", "err", err)
 		}
+	}
+}
+
+// beat publishes the next heartbeat; leaving marks the last one, after which none is
+// sent (a beat racing Close's must not show the Ghost online again).
+func (g *Ghost) beat(leaving bool) error {
+	g.hbMu.Lock()
+	defer g.hbMu.Unlock()
+	if g.hbLeft {
+		return nil
+	}
+	g.hbLeft = leaving
+	g.hbSeq++
+	hb := bus.Heartbeat{Header: bus.NewHeader(bus.TypeHeartbeat, "", g.cfg.Now()), GhostID: g.cfg.ID, Seq: g.hbSeq, Leaving: leaving}
+	data, err := bus.Encode(&hb)
+	if err != nil {
+		return err
+	}
+	return g.nc.Publish(subjects.Heartbeat(g.cfg.ID), data)
+}
+
+// leaveWait bounds how long Close waits for the server to take the leaving heartbeat.
+const leaveWait = 500 * time.Millisecond
+
+// sayLeaving tells Mirage, on Close, that this Ghost stops taking commands: a heartbeat
+// with leaving set, which Mirage takes as offline at once rather than after its offline
+// threshold of silence. It is sent as intake stops, not after the drain: from then on a
+// command waits in EDGE_CMD as for any offline Ghost, and a successor of the id (which
+// may start once the probes are no longer answered) must not be marked offline by it.
+// Best effort and bounded (leaveWait): not registered, not connected, or standing down
+// for another instance of the id (which is running), nothing is sent. Commands are not
+// affected: Mirage dispatches to an offline Ghost as to any other, and its commands wait.
+func (g *Ghost) sayLeaving() {
+	if g.Err() != nil || !g.Registered() || !g.nc.IsConnected() {
+		return
+	}
+	if err := g.beat(true); err != nil {
+		g.log.Debug("leaving heartbeat not sent", "err", err)
+		return
+	}
+	if err := g.nc.FlushTimeout(leaveWait); err != nil {
+		g.log.Debug("leaving heartbeat not confirmed by the server", "err", err)
 	}
 }
 

@@ -29,13 +29,15 @@ func statusOf(t *testing.T, c *mirage.Client, id string) string {
 	return "absent"
 }
 
-// Presence follows heartbeats: a stopped Ghost turns stale then offline, and online again
-// when it comes back; a restarted Mirage forgets nothing.
+// Presence follows heartbeats: a Ghost that goes silent (cut off, or killed without a
+// chance to say it leaves) turns stale then offline, and online again when it comes back;
+// a restarted Mirage forgets nothing.
 func TestPresenceFollowsHeartbeats(t *testing.T) {
 	env := testenv.New(t)
 	first := env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond})
 	fast := testenv.Tune(func(c *ghost.Config) { c.HeartbeatInterval = 50 * time.Millisecond })
-	g := env.StartGhost("edge-p", fast)
+	ghostConn := env.ConnWith("ghost edge-p", bus.GhostRequests())
+	g := env.StartGhost("edge-p", fast, testenv.Via(ghostConn))
 	client := env.Client()
 	client.Presence = mirage.Presence{StaleAfter: 400 * time.Millisecond, OfflineAfter: 1200 * time.Millisecond, Flush: 50 * time.Millisecond}
 	testenv.Eventually(t, 3*time.Second, "online", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
@@ -48,6 +50,7 @@ func TestPresenceFollowsHeartbeats(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	ghostConn.Close() // silent: no leaving heartbeat can be sent
 	_ = g.Close()
 	testenv.Eventually(t, 3*time.Second, "stale", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusStale })
 	testenv.Eventually(t, 3*time.Second, "offline", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOffline })
@@ -58,6 +61,93 @@ func TestPresenceFollowsHeartbeats(t *testing.T) {
 	env.StartMirageOn(env.Conn("mirage 2"), mirage.Config{PresenceFlush: 50 * time.Millisecond})
 	env.StartGhost("edge-p", fast)
 	testenv.Eventually(t, 3*time.Second, "online again", func() bool { return statusOf(t, client, "edge-p") == mirage.StatusOnline })
+}
+
+// A Ghost that stops (Close, as ghostctl run on SIGTERM) says it leaves: Mirage shows it
+// offline at once, in its registry and in edge_ghosts ('miragectl ghosts'), with the
+// default thresholds (60 s of silence) and presence flush (5 s), and names it offline in
+// the answer to the next issue. Its command waits in EDGE_CMD all the same and runs when
+// it comes back, online again.
+func TestGhostThatStopsIsOfflineAtOnce(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{})
+	g := env.StartGhost("edge-l")
+	env.StartGhost("edge-stay")
+	client := env.Client()
+	testenv.Eventually(t, 3*time.Second, "online", func() bool { return statusOf(t, client, "edge-l") == mirage.StatusOnline })
+	stopped := time.Now()
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(stopped); d > 2*time.Second {
+		t.Fatalf("Close took %s", d)
+	}
+	testenv.Eventually(t, 2*time.Second, "offline in 'miragectl ghosts'", func() bool { return statusOf(t, client, "edge-l") == mirage.StatusOffline })
+	if r, _ := m.Fleet().Get("edge-l"); r.Status(time.Now()) != mirage.StatusOffline {
+		t.Fatalf("Mirage's registry shows edge-l %s", r.Status(time.Now()))
+	}
+	if st := statusOf(t, client, "edge-stay"); st != mirage.StatusOnline {
+		t.Fatalf("the Ghost that stays reads %s", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	is := testenv.NewIssue("edge-l", "seed.flow", "status", nil, 30*time.Second)
+	reply, err := client.Issue(ctx, is)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reply.Offline) != 1 || reply.Offline[0] != "edge-l" {
+		t.Fatalf("answer names offline %v, want [edge-l]", reply.Offline)
+	}
+	// "all" leaves it out, as any offline Ghost.
+	all, err := client.Issue(ctx, testenv.NewIssue("all", "seed.flow", "status", nil, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range all.Targets {
+		if id == "edge-l" {
+			t.Fatalf("all targets %v: the stopped Ghost is among them", all.Targets)
+		}
+	}
+	// Back: online again, and the command that waited for it runs.
+	env.StartGhost("edge-l")
+	r, err := client.WaitTerminal(ctx, is.IntentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("the command that waited for the stopped Ghost: %s", r.Summary)
+	}
+	testenv.Eventually(t, 3*time.Second, "online again", func() bool { return statusOf(t, client, "edge-l") == mirage.StatusOnline })
+}
+
+// A Ghost that said it leaves and comes back by heartbeats alone (its connection was
+// kept, a new instance that did not register) is online again.
+func TestLeftGhostHeardFromAgainIsOnline(t *testing.T) {
+	env := testenv.New(t)
+	m := env.StartMirage(mirage.Config{PresenceFlush: 50 * time.Millisecond})
+	env.StartGhost("edge-b")
+	client := env.Client()
+	testenv.Eventually(t, 3*time.Second, "online", func() bool { return statusOf(t, client, "edge-b") == mirage.StatusOnline })
+	nc := env.Conn("edge-b beats")
+	beat := func(leaving bool) {
+		t.Helper()
+		data, err := bus.Encode(&bus.Heartbeat{Header: bus.NewHeader(bus.TypeHeartbeat, "", time.Now()), GhostID: "edge-b", Seq: 1000, Leaving: leaving})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(subjects.Heartbeat("edge-b"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat(true)
+	testenv.Eventually(t, 2*time.Second, "offline", func() bool { return statusOf(t, client, "edge-b") == mirage.StatusOffline })
+	beat(false)
+	testenv.Eventually(t, 2*time.Second, "online in the registry", func() bool {
+		r, _ := m.Fleet().Get("edge-b")
+		return r.Status(time.Now()) == mirage.StatusOnline
+	})
+	testenv.Eventually(t, 2*time.Second, "online in edge_ghosts", func() bool { return statusOf(t, client, "edge-b") == mirage.StatusOnline })
 }
 
 // A headless Ghost serves without registering; 'attach' brings it into the registry.
