@@ -195,8 +195,13 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			wctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
 			defer cancel()
 			f := &follower{intentID: reply.IntentID}
-			if asJSONL {
+			switch {
+			case asJSONL:
 				f.jsonl = out
+			case !asJSON:
+				// Each target's line as its result arrives: in a pipe, ssh or cron, where
+				// there is no bar, a slow target does not hide the others' results.
+				f.lines, f.width = out, ghostWidth(reply.Targets)
 			}
 			if !asJSON && !asJSONL && len(reply.Targets) > 1 && cli.IsTerminal(os.Stderr) {
 				f.what = is.Objective.SeedSelector + " " + is.Objective.Operation
@@ -220,7 +225,7 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 					return err
 				}
 			default:
-				if err := printReport(out, rep); err != nil {
+				if err := f.printEnd(out, rep); err != nil {
 					return err
 				}
 			}
@@ -255,7 +260,8 @@ func waitReconnect() []nats.Option {
 }
 
 // noteAbsent tells the user, on stderr, which targets Mirage does not expect to hear from
-// soon (bus.IssueReply): their commands wait for them, so a mistyped id would otherwise
+// soon (bus.IssueReply): unregistered, offline, or stale (heartbeats missed, not offline
+// yet). Their commands wait for them, so a mistyped id or a stopped Ghost would otherwise
 // show only as a timeout at the end.
 func noteAbsent(w io.Writer, reply *bus.IssueReply, timeout time.Duration) {
 	list := func(ids []string) string {
@@ -270,6 +276,17 @@ func noteAbsent(w io.Writer, reply *bus.IssueReply, timeout time.Duration) {
 	}
 	if len(reply.Offline) > 0 {
 		fmt.Fprintf(w, "note: offline: %s; a command waits for its Ghost to reconnect, up to the timeout (%s)\n", list(reply.Offline), shortDuration(timeout))
+	}
+	if len(reply.Stale) > 0 {
+		heard := make([]string, len(reply.Stale))
+		for i, st := range reply.Stale {
+			heard[i] = fmt.Sprintf("%s last heard %s ago", st.GhostID, shortDuration(time.Duration(st.SilentMS/1000)*time.Second))
+		}
+		waits := "its command waits for it"
+		if len(reply.Stale) > 1 {
+			waits = "their commands wait for them"
+		}
+		fmt.Fprintf(w, "note: %s (missed heartbeats: stopped or cut off?); %s, up to the timeout (%s)\n", list(heard), waits, shortDuration(timeout))
 	}
 }
 
@@ -308,13 +325,16 @@ func actor() string {
 }
 
 // follower follows an intent's reports to the terminal one, streaming each target's
-// result once as JSON lines (jsonl) and driving a progress bar (bar), when set.
+// result once as it arrives, as a JSON line (jsonl) or as a human line (lines), and
+// driving a progress bar (bar), when set.
 type follower struct {
 	intentID string
 	jsonl    io.Writer
+	lines    io.Writer
+	width    int // of the ghost column of lines
 	bar      *progressbar.ProgressBar
 	what     string          // the operation, named beside the bar
-	printed  map[string]bool // command_ids whose result was streamed
+	printed  map[string]bool // results streamed (resultKey)
 	writeErr error
 }
 
@@ -322,7 +342,7 @@ func (f *follower) follow(ctx context.Context, client *mirage.Client) (*bus.Repo
 	f.printed = map[string]bool{}
 	var final *bus.Report
 	err := client.WatchReports(ctx, f.intentID, func(r *bus.Report) bool {
-		if f.jsonl != nil && !f.stream(r) {
+		if (f.jsonl != nil || f.lines != nil) && !f.stream(r) {
 			return false
 		}
 		if f.bar != nil {
@@ -355,19 +375,81 @@ func (f *follower) follow(ctx context.Context, client *mirage.Client) (*bus.Repo
 }
 
 // stream writes the results that left pending since the last report; false when stdout
-// is gone.
+// is gone. Human lines go above the progress bar: it is cleared first, and drawn again
+// below them by showProgress.
 func (f *follower) stream(r *bus.Report) bool {
+	cleared := false
 	for _, res := range r.Results {
-		if res.Outcome == bus.OutcomePending || f.printed[res.CommandID] {
+		if res.Outcome == bus.OutcomePending || f.printed[resultKey(res)] {
 			continue
 		}
-		f.printed[res.CommandID] = true
-		if err := printJSON(f.jsonl, resultLine{IntentID: r.IntentID, Step: res.Step, TargetResult: res}); err != nil {
+		f.printed[resultKey(res)] = true
+		var err error
+		if f.jsonl != nil {
+			err = printJSON(f.jsonl, resultLine{IntentID: r.IntentID, Step: res.Step, TargetResult: res})
+		} else {
+			if f.bar != nil && !cleared && !f.bar.IsFinished() {
+				_ = f.bar.Clear()
+				cleared = true
+			}
+			_, err = io.WriteString(f.lines, targetLine(res, f.width))
+		}
+		if err != nil {
 			f.writeErr = cli.Exit(cli.ExitUnavailable, fmt.Errorf("writing results: %w", err))
 			return false
 		}
 	}
 	return true
+}
+
+// resultKey names a result among an intent's: its command_id, or its step and ghost.
+func resultKey(res bus.TargetResult) string {
+	if res.CommandID != "" {
+		return res.CommandID
+	}
+	return fmt.Sprintf("%d/%s", res.Step, res.GhostID)
+}
+
+// printEnd ends issue's human output once the report is terminal: the lines of the
+// results not streamed yet (timeouts, skipped and expired targets come with the terminal
+// report), in the report's order, then what printReport writes below its lines.
+func (f *follower) printEnd(w io.Writer, r *bus.Report) error {
+	for _, res := range r.Results {
+		if f.printed[resultKey(res)] {
+			continue
+		}
+		f.printed[resultKey(res)] = true
+		if _, err := io.WriteString(w, targetLine(res, f.width)); err != nil {
+			return err
+		}
+	}
+	if r.ResultsOmitted > 0 {
+		fmt.Fprintf(w, "(%d results not shown: the report holds what fits in one envelope; counts are exact)\n", r.ResultsOmitted)
+	}
+	if line := noResponse(r); line != "" {
+		fmt.Fprintln(w, line)
+	}
+	_, err := fmt.Fprintf(w, "%s  (intent %s)\n", r.Summary, r.IntentID)
+	return err
+}
+
+// targetLine is a target's line of issue's human output: ghost, outcome, exit code, first
+// line of output or error, in columns as printReport writes them. Lines are written as
+// results arrive, so the columns are set in advance: the ghost column as wide as the
+// longest target id (ghostWidth), the outcome one as the longest outcome, the exit code
+// one three characters.
+func targetLine(res bus.TargetResult, width int) string {
+	line := fmt.Sprintf("%-*s  %-7s  %-3s  %s", width, res.GhostID, res.Outcome, exitColumn(res), firstLine(res))
+	return strings.TrimRight(line, " ") + "\n"
+}
+
+// ghostWidth is the width of the ghost column for these targets.
+func ghostWidth(targets []string) int {
+	w := 0
+	for _, id := range targets {
+		w = max(w, len(id))
+	}
+	return w
 }
 
 // newProgress returns a progress bar of done/total targets on w.
