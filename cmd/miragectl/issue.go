@@ -37,9 +37,11 @@ func newIssue() *cobra.Command {
 		Use:   "issue --target SCOPE SEED OPERATION [KEY=VALUE ...] [--timeout DURATION] [--deliver-within DURATION] [--json|--jsonl] [--no-wait] [--max-concurrency N|N%] [--max-errors N|N%] [--plan FILE]",
 		Short: "Run an operation of a seed on target Ghosts and report the outcome",
 		Long: `issue sends an intent to Mirage: run OPERATION of SEED with the given arguments on every
-Ghost in SCOPE. Mirage sends one command per target; issue waits for the terminal report
-and prints one line per target (ghost, outcome, exit code, first line of output or error)
-and a summary line; on a terminal, a fan-out shows a progress bar on stderr meanwhile.
+Ghost in SCOPE. Mirage sends one command per target; issue waits for the terminal report,
+printing one line per target (ghost, outcome, exit code, first line of output or error) as
+its result arrives, then a summary line; on a terminal, a fan-out shows a progress bar on
+stderr meanwhile, below the lines. Targets Mirage does not expect to hear from soon
+(unregistered, offline, or stale: heartbeats missed) are named in a note on stderr.
 --json prints the terminal report as one JSON object; --jsonl prints one JSON object per
 target result as it arrives ({"intent_id", "ghost_id", "outcome", "exit_code", ...}); a
 report holds what fits in 1 MiB, so for tens of thousands of targets some results may be
