@@ -12,8 +12,9 @@ import (
 )
 
 // The human output of a plan heads each step's target lines with "step N/M:", so that a
-// Ghost listed once per step reads as such; 'report' names the steps from the intent's
-// record ("step 1/2 init:"). --json and --jsonl are unchanged (one report, one result a line).
+// Ghost listed once per step reads as such; 'issue' names the steps from its plan file, as
+// its lines arrive, and 'report' from the intent's record ("step 1/2 init:"). --json and
+// --jsonl are unchanged (one report, one result a line).
 func TestPlanOutputHeadsEachStep(t *testing.T) {
 	env := testenv.New(t, testenv.Listen())
 	env.StartMirage(mirage.Config{})
@@ -33,7 +34,7 @@ args = { name = "apply" }
 		t.Fatal(err)
 	}
 	r := miragectl(t, env.URL, "issue", "--plan", plan)
-	if r.code != 0 || !regexp.MustCompile(`(?m)^step 1/2:\nedge-p +success +0 +init.*\nstep 2/2:\nedge-p +success +0 +apply`).MatchString(r.stdout) {
+	if r.code != 0 || !regexp.MustCompile(`(?m)^step 1/2 init:\nedge-p +success +0 +init.*\nstep 2/2:\nedge-p +success +0 +apply`).MatchString(r.stdout) {
 		t.Fatalf("issue --plan: exit %d, stdout %q; want a step header above each step's line", r.code, r.stdout)
 	}
 	id := regexp.MustCompile(`int_\w+`).FindString(r.stdout)

@@ -196,7 +196,7 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			}
 			wctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
 			defer cancel()
-			f := &follower{intentID: reply.IntentID}
+			f := &follower{intentID: reply.IntentID, steps: planNames(steps), lastStep: -1}
 			switch {
 			case asJSONL:
 				f.jsonl = out
@@ -338,6 +338,23 @@ type follower struct {
 	what     string          // the operation, named beside the bar
 	printed  map[string]bool // results streamed (resultKey)
 	writeErr error
+	// A plan's steps (names by index, "" for a step without one): human lines go under a
+	// "step 2/3 apply:" line whenever the step changes (stepHeader).
+	steps    []string
+	lastStep int // of the last human line written; -1 before the first
+}
+
+// writeLine writes a result's human line, under its step's header when it is a plan's
+// and the last line written was of another step.
+func (f *follower) writeLine(w io.Writer, res bus.TargetResult) error {
+	if len(f.steps) > 1 && res.Step != f.lastStep {
+		f.lastStep = res.Step
+		if _, err := io.WriteString(w, stepHeader(res.Step, max(len(f.steps), res.Step+1), f.steps)+"\n"); err != nil {
+			return err
+		}
+	}
+	_, err := io.WriteString(w, targetLine(res, f.width))
+	return err
 }
 
 func (f *follower) follow(ctx context.Context, client *mirage.Client) (*bus.Report, error) {
@@ -394,7 +411,7 @@ func (f *follower) stream(r *bus.Report) bool {
 				_ = f.bar.Clear()
 				cleared = true
 			}
-			_, err = io.WriteString(f.lines, targetLine(res, f.width))
+			err = f.writeLine(f.lines, res)
 		}
 		if err != nil {
 			f.writeErr = cli.Exit(cli.ExitUnavailable, fmt.Errorf("writing results: %w", err))
@@ -421,7 +438,7 @@ func (f *follower) printEnd(w io.Writer, r *bus.Report) error {
 			continue
 		}
 		f.printed[resultKey(res)] = true
-		if _, err := io.WriteString(w, targetLine(res, f.width)); err != nil {
+		if err := f.writeLine(w, res); err != nil {
 			return err
 		}
 	}
