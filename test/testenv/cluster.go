@@ -28,6 +28,8 @@ type Cluster struct {
 	Log   *slog.Logger
 	nodes []*clusterNode
 	store int64 // JetStream max store of each server, bytes; 0: the server's default
+	// proxies[i][k] carries the routes node i opens to node k (RouteProxies); nil: direct.
+	proxies [][]*Proxy
 }
 
 type clusterNode struct {
@@ -38,9 +40,14 @@ type clusterNode struct {
 	srv        *natsd.Server
 }
 
+// RouteProxies makes NewCluster route every pair of servers through proxies, so that a
+// test can cut the link between two of them (CutRoutes) while both keep running and
+// talking to the others.
+func RouteProxies() Option { return func(o *options) { o.routeProxies = true } }
+
 // NewCluster starts n routed servers and waits until JetStream has a meta leader and
 // every server is current. Everything is stopped at cleanup. Of the options only MaxStore
-// applies (to each server).
+// (to each server) and RouteProxies apply.
 func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	var o options
@@ -55,6 +62,17 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 			routePort:  FreePort(t),
 			store:      filepath.Join(c.Dir, fmt.Sprintf("n%d", i+1)),
 		})
+	}
+	if o.routeProxies {
+		c.proxies = make([][]*Proxy, n)
+		for i := range c.nodes {
+			c.proxies[i] = make([]*Proxy, n)
+			for k, to := range c.nodes {
+				if k != i {
+					c.proxies[i][k] = NewProxy(t, fmt.Sprintf("127.0.0.1:%d", to.routePort))
+				}
+			}
+		}
 	}
 	for i := range c.nodes {
 		c.Start(i)
@@ -84,8 +102,12 @@ func (c *Cluster) Start(i int) {
 	c.T.Helper()
 	n := c.nodes[i]
 	var routes []string
-	for _, o := range c.nodes {
-		if o != n {
+	for k, o := range c.nodes {
+		switch {
+		case o == n:
+		case c.proxies != nil:
+			routes = append(routes, "nats://"+c.proxies[i][k].ln.Addr().String())
+		default:
 			routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", o.routePort))
 		}
 	}
@@ -115,6 +137,21 @@ func (c *Cluster) Stop(i int) {
 		s.Shutdown()
 		s.WaitForShutdown()
 	}
+}
+
+// CutRoutes drops the routes between nodes i and k and refuses new ones until
+// RestoreRoutes, as a network fault between two servers would (RouteProxies only): both
+// keep running, and each keeps its routes to the others.
+func (c *Cluster) CutRoutes(i, k int) {
+	c.proxies[i][k].Cut()
+	c.proxies[k][i].Cut()
+}
+
+// RestoreRoutes lets nodes i and k route to each other again; the servers reconnect
+// their routes by themselves.
+func (c *Cluster) RestoreRoutes(i, k int) {
+	c.proxies[i][k].Restore()
+	c.proxies[k][i].Restore()
 }
 
 // Server returns node i's running server (nil before it first started).

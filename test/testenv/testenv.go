@@ -40,15 +40,16 @@ type Env struct {
 type Option func(*options)
 
 type options struct {
-	listen bool
-	sync   string
-	dir    string
-	port   int
-	users  []*server.NkeyUser
-	tls    *bus.TLSFiles  // tls.go
-	certs  []*server.User // tls.go
-	noJS   bool
-	store  int64 // JetStream max store, bytes; 0: the server's default
+	listen       bool
+	sync         string
+	dir          string
+	port         int
+	users        []*server.NkeyUser
+	tls          *bus.TLSFiles  // tls.go
+	certs        []*server.User // tls.go
+	noJS         bool
+	store        int64 // JetStream max store, bytes; 0: the server's default
+	routeProxies bool  // NewCluster: every route through a proxy (cluster.go)
 }
 
 // Users turns on nkey authentication with these users.
