@@ -166,13 +166,29 @@ func (m *Mirage) kickSweep() {
 	}
 }
 
+// The events consumer's pulls. On a cluster a pull can be lost without a word: sent
+// before Mirage's server learnt where a consumer just made (or just moved) lives, or
+// dropped by the consumer's leader when it found no route to Mirage's inbox (a link
+// between two servers down for a moment). nats.go pulls again only when the server
+// answers (a message, the expiry, a status) or when the idle heartbeats it asked for stop
+// coming for two intervals; with its defaults (30 s expiry, 15 s heartbeat) every event
+// then waited up to 30 s. A pull of 5 s with a heartbeat each second is noticed lost
+// within 2 s, for a heartbeat a second and a new pull every 5 s while idle.
+const (
+	eventsPullExpiry    = 5 * time.Second
+	eventsPullHeartbeat = time.Second // at most half the expiry (nats.go)
+)
+
 // consumeEvents starts the events consumer's delivery into onEvent. Its errors (the
-// statuses nats.go reads, stored junk among them) ask for a sweep.
+// statuses nats.go reads, stored junk among them, and a pull noticed lost) ask for a
+// sweep.
 func (m *Mirage) consumeEvents(cons jetstream.Consumer) (jetstream.ConsumeContext, error) {
-	return cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		m.log.Debug("events consumer", "err", err)
-		m.kickSweep()
-	}))
+	return cons.Consume(m.onEvent, jetstream.PullMaxMessages(1000),
+		jetstream.PullExpiry(eventsPullExpiry), jetstream.PullHeartbeat(eventsPullHeartbeat),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			m.log.Debug("events consumer", "err", err)
+			m.kickSweep()
+		}))
 }
 
 // superviseEvents sweeps EDGE_EVT when asked (at most once a second), and starts the
