@@ -133,7 +133,10 @@ func (c *Client) notProvisioned(err error, asset string) error {
 
 // LatestReport returns the newest report of an intent, or ErrIntentNotFound. A message
 // on the intent's subject that is not a valid report of it (junk: see endedIntents; one
-// that reads as a status too) is passed over for the newest valid one before it.
+// that reads as a status too) is passed over for the newest valid one before it. A
+// terminal report is final: when the last report is not terminal, the stored ones are
+// read for a terminal one before it (newestReport), which a report stored out of order
+// would otherwise hide.
 func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report, error) {
 	if err := subjects.ValidateToken("intent_id", intentID); err != nil {
 		return nil, err
@@ -150,7 +153,7 @@ func (c *Client) LatestReport(ctx context.Context, intentID string) (*bus.Report
 	case raw == nil:
 		return c.pendingReport(ctx, intentID)
 	}
-	if r := validReport(intentID, raw.data, raw.header); r != nil {
+	if r := validReport(intentID, raw.data, raw.header); r != nil && bus.Terminal(r.Phase) {
 		return r, nil
 	}
 	r, _, err := newestReport(ctx, c.js, intentID)

@@ -76,25 +76,37 @@ func validReport(intentID string, data []byte, h nats.Header) *bus.Report {
 }
 
 // newestReport returns the newest valid report (validReport) stored for an intent and
-// its stream sequence, or nil when there is none. It reads every message of the
-// intent's subject: EDGE_REPORT keeps at most 64 per subject.
+// its stream sequence, or nil when there is none. A terminal report is final: the newest
+// terminal one is returned before any later report that is not terminal (one stored out
+// of order: an older Mirage's in_progress report stored after the terminal report of the
+// Mirage that took over). It reads every message of the intent's subject: EDGE_REPORT
+// keeps at most 64 per subject.
 func newestReport(ctx context.Context, js jetstream.JetStream, intentID string) (*bus.Report, uint64, error) {
-	var newest *bus.Report
-	var seq uint64
+	var newest, terminal *bus.Report
+	var seq, terminalSeq uint64
 	err := readStream(ctx, js, bus.StreamReports, jetstream.OrderedConsumerConfig{
 		InactiveThreshold: readerIdle,
 		FilterSubjects:    []string{subjects.Report(intentID)},
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
 	}, func(string, ...any) {}, func(msg jetstream.Msg) {
-		if r := validReport(intentID, msg.Data(), msg.Headers()); r != nil {
-			newest = r
-			if md, err := msg.Metadata(); err == nil {
-				seq = md.Sequence.Stream
-			}
+		r := validReport(intentID, msg.Data(), msg.Headers())
+		if r == nil {
+			return
+		}
+		var at uint64
+		if md, err := msg.Metadata(); err == nil {
+			at = md.Sequence.Stream
+		}
+		newest, seq = r, at
+		if bus.Terminal(r.Phase) {
+			terminal, terminalSeq = r, at
 		}
 	})
 	if err != nil {
 		return nil, 0, err
+	}
+	if terminal != nil {
+		return terminal, terminalSeq, nil
 	}
 	return newest, seq, nil
 }

@@ -61,3 +61,51 @@ func TestInProgressReportIsNotResentAfterTheTerminalOne(t *testing.T) {
 		t.Fatalf("the last report of the intent is %s (seq %d), stored after its terminal report", got, last.Sequence)
 	}
 }
+
+// A terminal report is final for the readers too: an in_progress report stored after it
+// (an older Mirage's, published as the one that took over ended the intent) neither makes
+// a client's LatestReport show the intent in_progress nor makes 'report --watch'
+// (FollowReports) start after the terminal report and wait for one that came before.
+func TestReadersTakeTheTerminalReportOverALaterOne(t *testing.T) {
+	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
+	startTestMirage(t, ns)
+	nc := natsdtest.Connect(t, bus.ConnConfig{InProcess: ns, Name: "client"})
+	c, err := NewClient(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const id = "int_terminalfirst"
+	for _, phase := range []string{bus.PhaseInProgress, bus.PhaseFailed, bus.PhaseInProgress} {
+		r := &bus.Report{Header: bus.NewHeader(bus.TypeReport, "", time.Now()), IntentID: id, Phase: phase,
+			CompletionState: "open", Summary: phase, Results: []bus.TargetResult{}}
+		data, err := bus.Encode(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.PublishMsg(ctx, bus.NewReportMsg(r, data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := c.LatestReport(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Phase != bus.PhaseFailed {
+		t.Fatalf("LatestReport: %s, want the terminal report stored before it (failed)", r.Phase)
+	}
+	fctx, stop := context.WithTimeout(ctx, 5*time.Second)
+	defer stop()
+	var first string
+	if err := c.FollowReports(fctx, id, func(r *bus.Report) bool { first = r.Phase; return false }); err != nil {
+		t.Fatalf("FollowReports: %v (first report seen: %q)", err, first)
+	}
+	if first != bus.PhaseFailed {
+		t.Fatalf("FollowReports began with %q, want the terminal report (failed)", first)
+	}
+}
