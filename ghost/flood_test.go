@@ -57,7 +57,10 @@ func TestAnnounceAndAttachFloodsRegisterOnceAtATime(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, "attach requests answered", func() bool { return answered.Load() > 0 })
 	time.Sleep(2 * time.Second) // what is still in flight ends
-	if n := logs.count("registered with Mirage") - base; n < 1 || n > 10 {
+	// One at a time, and one more for all that asked meanwhile: how many depends on how
+	// long each takes against how fast the flood is read (11 seen on a loaded machine);
+	// without the coalescing it is hundreds.
+	if n := logs.count("registered with Mirage") - base; n < 1 || n > 25 {
 		t.Errorf("%d registrations for 500 announces and 200 attach requests, want a few", n)
 	}
 	if n := logs.count("attached to Mirage on request"); n < 1 || n > 5 {
