@@ -36,7 +36,7 @@ func probeServer(ctx context.Context, conn bus.ConnConfig, keyFile string) error
 			if keyFile == "" {
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s requires authentication (%s): run up with --auth and a --data-dir whose keys/mirage.nk the server admits (see docs/security.md)", conn.URL, why))
 			}
-			return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s refuses Mirage's key %s (%s): the server must admit it (the key of the 'up --auth' that runs the server, or one in its accounts block: miragectl fleet auth-config; see docs/security.md)", conn.URL, keyFile, why))
+			return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s refuses Mirage's key %s (%s): the server must admit it (the key of the 'up --auth' that runs the server, or one in every node's accounts block: for keys it does not know yet, print that block with a short 'up --auth' on a spare port and 'miragectl fleet auth-config', then reload the nodes: deploy/README.md, step 2; docs/security.md)", conn.URL, keyFile, why))
 		}
 		return cli.Exit(cli.ExitUnavailable, fmt.Errorf("NATS at %s cannot be reached: %s (check --server: up needs a running nats-server with JetStream there)", conn.URL, why))
 	}
