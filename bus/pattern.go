@@ -143,14 +143,18 @@ func CheckArgs(seedID string, op OperationInfo, args map[string]string, pattern 
 	return nil
 }
 
-// takes lists the params op declares, for an error about one it does not: "it takes: a,
-// b?" (? marks an optional one), or "it takes no params".
-func (op OperationInfo) takes() string {
-	if len(op.Params) == 0 {
+// takes lists the params op declares (TakesParams).
+func (op OperationInfo) takes() string { return TakesParams(op.Params) }
+
+// TakesParams lists an operation's params (their names and whether required), for an error
+// about one it does not declare: "it takes: a, b?" (? marks an optional one), or "it takes
+// no params".
+func TakesParams(params []ParamInfo) string {
+	if len(params) == 0 {
 		return "it takes no params"
 	}
-	names := make([]string, len(op.Params))
-	for i, p := range op.Params {
+	names := make([]string, len(params))
+	for i, p := range params {
 		names[i] = p.Name
 		if !p.Required {
 			names[i] += "?"

@@ -442,14 +442,7 @@ func (f *follower) printEnd(w io.Writer, r *bus.Report) error {
 			return err
 		}
 	}
-	if r.ResultsOmitted > 0 {
-		fmt.Fprintf(w, "(%d results not shown: the report holds what fits in one envelope; counts are exact)\n", r.ResultsOmitted)
-	}
-	if line := noResponse(r); line != "" {
-		fmt.Fprintln(w, line)
-	}
-	_, err := fmt.Fprintf(w, "%s  (intent %s)\n", r.Summary, r.IntentID)
-	return err
+	return printReportEnd(w, r)
 }
 
 // targetLine is a target's line of issue's human output: ghost, outcome, exit code, first

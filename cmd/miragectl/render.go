@@ -59,6 +59,12 @@ func printReportSteps(w io.Writer, r *bus.Report, names []string) error {
 			return err
 		}
 	}
+	return printReportEnd(w, r)
+}
+
+// printReportEnd writes what follows a report's target lines: how many results it could
+// not hold, the targets that did not answer, and the summary line with the intent id.
+func printReportEnd(w io.Writer, r *bus.Report) error {
 	if r.ResultsOmitted > 0 {
 		fmt.Fprintf(w, "(%d results not shown: the report holds what fits in one envelope; counts are exact)\n", r.ResultsOmitted)
 	}

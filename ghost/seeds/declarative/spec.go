@@ -126,20 +126,13 @@ func (s *Spec) File(name string) (File, bool) {
 	return File{}, false
 }
 
-// takes lists the params op declares, for an error about one it does not: "it takes: a,
-// b?" (? marks an optional one), or "it takes no params".
+// takes lists the params op declares, for an error about one it does not (bus.TakesParams).
 func (op *Operation) takes() string {
-	if len(op.Params) == 0 {
-		return "it takes no params"
-	}
-	names := make([]string, len(op.Params))
+	params := make([]bus.ParamInfo, len(op.Params))
 	for i, p := range op.Params {
-		names[i] = p.Name
-		if !p.Required {
-			names[i] += "?"
-		}
+		params[i] = bus.ParamInfo{Name: p.Name, Required: p.Required}
 	}
-	return "it takes: " + strings.Join(names, ", ")
+	return bus.TakesParams(params)
 }
 
 // Param returns the named param.
