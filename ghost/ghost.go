@@ -239,6 +239,9 @@ type Ghost struct {
 	ackSub     *nats.Subscription
 	registered bool
 	closed     bool
+	// lastRejection is the reason of the last registration rejected since one was
+	// accepted: a rejection repeated at every try is logged once (rejected).
+	lastRejection string
 
 	// hbMu orders heartbeats (beat): hbSeq is the last one's seq, hbLeft is set once the
 	// leaving one is sent.
@@ -370,7 +373,7 @@ func (g *Ghost) start(ctx context.Context) error {
 
 	switch g.cfg.Policy {
 	case PolicyAuto:
-		if err := g.register(ctx); err != nil {
+		if err := g.register(ctx); err != nil && !errors.Is(err, ErrRegistrationRejected) { // a rejection is logged by register
 			g.log.Info("no Mirage acknowledged registration; serving, and registering when one announces", "err", err)
 		}
 	case PolicyHeadless:

@@ -17,6 +17,10 @@ import (
 // ErrNoMirage is returned when no Mirage acknowledged registration.
 var ErrNoMirage = errors.New("no Mirage acknowledged registration")
 
+// ErrRegistrationRejected is returned when Mirage answered register.ack rejected (with
+// auth: the id is not enrolled, or was revoked).
+var ErrRegistrationRejected = errors.New("registration rejected by Mirage")
+
 // register sends register on reg.<id> and waits for register.ack.
 func (g *Ghost) register(ctx context.Context) error {
 	if !g.nc.IsConnected() {
@@ -68,14 +72,35 @@ func (g *Ghost) register(ctx context.Context) error {
 		return fmt.Errorf("malformed register.ack: %w", err)
 	}
 	if ack.Status != bus.RegisterAccepted {
-		return fmt.Errorf("registration rejected by Mirage: %s", ack.Reason)
+		g.rejected(ack.Reason)
+		return fmt.Errorf("%w: %s", ErrRegistrationRejected, ack.Reason)
 	}
 	g.mu.Lock()
 	g.registered = true
+	g.lastRejection = ""
 	g.mu.Unlock()
 	g.requestResend(true) // a Mirage is there to count and acknowledge them
 	g.log.Info("registered with Mirage", "direction", "out", "message_type", bus.TypeRegister, "seeds", len(reg.Seeds))
 	return nil
+}
+
+// rejected notes a rejected registration: Mirage holds no record of this Ghost now (a
+// revoked Ghost, still admitted by a server whose auth config is stale, is rejected so).
+// Unless headless (which waits for the next attach) it stops its heartbeats, which Mirage
+// would ignore, and asks again at each heartbeat tick (heartbeats): back within one once
+// enrolled again, and never faster than that. The rejection is logged as a warning once
+// for each reason, not at every try.
+func (g *Ghost) rejected(reason string) {
+	g.mu.Lock()
+	if g.cfg.Policy != PolicyHeadless {
+		g.registered = false
+	}
+	repeat := g.lastRejection == reason
+	g.lastRejection = reason
+	g.mu.Unlock()
+	if !repeat {
+		g.log.Warn("registration rejected by Mirage; not in its registry until accepted", "direction", "in", "message_type", bus.TypeRegisterAck, "policy", g.cfg.Policy, "reason", reason)
+	}
 }
 
 // request sends msg and returns the first message of its answer. On a server that
@@ -190,9 +215,9 @@ func (g *Ghost) registerAgain(after string) {
 			// absent Mirage gives none until the register timeout) ends when Close begins.
 			if err := g.register(g.serving); err != nil && g.serving.Err() == nil {
 				level := slog.LevelWarn
-				if errors.Is(err, ErrNoMirage) {
+				if errors.Is(err, ErrNoMirage) || errors.Is(err, ErrRegistrationRejected) {
 					// No Mirage yet (a server restarting before Mirage resubscribes): its
-					// announce will ask again.
+					// announce will ask again. A rejection is logged by register.
 					level = slog.LevelDebug
 				}
 				g.log.Log(context.Background(), level, "registration after "+after+" failed", "err", err)
@@ -224,8 +249,9 @@ func (g *Ghost) heartbeats() {
 			continue
 		}
 		if !g.Registered() {
-			// auto keeps trying until a Mirage acknowledges; headless waits for attach.
-			if g.cfg.Policy == PolicyAuto {
+			// auto keeps trying until a Mirage acknowledges, as does required once started
+			// (a registration rejected since: rejected); headless waits for attach.
+			if g.cfg.Policy != PolicyHeadless {
 				if err := g.register(g.serving); err != nil {
 					g.log.Debug("registration retry failed", "err", err)
 				}

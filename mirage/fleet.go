@@ -106,7 +106,10 @@ type Fleet struct {
 	stop    chan struct{}
 	pending chan string // ids of queued registrations, in arrival order
 	guard   *replyGuard // whether a register may be answered on its reply subject
-	log     *slog.Logger
+	// enrolled says whether a ghost id is enrolled, when Mirage enforces enrollment
+	// (Config.RequireSignedEvents); nil lets any id register.
+	enrolled func(ghostID string) bool
+	log      *slog.Logger
 	// rejected bounds the warnings about rejected registrations: a peer repeating a
 	// malformed register must not flood the log.
 	rejected bus.RateLog
@@ -258,6 +261,11 @@ func (f *Fleet) All() []GhostRecord {
 // onRegister checks a registration and queues it for the registrar, which stores it and
 // answers register.ack. A register that may not be answered on its reply subject
 // (replyGuard) is dropped: no Ghost is registered whose request cannot be answered.
+// When Mirage enforces enrollment, a register from an id that is not enrolled (never, or
+// revoked) is rejected and nothing is stored: a server whose auth config predates a
+// 'fleet rm' (a cluster node not reloaded yet), or an auth config that admits a key
+// edge_fleet does not hold, still lets such a Ghost connect, and its record would show it
+// online though no issue may target it.
 func (f *Fleet) onRegister(msg *nats.Msg) {
 	subjectGhost, serr := subjects.GhostFrom(msg.Subject)
 	if !f.guard.allows(subjectGhost, msg.Subject, msg.Reply) {
@@ -280,6 +288,14 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now}
 		reg := registration{rec: rec, msg: msg, ack: ack}
 		f.qmu.Lock()
+		// Checked under qmu: a revocation removes the enrollment before it forgets the
+		// Ghost (forget takes qmu), so a register that passes here is queued before that
+		// forget, which then rejects it (or keep does, by its gen).
+		if f.enrolled != nil && !f.enrolled(rec.GhostID) {
+			f.qmu.Unlock()
+			ack.Status, ack.Reason = bus.RegisterRejected, notEnrolled(rec.GhostID).Error()
+			break
+		}
 		reg.gen = f.gen
 		old, waiting := f.queued[rec.GhostID]
 		if waiting {
@@ -303,6 +319,11 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		}
 	}
 	f.answer(msg, ack)
+}
+
+// notEnrolled is the reason a register from an id that is not enrolled is rejected.
+func notEnrolled(ghostID string) *bus.Error {
+	return bus.Errorf(bus.CodeSecurity, "ghost %s is not enrolled (never, or revoked by 'fleet rm'): run 'miragectl fleet add %s KEY' with the key 'ghostctl init' printed for it", ghostID, ghostID)
 }
 
 type registration struct {

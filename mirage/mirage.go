@@ -273,6 +273,10 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 		attaches:      make(chan struct{}, 16),
 		claim:         newDeployClaim(cfg.ID, cfg.Now()),
 	}
+	if cfg.RequireSignedEvents {
+		// Enrollment is enforced: only an enrolled id registers (onRegister).
+		m.fleet.enrolled = func(id string) bool { _, ok := m.enrolled.key(id); return ok }
+	}
 	m.stored.ready = make(chan struct{}, 1)
 	m.publisherDone = make(chan struct{})
 	m.running, m.stopRunning = context.WithCancel(context.Background())

@@ -25,8 +25,9 @@ func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
 	if !m.cfg.RequireSignedEvents {
 		return resolveTargets(scope, obj, fleet, m.cfg.Now())
 	}
-	// Under authentication a Ghost connects only with an enrolled key, and only its
-	// enrolled key's events count: a target that is not enrolled can never answer. Globs,
+	// Under authentication only an enrolled key's events count, and only an enrolled id
+	// registers: a target that is not enrolled cannot answer, though it may still connect
+	// while a server's auth config is stale (a node not reloaded since 'fleet rm'). Globs,
 	// selectors and "all" see the enrolled Ghosts of the registry only (a record left from
 	// before --auth must not block them); an id named outright must be enrolled.
 	enrolled := make([]GhostRecord, 0, len(fleet))
@@ -50,7 +51,7 @@ func (m *Mirage) resolve(scope string, obj bus.Objective) ([]string, error) {
 		if len(missing) > maxListed {
 			missing, more = missing[:maxListed], fmt.Sprintf(" and %d more", len(missing)-maxListed)
 		}
-		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "not enrolled: %s%s; no Ghost can connect as an id that is not (miragectl fleet add ID KEY; miragectl fleet ls lists the enrolled)", strings.Join(missing, ", "), more)
+		return nil, bus.FieldError(bus.CodeSemantic, "target_scope", "not enrolled: %s%s; Mirage counts no event from an id that is not enrolled (miragectl fleet add ID KEY; miragectl fleet ls lists the enrolled)", strings.Join(missing, ", "), more)
 	}
 	return ids, nil
 }

@@ -145,7 +145,7 @@ func TestResolveTargetsCapsMessages(t *testing.T) {
 
 // Under authentication globs, selectors and "all" see only the enrolled Ghosts of the
 // registry (a record left from before --auth does not block them), and an id named outright
-// that is not enrolled is refused: no Ghost can connect, nor be believed, as it.
+// that is not enrolled is refused: no event is believed from it, nor does it register.
 func TestResolveUnderAuthSeesEnrolledGhostsOnly(t *testing.T) {
 	f := &Fleet{ghosts: map[string]*GhostRecord{}}
 	for _, r := range testFleet() {

@@ -244,7 +244,7 @@ func TestAuthRevokedGhostIsCutOff(t *testing.T) {
 	if _, ok := f.m.Fleet().Get("ghost-r"); ok {
 		t.Fatal("a revoked ghost is still in the registry")
 	}
-	// An issue to it is refused at once: no Ghost can connect, nor be believed, as an id
+	// An issue to it is refused at once: no Ghost is believed, nor registered, as an id
 	// that is not enrolled.
 	_, err := f.client.Issue(context.Background(), testenv.NewIssue("ghost-r", "seed.kv", "get", map[string]string{"key": "x"}, time.Second))
 	var perr *bus.Error
