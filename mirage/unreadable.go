@@ -3,6 +3,7 @@ package mirage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -55,11 +56,17 @@ func nextStored(ctx context.Context, nc *nats.Conn, stream, filter string, seq u
 	return msgGet(ctx, nc, stream, req)
 }
 
+// shortReadRetries is how many times readStream goes on from where a read ended short
+// without getting further before it fails.
+const shortReadRetries = 3
+
 // readStream passes fn every message an ordered consumer of stream with cfg (one filter
 // subject at most, a policy that starts at a time or a sequence, or all) has pending when
 // called, as readAll does, passing over the messages nats.go reads as a status
 // (readsAsStatus): when the read ends short, the next stored message is looked at, and
-// when it is one, the read goes on past it.
+// when it is one, the read goes on past it. A read that ends short with messages left,
+// and cannot go on, fails: its caller (a Mirage's start, a listing of keys) must not take
+// part of a stream for all of it.
 func readStream(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig, log func(msg string, args ...any), fn func(jetstream.Msg)) error {
 	filter := ">"
 	if len(cfg.FilterSubjects) == 1 {
@@ -67,7 +74,7 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, cfg 
 	}
 	var last uint64 // the last sequence read
 	var from time.Time
-	retried, retriedAt := false, uint64(0) // a read gone on after it ended short, and from where
+	retries, retriedAt := 0, uint64(0) // reads gone on after one ended short, and from where
 	switch {
 	case cfg.DeliverPolicy == jetstream.DeliverByStartTimePolicy && cfg.OptStartTime != nil:
 		from = *cfg.OptStartTime
@@ -97,20 +104,32 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, cfg 
 		}
 		sm, gerr := nextStored(ctx, js.Conn(), stream, filter, seq, from)
 		switch {
-		case gerr != nil || sm == nil:
+		case gerr != nil:
+			// Messages may be left: a read that ended short is not taken for a whole one.
+			if err == nil {
+				err = fmt.Errorf("reading %s: the read ended short after sequence %d, and what follows could not be looked at: %w", stream, last, gerr)
+			}
 			return err
+		case sm == nil:
+			return err // nothing left: the read had everything
 		case readsAsStatus(sm.data, sm.header, cfg.HeadersOnly):
 			log("passed over a stored message that reads as a server status (an empty body with a Status header): no consumer can read it",
 				"stream", stream, "subject", sm.subject, "seq", sm.seq, "status", sm.header.Get("Status"), "code", bus.CodeFraming)
 			last = sm.seq
 			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, sm.seq+1, nil
-		case retried && last == retriedAt:
+		case retries >= shortReadRetries && last == retriedAt:
+			if err == nil {
+				err = fmt.Errorf("reading %s: the read ended short %d times after sequence %d, with messages left (a loaded or unreachable server)", stream, retries+1, last)
+			}
 			return err
 		default:
 			// A message nats.go hands over: the read ended short for another reason (a
-			// fetch that expired before the whole batch came), and goes on from there, once
-			// without progress.
-			retried, retriedAt = true, last
+			// fetch that expired before the whole batch came), and goes on from there, a
+			// few times without progress; then it fails rather than pass for whole.
+			if last != retriedAt {
+				retries = 0
+			}
+			retries, retriedAt = retries+1, last
 			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartSequencePolicy, sm.seq, nil
 		}
 	}
