@@ -357,3 +357,54 @@ func TestEventPublishRetriesWhenItsConnectionIsLost(t *testing.T) {
 		})
 	}
 }
+
+// An event published while EDGE_EVT's leader is frozen (its server holds the subject's
+// interest and answers nothing) is sent again soon enough to reach the leader elected
+// meanwhile: here the stream is deleted and a silent subscriber holds its subject, as a
+// frozen leader's server would, and the stream comes back (the new leader) as soon as the
+// Ghost has published the event. With 5 s attempts the event waited out the first one
+// (on a 3-node cluster of real servers, stored 5.2 or 10.8 s after its leader froze while
+// the new leader was elected at 3.7 to 6.9 s); now each attempt waits 2 s
+// (eventAckWait), and the next goes out at once.
+func TestEventPublishGivesUpOnASilentLeaderWithinTwoSeconds(t *testing.T) {
+	env := testenv.New(t)
+	const id = "edge-frozen"
+	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	commandID, _ := storeCommand(t, env, id, "sleep", map[string]string{"ms": "500"})
+	testenv.Eventually(t, 5*time.Second, "the command running", func() bool {
+		_, err := g.Store().GetByCommandID(ctx, commandID)
+		return err == nil
+	})
+	js := env.JetStream()
+	if err := js.DeleteStream(ctx, bus.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	frozen := env.Conn("frozen leader")
+	silent, err := frozen.SubscribeSync(subjects.Event(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := frozen.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := silent.NextMsg(10 * time.Second); err != nil {
+		t.Fatalf("the event was never published: %v", err)
+	}
+	// The new leader takes the subject.
+	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	elected := time.Now()
+	testenv.Eventually(t, 15*time.Second, "the event marked stored", func() bool {
+		e, err := g.Store().GetByCommandID(ctx, commandID)
+		return err == nil && e.Stored
+	})
+	took := time.Since(elected)
+	t.Logf("event stored %s after the stream came back", took.Round(time.Millisecond))
+	if took > 3500*time.Millisecond {
+		t.Fatalf("event stored %s after the stream came back; want the unanswered attempt given up after 2 s and the next sent at once", took.Round(time.Millisecond))
+	}
+	eventFor(t, env, id, commandID)
+}

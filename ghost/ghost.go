@@ -601,10 +601,11 @@ var errNotRecorded = errors.New("the execution store could not record the comman
 var errStillRunning = errors.New("the command is still running")
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
-// (250 ms, ×2, 5 s max, jitter; 5 s per attempt) until it is stored or ctx ends (g.send:
-// Close's flush window is over). Once EDGE_EVT confirms it, the execution is marked
-// stored. While the connection is down it waits for it; an attempt whose connection is
-// lost ends then (its publish ack cannot come) and the next goes out on reconnect.
+// (250 ms, ×2, 5 s max, jitter, counted from each attempt's start; eventAckWait per
+// attempt) until it is stored or ctx ends (g.send: Close's flush window is over). Once
+// EDGE_EVT confirms it, the execution is marked stored. While the connection is down it
+// waits for it; an attempt whose connection is lost ends then (its publish ack cannot
+// come) and the next goes out on reconnect.
 //
 // One event is published by one goroutine at a time: a re-send (a reconnect, a Mirage
 // that shows itself) while an earlier publish of it is still retrying leaves it to that
@@ -686,7 +687,8 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 			g.publishGivenUp(ctx, ev)
 			return
 		}
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		began := time.Now()
+		actx, cancel := context.WithTimeout(ctx, eventAckWait)
 		// An attempt whose connection is lost ends at once: its publish ack went with the
 		// connection and cannot come, however long it waits.
 		stop := context.AfterFunc(conn, cancel)
@@ -711,7 +713,10 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 			g.log.Warn("event not stored yet: the connection was lost; retrying once reconnected", "event_id", ev.EventID, "attempt", attempt, "err", err)
 			continue
 		}
-		wait := backoff.next()
+		// The backoff counts from the attempt's start: one that waited out its ack wait
+		// (a frozen or dead stream leader that still holds the subject's interest) has
+		// waited already, and the next goes out at once, to the leader elected meanwhile.
+		wait := max(0, backoff.next()-time.Since(began))
 		g.log.Warn("event not stored yet; retrying", "event_id", ev.EventID, "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):
@@ -721,6 +726,17 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 		}
 	}
 }
+
+// eventAckWait bounds one attempt to store an event: EDGE_EVT answers within
+// milliseconds, but a stream leader that froze (a stopped VM, SIGSTOP) or died while its
+// server's routes still stand keeps the subject's interest and answers nothing, until
+// the routes time out a minute later. Its replicas elect a new leader within seconds
+// (nats-server's election timeout is 4 to 9 s); an attempt that gave up after 2 s is
+// sent again to it, so the event waits at most about 2 s past the election, where
+// 5 s attempts made it wait up to 5 s more (an event stored 10.8 s after the leader
+// froze, its stream's new leader elected at 6.9 s). A slow answer costs a re-send of the
+// same Nats-Msg-Id, which the stream drops.
+const eventAckWait = 2 * time.Second
 
 // publishGivenUp logs why publish left ev unstored when its ctx ended.
 func (g *Ghost) publishGivenUp(ctx context.Context, ev *bus.Event) {
