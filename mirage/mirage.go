@@ -596,8 +596,16 @@ func (m *Mirage) publishAsync(r *bus.Report) {
 }
 
 // reportAckWithin is how long a report's stream ack is waited for before it is published
-// again (under the same message id: stored once whatever happened).
-const reportAckWithin = 10 * time.Second
+// again (under the same message id: stored once whatever happened), and how long each try
+// of publishReport waits. EDGE_REPORT answers within milliseconds; a leader that froze
+// (a stopped VM, SIGSTOP) or died while its server's routes still stand keeps the
+// subject's interest and answers nothing until the routes time out a minute later, while
+// its replicas elect a new leader within seconds (nats-server's election timeout is 4 to
+// 9 s). A try given up after 2 s reaches that leader at most about 2 s after the
+// election; a 10 s wait had every terminal report stored 10 s after its leader froze
+// (the new one elected at 3 to 5.6 s), and a client waiting for it waited that long. A
+// slow answer costs a re-send of the same Nats-Msg-Id, which the stream drops.
+const reportAckWithin = 2 * time.Second
 
 type inFlightReport struct {
 	r        *bus.Report
@@ -755,7 +763,8 @@ func (m *Mirage) publishReport(r *bus.Report) {
 			m.unstoredAtStop.Add(1)
 			return
 		}
-		ctx, cancel := context.WithTimeout(m.budget, 5*time.Second)
+		began := time.Now()
+		ctx, cancel := context.WithTimeout(m.budget, reportAckWithin)
 		_, err = m.js.PublishMsg(ctx, msg) // same message id: stored once whatever happened
 		cancel()
 		if err == nil {
@@ -781,9 +790,12 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		if attempt == 8 || attempt%60 == 0 {
 			m.log.Error("terminal report still not stored; retrying until it is", "intent_id", r.IntentID, "phase", r.Phase, "attempts", attempt, "err", err)
 		}
+		// The backoff counts from the try's start: one that waited out its ack (a leader
+		// that froze) has waited already, and the next goes out at once, to the leader
+		// elected meanwhile.
 		select {
 		case <-m.stop:
-		case <-time.After(b):
+		case <-time.After(max(0, b-time.Since(began))):
 		}
 		b = min(b*2, 5*time.Second)
 	}
