@@ -601,8 +601,8 @@ var errNotRecorded = errors.New("the execution store could not record the comman
 var errStillRunning = errors.New("the command is still running")
 
 // emit publishes an event to JetStream (Nats-Msg-Id = event_id), retrying with backoff
-// (250 ms, ×2, 5 s max, jitter, counted from each attempt's start; eventAckWait per
-// attempt) until it is stored or ctx ends (g.send: Close's flush window is over). Once
+// (250 ms, ×2, 5 s max, jitter; eventAckWait per attempt, counted in the backoff when
+// it ran out) until it is stored or ctx ends (g.send: Close's flush window is over). Once
 // EDGE_EVT confirms it, the execution is marked stored. While the connection is down it
 // waits for it; an attempt whose connection is lost ends then (its publish ack cannot
 // come) and the next goes out on reconnect.
@@ -713,10 +713,16 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 			g.log.Warn("event not stored yet: the connection was lost; retrying once reconnected", "event_id", ev.EventID, "attempt", attempt, "err", err)
 			continue
 		}
-		// The backoff counts from the attempt's start: one that waited out its ack wait
-		// (a frozen or dead stream leader that still holds the subject's interest) has
-		// waited already, and the next goes out at once, to the leader elected meanwhile.
-		wait := max(0, backoff.next()-time.Since(began))
+		wait := backoff.next()
+		if took := time.Since(began); took >= eventAckWait {
+			// An attempt that waited out its ack wait (a frozen stream leader that still
+			// holds the subject's interest) has waited already: the next goes out at once,
+			// to the leader elected meanwhile, and later ones after what is left of the
+			// backoff. A refusal or no responders (a dead leader's routes are gone) comes
+			// at once and waits the whole backoff, as before: a shorter one would reach
+			// its long steps before the election ends.
+			wait = max(0, wait-took)
+		}
 		g.log.Warn("event not stored yet; retrying", "event_id", ev.EventID, "attempt", attempt, "retry_in", wait, "err", err)
 		select {
 		case <-time.After(wait):

@@ -790,12 +790,16 @@ func (m *Mirage) publishReport(r *bus.Report) {
 		if attempt == 8 || attempt%60 == 0 {
 			m.log.Error("terminal report still not stored; retrying until it is", "intent_id", r.IntentID, "phase", r.Phase, "attempts", attempt, "err", err)
 		}
-		// The backoff counts from the try's start: one that waited out its ack (a leader
-		// that froze) has waited already, and the next goes out at once, to the leader
-		// elected meanwhile.
+		wait := b
+		if took := time.Since(began); took >= reportAckWithin {
+			// A try that waited out its ack (a frozen leader) has waited already: the
+			// next goes out at once, to the leader elected meanwhile. A refusal or no
+			// responders comes at once and waits the whole backoff.
+			wait = max(0, wait-took)
+		}
 		select {
 		case <-m.stop:
-		case <-time.After(max(0, b-time.Since(began))):
+		case <-time.After(wait):
 		}
 		b = min(b*2, 5*time.Second)
 	}
