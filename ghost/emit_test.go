@@ -335,11 +335,7 @@ func TestEventPublishRetriesWhenItsConnectionIsLost(t *testing.T) {
 			}
 			back := time.Now()
 			proxy.Restore()
-			testenv.Eventually(t, 10*time.Second, "the event marked stored", func() bool {
-				e, err := g.Store().GetByCommandID(ctx, commandID)
-				return err == nil && e.Stored
-			})
-			took := time.Since(back)
+			took := storedAfter(t, ctx, g, commandID, back, 10*time.Second)
 			t.Logf("event stored %s after the link came back", took.Round(time.Millisecond))
 			if took > 1500*time.Millisecond {
 				t.Fatalf("event stored %s after the link came back; want the retry to go out on reconnect, not after the lost attempt's 5 s", took.Round(time.Millisecond))
@@ -396,15 +392,21 @@ func TestEventPublishGivesUpOnASilentLeaderWithinTwoSeconds(t *testing.T) {
 	if err := bus.EnsureAssets(ctx, js, bus.AssetConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	elected := time.Now()
-	testenv.Eventually(t, 15*time.Second, "the event marked stored", func() bool {
-		e, err := g.Store().GetByCommandID(ctx, commandID)
-		return err == nil && e.Stored
-	})
-	took := time.Since(elected)
+	took := storedAfter(t, ctx, g, commandID, time.Now(), 15*time.Second)
 	t.Logf("event stored %s after the stream came back", took.Round(time.Millisecond))
 	if took > 3500*time.Millisecond {
 		t.Fatalf("event stored %s after the stream came back; want the unanswered attempt given up after 2 s and the next sent at once", took.Round(time.Millisecond))
 	}
 	eventFor(t, env, id, commandID)
+}
+
+// storedAfter waits up to timeout for the Ghost's execution of commandID to be marked
+// stored (its event's publish acknowledged) and returns how long after since that was.
+func storedAfter(t *testing.T, ctx context.Context, g *ghost.Ghost, commandID string, since time.Time, timeout time.Duration) time.Duration {
+	t.Helper()
+	testenv.Eventually(t, timeout, "the event marked stored", func() bool {
+		e, err := g.Store().GetByCommandID(ctx, commandID)
+		return err == nil && e.Stored
+	})
+	return time.Since(since)
 }
