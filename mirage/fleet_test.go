@@ -221,3 +221,62 @@ func ghostsBucket(ctx context.Context, t *testing.T, name string) (*nats.Conn, j
 	}
 	return nc, js, kv
 }
+
+// A listing of the registry while a record is written again lists it: the server lowers a
+// reading consumer's num_pending at once for the old message the write removes (History
+// 1), and raises it for the new one later, so the read was said complete before the new
+// one, and the Ghost was missing from about one listing in five (the Ghost re-registering
+// when a Mirage starts). Each listing here must have both Ghosts.
+func TestReadFleetWhileARecordIsRewrittenListsIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, js, kv := ghostsBucket(ctx, t, "rewrite")
+	record := func(id string) []byte {
+		data, err := json.Marshal(GhostRecord{GhostID: id, RegisteredMS: 1, LastSeenMS: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	for _, id := range []string{"ghost-a", "ghost-z"} {
+		if _, err := kv.Put(ctx, id, record(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	written := make(chan int)
+	go func() {
+		n := 0
+		defer func() { written <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := kv.Put(ctx, "ghost-a", record("ghost-a")); err != nil {
+				t.Errorf("rewriting ghost-a: %v", err)
+				return
+			}
+			n++
+		}
+	}()
+	listings, short := 0, 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) || listings < 20; listings++ {
+		recs, err := ReadFleet(ctx, js)
+		if err != nil {
+			t.Fatalf("listing %d: %v", listings, err)
+		}
+		if len(recs) != 2 {
+			if short++; short <= 3 {
+				t.Errorf("listing %d: %+v, want ghost-a and ghost-z", listings, recs)
+			}
+		}
+	}
+	close(stop)
+	n := <-written
+	if short > 0 {
+		t.Errorf("%d of %d listings were short", short, listings)
+	}
+	t.Logf("%d listings, ghost-a written %d times meanwhile", listings, n)
+}

@@ -161,6 +161,13 @@ func msgGet(ctx context.Context, nc *nats.Conn, stream string, req msgGetRequest
 // batch that does not come whole in time is read again, every message of the stream.
 const lastPerSubjectWait = time.Second
 
+// lastMsg is the last message of a subject, as lastPerSubject reads it.
+type lastMsg struct {
+	subject string
+	seq     uint64
+	h       nats.Header
+}
+
 // lastPerSubject calls fn with the headers of the last message of every subject of stream
 // under filter, in stream order, passing over the messages that read as a status (a
 // subject whose last message is one gets the one before it, if any). It reads the last
@@ -168,13 +175,13 @@ const lastPerSubjectWait = time.Second
 // headers only, any with a Status header), and such a message ends that read short, stops
 // it, or is dropped unseen (a consumer sequence it skipped says so): then it reads every
 // message instead, passing over those (readStream), each logged through log.
+//
+// A consumer's reads end when its num_pending says nothing is left, and the server's count
+// can fall short while the stream is written (addMissed): so the subjects the stream holds
+// once the read is over are listed, and the last message of each one the read did not
+// bring is got by itself.
 func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter string, log func(string, ...any), fn func(subject string, seq uint64, h nats.Header)) error {
-	type last struct {
-		subject string
-		seq     uint64
-		h       nats.Header
-	}
-	var got []last
+	var got []lastMsg
 	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
 		InactiveThreshold: readerIdle,
 		FilterSubjects:    []string{filter},
@@ -193,42 +200,109 @@ func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter 
 			return
 		}
 		delivered = md.Sequence.Consumer
-		got = append(got, last{msg.Subject(), md.Sequence.Stream, msg.Headers()})
+		got = append(got, lastMsg{msg.Subject(), md.Sequence.Stream, msg.Headers()})
 	})
-	if err == nil && complete && !gap {
-		for _, l := range got {
-			fn(l.subject, l.seq, l.h)
+	readEvery := err != nil || !complete || gap
+	if readEvery {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		return nil
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	latest := map[string]last{}
-	err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
-		InactiveThreshold: readerIdle,
-		FilterSubjects:    []string{filter},
-		DeliverPolicy:     jetstream.DeliverAllPolicy,
-		HeadersOnly:       true,
-	}, log, func(msg jetstream.Msg) {
-		var seq uint64
-		if md, err := msg.Metadata(); err == nil {
-			seq = md.Sequence.Stream
+		latest := map[string]lastMsg{}
+		err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
+			InactiveThreshold: readerIdle,
+			FilterSubjects:    []string{filter},
+			DeliverPolicy:     jetstream.DeliverAllPolicy,
+			HeadersOnly:       true,
+		}, log, func(msg jetstream.Msg) {
+			var seq uint64
+			if md, err := msg.Metadata(); err == nil {
+				seq = md.Sequence.Stream
+			}
+			latest[msg.Subject()] = lastMsg{msg.Subject(), seq, msg.Headers()}
+		})
+		if err != nil {
+			return err
 		}
-		latest[msg.Subject()] = last{msg.Subject(), seq, msg.Headers()}
-	})
-	if err != nil {
+		got = got[:0]
+		for _, l := range latest {
+			got = append(got, l)
+		}
+	}
+	if got, err = addMissed(ctx, js, stream, filter, !readEvery, log, got); err != nil {
 		return err
-	}
-	got = got[:0]
-	for _, l := range latest {
-		got = append(got, l)
 	}
 	sort.Slice(got, func(i, j int) bool { return got[i].seq < got[j].seq })
 	for _, l := range got {
 		fn(l.subject, l.seq, l.h)
 	}
 	return nil
+}
+
+// addMissed returns got with the last message of each subject of stream under filter that
+// the stream holds now and got lacks. A consumer's num_pending can fall short of what it
+// has left to deliver while the stream is written: the server lowers it at once for a
+// message removed ahead of the consumer, and raises it for a new message later, from
+// another goroutine; and a consumer of the last message per subject (a stream keeping
+// more than one per subject) has it lowered for a removed message it never counted (an
+// older message of a subject written again at its limit, or expired). A read ended by
+// num_pending 0 then missed the subjects last written meanwhile, or the last few it had
+// left: a listing of edge_ghosts missed a Ghost re-registering as it ran (its old record
+// removed by the new one, History 1), one of edge_fleet a Ghost enrolled. The subjects
+// the stream holds (a stream info with a subject filter) are counted by the server at one
+// moment; each one missing is got by a direct get. One whose last message reads as a
+// status is read through (readStream), for the one before it, when readJunk (the listing
+// did not read every message already: then what it did not bring has only such messages,
+// or was written after it).
+func addMissed(ctx context.Context, js jetstream.JetStream, stream, filter string, readJunk bool, log func(string, ...any), got []lastMsg) ([]lastMsg, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[string]bool, len(got))
+	for _, l := range got {
+		have[l.subject] = true
+	}
+	for subject := range info.State.Subjects {
+		if have[subject] {
+			continue
+		}
+		sm, err := directStored(ctx, js.Conn(), stream, directRequest{LastFor: subject})
+		switch {
+		case err != nil:
+			return nil, err
+		case sm == nil:
+			continue // removed since
+		case !readsAsStatus(sm.data, sm.header, true):
+			got = append(got, lastMsg{subject, sm.seq, sm.header})
+			continue
+		case !readJunk:
+			continue
+		}
+		var prev *lastMsg
+		err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
+			InactiveThreshold: readerIdle,
+			FilterSubjects:    []string{subject},
+			DeliverPolicy:     jetstream.DeliverAllPolicy,
+			HeadersOnly:       true,
+		}, log, func(msg jetstream.Msg) {
+			var seq uint64
+			if md, err := msg.Metadata(); err == nil {
+				seq = md.Sequence.Stream
+			}
+			prev = &lastMsg{msg.Subject(), seq, msg.Headers()}
+		})
+		if err != nil {
+			return nil, err
+		}
+		if prev != nil {
+			got = append(got, *prev)
+		}
+	}
+	return got, nil
 }
 
 // kvKeys returns the keys of KV bucket whose last message is a value (not a delete
