@@ -146,7 +146,7 @@ func (f *authFleet) attach(t *testing.T, id string) {
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Status != "accepted" {
 		t.Fatalf("attach under auth: %s", msg.Data)
 	}
-	testenv.Eventually(t, 3*time.Second, id+" registered", func() bool { _, ok := f.m.Fleet().Get(id); return ok })
+	testenv.Eventually(t, 10*time.Second, id+" registered", func() bool { _, ok := f.m.Fleet().Get(id); return ok })
 }
 
 // violations collects the permission errors a connection is told about.
