@@ -130,7 +130,10 @@ type Ghost struct {
 	registry *Registry
 	store    ExecutionStore
 	pipeline *Pipeline
-	log      *slog.Logger
+	mclock   mirageClock // the estimate of Mirage's clock (clock.go)
+	// clockOffset is this Ghost's clock minus Mirage's, in ms, at the last registration.
+	clockOffset atomic.Int64
+	log         *slog.Logger
 	// junk bounds the warnings about messages that are not envelopes for this Ghost at all
 	// (no command_id, a malformed event.ack, announce or attach request), one bound per
 	// subject so that a flood on one does not hide the others: with auth another Ghost can
@@ -279,6 +282,7 @@ func New(nc *nats.Conn, cfg Config, registry *Registry, store ExecutionStore, lo
 		claim:      newIDClaim(cfg.ID, cfg.Now()),
 		link:       newLink(nc),
 	}
+	g.pipeline.mirageAt = g.mclock.now
 	g.serving, g.stopServing = context.WithCancel(context.Background())
 	g.stopping = g.serving.Done()
 	g.run, g.cancel = context.WithCancel(context.Background())

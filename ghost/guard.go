@@ -31,12 +31,13 @@ func (g *Ghost) checkSignature(data []byte, hdr nats.Header) *bus.Error {
 }
 
 // checkFreshness refuses, in auth mode, a signed command stamped in the future or older
-// than the freshness window.
+// than the freshness window, judged on the estimate of Mirage's clock, which stamped it
+// (clock.go).
 func (g *Ghost) checkFreshness(cmd *bus.Command) *bus.Error {
 	if !g.authMode() {
 		return nil
 	}
-	err := bus.CheckFreshness(cmd.TimestampMS, g.cfg.Now().UnixMilli(), g.cfg.CommandMaxAge.Milliseconds(), clockSkew.Milliseconds())
+	err := bus.CheckFreshness(cmd.TimestampMS, g.mirageNow().UnixMilli(), g.cfg.CommandMaxAge.Milliseconds(), clockSkew.Milliseconds())
 	if err != nil {
 		return bus.AsError(err)
 	}

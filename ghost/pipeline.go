@@ -20,6 +20,9 @@ type Pipeline struct {
 	registry *Registry
 	store    ExecutionStore
 	now      func() time.Time
+	// mirageAt maps a moment of now's clock to Mirage's clock, on which deliver_by_ms is
+	// set (clock.go); the identity until the Ghost has heard from a Mirage.
+	mirageAt func(time.Time) time.Time
 	log      *slog.Logger
 
 	mu      sync.Mutex
@@ -39,7 +42,8 @@ func NewPipeline(ghostID string, registry *Registry, store ExecutionStore, now f
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Pipeline{ghostID: ghostID, registry: registry, store: store, now: now, log: log,
-		running: map[string]chan struct{}{}, givenUp: map[string]*bus.Event{}}
+		mirageAt: func(t time.Time) time.Time { return t },
+		running:  map[string]chan struct{}{}, givenUp: map[string]*bus.Event{}}
 }
 
 // Outcome of Pipeline.Run.
@@ -105,9 +109,11 @@ func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived tim
 	// the intent's deadline: the wait, not the delivery, is why it does not run.
 	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
 	waitedOut := !arrived.IsZero() && now.Sub(arrived) >= timeout
-	if now.UnixMilli() > cmd.DeliverByMS && !waitedOut {
-		late := now.Sub(time.UnixMilli(cmd.DeliverByMS)).Round(time.Millisecond)
-		if !arrived.IsZero() && arrived.UnixMilli() <= cmd.DeliverByMS {
+	// deliver_by_ms is a time on Mirage's clock: judged there, not on this Ghost's, which
+	// may be minutes off it (clock.go).
+	if mnow := p.mirageAt(now); mnow.UnixMilli() > cmd.DeliverByMS && !waitedOut {
+		late := mnow.Sub(time.UnixMilli(cmd.DeliverByMS)).Round(time.Millisecond)
+		if !arrived.IsZero() && p.mirageAt(arrived).UnixMilli() <= cmd.DeliverByMS {
 			return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExpired, "command reached the ghost in time but waited %s there to start, until %s after its deliver_by_ms; not executed", now.Sub(arrived).Round(time.Millisecond), late))
 		}
 		return p.refuse(ctx, cmd, bus.Errorf(bus.CodeExpired, "command reached the ghost %s after its deliver_by_ms; not executed", late))

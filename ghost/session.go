@@ -50,7 +50,9 @@ func (g *Ghost) register(ctx context.Context) error {
 	// that a retry (registerRequired's next try, the reconnect's registerAgain) asks again
 	// on the next one rather than after the register timeout.
 	defer context.AfterFunc(conn, cancel)()
+	sent := g.cfg.Now()
 	reply, err := g.request(ctx, bus.NewMsg(subjects.Register(g.cfg.ID), data, "", reg.TraceID))
+	received := g.cfg.Now()
 	if !errors.Is(err, nats.ErrNoResponders) {
 		// A Mirage may have it, and record this Ghost in edge_ghosts; with no responders
 		// none did (born.go). A look at the trace taken while the request was out may find
@@ -75,6 +77,7 @@ func (g *Ghost) register(ctx context.Context) error {
 		g.rejected(ack.Reason)
 		return fmt.Errorf("%w: %s", ErrRegistrationRejected, ack.Reason)
 	}
+	g.learnMirageClock(ack.TimestampMS, sent, received)
 	g.mu.Lock()
 	g.registered = true
 	g.lastRejection = ""
