@@ -44,6 +44,16 @@ type Client struct {
 	// Presence sets the thresholds Ghosts() reports presence with (defaults: 15 s, 60 s,
 	// counted from a flush interval, 5 s, after the last heartbeat time written to KV).
 	Presence Presence
+	// Now is this machine's clock (default time.Now). Ghosts() judges presence by the NATS
+	// server's clock, and this one only when the server does not say its time.
+	Now func() time.Time
+}
+
+func (c *Client) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
 }
 
 // NewClient returns a client on an open connection.
@@ -527,12 +537,33 @@ type GhostStatus struct {
 	Labels     map[string]string `json:"labels"`
 	Seeds      []string          `json:"seeds"`
 	LastSeenMS int64             `json:"last_seen_ms"`
+	// ClockOffsetMS is how far the Ghost's clock was ahead of Mirage's (negative: behind)
+	// when it last registered, as Mirage measured it (the register's timestamp_ms against
+	// its arrival, so a few ms of transit read as behind).
+	ClockOffsetMS int64 `json:"clock_offset_ms"`
+	// SilentFor is how long before the listing Mirage last heard from the Ghost, judged by
+	// the NATS server's clock (not the caller's): 0 when heard from since.
+	SilentFor time.Duration `json:"-"`
 }
 
 // Ghosts lists the registered Ghosts with their presence status, from KV edge_ghosts.
+// last_seen_ms is a time on Mirage's clock; the presence is judged against the NATS
+// server's clock (the bucket's stream info says when it answered), which Mirage's should
+// agree with, not the caller's: a client whose clock ran minutes ahead showed every Ghost
+// offline, one behind showed Ghosts gone for minutes online.
 func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
-	if _, err := c.js.KeyValue(ctx, bus.BucketGhosts); err != nil {
+	kv, err := c.js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
 		return nil, c.notProvisioned(err, "KV bucket "+bus.BucketGhosts)
+	}
+	ref := time.Time{}
+	if st, err := kv.Status(ctx); err == nil {
+		if b, ok := st.(*jetstream.KeyValueBucketStatus); ok && b.StreamInfo() != nil {
+			ref = b.StreamInfo().TimeStamp
+		}
+	}
+	if ref.IsZero() { // a server that does not say when: the caller's clock
+		ref = c.now()
 	}
 	recs, err := ReadFleet(ctx, c.js)
 	if err != nil {
@@ -545,7 +576,7 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 	if lag <= 0 {
 		lag = DefaultPresenceFlush
 	}
-	now := time.Now().Add(-lag)
+	now := ref.Add(-lag)
 	out := make([]GhostStatus, 0, len(recs))
 	for _, r := range recs {
 		seeds := make([]string, 0, len(r.Seeds))
@@ -556,7 +587,8 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 		if labels == nil {
 			labels = map[string]string{}
 		}
-		out = append(out, GhostStatus{GhostID: r.GhostID, Status: r.StatusWith(now, c.Presence), Version: r.Version, Labels: labels, Seeds: seeds, LastSeenMS: r.LastSeenMS})
+		out = append(out, GhostStatus{GhostID: r.GhostID, Status: r.StatusWith(now, c.Presence), Version: r.Version, Labels: labels, Seeds: seeds, LastSeenMS: r.LastSeenMS,
+			ClockOffsetMS: r.ClockOffsetMS, SilentFor: max(ref.Sub(time.UnixMilli(r.LastSeenMS)), 0)})
 	}
 	return out, nil
 }

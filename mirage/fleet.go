@@ -49,6 +49,9 @@ type GhostRecord struct {
 	// offline from then until it is heard from again, a heartbeat or a registration
 	// after it (LastSeenMS > LeftMS).
 	LeftMS int64 `json:"left_ms,omitempty"`
+	// ClockOffsetMS is the Ghost's clock minus Mirage's when it registered: its register's
+	// timestamp_ms less the time Mirage received it (a few ms of transit read as behind).
+	ClockOffsetMS int64 `json:"clock_offset_ms,omitempty"`
 }
 
 // Status returns the presence status of the record at now, with the default thresholds.
@@ -285,7 +288,9 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		ack.TraceID = reg.TraceID
 		ack.GhostID = reg.GhostID
 		now := f.now().UnixMilli()
-		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now}
+		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now,
+			ClockOffsetMS: reg.TimestampMS - now}
+		f.checkClock(reg.GhostID, rec.ClockOffsetMS, bus.TypeRegister)
 		reg := registration{rec: rec, msg: msg, ack: ack}
 		f.qmu.Lock()
 		// Checked under qmu: a revocation removes the enrollment before it forgets the
@@ -498,6 +503,12 @@ func (f *Fleet) onHeartbeat(msg *nats.Msg) {
 			r.LastSeenMS = now
 		}
 		f.seen[presenceShard(hb.GhostID)] = true
+		// A clock stepped since the registration: noted in memory (Fleet.Get) and
+		// warned about once per step; the record in KV keeps the registration's.
+		if off := hb.TimestampMS - now; (off-r.ClockOffsetMS) > bus.ClockWarnAt.Milliseconds() || (r.ClockOffsetMS-off) > bus.ClockWarnAt.Milliseconds() {
+			r.ClockOffsetMS = off
+			defer f.checkClock(hb.GhostID, off, bus.TypeHeartbeat)
+		}
 	}
 	f.mu.Unlock()
 	if ok && hb.Leaving {
@@ -622,4 +633,16 @@ func (f *Fleet) forget(ctx context.Context, id string) {
 	if err := f.kv.Delete(ctx, id); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		f.log.Warn("registry entry not removed", "peer", id, "err", err)
 	}
+}
+
+// checkClock warns when a Ghost's clock, as its register or heartbeat shows it
+// (timestamp_ms against Mirage's clock on arrival), is more than bus.ClockWarnAt off
+// Mirage's. The Ghost judges deliver_by_ms on Mirage's clock as it learns it at
+// registration, so commands are not refused or run late for it; but its events' times,
+// logs and a signed command's freshness window until it registers are on its own clock.
+func (f *Fleet) checkClock(ghostID string, offsetMS int64, from string) {
+	if time.Duration(max(offsetMS, -offsetMS))*time.Millisecond <= bus.ClockWarnAt {
+		return
+	}
+	f.log.Warn("ghost's clock is far off Mirage's; synchronise its clock (NTP)", "peer", ghostID, "clock_offset_ms", offsetMS, "message_type", from)
 }

@@ -202,6 +202,53 @@ func TestGhostsAllowForThePresenceFlush(t *testing.T) {
 	}
 }
 
+// 'miragectl ghosts' judges presence by the NATS server's clock, which stamps the
+// bucket's stream info, not by the machine it runs on: on a laptop whose clock is 5
+// minutes ahead, a Ghost heard from 2 s ago is online (it showed offline), and on one 5
+// minutes behind a Ghost silent for 2 minutes is offline (it showed online). How long
+// ago each was heard from is by the server's clock too.
+func TestGhostsJudgePresenceByTheServersClockNotTheCallers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, _, kv := ghostsBucket(ctx, t, "client")
+	now := time.Now() // Mirage's and the server's clock
+	want := map[string]string{"edge-2s": StatusOnline, "edge-2m": StatusOffline}
+	for id, age := range map[string]time.Duration{"edge-2s": 2 * time.Second, "edge-2m": 2 * time.Minute} {
+		data, err := json.Marshal(GhostRecord{GhostID: id, RegisteredMS: now.Add(-time.Hour).UnixMilli(), LastSeenMS: now.Add(-age).UnixMilli(), ClockOffsetMS: 300_000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, skew := range []time.Duration{5 * time.Minute, -5 * time.Minute} {
+		c, err := NewClient(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Now = func() time.Time { return time.Now().Add(skew) }
+		list, err := c.Ghosts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != len(want) {
+			t.Fatalf("%d Ghosts listed, want %d", len(list), len(want))
+		}
+		for _, g := range list {
+			if g.Status != want[g.GhostID] {
+				t.Errorf("caller's clock %s off: %s is %s, want %s", skew, g.GhostID, g.Status, want[g.GhostID])
+			}
+			if g.GhostID == "edge-2s" && (g.SilentFor < time.Second || g.SilentFor > 10*time.Second) {
+				t.Errorf("caller's clock %s off: %s silent for %s, want about 2 s", skew, g.GhostID, g.SilentFor)
+			}
+			if g.ClockOffsetMS != 300_000 {
+				t.Errorf("%s: clock_offset_ms %d, want the record's 300000", g.GhostID, g.ClockOffsetMS)
+			}
+		}
+	}
+}
+
 // ghostsBucket starts a server with edgectl's assets and returns a connection named
 // name, its JetStream and KV edge_ghosts.
 func ghostsBucket(ctx context.Context, t *testing.T, name string) (*nats.Conn, jetstream.JetStream, jetstream.KeyValue) {
