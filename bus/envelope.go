@@ -71,6 +71,11 @@ type Issue struct {
 	// DeliverByMS is the delivery deadline given to every command (absolute, unix ms);
 	// zero means the intent's deadline.
 	DeliverByMS int64 `json:"deliver_by_ms,omitempty"`
+	// DeliverWithinMS is the delivery deadline as a duration from when Mirage accepts the
+	// issue, on Mirage's clock; when set, deliver_by_ms (a time on the sender's clock, which
+	// may be minutes off Mirage's) is ignored. Zero: deliver_by_ms, else the intent's
+	// deadline.
+	DeliverWithinMS int64 `json:"deliver_within_ms,omitempty"`
 	// MaxConcurrency bounds how many targets run at once: "N" or "N%" of the targets
 	// (empty: all at once).
 	MaxConcurrency string `json:"max_concurrency,omitempty"`

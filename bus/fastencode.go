@@ -178,6 +178,7 @@ func (m *Issue) appendJSON(dst []byte) []byte {
 	dst = appendObjective(appendKey(dst, false, "objective"), &m.Objective)
 	dst = appendIntField(dst, "timeout_ms", m.TimeoutMS)
 	dst = appendOptInt(dst, "deliver_by_ms", m.DeliverByMS)
+	dst = appendOptInt(dst, "deliver_within_ms", m.DeliverWithinMS)
 	dst = appendOptStr(dst, "max_concurrency", m.MaxConcurrency)
 	dst = appendOptStr(dst, "max_errors", m.MaxErrors)
 	if len(m.Plan) > 0 {

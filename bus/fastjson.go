@@ -551,6 +551,8 @@ func (m *Issue) fastField(s *scanner, key []byte) bool {
 		return s.setInt64(&m.TimeoutMS)
 	case "deliver_by_ms":
 		return s.setInt64(&m.DeliverByMS)
+	case "deliver_within_ms":
+		return s.setInt64(&m.DeliverWithinMS)
 	case "max_concurrency":
 		return s.setStr(&m.MaxConcurrency)
 	case "max_errors":

@@ -173,6 +173,7 @@ func (m *Issue) Validate() error {
 		maxLen("actor", m.Actor, MaxActor),
 		required("target_scope", m.TargetScope),
 		notNegative("deliver_by_ms", m.DeliverByMS),
+		notNegative("deliver_within_ms", m.DeliverWithinMS),
 		timeout("timeout_ms", m.TimeoutMS),
 		rolloutLimit("max_concurrency", m.MaxConcurrency),
 		rolloutLimit("max_errors", m.MaxErrors),

@@ -379,7 +379,11 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		return nil, nil, nil, nil, bus.FieldError(bus.CodeSemantic, "max_errors", "%v", err)
 	}
 	rec.DeliverByMS = rec.DeadlineMS
-	if is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS {
+	switch {
+	case is.DeliverWithinMS > 0:
+		// A duration, counted on Mirage's clock: the sender's may be minutes off it.
+		rec.DeliverByMS = min(now.Add(time.Duration(is.DeliverWithinMS)*time.Millisecond).UnixMilli(), rec.DeadlineMS)
+	case is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS:
 		rec.DeliverByMS = is.DeliverByMS
 	}
 	data := rec.appendJSON(make([]byte, 0, 1024+48*len(rec.Targets)))
@@ -402,7 +406,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	// Refused for a new intent only: a re-sent issue of an accepted one is answered as
 	// before, whatever the time.
 	var late error
-	if is.DeliverByMS > 0 && is.DeliverByMS <= now.UnixMilli() {
+	if is.DeliverByMS > 0 && is.DeliverWithinMS == 0 && is.DeliverByMS <= now.UnixMilli() {
 		late = bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
 	}
 	switch {

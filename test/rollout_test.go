@@ -421,3 +421,37 @@ func TestPastDeliveryDeadlineIsRefused(t *testing.T) {
 		t.Fatalf("issue with deliver_by_ms in the past: %v, want a 1300 rejection on deliver_by_ms", err)
 	}
 }
+
+// --deliver-within is sent as a duration (deliver_within_ms) that Mirage counts on its own
+// clock: an issue from a machine whose clock is 5 minutes behind Mirage's is not refused
+// as past its delivery deadline, and one from a machine 5 minutes ahead does not get 5
+// minutes more than asked. The deliver_by_ms such a client sends beside it (for a Mirage
+// of an earlier version) is ignored.
+func TestDeliverWithinIsCountedOnMiragesClock(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("local")
+	client := env.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, skew := range []time.Duration{-5 * time.Minute, 5 * time.Minute} {
+		is := testenv.NewIssue("local", "seed.flow", "status", nil, 30*time.Second)
+		sender := time.Now().Add(skew)
+		is.TimestampMS = sender.UnixMilli()
+		is.DeliverWithinMS, is.DeliverByMS = 10_000, sender.Add(10*time.Second).UnixMilli()
+		before := time.Now()
+		if _, err := client.Issue(ctx, is); err != nil {
+			t.Fatalf("sender's clock %s off: issue with --deliver-within 10s: %v", skew, err)
+		}
+		rec, err := client.Intent(ctx, is.IntentID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lo, hi := before.Add(10*time.Second).UnixMilli(), time.Now().Add(10*time.Second).UnixMilli(); rec.DeliverByMS < lo || rec.DeliverByMS > hi {
+			t.Fatalf("sender's clock %s off: the intent's deliver_by_ms is %+d ms from 10 s after acceptance on Mirage's clock", skew, rec.DeliverByMS-lo)
+		}
+		if r, err := client.WaitTerminal(ctx, is.IntentID); err != nil || r.Phase != bus.PhaseSatisfied {
+			t.Fatalf("sender's clock %s off: %v %+v", skew, err, r)
+		}
+	}
+}

@@ -145,6 +145,11 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 				is.Objective = bus.Objective{}
 			}
 			if deliverWithin > 0 {
+				// A duration, which Mirage counts on its own clock: this machine's may be
+				// minutes off it (a deliver_by_ms from a clock 5 minutes behind was refused
+				// as past). deliver_by_ms too, for a Mirage of an earlier version, which
+				// ignores deliver_within_ms.
+				is.DeliverWithinMS = deliverWithin.Milliseconds()
 				is.DeliverByMS = now.Add(deliverWithin).UnixMilli()
 			}
 			if err := is.Validate(); err != nil {
