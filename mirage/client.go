@@ -593,6 +593,21 @@ func (c *Client) Ghosts(ctx context.Context) ([]GhostStatus, error) {
 	return out, nil
 }
 
+// ServerNow returns the NATS server's clock, as its stream info for EDGE_REPORT says when it
+// answered. Mirage stamps intents' deadlines and reports with its own clock, which should
+// agree with the server's; a client's may not: comparing those times with the server's
+// keeps the client's clock out of it.
+func (c *Client) ServerNow(ctx context.Context) (time.Time, error) {
+	s, err := c.js.Stream(ctx, bus.StreamReports)
+	if err != nil {
+		return time.Time{}, c.notProvisioned(err, "stream "+bus.StreamReports)
+	}
+	if info := s.CachedInfo(); info != nil && !info.TimeStamp.IsZero() {
+		return info.TimeStamp, nil
+	}
+	return time.Time{}, errors.New("the NATS server does not say its time (stream info without ts)")
+}
+
 // Intent returns the record of one intent from KV edge_intents, or ErrIntentNotFound.
 func (c *Client) Intent(ctx context.Context, intentID string) (*IntentRecord, error) {
 	if _, err := c.js.KeyValue(ctx, bus.BucketIntents); err != nil {

@@ -73,7 +73,7 @@ report 30 s after the intent's deadline.`,
 			rep, err := client.LatestReport(ctx, id)
 			var w waitBound
 			if err == nil && !bus.Terminal(rep.Phase) && (wait || watch) {
-				w = waitUntil(ctx, client, rep, limit, time.Now())
+				w = waitBoundFor(ctx, client, rep, limit, time.Now())
 				wctx, cancel := context.WithDeadline(ctx, w.until)
 				defer cancel()
 				if watch {
@@ -126,14 +126,29 @@ type waitBound struct {
 	recorded bool // deadline was read from the intent's record
 }
 
+// waitBoundFor is waitUntil for this machine's clock at now, told how far it is ahead of
+// the NATS server's (Mirage's, which stamps deadlines and reports, should agree with the
+// server's): a client 5 minutes ahead gave up on a 2-minute intent 30 s into it, and
+// blamed Mirage (exit 3). When the server does not say its time, this clock is taken
+// for it.
+func waitBoundFor(ctx context.Context, client *mirage.Client, latest *bus.Report, limit time.Duration, now time.Time) waitBound {
+	var ahead time.Duration
+	if server, err := client.ServerNow(ctx); err == nil {
+		ahead = now.Sub(server)
+	}
+	return waitUntil(ctx, client, latest, limit, now, ahead)
+}
+
 // waitUntil is when a wait for the terminal report of an open intent gives up: limit after
 // now when one is given, else waitGrace after the intent's deadline (read from its record)
 // or after now, whichever is later. Without a readable record, the longest an intent may
-// last (bus.MaxTimeout) counts from its latest report.
-func waitUntil(ctx context.Context, client *mirage.Client, latest *bus.Report, limit time.Duration, now time.Time) waitBound {
-	w := waitBound{deadline: time.UnixMilli(latest.TimestampMS + bus.MaxTimeout), limit: limit}
+// last (bus.MaxTimeout) counts from its latest report. Those times are on Mirage's clock,
+// and now on this machine's, ahead of Mirage's by ahead: the bound and the deadline are
+// given on this machine's clock.
+func waitUntil(ctx context.Context, client *mirage.Client, latest *bus.Report, limit time.Duration, now time.Time, ahead time.Duration) waitBound {
+	w := waitBound{deadline: time.UnixMilli(latest.TimestampMS + bus.MaxTimeout).Add(ahead), limit: limit}
 	if rec, err := client.Intent(ctx, latest.IntentID); err == nil && rec.DeadlineMS > 0 {
-		w.deadline, w.recorded = time.UnixMilli(rec.DeadlineMS), true
+		w.deadline, w.recorded = time.UnixMilli(rec.DeadlineMS).Add(ahead), true
 	}
 	if limit > 0 {
 		w.until = now.Add(limit)

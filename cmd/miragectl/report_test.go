@@ -48,7 +48,7 @@ func TestWaitUntilFollowsTheIntentsDeadline(t *testing.T) {
 		{"no record", &bus.Report{Header: bus.Header{TimestampMS: rec.CreatedMS}, IntentID: "int_none"}, 0, now,
 			now.Add(time.Duration(bus.MaxTimeout)*time.Millisecond + waitGrace)},
 	} {
-		if got := waitUntil(ctx, client, c.latest, c.limit, c.now).until; !got.Equal(c.want) {
+		if got := waitUntil(ctx, client, c.latest, c.limit, c.now, 0).until; !got.Equal(c.want) {
 			t.Errorf("%s: waits until %s, want %s", c.name, got, c.want)
 		}
 	}
@@ -90,6 +90,36 @@ func TestWaitEndedBlamesMirageOnlyPastTheDeadline(t *testing.T) {
 			if strings.Contains(err.Error(), w) {
 				t.Errorf("%s: %q says %q", c.name, err, w)
 			}
+		}
+	}
+}
+
+// A wait for a terminal report counts the intent's deadline (Mirage's clock) against the
+// NATS server's clock, not this machine's: on a machine 5 minutes ahead, a 90-second intent
+// is waited for until 30 s past its deadline (it was given up on 30 s into it, blaming
+// Mirage), and on one 5 minutes behind, not for 5 minutes more.
+func TestWaitUntilCountsTheDeadlineOnTheServersClock(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-s")
+	client := env.Client()
+	ctx := context.Background()
+	reply, err := client.Issue(ctx, testenv.NewIssue("edge-s", "seed.flow", "sleep", map[string]string{"ms": "10"}, 90*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := client.Intent(ctx, reply.IntentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := &bus.Report{Header: bus.Header{TimestampMS: rec.CreatedMS}, IntentID: reply.IntentID}
+	for _, skew := range []time.Duration{5 * time.Minute, -5 * time.Minute} {
+		real := time.Now()
+		w := waitBoundFor(ctx, client, latest, 0, real.Add(skew))
+		left := w.until.Sub(real.Add(skew)) // how long this machine will wait
+		want := time.UnixMilli(rec.DeadlineMS).Add(waitGrace).Sub(real)
+		if d := left - want; d < -2*time.Second || d > 2*time.Second {
+			t.Errorf("this clock %s off the server's: waits %s, want about %s (30 s past the deadline)", skew, left.Round(time.Second), want.Round(time.Second))
 		}
 	}
 }
