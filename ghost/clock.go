@@ -10,8 +10,7 @@ import (
 // A command's deliver_by_ms is a time on Mirage's clock, and a Ghost's clock may be minutes
 // off it: judged on the Ghost's own clock, a Ghost 5 minutes ahead refused every command of
 // a 2-minute intent as expired (1600), and one 5 minutes behind ran commands long past the
-// deadline Mirage set. So the Ghost judges deliver_by_ms (and a signed command's freshness)
-// on its estimate of Mirage's clock, learnt from each accepted registration: the
+// deadline Mirage set. So the Ghost judges deliver_by_ms on its estimate of Mirage's clock, learnt from each accepted registration: the
 // register.ack carries Mirage's time when it took the register (timestamp_ms), between the
 // request's send and the answer's arrival, so Mirage's clock at the round trip's middle is
 // known within half the round trip. The estimate is kept as Mirage's time at a moment of
@@ -68,7 +67,7 @@ func (g *Ghost) learnMirageClock(mirageMS int64, sent, received time.Time) {
 	offset, within := g.mclock.learn(mirageMS, sent, received)
 	g.clockOffset.Store(int64(offset / time.Millisecond))
 	if offset.Abs()-within > clockWarnAt {
-		g.log.Warn("this ghost's clock is far off Mirage's: commands' deliver_by_ms and freshness are judged on Mirage's clock as learnt at registration, but event times and logs use this clock; synchronise it (NTP)",
+		g.log.Warn("this ghost's clock is far off Mirage's: commands' deliver_by_ms is judged on Mirage's clock as learnt at registration, but event times, logs and (with signed commands) the freshness window use this clock; synchronise it (NTP)",
 			"clock_offset_ms", offset.Milliseconds(), "within_ms", within.Milliseconds())
 	}
 }

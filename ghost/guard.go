@@ -31,13 +31,16 @@ func (g *Ghost) checkSignature(data []byte, hdr nats.Header) *bus.Error {
 }
 
 // checkFreshness refuses, in auth mode, a signed command stamped in the future or older
-// than the freshness window, judged on the estimate of Mirage's clock, which stamped it
-// (clock.go).
+// than the freshness window. Judged on this Ghost's own clock, not on its estimate of
+// Mirage's (clock.go), which a register.ack gives and no signature covers: a security
+// check does not move with it. So a Ghost whose clock is more than clockSkew behind
+// Mirage's refuses every signed command (1800, saying how far in the future it reads),
+// and warns at registration that its clock is off.
 func (g *Ghost) checkFreshness(cmd *bus.Command) *bus.Error {
 	if !g.authMode() {
 		return nil
 	}
-	err := bus.CheckFreshness(cmd.TimestampMS, g.mirageNow().UnixMilli(), g.cfg.CommandMaxAge.Milliseconds(), clockSkew.Milliseconds())
+	err := bus.CheckFreshness(cmd.TimestampMS, g.cfg.Now().UnixMilli(), g.cfg.CommandMaxAge.Milliseconds(), clockSkew.Milliseconds())
 	if err != nil {
 		return bus.AsError(err)
 	}
