@@ -224,6 +224,9 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	if err != nil {
 		return nil, err
 	}
+	// Every time Mirage stamps is on the server's clock when its own is off it
+	// (serverclock.go).
+	cfg.Now = learnServerClock(ctx, evts, cfg.Now, log).now
 	intents, err := js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {
 		return nil, err
