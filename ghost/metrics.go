@@ -96,7 +96,12 @@ func (m *Metrics) outcome(out Outcome) {
 	defer m.mu.Unlock()
 	m.commands[commandLabels{out.Event.Outcome, class}]++
 	if out.Executed {
-		d := time.Duration(out.Event.FinishedMS-out.Event.StartedMS) * time.Millisecond
+		// Monotonic: finished_ms less started_ms moves with a step of the wall clock during
+		// the run (an hour back made it an hour negative).
+		d := out.Took
+		if d == 0 { // an outcome not timed (none the pipeline returns)
+			d = time.Duration(max(out.Event.FinishedMS-out.Event.StartedMS, 0)) * time.Millisecond
+		}
 		key := executionLabels{out.Event.SeedID, out.Event.Operation}
 		h := m.duration[key]
 		if h == nil {

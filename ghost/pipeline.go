@@ -55,6 +55,9 @@ type Outcome struct {
 	Duplicate bool
 	// Executed is true when a seed ran for this delivery.
 	Executed bool
+	// Took is how long the seed ran, on the monotonic clock (the event's finished_ms less
+	// started_ms is on the wall clock, which a step of it during the run moves).
+	Took time.Duration
 	// Acked is true, on a duplicate, when Mirage already acknowledged the event.
 	Acked bool
 	// Stored, when set, is closed once the terminal event is recorded in the store.
@@ -158,7 +161,7 @@ func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived tim
 		release()
 		return Outcome{Event: claimed.Event, Duplicate: true}
 	}
-	ev := p.execute(ctx, seed, cmd, claimed, arrived)
+	ev, took := p.execute(ctx, seed, cmd, claimed, arrived)
 	// The event may be sent while its record is written: if the Ghost dies in between,
 	// the restart ends the execution again under the same stable event_id, which JetStream
 	// and Mirage count once.
@@ -168,7 +171,7 @@ func (p *Pipeline) RunArrived(ctx context.Context, cmd *bus.Command, arrived tim
 		p.finish(context.WithoutCancel(ctx), claimed.ExecutionID, ev)
 		release()
 	}()
-	return Outcome{Event: ev, Executed: true, Stored: stored}
+	return Outcome{Event: ev, Executed: true, Took: took, Stored: stored}
 }
 
 // claim takes the running channel of commandID for this delivery and returns its release
@@ -395,9 +398,9 @@ func (p *Pipeline) Resume(ctx context.Context, exec Execution) Outcome {
 				return Outcome{Event: ev}
 			}
 			p.log.Info("resuming an interrupted idempotent execution", "command_id", cmd.CommandID, "execution_id", exec.ExecutionID, "seed", cmd.SeedSelector, "operation", cmd.Operation)
-			ev := p.execute(ctx, seed, cmd, exec, started)
+			ev, took := p.execute(ctx, seed, cmd, exec, started)
 			p.finish(ctx, exec.ExecutionID, ev)
-			return Outcome{Event: ev, Executed: true}
+			return Outcome{Event: ev, Executed: true, Took: took}
 		}
 	}
 	now := p.now()
@@ -428,8 +431,9 @@ func (p *Pipeline) finish(ctx context.Context, executionID string, ev *bus.Event
 }
 
 // execute runs the seed under the command's timeout, less what it waited since it arrived
-// (zero: nothing), and normalizes its seed.result.
-func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution, arrived time.Time) *bus.Event {
+// (zero: nothing), and normalizes its seed.result; it returns the event and how long the
+// seed ran (monotonic).
+func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exec Execution, arrived time.Time) (*bus.Event, time.Duration) {
 	started := time.UnixMilli(exec.StartedMS)
 	timeout := time.Duration(cmd.TimeoutMS) * time.Millisecond
 	var waited time.Duration
@@ -446,9 +450,15 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 		Args:        cmd.Args,
 		TimeoutMS:   left.Milliseconds(),
 	}
+	began := time.Now() // the run's duration: monotonic, whatever p.now's wall clock does
 	res, err := callSeed(ctx, seed, req, left)
 	res = bus.NormalizeResult(res)
+	took := time.Since(began)
 	finished := p.now()
+	if finished.Before(started) {
+		// The clock was stepped back during the run: an event never ends before it began.
+		finished = started
+	}
 	var perr *bus.Error
 	switch {
 	case err == nil:
@@ -476,7 +486,7 @@ func (p *Pipeline) execute(ctx context.Context, seed Seed, cmd *bus.Command, exe
 			res.ExitCode = 1
 		}
 	}
-	return p.event(cmd, exec.ExecutionID, started, finished, res, perr)
+	return p.event(cmd, exec.ExecutionID, started, finished, res, perr), took
 }
 
 var errExecTimeout = errors.New("execution timeout")
