@@ -1,8 +1,6 @@
 package mirage
 
 import (
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -46,7 +44,9 @@ func (m *Mirage) Observe(reg prometheus.Registerer) {
 	intents := prometheus.NewDesc("edgectl_mirage_intents", "Open intents by phase.", []string{"phase"}, nil)
 	reg.MustRegister(collector{descs: []*prometheus.Desc{ghosts, intents}, collect: func(ch chan<- prometheus.Metric) {
 		byStatus := map[string]int{StatusOnline: 0, StatusStale: 0, StatusOffline: 0}
-		now := time.Now()
+		// Mirage's clock, which stamped last_seen_ms (on the server's time when its own
+		// is off: serverclock.go), as its other presence judgements (targets.go) use.
+		now := m.cfg.Now()
 		for _, g := range m.fleet.All() {
 			byStatus[g.Status(now)]++
 		}

@@ -2,10 +2,14 @@ package test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
 )
@@ -36,5 +40,28 @@ func TestMirageClockBehindTheServersKeepsEventsInTime(t *testing.T) {
 	}
 	if d := time.UnixMilli(rec.CreatedMS).Sub(before); d < -time.Second || d > 5*time.Second {
 		t.Fatalf("created_ms %s off the server's clock at the issue, want on it", d)
+	}
+}
+
+// The edgectl_mirage_ghosts gauge judges presence on Mirage's clock, the one that stamped
+// last_seen_ms and that its other presence judgements use (an issue's note on stale
+// targets): here Mirage's clock moves 30 s ahead after its start, and a Ghost that stopped
+// beating is stale in both. The gauge read the host's clock, and could say online what
+// Mirage treated as stale (on a host whose clock is off the server's, every Ghost).
+func TestMirageGhostsGaugeUsesMiragesClock(t *testing.T) {
+	env := testenv.New(t)
+	var ahead atomic.Int64
+	reg := prometheus.NewRegistry()
+	m := env.StartMirage(mirage.Config{Now: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }})
+	m.Observe(reg)
+	env.StartGhost("edge-g", testenv.Tune(func(c *ghost.Config) { c.HeartbeatInterval = time.Hour }))
+	testenv.Eventually(t, 10*time.Second, "edge-g registered", func() bool { _, ok := m.Fleet().Get("edge-g"); return ok })
+	ahead.Store(int64(30 * time.Second))
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sum(families, "edgectl_mirage_ghosts", map[string]string{"status": mirage.StatusStale}); got != 1 {
+		t.Fatalf("edgectl_mirage_ghosts{status=stale} = %v, want 1: 30 s without a heartbeat on Mirage's clock", got)
 	}
 }
