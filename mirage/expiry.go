@@ -204,7 +204,7 @@ func (m *Mirage) eventsMark(ctx context.Context, cutoff time.Time) (uint64, erro
 		}
 		at := info.TimeStamp
 		if at.IsZero() { // a server that does not say when: Mirage's clock
-			at = time.Now()
+			at = m.cfg.Now() // the clock cutoff is on
 		}
 		m.markAt, m.markSeq = at, info.State.LastSeq
 		if d := want.Sub(at); d > 0 { // the server's clock is behind Mirage's
