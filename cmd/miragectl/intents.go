@@ -77,7 +77,12 @@ target_scope, seed, operation, summary}; finished_ms is 0 while the intent is op
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "INTENT\tPHASE\tTARGETS\tSUCCESS\tERROR\tTIMEOUT\tEXPIRED\tSKIPPED\tCREATED\tSEED\tOPERATION")
-			now := time.Now()
+			// How long ago, on the server's clock (Mirage stamped created_ms on it): this
+			// machine's may be minutes off, and every intent read as that much older.
+			now := localNow()
+			if server, err := client.ServerNow(ctx); err == nil {
+				now = server
+			}
 			for _, l := range lines {
 				if l.Seed == "" && l.steps > 0 { // a plan: its steps have their own seeds
 					l.Seed, l.Operation = "plan", fmt.Sprintf("%d steps", l.steps)

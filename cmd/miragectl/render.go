@@ -148,6 +148,9 @@ type resultLine struct {
 }
 
 // ago renders how long ago t was, coarsely: "3s ago", "4m ago", "2h ago", "5d ago".
+// localNow is this machine's clock (tests set it off the server's).
+var localNow = time.Now
+
 func ago(now, t time.Time) string {
 	d := max(now.Sub(t), 0)
 	switch {

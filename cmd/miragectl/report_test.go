@@ -123,3 +123,26 @@ func TestWaitUntilCountsTheDeadlineOnTheServersClock(t *testing.T) {
 		}
 	}
 }
+
+// 'intents' says how long ago each intent was created on the server's clock, which Mirage
+// stamped created_ms on: on a machine 5 minutes ahead, an intent just issued read "5m ago".
+func TestIntentsAgeIsOnTheServersClock(t *testing.T) {
+	env := testenv.New(t, testenv.Listen())
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("edge-i")
+	env.Run(env.Client(), testenv.NewIssue("edge-i", "seed.flow", "status", nil, 5*time.Second))
+	localNow = func() time.Time { return time.Now().Add(5 * time.Minute) }
+	defer func() { localNow = time.Now }()
+	var out, errOut strings.Builder
+	c := newIntents()
+	c.SetArgs([]string{"--server", env.URL})
+	c.SetOut(&out)
+	c.SetErr(&errOut)
+	c.SilenceUsage, c.SilenceErrors = true, true
+	if err := c.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("intents: %v (%s)", err, errOut.String())
+	}
+	if !strings.Contains(out.String(), "s ago") || strings.Contains(out.String(), "m ago") {
+		t.Fatalf("intents printed\n%s\nwant the intent created seconds ago", out.String())
+	}
+}
