@@ -154,6 +154,30 @@ func (c *Cluster) RestoreRoutes(i, k int) {
 	c.proxies[k][i].Restore()
 }
 
+// Freeze holds every byte on the routes to and from node i, the connections kept open,
+// until Thaw (RouteProxies only), as a server stopped by SIGSTOP or on a frozen VM looks to
+// its peers: its routes stand, so what is routed to it (a publish to a stream it leads, a
+// request to a consumer it holds, an API request it alone answers) goes unanswered rather
+// than refused. The test keeps its own connections off node i.
+func (c *Cluster) Freeze(i int) {
+	for k := range c.nodes {
+		if k != i {
+			c.proxies[i][k].Pause()
+			c.proxies[k][i].Pause()
+		}
+	}
+}
+
+// Thaw delivers what Freeze held on node i's routes and lets them flow again.
+func (c *Cluster) Thaw(i int) {
+	for k := range c.nodes {
+		if k != i {
+			c.proxies[i][k].Resume()
+			c.proxies[k][i].Resume()
+		}
+	}
+}
+
 // Server returns node i's running server (nil before it first started).
 func (c *Cluster) Server(i int) *natsd.Server { return c.nodes[i].srv }
 
