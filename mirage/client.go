@@ -258,6 +258,22 @@ func (c *Client) watchReports(ctx context.Context, intentID string, from uint64,
 // waited for ever on a report that was stored. A fetch that was lost ends by itself, and
 // the next one is asked again; a consumer that went away meanwhile fails it, and is made
 // again from the first message not read.
+//
+// A server that froze (SIGSTOP, a stopped VM) keeps its routes for about a minute, so what
+// is routed to it goes unanswered rather than refused: the pulls of a consumer it holds
+// (each fetch ends with nothing, as when no report came), the making of a consumer placed
+// on it or, as the JetStream meta leader, to be placed by it, a direct get the cluster hands
+// to it (any server with a copy of the stream may answer one, picked at random). So the
+// feed also looks for itself (look): it reads the first stored message at or after next,
+// by direct get, or by the API's message get (the stream's leader answers it) when the
+// direct get is not answered within feedLookWait; after each fetch that ended with nothing
+// and, while it has no consumer, before each making of one and every feedFetchWait between
+// them. A report the look finds is handed over (stored, as a consumer's are), and a
+// consumer that did not deliver it within a whole fetch is made again past it. The making
+// of a consumer is bounded by feedMakeWait (the feed looks between tries) and tried again
+// at the pace of open's retry, so a frozen server costs a wait about feedFetchWait +
+// feedLookWait past the store of its report at most, and a cluster slow to make consumers
+// one try per client every feedMakeWait + feedMaxRetry at most.
 type reportFeed struct {
 	c          *Client
 	intentID   string
@@ -267,7 +283,8 @@ type reportFeed struct {
 	cancel     context.CancelFunc     // ends batch
 	delivered  uint64                 // the consumer sequence of the last message handed over
 	reconnects uint64                 // the connection's reconnects when the consumer was made
-	retry      time.Duration
+	retry      time.Duration          // the wait after the next making of the consumer
+	makeAt     time.Time              // when the consumer may be made again
 }
 
 // feedFetchWait is how long one fetch of a feed waits for reports: the longest a pull
@@ -281,13 +298,31 @@ const feedShortest = 20 * time.Millisecond
 // feedFetchBatch is how many reports one fetch asks for.
 const feedFetchBatch = 64
 
-// feedMakeWait bounds one try to make the feed's consumer.
-const feedMakeWait = 5 * time.Second
+// feedMakeWait bounds one try to make the feed's consumer: the answer comes from the
+// server the consumer is placed on, and a frozen one never sends it. The feed looks
+// between tries.
+const feedMakeWait = 2 * time.Second
+
+// feedLookWait bounds a look's direct get, and feedLookLeaderWait the API's message get
+// that follows one not answered in time: a direct get goes to any server with a copy of
+// the stream (the cluster picks one at random, a frozen one too), the message get to the
+// stream's leader alone, which stored the report.
+const (
+	feedLookWait       = 500 * time.Millisecond
+	feedLookLeaderWait = time.Second
+)
+
+// feedMaxRetry is the longest wait between two makings of a feed's consumer.
+const feedMaxRetry = 5 * time.Second
 
 // feedMaxSkip bounds the messages that read as a status one look passes over.
 const feedMaxSkip = 64
 
-// open makes the feed's consumer, from next on (the first message when 0).
+// open makes the feed's consumer, from next on (the first message when 0), and sets when
+// it may be made again: retry after this try, which grows (100 ms, doubling, at most
+// feedMaxRetry) until the consumer delivers. A try that ran out of feedMakeWait is not
+// counted in it: under a cluster slow to make consumers, a client tries at most every
+// feedMakeWait + retry, while its looks find the report.
 func (f *reportFeed) open(ctx context.Context) error {
 	f.drop()
 	cfg := jetstream.ConsumerConfig{
@@ -307,6 +342,8 @@ func (f *reportFeed) open(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, feedMakeWait)
 	defer cancel()
 	cons, err := f.c.js.CreateOrUpdateConsumer(cctx, bus.StreamReports, cfg)
+	f.makeAt = time.Now().Add(f.retry)
+	f.retry = min(2*f.retry+100*time.Millisecond, feedMaxRetry)
 	if err != nil {
 		// Unanswered (in time for this try, or for the wait: its context ended), the
 		// consumer may have been made all the same, even after a delete sent at once (the
@@ -319,7 +356,7 @@ func (f *reportFeed) open(ctx context.Context) error {
 }
 
 // feedRetries reports whether a consumer the feed could not make is tried again (read
-// does, at the pace of reopen) rather than failing the wait: its making went unanswered
+// does, at the pace of open's retry) rather than failing the wait: its making went unanswered
 // within feedMakeWait, or the server answered that JetStream is not available for now (a
 // stream or the meta group electing a leader, a server restarting in a cluster), or the
 // connection is cut off. A wait that failed on these would end a 'report --wait' or a
@@ -345,13 +382,30 @@ var unansweredDeletes = []time.Duration{0, 250 * time.Millisecond, time.Second, 
 // try finds and deletes it or the connection is closed.
 func (c *Client) deleteReportConsumer(name string, waits []time.Duration) {
 	for _, wait := range waits {
-		time.Sleep(wait)
+		if !sleepOpen(c.nc, wait) {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err := c.js.DeleteConsumer(ctx, bus.StreamReports, name)
 		cancel()
 		if err == nil || c.nc.IsClosed() {
 			return
 		}
+	}
+}
+
+// sleepOpen sleeps d, or less when nc is closed meanwhile (then false): a closed
+// connection sends nothing more.
+func sleepOpen(nc *nats.Conn, d time.Duration) bool {
+	for end := time.Now().Add(d); ; {
+		if nc.IsClosed() {
+			return false
+		}
+		left := time.Until(end)
+		if left <= 0 {
+			return true
+		}
+		time.Sleep(min(left, 50*time.Millisecond))
 	}
 }
 
@@ -374,33 +428,45 @@ func (f *reportFeed) close() {
 	f.batch, f.cancel = nil, nil
 }
 
-// reopen makes the consumer again from the first message not read, past those that read
-// as a status there; after a reopen that brought nothing, it waits a little longer each
-// time (up to 5 s), so that a consumer that cannot be read is not made again and again.
-func (f *reportFeed) reopen(ctx context.Context) error {
-	if f.retry > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(f.retry):
-		}
-	}
-	f.retry = min(2*f.retry+100*time.Millisecond, 5*time.Second)
+// look reads the first stored message on the intent's subject at or after next,
+// passing over those that are not valid reports of it (those that read as a status among
+// them, which a consumer does not hand over), up to feedMaxSkip, and returns the first
+// valid report; found tells whether it moved next (a message was stored there that the
+// consumer, if any, has not delivered). A look not answered finds nothing.
+func (f *reportFeed) look(ctx context.Context) (r *bus.Report, found bool) {
 	for range feedMaxSkip {
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		sm, err := directStored(lctx, f.c.nc, bus.StreamReports, directRequest{Seq: max(f.next, 1), NextFor: subjects.Report(f.intentID)})
-		cancel()
-		if err != nil || sm == nil || !readsAsStatus(sm.data, sm.header, false) {
-			break
+		sm, err := f.lookAt(ctx, max(f.next, 1))
+		if err != nil || sm == nil || sm.seq < f.next {
+			return nil, found
 		}
-		f.next = sm.seq + 1
+		f.next, found = sm.seq+1, true
+		if r := validReport(f.intentID, sm.data, sm.header); r != nil {
+			return r, true
+		}
 	}
-	return f.open(ctx)
+	return nil, found
+}
+
+// lookAt reads the first stored message on the intent's subject at or after seq: by direct
+// get, and when that is not answered within feedLookWait (it went to a frozen server), by
+// the API's message get, which the stream's leader answers.
+func (f *reportFeed) lookAt(ctx context.Context, seq uint64) (*storedMsg, error) {
+	subject := subjects.Report(f.intentID)
+	lctx, cancel := context.WithTimeout(ctx, feedLookWait)
+	sm, err := directStored(lctx, f.c.nc, bus.StreamReports, directRequest{Seq: seq, NextFor: subject})
+	cancel()
+	if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+		return sm, err
+	}
+	lctx, cancel = context.WithTimeout(ctx, feedLookLeaderWait)
+	defer cancel()
+	return msgGet(lctx, f.c.nc, bus.StreamReports, msgGetRequest{Seq: seq, NextFor: subject})
 }
 
 // read returns the next valid report of the intent, waiting for it until ctx ends or the
-// connection is closed. A consumer that cannot be made again (the server restarting, the
-// connection cut off) is tried again, at the pace of reopen.
+// connection is closed. A consumer that cannot be made (the server restarting, the
+// connection cut off, a frozen server) is tried again at the pace of open, the feed looking
+// for the report meanwhile.
 func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 	for {
 		switch {
@@ -409,7 +475,17 @@ func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 		case f.c.nc.IsClosed():
 			return nil, nats.ErrConnectionClosed
 		case f.cons == nil:
-			_ = f.reopen(ctx)
+			if r, _ := f.look(ctx); r != nil {
+				return r, nil
+			}
+			if wait := time.Until(f.makeAt); wait > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(min(wait, feedFetchWait)):
+				}
+				continue
+			}
+			_ = f.open(ctx)
 			continue
 		case f.batch == nil:
 			if d, ok := ctx.Deadline(); ok && time.Until(d) < feedShortest {
@@ -423,7 +499,9 @@ func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 			batch, err := f.cons.Fetch(feedFetchBatch, jetstream.FetchContext(fctx))
 			if err != nil {
 				cancel()
-				f.fetchEnded(ctx, err)
+				if r := f.fetchEnded(ctx, err); r != nil {
+					return r, nil
+				}
 				continue
 			}
 			f.batch, f.cancel = batch, cancel
@@ -437,7 +515,9 @@ func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 		if msg == nil { // the fetch ended
 			err := f.batch.Error()
 			f.close()
-			f.fetchEnded(ctx, err)
+			if r := f.fetchEnded(ctx, err); r != nil {
+				return r, nil
+			}
 			continue
 		}
 		md, err := msg.Metadata()
@@ -446,8 +526,9 @@ func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 		}
 		if md.Sequence.Consumer != f.delivered+1 {
 			// The consumer delivered a message that was not handed over: one that reads
-			// as a status, or one lost while the connection was cut off.
-			_ = f.reopen(ctx)
+			// as a status, or one lost while the connection was cut off. Made again past
+			// it (read looks first).
+			f.drop()
 			continue
 		}
 		f.delivered, f.next, f.retry = md.Sequence.Consumer, md.Sequence.Stream+1, 0
@@ -457,16 +538,26 @@ func (f *reportFeed) read(ctx context.Context) (*bus.Report, error) {
 	}
 }
 
-// fetchEnded follows a fetch that ended (err: nil, or why it failed) with the next fetch,
-// or, after a reconnect (what was delivered meanwhile may be lost) or a failure (the
-// consumer gone, the server shutting down, a stored message that reads as a status, 400
-// or 409, that stopped it), with a new consumer.
-func (f *reportFeed) fetchEnded(ctx context.Context, err error) {
+// fetchEnded follows a fetch that ended (err: nil, or why it failed). After one that
+// brought nothing more, the feed looks: a report stored that the consumer did not deliver
+// within the whole fetch (its server frozen) is returned, and the consumer made again past
+// it; otherwise the next fetch follows. After a reconnect (what was delivered meanwhile may
+// be lost) or a failure (the consumer gone, the server shutting down, a stored message that
+// reads as a status, 400 or 409, that stopped it), the consumer is made again.
+func (f *reportFeed) fetchEnded(ctx context.Context, err error) *bus.Report {
 	quiet := err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
-	if ctx.Err() != nil || quiet && f.c.nc.Stats().Reconnects == f.reconnects {
-		return // nothing yet
+	if ctx.Err() != nil {
+		return nil
 	}
-	_ = f.reopen(ctx)
+	if !quiet || f.c.nc.Stats().Reconnects != f.reconnects {
+		f.drop()
+		return nil
+	}
+	r, found := f.look(ctx)
+	if found {
+		f.drop()
+	}
+	return r
 }
 
 // FollowReports calls fn with the newest stored report of an intent, then with each new
