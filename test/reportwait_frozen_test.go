@@ -25,7 +25,7 @@ import (
 // server), four begun just after it (the making of their consumers unanswered until a new
 // meta leader is elected, or placed on the frozen server). Each terminal report is stored
 // once the new EDGE_REPORT leader is elected (published again every 2 s until stored, as
-// Mirage does), and every wait must end within 3 s of its report's store ack. Before, the
+// Mirage does), and every wait must end within 4.5 s of its report's store ack (about 2 s by design). Before, the
 // wait begun before the freeze pulled from its consumer on the frozen server, each pull
 // unanswered and taken for "nothing yet", until its context ended; a wait whose consumer's
 // making (5 s per try) or a direct read (5 s) went to the frozen server lost 5 s each time.
@@ -162,7 +162,7 @@ func TestClusterReportWaitsEndSoonAfterTheStoreWhenTheirServerFreezes(t *testing
 		}
 	}
 
-	const within = 3 * time.Second
+	const within = 4500 * time.Millisecond // about 2.5 s at worst by design; margin for -race on 2 busy cores, still under the 5 s a lost read cost before
 	var worst time.Duration
 	for i, w := range waits {
 		select {
