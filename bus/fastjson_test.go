@@ -107,6 +107,7 @@ func FuzzFastDecode(f *testing.F) {
 	f.Add([]byte(`{"v":4294967297,"ack_code":-2147483649}`))
 	f.Add([]byte(`{"objective":{"args":{"a":"1"},"args":{"b":"2"}},"objective":{"operation":"x","args":{}},"max_errors":"1"}`))
 	f.Add([]byte(`{"type":"issue","plan":[{"seed_selector":"s","args":{}}],"objective":null}`))
+	f.Add([]byte(`{"type":"issue","deliver_within_ms":5000,"deliver_by_ms":1,"deliver_within_ms":-0}`))
 	f.Add([]byte(`{"type":"issue.reply","targets":["a","b","c"],"targets":["d"],"error":{"code":1},"error":{"field":"f"}}`))
 	f.Add([]byte(`{"targets":[ ],"targets":[null],"status":"\u00e9"}`))
 	f.Add([]byte(`{"seeds":[{"id":"a","operations":[{"params":[{"min":1,"min":2,"max":-0}]}]}],"labels":{"a":"1"},"labels":{"b":"2"}}`))
@@ -224,7 +225,7 @@ func FuzzFastEncode(f *testing.F) {
 		}
 		cmd := &Command{Header: ev.Header, CommandID: a, Args: map[string]string{a: b, b: a, "k": a + b}, TimeoutMS: n}
 		ack := &EventAck{Header: ev.Header, EventID: a, AckStatus: b, AckCode: Code(n)}
-		is := &Issue{Header: ev.Header, IntentID: a, Actor: b, Objective: Objective{Operation: a, Args: cmd.Args}, DeliverByMS: n, MaxErrors: b}
+		is := &Issue{Header: ev.Header, IntentID: a, Actor: b, Objective: Objective{Operation: a, Args: cmd.Args}, DeliverByMS: n, DeliverWithinMS: n / 3, MaxErrors: b}
 		if flag {
 			is.Plan = []PlanStep{{Name: a, Args: cmd.Args, TargetScope: b, Blocking: n%2 == 0}}
 		}

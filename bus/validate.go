@@ -105,6 +105,14 @@ func notNegative(field string, v int64) error {
 	return nil
 }
 
+// notNegativeDuration checks a duration in milliseconds that may be 0 (none).
+func notNegativeDuration(field string, v int64) error {
+	if v < 0 {
+		return FieldError(CodeSemantic, field, "is %d: a duration in milliseconds, or 0 for none", v)
+	}
+	return nil
+}
+
 func positive(field string, v int64) error {
 	if v <= 0 {
 		return FieldError(CodeSemantic, field, "missing or not positive")
@@ -173,7 +181,7 @@ func (m *Issue) Validate() error {
 		maxLen("actor", m.Actor, MaxActor),
 		required("target_scope", m.TargetScope),
 		notNegative("deliver_by_ms", m.DeliverByMS),
-		notNegative("deliver_within_ms", m.DeliverWithinMS),
+		notNegativeDuration("deliver_within_ms", m.DeliverWithinMS),
 		timeout("timeout_ms", m.TimeoutMS),
 		rolloutLimit("max_concurrency", m.MaxConcurrency),
 		rolloutLimit("max_errors", m.MaxErrors),

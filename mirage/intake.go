@@ -381,8 +381,12 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	rec.DeliverByMS = rec.DeadlineMS
 	switch {
 	case is.DeliverWithinMS > 0:
-		// A duration, counted on Mirage's clock: the sender's may be minutes off it.
-		rec.DeliverByMS = min(now.Add(time.Duration(is.DeliverWithinMS)*time.Millisecond).UnixMilli(), rec.DeadlineMS)
+		// A duration, counted on Mirage's clock: the sender's may be minutes off it. In
+		// milliseconds: as a time.Duration, one over 292 years wrapped negative, and
+		// every command of the intent was expired before it was sent.
+		if is.DeliverWithinMS < rec.DeadlineMS-now.UnixMilli() {
+			rec.DeliverByMS = now.UnixMilli() + is.DeliverWithinMS
+		}
 	case is.DeliverByMS > 0 && is.DeliverByMS < rec.DeadlineMS:
 		rec.DeliverByMS = is.DeliverByMS
 	}

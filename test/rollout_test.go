@@ -455,3 +455,36 @@ func TestDeliverWithinIsCountedOnMiragesClock(t *testing.T) {
 		}
 	}
 }
+
+// A deliver_within_ms longer than the intent's timeout leaves the intent's deadline as the
+// delivery deadline, however long: one over 292 years wrapped negative as a time.Duration,
+// and every command of the intent was expired (1600) before it was sent. A negative one is
+// refused as a duration, not as "unix milliseconds".
+func TestDeliverWithinLongerThanTheTimeoutIsTheDeadline(t *testing.T) {
+	env := testenv.New(t)
+	env.StartMirage(mirage.Config{})
+	env.StartGhost("local")
+	client := env.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	is := testenv.NewIssue("local", "seed.flow", "status", nil, 10*time.Second)
+	is.DeliverWithinMS = 9_300_000_000_000 // about 295 years
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := client.Intent(ctx, is.IntentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.DeliverByMS != rec.DeadlineMS {
+		t.Fatalf("deliver_by_ms %+d ms from the deadline, want the deadline", rec.DeliverByMS-rec.DeadlineMS)
+	}
+	if r, err := client.WaitTerminal(ctx, is.IntentID); err != nil || r.Phase != bus.PhaseSatisfied {
+		t.Fatalf("%v %+v, want satisfied", err, r)
+	}
+	neg := testenv.NewIssue("local", "seed.flow", "status", nil, 10*time.Second)
+	neg.DeliverWithinMS = -1
+	if err := neg.Validate(); err == nil || !strings.Contains(err.Error(), "duration") {
+		t.Fatalf("deliver_within_ms -1: %v, want refused as a duration", err)
+	}
+}
