@@ -639,7 +639,7 @@ func (f *Fleet) forget(ctx context.Context, id string) {
 // (timestamp_ms against Mirage's clock on arrival), is more than bus.ClockWarnAt off
 // Mirage's. The Ghost judges deliver_by_ms on Mirage's clock as it learns it at
 // registration, so commands are not refused or run late for it; but its events' times,
-// logs and a signed command's freshness window until it registers are on its own clock.
+// logs and a signed command's freshness window are on its own clock.
 func (f *Fleet) checkClock(ghostID string, offsetMS int64, from string) {
 	if time.Duration(max(offsetMS, -offsetMS))*time.Millisecond <= bus.ClockWarnAt {
 		return
