@@ -119,6 +119,10 @@ type Mirage struct {
 	running     context.Context
 	stopRunning context.CancelFunc
 
+	// clock is cfg.Now's: asked again every clockEvery (serverclock.go).
+	clock      *serverClock
+	clockEvery time.Duration
+
 	mu      sync.Mutex
 	live    map[string]*liveIntent
 	locks   locks
@@ -226,7 +230,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	}
 	// Every time Mirage stamps is on the server's clock when its own is off it
 	// (serverclock.go).
-	cfg.Now = learnServerClock(ctx, evts, cfg.Now, log).now
+	clock := learnServerClock(ctx, evts, cfg.Now, log)
+	cfg.Now = clock.now
 	intents, err := js.KeyValue(ctx, bus.BucketIntents)
 	if err != nil {
 		return nil, err
@@ -252,6 +257,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	guard := newReplyGuard(confined, log)
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, cmds: cmds, evts: evts, intents: intents, log: log,
+		clock: clock, clockEvery: serverClockEvery,
 		fleet:         newFleet(js, ghosts, stop, cfg.Now, guard, log),
 		guard:         guard,
 		replayGate:    newGhostGate(bus.ReplayEvery, false),
@@ -381,9 +387,10 @@ func (m *Mirage) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume events: %w", err)
 	}
-	m.wg.Add(3)
+	m.wg.Add(4)
 	go m.superviseEvents(cons)
 	go m.loop()
+	go m.keepServerClock(m.clockEvery)
 	go func() { defer m.wg.Done(); m.fleet.registrar() }()
 	m.announce()
 	m.log.Info("mirage serving", "subject", subjects.Issue, "ghosts", len(m.fleet.All()))

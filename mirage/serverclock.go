@@ -3,6 +3,7 @@ package mirage
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,24 +24,39 @@ import (
 // serverClockTolerance, stamps every time on the server's clock instead: the server's time
 // at that moment plus the time elapsed since on Mirage's monotonic clock, so that a step
 // of Mirage's own clock afterwards moves nothing.
+//
+// It asks again every serverClockEvery: a host whose clock is off the server's is seldom
+// disciplined by NTP, and its monotonic clock then runs at its crystal's rate, seconds a
+// day off the server's (learnt once, a Mirage up for weeks drifted past the 500 ms grace);
+// a clock that agreed at start may drift off later, and the server's may be stepped.
 
 // serverClockTolerance is how far Mirage's clock may be off the server's (beyond the
 // estimate's uncertainty) before Mirage uses the server's.
 const serverClockTolerance = 100 * time.Millisecond
 
-// serverClock is Mirage's clock as Config.Now, on the server's time once learnt off.
-type serverClock struct {
-	base     func() time.Time
-	set      bool
+// serverClockEvery is how often a running Mirage asks the server's clock again.
+var serverClockEvery = time.Minute
+
+// clockRef is the server's clock at a moment of Mirage's own.
+type clockRef struct {
 	serverAt time.Time // the server's clock at the moment at
 	at       time.Time // Mirage's own clock (base, with its monotonic reading) then
 }
 
+// serverClock is Mirage's clock as Config.Now, on the server's time once learnt off.
+type serverClock struct {
+	base func() time.Time
+	evts jetstream.Stream
+	log  *slog.Logger
+	ref  atomic.Pointer[clockRef] // nil: base, which agreed with the server's
+}
+
 func (c *serverClock) now() time.Time {
-	if !c.set {
+	r := c.ref.Load()
+	if r == nil {
 		return c.base()
 	}
-	return c.serverAt.Add(c.base().Sub(c.at))
+	return r.serverAt.Add(c.base().Sub(r.at))
 }
 
 // learnServerClock asks evts for its info and returns the clock Mirage stamps times with:
@@ -48,21 +64,55 @@ func (c *serverClock) now() time.Time {
 // the server's clock. A server that does not say its time, or does not answer, leaves
 // base (the start goes on: the info is asked again where it is needed).
 func learnServerClock(ctx context.Context, evts jetstream.Stream, base func() time.Time, log *slog.Logger) *serverClock {
-	c := &serverClock{base: base}
-	sent := base()
-	info, err := evts.Info(ctx)
-	received := base()
+	c := &serverClock{base: base, evts: evts, log: log}
+	c.learn(ctx)
+	return c
+}
+
+// learn asks the server's clock and, when the clock in use (base, or base moved onto the
+// server's) is further off it than serverClockTolerance beyond half the round trip, moves
+// it onto the server's. One goroutine at a time calls it; now may run meanwhile.
+func (c *serverClock) learn(ctx context.Context) {
+	sent := c.base()
+	info, err := c.evts.Info(ctx)
+	received := c.base()
 	if err != nil || info.TimeStamp.IsZero() {
-		return c
+		return
 	}
 	rtt := max(received.Sub(sent), 0)
 	mid := sent.Add(rtt / 2)
-	off := mid.Round(0).Sub(info.TimeStamp) // Mirage's clock minus the server's
-	if off.Abs() <= rtt/2+serverClockTolerance {
-		return c
+	own := mid.Round(0).Sub(info.TimeStamp) // Mirage's own clock minus the server's
+	off := own                              // the clock in use minus the server's
+	r := c.ref.Load()
+	if r != nil {
+		off = r.serverAt.Add(mid.Sub(r.at)).Sub(info.TimeStamp)
 	}
-	c.set, c.serverAt, c.at = true, info.TimeStamp, mid
-	log.Warn("Mirage's clock is off the NATS server's, which stamps stored events: Mirage keeps intents' times on the server's clock; synchronise the clocks (NTP)",
-		"clock_offset_ms", off.Milliseconds(), "within_ms", (rtt / 2).Milliseconds())
-	return c
+	if off.Abs() <= rtt/2+serverClockTolerance {
+		return
+	}
+	c.ref.Store(&clockRef{serverAt: info.TimeStamp, at: mid})
+	if r == nil {
+		c.log.Warn("Mirage's clock is off the NATS server's, which stamps stored events: Mirage keeps intents' times on the server's clock; synchronise the clocks (NTP)",
+			"clock_offset_ms", own.Milliseconds(), "within_ms", (rtt / 2).Milliseconds())
+		return
+	}
+	c.log.Warn("Mirage's clock, kept on the NATS server's, had drifted off it: set on the server's again; synchronise the clocks (NTP)",
+		"drift_ms", off.Milliseconds(), "clock_offset_ms", own.Milliseconds(), "within_ms", (rtt / 2).Milliseconds())
+}
+
+// keepServerClock asks the server's clock again every serverClockEvery until Mirage stops.
+func (m *Mirage) keepServerClock(every time.Duration) {
+	defer m.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(m.running, 5*time.Second)
+			m.clock.learn(ctx)
+			cancel()
+		}
+	}
 }
