@@ -290,7 +290,6 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		now := f.now().UnixMilli()
 		rec := &GhostRecord{GhostID: reg.GhostID, Version: reg.Version, Labels: reg.Labels, Seeds: reg.Seeds, RegisteredMS: now, LastSeenMS: now,
 			ClockOffsetMS: reg.TimestampMS - now}
-		f.checkClock(reg.GhostID, rec.ClockOffsetMS, bus.TypeRegister)
 		reg := registration{rec: rec, msg: msg, ack: ack}
 		f.qmu.Lock()
 		// Checked under qmu: a revocation removes the enrollment before it forgets the
@@ -313,6 +312,9 @@ func (f *Fleet) onRegister(msg *nats.Msg) {
 		}
 		f.queued[rec.GhostID] = reg
 		f.qmu.Unlock()
+		// Of a register Mirage takes only: a rejected one is warned about, rate-limited,
+		// in answer (a revoked Ghost retries at every heartbeat tick).
+		f.checkClock(rec.GhostID, rec.ClockOffsetMS, bus.TypeRegister)
 		if waiting {
 			return // its id is queued already
 		}

@@ -327,3 +327,27 @@ func TestReadFleetWhileARecordIsRewrittenListsIt(t *testing.T) {
 	}
 	t.Logf("%d listings, ghost-a written %d times meanwhile", listings, n)
 }
+
+// A Ghost that is not enrolled (never, or revoked), whose clock is off, registering again
+// and again is rejected with one rate-limited warning, not with a warning about its clock
+// at each register: that one is for Ghosts Mirage registers (it logged one per register
+// of any id, a flood from a revoked Ghost retrying at every heartbeat tick).
+func TestRejectedRegistrationsDoNotWarnOfTheirClock(t *testing.T) {
+	var logs bytes.Buffer
+	f := newFleet(nil, nil, make(chan struct{}), time.Now, newReplyGuard(false, slog.New(slog.DiscardHandler)), slog.New(slog.NewTextHandler(&logs, nil)))
+	f.enrolled = func(string) bool { return false }
+	for range 50 {
+		data, err := bus.Encode(&bus.Register{Header: bus.NewHeader(bus.TypeRegister, "", time.Now().Add(10*time.Minute)), GhostID: "revoked", Version: "t",
+			Labels: map[string]string{}, Seeds: []bus.SeedInfo{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.onRegister(&nats.Msg{Subject: "reg.revoked", Data: data})
+	}
+	if n := strings.Count(logs.String(), "registration rejected"); n != 1 {
+		t.Fatalf("%d rejection warnings for 50 registers, want 1:\n%s", n, logs.String())
+	}
+	if n := strings.Count(logs.String(), "clock is far off"); n != 0 {
+		t.Fatalf("%d clock warnings for 50 rejected registers, want none:\n%s", n, logs.String())
+	}
+}
