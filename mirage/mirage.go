@@ -58,6 +58,9 @@ type Config struct {
 	// ProbeEvery is how often a running Mirage asks mirage.probe whether another one
 	// serves the deployment; default DefaultProbeEvery.
 	ProbeEvery time.Duration
+	// ServerClockEvery is how often a running Mirage asks the NATS server's clock again
+	// (serverclock.go); default DefaultServerClockEvery.
+	ServerClockEvery time.Duration
 }
 
 func (c *Config) defaults() {
@@ -69,6 +72,9 @@ func (c *Config) defaults() {
 	}
 	if c.ProbeEvery <= 0 {
 		c.ProbeEvery = DefaultProbeEvery
+	}
+	if c.ServerClockEvery <= 0 {
+		c.ServerClockEvery = DefaultServerClockEvery
 	}
 	if c.ReportInterval <= 0 {
 		c.ReportInterval = 250 * time.Millisecond
@@ -119,9 +125,8 @@ type Mirage struct {
 	running     context.Context
 	stopRunning context.CancelFunc
 
-	// clock is cfg.Now's: asked again every clockEvery (serverclock.go).
-	clock      *serverClock
-	clockEvery time.Duration
+	// clock is cfg.Now's: asked again every cfg.ServerClockEvery (serverclock.go).
+	clock *serverClock
 
 	mu      sync.Mutex
 	live    map[string]*liveIntent
@@ -257,7 +262,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config, log *slog.Logger) (*Mir
 	guard := newReplyGuard(confined, log)
 	m := &Mirage{
 		cfg: cfg, nc: nc, js: js, cmds: cmds, evts: evts, intents: intents, log: log,
-		clock: clock, clockEvery: serverClockEvery,
+		clock:         clock,
 		fleet:         newFleet(js, ghosts, stop, cfg.Now, guard, log),
 		guard:         guard,
 		replayGate:    newGhostGate(bus.ReplayEvery, false),
@@ -390,7 +395,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 	m.wg.Add(4)
 	go m.superviseEvents(cons)
 	go m.loop()
-	go m.keepServerClock(m.clockEvery)
+	go m.keepServerClock()
 	go func() { defer m.wg.Done(); m.fleet.registrar() }()
 	m.announce()
 	m.log.Info("mirage serving", "subject", subjects.Issue, "ghosts", len(m.fleet.All()))

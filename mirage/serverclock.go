@@ -25,7 +25,7 @@ import (
 // at that moment plus the time elapsed since on Mirage's monotonic clock, so that a step
 // of Mirage's own clock afterwards moves nothing.
 //
-// It asks again every serverClockEvery: a host whose clock is off the server's is seldom
+// It asks again every Config.ServerClockEvery: a host whose clock is off the server's is seldom
 // disciplined by NTP, and its monotonic clock then runs at its crystal's rate, seconds a
 // day off the server's (learnt once, a Mirage up for weeks drifted past the 500 ms grace);
 // a clock that agreed at start may drift off later, and the server's may be stepped.
@@ -34,8 +34,15 @@ import (
 // estimate's uncertainty) before Mirage uses the server's.
 const serverClockTolerance = 100 * time.Millisecond
 
-// serverClockEvery is how often a running Mirage asks the server's clock again.
-var serverClockEvery = time.Minute
+// DefaultServerClockEvery is how often a running Mirage asks the server's clock again.
+const DefaultServerClockEvery = time.Minute
+
+// serverClockAnnounceAt is how far Mirage's clock may move (beyond the estimate's
+// uncertainty) before Mirage announces itself again: the Ghosts judge deliver_by_ms on
+// Mirage's clock as they learnt it at registration, and a blocking step's lock covers a
+// Ghost up to lingerGrace (2 s) off it. The announce makes them register again and learn
+// it anew (each also catches up, as when a Mirage starts).
+const serverClockAnnounceAt = time.Second
 
 // clockRef is the server's clock at a moment of Mirage's own.
 type clockRef struct {
@@ -71,13 +78,14 @@ func learnServerClock(ctx context.Context, evts jetstream.Stream, base func() ti
 
 // learn asks the server's clock and, when the clock in use (base, or base moved onto the
 // server's) is further off it than serverClockTolerance beyond half the round trip, moves
-// it onto the server's. One goroutine at a time calls it; now may run meanwhile.
-func (c *serverClock) learn(ctx context.Context) {
+// it onto the server's; it reports whether it moved it by more than serverClockAnnounceAt
+// beyond that uncertainty. One goroutine at a time calls it; now may run meanwhile.
+func (c *serverClock) learn(ctx context.Context) (far bool) {
 	sent := c.base()
 	info, err := c.evts.Info(ctx)
 	received := c.base()
 	if err != nil || info.TimeStamp.IsZero() {
-		return
+		return false
 	}
 	rtt := max(received.Sub(sent), 0)
 	mid := sent.Add(rtt / 2)
@@ -88,22 +96,25 @@ func (c *serverClock) learn(ctx context.Context) {
 		off = r.serverAt.Add(mid.Sub(r.at)).Sub(info.TimeStamp)
 	}
 	if off.Abs() <= rtt/2+serverClockTolerance {
-		return
+		return false
 	}
 	c.ref.Store(&clockRef{serverAt: info.TimeStamp, at: mid})
 	if r == nil {
 		c.log.Warn("Mirage's clock is off the NATS server's, which stamps stored events: Mirage keeps intents' times on the server's clock; synchronise the clocks (NTP)",
 			"clock_offset_ms", own.Milliseconds(), "within_ms", (rtt / 2).Milliseconds())
-		return
+	} else {
+		c.log.Warn("Mirage's clock, kept on the NATS server's, was off it again (drift, or the server's clock was stepped): set on the server's again; synchronise the clocks (NTP)",
+			"moved_ms", -off.Milliseconds(), "clock_offset_ms", own.Milliseconds(), "within_ms", (rtt / 2).Milliseconds())
 	}
-	c.log.Warn("Mirage's clock, kept on the NATS server's, had drifted off it: set on the server's again; synchronise the clocks (NTP)",
-		"drift_ms", off.Milliseconds(), "clock_offset_ms", own.Milliseconds(), "within_ms", (rtt / 2).Milliseconds())
+	return off.Abs() > rtt/2+serverClockAnnounceAt
 }
 
-// keepServerClock asks the server's clock again every serverClockEvery until Mirage stops.
-func (m *Mirage) keepServerClock(every time.Duration) {
+// keepServerClock asks the server's clock again every Config.ServerClockEvery until Mirage
+// stops, and announces Mirage again when its clock moved far: the Ghosts register again
+// and learn it anew.
+func (m *Mirage) keepServerClock() {
 	defer m.wg.Done()
-	t := time.NewTicker(every)
+	t := time.NewTicker(m.cfg.ServerClockEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -111,8 +122,12 @@ func (m *Mirage) keepServerClock(every time.Duration) {
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(m.running, 5*time.Second)
-			m.clock.learn(ctx)
+			far := m.clock.learn(ctx)
 			cancel()
+			if far && !m.gaveWay() {
+				m.log.Info("announcing Mirage again: its clock moved, the Ghosts learn it anew at their registration")
+				m.announce()
+			}
 		}
 	}
 }

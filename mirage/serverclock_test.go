@@ -15,13 +15,9 @@ import (
 // on the server's clock, they go back again. Learnt once at start, a Mirage up for weeks
 // drifted past the 500 ms grace its events are judged with.
 func TestMirageClockFollowsTheServersWhenItsOwnDrifts(t *testing.T) {
-	every := serverClockEvery
-	serverClockEvery = 50 * time.Millisecond
-	defer func() { serverClockEvery = every }()
 	ns := natsdtest.Start(t, natsd.Config{DontListen: true, StoreDir: t.TempDir()})
 	var ahead atomic.Int64 // Mirage's own clock ahead of the server's (monotonic reading too)
-	m := startTestMirageWith(t, ns, Config{Now: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }}, nil)
-	serverClockEvery = every
+	m := startTestMirageWith(t, ns, Config{ServerClockEvery: 50 * time.Millisecond, Now: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }}, nil)
 	if d := m.cfg.Now().Sub(time.Now()); d.Abs() > time.Second {
 		t.Fatalf("Mirage's clock %s off the server's at start", d)
 	}

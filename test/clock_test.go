@@ -65,3 +65,29 @@ func TestMirageGhostsGaugeUsesMiragesClock(t *testing.T) {
 		t.Fatalf("edgectl_mirage_ghosts{status=stale} = %v, want 1: 30 s without a heartbeat on Mirage's clock", got)
 	}
 }
+
+// When Mirage's clock moves by more than a second (here Mirage's own clock jumps 30 s
+// ahead and is then set back on the server's, as when the server's clock is stepped while
+// Mirage keeps to it), Mirage announces itself again, and its Ghosts, which judge
+// deliver_by_ms on Mirage's clock as they learnt it at registration, register again and
+// learn it anew. Without that, a Ghost that learnt it 30 s ahead refused as expired (1600)
+// every command of an intent shorter than 30 s until it happened to register again.
+func TestGhostsLearnMiragesClockAgainWhenItMoves(t *testing.T) {
+	env := testenv.New(t)
+	var ahead atomic.Int64
+	env.StartMirage(mirage.Config{ServerClockEvery: 5 * time.Second, Now: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }})
+	ahead.Store(int64(30 * time.Second))
+	g := env.StartGhost("edge-m")
+	testenv.Eventually(t, 10*time.Second, "edge-m registered", g.Registered)
+	if off, ok := g.ClockOffset(); !ok || off > -25*time.Second {
+		t.Fatalf("the Ghost learnt an offset of %s (%v), want about -30s: it registered after Mirage's clock moved back, the test checks nothing", off, ok)
+	}
+	testenv.Eventually(t, 15*time.Second, "the Ghost learnt Mirage's clock again, back on the server's", func() bool {
+		off, _ := g.ClockOffset()
+		return off.Abs() < 2*time.Second
+	})
+	r := env.Run(env.Client(), testenv.NewIssue("edge-m", "seed.flow", "echo", map[string]string{"message": "in time"}, 10*time.Second))
+	if r.Phase != bus.PhaseSatisfied || r.Counts.Success != 1 {
+		t.Fatalf("report %s %q %+v, want satisfied", r.Phase, r.Summary, r.Results)
+	}
+}
