@@ -113,6 +113,7 @@ func (m *Mirage) handleIssue(msg *nats.Msg) {
 	if err == nil {
 		err = m.awaitRecord(recording)
 	}
+	m.room.noted(err)
 	if err == nil {
 		m.recorded(rec.IntentID)
 	} else {
@@ -140,6 +141,8 @@ func (m *Mirage) recordedAlready(is *bus.Issue, createErr error) (*IntentRecord,
 	switch {
 	case errors.Is(err, ErrIntentNotFound) && errors.As(createErr, &refusal):
 		return nil, false, refusal
+	case errors.Is(err, ErrIntentNotFound) && noRoom(createErr):
+		return nil, false, noRoomRefusal(createErr)
 	case errors.Is(err, ErrIntentNotFound) && !errors.Is(createErr, jetstream.ErrKeyExists):
 		return nil, false, bus.Errorf(bus.CodeInternal, "record intent: %v", createErr)
 	case err != nil:
@@ -253,6 +256,7 @@ func (m *Mirage) recordLater(rec *IntentRecord, record *nats.Msg) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := m.js.PublishMsg(ctx, record)
+		m.room.noted(err)
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 			stored, rerr := m.Intent(ctx, rec.IntentID)
@@ -296,6 +300,41 @@ func (m *Mirage) awaitRecord(f jetstream.PubAckFuture) error {
 	case <-t.C:
 		return fmt.Errorf("no answer from the store within %s", recordAnswerWait)
 	}
+}
+
+// freshRecord is the message that stores a fresh intent's record, under Create's
+// condition: no entry for the key yet.
+func freshRecord(intentID string, data []byte) *nats.Msg {
+	record := nats.NewMsg("$KV." + bus.BucketIntents + "." + intentID)
+	record.Data = data
+	record.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	return record
+}
+
+// recordFirst stores a fresh intent's record before any of its commands leave, while the
+// store refuses writes for want of room (storeroom.go). It reports whether the record is
+// stored; the store's refusal for want of room is the issue's refusal (1501), nothing sent.
+// Any other failure (no answer in time) leaves the record to intake's usual path, which
+// sends it again under the same condition: a record stored meanwhile is found there
+// (recordLater).
+func (m *Mirage) recordFirst(ctx context.Context, intentID string, data []byte) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, recordAnswerWait)
+	defer cancel()
+	_, err := m.js.PublishMsg(ctx, freshRecord(intentID, data))
+	m.room.noted(err)
+	switch {
+	case err == nil:
+		m.log.Info("the store takes writes again: intake sends a fresh intent's commands first again", "intent_id", intentID)
+		return true, nil
+	case noRoom(err):
+		return false, noRoomRefusal(err)
+	}
+	return false, nil
+}
+
+// noRoomRefusal is the refusal of an issue the store has no room to record.
+func noRoomRefusal(err error) *bus.Error {
+	return bus.Errorf(bus.CodeBusy, "the JetStream store has no room left (%v): the intent was not recorded and nothing was sent; free space in the store (or give JetStream more: max_file_store) and issue again", err)
 }
 
 // recordAnswerWait bounds the wait for a fresh intent's record before the issue is
@@ -410,6 +449,7 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 	// Refused for a new intent only: a re-sent issue of an accepted one is answered as
 	// before, whatever the time.
 	var late error
+	recordedFirst := false
 	if is.DeliverByMS > 0 && is.DeliverWithinMS == 0 && is.DeliverByMS <= now.UnixMilli() {
 		late = bus.FieldError(bus.CodeSemantic, "deliver_by_ms", "%d is not in the future (Mirage's clock: %d); it is unix milliseconds", is.DeliverByMS, now.UnixMilli())
 	}
@@ -423,12 +463,17 @@ func (m *Mirage) accept(is *bus.Issue, steps []StepRecord) (_ *IntentRecord, _ [
 		err = late
 	case !fresh:
 		_, err = m.intents.Create(ctx, rec.IntentID, data)
+		m.room.noted(err)
+	case m.room.refusing():
+		// The store refused a write for want of room: the record first, and the issue
+		// refused with nothing sent if the store refuses it too (storeroom.go).
+		if recordedFirst, err = m.recordFirst(ctx, rec.IntentID, data); err != nil {
+			m.unclaim(rec.IntentID)
+			return nil, nil, nil, nil, err
+		}
 	}
-	if fresh {
-		// Create's condition: no entry for the key yet.
-		record = nats.NewMsg("$KV." + bus.BucketIntents + "." + rec.IntentID)
-		record.Data = data
-		record.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+	if fresh && !recordedFirst {
+		record = freshRecord(rec.IntentID, data)
 	} else if err != nil {
 		stored, open, err := m.recordedAlready(is, err)
 		if err != nil || !open {
@@ -706,7 +751,15 @@ func commandTimeout(rec *IntentRecord, now time.Time) int64 {
 // units past the futures were never published) and returns the units not confirmed
 // stored, with the first error.
 func (m *Mirage) await(ctx context.Context, rec *IntentRecord, units []int, futures []jetstream.PubAckFuture) (unstored []int, first error) {
-	stored := 0
+	stored, refused := 0, false
+	defer func() {
+		switch {
+		case refused:
+			m.room.noted(first)
+		case stored > 0:
+			m.room.noted(nil)
+		}
+	}()
 	for i, f := range futures {
 		var err error
 		select {
@@ -714,6 +767,7 @@ func (m *Mirage) await(ctx context.Context, rec *IntentRecord, units []int, futu
 			stored++
 			continue
 		case err = <-f.Err():
+			refused = refused || noRoom(err)
 			err = fmt.Errorf("command %s not stored: %w", f.Msg().Header.Get(bus.HeaderMsgID), err)
 		case <-ctx.Done():
 			err = ctx.Err()

@@ -146,6 +146,9 @@ type Mirage struct {
 	unrecorded    map[string]*IntentRecord
 	publisherGone bool          // the report publisher has returned (Close): store reports directly
 	known         *knownIntents // the ids edge_intents may hold (freshIntent)
+	// room says whether the store was last seen refusing writes for want of room
+	// (storeroom.go): intake then stores a fresh intent's record first.
+	room storeRoom
 	// tookUp, set under mu by tests, is called by takeUp once the intent is live (mu
 	// released) and before it is rebuilt.
 	tookUp func(*liveIntent)

@@ -74,7 +74,8 @@ one waits, and its reports say which lock. The file:
   target = "edge-1"                 # optional: this step's own scope
 
 Exit codes: 0 satisfied (every target succeeded); 1 finished but not satisfied; 2 invalid
-input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage answered.`,
+input or refused by Mirage (reason on stderr); 3 NATS unreachable, no Mirage answered, or
+Mirage could not take the issue now (1501 busy: its JetStream store has no room; nothing ran).`,
 		Example: `  miragectl issue --target local seed.flow status
   miragectl issue --target local,edge-1 seed.kv put key=a value=b --json
   miragectl issue --target 'edge-*' seed.system uptime
@@ -173,6 +174,10 @@ input or refused by Mirage (reason on stderr); 3 NATS unreachable or no Mirage a
 			defer done()
 			reply, err := client.Issue(ctx, is)
 			switch {
+			case errors.Is(err, mirage.ErrRejected) && reply.Error.Code == bus.CodeBusy:
+				// Mirage could not take it now (its JetStream store has no room): nothing
+				// was run or recorded; the same issue may be sent again later.
+				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("Mirage could not take the issue now: %s", reply.Error.Message))
 			case errors.Is(err, mirage.ErrRejected):
 				return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the issue: %s", reply.Error.Message))
 			case err != nil && bus.AsError(err).Code == bus.CodeTooLarge:

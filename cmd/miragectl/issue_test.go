@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
+	"github.com/edgectl/edgectl/cmd/internal/cli"
 	"github.com/edgectl/edgectl/ghost"
 	"github.com/edgectl/edgectl/mirage"
 	"github.com/edgectl/edgectl/test/testenv"
@@ -124,5 +126,40 @@ func TestIssueNotesAStaleTarget(t *testing.T) {
 	}
 	if strings.Contains(stderr, "edge-ok") {
 		t.Fatalf("stderr %q names the Ghost that beats", stderr)
+	}
+}
+
+// An issue Mirage cannot take now because its JetStream store has no room (1501, nothing
+// run or recorded) exits 3, as infrastructure unavailable, not 2 as invalid input: the same
+// issue may be sent again once the store has room.
+func TestIssueRefusedForAFullStoreExitsUnavailable(t *testing.T) {
+	env := testenv.New(t, testenv.Listen(), testenv.MaxStore(64<<20))
+	env.StartMirage(mirage.Config{EventsMaxBytes: bus.MinEventsMaxBytes})
+	env.StartGhost("edge-full")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	js := env.JetStream()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "TEST_FILL", Subjects: []string{"testfill.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{512 << 10, 1 << 10} {
+		data := bytes.Repeat([]byte("x"), size)
+		for n := 0; ; n++ {
+			if _, err := js.Publish(ctx, "testfill.x", data); err != nil {
+				break
+			}
+			if n > 10_000 {
+				t.Fatal("the store never filled")
+			}
+		}
+	}
+	// The first issue after the store filled tells Mirage so (its record refused).
+	_, _, _ = runIssue(t, env.URL, "--target", "edge-full", "--timeout", "1s", "--no-wait", "seed.flow", "status")
+	_, stderr, err := runIssue(t, env.URL, "--target", "edge-full", "--timeout", "1s", "seed.flow", "status")
+	if code := cli.ExitCode(err); code != cli.ExitUnavailable {
+		t.Fatalf("issue on a full store: exit %d (%v), want %d", code, err, cli.ExitUnavailable)
+	}
+	if !strings.Contains(err.Error(), "no room") {
+		t.Errorf("error %q (stderr %q) does not say the store has no room", err, stderr)
 	}
 }

@@ -24,7 +24,7 @@ const (
 	ExitOK           = 0 // success; for issue: phase satisfied
 	ExitNotSatisfied = 1 // finished but not satisfied
 	ExitInvalid      = 2 // invalid input, or the issue refused by Mirage
-	ExitUnavailable  = 3 // NATS unreachable, or no Mirage answered
+	ExitUnavailable  = 3 // NATS unreachable, no Mirage answered, or the issue refused busy (1501)
 )
 
 // ExitError carries the exit code an error ends the program with.
