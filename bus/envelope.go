@@ -290,6 +290,12 @@ type Heartbeat struct {
 type Announce struct {
 	Header
 	MirageID string `json:"mirage_id"`
+	// EventsLost says EDGE_EVT removed events (its byte cap, its age limit) before Mirage
+	// read them: a Ghost stores its unacknowledged events again, under a Nats-Msg-Id of
+	// their own, since a re-send under the event_id inside the duplicate window would be
+	// dropped by the stream as a duplicate of the message it no longer holds. A Ghost that
+	// does not know it re-sends as for any announce.
+	EventsLost bool `json:"events_lost,omitempty"`
 }
 
 // Report phases.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,6 +229,9 @@ type Ghost struct {
 	// itself).
 	resendKick   chan struct{}
 	resendStored atomic.Bool
+	// resendRestore makes a pass store the events EDGE_EVT confirmed again under a
+	// Nats-Msg-Id of their own (a Mirage announced events_lost: restore).
+	resendRestore atomic.Bool
 	// claim is this instance of the id, and its probe for others (idprobe.go).
 	claim *idClaim
 	// link follows the connection, so that a publish or request whose connection is lost
@@ -615,12 +619,16 @@ var errStillRunning = errors.New("the command is still running")
 // that shows itself) while an earlier publish of it is still retrying leaves it to that
 // one, so a flapping link does not pile up goroutines and copies of every unacknowledged
 // event. A duplicate command waits for that one instead (answer).
-func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
+func (g *Ghost) emit(ctx context.Context, ev *bus.Event) { g.emitAs(ctx, ev, ev.EventID) }
+
+// emitAs is emit under the Nats-Msg-Id msgID: the event_id, or a copy's own id when the
+// event is stored again (restore).
+func (g *Ghost) emitAs(ctx context.Context, ev *bus.Event, msgID string) {
 	e := &emission{done: make(chan struct{})}
 	if _, busy := g.emitting.LoadOrStore(ev.EventID, e); busy {
 		return
 	}
-	g.publish(ctx, ev, e)
+	g.publish(ctx, ev, e, msgID)
 }
 
 // emission is one publish of an event in progress (Ghost.emitting).
@@ -649,7 +657,7 @@ func (g *Ghost) answer(ctx context.Context, ev *bus.Event) {
 		e := &emission{done: make(chan struct{})}
 		cur, busy := g.emitting.LoadOrStore(ev.EventID, e)
 		if !busy {
-			g.publish(ctx, ev, e)
+			g.publish(ctx, ev, e, ev.EventID)
 			return
 		}
 		other := cur.(*emission)
@@ -664,8 +672,9 @@ func (g *Ghost) answer(ctx context.Context, ev *bus.Event) {
 	}
 }
 
-// publish is emit's publish of ev, under the emission e it holds in emitting.
-func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
+// publish is emit's publish of ev, under the emission e it holds in emitting, with the
+// Nats-Msg-Id msgID.
+func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission, msgID string) {
 	defer func() {
 		g.emitting.CompareAndDelete(ev.EventID, e)
 		close(e.done)
@@ -675,7 +684,7 @@ func (g *Ghost) publish(ctx context.Context, ev *bus.Event, e *emission) {
 		g.log.Error("cannot encode event", "event_id", ev.EventID, "err", err)
 		return
 	}
-	msg := bus.NewMsg(subjects.Event(g.cfg.ID), data, ev.EventID, ev.TraceID)
+	msg := bus.NewMsg(subjects.Event(g.cfg.ID), data, msgID, ev.TraceID)
 	if g.cfg.Identity != nil {
 		if err := bus.SignMsg(msg, g.cfg.Identity); err != nil {
 			g.log.Error("cannot sign event", "event_id", ev.EventID, "err", err)
@@ -779,6 +788,20 @@ func (g *Ghost) markStored(ctx context.Context, ev *bus.Event) {
 // on every reconnect, where past the 15-minute duplicate window each copy would be
 // stored again.
 
+// Storing events again (restore). EDGE_EVT remembers an event's Nats-Msg-Id for its
+// 15-minute duplicate window even once its byte cap or age limit removed the message: a
+// re-send under the event_id then is acknowledged as a duplicate and stored nowhere. When
+// Mirage announces that the stream removed events before it read them (events_lost), the
+// next pass publishes each unacknowledged event EDGE_EVT confirmed under a Nats-Msg-Id of
+// that pass (restoreID): stored again, read by Mirage, and counted once by its event_id
+// (a copy of an event Mirage had read is a duplicate there). At most one such pass per
+// restoreEvery: without authentication anyone may publish announces.
+const restoreEvery = 5 * time.Second
+
+// restoreID is the Nats-Msg-Id of eventID stored again by the pass begun at pass (unix
+// milliseconds): the attempts of one pass are one message to the stream.
+func restoreID(eventID, pass string) string { return eventID + ".r" + pass }
+
 // resendWorkers bounds the events re-sent at once: a Ghost holding many unacknowledged
 // events (the store keeps up to 200 000) sends them a few at a time, not in one burst.
 const resendWorkers = 4
@@ -822,6 +845,7 @@ func (g *Ghost) resendLoop() {
 		}
 	}()
 	wait := resendRetry
+	var lastRestore time.Time
 	for {
 		select {
 		case <-g.stopping:
@@ -830,25 +854,43 @@ func (g *Ghost) resendLoop() {
 			wait = resendRetry
 		case <-retryC:
 		}
-		if !g.resendUnacked(g.resendStored.Swap(false)) {
+		restore, restoreIn := false, time.Duration(0)
+		if g.resendRestore.Load() {
+			if restoreIn = time.Until(lastRestore.Add(restoreEvery)); restoreIn <= 0 {
+				restore, lastRestore = true, time.Now()
+				g.resendRestore.Store(false)
+			}
+		}
+		left := g.resendUnacked(g.resendStored.Swap(false) || restore, restore)
+		var next time.Duration
+		switch {
+		case left:
+			next = wait
+			wait = min(2*wait, resendRetryMax)
+		default:
 			wait = resendRetry
+		}
+		if restoreIn > 0 && (next == 0 || restoreIn < next) {
+			next = restoreIn // a restore asked too soon after the last runs when it may
+		}
+		if next == 0 {
 			continue
 		}
 		if retry == nil {
-			retry = time.NewTimer(wait)
+			retry = time.NewTimer(next)
 			retryC = retry.C
 		} else {
-			retry.Reset(wait)
+			retry.Reset(next)
 		}
-		wait = min(2*wait, resendRetryMax)
 	}
 }
 
 // resendUnacked re-publishes the finished events Mirage has not acknowledged that
-// EDGE_EVT never confirmed, and those it did when stored is set, resendWorkers at a time.
+// EDGE_EVT never confirmed, and those it did when stored is set, resendWorkers at a time;
+// with restore, those it confirmed go under a Nats-Msg-Id of this pass's own (restoreID).
 // It ends early when the Ghost stops or the connection is lost (a reconnect asks again).
 // It reports whether events EDGE_EVT never confirmed are left.
-func (g *Ghost) resendUnacked(stored bool) (left bool) {
+func (g *Ghost) resendUnacked(stored, restore bool) (left bool) {
 	execs, err := g.store.Unacked(g.serving)
 	if err != nil {
 		g.log.Error("execution store: listing unacknowledged events failed", "err", err)
@@ -863,19 +905,25 @@ func (g *Ghost) resendUnacked(stored bool) (left bool) {
 	if due == 0 { // the usual case at a start or registration: no worker to start
 		return false
 	}
-	queue := make(chan *bus.Event)
+	type resend struct {
+		ev    *bus.Event
+		msgID string
+	}
+	queue := make(chan resend)
 	var workers sync.WaitGroup
 	for range min(resendWorkers, due) {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
-			for ev := range queue {
+			for r := range queue {
 				ctx, cancel := context.WithTimeout(g.serving, g.cfg.patience())
-				g.emit(ctx, ev)
+				g.emitAs(ctx, r.ev, r.msgID)
 				cancel()
 			}
 		}()
 	}
+	pass := strconv.FormatInt(time.Now().UnixMilli(), 10)
+	restored := 0
 	sent := 0
 feed:
 	for _, e := range execs {
@@ -885,8 +933,13 @@ feed:
 		if !g.nc.IsConnected() {
 			break
 		}
+		r := resend{ev: e.Event, msgID: e.Event.EventID}
+		if restore && e.Stored {
+			r.msgID = restoreID(e.Event.EventID, pass)
+			restored++
+		}
 		select {
-		case queue <- e.Event:
+		case queue <- r:
 			sent++
 		case <-g.stopping:
 			break feed
@@ -895,7 +948,7 @@ feed:
 	close(queue)
 	workers.Wait()
 	if sent > 0 {
-		g.log.Info("re-sent unacknowledged events", "events", sent, "unacknowledged", len(execs), "including_stored", stored)
+		g.log.Info("re-sent unacknowledged events", "events", sent, "unacknowledged", len(execs), "including_stored", stored, "stored_again", restored)
 	}
 	if sent == 0 {
 		return false

@@ -181,7 +181,12 @@ func (g *Ghost) onAnnounce(msg *nats.Msg) {
 		g.warnJunk(junkAnnounce, "refused a malformed announce", "direction", "in", "message_type", bus.TypeAnnounce, "err", err)
 		return
 	}
-	g.requestCatchUp()    // a Mirage that comes up may have re-dispatched commands
+	g.requestCatchUp() // a Mirage that comes up may have re-dispatched commands
+	if ann.EventsLost {
+		// EDGE_EVT removed events Mirage had not read: those stored go again under ids
+		// of their own (restore).
+		g.resendRestore.Store(true)
+	}
 	g.requestResend(true) // and is there to acknowledge what it has not
 	g.registerAgain("a Mirage announce")
 }

@@ -36,6 +36,9 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 		stored, redelivered = md.Timestamp, md.NumDelivered > 1
 		// Whatever becomes of the message, once this returns it is read (expiry.go).
 		defer m.read.one(md.Sequence.Stream)
+		if md.NumDelivered == 1 {
+			m.noteDelivered(md.Sequence.Stream)
+		}
 	}
 	var ev bus.Event
 	subjectGhost, serr := subjects.GhostFrom(msg.Subject())

@@ -146,6 +146,9 @@ type Mirage struct {
 	unrecorded    map[string]*IntentRecord
 	publisherGone bool          // the report publisher has returned (Close): store reports directly
 	known         *knownIntents // the ids edge_intents may hold (freshIntent)
+	// loss follows the events consumer's first deliveries for events EDGE_EVT removed
+	// unread (evtloss.go).
+	loss eventLoss
 	// room says whether the store was last seen refusing writes for want of room
 	// (storeroom.go): intake then stores a fresh intent's record first.
 	room storeRoom
@@ -389,6 +392,7 @@ func (m *Mirage) Start(ctx context.Context) error {
 	// they come again after the ack wait, and an expiry waits for them.
 	info := cons.CachedInfo()
 	m.read.advance(max(info.AckFloor.Stream, min(info.Delivered.Stream, recovered)))
+	m.loss.delivered.Store(info.Delivered.Stream)
 	m.ccMu.Lock()
 	m.cc, err = m.consumeEvents(cons)
 	m.ccMu.Unlock()
