@@ -778,6 +778,7 @@ func (m *Mirage) await(ctx context.Context, rec *IntentRecord, units []int, futu
 		}
 	}
 	unstored = append(unstored, units[len(futures):]...)
+	m.noteUnstored(rec.IntentID, units, unstored, first)
 	m.cfg.Metrics.dispatch(stored)
 	if len(unstored) == 0 {
 		if m.log.Enabled(context.Background(), slog.LevelDebug) { // the arguments cost an allocation each
@@ -785,6 +786,33 @@ func (m *Mirage) await(ctx context.Context, rec *IntentRecord, units []int, futu
 		}
 	}
 	return unstored, first
+}
+
+// noteUnstored records, on the live intent, which of units have their command not
+// confirmed stored (unstored, with why) and forgets the others (expire).
+func (m *Mirage) noteUnstored(intentID string, units, unstored []int, why error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	li, ok := m.live[intentID]
+	if !ok || (len(li.unstored) == 0 && len(unstored) == 0) {
+		return
+	}
+	for _, u := range units {
+		delete(li.unstored, u)
+	}
+	if len(unstored) == 0 {
+		return
+	}
+	if li.unstored == nil {
+		li.unstored = map[int]string{}
+	}
+	reason := "no answer from the store"
+	if why != nil {
+		reason, _ = bus.Cut(why.Error(), 512)
+	}
+	for _, u := range unstored {
+		li.unstored[u] = reason
+	}
 }
 
 // redispatch re-sends the commands of units, with backoff, until they are stored, their

@@ -150,6 +150,10 @@ type liveIntent struct {
 	// replayedAt is when EDGE_EVT stored the last event a replay (recover, adopt) read
 	// for this intent: every event stored by then has been applied.
 	replayedAt time.Time
+	// unstored holds, by unit, why EDGE_CMD has not confirmed storing its command (the
+	// last failure), until it does: a unit that times out so says its command never got
+	// stored, so a Ghost that was offline never got it (expire).
+	unstored map[int]string
 }
 
 func (li *liveIntent) wasSent(u int) bool { return li.sent != nil && li.sent[u] }
@@ -332,6 +336,9 @@ func (li *liveIntent) expire() {
 		}
 		r.Outcome = bus.OutcomeTimeout
 		r.Error = bus.Errorf(bus.CodeNoResponse, "no terminal event from %s within the intent's timeout of %s", r.GhostID, limit)
+		if why, ok := li.unstored[i]; ok {
+			r.Error.Message += "; its command was never stored in " + bus.StreamCommands + " (" + why + "), so the Ghost got it only if it was online when it was sent"
+		}
 		if refusal := li.refusals[i]; refusal != nil {
 			// The Ghost refused what it received under this command_id and never sent
 			// the command's own event: the refusal is the likeliest reason.

@@ -117,3 +117,38 @@ func TestIssueRefusedWhileTheStoreHasNoRoom(t *testing.T) {
 		t.Fatalf("the intent accepted once the store has room is not recorded: %v", err)
 	}
 }
+
+// A command the full store never took, for a Ghost that is offline, is not lost silently:
+// its target ends timeout, and the report says the command was never stored, so the Ghost
+// never got it (it was not online for the live copy). The report itself is stored once the
+// store has room again.
+func TestUnstoredCommandIsNamedInTheReport(t *testing.T) {
+	const ghostID = "edge-away"
+	env := testenv.New(t, testenv.MaxStore(64<<20))
+	env.StartMirage(mirage.Config{EventsMaxBytes: bus.MinEventsMaxBytes})
+	g := env.StartGhost(ghostID)
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	client := env.Client()
+	js := env.JetStream()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fill := fillStore(t, ctx, js)
+
+	is := testenv.NewIssue(ghostID, "seed.flow", "status", nil, time.Second)
+	if _, err := client.Issue(ctx, is); err != nil {
+		t.Fatalf("first issue after the store filled: %v", err)
+	}
+	time.Sleep(1500 * time.Millisecond) // past the intent's deadline: it ends timeout
+	if err := js.DeleteStream(ctx, fill); err != nil {
+		t.Fatal(err)
+	}
+	r := waitReport(t, client, is.IntentID, 20*time.Second)
+	if len(r.Results) != 1 || r.Results[0].Outcome != bus.OutcomeTimeout || r.Results[0].Error == nil {
+		t.Fatalf("report %+v, want one timeout result", r)
+	}
+	if msg := r.Results[0].Error.Message; !strings.Contains(msg, "never stored in EDGE_CMD") || !strings.Contains(msg, "insufficient resources") {
+		t.Fatalf("timeout of a command the store refused says %q: not that it was never stored, nor why", msg)
+	}
+}
