@@ -318,7 +318,7 @@ func freshRecord(intentID string, data []byte) *nats.Msg {
 // sends it again under the same condition: a record stored meanwhile is found there
 // (recordLater).
 func (m *Mirage) recordFirst(ctx context.Context, intentID string, data []byte) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, recordAnswerWait)
+	ctx, cancel := context.WithTimeout(ctx, recordFirstWait)
 	defer cancel()
 	_, err := m.js.PublishMsg(ctx, freshRecord(intentID, data))
 	m.room.noted(err)
@@ -331,6 +331,11 @@ func (m *Mirage) recordFirst(ctx context.Context, intentID string, data []byte) 
 	}
 	return false, nil
 }
+
+// recordFirstWait bounds recordFirst's wait: a store refuses a write for want of room at
+// once, and one that does not answer in time leaves the record to intake's usual path,
+// whose own wait (recordAnswerWait) must still end before the client's IssueTimeout.
+const recordFirstWait = 1500 * time.Millisecond
 
 // noRoomRefusal is the refusal of an issue the store has no room to record.
 func noRoomRefusal(err error) *bus.Error {
