@@ -174,12 +174,8 @@ Mirage could not take the issue now (1501 busy: its JetStream store has no room;
 			defer done()
 			reply, err := client.Issue(ctx, is)
 			switch {
-			case errors.Is(err, mirage.ErrRejected) && reply.Error.Code == bus.CodeBusy:
-				// Mirage could not take it now (its JetStream store has no room): nothing
-				// was run or recorded; the same issue may be sent again later.
-				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("Mirage could not take the issue now: %s", reply.Error.Message))
 			case errors.Is(err, mirage.ErrRejected):
-				return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the issue: %s", reply.Error.Message))
+				return refusedExit("issue", reply.Error)
 			case err != nil && bus.AsError(err).Code == bus.CodeTooLarge:
 				return cli.Invalid("%s", bus.AsError(err).Message)
 			case errors.Is(err, mirage.ErrNoMirage) && errors.Is(err, nats.ErrNoResponders):
@@ -520,4 +516,14 @@ func shortDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// refusedExit is the exit of an issue (what: "issue", "install") Mirage refused: 2, the
+// issue's fault, or 3 when Mirage could not take it now (1501 busy: its JetStream store
+// has no room), nothing run or recorded: the same issue may be sent again later.
+func refusedExit(what string, perr *bus.Error) error {
+	if perr.Code == bus.CodeBusy {
+		return cli.Exit(cli.ExitUnavailable, fmt.Errorf("Mirage could not take the %s now: %s", what, perr.Message))
+	}
+	return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the %s: %s", what, perr.Message))
 }

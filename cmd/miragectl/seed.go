@@ -102,7 +102,7 @@ files or scope (reason on stderr); 3 NATS unreachable, no edge_seeds or no Mirag
 			reply, err := client.Issue(ctx, is)
 			switch {
 			case errors.Is(err, mirage.ErrRejected):
-				return cli.Exit(cli.ExitInvalid, fmt.Errorf("Mirage refused the install: %s", reply.Error.Message))
+				return refusedExit("install", reply.Error)
 			case errors.Is(err, mirage.ErrNoMirage) && errors.Is(err, nats.ErrNoResponders):
 				return cli.Exit(cli.ExitUnavailable, fmt.Errorf("%w: is 'miragectl up' running?", err))
 			case errors.Is(err, mirage.ErrNoMirage), errors.Is(err, mirage.ErrAnswerLost):
