@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -309,4 +310,81 @@ func TestDuplicateCommandIsAnsweredWhenTheResendGivesUp(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "the duplicate answered: its event stored again", func() bool {
 		return logs.count("event stored") > stored
 	})
+}
+
+// An announce with events_lost has the Ghost store its unacknowledged events EDGE_EVT
+// confirmed again, each once, under a Nats-Msg-Id of its own (<event_id>.r<ms>): under the
+// event_id the stream would drop it as a duplicate of a message it may no longer hold.
+// Another such announce at once does not store them again before restoreEvery (a flood
+// of announces must not flood EDGE_EVT); it runs when that time is up. A plain announce
+// re-sends under the event_id, as before.
+func TestEventsLostAnnounceStoresUnackedEventsAgainUnderOwnIDs(t *testing.T) {
+	env := testenv.New(t)
+	if err := bus.EnsureAssets(context.Background(), env.JetStream(), bus.AssetConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	const id = "edge-lost"
+	const n = 3
+	attempts := watchPublishes(t, env, id)
+	g := env.StartGhost(id, testenv.Policy(ghost.PolicyHeadless), testenv.Seeds("seed.flow"))
+	mc := env.Conn("mirage")
+	ctx := context.Background()
+	var cmds []string
+	for range n {
+		cmds = append(cmds, sendLive(t, mc, id))
+	}
+	testenv.Eventually(t, 10*time.Second, "every event stored and marked so", func() bool {
+		for _, c := range cmds {
+			if e, err := g.Store().GetByCommandID(ctx, c); err != nil || !e.Stored {
+				return false
+			}
+		}
+		return true
+	})
+	announce := func(lost bool) {
+		t.Helper()
+		data, err := bus.Encode(&bus.Announce{Header: bus.NewHeader(bus.TypeAnnounce, "", time.Now()), MirageID: "stand-in", EventsLost: lost})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := mc.Publish(subjects.Announce, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restoredSince := func(from int) (ids []string) {
+		attempts.mu.Lock()
+		defer attempts.mu.Unlock()
+		for _, x := range attempts.ids[from:] {
+			if strings.Contains(x, ".r") {
+				ids = append(ids, x)
+			}
+		}
+		return ids
+	}
+
+	before := attempts.count()
+	announce(true)
+	testenv.Eventually(t, 10*time.Second, "each unacknowledged event stored again", func() bool { return len(restoredSince(before)) >= n })
+	for _, x := range restoredSince(before) {
+		ev, _, _ := strings.Cut(x, ".r")
+		if ev != bus.EventID(id, cmds[0]) && ev != bus.EventID(id, cmds[1]) && ev != bus.EventID(id, cmds[2]) {
+			t.Fatalf("stored again under %q: not one of the events' ids", x)
+		}
+	}
+	first := time.Now()
+
+	before = attempts.count()
+	announce(true)
+	announce(false)
+	time.Sleep(time.Second)
+	if got := restoredSince(before); len(got) != 0 {
+		t.Fatalf("stored again %d more times within a second of the last: %v", len(got), got)
+	}
+	if got, _ := attempts.since(before); got == 0 {
+		t.Fatal("a plain announce re-sent nothing")
+	}
+	testenv.Eventually(t, 10*time.Second, "the second events_lost announce served once restoreEvery is up", func() bool { return len(restoredSince(before)) >= n })
+	if d := time.Since(first); d < 4*time.Second {
+		t.Fatalf("stored again %s after the first pass, before restoreEvery", d)
+	}
 }
