@@ -619,16 +619,32 @@ var errStillRunning = errors.New("the command is still running")
 // that shows itself) while an earlier publish of it is still retrying leaves it to that
 // one, so a flapping link does not pile up goroutines and copies of every unacknowledged
 // event. A duplicate command waits for that one instead (answer).
-func (g *Ghost) emit(ctx context.Context, ev *bus.Event) { g.emitAs(ctx, ev, ev.EventID) }
-
-// emitAs is emit under the Nats-Msg-Id msgID: the event_id, or a copy's own id when the
-// event is stored again (restore).
-func (g *Ghost) emitAs(ctx context.Context, ev *bus.Event, msgID string) {
+func (g *Ghost) emit(ctx context.Context, ev *bus.Event) {
 	e := &emission{done: make(chan struct{})}
 	if _, busy := g.emitting.LoadOrStore(ev.EventID, e); busy {
 		return
 	}
-	g.publish(ctx, ev, e, msgID)
+	g.publish(ctx, ev, e, ev.EventID)
+}
+
+// restore publishes ev again under the Nats-Msg-Id msgID, a copy's own (restoreID), as
+// emit does, except when another publish of it is in progress: that one goes under the
+// event_id, which the stream may drop as a duplicate of a copy it no longer holds, so
+// restore waits for it to end and then publishes its own copy.
+func (g *Ghost) restore(ctx context.Context, ev *bus.Event, msgID string) {
+	for {
+		e := &emission{done: make(chan struct{})}
+		cur, busy := g.emitting.LoadOrStore(ev.EventID, e)
+		if !busy {
+			g.publish(ctx, ev, e, msgID)
+			return
+		}
+		select {
+		case <-cur.(*emission).done:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // emission is one publish of an event in progress (Ghost.emitting).
@@ -917,7 +933,11 @@ func (g *Ghost) resendUnacked(stored, restore bool) (left bool) {
 			defer workers.Done()
 			for r := range queue {
 				ctx, cancel := context.WithTimeout(g.serving, g.cfg.patience())
-				g.emitAs(ctx, r.ev, r.msgID)
+				if r.msgID == r.ev.EventID {
+					g.emit(ctx, r.ev)
+				} else {
+					g.restore(ctx, r.ev, r.msgID)
+				}
 				cancel()
 			}
 		}()
