@@ -30,7 +30,7 @@ import (
 func endedIntents(ctx context.Context, js jetstream.JetStream, log func(string, ...any)) (map[string]string, error) {
 	ended := map[string]string{}
 	var unclear []string
-	err := lastPerSubject(ctx, js, bus.StreamReports, subjects.AllReports, log, func(subject string, _ uint64, h nats.Header) {
+	_, err := lastPerSubject(ctx, js, bus.StreamReports, subjects.AllReports, log, func(subject string, _ uint64, h nats.Header) {
 		id := strings.TrimPrefix(subject, subjects.Report(""))
 		switch phase := h.Get(bus.HeaderPhase); {
 		case bus.Terminal(phase):
@@ -177,9 +177,10 @@ func fetchBatch(ctx context.Context, cons jetstream.Consumer, asked int, wait ti
 // to store there carries one); without it, the reports are read (newestReport). The last
 // message is read as it came (directStored): one that reads as a status is passed over
 // there, where jetstream's get took it for the server's answer (an error, or 404: no
-// report at all).
+// report at all). A none is asked of the stream's leader again (storedSince): on a cluster
+// it may come from a replica behind it, and an ended intent would be taken up again.
 func (m *Mirage) reportPhase(ctx context.Context, intentID string) (string, error) {
-	last, err := directStored(ctx, m.nc, bus.StreamReports, directRequest{LastFor: subjects.Report(intentID)})
+	last, err := storedSince(ctx, m.nc, bus.StreamReports, directRequest{LastFor: subjects.Report(intentID)}, 0)
 	switch {
 	case err != nil:
 		return "", err

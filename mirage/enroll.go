@@ -80,8 +80,9 @@ func ReadEnrollments(ctx context.Context, js jetstream.JetStream, log *slog.Logg
 	}
 	var out []Enrollment
 	roles := map[string]string{}
-	for _, key := range keys {
-		en, ok, err := validEnrollment(ctx, js, key, log, passed)
+	for _, k := range keys {
+		key := k.key
+		en, ok, err := validEnrollment(ctx, js, key, k.seq, log, passed)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -122,9 +123,10 @@ func checkEnrollment(key string, value []byte) (Enrollment, error) {
 
 // validEnrollment returns the enrollment stored under key: its latest value when valid,
 // else the newest valid revision since the key was last deleted (a revoked Ghost stays
-// revoked). ok is false when there is none.
-func validEnrollment(ctx context.Context, js jetstream.JetStream, key string, log *slog.Logger, passed func(string, ...any)) (Enrollment, bool, error) {
-	e, err := kvLatest(ctx, js.Conn(), bus.BucketFleet, key)
+// revoked). ok is false when there is none. listed is the sequence of the key's last
+// message in the listing that found it (kvLatest: no older one is taken for the latest).
+func validEnrollment(ctx context.Context, js jetstream.JetStream, key string, listed uint64, log *slog.Logger, passed func(string, ...any)) (Enrollment, bool, error) {
+	e, err := kvLatest(ctx, js.Conn(), bus.BucketFleet, key, listed)
 	switch {
 	case err != nil:
 		return Enrollment{}, false, err

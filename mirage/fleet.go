@@ -204,13 +204,16 @@ func readFleet(ctx context.Context, js jetstream.JetStream, warn func(string, ..
 	var misfiled []string
 	var out []GhostRecord
 	seen := map[string]int64{}
-	for _, key := range keys {
-		e, err := kvLatest(ctx, js.Conn(), bus.BucketGhosts, key)
+	for _, k := range keys {
+		key := k.key
+		// Not less recent than the listing: on a cluster a direct get may come from a
+		// replica behind it, which has the key's older record or none (kvLatest).
+		e, err := kvLatest(ctx, js.Conn(), bus.BucketGhosts, key, k.seq)
 		switch {
 		case err != nil:
 			return nil, nil, err
 		case e == nil:
-			continue // deleted since it was listed
+			continue // deleted since it was listed (the stream's leader says so)
 		}
 		if strings.HasPrefix(key, presencePrefix) {
 			var shard map[string]int64

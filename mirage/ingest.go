@@ -254,9 +254,16 @@ var ErrBadIntentRecord = errors.New("not a valid intent record")
 
 // ReadIntent reads an intent's record from KV edge_intents. It returns ErrIntentNotFound,
 // ErrBadIntentRecord (wrapped, with the reason), or the store's error. The record is read
-// as stored (kvLatest): one that reads as a status is junk, not the store's error.
+// as stored (kvLatest): one that reads as a status is junk, not the store's error. On a
+// cluster, a none from a replica behind the stream's leader is asked of the leader again.
 func ReadIntent(ctx context.Context, js jetstream.JetStream, intentID string) (*IntentRecord, error) {
-	e, err := kvLatest(ctx, js.Conn(), bus.BucketIntents, intentID)
+	return readIntent(ctx, js, intentID, 0)
+}
+
+// readIntent is ReadIntent, its record not older than known (a sequence of the key's seen
+// already, 0 if none: kvLatest).
+func readIntent(ctx context.Context, js jetstream.JetStream, intentID string, known uint64) (*IntentRecord, error) {
+	e, err := kvLatest(ctx, js.Conn(), bus.BucketIntents, intentID, known)
 	switch {
 	case err != nil:
 		return nil, err
@@ -331,14 +338,15 @@ func (m *Mirage) recover(ctx context.Context) (uint64, error) {
 	}
 	var oldest int64
 	followed := 0
-	for _, key := range keys {
+	for _, k := range keys {
+		key := k.key
 		m.mu.Lock()
 		m.known.add(key, m.cfg.Now())
 		m.mu.Unlock()
 		if _, done := ended[key]; done {
 			continue
 		}
-		rec, err := m.readForRecovery(ctx, key)
+		rec, err := m.readForRecovery(ctx, key, k.seq)
 		if err != nil {
 			return 0, err
 		}
@@ -418,11 +426,11 @@ func (m *Mirage) recover(ctx context.Context) (uint64, error) {
 // history to fall back on. A store that does not answer
 // is retried for a while, then fails the start, rather than leaving an open intent
 // without a terminal report.
-func (m *Mirage) readForRecovery(ctx context.Context, key string) (*IntentRecord, error) {
+func (m *Mirage) readForRecovery(ctx context.Context, key string, listed uint64) (*IntentRecord, error) {
 	wait := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		rec, err := m.Intent(rctx, key)
+		rec, err := readIntent(rctx, m.js, key, listed)
 		cancel()
 		switch {
 		case err == nil:

@@ -45,6 +45,29 @@ type directRequest struct {
 // message with a Status 503, which nats.go's request takes for none) are read again
 // through the API's message get, whose JSON body no header can fake.
 func directStored(ctx context.Context, nc *nats.Conn, stream string, req directRequest) (*storedMsg, error) {
+	sm, _, err := directRead(ctx, nc, stream, req)
+	return sm, err
+}
+
+// storedSince is directStored for a read whose answer is acted on: a message that is
+// none, or older than known (a sequence the caller saw already, 0 if none), is read
+// again through the API's message get, which the stream's leader answers. On a cluster a
+// direct get goes to any replica of the stream (allow_direct), the client's own server's
+// first, and a replica that lags the leader (cut off from it, catching up after a restart)
+// answers from what it holds: 404 for a message it has not received yet, or an older last
+// message of the subject. Only such an answer costs a second request; the common one, a
+// message at or past known, stays one direct get.
+func storedSince(ctx context.Context, nc *nats.Conn, stream string, req directRequest, known uint64) (*storedMsg, error) {
+	sm, leader, err := directRead(ctx, nc, stream, req)
+	if err != nil || leader || sm != nil && sm.seq >= known {
+		return sm, err
+	}
+	return msgGet(ctx, nc, stream, msgGetRequest{Seq: req.Seq, NextFor: req.NextFor, LastFor: req.LastFor})
+}
+
+// directRead is directStored, also saying whether the stream's leader answered (the
+// API's message get it fell back to).
+func directRead(ctx context.Context, nc *nats.Conn, stream string, req directRequest) (*storedMsg, bool, error) {
 	subject := "$JS.API.DIRECT.GET." + stream
 	var body []byte
 	if req.LastFor != "" {
@@ -52,32 +75,34 @@ func directStored(ctx context.Context, nc *nats.Conn, stream string, req directR
 	} else {
 		var err error
 		if body, err = json.Marshal(req); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
 	// nats.go's request returns any other answer as it came.
 	msg, err := apiRequest(ctx, nc, subject, body)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return msgGet(ctx, nc, stream, msgGetRequest{Seq: req.Seq, NextFor: req.NextFor, LastFor: req.LastFor})
+		sm, err := msgGet(ctx, nc, stream, msgGetRequest{Seq: req.Seq, NextFor: req.NextFor, LastFor: req.LastFor})
+		return sm, true, err
 	case err != nil:
-		return nil, err
+		return nil, false, err
 	}
 	seqs := msg.Header.Values(jetstream.SequenceHeader)
 	if len(seqs) == 0 {
 		switch status := msg.Header.Get("Status"); status {
 		case "404":
-			return nil, nil
+			return nil, false, nil
 		case "":
-			return msgGet(ctx, nc, stream, msgGetRequest{Seq: req.Seq, NextFor: req.NextFor, LastFor: req.LastFor})
+			sm, err := msgGet(ctx, nc, stream, msgGetRequest{Seq: req.Seq, NextFor: req.NextFor, LastFor: req.LastFor})
+			return sm, true, err
 		default:
-			return nil, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
+			return nil, false, fmt.Errorf("direct get: status %s %s", status, msg.Header.Get("Description"))
 		}
 	}
 	// The server's own come last: a stored message may carry headers of these names.
 	seq, err := strconv.ParseUint(seqs[len(seqs)-1], 10, 64)
 	if err != nil {
-		return nil, fmt.Errorf("direct get: sequence %q", seqs[len(seqs)-1])
+		return nil, false, fmt.Errorf("direct get: sequence %q", seqs[len(seqs)-1])
 	}
 	sm := &storedMsg{seq: seq, data: msg.Data, header: msg.Header}
 	if v := msg.Header.Values(jetstream.SubjectHeader); len(v) > 0 {
@@ -86,7 +111,7 @@ func directStored(ctx context.Context, nc *nats.Conn, stream string, req directR
 	for _, h := range directGetHeaders {
 		msg.Header.Del(h)
 	}
-	return sm, nil
+	return sm, false, nil
 }
 
 // apiTimeout bounds a JetStream API request whose context has no deadline, as jetstream's
@@ -180,7 +205,14 @@ type lastMsg struct {
 // can fall short while the stream is written (addMissed): so the subjects the stream holds
 // once the read is over are listed, and the last message of each one the read did not
 // bring is got by itself.
-func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter string, log func(string, ...any), fn func(subject string, seq uint64, h nats.Header)) error {
+//
+// behind says the read came from a replica of the stream that the leader, once the read
+// was over, reported behind it (not current, or lagging): on a cluster the listing's
+// consumer lives on any replica and delivers what that replica holds, so a subject's last
+// message may be older than the leader's. The subjects it lacks are completed from the
+// leader's list (addMissed); a reader that acts on a subject's message reads it from the
+// leader (kvKeys, kvLatest).
+func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter string, log func(string, ...any), fn func(subject string, seq uint64, h nats.Header)) (behind bool, _ error) {
 	var got []lastMsg
 	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
 		InactiveThreshold: readerIdle,
@@ -189,7 +221,7 @@ func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter 
 		HeadersOnly:       true,
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	var delivered uint64
 	gap := false
@@ -203,10 +235,15 @@ func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter 
 		got = append(got, lastMsg{msg.Subject(), md.Sequence.Stream, msg.Headers()})
 	})
 	readEvery := err != nil || !complete || gap
+	host := "" // the server the read came from, "" when unknown
+	if ci := cons.CachedInfo(); ci != nil && ci.Cluster != nil {
+		host = ci.Cluster.Leader
+	}
 	if readEvery {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return false, ctx.Err()
 		}
+		host = ""
 		latest := map[string]lastMsg{}
 		err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
 			InactiveThreshold: readerIdle,
@@ -221,21 +258,21 @@ func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter 
 			latest[msg.Subject()] = lastMsg{msg.Subject(), seq, msg.Headers()}
 		})
 		if err != nil {
-			return err
+			return false, err
 		}
 		got = got[:0]
 		for _, l := range latest {
 			got = append(got, l)
 		}
 	}
-	if got, err = addMissed(ctx, js, stream, filter, !readEvery, log, got); err != nil {
-		return err
+	if got, behind, err = addMissed(ctx, js, stream, filter, !readEvery, host, log, got); err != nil {
+		return false, err
 	}
 	sort.Slice(got, func(i, j int) bool { return got[i].seq < got[j].seq })
 	for _, l := range got {
 		fn(l.subject, l.seq, l.h)
 	}
-	return nil
+	return behind, nil
 }
 
 // addMissed returns got with the last message of each subject of stream under filter that
@@ -252,15 +289,24 @@ func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter 
 // moment; each one missing is got by a direct get. One whose last message reads as a
 // status is read through (readStream), for the one before it, when readJunk (the listing
 // did not read every message already: then what it did not bring has only such messages,
-// or was written after it).
-func addMissed(ctx context.Context, js jetstream.JetStream, stream, filter string, readJunk bool, log func(string, ...any), got []lastMsg) ([]lastMsg, error) {
+// or was written after it). behind says host (the server the listing came from, "" if
+// unknown) is a replica the stream's leader reports behind it.
+func addMissed(ctx context.Context, js jetstream.JetStream, stream, filter string, readJunk bool, host string, log func(string, ...any), got []lastMsg) (_ []lastMsg, behind bool, _ error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
-		return nil, err
+		return nil, false, err
+	}
+	if c := info.Cluster; c != nil && host != "" && host != c.Leader {
+		behind = true // not among the replicas: behind too
+		for _, r := range c.Replicas {
+			if r.Name == host {
+				behind = !r.Current || r.Lag > 0
+			}
+		}
 	}
 	have := make(map[string]bool, len(got))
 	for _, l := range got {
@@ -270,10 +316,12 @@ func addMissed(ctx context.Context, js jetstream.JetStream, stream, filter strin
 		if have[subject] {
 			continue
 		}
-		sm, err := directStored(ctx, js.Conn(), stream, directRequest{LastFor: subject})
+		// The stream info came from the leader: a replica behind it may not hold the
+		// subject yet, so its none is asked of the leader again (storedSince).
+		sm, err := storedSince(ctx, js.Conn(), stream, directRequest{LastFor: subject}, 0)
 		switch {
 		case err != nil:
-			return nil, err
+			return nil, false, err
 		case sm == nil:
 			continue // removed since
 		case !readsAsStatus(sm.data, sm.header, true):
@@ -296,26 +344,51 @@ func addMissed(ctx context.Context, js jetstream.JetStream, stream, filter strin
 			prev = &lastMsg{msg.Subject(), seq, msg.Headers()}
 		})
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if prev != nil {
 			got = append(got, *prev)
 		}
 	}
-	return got, nil
+	return got, behind, nil
 }
 
+// listedKey is a key of a KV bucket as kvKeys lists it, with the sequence of its last
+// message then: a read of the key (kvLatest) answered with an older one came from a
+// replica behind the listing. A listing read on a replica behind the leader
+// (lastPerSubject) gives every key readFromLeader, for its value to be read from the
+// leader.
+type listedKey struct {
+	key string
+	seq uint64
+}
+
+// readFromLeader is the sequence kvKeys gives every key of a listing read on a replica
+// behind the stream's leader: no direct get's answer is at least as recent as it.
+const readFromLeader = ^uint64(0)
+
 // kvKeys returns the keys of KV bucket whose last message is a value (not a delete
-// marker), passing over the messages that read as a status (lastPerSubject): what
+// marker; when the listing was read on a replica behind the leader, those too, each
+// readFromLeader, for kvLatest to read from the leader), passing over the messages that read as a status (lastPerSubject): what
 // jetstream's ListKeys returns, which a stored Status 100 held up until its context ended.
-func kvKeys(ctx context.Context, js jetstream.JetStream, bucket string, log func(string, ...any)) ([]string, error) {
+func kvKeys(ctx context.Context, js jetstream.JetStream, bucket string, log func(string, ...any)) ([]listedKey, error) {
 	prefix := "$KV." + bucket + "."
-	var keys []string
-	err := lastPerSubject(ctx, js, "KV_"+bucket, prefix+">", log, func(subject string, _ uint64, h nats.Header) {
-		if !kvDeleted(h) {
-			keys = append(keys, strings.TrimPrefix(subject, prefix))
+	var keys, deleted []listedKey
+	behind, err := lastPerSubject(ctx, js, "KV_"+bucket, prefix+">", log, func(subject string, seq uint64, h nats.Header) {
+		k := listedKey{strings.TrimPrefix(subject, prefix), seq}
+		if kvDeleted(h) {
+			deleted = append(deleted, k)
+		} else {
+			keys = append(keys, k)
 		}
 	})
+	if behind {
+		// Deleted on that replica, maybe written again since: the leader says.
+		keys = append(keys, deleted...)
+		for i := range keys {
+			keys[i].seq = readFromLeader
+		}
+	}
 	return keys, err
 }
 
@@ -330,9 +403,12 @@ func kvDeleted(h nats.Header) bool {
 
 // kvLatest returns the latest message on key in KV bucket (a value, whatever it holds: one
 // that reads as a status is junk, for its reader to refuse), nil when there is none or the
-// latest is a delete marker.
-func kvLatest(ctx context.Context, nc *nats.Conn, bucket, key string) (*storedMsg, error) {
-	sm, err := directStored(ctx, nc, "KV_"+bucket, directRequest{LastFor: "$KV." + bucket + "." + key})
+// latest is a delete marker. known is the sequence of a message of the key the caller saw
+// already (a listing's, kvKeys), 0 if none: a direct get that answers none, or a message
+// older than known, came from a replica behind the leader, and the leader is asked
+// (storedSince). A key is never taken for absent on a lagging replica's word.
+func kvLatest(ctx context.Context, nc *nats.Conn, bucket, key string, known uint64) (*storedMsg, error) {
+	sm, err := storedSince(ctx, nc, "KV_"+bucket, directRequest{LastFor: "$KV." + bucket + "." + key}, known)
 	if err != nil || sm == nil {
 		return nil, err
 	}
