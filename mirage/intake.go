@@ -546,8 +546,17 @@ func (m *Mirage) claimIntent(ctx context.Context, intentID string) (prior *Inten
 	if !maybeRecorded {
 		return nil, true, nil
 	}
+	// A direct get (jetstream's KV Get): on a cluster, any replica of edge_intents may
+	// answer, one behind the leader too, which does not hold a record stored a moment
+	// ago. Its none would let the commands of a second issue under a recorded id leave,
+	// so the stream's leader confirms it; a record found needs no more (Create, which the
+	// leader runs, refuses it anyway).
 	_, err = m.intents.Get(ctx, intentID)
-	return nil, errors.Is(err, jetstream.ErrKeyNotFound), nil
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	sm, err := msgGet(ctx, m.nc, "KV_"+bus.BucketIntents, msgGetRequest{LastFor: "$KV." + bus.BucketIntents + "." + intentID})
+	return nil, err == nil && (sm == nil || kvDeleted(sm.header)), nil
 }
 
 func (m *Mirage) unclaim(intentID string) {
