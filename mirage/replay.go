@@ -88,7 +88,9 @@ func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.Replay
 	// catch-up of the Ghost stopped there on every try, or, one last on cmd.<id>, never
 	// began. Such a message is sent as any other, its stored headers but bus.ReplayedHeaders
 	// dropped: the Ghost refuses it (no command_id) and its replay position passes it.
-	last, err := directStored(ctx, m.nc, bus.StreamCommands, directRequest{LastFor: subject})
+	// A none is asked of the stream's leader again (storedSince): on a cluster it may come
+	// from a replica behind it, and the Ghost would be told there is nothing to catch up.
+	last, err := storedSince(ctx, m.nc, bus.StreamCommands, directRequest{LastFor: subject}, 0)
 	switch {
 	case err != nil:
 		return out, bus.Errorf(bus.CodeInternal, "read the last command of %s: %v", id, err)
@@ -99,7 +101,9 @@ func (m *Mirage) sendReplay(reply, id string, req bus.ReplayRequest) (bus.Replay
 	out.LastSeq, out.LastCommandID = last.seq, bus.ProbeCommand(last.data).CommandID
 	next, size := req.StartSeq, 0
 	for out.Sent < req.Max && next <= out.LastSeq && size < replayMaxBytes {
-		sm, err := directStored(ctx, m.nc, bus.StreamCommands, directRequest{Seq: next, NextFor: subject})
+		// One at or after next up to LastSeq exists, or did: a replica behind the one that
+		// answered LastSeq says none, and the leader is asked (storedSince).
+		sm, err := storedSince(ctx, m.nc, bus.StreamCommands, directRequest{Seq: next, NextFor: subject}, 0)
 		if err != nil {
 			return out, bus.Errorf(bus.CodeInternal, "read the commands of %s from %d: %v", id, next, err)
 		}
@@ -144,7 +148,9 @@ func (m *Mirage) traced(ctx context.Context, id string) bool {
 		{"registry record", "KV_" + bus.BucketGhosts, "$KV." + bus.BucketGhosts + "." + id},
 		{"last event", bus.StreamEvents, subjects.Event(id)},
 	} {
-		sm, err := directStored(ctx, m.nc, look.stream, directRequest{LastFor: look.subject})
+		// None is asked of the stream's leader again (storedSince): a replica behind it
+		// may not hold the trace yet, and the commands would run again.
+		sm, err := storedSince(ctx, m.nc, look.stream, directRequest{LastFor: look.subject}, 0)
 		switch {
 		case err != nil:
 			m.log.Warn("replay request: the "+look.what+" of a Ghost on a new execution store could not be read; taken as a trace of an earlier Ghost", "peer", id, "err", err)
