@@ -233,7 +233,14 @@ func (r streamReader) stored(ctx context.Context, stream, subject string) (bool,
 		return false, err
 	}
 	if directGetSeq(msg) == "" {
-		return false, nil // 404: none
+		// 404. On a cluster any replica may answer a direct get, one behind the stream's
+		// leader too, which lacks a record or event stored a moment ago: the leader says
+		// whether there is none (the commands waiting would otherwise run again).
+		seq, h, err := r.lastStored(ctx, stream, subject)
+		if err != nil || seq == 0 {
+			return false, err
+		}
+		msg.Header = h
 	}
 	switch msg.Header.Get(kvOperation) {
 	case "DEL", "PURGE":

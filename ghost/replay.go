@@ -221,8 +221,14 @@ func (r streamReader) last(ctx context.Context) (uint64, error) {
 	if unreadable(msg) {
 		return r.lastByAPI(ctx)
 	}
-	if err := directGetStatus(msg); err != nil || directGetSeq(msg) == "" {
-		return 0, err // nil: 404, no command on cmd.<id>
+	if err := directGetStatus(msg); err != nil {
+		return 0, err
+	}
+	if directGetSeq(msg) == "" {
+		// 404. On a cluster any replica of EDGE_CMD may answer a direct get, one behind
+		// the leader too, which lacks the commands stored a moment ago: the stream's
+		// leader says whether cmd.<id> is empty.
+		return r.lastByAPI(ctx)
 	}
 	seq, err := strconv.ParseUint(directGetSeq(msg), 10, 64)
 	if err != nil {
@@ -239,22 +245,32 @@ func unreadable(msg *nats.Msg) bool {
 	return directGetSeq(msg) == "" && msg.Header.Get("Status") == ""
 }
 
-// lastByAPI is last through the JetStream API's message get, which carries the message and
-// its sequence in a JSON body: for a last command whose direct get answer is unreadable.
+// lastByAPI is last through the JetStream API's message get, which the stream's leader
+// answers and which carries the message and its sequence in a JSON body: for a last
+// command whose direct get answer is unreadable, or none (a replica may lag).
 func (r streamReader) lastByAPI(ctx context.Context) (uint64, error) {
+	seq, _, err := r.lastStored(ctx, bus.StreamCommands, subjects.Command(r.g.cfg.ID))
+	return seq, err
+}
+
+// lastStored returns the sequence and headers of the last message on subject in stream,
+// read through the JetStream API's message get (the stream's leader answers); 0 when
+// there is none, or no stream (or no JetStream).
+func (r streamReader) lastStored(ctx context.Context, stream, subject string) (uint64, nats.Header, error) {
 	body, _ := json.Marshal(struct {
 		LastBySubj string `json:"last_by_subj"`
-	}{subjects.Command(r.g.cfg.ID)})
-	msg, err := r.g.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+bus.StreamCommands, body)
+	}{subject})
+	msg, err := r.g.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, body)
 	if errors.Is(err, nats.ErrNoResponders) {
-		return 0, nil // no JetStream
+		return 0, nil, nil // no JetStream
 	}
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	var resp struct {
 		Message *struct {
-			Seq uint64 `json:"seq"`
+			Seq  uint64 `json:"seq"`
+			Hdrs []byte `json:"hdrs"`
 		} `json:"message"`
 		Error *struct {
 			Code        int    `json:"code"`
@@ -263,15 +279,19 @@ func (r streamReader) lastByAPI(ctx context.Context) (uint64, error) {
 	}
 	switch err := json.Unmarshal(msg.Data, &resp); {
 	case err != nil:
-		return 0, fmt.Errorf("stream message get: %w", err)
+		return 0, nil, fmt.Errorf("stream message get: %w", err)
 	case resp.Error != nil && resp.Error.Code == 404:
-		return 0, nil // no command on cmd.<id>, or no command stream
+		return 0, nil, nil // no message on subject, or no stream
 	case resp.Error != nil:
-		return 0, fmt.Errorf("stream message get: %d %s", resp.Error.Code, resp.Error.Description)
+		return 0, nil, fmt.Errorf("stream message get: %d %s", resp.Error.Code, resp.Error.Description)
 	case resp.Message == nil || resp.Message.Seq == 0:
-		return 0, fmt.Errorf("stream message get: an answer without a message")
+		return 0, nil, fmt.Errorf("stream message get: an answer without a message")
 	}
-	return resp.Message.Seq, nil
+	var h nats.Header
+	if len(resp.Message.Hdrs) > 0 {
+		h, _ = nats.DecodeHeadersMsg(resp.Message.Hdrs) // unparsable: read without headers
+	}
+	return resp.Message.Seq, h, nil
 }
 
 // directGetStatus reads a direct get's answer: nil for a stored message (it carries its
