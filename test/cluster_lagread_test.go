@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
@@ -213,4 +214,202 @@ func logReplicas(t *testing.T, js jetstream.JetStream, stream string) {
 			}
 		}
 	}
+}
+
+// On a 4-node cluster, EDGE_CMD and KV edge_ghosts have their copies on the three servers
+// other than Mirage's, one of them cut off from the leader of both while a command and a
+// Ghost's record are written for each of ten ids; Mirage, asked for each id's replay (the
+// trace of an earlier Ghost too), reads both by direct get, some answered by the lagging
+// replica with 404. Every answer must give the id's last command and say it is traced.
+// Before, such a 404 was taken as the truth: "no command to catch up", and "no earlier
+// Ghost" (the commands waiting for a Ghost on a new store ran again).
+func TestClusterReplayReadsAreNotFooledByALaggingReplica(t *testing.T) {
+	cl := testenv.NewCluster(t, 4, testenv.RouteProxies())
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	meta := -1
+	testenv.Eventually(t, 15*time.Second, "a meta leader", func() bool {
+		for i := range 4 {
+			if cl.Server(i).JetStreamIsLeader() {
+				meta = i
+				return true
+			}
+		}
+		return false
+	})
+	// Mirage's server holds no copy: its direct gets go to the replicas at random, the
+	// lagging one too, and its message gets reach the leader.
+	var others []int
+	for i := range 4 {
+		if i != meta {
+			others = append(others, i)
+		}
+	}
+	mirageNode, leader, lagging := others[0], others[1], others[2]
+	setup := cl.Conn("test-setup", meta)
+	sjs, err := jetstream.New(setup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.EnsureAssets(ctx, sjs, bus.AssetConfig{Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	streams := []string{bus.StreamCommands, "KV_" + bus.BucketGhosts}
+	for _, stream := range streams {
+		placeOff(t, cl, setup, sjs, stream, mirageNode)
+		leadOn(t, cl, setup, sjs, stream, lagging)
+		leadOn(t, cl, setup, sjs, stream, leader)
+		waitDirect(t, cl, lagging, stream)
+	}
+	t.Logf("replicas on %s (meta leader), %s (leader), %s (lagging); Mirage on %s", cl.NodeName(meta), cl.NodeName(leader), cl.NodeName(lagging), cl.NodeName(mirageNode))
+	env := cl.Env()
+	env.StartMirageOn(cl.Conn("mirage", mirageNode), mirage.Config{Replicas: 3})
+	nc := cl.Conn("test-client", meta)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketGhosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cl.CutRoutes(leader, lagging)
+	defer cl.RestoreRoutes(leader, lagging)
+	const ids = 10
+	lastSeq := map[string]uint64{}
+	for i := range ids {
+		id := fmt.Sprintf("ghost-lag%d", i)
+		ack, err := js.Publish(ctx, "cmd."+id, []byte(`{"command_id":"c-`+id+`"}`))
+		if err != nil {
+			t.Fatalf("command for %s: %v", id, err)
+		}
+		lastSeq[id] = ack.Sequence
+		data, _ := json.Marshal(mirage.GhostRecord{GhostID: id, RegisteredMS: 1})
+		if _, err := kv.Put(ctx, id, data); err != nil {
+			t.Fatalf("record of %s: %v", id, err)
+		}
+	}
+	for i := range ids {
+		id := fmt.Sprintf("ghost-lag%d", i)
+		req, _ := json.Marshal(bus.ReplayRequest{StartSeq: 1, Max: 0, History: true})
+		msg, err := nc.Request("mirage.replay."+id, req, 5*time.Second)
+		if err != nil {
+			t.Fatalf("replay of %s: %v", id, err)
+		}
+		var reply bus.ReplayReply
+		if err := json.Unmarshal(msg.Data, &reply); err != nil {
+			t.Fatalf("replay of %s: %s", id, msg.Data)
+		}
+		if reply.Status != "accepted" || reply.LastSeq != lastSeq[id] || reply.Traced == nil || !*reply.Traced {
+			t.Errorf("replay of %s: %s; want last_seq %d, traced (a lagging replica's 404 taken as the truth)", id, msg.Data, lastSeq[id])
+		}
+	}
+	for _, stream := range streams {
+		logReplicas(t, js, stream)
+		if !behind(js, stream, cl.NodeName(lagging)) {
+			t.Fatalf("%s: %s is not behind the leader: the test did not make it lag", stream, cl.NodeName(lagging))
+		}
+	}
+}
+
+// behind reports whether the leader of stream reports replica name behind it.
+func behind(js jetstream.JetStream, stream, name string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		return false
+	}
+	for _, r := range info.Cluster.Replicas {
+		if r.Name == name {
+			return !r.Current || r.Lag > 0
+		}
+	}
+	return false
+}
+
+// placeOff moves stream's copy off node (a peer removal: the cluster places it on another
+// server) and waits until its three copies are current.
+func placeOff(t *testing.T, cl *testenv.Cluster, nc *nats.Conn, js jetstream.JetStream, stream string, node int) {
+	t.Helper()
+	name := cl.NodeName(node)
+	peers := func() (all []string, current bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			return nil, false
+		}
+		info, err := s.Info(ctx)
+		if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
+			return nil, false
+		}
+		all, current = []string{info.Cluster.Leader}, true
+		for _, r := range info.Cluster.Replicas {
+			all = append(all, r.Name)
+			current = current && r.Current
+		}
+		return all, current
+	}
+	testenv.Eventually(t, 15*time.Second, stream+" to have a leader", func() bool { p, _ := peers(); return len(p) == 3 })
+	if p, _ := peers(); slices.Contains(p, name) {
+		req, _ := json.Marshal(map[string]string{"peer": name})
+		msg, err := nc.Request("$JS.API.STREAM.PEER.REMOVE."+stream, req, 10*time.Second)
+		if err != nil {
+			t.Fatalf("remove %s from %s: %v", name, stream, err)
+		}
+		var resp struct {
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(msg.Data, &resp); err != nil || resp.Error != nil {
+			t.Fatalf("remove %s from %s: %s", name, stream, msg.Data)
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, stream+" placed off "+name, func() bool {
+		p, current := peers()
+		return len(p) == 3 && current && !slices.Contains(p, name)
+	})
+}
+
+// waitDirect waits until node answers direct gets of stream.
+func waitDirect(t *testing.T, cl *testenv.Cluster, node int, stream string) {
+	t.Helper()
+	testenv.Eventually(t, 15*time.Second, cl.NodeName(node)+" to answer direct gets of "+stream, func() bool {
+		sz, err := cl.Server(node).Subsz(&server.SubszOptions{Subscriptions: true, Account: "$G", Test: "$JS.API.DIRECT.GET." + stream + ".x"})
+		if err != nil {
+			return false
+		}
+		for _, sub := range sz.Subs {
+			if sub.Queue != "" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// leadOn moves the leadership of stream to node, stepping the leader down (node
+// preferred) until node leads.
+func leadOn(t *testing.T, cl *testenv.Cluster, nc *nats.Conn, js jetstream.JetStream, stream string, node int) {
+	t.Helper()
+	want := cl.NodeName(node)
+	testenv.Eventually(t, 30*time.Second, want+" to lead "+stream, func() bool {
+		if leaderOf(js, stream) == want {
+			return true
+		}
+		req, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": want}})
+		_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 5*time.Second)
+		for range 20 {
+			if leaderOf(js, stream) == want {
+				return true
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return false
+	})
 }
