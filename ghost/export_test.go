@@ -1,7 +1,11 @@
 package ghost
 
 import (
+	"context"
+	"log/slog"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -32,3 +36,15 @@ func DamageCommandIndex(s *BoltStore, commandID string) error {
 // LeaveOwnTrace marks g as having left a trace of its own (traceLeft), as a live command's
 // event sent before its new store could look at cmd.<id> does.
 func LeaveOwnTrace(g *Ghost) { g.traceLeft.Store(true) }
+
+// StreamLast is the sequence of the last command on cmd.<id> as a Ghost of id without
+// authentication reads it on nc (streamReader.last).
+func StreamLast(ctx context.Context, nc *nats.Conn, id string) (uint64, error) {
+	return streamReader{&Ghost{nc: nc, cfg: Config{ID: id}, log: slog.New(slog.DiscardHandler)}}.last(ctx)
+}
+
+// StreamTraced says whether a Ghost of id without authentication finds on nc the trace
+// of an earlier Ghost of its id (streamReader.traced).
+func StreamTraced(ctx context.Context, nc *nats.Conn, id string) bool {
+	return streamReader{&Ghost{nc: nc, cfg: Config{ID: id}, log: slog.New(slog.DiscardHandler)}}.traced(ctx)
+}

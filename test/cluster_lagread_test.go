@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/edgectl/edgectl/bus"
@@ -227,16 +226,7 @@ func TestClusterReplayReadsAreNotFooledByALaggingReplica(t *testing.T) {
 	cl := testenv.NewCluster(t, 4, testenv.RouteProxies())
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	meta := -1
-	testenv.Eventually(t, 15*time.Second, "a meta leader", func() bool {
-		for i := range 4 {
-			if cl.Server(i).JetStreamIsLeader() {
-				meta = i
-				return true
-			}
-		}
-		return false
-	})
+	meta := cl.MetaLeader()
 	// Mirage's server holds no copy: its direct gets go to the replicas at random, the
 	// lagging one too, and its message gets reach the leader.
 	var others []int
@@ -256,10 +246,10 @@ func TestClusterReplayReadsAreNotFooledByALaggingReplica(t *testing.T) {
 	}
 	streams := []string{bus.StreamCommands, "KV_" + bus.BucketGhosts}
 	for _, stream := range streams {
-		placeOff(t, cl, setup, sjs, stream, mirageNode)
-		leadOn(t, cl, setup, sjs, stream, lagging)
-		leadOn(t, cl, setup, sjs, stream, leader)
-		waitDirect(t, cl, lagging, stream)
+		cl.PlaceOff(setup, sjs, stream, mirageNode, 3)
+		cl.LeadOn(setup, sjs, stream, lagging)
+		cl.LeadOn(setup, sjs, stream, leader)
+		cl.WaitDirect(stream, lagging)
 	}
 	t.Logf("replicas on %s (meta leader), %s (leader), %s (lagging); Mirage on %s", cl.NodeName(meta), cl.NodeName(leader), cl.NodeName(lagging), cl.NodeName(mirageNode))
 	env := cl.Env()
@@ -307,7 +297,7 @@ func TestClusterReplayReadsAreNotFooledByALaggingReplica(t *testing.T) {
 	}
 	for _, stream := range streams {
 		logReplicas(t, js, stream)
-		if !behind(js, stream, cl.NodeName(lagging)) {
+		if !cl.Behind(js, stream, lagging) {
 			t.Fatalf("%s: %s is not behind the leader: the test did not make it lag", stream, cl.NodeName(lagging))
 		}
 	}
@@ -331,85 +321,4 @@ func behind(js jetstream.JetStream, stream, name string) bool {
 		}
 	}
 	return false
-}
-
-// placeOff moves stream's copy off node (a peer removal: the cluster places it on another
-// server) and waits until its three copies are current.
-func placeOff(t *testing.T, cl *testenv.Cluster, nc *nats.Conn, js jetstream.JetStream, stream string, node int) {
-	t.Helper()
-	name := cl.NodeName(node)
-	peers := func() (all []string, current bool) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			return nil, false
-		}
-		info, err := s.Info(ctx)
-		if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
-			return nil, false
-		}
-		all, current = []string{info.Cluster.Leader}, true
-		for _, r := range info.Cluster.Replicas {
-			all = append(all, r.Name)
-			current = current && r.Current
-		}
-		return all, current
-	}
-	testenv.Eventually(t, 15*time.Second, stream+" to have a leader", func() bool { p, _ := peers(); return len(p) == 3 })
-	if p, _ := peers(); slices.Contains(p, name) {
-		req, _ := json.Marshal(map[string]string{"peer": name})
-		msg, err := nc.Request("$JS.API.STREAM.PEER.REMOVE."+stream, req, 10*time.Second)
-		if err != nil {
-			t.Fatalf("remove %s from %s: %v", name, stream, err)
-		}
-		var resp struct {
-			Error *jetstream.APIError `json:"error"`
-		}
-		if err := json.Unmarshal(msg.Data, &resp); err != nil || resp.Error != nil {
-			t.Fatalf("remove %s from %s: %s", name, stream, msg.Data)
-		}
-	}
-	testenv.Eventually(t, 30*time.Second, stream+" placed off "+name, func() bool {
-		p, current := peers()
-		return len(p) == 3 && current && !slices.Contains(p, name)
-	})
-}
-
-// waitDirect waits until node answers direct gets of stream.
-func waitDirect(t *testing.T, cl *testenv.Cluster, node int, stream string) {
-	t.Helper()
-	testenv.Eventually(t, 15*time.Second, cl.NodeName(node)+" to answer direct gets of "+stream, func() bool {
-		sz, err := cl.Server(node).Subsz(&server.SubszOptions{Subscriptions: true, Account: "$G", Test: "$JS.API.DIRECT.GET." + stream + ".x"})
-		if err != nil {
-			return false
-		}
-		for _, sub := range sz.Subs {
-			if sub.Queue != "" {
-				return true
-			}
-		}
-		return false
-	})
-}
-
-// leadOn moves the leadership of stream to node, stepping the leader down (node
-// preferred) until node leads.
-func leadOn(t *testing.T, cl *testenv.Cluster, nc *nats.Conn, js jetstream.JetStream, stream string, node int) {
-	t.Helper()
-	want := cl.NodeName(node)
-	testenv.Eventually(t, 30*time.Second, want+" to lead "+stream, func() bool {
-		if leaderOf(js, stream) == want {
-			return true
-		}
-		req, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": want}})
-		_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 5*time.Second)
-		for range 20 {
-			if leaderOf(js, stream) == want {
-				return true
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		return false
-	})
 }

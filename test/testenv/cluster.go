@@ -2,10 +2,12 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -297,4 +299,127 @@ func (c *Cluster) StreamLeader(js jetstream.JetStream, name string) int {
 		c.T.Fatalf("stream %s info: %v (cluster %+v)", name, err, info)
 	}
 	return c.Index(info.Cluster.Leader)
+}
+
+// peersOf returns the servers holding stream (its leader first) and whether every
+// replica is current, "" leader when unknown.
+func peersOf(js jetstream.JetStream, stream string) (all []string, current bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, false
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
+		return nil, false
+	}
+	all, current = []string{info.Cluster.Leader}, true
+	for _, r := range info.Cluster.Replicas {
+		all = append(all, r.Name)
+		current = current && r.Current
+	}
+	return all, current
+}
+
+// PlaceOff moves stream's copy off node i (a peer removal: the cluster places it on
+// another server) and waits until its replicas (replicas of them) are current.
+func (c *Cluster) PlaceOff(nc *nats.Conn, js jetstream.JetStream, stream string, i, replicas int) {
+	c.T.Helper()
+	name := c.NodeName(i)
+	Eventually(c.T, 15*time.Second, stream+" to have a leader", func() bool { p, _ := peersOf(js, stream); return len(p) == replicas })
+	if p, _ := peersOf(js, stream); slices.Contains(p, name) {
+		req, _ := json.Marshal(map[string]string{"peer": name})
+		msg, err := nc.Request("$JS.API.STREAM.PEER.REMOVE."+stream, req, 10*time.Second)
+		if err != nil {
+			c.T.Fatalf("remove %s from %s: %v", name, stream, err)
+		}
+		var resp struct {
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(msg.Data, &resp); err != nil || resp.Error != nil {
+			c.T.Fatalf("remove %s from %s: %s", name, stream, msg.Data)
+		}
+	}
+	Eventually(c.T, 30*time.Second, stream+" placed off "+name, func() bool {
+		p, current := peersOf(js, stream)
+		return len(p) == replicas && current && !slices.Contains(p, name)
+	})
+}
+
+// LeadOn moves the leadership of stream to node i, stepping the leader down (node i
+// preferred) until it leads.
+func (c *Cluster) LeadOn(nc *nats.Conn, js jetstream.JetStream, stream string, i int) {
+	c.T.Helper()
+	want := c.NodeName(i)
+	leads := func() bool { p, _ := peersOf(js, stream); return len(p) > 0 && p[0] == want }
+	Eventually(c.T, 30*time.Second, want+" to lead "+stream, func() bool {
+		if leads() {
+			return true
+		}
+		req, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": want}})
+		_, _ = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 5*time.Second)
+		for range 20 {
+			if leads() {
+				return true
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return false
+	})
+}
+
+// WaitDirect waits until node i answers direct gets of stream. A follower joins the queue
+// group that answers them once it has lost the leadership and caught up (checked every
+// 2 s): lead it there first (LeadOn) and away again.
+func (c *Cluster) WaitDirect(stream string, i int) {
+	c.T.Helper()
+	Eventually(c.T, 15*time.Second, c.NodeName(i)+" to answer direct gets of "+stream, func() bool {
+		sz, err := c.nodes[i].srv.Subsz(&server.SubszOptions{Subscriptions: true, Account: "$G", Test: "$JS.API.DIRECT.GET." + stream + ".x"})
+		if err != nil {
+			return false
+		}
+		for _, sub := range sz.Subs {
+			if sub.Queue != "" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Behind reports whether the leader of stream reports node i's copy behind it.
+func (c *Cluster) Behind(js jetstream.JetStream, stream string, i int) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return false
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		return false
+	}
+	for _, r := range info.Cluster.Replicas {
+		if r.Name == c.NodeName(i) {
+			return !r.Current || r.Lag > 0
+		}
+	}
+	return false
+}
+
+// MetaLeader waits for a JetStream meta leader and returns its node.
+func (c *Cluster) MetaLeader() int {
+	c.T.Helper()
+	meta := -1
+	Eventually(c.T, 15*time.Second, "a meta leader", func() bool {
+		for i, n := range c.nodes {
+			if n.srv != nil && n.srv.Running() && n.srv.JetStreamIsLeader() {
+				meta = i
+				return true
+			}
+		}
+		return false
+	})
+	return meta
 }
