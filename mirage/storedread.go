@@ -244,19 +244,7 @@ func lastPerSubject(ctx context.Context, js jetstream.JetStream, stream, filter 
 			return false, ctx.Err()
 		}
 		host = ""
-		latest := map[string]lastMsg{}
-		err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
-			InactiveThreshold: readerIdle,
-			FilterSubjects:    []string{filter},
-			DeliverPolicy:     jetstream.DeliverAllPolicy,
-			HeadersOnly:       true,
-		}, log, func(msg jetstream.Msg) {
-			var seq uint64
-			if md, err := msg.Metadata(); err == nil {
-				seq = md.Sequence.Stream
-			}
-			latest[msg.Subject()] = lastMsg{msg.Subject(), seq, msg.Headers()}
-		})
+		latest, err := lastReadThrough(ctx, js, stream, filter, log)
 		if err != nil {
 			return false, err
 		}
@@ -330,27 +318,37 @@ func addMissed(ctx context.Context, js jetstream.JetStream, stream, filter strin
 		case !readJunk:
 			continue
 		}
-		var prev *lastMsg
-		err = readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
-			InactiveThreshold: readerIdle,
-			FilterSubjects:    []string{subject},
-			DeliverPolicy:     jetstream.DeliverAllPolicy,
-			HeadersOnly:       true,
-		}, log, func(msg jetstream.Msg) {
-			var seq uint64
-			if md, err := msg.Metadata(); err == nil {
-				seq = md.Sequence.Stream
-			}
-			prev = &lastMsg{msg.Subject(), seq, msg.Headers()}
-		})
+		latest, err := lastReadThrough(ctx, js, stream, subject, log)
 		if err != nil {
 			return nil, false, err
 		}
-		if prev != nil {
-			got = append(got, *prev)
+		if prev, ok := latest[subject]; ok {
+			got = append(got, prev)
 		}
 	}
 	return got, behind, nil
+}
+
+// lastReadThrough reads the headers of every message of stream under filter and returns
+// the last one of each subject, passing over those that read as a status (readStream).
+func lastReadThrough(ctx context.Context, js jetstream.JetStream, stream, filter string, log func(string, ...any)) (map[string]lastMsg, error) {
+	latest := map[string]lastMsg{}
+	err := readStream(ctx, js, stream, jetstream.OrderedConsumerConfig{
+		InactiveThreshold: readerIdle,
+		FilterSubjects:    []string{filter},
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		HeadersOnly:       true,
+	}, log, func(msg jetstream.Msg) {
+		var seq uint64
+		if md, err := msg.Metadata(); err == nil {
+			seq = md.Sequence.Stream
+		}
+		latest[msg.Subject()] = lastMsg{msg.Subject(), seq, msg.Headers()}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return latest, nil
 }
 
 // listedKey is a key of a KV bucket as kvKeys lists it, with the sequence of its last
