@@ -22,6 +22,9 @@ func (m *Mirage) onEvent(msg jetstream.Msg) {
 	// what the event sets off (a next wave of commands, a report) must still be waited
 	// for by Close.
 	if !m.hold() {
+		// Closed while the events consumer still hands over what it had (Close drains
+		// it): handed back, for the next Mirage, rather than left to the ack wait.
+		_ = msg.Nak()
 		return
 	}
 	defer m.wg.Done()

@@ -421,6 +421,10 @@ func eventsConsumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
+// drainWait bounds how long Close waits for the events consumer to hand its buffered
+// events to onEvent: a flush round trip with a connected server.
+const drainWait = 2 * time.Second
+
 // Close stops intake and background loops, writes pending presence, and publishes the
 // reports that changed. It does not close the connection. It may be called more than
 // once, and while a stand-down (singleton.go) stops Mirage: every call returns once
@@ -451,10 +455,23 @@ func (m *Mirage) close() {
 	cc := m.cc
 	m.ccMu.Unlock()
 	if cc != nil {
-		// Stop, not Drain: un-acked events are redelivered to the next Mirage and counted
-		// once, and Drain would wait for the pull request to expire.
-		cc.Stop()
-		<-cc.Closed()
+		// Drain, not Stop: the events the server already delivered into this Mirage's
+		// buffer are handed to onEvent, which counts them or, stood down, hands them back
+		// (nak) for the Mirage that stays. Stopped, they were dropped unseen and
+		// redelivered only after the consumer's ack wait (30 s): every intent they
+		// belonged to stalled that long across a take-over or a restart. Unconnected,
+		// nothing could be acked or handed back: stopped at once.
+		if m.nc.IsConnected() {
+			cc.Drain()
+		} else {
+			cc.Stop()
+		}
+		select {
+		case <-cc.Closed():
+		case <-time.After(drainWait):
+			// The server did not answer the drain's flush in time; onEvent, which runs
+			// until the subscription closes, hands back whatever still comes (hold).
+		}
 	}
 	spent := time.AfterFunc(m.cfg.StopBudget, m.budgetSpent)
 	defer spent.Stop()

@@ -261,8 +261,9 @@ func TestUpHelpNamesOneMiragePerDeployment(t *testing.T) {
 
 // The events of the intents a second 'miragectl up' accepted while the first was stopped
 // are delivered partly into the first one's pull requests, still open on the server. The
-// first, resumed, probes before it touches them, stands down, and hands them back: each of
-// those intents ends satisfied, none in timeout although its target succeeded.
+// first, resumed, probes before it touches them, stands down, and hands them back, those
+// still in its buffer too: each of those intents ends satisfied soon after, none in timeout
+// although its target succeeded, none stalled for the events consumer's ack wait.
 func TestStoppedUpHandsBackTheOthersEvents(t *testing.T) {
 	env := testenv.New(t, testenv.Listen())
 	first := upProc(t, env, "--no-local-ghost")
@@ -273,25 +274,28 @@ func TestStoppedUpHandsBackTheOthersEvents(t *testing.T) {
 	}
 	first.Freeze(t)
 	second := upProc(t, env, "--no-local-ghost")
-	// mirage.issue is a queue group: an issue handed to the stopped one gets no answer.
+	// mirage.issue is a queue group: an issue handed to the stopped one gets no answer (its
+	// request ends at its timeout), so a dozen go at once and the first three accepted are
+	// followed; the rest end by themselves.
+	const sent = 12
 	var accepted []string
-	for round := 0; len(accepted) < 3 && round < 5; round++ {
-		ids := make(chan string, 4)
-		for i := range 4 {
-			go func() {
-				is := testenv.NewIssue("edge-ev", "seed.flow", "echo", map[string]string{"message": strconv.Itoa(i)}, 20*time.Second)
-				ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
-				defer cancel()
-				if _, err := client.Issue(ctx, is); err == nil {
-					ids <- is.IntentID
-				} else {
-					ids <- ""
-				}
-			}()
-		}
-		for range 4 {
-			if id := <-ids; id != "" {
-				accepted = append(accepted, id)
+	ids := make(chan string, sent)
+	for i := range sent {
+		go func() {
+			is := testenv.NewIssue("edge-ev", "seed.flow", "echo", map[string]string{"message": strconv.Itoa(i)}, 20*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+			defer cancel()
+			if _, err := client.Issue(ctx, is); err == nil {
+				ids <- is.IntentID
+			} else {
+				ids <- ""
+			}
+		}()
+	}
+	for range sent {
+		if id := <-ids; id != "" {
+			if accepted = append(accepted, id); len(accepted) == 3 {
+				break
 			}
 		}
 	}
@@ -302,12 +306,17 @@ func TestStoppedUpHandsBackTheOthersEvents(t *testing.T) {
 	if code := first.Wait(30 * time.Second); code != 3 {
 		t.Fatalf("the resumed first up exited %d, want 3:\n%s", code, first.Output())
 	}
+	// Handed back, not left to the events consumer's ack wait (30 s).
+	exited := time.Now()
 	for _, id := range accepted {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		r, err := client.WaitTerminal(ctx, id)
 		cancel()
 		if err != nil {
 			t.Fatalf("intent %s of the second Mirage: %v", id, err)
+		}
+		if took := time.Since(exited); took > 15*time.Second {
+			t.Errorf("intent %s of the second Mirage ended %s after the first stood down: its events waited for the ack wait", id, took)
 		}
 		if r.Phase != bus.PhaseSatisfied {
 			t.Fatalf("intent %s of the second Mirage: %s\nfirst:\n%s", id, r.Summary, first.Output())
